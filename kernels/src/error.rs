@@ -1,0 +1,143 @@
+//! Typed errors of the kernels crate.
+
+use thiserror::Error;
+
+/// A malformed sparse matrix.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum CsrError {
+    /// `indptr` does not have `nrows + 1` entries.
+    #[error("indptr has {got} entries, expected nrows + 1 = {expected}")]
+    IndptrLength {
+        /// Expected length.
+        expected: usize,
+        /// Actual length.
+        got: usize,
+    },
+    /// `indptr[0]` is not zero.
+    #[error("indptr[0] is {got}, expected 0")]
+    IndptrStart {
+        /// The value found.
+        got: usize,
+    },
+    /// `indptr` decreases at `row`.
+    #[error("indptr is not monotone: it decreases at row {row}")]
+    IndptrNotMonotone {
+        /// The first offending row.
+        row: usize,
+    },
+    /// `indptr` points past the stored entries.
+    #[error("indptr at row {row} is {got}, but there are only {nnz} stored entries")]
+    IndptrEnd {
+        /// Row.
+        row: usize,
+        /// The pointer found.
+        got: usize,
+        /// Number of stored entries.
+        nnz: usize,
+    },
+    /// `indices` and `data` differ in length.
+    #[error("indices has {indices} entries but data has {data}")]
+    LengthMismatch {
+        /// Length of `indices`.
+        indices: usize,
+        /// Length of `data`.
+        data: usize,
+    },
+    /// A column index is not below `ncols`.
+    #[error("column index {col} in row {row} is out of range (ncols = {ncols})")]
+    IndexOutOfRange {
+        /// Row.
+        row: usize,
+        /// Offending column index.
+        col: u32,
+        /// Number of columns.
+        ncols: usize,
+    },
+    /// A row index is not below `nrows`.
+    #[error("row index {row} is out of range (nrows = {nrows})")]
+    RowOutOfRange {
+        /// Offending row.
+        row: usize,
+        /// Number of rows.
+        nrows: usize,
+    },
+    /// Column indices within a row are not strictly increasing.
+    #[error("column indices in row {row} are unsorted or duplicated (at column {col})")]
+    UnsortedIndices {
+        /// Row.
+        row: usize,
+        /// Offending column.
+        col: u32,
+    },
+    /// More columns than a `u32` index can address.
+    #[error("{ncols} columns exceed the supported maximum of 2^32 - 1")]
+    TooManyColumns {
+        /// Number of columns.
+        ncols: usize,
+    },
+    /// A dense buffer of the wrong length.
+    #[error("dense buffer has {got} values, expected {expected}")]
+    DenseLength {
+        /// Expected length.
+        expected: usize,
+        /// Actual length.
+        got: usize,
+    },
+}
+
+/// Why a matrix is not a valid transition matrix.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum TransitionError {
+    /// The sparse structure itself is malformed.
+    #[error("malformed sparse matrix: {0}")]
+    Csr(#[from] CsrError),
+    /// Not square.
+    #[error("transition matrix must be square, got {nrows} x {ncols}")]
+    NotSquare {
+        /// Rows.
+        nrows: usize,
+        /// Columns.
+        ncols: usize,
+    },
+    /// An entry is NaN or infinite.
+    #[error("entry ({row}, {col}) is not finite ({value})")]
+    NonFinite {
+        /// Row.
+        row: usize,
+        /// Column.
+        col: usize,
+        /// Value.
+        value: f64,
+    },
+    /// An entry is negative.
+    #[error("entry ({row}, {col}) is negative ({value}); transition probabilities must be >= 0")]
+    Negative {
+        /// Row.
+        row: usize,
+        /// Column.
+        col: usize,
+        /// Value.
+        value: f64,
+    },
+    /// A row has no positive entry, so it cannot be normalised.
+    #[error("row {row} is all zero: cell {row} has no outgoing transition")]
+    ZeroRow {
+        /// Row.
+        row: usize,
+    },
+    /// A row does not sum to one.
+    #[error("row {row} sums to {sum}, expected 1 within {tol:e}")]
+    RowSum {
+        /// Row.
+        row: usize,
+        /// Row sum.
+        sum: f64,
+        /// Tolerance.
+        tol: f64,
+    },
+    /// A matrix with no cells.
+    #[error("transition matrix has no cells")]
+    Empty,
+}

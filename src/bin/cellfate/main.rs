@@ -1,0 +1,79 @@
+//! `cellfate`: the command-line tool. Thin: it parses arguments, calls the library, prints.
+//!
+//! Exit codes: 0 success; 1 partial failure (a batch where some samples failed); 2 error
+//! (bad input, bad arguments), with a one-paragraph message and no backtrace.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// Cell fate mapping for single-cell RNA-seq (.h5ad): kernels, macrostates, fate
+/// probabilities and driver genes, compatible with CellRank 2.
+#[derive(Debug, Parser)]
+#[command(name = "cellfate", version, about, long_about = None)]
+struct Cli {
+    /// Number of worker threads (default: all cores). Results do not depend on it.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show what an .h5ad file holds: n_obs, n_vars and every slot with its shape and dtype.
+    Inspect {
+        /// The .h5ad file.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("configuring the thread pool")?;
+    }
+    match cli.command {
+        Command::Inspect { file, json } => {
+            let report = cellfate::inspect::inspect(&file)?;
+            let text = if json {
+                serde_json::to_string_pretty(&report)? + "\n"
+            } else {
+                report.to_text()
+            };
+            write_stdout(&text)
+        }
+    }
+}
+
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        // A closed pipe (`cellfate inspect f | head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("error: {e:#}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Errors of the `.h5ad` reader and writer: every variant names the file and the slot.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// An error reading or writing an `.h5ad` file.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum H5adError {
+    /// The file does not exist or cannot be opened by the OS.
+    #[error("{path}: cannot open file: {source}")]
+    Open {
+        /// File.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The file is empty.
+    #[error("{path}: file is empty (0 bytes); expected an HDF5 (.h5ad) file")]
+    Empty {
+        /// File.
+        path: PathBuf,
+    },
+    /// The file is not HDF5 at all.
+    #[error(
+        "{path}: not an HDF5 file (no HDF5 signature); expected an .h5ad file written by anndata"
+    )]
+    NotHdf5 {
+        /// File.
+        path: PathBuf,
+    },
+    /// HDF5 could not open the file although it has the signature (e.g. truncated).
+    #[error("{path}: HDF5 cannot open the file (truncated or corrupt?): {message}")]
+    Corrupt {
+        /// File.
+        path: PathBuf,
+        /// HDF5's message.
+        message: String,
+    },
+    /// A slot the caller asked for is absent.
+    #[error("{path}: slot `{slot}` not found{}", available_hint(.available))]
+    Missing {
+        /// File.
+        path: PathBuf,
+        /// Slot (HDF5 path), e.g. `obsp/connectivities`.
+        slot: String,
+        /// What the parent group holds instead.
+        available: Vec<String>,
+    },
+    /// A slot exists but is not what was expected.
+    #[error("{path}: slot `{slot}`: expected {expected}, found {found}")]
+    Invalid {
+        /// File.
+        path: PathBuf,
+        /// Slot.
+        slot: String,
+        /// What was expected.
+        expected: String,
+        /// What was found.
+        found: String,
+    },
+    /// An encoding this reader does not implement.
+    #[error("{path}: slot `{slot}`: unsupported encoding `{encoding}` (supported: array, csr_matrix, csc_matrix, string-array, categorical, nullable-integer, nullable-boolean, nullable-string-array, dataframe, dict, raw, string, numeric-scalar)")]
+    Unsupported {
+        /// File.
+        path: PathBuf,
+        /// Slot.
+        slot: String,
+        /// The encoding-type found.
+        encoding: String,
+    },
+    /// An error reported by the HDF5 library while accessing a slot.
+    #[error("{path}: slot `{slot}`: HDF5 error: {source}")]
+    Hdf5 {
+        /// File.
+        path: PathBuf,
+        /// Slot.
+        slot: String,
+        /// HDF5 error.
+        source: hdf5::Error,
+    },
+    /// A file-system error while writing the output.
+    #[error("{path}: {op}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The caller asked to overwrite the input without saying so explicitly.
+    #[error("{path}: output is the input file; pass in-place explicitly to modify the input")]
+    WouldOverwriteInput {
+        /// File.
+        path: PathBuf,
+    },
+}
+
+fn available_hint(available: &[String]) -> String {
+    if available.is_empty() {
+        String::new()
+    } else {
+        let mut shown: Vec<&str> = available.iter().map(String::as_str).take(20).collect();
+        if available.len() > 20 {
+            shown.push("...");
+        }
+        format!(" (available: {})", shown.join(", "))
+    }
+}

@@ -1,0 +1,20 @@
+//! `.h5ad` (AnnData on HDF5) input and output.
+//!
+//! - [`H5adReader`]: lazy, slot-by-slot reading of files written by anndata 0.7 to 0.12
+//!   (dense/CSR/CSC, any numeric dtype, gzip or not).
+//! - [`H5adEdit`]: adds, replaces or removes slots in a copy of an input, written to a
+//!   temporary file and renamed into place.
+//! - [`keys`]: CellRank's AnnData key names.
+
+pub mod element;
+pub mod error;
+pub mod keys;
+pub mod read;
+pub mod write;
+
+pub use element::{
+    Categorical, Categories, DataFrame, DenseArray, Element, NumVec, SparseArray, SparseFormat,
+};
+pub use error::H5adError;
+pub use read::{H5adReader, SlotInfo};
+pub use write::{write_new, H5adEdit};

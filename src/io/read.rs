@@ -1,0 +1,1011 @@
+//! Lazy `.h5ad` reader: opening a file reads nothing but the root; each slot is read when
+//! asked for, so `obsp["connectivities"]` of a large file never touches `X`.
+//!
+//! Both on-disk layouts are understood: anndata ≥ 0.8 (`encoding-type`/`encoding-version`
+//! attributes, `categorical` groups, nullable arrays) and the anndata 0.7 layout (no root
+//! attributes, categorical columns as integer codes with labels in `obs/__categories/<col>`,
+//! `h5sparse_format` sparse groups). Dense, CSR and CSC matrices; any integer, float or bool
+//! dtype; gzip-compressed or not (HDF5 decompresses transparently).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use hdf5::types::{FloatSize, IntSize, TypeDescriptor, VarLenAscii, VarLenUnicode};
+use hdf5::{Dataset, Group, LocationType};
+
+use cellfate_kernels::{Csr, Direction, TransitionMatrix};
+
+use super::element::{
+    Categorical, Categories, DataFrame, DenseArray, Element, NumVec, SparseArray, SparseFormat,
+};
+use super::error::H5adError;
+
+type Result<T> = std::result::Result<T, H5adError>;
+
+/// The HDF5 file signature; it sits at offset 0, 512, 1024, 2048, ... (after a user block).
+const HDF5_SIGNATURE: [u8; 8] = [0x89, b'H', b'D', b'F', b'\r', b'\n', 0x1a, b'\n'];
+
+/// Summary of one slot, obtained from metadata only (no data is read).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// anndata encoding-type (inferred for the 0.7 layout).
+    pub encoding: String,
+    /// Shape (dataframes: `[rows, columns]`; dicts: number of members).
+    pub shape: Vec<usize>,
+    /// numpy dtype name of the values, when there is one.
+    pub dtype: Option<String>,
+}
+
+/// A lazily-read `.h5ad` file.
+pub struct H5adReader {
+    path: PathBuf,
+    file: hdf5::File,
+    legacy: bool,
+}
+
+impl std::fmt::Debug for H5adReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H5adReader")
+            .field("path", &self.path)
+            .field("legacy", &self.legacy)
+            .finish()
+    }
+}
+
+impl H5adReader {
+    /// Opens `path` read-only. Checks that the file exists, is non-empty and carries the HDF5
+    /// signature before handing it to the HDF5 library, so that the common mistakes get a
+    /// precise error.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        check_signature(&path)?;
+        hdf5::silence_errors(true);
+        let file = hdf5::File::open(&path).map_err(|e| H5adError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let legacy = read_str_attr(&file, "encoding-type").is_none();
+        let r = Self { path, file, legacy };
+        // Touch the root group listing to detect truncated files early.
+        r.file.member_names().map_err(|e| H5adError::Corrupt {
+            path: r.path.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(r)
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True for files in the anndata 0.7 layout (no root `encoding-type`).
+    pub fn is_legacy(&self) -> bool {
+        self.legacy
+    }
+
+    pub(crate) fn file(&self) -> &hdf5::File {
+        &self.file
+    }
+
+    fn hdf5_err(&self, slot: &str) -> impl FnOnce(hdf5::Error) -> H5adError + '_ {
+        let slot = slot.to_string();
+        move |source| H5adError::Hdf5 {
+            path: self.path.clone(),
+            slot,
+            source,
+        }
+    }
+
+    pub(crate) fn invalid(
+        &self,
+        slot: &str,
+        expected: impl Into<String>,
+        found: impl Into<String>,
+    ) -> H5adError {
+        H5adError::Invalid {
+            path: self.path.clone(),
+            slot: slot.to_string(),
+            expected: expected.into(),
+            found: found.into(),
+        }
+    }
+
+    /// Whether a slot (HDF5 path such as `obsp/T_fwd`) exists.
+    pub fn exists(&self, slot: &str) -> bool {
+        let mut cur = String::new();
+        for part in slot.split('/').filter(|p| !p.is_empty()) {
+            if !cur.is_empty() {
+                cur.push('/');
+            }
+            cur.push_str(part);
+            if !self.file.link_exists(&cur) {
+                return false;
+            }
+        }
+        !cur.is_empty()
+    }
+
+    fn missing(&self, slot: &str) -> H5adError {
+        let parent = slot.rsplit_once('/').map_or("", |(p, _)| p);
+        let available = if parent.is_empty() {
+            self.file.member_names().unwrap_or_default()
+        } else {
+            self.keys(parent).unwrap_or_default()
+        };
+        H5adError::Missing {
+            path: self.path.clone(),
+            slot: slot.to_string(),
+            available,
+        }
+    }
+
+    /// Member names of a group such as `layers`, `obsm`, `obsp` or `uns` (sorted); an absent
+    /// group gives an empty list.
+    pub fn keys(&self, group: &str) -> Result<Vec<String>> {
+        if !self.exists(group) {
+            return Ok(Vec::new());
+        }
+        let g = self.file.group(group).map_err(self.hdf5_err(group))?;
+        let mut names = g.member_names().map_err(self.hdf5_err(group))?;
+        names.sort();
+        Ok(names)
+    }
+
+    fn location_type(&self, slot: &str) -> Result<LocationType> {
+        if !self.exists(slot) {
+            return Err(self.missing(slot));
+        }
+        self.file
+            .loc_type_by_name(slot)
+            .map_err(self.hdf5_err(slot))
+    }
+
+    /// Number of cells: the length of the `obs` index (or the rows of `X`).
+    pub fn n_obs(&self) -> Result<usize> {
+        self.axis_len("obs", 0)
+    }
+
+    /// Number of genes: the length of the `var` index (or the columns of `X`).
+    pub fn n_vars(&self) -> Result<usize> {
+        self.axis_len("var", 1)
+    }
+
+    fn axis_len(&self, df: &str, x_axis: usize) -> Result<usize> {
+        if self.exists(df) {
+            let g = self.file.group(df).map_err(self.hdf5_err(df))?;
+            let index = read_str_attr(&g, "_index").unwrap_or_else(|| "_index".to_string());
+            let slot = format!("{df}/{index}");
+            if self.exists(&slot) {
+                let ds = self.file.dataset(&slot).map_err(self.hdf5_err(&slot))?;
+                return Ok(ds.shape().first().copied().unwrap_or(0));
+            }
+        }
+        if self.exists("X") {
+            let info = self.info("X")?;
+            if let Some(n) = info.shape.get(x_axis) {
+                return Ok(*n);
+            }
+        }
+        Err(self.missing(&format!("{df}/_index")))
+    }
+
+    /// Cell names (the `obs` index).
+    pub fn obs_names(&self) -> Result<Vec<String>> {
+        self.index_of("obs")
+    }
+
+    /// Gene names (the `var` index).
+    pub fn var_names(&self) -> Result<Vec<String>> {
+        self.index_of("var")
+    }
+
+    fn index_of(&self, df: &str) -> Result<Vec<String>> {
+        let g = self.file.group(df).map_err(|_| self.missing(df))?;
+        let index = read_str_attr(&g, "_index").unwrap_or_else(|| "_index".to_string());
+        let slot = format!("{df}/{index}");
+        let ds = self.file.dataset(&slot).map_err(|_| self.missing(&slot))?;
+        self.read_strings(&ds, &slot)
+    }
+
+    /// Reads one slot completely.
+    pub fn read(&self, slot: &str) -> Result<Element> {
+        match self.location_type(slot)? {
+            LocationType::Group => {
+                let g = self.file.group(slot).map_err(self.hdf5_err(slot))?;
+                self.read_group(&g, slot)
+            }
+            LocationType::Dataset => {
+                let ds = self.file.dataset(slot).map_err(self.hdf5_err(slot))?;
+                self.read_dataset(&ds, slot)
+            }
+            LocationType::NamedDatatype => Err(H5adError::Unsupported {
+                path: self.path.clone(),
+                slot: slot.to_string(),
+                encoding: "named datatype".into(),
+            }),
+        }
+    }
+
+    /// Metadata of one slot (encoding, shape, dtype) without reading its values.
+    pub fn info(&self, slot: &str) -> Result<SlotInfo> {
+        match self.location_type(slot)? {
+            LocationType::Group => {
+                let g = self.file.group(slot).map_err(self.hdf5_err(slot))?;
+                let enc = group_encoding(&g);
+                match enc.as_str() {
+                    "csr_matrix" | "csc_matrix" => {
+                        let shape = self.sparse_shape(&g, slot)?;
+                        let dtype = g
+                            .dataset("data")
+                            .ok()
+                            .and_then(|d| d.dtype().ok()?.to_descriptor().ok())
+                            .map(|d| dtype_name(&d));
+                        Ok(SlotInfo {
+                            encoding: enc,
+                            shape: shape.to_vec(),
+                            dtype,
+                        })
+                    }
+                    "dataframe" => {
+                        let cols = self.column_order(&g, slot)?;
+                        let index = read_str_attr(&g, "_index").unwrap_or_else(|| "_index".into());
+                        let n = g
+                            .dataset(&index)
+                            .map(|d| d.shape().first().copied().unwrap_or(0))
+                            .unwrap_or(0);
+                        Ok(SlotInfo {
+                            encoding: enc,
+                            shape: vec![n, cols.len()],
+                            dtype: None,
+                        })
+                    }
+                    "categorical"
+                    | "nullable-integer"
+                    | "nullable-boolean"
+                    | "nullable-string-array" => {
+                        let inner = if enc == "categorical" {
+                            "codes"
+                        } else {
+                            "values"
+                        };
+                        let n = g
+                            .dataset(inner)
+                            .map(|d| d.shape().first().copied().unwrap_or(0))
+                            .unwrap_or(0);
+                        Ok(SlotInfo {
+                            encoding: enc,
+                            shape: vec![n],
+                            dtype: None,
+                        })
+                    }
+                    _ => Ok(SlotInfo {
+                        shape: vec![g.member_names().map(|m| m.len()).unwrap_or(0)],
+                        encoding: enc,
+                        dtype: None,
+                    }),
+                }
+            }
+            LocationType::Dataset => {
+                let ds = self.file.dataset(slot).map_err(self.hdf5_err(slot))?;
+                let desc = ds
+                    .dtype()
+                    .and_then(|t| t.to_descriptor())
+                    .map_err(self.hdf5_err(slot))?;
+                let shape = ds.shape();
+                let is_str = is_string(&desc);
+                let encoding = match read_str_attr(&ds, "encoding-type") {
+                    Some(e) => e,
+                    None if ds.attr("categories").is_ok() => "categorical".into(),
+                    None if is_str && shape.is_empty() => "string".into(),
+                    None if is_str => "string-array".into(),
+                    None if shape.is_empty() => "numeric-scalar".into(),
+                    None => "array".into(),
+                };
+                Ok(SlotInfo {
+                    encoding,
+                    shape,
+                    dtype: Some(dtype_name(&desc)),
+                })
+            }
+            LocationType::NamedDatatype => Err(H5adError::Unsupported {
+                path: self.path.clone(),
+                slot: slot.to_string(),
+                encoding: "named datatype".into(),
+            }),
+        }
+    }
+
+    /// Reads the `obs` dataframe.
+    pub fn obs(&self) -> Result<DataFrame> {
+        self.dataframe("obs")
+    }
+
+    /// Reads the `var` dataframe.
+    pub fn var(&self) -> Result<DataFrame> {
+        self.dataframe("var")
+    }
+
+    /// Reads a dataframe slot (`obs`, `var`, `raw/var`, ...).
+    pub fn dataframe(&self, slot: &str) -> Result<DataFrame> {
+        match self.read(slot)? {
+            Element::DataFrame(df) => Ok(df),
+            other => Err(self.invalid(slot, "a dataframe", other.encoding())),
+        }
+    }
+
+    /// Names of the columns of a dataframe slot, in order.
+    pub fn columns(&self, df: &str) -> Result<Vec<String>> {
+        let g = self.file.group(df).map_err(|_| self.missing(df))?;
+        self.column_order(&g, df)
+    }
+
+    /// Reads one column of `obs` or `var` (`df`) without reading the others.
+    pub fn column(&self, df: &str, name: &str) -> Result<Element> {
+        let g = self.file.group(df).map_err(|_| self.missing(df))?;
+        let slot = format!("{df}/{name}");
+        if !g.link_exists(name) {
+            return Err(H5adError::Missing {
+                path: self.path.clone(),
+                slot,
+                available: self.column_order(&g, df).unwrap_or_default(),
+            });
+        }
+        self.read_column(&g, name, &slot)
+    }
+
+    /// A numeric per-cell column of `obs` as `f64` (bool as 0/1, nullable missing as NaN).
+    pub fn obs_f64(&self, name: &str) -> Result<Vec<f64>> {
+        let slot = format!("obs/{name}");
+        let col = self.column("obs", name)?;
+        let found = col.encoding();
+        col.to_f64_vec()
+            .ok_or_else(|| self.invalid(&slot, "a numeric column", found))
+    }
+
+    /// A 2-D slot (`X`, `layers/..`, `obsm/..`, `obsp/..`) as an `f64` CSR matrix. Dense
+    /// arrays are converted (exact zeros dropped).
+    pub fn csr(&self, slot: &str) -> Result<Csr> {
+        match self.read(slot)? {
+            Element::Sparse(s) => s
+                .to_csr()
+                .map_err(|e| self.invalid(slot, "a valid sparse matrix", e.to_string())),
+            Element::Dense(d) if d.shape.len() == 2 => {
+                Csr::from_dense(d.shape[0], d.shape[1], &d.data.to_f64())
+                    .map_err(|e| self.invalid(slot, "a 2-D matrix", e.to_string()))
+            }
+            other => Err(self.invalid(slot, "a 2-D matrix", describe(&other))),
+        }
+    }
+
+    /// A 2-D slot as a dense row-major `f64` matrix `(nrows, ncols, values)`.
+    pub fn dense(&self, slot: &str) -> Result<(usize, usize, Vec<f64>)> {
+        match self.read(slot)? {
+            Element::Dense(d) if d.shape.len() == 2 => {
+                Ok((d.shape[0], d.shape[1], d.data.to_f64()))
+            }
+            Element::Dense(d) if d.shape.len() == 1 => Ok((d.shape[0], 1, d.data.to_f64())),
+            Element::Sparse(s) => {
+                let csr = s
+                    .to_csr()
+                    .map_err(|e| self.invalid(slot, "a valid sparse matrix", e.to_string()))?;
+                Ok((csr.nrows(), csr.ncols(), csr.to_dense()))
+            }
+            other => Err(self.invalid(slot, "a 2-D numeric matrix", describe(&other))),
+        }
+    }
+
+    /// A cell × cell graph from `obsp[key]`, checked to be `n_obs × n_obs`.
+    pub fn obsp(&self, key: &str) -> Result<Csr> {
+        let slot = format!("obsp/{key}");
+        let m = self.csr(&slot)?;
+        let n = self.n_obs()?;
+        if m.nrows() != n || m.ncols() != n {
+            return Err(self.invalid(
+                &slot,
+                format!("an n_obs x n_obs matrix ({n} x {n})"),
+                format!("{} x {}", m.nrows(), m.ncols()),
+            ));
+        }
+        Ok(m)
+    }
+
+    /// `obsp[key]` validated as a transition matrix (square, finite, non-negative, rows
+    /// summing to 1 within 1e-12). The direction is read from the key suffix (`_bwd`).
+    pub fn transition_matrix(&self, key: &str) -> Result<TransitionMatrix> {
+        let csr = self.obsp(key)?;
+        let direction = if key.ends_with("bwd") {
+            Direction::Backward
+        } else {
+            Direction::Forward
+        };
+        TransitionMatrix::try_new(csr, direction).map_err(|e| {
+            self.invalid(
+                &format!("obsp/{key}"),
+                "a row-stochastic transition matrix",
+                e.to_string(),
+            )
+        })
+    }
+
+    /// Checks that every slot has a shape consistent with `n_obs × n_vars` (metadata only).
+    /// Returns the list of problems (empty when the file is consistent).
+    pub fn validate(&self) -> Result<Vec<H5adError>> {
+        let n_obs = self.n_obs()?;
+        let n_vars = self.n_vars()?;
+        let mut problems = Vec::new();
+        let mut check = |slot: String, want: &[Option<usize>], what: &str| match self.info(&slot) {
+            Ok(info) => {
+                let ok = info.shape.len() >= want.len()
+                    && want
+                        .iter()
+                        .zip(&info.shape)
+                        .all(|(w, s)| w.is_none_or(|w| w == *s));
+                if !ok {
+                    problems.push(self.invalid(
+                        &slot,
+                        what.to_string(),
+                        format!("shape {:?}", info.shape),
+                    ));
+                }
+            }
+            Err(e) => problems.push(e),
+        };
+        if self.exists("X") {
+            check(
+                "X".into(),
+                &[Some(n_obs), Some(n_vars)],
+                &format!("shape [{n_obs}, {n_vars}] (n_obs x n_vars)"),
+            );
+        }
+        for k in self.keys("layers")? {
+            check(
+                format!("layers/{k}"),
+                &[Some(n_obs), Some(n_vars)],
+                &format!("the shape of X [{n_obs}, {n_vars}]"),
+            );
+        }
+        for k in self.keys("obsm")? {
+            check(
+                format!("obsm/{k}"),
+                &[Some(n_obs)],
+                &format!("{n_obs} rows (n_obs)"),
+            );
+        }
+        for k in self.keys("varm")? {
+            check(
+                format!("varm/{k}"),
+                &[Some(n_vars)],
+                &format!("{n_vars} rows (n_vars)"),
+            );
+        }
+        for k in self.keys("obsp")? {
+            check(
+                format!("obsp/{k}"),
+                &[Some(n_obs), Some(n_obs)],
+                &format!("shape [{n_obs}, {n_obs}] (n_obs x n_obs)"),
+            );
+        }
+        for k in self.keys("varp")? {
+            check(
+                format!("varp/{k}"),
+                &[Some(n_vars), Some(n_vars)],
+                &format!("shape [{n_vars}, {n_vars}] (n_vars x n_vars)"),
+            );
+        }
+        Ok(problems)
+    }
+
+    // ----- element readers -------------------------------------------------------------
+
+    fn read_group(&self, g: &Group, slot: &str) -> Result<Element> {
+        let enc = group_encoding(g);
+        match enc.as_str() {
+            "csr_matrix" | "csc_matrix" => self.read_sparse(g, slot, &enc).map(Element::Sparse),
+            "dataframe" => self.read_dataframe(g, slot).map(Element::DataFrame),
+            "categorical" => self
+                .read_categorical_group(g, slot)
+                .map(Element::Categorical),
+            "nullable-integer" | "nullable-boolean" | "nullable-string-array" => {
+                self.read_nullable(g, slot, &enc)
+            }
+            "dict" | "raw" | "anndata" => {
+                let mut members = Vec::new();
+                let mut names = g.member_names().map_err(self.hdf5_err(slot))?;
+                names.sort();
+                for name in names {
+                    let child = join(slot, &name);
+                    members.push((name, self.read(&child)?));
+                }
+                Ok(match enc.as_str() {
+                    "raw" => Element::Raw(members),
+                    "anndata" => Element::AnnData(members),
+                    _ => Element::Dict(members),
+                })
+            }
+            other => Err(H5adError::Unsupported {
+                path: self.path.clone(),
+                slot: slot.to_string(),
+                encoding: other.to_string(),
+            }),
+        }
+    }
+
+    fn read_dataset(&self, ds: &Dataset, slot: &str) -> Result<Element> {
+        let desc = ds
+            .dtype()
+            .and_then(|t| t.to_descriptor())
+            .map_err(self.hdf5_err(slot))?;
+        let shape = ds.shape();
+        if let Some(enc) = read_str_attr(ds, "encoding-type") {
+            let ok = matches!(
+                enc.as_str(),
+                "array" | "string-array" | "string" | "numeric-scalar"
+            );
+            if !ok {
+                return Err(H5adError::Unsupported {
+                    path: self.path.clone(),
+                    slot: slot.to_string(),
+                    encoding: enc,
+                });
+            }
+        }
+        if is_string(&desc) {
+            let values = self.read_strings(ds, slot)?;
+            if shape.is_empty() {
+                return Ok(Element::Str(values.into_iter().next().unwrap_or_default()));
+            }
+            return Ok(Element::Strings { shape, values });
+        }
+        let data = self.read_numeric(ds, &desc, slot)?;
+        if shape.is_empty() {
+            Ok(Element::Scalar(data))
+        } else {
+            Ok(Element::Dense(DenseArray { shape, data }))
+        }
+    }
+
+    pub(crate) fn read_numeric(
+        &self,
+        ds: &Dataset,
+        desc: &TypeDescriptor,
+        slot: &str,
+    ) -> Result<NumVec> {
+        let e = self.hdf5_err(slot);
+        let v = match desc {
+            TypeDescriptor::Integer(IntSize::U1) => ds.read_raw().map(NumVec::I8),
+            TypeDescriptor::Integer(IntSize::U2) => ds.read_raw().map(NumVec::I16),
+            TypeDescriptor::Integer(IntSize::U4) => ds.read_raw().map(NumVec::I32),
+            TypeDescriptor::Integer(IntSize::U8) => ds.read_raw().map(NumVec::I64),
+            TypeDescriptor::Unsigned(IntSize::U1) => ds.read_raw().map(NumVec::U8),
+            TypeDescriptor::Unsigned(IntSize::U2) => ds.read_raw().map(NumVec::U16),
+            TypeDescriptor::Unsigned(IntSize::U4) => ds.read_raw().map(NumVec::U32),
+            TypeDescriptor::Unsigned(IntSize::U8) => ds.read_raw().map(NumVec::U64),
+            TypeDescriptor::Float(FloatSize::U4) => ds.read_raw().map(NumVec::F32),
+            TypeDescriptor::Float(FloatSize::U8) => ds.read_raw().map(NumVec::F64),
+            TypeDescriptor::Boolean => ds.read_raw().map(NumVec::Bool),
+            TypeDescriptor::Enum(en) if en.members.len() == 2 && en.size == IntSize::U1 => {
+                // h5py stores numpy bools as an enum {FALSE = 0, TRUE = 1}.
+                ds.read_raw::<u8>()
+                    .map(|v| NumVec::Bool(v.into_iter().map(|x| x != 0).collect()))
+            }
+            other => {
+                return Err(self.invalid(
+                    slot,
+                    "a numeric, bool or string dataset",
+                    format!("HDF5 type {other:?}"),
+                ))
+            }
+        };
+        v.map_err(e)
+    }
+
+    pub(crate) fn read_strings(&self, ds: &Dataset, slot: &str) -> Result<Vec<String>> {
+        let desc = ds
+            .dtype()
+            .and_then(|t| t.to_descriptor())
+            .map_err(self.hdf5_err(slot))?;
+        let e = self.hdf5_err(slot);
+        match desc {
+            TypeDescriptor::VarLenUnicode => ds
+                .read_raw::<VarLenUnicode>()
+                .map(|v| v.into_iter().map(|s| s.as_str().to_string()).collect())
+                .map_err(e),
+            TypeDescriptor::VarLenAscii => ds
+                .read_raw::<VarLenAscii>()
+                .map(|v| v.into_iter().map(|s| s.as_str().to_string()).collect())
+                .map_err(e),
+            TypeDescriptor::FixedAscii(n) | TypeDescriptor::FixedUnicode(n) if n <= 4096 => {
+                // HDF5 converts a fixed-length string to a longer fixed-length one.
+                ds.read_raw::<hdf5::types::FixedUnicode<4096>>()
+                    .map(|v| v.into_iter().map(|s| s.as_str().to_string()).collect())
+                    .map_err(e)
+            }
+            other => Err(self.invalid(slot, "strings", format!("HDF5 type {other:?}"))),
+        }
+    }
+
+    fn sparse_shape(&self, g: &Group, slot: &str) -> Result<[usize; 2]> {
+        let attr = g.attr("shape").or_else(|_| g.attr("h5sparse_shape"));
+        let shape: Vec<i64> = attr
+            .and_then(|a| a.read_raw::<i64>())
+            .map_err(|_| self.invalid(slot, "a `shape` attribute on the sparse group", "none"))?;
+        if shape.len() != 2 || shape.iter().any(|&s| s < 0) {
+            return Err(self.invalid(slot, "shape [nrows, ncols]", format!("{shape:?}")));
+        }
+        Ok([shape[0] as usize, shape[1] as usize])
+    }
+
+    fn read_sparse(&self, g: &Group, slot: &str, enc: &str) -> Result<SparseArray> {
+        let format = if enc == "csr_matrix" {
+            SparseFormat::Csr
+        } else {
+            SparseFormat::Csc
+        };
+        let shape = self.sparse_shape(g, slot)?;
+        let (major, minor) = match format {
+            SparseFormat::Csr => (shape[0], shape[1]),
+            SparseFormat::Csc => (shape[1], shape[0]),
+        };
+        let sub = |name: &str| -> Result<Dataset> {
+            g.dataset(name).map_err(|_| H5adError::Missing {
+                path: self.path.clone(),
+                slot: join(slot, name),
+                available: g.member_names().unwrap_or_default(),
+            })
+        };
+        let data_ds = sub("data")?;
+        let data_slot = join(slot, "data");
+        let desc = data_ds
+            .dtype()
+            .and_then(|t| t.to_descriptor())
+            .map_err(self.hdf5_err(&data_slot))?;
+        let data = self.read_numeric(&data_ds, &desc, &data_slot)?;
+        let indptr_slot = join(slot, "indptr");
+        let indptr: Vec<i64> = sub("indptr")?
+            .read_raw()
+            .map_err(self.hdf5_err(&indptr_slot))?;
+        let indices_slot = join(slot, "indices");
+        let indices: Vec<i64> = sub("indices")?
+            .read_raw()
+            .map_err(self.hdf5_err(&indices_slot))?;
+        let axis = if format == SparseFormat::Csr {
+            "row"
+        } else {
+            "column"
+        };
+        if indptr.len() != major + 1 {
+            return Err(self.invalid(
+                &indptr_slot,
+                format!("{} entries ({} {axis}s + 1)", major + 1, major),
+                format!("{} entries", indptr.len()),
+            ));
+        }
+        if indptr[0] != 0 {
+            return Err(self.invalid(
+                &indptr_slot,
+                "indptr[0] == 0",
+                format!("indptr[0] == {}", indptr[0]),
+            ));
+        }
+        if let Some(i) = indptr.windows(2).position(|w| w[1] < w[0]) {
+            return Err(self.invalid(
+                &indptr_slot,
+                "a non-decreasing (monotone) indptr",
+                format!(
+                    "indptr decreases at {axis} {i} ({} -> {})",
+                    indptr[i],
+                    indptr[i + 1]
+                ),
+            ));
+        }
+        let nnz = indices.len();
+        if data.len() != nnz {
+            return Err(self.invalid(
+                &data_slot,
+                format!("{nnz} values (as many as indices)"),
+                format!("{} values", data.len()),
+            ));
+        }
+        if indptr[major] as usize != nnz {
+            return Err(self.invalid(
+                &indptr_slot,
+                format!("last entry == nnz ({nnz})"),
+                format!("{}", indptr[major]),
+            ));
+        }
+        let mut idx = Vec::with_capacity(nnz);
+        for (p, &c) in indices.iter().enumerate() {
+            if c < 0 || c as usize >= minor || c > i64::from(u32::MAX) {
+                let at = indptr.partition_point(|&x| x <= p as i64).saturating_sub(1);
+                return Err(self.invalid(
+                    &indices_slot,
+                    format!("indices in 0..{minor}"),
+                    format!("index {c} at {axis} {at}"),
+                ));
+            }
+            idx.push(c as u32);
+        }
+        Ok(SparseArray {
+            format,
+            shape,
+            indptr: indptr.into_iter().map(|x| x as usize).collect(),
+            indices: idx,
+            data,
+        })
+    }
+
+    fn column_order(&self, g: &Group, slot: &str) -> Result<Vec<String>> {
+        let Ok(attr) = g.attr("column-order") else {
+            return Ok(Vec::new());
+        };
+        let desc = attr
+            .dtype()
+            .and_then(|t| t.to_descriptor())
+            .map_err(self.hdf5_err(slot))?;
+        let e = self.hdf5_err(slot);
+        match desc {
+            TypeDescriptor::VarLenUnicode => attr
+                .read_raw::<VarLenUnicode>()
+                .map(|v| v.into_iter().map(|s| s.as_str().to_string()).collect())
+                .map_err(e),
+            TypeDescriptor::VarLenAscii => attr
+                .read_raw::<VarLenAscii>()
+                .map(|v| v.into_iter().map(|s| s.as_str().to_string()).collect())
+                .map_err(e),
+            // anndata writes an empty float64 array when there are no columns.
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn read_dataframe(&self, g: &Group, slot: &str) -> Result<DataFrame> {
+        let index_name = read_str_attr(g, "_index").unwrap_or_else(|| "_index".to_string());
+        let index_slot = join(slot, &index_name);
+        let index_ds = g.dataset(&index_name).map_err(|_| H5adError::Missing {
+            path: self.path.clone(),
+            slot: index_slot.clone(),
+            available: g.member_names().unwrap_or_default(),
+        })?;
+        let index = self.read_strings(&index_ds, &index_slot)?;
+        let mut columns = Vec::new();
+        for name in self.column_order(g, slot)? {
+            let col_slot = join(slot, &name);
+            let col = self.read_column(g, &name, &col_slot)?;
+            let len = col.shape().first().copied().unwrap_or(0);
+            if len != index.len() {
+                return Err(self.invalid(
+                    &col_slot,
+                    format!("{} values (the index length)", index.len()),
+                    format!("{len}"),
+                ));
+            }
+            columns.push((name, col));
+        }
+        Ok(DataFrame {
+            index_name,
+            index,
+            columns,
+        })
+    }
+
+    fn read_column(&self, g: &Group, name: &str, slot: &str) -> Result<Element> {
+        if let Ok(ds) = g.dataset(name) {
+            if ds.attr("categories").is_ok() {
+                // anndata 0.7: integer codes, labels in `__categories/<name>`.
+                let desc = ds
+                    .dtype()
+                    .and_then(|t| t.to_descriptor())
+                    .map_err(self.hdf5_err(slot))?;
+                let codes = self.read_numeric(&ds, &desc, slot)?;
+                let cat_slot = join(&join(&g.name(), "__categories"), name);
+                let cat_slot = cat_slot.trim_start_matches('/').to_string();
+                let cat_ds = self
+                    .file
+                    .dataset(&cat_slot)
+                    .map_err(|_| self.missing(&cat_slot))?;
+                let categories = self.read_categories(&cat_ds, &cat_slot)?;
+                let ordered = read_bool_attr(&cat_ds, "ordered").unwrap_or(false);
+                return Ok(Element::Categorical(Categorical {
+                    codes: codes.to_f64().into_iter().map(|c| c as i32).collect(),
+                    categories,
+                    ordered,
+                }));
+            }
+        }
+        self.read(slot)
+    }
+
+    fn read_categories(&self, ds: &Dataset, slot: &str) -> Result<Categories> {
+        let desc = ds
+            .dtype()
+            .and_then(|t| t.to_descriptor())
+            .map_err(self.hdf5_err(slot))?;
+        if is_string(&desc) {
+            Ok(Categories::Str(self.read_strings(ds, slot)?))
+        } else {
+            Ok(Categories::Num(self.read_numeric(ds, &desc, slot)?))
+        }
+    }
+
+    fn read_categorical_group(&self, g: &Group, slot: &str) -> Result<Categorical> {
+        let codes_slot = join(slot, "codes");
+        let codes_ds = g.dataset("codes").map_err(|_| self.missing(&codes_slot))?;
+        let desc = codes_ds
+            .dtype()
+            .and_then(|t| t.to_descriptor())
+            .map_err(self.hdf5_err(&codes_slot))?;
+        let codes = self.read_numeric(&codes_ds, &desc, &codes_slot)?;
+        let cat_slot = join(slot, "categories");
+        let cat_ds = g
+            .dataset("categories")
+            .map_err(|_| self.missing(&cat_slot))?;
+        let categories = self.read_categories(&cat_ds, &cat_slot)?;
+        let ordered = read_bool_attr(g, "ordered").unwrap_or(false);
+        let codes: Vec<i32> = codes.to_f64().into_iter().map(|c| c as i32).collect();
+        let n_cat = categories.len() as i32;
+        if let Some(bad) = codes.iter().find(|&&c| c < -1 || c >= n_cat) {
+            return Err(self.invalid(
+                &codes_slot,
+                format!("codes in -1..{n_cat}"),
+                format!("code {bad}"),
+            ));
+        }
+        Ok(Categorical {
+            codes,
+            categories,
+            ordered,
+        })
+    }
+
+    fn read_nullable(&self, g: &Group, slot: &str, enc: &str) -> Result<Element> {
+        let vslot = join(slot, "values");
+        let mslot = join(slot, "mask");
+        let vds = g.dataset("values").map_err(|_| self.missing(&vslot))?;
+        let mds = g.dataset("mask").map_err(|_| self.missing(&mslot))?;
+        let mdesc = mds
+            .dtype()
+            .and_then(|t| t.to_descriptor())
+            .map_err(self.hdf5_err(&mslot))?;
+        let mask: Vec<bool> = self
+            .read_numeric(&mds, &mdesc, &mslot)?
+            .to_f64()
+            .into_iter()
+            .map(|x| x != 0.0)
+            .collect();
+        let vdesc = vds
+            .dtype()
+            .and_then(|t| t.to_descriptor())
+            .map_err(self.hdf5_err(&vslot))?;
+        let el = match enc {
+            "nullable-string-array" => Element::NullableStr {
+                values: self.read_strings(&vds, &vslot)?,
+                mask,
+            },
+            "nullable-boolean" => Element::NullableBool {
+                values: self
+                    .read_numeric(&vds, &vdesc, &vslot)?
+                    .to_f64()
+                    .into_iter()
+                    .map(|x| x != 0.0)
+                    .collect(),
+                mask,
+            },
+            _ => Element::NullableInt {
+                values: self.read_numeric(&vds, &vdesc, &vslot)?,
+                mask,
+            },
+        };
+        Ok(el)
+    }
+}
+
+fn describe(e: &Element) -> String {
+    format!("{} with shape {:?}", e.encoding(), e.shape())
+}
+
+pub(crate) fn join(parent: &str, name: &str) -> String {
+    let p = parent.trim_end_matches('/');
+    if p.is_empty() {
+        name.to_string()
+    } else {
+        format!("{p}/{name}")
+    }
+}
+
+fn check_signature(path: &Path) -> Result<()> {
+    let mut f = std::fs::File::open(path).map_err(|source| H5adError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let len = f
+        .metadata()
+        .map_err(|source| H5adError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    if len == 0 {
+        return Err(H5adError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut head = vec![0u8; len.min(4096) as usize];
+    f.read_exact(&mut head).map_err(|source| H5adError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let found = [0usize, 512, 1024, 2048]
+        .iter()
+        .any(|&off| head.len() >= off + 8 && head[off..off + 8] == HDF5_SIGNATURE);
+    if found {
+        Ok(())
+    } else {
+        Err(H5adError::NotHdf5 {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+fn is_string(desc: &TypeDescriptor) -> bool {
+    matches!(
+        desc,
+        TypeDescriptor::VarLenUnicode
+            | TypeDescriptor::VarLenAscii
+            | TypeDescriptor::FixedAscii(_)
+            | TypeDescriptor::FixedUnicode(_)
+    )
+}
+
+fn dtype_name(desc: &TypeDescriptor) -> String {
+    match desc {
+        TypeDescriptor::Integer(s) => format!("int{}", *s as usize * 8),
+        TypeDescriptor::Unsigned(s) => format!("uint{}", *s as usize * 8),
+        TypeDescriptor::Float(s) => format!("float{}", *s as usize * 8),
+        TypeDescriptor::Boolean => "bool".into(),
+        TypeDescriptor::Enum(e) if e.members.len() == 2 => "bool".into(),
+        d if is_string(d) => "str".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Reads a string attribute (variable-length UTF-8 or ASCII); `None` when absent or not a
+/// string.
+pub(crate) fn read_str_attr(loc: &hdf5::Location, name: &str) -> Option<String> {
+    let a = loc.attr(name).ok()?;
+    match a.dtype().ok()?.to_descriptor().ok()? {
+        TypeDescriptor::VarLenUnicode => a
+            .read_scalar::<VarLenUnicode>()
+            .ok()
+            .map(|s| s.as_str().to_string()),
+        TypeDescriptor::VarLenAscii => a
+            .read_scalar::<VarLenAscii>()
+            .ok()
+            .map(|s| s.as_str().to_string()),
+        TypeDescriptor::FixedAscii(_) | TypeDescriptor::FixedUnicode(_) => a
+            .read_scalar::<hdf5::types::FixedUnicode<4096>>()
+            .ok()
+            .map(|s| s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+fn read_bool_attr(loc: &hdf5::Location, name: &str) -> Option<bool> {
+    let a = loc.attr(name).ok()?;
+    a.read_scalar::<bool>()
+        .ok()
+        .or_else(|| a.read_scalar::<u8>().ok().map(|x| x != 0))
+        .or_else(|| a.read_scalar::<i64>().ok().map(|x| x != 0))
+}
+
+fn group_encoding(g: &Group) -> String {
+    if let Some(e) = read_str_attr(g, "encoding-type") {
+        return e;
+    }
+    if let Some(f) = read_str_attr(g, "h5sparse_format") {
+        return format!("{f}_matrix");
+    }
+    if g.attr("_index").is_ok() {
+        return "dataframe".into();
+    }
+    "dict".into()
+}

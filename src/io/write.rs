@@ -1,0 +1,635 @@
+//! `.h5ad` writer: adds, replaces or removes slots in a *copy* of an input file.
+//!
+//! The output is written to a temporary file in the target directory and renamed over the
+//! target only when complete, so an interrupted run never leaves a partial output and the input
+//! is never modified unless the caller asks for it with [`H5adEdit::write_in_place`].
+//! Everything written uses the anndata ≥ 0.8 layout (`encoding-type`/`encoding-version`
+//! attributes, variable-length UTF-8 strings). Untouched slots of a file already in that layout
+//! are copied object by object (HDF5 `H5Ocopy`, no decoding); files in the anndata 0.7 layout
+//! are re-encoded slot by slot.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use hdf5::types::VarLenUnicode;
+use hdf5::{Group, Location};
+
+use super::element::{Categorical, Categories, DataFrame, Element, NumVec, SparseArray};
+use super::error::H5adError;
+use super::read::{join, H5adReader};
+
+type Result<T> = std::result::Result<T, H5adError>;
+
+#[derive(Clone, Debug)]
+enum Change {
+    Set(Element),
+    Remove,
+}
+
+/// A set of changes to apply to a copy of an `.h5ad` file.
+///
+/// Slots are HDF5 paths: `X`, `layers/velocity`, `obsp/T_fwd`, `obsm/lineages_fwd`,
+/// `uns/T_fwd_params`, and, for dataframe columns, `obs/term_states_fwd` or `var/<column>`.
+///
+/// ```no_run
+/// use cellfate::io::{Element, H5adEdit};
+/// let mut edit = H5adEdit::new("in.h5ad");
+/// edit.set("obs/my_score", Element::from_f64(vec![0.5; 100]));
+/// edit.write_to("out.h5ad")?;
+/// # Ok::<(), cellfate::io::H5adError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct H5adEdit {
+    input: PathBuf,
+    changes: Vec<(String, Change)>,
+    reencode_all: bool,
+}
+
+impl H5adEdit {
+    /// Starts an edit of `input` (nothing is read until the output is written).
+    pub fn new(input: impl AsRef<Path>) -> Self {
+        Self {
+            input: input.as_ref().to_path_buf(),
+            changes: Vec::new(),
+            reencode_all: false,
+        }
+    }
+
+    /// Adds or replaces a slot. Intermediate groups (`uns/a/b`) are created as dicts.
+    pub fn set(&mut self, slot: &str, element: Element) -> &mut Self {
+        let slot = slot.trim_matches('/').to_string();
+        self.changes.retain(|(s, _)| s != &slot);
+        self.changes.push((slot, Change::Set(element)));
+        self
+    }
+
+    /// Removes a slot (or a dataframe column) if present.
+    pub fn remove(&mut self, slot: &str) -> &mut Self {
+        let slot = slot.trim_matches('/').to_string();
+        self.changes.retain(|(s, _)| s != &slot);
+        self.changes.push((slot, Change::Remove));
+        self
+    }
+
+    /// Re-encode every slot instead of copying untouched ones byte for byte (normalises an
+    /// old-layout or foreign file to the anndata ≥ 0.8 layout; used by round-trip tests).
+    pub fn reencode_all(&mut self, yes: bool) -> &mut Self {
+        self.reencode_all = yes;
+        self
+    }
+
+    /// Writes the edited copy to `output` (temporary file + rename). Refuses to overwrite the
+    /// input: use [`H5adEdit::write_in_place`] for that.
+    pub fn write_to(&self, output: impl AsRef<Path>) -> Result<()> {
+        let output = output.as_ref();
+        if same_file(&self.input, output) {
+            return Err(H5adError::WouldOverwriteInput {
+                path: output.to_path_buf(),
+            });
+        }
+        self.write_impl(output)
+    }
+
+    /// Applies the edit to the input file itself (still via a temporary file and an atomic
+    /// rename, so an interruption leaves the input intact).
+    pub fn write_in_place(&self) -> Result<()> {
+        let input = self.input.clone();
+        self.write_impl(&input)
+    }
+
+    fn write_impl(&self, output: &Path) -> Result<()> {
+        let reader = H5adReader::open(&self.input)?;
+        let tmp = temp_path(output);
+        let result = (|| {
+            let file = hdf5::File::create(&tmp).map_err(|source| H5adError::Hdf5 {
+                path: tmp.clone(),
+                slot: "/".into(),
+                source,
+            })?;
+            let w = Writer {
+                edit: self,
+                reader: &reader,
+                out_path: output.to_path_buf(),
+                copy_raw: !reader.is_legacy() && !self.reencode_all,
+            };
+            w.root(&file)?;
+            file.close().map_err(|source| H5adError::Hdf5 {
+                path: tmp.clone(),
+                slot: "/".into(),
+                source,
+            })?;
+            let f = std::fs::File::open(&tmp).map_err(|source| H5adError::Io {
+                path: tmp.clone(),
+                op: "reopening the temporary output",
+                source,
+            })?;
+            f.sync_all().map_err(|source| H5adError::Io {
+                path: tmp.clone(),
+                op: "syncing the temporary output",
+                source,
+            })?;
+            std::fs::rename(&tmp, output).map_err(|source| H5adError::Io {
+                path: output.to_path_buf(),
+                op: "renaming the temporary output into place",
+                source,
+            })
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn change_at(&self, slot: &str) -> Option<&Change> {
+        self.changes.iter().find(|(s, _)| s == slot).map(|(_, c)| c)
+    }
+
+    fn has_changes_under(&self, slot: &str) -> bool {
+        let prefix = if slot.is_empty() {
+            String::new()
+        } else {
+            format!("{slot}/")
+        };
+        self.changes
+            .iter()
+            .any(|(s, _)| s.starts_with(&prefix) && s != slot)
+    }
+}
+
+/// Writes a complete new `.h5ad` file from a list of top-level elements (`X`, `obs`, `var`,
+/// `obsm`, ...), via a temporary file and a rename.
+pub fn write_new(output: impl AsRef<Path>, members: &[(String, Element)]) -> Result<()> {
+    let output = output.as_ref();
+    let tmp = temp_path(output);
+    let result = (|| {
+        let err = |slot: &str| {
+            let tmp = tmp.clone();
+            let slot = slot.to_string();
+            move |source| H5adError::Hdf5 {
+                path: tmp,
+                slot,
+                source,
+            }
+        };
+        let file = hdf5::File::create(&tmp).map_err(err("/"))?;
+        set_encoding(&file, "anndata", "0.1.0").map_err(err("/"))?;
+        for (name, el) in members {
+            write_element(&file, name, el).map_err(err(name))?;
+        }
+        for g in ["layers", "obsm", "obsp", "varm", "varp", "uns"] {
+            if !file.link_exists(g) {
+                let grp = file.create_group(g).map_err(err(g))?;
+                set_encoding(&grp, "dict", "0.1.0").map_err(err(g))?;
+            }
+        }
+        file.close().map_err(err("/"))?;
+        std::fs::rename(&tmp, output).map_err(|source| H5adError::Io {
+            path: output.to_path_buf(),
+            op: "renaming the temporary output into place",
+            source,
+        })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+struct Writer<'a> {
+    edit: &'a H5adEdit,
+    reader: &'a H5adReader,
+    out_path: PathBuf,
+    copy_raw: bool,
+}
+
+impl Writer<'_> {
+    fn err(&self, slot: &str) -> impl FnOnce(hdf5::Error) -> H5adError + '_ {
+        let slot = slot.to_string();
+        move |source| H5adError::Hdf5 {
+            path: self.out_path.clone(),
+            slot,
+            source,
+        }
+    }
+
+    fn root(&self, file: &hdf5::File) -> Result<()> {
+        set_encoding(file, "anndata", "0.1.0").map_err(self.err("/"))?;
+        let mut names = self.reader.keys("")?;
+        names.sort();
+        for name in &names {
+            self.transfer(file, name, name)?;
+        }
+        self.write_new_children(file, "", &names)?;
+        // anndata expects these groups to exist.
+        for g in ["layers", "obsm", "obsp", "varm", "varp", "uns"] {
+            if !file.link_exists(g) {
+                let grp = file.create_group(g).map_err(self.err(g))?;
+                set_encoding(&grp, "dict", "0.1.0").map_err(self.err(g))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `Set` changes that are children (at any depth) of `parent_slot` but do not
+    /// exist in the source under `existing` (names of the source's members).
+    fn write_new_children(
+        &self,
+        dst: &Group,
+        parent_slot: &str,
+        existing: &[String],
+    ) -> Result<()> {
+        let prefix = if parent_slot.is_empty() {
+            String::new()
+        } else {
+            format!("{parent_slot}/")
+        };
+        let mut done: Vec<String> = Vec::new();
+        for (slot, change) in &self.edit.changes {
+            let Change::Set(el) = change else { continue };
+            let Some(rel) = slot.strip_prefix(&prefix) else {
+                continue;
+            };
+            if rel.is_empty() {
+                continue;
+            }
+            let first = rel.split('/').next().unwrap_or(rel);
+            if existing.iter().any(|e| e == first) {
+                continue; // handled by transfer()
+            }
+            if rel.contains('/') {
+                if done.iter().any(|d| d == first) {
+                    continue;
+                }
+                done.push(first.to_string());
+                let child_slot = join(parent_slot, first);
+                let g = dst.create_group(first).map_err(self.err(&child_slot))?;
+                set_encoding(&g, "dict", "0.1.0").map_err(self.err(&child_slot))?;
+                self.write_new_children(&g, &child_slot, &[])?;
+            } else {
+                write_element(dst, rel, el).map_err(self.err(slot))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn transfer(&self, dst: &Group, name: &str, slot: &str) -> Result<()> {
+        match self.edit.change_at(slot) {
+            Some(Change::Remove) => return Ok(()),
+            Some(Change::Set(el)) => {
+                self.check_shape(slot, el)?;
+                return write_element(dst, name, el).map_err(self.err(slot));
+            }
+            None => {}
+        }
+        if self.edit.has_changes_under(slot) {
+            let info = self.reader.info(slot)?;
+            match info.encoding.as_str() {
+                "dataframe" => {
+                    let mut df = self.reader.dataframe(slot)?;
+                    self.apply_columns(&mut df, slot)?;
+                    return write_dataframe(dst, name, &df).map_err(self.err(slot));
+                }
+                "dict" | "raw" | "anndata" => {
+                    let g = dst.create_group(name).map_err(self.err(slot))?;
+                    set_encoding(&g, &info.encoding, "0.1.0").map_err(self.err(slot))?;
+                    let children = self.reader.keys(slot)?;
+                    for c in &children {
+                        self.transfer(&g, c, &join(slot, c))?;
+                    }
+                    self.write_new_children(&g, slot, &children)?;
+                    return Ok(());
+                }
+                other => {
+                    return Err(self.reader.invalid(
+                        slot,
+                        "a group (dict, dataframe) to add members to",
+                        other.to_string(),
+                    ))
+                }
+            }
+        }
+        if self.copy_raw {
+            let src: Location = match self.reader.file().group(slot) {
+                Ok(g) => (*g).clone(),
+                Err(_) => {
+                    let ds = self.reader.file().dataset(slot).map_err(self.err(slot))?;
+                    (**ds).clone()
+                }
+            };
+            src.copy_to(dst, name).map_err(self.err(slot))
+        } else {
+            let el = self.reader.read(slot)?;
+            write_element(dst, name, &el).map_err(self.err(slot))
+        }
+    }
+
+    fn apply_columns(&self, df: &mut DataFrame, slot: &str) -> Result<()> {
+        let prefix = format!("{slot}/");
+        for (s, change) in &self.edit.changes {
+            let Some(col) = s.strip_prefix(&prefix) else {
+                continue;
+            };
+            match change {
+                Change::Remove => {
+                    df.remove_column(col);
+                }
+                Change::Set(el) => {
+                    let len = el.shape().first().copied().unwrap_or(0);
+                    if el.shape().len() != 1 || len != df.index.len() {
+                        return Err(self.reader.invalid(
+                            s,
+                            format!("a 1-d column of length {}", df.index.len()),
+                            format!("{} with shape {:?}", el.encoding(), el.shape()),
+                        ));
+                    }
+                    df.set_column(col, el.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a new element's shape against the AnnData axes for the standard slots.
+    fn check_shape(&self, slot: &str, el: &Element) -> Result<()> {
+        let group = slot.split('/').next().unwrap_or("");
+        let n_obs = self.reader.n_obs()?;
+        let n_vars = self.reader.n_vars()?;
+        let shape = el.shape();
+        let want: Option<(Vec<usize>, &str)> = match group {
+            "X" | "layers" => Some((vec![n_obs, n_vars], "n_obs x n_vars")),
+            "obsp" => Some((vec![n_obs, n_obs], "n_obs x n_obs")),
+            "varp" => Some((vec![n_vars, n_vars], "n_vars x n_vars")),
+            "obsm" => Some((vec![n_obs], "n_obs rows")),
+            "varm" => Some((vec![n_vars], "n_vars rows")),
+            _ => None,
+        };
+        if let Some((w, what)) = want {
+            if slot.contains('/') || group == "X" {
+                let ok = shape.len() >= w.len() && w.iter().zip(&shape).all(|(a, b)| a == b);
+                if !ok {
+                    return Err(self.reader.invalid(
+                        slot,
+                        format!("shape {w:?} ({what})"),
+                        format!("shape {shape:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+fn temp_path(output: &Path) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    let name = output
+        .file_name()
+        .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!(".{name}.cellfate-tmp-{}-{n}", std::process::id()))
+}
+
+// ----- element writers (HDF5 level) ------------------------------------------------------
+
+fn vlu(s: &str) -> hdf5::Result<VarLenUnicode> {
+    s.parse::<VarLenUnicode>()
+        .map_err(|e| hdf5::Error::from(format!("string {s:?} cannot be stored: {e}")))
+}
+
+fn str_attr(loc: &Location, name: &str, value: &str) -> hdf5::Result<()> {
+    if loc.attr(name).is_ok() {
+        loc.delete_attr(name)?;
+    }
+    loc.new_attr::<VarLenUnicode>()
+        .shape(())
+        .create(name)?
+        .write_scalar(&vlu(value)?)
+}
+
+fn set_encoding(loc: &Location, enc: &str, version: &str) -> hdf5::Result<()> {
+    str_attr(loc, "encoding-type", enc)?;
+    str_attr(loc, "encoding-version", version)
+}
+
+fn write_num(g: &Group, name: &str, shape: &[usize], data: &NumVec) -> hdf5::Result<hdf5::Dataset> {
+    macro_rules! w {
+        ($t:ty, $v:expr) => {{
+            let b = g.new_dataset::<$t>();
+            let ds = if shape.is_empty() {
+                b.shape(()).create(name)?
+            } else {
+                b.shape(shape.to_vec()).create(name)?
+            };
+            if !$v.is_empty() {
+                ds.write_raw($v.as_slice())?;
+            }
+            ds
+        }};
+    }
+    Ok(match data {
+        NumVec::Bool(v) => w!(bool, v),
+        NumVec::I8(v) => w!(i8, v),
+        NumVec::I16(v) => w!(i16, v),
+        NumVec::I32(v) => w!(i32, v),
+        NumVec::I64(v) => w!(i64, v),
+        NumVec::U8(v) => w!(u8, v),
+        NumVec::U16(v) => w!(u16, v),
+        NumVec::U32(v) => w!(u32, v),
+        NumVec::U64(v) => w!(u64, v),
+        NumVec::F32(v) => w!(f32, v),
+        NumVec::F64(v) => w!(f64, v),
+    })
+}
+
+fn write_strs(
+    g: &Group,
+    name: &str,
+    shape: &[usize],
+    values: &[String],
+) -> hdf5::Result<hdf5::Dataset> {
+    let v: Vec<VarLenUnicode> = values.iter().map(|s| vlu(s)).collect::<hdf5::Result<_>>()?;
+    let b = g.new_dataset::<VarLenUnicode>();
+    let ds = if shape.is_empty() {
+        b.shape(()).create(name)?
+    } else {
+        b.shape(shape.to_vec()).create(name)?
+    };
+    if !v.is_empty() {
+        ds.write_raw(&v)?;
+    }
+    Ok(ds)
+}
+
+/// scipy's choice of index dtype: int32 when every index fits, int64 otherwise.
+fn index_vec(values: impl Iterator<Item = usize>, max: usize) -> NumVec {
+    if max < i32::MAX as usize {
+        NumVec::I32(values.map(|i| i as i32).collect())
+    } else {
+        NumVec::I64(values.map(|i| i as i64).collect())
+    }
+}
+
+fn write_sparse(g: &Group, name: &str, s: &SparseArray) -> hdf5::Result<()> {
+    let sg = g.create_group(name)?;
+    set_encoding(&sg, s.format.encoding(), "0.1.0")?;
+    sg.new_attr::<i64>()
+        .shape(2)
+        .create("shape")?
+        .write_raw(&[s.shape[0] as i64, s.shape[1] as i64])?;
+    write_num(&sg, "data", &[s.data.len()], &s.data)?;
+    let minor = match s.format {
+        super::element::SparseFormat::Csr => s.shape[1],
+        super::element::SparseFormat::Csc => s.shape[0],
+    };
+    let max = minor.max(s.indices.len());
+    let idx = index_vec(s.indices.iter().map(|&i| i as usize), max);
+    write_num(&sg, "indices", &[s.indices.len()], &idx)?;
+    let ptr = index_vec(s.indptr.iter().copied(), max);
+    write_num(&sg, "indptr", &[s.indptr.len()], &ptr)?;
+    Ok(())
+}
+
+fn write_categorical(g: &Group, name: &str, c: &Categorical) -> hdf5::Result<()> {
+    let cg = g.create_group(name)?;
+    set_encoding(&cg, "categorical", "0.2.0")?;
+    cg.new_attr::<bool>()
+        .shape(())
+        .create("ordered")?
+        .write_scalar(&c.ordered)?;
+    let n = c.categories.len();
+    let codes = if n < 128 {
+        NumVec::I8(c.codes.iter().map(|&x| x as i8).collect())
+    } else if n < 32768 {
+        NumVec::I16(c.codes.iter().map(|&x| x as i16).collect())
+    } else {
+        NumVec::I32(c.codes.clone())
+    };
+    let ds = write_num(&cg, "codes", &[c.codes.len()], &codes)?;
+    set_encoding(&ds, "array", "0.2.0")?;
+    let ds = match &c.categories {
+        Categories::Str(v) => {
+            let ds = write_strs(&cg, "categories", &[v.len()], v)?;
+            set_encoding(&ds, "string-array", "0.2.0")?;
+            ds
+        }
+        Categories::Num(v) => {
+            let ds = write_num(&cg, "categories", &[v.len()], v)?;
+            set_encoding(&ds, "array", "0.2.0")?;
+            ds
+        }
+    };
+    drop(ds);
+    Ok(())
+}
+
+fn write_dataframe(g: &Group, name: &str, df: &DataFrame) -> hdf5::Result<()> {
+    let dg = g.create_group(name)?;
+    set_encoding(&dg, "dataframe", "0.2.0")?;
+    str_attr(&dg, "_index", &df.index_name)?;
+    if df.columns.is_empty() {
+        // anndata writes an empty float64 array for an empty column order.
+        dg.new_attr::<f64>().shape(0).create("column-order")?;
+    } else {
+        let names: Vec<VarLenUnicode> = df
+            .columns
+            .iter()
+            .map(|(n, _)| vlu(n))
+            .collect::<hdf5::Result<_>>()?;
+        dg.new_attr::<VarLenUnicode>()
+            .shape(names.len())
+            .create("column-order")?
+            .write_raw(&names)?;
+    }
+    let ds = write_strs(&dg, &df.index_name, &[df.index.len()], &df.index)?;
+    set_encoding(&ds, "string-array", "0.2.0")?;
+    for (cname, col) in &df.columns {
+        if cname == &df.index_name {
+            return Err(hdf5::Error::from(format!(
+                "column `{cname}` has the same name as the index"
+            )));
+        }
+        write_element(&dg, cname, col)?;
+    }
+    Ok(())
+}
+
+fn write_members(
+    g: &Group,
+    name: &str,
+    enc: &str,
+    members: &[(String, Element)],
+) -> hdf5::Result<()> {
+    let mg = g.create_group(name)?;
+    set_encoding(&mg, enc, "0.1.0")?;
+    for (n, e) in members {
+        write_element(&mg, n, e)?;
+    }
+    Ok(())
+}
+
+/// Writes one element under `g/name` in the anndata ≥ 0.8 layout.
+pub(crate) fn write_element(g: &Group, name: &str, el: &Element) -> hdf5::Result<()> {
+    if g.link_exists(name) {
+        g.unlink(name)?;
+    }
+    match el {
+        Element::Dense(d) => {
+            let ds = write_num(g, name, &d.shape, &d.data)?;
+            set_encoding(&ds, "array", "0.2.0")
+        }
+        Element::Sparse(s) => write_sparse(g, name, s),
+        Element::Strings { shape, values } => {
+            let ds = write_strs(g, name, shape, values)?;
+            set_encoding(&ds, "string-array", "0.2.0")
+        }
+        Element::Str(s) => {
+            let ds = write_strs(g, name, &[], std::slice::from_ref(s))?;
+            set_encoding(&ds, "string", "0.2.0")
+        }
+        Element::Scalar(v) => {
+            let ds = write_num(g, name, &[], v)?;
+            set_encoding(&ds, "numeric-scalar", "0.2.0")
+        }
+        Element::Categorical(c) => write_categorical(g, name, c),
+        Element::NullableInt { values, mask } => {
+            let ng = g.create_group(name)?;
+            set_encoding(&ng, "nullable-integer", "0.1.0")?;
+            write_num(&ng, "values", &[values.len()], values)?;
+            write_num(&ng, "mask", &[mask.len()], &NumVec::Bool(mask.clone()))?;
+            Ok(())
+        }
+        Element::NullableBool { values, mask } => {
+            let ng = g.create_group(name)?;
+            set_encoding(&ng, "nullable-boolean", "0.1.0")?;
+            write_num(
+                &ng,
+                "values",
+                &[values.len()],
+                &NumVec::Bool(values.clone()),
+            )?;
+            write_num(&ng, "mask", &[mask.len()], &NumVec::Bool(mask.clone()))?;
+            Ok(())
+        }
+        Element::NullableStr { values, mask } => {
+            let ng = g.create_group(name)?;
+            set_encoding(&ng, "nullable-string-array", "0.1.0")?;
+            write_strs(&ng, "values", &[values.len()], values)?;
+            write_num(&ng, "mask", &[mask.len()], &NumVec::Bool(mask.clone()))?;
+            Ok(())
+        }
+        Element::DataFrame(df) => write_dataframe(g, name, df),
+        Element::Dict(m) => write_members(g, name, "dict", m),
+        Element::Raw(m) => write_members(g, name, "raw", m),
+        Element::AnnData(m) => write_members(g, name, "anndata", m),
+    }
+}
