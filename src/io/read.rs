@@ -143,6 +143,11 @@ impl H5adReader {
     /// Member names of a group such as `layers`, `obsm`, `obsp` or `uns` (sorted); an absent
     /// group gives an empty list.
     pub fn keys(&self, group: &str) -> Result<Vec<String>> {
+        if group.is_empty() || group == "/" {
+            let mut names = self.file.member_names().map_err(self.hdf5_err("/"))?;
+            names.sort();
+            return Ok(names);
+        }
         if !self.exists(group) {
             return Ok(Vec::new());
         }
@@ -177,8 +182,7 @@ impl H5adReader {
             let index = read_str_attr(&g, "_index").unwrap_or_else(|| "_index".to_string());
             let slot = format!("{df}/{index}");
             if self.exists(&slot) {
-                let ds = self.file.dataset(&slot).map_err(self.hdf5_err(&slot))?;
-                return Ok(ds.shape().first().copied().unwrap_or(0));
+                return Ok(self.info(&slot)?.shape.first().copied().unwrap_or(0));
             }
         }
         if self.exists("X") {
@@ -204,8 +208,31 @@ impl H5adReader {
         let g = self.file.group(df).map_err(|_| self.missing(df))?;
         let index = read_str_attr(&g, "_index").unwrap_or_else(|| "_index".to_string());
         let slot = format!("{df}/{index}");
-        let ds = self.file.dataset(&slot).map_err(|_| self.missing(&slot))?;
-        self.read_strings(&ds, &slot)
+        self.read_index(&g, &index, &slot)
+    }
+
+    /// Reads a dataframe index: a string array, or (pandas' string dtype) a
+    /// nullable-string-array group whose missing entries become empty strings.
+    fn read_index(&self, g: &Group, name: &str, slot: &str) -> Result<Vec<String>> {
+        if !g.link_exists(name) {
+            return Err(H5adError::Missing {
+                path: self.path.clone(),
+                slot: slot.to_string(),
+                available: g.member_names().unwrap_or_default(),
+            });
+        }
+        match self.read(slot)? {
+            Element::Strings { values, .. } => Ok(values),
+            Element::NullableStr { values, mask } => Ok(values
+                .into_iter()
+                .zip(mask)
+                .map(|(v, m)| if m { String::new() } else { v })
+                .collect()),
+            Element::Dense(d) if d.shape.len() == 1 => {
+                Ok(d.data.to_f64().iter().map(|x| format!("{x}")).collect())
+            }
+            other => Err(self.invalid(slot, "a 1-d string index", describe(&other))),
+        }
     }
 
     /// Reads one slot completely.
@@ -250,9 +277,9 @@ impl H5adReader {
                     "dataframe" => {
                         let cols = self.column_order(&g, slot)?;
                         let index = read_str_attr(&g, "_index").unwrap_or_else(|| "_index".into());
-                        let n = g
-                            .dataset(&index)
-                            .map(|d| d.shape().first().copied().unwrap_or(0))
+                        let n = self
+                            .info(&join(slot, &index))
+                            .map(|i| i.shape.first().copied().unwrap_or(0))
                             .unwrap_or(0);
                         Ok(SlotInfo {
                             encoding: enc,
@@ -761,12 +788,7 @@ impl H5adReader {
     fn read_dataframe(&self, g: &Group, slot: &str) -> Result<DataFrame> {
         let index_name = read_str_attr(g, "_index").unwrap_or_else(|| "_index".to_string());
         let index_slot = join(slot, &index_name);
-        let index_ds = g.dataset(&index_name).map_err(|_| H5adError::Missing {
-            path: self.path.clone(),
-            slot: index_slot.clone(),
-            available: g.member_names().unwrap_or_default(),
-        })?;
-        let index = self.read_strings(&index_ds, &index_slot)?;
+        let index = self.read_index(g, &index_name, &index_slot)?;
         let mut columns = Vec::new();
         for name in self.column_order(g, slot)? {
             let col_slot = join(slot, &name);

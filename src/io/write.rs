@@ -101,7 +101,7 @@ impl H5adEdit {
         let reader = H5adReader::open(&self.input)?;
         let tmp = temp_path(output);
         let result = (|| {
-            let file = hdf5::File::create(&tmp).map_err(|source| H5adError::Hdf5 {
+            let file = create_h5(&tmp).map_err(|source| H5adError::Hdf5 {
                 path: tmp.clone(),
                 slot: "/".into(),
                 source,
@@ -171,7 +171,7 @@ pub fn write_new(output: impl AsRef<Path>, members: &[(String, Element)]) -> Res
                 source,
             }
         };
-        let file = hdf5::File::create(&tmp).map_err(err("/"))?;
+        let file = create_h5(&tmp).map_err(err("/"))?;
         set_encoding(&file, "anndata", "0.1.0").map_err(err("/"))?;
         for (name, el) in members {
             write_element(&file, name, el).map_err(err(name))?;
@@ -266,6 +266,7 @@ impl Writer<'_> {
                 set_encoding(&g, "dict", "0.1.0").map_err(self.err(&child_slot))?;
                 self.write_new_children(&g, &child_slot, &[])?;
             } else {
+                self.check_shape(slot, el)?;
                 write_element(dst, rel, el).map_err(self.err(slot))?;
             }
         }
@@ -377,6 +378,19 @@ impl Writer<'_> {
         }
         Ok(())
     }
+}
+
+/// Creates the private temporary output. Its close is "strong" (closing the file closes every
+/// object still open in it), and HDF5 file locking is off for it: the file is ours alone until
+/// the rename, and a lock would otherwise be inherited by any child process spawned meanwhile
+/// (HDF5 does not open with `O_CLOEXEC`), blocking later readers of the renamed output.
+fn create_h5(path: &Path) -> hdf5::Result<hdf5::File> {
+    hdf5::File::with_options()
+        .with_fapl(|p| {
+            p.fclose_degree(hdf5::file::FileCloseDegree::Strong)
+                .file_locking(false)
+        })
+        .create(path)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

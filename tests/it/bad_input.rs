@@ -1,0 +1,305 @@
+//! Bad input gets a typed error naming the path, the slot and what was expected; never a panic.
+
+use std::path::{Path, PathBuf};
+
+use cellfate::io::{DataFrame, Element, H5adError, H5adReader, NumVec, SparseArray, SparseFormat};
+
+use crate::common::{require_shared, tempdir};
+
+fn obs_var(n_obs: usize, n_vars: usize) -> Vec<(String, Element)> {
+    vec![
+        (
+            "obs".into(),
+            Element::DataFrame(DataFrame::with_index(
+                (0..n_obs).map(|i| format!("c{i}")).collect(),
+            )),
+        ),
+        (
+            "var".into(),
+            Element::DataFrame(DataFrame::with_index(
+                (0..n_vars).map(|i| format!("g{i}")).collect(),
+            )),
+        ),
+    ]
+}
+
+fn file_with(dir: &Path, name: &str, extra: Vec<(String, Element)>) -> PathBuf {
+    let mut members = obs_var(3, 2);
+    members.extend(extra);
+    let p = dir.join(name);
+    cellfate::io::write_new(&p, &members).expect("write fixture");
+    p
+}
+
+fn sparse(indptr: Vec<usize>, indices: Vec<u32>, data: Vec<f64>, shape: [usize; 2]) -> Element {
+    Element::Sparse(SparseArray {
+        format: SparseFormat::Csr,
+        shape,
+        indptr,
+        indices,
+        data: NumVec::F64(data),
+    })
+}
+
+fn obsp(key: &str, el: Element) -> Vec<(String, Element)> {
+    vec![("obsp".into(), Element::Dict(vec![(key.into(), el)]))]
+}
+
+#[test]
+fn not_an_hdf5_file() {
+    let d = tempdir();
+    let p = d.path().join("notes.h5ad");
+    std::fs::write(&p, "cell,gene\n1,2\n").expect("write");
+    let e = H5adReader::open(&p).expect_err("not hdf5");
+    assert!(matches!(e, H5adError::NotHdf5 { .. }), "{e}");
+    assert!(e.to_string().contains("notes.h5ad") && e.to_string().contains("not an HDF5 file"));
+}
+
+#[test]
+fn empty_file() {
+    let d = tempdir();
+    let p = d.path().join("empty.h5ad");
+    std::fs::write(&p, b"").expect("write");
+    let e = H5adReader::open(&p).expect_err("empty");
+    assert!(matches!(e, H5adError::Empty { .. }), "{e}");
+}
+
+#[test]
+fn missing_file() {
+    let e = H5adReader::open("/nonexistent/x.h5ad").expect_err("missing");
+    assert!(matches!(e, H5adError::Open { .. }), "{e}");
+    assert!(e.to_string().contains("/nonexistent/x.h5ad"));
+}
+
+#[test]
+fn truncated_file() {
+    let Some(dir) = require_shared("data/dentategyrus_cellrank_gt") else {
+        return;
+    };
+    let bytes = std::fs::read(dir.join("adata_50.h5ad")).expect("read");
+    let d = tempdir();
+    let p = d.path().join("truncated.h5ad");
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).expect("write");
+    // Either opening fails, or reading the lost slots fails: never a panic, always named.
+    match H5adReader::open(&p) {
+        Err(e) => {
+            assert!(matches!(e, H5adError::Corrupt { .. }), "{e}");
+            assert!(e.to_string().contains("truncated.h5ad"));
+        }
+        Ok(r) => {
+            let errs: Vec<_> = r
+                .keys("")
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|k| r.read(k).err())
+                .collect();
+            assert!(
+                !errs.is_empty(),
+                "a truncated file must not read completely"
+            );
+        }
+    }
+}
+
+#[test]
+fn missing_slot_lists_what_is_there() {
+    let d = tempdir();
+    let p = file_with(
+        d.path(),
+        "m.h5ad",
+        obsp(
+            "distances",
+            sparse(vec![0, 0, 0, 0], vec![], vec![], [3, 3]),
+        ),
+    );
+    let r = H5adReader::open(&p).expect("open");
+    let e = r.obsp("connectivities").expect_err("missing");
+    let msg = e.to_string();
+    assert!(matches!(e, H5adError::Missing { .. }), "{msg}");
+    assert!(
+        msg.contains("obsp/connectivities") && msg.contains("distances"),
+        "{msg}"
+    );
+    assert!(matches!(
+        r.obs_f64("pseudotime"),
+        Err(H5adError::Missing { .. })
+    ));
+}
+
+#[test]
+fn layer_shape_differs_from_x() {
+    let d = tempdir();
+    let x = Element::from_f64_matrix(3, 2, vec![0.0; 6]);
+    let layer = Element::from_f64_matrix(3, 5, vec![0.0; 15]);
+    let p = file_with(
+        d.path(),
+        "l.h5ad",
+        vec![
+            ("X".into(), x),
+            (
+                "layers".into(),
+                Element::Dict(vec![("spliced".into(), layer)]),
+            ),
+        ],
+    );
+    let problems = H5adReader::open(&p)
+        .expect("open")
+        .validate()
+        .expect("validate");
+    assert_eq!(problems.len(), 1);
+    let msg = problems[0].to_string();
+    assert!(
+        msg.contains("layers/spliced") && msg.contains("[3, 2]") && msg.contains("[3, 5]"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn obsp_not_square() {
+    let d = tempdir();
+    let p = file_with(
+        d.path(),
+        "o.h5ad",
+        obsp(
+            "connectivities",
+            sparse(vec![0, 0, 0, 0], vec![], vec![], [3, 4]),
+        ),
+    );
+    let e = H5adReader::open(&p)
+        .expect("open")
+        .obsp("connectivities")
+        .expect_err("not square");
+    let msg = e.to_string();
+    assert!(
+        matches!(e, H5adError::Invalid { .. }) && msg.contains("3 x 3") && msg.contains("3 x 4"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn indptr_not_monotone() {
+    let d = tempdir();
+    let p = file_with(
+        d.path(),
+        "i.h5ad",
+        obsp(
+            "g",
+            sparse(vec![0, 2, 1, 2], vec![0, 1], vec![1.0, 1.0], [3, 3]),
+        ),
+    );
+    let e = H5adReader::open(&p)
+        .expect("open")
+        .read("obsp/g")
+        .expect_err("bad indptr");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("obsp/g/indptr") && msg.contains("monotone") && msg.contains("row 1"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn indices_out_of_range() {
+    let d = tempdir();
+    let p = file_with(
+        d.path(),
+        "j.h5ad",
+        obsp(
+            "g",
+            sparse(vec![0, 1, 1, 2], vec![0, 7], vec![1.0, 1.0], [3, 3]),
+        ),
+    );
+    let e = H5adReader::open(&p)
+        .expect("open")
+        .read("obsp/g")
+        .expect_err("bad index");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("obsp/g/indices") && msg.contains("index 7") && msg.contains("row 2"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn transition_matrix_with_negative_or_nan_entries() {
+    let d = tempdir();
+    let neg = sparse(
+        vec![0, 2, 3, 4],
+        vec![0, 1, 1, 2],
+        vec![1.5, -0.5, 1.0, 1.0],
+        [3, 3],
+    );
+    let nan = sparse(
+        vec![0, 1, 2, 3],
+        vec![0, 1, 2],
+        vec![1.0, f64::NAN, 1.0],
+        [3, 3],
+    );
+    let zero = sparse(vec![0, 1, 1, 2], vec![0, 2], vec![1.0, 1.0], [3, 3]);
+    let p = file_with(
+        d.path(),
+        "t.h5ad",
+        vec![(
+            "obsp".into(),
+            Element::Dict(vec![
+                ("T_fwd".into(), neg),
+                ("T_nan".into(), nan),
+                ("T_zero".into(), zero),
+            ]),
+        )],
+    );
+    let r = H5adReader::open(&p).expect("open");
+    let msg = r
+        .transition_matrix("T_fwd")
+        .expect_err("negative")
+        .to_string();
+    assert!(
+        msg.contains("obsp/T_fwd") && msg.contains("negative") && msg.contains("(0, 1)"),
+        "{msg}"
+    );
+    let msg = r.transition_matrix("T_nan").expect_err("nan").to_string();
+    assert!(
+        msg.contains("obsp/T_nan") && msg.contains("not finite") && msg.contains("(1, 1)"),
+        "{msg}"
+    );
+    let msg = r
+        .transition_matrix("T_zero")
+        .expect_err("zero row")
+        .to_string();
+    assert!(msg.contains("row 1") && msg.contains("all zero"), "{msg}");
+}
+
+#[test]
+fn unsupported_encoding() {
+    let d = tempdir();
+    let p = file_with(d.path(), "u.h5ad", vec![]);
+    {
+        let f = hdf5::File::with_options()
+            .with_fapl(|p| {
+                p.fclose_degree(hdf5::file::FileCloseDegree::Strong)
+                    .file_locking(false)
+            })
+            .open_rw(&p)
+            .expect("open rw");
+        let g = f
+            .group("obsm")
+            .expect("obsm")
+            .create_group("awk")
+            .expect("create");
+        let v: hdf5::types::VarLenUnicode = "awkward-array".parse().expect("str");
+        g.new_attr::<hdf5::types::VarLenUnicode>()
+            .shape(())
+            .create("encoding-type")
+            .expect("attr")
+            .write_scalar(&v)
+            .expect("write");
+        drop(g);
+        f.close().expect("close");
+    }
+    let r = H5adReader::open(&p).expect("open");
+    let e = r.read("obsm/awk").expect_err("unsupported");
+    assert!(
+        matches!(e, H5adError::Unsupported { ref encoding, ref slot, .. } if encoding == "awkward-array" && slot == "obsm/awk"),
+        "{e}"
+    );
+}

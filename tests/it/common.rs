@@ -1,0 +1,59 @@
+//! Shared helpers: locating `../shared`, skipping (locally) or failing (under `CI=true`)
+//! when it is missing, and temporary directories.
+
+use std::path::PathBuf;
+
+/// `../shared` beside the repository (override with `CELLFATE_SHARED`).
+pub(crate) fn shared_dir() -> PathBuf {
+    std::env::var_os("CELLFATE_SHARED").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"),
+        PathBuf::from,
+    )
+}
+
+/// True when running under CI (`CI=true`), where missing inputs are failures, not skips.
+pub(crate) fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// `../shared/<sub>` if it exists. Under CI a missing folder fails the test; elsewhere the
+/// test is skipped with a message (returns `None`).
+pub(crate) fn require_shared(sub: &str) -> Option<PathBuf> {
+    let p = shared_dir().join(sub);
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        !in_ci(),
+        "{} is missing; CI must run with ../shared beside the repository",
+        p.display()
+    );
+    eprintln!("skipping: {} not found", p.display());
+    None
+}
+
+/// Every `.h5ad` file under `../shared/data`, sorted.
+pub(crate) fn data_files() -> Vec<PathBuf> {
+    let Some(root) = require_shared("data") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("readable data dir") {
+            let p = e.expect("dir entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "h5ad") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A fresh temporary directory.
+pub(crate) fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temporary directory")
+}
