@@ -20,3 +20,4 @@ pub use cellfate_kernels as kernels;
 
 pub mod inspect;
 pub mod io;
+pub mod sim;

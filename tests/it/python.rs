@@ -32,9 +32,7 @@ fn python() -> Option<PathBuf> {
         !in_ci(),
         "Python with anndata not found; .ci/run must create .venv with anndata"
     );
-    eprintln!(
-        "skipping: no Python with anndata (set CELLFATE_PYTHON or run scripts/setup-python.sh)"
-    );
+    eprintln!("skipping: no Python with anndata (set CELLFATE_PYTHON or run scripts/setup.sh)");
     None
 }
 

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what cellfate needs on a fresh Debian machine, idempotently:
+#   - system libraries: HDF5 (h5ad I/O), OpenBLAS/LAPACK/ARPACK (Schur decompositions), gfortran
+#   - Rust components: rustfmt, clippy
+#   - .venv: a Python virtual environment with anndata, used only by the interoperability
+#     tests (a file written by cellfate must open in Python anndata). Never a build dependency.
+# Set CELLFATE_SKIP_PYTHON=1 to skip the venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(libhdf5-dev libopenblas-dev liblapack-dev libarpack2-dev gfortran pkg-config)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing system packages: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if command -v rustup >/dev/null 2>&1; then
+  installed=$(rustup component list --installed 2>/dev/null || true)
+  for c in rustfmt clippy; do
+    echo "$installed" | grep -q "^$c" || rustup component add "$c"
+  done
+fi
+
+if [ "${CELLFATE_SKIP_PYTHON:-0}" != "1" ]; then
+  if ! .venv/bin/python -c "import anndata" >/dev/null 2>&1; then
+    echo "setup: creating .venv with anndata (for interoperability tests)"
+    PY=python3
+    for v in 3.12 3.11; do
+      if command -v "python$v" >/dev/null 2>&1; then PY="python$v"; break; fi
+    done
+    rm -rf .venv
+    "$PY" -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check "anndata==0.12.19"
+  fi
+fi
+echo "setup: ok"
