@@ -31,9 +31,11 @@ fi
 if [ "${CELLFATE_SKIP_PYTHON:-0}" != "1" ]; then
   if ! .venv/bin/python -c "import anndata" >/dev/null 2>&1; then
     echo "setup: creating .venv with anndata (for interoperability tests)"
+    # Prefer Python 3.12 (pyenv's shims exist for versions that are not active: run them
+    # to check), else the default python3.
     PY=python3
-    for v in 3.12 3.11; do
-      if command -v "python$v" >/dev/null 2>&1; then PY="python$v"; break; fi
+    for cand in python3.12 "$HOME/.pyenv/versions/3.12.1/bin/python3" python3.11; do
+      if "$cand" -c "import sys, venv" >/dev/null 2>&1; then PY="$cand"; break; fi
     done
     rm -rf .venv
     "$PY" -m venv .venv
