@@ -141,3 +141,57 @@ pub enum TransitionError {
     #[error("transition matrix has no cells")]
     Empty,
 }
+
+/// An error computing or combining kernels.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum KernelError {
+    /// An input the kernel needs is missing; the message says what creates it.
+    #[error("{kernel}: needs {what}: {source}; {hint}")]
+    MissingInput {
+        /// Kernel name (`VelocityKernel`, ...).
+        kernel: &'static str,
+        /// What the input is (e.g. "the kNN graph").
+        what: String,
+        /// The underlying lookup error (names slot and key).
+        source: Box<crate::source::SourceError>,
+        /// How to create the input.
+        hint: String,
+    },
+    /// An input exists but is unusable.
+    #[error("{kernel}: invalid input {what}: {detail}")]
+    InvalidInput {
+        /// Kernel name.
+        kernel: &'static str,
+        /// Which input.
+        what: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A parameter is out of range.
+    #[error("{kernel}: parameter `{name}` = {value} is invalid: expected {expected}")]
+    InvalidParam {
+        /// Kernel name.
+        kernel: &'static str,
+        /// Parameter.
+        name: &'static str,
+        /// Value given.
+        value: String,
+        /// What is allowed.
+        expected: String,
+    },
+    /// Kernels that cannot be combined.
+    #[error("cannot combine kernels: {0}")]
+    Combine(String),
+    /// The computed matrix is not a valid transition matrix.
+    #[error("{kernel}: the computed matrix is not a valid transition matrix: {source}")]
+    Transition {
+        /// Kernel name.
+        kernel: &'static str,
+        /// Why.
+        source: TransitionError,
+    },
+    /// A saved kernel could not be loaded.
+    #[error("cannot load kernel: {0}")]
+    Load(String),
+}

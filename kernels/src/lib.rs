@@ -2,8 +2,9 @@
 //!
 //! Kernels turn single-cell data into a sparse row-stochastic cell-cell transition matrix,
 //! the way CellRank 2's kernels do. This crate holds the vocabulary every other part of
-//! cellfate shares: the sparse [`Csr`] storage and the validated [`TransitionMatrix`].
-//! Kernels never touch files: they read inputs through a `CellSource`.
+//! cellfate shares — the sparse [`Csr`] storage and the validated [`TransitionMatrix`] — and
+//! the kernels themselves. Kernels never touch files: they read inputs through a
+//! [`CellSource`] (the `.h5ad` reader implements it, so does [`InMemoryCells`]).
 //!
 //! ```
 //! use cellfate_kernels::{Csr, Direction, TransitionMatrix};
@@ -13,11 +14,33 @@
 //! assert_eq!(t.row(1).1, &[0.5, 0.5]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! Kernels are their parameters, and combine like CellRank's:
+//!
+//! ```
+//! use cellfate_kernels::{ConnectivityParams, Kernel, KernelSpec, VelocityParams};
+//! let k: KernelSpec = 0.8 * VelocityParams::default() + 0.2 * ConnectivityParams::default();
+//! assert_eq!(k.leaves().len(), 2);
+//! k.validate()?;
+//! # Ok::<(), cellfate_kernels::KernelError>(())
+//! ```
 
+pub mod connectivity;
 pub mod csr;
 pub mod error;
+pub mod kernel;
+pub mod precomputed;
+pub mod pseudotime;
+pub mod source;
 pub mod transition;
+pub mod velocity;
 
+pub use connectivity::ConnectivityParams;
 pub use csr::Csr;
-pub use error::{CsrError, TransitionError};
+pub use error::{CsrError, KernelError, TransitionError};
+pub use kernel::{Kernel, KernelOutput, KernelSpec};
+pub use precomputed::PrecomputedParams;
+pub use pseudotime::{PseudotimeParams, ThresholdScheme};
+pub use source::{CellSource, DenseData, DenseMatrix, InMemoryCells, SourceError};
 pub use transition::{Direction, TransitionMatrix, ROW_SUM_TOL};
+pub use velocity::{BackwardMode, Similarity, VelocityModel, VelocityParams};

@@ -10,6 +10,7 @@ pub mod element;
 pub mod error;
 pub mod keys;
 pub mod read;
+pub mod source;
 pub mod write;
 
 pub use element::{

@@ -8,5 +8,6 @@ mod cli;
 mod common;
 mod data_expectations;
 mod data_files;
+mod kernel_parity;
 mod python;
 mod roundtrip;

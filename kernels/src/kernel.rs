@@ -1,0 +1,473 @@
+//! The [`Kernel`] trait, the serialisable [`KernelSpec`] (a kernel *is* its validated
+//! parameters), and kernel algebra: weighted sums, element-wise products, direction flips.
+
+use serde::{Deserialize, Serialize};
+
+use crate::connectivity::ConnectivityParams;
+use crate::csr::Csr;
+use crate::error::KernelError;
+use crate::precomputed::PrecomputedParams;
+use crate::pseudotime::PseudotimeParams;
+use crate::source::CellSource;
+use crate::transition::{Direction, TransitionMatrix};
+use crate::velocity::VelocityParams;
+
+/// The result of computing a kernel: the transition matrix and the *effective* spec, with
+/// every estimated quantity filled in (e.g. the softmax scale), so that recomputing the
+/// effective spec reproduces the matrix exactly.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelOutput {
+    /// The row-stochastic transition matrix.
+    pub transition: TransitionMatrix,
+    /// The spec with estimated parameters filled in.
+    pub effective: KernelSpec,
+}
+
+/// A kernel: validated parameters that compute a transition matrix from a [`CellSource`].
+pub trait Kernel: std::fmt::Debug + Send + Sync {
+    /// CellRank's class name (`VelocityKernel`, ...).
+    fn name(&self) -> &'static str;
+    /// The serialisable description of this kernel.
+    fn spec(&self) -> KernelSpec;
+    /// `Some(direction)` for directed kernels, `None` for undirected ones (connectivity).
+    fn direction(&self) -> Option<Direction>;
+    /// Checks the parameters.
+    fn validate(&self) -> Result<(), KernelError>;
+    /// Computes the transition matrix.
+    fn compute(&self, cells: &dyn CellSource) -> Result<KernelOutput, KernelError>;
+}
+
+/// A serialisable kernel expression: one of the built-in kernels with its parameters, or a
+/// combination. This is what `uns["T_fwd_params"]` stores and what `--kernel` parses into.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kernel", rename_all = "snake_case")]
+pub enum KernelSpec {
+    /// [`ConnectivityParams`].
+    Connectivity(ConnectivityParams),
+    /// [`PseudotimeParams`].
+    Pseudotime(PseudotimeParams),
+    /// [`VelocityParams`].
+    Velocity(VelocityParams),
+    /// [`PrecomputedParams`].
+    Precomputed(PrecomputedParams),
+    /// Weighted sum `Σ (w_k / Σw) T_k`.
+    Sum {
+        /// `(weight, kernel)` pairs; weights non-negative, finite, not all zero.
+        terms: Vec<(f64, KernelSpec)>,
+    },
+    /// Element-wise product of the transition matrices, row-normalised.
+    Product {
+        /// Factors.
+        factors: Vec<KernelSpec>,
+    },
+}
+
+impl KernelSpec {
+    /// Borrows the kernel behind a leaf spec, `None` for combinations.
+    fn leaf(&self) -> Option<&dyn Kernel> {
+        match self {
+            Self::Connectivity(p) => Some(p),
+            Self::Pseudotime(p) => Some(p),
+            Self::Velocity(p) => Some(p),
+            Self::Precomputed(p) => Some(p),
+            Self::Sum { .. } | Self::Product { .. } => None,
+        }
+    }
+
+    /// The leaves of the expression, in order.
+    pub fn leaves(&self) -> Vec<&KernelSpec> {
+        match self {
+            Self::Sum { terms } => terms.iter().flat_map(|(_, k)| k.leaves()).collect(),
+            Self::Product { factors } => factors.iter().flat_map(KernelSpec::leaves).collect(),
+            leaf => vec![leaf],
+        }
+    }
+
+    /// Flips the direction of every directed kernel in the expression (CellRank's `~k`).
+    pub fn flip(mut self) -> Self {
+        self.for_each_leaf_mut(&mut |k| match k {
+            Self::Velocity(p) => p.backward = !p.backward,
+            Self::Pseudotime(p) => p.backward = !p.backward,
+            Self::Precomputed(p) => p.backward = !p.backward,
+            _ => {}
+        });
+        self
+    }
+
+    fn for_each_leaf_mut(&mut self, f: &mut dyn FnMut(&mut KernelSpec)) {
+        match self {
+            Self::Sum { terms } => terms.iter_mut().for_each(|(_, k)| k.for_each_leaf_mut(f)),
+            Self::Product { factors } => factors.iter_mut().for_each(|k| k.for_each_leaf_mut(f)),
+            leaf => f(leaf),
+        }
+    }
+
+    /// A weighted sum, flattened: a nested sum's weights are renormalised and scaled by its
+    /// own weight. Weights must be finite and non-negative.
+    pub fn sum(terms: Vec<(f64, KernelSpec)>) -> Self {
+        let mut flat = Vec::new();
+        for (w, k) in terms {
+            match k {
+                Self::Sum { terms: inner } => {
+                    let total: f64 = inner.iter().map(|(v, _)| v).sum();
+                    for (v, kk) in inner {
+                        let scaled = if total > 0.0 { w * v / total } else { 0.0 };
+                        flat.push((scaled, kk));
+                    }
+                }
+                other => flat.push((w, other)),
+            }
+        }
+        Self::Sum { terms: flat }
+    }
+
+    /// An element-wise product, flattened.
+    pub fn product(factors: Vec<KernelSpec>) -> Self {
+        let mut flat = Vec::new();
+        for k in factors {
+            match k {
+                Self::Product { factors: inner } => flat.extend(inner),
+                other => flat.push(other),
+            }
+        }
+        Self::Product { factors: flat }
+    }
+
+    /// Sets `name = value` on every leaf of kind `kernel` (`velocity`, `connectivity`, ...),
+    /// as `--param velocity.similarity=cosine` does. `value` is parsed as JSON when it can be
+    /// (numbers, booleans, `null`), else taken as a string. Returns how many leaves changed.
+    pub fn set_param(
+        &mut self,
+        kernel: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<usize, KernelError> {
+        let json_value: serde_json::Value = serde_json::from_str(value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        let mut count = 0;
+        let mut err = None;
+        self.for_each_leaf_mut(&mut |leaf| {
+            if err.is_some() || leaf.kind() != kernel {
+                return;
+            }
+            let mut obj = match serde_json::to_value(&*leaf) {
+                Ok(serde_json::Value::Object(m)) => m,
+                _ => return,
+            };
+            if !obj.contains_key(name) || name == "kernel" {
+                let known: Vec<String> = obj.keys().filter(|k| *k != "kernel").cloned().collect();
+                err = Some(KernelError::Load(format!(
+                    "kernel `{kernel}` has no parameter `{name}` (parameters: {})",
+                    known.join(", ")
+                )));
+                return;
+            }
+            obj.insert(name.to_string(), json_value.clone());
+            match serde_json::from_value::<KernelSpec>(serde_json::Value::Object(obj)) {
+                Ok(new) => {
+                    *leaf = new;
+                    count += 1;
+                }
+                Err(e) => {
+                    err = Some(KernelError::Load(format!(
+                        "invalid value {value:?} for `{kernel}.{name}`: {e}"
+                    )));
+                }
+            }
+        });
+        match err {
+            Some(e) => Err(e),
+            None if count == 0 => Err(KernelError::Load(format!(
+                "`--param {kernel}.{name}` names no kernel of the expression"
+            ))),
+            None => Ok(count),
+        }
+    }
+
+    /// Short kind name of a leaf (`velocity`, `connectivity`, `pseudotime`, `precomputed`),
+    /// `sum`/`product` for combinations.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connectivity(_) => "connectivity",
+            Self::Pseudotime(_) => "pseudotime",
+            Self::Velocity(_) => "velocity",
+            Self::Precomputed(_) => "precomputed",
+            Self::Sum { .. } => "sum",
+            Self::Product { .. } => "product",
+        }
+    }
+
+    /// Serialises to JSON (the format of `uns["T_fwd_params"]["spec"]` and of `--spec` files).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses the JSON written by [`KernelSpec::to_json`] and validates it.
+    pub fn from_json(s: &str) -> Result<Self, KernelError> {
+        let spec: Self = serde_json::from_str(s).map_err(|e| KernelError::Load(e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+fn combine_direction(
+    dirs: impl Iterator<Item = Option<Direction>>,
+) -> Result<Option<Direction>, KernelError> {
+    let mut out = None;
+    for d in dirs.flatten() {
+        match out {
+            None => out = Some(d),
+            Some(o) if o != d => {
+                return Err(KernelError::Combine(
+                    "a forward and a backward kernel cannot be combined; flip one of them".into(),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+impl Kernel for KernelSpec {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Sum { .. } => "KernelAdd",
+            Self::Product { .. } => "KernelMul",
+            leaf => leaf.leaf().map_or("Kernel", Kernel::name),
+        }
+    }
+
+    fn spec(&self) -> KernelSpec {
+        self.clone()
+    }
+
+    fn direction(&self) -> Option<Direction> {
+        match self {
+            Self::Sum { terms } => combine_direction(terms.iter().map(|(_, k)| k.direction()))
+                .ok()
+                .flatten(),
+            Self::Product { factors } => combine_direction(factors.iter().map(Kernel::direction))
+                .ok()
+                .flatten(),
+            leaf => leaf.leaf().and_then(Kernel::direction),
+        }
+    }
+
+    fn validate(&self) -> Result<(), KernelError> {
+        match self {
+            Self::Sum { terms } => {
+                if terms.is_empty() {
+                    return Err(KernelError::Combine(
+                        "a sum needs at least one kernel".into(),
+                    ));
+                }
+                for (w, k) in terms {
+                    if !(w.is_finite() && *w >= 0.0) {
+                        return Err(KernelError::Combine(format!(
+                            "weight {w} of {} must be finite and non-negative",
+                            k.name()
+                        )));
+                    }
+                    k.validate()?;
+                }
+                if terms.iter().map(|(w, _)| w).sum::<f64>() <= 0.0 {
+                    return Err(KernelError::Combine("the weights sum to zero".into()));
+                }
+                combine_direction(terms.iter().map(|(_, k)| k.direction()))?;
+                Ok(())
+            }
+            Self::Product { factors } => {
+                if factors.is_empty() {
+                    return Err(KernelError::Combine(
+                        "a product needs at least one kernel".into(),
+                    ));
+                }
+                for k in factors {
+                    k.validate()?;
+                }
+                combine_direction(factors.iter().map(Kernel::direction))?;
+                Ok(())
+            }
+            leaf => leaf.leaf().map_or(Ok(()), Kernel::validate),
+        }
+    }
+
+    fn compute(&self, cells: &dyn CellSource) -> Result<KernelOutput, KernelError> {
+        self.validate()?;
+        match self {
+            Self::Sum { terms } => {
+                let total: f64 = terms.iter().map(|(w, _)| w).sum();
+                let dir = self.direction().unwrap_or_default();
+                let mut acc: Option<Csr> = None;
+                let mut effective = Vec::with_capacity(terms.len());
+                for (w, k) in terms {
+                    let out = k.compute(cells)?;
+                    let mut t = out.transition.into_csr();
+                    let wn = w / total;
+                    acc = Some(match acc {
+                        None => {
+                            t.data_mut().iter_mut().for_each(|x| *x *= wn);
+                            t
+                        }
+                        Some(a) => {
+                            check_same_cells(&a, &t)?;
+                            a.add_scaled(1.0, &t, wn)
+                        }
+                    });
+                    effective.push((*w, out.effective));
+                }
+                let m = acc.ok_or_else(|| KernelError::Combine("empty sum".into()))?;
+                Ok(KernelOutput {
+                    transition: to_transition("KernelAdd", m, dir)?,
+                    effective: Self::Sum { terms: effective },
+                })
+            }
+            Self::Product { factors } => {
+                let dir = self.direction().unwrap_or_default();
+                let mut acc: Option<Csr> = None;
+                let mut effective = Vec::with_capacity(factors.len());
+                for k in factors {
+                    let out = k.compute(cells)?;
+                    let t = out.transition.into_csr();
+                    acc = Some(match acc {
+                        None => t,
+                        Some(a) => {
+                            check_same_cells(&a, &t)?;
+                            a.hadamard(&t)
+                        }
+                    });
+                    effective.push(out.effective);
+                }
+                let m = acc.ok_or_else(|| KernelError::Combine("empty product".into()))?;
+                Ok(KernelOutput {
+                    transition: to_transition("KernelMul", m, dir)?,
+                    effective: Self::Product { factors: effective },
+                })
+            }
+            leaf => match leaf.leaf() {
+                Some(k) => k.compute(cells),
+                None => Err(KernelError::Combine("not a kernel".into())),
+            },
+        }
+    }
+}
+
+fn check_same_cells(a: &Csr, b: &Csr) -> Result<(), KernelError> {
+    if a.nrows() != b.nrows() {
+        return Err(KernelError::Combine(format!(
+            "kernels have different numbers of cells ({} and {})",
+            a.nrows(),
+            b.nrows()
+        )));
+    }
+    Ok(())
+}
+
+/// Reads and checks the kNN graph a kernel needs.
+pub(crate) fn read_graph(
+    kernel: &'static str,
+    cells: &dyn CellSource,
+    key: &str,
+) -> Result<Csr, KernelError> {
+    let g = cells.graph(key).map_err(|source| KernelError::MissingInput {
+        kernel,
+        what: "the kNN graph".into(),
+        source: Box::new(source),
+        hint: "compute neighbours with `cellfate preprocess` (or scanpy's `pp.neighbors`), or set `conn_key`".into(),
+    })?;
+    if g.nrows() != cells.n_cells() || g.ncols() != cells.n_cells() {
+        return Err(KernelError::InvalidInput {
+            kernel,
+            what: format!("obsp[\"{key}\"]"),
+            detail: format!(
+                "shape {} x {}, expected {n} x {n}",
+                g.nrows(),
+                g.ncols(),
+                n = cells.n_cells()
+            ),
+        });
+    }
+    Ok(g)
+}
+
+/// Row-normalises (when needed) and validates, naming the kernel on failure.
+pub(crate) fn to_transition(
+    kernel: &'static str,
+    m: Csr,
+    direction: Direction,
+) -> Result<TransitionMatrix, KernelError> {
+    TransitionMatrix::from_weights(m, direction)
+        .map_err(|source| KernelError::Transition { kernel, source })
+}
+
+// ----- operator sugar: `0.8 * vk + 0.2 * ck`, `vk * ck`, `!vk` ---------------------------
+
+macro_rules! kernel_ops {
+    ($($t:ty),*) => {$(
+        impl From<$t> for KernelSpec {
+            fn from(p: $t) -> Self {
+                p.spec()
+            }
+        }
+        impl std::ops::Mul<$t> for f64 {
+            type Output = KernelSpec;
+            fn mul(self, k: $t) -> KernelSpec {
+                KernelSpec::Sum { terms: vec![(self, k.spec())] }
+            }
+        }
+        impl<R: Into<KernelSpec>> std::ops::Add<R> for $t {
+            type Output = KernelSpec;
+            fn add(self, r: R) -> KernelSpec {
+                KernelSpec::from(self) + r
+            }
+        }
+        impl std::ops::Not for $t {
+            type Output = KernelSpec;
+            fn not(self) -> KernelSpec {
+                self.spec().flip()
+            }
+        }
+    )*};
+}
+kernel_ops!(
+    ConnectivityParams,
+    PseudotimeParams,
+    VelocityParams,
+    PrecomputedParams
+);
+
+impl std::ops::Mul<KernelSpec> for f64 {
+    type Output = KernelSpec;
+    fn mul(self, k: KernelSpec) -> KernelSpec {
+        KernelSpec::sum(vec![(self, k)])
+    }
+}
+
+impl<R: Into<KernelSpec>> std::ops::Add<R> for KernelSpec {
+    type Output = KernelSpec;
+    /// Adds two expressions. A bare kernel counts with weight 1; a single scaled term
+    /// (`0.8 * k`) keeps its weight.
+    fn add(self, r: R) -> KernelSpec {
+        let as_terms = |k: KernelSpec| match k {
+            KernelSpec::Sum { terms } => terms,
+            other => vec![(1.0, other)],
+        };
+        let mut terms = as_terms(self);
+        terms.extend(as_terms(r.into()));
+        KernelSpec::Sum { terms }
+    }
+}
+
+impl std::ops::Mul<KernelSpec> for KernelSpec {
+    type Output = KernelSpec;
+    fn mul(self, r: KernelSpec) -> KernelSpec {
+        KernelSpec::product(vec![self, r])
+    }
+}
+
+impl std::ops::Not for KernelSpec {
+    type Output = KernelSpec;
+    fn not(self) -> KernelSpec {
+        self.flip()
+    }
+}

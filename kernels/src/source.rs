@@ -1,0 +1,260 @@
+//! [`CellSource`]: what kernels may read. The `.h5ad` reader implements it, and so does
+//! [`InMemoryCells`] for tests and library users; kernels never open files.
+
+use std::collections::BTreeMap;
+
+use thiserror::Error;
+
+use crate::csr::Csr;
+
+/// A dense row-major matrix (cells × features) that keeps its stored precision: float32
+/// layers stay float32 in memory (half the footprint) and are widened to `f64` row by row
+/// when used, which gives exactly the values a float64 copy would.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DenseMatrix {
+    nrows: usize,
+    ncols: usize,
+    data: DenseData,
+}
+
+/// Storage of a [`DenseMatrix`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum DenseData {
+    /// Single precision.
+    F32(Vec<f32>),
+    /// Double precision.
+    F64(Vec<f64>),
+}
+
+impl DenseMatrix {
+    /// A matrix from row-major `f64` values. Panics when the length is not `nrows * ncols`.
+    pub fn from_f64(nrows: usize, ncols: usize, data: Vec<f64>) -> Self {
+        assert_eq!(data.len(), nrows * ncols, "DenseMatrix: wrong data length");
+        Self {
+            nrows,
+            ncols,
+            data: DenseData::F64(data),
+        }
+    }
+
+    /// A matrix from row-major `f32` values. Panics when the length is not `nrows * ncols`.
+    pub fn from_f32(nrows: usize, ncols: usize, data: Vec<f32>) -> Self {
+        assert_eq!(data.len(), nrows * ncols, "DenseMatrix: wrong data length");
+        Self {
+            nrows,
+            ncols,
+            data: DenseData::F32(data),
+        }
+    }
+
+    /// Rows.
+    pub fn nrows(&self) -> usize {
+        self.nrows
+    }
+
+    /// Columns.
+    pub fn ncols(&self) -> usize {
+        self.ncols
+    }
+
+    /// The storage.
+    pub fn data(&self) -> &DenseData {
+        &self.data
+    }
+
+    /// Writes row `i` as `f64` into `out` (resized to `ncols`).
+    pub fn row_into(&self, i: usize, out: &mut Vec<f64>) {
+        let (s, e) = (i * self.ncols, (i + 1) * self.ncols);
+        out.clear();
+        match &self.data {
+            DenseData::F32(v) => out.extend(v[s..e].iter().map(|&x| f64::from(x))),
+            DenseData::F64(v) => out.extend_from_slice(&v[s..e]),
+        }
+    }
+
+    /// Value `(i, j)` as `f64`.
+    pub fn get(&self, i: usize, j: usize) -> f64 {
+        match &self.data {
+            DenseData::F32(v) => f64::from(v[i * self.ncols + j]),
+            DenseData::F64(v) => v[i * self.ncols + j],
+        }
+    }
+
+    /// The columns for which `keep[j]` is true. Panics when `keep.len() != ncols`.
+    pub fn select_columns(&self, keep: &[bool]) -> Self {
+        assert_eq!(keep.len(), self.ncols, "select_columns: mask length");
+        let cols: Vec<usize> = (0..self.ncols).filter(|&j| keep[j]).collect();
+        macro_rules! sel {
+            ($v:expr) => {{
+                let mut out = Vec::with_capacity(self.nrows * cols.len());
+                for i in 0..self.nrows {
+                    let row = &$v[i * self.ncols..(i + 1) * self.ncols];
+                    out.extend(cols.iter().map(|&j| row[j]));
+                }
+                out
+            }};
+        }
+        let data = match &self.data {
+            DenseData::F32(v) => DenseData::F32(sel!(v)),
+            DenseData::F64(v) => DenseData::F64(sel!(v)),
+        };
+        Self {
+            nrows: self.nrows,
+            ncols: cols.len(),
+            data,
+        }
+    }
+
+    /// All values as `f64`, row-major.
+    pub fn to_f64(&self) -> Vec<f64> {
+        match &self.data {
+            DenseData::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            DenseData::F64(v) => v.clone(),
+        }
+    }
+
+    /// Sum of each column (in row order: deterministic).
+    pub fn col_sums(&self) -> Vec<f64> {
+        let mut out = vec![0.0; self.ncols];
+        let mut row = Vec::new();
+        for i in 0..self.nrows {
+            self.row_into(i, &mut row);
+            for (o, x) in out.iter_mut().zip(&row) {
+                *o += x;
+            }
+        }
+        out
+    }
+}
+
+/// An input a kernel asked for could not be provided.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// The slot/key does not exist.
+    #[error("`{slot}[\"{key}\"]` not found{}", hint_available(.available))]
+    Missing {
+        /// AnnData slot (`obsp`, `obs`, `layers`, `obsm`, `var`).
+        slot: String,
+        /// Key within the slot.
+        key: String,
+        /// Keys that do exist in that slot.
+        available: Vec<String>,
+    },
+    /// The slot exists but holds something else.
+    #[error("`{slot}[\"{key}\"]`: expected {expected}, found {found}")]
+    Invalid {
+        /// Slot.
+        slot: String,
+        /// Key.
+        key: String,
+        /// What was expected.
+        expected: String,
+        /// What was found.
+        found: String,
+    },
+    /// Any other failure of the underlying storage (file, HDF5), as text.
+    #[error("{0}")]
+    Storage(String),
+}
+
+fn hint_available(a: &[String]) -> String {
+    if a.is_empty() {
+        String::new()
+    } else {
+        format!(" (available: {})", a.join(", "))
+    }
+}
+
+/// What kernels may read about cells. Implemented by the `.h5ad` reader and by
+/// [`InMemoryCells`].
+pub trait CellSource: Sync {
+    /// Number of cells.
+    fn n_cells(&self) -> usize;
+    /// Number of genes.
+    fn n_genes(&self) -> usize;
+    /// A cell × cell graph from `obsp[key]` (e.g. `connectivities`), `n_cells × n_cells`.
+    fn graph(&self, key: &str) -> Result<Csr, SourceError>;
+    /// A numeric per-cell vector from `obs[key]`.
+    fn obs_f64(&self, key: &str) -> Result<Vec<f64>, SourceError>;
+    /// Per-cell labels from a categorical (or string) `obs[key]` (`None` = missing).
+    fn obs_labels(&self, key: &str) -> Result<Vec<Option<String>>, SourceError>;
+    /// A cells × genes matrix from `layers[key]` (`key == "X"` reads `X`).
+    fn layer(&self, key: &str) -> Result<DenseMatrix, SourceError>;
+    /// A cells × d matrix from `obsm[key]`.
+    fn obsm(&self, key: &str) -> Result<DenseMatrix, SourceError>;
+    /// A per-gene boolean mask from `var[key]`; `Ok(None)` when the column does not exist.
+    fn var_mask(&self, key: &str) -> Result<Option<Vec<bool>>, SourceError>;
+}
+
+/// An in-memory [`CellSource`] for tests, examples and library users who hold their data in
+/// Rust already.
+#[derive(Clone, Debug, Default)]
+pub struct InMemoryCells {
+    /// Number of cells.
+    pub n_cells: usize,
+    /// Number of genes.
+    pub n_genes: usize,
+    /// `obsp` graphs.
+    pub graphs: BTreeMap<String, Csr>,
+    /// Numeric `obs` columns.
+    pub obs: BTreeMap<String, Vec<f64>>,
+    /// Label `obs` columns.
+    pub labels: BTreeMap<String, Vec<Option<String>>>,
+    /// `layers` (and `X`).
+    pub layers: BTreeMap<String, DenseMatrix>,
+    /// `obsm` matrices.
+    pub obsm: BTreeMap<String, DenseMatrix>,
+    /// Boolean `var` columns.
+    pub var_masks: BTreeMap<String, Vec<bool>>,
+}
+
+fn missing<T>(slot: &str, key: &str, map: &BTreeMap<String, T>) -> SourceError {
+    SourceError::Missing {
+        slot: slot.into(),
+        key: key.into(),
+        available: map.keys().cloned().collect(),
+    }
+}
+
+impl CellSource for InMemoryCells {
+    fn n_cells(&self) -> usize {
+        self.n_cells
+    }
+    fn n_genes(&self) -> usize {
+        self.n_genes
+    }
+    fn graph(&self, key: &str) -> Result<Csr, SourceError> {
+        self.graphs
+            .get(key)
+            .cloned()
+            .ok_or_else(|| missing("obsp", key, &self.graphs))
+    }
+    fn obs_f64(&self, key: &str) -> Result<Vec<f64>, SourceError> {
+        self.obs
+            .get(key)
+            .cloned()
+            .ok_or_else(|| missing("obs", key, &self.obs))
+    }
+    fn obs_labels(&self, key: &str) -> Result<Vec<Option<String>>, SourceError> {
+        self.labels
+            .get(key)
+            .cloned()
+            .ok_or_else(|| missing("obs", key, &self.labels))
+    }
+    fn layer(&self, key: &str) -> Result<DenseMatrix, SourceError> {
+        self.layers
+            .get(key)
+            .cloned()
+            .ok_or_else(|| missing("layers", key, &self.layers))
+    }
+    fn obsm(&self, key: &str) -> Result<DenseMatrix, SourceError> {
+        self.obsm
+            .get(key)
+            .cloned()
+            .ok_or_else(|| missing("obsm", key, &self.obsm))
+    }
+    fn var_mask(&self, key: &str) -> Result<Option<Vec<bool>>, SourceError> {
+        Ok(self.var_masks.get(key).cloned())
+    }
+}

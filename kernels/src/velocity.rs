@@ -1,0 +1,434 @@
+//! `VelocityKernel`: transition probabilities from how well each cell's RNA velocity points
+//! at its kNN neighbours (CellRank 2.3, deterministic model).
+//!
+//! For cell `i` with velocity `v_i` and expression `x_i` (`layers["Ms"]`), and each neighbour
+//! `j ∈ N(i)` (the stored entries of row `i` of `obsp["connectivities"]`), with the
+//! displacement `d_ij = x_j − x_i`:
+//! - `correlation`: Pearson correlation of `d_ij` and `v_i` over genes;
+//! - `cosine`: `⟨d_ij, v_i⟩ / (‖d_ij‖ ‖v_i‖)`;
+//! - `dot_product`: `⟨d_ij, v_i⟩`.
+//!
+//! These similarities are the *logits*; `T_ij = softmax_j(s · logit_ij)` over `N(i)`, where a
+//! neighbour with a zero norm gets probability 0 and a cell with zero velocity a uniform row.
+//! `s = softmax_scale`, or, when not given, `1 / median |logit|` over all non-zero logits.
+//! Backward, `transpose` scores how well neighbour `j`'s velocity points at `i`
+//! (`sim(v_j, x_i − x_j)`); `negate` uses `−v_i`.
+//!
+//! Deviation from CellRank: a cell all of whose neighbours have zero norm gets a uniform row
+//! (CellRank produces NaN and fails). Rows are computed independently in parallel, so the result
+//! does not depend on the number of threads.
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::csr::{Csr, ROW_CHUNK};
+use crate::error::KernelError;
+use crate::kernel::{read_graph, to_transition, Kernel, KernelOutput, KernelSpec};
+use crate::source::{CellSource, DenseMatrix};
+use crate::transition::Direction;
+
+/// Similarity of velocity and displacement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Similarity {
+    /// Pearson correlation (CellRank's default).
+    Correlation,
+    /// Cosine similarity.
+    Cosine,
+    /// Plain dot product.
+    DotProduct,
+}
+
+/// How the backward process is defined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackwardMode {
+    /// Score how well neighbour `j`'s velocity points at `i` (default).
+    Transpose,
+    /// Use the negated velocity of `i`.
+    Negate,
+}
+
+/// The velocity model. Only the deterministic model is implemented; CellRank deprecated the
+/// stochastic and Monte-Carlo models (removal in 3.0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VelocityModel {
+    /// Use each cell's velocity as it is.
+    Deterministic,
+}
+
+/// Parameters of the velocity kernel (CellRank names and defaults).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VelocityParams {
+    /// Backward process.
+    pub backward: bool,
+    /// `layers` key of the expression used for displacements.
+    pub xkey: String,
+    /// `layers` key of the velocities.
+    pub vkey: String,
+    /// `obsp` key of the kNN graph whose pattern defines the neighbours.
+    pub conn_key: String,
+    /// `var` key of a boolean gene mask; default `"{vkey}_genes"` when that column exists.
+    pub gene_subset: Option<String>,
+    /// Velocity model.
+    pub model: VelocityModel,
+    /// Similarity scheme.
+    pub similarity: Similarity,
+    /// Backward mode (used when `backward`).
+    pub backward_mode: BackwardMode,
+    /// Softmax scale; estimated as `1 / median |logit|` when `None`.
+    pub softmax_scale: Option<f64>,
+}
+
+impl Default for VelocityParams {
+    fn default() -> Self {
+        Self {
+            backward: false,
+            xkey: "Ms".into(),
+            vkey: "velocity".into(),
+            conn_key: "connectivities".into(),
+            gene_subset: None,
+            model: VelocityModel::Deterministic,
+            similarity: Similarity::Correlation,
+            backward_mode: BackwardMode::Transpose,
+            softmax_scale: None,
+        }
+    }
+}
+
+pub(crate) const NAME: &str = "VelocityKernel";
+
+/// Per-edge logits and masks of a velocity kernel, aligned with the kNN pattern.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VelocityLogits {
+    /// kNN pattern (values unused).
+    pub pattern: Csr,
+    /// Unscaled similarity per stored edge.
+    pub logits: Vec<f64>,
+    /// Edges with a zero norm (probability 0).
+    pub masked: Vec<bool>,
+    /// Rows given uniform probabilities (zero velocity, or every neighbour masked).
+    pub uniform: Vec<bool>,
+}
+
+impl VelocityParams {
+    /// Reads the expression and velocity matrices (gene subset and NaN genes removed).
+    pub(crate) fn read_inputs(
+        &self,
+        cells: &dyn CellSource,
+    ) -> Result<(DenseMatrix, DenseMatrix), KernelError> {
+        let hint_layer = "compute moments and velocities with `cellfate velocity` (or scvelo's `pp.moments` + `tl.velocity`)";
+        let x = cells
+            .layer(&self.xkey)
+            .map_err(|source| KernelError::MissingInput {
+                kernel: NAME,
+                what: "the smoothed expression".into(),
+                source: Box::new(source),
+                hint: hint_layer.into(),
+            })?;
+        let v = cells
+            .layer(&self.vkey)
+            .map_err(|source| KernelError::MissingInput {
+                kernel: NAME,
+                what: "RNA velocities".into(),
+                source: Box::new(source),
+                hint: hint_layer.into(),
+            })?;
+        self.prepare(x, v, cells)
+    }
+
+    /// Applies the gene subset and drops genes with a NaN velocity.
+    pub(crate) fn prepare(
+        &self,
+        x: DenseMatrix,
+        v: DenseMatrix,
+        cells: &dyn CellSource,
+    ) -> Result<(DenseMatrix, DenseMatrix), KernelError> {
+        if (x.nrows(), x.ncols()) != (v.nrows(), v.ncols()) {
+            return Err(KernelError::InvalidInput {
+                kernel: NAME,
+                what: format!("layers[\"{}\"] and layers[\"{}\"]", self.xkey, self.vkey),
+                detail: format!(
+                    "shapes differ: {} x {} vs {} x {}",
+                    x.nrows(),
+                    x.ncols(),
+                    v.nrows(),
+                    v.ncols()
+                ),
+            });
+        }
+        let subset_key = self
+            .gene_subset
+            .clone()
+            .unwrap_or_else(|| format!("{}_genes", self.vkey));
+        let mask = cells
+            .var_mask(&subset_key)
+            .map_err(|source| KernelError::MissingInput {
+                kernel: NAME,
+                what: "the gene subset".into(),
+                source: Box::new(source),
+                hint: "set `gene_subset` to a boolean var column".into(),
+            })?;
+        let (x, v) = match mask {
+            Some(m) if m.len() == x.ncols() => (x.select_columns(&m), v.select_columns(&m)),
+            Some(m) => {
+                return Err(KernelError::InvalidInput {
+                    kernel: NAME,
+                    what: format!("var[\"{subset_key}\"]"),
+                    detail: format!("{} values for {} genes", m.len(), x.ncols()),
+                })
+            }
+            None if self.gene_subset.is_some() => {
+                return Err(KernelError::InvalidInput {
+                    kernel: NAME,
+                    what: format!("var[\"{subset_key}\"]"),
+                    detail: "gene subset column not found".into(),
+                })
+            }
+            None => (x, v),
+        };
+        let finite: Vec<bool> = v.col_sums().iter().map(|s| !s.is_nan()).collect();
+        let (x, v) = if finite.iter().all(|&f| f) {
+            (x, v)
+        } else {
+            (x.select_columns(&finite), v.select_columns(&finite))
+        };
+        if x.ncols() == 0 {
+            return Err(KernelError::InvalidInput {
+                kernel: NAME,
+                what: format!("layers[\"{}\"]", self.vkey),
+                detail: "no gene left with a finite velocity (after the gene subset)".into(),
+            });
+        }
+        Ok((x, v))
+    }
+
+    /// The unscaled logits of every kNN edge.
+    pub fn logits(&self, conn: &Csr, x: &DenseMatrix, v: &DenseMatrix) -> VelocityLogits {
+        let transpose = self.backward && self.backward_mode == BackwardMode::Transpose;
+        let negate = self.backward && self.backward_mode == BackwardMode::Negate;
+        let sim = self.similarity;
+        let g = x.ncols();
+        let rows: Vec<(Vec<f64>, Vec<bool>, bool)> = (0..conn.nrows())
+            .into_par_iter()
+            .with_min_len(ROW_CHUNK / 8)
+            .map_init(
+                || {
+                    (
+                        Vec::with_capacity(g),
+                        Vec::with_capacity(g),
+                        Vec::with_capacity(g),
+                        Vec::with_capacity(g),
+                    )
+                },
+                |(xi, xj, vi, d), i| {
+                    let (cols, _) = conn.row(i);
+                    let n = cols.len();
+                    let mut logits = vec![0.0; n];
+                    let mut masked = vec![false; n];
+                    x.row_into(i, xi);
+                    if !transpose {
+                        v.row_into(i, vi);
+                        if vi.iter().all(|&a| a == 0.0) {
+                            return (logits, masked, true);
+                        }
+                        if negate {
+                            vi.iter_mut().for_each(|a| *a = -*a);
+                        }
+                        prepare_vector(vi, sim);
+                    }
+                    for (p, &c) in cols.iter().enumerate() {
+                        x.row_into(c as usize, xj);
+                        d.clear();
+                        if transpose {
+                            // sim(v_j, x_i − x_j)
+                            d.extend(xi.iter().zip(xj.iter()).map(|(a, b)| a - b));
+                            v.row_into(c as usize, vi);
+                            prepare_vector(vi, sim);
+                        } else {
+                            d.extend(xj.iter().zip(xi.iter()).map(|(a, b)| a - b));
+                        }
+                        let (l, m) = similarity(vi, d, sim);
+                        logits[p] = l;
+                        masked[p] = m;
+                    }
+                    let all_masked = n > 0 && masked.iter().all(|&m| m);
+                    (logits, masked, all_masked)
+                },
+            )
+            .collect();
+        let mut logits = Vec::with_capacity(conn.nnz());
+        let mut masked = Vec::with_capacity(conn.nnz());
+        let mut uniform = Vec::with_capacity(conn.nrows());
+        for (l, m, u) in rows {
+            logits.extend(l);
+            masked.extend(m);
+            uniform.push(u);
+        }
+        VelocityLogits {
+            pattern: conn.clone(),
+            logits,
+            masked,
+            uniform,
+        }
+    }
+}
+
+/// Centres (correlation) the vector in place; the norm is taken in `similarity`.
+fn prepare_vector(v: &mut [f64], sim: Similarity) {
+    if sim == Similarity::Correlation {
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        v.iter_mut().for_each(|a| *a -= mean);
+    }
+}
+
+/// Similarity of a prepared velocity `v` and a raw displacement `d` (modified in place).
+/// Returns `(logit, masked)`.
+fn similarity(v: &[f64], d: &mut [f64], sim: Similarity) -> (f64, bool) {
+    match sim {
+        Similarity::DotProduct => (dot(v, d), false),
+        Similarity::Cosine | Similarity::Correlation => {
+            if sim == Similarity::Correlation {
+                let mean = d.iter().sum::<f64>() / d.len() as f64;
+                d.iter_mut().for_each(|a| *a -= mean);
+            }
+            let denom = dot(v, v).sqrt() * dot(d, d).sqrt();
+            if denom == 0.0 {
+                (dot(v, d), true)
+            } else {
+                (dot(v, d) / denom, false)
+            }
+        }
+    }
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `1 / median |logit|` over the non-zero logits (numpy's median: mean of the two middle
+/// values for an even count).
+pub fn estimate_softmax_scale(logits: &[f64]) -> Option<f64> {
+    let mut a: Vec<f64> = logits
+        .iter()
+        .filter(|&&x| x != 0.0)
+        .map(|x| x.abs())
+        .collect();
+    if a.is_empty() {
+        return None;
+    }
+    a.sort_by(f64::total_cmp);
+    let n = a.len();
+    let med = if n % 2 == 1 {
+        a[n / 2]
+    } else {
+        0.5 * (a[n / 2 - 1] + a[n / 2])
+    };
+    (med > 0.0 && med.is_finite()).then(|| 1.0 / med)
+}
+
+/// Masked softmax per row of the logits with scale `s`.
+pub fn softmax_rows(l: &VelocityLogits, s: f64) -> Csr {
+    let conn = &l.pattern;
+    let rows: Vec<(Vec<u32>, Vec<f64>)> = (0..conn.nrows())
+        .into_par_iter()
+        .with_min_len(ROW_CHUNK)
+        .map(|i| {
+            let (cols, _) = conn.row(i);
+            let start = conn.indptr()[i];
+            let n = cols.len();
+            if l.uniform[i] {
+                return (cols.to_vec(), vec![1.0 / n as f64; n]);
+            }
+            let lg = &l.logits[start..start + n];
+            let mk = &l.masked[start..start + n];
+            let max = lg.iter().map(|x| x * s).fold(f64::NEG_INFINITY, f64::max);
+            let mut num: Vec<f64> = lg
+                .iter()
+                .zip(mk)
+                .map(|(x, &m)| if m { 0.0 } else { (x * s - max).exp() })
+                .collect();
+            let sum: f64 = num.iter().sum();
+            num.iter_mut().for_each(|x| *x /= sum);
+            (cols.to_vec(), num)
+        })
+        .collect();
+    Csr::from_rows(conn.nrows(), conn.ncols(), rows)
+}
+
+impl Kernel for VelocityParams {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn spec(&self) -> KernelSpec {
+        KernelSpec::Velocity(self.clone())
+    }
+
+    fn direction(&self) -> Option<Direction> {
+        Some(if self.backward {
+            Direction::Backward
+        } else {
+            Direction::Forward
+        })
+    }
+
+    fn validate(&self) -> Result<(), KernelError> {
+        if let Some(s) = self.softmax_scale {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(KernelError::InvalidParam {
+                    kernel: NAME,
+                    name: "softmax_scale",
+                    value: s.to_string(),
+                    expected: "a positive number, or none to estimate it".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn compute(&self, cells: &dyn CellSource) -> Result<KernelOutput, KernelError> {
+        self.validate()?;
+        let conn = read_graph(NAME, cells, &self.conn_key)?;
+        let (x, v) = self.read_inputs(cells)?;
+        if x.nrows() != conn.nrows() {
+            return Err(KernelError::InvalidInput {
+                kernel: NAME,
+                what: format!("layers[\"{}\"]", self.xkey),
+                detail: format!("{} rows for {} cells", x.nrows(), conn.nrows()),
+            });
+        }
+        self.compute_from(&conn, &x, &v)
+    }
+}
+
+impl VelocityParams {
+    /// Computes the kernel from explicit inputs (used by the randomised control and the
+    /// labeling kernel).
+    pub(crate) fn compute_from(
+        &self,
+        conn: &Csr,
+        x: &DenseMatrix,
+        v: &DenseMatrix,
+    ) -> Result<KernelOutput, KernelError> {
+        let l = self.logits(conn, x, v);
+        let scale = match self.softmax_scale {
+            Some(s) => s,
+            None => estimate_softmax_scale(&l.logits).ok_or_else(|| KernelError::InvalidInput {
+                kernel: NAME,
+                what: format!("layers[\"{}\"]", self.vkey),
+                detail: "every similarity is zero, so the softmax scale cannot be estimated (are all velocities zero?)".into(),
+            })?,
+        };
+        let probs = softmax_rows(&l, scale);
+        let transition = to_transition(NAME, probs, self.direction().unwrap_or_default())?;
+        let mut effective = self.clone();
+        effective.softmax_scale = Some(scale);
+        Ok(KernelOutput {
+            transition,
+            effective: KernelSpec::Velocity(effective),
+        })
+    }
+}
