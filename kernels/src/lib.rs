@@ -44,3 +44,7 @@ pub use pseudotime::{PseudotimeParams, ThresholdScheme};
 pub use source::{CellSource, DenseData, DenseMatrix, InMemoryCells, SourceError};
 pub use transition::{Direction, TransitionMatrix, ROW_SUM_TOL};
 pub use velocity::{BackwardMode, Similarity, VelocityModel, VelocityParams};
+pub mod testing;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,169 @@
+//! The kernel contract suite, and a small synthetic dataset to run it on.
+//!
+//! [`assert_kernel_contract`] checks what every kernel must guarantee: a square, finite,
+//! non-negative matrix whose rows sum to 1 within 1e-12; determinism; identical results at 1
+//! and several threads; and that the spec (and the effective spec, with estimated parameters)
+//! serialises, rebuilds and recomputes to the same matrix.
+
+use crate::csr::Csr;
+use crate::kernel::{Kernel, KernelSpec};
+use crate::source::{CellSource, DenseMatrix, InMemoryCells};
+use crate::transition::TransitionMatrix;
+
+/// A deterministic linear congruential generator (no dependency, stable across versions).
+#[derive(Clone, Debug)]
+pub struct Lcg(u64);
+
+impl Lcg {
+    /// Seeds the generator.
+    pub fn new(seed: u64) -> Self {
+        Self(
+            seed.wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407),
+        )
+    }
+
+    /// A uniform number in `[0, 1)`.
+    pub fn uniform(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// An approximately standard normal number (sum of 12 uniforms).
+    pub fn normal(&mut self) -> f64 {
+        (0..12).map(|_| self.uniform()).sum::<f64>() - 6.0
+    }
+}
+
+/// A synthetic bifurcating dataset: `n` cells along a trunk that splits into two branches,
+/// `n_genes` genes whose expression follows the position, velocities along the direction of
+/// travel (plus noise), a symmetric kNN graph (`k` neighbours, Gaussian weights) as
+/// `obsp["connectivities"]`, `obs["dpt_pseudotime"]`, `var["velocity_genes"]`, and a
+/// precomputed `obsp["T_fwd"]` (the row-normalised graph).
+pub fn toy_cells(n: usize, n_genes: usize, k: usize, seed: u64) -> InMemoryCells {
+    let mut rng = Lcg::new(seed);
+    // Position: time t in [0,1]; branch b in {0,1}; 2-D coordinates.
+    let mut pos = Vec::with_capacity(n);
+    let mut time = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = (i as f64 + rng.uniform()) / n as f64;
+        let b = if rng.uniform() < 0.5 { 1.0 } else { -1.0 };
+        let y = if t > 0.5 { b * (t - 0.5) } else { 0.0 };
+        pos.push((t + 0.01 * rng.normal(), y + 0.01 * rng.normal()));
+        time.push(t);
+    }
+    let loadings: Vec<(f64, f64, f64)> = (0..n_genes)
+        .map(|_| (rng.normal(), rng.normal(), rng.normal()))
+        .collect();
+    let mut ms = Vec::with_capacity(n * n_genes);
+    let mut vel = Vec::with_capacity(n * n_genes);
+    for (i, &(x, y)) in pos.iter().enumerate() {
+        let dy = if time[i] > 0.5 { y.signum() } else { 0.0 };
+        for &(a, b, c) in &loadings {
+            ms.push(a * x + b * y + c * x * x + 0.01 * rng.normal());
+            vel.push(a + b * dy + 2.0 * c * x + 0.3 * rng.normal());
+        }
+    }
+    // Symmetric kNN graph with Gaussian weights.
+    let mut triplets = Vec::new();
+    for i in 0..n {
+        let mut d: Vec<(f64, usize)> = (0..n)
+            .filter(|&j| j != i)
+            .map(|j| {
+                let (dx, dy) = (pos[i].0 - pos[j].0, pos[i].1 - pos[j].1);
+                (dx * dx + dy * dy, j)
+            })
+            .collect();
+        d.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let sigma2 = d[k.min(d.len()) - 1].0.max(1e-12);
+        for &(dd, j) in d.iter().take(k) {
+            let w = (-dd / sigma2).exp();
+            triplets.push((i, j, w));
+            triplets.push((j, i, w));
+        }
+    }
+    let mut conn = Csr::from_triplets(n, n, &triplets).expect("valid kNN triplets");
+    // Mutual neighbours were added twice (symmetric either way): cap the weight at 1.
+    conn.data_mut().iter_mut().for_each(|w| *w = w.min(1.0));
+    let t_fwd = TransitionMatrix::from_weights(conn.clone(), crate::Direction::Forward)
+        .expect("kNN rows are non-empty")
+        .into_csr();
+    let mut cells = InMemoryCells {
+        n_cells: n,
+        n_genes,
+        ..InMemoryCells::default()
+    };
+    cells.graphs.insert("connectivities".into(), conn);
+    cells.graphs.insert("T_fwd".into(), t_fwd);
+    cells.obs.insert("dpt_pseudotime".into(), time);
+    cells
+        .layers
+        .insert("Ms".into(), DenseMatrix::from_f64(n, n_genes, ms));
+    cells
+        .layers
+        .insert("velocity".into(), DenseMatrix::from_f64(n, n_genes, vel));
+    cells.var_masks.insert(
+        "velocity_genes".into(),
+        (0..n_genes).map(|g| g % 5 != 0).collect(),
+    );
+    cells
+}
+
+/// Checks the kernel contract; panics with a message naming the kernel and the violation.
+pub fn assert_kernel_contract(kernel: &dyn Kernel, cells: &dyn CellSource) {
+    let name = kernel.name();
+    let out = kernel
+        .compute(cells)
+        .unwrap_or_else(|e| panic!("{name}: compute failed: {e}"));
+    let t = out.transition.as_csr();
+    assert_eq!(t.nrows(), cells.n_cells(), "{name}: rows");
+    assert_eq!(t.ncols(), cells.n_cells(), "{name}: columns");
+    for (i, s) in t.row_sums().iter().enumerate() {
+        assert!((s - 1.0).abs() <= 1e-12, "{name}: row {i} sums to {s}");
+    }
+    assert!(
+        t.data().iter().all(|v| v.is_finite() && *v >= 0.0),
+        "{name}: negative or non-finite entry"
+    );
+    // Deterministic.
+    let again = kernel.compute(cells).expect("second compute");
+    assert_eq!(
+        again.transition, out.transition,
+        "{name}: not deterministic"
+    );
+    // Identical at 1 and several threads.
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("thread pool");
+        let other = pool
+            .install(|| kernel.compute(cells))
+            .expect("compute in pool");
+        assert_eq!(
+            other.transition, out.transition,
+            "{name}: differs with {threads} thread(s)"
+        );
+    }
+    // spec -> JSON -> rebuild -> same matrix; and the effective spec reproduces it.
+    for (what, spec) in [
+        ("spec", kernel.spec()),
+        ("effective spec", out.effective.clone()),
+    ] {
+        let json = spec.to_json();
+        let rebuilt = KernelSpec::from_json(&json)
+            .unwrap_or_else(|e| panic!("{name}: {what} does not rebuild: {e}\n{json}"));
+        assert_eq!(
+            rebuilt, spec,
+            "{name}: {what} changed in the JSON round trip"
+        );
+        let m = rebuilt.compute(cells).expect("rebuilt compute");
+        assert_eq!(
+            m.transition, out.transition,
+            "{name}: {what} recomputes a different matrix"
+        );
+    }
+}

@@ -1,0 +1,338 @@
+//! Unit tests: the contract suite on every kernel, analytic cases, and algebra properties.
+
+use crate::testing::{assert_kernel_contract, toy_cells, Lcg};
+use crate::*;
+
+fn cells() -> InMemoryCells {
+    toy_cells(240, 40, 12, 7)
+}
+
+#[test]
+fn contract_connectivity() {
+    let c = cells();
+    assert_kernel_contract(&ConnectivityParams::default(), &c);
+    assert_kernel_contract(
+        &ConnectivityParams {
+            density_normalize: false,
+            ..Default::default()
+        },
+        &c,
+    );
+}
+
+#[test]
+fn contract_pseudotime() {
+    let c = cells();
+    assert_kernel_contract(&PseudotimeParams::default(), &c);
+    let soft = PseudotimeParams {
+        threshold_scheme: ThresholdScheme::Soft,
+        backward: true,
+        ..Default::default()
+    };
+    assert_kernel_contract(&soft, &c);
+}
+
+#[test]
+fn contract_velocity() {
+    let c = cells();
+    for sim in [
+        Similarity::Correlation,
+        Similarity::Cosine,
+        Similarity::DotProduct,
+    ] {
+        assert_kernel_contract(
+            &VelocityParams {
+                similarity: sim,
+                ..Default::default()
+            },
+            &c,
+        );
+    }
+    for mode in [BackwardMode::Transpose, BackwardMode::Negate] {
+        assert_kernel_contract(
+            &VelocityParams {
+                backward: true,
+                backward_mode: mode,
+                softmax_scale: Some(3.0),
+                ..Default::default()
+            },
+            &c,
+        );
+    }
+}
+
+#[test]
+fn contract_precomputed_and_combinations() {
+    let c = cells();
+    assert_kernel_contract(&PrecomputedParams::default(), &c);
+    let sum: KernelSpec = 0.8 * VelocityParams::default() + 0.2 * ConnectivityParams::default();
+    assert_kernel_contract(&sum, &c);
+    let prod = KernelSpec::from(VelocityParams::default()) * ConnectivityParams::default().spec();
+    assert_kernel_contract(&prod, &c);
+}
+
+#[test]
+fn connectivity_density_normalisation_formula() {
+    let c = cells();
+    let conn = c.graphs["connectivities"].clone();
+    let q = conn.col_sums();
+    let t = ConnectivityParams::default()
+        .compute(&c)
+        .unwrap()
+        .transition;
+    for i in [0, 17, 120] {
+        let (cols, vals) = conn.row(i);
+        let w: Vec<f64> = cols
+            .iter()
+            .zip(vals)
+            .map(|(&j, &v)| v / q[i] / q[j as usize])
+            .collect();
+        let s: f64 = w.iter().sum();
+        for ((&j, wv), tv) in cols.iter().zip(&w).zip(t.row(i).1) {
+            assert!((wv / s - tv).abs() < 1e-15, "row {i} col {j}");
+        }
+    }
+    // Without density normalisation, a symmetric graph gives T ∝ C row-wise.
+    let t0 = ConnectivityParams {
+        density_normalize: false,
+        ..Default::default()
+    }
+    .compute(&c)
+    .unwrap()
+    .transition;
+    let (_, v) = conn.row(5);
+    let s: f64 = v.iter().sum();
+    for (a, b) in v.iter().zip(t0.row(5).1) {
+        assert!((a / s - b).abs() < 1e-15);
+    }
+}
+
+#[test]
+fn pseudotime_hard_keeps_future_and_strongest() {
+    let mut c = cells();
+    // frac_to_keep = 0: only neighbours at the same time or later survive.
+    let p = PseudotimeParams {
+        frac_to_keep: 0.0,
+        ..Default::default()
+    };
+    let t = c.obs["dpt_pseudotime"].clone();
+    // Give the latest cell a neighbour-less future: it must be an error, not a panic.
+    let out = p.compute(&c);
+    match out {
+        Ok(o) => {
+            for i in 0..c.n_cells {
+                for &j in o.transition.row(i).0 {
+                    assert!(t[j as usize] >= t[i]);
+                }
+            }
+        }
+        Err(e) => assert!(e.to_string().contains("frac_to_keep"), "{e}"),
+    }
+    // Soft scheme weight formula on one edge.
+    c.obs.insert("dpt_pseudotime".into(), t.clone());
+    let soft = PseudotimeParams {
+        threshold_scheme: ThresholdScheme::Soft,
+        b: 5.0,
+        nu: 0.5,
+        ..Default::default()
+    };
+    let conn = c.graphs["connectivities"].clone();
+    let biased = soft.bias(&conn, &t);
+    let i = 100;
+    let (cols, vals) = conn.row(i);
+    let (bc, bv) = biased.row(i);
+    for ((&j, &v), (&j2, &b)) in cols.iter().zip(vals).zip(bc.iter().zip(bv)) {
+        assert_eq!(j, j2);
+        let dt = t[i] - t[j as usize];
+        let w = if dt > 0.0 {
+            2.0 / (1.0 + (5.0 * dt).exp()).powf(2.0)
+        } else {
+            1.0
+        };
+        assert!((v * w - b).abs() < 1e-15);
+    }
+}
+
+#[test]
+fn velocity_analytic_two_neighbours() {
+    // Cell 0 at the origin, cell 1 along +e1, cell 2 along -e1; velocity of cell 0 is +e1.
+    let g = 3;
+    let x = vec![0.0, 0.0, 0.0, 1.0, 0.0, 0.0, -1.0, 0.0, 0.0];
+    let v = vec![1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0];
+    let conn = Csr::from_triplets(
+        3,
+        3,
+        &[
+            (0, 1, 1.0),
+            (0, 2, 1.0),
+            (1, 0, 1.0),
+            (1, 2, 1.0),
+            (2, 0, 1.0),
+            (2, 1, 1.0),
+        ],
+    )
+    .unwrap();
+    let mut c = InMemoryCells {
+        n_cells: 3,
+        n_genes: g,
+        ..Default::default()
+    };
+    c.graphs.insert("connectivities".into(), conn);
+    c.layers.insert("Ms".into(), DenseMatrix::from_f64(3, g, x));
+    c.layers
+        .insert("velocity".into(), DenseMatrix::from_f64(3, g, v));
+    let k = VelocityParams {
+        similarity: Similarity::Cosine,
+        softmax_scale: Some(2.0),
+        ..Default::default()
+    };
+    let t = k.compute(&c).unwrap().transition;
+    // cos = +1 towards cell 1, -1 towards cell 2: p = e^2 / (e^2 + e^-2).
+    let p = 2f64.exp() / (2f64.exp() + (-2f64).exp());
+    assert!((t.row(0).1[0] - p).abs() < 1e-15);
+    assert!((t.row(0).1[1] - (1.0 - p)).abs() < 1e-15);
+    // Zero velocity gives a uniform row.
+    c.layers
+        .insert("velocity".into(), DenseMatrix::from_f64(3, g, vec![0.0; 9]));
+    let t = VelocityParams {
+        softmax_scale: Some(1.0),
+        ..Default::default()
+    }
+    .compute(&c)
+    .unwrap()
+    .transition;
+    assert_eq!(t.row(0).1, &[0.5, 0.5]);
+    // ...and the scale cannot be estimated from all-zero logits: a clear error.
+    let e = VelocityParams::default().compute(&c).unwrap_err();
+    assert!(e.to_string().contains("softmax scale"), "{e}");
+}
+
+#[test]
+fn softmax_scale_is_inverse_median() {
+    assert_eq!(
+        velocity::estimate_softmax_scale(&[0.0, 0.5, -0.25, 1.0]),
+        Some(2.0)
+    );
+    assert_eq!(
+        velocity::estimate_softmax_scale(&[0.2, -0.4, 0.0]),
+        Some(1.0 / 0.30000000000000004)
+    );
+    assert_eq!(velocity::estimate_softmax_scale(&[0.0]), None);
+}
+
+#[test]
+fn missing_inputs_name_kernel_slot_and_fix() {
+    let mut c = cells();
+    c.layers.remove("Ms");
+    let e = VelocityParams::default()
+        .compute(&c)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("VelocityKernel")
+            && e.contains("layers[\"Ms\"]")
+            && e.contains("cellfate velocity"),
+        "{e}"
+    );
+    c.graphs.remove("connectivities");
+    let e = ConnectivityParams::default()
+        .compute(&c)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ConnectivityKernel")
+            && e.contains("obsp[\"connectivities\"]")
+            && e.contains("neighbors"),
+        "{e}"
+    );
+    let e = PseudotimeParams {
+        time_key: "nope".into(),
+        conn_key: "T_fwd".into(),
+        ..Default::default()
+    }
+    .compute(&c)
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("obs[\"nope\"]") && e.contains("cellfate pseudotime"),
+        "{e}"
+    );
+}
+
+#[test]
+fn algebra_properties() {
+    let c = cells();
+    let vk = VelocityParams::default();
+    let ck = ConnectivityParams::default();
+    let tv = vk.compute(&c).unwrap().transition.into_csr();
+    let tc = ck.compute(&c).unwrap().transition.into_csr();
+    let mut rng = Lcg::new(3);
+    for _ in 0..5 {
+        let (a, b) = (rng.uniform() + 0.01, rng.uniform() + 0.01);
+        let s = (rng.uniform() + 0.1) * 10.0;
+        let k1 = KernelSpec::sum(vec![(a, vk.spec()), (b, ck.spec())]);
+        let k2 = KernelSpec::sum(vec![(a * s, vk.spec()), (b * s, ck.spec())]);
+        let t1 = k1.compute(&c).unwrap().transition;
+        let t2 = k2.compute(&c).unwrap().transition;
+        // Stochastic, and invariant to scaling all weights.
+        assert!(t1.max_row_sum_error() <= 1e-12);
+        assert!(t1.as_csr().max_abs_diff(t2.as_csr()) <= 1e-14);
+        // Equal to the weighted sum of the parts.
+        let manual = tv.add_scaled(a / (a + b), &tc, b / (a + b));
+        assert!(t1.as_csr().max_abs_diff(&manual) <= 1e-14);
+    }
+    // Nested sums flatten with renormalised inner weights.
+    let nested =
+        0.5 * (KernelSpec::from(vk.clone()) + ck.clone()) + 0.5 * PseudotimeParams::default();
+    let KernelSpec::Sum { terms } = &nested else {
+        panic!("sum")
+    };
+    assert_eq!(
+        terms.iter().map(|t| t.0).collect::<Vec<_>>(),
+        vec![0.25, 0.25, 0.5]
+    );
+    // Mixed directions, bad weights: typed errors.
+    let mixed = KernelSpec::from(vk.clone()) + !PseudotimeParams::default();
+    assert!(matches!(mixed.validate(), Err(KernelError::Combine(_))));
+    assert!(matches!(
+        KernelSpec::sum(vec![(-1.0, vk.spec())]).validate(),
+        Err(KernelError::Combine(_))
+    ));
+    assert!(matches!(
+        KernelSpec::sum(vec![(f64::NAN, vk.spec())]).validate(),
+        Err(KernelError::Combine(_))
+    ));
+    // Flip is an involution and flips every directed leaf.
+    let f = !(0.8 * vk.clone() + 0.2 * ck.clone());
+    assert_eq!(f.direction(), Some(Direction::Backward));
+    assert_eq!(!f, 0.8 * vk + 0.2 * ck);
+}
+
+#[test]
+fn set_param_by_kernel_name() {
+    let mut k = 0.8 * VelocityParams::default() + 0.2 * ConnectivityParams::default();
+    assert_eq!(k.set_param("velocity", "similarity", "cosine").unwrap(), 1);
+    assert_eq!(k.set_param("velocity", "softmax_scale", "4").unwrap(), 1);
+    assert_eq!(
+        k.set_param("connectivity", "density_normalize", "false")
+            .unwrap(),
+        1
+    );
+    let KernelSpec::Sum { terms } = &k else {
+        panic!()
+    };
+    let KernelSpec::Velocity(v) = &terms[0].1 else {
+        panic!()
+    };
+    assert_eq!(
+        (v.similarity, v.softmax_scale),
+        (Similarity::Cosine, Some(4.0))
+    );
+    assert!(k.set_param("velocity", "similarity", "bogus").is_err());
+    assert!(k
+        .set_param("velocity", "nope", "1")
+        .unwrap_err()
+        .to_string()
+        .contains("similarity"));
+    assert!(k.set_param("pseudotime", "b", "1").is_err());
+}
