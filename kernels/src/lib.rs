@@ -28,9 +28,12 @@
 pub mod connectivity;
 pub mod csr;
 pub mod error;
+pub mod expr;
 pub mod kernel;
 pub mod precomputed;
 pub mod pseudotime;
+pub mod random_control;
+pub mod save;
 pub mod source;
 pub mod transition;
 pub mod velocity;

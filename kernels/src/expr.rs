@@ -1,0 +1,209 @@
+//! Parsing kernel expressions such as `0.8*velocity + 0.2*connectivity`.
+//!
+//! Grammar: `expr := term ('+' term)*`, `term := factor ('*' factor)*`,
+//! `factor := NUMBER | NAME | '(' expr ')' | ('~' | '!') factor`. Numbers in a term multiply
+//! its weight; two or more kernels in a term form an element-wise product; `~`/`!` flips the
+//! direction. Names: `velocity` (`vk`), `connectivity` (`ck`), `pseudotime` (`pk`),
+//! `precomputed`. Every kernel starts from CellRank's defaults; set parameters afterwards with
+//! [`KernelSpec::set_param`].
+
+use crate::connectivity::ConnectivityParams;
+use crate::error::KernelError;
+use crate::kernel::{Kernel, KernelSpec};
+use crate::precomputed::PrecomputedParams;
+use crate::pseudotime::PseudotimeParams;
+use crate::velocity::VelocityParams;
+
+/// Parses a kernel expression (see the module docs) and validates it.
+pub fn parse(expr: &str) -> Result<KernelSpec, KernelError> {
+    let mut p = Parser {
+        src: expr,
+        chars: expr.char_indices().collect(),
+        pos: 0,
+    };
+    let spec = p.expr()?;
+    p.skip_ws();
+    if p.pos < p.chars.len() {
+        return Err(p.error("unexpected input"));
+    }
+    spec.validate()?;
+    Ok(spec)
+}
+
+struct Parser<'a> {
+    src: &'a str,
+    chars: Vec<(usize, char)>,
+    pos: usize,
+}
+
+impl Parser<'_> {
+    fn error(&self, msg: &str) -> KernelError {
+        let at = self.chars.get(self.pos).map_or(self.src.len(), |c| c.0);
+        KernelError::Load(format!(
+            "kernel expression {:?}: {msg} at position {at} (expected e.g. \"0.8*velocity + 0.2*connectivity\"; kernels: velocity, connectivity, pseudotime, precomputed)",
+            self.src
+        ))
+    }
+
+    fn skip_ws(&mut self) {
+        while self.pos < self.chars.len() && self.chars[self.pos].1.is_whitespace() {
+            self.pos += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<char> {
+        self.skip_ws();
+        self.chars.get(self.pos).map(|c| c.1)
+    }
+
+    fn expr(&mut self) -> Result<KernelSpec, KernelError> {
+        let mut terms = vec![self.term()?];
+        while self.peek() == Some('+') {
+            self.pos += 1;
+            terms.push(self.term()?);
+        }
+        if terms.len() == 1 && terms[0].0 == 1.0 {
+            return Ok(terms.remove(0).1);
+        }
+        Ok(KernelSpec::sum(terms))
+    }
+
+    fn term(&mut self) -> Result<(f64, KernelSpec), KernelError> {
+        let mut weight = 1.0;
+        let mut kernels = Vec::new();
+        loop {
+            match self.factor()? {
+                Factor::Number(w) => weight *= w,
+                Factor::Kernel(k) => kernels.push(k),
+            }
+            if self.peek() == Some('*') {
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+        match kernels.len() {
+            0 => Err(self.error("a term needs a kernel, not only a number")),
+            1 => Ok((weight, kernels.remove(0))),
+            _ => Ok((weight, KernelSpec::product(kernels))),
+        }
+    }
+
+    fn factor(&mut self) -> Result<Factor, KernelError> {
+        match self.peek() {
+            Some('(') => {
+                self.pos += 1;
+                let e = self.expr()?;
+                if self.peek() != Some(')') {
+                    return Err(self.error("missing ')'"));
+                }
+                self.pos += 1;
+                Ok(Factor::Kernel(e))
+            }
+            Some('~' | '!') => {
+                self.pos += 1;
+                match self.factor()? {
+                    Factor::Kernel(k) => Ok(Factor::Kernel(k.flip())),
+                    Factor::Number(_) => Err(self.error("`~` applies to a kernel, not a number")),
+                }
+            }
+            Some(c) if c.is_ascii_digit() || c == '.' => {
+                let start = self.pos;
+                while self.pos < self.chars.len() {
+                    let c = self.chars[self.pos].1;
+                    if c.is_ascii_digit() || c == '.' || c == 'e' || c == 'E' {
+                        self.pos += 1;
+                    } else if (c == '-' || c == '+')
+                        && matches!(self.chars[self.pos - 1].1, 'e' | 'E')
+                    {
+                        self.pos += 1;
+                    } else {
+                        break;
+                    }
+                }
+                let text: String = self.chars[start..self.pos].iter().map(|c| c.1).collect();
+                text.parse::<f64>()
+                    .map(Factor::Number)
+                    .map_err(|_| self.error(&format!("bad number {text:?}")))
+            }
+            Some(c) if c.is_ascii_alphabetic() => {
+                let start = self.pos;
+                while self.pos < self.chars.len()
+                    && (self.chars[self.pos].1.is_ascii_alphanumeric()
+                        || self.chars[self.pos].1 == '_')
+                {
+                    self.pos += 1;
+                }
+                let name: String = self.chars[start..self.pos].iter().map(|c| c.1).collect();
+                let k = match name.to_ascii_lowercase().as_str() {
+                    "velocity" | "vk" | "velocitykernel" => VelocityParams::default().spec(),
+                    "connectivity" | "ck" | "connectivitykernel" => {
+                        ConnectivityParams::default().spec()
+                    }
+                    "pseudotime" | "pk" | "pseudotimekernel" => PseudotimeParams::default().spec(),
+                    "precomputed" | "precomputedkernel" => PrecomputedParams::default().spec(),
+                    _ => {
+                        self.pos = start;
+                        return Err(self.error(&format!("unknown kernel {name:?}")));
+                    }
+                };
+                Ok(Factor::Kernel(k))
+            }
+            _ => Err(self.error("expected a number, a kernel name, '(' or '~'")),
+        }
+    }
+}
+
+enum Factor {
+    Number(f64),
+    Kernel(KernelSpec),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transition::Direction;
+
+    #[test]
+    fn parses_weighted_sums_products_and_flips() {
+        let k = parse("0.8*velocity + 0.2*connectivity").unwrap();
+        assert_eq!(
+            k,
+            0.8 * VelocityParams::default() + 0.2 * ConnectivityParams::default()
+        );
+        assert_eq!(parse("vk").unwrap(), VelocityParams::default().spec());
+        let p = parse("velocity * connectivity").unwrap();
+        assert!(matches!(p, KernelSpec::Product { ref factors } if factors.len() == 2));
+        let b = parse("~(0.5*vk + 0.5*pk)").unwrap();
+        assert_eq!(b.direction(), Some(Direction::Backward));
+        let n = parse("2 * (vk + ck) + 1e0*pk").unwrap();
+        let KernelSpec::Sum { terms } = n else {
+            panic!()
+        };
+        assert_eq!(
+            terms.iter().map(|t| t.0).collect::<Vec<_>>(),
+            vec![1.0, 1.0, 1.0]
+        );
+    }
+
+    #[test]
+    fn errors_say_where() {
+        for bad in [
+            "",
+            "0.8*",
+            "velocity +",
+            "foo",
+            "0.5",
+            "(vk",
+            "vk ck",
+            "~0.5",
+            "vk + ~pk",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("kernel expression") || e.contains("combine"),
+                "{bad}: {e}"
+            );
+        }
+    }
+}
