@@ -20,4 +20,5 @@ pub use cellfate_kernels as kernels;
 
 pub mod inspect;
 pub mod io;
+pub mod kernel_io;
 pub mod sim;

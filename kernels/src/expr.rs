@@ -111,11 +111,9 @@ impl Parser<'_> {
                 let start = self.pos;
                 while self.pos < self.chars.len() {
                     let c = self.chars[self.pos].1;
-                    if c.is_ascii_digit() || c == '.' || c == 'e' || c == 'E' {
-                        self.pos += 1;
-                    } else if (c == '-' || c == '+')
-                        && matches!(self.chars[self.pos - 1].1, 'e' | 'E')
-                    {
+                    let exponent_sign =
+                        (c == '-' || c == '+') && matches!(self.chars[self.pos - 1].1, 'e' | 'E');
+                    if c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E') || exponent_sign {
                         self.pos += 1;
                     } else {
                         break;

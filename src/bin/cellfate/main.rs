@@ -10,6 +10,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod kernel_cmd;
+
 /// Cell fate mapping for single-cell RNA-seq (.h5ad): kernels, macrostates, fate
 /// probabilities and driver genes, compatible with CellRank 2.
 #[derive(Debug, Parser)]
@@ -32,6 +34,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compute a transition matrix from a kernel expression and write obsp["T_fwd"] and
+    /// uns["T_fwd_params"] (CellRank's layout) into a copy of the input.
+    Kernel(kernel_cmd::KernelArgs),
     /// Simulate a branching differentiation with splicing kinetics and ground truth (raw
     /// counts, true time, true fate, true velocity) into an .h5ad file.
     Simulate {
@@ -73,6 +78,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             write_stdout(&text)
         }
+        Command::Kernel(args) => {
+            let msg = kernel_cmd::run(args)?;
+            write_stdout(&msg)
+        }
         Command::Simulate {
             output,
             cells,
@@ -111,6 +120,23 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
     }
 }
 
+/// One paragraph: the error and its causes, skipping causes already quoted in the message
+/// (our library errors embed their cause's text).
+fn render_error(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if msg.contains(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    msg
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -118,7 +144,7 @@ fn main() -> ExitCode {
         Err(e) => {
             #[allow(clippy::print_stderr)]
             {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", render_error(&e));
             }
             ExitCode::from(2)
         }
