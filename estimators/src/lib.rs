@@ -1,1 +1,9 @@
-//! placeholder
+//! # cellfate-estimators
+//!
+//! Estimators that read a [`cellfate_kernels::TransitionMatrix`]: the sorted real partial
+//! Schur decomposition (dense LAPACK or sparse ARPACK, always checked), GPCCA macrostates and
+//! terminal states, CFLARE, and absorption (fate probabilities, absorption times, drivers).
+
+pub mod schur;
+
+pub use schur::{compute_schur, Schur, SchurError, SchurMethod, SchurOptions, Which};

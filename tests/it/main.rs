@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod data_expectations;
 mod data_files;
+mod gpcca_parity;
 mod kernel_io;
 mod kernel_parity;
 mod python;

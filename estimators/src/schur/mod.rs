@@ -1,0 +1,505 @@
+//! Sorted real partial Schur decomposition of the η-weighted transition matrix
+//! `P̄ = diag(√η) P diag(1/√η)`: `P̄ Q = Q R` with `Q` (n × m) orthonormal and `R` (m × m)
+//! quasi-upper-triangular, the m dominant eigenvalues (largest real part by default, or largest
+//! magnitude) in the leading positions, sorted.
+//!
+//! Two paths, chosen by size and reported in [`Schur::method`]:
+//! - **dense** (LAPACK `dgees` + `dtrsen`), for small matrices (`n ≤ dense_max_cells`);
+//! - **krylov** (ARPACK `dnaupd`/`dneupd` Schur vectors, matrix-free on the sparse matrix),
+//!   followed by a dense sort of the small projected matrix `QᵀP̄Q`.
+//!
+//! A large matrix is never densified silently: `method = Dense` above the limit is an error.
+//! Complex-conjugate pairs are never split (both members are checked through `|Im λ|`); when m
+//! would split one, m + 1 vectors are returned and [`Schur::note`] says so. Every result is
+//! checked: `‖P̄Q − QR‖_F / ‖R‖_F ≤ 1e-8` and `max |QᵀQ − I| ≤ 1e-10`.
+
+mod ffi;
+
+use nalgebra::DMatrix;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use cellfate_kernels::TransitionMatrix;
+
+/// Which eigenvalues are dominant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Which {
+    /// Largest real part (CellRank's default, `"LR"`).
+    #[default]
+    #[serde(rename = "LR")]
+    LargestReal,
+    /// Largest magnitude (pyGPCCA's default, `"LM"`).
+    #[serde(rename = "LM")]
+    LargestMagnitude,
+}
+
+impl Which {
+    fn key(self, re: f64, im: f64) -> f64 {
+        match self {
+            Self::LargestReal => re,
+            Self::LargestMagnitude => re.hypot(im),
+        }
+    }
+    fn arpack(self) -> &'static str {
+        match self {
+            Self::LargestReal => "LR",
+            Self::LargestMagnitude => "LM",
+        }
+    }
+}
+
+/// How the decomposition is computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchurMethod {
+    /// Dense for `n ≤ dense_max_cells`, Krylov otherwise.
+    #[default]
+    Auto,
+    /// Dense LAPACK (`dgees` + `dtrsen`).
+    Dense,
+    /// Sparse, matrix-free Krylov (ARPACK).
+    Krylov,
+}
+
+/// Options of [`compute_schur`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchurOptions {
+    /// Number of Schur vectors (≥ 2; CellRank's `n_components`).
+    pub n_components: usize,
+    /// Which eigenvalues are dominant.
+    pub which: Which,
+    /// Dense or Krylov.
+    pub method: SchurMethod,
+    /// Largest number of cells for the dense path (automatic choice and explicit `Dense`).
+    pub dense_max_cells: usize,
+    /// Krylov subspace size (`ncv`); default `max(2 (m + 1) + 1, 40)`, at most n.
+    pub ncv: Option<usize>,
+    /// Maximum number of Arnoldi restarts.
+    pub max_iter: usize,
+    /// Convergence tolerance of the Ritz values (0 = machine precision).
+    pub tol: f64,
+}
+
+impl Default for SchurOptions {
+    fn default() -> Self {
+        Self {
+            n_components: 20,
+            which: Which::LargestReal,
+            method: SchurMethod::Auto,
+            dense_max_cells: 2500,
+            ncv: None,
+            max_iter: 5000,
+            tol: 0.0,
+        }
+    }
+}
+
+/// Maximum relative invariance residual `‖P̄Q − QR‖_F / ‖R‖_F`.
+pub const RESIDUAL_TOL: f64 = 1e-8;
+/// Maximum deviation of `QᵀQ` from the identity.
+pub const ORTHOGONALITY_TOL: f64 = 1e-10;
+/// An eigenvalue with `|Im λ|` above this is complex.
+const IMAG_TOL: f64 = 1e-12;
+
+/// Why a Schur decomposition failed.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SchurError {
+    /// Bad options.
+    #[error("Schur decomposition: {0}")]
+    InvalidOptions(String),
+    /// The dense path was requested for a matrix too large to densify.
+    #[error("Schur decomposition: the dense method needs an n x n dense matrix ({n} cells, {gb:.1} GB); it is limited to {limit} cells. Use method = krylov (sparse) or raise dense_max_cells")]
+    TooLargeForDense {
+        /// Cells.
+        n: usize,
+        /// Memory of the dense matrix in GB.
+        gb: f64,
+        /// The limit.
+        limit: usize,
+    },
+    /// LAPACK failed.
+    #[error("Schur decomposition (dense): {0}")]
+    Lapack(String),
+    /// ARPACK did not converge or failed.
+    #[error("Schur decomposition (krylov): {0}")]
+    Arpack(String),
+    /// The result failed its checks.
+    #[error("Schur decomposition ({method}): {what} = {value:e} exceeds {tol:e}; the subspace is not invariant to the required accuracy. {hint}")]
+    CheckFailed {
+        /// Path used.
+        method: &'static str,
+        /// Which check.
+        what: &'static str,
+        /// Value.
+        value: f64,
+        /// Tolerance.
+        tol: f64,
+        /// What to try.
+        hint: &'static str,
+    },
+}
+
+/// A sorted partial real Schur decomposition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Schur {
+    /// Orthonormal Schur vectors (n × m).
+    pub q: DMatrix<f64>,
+    /// Quasi-upper-triangular Schur matrix (m × m).
+    pub r: DMatrix<f64>,
+    /// Eigenvalues `(re, im)` in the order of `R`'s diagonal blocks (dominant first).
+    pub eigenvalues: Vec<(f64, f64)>,
+    /// The weights η (length n).
+    pub eta: Vec<f64>,
+    /// `"dense"` or `"krylov"`.
+    pub method: &'static str,
+    /// Number of vectors requested.
+    pub n_requested: usize,
+    /// `‖P̄Q − QR‖_F / ‖R‖_F`.
+    pub residual: f64,
+    /// `max |QᵀQ − I|`.
+    pub orthogonality: f64,
+    /// Krylov: matrix-vector products used.
+    pub matvecs: usize,
+    /// A remark for the user (e.g. a conjugate pair kept together).
+    pub note: Option<String>,
+}
+
+impl Schur {
+    /// Number of Schur vectors.
+    pub fn m(&self) -> usize {
+        self.q.ncols()
+    }
+
+    /// Whether the first `m` eigenvalues would split a complex-conjugate pair (checked with
+    /// `|Im|`, so a negative-imaginary first member is caught too).
+    pub fn splits_pair(&self, m: usize) -> bool {
+        splits_pair(&self.eigenvalues, m)
+    }
+}
+
+fn splits_pair(ev: &[(f64, f64)], m: usize) -> bool {
+    if m == 0 || m >= ev.len() {
+        return false;
+    }
+    let (a, b) = (ev[m - 1], ev[m]);
+    a.1.abs() > IMAG_TOL
+        && (a.0 - b.0).abs() <= 1e-10 * a.0.abs().max(1.0)
+        && (a.1 + b.1).abs() <= 1e-10 * a.1.abs().max(1.0)
+}
+
+/// The uniform weights `η = 1/n`.
+pub fn uniform_eta(n: usize) -> Vec<f64> {
+    vec![1.0 / n as f64; n]
+}
+
+/// `y = P̄ x` with `P̄ = diag(√η) P diag(1/√η)`.
+fn weighted_matvec(t: &TransitionMatrix, sqrt_eta: &[f64], x: &[f64]) -> Vec<f64> {
+    let scaled: Vec<f64> = x.iter().zip(sqrt_eta).map(|(a, s)| a / s).collect();
+    t.mul_vec(&scaled)
+        .into_iter()
+        .zip(sqrt_eta)
+        .map(|(a, s)| a * s)
+        .collect()
+}
+
+/// Eigenvalues of the diagonal blocks of a quasi-triangular matrix, in order.
+fn block_eigenvalues(r: &DMatrix<f64>) -> Vec<(f64, f64)> {
+    let m = r.nrows();
+    let mut out = Vec::with_capacity(m);
+    let mut i = 0;
+    while i < m {
+        if i + 1 < m && r[(i + 1, i)] != 0.0 {
+            let (a, b, c, d) = (r[(i, i)], r[(i, i + 1)], r[(i + 1, i)], r[(i + 1, i + 1)]);
+            let tr = 0.5 * (a + d);
+            let disc = 0.25 * (a - d) * (a - d) + b * c;
+            if disc < 0.0 {
+                let im = (-disc).sqrt();
+                out.push((tr, im));
+                out.push((tr, -im));
+            } else {
+                let s = disc.sqrt();
+                out.push((tr + s, 0.0));
+                out.push((tr - s, 0.0));
+            }
+            i += 2;
+        } else {
+            out.push((r[(i, i)], 0.0));
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Sorts a real Schur form (column-major `t`, `z`, with eigenvalues `wr`, `wi`) so that its
+/// `m` dominant eigenvalues come first in descending order of `which`. Returns the number of
+/// leading eigenvalues actually sorted (`m`, or `m + 1` to keep a pair).
+fn sort_schur(
+    n: usize,
+    t: &mut [f64],
+    z: &mut [f64],
+    wr: &mut [f64],
+    wi: &mut [f64],
+    m: usize,
+    which: Which,
+) -> Result<usize, String> {
+    // Rank eigenvalues (pairs share a key); stable in the current order.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| {
+        which
+            .key(wr[b], wi[b])
+            .total_cmp(&which.key(wr[a], wi[a]))
+            .then(wi[b].total_cmp(&wi[a]))
+    });
+    let mut chosen: Vec<usize> = Vec::new();
+    let mut k = 0;
+    while chosen.len() < m && k < n {
+        let i = order[k];
+        k += 1;
+        if chosen.contains(&i) {
+            continue;
+        }
+        chosen.push(i);
+        if wi[i].abs() > 0.0 {
+            // Its conjugate partner is adjacent in T (same 2x2 block).
+            let partner = if i + 1 < n && (wr[i + 1] - wr[i]).abs() == 0.0 && wi[i + 1] == -wi[i] {
+                i + 1
+            } else {
+                i.saturating_sub(1)
+            };
+            if !chosen.contains(&partner) {
+                chosen.push(partner);
+            }
+        }
+    }
+    // Move the chosen eigenvalues to the front one (block) at a time, in rank order: dtrsen
+    // keeps the relative order of selected blocks, so each step appends the next one.
+    let target = chosen.len();
+    let mut selected_keys: Vec<(f64, f64)> = Vec::with_capacity(target);
+    for &i in &chosen {
+        selected_keys.push((wr[i], wi[i]));
+    }
+    let mut placed = 0;
+    while placed < target {
+        let (re, im) = selected_keys[placed];
+        let step = if im != 0.0 { 2 } else { 1 };
+        let mut select = vec![false; n];
+        for s in select.iter_mut().take(placed) {
+            *s = true;
+        }
+        // Find the current position of this eigenvalue at or after `placed`.
+        let pos = (placed..n)
+            .find(|&j| {
+                (wr[j] - re).abs() <= 1e-14 * re.abs().max(1.0)
+                    && (wi[j].abs() - im.abs()).abs() <= 1e-14 * im.abs().max(1.0)
+            })
+            .ok_or_else(|| {
+                "lost track of an eigenvalue while sorting the Schur form".to_string()
+            })?;
+        select[pos] = true;
+        if step == 2 && pos + 1 < n {
+            select[pos + 1] = true;
+        }
+        ffi::dtrsen(n, t, z, &select, wr, wi)?;
+        placed += step;
+    }
+    Ok(target)
+}
+
+/// Computes the sorted partial real Schur decomposition of `t` weighted by `eta` (uniform
+/// when `None`).
+pub fn compute_schur(
+    t: &TransitionMatrix,
+    eta: Option<&[f64]>,
+    opts: &SchurOptions,
+) -> Result<Schur, SchurError> {
+    let n = t.n_cells();
+    let m_req = opts.n_components.max(2);
+    if m_req >= n {
+        return Err(SchurError::InvalidOptions(format!(
+            "n_components = {m_req} must be smaller than the number of cells ({n})"
+        )));
+    }
+    let eta: Vec<f64> = match eta {
+        Some(e) => {
+            if e.len() != n || e.iter().any(|&x| !(x.is_finite() && x > 0.0)) {
+                return Err(SchurError::InvalidOptions(
+                    "eta must have one positive finite weight per cell".into(),
+                ));
+            }
+            let s: f64 = e.iter().sum();
+            e.iter().map(|x| x / s).collect()
+        }
+        None => uniform_eta(n),
+    };
+    let sqrt_eta: Vec<f64> = eta.iter().map(|x| x.sqrt()).collect();
+    let dense = match opts.method {
+        SchurMethod::Auto => n <= opts.dense_max_cells,
+        SchurMethod::Dense => {
+            if n > opts.dense_max_cells {
+                return Err(SchurError::TooLargeForDense {
+                    n,
+                    gb: (n * n * 16) as f64 / 1e9,
+                    limit: opts.dense_max_cells,
+                });
+            }
+            true
+        }
+        SchurMethod::Krylov => false,
+    };
+    let (q, r, matvecs, method) = if dense {
+        let (q, r) = dense_schur(t, &sqrt_eta, m_req, opts.which)?;
+        (q, r, 0, "dense")
+    } else {
+        let (q, r, mv) = krylov_schur(t, &sqrt_eta, m_req, opts)?;
+        (q, r, mv, "krylov")
+    };
+    let eigenvalues = block_eigenvalues(&r);
+    let m = q.ncols();
+    let note = (m > m_req).then(|| {
+        format!("using {m} Schur vectors instead of {m_req}: {m_req} would split a complex-conjugate pair")
+    });
+    // Checks.
+    let mut pq = DMatrix::zeros(n, m);
+    for j in 0..m {
+        let col: Vec<f64> = q.column(j).iter().copied().collect();
+        let y = weighted_matvec(t, &sqrt_eta, &col);
+        pq.column_mut(j).copy_from_slice(&y);
+    }
+    let residual = (&pq - &q * &r).norm() / r.norm().max(f64::MIN_POSITIVE);
+    let qtq = q.transpose() * &q;
+    let orthogonality = (qtq - DMatrix::identity(m, m)).amax();
+    let hint = if dense {
+        "The matrix may be too ill-conditioned; check the kernel"
+    } else {
+        "Increase ncv or the iteration limit, or use method = dense for small data"
+    };
+    if residual.is_nan() || residual > RESIDUAL_TOL {
+        return Err(SchurError::CheckFailed {
+            method,
+            what: "the invariance residual |PQ - QR| / |R|",
+            value: residual,
+            tol: RESIDUAL_TOL,
+            hint,
+        });
+    }
+    if orthogonality.is_nan() || orthogonality > ORTHOGONALITY_TOL {
+        return Err(SchurError::CheckFailed {
+            method,
+            what: "the orthogonality error max|Q'Q - I|",
+            value: orthogonality,
+            tol: ORTHOGONALITY_TOL,
+            hint,
+        });
+    }
+    Ok(Schur {
+        q,
+        r,
+        eigenvalues,
+        eta,
+        method,
+        n_requested: m_req,
+        residual,
+        orthogonality,
+        matvecs,
+        note,
+    })
+}
+
+fn dense_schur(
+    t: &TransitionMatrix,
+    sqrt_eta: &[f64],
+    m: usize,
+    which: Which,
+) -> Result<(DMatrix<f64>, DMatrix<f64>), SchurError> {
+    let n = t.n_cells();
+    // Column-major dense P̄.
+    let mut a = vec![0.0; n * n];
+    for i in 0..n {
+        let (cols, vals) = t.row(i);
+        for (&j, &v) in cols.iter().zip(vals) {
+            let j = j as usize;
+            a[i + j * n] = sqrt_eta[i] * v / sqrt_eta[j];
+        }
+    }
+    let (mut z, mut wr, mut wi) = ffi::dgees(n, &mut a).map_err(SchurError::Lapack)?;
+    let m2 =
+        sort_schur(n, &mut a, &mut z, &mut wr, &mut wi, m, which).map_err(SchurError::Lapack)?;
+    let q = DMatrix::from_fn(n, m2, |i, j| z[i + j * n]);
+    let r = DMatrix::from_fn(m2, m2, |i, j| if i > j + 1 { 0.0 } else { a[i + j * n] });
+    Ok((q, r))
+}
+
+fn krylov_schur(
+    t: &TransitionMatrix,
+    sqrt_eta: &[f64],
+    m: usize,
+    opts: &SchurOptions,
+) -> Result<(DMatrix<f64>, DMatrix<f64>, usize), SchurError> {
+    let n = t.n_cells();
+    // One more than requested so that a pair straddling the cut can be kept whole.
+    let nev = (m + 1).min(n - 2);
+    let ncv = opts
+        .ncv
+        .unwrap_or((2 * nev + 1).max(40))
+        .min(n)
+        .max(nev + 2);
+    if ncv > n {
+        return Err(SchurError::InvalidOptions(format!(
+            "too few cells ({n}) for {m} Schur vectors with the Krylov method; use method = dense"
+        )));
+    }
+    // Deterministic start vector: √η (the dominant left-right structure) plus a fixed
+    // perturbation so that it is not exactly an eigenvector.
+    let resid: Vec<f64> = (0..n)
+        .map(|i| sqrt_eta[i] * (1.0 + 0.1 * ((i as f64 * 0.618_033_988_749_895).fract() - 0.5)))
+        .collect();
+    let mut op = |x: &[f64], y: &mut [f64]| {
+        let out = weighted_matvec(t, sqrt_eta, x);
+        y.copy_from_slice(&out);
+    };
+    let res = ffi::arpack_schur(
+        n,
+        nev,
+        ncv,
+        opts.which.arpack(),
+        opts.tol,
+        opts.max_iter,
+        resid,
+        &mut op,
+    )
+    .map_err(SchurError::Arpack)?;
+    let k = res.nconv;
+    if k < m {
+        return Err(SchurError::Arpack(format!(
+            "only {k} of {m} Schur vectors converged ({} restarts, {} matrix-vector products)",
+            res.iterations, res.matvecs
+        )));
+    }
+    let q0 = DMatrix::from_column_slice(n, k, &res.q);
+    // Project, then sort the small Schur form densely.
+    let mut pq = DMatrix::zeros(n, k);
+    for j in 0..k {
+        let col: Vec<f64> = q0.column(j).iter().copied().collect();
+        pq.column_mut(j)
+            .copy_from_slice(&weighted_matvec(t, sqrt_eta, &col));
+    }
+    let h = q0.transpose() * &pq;
+    let mut a: Vec<f64> = h.as_slice().to_vec(); // nalgebra is column-major
+    let (mut z, mut wr, mut wi) = ffi::dgees(k, &mut a).map_err(SchurError::Lapack)?;
+    let m2 = sort_schur(k, &mut a, &mut z, &mut wr, &mut wi, m, opts.which)
+        .map_err(SchurError::Lapack)?;
+    if m2 > k {
+        return Err(SchurError::Arpack(format!(
+            "{m} Schur vectors would split a complex pair and only {k} converged"
+        )));
+    }
+    let zk = DMatrix::from_fn(k, m2, |i, j| z[i + j * k]);
+    let q = q0 * zk;
+    let r = DMatrix::from_fn(m2, m2, |i, j| if i > j + 1 { 0.0 } else { a[i + j * k] });
+    Ok((q, r, res.matvecs + k))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,162 @@
+use super::*;
+use cellfate_kernels::{Csr, Direction};
+
+/// A metastable chain: `blocks` groups of `size` cells, dense-ish random transitions inside a
+/// group and a small leak `eps` to the next group (cyclically when `cyclic`).
+pub(crate) fn metastable_chain(
+    blocks: usize,
+    size: usize,
+    eps: f64,
+    cyclic: bool,
+    seed: u64,
+) -> TransitionMatrix {
+    let mut rng = cellfate_kernels::testing::Lcg::new(seed);
+    let n = blocks * size;
+    let mut trip = Vec::new();
+    for b in 0..blocks {
+        for i in 0..size {
+            let row = b * size + i;
+            for j in 0..size {
+                if rng.uniform() < 0.3 || j == (i + 1) % size {
+                    trip.push((row, b * size + j, 0.1 + rng.uniform()));
+                }
+            }
+            let next = if cyclic {
+                (b + 1) % blocks
+            } else {
+                (b + 1).min(blocks - 1)
+            };
+            if next != b {
+                trip.push((
+                    row,
+                    next * size + (i % size),
+                    eps * (1.0 + rng.uniform()) * size as f64,
+                ));
+            }
+        }
+    }
+    let w = Csr::from_triplets(n, n, &trip).unwrap();
+    TransitionMatrix::from_weights(w, Direction::Forward).unwrap()
+}
+
+fn subspace_sin(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
+    let s = (a.transpose() * b).singular_values();
+    let smin = s.iter().copied().fold(f64::INFINITY, f64::min).min(1.0);
+    (1.0 - smin * smin).max(0.0).sqrt()
+}
+
+#[test]
+fn dense_and_krylov_agree_on_a_metastable_chain() {
+    let t = metastable_chain(4, 60, 0.002, false, 1);
+    // Four metastable groups: four eigenvalues near 1, then a gap (the subspace is only
+    // well defined at a spectral gap).
+    let opts = |method| SchurOptions {
+        n_components: 4,
+        method,
+        ..SchurOptions::default()
+    };
+    let d = compute_schur(&t, None, &opts(SchurMethod::Dense)).unwrap();
+    let k = compute_schur(&t, None, &opts(SchurMethod::Krylov)).unwrap();
+    assert_eq!((d.method, k.method), ("dense", "krylov"));
+    assert_eq!(d.m(), k.m());
+    for (a, b) in d.eigenvalues.iter().zip(&k.eigenvalues) {
+        assert!(
+            (a.0 - b.0).abs() < 1e-10 && (a.1 - b.1).abs() < 1e-10,
+            "{a:?} vs {b:?}"
+        );
+    }
+    // Sorted by decreasing real part, dominant eigenvalue 1.
+    assert!((d.eigenvalues[0].0 - 1.0).abs() < 1e-12);
+    assert!(d.eigenvalues.windows(2).all(|w| w[0].0 >= w[1].0 - 1e-12));
+    assert!(
+        subspace_sin(&d.q, &k.q) < 1e-8,
+        "{}",
+        subspace_sin(&d.q, &k.q)
+    );
+    assert!(d.residual < 1e-12 && k.residual < RESIDUAL_TOL);
+}
+
+#[test]
+fn conjugate_pairs_are_never_split() {
+    // A cyclic chain of 3 metastable groups: its dominant spectrum has a complex pair
+    // right after eigenvalue 1.
+    let t = metastable_chain(3, 40, 0.01, true, 2);
+    for method in [SchurMethod::Dense, SchurMethod::Krylov] {
+        let s = compute_schur(
+            &t,
+            None,
+            &SchurOptions {
+                n_components: 2,
+                method,
+                ..SchurOptions::default()
+            },
+        )
+        .unwrap();
+        assert!(s.eigenvalues[1].1.abs() > 1e-6, "{:?}", s.eigenvalues);
+        assert_eq!(s.m(), 3, "{method:?}: pair kept together");
+        assert!(s
+            .note
+            .as_deref()
+            .unwrap_or("")
+            .contains("complex-conjugate"));
+        assert!(!s.splits_pair(3) && s.splits_pair(2));
+    }
+}
+
+#[test]
+fn dense_refuses_large_matrices_and_bad_options() {
+    let t = metastable_chain(2, 30, 0.01, false, 3);
+    let e = compute_schur(
+        &t,
+        None,
+        &SchurOptions {
+            method: SchurMethod::Dense,
+            dense_max_cells: 10,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, SchurError::TooLargeForDense { n: 60, .. }),
+        "{e}"
+    );
+    let e = compute_schur(
+        &t,
+        None,
+        &SchurOptions {
+            n_components: 60,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, SchurError::InvalidOptions(_)), "{e}");
+}
+
+#[test]
+fn eta_weighting_keeps_the_spectrum() {
+    let t = metastable_chain(3, 30, 0.005, false, 4);
+    let eta: Vec<f64> = (0..90).map(|i| 1.0 + (i % 7) as f64).collect();
+    let a = compute_schur(
+        &t,
+        None,
+        &SchurOptions {
+            n_components: 4,
+            method: SchurMethod::Dense,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let b = compute_schur(
+        &t,
+        Some(&eta),
+        &SchurOptions {
+            n_components: 4,
+            method: SchurMethod::Dense,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for (x, y) in a.eigenvalues.iter().zip(&b.eigenvalues) {
+        assert!((x.0 - y.0).abs() < 1e-10);
+    }
+}
