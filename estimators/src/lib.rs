@@ -4,6 +4,7 @@
 //! Schur decomposition (dense LAPACK or sparse ARPACK, always checked), GPCCA macrostates and
 //! terminal states, CFLARE, and absorption (fate probabilities, absorption times, drivers).
 
+pub mod gpcca;
 pub mod schur;
 
 pub use schur::{compute_schur, Schur, SchurError, SchurMethod, SchurOptions, Which};

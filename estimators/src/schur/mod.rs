@@ -502,4 +502,4 @@ fn krylov_schur(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

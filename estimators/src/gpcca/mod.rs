@@ -1,0 +1,522 @@
+//! GPCCA (generalised Perron cluster cluster analysis; Reuter et al. 2018, Röblitz & Weber
+//! 2013), re-derived from the papers and pyGPCCA 1.0.4's documented behaviour:
+//!
+//! 1. From the sorted Schur vectors `Q` of `P̄`, an η-orthonormal basis `X` of the invariant
+//!    subspace with a constant first column ([`schur_to_x`]).
+//! 2. The inner simplex algorithm picks `m` extreme cells; `A₀ = pinv(X[index, :])` ([`isa`]).
+//! 3. The rotation `A` is optimised so that the memberships `χ = X A` are as crisp as possible
+//!    (objective `f = m − Σ_j (Σ_i A_ij²) / A_0j`, feasibility completed by [`fill_matrix`]):
+//!    with Nelder–Mead exactly as pyGPCCA calls scipy's `fmin` (for parity), or with a
+//!    gradient-based optimiser with an analytic gradient and seeded multi-start ([`Optimizer`]).
+//! 4. Memberships, crispness, minChi, the coarse-grained transition matrix and distributions.
+//!
+//! Deviations (stated): the tolerance for "significantly negative" memberships scales with the
+//! problem (`max(1e4 ε, 1e3 ε · max|X|·max|A|)`) instead of the fixed `−1e4 ε` that makes
+//! CellRank fail on harmless rounding (CellRank #781, pyGPCCA #27/#33); conjugate pairs are
+//! checked through `|Im λ|` (pyGPCCA PR #62).
+
+pub mod optimize;
+
+use nalgebra::DMatrix;
+use thiserror::Error;
+
+use cellfate_kernels::TransitionMatrix;
+
+use crate::schur::Schur;
+
+pub use optimize::{Optimizer, OptimizerReport};
+
+const EPS: f64 = f64::EPSILON;
+
+/// Errors of the GPCCA steps.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum GpccaError {
+    /// Invalid input or options.
+    #[error("GPCCA: {0}")]
+    Invalid(String),
+    /// The Schur vectors do not give a valid basis.
+    #[error("GPCCA: Schur vectors unusable: {0}")]
+    Basis(String),
+    /// The inner simplex algorithm failed.
+    #[error("GPCCA: inner simplex algorithm: {0}")]
+    Simplex(String),
+    /// The rotation matrix became infeasible.
+    #[error("GPCCA: rotation matrix infeasible: {0}")]
+    Infeasible(String),
+    /// Memberships are significantly negative.
+    #[error("GPCCA: memberships are significantly negative (minimum {min:e}, tolerance {tol:e}); try another number of macrostates")]
+    NegativeMemberships {
+        /// Minimum membership.
+        min: f64,
+        /// Tolerance used.
+        tol: f64,
+    },
+    /// `m` would split a complex-conjugate pair.
+    #[error("GPCCA: {m} macrostates would split a complex-conjugate pair of eigenvalues; use {} or {}", .m - 1, .m + 1)]
+    SplitsPair {
+        /// Number of macrostates.
+        m: usize,
+    },
+    /// No clustering with positive crispness.
+    #[error("GPCCA: clustering was not successful (no positive crispness for {0}); try other numbers of macrostates")]
+    NotCrisp(String),
+    /// The stationary distribution could not be computed.
+    #[error("stationary distribution: {0}")]
+    Stationary(String),
+}
+
+/// `X`: an η-orthonormal basis (n × k, `Xᵀ diag(η) X = I`) of the Schur subspace with a constant
+/// first column of ones (pyGPCCA's `_do_schur` + modified Gram–Schmidt).
+pub fn schur_to_x(schur: &Schur) -> Result<DMatrix<f64>, GpccaError> {
+    let q0 = &schur.q;
+    let (n, k) = (q0.nrows(), q0.ncols());
+    let sqrt_eta: Vec<f64> = schur.eta.iter().map(|e| e.sqrt()).collect();
+    // Constant-column detection: the last column equal to its mean within (1e-6, 1e-5).
+    let mut max_i = 0;
+    for j in 0..k {
+        let col = q0.column(j);
+        let c = col.mean();
+        if col.iter().all(|&v| (v - c).abs() <= 1e-5 + 1e-6 * c.abs()) {
+            max_i = j;
+        }
+    }
+    let mut q = q0.clone();
+    let c0 = q.column(0).clone_owned();
+    q.set_column(max_i, &c0);
+    for (l, s) in sqrt_eta.iter().enumerate() {
+        q[(l, 0)] = *s;
+    }
+    // The subspace must not change by moving √η in.
+    let sin = subspace_sin(q0, &q);
+    if sin > 1e-7 {
+        return Err(GpccaError::Basis(format!(
+            "the dominant Schur vector is not √η (subspace changed by sin = {sin:e}); is the eigenvalue 1 among the Schur values?"
+        )));
+    }
+    // Modified Gram–Schmidt (Euclidean), column by column.
+    for j in 0..k {
+        for i in 0..j {
+            let r = q.column(i).dot(&q.column(j));
+            let qi = q.column(i).clone_owned();
+            q.column_mut(j).axpy(-r, &qi, 1.0);
+        }
+        let nrm = q.column(j).norm();
+        if nrm <= 0.0 {
+            return Err(GpccaError::Basis(
+                "Schur vectors are linearly dependent".into(),
+            ));
+        }
+        q.column_mut(j).scale_mut(1.0 / nrm);
+    }
+    let sin = subspace_sin(q0, &q);
+    if sin > 1e-7 {
+        return Err(GpccaError::Basis(format!(
+            "η-orthogonalisation changed the subspace (sin = {sin:e})"
+        )));
+    }
+    let mut x = q;
+    for l in 0..n {
+        for j in 0..k {
+            x[(l, j)] /= sqrt_eta[l];
+        }
+    }
+    // Checks: first column ≈ 1, Xᵀ D X ≈ I.
+    if x.column(0).iter().any(|&v| (v - 1.0).abs() > 1e-8 + 1e-5) {
+        return Err(GpccaError::Basis(
+            "the first column of X is not constantly 1".into(),
+        ));
+    }
+    let mut g = DMatrix::zeros(k, k);
+    for a in 0..k {
+        for b in a..k {
+            let s: f64 = (0..n).map(|l| schur.eta[l] * x[(l, a)] * x[(l, b)]).sum();
+            g[(a, b)] = s;
+            g[(b, a)] = s;
+        }
+    }
+    let dev = (g - DMatrix::identity(k, k)).amax();
+    if dev > 1e-6 {
+        return Err(GpccaError::Basis(format!(
+            "X is not η-orthonormal (deviation {dev:e})"
+        )));
+    }
+    Ok(x)
+}
+
+/// Sine of the largest principal angle between the column spaces of two matrices with
+/// orthonormal-ish columns (orthonormalised by SVD first).
+pub fn subspace_sin(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
+    let qa = orth(a);
+    let qb = orth(b);
+    if qa.ncols() == 0 || qb.ncols() == 0 {
+        return 1.0;
+    }
+    let s = (qa.transpose() * &qb).singular_values();
+    let smin = s.iter().copied().fold(f64::INFINITY, f64::min).min(1.0);
+    (1.0 - smin * smin).max(0.0).sqrt()
+}
+
+fn orth(a: &DMatrix<f64>) -> DMatrix<f64> {
+    let svd = a.clone().svd(true, false);
+    let Some(u) = svd.u else {
+        return DMatrix::zeros(a.nrows(), 0);
+    };
+    let smax = svd.singular_values.iter().copied().fold(0.0, f64::max);
+    let tol = a.nrows().max(a.ncols()) as f64 * EPS * smax;
+    let keep: Vec<usize> = (0..svd.singular_values.len())
+        .filter(|&i| svd.singular_values[i] > tol)
+        .collect();
+    DMatrix::from_fn(a.nrows(), keep.len(), |i, j| u[(i, keep[j])])
+}
+
+/// numpy-style pseudo-inverse (singular values ≤ 1e-15 · s_max treated as zero).
+pub fn pinv(a: &DMatrix<f64>) -> DMatrix<f64> {
+    let svd = a.clone().svd(true, true);
+    let smax = svd.singular_values.iter().copied().fold(0.0, f64::max);
+    let cutoff = 1e-15 * smax;
+    let (Some(u), Some(vt)) = (svd.u, svd.v_t) else {
+        return DMatrix::zeros(a.ncols(), a.nrows());
+    };
+    let mut out = DMatrix::zeros(a.ncols(), a.nrows());
+    for (k, &s) in svd.singular_values.iter().enumerate() {
+        if s > cutoff {
+            out += (vt.row(k).transpose() * u.column(k).transpose()) / s;
+        }
+    }
+    out
+}
+
+fn cond(a: &DMatrix<f64>) -> f64 {
+    let s = a.singular_values();
+    let smax = s.iter().copied().fold(0.0, f64::max);
+    let smin = s.iter().copied().fold(f64::INFINITY, f64::min);
+    if smin == 0.0 {
+        f64::INFINITY
+    } else {
+        smax / smin
+    }
+}
+
+/// Inner simplex algorithm on `X[:, :m]`: the indices of `m` extreme cells (vertices).
+pub fn isa_indices(x: &DMatrix<f64>) -> Result<Vec<usize>, GpccaError> {
+    let (n, m) = (x.nrows(), x.ncols());
+    if n < m {
+        return Err(GpccaError::Simplex(format!(
+            "more macrostates ({m}) than cells ({n})"
+        )));
+    }
+    let range = |j: usize| {
+        let c = x.column(j);
+        (c.max() - c.min()).abs()
+    };
+    if ((1.0 + range(0)) - 1.0).abs() > 1e-6 {
+        return Err(GpccaError::Simplex(
+            "the first Schur vector is not constant".into(),
+        ));
+    }
+    let constant = (1..m).filter(|&j| range(j) <= 1e-6).count();
+    if constant > 0 {
+        return Err(GpccaError::Simplex(format!(
+            "{constant} Schur vector(s) after the first one are constant: the chain may be reducible"
+        )));
+    }
+    let mut o = x.clone();
+    let mut index = Vec::with_capacity(m);
+    // Vertex 0: the row with the largest norm (first maximum).
+    let mut best = 0.0;
+    let mut i0 = 0;
+    for l in 0..n {
+        let d = o.row(l).norm();
+        if d > best {
+            best = d;
+            i0 = l;
+        }
+    }
+    index.push(i0);
+    let r0 = o.row(i0).clone_owned();
+    for l in 0..n {
+        let row = o.row(l) - &r0;
+        o.set_row(l, &row);
+    }
+    for j in 1..m {
+        let t = o.row(index[j - 1]).clone_owned();
+        let mut maxd = 0.0;
+        let mut ij = 0;
+        for l in 0..n {
+            let proj = o.row(l).dot(&t);
+            let row = o.row(l) - &t * proj;
+            o.set_row(l, &row);
+            let d = o.row(l).norm();
+            if d > maxd {
+                maxd = d;
+                ij = l;
+            }
+        }
+        if maxd <= 0.0 {
+            return Err(GpccaError::Simplex(
+                "degenerate simplex (all remaining distances are zero)".into(),
+            ));
+        }
+        o /= maxd;
+        index.push(ij);
+    }
+    Ok(index)
+}
+
+/// ISA indices and the initial rotation `A₀ = pinv(X[index, :])`.
+pub fn isa(x: &DMatrix<f64>) -> Result<(Vec<usize>, DMatrix<f64>), GpccaError> {
+    let index = isa_indices(x)?;
+    let m = x.ncols();
+    let s = DMatrix::from_fn(m, m, |i, j| x[(index[i], j)]);
+    let c = cond(&s);
+    if c >= 1.0 / EPS {
+        return Err(GpccaError::Simplex(format!(
+            "the simplex matrix is singular (condition number {c:e})"
+        )));
+    }
+    Ok((index, pinv(&s)))
+}
+
+/// minChi(m): `min (X[:, :m] · pinv(X[index, :m]))` after the ISA, for `m` in `ms`. Values
+/// closer to 0 are better.
+pub fn min_chi(
+    x: &DMatrix<f64>,
+    ms: std::ops::RangeInclusive<usize>,
+) -> Result<Vec<f64>, GpccaError> {
+    let mut out = Vec::new();
+    for m in ms {
+        if m < 2 || m > x.ncols() {
+            return Err(GpccaError::Invalid(format!(
+                "minChi: m = {m} outside 2..={}",
+                x.ncols()
+            )));
+        }
+        let xm = x.columns(0, m).clone_owned();
+        let (_, a0) = isa(&xm)?;
+        out.push((xm * a0).min());
+    }
+    Ok(out)
+}
+
+/// Completes a rotation matrix so that `χ = X A` has rows summing to 1 and non-negative
+/// entries, then normalises it (pyGPCCA's `_fill_matrix`). Only `A[1.., 1..]` is read.
+pub fn fill_matrix(a: &mut DMatrix<f64>, x: &DMatrix<f64>) -> Result<(), GpccaError> {
+    let m = a.nrows();
+    for i in 1..m {
+        let s: f64 = (1..m).map(|j| a[(i, j)]).sum();
+        a[(i, 0)] = -s;
+    }
+    for j in 0..m {
+        let mut best = f64::NEG_INFINITY;
+        for l in 0..x.nrows() {
+            let mut v = 0.0;
+            for i in 1..m {
+                v += x[(l, i)] * a[(i, j)];
+            }
+            if -v > best {
+                best = -v;
+            }
+        }
+        a[(0, j)] = best;
+    }
+    let s: f64 = a.row(0).sum();
+    *a /= s;
+    if (0..m).any(|j| a[(0, j)] == 0.0) {
+        return Err(GpccaError::Infeasible(
+            "first row of the rotation matrix has zeros".into(),
+        ));
+    }
+    if (0..m).any(|j| a[(0, j)] < 0.0) {
+        return Err(GpccaError::Infeasible(
+            "first row of the rotation matrix has negative entries".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The objective `f = m − Σ_j (Σ_i A_ij²) / A_0j` of a completed rotation matrix.
+pub fn objective_of(a: &DMatrix<f64>) -> f64 {
+    let m = a.nrows();
+    let mut tr = 0.0;
+    for j in 0..m {
+        let col: f64 = (0..m).map(|i| a[(i, j)] * a[(i, j)]).sum();
+        tr += col / a[(0, j)];
+    }
+    m as f64 - tr
+}
+
+/// Embeds the free parameters (row-major `(m−1)²`) into `A[1.., 1..]` of a copy of `base`.
+pub fn embed(alpha: &[f64], base: &DMatrix<f64>) -> DMatrix<f64> {
+    let m = base.nrows();
+    let k = m - 1;
+    let mut a = base.clone();
+    for i in 0..k {
+        for j in 0..k {
+            a[(i + 1, j + 1)] = alpha[i * k + j];
+        }
+    }
+    a
+}
+
+/// Memberships from a completed rotation: `χ = X A`, tiny negatives clipped and rows
+/// renormalised; significantly negative entries are an error.
+pub fn memberships(x: &DMatrix<f64>, a: &DMatrix<f64>) -> Result<DMatrix<f64>, GpccaError> {
+    let mut chi = x * a;
+    let min = chi.min();
+    if min < 0.0 {
+        // Scale-aware tolerance (deviation from pyGPCCA's fixed −1e4·ε, see module docs).
+        let tol = (1e4 * EPS).max(1e3 * EPS * x.amax() * a.amax() * x.ncols() as f64);
+        if min < -tol {
+            return Err(GpccaError::NegativeMemberships { min, tol });
+        }
+        chi.iter_mut().for_each(|v| {
+            if *v < 0.0 {
+                *v = 0.0;
+            }
+        });
+        for l in 0..chi.nrows() {
+            let s: f64 = chi.row(l).sum();
+            let row = chi.row(l) * (1.0 / s);
+            chi.set_row(l, &row);
+        }
+    }
+    Ok(chi)
+}
+
+/// Coarse-grained quantities for memberships `χ` (n × m), weights η and the chain `P`:
+/// `P_c = pinv(χᵀ D χ) (χᵀ D P χ)`, `η_c = χᵀ η`, and `π_c = χᵀ π` when `π` is given.
+pub fn coarse_grain(
+    t: &TransitionMatrix,
+    chi: &DMatrix<f64>,
+    eta: &[f64],
+    pi: Option<&[f64]>,
+) -> (DMatrix<f64>, Vec<f64>, Option<Vec<f64>>) {
+    let (n, m) = (chi.nrows(), chi.ncols());
+    let mut g = DMatrix::zeros(m, m);
+    let mut pchi = DMatrix::zeros(n, m);
+    for j in 0..m {
+        let col: Vec<f64> = chi.column(j).iter().copied().collect();
+        pchi.column_mut(j).copy_from_slice(&t.mul_vec(&col));
+    }
+    let mut h = DMatrix::zeros(m, m);
+    for a in 0..m {
+        for b in 0..m {
+            let mut sg = 0.0;
+            let mut sh = 0.0;
+            for l in 0..n {
+                sg += eta[l] * chi[(l, a)] * chi[(l, b)];
+                sh += eta[l] * chi[(l, a)] * pchi[(l, b)];
+            }
+            g[(a, b)] = sg;
+            h[(a, b)] = sh;
+        }
+    }
+    let pc = pinv(&g) * h;
+    let eta_c: Vec<f64> = (0..m)
+        .map(|j| (0..n).map(|l| chi[(l, j)] * eta[l]).sum())
+        .collect();
+    let pi_c = pi.map(|p| {
+        (0..m)
+            .map(|j| (0..n).map(|l| chi[(l, j)] * p[l]).sum())
+            .collect()
+    });
+    (pc, eta_c, pi_c)
+}
+
+/// Crispness `(m − f_opt) / m`.
+pub fn crispness(m: usize, f_opt: f64) -> f64 {
+    (m as f64 - f_opt) / m as f64
+}
+
+/// CellRank's eigengap on the real parts sorted descending: the first index `i` maximising
+/// `(μ_i − μ_{i+1}) − α (1 − μ_i)`. The suggested number of states is `eigengap + 1`.
+pub fn eigengap(real_parts: &[f64], alpha: f64) -> usize {
+    let mut mu = real_parts.to_vec();
+    mu.sort_by(|a, b| b.total_cmp(a));
+    let mut best = f64::NEG_INFINITY;
+    let mut arg = 0;
+    for i in 0..mu.len().saturating_sub(1) {
+        let j = (mu[i] - mu[i + 1]) - alpha * (1.0 - mu[i]);
+        if j > best {
+            best = j;
+            arg = i;
+        }
+    }
+    arg
+}
+
+/// The result of fitting GPCCA with `m` macrostates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GpccaFit {
+    /// Number of macrostates.
+    pub m: usize,
+    /// Memberships χ (n × m), rows summing to 1.
+    pub chi: DMatrix<f64>,
+    /// The optimal rotation matrix (m × m).
+    pub rotation: DMatrix<f64>,
+    /// Crispness in `(0, 1]`.
+    pub crispness: f64,
+    /// Indices of the ISA vertices.
+    pub simplex_indices: Vec<usize>,
+    /// Coarse-grained transition matrix (m × m).
+    pub coarse_t: DMatrix<f64>,
+    /// Coarse initial distribution `χᵀ η`.
+    pub coarse_init: Vec<f64>,
+    /// Coarse stationary distribution `χᵀ π` (None when `π` could not be computed).
+    pub coarse_stat: Option<Vec<f64>>,
+    /// How the rotation was optimised.
+    pub report: OptimizerReport,
+}
+
+/// Fits GPCCA with `m` macrostates from a Schur decomposition (with at least `m` vectors) of
+/// `t`; `pi` is the stationary distribution when available.
+pub fn fit(
+    t: &TransitionMatrix,
+    schur: &Schur,
+    m: usize,
+    optimizer: &Optimizer,
+    pi: Option<&[f64]>,
+) -> Result<GpccaFit, GpccaError> {
+    if m < 2 {
+        return Err(GpccaError::Invalid(
+            "GPCCA needs at least 2 macrostates (use the stationary distribution for 1)".into(),
+        ));
+    }
+    if m > schur.m() {
+        return Err(GpccaError::Invalid(format!(
+            "{m} macrostates need at least {m} Schur vectors, {} were computed",
+            schur.m()
+        )));
+    }
+    if schur.splits_pair(m) {
+        return Err(GpccaError::SplitsPair { m });
+    }
+    let x_all = schur_to_x(schur)?;
+    let x = x_all.columns(0, m).clone_owned();
+    let (simplex_indices, a0) = isa(&x)?;
+    let (rotation, f_opt, report) = optimizer.run(&x, &a0)?;
+    let chi = memberships(&x, &rotation)?;
+    let crisp = crispness(m, f_opt);
+    let nmeta = (0..m).filter(|&j| chi.column(j).sum() != 0.0).count();
+    if crisp <= 0.0 || nmeta < m {
+        return Err(GpccaError::NotCrisp(format!(
+            "m = {m} (crispness {crisp:.4}, {nmeta} non-empty macrostates)"
+        )));
+    }
+    let (coarse_t, coarse_init, coarse_stat) = coarse_grain(t, &chi, &schur.eta, pi);
+    Ok(GpccaFit {
+        m,
+        chi,
+        rotation,
+        crispness: crisp,
+        simplex_indices,
+        coarse_t,
+        coarse_init,
+        coarse_stat,
+        report,
+    })
+}
+
+#[cfg(test)]
+mod tests;

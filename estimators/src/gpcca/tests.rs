@@ -1,0 +1,164 @@
+use super::*;
+use crate::schur::{compute_schur, SchurMethod, SchurOptions};
+
+/// The worked example of the spec (pyGPCCA 1.0.4 + scipy 1.17 reference values).
+fn example_x() -> DMatrix<f64> {
+    let rows = [
+        [1.0, 1.3562, 0.3666],
+        [1.0, 1.3812, 0.3507],
+        [1.0, 1.3692, 0.3479],
+        [1.0, -0.3703, -1.3662],
+        [1.0, -0.3674, -1.3545],
+        [1.0, -0.3931, -1.3684],
+        [1.0, -0.9979, 1.0037],
+        [1.0, -0.9896, 0.9953],
+        [1.0, -0.9883, 1.0248],
+    ];
+    DMatrix::from_fn(9, 3, |i, j| rows[i][j])
+}
+
+#[test]
+fn isa_and_nelder_mead_match_pygpcca() {
+    let x = example_x();
+    let (index, a0) = isa(&x).unwrap();
+    assert_eq!(index, vec![1, 5, 8]);
+    let a0_ref = [
+        [0.3330962895749138, 0.334389015208735, 0.3325146952163524],
+        [
+            0.4541639183474458,
+            -0.12792574684857652,
+            -0.3262381714988692,
+        ],
+        [
+            0.11295268435584141,
+            -0.4496663064199697,
+            0.33671362206412814,
+        ],
+    ];
+    for i in 0..3 {
+        for j in 0..3 {
+            assert!((a0[(i, j)] - a0_ref[i][j]).abs() < 1e-12, "A0[{i},{j}]");
+        }
+    }
+    let alpha0: Vec<f64> = vec![a0[(1, 1)], a0[(1, 2)], a0[(2, 1)], a0[(2, 2)]];
+    let mut a = embed(&alpha0, &a0);
+    fill_matrix(&mut a, &x).unwrap();
+    assert!((objective_of(&a) - 0.09466385384487364).abs() < 1e-13);
+    let (a_opt, f_opt, report) = Optimizer::NelderMead.run(&x, &a0).unwrap();
+    assert_eq!((report.iterations, report.evaluations), (43, 85));
+    assert!((f_opt - 0.062002696752542885).abs() < 1e-12, "{f_opt}");
+    // A_opt is normalised by fill: compare its first row and the crispness.
+    let first_ref = [0.3340148755511985, 0.33348195856740903, 0.3325031658813923];
+    for j in 0..3 {
+        assert!((a_opt[(0, j)] - first_ref[j]).abs() < 1e-12, "A_opt[0,{j}]");
+    }
+    assert!((crispness(3, f_opt) - 0.9793324344158191).abs() < 1e-12);
+    let chi = memberships(&x, &a_opt).unwrap();
+    // Clipped negatives in pyGPCCA; here within rounding of 0 (summation order differs).
+    assert!(chi[(3, 2)].abs() < 1e-15 && chi[(8, 1)].abs() < 1e-15);
+    let row0 = [
+        0.986_577_671_418_076_3,
+        1.7711547998564695e-05,
+        0.013404617033925172,
+    ];
+    for j in 0..3 {
+        assert!((chi[(0, j)] - row0[j]).abs() < 1e-10);
+    }
+    let mc = min_chi(&x, 2..=3).unwrap();
+    assert!(
+        (mc[1] - -0.006743275256044362).abs() < 1e-12 && mc[0].abs() < 1e-12,
+        "{mc:?}"
+    );
+}
+
+#[test]
+fn analytic_gradient_matches_finite_differences() {
+    let x = example_x();
+    let (_, a0) = isa(&x).unwrap();
+    let alpha = vec![a0[(1, 1)] * 1.1, a0[(1, 2)], a0[(2, 1)] * 0.9, a0[(2, 2)]];
+    let rows: Vec<usize> = (0..9).collect();
+    let mut g = vec![0.0; 4];
+    let f0 = optimize_value_and_gradient(&alpha, &x, &rows, &mut g);
+    for p in 0..4 {
+        let h = 1e-7;
+        let mut ap = alpha.clone();
+        ap[p] += h;
+        let mut am = alpha.clone();
+        am[p] -= h;
+        let mut dummy = vec![0.0; 4];
+        let fd = (optimize_value_and_gradient(&ap, &x, &rows, &mut dummy)
+            - optimize_value_and_gradient(&am, &x, &rows, &mut dummy))
+            / (2.0 * h);
+        assert!(
+            (fd - g[p]).abs() < 1e-6,
+            "param {p}: fd {fd} vs analytic {}",
+            g[p]
+        );
+    }
+    // And it agrees with the plain objective.
+    let mut a = embed(&alpha, &a0);
+    fill_matrix(&mut a, &x).unwrap();
+    assert!((objective_of(&a) - f0).abs() < 1e-14);
+}
+
+fn optimize_value_and_gradient(
+    alpha: &[f64],
+    x: &DMatrix<f64>,
+    rows: &[usize],
+    g: &mut [f64],
+) -> f64 {
+    optimize::test_value_and_gradient(alpha, x, rows, g)
+}
+
+#[test]
+fn gradient_optimiser_is_at_least_as_crisp_as_nelder_mead() {
+    let x = example_x();
+    let (_, a0) = isa(&x).unwrap();
+    let (_, f_nm, _) = Optimizer::NelderMead.run(&x, &a0).unwrap();
+    let (_, f_g, rep) = Optimizer::default().run(&x, &a0).unwrap();
+    assert!(f_g <= f_nm + 1e-9, "gradient {f_g} vs NM {f_nm} ({rep:?})");
+}
+
+#[test]
+fn metastable_chain_recovers_its_blocks() {
+    let t = crate::schur::tests::metastable_chain(3, 40, 0.002, false, 5);
+    let schur = compute_schur(
+        &t,
+        None,
+        &SchurOptions {
+            n_components: 3,
+            method: SchurMethod::Dense,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for opt in [Optimizer::NelderMead, Optimizer::default()] {
+        let fit = fit(&t, &schur, 3, &opt, None).unwrap();
+        assert!(fit.crispness > 0.9, "{}", fit.crispness);
+        // Each block's cells share one dominant macrostate, different across blocks.
+        let mut owners = Vec::new();
+        for b in 0..3 {
+            let mut counts = [0usize; 3];
+            for i in 0..40 {
+                let row = fit.chi.row(b * 40 + i);
+                let arg = (0..3).max_by(|&p, &q| row[p].total_cmp(&row[q])).unwrap();
+                counts[arg] += 1;
+            }
+            let owner = (0..3).max_by_key(|&p| counts[p]).unwrap();
+            assert_eq!(counts[owner], 40, "block {b}: {counts:?}");
+            owners.push(owner);
+        }
+        owners.sort_unstable();
+        assert_eq!(owners, vec![0, 1, 2]);
+        // Coarse T: nearly diagonal (metastable), rows sum to 1.
+        for i in 0..3 {
+            assert!(fit.coarse_t[(i, i)] > 0.95);
+            assert!((fit.coarse_t.row(i).sum() - 1.0).abs() < 1e-8);
+        }
+    }
+}
+
+#[test]
+fn eigengap_rule() {
+    assert_eq!(eigengap(&[1.0, 0.99, 0.98, 0.5, 0.4], 1.0), 2);
+}
