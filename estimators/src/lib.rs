@@ -6,5 +6,6 @@
 
 pub mod gpcca;
 pub mod schur;
+pub mod states;
 
 pub use schur::{compute_schur, Schur, SchurError, SchurMethod, SchurOptions, Which};

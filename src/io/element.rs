@@ -22,6 +22,8 @@ pub enum NumVec {
     U64(Vec<u64>),
     F32(Vec<f32>),
     F64(Vec<f64>),
+    /// Complex numbers (numpy complex128; h5py's compound `{r, i}`).
+    C128(Vec<num_complex::Complex64>),
 }
 
 macro_rules! numvec_dispatch {
@@ -38,6 +40,7 @@ macro_rules! numvec_dispatch {
             NumVec::U64($v) => $body,
             NumVec::F32($v) => $body,
             NumVec::F64($v) => $body,
+            NumVec::C128($v) => $body,
         }
     };
 }
@@ -50,6 +53,12 @@ macro_rules! impl_to_f64 {
     ($($t:ty),*) => { $(impl ToF64 for $t { #[allow(clippy::cast_lossless)] fn to_f64(self) -> f64 { self as f64 } })* };
 }
 impl_to_f64!(i8, i16, i32, i64, u8, u16, u32, u64, f32, f64);
+impl ToF64 for num_complex::Complex64 {
+    /// The real part.
+    fn to_f64(self) -> f64 {
+        self.re
+    }
+}
 impl ToF64 for bool {
     fn to_f64(self) -> f64 {
         if self {
@@ -85,6 +94,7 @@ impl NumVec {
             Self::U64(_) => "uint64",
             Self::F32(_) => "float32",
             Self::F64(_) => "float64",
+            Self::C128(_) => "complex128",
         }
     }
 
@@ -114,6 +124,12 @@ impl PartialEq for NumVec {
             }
             (Self::F64(a), Self::F64(b)) => {
                 a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            }
+            (Self::C128(a), Self::C128(b)) => {
+                a.len() == b.len()
+                    && a.iter().zip(b).all(|(x, y)| {
+                        x.re.to_bits() == y.re.to_bits() && x.im.to_bits() == y.im.to_bits()
+                    })
             }
             (Self::Bool(a), Self::Bool(b)) => a == b,
             (Self::I8(a), Self::I8(b)) => a == b,

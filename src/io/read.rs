@@ -611,6 +611,15 @@ impl H5adReader {
             TypeDescriptor::Float(FloatSize::U4) => ds.read_raw().map(NumVec::F32),
             TypeDescriptor::Float(FloatSize::U8) => ds.read_raw().map(NumVec::F64),
             TypeDescriptor::Boolean => ds.read_raw().map(NumVec::Bool),
+            TypeDescriptor::Compound(c)
+                if c.fields.len() == 2
+                    && c.fields
+                        .iter()
+                        .all(|f| f.ty == TypeDescriptor::Float(FloatSize::U8)) =>
+            {
+                // numpy complex128 as h5py writes it: compound {r: f64, i: f64}.
+                ds.read_raw::<num_complex::Complex64>().map(NumVec::C128)
+            }
             TypeDescriptor::Enum(en) if en.members.len() == 2 && en.size == IntSize::U1 => {
                 // h5py stores numpy bools as an enum {FALSE = 0, TRUE = 1}.
                 ds.read_raw::<u8>()
@@ -985,6 +994,7 @@ fn dtype_name(desc: &TypeDescriptor) -> String {
         TypeDescriptor::Float(s) => format!("float{}", *s as usize * 8),
         TypeDescriptor::Boolean => "bool".into(),
         TypeDescriptor::Enum(e) if e.members.len() == 2 => "bool".into(),
+        TypeDescriptor::Compound(c) if c.fields.len() == 2 => "complex128".into(),
         d if is_string(d) => "str".into(),
         other => format!("{other:?}"),
     }

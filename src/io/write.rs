@@ -462,6 +462,7 @@ fn write_num(g: &Group, name: &str, shape: &[usize], data: &NumVec) -> hdf5::Res
         NumVec::U64(v) => w!(u64, v),
         NumVec::F32(v) => w!(f32, v),
         NumVec::F64(v) => w!(f64, v),
+        NumVec::C128(v) => w!(num_complex::Complex64, v),
     })
 }
 

@@ -70,3 +70,103 @@ fn pancreas_schur_eigenvalues_match_cellrank() {
         assert!(diff <= 2e-8, "dense vs krylov eigenvalue {i}: {diff:e}");
     }
 }
+
+fn strings(r: &H5adReader, slot: &str) -> Vec<String> {
+    match r.read(slot).expect(slot) {
+        Element::Strings { values, .. } => values,
+        other => panic!("{slot}: {other:?}"),
+    }
+}
+
+/// Macrostates (n_states = 8, Nelder–Mead as CellRank) on pancreas: memberships matched to
+/// CellRank's up to a permutation of the columns within 1e-3, the same names, and the same
+/// terminal states with the stability rule.
+#[test]
+fn pancreas_macrostates_and_terminal_states_match_cellrank() {
+    use cellfate::estimators::gpcca::{fit, stationary_distribution, Optimizer};
+    use cellfate::estimators::states::{
+        fuzzy_to_discrete, name_states, select_terminal, TerminalMethod,
+    };
+    use cellfate::kernels::CellSource;
+    let Some(r) = reference("pancreas_3696") else {
+        return;
+    };
+    let t = r.transition_matrix("T_combined").expect("T_combined");
+    let s = compute_schur(
+        &t,
+        None,
+        &SchurOptions {
+            n_components: 20,
+            method: SchurMethod::Krylov,
+            ..Default::default()
+        },
+    )
+    .expect("schur");
+    let pi = stationary_distribution(&t).expect("stationary");
+    let g = fit(&t, &s, 8, &Optimizer::NelderMead, Some(&pi)).expect("gpcca");
+    let (_, _, theirs) = r
+        .dense("obsm/macrostates_fwd_memberships")
+        .expect("memberships");
+    let their_names = strings(&r, "uns/macrostates_fwd_names");
+    let n = t.n_cells();
+    // Match columns greedily by the smallest max-abs difference.
+    let mut used = vec![false; 8];
+    let mut perm = vec![0usize; 8];
+    let mut worst: f64 = 0.0;
+    for q in 0..8 {
+        let (best, diff) = (0..8)
+            .filter(|&c| !used[c])
+            .map(|c| {
+                (
+                    c,
+                    (0..n)
+                        .map(|l| (g.chi[(l, q)] - theirs[l * 8 + c]).abs())
+                        .fold(0.0, f64::max),
+                )
+            })
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("a column");
+        used[best] = true;
+        perm[q] = best;
+        worst = worst.max(diff);
+    }
+    eprintln!(
+        "crispness {:.6}, max membership difference {worst:e}, report {:?}",
+        g.crispness, g.report
+    );
+    assert!(worst <= 1e-3, "memberships differ by {worst:e}");
+    // Names from the clusters, as CellRank names them.
+    let assign = fuzzy_to_discrete(&g.chi, 30).expect("discrete");
+    let labels = r.obs_labels("clusters").expect("clusters");
+    let Element::Categorical(c) = r.column("obs", "clusters").expect("clusters") else {
+        panic!()
+    };
+    let cats = c.categories.labels();
+    let (names, _) = name_states(
+        &assign,
+        8,
+        Some(ClusterReference {
+            labels: &labels,
+            categories: &cats,
+            colors: None,
+        }),
+    )
+    .expect("names");
+    for q in 0..8 {
+        assert_eq!(names[q], their_names[perm[q]], "macrostate {q}");
+    }
+    // Terminal states: stability >= 0.96 selects Alpha and Beta, as in CellRank.
+    let diag: Vec<f64> = (0..8).map(|q| g.coarse_t[(q, q)]).collect();
+    let term = select_terminal(&names, &diag, &TerminalMethod::default(), &[]).expect("terminal");
+    let mut term_names: Vec<&str> = term.iter().map(|&q| names[q].as_str()).collect();
+    term_names.sort_unstable();
+    assert_eq!(term_names, vec!["Alpha", "Beta"]);
+    // Coarse T matches CellRank's within 1e-3 (after permuting).
+    let (_, _, ct) = r.dense("uns/coarse_T_fwd").expect("coarse T");
+    for a in 0..8 {
+        for b in 0..8 {
+            let d = (g.coarse_t[(a, b)] - ct[perm[a] * 8 + perm[b]]).abs();
+            assert!(d <= 1e-3, "coarse T ({a},{b}) differs by {d:e}");
+        }
+    }
+}

@@ -144,17 +144,26 @@ pub fn schur_to_x(schur: &Schur) -> Result<DMatrix<f64>, GpccaError> {
     Ok(x)
 }
 
-/// Sine of the largest principal angle between the column spaces of two matrices with
-/// orthonormal-ish columns (orthonormalised by SVD first).
+/// Sine of the largest principal angle between the column spaces of two matrices, computed
+/// accurately as `‖(I − Q_a Q_aᵀ) Q_b‖₂` (not as `√(1 − cos²)`, which loses half the digits).
 pub fn subspace_sin(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
     let qa = orth(a);
     let qb = orth(b);
     if qa.ncols() == 0 || qb.ncols() == 0 {
         return 1.0;
     }
-    let s = (qa.transpose() * &qb).singular_values();
-    let smin = s.iter().copied().fold(f64::INFINITY, f64::min).min(1.0);
-    (1.0 - smin * smin).max(0.0).sqrt()
+    let (big, small) = if qa.ncols() >= qb.ncols() {
+        (&qa, &qb)
+    } else {
+        (&qb, &qa)
+    };
+    let resid = small - big * (big.transpose() * small);
+    resid
+        .singular_values()
+        .iter()
+        .copied()
+        .fold(0.0, f64::max)
+        .min(1.0)
 }
 
 fn orth(a: &DMatrix<f64>) -> DMatrix<f64> {
@@ -422,6 +431,46 @@ pub fn coarse_grain(
             .collect()
     });
     (pc, eta_c, pi_c)
+}
+
+/// The stationary distribution π of `t` (`Pᵀπ = π`, `π ≥ 0`, `Σπ = 1`), from the dominant
+/// Schur vector of `Pᵀ`. A reducible chain (eigenvalue 1 of multiplicity > 1) is an error that
+/// says so, instead of CellRank's silent `None`.
+pub fn stationary_distribution(t: &TransitionMatrix) -> Result<Vec<f64>, GpccaError> {
+    let n = t.n_cells();
+    if n == 1 {
+        return Ok(vec![1.0]);
+    }
+    let op = |x: &[f64]| t.mul_vec_transposed(x);
+    let (q, ev) = crate::schur::dominant_schur_op(n, 2, crate::schur::Which::LargestReal, &op)
+        .map_err(|e| GpccaError::Stationary(e.to_string()))?;
+    if ev.len() >= 2 && (ev[1].0 - 1.0).abs() <= 1e-10 && ev[1].1.abs() <= 1e-10 {
+        return Err(GpccaError::Stationary(
+            "the chain is reducible (eigenvalue 1 has multiplicity > 1): it has several closed sets of cells, so the stationary distribution is not unique".into(),
+        ));
+    }
+    let v: Vec<f64> = q.column(0).iter().copied().collect();
+    let tol = 1e4 * EPS * v.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+    let (pos, neg) = (v.iter().any(|&x| x > tol), v.iter().any(|&x| x < -tol));
+    if pos && neg {
+        return Err(GpccaError::Stationary(
+            "the dominant left eigenvector has entries of both signs (is the chain irreducible?)"
+                .into(),
+        ));
+    }
+    let s: f64 = v.iter().map(|x| x.abs()).sum();
+    let pi: Vec<f64> = v.iter().map(|x| x.abs() / s).collect();
+    let check = t.mul_vec_transposed(&pi);
+    let err = check
+        .iter()
+        .zip(&pi)
+        .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
+    if err > 1e-9 {
+        return Err(GpccaError::Stationary(format!(
+            "P'π = π holds only to {err:e}"
+        )));
+    }
+    Ok(pi)
 }
 
 /// Crispness `(m − f_opt) / m`.

@@ -501,5 +501,69 @@ fn krylov_schur(
     Ok((q, r, res.matvecs + k))
 }
 
+/// Schur vectors (n × m) and their eigenvalues `(re, im)`.
+pub(crate) type SchurVectors = (DMatrix<f64>, Vec<(f64, f64)>);
+
+/// The `m` dominant Schur vectors and eigenvalues of a general linear operator `op` on `R^n`
+/// (dense LAPACK for `n ≤ 300`, ARPACK otherwise), sorted by `which`. No conjugate-pair
+/// extension: `m` may be exceeded by one to keep a pair.
+pub(crate) fn dominant_schur_op(
+    n: usize,
+    m: usize,
+    which: Which,
+    op: &dyn Fn(&[f64]) -> Vec<f64>,
+) -> Result<SchurVectors, SchurError> {
+    if n <= 300 || m + 3 > n {
+        let mut a = vec![0.0; n * n];
+        let mut e = vec![0.0; n];
+        for j in 0..n {
+            e.iter_mut().for_each(|v| *v = 0.0);
+            e[j] = 1.0;
+            let col = op(&e);
+            a[j * n..(j + 1) * n].copy_from_slice(&col);
+        }
+        let (mut z, mut wr, mut wi) = ffi::dgees(n, &mut a).map_err(SchurError::Lapack)?;
+        let m2 = sort_schur(n, &mut a, &mut z, &mut wr, &mut wi, m.min(n), which)
+            .map_err(SchurError::Lapack)?;
+        let q = DMatrix::from_fn(n, m2, |i, j| z[i + j * n]);
+        let r = DMatrix::from_fn(m2, m2, |i, j| if i > j + 1 { 0.0 } else { a[i + j * n] });
+        return Ok((q, block_eigenvalues(&r)));
+    }
+    let nev = m + 1;
+    let ncv = (2 * nev + 1).max(30).min(n);
+    let resid: Vec<f64> = (0..n)
+        .map(|i| 1.0 + 0.1 * ((i as f64 * 0.618_033_988_749_895).fract() - 0.5))
+        .collect();
+    let mut wrapped = |x: &[f64], y: &mut [f64]| y.copy_from_slice(&op(x));
+    let res = ffi::arpack_schur(n, nev, ncv, which.arpack(), 0.0, 5000, resid, &mut wrapped)
+        .map_err(SchurError::Arpack)?;
+    let k = res.nconv;
+    if k < m {
+        return Err(SchurError::Arpack(format!(
+            "only {k} of {m} Schur vectors converged"
+        )));
+    }
+    let q0 = DMatrix::from_column_slice(n, k, &res.q);
+    let mut pq = DMatrix::zeros(n, k);
+    for j in 0..k {
+        let col: Vec<f64> = q0.column(j).iter().copied().collect();
+        pq.column_mut(j).copy_from_slice(&op(&col));
+    }
+    let h = q0.transpose() * &pq;
+    let mut a: Vec<f64> = h.as_slice().to_vec();
+    let (mut z, mut wr, mut wi) = ffi::dgees(k, &mut a).map_err(SchurError::Lapack)?;
+    let m2 =
+        sort_schur(k, &mut a, &mut z, &mut wr, &mut wi, m, which).map_err(SchurError::Lapack)?;
+    let zk = DMatrix::from_fn(k, m2.min(k), |i, j| z[i + j * k]);
+    let r = DMatrix::from_fn(m2.min(k), m2.min(k), |i, j| {
+        if i > j + 1 {
+            0.0
+        } else {
+            a[i + j * k]
+        }
+    });
+    Ok((q0 * zk, block_eigenvalues(&r)))
+}
+
 #[cfg(test)]
 pub(crate) mod tests;

@@ -40,9 +40,7 @@ pub(crate) fn metastable_chain(
 }
 
 fn subspace_sin(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
-    let s = (a.transpose() * b).singular_values();
-    let smin = s.iter().copied().fold(f64::INFINITY, f64::min).min(1.0);
-    (1.0 - smin * smin).max(0.0).sqrt()
+    crate::gpcca::subspace_sin(a, b)
 }
 
 #[test]

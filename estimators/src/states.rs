@@ -1,0 +1,466 @@
+//! From fuzzy memberships to named, coloured cell states: CellRank's discretisation
+//! (`n_cells` most likely cells per state), naming after the majority cluster with `_1`, `_2`
+//! suffixes for duplicates, its colour palette, and the terminal/initial-state rules.
+
+use nalgebra::DMatrix;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Errors of the state assignment.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum StatesError {
+    /// Invalid request.
+    #[error("{0}")]
+    Invalid(String),
+    /// Too few cells in a state after discretisation.
+    #[error("discretising the memberships leaves a state with {got} cells, fewer than {threshold}; recompute the macrostates with another number of states or decrease n_cells")]
+    TooFewCells {
+        /// Cells kept.
+        got: usize,
+        /// Required.
+        threshold: usize,
+    },
+    /// Nothing passed the stability threshold.
+    #[error("no macrostate has a coarse self-transition probability >= {threshold} (the highest is {max:.4}); coarse self-transitions: {listing}. Decrease the stability threshold, or use method top_n (e.g. --method top_n --n-states 2)")]
+    NoneStable {
+        /// Threshold.
+        threshold: f64,
+        /// Highest stability.
+        max: f64,
+        /// `name: value` pairs.
+        listing: String,
+    },
+}
+
+/// CellRank's 62-colour categorical palette (scanpy's 20, then Accent, Dark2, Set1, Set2, Set3).
+pub const PALETTE: [&str; 62] = [
+    "#1f77b4", "#ff7f0e", "#279e68", "#d62728", "#aa40fc", "#8c564b", "#e377c2", "#b5bd61",
+    "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2",
+    "#dbdb8d", "#9edae5", "#ad494a", "#8c6d31", "#7fc97f", "#beaed4", "#fdc086", "#ffff99",
+    "#386cb0", "#f0027f", "#bf5b17", "#666666", "#d95f02", "#7570b3", "#66a61e", "#e6ab02",
+    "#a6761d", "#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#ffff33", "#a65628",
+    "#f781bf", "#999999", "#66c2a5", "#fc8d62", "#8da0cb", "#e78ac3", "#a6d854", "#ffd92f",
+    "#e5c494", "#b3b3b3", "#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462",
+    "#b3de69", "#fccde5", "#d9d9d9", "#bc80bd", "#ccebc5", "#ffed6f",
+];
+
+/// The first `k` palette colours (an error past 62).
+pub fn palette(k: usize) -> Result<Vec<String>, StatesError> {
+    if k > PALETTE.len() {
+        return Err(StatesError::Invalid(format!(
+            "at most {} categories can be coloured, got {k}",
+            PALETTE.len()
+        )));
+    }
+    Ok(PALETTE[..k].iter().map(|s| (*s).to_string()).collect())
+}
+
+/// The `n_cells` most likely cells of each column of `chi`; a cell picked by several columns
+/// stays with the one where its membership is largest (first column on ties). Boundary ties
+/// are broken by larger value, then smaller cell index (CellRank's argpartition is
+/// unspecified there). Returns the state (column) of each cell, `None` for unassigned cells.
+pub fn fuzzy_to_discrete(
+    chi: &DMatrix<f64>,
+    n_cells: usize,
+) -> Result<Vec<Option<usize>>, StatesError> {
+    let (n, m) = (chi.nrows(), chi.ncols());
+    if n_cells == 0 {
+        return Err(StatesError::Invalid("n_cells must be positive".into()));
+    }
+    if n_cells > n / m.max(1) {
+        return Err(StatesError::Invalid(format!(
+            "n_cells = {n_cells} is too large: at most {} cells per state for {n} cells and {m} states",
+            n / m.max(1)
+        )));
+    }
+    let threshold = ((0.2 * n_cells as f64).floor() as usize).max(1);
+    let mut candidates: Vec<Vec<usize>> = Vec::with_capacity(m);
+    for j in 0..m {
+        let mut idx: Vec<usize> = (0..n).collect();
+        idx.sort_by(|&a, &b| chi[(b, j)].total_cmp(&chi[(a, j)]).then(a.cmp(&b)));
+        idx.truncate(n_cells);
+        candidates.push(idx);
+    }
+    let mut owner: Vec<Option<usize>> = vec![None; n];
+    for (j, cells) in candidates.iter().enumerate() {
+        for &l in cells {
+            owner[l] = match owner[l] {
+                None => Some(j),
+                Some(prev) if chi[(l, j)] > chi[(l, prev)] => Some(j),
+                keep => keep,
+            };
+        }
+    }
+    let counts: Vec<usize> = (0..m)
+        .map(|j| owner.iter().filter(|o| **o == Some(j)).count())
+        .collect();
+    let min = counts.iter().copied().min().unwrap_or(0);
+    if min < threshold {
+        return Err(StatesError::TooFewCells {
+            got: min,
+            threshold,
+        });
+    }
+    Ok(owner)
+}
+
+/// A reference categorical used to name states (e.g. `obs["clusters"]`).
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterReference<'a> {
+    /// Label of every cell (`None` = missing).
+    pub labels: &'a [Option<String>],
+    /// The categories, in order.
+    pub categories: &'a [String],
+    /// Their colours (`uns["clusters_colors"]`), when known.
+    pub colors: Option<&'a [String]>,
+}
+
+/// Names and colours of states from a reference categorical (`clusters`): each state is named
+/// after the category most of its cells carry (first category on ties); names chosen by k ≥ 2
+/// states get `_1.._k` suffixes in state order and shifted shades of the category colour.
+/// Without a reference, states are named `0..m-1` with palette colours.
+pub fn name_states(
+    assignment: &[Option<usize>],
+    m: usize,
+    reference: Option<ClusterReference<'_>>,
+) -> Result<(Vec<String>, Vec<String>), StatesError> {
+    let Some(ClusterReference {
+        labels,
+        categories,
+        colors,
+    }) = reference
+    else {
+        return Ok(((0..m).map(|i| i.to_string()).collect(), palette(m)?));
+    };
+    let ref_colors: Vec<String> = match colors {
+        Some(c) if c.len() >= categories.len() => c[..categories.len()].to_vec(),
+        _ => palette(categories.len())?,
+    };
+    let mut names = Vec::with_capacity(m);
+    let mut cols = Vec::with_capacity(m);
+    for q in 0..m {
+        let mut counts = vec![0usize; categories.len()];
+        for (l, a) in assignment.iter().enumerate() {
+            if *a == Some(q) {
+                if let Some(Some(lab)) = labels.get(l) {
+                    if let Some(r) = categories.iter().position(|c| c == lab) {
+                        counts[r] += 1;
+                    }
+                }
+            }
+        }
+        let mut best = 0;
+        for r in 1..counts.len() {
+            if counts[r] > counts[best] {
+                best = r;
+            }
+        }
+        names.push(
+            categories
+                .get(best)
+                .cloned()
+                .unwrap_or_else(|| q.to_string()),
+        );
+        cols.push(
+            ref_colors
+                .get(best)
+                .cloned()
+                .unwrap_or_else(|| PALETTE[q % 62].to_string()),
+        );
+    }
+    // Deduplicate with suffixes and shaded colours.
+    let mut out_names = names.clone();
+    let mut out_cols = cols.clone();
+    let mut seen: Vec<&String> = Vec::new();
+    for name in &names {
+        if seen.contains(&name) {
+            continue;
+        }
+        seen.push(name);
+        let idx: Vec<usize> = (0..m).filter(|&q| &names[q] == name).collect();
+        if idx.len() >= 2 {
+            let shades = shade_colors(&cols[idx[0]], idx.len());
+            for (k, &q) in idx.iter().enumerate() {
+                out_names[q] = format!("{name}_{}", k + 1);
+                out_cols[q] = shades[k].clone();
+            }
+        }
+    }
+    Ok((out_names, out_cols))
+}
+
+fn hex_to_rgb(hex: &str) -> (f64, f64, f64) {
+    let h = hex.trim_start_matches('#');
+    let p = |i: usize| {
+        u8::from_str_radix(h.get(i..i + 2).unwrap_or("00"), 16).unwrap_or(0) as f64 / 255.0
+    };
+    (p(0), p(2), p(4))
+}
+
+fn rgb_to_hex(r: f64, g: f64, b: f64) -> String {
+    // Python's round (half to even) on 255·c.
+    let c = |x: f64| {
+        let v = x * 255.0;
+        let r = v.round_ties_even();
+        r.clamp(0.0, 255.0) as u8
+    };
+    format!("#{:02x}{:02x}{:02x}", c(r), c(g), c(b))
+}
+
+fn rgb_to_hsv(r: f64, g: f64, b: f64) -> (f64, f64, f64) {
+    let v = r.max(g).max(b);
+    let delta = v - r.min(g).min(b);
+    let s = if v > 0.0 { delta / v } else { 0.0 };
+    let mut h = 0.0;
+    if delta > 0.0 {
+        if r == v {
+            h = (g - b) / delta;
+        }
+        if g == v {
+            h = 2.0 + (b - r) / delta;
+        }
+        if b == v {
+            h = 4.0 + (r - g) / delta;
+        }
+        h = (h / 6.0).rem_euclid(1.0);
+    }
+    (h, s, v)
+}
+
+fn hsv_to_rgb(h: f64, s: f64, v: f64) -> (f64, f64, f64) {
+    if s == 0.0 {
+        return (v, v, v);
+    }
+    let i = (h * 6.0).floor();
+    let f = h * 6.0 - i;
+    let (p, q, t) = (v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f)));
+    match (i as i64).rem_euclid(6) {
+        0 => (v, t, p),
+        1 => (q, v, p),
+        2 => (p, v, t),
+        3 => (p, q, v),
+        4 => (t, p, v),
+        _ => (v, p, q),
+    }
+}
+
+/// `k` shades around a colour (CellRank's `_create_colors`: hue ± 0.1, value ± 0.3, every
+/// other of `2k` steps).
+pub fn shade_colors(hex: &str, k: usize) -> Vec<String> {
+    let (r, g, b) = hex_to_rgb(hex);
+    let (h, s, v) = rgb_to_hsv(r, g, b);
+    let steps = 2 * k;
+    let lin = |a: f64, b: f64, i: usize| {
+        if steps == 1 {
+            a
+        } else {
+            a + (b - a) * i as f64 / (steps - 1) as f64
+        }
+    };
+    (0..steps)
+        .step_by(2)
+        .map(|i| {
+            let hh = lin((h - 0.1).max(0.0), (h + 0.1).min(1.0), i);
+            let vv = lin((v - 0.3).max(0.0), (v + 0.3).min(1.0), i);
+            let (r, g, b) = hsv_to_rgb(hh, s, vv);
+            rgb_to_hex(r, g, b)
+        })
+        .collect()
+}
+
+/// How terminal states are chosen among macrostates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum TerminalMethod {
+    /// Macrostates whose coarse self-transition is ≥ `threshold` (default 0.96).
+    Stability {
+        /// Threshold.
+        threshold: f64,
+    },
+    /// The `n_states` most stable macrostates.
+    TopN {
+        /// How many.
+        n_states: usize,
+    },
+    /// `eigengap + 1` most stable macrostates (eigengap of the Schur/eigen values).
+    Eigengap {
+        /// Eigengap parameter α.
+        alpha: f64,
+    },
+    /// `eigengap` (no +1; 0 = all) of the sorted coarse self-transitions.
+    EigengapCoarse {
+        /// Eigengap parameter α.
+        alpha: f64,
+    },
+}
+
+impl Default for TerminalMethod {
+    fn default() -> Self {
+        Self::Stability { threshold: 0.96 }
+    }
+}
+
+/// Indices of the terminal macrostates (CellRank's order: stability keeps macrostate order;
+/// the others order by increasing stability). `eigenvalues_re` are the real parts used by
+/// `Eigengap`.
+pub fn select_terminal(
+    names: &[String],
+    coarse_diag: &[f64],
+    method: &TerminalMethod,
+    eigenvalues_re: &[f64],
+) -> Result<Vec<usize>, StatesError> {
+    let m = names.len();
+    let by_stability = |n_states: usize| -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..m).collect();
+        idx.sort_by(|&a, &b| coarse_diag[a].total_cmp(&coarse_diag[b]).then(a.cmp(&b)));
+        if n_states == 0 || n_states >= m {
+            idx
+        } else {
+            idx[m - n_states..].to_vec()
+        }
+    };
+    match method {
+        TerminalMethod::Stability { threshold } => {
+            let sel: Vec<usize> = (0..m).filter(|&q| coarse_diag[q] >= *threshold).collect();
+            if sel.is_empty() {
+                let max = coarse_diag
+                    .iter()
+                    .copied()
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let listing = names
+                    .iter()
+                    .zip(coarse_diag)
+                    .map(|(n, d)| format!("{n}: {d:.4}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(StatesError::NoneStable {
+                    threshold: *threshold,
+                    max,
+                    listing,
+                });
+            }
+            Ok(sel)
+        }
+        TerminalMethod::TopN { n_states } => {
+            if *n_states == 0 {
+                return Err(StatesError::Invalid("top_n needs n_states >= 1".into()));
+            }
+            Ok(by_stability(*n_states))
+        }
+        TerminalMethod::Eigengap { alpha } => Ok(by_stability(
+            crate::gpcca::eigengap(eigenvalues_re, *alpha) + 1,
+        )),
+        TerminalMethod::EigengapCoarse { alpha } => {
+            Ok(by_stability(crate::gpcca::eigengap(coarse_diag, *alpha)))
+        }
+    }
+}
+
+/// Cell states restricted to a subset of macrostates: the `n_cells` most likely cells of each
+/// selected membership column, and CellRank's probability `max_j χ_lj / max_l' χ_l'j`.
+pub fn states_from_memberships(
+    chi: &DMatrix<f64>,
+    selected: &[usize],
+    n_cells: usize,
+) -> Result<(Vec<Option<usize>>, Vec<f64>), StatesError> {
+    let sub = DMatrix::from_fn(chi.nrows(), selected.len(), |i, j| chi[(i, selected[j])]);
+    let assignment = fuzzy_to_discrete(&sub, n_cells)?;
+    let maxes: Vec<f64> = (0..sub.ncols()).map(|j| sub.column(j).max()).collect();
+    let probs = (0..sub.nrows())
+        .map(|l| {
+            (0..sub.ncols())
+                .map(|j| {
+                    if maxes[j] > 0.0 {
+                        sub[(l, j)] / maxes[j]
+                    } else {
+                        0.0
+                    }
+                })
+                .fold(0.0f64, f64::max)
+        })
+        .collect();
+    Ok((assignment, probs))
+}
+
+/// Initial states: the `n_states` macrostates with the smallest coarse stationary probability.
+pub fn select_initial(coarse_stat: &[f64], n_states: usize) -> Result<Vec<usize>, StatesError> {
+    if n_states == 0 || n_states > coarse_stat.len() {
+        return Err(StatesError::Invalid(format!(
+            "n_states = {n_states} must be in 1..={}",
+            coarse_stat.len()
+        )));
+    }
+    let mut idx: Vec<usize> = (0..coarse_stat.len()).collect();
+    idx.sort_by(|&a, &b| coarse_stat[a].total_cmp(&coarse_stat[b]).then(a.cmp(&b)));
+    idx.truncate(n_states);
+    Ok(idx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discretisation_overlap_and_threshold() {
+        // 12 cells, 2 states; cell 5 is in both top-5 lists, goes to the larger membership.
+        let vals = [
+            0.9, 0.8, 0.7, 0.6, 0.55, 0.52, 0.4, 0.3, 0.2, 0.1, 0.05, 0.0,
+        ];
+        let chi = DMatrix::from_fn(12, 2, |i, j| if j == 0 { vals[i] } else { 1.0 - vals[i] });
+        let a = fuzzy_to_discrete(&chi, 6).unwrap();
+        assert_eq!(&a[..6], &[Some(0); 6]);
+        assert_eq!(a[6..].iter().filter(|x| **x == Some(1)).count(), 6);
+        assert!(fuzzy_to_discrete(&chi, 7).is_err());
+    }
+
+    #[test]
+    fn naming_with_suffixes_and_colours() {
+        let labels: Vec<Option<String>> = ["A", "A", "B", "A", "A", "B"]
+            .iter()
+            .map(|s| Some((*s).to_string()))
+            .collect();
+        let cats = vec!["A".to_string(), "B".to_string()];
+        let colors = vec!["#1f77b4".to_string(), "#ff7f0e".to_string()];
+        let assign = vec![Some(0), Some(0), Some(2), Some(1), Some(1), Some(2)];
+        let (names, cols) = name_states(
+            &assign,
+            3,
+            Some(ClusterReference {
+                labels: &labels,
+                categories: &cats,
+                colors: Some(&colors),
+            }),
+        )
+        .unwrap();
+        assert_eq!(names, vec!["A_1", "A_2", "B"]);
+        assert_eq!(cols[2], "#ff7f0e");
+        assert_ne!(cols[0], cols[1]);
+        let (n2, c2) = name_states(&assign, 3, None).unwrap();
+        assert_eq!(
+            (n2, c2[0].as_str()),
+            (vec!["0".to_string(), "1".into(), "2".into()], "#1f77b4")
+        );
+    }
+
+    #[test]
+    fn terminal_rules() {
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| (*s).to_string()).collect();
+        let d = [0.97, 0.5, 0.99];
+        assert_eq!(
+            select_terminal(&names, &d, &TerminalMethod::default(), &[]).unwrap(),
+            vec![0, 2]
+        );
+        assert_eq!(
+            select_terminal(&names, &d, &TerminalMethod::TopN { n_states: 1 }, &[]).unwrap(),
+            vec![2]
+        );
+        let e =
+            select_terminal(&names, &[0.5, 0.6, 0.7], &TerminalMethod::default(), &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("c: 0.7000") && e.to_string().contains("top_n"),
+            "{e}"
+        );
+        assert_eq!(select_initial(&[0.3, 0.1, 0.6], 1).unwrap(), vec![1]);
+    }
+}
