@@ -85,7 +85,7 @@ fn strings(r: &H5adReader, slot: &str) -> Vec<String> {
 fn pancreas_macrostates_and_terminal_states_match_cellrank() {
     use cellfate::estimators::gpcca::{fit, stationary_distribution, Optimizer};
     use cellfate::estimators::states::{
-        fuzzy_to_discrete, name_states, select_terminal, TerminalMethod,
+        fuzzy_to_discrete, name_states, select_terminal, ClusterReference, TerminalMethod,
     };
     use cellfate::kernels::CellSource;
     let Some(r) = reference("pancreas_3696") else {
@@ -110,10 +110,10 @@ fn pancreas_macrostates_and_terminal_states_match_cellrank() {
     let their_names = strings(&r, "uns/macrostates_fwd_names");
     let n = t.n_cells();
     // Match columns greedily by the smallest max-abs difference.
-    let mut used = vec![false; 8];
-    let mut perm = vec![0usize; 8];
+    let mut used = [false; 8];
+    let mut perm = [0usize; 8];
     let mut worst: f64 = 0.0;
-    for q in 0..8 {
+    for (q, slot) in perm.iter_mut().enumerate() {
         let (best, diff) = (0..8)
             .filter(|&c| !used[c])
             .map(|c| {
@@ -127,7 +127,7 @@ fn pancreas_macrostates_and_terminal_states_match_cellrank() {
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .expect("a column");
         used[best] = true;
-        perm[q] = best;
+        *slot = best;
         worst = worst.max(diff);
     }
     eprintln!(
