@@ -4,6 +4,8 @@
 //! Schur decomposition (dense LAPACK or sparse ARPACK, always checked), GPCCA macrostates and
 //! terminal states, CFLARE, and absorption (fate probabilities, absorption times, drivers).
 
+pub mod absorption;
+pub mod drivers;
 pub mod gpcca;
 pub mod schur;
 pub mod states;

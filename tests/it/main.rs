@@ -3,6 +3,7 @@
 // Tests report skips (missing ../shared locally) on stderr.
 #![allow(clippy::print_stderr)]
 
+mod absorption_parity;
 mod bad_input;
 mod cli;
 mod common;

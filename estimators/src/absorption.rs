@@ -1,0 +1,638 @@
+//! Absorption: fate probabilities, absorption times and lineage priming (CellRank 2.3
+//! semantics, exact solves).
+//!
+//! With the absorbing set `A` = cells labelled with a terminal state and the transient set `T`
+//! = the rest, `Q = P[T, T]` and `S = P[T, A]` summed per terminal state, the fate
+//! probabilities solve `(I − Q) B = S`. cellfate factorises `I − Q` once with a sparse LU
+//! (faer) and reuses it for every right-hand side, then *checks* the residual `‖(I−Q)B − S‖`
+//! and the row sums (within 1e-10), instead of CellRank's GMRES at `tol = 1e-6` with row sums
+//! checked only to 1e-3. Transient cells that cannot reach any terminal state make `I − Q`
+//! singular; that is detected up front and reported.
+
+use faer::linalg::solvers::Solve;
+use faer::sparse::{SparseColMat, Triplet};
+use faer::Mat;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use cellfate_kernels::TransitionMatrix;
+
+/// Errors of the absorption computations.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum AbsorptionError {
+    /// No terminal states were given.
+    #[error("no terminal states: compute or set terminal states first (cellfate terminal-states)")]
+    NoTerminalStates,
+    /// A terminal state has no cells.
+    #[error("terminal state `{0}` has no cells")]
+    EmptyState(String),
+    /// Every cell is absorbing.
+    #[error("every cell belongs to a terminal state: there is nothing to compute")]
+    NoTransient,
+    /// Some transient cells cannot reach any terminal state.
+    #[error("{count} of {transient} transient cells cannot reach any terminal state (e.g. cell {example}), so their fate is undefined; add a connectivity kernel (e.g. --kernel \"0.8*velocity + 0.2*connectivity\") or add terminal states")]
+    Unreachable {
+        /// Unreachable cells.
+        count: usize,
+        /// Transient cells.
+        transient: usize,
+        /// One of them.
+        example: usize,
+    },
+    /// The factorisation failed.
+    #[error("sparse LU factorisation of I - Q failed: {0}")]
+    Factorisation(String),
+    /// The solution does not satisfy the system.
+    #[error(
+        "the solve did not reach the required accuracy: relative residual {residual:e} > {tol:e}"
+    )]
+    Residual {
+        /// Relative residual.
+        residual: f64,
+        /// Tolerance.
+        tol: f64,
+    },
+    /// Invalid options.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Maximum relative residual `‖(I−Q)X − B‖_max / ‖B‖_max` accepted.
+pub const RESIDUAL_TOL: f64 = 1e-10;
+
+/// Options of the absorption solves.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AbsorptionOptions {
+    /// Largest number of transient cells for the sparse direct solver.
+    pub direct_max_cells: usize,
+}
+
+impl Default for AbsorptionOptions {
+    fn default() -> Self {
+        Self {
+            direct_max_cells: 3_000_000,
+        }
+    }
+}
+
+/// The factorised transient system `I − Q` with its index maps.
+pub struct TransientSystem {
+    /// Transient cells (increasing).
+    pub transient: Vec<usize>,
+    /// Position of each cell in `transient`, `usize::MAX` for absorbing cells.
+    pub position: Vec<usize>,
+    /// Lineage of each absorbing cell.
+    pub lineage: Vec<Option<usize>>,
+    /// Number of lineages.
+    pub n_lineages: usize,
+    matrix: SparseColMat<usize, f64>,
+    lu: faer::sparse::linalg::solvers::Lu<usize, f64>,
+    /// `S`: transient × lineage one-step absorption probabilities (column-major).
+    pub s: Mat<f64>,
+}
+
+impl std::fmt::Debug for TransientSystem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransientSystem")
+            .field("transient", &self.transient.len())
+            .field("n_lineages", &self.n_lineages)
+            .finish()
+    }
+}
+
+impl TransientSystem {
+    /// Builds and factorises `I − Q` for terminal states `terminal` (lineage index per cell).
+    pub fn new(
+        t: &TransitionMatrix,
+        terminal: &[Option<usize>],
+        names: &[String],
+        opts: &AbsorptionOptions,
+    ) -> Result<Self, AbsorptionError> {
+        let n = t.n_cells();
+        if terminal.len() != n {
+            return Err(AbsorptionError::Invalid(format!(
+                "{} terminal labels for {n} cells",
+                terminal.len()
+            )));
+        }
+        let l = names.len();
+        if l == 0 || terminal.iter().all(Option::is_none) {
+            return Err(AbsorptionError::NoTerminalStates);
+        }
+        for (j, name) in names.iter().enumerate() {
+            if !terminal.contains(&Some(j)) {
+                return Err(AbsorptionError::EmptyState(name.clone()));
+            }
+        }
+        if let Some(bad) = terminal.iter().flatten().find(|&&j| j >= l) {
+            return Err(AbsorptionError::Invalid(format!(
+                "terminal label {bad} out of range 0..{l}"
+            )));
+        }
+        let transient: Vec<usize> = (0..n).filter(|&i| terminal[i].is_none()).collect();
+        if transient.is_empty() {
+            return Err(AbsorptionError::NoTransient);
+        }
+        if transient.len() > opts.direct_max_cells {
+            return Err(AbsorptionError::Invalid(format!(
+                "{} transient cells exceed direct_max_cells = {}",
+                transient.len(),
+                opts.direct_max_cells
+            )));
+        }
+        let mut position = vec![usize::MAX; n];
+        for (p, &i) in transient.iter().enumerate() {
+            position[i] = p;
+        }
+        // Reachability: backward search from the absorbing cells along reversed edges.
+        let tt = t.as_csr().transpose();
+        let mut reach = vec![false; n];
+        let mut stack: Vec<usize> = (0..n).filter(|&i| terminal[i].is_some()).collect();
+        for &i in &stack {
+            reach[i] = true;
+        }
+        while let Some(j) = stack.pop() {
+            let (preds, vals) = tt.row(j);
+            for (&i, &v) in preds.iter().zip(vals) {
+                let i = i as usize;
+                if v > 0.0 && !reach[i] {
+                    reach[i] = true;
+                    stack.push(i);
+                }
+            }
+        }
+        let unreachable: Vec<usize> = transient.iter().copied().filter(|&i| !reach[i]).collect();
+        if let Some(&example) = unreachable.first() {
+            return Err(AbsorptionError::Unreachable {
+                count: unreachable.len(),
+                transient: transient.len(),
+                example,
+            });
+        }
+        let nt = transient.len();
+        let mut trip: Vec<Triplet<usize, usize, f64>> = Vec::with_capacity(t.nnz() + nt);
+        let mut s = Mat::<f64>::zeros(nt, l);
+        for (p, &i) in transient.iter().enumerate() {
+            let (cols, vals) = t.row(i);
+            let mut diag = 1.0;
+            for (&c, &v) in cols.iter().zip(vals) {
+                let c = c as usize;
+                match terminal[c] {
+                    Some(j) => s[(p, j)] += v,
+                    None if c == i => diag -= v,
+                    None => trip.push(Triplet::new(p, position[c], -v)),
+                }
+            }
+            trip.push(Triplet::new(p, p, diag));
+        }
+        let matrix = SparseColMat::<usize, f64>::try_new_from_triplets(nt, nt, &trip)
+            .map_err(|e| AbsorptionError::Factorisation(format!("{e:?}")))?;
+        let lu = matrix
+            .sp_lu()
+            .map_err(|e| AbsorptionError::Factorisation(format!("{e:?}")))?;
+        Ok(Self {
+            transient,
+            position,
+            lineage: terminal.to_vec(),
+            n_lineages: l,
+            matrix,
+            lu,
+            s,
+        })
+    }
+
+    /// Solves `(I − Q) X = B` and checks the residual.
+    pub fn solve(&self, b: &Mat<f64>) -> Result<Mat<f64>, AbsorptionError> {
+        let x = self.lu.solve(b);
+        let r = &self.matrix * &x - b;
+        let rmax = max_abs(&r);
+        let bmax = max_abs(b).max(f64::MIN_POSITIVE);
+        let residual = rmax / bmax;
+        if residual.is_nan() || residual > RESIDUAL_TOL {
+            return Err(AbsorptionError::Residual {
+                residual,
+                tol: RESIDUAL_TOL,
+            });
+        }
+        Ok(x)
+    }
+}
+
+fn max_abs(m: &Mat<f64>) -> f64 {
+    let mut out: f64 = 0.0;
+    for j in 0..m.ncols() {
+        for i in 0..m.nrows() {
+            out = out.max(m[(i, j)].abs());
+        }
+    }
+    out
+}
+
+/// Fate probabilities (n × L, row-major) and what was checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FateProbabilities {
+    /// Lineage names.
+    pub names: Vec<String>,
+    /// Row-major n × L probabilities; rows sum to 1, terminal cells one-hot.
+    pub probs: Vec<f64>,
+    /// Relative residual of the solve.
+    pub residual: f64,
+    /// Largest |row sum − 1| before any clipping.
+    pub row_sum_error: f64,
+    /// Solver used.
+    pub solver: &'static str,
+}
+
+impl FateProbabilities {
+    /// Number of lineages.
+    pub fn n_lineages(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Probability of cell `i` for lineage `j`.
+    pub fn get(&self, i: usize, j: usize) -> f64 {
+        self.probs[i * self.names.len() + j]
+    }
+
+    /// Column `j`.
+    pub fn column(&self, j: usize) -> Vec<f64> {
+        let l = self.names.len();
+        (0..self.probs.len() / l)
+            .map(|i| self.probs[i * l + j])
+            .collect()
+    }
+}
+
+/// Computes fate probabilities towards each terminal state.
+pub fn compute_fate_probabilities(
+    t: &TransitionMatrix,
+    terminal: &[Option<usize>],
+    names: &[String],
+    opts: &AbsorptionOptions,
+) -> Result<(FateProbabilities, TransientSystem), AbsorptionError> {
+    let sys = TransientSystem::new(t, terminal, names, opts)?;
+    let b = sys.solve(&sys.s)?;
+    let r = &sys.matrix * &b - &sys.s;
+    let residual = max_abs(&r) / max_abs(&sys.s).max(f64::MIN_POSITIVE);
+    let n = t.n_cells();
+    let l = names.len();
+    let mut probs = vec![0.0; n * l];
+    let mut row_sum_error: f64 = 0.0;
+    for i in 0..n {
+        match terminal[i] {
+            Some(j) => probs[i * l + j] = 1.0,
+            None => {
+                let p = sys.position[i];
+                let mut sum = 0.0;
+                for j in 0..l {
+                    let v = b[(p, j)];
+                    if v < -1e-10 {
+                        return Err(AbsorptionError::Residual {
+                            residual: -v,
+                            tol: 1e-10,
+                        });
+                    }
+                    let v = v.max(0.0);
+                    probs[i * l + j] = v;
+                    sum += v;
+                }
+                row_sum_error = row_sum_error.max((sum - 1.0).abs());
+            }
+        }
+    }
+    if row_sum_error > 1e-10 {
+        return Err(AbsorptionError::Residual {
+            residual: row_sum_error,
+            tol: 1e-10,
+        });
+    }
+    Ok((
+        FateProbabilities {
+            names: names.to_vec(),
+            probs,
+            residual,
+            row_sum_error,
+            solver: "sparse LU (faer)",
+        },
+        sys,
+    ))
+}
+
+/// Mean (and optionally variance) of the number of steps to absorption, overall and per
+/// lineage conditioned on absorption in it: columns `"{name}_mean"`, `"{name}_var"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AbsorptionTimes {
+    /// Column names.
+    pub columns: Vec<String>,
+    /// Row-major n × columns values. Terminal cells of the lineage: 0; of other lineages:
+    /// `+inf` (means) / NaN (variances), as in CellRank.
+    pub values: Vec<f64>,
+}
+
+/// Computes absorption times. With one lineage (or `overall`), the time to absorption
+/// anywhere; with several, one conditional mean (and variance) per lineage.
+pub fn compute_absorption_times(
+    sys: &TransientSystem,
+    fates: &FateProbabilities,
+    variance: bool,
+    overall: bool,
+) -> Result<AbsorptionTimes, AbsorptionError> {
+    let n = sys.position.len();
+    let nt = sys.transient.len();
+    let l = sys.n_lineages;
+    let ones = Mat::<f64>::from_fn(nt, 1, |_, _| 1.0);
+    let mut columns = Vec::new();
+    let mut cols_vals: Vec<Vec<f64>> = Vec::new();
+    if overall || l == 1 {
+        let tvec = sys.solve(&ones)?;
+        let name = if l == 1 {
+            fates.names[0].clone()
+        } else {
+            "absorption".into()
+        };
+        columns.push(format!("{name}_mean"));
+        let mut mean = vec![0.0; n];
+        for (p, &i) in sys.transient.iter().enumerate() {
+            mean[i] = tvec[(p, 0)];
+        }
+        cols_vals.push(mean);
+        if variance {
+            let nt_t = sys.solve(&tvec)?;
+            let mut var = vec![0.0; n];
+            for (p, &i) in sys.transient.iter().enumerate() {
+                let t = tvec[(p, 0)];
+                var[i] = (2.0 * nt_t[(p, 0)] - t - t * t).max(0.0);
+            }
+            columns.push(format!("{name}_var"));
+            cols_vals.push(var);
+        }
+    }
+    if l > 1 {
+        // Conditioned chain for lineage j: Q_j = D_j⁻¹ Q D_j with D_j = diag(B_j);
+        // m_j = D_j⁻¹ N B_j and Var_j = 2 D_j⁻¹ N D_j m_j − m_j − m_j².
+        let b = Mat::<f64>::from_fn(nt, l, |p, j| fates.get(sys.transient[p], j));
+        let nb = sys.solve(&b)?;
+        for j in 0..l {
+            let mut mean: Vec<f64> = sys
+                .lineage
+                .iter()
+                .map(|lin| match lin {
+                    Some(k) if *k == j => 0.0,
+                    Some(_) => f64::INFINITY,
+                    None => 0.0,
+                })
+                .collect();
+            let mut dm = Mat::<f64>::zeros(nt, 1);
+            for (p, &i) in sys.transient.iter().enumerate() {
+                let bj = b[(p, j)];
+                mean[i] = if bj > 0.0 {
+                    nb[(p, j)] / bj
+                } else {
+                    f64::INFINITY
+                };
+                dm[(p, 0)] = if bj > 0.0 { nb[(p, j)] } else { 0.0 };
+            }
+            columns.push(format!("{}_mean", fates.names[j]));
+            if variance {
+                let ndm = sys.solve(&dm)?;
+                let mut var: Vec<f64> = sys
+                    .lineage
+                    .iter()
+                    .map(|lin| match lin {
+                        Some(k) if *k == j => 0.0,
+                        Some(_) => f64::NAN,
+                        None => 0.0,
+                    })
+                    .collect();
+                for (p, &i) in sys.transient.iter().enumerate() {
+                    let bj = b[(p, j)];
+                    let m = mean[i];
+                    var[i] = if bj > 0.0 {
+                        (2.0 * ndm[(p, 0)] / bj - m - m * m).max(0.0)
+                    } else {
+                        f64::NAN
+                    };
+                }
+                cols_vals.push(mean);
+                columns.push(format!("{}_var", fates.names[j]));
+                cols_vals.push(var);
+            } else {
+                cols_vals.push(mean);
+            }
+        }
+    }
+    let c = columns.len();
+    let mut values = vec![0.0; n * c];
+    for (k, col) in cols_vals.iter().enumerate() {
+        for i in 0..n {
+            values[i * c + k] = col[i];
+        }
+    }
+    Ok(AbsorptionTimes { columns, values })
+}
+
+/// How lineage priming is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrimingMethod {
+    /// KL divergence of each cell's fate distribution from the mean over early cells.
+    KlDivergence,
+    /// `max H − H_i` (Shannon entropy of the fate distribution).
+    Entropy,
+}
+
+/// Lineage priming degree in `[0, 1]` per cell (CellRank's definitions; NaN rows → 1 before
+/// scaling for `kl_divergence`). `early` selects the cells that define the reference
+/// distribution (all cells when `None`).
+pub fn lineage_priming(
+    fates: &FateProbabilities,
+    method: PrimingMethod,
+    early: Option<&[bool]>,
+) -> Result<Vec<f64>, AbsorptionError> {
+    let l = fates.n_lineages();
+    let n = fates.probs.len() / l;
+    let raw: Vec<f64> = match method {
+        PrimingMethod::KlDivergence => {
+            let sel: Vec<usize> = (0..n).filter(|&i| early.is_none_or(|e| e[i])).collect();
+            if sel.is_empty() {
+                return Err(AbsorptionError::Invalid("no early cells selected".into()));
+            }
+            let pbar: Vec<f64> = (0..l)
+                .map(|j| sel.iter().map(|&i| fates.get(i, j)).sum::<f64>() / sel.len() as f64)
+                .collect();
+            (0..n)
+                .map(|i| {
+                    let k: f64 = (0..l)
+                        .map(|j| {
+                            let p = fates.get(i, j);
+                            p * (p / pbar[j]).log2()
+                        })
+                        .sum();
+                    if k.is_nan() {
+                        1.0
+                    } else if k == f64::INFINITY {
+                        f64::MAX
+                    } else if k == f64::NEG_INFINITY {
+                        f64::MIN
+                    } else {
+                        k
+                    }
+                })
+                .collect()
+        }
+        PrimingMethod::Entropy => {
+            let h: Vec<f64> = (0..n)
+                .map(|i| {
+                    let s: f64 = (0..l).map(|j| fates.get(i, j)).sum();
+                    -(0..l)
+                        .map(|j| fates.get(i, j) / s)
+                        .filter(|&p| p > 0.0)
+                        .map(|p| p * p.ln())
+                        .sum::<f64>()
+                })
+                .collect();
+            let hmax = h.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            h.iter().map(|x| hmax - x).collect()
+        }
+    };
+    let (lo, hi) = raw
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    Ok(raw.iter().map(|x| (x - lo) / (hi - lo)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cellfate_kernels::{Csr, Direction};
+
+    /// Gambler's ruin on 0..=N with p up, q = 1 − p down; 0 and N absorbing.
+    fn ruin(nn: usize, p: f64) -> TransitionMatrix {
+        let mut trip = vec![(0, 0, 1.0), (nn, nn, 1.0)];
+        for i in 1..nn {
+            trip.push((i, i + 1, p));
+            trip.push((i, i - 1, 1.0 - p));
+        }
+        TransitionMatrix::try_new(
+            Csr::from_triplets(nn + 1, nn + 1, &trip).unwrap(),
+            Direction::Forward,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn gamblers_ruin_probabilities_and_times() {
+        let (nn, p) = (10usize, 0.4);
+        let t = ruin(nn, p);
+        let mut term = vec![None; nn + 1];
+        term[0] = Some(0);
+        term[nn] = Some(1);
+        let names = vec!["ruin".to_string(), "win".to_string()];
+        let (f, sys) =
+            compute_fate_probabilities(&t, &term, &names, &AbsorptionOptions::default()).unwrap();
+        let r = (1.0 - p) / p;
+        for i in 0..=nn {
+            let win = (1.0 - r.powi(i as i32)) / (1.0 - r.powi(nn as i32));
+            assert!((f.get(i, 1) - win).abs() < 1e-12, "cell {i}");
+            assert!((f.get(i, 0) + f.get(i, 1) - 1.0).abs() < 1e-12);
+        }
+        // Expected duration: i/(q−p) − N/(q−p) · (1 − r^i)/(1 − r^N).
+        let times = compute_absorption_times(&sys, &f, true, true).unwrap();
+        let c = times.columns.len();
+        assert_eq!(times.columns[0], "absorption_mean");
+        let q = 1.0 - p;
+        for i in 1..nn {
+            let d = i as f64 / (q - p)
+                - nn as f64 / (q - p) * (1.0 - r.powi(i as i32)) / (1.0 - r.powi(nn as i32));
+            assert!(
+                (times.values[i * c] - d).abs() < 1e-10,
+                "cell {i}: {} vs {d}",
+                times.values[i * c]
+            );
+            assert!(times.values[i * c + 1] >= 0.0);
+        }
+        // Symmetric walk: conditional on winning from 1, the mean time is (N² − 1)/3.
+        let t2 = ruin(nn, 0.5);
+        let (f2, s2) =
+            compute_fate_probabilities(&t2, &term, &names, &AbsorptionOptions::default()).unwrap();
+        let times2 = compute_absorption_times(&s2, &f2, false, false).unwrap();
+        let win_col = times2.columns.iter().position(|c| c == "win_mean").unwrap();
+        let cc = times2.columns.len();
+        let expect = ((nn * nn) as f64 - 1.0) / 3.0;
+        assert!(
+            (times2.values[cc + win_col] - expect).abs() < 1e-9,
+            "{}",
+            times2.values[cc + win_col]
+        );
+        // Variance of the unconditional symmetric duration from 1: known closed form
+        // Var = i(N−i)(i² + (N−i)² − 2)/3.
+        let tv = compute_absorption_times(&s2, &f2, true, true).unwrap();
+        let (i, nf) = (1.0, nn as f64);
+        let var = i * (nf - i) * (i * i + (nf - i) * (nf - i) - 2.0) / 3.0;
+        assert!(
+            (tv.values[tv.columns.len() + 1] - var).abs() < 1e-8,
+            "{} vs {var}",
+            tv.values[tv.columns.len() + 1]
+        );
+    }
+
+    #[test]
+    fn bad_inputs_are_typed_errors() {
+        let t = ruin(5, 0.5);
+        let names = vec!["a".to_string(), "b".to_string()];
+        let none = vec![None; 6];
+        assert!(matches!(
+            compute_fate_probabilities(&t, &none, &names, &Default::default()),
+            Err(AbsorptionError::NoTerminalStates)
+        ));
+        let mut one = vec![None; 6];
+        one[0] = Some(0);
+        assert!(
+            matches!(compute_fate_probabilities(&t, &one, &names, &Default::default()), Err(AbsorptionError::EmptyState(ref s)) if s == "b")
+        );
+        // A closed pair of cells that never reaches the terminal state.
+        let trip = vec![
+            (0, 0, 1.0),
+            (1, 0, 0.5),
+            (1, 2, 0.5),
+            (2, 3, 1.0),
+            (3, 2, 1.0),
+        ];
+        let t2 =
+            TransitionMatrix::try_new(Csr::from_triplets(4, 4, &trip).unwrap(), Direction::Forward)
+                .unwrap();
+        let e = compute_fate_probabilities(
+            &t2,
+            &[Some(0), None, None, None],
+            &names[..1],
+            &Default::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, AbsorptionError::Unreachable { count: 2, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("connectivity"));
+    }
+
+    #[test]
+    fn priming_is_scaled() {
+        let f = FateProbabilities {
+            names: vec!["a".into(), "b".into()],
+            probs: vec![0.5, 0.5, 0.9, 0.1, 1.0, 0.0, 0.2, 0.8],
+            residual: 0.0,
+            row_sum_error: 0.0,
+            solver: "test",
+        };
+        let kl = lineage_priming(&f, PrimingMethod::KlDivergence, None).unwrap();
+        assert!(kl.iter().all(|x| (0.0..=1.0).contains(x)));
+        assert_eq!(kl[2], 1.0); // a zero probability makes the row NaN -> 1 -> the maximum
+        let en = lineage_priming(&f, PrimingMethod::Entropy, None).unwrap();
+        assert_eq!(en[0], 0.0);
+        assert_eq!(en[2], 1.0);
+    }
+}

@@ -1,0 +1,526 @@
+//! Lineage drivers: the Pearson correlation of every gene with every lineage's fate
+//! probability (CellRank 2.3 convention: population standard deviations, division by n), with
+//! Fisher-z p-values and confidence intervals, Benjamini–Hochberg q-values per lineage, and an
+//! optional permutation test that is seeded per permutation (so it does not depend on the
+//! number of threads, unlike CellRank's chunked `n_jobs` seeding).
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use cellfate_kernels::Csr;
+
+/// Gene expression for the drivers: dense (cells × genes, row-major) or sparse CSR.
+#[derive(Clone, Copy, Debug)]
+pub enum Expression<'a> {
+    /// Dense row-major values.
+    Dense {
+        /// Cells.
+        n_cells: usize,
+        /// Genes.
+        n_genes: usize,
+        /// Values.
+        values: &'a [f64],
+    },
+    /// Sparse CSR (cells × genes).
+    Sparse(&'a Csr),
+}
+
+impl Expression<'_> {
+    fn n_cells(&self) -> usize {
+        match self {
+            Self::Dense { n_cells, .. } => *n_cells,
+            Self::Sparse(c) => c.nrows(),
+        }
+    }
+    fn n_genes(&self) -> usize {
+        match self {
+            Self::Dense { n_genes, .. } => *n_genes,
+            Self::Sparse(c) => c.ncols(),
+        }
+    }
+}
+
+/// The test used for p-values and confidence intervals.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum DriverTest {
+    /// Fisher's z transform (CellRank's default).
+    Fisher,
+    /// Permutation test with `n_perms` permutations (bootstrap confidence intervals).
+    PermTest {
+        /// Number of permutations.
+        n_perms: usize,
+        /// Seed.
+        seed: u64,
+    },
+}
+
+/// Per gene and lineage: correlation, p-value, q-value and confidence interval.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DriverTable {
+    /// Lineage names.
+    pub lineages: Vec<String>,
+    /// Number of genes.
+    pub n_genes: usize,
+    /// `corr[g * L + l]`.
+    pub corr: Vec<f64>,
+    /// p-values.
+    pub pval: Vec<f64>,
+    /// Benjamini–Hochberg q-values (per lineage).
+    pub qval: Vec<f64>,
+    /// Lower confidence bound.
+    pub ci_low: Vec<f64>,
+    /// Upper confidence bound.
+    pub ci_high: Vec<f64>,
+}
+
+impl DriverTable {
+    /// Column names in CellRank's layout (`{lin}_corr`, `_pval`, `_qval`, `_ci_low`,
+    /// `_ci_high` per lineage) and the matching values (one `Vec` per column, gene order).
+    pub fn columns(&self) -> Vec<(String, Vec<f64>)> {
+        let l = self.lineages.len();
+        let mut out = Vec::new();
+        for (j, name) in self.lineages.iter().enumerate() {
+            for (suffix, v) in [
+                ("corr", &self.corr),
+                ("pval", &self.pval),
+                ("qval", &self.qval),
+                ("ci_low", &self.ci_low),
+                ("ci_high", &self.ci_high),
+            ] {
+                out.push((
+                    format!("{name}_{suffix}"),
+                    (0..self.n_genes).map(|g| v[g * l + j]).collect(),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Gene indices sorted by decreasing correlation with lineage `j` (NaN last).
+    pub fn ranking(&self, j: usize) -> Vec<usize> {
+        let l = self.lineages.len();
+        let mut idx: Vec<usize> = (0..self.n_genes).collect();
+        idx.sort_by(|&a, &b| {
+            let (x, y) = (self.corr[a * l + j], self.corr[b * l + j]);
+            match (x.is_nan(), y.is_nan()) {
+                (true, true) => a.cmp(&b),
+                (true, false) => std::cmp::Ordering::Greater,
+                (false, true) => std::cmp::Ordering::Less,
+                _ => y.total_cmp(&x).then(a.cmp(&b)),
+            }
+        });
+        idx
+    }
+}
+
+/// Standard normal CDF.
+pub fn norm_cdf(x: f64) -> f64 {
+    0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)
+}
+
+/// Standard normal quantile (Acklam's rational approximation refined by two Newton steps).
+pub fn norm_ppf(p: f64) -> f64 {
+    if !(0.0..=1.0).contains(&p) {
+        return f64::NAN;
+    }
+    if p == 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if p == 1.0 {
+        return f64::INFINITY;
+    }
+    let a = [
+        -3.969683028665376e1,
+        2.209460984245205e2,
+        -2.759285104469687e2,
+        1.383_577_518_672_69e2,
+        -3.066479806614716e1,
+        2.506628277459239,
+    ];
+    let b = [
+        -5.447609879822406e1,
+        1.615858368580409e2,
+        -1.556989798598866e2,
+        6.680131188771972e1,
+        -1.328068155288572e1,
+    ];
+    let c = [
+        -7.784894002430293e-3,
+        -3.223964580411365e-1,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    ];
+    let d = [
+        7.784695709041462e-3,
+        3.224671290700398e-1,
+        2.445134137142996,
+        3.754408661907416,
+    ];
+    let plow = 0.02425;
+    let mut x = if p < plow {
+        let q = (-2.0 * p.ln()).sqrt();
+        (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5])
+            / ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0)
+    } else if p <= 1.0 - plow {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q
+            / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0)
+    } else {
+        let q = (-2.0 * (1.0 - p).ln()).sqrt();
+        -(((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5])
+            / ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0)
+    };
+    for _ in 0..2 {
+        let e = norm_cdf(x) - p;
+        let u = e * (2.0 * std::f64::consts::PI).sqrt() * (x * x / 2.0).exp();
+        x -= u / (1.0 + x * u / 2.0);
+    }
+    x
+}
+
+/// Benjamini–Hochberg q-values over the non-NaN p-values (NaN stays NaN).
+pub fn benjamini_hochberg(p: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..p.len()).filter(|&i| !p[i].is_nan()).collect();
+    idx.sort_by(|&a, &b| p[a].total_cmp(&p[b]).then(a.cmp(&b)));
+    let k = idx.len();
+    let mut q = vec![f64::NAN; p.len()];
+    let mut running = f64::INFINITY;
+    for (rank, &i) in idx.iter().enumerate().rev() {
+        let v = (p[i] * k as f64 / (rank + 1) as f64).min(1.0);
+        running = running.min(v);
+        q[i] = running;
+    }
+    q
+}
+
+/// Per-gene sums needed for correlations: (Σx, Σx², and Σ x·y_l for each lineage).
+fn gene_stats(expr: &Expression<'_>, ys: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>, Vec<Vec<f64>>) {
+    let g = expr.n_genes();
+    let l = ys.len();
+    let mut sx = vec![0.0; g];
+    let mut sxx = vec![0.0; g];
+    let mut sxy = vec![vec![0.0; g]; l];
+    match expr {
+        Expression::Dense {
+            n_cells,
+            n_genes,
+            values,
+        } => {
+            for i in 0..*n_cells {
+                let row = &values[i * n_genes..(i + 1) * n_genes];
+                for (gg, &x) in row.iter().enumerate() {
+                    sx[gg] += x;
+                    sxx[gg] += x * x;
+                    for (j, y) in ys.iter().enumerate() {
+                        sxy[j][gg] += x * y[i];
+                    }
+                }
+            }
+        }
+        Expression::Sparse(c) => {
+            for i in 0..c.nrows() {
+                let (cols, vals) = c.row(i);
+                for (&gg, &x) in cols.iter().zip(vals) {
+                    let gg = gg as usize;
+                    sx[gg] += x;
+                    sxx[gg] += x * x;
+                    for (j, y) in ys.iter().enumerate() {
+                        sxy[j][gg] += x * y[i];
+                    }
+                }
+            }
+        }
+    }
+    (sx, sxx, sxy)
+}
+
+/// Correlations of every gene with every lineage column `ys` (CellRank 2.3: divide by n,
+/// population standard deviations; |r| > 1 or undefined → NaN). Row-major genes × lineages.
+pub fn correlations(expr: &Expression<'_>, ys: &[Vec<f64>]) -> Vec<f64> {
+    let n = expr.n_cells() as f64;
+    let (sx, sxx, sxy) = gene_stats(expr, ys);
+    let g = expr.n_genes();
+    let l = ys.len();
+    let mut out = vec![f64::NAN; g * l];
+    for (j, y) in ys.iter().enumerate() {
+        let ymean = y.iter().sum::<f64>() / n;
+        let ysd = (y.iter().map(|v| (v - ymean) * (v - ymean)).sum::<f64>() / n).sqrt();
+        for gg in 0..g {
+            let xmean = sx[gg] / n;
+            let xsd = (sxx[gg] / n - xmean * xmean).sqrt();
+            let r = (sxy[j][gg] - n * xmean * ymean) / (n * xsd * ysd);
+            out[gg * l + j] = if r.is_finite() && (-1.0..=1.0).contains(&r) {
+                r
+            } else {
+                f64::NAN
+            };
+        }
+    }
+    out
+}
+
+/// Computes the driver table for expression `expr` and fate-probability columns `ys`.
+pub fn compute_lineage_drivers(
+    expr: &Expression<'_>,
+    ys: &[Vec<f64>],
+    names: &[String],
+    test: &DriverTest,
+    confidence_level: f64,
+) -> Result<DriverTable, String> {
+    if ys.is_empty() || ys.len() != names.len() {
+        return Err("drivers need at least one lineage (and one name per lineage)".into());
+    }
+    if ys.iter().any(|y| y.len() != expr.n_cells()) {
+        return Err(format!(
+            "fate probabilities have the wrong number of cells (expected {})",
+            expr.n_cells()
+        ));
+    }
+    if !(0.0..=1.0).contains(&confidence_level) {
+        return Err(format!(
+            "confidence_level must be in [0, 1], got {confidence_level}"
+        ));
+    }
+    let g = expr.n_genes();
+    let l = ys.len();
+    let n = expr.n_cells() as f64;
+    let corr = correlations(expr, ys);
+    let (pval, ci_low, ci_high) = match test {
+        DriverTest::Fisher => {
+            let zc = norm_ppf(confidence_level + (1.0 - confidence_level) / 2.0);
+            let mut p = vec![f64::NAN; g * l];
+            let mut lo = vec![f64::NAN; g * l];
+            let mut hi = vec![f64::NAN; g * l];
+            if n > 3.0 {
+                let se = 1.0 / (n - 3.0).sqrt();
+                for k in 0..g * l {
+                    let r = corr[k];
+                    if r.is_nan() {
+                        continue;
+                    }
+                    let z = r.atanh();
+                    p[k] = 2.0 * norm_cdf(-(z / se).abs());
+                    lo[k] = (z - zc * se).tanh();
+                    hi[k] = (z + zc * se).tanh();
+                }
+            }
+            (p, lo, hi)
+        }
+        DriverTest::PermTest { n_perms, seed } => {
+            if *n_perms == 0 {
+                return Err("n_perms must be positive".into());
+            }
+            let nc = expr.n_cells();
+            // Each permutation has its own seeded stream: thread-count independent.
+            let results: Vec<(Vec<f64>, Vec<f64>)> = (0..*n_perms)
+                .into_par_iter()
+                .map(|k| {
+                    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(k as u64));
+                    let mut perm: Vec<usize> = (0..nc).collect();
+                    perm.shuffle(&mut rng);
+                    let yp: Vec<Vec<f64>> = ys
+                        .iter()
+                        .map(|y| perm.iter().map(|&i| y[i]).collect())
+                        .collect();
+                    let rp = correlations(expr, &yp);
+                    // Bootstrap resample for the confidence interval.
+                    let boot: Vec<usize> = (0..nc)
+                        .map(|_| rand::Rng::random_range(&mut rng, 0..nc))
+                        .collect();
+                    let rb = correlations_subset(expr, ys, &boot);
+                    (rp, rb)
+                })
+                .collect();
+            let mut p = vec![f64::NAN; g * l];
+            let mut lo = vec![f64::NAN; g * l];
+            let mut hi = vec![f64::NAN; g * l];
+            let (ql, qh) = (
+                (1.0 - confidence_level) / 2.0,
+                confidence_level + (1.0 - confidence_level) / 2.0,
+            );
+            for k in 0..g * l {
+                let r = corr[k];
+                if r.is_nan() {
+                    continue;
+                }
+                let count = results
+                    .iter()
+                    .filter(|(rp, _)| rp[k].abs() >= r.abs())
+                    .count();
+                p[k] = count as f64 / *n_perms as f64;
+                let mut b: Vec<f64> = results
+                    .iter()
+                    .map(|(_, rb)| rb[k])
+                    .filter(|v| !v.is_nan())
+                    .collect();
+                b.sort_by(f64::total_cmp);
+                lo[k] = quantile(&b, ql);
+                hi[k] = quantile(&b, qh);
+            }
+            (p, lo, hi)
+        }
+    };
+    let mut qval = vec![f64::NAN; g * l];
+    for j in 0..l {
+        let pj: Vec<f64> = (0..g).map(|gg| pval[gg * l + j]).collect();
+        for (gg, q) in benjamini_hochberg(&pj).into_iter().enumerate() {
+            qval[gg * l + j] = q;
+        }
+    }
+    Ok(DriverTable {
+        lineages: names.to_vec(),
+        n_genes: g,
+        corr,
+        pval,
+        qval,
+        ci_low,
+        ci_high,
+    })
+}
+
+fn correlations_subset(expr: &Expression<'_>, ys: &[Vec<f64>], rows: &[usize]) -> Vec<f64> {
+    // Materialise the resampled rows (dense: copy; sparse: gather into CSR).
+    match expr {
+        Expression::Dense {
+            n_genes, values, ..
+        } => {
+            let mut v = Vec::with_capacity(rows.len() * n_genes);
+            for &i in rows {
+                v.extend_from_slice(&values[i * n_genes..(i + 1) * n_genes]);
+            }
+            let yb: Vec<Vec<f64>> = ys
+                .iter()
+                .map(|y| rows.iter().map(|&i| y[i]).collect())
+                .collect();
+            correlations(
+                &Expression::Dense {
+                    n_cells: rows.len(),
+                    n_genes: *n_genes,
+                    values: &v,
+                },
+                &yb,
+            )
+        }
+        Expression::Sparse(c) => {
+            let sub = c.submatrix(rows, &(0..c.ncols()).collect::<Vec<_>>());
+            let yb: Vec<Vec<f64>> = ys
+                .iter()
+                .map(|y| rows.iter().map(|&i| y[i]).collect())
+                .collect();
+            correlations(&Expression::Sparse(&sub), &yb)
+        }
+    }
+}
+
+/// numpy's linear-interpolation quantile of sorted data.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let pos = q * (sorted.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_functions() {
+        assert!((norm_ppf(0.975) - 1.959963984540054).abs() < 1e-12);
+        assert!((norm_cdf(1.959963984540054) - 0.975).abs() < 1e-14);
+        assert!((norm_ppf(1e-10) + 6.361340902404056).abs() < 1e-9);
+    }
+
+    #[test]
+    fn bh_matches_definition() {
+        let q = benjamini_hochberg(&[0.01, 0.04, f64::NAN, 0.03, 0.5]);
+        // sorted p: .01 .03 .04 .5 (K=4): q = .04, .053.., .053.., .5
+        assert!((q[0] - 0.04).abs() < 1e-15);
+        assert!((q[3] - 0.0533333333333333).abs() < 1e-12);
+        assert!((q[1] - 0.0533333333333333).abs() < 1e-12);
+        assert!(q[2].is_nan());
+        assert!((q[4] - 0.5).abs() < 1e-15);
+    }
+
+    #[test]
+    fn correlation_convention_and_sparse_dense_agree() {
+        let n = 50;
+        let vals: Vec<f64> = (0..n * 3)
+            .map(|k| ((k * 37 % 11) as f64).sin().max(0.0))
+            .collect();
+        let y: Vec<f64> = (0..n).map(|i| i as f64 / n as f64).collect();
+        let dense = Expression::Dense {
+            n_cells: n,
+            n_genes: 3,
+            values: &vals,
+        };
+        let csr = Csr::from_dense(n, 3, &vals).unwrap();
+        let a = correlations(&dense, std::slice::from_ref(&y));
+        let b = correlations(&Expression::Sparse(&csr), std::slice::from_ref(&y));
+        for (x, z) in a.iter().zip(&b) {
+            assert!((x - z).abs() < 1e-12);
+        }
+        // Pearson r computed directly.
+        let x: Vec<f64> = (0..n).map(|i| vals[i * 3]).collect();
+        let (mx, my) = (
+            x.iter().sum::<f64>() / n as f64,
+            y.iter().sum::<f64>() / n as f64,
+        );
+        let cov: f64 = x.iter().zip(&y).map(|(a, b)| (a - mx) * (b - my)).sum();
+        let r = cov
+            / (x.iter().map(|a| (a - mx).powi(2)).sum::<f64>().sqrt()
+                * y.iter().map(|b| (b - my).powi(2)).sum::<f64>().sqrt());
+        assert!((a[0] - r).abs() < 1e-12);
+    }
+
+    #[test]
+    fn permutation_test_is_seeded_and_thread_independent() {
+        let n = 40;
+        let vals: Vec<f64> = (0..n * 2)
+            .map(|k| {
+                (k % 7) as f64
+                    + if k % 2 == 0 {
+                        (k / 2) as f64 * 0.1
+                    } else {
+                        0.0
+                    }
+            })
+            .collect();
+        let y: Vec<f64> = (0..n).map(|i| i as f64).collect();
+        let e = Expression::Dense {
+            n_cells: n,
+            n_genes: 2,
+            values: &vals,
+        };
+        let test = DriverTest::PermTest {
+            n_perms: 200,
+            seed: 3,
+        };
+        let a = compute_lineage_drivers(&e, std::slice::from_ref(&y), &["L".into()], &test, 0.95)
+            .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let b = pool.install(|| {
+            compute_lineage_drivers(&e, std::slice::from_ref(&y), &["L".into()], &test, 0.95)
+                .unwrap()
+        });
+        assert_eq!(a, b);
+        assert!(
+            a.pval[0] < 0.01,
+            "strongly correlated gene: p = {}",
+            a.pval[0]
+        );
+    }
+}
