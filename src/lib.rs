@@ -21,4 +21,6 @@ pub use cellfate_kernels as kernels;
 pub mod inspect;
 pub mod io;
 pub mod kernel_io;
+pub mod pipeline;
 pub mod sim;
+pub mod upstream;

@@ -12,5 +12,6 @@ mod data_files;
 mod gpcca_parity;
 mod kernel_io;
 mod kernel_parity;
+mod pipeline;
 mod python;
 mod roundtrip;

@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod kernel_cmd;
+mod run_cmd;
 
 /// Cell fate mapping for single-cell RNA-seq (.h5ad): kernels, macrostates, fate
 /// probabilities and driver genes, compatible with CellRank 2.
@@ -34,6 +35,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the whole fate mapping on an .h5ad file (or --demo): kernel, Schur, macrostates,
+    /// terminal states, fate probabilities, absorption times, drivers.
+    Run(run_cmd::RunArgs),
     /// Compute a transition matrix from a kernel expression and write obsp["T_fwd"] and
     /// uns["T_fwd_params"] (CellRank's layout) into a copy of the input.
     Kernel(kernel_cmd::KernelArgs),
@@ -77,6 +81,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 report.to_text()
             };
             write_stdout(&text)
+        }
+        Command::Run(args) => {
+            let msg = run_cmd::run(args)?;
+            write_stdout(&msg)
         }
         Command::Kernel(args) => {
             let msg = kernel_cmd::run(args)?;

@@ -1,0 +1,294 @@
+//! `cellfate run` and the estimator stage commands (`macrostates`, `fates`, `drivers`).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use cellfate::estimators::gpcca::Optimizer;
+use cellfate::estimators::states::TerminalMethod;
+use cellfate::pipeline::{self, FateMapSpec, NStates};
+
+/// Settings shared by `run` and `macrostates`, as flags (each overrides the config file).
+#[derive(Debug, clap::Args)]
+pub(crate) struct EstimatorFlags {
+    /// Number of macrostates: N, MIN..MAX (minChi), or eigengap.
+    #[arg(long)]
+    n_states: Option<NStates>,
+    /// obs column naming the states (default: clusters, when present).
+    #[arg(long)]
+    cluster_key: Option<String>,
+    /// Number of Schur vectors.
+    #[arg(long)]
+    n_components: Option<usize>,
+    /// Terminal-state rule: stability, top_n, eigengap, eigengap_coarse.
+    #[arg(long)]
+    terminal_method: Option<String>,
+    /// Number of terminal states for top_n (and fallback when stability selects none).
+    #[arg(long)]
+    n_terminal: Option<usize>,
+    /// Stability threshold for the stability rule.
+    #[arg(long)]
+    stability_threshold: Option<f64>,
+    /// Rotation optimiser: gradient (default) or nelder-mead (CellRank parity).
+    #[arg(long)]
+    optimizer: Option<String>,
+    /// Cells per state in the discrete assignment.
+    #[arg(long)]
+    n_cells: Option<usize>,
+}
+
+impl EstimatorFlags {
+    fn apply(&self, spec: &mut FateMapSpec) -> anyhow::Result<()> {
+        let e = &mut spec.estimators;
+        if let Some(n) = &self.n_states {
+            e.n_states = n.clone();
+        }
+        if let Some(k) = &self.cluster_key {
+            e.cluster_key = Some(k.clone());
+        }
+        if let Some(n) = self.n_components {
+            e.schur.n_components = n;
+        }
+        if let Some(n) = self.n_cells {
+            e.n_cells = n;
+        }
+        if let Some(o) = &self.optimizer {
+            e.optimizer = match o.as_str() {
+                "gradient" => Optimizer::default(),
+                "nelder-mead" | "nelder_mead" | "nm" => Optimizer::NelderMead,
+                other => bail!("--optimizer {other:?}: expected gradient or nelder-mead"),
+            };
+        }
+        if let Some(n) = self.n_terminal {
+            e.terminal_fallback_top_n = Some(n);
+        }
+        if let Some(m) = &self.terminal_method {
+            let alpha = e.alpha;
+            e.terminal = match m.as_str() {
+                "stability" => TerminalMethod::Stability {
+                    threshold: self.stability_threshold.unwrap_or(0.96),
+                },
+                "top_n" | "top-n" => TerminalMethod::TopN {
+                    n_states: self.n_terminal.context("--terminal-method top_n needs --n-terminal")?,
+                },
+                "eigengap" => TerminalMethod::Eigengap { alpha },
+                "eigengap_coarse" | "eigengap-coarse" => TerminalMethod::EigengapCoarse { alpha },
+                other => bail!("--terminal-method {other:?}: expected stability, top_n, eigengap or eigengap_coarse"),
+            };
+        } else if let Some(th) = self.stability_threshold {
+            e.terminal = TerminalMethod::Stability { threshold: th };
+        }
+        Ok(())
+    }
+}
+
+/// Arguments of `cellfate run`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    /// Input .h5ad (omit with --demo).
+    input: Option<PathBuf>,
+    /// Output .h5ad (a copy of the input with every result added).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// TOML config file (any FateMapSpec field; flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Kernel expression.
+    #[arg(long)]
+    kernel: Option<String>,
+    /// Kernel parameter KERNEL.NAME=VALUE (repeatable).
+    #[arg(long = "param", value_name = "KERNEL.NAME=VALUE")]
+    params: Vec<String>,
+    /// Use an existing obsp transition matrix instead of computing a kernel.
+    #[arg(long)]
+    transition_key: Option<String>,
+    #[command(flatten)]
+    estimators: EstimatorFlags,
+    /// Run on the built-in simulated dataset (writes the simulation next to the output).
+    #[arg(long)]
+    demo: bool,
+    /// Cells of the demo simulation.
+    #[arg(long, default_value_t = 3000)]
+    demo_cells: usize,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the run summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Less output.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+pub(crate) fn build_spec(
+    config: Option<&PathBuf>,
+    kernel: Option<&String>,
+    params: &[String],
+    tkey: Option<&String>,
+    flags: &EstimatorFlags,
+) -> anyhow::Result<FateMapSpec> {
+    let mut spec = match config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            FateMapSpec::from_toml(&text).with_context(|| format!("{}", p.display()))?
+        }
+        None => FateMapSpec::default(),
+    };
+    if let Some(k) = kernel {
+        spec.kernel = k.clone();
+    }
+    for p in params {
+        let (lhs, value) = p
+            .split_once('=')
+            .with_context(|| format!("--param {p:?}: expected KERNEL.NAME=VALUE"))?;
+        let (kind, name) = lhs
+            .split_once('.')
+            .with_context(|| format!("--param {p:?}: expected KERNEL.NAME=VALUE"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(value).unwrap_or(serde_json::Value::String(value.to_string()));
+        spec.kernel_params
+            .entry(kind.trim().to_string())
+            .or_default()
+            .insert(name.trim().to_string(), v);
+    }
+    if let Some(k) = tkey {
+        spec.transition_key = Some(k.clone());
+    }
+    flags.apply(&mut spec)?;
+    if spec.transition_key.is_none() {
+        spec.kernel_spec()?;
+    }
+    Ok(spec)
+}
+
+fn progress_printer(quiet: bool) -> impl FnMut(&str) {
+    let tty = std::io::stderr().is_terminal();
+    let start = std::time::Instant::now();
+    move |stage: &str| {
+        if !quiet {
+            #[allow(clippy::print_stderr)]
+            {
+                if tty {
+                    eprintln!("[{:>7.2}s] {stage}...", start.elapsed().as_secs_f64());
+                } else {
+                    eprintln!("[{:.2}s] {stage}", start.elapsed().as_secs_f64());
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn summary_text(s: &pipeline::RunSummary) -> String {
+    use std::fmt::Write;
+    let e = &s.estimators;
+    let mut out = String::new();
+    let _ = writeln!(out, "{} -> {} ({} cells)", s.input, s.output, s.n_cells);
+    let _ = writeln!(
+        out,
+        "Schur: {} (residual {:.1e}), eigengap {}",
+        e.schur_method, e.schur_residual, e.eigengap
+    );
+    let _ = writeln!(
+        out,
+        "macrostates ({}, crispness {:.3}):",
+        e.n_macrostates, e.crispness
+    );
+    for (n, st) in e.macrostates.iter().zip(&e.stability) {
+        let _ = writeln!(out, "  {n:<24} stability {st:.4}");
+    }
+    let _ = writeln!(out, "terminal states: {}", e.terminal_states.join(", "));
+    if !e.initial_states.is_empty() {
+        let _ = writeln!(out, "initial states: {}", e.initial_states.join(", "));
+    }
+    for (n, share) in &e.fate_shares {
+        let _ = writeln!(
+            out,
+            "  most likely fate {n:<20} {:.1}% of cells",
+            100.0 * share
+        );
+    }
+    for (lin, genes) in &e.top_drivers {
+        let g: Vec<String> = genes
+            .iter()
+            .take(5)
+            .map(|(g, r)| format!("{g} ({r:.2})"))
+            .collect();
+        let _ = writeln!(out, "  drivers {lin}: {}", g.join(", "));
+    }
+    for note in &e.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    for st in &s.stages {
+        let _ = writeln!(out, "  {:<12} {:.2} s", st.stage, st.seconds);
+    }
+    out
+}
+
+pub(crate) fn run(a: RunArgs) -> anyhow::Result<String> {
+    let mut spec = build_spec(
+        a.config.as_ref(),
+        a.kernel.as_ref(),
+        &a.params,
+        a.transition_key.as_ref(),
+        &a.estimators,
+    )?;
+    if a.dry_run {
+        return Ok(spec.to_toml());
+    }
+    let input = if a.demo {
+        if a.input.is_some() {
+            bail!("give either an input file or --demo, not both");
+        }
+        let dir = a
+            .output
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let sim_path = dir.join(format!(
+            "{}.simulation.h5ad",
+            a.output
+                .file_stem()
+                .map_or("demo".into(), |s| s.to_string_lossy())
+        ));
+        let mut say = progress_printer(a.quiet);
+        say("simulating the demo dataset");
+        let sim = cellfate::sim::simulate(&cellfate::sim::SimParams {
+            n_cells: a.demo_cells,
+            ..Default::default()
+        })?;
+        cellfate::io::write_new(&sim_path, &sim.to_elements())?;
+        say("preprocessing (normalise, PCA, kNN, moments, velocity)");
+        cellfate::upstream::prepare_in_place(
+            &sim_path,
+            &cellfate::upstream::UpstreamSpec::default(),
+        )?;
+        if spec.estimators.cluster_key.is_none() {
+            spec.estimators.cluster_key = Some("clusters".into());
+        }
+        // The simulator knows how many fates it made: unless told otherwise, the demo picks
+        // that many terminal states (the most stable macrostates).
+        if a.estimators.terminal_method.is_none()
+            && a.estimators.stability_threshold.is_none()
+            && a.config.is_none()
+        {
+            spec.estimators.terminal = TerminalMethod::TopN {
+                n_states: sim.params.n_fates,
+            };
+        }
+        sim_path
+    } else {
+        a.input
+            .clone()
+            .context("an input .h5ad file is required (or --demo)")?
+    };
+    let mut progress = progress_printer(a.quiet);
+    let summary = pipeline::run(&input, &a.output, &spec, &mut progress)
+        .with_context(|| format!("fate mapping {}", input.display()))?;
+    Ok(if a.json {
+        serde_json::to_string_pretty(&summary)? + "\n"
+    } else {
+        summary_text(&summary)
+    })
+}

@@ -1,0 +1,186 @@
+//! The whole fate-mapping run on an `.h5ad` file, driven by one validated spec
+//! ([`FateMapSpec`]) shared by the library, TOML config files and the CLI flags.
+
+pub mod estimate;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use cellfate_kernels::{expr, Kernel, KernelSpec};
+
+use crate::io::{Element, H5adEdit, H5adError, H5adReader};
+
+pub use estimate::{EstimatorSpec, EstimatorSummary, NStates};
+
+/// Any error of a pipeline run.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// Reading or writing the file.
+    #[error(transparent)]
+    H5ad(#[from] H5adError),
+    /// Kernel computation.
+    #[error(transparent)]
+    Kernel(#[from] cellfate_kernels::KernelError),
+    /// Schur decomposition.
+    #[error(transparent)]
+    Schur(#[from] cellfate_estimators::SchurError),
+    /// GPCCA.
+    #[error(transparent)]
+    Gpcca(#[from] cellfate_estimators::gpcca::GpccaError),
+    /// States.
+    #[error(transparent)]
+    States(#[from] cellfate_estimators::states::StatesError),
+    /// Absorption.
+    #[error(transparent)]
+    Absorption(#[from] cellfate_estimators::absorption::AbsorptionError),
+    /// Anything else.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Everything a run does, with CellRank's defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FateMapSpec {
+    /// Kernel expression (`0.8*velocity + 0.2*connectivity`, `pseudotime`, ...).
+    pub kernel: String,
+    /// Kernel parameters by kernel kind: `{ velocity = { similarity = "cosine" } }`.
+    pub kernel_params: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    /// Use this existing `obsp` transition matrix instead of computing a kernel.
+    pub transition_key: Option<String>,
+    /// The estimator stages.
+    pub estimators: EstimatorSpec,
+}
+
+impl Default for FateMapSpec {
+    fn default() -> Self {
+        Self {
+            kernel: "0.8*velocity + 0.2*connectivity".into(),
+            kernel_params: BTreeMap::new(),
+            transition_key: None,
+            estimators: EstimatorSpec::default(),
+        }
+    }
+}
+
+impl FateMapSpec {
+    /// Reads a TOML config file.
+    pub fn from_toml(text: &str) -> Result<Self, PipelineError> {
+        toml::from_str(text).map_err(|e| PipelineError::Invalid(format!("config: {e}")))
+    }
+
+    /// The config as TOML (what `--dry-run` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The kernel expression with its parameters applied, validated.
+    pub fn kernel_spec(&self) -> Result<KernelSpec, PipelineError> {
+        let mut k = expr::parse(&self.kernel)?;
+        for (kind, params) in &self.kernel_params {
+            for (name, value) in params {
+                k.set_param(kind, name, &value.to_string())?;
+            }
+        }
+        k.validate()?;
+        Ok(k)
+    }
+}
+
+/// Timing of one stage.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageTime {
+    /// Stage name.
+    pub stage: String,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSummary {
+    /// Input file.
+    pub input: String,
+    /// Output file.
+    pub output: String,
+    /// Cells.
+    pub n_cells: usize,
+    /// Kernel used (effective spec, JSON).
+    pub kernel: String,
+    /// Stage timings.
+    pub stages: Vec<StageTime>,
+    /// Estimator results.
+    pub estimators: EstimatorSummary,
+}
+
+/// Runs kernel + estimators on `input`, writing everything to `output` (a copy of the input;
+/// written to a temporary file and renamed at the end).
+pub fn run(
+    input: &Path,
+    output: &Path,
+    spec: &FateMapSpec,
+    progress: &mut dyn FnMut(&str),
+) -> Result<RunSummary, PipelineError> {
+    let r = H5adReader::open(input)?;
+    let mut edit = H5adEdit::new(input);
+    let mut stages = Vec::new();
+    let start = Instant::now();
+    let (t, kernel_json) = if let Some(key) = &spec.transition_key {
+        progress("reading the transition matrix");
+        (
+            r.transition_matrix(key)?,
+            format!("{{\"kernel\":\"precomputed\",\"obsp_key\":\"{key}\"}}"),
+        )
+    } else {
+        progress("kernel");
+        let k = spec.kernel_spec()?;
+        let out = k.compute(&r)?;
+        crate::kernel_io::write_kernel(&mut edit, &out, None);
+        (out.transition.clone(), out.effective.to_json())
+    };
+    stages.push(StageTime {
+        stage: "kernel".into(),
+        seconds: start.elapsed().as_secs_f64(),
+    });
+    let est_start = Instant::now();
+    let mut timed = |s: &str| progress(s);
+    let summary = estimate::run_estimators(&r, &t, &spec.estimators, &mut edit, &mut timed)?;
+    stages.push(StageTime {
+        stage: "estimators".into(),
+        seconds: est_start.elapsed().as_secs_f64(),
+    });
+    edit.set(
+        "uns/cellfate",
+        Element::Dict(vec![
+            ("config".into(), Element::Str(spec.to_toml())),
+            (
+                "version".into(),
+                Element::Str(env!("CARGO_PKG_VERSION").into()),
+            ),
+            (
+                "summary".into(),
+                Element::Str(serde_json::to_string(&summary).unwrap_or_default()),
+            ),
+        ]),
+    );
+    let write_start = Instant::now();
+    progress("writing");
+    edit.write_to(output)?;
+    stages.push(StageTime {
+        stage: "write".into(),
+        seconds: write_start.elapsed().as_secs_f64(),
+    });
+    Ok(RunSummary {
+        input: input.display().to_string(),
+        output: output.display().to_string(),
+        n_cells: t.n_cells(),
+        kernel: kernel_json,
+        stages,
+        estimators: summary,
+    })
+}

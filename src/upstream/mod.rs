@@ -1,0 +1,525 @@
+//! From raw `spliced`/`unspliced` counts to kernel inputs, following the reference recipe
+//! (scVelo's `filter_and_normalize` + scanpy's `log1p`, highly variable genes, PCA,
+//! neighbours, then scVelo's moments and velocity):
+//!
+//! 1. genes with fewer than `min_shared_counts` counts in cells expressing them in both
+//!    layers are excluded from the highly-variable set;
+//! 2. per-cell normalisation of X, spliced and unspliced to the median library size, `log1p(X)`;
+//! 3. highly variable genes (scanpy's `seurat` flavour: dispersion normalised within 20 mean
+//!    bins), PCA of the centred log expression of those genes (seeded randomized SVD);
+//! 4. exact k-nearest neighbours in PCA space, UMAP fuzzy connectivities (scanpy's default)
+//!    and distances;
+//! 5. first moments `Ms`, `Mu` over each cell and its neighbours;
+//! 6. steady-state velocity: per gene, `γ` from a regression of `Mu` on `Ms` through the origin
+//!    over the extreme cells (5 % / 95 % quantiles), `velocity = Mu − γ Ms`, `velocity_genes` =
+//!    `r² > 0.01 ∧ γ > 0.01` among the highly variable genes.
+//!
+//! All genes are kept in the output (the input's shape never changes); `var["highly_variable"]`
+//! and `var["velocity_genes"]` mark the subsets. Numerical parity with scanpy/scVelo is the
+//! subject of further work; this implementation follows their definitions.
+
+use std::path::Path;
+
+use nalgebra::DMatrix;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use cellfate_kernels::Csr;
+
+use crate::io::{Element, H5adEdit, H5adReader, NumVec, SparseArray};
+use crate::pipeline::PipelineError;
+
+/// Parameters of the upstream steps (the reference recipe's values).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// Minimum shared spliced+unspliced counts for a gene to be used.
+    pub min_shared_counts: f64,
+    /// Number of highly variable genes.
+    pub n_top_genes: usize,
+    /// Principal components.
+    pub n_pcs: usize,
+    /// Neighbours.
+    pub n_neighbors: usize,
+    /// Seed of the randomized SVD.
+    pub seed: u64,
+}
+
+impl Default for UpstreamSpec {
+    fn default() -> Self {
+        Self {
+            min_shared_counts: 20.0,
+            n_top_genes: 2000,
+            n_pcs: 30,
+            n_neighbors: 30,
+            seed: 0,
+        }
+    }
+}
+
+fn err(msg: impl Into<String>) -> PipelineError {
+    PipelineError::Invalid(msg.into())
+}
+
+/// Scales each row of a CSR matrix to `target` total counts (rows with zero counts stay 0).
+fn normalize_rows(m: &Csr, target: f64) -> Csr {
+    let sums = m.row_sums();
+    let mut out = m.clone();
+    let indptr = m.indptr().to_vec();
+    let data = out.data_mut();
+    for i in 0..sums.len() {
+        if sums[i] > 0.0 {
+            for v in &mut data[indptr[i]..indptr[i + 1]] {
+                *v *= target / sums[i];
+            }
+        }
+    }
+    out
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// scanpy's `seurat` highly-variable genes on log1p data: returns a mask of the top genes by
+/// normalised dispersion.
+fn highly_variable(logx: &Csr, candidates: &[bool], n_top: usize) -> Vec<bool> {
+    let (n, g) = (logx.nrows() as f64, logx.ncols());
+    // Mean and dispersion of expm1(log x) per gene.
+    let mut s = vec![0.0; g];
+    let mut s2 = vec![0.0; g];
+    for i in 0..logx.nrows() {
+        let (c, v) = logx.row(i);
+        for (&j, &x) in c.iter().zip(v) {
+            let e = x.exp_m1();
+            s[j as usize] += e;
+            s2[j as usize] += e * e;
+        }
+    }
+    let mut mean = vec![0.0; g];
+    let mut disp = vec![f64::NAN; g];
+    for j in 0..g {
+        let m = s[j] / n;
+        let var = (s2[j] / n - m * m) * n / (n - 1.0);
+        mean[j] = (m + 1.0).ln();
+        let d = if m > 0.0 { var / m } else { f64::NAN };
+        disp[j] = if d > 0.0 { d.ln() } else { f64::NAN };
+    }
+    // 20 equal-width bins of the mean; z-score dispersions within each bin.
+    let valid: Vec<usize> = (0..g)
+        .filter(|&j| candidates[j] && disp[j].is_finite())
+        .collect();
+    let (lo, hi) = valid
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &j| {
+            (a.min(mean[j]), b.max(mean[j]))
+        });
+    let width = ((hi - lo) / 20.0).max(f64::MIN_POSITIVE);
+    let bin = |j: usize| (((mean[j] - lo) / width).floor() as usize).min(19);
+    let mut norm = vec![f64::NEG_INFINITY; g];
+    for b in 0..20 {
+        let members: Vec<usize> = valid.iter().copied().filter(|&j| bin(j) == b).collect();
+        if members.is_empty() {
+            continue;
+        }
+        let mu = members.iter().map(|&j| disp[j]).sum::<f64>() / members.len() as f64;
+        let sd = if members.len() > 1 {
+            (members.iter().map(|&j| (disp[j] - mu).powi(2)).sum::<f64>()
+                / (members.len() - 1) as f64)
+                .sqrt()
+        } else {
+            0.0
+        };
+        for &j in &members {
+            norm[j] = if sd > 0.0 { (disp[j] - mu) / sd } else { 0.0 };
+        }
+    }
+    let mut order: Vec<usize> = valid.clone();
+    order.sort_by(|&a, &b| norm[b].total_cmp(&norm[a]).then(a.cmp(&b)));
+    let mut mask = vec![false; g];
+    for &j in order.iter().take(n_top) {
+        mask[j] = true;
+    }
+    mask
+}
+
+/// Seeded randomized PCA of the centred dense matrix `a` (n × p): scores (n × k).
+fn pca(a: &DMatrix<f64>, k: usize, seed: u64) -> DMatrix<f64> {
+    let (n, p) = (a.nrows(), a.ncols());
+    let k = k.min(p).min(n);
+    let l = (k + 10).min(p).min(n);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let omega = DMatrix::from_fn(p, l, |_, _| StandardNormal.sample(&mut rng));
+    let mut y = a * omega;
+    for _ in 0..4 {
+        y = y.qr().q();
+        let z = (a.transpose() * &y).qr().q();
+        y = a * z;
+    }
+    let q = y.qr().q();
+    let b = q.transpose() * a;
+    let svd = b.svd(true, false);
+    let u = q * svd.u.unwrap_or_else(|| DMatrix::zeros(l, l));
+    // Order by singular value (nalgebra does not sort), fix signs (largest |entry| positive).
+    let mut idx: Vec<usize> = (0..svd.singular_values.len()).collect();
+    idx.sort_by(|&x, &y| svd.singular_values[y].total_cmp(&svd.singular_values[x]));
+    DMatrix::from_fn(n, k, |i, j| {
+        let c = idx[j];
+        let col = u.column(c);
+        let sign = if col
+            .iter()
+            .fold(0.0f64, |m, &v| if v.abs() > m.abs() { v } else { m })
+            < 0.0
+        {
+            -1.0
+        } else {
+            1.0
+        };
+        sign * u[(i, c)] * svd.singular_values[c]
+    })
+}
+
+/// Exact kNN (excluding self) in the rows of `x`: (indices, distances) per cell.
+fn knn(x: &DMatrix<f64>, k: usize) -> Vec<Vec<(usize, f64)>> {
+    let n = x.nrows();
+    let rows: Vec<Vec<f64>> = (0..n).map(|i| x.row(i).iter().copied().collect()).collect();
+    (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let mut d: Vec<(usize, f64)> = (0..n)
+                .filter(|&j| j != i)
+                .map(|j| {
+                    (
+                        j,
+                        rows[i]
+                            .iter()
+                            .zip(&rows[j])
+                            .map(|(a, b)| (a - b) * (a - b))
+                            .sum::<f64>()
+                            .sqrt(),
+                    )
+                })
+                .collect();
+            let kk = k.min(d.len());
+            d.select_nth_unstable_by(kk.saturating_sub(1), |a, b| {
+                a.1.total_cmp(&b.1).then(a.0.cmp(&b.0))
+            });
+            d.truncate(kk);
+            d.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            d
+        })
+        .collect()
+}
+
+/// UMAP fuzzy simplicial set (scanpy's connectivities): symmetric `W + Wᵀ − W∘Wᵀ`.
+fn umap_connectivities(nn: &[Vec<(usize, f64)>], k: usize) -> Csr {
+    let n = nn.len();
+    let target = (k as f64).log2();
+    let mut trip = Vec::with_capacity(n * k);
+    for (i, row) in nn.iter().enumerate() {
+        let rho = row.iter().map(|e| e.1).find(|&d| d > 0.0).unwrap_or(0.0);
+        let (mut lo, mut hi, mut sigma) = (0.0, f64::INFINITY, 1.0);
+        for _ in 0..64 {
+            let s: f64 = row
+                .iter()
+                .map(|e| (-((e.1 - rho).max(0.0)) / sigma).exp())
+                .sum();
+            if (s - target).abs() < 1e-5 {
+                break;
+            }
+            if s > target {
+                hi = sigma;
+                sigma = 0.5 * (lo + hi);
+            } else {
+                lo = sigma;
+                sigma = if hi.is_infinite() {
+                    sigma * 2.0
+                } else {
+                    0.5 * (lo + hi)
+                };
+            }
+        }
+        for &(j, d) in row {
+            trip.push((i, j, (-((d - rho).max(0.0)) / sigma).exp()));
+        }
+    }
+    let w = Csr::from_triplets(n, n, &trip).unwrap_or_else(|_| Csr::identity(n));
+    let wt = w.transpose();
+    let sum = w.add_scaled(1.0, &wt, 1.0);
+    let prod = w.hadamard(&wt);
+    let mut c = sum.add_scaled(1.0, &prod, -1.0);
+    c.eliminate_zeros();
+    c
+}
+
+/// Runs the upstream steps on `input`, writing `output` (a copy with the new slots).
+pub fn prepare(input: &Path, output: &Path, spec: &UpstreamSpec) -> Result<(), PipelineError> {
+    let edit = compute(input, spec)?;
+    edit.write_to(output)?;
+    Ok(())
+}
+
+/// Runs the upstream steps and writes the results into `path` itself (atomically). Use only
+/// on files you own (e.g. the demo simulation).
+pub fn prepare_in_place(path: &Path, spec: &UpstreamSpec) -> Result<(), PipelineError> {
+    let edit = compute(path, spec)?;
+    edit.write_in_place()?;
+    Ok(())
+}
+
+fn compute(input: &Path, spec: &UpstreamSpec) -> Result<H5adEdit, PipelineError> {
+    let r = H5adReader::open(input)?;
+    let layers = r.keys("layers")?;
+    if !layers.iter().any(|l| l == "spliced") || !layers.iter().any(|l| l == "unspliced") {
+        return Err(err(format!(
+            "{}: velocity needs raw counts in layers[\"spliced\"] and layers[\"unspliced\"]; found layers: {}",
+            input.display(),
+            if layers.is_empty() { "none".to_string() } else { layers.join(", ") }
+        )));
+    }
+    let s = r.csr("layers/spliced")?;
+    let u = r.csr("layers/unspliced")?;
+    let (n, g) = (s.nrows(), s.ncols());
+    if n <= spec.n_neighbors {
+        return Err(err(format!(
+            "{n} cells are too few for {} neighbours",
+            spec.n_neighbors
+        )));
+    }
+    // 1. shared counts.
+    let mut shared = vec![0.0; g];
+    for i in 0..n {
+        let (cs, vs) = s.row(i);
+        for (&j, &x) in cs.iter().zip(vs) {
+            let y = u.get(i, j as usize);
+            if x > 0.0 && y > 0.0 {
+                shared[j as usize] += x + y;
+            }
+        }
+    }
+    let usable: Vec<bool> = shared
+        .iter()
+        .map(|&c| c >= spec.min_shared_counts)
+        .collect();
+    if !usable.iter().any(|&b| b) {
+        return Err(err(format!(
+            "no gene has {} shared spliced/unspliced counts",
+            spec.min_shared_counts
+        )));
+    }
+    // 2. normalisation (X = spliced counts when X is absent).
+    let x_raw = if r.exists("X") {
+        r.csr("X")?
+    } else {
+        s.clone()
+    };
+    let lib = |m: &Csr| {
+        let mut v = m.row_sums();
+        median(&mut v)
+    };
+    let (tx, ts, tu) = (lib(&x_raw), lib(&s), lib(&u));
+    if x_raw.row_sums().iter().all(|&c| c == 0.0) {
+        return Err(err("every cell has zero counts"));
+    }
+    let xn = normalize_rows(&x_raw, tx);
+    let sn = normalize_rows(&s, ts);
+    let un = normalize_rows(&u, tu.max(1.0));
+    let mut logx = xn.clone();
+    logx.data_mut().iter_mut().for_each(|v| *v = v.ln_1p());
+    // 3. HVG + PCA.
+    let hvg = highly_variable(&logx, &usable, spec.n_top_genes);
+    let cols: Vec<usize> = (0..g).filter(|&j| hvg[j]).collect();
+    let mut dense = DMatrix::zeros(n, cols.len());
+    let mut pos = vec![usize::MAX; g];
+    for (k, &j) in cols.iter().enumerate() {
+        pos[j] = k;
+    }
+    for i in 0..n {
+        let (c, v) = logx.row(i);
+        for (&j, &x) in c.iter().zip(v) {
+            if pos[j as usize] != usize::MAX {
+                dense[(i, pos[j as usize])] = x;
+            }
+        }
+    }
+    for k in 0..cols.len() {
+        let m = dense.column(k).mean();
+        dense.column_mut(k).add_scalar_mut(-m);
+    }
+    let scores = pca(&dense, spec.n_pcs, spec.seed);
+    // 4. neighbours.
+    let nn = knn(&scores, spec.n_neighbors - 1);
+    let conn = umap_connectivities(&nn, spec.n_neighbors);
+    let mut dtrip = Vec::new();
+    for (i, row) in nn.iter().enumerate() {
+        for &(j, d) in row {
+            dtrip.push((i, j, d));
+        }
+    }
+    let dist = Csr::from_triplets(n, n, &dtrip).map_err(|e| err(e.to_string()))?;
+    // 5. moments over each cell and its neighbours (binarised graph + self, row-normalised).
+    let mut wt = Vec::with_capacity(conn.nnz() + n);
+    for i in 0..n {
+        let (c, _) = conn.row(i);
+        let k = (c.len() + 1) as f64;
+        wt.push((i, i, 1.0 / k));
+        for &j in c {
+            wt.push((i, j as usize, 1.0 / k));
+        }
+    }
+    let w = Csr::from_triplets(n, n, &wt).map_err(|e| err(e.to_string()))?;
+    let smooth = |m: &Csr| -> Vec<f64> {
+        let rows: Vec<Vec<f64>> = (0..n)
+            .into_par_iter()
+            .map(|i| {
+                let mut acc = vec![0.0; g];
+                let (nb, wv) = w.row(i);
+                for (&j, &wj) in nb.iter().zip(wv) {
+                    let (c, v) = m.row(j as usize);
+                    for (&gg, &x) in c.iter().zip(v) {
+                        acc[gg as usize] += wj * x;
+                    }
+                }
+                acc
+            })
+            .collect();
+        rows.into_iter().flatten().collect()
+    };
+    let ms = smooth(&sn);
+    let mu = smooth(&un);
+    // 6. steady-state velocity per gene.
+    let mut gamma = vec![0.0; g];
+    let mut r2 = vec![0.0; g];
+    for j in 0..g {
+        let sj: Vec<f64> = (0..n).map(|i| ms[i * g + j]).collect();
+        let uj: Vec<f64> = (0..n).map(|i| mu[i * g + j]).collect();
+        let smax = sj.iter().copied().fold(0.0, f64::max).max(1e-3);
+        let umax = uj.iter().copied().fold(0.0, f64::max).max(1e-3);
+        let mut score: Vec<f64> = (0..n).map(|i| sj[i] / smax + uj[i] / umax).collect();
+        let mut sorted = score.clone();
+        let q95 = {
+            sorted.sort_by(f64::total_cmp);
+            let pos = 0.95 * (n - 1) as f64;
+            let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+            sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+        };
+        let (mut su, mut ss) = (0.0, 0.0);
+        for i in 0..n {
+            if score[i] >= q95 {
+                su += sj[i] * uj[i];
+                ss += sj[i] * sj[i];
+            }
+        }
+        score.clear();
+        let gm = if ss > 0.0 { su / ss } else { 0.0 };
+        gamma[j] = if gm.is_finite() { gm } else { 0.0 };
+        let umean = uj.iter().sum::<f64>() / n as f64;
+        let ssres: f64 = (0..n).map(|i| (uj[i] - gamma[j] * sj[i]).powi(2)).sum();
+        let sstot: f64 = uj.iter().map(|x| (x - umean).powi(2)).sum();
+        r2[j] = if sstot > 0.0 {
+            1.0 - ssres / sstot
+        } else {
+            0.0
+        };
+    }
+    let velocity: Vec<f64> = (0..n * g).map(|k| mu[k] - gamma[k % g] * ms[k]).collect();
+    let vgenes: Vec<bool> = (0..g)
+        .map(|j| hvg[j] && r2[j] > 0.01 && gamma[j] > 0.01)
+        .collect();
+    if !vgenes.iter().any(|&b| b) {
+        return Err(err(
+            "no velocity gene found (r² > 0.01 and γ > 0.01 among highly variable genes)",
+        ));
+    }
+    // Write.
+    let mut edit = H5adEdit::new(input);
+    edit.set("X", Element::Sparse(SparseArray::from_csr(&logx)));
+    edit.set(
+        "layers/spliced",
+        Element::Sparse(SparseArray::from_csr(&sn)),
+    );
+    edit.set(
+        "layers/unspliced",
+        Element::Sparse(SparseArray::from_csr(&un)),
+    );
+    let f32m = |v: &[f64]| {
+        Element::Dense(crate::io::DenseArray {
+            shape: vec![n, g],
+            data: NumVec::F32(v.iter().map(|&x| x as f32).collect()),
+        })
+    };
+    edit.set("layers/Ms", f32m(&ms));
+    edit.set("layers/Mu", f32m(&mu));
+    edit.set("layers/velocity", f32m(&velocity));
+    edit.set(
+        "obsm/X_pca",
+        Element::from_f64_matrix(
+            n,
+            scores.ncols(),
+            (0..n)
+                .flat_map(|i| (0..scores.ncols()).map(move |j| (i, j)))
+                .map(|(i, j)| scores[(i, j)])
+                .collect(),
+        ),
+    );
+    let umap2: Vec<f64> = (0..n)
+        .flat_map(|i| [scores[(i, 0)], scores[(i, 1.min(scores.ncols() - 1))]])
+        .collect();
+    if !r.exists("obsm/X_umap") {
+        edit.set("obsm/X_umap", Element::from_f64_matrix(n, 2, umap2));
+    }
+    edit.set(
+        "obsp/connectivities",
+        Element::Sparse(SparseArray::from_csr(&conn)),
+    );
+    edit.set(
+        "obsp/distances",
+        Element::Sparse(SparseArray::from_csr(&dist)),
+    );
+    let bools = |v: &[bool]| {
+        Element::Dense(crate::io::DenseArray {
+            shape: vec![v.len()],
+            data: NumVec::Bool(v.to_vec()),
+        })
+    };
+    edit.set("var/highly_variable", bools(&hvg));
+    edit.set("var/velocity_gamma", Element::from_f64(gamma));
+    edit.set("var/velocity_r2", Element::from_f64(r2));
+    edit.set("var/velocity_genes", bools(&vgenes));
+    edit.set(
+        "uns/neighbors",
+        Element::Dict(vec![
+            (
+                "connectivities_key".into(),
+                Element::Str("connectivities".into()),
+            ),
+            ("distances_key".into(), Element::Str("distances".into())),
+            (
+                "params".into(),
+                Element::Dict(vec![
+                    (
+                        "n_neighbors".into(),
+                        Element::Scalar(NumVec::I64(vec![spec.n_neighbors as i64])),
+                    ),
+                    ("method".into(), Element::Str("umap".into())),
+                    (
+                        "n_pcs".into(),
+                        Element::Scalar(NumVec::I64(vec![spec.n_pcs as i64])),
+                    ),
+                ]),
+            ),
+        ]),
+    );
+    Ok(edit)
+}

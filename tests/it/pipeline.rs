@@ -1,0 +1,150 @@
+//! End to end: `cellfate run --demo` on the built-in simulation (ground truth) and `run` on a
+//! real processed dataset; the output holds CellRank's keys and reopens in Python anndata.
+
+use std::process::Command;
+
+use cellfate::io::{Element, H5adReader};
+use cellfate::kernels::CellSource;
+
+use crate::common::{require_shared, tempdir};
+
+fn cellfate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cellfate"))
+}
+
+const CELLRANK_KEYS: &[&str] = &[
+    "obsp/T_fwd",
+    "uns/T_fwd_params",
+    "obsm/schur_vectors_fwd",
+    "uns/schur_matrix_fwd",
+    "uns/eigendecomposition_fwd/D",
+    "uns/eigendecomposition_fwd/eigengap",
+    "obs/macrostates_fwd",
+    "uns/macrostates_fwd_colors",
+    "obsm/macrostates_fwd_memberships",
+    "uns/coarse_fwd/X",
+    "uns/coarse_fwd/obs",
+    "obs/term_states_fwd",
+    "obs/term_states_fwd_probs",
+    "uns/term_states_fwd_colors",
+    "obsm/lineages_fwd",
+    "uns/lineages_fwd_names",
+    "uns/lineages_fwd_colors",
+    "obsm/absorption_times_fwd",
+    "obs/priming_degree_fwd",
+    "varm/terminal_lineage_drivers",
+    "uns/cellfate/config",
+];
+
+#[test]
+fn demo_run_recovers_the_true_fates() {
+    let d = tempdir();
+    let out = d.path().join("demo.h5ad");
+    let res = cellfate()
+        .args(["run", "--demo", "--demo-cells", "1500", "-q", "-o"])
+        .arg(&out)
+        .output()
+        .expect("runs");
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let r = H5adReader::open(&out).expect("output");
+    for key in CELLRANK_KEYS {
+        assert!(r.exists(key), "missing {key}");
+    }
+    // Ground truth: among cells past the branch point, the most likely fate is the true fate.
+    let (n, l, probs) = r.dense("obsm/lineages_fwd").expect("fates");
+    let Element::Strings { values: names, .. } = r.read("uns/lineages_fwd_names").expect("names")
+    else {
+        panic!()
+    };
+    let true_fate = r.obs_labels("true_fate").expect("truth");
+    let time = r.obs_f64("true_time").expect("time");
+    let (mut hit, mut total) = (0, 0);
+    for i in 0..n {
+        if time[i] < 0.35 {
+            continue;
+        }
+        let best = (0..l).fold(0, |b, j| {
+            if probs[i * l + j] > probs[i * l + b] {
+                j
+            } else {
+                b
+            }
+        });
+        total += 1;
+        if Some(&names[best]) == true_fate[i].as_ref() {
+            hit += 1;
+        }
+    }
+    let acc = hit as f64 / total as f64;
+    eprintln!("demo: {hit}/{total} committed cells assigned to their true fate ({acc:.3}); fates {names:?}");
+    assert!(acc >= 0.9, "accuracy {acc}");
+    // Rows of fate probabilities sum to 1.
+    for i in 0..n {
+        let s: f64 = probs[i * l..(i + 1) * l].iter().sum();
+        assert!((s - 1.0).abs() < 1e-10);
+    }
+}
+
+#[test]
+fn run_on_a_processed_dataset_and_dry_run() {
+    let Some(dir) = require_shared("data/dentategyrus_cellrank_gt") else {
+        return;
+    };
+    let input = dir.join("adata_200.h5ad");
+    let d = tempdir();
+    let out = d.path().join("dg.h5ad");
+    let res = cellfate()
+        .arg("run")
+        .arg(&input)
+        .args(["-o"])
+        .arg(&out)
+        .args([
+            "--n-states",
+            "3",
+            "--terminal-method",
+            "top_n",
+            "--n-terminal",
+            "2",
+            "--cluster-key",
+            "clusters",
+            "-q",
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let r = H5adReader::open(&out).expect("output");
+    for key in CELLRANK_KEYS {
+        assert!(r.exists(key), "missing {key}");
+    }
+    assert_eq!(
+        r.obs_labels("term_states_fwd")
+            .expect("t")
+            .iter()
+            .flatten()
+            .count(),
+        60
+    );
+    // --dry-run prints the effective configuration as TOML that parses back.
+    let dry = cellfate()
+        .arg("run")
+        .arg(&input)
+        .args(["-o", "unused.h5ad", "--dry-run", "--n-states", "4"])
+        .output()
+        .expect("runs");
+    assert!(dry.status.success());
+    let text = String::from_utf8_lossy(&dry.stdout);
+    let spec = cellfate::pipeline::FateMapSpec::from_toml(&text).expect("TOML round trip");
+    assert_eq!(
+        spec.estimators.n_states,
+        cellfate::pipeline::NStates::Fixed(4)
+    );
+    assert!(!std::path::Path::new("unused.h5ad").exists());
+}
