@@ -25,8 +25,9 @@ fn f64s(r: &H5adReader, slot: &str) -> Vec<f64> {
 /// agree with CellRank within 1e-8 (in fact ~1e-10). The last three complex pairs are nearly
 /// defective (|Im| ~ 0.008–0.05 inside a cluster): their computed values move by ~1e-7 with
 /// rounding alone — our dense LAPACK path differs from CellRank's dense result by 1.1e-7 just
-/// as our Krylov path does, while our two paths agree within 1e-8. So the tolerance there is
-/// 2e-7, and the two paths are compared with each other within 2e-8.
+/// as our Krylov path does. So the tolerance there is 2e-7; our two paths agree with each other
+/// within 1e-9 on the first 15 and within 2e-7 on the ill-conditioned tail (where even the
+/// number of OpenBLAS threads moves the dense result by ~3e-8).
 #[test]
 fn pancreas_schur_eigenvalues_match_cellrank() {
     let Some(r) = reference("pancreas_3696") else {
@@ -67,7 +68,8 @@ fn pancreas_schur_eigenvalues_match_cellrank() {
     }
     for (i, (a, b)) in k.eigenvalues.iter().zip(&d.eigenvalues).enumerate() {
         let diff = (a.0 - b.0).abs().max((a.1 - b.1).abs());
-        assert!(diff <= 2e-8, "dense vs krylov eigenvalue {i}: {diff:e}");
+        let tol = if i < 15 { 1e-9 } else { 2e-7 };
+        assert!(diff <= tol, "dense vs krylov eigenvalue {i}: {diff:e}");
     }
 }
 
