@@ -148,3 +148,75 @@ fn run_on_a_processed_dataset_and_dry_run() {
     );
     assert!(!std::path::Path::new("unused.h5ad").exists());
 }
+
+/// The stage commands chain: kernel → macrostates → terminal-states → fates → drivers, each
+/// reading what the previous one wrote; a missing prerequisite is a clear error.
+#[test]
+fn stage_commands_chain() {
+    let Some(dir) = require_shared("data/dentategyrus_cellrank_gt") else {
+        return;
+    };
+    let input = dir.join("adata_200.h5ad");
+    let d = tempdir();
+    let p = |s: &str| d.path().join(s);
+    let ok = |args: &[&str]| {
+        let out = cellfate().args(args).output().expect("runs");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let s = |p: &std::path::Path| p.display().to_string();
+    ok(&["kernel", &s(&input), "-o", &s(&p("1.h5ad"))]);
+    ok(&[
+        "macrostates",
+        &s(&p("1.h5ad")),
+        "-o",
+        &s(&p("2.h5ad")),
+        "--n-states",
+        "3",
+        "--terminal-method",
+        "top_n",
+        "--n-terminal",
+        "2",
+    ]);
+    let msg = ok(&[
+        "terminal-states",
+        &s(&p("2.h5ad")),
+        "-o",
+        &s(&p("3.h5ad")),
+        "--method",
+        "top_n",
+        "--n-states",
+        "2",
+    ]);
+    assert!(msg.contains("terminal states:"));
+    ok(&[
+        "fates",
+        &s(&p("3.h5ad")),
+        "-o",
+        &s(&p("4.h5ad")),
+        "--absorption-times",
+    ]);
+    ok(&[
+        "drivers",
+        &s(&p("4.h5ad")),
+        "-o",
+        &s(&p("5.h5ad")),
+        "--csv",
+        &s(&p("d.csv")),
+    ]);
+    let r = H5adReader::open(p("5.h5ad")).expect("out");
+    assert!(r.exists("varm/terminal_lineage_drivers") && r.exists("obsm/absorption_times_fwd"));
+    let csv = std::fs::read_to_string(p("d.csv")).expect("csv");
+    assert!(csv.lines().count() == r.n_vars().expect("n") + 1);
+    // Prerequisites missing: exit 2 and a message that names the command to run first.
+    let out = cellfate()
+        .args(["drivers", &s(&p("1.h5ad")), "-o", &s(&p("x.h5ad"))])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cellfate fates"));
+}

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod kernel_cmd;
 mod run_cmd;
+mod stages_cmd;
 
 /// Cell fate mapping for single-cell RNA-seq (.h5ad): kernels, macrostates, fate
 /// probabilities and driver genes, compatible with CellRank 2.
@@ -38,6 +39,15 @@ enum Command {
     /// Run the whole fate mapping on an .h5ad file (or --demo): kernel, Schur, macrostates,
     /// terminal states, fate probabilities, absorption times, drivers.
     Run(run_cmd::RunArgs),
+    /// Schur decomposition, macrostates (GPCCA) and terminal/initial states on obsp["T_fwd"]
+    /// (or a --kernel expression).
+    Macrostates(stages_cmd::MacrostatesArgs),
+    /// Re-select terminal states from existing macrostates.
+    TerminalStates(stages_cmd::TerminalArgs),
+    /// Fate probabilities (and absorption times, priming) from T_fwd and term_states_fwd.
+    Fates(stages_cmd::FatesArgs),
+    /// Lineage driver genes from the fate probabilities.
+    Drivers(stages_cmd::DriversArgs),
     /// Compute a transition matrix from a kernel expression and write obsp["T_fwd"] and
     /// uns["T_fwd_params"] (CellRank's layout) into a copy of the input.
     Kernel(kernel_cmd::KernelArgs),
@@ -86,6 +96,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let msg = run_cmd::run(args)?;
             write_stdout(&msg)
         }
+        Command::Macrostates(a) => write_stdout(&stages_cmd::macrostates(a)?),
+        Command::TerminalStates(a) => write_stdout(&stages_cmd::terminal_states(a)?),
+        Command::Fates(a) => write_stdout(&stages_cmd::fates(a)?),
+        Command::Drivers(a) => write_stdout(&stages_cmd::drivers(a)?),
         Command::Kernel(args) => {
             let msg = kernel_cmd::run(args)?;
             write_stdout(&msg)

@@ -1,0 +1,319 @@
+//! Stage commands: `macrostates`, `terminal-states`, `fates`, `drivers`. Each reads what the
+//! previous stage wrote (CellRank's keys) and adds its own results to a copy of the input.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use cellfate::estimators::absorption::{
+    compute_absorption_times, compute_fate_probabilities, lineage_priming, AbsorptionOptions,
+    PrimingMethod,
+};
+use cellfate::estimators::drivers::DriverTest;
+use cellfate::estimators::states::{select_terminal, states_from_memberships};
+use cellfate::io::{keys, Element, H5adEdit, H5adReader};
+use cellfate::kernels::{CellSource, Direction};
+use cellfate::pipeline::estimate::{drivers_for, read_terminal_states, write_drivers, write_fates};
+
+use crate::run_cmd::{build_spec, EstimatorFlags};
+
+/// Input/output shared by the stage commands.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Io {
+    /// Input .h5ad file (never modified).
+    input: PathBuf,
+    /// Output .h5ad file.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// obsp key of the transition matrix.
+    #[arg(long, default_value = "T_fwd")]
+    transition_key: String,
+}
+
+/// `cellfate macrostates`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct MacrostatesArgs {
+    #[command(flatten)]
+    io: Io,
+    /// Compute this kernel expression first instead of reading obsp[transition_key].
+    #[arg(long)]
+    kernel: Option<String>,
+    #[command(flatten)]
+    flags: EstimatorFlags,
+}
+
+pub(crate) fn macrostates(a: MacrostatesArgs) -> anyhow::Result<String> {
+    let tkey = if a.kernel.is_some() {
+        None
+    } else {
+        Some(a.io.transition_key.clone())
+    };
+    let mut spec = build_spec(None, a.kernel.as_ref(), &[], tkey.as_ref(), &a.flags)?;
+    spec.estimators.fates = false;
+    spec.estimators.drivers = false;
+    let mut say = |_: &str| {};
+    let summary = cellfate::pipeline::run(&a.io.input, &a.io.output, &spec, &mut say)
+        .with_context(|| format!("macrostates on {}", a.io.input.display()))?;
+    Ok(crate::run_cmd::summary_text(&summary))
+}
+
+/// `cellfate terminal-states`: re-select terminal states from existing macrostates.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TerminalArgs {
+    #[command(flatten)]
+    io: Io,
+    /// Rule: stability, top_n, eigengap_coarse.
+    #[arg(long, default_value = "stability")]
+    method: String,
+    /// Number of states for top_n.
+    #[arg(long)]
+    n_states: Option<usize>,
+    /// Threshold for stability.
+    #[arg(long, default_value_t = 0.96)]
+    threshold: f64,
+    /// Cells per terminal state.
+    #[arg(long, default_value_t = 30)]
+    n_cells: usize,
+}
+
+fn strings(r: &H5adReader, slot: &str) -> anyhow::Result<Vec<String>> {
+    match r.read(slot)? {
+        Element::Strings { values, .. } => Ok(values),
+        other => bail!(
+            "{}: {slot}: expected strings, found {}",
+            r.path().display(),
+            other.encoding()
+        ),
+    }
+}
+
+pub(crate) fn terminal_states(a: TerminalArgs) -> anyhow::Result<String> {
+    use cellfate::estimators::states::TerminalMethod;
+    let r = H5adReader::open(&a.io.input)?;
+    let d = if a.io.transition_key.ends_with("bwd") {
+        Direction::Backward
+    } else {
+        Direction::Forward
+    };
+    let ms = keys::macrostates(d);
+    let mem_slot = format!("obsm/{}", keys::memberships(&ms));
+    if !r.exists(&mem_slot) {
+        bail!(
+            "{}: no macrostates ({mem_slot} is missing); run `cellfate macrostates` first",
+            a.io.input.display()
+        );
+    }
+    let (n, m, chi) = r.dense(&mem_slot)?;
+    let names = strings(&r, &format!("uns/{}", keys::names(&ms)))?;
+    let colors = strings(&r, &format!("uns/{}", keys::colors(&ms))).unwrap_or_default();
+    let (_, _, ct) = r.dense(&format!("uns/{}/X", keys::coarse(d)))?;
+    let diag: Vec<f64> = (0..m).map(|q| ct[q * m + q]).collect();
+    let method = match a.method.as_str() {
+        "stability" => TerminalMethod::Stability {
+            threshold: a.threshold,
+        },
+        "top_n" | "top-n" => TerminalMethod::TopN {
+            n_states: a.n_states.context("--method top_n needs --n-states")?,
+        },
+        "eigengap_coarse" | "eigengap-coarse" => TerminalMethod::EigengapCoarse { alpha: 1.0 },
+        other => bail!("--method {other:?}: expected stability, top_n or eigengap_coarse"),
+    };
+    let sel = select_terminal(&names, &diag, &method, &[])?;
+    let chi = nalgebra::DMatrix::from_fn(n, m, |i, j| chi[i * m + j]);
+    let (assign, probs) = states_from_memberships(&chi, &sel, a.n_cells)?;
+    let sel_names: Vec<String> = sel.iter().map(|&q| names[q].clone()).collect();
+    let ts = keys::terminal_states(d);
+    let mut edit = H5adEdit::new(&a.io.input);
+    edit.set(
+        &format!("obs/{ts}"),
+        Element::Categorical(cellfate::io::Categorical {
+            codes: assign.iter().map(|x| x.map_or(-1, |q| q as i32)).collect(),
+            categories: cellfate::io::Categories::Str(sel_names.clone()),
+            ordered: false,
+        }),
+    );
+    edit.set(
+        &format!("obs/{}", keys::probs(&ts)),
+        Element::from_f64(probs),
+    );
+    if colors.len() == m {
+        edit.set(
+            &format!("uns/{}", keys::colors(&ts)),
+            Element::from_strings(sel.iter().map(|&q| colors[q].clone()).collect()),
+        );
+    }
+    edit.write_to(&a.io.output)?;
+    Ok(format!(
+        "terminal states: {} -> {}\n",
+        sel_names.join(", "),
+        a.io.output.display()
+    ))
+}
+
+/// `cellfate fates`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct FatesArgs {
+    #[command(flatten)]
+    io: Io,
+    /// Also compute mean and variance of the absorption times.
+    #[arg(long)]
+    absorption_times: bool,
+    /// Lineage priming: kl_divergence (default), entropy, or none.
+    #[arg(long, default_value = "kl_divergence")]
+    priming: String,
+}
+
+pub(crate) fn fates(a: FatesArgs) -> anyhow::Result<String> {
+    let r = H5adReader::open(&a.io.input)?;
+    let t = r.transition_matrix(&a.io.transition_key)?;
+    let d = t.direction();
+    let ts = keys::terminal_states(d);
+    let (assign, names) = read_terminal_states(&r, &ts)?;
+    let (f, sys) = compute_fate_probabilities(&t, &assign, &names, &AbsorptionOptions::default())
+        .with_context(|| format!("fate probabilities on {}", a.io.input.display()))?;
+    let mut edit = H5adEdit::new(&a.io.input);
+    let colors = strings(&r, &format!("uns/{}", keys::colors(&ts)))
+        .unwrap_or_else(|_| cellfate::estimators::states::palette(names.len()).unwrap_or_default());
+    write_fates(&mut edit, &r, d, &f, &colors)?;
+    if a.absorption_times {
+        let times = compute_absorption_times(&sys, &f, true, false)?;
+        let mut df = cellfate::io::DataFrame::with_index(r.obs_names()?);
+        let c = times.columns.len();
+        let n = r.n_cells();
+        for (k, name) in times.columns.iter().enumerate() {
+            df.set_column(
+                name,
+                Element::from_f64((0..n).map(|i| times.values[i * c + k]).collect()),
+            );
+        }
+        edit.set(
+            &format!("obsm/{}", keys::absorption_times(d)),
+            Element::DataFrame(df),
+        );
+    }
+    let method = match a.priming.as_str() {
+        "kl_divergence" => Some(PrimingMethod::KlDivergence),
+        "entropy" => Some(PrimingMethod::Entropy),
+        "none" => None,
+        other => bail!("--priming {other:?}: expected kl_divergence, entropy or none"),
+    };
+    if let Some(m) = method {
+        edit.set(
+            &format!("obs/{}", keys::priming_degree(d)),
+            Element::from_f64(lineage_priming(&f, m, None)?),
+        );
+    }
+    edit.write_to(&a.io.output)?;
+    Ok(format!(
+        "fate probabilities for {} ({} cells, residual {:.1e}, rows sum to 1 within {:.1e}) -> {}\n",
+        names.join(", "),
+        r.n_cells(),
+        f.residual,
+        f.row_sum_error,
+        a.io.output.display()
+    ))
+}
+
+/// `cellfate drivers`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DriversArgs {
+    #[command(flatten)]
+    io: Io,
+    /// Lineages to test (comma-separated; default all).
+    #[arg(long, value_delimiter = ',')]
+    lineages: Vec<String>,
+    /// Expression: X or a layer name.
+    #[arg(long, default_value = "X")]
+    layer: String,
+    /// Permutation test with this many permutations instead of Fisher's z.
+    #[arg(long)]
+    n_perms: Option<usize>,
+    /// Seed of the permutation test.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write the table, sorted by the first lineage's correlation, as CSV.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+}
+
+pub(crate) fn drivers(a: DriversArgs) -> anyhow::Result<String> {
+    let r = H5adReader::open(&a.io.input)?;
+    let d = if a.io.transition_key.ends_with("bwd") {
+        Direction::Backward
+    } else {
+        Direction::Forward
+    };
+    let lk = keys::lineages(d);
+    let slot = format!("obsm/{lk}");
+    if !r.exists(&slot) {
+        bail!(
+            "{}: no fate probabilities ({slot} is missing); run `cellfate fates` first",
+            a.io.input.display()
+        );
+    }
+    let (n, l, probs) = r.dense(&slot)?;
+    let all_names = strings(&r, &format!("uns/{}", keys::names(&lk)))?;
+    let wanted: Vec<usize> = if a.lineages.is_empty() {
+        (0..l).collect()
+    } else {
+        a.lineages
+            .iter()
+            .map(|x| {
+                all_names
+                    .iter()
+                    .position(|n| n == x.trim())
+                    .with_context(|| {
+                        format!(
+                            "--lineages: unknown lineage {x:?} (lineages: {})",
+                            all_names.join(", ")
+                        )
+                    })
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let fates = cellfate::estimators::absorption::FateProbabilities {
+        names: wanted.iter().map(|&j| all_names[j].clone()).collect(),
+        probs: (0..n)
+            .flat_map(|i| wanted.iter().map(move |&j| (i, j)))
+            .map(|(i, j)| probs[i * l + j])
+            .collect(),
+        residual: 0.0,
+        row_sum_error: 0.0,
+        solver: "from file",
+    };
+    let test = match a.n_perms {
+        Some(k) => DriverTest::PermTest {
+            n_perms: k,
+            seed: a.seed,
+        },
+        None => DriverTest::Fisher,
+    };
+    let table = drivers_for(&r, &fates, &a.layer, &test)?;
+    let mut edit = H5adEdit::new(&a.io.input);
+    write_drivers(&mut edit, &r, d, &table)?;
+    edit.write_to(&a.io.output)?;
+    let mut msg = format!(
+        "drivers for {} -> {}\n",
+        fates.names.join(", "),
+        a.io.output.display()
+    );
+    if let Some(path) = &a.csv {
+        let genes = r.var_names()?;
+        let cols = table.columns();
+        let mut text = String::from("gene");
+        for (c, _) in &cols {
+            text.push(',');
+            text.push_str(c);
+        }
+        text.push('\n');
+        for g in table.ranking(0) {
+            text.push_str(&genes[g]);
+            for (_, v) in &cols {
+                text.push_str(&format!(",{}", v[g]));
+            }
+            text.push('\n');
+        }
+        crate::kernel_cmd::write_atomic(path, text.as_bytes())?;
+        msg.push_str(&format!("table -> {}\n", path.display()));
+    }
+    Ok(msg)
+}
