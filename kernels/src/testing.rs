@@ -167,3 +167,51 @@ pub fn assert_kernel_contract(kernel: &dyn Kernel, cells: &dyn CellSource) {
         );
     }
 }
+
+/// A large synthetic dataset for benchmarks (O(n·k) to build): cells ordered along a line,
+/// each connected to its `k` nearest cells by index (a kNN-like band graph with Gaussian
+/// weights), float32 `Ms` and `velocity` layers (`n_genes` genes) that drift along the line.
+pub fn chain_cells(n: usize, n_genes: usize, k: usize, seed: u64) -> InMemoryCells {
+    let mut rng = Lcg::new(seed);
+    let half = (k / 2).max(1);
+    let mut indptr = Vec::with_capacity(n + 1);
+    let mut indices = Vec::with_capacity(n * 2 * half);
+    let mut data = Vec::with_capacity(n * 2 * half);
+    indptr.push(0);
+    for i in 0..n {
+        let lo = i.saturating_sub(half);
+        let hi = (i + half).min(n - 1);
+        for j in lo..=hi {
+            if j != i {
+                let d = (i as f64 - j as f64) / half as f64;
+                indices.push(j as u32);
+                data.push((-d * d).exp());
+            }
+        }
+        indptr.push(indices.len());
+    }
+    let conn = Csr::try_new(n, n, indptr, indices, data).expect("band graph");
+    let loadings: Vec<f64> = (0..n_genes).map(|_| rng.normal()).collect();
+    let mut ms = Vec::with_capacity(n * n_genes);
+    let mut vel = Vec::with_capacity(n * n_genes);
+    for i in 0..n {
+        let t = i as f64 / n as f64;
+        for &a in &loadings {
+            ms.push((a * t + 0.01 * rng.normal()) as f32);
+            vel.push((a + 0.5 * rng.normal()) as f32);
+        }
+    }
+    let mut cells = InMemoryCells {
+        n_cells: n,
+        n_genes,
+        ..InMemoryCells::default()
+    };
+    cells.graphs.insert("connectivities".into(), conn);
+    cells
+        .layers
+        .insert("Ms".into(), DenseMatrix::from_f32(n, n_genes, ms));
+    cells
+        .layers
+        .insert("velocity".into(), DenseMatrix::from_f32(n, n_genes, vel));
+    cells
+}
