@@ -81,6 +81,11 @@ pub fn cellrank_params(spec: &KernelSpec) -> (serde_json::Value, serde_json::Val
             json!({}),
             json!({"obsp_key": p.key(), "backward": p.backward}),
         ),
+        KernelSpec::CytoTrace(p) => (
+            json!({"dnorm": false, "scheme": serde_json::to_value(p.threshold_scheme).unwrap_or_default(),
+                   "frac_to_keep": p.frac_to_keep, "n_genes": p.n_genes, "layer": p.layer}),
+            json!({"backward": p.backward, "conn_key": p.conn_key}),
+        ),
         KernelSpec::Sum { .. } | KernelSpec::Product { .. } => {
             let mut params = serde_json::Map::new();
             let leaves: Vec<(f64, &KernelSpec)> = match spec {

@@ -40,7 +40,7 @@ impl Parser<'_> {
     fn error(&self, msg: &str) -> KernelError {
         let at = self.chars.get(self.pos).map_or(self.src.len(), |c| c.0);
         KernelError::Load(format!(
-            "kernel expression {:?}: {msg} at position {at} (expected e.g. \"0.8*velocity + 0.2*connectivity\"; kernels: velocity, connectivity, pseudotime, precomputed)",
+            "kernel expression {:?}: {msg} at position {at} (expected e.g. \"0.8*velocity + 0.2*connectivity\"; kernels: velocity, connectivity, pseudotime, cytotrace, precomputed)",
             self.src
         ))
     }
@@ -140,6 +140,9 @@ impl Parser<'_> {
                     }
                     "pseudotime" | "pk" | "pseudotimekernel" => PseudotimeParams::default().spec(),
                     "precomputed" | "precomputedkernel" => PrecomputedParams::default().spec(),
+                    "cytotrace" | "cytotracekernel" => {
+                        crate::cytotrace::CytoTraceParams::default().spec()
+                    }
                     _ => {
                         self.pos = start;
                         return Err(self.error(&format!("unknown kernel {name:?}")));

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::connectivity::ConnectivityParams;
 use crate::csr::Csr;
+use crate::cytotrace::CytoTraceParams;
 use crate::error::KernelError;
 use crate::precomputed::PrecomputedParams;
 use crate::pseudotime::PseudotimeParams;
@@ -50,6 +51,9 @@ pub enum KernelSpec {
     Velocity(VelocityParams),
     /// [`PrecomputedParams`].
     Precomputed(PrecomputedParams),
+    /// [`CytoTraceParams`].
+    #[serde(rename = "cytotrace")]
+    CytoTrace(CytoTraceParams),
     /// Weighted sum `Σ (w_k / Σw) T_k`.
     Sum {
         /// `(weight, kernel)` pairs; weights non-negative, finite, not all zero.
@@ -70,6 +74,7 @@ impl KernelSpec {
             Self::Pseudotime(p) => Some(p),
             Self::Velocity(p) => Some(p),
             Self::Precomputed(p) => Some(p),
+            Self::CytoTrace(p) => Some(p),
             Self::Sum { .. } | Self::Product { .. } => None,
         }
     }
@@ -89,6 +94,7 @@ impl KernelSpec {
             Self::Velocity(p) => p.backward = !p.backward,
             Self::Pseudotime(p) => p.backward = !p.backward,
             Self::Precomputed(p) => p.backward = !p.backward,
+            Self::CytoTrace(p) => p.backward = !p.backward,
             _ => {}
         });
         self
@@ -192,6 +198,7 @@ impl KernelSpec {
             Self::Pseudotime(_) => "pseudotime",
             Self::Velocity(_) => "velocity",
             Self::Precomputed(_) => "precomputed",
+            Self::CytoTrace(_) => "cytotrace",
             Self::Sum { .. } => "sum",
             Self::Product { .. } => "product",
         }

@@ -27,10 +27,12 @@
 
 pub mod connectivity;
 pub mod csr;
+pub mod cytotrace;
 pub mod error;
 pub mod expr;
 pub mod kernel;
 pub mod precomputed;
+pub mod projection;
 pub mod pseudotime;
 pub mod random_control;
 pub mod save;
@@ -40,6 +42,7 @@ pub mod velocity;
 
 pub use connectivity::ConnectivityParams;
 pub use csr::Csr;
+pub use cytotrace::CytoTraceParams;
 pub use error::{CsrError, KernelError, TransitionError};
 pub use kernel::{Kernel, KernelOutput, KernelSpec};
 pub use precomputed::PrecomputedParams;

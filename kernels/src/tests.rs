@@ -336,3 +336,45 @@ fn set_param_by_kernel_name() {
         .contains("similarity"));
     assert!(k.set_param("pseudotime", "b", "1").is_err());
 }
+
+#[test]
+fn contract_cytotrace() {
+    let mut c = cells();
+    // X: expression with a gradient in the number of expressed genes along pseudotime.
+    let n = c.n_cells;
+    let g = c.n_genes;
+    let t = c.obs["dpt_pseudotime"].clone();
+    let x: Vec<f64> = (0..n)
+        .flat_map(|i| {
+            let t = t[i];
+            (0..g).map(move |j| {
+                if (j as f64) / (g as f64) < 1.0 - 0.8 * t {
+                    1.0 + j as f64 * 0.01
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    c.layers
+        .insert("X".into(), DenseMatrix::from_f64(n, g, x.clone()));
+    c.layers.insert("Ms".into(), DenseMatrix::from_f64(n, g, x));
+    let k = CytoTraceParams {
+        n_genes: 10,
+        ..Default::default()
+    };
+    assert_kernel_contract(&k, &c);
+    // The CytoTRACE pseudotime increases with the true time (fewer expressed genes later).
+    let (pt, _) = k.pseudotime(&c).unwrap();
+    let corr = {
+        let (ma, mb) = (
+            pt.iter().sum::<f64>() / n as f64,
+            t.iter().sum::<f64>() / n as f64,
+        );
+        let cov: f64 = pt.iter().zip(&t).map(|(a, b)| (a - ma) * (b - mb)).sum();
+        cov / (pt.iter().map(|a| (a - ma).powi(2)).sum::<f64>().sqrt()
+            * t.iter().map(|b| (b - mb).powi(2)).sum::<f64>().sqrt())
+    };
+    assert!(corr > 0.8, "{corr}");
+    assert!(expr::parse("cytotrace").is_ok());
+}

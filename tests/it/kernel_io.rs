@@ -66,7 +66,14 @@ fn kernel_command_save_load_and_random_control() {
             "--param",
             "velocity.similarity=cosine",
         ])
-        .args(["--random-control", "--seed", "3", "--save-kernel"])
+        .args([
+            "--random-control",
+            "--seed",
+            "3",
+            "--projection",
+            "umap",
+            "--save-kernel",
+        ])
         .arg(&bin)
         .output()
         .expect("runs");
@@ -96,6 +103,10 @@ fn kernel_command_save_load_and_random_control() {
     assert_eq!(
         a.transition_matrix("T_fwd").expect("T"),
         b.transition_matrix("T_fwd").expect("T")
+    );
+    assert_eq!(
+        a.info("obsm/T_fwd_umap").expect("projection").shape,
+        vec![200, 2]
     );
     let rnd = a.transition_matrix("T_fwd_rnd").expect("random control");
     assert_ne!(rnd, a.transition_matrix("T_fwd").expect("T"));

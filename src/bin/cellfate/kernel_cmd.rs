@@ -45,6 +45,10 @@ pub(crate) struct KernelArgs {
     /// Seed of the randomised control.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Also write the transition-weighted displacement on obsm["X_<BASIS>"] as
+    /// obsm["<key>_<BASIS>"] (CellRank's projection, e.g. --projection umap).
+    #[arg(long, value_name = "BASIS")]
+    projection: Option<String>,
 }
 
 /// Builds the kernel spec from the expression, `--param`s and a TOML file.
@@ -157,6 +161,21 @@ pub(crate) fn run(a: KernelArgs) -> anyhow::Result<String> {
         msg.push_str(&format!(
             "randomised control (seed {}) -> obsp[\"{key}_rnd\"]\n",
             a.seed
+        ));
+    }
+    if let Some(basis) = &a.projection {
+        use cellfate::kernels::CellSource;
+        let emb = reader
+            .obsm(&format!("X_{basis}"))
+            .or_else(|_| reader.obsm(basis))
+            .with_context(|| format!("--projection {basis}: no obsm[\"X_{basis}\"]"))?;
+        let p = cellfate::kernels::projection::project(&out.transition, &emb);
+        edit.set(
+            &format!("obsm/{key}_{basis}"),
+            cellfate::io::Element::from_f64_matrix(emb.nrows(), emb.ncols(), p),
+        );
+        msg.push_str(&format!(
+            "projection on {basis} -> obsm[\"{key}_{basis}\"]\n"
         ));
     }
     if let Some(path) = &a.save_kernel {
