@@ -81,6 +81,11 @@ pub fn cellrank_params(spec: &KernelSpec) -> (serde_json::Value, serde_json::Val
             json!({}),
             json!({"obsp_key": p.key(), "backward": p.backward}),
         ),
+        KernelSpec::LabelingTime(p) => (
+            json!({"model": "deterministic", "similarity": serde_json::to_value(p.similarity).unwrap_or_default(),
+                   "softmax_scale": p.softmax_scale, "estimator": serde_json::to_value(p.estimator).unwrap_or_default()}),
+            json!({"backward": p.backward, "new_key": p.new_key, "total_key": p.total_key, "time_key": p.time_key}),
+        ),
         KernelSpec::CytoTrace(p) => (
             json!({"dnorm": false, "scheme": serde_json::to_value(p.threshold_scheme).unwrap_or_default(),
                    "frac_to_keep": p.frac_to_keep, "n_genes": p.n_genes, "layer": p.layer}),

@@ -7,6 +7,7 @@ use crate::connectivity::ConnectivityParams;
 use crate::csr::Csr;
 use crate::cytotrace::CytoTraceParams;
 use crate::error::KernelError;
+use crate::labeling::LabelingTimeParams;
 use crate::precomputed::PrecomputedParams;
 use crate::pseudotime::PseudotimeParams;
 use crate::source::CellSource;
@@ -54,6 +55,8 @@ pub enum KernelSpec {
     /// [`CytoTraceParams`].
     #[serde(rename = "cytotrace")]
     CytoTrace(CytoTraceParams),
+    /// [`LabelingTimeParams`].
+    LabelingTime(LabelingTimeParams),
     /// Weighted sum `Σ (w_k / Σw) T_k`.
     Sum {
         /// `(weight, kernel)` pairs; weights non-negative, finite, not all zero.
@@ -75,6 +78,7 @@ impl KernelSpec {
             Self::Velocity(p) => Some(p),
             Self::Precomputed(p) => Some(p),
             Self::CytoTrace(p) => Some(p),
+            Self::LabelingTime(p) => Some(p),
             Self::Sum { .. } | Self::Product { .. } => None,
         }
     }
@@ -95,6 +99,7 @@ impl KernelSpec {
             Self::Pseudotime(p) => p.backward = !p.backward,
             Self::Precomputed(p) => p.backward = !p.backward,
             Self::CytoTrace(p) => p.backward = !p.backward,
+            Self::LabelingTime(p) => p.backward = !p.backward,
             _ => {}
         });
         self
@@ -199,6 +204,7 @@ impl KernelSpec {
             Self::Velocity(_) => "velocity",
             Self::Precomputed(_) => "precomputed",
             Self::CytoTrace(_) => "cytotrace",
+            Self::LabelingTime(_) => "labeling_time",
             Self::Sum { .. } => "sum",
             Self::Product { .. } => "product",
         }

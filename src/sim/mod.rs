@@ -12,9 +12,11 @@
 //! segment by segment from the steady state at `t = 0`. Counts are Poisson with a log-normal
 //! size factor per cell. The true RNA velocity is `β u − γ s` (in expected-count units).
 //!
-//! With `labeling`, each cell also gets a labeling time `t_L` (1, 2 or 4 hours of `τ`), new
-//! RNA `α(t)/γ (1 − e^{−γ t_L})` (capped at the total) and total `u + s`, sampled as counts
-//! into `layers["new"]`/`layers["total"]`; `obs["labeling_time"]` holds `t_L`.
+//! With `labeling`, each cell also gets a labeling time `t_L` (from `labeling_times`, default
+//! 1, 2 or 4 units of `τ`), total RNA `u + s`, and new RNA `α(t)/γ_T (1 − e^{−γ_T t_L})`
+//! (capped at the total) with the total-RNA turnover `γ_T = βγ/(β+γ)` (so that `α/γ_T` is the
+//! steady state of `u + s`), sampled as counts into `layers["new"]`/`layers["total"]`;
+//! `obs["labeling_time"]` holds `t_L` and `var["true_gamma_total"]` the true `γ_T`.
 //!
 //! Randomness: one ChaCha8 stream per cell seeded from `(seed, cell)`, so results do not depend
 //! on the number of threads.
@@ -55,6 +57,8 @@ pub struct SimParams {
     pub labeling: bool,
     /// Mean library-size factor (scales all counts).
     pub depth: f64,
+    /// Labeling durations (in units of τ) assigned uniformly at random to the cells.
+    pub labeling_times: Vec<f64>,
 }
 
 impl Default for SimParams {
@@ -66,6 +70,7 @@ impl Default for SimParams {
             seed: 0,
             labeling: false,
             depth: 1.0,
+            labeling_times: vec![1.0, 2.0, 4.0],
         }
     }
 }
@@ -108,6 +113,19 @@ impl SimParams {
         if !(self.depth.is_finite() && self.depth > 0.0) {
             return bad("depth", self.depth.to_string(), "a positive number");
         }
+        if self.labeling
+            && (self.labeling_times.is_empty()
+                || self
+                    .labeling_times
+                    .iter()
+                    .any(|t| !(t.is_finite() && *t > 0.0)))
+        {
+            return bad(
+                "labeling_times",
+                format!("{:?}", self.labeling_times),
+                "positive durations",
+            );
+        }
         Ok(())
     }
 }
@@ -130,6 +148,12 @@ pub struct Gene {
 }
 
 impl Gene {
+    /// Turnover rate of total RNA (unspliced + spliced) used by the labeling model:
+    /// `γ_T = βγ / (β + γ)`.
+    pub fn gamma_total(&self) -> f64 {
+        self.beta * self.gamma / (self.beta + self.gamma)
+    }
+
     /// Whether the gene is transcribed at latent time `t` on fate `fate`.
     fn is_on(&self, t: f64, fate: usize) -> bool {
         let on_path = self.fate.is_none_or(|f| f == fate);
@@ -276,7 +300,7 @@ pub fn simulate(params: &SimParams) -> Result<SimData, SimError> {
             let fate = rng.random_range(0..params.n_fates);
             let sf = params.depth * size.sample(&mut rng);
             let t_lab = if params.labeling {
-                Some([1.0, 2.0, 4.0][rng.random_range(0..3)])
+                Some(params.labeling_times[rng.random_range(0..params.labeling_times.len())])
             } else {
                 None
             };
@@ -299,10 +323,12 @@ pub fn simulate(params: &SimParams) -> Result<SimData, SimError> {
                     v.push((gene.beta * u - gene.gamma * s) as f32);
                 }
                 if let Some(tl) = t_lab {
+                    // Total RNA turns over at γ_T = βγ/(β+γ), so that its steady state α/γ_T
+                    // equals u + s (dynamo's one-rate model of total RNA).
                     let total = u + s;
-                    let new = (gene.alpha_at(time, fate) / gene.gamma
-                        * (1.0 - (-gene.gamma * tl).exp()))
-                    .min(total);
+                    let gt = gene.gamma_total();
+                    let new =
+                        (gene.alpha_at(time, fate) / gt * (1.0 - (-gt * tl).exp())).min(total);
                     let cn = poisson(&mut rng, sf * new);
                     let co = poisson(&mut rng, sf * (total - new));
                     if cn > 0.0 {
@@ -462,6 +488,10 @@ impl SimData {
                 (
                     "true_gamma".into(),
                     Element::from_f64(self.genes.iter().map(|g| g.gamma).collect()),
+                ),
+                (
+                    "true_gamma_total".into(),
+                    Element::from_f64(self.genes.iter().map(Gene::gamma_total).collect()),
                 ),
                 (
                     "program".into(),

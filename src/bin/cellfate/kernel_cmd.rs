@@ -49,6 +49,9 @@ pub(crate) struct KernelArgs {
     /// obsm["<key>_<BASIS>"] (CellRank's projection, e.g. --projection umap).
     #[arg(long, value_name = "BASIS")]
     projection: Option<String>,
+    /// With a labeling_time kernel: also write layers["velocity_T"] and var["gamma_labeling"].
+    #[arg(long)]
+    write_velocity: bool,
 }
 
 /// Builds the kernel spec from the expression, `--param`s and a TOML file.
@@ -176,6 +179,31 @@ pub(crate) fn run(a: KernelArgs) -> anyhow::Result<String> {
         );
         msg.push_str(&format!(
             "projection on {basis} -> obsm[\"{key}_{basis}\"]\n"
+        ));
+    }
+    if a.write_velocity {
+        let lab = out
+            .effective
+            .leaves()
+            .into_iter()
+            .find_map(|l| match l {
+                KernelSpec::LabelingTime(p) => Some(p.clone()),
+                _ => None,
+            })
+            .context("--write-velocity needs a labeling_time kernel in the expression")?;
+        let lv = lab.labeling_velocity(&reader)?;
+        let (n, g) = (lv.velocity.nrows(), lv.velocity.ncols());
+        edit.set(
+            "layers/velocity_T",
+            cellfate::io::Element::from_f64_matrix(n, g, lv.velocity.to_f64()),
+        );
+        edit.set(
+            "var/gamma_labeling",
+            cellfate::io::Element::from_f64(lv.gamma.clone()),
+        );
+        msg.push_str(&format!(
+            "labeling velocity ({}) -> layers[\"velocity_T\"], var[\"gamma_labeling\"]\n",
+            lv.estimator
         ));
     }
     if let Some(path) = &a.save_kernel {
