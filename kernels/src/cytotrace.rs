@@ -66,7 +66,7 @@ impl CytoTraceParams {
                 kernel: NAME,
                 what: "the layer averaged over the selected genes".into(),
                 source: Box::new(source),
-                hint: "compute moments with `cellfate velocity` or set `layer`".into(),
+                hint: "compute moments with `cellfate preprocess` or set `layer`".into(),
             })?;
         let (n, g) = (x.nrows(), x.ncols());
         if (imp.nrows(), imp.ncols()) != (n, g) {

@@ -157,7 +157,7 @@ impl Kernel for PseudotimeParams {
                 kernel: NAME,
                 what: "a pseudotime".into(),
                 source: Box::new(source),
-                hint: "compute one with `cellfate pseudotime --root-cluster NAME` (diffusion pseudotime) or set `time_key`".into(),
+                hint: "set `time_key` to an obs column holding a pseudotime (e.g. scanpy's `tl.dpt` or `latent_time`)".into(),
             })?;
         if t.len() != conn.nrows() {
             return Err(KernelError::InvalidInput {

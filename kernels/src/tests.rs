@@ -231,7 +231,7 @@ fn missing_inputs_name_kernel_slot_and_fix() {
     assert!(
         e.contains("VelocityKernel")
             && e.contains("layers[\"Ms\"]")
-            && e.contains("cellfate velocity"),
+            && e.contains("cellfate preprocess"),
         "{e}"
     );
     c.graphs.remove("connectivities");
@@ -253,10 +253,7 @@ fn missing_inputs_name_kernel_slot_and_fix() {
     .compute(&c)
     .unwrap_err()
     .to_string();
-    assert!(
-        e.contains("obs[\"nope\"]") && e.contains("cellfate pseudotime"),
-        "{e}"
-    );
+    assert!(e.contains("obs[\"nope\"]") && e.contains("time_key"), "{e}");
 }
 
 #[test]

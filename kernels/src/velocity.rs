@@ -119,7 +119,7 @@ impl VelocityParams {
         &self,
         cells: &dyn CellSource,
     ) -> Result<(DenseMatrix, DenseMatrix), KernelError> {
-        let hint_layer = "compute moments and velocities with `cellfate velocity` (or scvelo's `pp.moments` + `tl.velocity`)";
+        let hint_layer = "compute moments and velocities with `cellfate preprocess` (or scvelo's `pp.moments` + `tl.velocity`)";
         let x = cells
             .layer(&self.xkey)
             .map_err(|source| KernelError::MissingInput {

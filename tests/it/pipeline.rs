@@ -288,3 +288,78 @@ fn labeling_kernel_recovers_gamma() {
         );
     }
 }
+
+/// `cellfate preprocess` on the raw pancreas counts, then `run`: the known marker genes drive
+/// the endocrine fates (Gcg for Alpha, Sst for Delta); a file without raw layers is a clear
+/// error naming what was found.
+#[test]
+fn preprocess_then_run_on_raw_pancreas() {
+    let Some(dir) = require_shared("data/pancreas_supercell_3696") else {
+        return;
+    };
+    let d = tempdir();
+    let (pp, out) = (d.path().join("pp.h5ad"), d.path().join("out.h5ad"));
+    let res = cellfate()
+        .arg("preprocess")
+        .arg(dir.join("pancreas_3696x2000.h5ad"))
+        .arg("-o")
+        .arg(&pp)
+        .output()
+        .expect("runs");
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let res = cellfate()
+        .arg("run")
+        .arg(&pp)
+        .arg("-o")
+        .arg(&out)
+        .args([
+            "--n-states",
+            "8",
+            "--cluster-key",
+            "clusters",
+            "--terminal-method",
+            "top_n",
+            "--n-terminal",
+            "4",
+            "--json",
+            "-q",
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&res.stdout).expect("json");
+    let top = v["estimators"]["top_drivers"].as_array().expect("drivers");
+    let first_gene = |lin: &str| -> String {
+        top.iter()
+            .find(|x| x[0] == lin)
+            .map(|x| x[1][0][0].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(first_gene("Alpha"), "Gcg", "{top:?}");
+    assert_eq!(first_gene("Delta"), "Sst", "{top:?}");
+    // No raw layers: the error names what the file has.
+    let dg = require_shared("reference/dentategyrus_200")
+        .expect("ref")
+        .join("reference.h5ad");
+    let res = cellfate()
+        .arg("preprocess")
+        .arg(&dg)
+        .arg("-o")
+        .arg(d.path().join("x.h5ad"))
+        .output()
+        .expect("runs");
+    assert_eq!(res.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        err.contains("layers[\"spliced\"]") && err.contains("found layers: Ms, Mu, velocity"),
+        "{err}"
+    );
+}

@@ -51,6 +51,27 @@ enum Command {
     /// Compute a transition matrix from a kernel expression and write obsp["T_fwd"] and
     /// uns["T_fwd_params"] (CellRank's layout) into a copy of the input.
     Kernel(kernel_cmd::KernelArgs),
+    /// From raw spliced/unspliced counts to kernel inputs: normalisation, highly variable
+    /// genes, PCA, kNN + connectivities, moments (Ms, Mu) and RNA velocity.
+    Preprocess {
+        /// Input .h5ad with raw counts in layers spliced and unspliced (never modified).
+        input: PathBuf,
+        /// Output .h5ad.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Number of neighbours.
+        #[arg(long, default_value_t = 30)]
+        n_neighbors: usize,
+        /// Number of principal components.
+        #[arg(long, default_value_t = 30)]
+        n_pcs: usize,
+        /// Number of highly variable genes.
+        #[arg(long, default_value_t = 2000)]
+        n_top_genes: usize,
+        /// Minimum shared spliced/unspliced counts per gene.
+        #[arg(long, default_value_t = 20.0)]
+        min_shared_counts: f64,
+    },
     /// Simulate a branching differentiation with splicing kinetics and ground truth (raw
     /// counts, true time, true fate, true velocity) into an .h5ad file.
     Simulate {
@@ -103,6 +124,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Kernel(args) => {
             let msg = kernel_cmd::run(args)?;
             write_stdout(&msg)
+        }
+        Command::Preprocess {
+            input,
+            output,
+            n_neighbors,
+            n_pcs,
+            n_top_genes,
+            min_shared_counts,
+        } => {
+            let spec = cellfate::upstream::UpstreamSpec {
+                n_neighbors,
+                n_pcs,
+                n_top_genes,
+                min_shared_counts,
+                ..Default::default()
+            };
+            // The library's errors name the file and the slot already.
+            cellfate::upstream::prepare(&input, &output, &spec)?;
+            write_stdout(&format!(
+                "wrote {} (X log-normalised; layers Ms, Mu, velocity; obsp connectivities, distances; var velocity_genes)\n",
+                output.display()
+            ))
         }
         Command::Simulate {
             output,
