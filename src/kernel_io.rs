@@ -81,6 +81,11 @@ pub fn cellrank_params(spec: &KernelSpec) -> (serde_json::Value, serde_json::Val
             json!({}),
             json!({"obsp_key": p.key(), "backward": p.backward}),
         ),
+        KernelSpec::RealTime(p) => (
+            json!({"threshold": serde_json::to_value(p.threshold).unwrap_or_default(),
+                   "self_transitions": serde_json::to_value(p.self_transitions).unwrap_or_default()}),
+            json!({"time_key": p.time_key}),
+        ),
         KernelSpec::LabelingTime(p) => (
             json!({"model": "deterministic", "similarity": serde_json::to_value(p.similarity).unwrap_or_default(),
                    "softmax_scale": p.softmax_scale, "estimator": serde_json::to_value(p.estimator).unwrap_or_default()}),

@@ -40,7 +40,7 @@ impl Parser<'_> {
     fn error(&self, msg: &str) -> KernelError {
         let at = self.chars.get(self.pos).map_or(self.src.len(), |c| c.0);
         KernelError::Load(format!(
-            "kernel expression {:?}: {msg} at position {at} (expected e.g. \"0.8*velocity + 0.2*connectivity\"; kernels: velocity, connectivity, pseudotime, cytotrace, labeling_time, precomputed)",
+            "kernel expression {:?}: {msg} at position {at} (expected e.g. \"0.8*velocity + 0.2*connectivity\"; kernels: velocity, connectivity, pseudotime, cytotrace, labeling_time, real_time, precomputed)",
             self.src
         ))
     }

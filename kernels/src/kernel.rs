@@ -10,6 +10,7 @@ use crate::error::KernelError;
 use crate::labeling::LabelingTimeParams;
 use crate::precomputed::PrecomputedParams;
 use crate::pseudotime::PseudotimeParams;
+use crate::real_time::RealTimeParams;
 use crate::source::CellSource;
 use crate::transition::{Direction, TransitionMatrix};
 use crate::velocity::VelocityParams;
@@ -57,6 +58,8 @@ pub enum KernelSpec {
     CytoTrace(CytoTraceParams),
     /// [`LabelingTimeParams`].
     LabelingTime(LabelingTimeParams),
+    /// [`RealTimeParams`].
+    RealTime(RealTimeParams),
     /// Weighted sum `Σ (w_k / Σw) T_k`.
     Sum {
         /// `(weight, kernel)` pairs; weights non-negative, finite, not all zero.
@@ -79,6 +82,7 @@ impl KernelSpec {
             Self::Precomputed(p) => Some(p),
             Self::CytoTrace(p) => Some(p),
             Self::LabelingTime(p) => Some(p),
+            Self::RealTime(p) => Some(p),
             Self::Sum { .. } | Self::Product { .. } => None,
         }
     }
@@ -205,6 +209,7 @@ impl KernelSpec {
             Self::Precomputed(_) => "precomputed",
             Self::CytoTrace(_) => "cytotrace",
             Self::LabelingTime(_) => "labeling_time",
+            Self::RealTime(_) => "real_time",
             Self::Sum { .. } => "sum",
             Self::Product { .. } => "product",
         }

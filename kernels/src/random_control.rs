@@ -81,6 +81,12 @@ impl CellSource for RandomizedVelocity<'_> {
     fn var_mask(&self, key: &str) -> Result<Option<Vec<bool>>, SourceError> {
         self.inner.var_mask(key)
     }
+    fn obs_categories(&self, key: &str) -> Result<Vec<String>, SourceError> {
+        self.inner.obs_categories(key)
+    }
+    fn uns_matrix(&self, key: &str) -> Result<Option<DenseMatrix>, SourceError> {
+        self.inner.uns_matrix(key)
+    }
 }
 
 #[cfg(test)]

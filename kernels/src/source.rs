@@ -185,6 +185,16 @@ pub trait CellSource: Sync {
     fn obsm(&self, key: &str) -> Result<DenseMatrix, SourceError>;
     /// A per-gene boolean mask from `var[key]`; `Ok(None)` when the column does not exist.
     fn var_mask(&self, key: &str) -> Result<Option<Vec<bool>>, SourceError>;
+    /// The categories (in order) of a categorical `obs[key]`; empty when not categorical.
+    fn obs_categories(&self, key: &str) -> Result<Vec<String>, SourceError> {
+        let _ = key;
+        Ok(Vec::new())
+    }
+    /// A 2-D matrix stored in `uns[key]` (e.g. transport maps); `Ok(None)` when absent.
+    fn uns_matrix(&self, key: &str) -> Result<Option<DenseMatrix>, SourceError> {
+        let _ = key;
+        Ok(None)
+    }
 }
 
 /// An in-memory [`CellSource`] for tests, examples and library users who hold their data in
@@ -207,6 +217,10 @@ pub struct InMemoryCells {
     pub obsm: BTreeMap<String, DenseMatrix>,
     /// Boolean `var` columns.
     pub var_masks: BTreeMap<String, Vec<bool>>,
+    /// Category order of label columns (when not given, first-seen order is used).
+    pub categories: BTreeMap<String, Vec<String>>,
+    /// Matrices in `uns`.
+    pub uns: BTreeMap<String, DenseMatrix>,
 }
 
 fn missing<T>(slot: &str, key: &str, map: &BTreeMap<String, T>) -> SourceError {
@@ -256,5 +270,11 @@ impl CellSource for InMemoryCells {
     }
     fn var_mask(&self, key: &str) -> Result<Option<Vec<bool>>, SourceError> {
         Ok(self.var_masks.get(key).cloned())
+    }
+    fn obs_categories(&self, key: &str) -> Result<Vec<String>, SourceError> {
+        Ok(self.categories.get(key).cloned().unwrap_or_default())
+    }
+    fn uns_matrix(&self, key: &str) -> Result<Option<DenseMatrix>, SourceError> {
+        Ok(self.uns.get(key).cloned())
     }
 }

@@ -123,6 +123,25 @@ impl CellSource for H5adReader {
         })
     }
 
+    fn obs_categories(&self, key: &str) -> Result<Vec<String>, SourceError> {
+        match self
+            .column("obs", key)
+            .map_err(|e| to_source("obs", key, e))?
+        {
+            Element::Categorical(c) => Ok(c.categories.labels()),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn uns_matrix(&self, key: &str) -> Result<Option<DenseMatrix>, SourceError> {
+        let slot = format!("uns/{key}");
+        if !self.exists(&slot) {
+            return Ok(None);
+        }
+        let el = self.read(&slot).map_err(|e| to_source("uns", key, e))?;
+        Ok(element_to_dense(el))
+    }
+
     fn var_mask(&self, key: &str) -> Result<Option<Vec<bool>>, SourceError> {
         if !self.exists(&format!("var/{key}")) {
             return Ok(None);

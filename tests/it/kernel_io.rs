@@ -149,3 +149,45 @@ fn kernel_command_errors_name_the_problem() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown kernel \"velo\""));
     assert!(!d.path().join("x.h5ad").exists());
 }
+
+/// The real-time kernel reads moscot's transport maps (`uns["tmap_10_105"]`, ...) from the
+/// Schiebinger serum time course: rows of day-10 cells are the row-normalised map to day 10.5.
+#[test]
+fn real_time_kernel_uses_moscot_couplings() {
+    use cellfate::kernels::real_time::{SelfTransitions, Threshold};
+    use cellfate::kernels::{Kernel, RealTimeParams};
+    let Some(dir) = require_shared("data/schiebinger_serum_moscot") else {
+        return;
+    };
+    let r = H5adReader::open(dir.join("moscot_temporal_tests_250cells_2024.h5ad")).expect("open");
+    let k = RealTimeParams {
+        threshold: Threshold::None,
+        self_transitions: SelfTransitions::Diagonal,
+        ..Default::default()
+    };
+    let t = k.compute(&r).expect("real-time kernel").transition;
+    let days = cellfate::kernels::CellSource::obs_labels(&r, "day").expect("day");
+    let d10: Vec<usize> = (0..days.len())
+        .filter(|&i| days[i].as_deref() == Some("10.0"))
+        .collect();
+    let d105: Vec<usize> = (0..days.len())
+        .filter(|&i| days[i].as_deref() == Some("10.5"))
+        .collect();
+    let (na, nb, tmap) = r.dense("uns/tmap_10_105").expect("tmap");
+    assert_eq!((na, nb), (d10.len(), d105.len()));
+    let mut worst: f64 = 0.0;
+    for (a, &i) in d10.iter().enumerate() {
+        let s: f64 = tmap[a * nb..(a + 1) * nb].iter().sum();
+        for (b, &j) in d105.iter().enumerate() {
+            worst = worst.max((t.as_csr().get(i, j) - tmap[a * nb + b] / s).abs());
+        }
+    }
+    assert!(worst < 1e-12, "{worst:e}");
+    // The auto threshold keeps at least one transition per row.
+    let auto = RealTimeParams {
+        self_transitions: SelfTransitions::Diagonal,
+        ..Default::default()
+    };
+    let ta = auto.compute(&r).expect("auto").transition;
+    assert!(ta.nnz() < t.nnz() && (0..ta.n_cells()).all(|i| !ta.row(i).0.is_empty()));
+}
