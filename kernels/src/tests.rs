@@ -375,3 +375,28 @@ fn contract_cytotrace() {
     assert!(corr > 0.8, "{corr}");
     assert!(expr::parse("cytotrace").is_ok());
 }
+
+#[test]
+fn contract_labeling_time() {
+    let mut c = cells();
+    let (n, g) = (c.n_cells, c.n_genes);
+    let ms = c.layers["Ms"].to_f64();
+    // Total RNA from the expression; new RNA with gamma 0.3 and labeling times 1 or 2.
+    let times: Vec<f64> = (0..n).map(|i| if i % 2 == 0 { 1.0 } else { 2.0 }).collect();
+    let total: Vec<f64> = ms.iter().map(|v| v.abs() + 1.0).collect();
+    let new: Vec<f64> = (0..n * g)
+        .map(|k| total[k] * (1.0 - (-0.3 * times[k / g]).exp()))
+        .collect();
+    c.layers
+        .insert("total".into(), DenseMatrix::from_f64(n, g, total));
+    c.layers
+        .insert("new".into(), DenseMatrix::from_f64(n, g, new));
+    c.obs.insert("labeling_time".into(), times);
+    let k = LabelingTimeParams::default();
+    assert_kernel_contract(&k, &c);
+    let lv = k.labeling_velocity(&c).unwrap();
+    assert_eq!(lv.estimator, "two_step");
+    for gm in &lv.gamma {
+        assert!((gm - 0.3).abs() < 1e-6, "{gm}");
+    }
+}
