@@ -363,3 +363,85 @@ fn preprocess_then_run_on_raw_pancreas() {
         "{err}"
     );
 }
+
+/// Batch over three inputs of which one is corrupt: two succeed, one is reported, exit code 1,
+/// the summary lists all three; a re-run skips the complete, up-to-date outputs.
+#[test]
+fn batch_continues_past_a_failed_sample() {
+    let Some(dir) = require_shared("data/dentategyrus_cellrank_gt") else {
+        return;
+    };
+    let d = tempdir();
+    let a = d.path().join("a.h5ad");
+    let b = d.path().join("b.h5ad");
+    std::fs::copy(dir.join("adata_200.h5ad"), &a).expect("copy");
+    std::fs::copy(dir.join("adata_100.h5ad"), &b).expect("copy");
+    let bad = d.path().join("broken.h5ad");
+    std::fs::write(&bad, "not an h5ad").expect("write");
+    let out = d.path().join("out");
+    let run = || {
+        cellfate()
+            .arg("batch")
+            .args([&a, &bad, &b])
+            .arg("--out-dir")
+            .arg(&out)
+            .args([
+                "--n-states",
+                "3",
+                "--terminal-method",
+                "top_n",
+                "--n-terminal",
+                "2",
+                "--jobs",
+                "2",
+            ])
+            .output()
+            .expect("runs")
+    };
+    let res = run();
+    assert_eq!(
+        res.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("summary"))
+            .expect("json");
+    let samples = summary["samples"].as_array().expect("samples");
+    assert_eq!(samples.len(), 3);
+    let status = |name: &str| {
+        samples
+            .iter()
+            .find(|s| s["sample"] == name)
+            .map(|s| s["status"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(status("a"), "ok");
+    assert_eq!(status("b"), "ok");
+    assert_eq!(status("broken"), "failed");
+    assert!(samples.iter().any(|s| s["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("not an HDF5 file")));
+    assert!(
+        out.join("a.h5ad").exists()
+            && out.join("b.h5ad").exists()
+            && !out.join("broken.h5ad").exists()
+    );
+    let csv = std::fs::read_to_string(out.join("summary.csv")).expect("csv");
+    assert_eq!(csv.lines().count(), 4);
+    // Re-run: complete outputs are skipped.
+    let res = run();
+    assert_eq!(res.status.code(), Some(1));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("summary"))
+            .expect("json");
+    let skipped = summary["samples"]
+        .as_array()
+        .expect("s")
+        .iter()
+        .filter(|s| s["status"].as_str().unwrap_or("").starts_with("skipped"))
+        .count();
+    assert_eq!(skipped, 2);
+}

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod batch_cmd;
 mod kernel_cmd;
 mod run_cmd;
 mod stages_cmd;
@@ -39,6 +40,9 @@ enum Command {
     /// Run the whole fate mapping on an .h5ad file (or --demo): kernel, Schur, macrostates,
     /// terminal states, fate probabilities, absorption times, drivers.
     Run(run_cmd::RunArgs),
+    /// Fate mapping over many files (in parallel within a memory budget): one output per sample
+    /// and summary.json / summary.csv. Exits 1 when some samples failed.
+    Batch(batch_cmd::BatchArgs),
     /// Schur decomposition, macrostates (GPCCA) and terminal/initial states on obsp["T_fwd"]
     /// (or a --kernel expression).
     Macrostates(stages_cmd::MacrostatesArgs),
@@ -96,14 +100,28 @@ enum Command {
     },
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()
             .context("configuring the thread pool")?;
     }
-    match cli.command {
+    if let Command::Batch(args) = cli.command {
+        let (report, ok) = batch_cmd::run(args)?;
+        write_stdout(&report)?;
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    run_command(cli.command).map(|()| ExitCode::SUCCESS)
+}
+
+fn run_command(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Batch(_) => Ok(()),
         Command::Inspect { file, json } => {
             let report = cellfate::inspect::inspect(&file)?;
             let text = if json {
@@ -205,7 +223,7 @@ fn render_error(e: &anyhow::Error) -> String {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             #[allow(clippy::print_stderr)]
             {
