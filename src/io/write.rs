@@ -409,8 +409,31 @@ fn temp_path(output: &Path) -> PathBuf {
     let name = output
         .file_name()
         .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
+    remove_stale_temps(dir, &name);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     dir.join(format!(".{name}.cellfate-tmp-{}-{n}", std::process::id()))
+}
+
+/// Removes temporary outputs for `name` left by processes that no longer exist (a run that was
+/// killed mid-write leaves its hidden temporary file; the target itself is never partial).
+fn remove_stale_temps(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.cellfate-tmp-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix(&prefix) else {
+            continue;
+        };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+            if !alive {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 // ----- element writers (HDF5 level) ------------------------------------------------------

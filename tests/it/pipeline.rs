@@ -445,3 +445,58 @@ fn batch_continues_past_a_failed_sample() {
         .count();
     assert_eq!(skipped, 2);
 }
+
+/// Killing a run mid-way leaves no output file (results go to a hidden temporary file that is
+/// renamed only when complete) and the input untouched; the next run removes the stale
+/// temporary file.
+#[test]
+fn killed_run_leaves_no_partial_output() {
+    let d = tempdir();
+    let sim = d.path().join("sim.h5ad");
+    let s = cellfate::sim::simulate(&cellfate::sim::SimParams {
+        n_cells: 1200,
+        n_genes: 100,
+        ..Default::default()
+    })
+    .expect("sim");
+    cellfate::io::write_new(&sim, &s.to_elements()).expect("write");
+    let before = std::fs::read(&sim).expect("read");
+    let out = d.path().join("prepared.h5ad");
+    for delay_ms in [30u64, 120, 400] {
+        let mut child = cellfate()
+            .arg("preprocess")
+            .arg(&sim)
+            .arg("-o")
+            .arg(&out)
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let status = child.wait().expect("wait");
+        if status.success() {
+            // Finished before the kill: the output must be complete.
+            assert!(H5adReader::open(&out)
+                .expect("complete")
+                .exists("layers/velocity"));
+            std::fs::remove_file(&out).expect("rm");
+        } else {
+            assert!(!out.exists(), "a killed run left {}", out.display());
+        }
+        assert_eq!(std::fs::read(&sim).expect("read"), before, "input modified");
+    }
+    // A new run cleans up stale temporaries and succeeds.
+    let res = cellfate()
+        .arg("preprocess")
+        .arg(&sim)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("run");
+    assert!(res.status.success());
+    let leftovers = std::fs::read_dir(d.path())
+        .expect("dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("cellfate-tmp"))
+        .count();
+    assert_eq!(leftovers, 0);
+}
