@@ -5,6 +5,7 @@
 //! terminal states, CFLARE, and absorption (fate probabilities, absorption times, drivers).
 
 pub mod absorption;
+pub mod cflare;
 pub mod drivers;
 pub mod gpcca;
 pub mod schur;

@@ -172,3 +172,45 @@ fn pancreas_macrostates_and_terminal_states_match_cellrank() {
         }
     }
 }
+
+/// CFLARE on CellRank's `T_combined`: the same terminal state as CellRank's CFLARE (Beta on
+/// pancreas, Granule immature on dentate gyrus; eigengap 0 → one eigenvector), and most of its
+/// cells are CellRank's cells too (CellRank clusters with Leiden, cellfate with seeded k-means;
+/// with one cluster both keep the same filtered cells).
+#[test]
+fn cflare_terminal_states_match_cellrank() {
+    use cellfate::estimators::cflare::{cflare, CflareOptions};
+    use cellfate::kernels::CellSource;
+    for (name, expected) in [
+        ("pancreas_3696", "Beta"),
+        ("dentategyrus_200", "Granule immature"),
+    ] {
+        let Some(r) = reference(name) else {
+            return;
+        };
+        let t = r.transition_matrix("T_combined").expect("T");
+        let res = cflare(&t, &CflareOptions::default()).expect("cflare");
+        assert_eq!(
+            (res.eigengap, res.use_k, res.n_clusters),
+            (0, 1, 1),
+            "{name}"
+        );
+        let theirs = r.obs_labels("cflare_term_states_fwd").expect("reference");
+        assert!(theirs.iter().flatten().all(|l| l == expected), "{name}");
+        let ours: Vec<bool> = res.assignment.iter().map(Option::is_some).collect();
+        let both = ours
+            .iter()
+            .zip(&theirs)
+            .filter(|(a, b)| **a && b.is_some())
+            .count();
+        let n_theirs = theirs.iter().flatten().count();
+        eprintln!(
+            "{name}: {both} of {n_theirs} CellRank CFLARE cells also selected ({} selected)",
+            ours.iter().filter(|x| **x).count()
+        );
+        assert!(
+            both as f64 >= 0.9 * n_theirs as f64,
+            "{name}: overlap {both}/{n_theirs}"
+        );
+    }
+}

@@ -502,12 +502,12 @@ fn krylov_schur(
 }
 
 /// Schur vectors (n × m) and their eigenvalues `(re, im)`.
-pub(crate) type SchurVectors = (DMatrix<f64>, Vec<(f64, f64)>);
+pub type SchurVectors = (DMatrix<f64>, Vec<(f64, f64)>);
 
 /// The `m` dominant Schur vectors and eigenvalues of a general linear operator `op` on `R^n`
 /// (dense LAPACK for `n ≤ 300`, ARPACK otherwise), sorted by `which`. No conjugate-pair
 /// extension: `m` may be exceeded by one to keep a pair.
-pub(crate) fn dominant_schur_op(
+pub fn dominant_schur_op(
     n: usize,
     m: usize,
     which: Which,

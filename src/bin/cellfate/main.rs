@@ -52,6 +52,8 @@ enum Command {
     Fates(stages_cmd::FatesArgs),
     /// Lineage driver genes from the fate probabilities.
     Drivers(stages_cmd::DriversArgs),
+    /// Terminal states with CFLARE (left/right eigenvectors, filtering, k-means).
+    Cflare(stages_cmd::CflareArgs),
     /// Compute a transition matrix from a kernel expression and write obsp["T_fwd"] and
     /// uns["T_fwd_params"] (CellRank's layout) into a copy of the input.
     Kernel(kernel_cmd::KernelArgs),
@@ -139,6 +141,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
         Command::TerminalStates(a) => write_stdout(&stages_cmd::terminal_states(a)?),
         Command::Fates(a) => write_stdout(&stages_cmd::fates(a)?),
         Command::Drivers(a) => write_stdout(&stages_cmd::drivers(a)?),
+        Command::Cflare(a) => write_stdout(&stages_cmd::cflare(a)?),
         Command::Kernel(args) => {
             let msg = kernel_cmd::run(args)?;
             write_stdout(&msg)

@@ -317,3 +317,94 @@ pub(crate) fn drivers(a: DriversArgs) -> anyhow::Result<String> {
     }
     Ok(msg)
 }
+
+/// `cellfate cflare`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CflareArgs {
+    #[command(flatten)]
+    io: Io,
+    /// Eigenvectors computed.
+    #[arg(long, default_value_t = 20)]
+    k: usize,
+    /// Eigenvectors used (default: eigengap + 1).
+    #[arg(long = "use")]
+    use_k: Option<usize>,
+    /// Percentile filter on the left eigenvectors.
+    #[arg(long, default_value_t = 98.0)]
+    percentile: f64,
+    /// Number of k-means clusters (default: the number of eigenvectors used).
+    #[arg(long)]
+    n_clusters: Option<usize>,
+    /// obs column naming the terminal states (default: clusters, when present).
+    #[arg(long)]
+    cluster_key: Option<String>,
+    /// Seed of k-means.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub(crate) fn cflare(a: CflareArgs) -> anyhow::Result<String> {
+    use cellfate::estimators::cflare::{cflare, CflareOptions};
+    use cellfate::estimators::states::{name_states, ClusterReference};
+    let r = H5adReader::open(&a.io.input)?;
+    let t = r.transition_matrix(&a.io.transition_key)?;
+    let d = t.direction();
+    let res = cflare(
+        &t,
+        &CflareOptions {
+            k: a.k,
+            use_k: a.use_k,
+            percentile: Some(a.percentile),
+            n_clusters: a.n_clusters,
+            seed: a.seed,
+            ..Default::default()
+        },
+    )?;
+    let key = a.cluster_key.clone().unwrap_or_else(|| "clusters".into());
+    let (labels, cats, colors) = match r.column("obs", &key) {
+        Ok(Element::Categorical(c)) => {
+            let colors = match r.read(&format!("uns/{key}_colors")) {
+                Ok(Element::Strings { values, .. }) => Some(values),
+                _ => None,
+            };
+            (Some(c.to_labels()), c.categories.labels(), colors)
+        }
+        _ => (None, Vec::new(), None),
+    };
+    let reference = labels.as_ref().map(|l| ClusterReference {
+        labels: l,
+        categories: &cats,
+        colors: colors.as_deref(),
+    });
+    let (names, cols) = name_states(&res.assignment, res.n_clusters, reference)?;
+    let ts = keys::terminal_states(d);
+    let mut edit = H5adEdit::new(&a.io.input);
+    edit.set(
+        &format!("obs/{ts}"),
+        Element::Categorical(cellfate::io::Categorical {
+            codes: res
+                .assignment
+                .iter()
+                .map(|x| x.map_or(-1, |q| q as i32))
+                .collect(),
+            categories: cellfate::io::Categories::Str(names.clone()),
+            ordered: false,
+        }),
+    );
+    edit.set(
+        &format!("obs/{}", keys::probs(&ts)),
+        Element::from_f64(res.probs.clone()),
+    );
+    edit.set(
+        &format!("uns/{}", keys::colors(&ts)),
+        Element::from_strings(cols),
+    );
+    edit.write_to(&a.io.output)?;
+    Ok(format!(
+        "CFLARE: eigengap {}, {} eigenvectors used, terminal states {} -> {}\n",
+        res.eigengap,
+        res.use_k,
+        names.join(", "),
+        a.io.output.display()
+    ))
+}
