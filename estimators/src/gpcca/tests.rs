@@ -162,3 +162,42 @@ fn metastable_chain_recovers_its_blocks() {
 fn eigengap_rule() {
     assert_eq!(eigengap(&[1.0, 0.99, 0.98, 0.5, 0.4], 1.0), 2);
 }
+
+#[test]
+fn identical_at_one_and_several_threads() {
+    use crate::absorption::{compute_fate_probabilities, AbsorptionOptions};
+    let t = crate::schur::tests::metastable_chain(4, 80, 0.003, false, 11);
+    let run = || {
+        let s = compute_schur(
+            &t,
+            None,
+            &SchurOptions {
+                n_components: 5,
+                method: SchurMethod::Krylov,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let f = fit(&t, &s, 4, &Optimizer::default(), None).unwrap();
+        let mut term = vec![None; t.n_cells()];
+        for i in 0..20 {
+            term[240 + i] = Some(0);
+            term[i] = Some(1);
+        }
+        let names = vec!["a".to_string(), "b".to_string()];
+        let (fates, _) =
+            compute_fate_probabilities(&t, &term, &names, &AbsorptionOptions::default()).unwrap();
+        (s.eigenvalues, f.chi, fates.probs)
+    };
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(run);
+    let three = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap()
+        .install(run);
+    assert_eq!(one, three);
+}
