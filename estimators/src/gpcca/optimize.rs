@@ -14,6 +14,7 @@
 use nalgebra::DMatrix;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{embed, fill_matrix, objective_of, GpccaError};
@@ -460,6 +461,9 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// One start's result: the optimum (if feasible), iterations and evaluations used.
+type StartOutcome = (Option<(Vec<f64>, f64)>, usize, usize);
+
 #[allow(clippy::too_many_arguments)]
 fn gradient_multistart(
     x: &DMatrix<f64>,
@@ -473,65 +477,75 @@ fn gradient_multistart(
 ) -> Result<(Vec<f64>, f64, OptimizerReport), GpccaError> {
     let m = a0.nrows();
     let k = m - 1;
-    let mut best: Option<(Vec<f64>, f64, usize)> = None;
-    let (mut iterations, mut evaluations) = (0, 0);
-    for start in 0..n_starts {
-        let init: Vec<f64> = if start == 0 {
-            alpha0.to_vec()
-        } else {
-            // A random rotation close to the identity applied to the free block.
-            let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(start as u64));
-            let mut skew = DMatrix::zeros(k, k);
-            for i in 0..k {
-                for j in (i + 1)..k {
-                    let v: f64 = rng.random_range(-1.0..1.0) * perturbation;
-                    skew[(i, j)] = v;
-                    skew[(j, i)] = -v;
+    // Starts run in parallel; each is deterministic and the winner is chosen by (objective,
+    // start index), so the result does not depend on the number of threads.
+    let outcomes: Vec<StartOutcome> = (0..n_starts)
+        .into_par_iter()
+        .map(|start| {
+            let (mut iterations, mut evaluations) = (0, 0);
+            let init: Vec<f64> = if start == 0 {
+                alpha0.to_vec()
+            } else {
+                // A random rotation close to the identity applied to the free block.
+                let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(start as u64));
+                let mut skew = DMatrix::zeros(k, k);
+                for i in 0..k {
+                    for j in (i + 1)..k {
+                        let v: f64 = rng.random_range(-1.0..1.0) * perturbation;
+                        skew[(i, j)] = v;
+                        skew[(j, i)] = -v;
+                    }
                 }
-            }
-            let rot = (DMatrix::identity(k, k) + skew).qr().q();
-            let b0 = DMatrix::from_fn(k, k, |i, j| alpha0[i * k + j]);
-            let b = b0 * rot;
-            (0..k * k).map(|p| b[(p / k, p % k)]).collect()
-        };
-        // Active set: the ISA-relevant maximisers at the start, grown until verified.
-        let mut rows = maximisers(&init, x);
-        rows.sort_unstable();
-        rows.dedup();
-        let mut current = init;
-        let mut fval = f64::INFINITY;
-        for _round in 0..50 {
-            let (xa, fa, it, ev) = lbfgs(x, &rows, &current, max_iter);
-            iterations += it;
-            evaluations += ev;
-            current = xa;
-            fval = fa;
-            if !fval.is_finite() {
-                break;
-            }
-            let maxs = maximisers(&current, x);
-            let new: Vec<usize> = maxs
-                .into_iter()
-                .filter(|l| rows.binary_search(l).is_err())
-                .collect();
-            if new.is_empty() {
-                break;
-            }
-            rows.extend(new);
+                let rot = (DMatrix::identity(k, k) + skew).qr().q();
+                let b0 = DMatrix::from_fn(k, k, |i, j| alpha0[i * k + j]);
+                let b = b0 * rot;
+                (0..k * k).map(|p| b[(p / k, p % k)]).collect()
+            };
+            // Active set: the maximisers at the start, grown until verified on all cells.
+            let mut rows = maximisers(&init, x);
             rows.sort_unstable();
             rows.dedup();
-        }
-        if !fval.is_finite() {
-            continue;
-        }
-        // The exact objective on all cells (the active set is verified, so this matches).
-        let mut a = embed(&current, a0);
-        if fill_matrix(&mut a, x).is_err() {
-            continue;
-        }
-        let f_exact = objective_of(&a);
-        if best.as_ref().is_none_or(|b| f_exact < b.1) {
-            best = Some((current, f_exact, start));
+            let mut current = init;
+            let mut fval = f64::INFINITY;
+            for _round in 0..50 {
+                let (xa, fa, it, ev) = lbfgs(x, &rows, &current, max_iter);
+                iterations += it;
+                evaluations += ev;
+                current = xa;
+                fval = fa;
+                if !fval.is_finite() {
+                    break;
+                }
+                let new: Vec<usize> = maximisers(&current, x)
+                    .into_iter()
+                    .filter(|l| rows.binary_search(l).is_err())
+                    .collect();
+                if new.is_empty() {
+                    break;
+                }
+                rows.extend(new);
+                rows.sort_unstable();
+                rows.dedup();
+            }
+            if !fval.is_finite() {
+                return (None, iterations, evaluations);
+            }
+            // The exact objective on all cells (the active set is verified, so this matches).
+            let mut a = embed(&current, a0);
+            if fill_matrix(&mut a, x).is_err() {
+                return (None, iterations, evaluations);
+            }
+            (Some((current, objective_of(&a))), iterations, evaluations)
+        })
+        .collect();
+    let iterations = outcomes.iter().map(|o| o.1).sum();
+    let evaluations = outcomes.iter().map(|o| o.2).sum();
+    let mut best: Option<(Vec<f64>, f64, usize)> = None;
+    for (start, (res, _, _)) in outcomes.into_iter().enumerate() {
+        if let Some((alpha, f)) = res {
+            if best.as_ref().is_none_or(|b| f < b.1) {
+                best = Some((alpha, f, start));
+            }
         }
     }
     let (alpha, f_opt, best_start) = best.ok_or_else(|| {
