@@ -42,4 +42,23 @@ if [ "${CELLFATE_SKIP_PYTHON:-0}" != "1" ]; then
     .venv/bin/pip install -q --disable-pip-version-check "anndata==0.12.19"
   fi
 fi
+# CellRank 2.3.3 (Python >= 3.12) for the read-back test (CellRank's GPCCA.from_adata on our
+# output): created in CI, or locally with CELLFATE_CELLRANK=1. Pins as in ../shared/reference.
+if [ "${CI:-}" = "true" ] || [ "${CELLFATE_CELLRANK:-0}" = "1" ]; then
+  if ! .venv-cellrank/bin/python -c "import cellrank" >/dev/null 2>&1; then
+    PY312=""
+    for cand in python3.12 "$HOME/.pyenv/versions/3.12.1/bin/python3"; do
+      if "$cand" -c "import sys; assert sys.version_info >= (3, 12)" >/dev/null 2>&1; then PY312="$cand"; break; fi
+    done
+    if [ -n "$PY312" ]; then
+      echo "setup: creating .venv-cellrank with cellrank 2.3.3 (read-back test)"
+      rm -rf .venv-cellrank
+      "$PY312" -m venv .venv-cellrank
+      .venv-cellrank/bin/pip install -q --disable-pip-version-check \
+        "cellrank==2.3.3" "scvelo==0.3.4" "numpy<2.4" "pynndescent<0.7"
+    else
+      echo "setup: no Python >= 3.12 found; the CellRank read-back test will fail under CI"
+    fi
+  fi
+fi
 echo "setup: ok"
