@@ -142,11 +142,7 @@ impl Kernel for CytoTraceParams {
     }
 
     fn direction(&self) -> Option<Direction> {
-        Some(if self.backward {
-            Direction::Backward
-        } else {
-            Direction::Forward
-        })
+        Some(Direction::from_backward(self.backward))
     }
 
     fn validate(&self) -> Result<(), KernelError> {

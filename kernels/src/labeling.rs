@@ -281,11 +281,7 @@ impl Kernel for LabelingTimeParams {
     }
 
     fn direction(&self) -> Option<Direction> {
-        Some(if self.backward {
-            Direction::Backward
-        } else {
-            Direction::Forward
-        })
+        Some(Direction::from_backward(self.backward))
     }
 
     fn validate(&self) -> Result<(), KernelError> {

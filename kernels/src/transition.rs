@@ -30,6 +30,15 @@ impl Direction {
         }
     }
 
+    /// `Backward` when `backward` is true (CellRank's `backward` flag), else `Forward`.
+    pub fn from_backward(backward: bool) -> Self {
+        if backward {
+            Self::Backward
+        } else {
+            Self::Forward
+        }
+    }
+
     /// The other direction.
     pub fn flip(self) -> Self {
         match self {
