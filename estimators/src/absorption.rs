@@ -53,6 +53,14 @@ pub enum AbsorptionError {
         /// Tolerance.
         tol: f64,
     },
+    /// The iterative solver did not converge.
+    #[error("GMRES + ILU(0) did not converge: relative residual {residual:e} after {iterations} iterations; use solver = direct (sparse LU) if memory allows, or raise max_iter")]
+    NotConverged {
+        /// Final relative residual.
+        residual: f64,
+        /// Iterations used.
+        iterations: usize,
+    },
     /// Invalid options.
     #[error("{0}")]
     Invalid(String),
@@ -61,20 +69,59 @@ pub enum AbsorptionError {
 /// Maximum relative residual `‖(I−Q)X − B‖_max / ‖B‖_max` accepted.
 pub const RESIDUAL_TOL: f64 = 1e-10;
 
+/// Which linear solver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Solver {
+    /// Sparse LU up to `direct_max_cells` transient cells, GMRES + ILU(0) above.
+    #[default]
+    Auto,
+    /// Sparse LU (faer).
+    Direct,
+    /// Restarted GMRES with an ILU(0) preconditioner.
+    Gmres,
+}
+
 /// Options of the absorption solves.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AbsorptionOptions {
-    /// Largest number of transient cells for the sparse direct solver.
+    /// Solver choice.
+    pub solver: Solver,
+    /// Largest number of transient cells for the sparse direct solver under `Auto`.
     pub direct_max_cells: usize,
+    /// GMRES: relative residual tolerance.
+    pub tol: f64,
+    /// GMRES: restart length.
+    pub restart: usize,
+    /// GMRES: maximum inner iterations per right-hand side.
+    pub max_iter: usize,
 }
 
 impl Default for AbsorptionOptions {
     fn default() -> Self {
         Self {
-            direct_max_cells: 3_000_000,
+            solver: Solver::Auto,
+            direct_max_cells: 500_000,
+            tol: 1e-12,
+            restart: 50,
+            max_iter: 20_000,
         }
     }
+}
+
+enum Backend {
+    Lu {
+        matrix: SparseColMat<usize, f64>,
+        lu: Box<faer::sparse::linalg::solvers::Lu<usize, f64>>,
+    },
+    Gmres {
+        a: cellfate_kernels::Csr,
+        ilu: crate::iterative::Ilu0,
+        tol: f64,
+        restart: usize,
+        max_iter: usize,
+    },
 }
 
 /// The factorised transient system `I − Q` with its index maps.
@@ -87,8 +134,9 @@ pub struct TransientSystem {
     pub lineage: Vec<Option<usize>>,
     /// Number of lineages.
     pub n_lineages: usize,
-    matrix: SparseColMat<usize, f64>,
-    lu: faer::sparse::linalg::solvers::Lu<usize, f64>,
+    backend: Backend,
+    /// Which solver was chosen (`sparse LU (faer)` or `GMRES + ILU(0)`).
+    pub solver: &'static str,
     /// `S`: transient × lineage one-step absorption probabilities (column-major).
     pub s: Mat<f64>,
 }
@@ -135,13 +183,7 @@ impl TransientSystem {
         if transient.is_empty() {
             return Err(AbsorptionError::NoTransient);
         }
-        if transient.len() > opts.direct_max_cells {
-            return Err(AbsorptionError::Invalid(format!(
-                "{} transient cells exceed direct_max_cells = {}",
-                transient.len(),
-                opts.direct_max_cells
-            )));
-        }
+
         let mut position = vec![usize::MAX; n];
         for (p, &i) in transient.iter().enumerate() {
             position[i] = p;
@@ -187,26 +229,99 @@ impl TransientSystem {
             }
             trip.push(Triplet::new(p, p, diag));
         }
-        let matrix = SparseColMat::<usize, f64>::try_new_from_triplets(nt, nt, &trip)
-            .map_err(|e| AbsorptionError::Factorisation(format!("{e:?}")))?;
-        let lu = matrix
-            .sp_lu()
-            .map_err(|e| AbsorptionError::Factorisation(format!("{e:?}")))?;
+        let direct = match opts.solver {
+            Solver::Direct => true,
+            Solver::Gmres => false,
+            Solver::Auto => nt <= opts.direct_max_cells,
+        };
+        let (backend, solver) = if direct {
+            let matrix = SparseColMat::<usize, f64>::try_new_from_triplets(nt, nt, &trip)
+                .map_err(|e| AbsorptionError::Factorisation(format!("{e:?}")))?;
+            let lu = matrix
+                .sp_lu()
+                .map_err(|e| AbsorptionError::Factorisation(format!("{e:?}")))?;
+            (
+                Backend::Lu {
+                    matrix,
+                    lu: Box::new(lu),
+                },
+                "sparse LU (faer)",
+            )
+        } else {
+            let plain: Vec<(usize, usize, f64)> =
+                trip.iter().map(|t| (t.row, t.col, t.val)).collect();
+            let a = cellfate_kernels::Csr::from_triplets(nt, nt, &plain)
+                .map_err(|e| AbsorptionError::Factorisation(e.to_string()))?;
+            let ilu = crate::iterative::Ilu0::new(&a).map_err(AbsorptionError::Factorisation)?;
+            (
+                Backend::Gmres {
+                    a,
+                    ilu,
+                    tol: opts.tol,
+                    restart: opts.restart,
+                    max_iter: opts.max_iter,
+                },
+                "GMRES + ILU(0)",
+            )
+        };
         Ok(Self {
             transient,
             position,
             lineage: terminal.to_vec(),
             n_lineages: l,
-            matrix,
-            lu,
+            backend,
+            solver,
             s,
         })
     }
 
+    /// `(I − Q) X`.
+    fn apply(&self, x: &Mat<f64>) -> Mat<f64> {
+        match &self.backend {
+            Backend::Lu { matrix, .. } => matrix * x,
+            Backend::Gmres { a, .. } => {
+                let mut out = Mat::<f64>::zeros(x.nrows(), x.ncols());
+                for j in 0..x.ncols() {
+                    let col: Vec<f64> = (0..x.nrows()).map(|i| x[(i, j)]).collect();
+                    for (i, v) in a.mul_vec(&col).into_iter().enumerate() {
+                        out[(i, j)] = v;
+                    }
+                }
+                out
+            }
+        }
+    }
+
     /// Solves `(I − Q) X = B` and checks the residual.
     pub fn solve(&self, b: &Mat<f64>) -> Result<Mat<f64>, AbsorptionError> {
-        let x = self.lu.solve(b);
-        let r = &self.matrix * &x - b;
+        let x = match &self.backend {
+            Backend::Lu { lu, .. } => lu.solve(b),
+            Backend::Gmres {
+                a,
+                ilu,
+                tol,
+                restart,
+                max_iter,
+            } => {
+                let mut x = Mat::<f64>::zeros(b.nrows(), b.ncols());
+                for j in 0..b.ncols() {
+                    let col: Vec<f64> = (0..b.nrows()).map(|i| b[(i, j)]).collect();
+                    let (xs, rep) =
+                        crate::iterative::gmres(a, ilu, &col, *tol, *restart, *max_iter);
+                    if !rep.converged {
+                        return Err(AbsorptionError::NotConverged {
+                            residual: rep.residual,
+                            iterations: rep.iterations,
+                        });
+                    }
+                    for (i, v) in xs.into_iter().enumerate() {
+                        x[(i, j)] = v;
+                    }
+                }
+                x
+            }
+        };
+        let r = self.apply(&x) - b;
         let rmax = max_abs(&r);
         let bmax = max_abs(b).max(f64::MIN_POSITIVE);
         let residual = rmax / bmax;
@@ -274,7 +389,7 @@ pub fn compute_fate_probabilities(
 ) -> Result<(FateProbabilities, TransientSystem), AbsorptionError> {
     let sys = TransientSystem::new(t, terminal, names, opts)?;
     let b = sys.solve(&sys.s)?;
-    let r = &sys.matrix * &b - &sys.s;
+    let r = sys.apply(&b) - &sys.s;
     let residual = max_abs(&r) / max_abs(&sys.s).max(f64::MIN_POSITIVE);
     let n = t.n_cells();
     let l = names.len();
@@ -314,7 +429,7 @@ pub fn compute_fate_probabilities(
             probs,
             residual,
             row_sum_error,
-            solver: "sparse LU (faer)",
+            solver: sys.solver,
         },
         sys,
     ))
@@ -577,6 +692,58 @@ mod tests {
             (tv.values[tv.columns.len() + 1] - var).abs() < 1e-8,
             "{} vs {var}",
             tv.values[tv.columns.len() + 1]
+        );
+    }
+
+    #[test]
+    fn gmres_agrees_with_the_direct_solver() {
+        let t = crate::schur::tests::metastable_chain(4, 60, 0.01, false, 3);
+        let mut term = vec![None; t.n_cells()];
+        for i in 0..15 {
+            term[180 + i] = Some(0);
+            term[60 + i] = Some(1);
+        }
+        let names = vec!["a".to_string(), "b".to_string()];
+        let direct = AbsorptionOptions {
+            solver: Solver::Direct,
+            ..Default::default()
+        };
+        let iterative = AbsorptionOptions {
+            solver: Solver::Gmres,
+            ..Default::default()
+        };
+        let (fd, sd) = compute_fate_probabilities(&t, &term, &names, &direct).unwrap();
+        let (fi, si) = compute_fate_probabilities(&t, &term, &names, &iterative).unwrap();
+        assert_eq!(
+            (fd.solver, fi.solver),
+            ("sparse LU (faer)", "GMRES + ILU(0)")
+        );
+        let diff = fd
+            .probs
+            .iter()
+            .zip(&fi.probs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(diff < 1e-9, "{diff}");
+        let td = compute_absorption_times(&sd, &fd, true, false).unwrap();
+        let ti = compute_absorption_times(&si, &fi, true, false).unwrap();
+        for (a, b) in td.values.iter().zip(&ti.values) {
+            assert!(
+                a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-6 * a.abs().max(1.0),
+                "{a} vs {b}"
+            );
+        }
+        // A starved iteration budget is a typed error that suggests the direct solver.
+        let starved = AbsorptionOptions {
+            solver: Solver::Gmres,
+            max_iter: 1,
+            restart: 1,
+            ..Default::default()
+        };
+        let e = compute_fate_probabilities(&t, &term, &names, &starved).unwrap_err();
+        assert!(
+            matches!(e, AbsorptionError::NotConverged { .. }) && e.to_string().contains("direct"),
+            "{e}"
         );
     }
 

@@ -8,6 +8,7 @@ pub mod absorption;
 pub mod cflare;
 pub mod drivers;
 pub mod gpcca;
+pub mod iterative;
 pub mod schur;
 pub mod states;
 
