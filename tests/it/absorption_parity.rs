@@ -2,22 +2,10 @@
 
 use cellfate::estimators::absorption::{compute_fate_probabilities, AbsorptionOptions};
 use cellfate::estimators::drivers::{compute_lineage_drivers, DriverTest, Expression};
-use cellfate::io::{Element, H5adReader};
+use cellfate::io::H5adReader;
 use cellfate::kernels::CellSource;
 
-use crate::common::require_shared;
-
-fn reference(name: &str) -> Option<H5adReader> {
-    let dir = require_shared(&format!("reference/{name}"))?;
-    Some(H5adReader::open(dir.join("reference.h5ad")).expect("reference opens"))
-}
-
-fn names(r: &H5adReader, slot: &str) -> Vec<String> {
-    match r.read(slot).expect(slot) {
-        Element::Strings { values, .. } => values,
-        other => panic!("{slot}: {other:?}"),
-    }
-}
+use crate::common::{reference, require_shared, strings};
 
 /// Same transition matrix and terminal states → fate probabilities within 1e-5 per entry
 /// (CellRank solved with GMRES at tol 1e-6; ours is an exact LU, residual < 1e-10).
@@ -27,7 +15,7 @@ fn check_fates(name: &str, key: &str) {
     };
     let t = r.transition_matrix(key).expect("T");
     let labels = r.obs_labels("term_states_fwd").expect("terminal states");
-    let lin_names = names(&r, "uns/lineages_fwd_names");
+    let lin_names = strings(&r, "uns/lineages_fwd_names");
     let terminal: Vec<Option<usize>> = labels
         .iter()
         .map(|l| {
@@ -85,7 +73,7 @@ fn dentategyrus_drivers_match_cellrank() {
     let input = H5adReader::open(data.join("adata_200.h5ad")).expect("input");
     assert_eq!(input.var_names().expect("var"), r.var_names().expect("var"));
     let x = input.csr("X").expect("X");
-    let lin_names = names(&r, "uns/lineages_fwd_names");
+    let lin_names = strings(&r, "uns/lineages_fwd_names");
     let (n, l, probs) = r.dense("obsm/lineages_fwd").expect("lineages");
     let ys: Vec<Vec<f64>> = (0..l)
         .map(|j| (0..n).map(|i| probs[i * l + j]).collect())

@@ -1,12 +1,6 @@
 //! The `cellfate` binary: `inspect` in text and JSON, `--help`, exit codes.
 
-use std::process::Command;
-
-use crate::common::{require_shared, tempdir};
-
-fn cellfate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_cellfate"))
-}
+use crate::common::{cellfate, require_shared, tempdir};
 
 #[test]
 fn inspect_json_reports_shapes_and_slots() {

@@ -57,3 +57,22 @@ pub(crate) fn data_files() -> Vec<PathBuf> {
 pub(crate) fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temporary directory")
 }
+
+/// The `cellfate` binary built for these tests.
+pub(crate) fn cellfate() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cellfate"))
+}
+
+/// `../shared/reference/<name>/reference.h5ad`, or `None` (skip) when missing outside CI.
+pub(crate) fn reference(name: &str) -> Option<cellfate::io::H5adReader> {
+    let dir = require_shared(&format!("reference/{name}"))?;
+    Some(cellfate::io::H5adReader::open(dir.join("reference.h5ad")).expect("reference opens"))
+}
+
+/// A string-array slot (e.g. `uns/lineages_fwd_names`).
+pub(crate) fn strings(r: &cellfate::io::H5adReader, slot: &str) -> Vec<String> {
+    match r.read(slot).expect(slot) {
+        cellfate::io::Element::Strings { values, .. } => values,
+        other => panic!("{slot}: expected strings, found {}", other.encoding()),
+    }
+}

@@ -5,12 +5,7 @@
 use cellfate::estimators::{compute_schur, SchurMethod, SchurOptions};
 use cellfate::io::{Element, H5adReader};
 
-use crate::common::require_shared;
-
-fn reference(name: &str) -> Option<H5adReader> {
-    let dir = require_shared(&format!("reference/{name}"))?;
-    Some(H5adReader::open(dir.join("reference.h5ad")).expect("reference opens"))
-}
+use crate::common::{reference, strings};
 
 fn f64s(r: &H5adReader, slot: &str) -> Vec<f64> {
     match r.read(slot).expect(slot) {
@@ -70,13 +65,6 @@ fn pancreas_schur_eigenvalues_match_cellrank() {
         let diff = (a.0 - b.0).abs().max((a.1 - b.1).abs());
         let tol = if i < 15 { 1e-9 } else { 2e-7 };
         assert!(diff <= tol, "dense vs krylov eigenvalue {i}: {diff:e}");
-    }
-}
-
-fn strings(r: &H5adReader, slot: &str) -> Vec<String> {
-    match r.read(slot).expect(slot) {
-        Element::Strings { values, .. } => values,
-        other => panic!("{slot}: {other:?}"),
     }
 }
 

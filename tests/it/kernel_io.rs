@@ -1,13 +1,11 @@
 //! Kernels saved into `.h5ad` (CellRank's layout) and to binary files reload exactly; the
 //! `cellfate kernel` command writes what it says and fails clearly on bad input.
 
-use std::process::Command;
-
 use cellfate::io::{H5adEdit, H5adReader};
 use cellfate::kernel_io::{read_kernel, write_kernel};
 use cellfate::kernels::{expr, Kernel};
 
-use crate::common::{require_shared, tempdir};
+use crate::common::{cellfate, require_shared, tempdir};
 
 fn dg() -> Option<std::path::PathBuf> {
     require_shared("reference/dentategyrus_200").map(|d| d.join("reference.h5ad"))
@@ -38,10 +36,6 @@ fn write_to_adata_and_from_adata_round_trip() {
     // A matrix written by CellRank itself (no spec) reloads as a precomputed kernel.
     let ck = read_kernel(&r, "T_ck").expect("cellrank matrix");
     assert_eq!(ck.effective.kind(), "precomputed");
-}
-
-fn cellfate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_cellfate"))
 }
 
 #[test]

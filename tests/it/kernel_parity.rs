@@ -6,16 +6,11 @@ use cellfate::kernels::{
     ConnectivityParams, Kernel, KernelSpec, PseudotimeParams, TransitionMatrix, VelocityParams,
 };
 
-use crate::common::require_shared;
+use crate::common::reference;
 
 /// Tolerance on every entry of the transition matrix (CellRank computes in float64 from the
 /// same float32 inputs; differences come from summation order only).
 const TOL: f64 = 1e-9;
-
-fn reference(name: &str) -> Option<H5adReader> {
-    let dir = require_shared(&format!("reference/{name}"))?;
-    Some(H5adReader::open(dir.join("reference.h5ad")).expect("reference opens"))
-}
 
 fn assert_close(ours: &TransitionMatrix, theirs: &TransitionMatrix, what: &str) {
     let d = ours.as_csr().max_abs_diff(theirs.as_csr());

@@ -1,16 +1,10 @@
 //! End to end: `cellfate run --demo` on the built-in simulation (ground truth) and `run` on a
 //! real processed dataset; the output holds CellRank's keys and reopens in Python anndata.
 
-use std::process::Command;
-
 use cellfate::io::{Element, H5adReader};
 use cellfate::kernels::CellSource;
 
-use crate::common::{require_shared, tempdir};
-
-fn cellfate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_cellfate"))
-}
+use crate::common::{cellfate, require_shared, tempdir};
 
 const CELLRANK_KEYS: &[&str] = &[
     "obsp/T_fwd",

@@ -194,7 +194,7 @@ fn cellrank_reads_what_cellfate_writes() {
     }
     let d = tempdir();
     let out = d.path().join("demo.h5ad");
-    let res = Command::new(env!("CARGO_BIN_EXE_cellfate"))
+    let res = crate::common::cellfate()
         .args(["run", "--demo", "--demo-cells", "800", "-q", "-o"])
         .arg(&out)
         .output()
