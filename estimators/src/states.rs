@@ -293,6 +293,11 @@ pub enum TerminalMethod {
         /// Eigengap parameter α.
         alpha: f64,
     },
+    /// Set by hand: these macrostates, by name (CellRank's `set_terminal_states(["Alpha"])`).
+    Names {
+        /// Macrostate names.
+        states: Vec<String>,
+    },
 }
 
 impl Default for TerminalMethod {
@@ -354,6 +359,29 @@ pub fn select_terminal(
         TerminalMethod::EigengapCoarse { alpha } => {
             Ok(by_stability(crate::gpcca::eigengap(coarse_diag, *alpha)))
         }
+        TerminalMethod::Names { states } => {
+            if states.is_empty() {
+                return Err(StatesError::Invalid(
+                    "terminal states by name: the list of names is empty".into(),
+                ));
+            }
+            let mut sel = Vec::with_capacity(states.len());
+            for s in states {
+                let q = names.iter().position(|n| n == s).ok_or_else(|| {
+                    StatesError::Invalid(format!(
+                        "terminal state {s:?} is not a macrostate; the macrostates are: {}",
+                        names.join(", ")
+                    ))
+                })?;
+                if sel.contains(&q) {
+                    return Err(StatesError::Invalid(format!(
+                        "terminal state {s:?} is named twice"
+                    )));
+                }
+                sel.push(q);
+            }
+            Ok(sel)
+        }
     }
 }
 
@@ -400,6 +428,23 @@ pub fn select_initial(coarse_stat: &[f64], n_states: usize) -> Result<Vec<usize>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn terminal_states_by_name() {
+        let names: Vec<String> = ["Alpha", "Beta", "Ductal"].map(String::from).to_vec();
+        let diag = [0.99, 0.5, 0.97];
+        let by = |v: &[&str]| TerminalMethod::Names {
+            states: v.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(
+            select_terminal(&names, &diag, &by(&["Ductal", "Beta"]), &[]).unwrap(),
+            vec![2, 1]
+        );
+        let e = select_terminal(&names, &diag, &by(&["Delta"]), &[]).unwrap_err();
+        assert!(e.to_string().contains("Alpha, Beta, Ductal"), "{e}");
+        assert!(select_terminal(&names, &diag, &by(&["Beta", "Beta"]), &[]).is_err());
+        assert!(select_terminal(&names, &diag, &by(&[]), &[]).is_err());
+    }
 
     #[test]
     fn discretisation_overlap_and_threshold() {

@@ -18,7 +18,7 @@ use cellfate_estimators::states::{
     fuzzy_to_discrete, name_states, select_initial, select_terminal, states_from_memberships,
     ClusterReference, TerminalMethod,
 };
-use cellfate_kernels::{CellSource, TransitionMatrix};
+use cellfate_kernels::{CellSource, Direction, TransitionMatrix};
 
 use crate::io::{keys, Categorical, DataFrame, Element, H5adEdit, H5adReader, NumVec};
 
@@ -605,4 +605,63 @@ pub fn read_terminal_states(
         .map(|l| l.as_ref().and_then(|s| names.iter().position(|n| n == s)))
         .collect();
     Ok((assign, names))
+}
+
+/// Terminal states set by hand from per-cell labels (CellRank's `set_terminal_states` with a
+/// categorical column or `{state: [cells]}`): `labels[i]` is the state of cell `i` or `None`.
+/// States are ordered as in `order` (every label must be in it); colours default to CellRank's
+/// palette. Writes `obs["term_states_fwd"]` (or `_bwd`), its `_probs` (1 for labelled cells,
+/// 0 elsewhere) and `uns[..._colors]`. Returns the number of cells per state.
+pub fn set_terminal_states_from_labels(
+    edit: &mut H5adEdit,
+    d: Direction,
+    labels: &[Option<String>],
+    order: &[String],
+    colors: Option<Vec<String>>,
+) -> Result<Vec<usize>, PipelineError> {
+    if order.is_empty() {
+        return Err(PipelineError::Invalid(
+            "terminal states by hand: no states given".into(),
+        ));
+    }
+    let mut counts = vec![0usize; order.len()];
+    let mut assign = Vec::with_capacity(labels.len());
+    for l in labels {
+        match l {
+            None => assign.push(None),
+            Some(s) => match order.iter().position(|o| o == s) {
+                Some(q) => {
+                    counts[q] += 1;
+                    assign.push(Some(q));
+                }
+                None => assign.push(None),
+            },
+        }
+    }
+    if let Some(q) = counts.iter().position(|&c| c == 0) {
+        return Err(PipelineError::Invalid(format!(
+            "terminal state {:?} has no cells",
+            order[q]
+        )));
+    }
+    let colors = match colors {
+        Some(c) if c.len() == order.len() => c,
+        _ => cellfate_estimators::states::palette(order.len())?,
+    };
+    let ts_key = keys::terminal_states(d);
+    edit.set(&format!("obs/{ts_key}"), labels_element(&assign, order));
+    edit.set(
+        &format!("obs/{}", keys::probs(&ts_key)),
+        Element::from_f64(
+            assign
+                .iter()
+                .map(|a| if a.is_some() { 1.0 } else { 0.0 })
+                .collect(),
+        ),
+    );
+    edit.set(
+        &format!("uns/{}", keys::colors(&ts_key)),
+        Element::from_strings(colors),
+    );
+    Ok(counts)
 }

@@ -35,6 +35,9 @@ pub(crate) struct EstimatorFlags {
     /// Cells per state in the discrete assignment.
     #[arg(long)]
     n_cells: Option<usize>,
+    /// Terminal states by hand: these macrostate names (comma-separated).
+    #[arg(long, value_delimiter = ',', conflicts_with = "terminal_method")]
+    terminal_states: Vec<String>,
 }
 
 impl EstimatorFlags {
@@ -74,6 +77,10 @@ impl EstimatorFlags {
                 "eigengap" => TerminalMethod::Eigengap { alpha },
                 "eigengap_coarse" | "eigengap-coarse" => TerminalMethod::EigengapCoarse { alpha },
                 other => bail!("--terminal-method {other:?}: expected stability, top_n, eigengap or eigengap_coarse"),
+            };
+        } else if !self.terminal_states.is_empty() {
+            e.terminal = TerminalMethod::Names {
+                states: self.terminal_states.clone(),
             };
         } else if let Some(th) = self.stability_threshold {
             e.terminal = TerminalMethod::Stability { threshold: th };
@@ -270,6 +277,7 @@ pub(crate) fn run(a: RunArgs) -> anyhow::Result<String> {
         // The simulator knows how many fates it made: unless told otherwise, the demo picks
         // that many terminal states (the most stable macrostates).
         if a.estimators.terminal_method.is_none()
+            && a.estimators.terminal_states.is_empty()
             && a.estimators.stability_threshold.is_none()
             && a.config.is_none()
         {

@@ -73,6 +73,126 @@ pub(crate) struct TerminalArgs {
     /// Cells per terminal state.
     #[arg(long, default_value_t = 30)]
     n_cells: usize,
+    /// Set terminal states by hand: these macrostates, by name (comma-separated).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["obs", "cells_file"])]
+    states: Vec<String>,
+    /// Set terminal states by hand from a categorical obs column (cells with no label are
+    /// transient); no macrostates needed.
+    #[arg(long, conflicts_with = "cells_file")]
+    obs: Option<String>,
+    /// With --obs: keep only these categories (comma-separated).
+    #[arg(long, value_delimiter = ',', requires = "obs")]
+    categories: Vec<String>,
+    /// Set terminal states by hand from a CSV file of `cell,state` lines (cell = obs name);
+    /// no macrostates needed.
+    #[arg(long)]
+    cells_file: Option<std::path::PathBuf>,
+}
+
+fn terminal_states_by_hand(a: &TerminalArgs, d: Direction) -> anyhow::Result<String> {
+    let r = H5adReader::open(&a.io.input)?;
+    let n = r.n_obs()?;
+    let (labels, order, colors): (Vec<Option<String>>, Vec<String>, Option<Vec<String>>) =
+        if let Some(col) = &a.obs {
+            let labels = r
+                .obs_labels(col)
+                .with_context(|| format!("{}: obs[{col:?}]", a.io.input.display()))?;
+            let mut cats = match r.column("obs", col)? {
+                Element::Categorical(c) => c.categories.labels(),
+                _ => {
+                    let mut v: Vec<String> = labels.iter().flatten().cloned().collect();
+                    v.sort();
+                    v.dedup();
+                    v
+                }
+            };
+            let all_colors = strings(&r, &format!("uns/{col}_colors")).ok();
+            let color_of = |c: &str, cats: &[String]| -> Option<String> {
+                let q = cats.iter().position(|x| x == c)?;
+                all_colors
+                    .as_ref()
+                    .filter(|v| v.len() == cats.len())?
+                    .get(q)
+                    .cloned()
+            };
+            let full = cats.clone();
+            if !a.categories.is_empty() {
+                for c in &a.categories {
+                    if !cats.contains(c) {
+                        bail!(
+                            "{}: --categories: {c:?} is not a category of obs[{col:?}] (categories: {})",
+                            a.io.input.display(),
+                            cats.join(", ")
+                        );
+                    }
+                }
+                cats = a.categories.clone();
+            }
+            let colors: Option<Vec<String>> = cats.iter().map(|c| color_of(c, &full)).collect();
+            (labels, cats, colors)
+        } else {
+            let path = a.cells_file.as_ref().context("no states given")?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let names = r.obs_names()?;
+            let index: std::collections::HashMap<&str, usize> = names
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.as_str(), i))
+                .collect();
+            let mut labels = vec![None; n];
+            let mut order: Vec<String> = Vec::new();
+            for (lineno, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let (cell, state) = line.split_once(',').with_context(|| {
+                    format!("{}:{}: expected `cell,state`", path.display(), lineno + 1)
+                })?;
+                let (cell, state) = (cell.trim(), state.trim());
+                let Some(&i) = index.get(cell) else {
+                    if lineno == 0 {
+                        continue; // a header line
+                    }
+                    bail!(
+                        "{}:{}: cell {cell:?} is not an obs name of {}",
+                        path.display(),
+                        lineno + 1,
+                        a.io.input.display()
+                    );
+                };
+                if let Some(prev) = &labels[i] {
+                    if prev != state {
+                        bail!(
+                            "{}:{}: cell {cell:?} is in two states ({prev:?} and {state:?})",
+                            path.display(),
+                            lineno + 1
+                        );
+                    }
+                }
+                if !order.iter().any(|o| o == state) {
+                    order.push(state.to_string());
+                }
+                labels[i] = Some(state.to_string());
+            }
+            (labels, order, None)
+        };
+    let mut edit = H5adEdit::new(&a.io.input);
+    let counts = cellfate::pipeline::estimate::set_terminal_states_from_labels(
+        &mut edit, d, &labels, &order, colors,
+    )?;
+    edit.write_to(&a.io.output)?;
+    let listing: Vec<String> = order
+        .iter()
+        .zip(&counts)
+        .map(|(s, c)| format!("{s} ({c} cells)"))
+        .collect();
+    Ok(format!(
+        "terminal states set by hand: {} -> {}\n",
+        listing.join(", "),
+        a.io.output.display()
+    ))
 }
 
 fn strings(r: &H5adReader, slot: &str) -> anyhow::Result<Vec<String>> {
@@ -88,12 +208,15 @@ fn strings(r: &H5adReader, slot: &str) -> anyhow::Result<Vec<String>> {
 
 pub(crate) fn terminal_states(a: TerminalArgs) -> anyhow::Result<String> {
     use cellfate::estimators::states::TerminalMethod;
-    let r = H5adReader::open(&a.io.input)?;
     let d = if a.io.transition_key.ends_with("bwd") {
         Direction::Backward
     } else {
         Direction::Forward
     };
+    if a.obs.is_some() || a.cells_file.is_some() {
+        return terminal_states_by_hand(&a, d);
+    }
+    let r = H5adReader::open(&a.io.input)?;
     let ms = keys::macrostates(d);
     let mem_slot = format!("obsm/{}", keys::memberships(&ms));
     if !r.exists(&mem_slot) {
@@ -105,9 +228,17 @@ pub(crate) fn terminal_states(a: TerminalArgs) -> anyhow::Result<String> {
     let (n, m, chi) = r.dense(&mem_slot)?;
     let names = strings(&r, &format!("uns/{}", keys::names(&ms)))?;
     let colors = strings(&r, &format!("uns/{}", keys::colors(&ms))).unwrap_or_default();
-    let (_, _, ct) = r.dense(&format!("uns/{}/X", keys::coarse(d)))?;
-    let diag: Vec<f64> = (0..m).map(|q| ct[q * m + q]).collect();
+    // Stabilities (coarse self-transitions) are not needed when the states are named.
+    let diag: Vec<f64> = if a.states.is_empty() {
+        let (_, _, ct) = r.dense(&format!("uns/{}/X", keys::coarse(d)))?;
+        (0..m).map(|q| ct[q * m + q]).collect()
+    } else {
+        vec![0.0; m]
+    };
     let method = match a.method.as_str() {
+        _ if !a.states.is_empty() => TerminalMethod::Names {
+            states: a.states.clone(),
+        },
         "stability" => TerminalMethod::Stability {
             threshold: a.threshold,
         },
