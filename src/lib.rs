@@ -22,5 +22,6 @@ pub mod inspect;
 pub mod io;
 pub mod kernel_io;
 pub mod pipeline;
+pub mod report;
 pub mod sim;
 pub mod upstream;

@@ -116,6 +116,17 @@ pub struct RunSummary {
     pub stages: Vec<StageTime>,
     /// Estimator results.
     pub estimators: EstimatorSummary,
+    /// Peak resident memory of the process so far (MB; Linux `VmHWM`), when known.
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// Peak resident set size of this process in MB (`VmHWM` of `/proc/self/status`; `None` where
+/// that file does not exist).
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 /// Runs kernel + estimators on `input`, writing everything to `output` (a copy of the input;
@@ -147,16 +158,26 @@ pub fn run(
         stage: "kernel".into(),
         seconds: start.elapsed().as_secs_f64(),
     });
-    let est_start = Instant::now();
-    let mut timed = |s: &str| progress(s);
+    // Each estimator stage is timed from its progress message to the next one.
+    let mut marks: Vec<(String, Instant)> = Vec::new();
+    let mut timed = |s: &str| {
+        marks.push((s.to_string(), Instant::now()));
+        progress(s);
+    };
     let summary = estimate::run_estimators(&r, &t, &spec.estimators, &mut edit, &mut timed)?;
-    stages.push(StageTime {
-        stage: "estimators".into(),
-        seconds: est_start.elapsed().as_secs_f64(),
-    });
+    let end = Instant::now();
+    for (k, (name, at)) in marks.iter().enumerate() {
+        let next = marks.get(k + 1).map_or(end, |m| m.1);
+        stages.push(StageTime {
+            stage: name.clone(),
+            seconds: next.duration_since(*at).as_secs_f64(),
+        });
+    }
+    let run_info = serde_json::json!({ "stages": &stages, "peak_rss_mb": peak_rss_mb() });
     edit.set(
         "uns/cellfate",
         Element::Dict(vec![
+            ("run".into(), Element::Str(run_info.to_string())),
             ("config".into(), Element::Str(spec.to_toml())),
             (
                 "version".into(),
@@ -182,5 +203,6 @@ pub fn run(
         kernel: kernel_json,
         stages,
         estimators: summary,
+        peak_rss_mb: peak_rss_mb(),
     })
 }

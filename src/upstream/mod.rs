@@ -154,6 +154,22 @@ fn highly_variable(logx: &Csr, candidates: &[bool], n_top: usize) -> Vec<bool> {
     mask
 }
 
+/// The first `k` principal-component scores (row-major n × k) of a dense row-major n × g
+/// matrix, centred here (used for a 2-D embedding when a file has none).
+pub(crate) fn pca_scores(x: &[f64], n: usize, g: usize, k: usize, seed: u64) -> Vec<f64> {
+    let mut a = DMatrix::from_fn(n, g, |i, j| x[i * g + j]);
+    for j in 0..g {
+        let mean = a.column(j).sum() / n.max(1) as f64;
+        a.column_mut(j).add_scalar_mut(-mean);
+    }
+    let s = pca(&a, k, seed);
+    let k = s.ncols();
+    (0..n)
+        .flat_map(|i| (0..k).map(move |j| (i, j)))
+        .map(|(i, j)| s[(i, j)])
+        .collect()
+}
+
 /// Seeded randomized PCA of the centred dense matrix `a` (n × p): scores (n × k).
 fn pca(a: &DMatrix<f64>, k: usize, seed: u64) -> DMatrix<f64> {
     let (n, p) = (a.nrows(), a.ncols());

@@ -14,4 +14,5 @@ mod kernel_io;
 mod kernel_parity;
 mod pipeline;
 mod python;
+mod report;
 mod roundtrip;

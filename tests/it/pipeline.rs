@@ -388,6 +388,9 @@ fn batch_continues_past_a_failed_sample() {
                 "2",
                 "--jobs",
                 "2",
+                "--report",
+                "--n-walks",
+                "10",
             ])
             .output()
             .expect("runs")
@@ -425,6 +428,14 @@ fn batch_continues_past_a_failed_sample() {
     );
     let csv = std::fs::read_to_string(out.join("summary.csv")).expect("csv");
     assert_eq!(csv.lines().count(), 4);
+    assert!(samples
+        .iter()
+        .all(|s| s["status"] == "failed" || s["peak_rss_mb"].as_f64().is_some()));
+    // The index page links the two reports and reports the failure.
+    let index = std::fs::read_to_string(out.join("index.html")).expect("index.html");
+    assert!(index.contains("href=\"reports/a.html\"") && index.contains("href=\"reports/b.html\""));
+    assert!(index.contains("failed: "));
+    assert!(out.join("reports/a.html").exists() && !out.join("reports/broken.html").exists());
     // Re-run: complete outputs are skipped.
     let res = run();
     assert_eq!(res.status.code(), Some(1));

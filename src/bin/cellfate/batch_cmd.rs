@@ -42,6 +42,11 @@ pub(crate) struct BatchArgs {
     /// Recompute samples whose output is complete and newer than the input.
     #[arg(long)]
     force: bool,
+    /// Also write an HTML report per sample (DIR/reports/<name>.html) and DIR/index.html.
+    #[arg(long)]
+    report: bool,
+    #[command(flatten)]
+    figures: crate::report_cmd::FigureFlags,
 }
 
 /// One sample's outcome.
@@ -57,6 +62,10 @@ struct SampleResult {
     fate_shares: Vec<(String, f64)>,
     warnings: Vec<String>,
     error: Option<String>,
+    /// Peak resident memory of the batch process when this sample finished (MB; samples
+    /// share one process, so this is an upper bound for the sample).
+    peak_rss_mb: Option<f64>,
+    report: Option<String>,
 }
 
 fn up_to_date(input: &Path, output: &Path) -> bool {
@@ -111,6 +120,8 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<(String, bool)> {
                     fate_shares: Vec::new(),
                     warnings: Vec::new(),
                     error: None,
+                    peak_rss_mb: None,
+                    report: None,
                 };
                 if !a.force && up_to_date(input, &output) {
                     res.status = "skipped (up to date)".into();
@@ -142,6 +153,26 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<(String, bool)> {
                         res.terminal_states = s.estimators.terminal_states.clone();
                         res.fate_shares = s.estimators.fate_shares.clone();
                         res.warnings = s.estimators.notes.clone();
+                        if a.report {
+                            let dir = a.out_dir.join("reports");
+                            let path = dir.join(format!("{}.html", res.sample));
+                            let opts = a.figures.options(spec.estimators.cluster_key.clone());
+                            let title = crate::report_cmd::title_of(&output);
+                            let made = std::fs::create_dir_all(&dir)
+                                .map_err(|e| e.to_string())
+                                .and_then(|()| {
+                                    cellfate::report::html::write_report(
+                                        &output, &path, &title, &opts,
+                                    )
+                                    .map_err(|e| e.to_string())
+                                });
+                            match made {
+                                Ok(()) => {
+                                    res.report = Some(format!("reports/{}.html", res.sample));
+                                }
+                                Err(e) => res.warnings.push(format!("report not written: {e}")),
+                            }
+                        }
                     }
                     Err(e) => {
                         res.status = "failed".into();
@@ -155,6 +186,7 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<(String, bool)> {
                     *used -= need;
                 }
                 res.seconds = start.elapsed().as_secs_f64();
+                res.peak_rss_mb = pipeline::peak_rss_mb();
                 res
             })
             .collect()
@@ -166,8 +198,9 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<(String, bool)> {
         "samples": results,
     }))?;
     crate::kernel_cmd::write_atomic(&a.out_dir.join("summary.json"), json.as_bytes())?;
-    let mut csv =
-        String::from("sample,status,seconds,n_cells,terminal_states,fate_shares,warnings,error\n");
+    let mut csv = String::from(
+        "sample,status,seconds,peak_rss_mb,n_cells,terminal_states,fate_shares,warnings,error\n",
+    );
     let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
     for r in &results {
         let shares: Vec<String> = r
@@ -176,10 +209,11 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<(String, bool)> {
             .map(|(n, s)| format!("{n}:{s:.4}"))
             .collect();
         csv.push_str(&format!(
-            "{},{},{:.3},{},{},{},{},{}\n",
+            "{},{},{:.3},{},{},{},{},{},{}\n",
             q(&r.sample),
             q(&r.status),
             r.seconds,
+            r.peak_rss_mb.map_or(String::new(), |m| format!("{m:.0}")),
             r.n_cells.map_or(String::new(), |n| n.to_string()),
             q(&r.terminal_states.join(";")),
             q(&shares.join(";")),
@@ -188,6 +222,27 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<(String, bool)> {
         ));
     }
     crate::kernel_cmd::write_atomic(&a.out_dir.join("summary.csv"), csv.as_bytes())?;
+    if a.report {
+        let entries: Vec<cellfate::report::html::IndexEntry> = results
+            .iter()
+            .map(|r| cellfate::report::html::IndexEntry {
+                name: r.sample.clone(),
+                status: r
+                    .error
+                    .as_ref()
+                    .map_or(r.status.clone(), |e| format!("failed: {e}")),
+                report: r.report.clone().or_else(|| {
+                    let rel = format!("reports/{}.html", r.sample);
+                    a.out_dir.join(&rel).exists().then_some(rel)
+                }),
+                terminal_states: r.terminal_states.clone(),
+                fate_shares: r.fate_shares.clone(),
+                seconds: r.seconds,
+            })
+            .collect();
+        let page = cellfate::report::html::index("cellfate batch", &entries);
+        crate::kernel_cmd::write_atomic(&a.out_dir.join("index.html"), page.as_bytes())?;
+    }
     let mut report = String::new();
     for r in &results {
         report.push_str(&format!(

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod batch_cmd;
 mod kernel_cmd;
+mod report_cmd;
 mod run_cmd;
 mod stages_cmd;
 
@@ -40,6 +41,13 @@ enum Command {
     /// Run the whole fate mapping on an .h5ad file (or --demo): kernel, Schur, macrostates,
     /// terminal states, fate probabilities, absorption times, drivers.
     Run(run_cmd::RunArgs),
+    /// Figures (PNG/SVG) from a fate-mapping output: embeddings by clusters, macrostates,
+    /// terminal states and fate probabilities; Schur spectrum; coarse T; drivers; random walks;
+    /// the transition-matrix projection.
+    Plot(report_cmd::PlotArgs),
+    /// A self-contained HTML report (figures, terminal states, drivers, warnings, timings,
+    /// parameters) from a fate-mapping output.
+    Report(report_cmd::ReportArgs),
     /// Fate mapping over many files (in parallel within a memory budget): one output per sample
     /// and summary.json / summary.csv. Exits 1 when some samples failed.
     Batch(batch_cmd::BatchArgs),
@@ -137,6 +145,8 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             let msg = run_cmd::run(args)?;
             write_stdout(&msg)
         }
+        Command::Plot(a) => write_stdout(&report_cmd::plot(a)?),
+        Command::Report(a) => write_stdout(&report_cmd::report(a)?),
         Command::Macrostates(a) => write_stdout(&stages_cmd::macrostates(a)?),
         Command::TerminalStates(a) => write_stdout(&stages_cmd::terminal_states(a)?),
         Command::Fates(a) => write_stdout(&stages_cmd::fates(a)?),

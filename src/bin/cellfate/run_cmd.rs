@@ -126,6 +126,14 @@ pub(crate) struct RunArgs {
     /// Less output.
     #[arg(short, long)]
     quiet: bool,
+    /// Write a self-contained HTML report of the run here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Write the figures (PNG and SVG) into this directory.
+    #[arg(long)]
+    plots: Option<PathBuf>,
+    #[command(flatten)]
+    figures: crate::report_cmd::FigureFlags,
 }
 
 pub(crate) fn build_spec(
@@ -228,7 +236,10 @@ pub(crate) fn summary_text(s: &pipeline::RunSummary) -> String {
         let _ = writeln!(out, "note: {note}");
     }
     for st in &s.stages {
-        let _ = writeln!(out, "  {:<12} {:.2} s", st.stage, st.seconds);
+        let _ = writeln!(out, "  {:<26} {:>8.2} s", st.stage, st.seconds);
+    }
+    if let Some(mb) = s.peak_rss_mb {
+        let _ = writeln!(out, "  peak memory {mb:.0} MB");
     }
     out
 }
@@ -294,9 +305,28 @@ pub(crate) fn run(a: RunArgs) -> anyhow::Result<String> {
     let mut progress = progress_printer(a.quiet);
     let summary = pipeline::run(&input, &a.output, &spec, &mut progress)
         .with_context(|| format!("fate mapping {}", input.display()))?;
+    let opts = a.figures.options(spec.estimators.cluster_key.clone());
+    let mut extra = String::new();
+    if let Some(dir) = &a.plots {
+        progress("figures");
+        let (paths, _) = crate::report_cmd::write_plots(
+            &a.output,
+            dir,
+            &[cellfate::report::Format::Png, cellfate::report::Format::Svg],
+            &opts,
+        )?;
+        extra.push_str(&format!("{} figures -> {}\n", paths.len(), dir.display()));
+    }
+    if let Some(path) = &a.report {
+        progress("report");
+        let title = crate::report_cmd::title_of(&a.output);
+        cellfate::report::html::write_report(&a.output, path, &title, &opts)
+            .with_context(|| format!("report of {}", a.output.display()))?;
+        extra.push_str(&format!("report -> {}\n", path.display()));
+    }
     Ok(if a.json {
         serde_json::to_string_pretty(&summary)? + "\n"
     } else {
-        summary_text(&summary)
+        summary_text(&summary) + &extra
     })
 }

@@ -1,0 +1,116 @@
+//! `cellfate plot` and `cellfate report`: figures and a self-contained HTML page from an output.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use cellfate::report::{self, Format, PlotOptions};
+
+/// Figure settings shared by `plot`, `report`, `run` and `batch`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct FigureFlags {
+    /// Embedding for the figures (obsm key or name: umap, X_tsne, ...; default: X_umap, else
+    /// the first two principal components).
+    #[arg(long)]
+    basis: Option<String>,
+    /// Random walks to draw.
+    #[arg(long, default_value_t = 100)]
+    n_walks: usize,
+    /// Seed of the random walks.
+    #[arg(long = "walk-seed", default_value_t = 0)]
+    walk_seed: u64,
+}
+
+impl FigureFlags {
+    pub(crate) fn options(&self, cluster_key: Option<String>) -> PlotOptions {
+        PlotOptions {
+            basis: self.basis.clone(),
+            cluster_key,
+            n_walks: self.n_walks,
+            seed: self.walk_seed,
+            ..Default::default()
+        }
+    }
+}
+
+/// Arguments of `cellfate plot`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PlotArgs {
+    /// An .h5ad with fate-mapping results (CellRank's keys).
+    input: PathBuf,
+    /// Directory for the figures (created).
+    #[arg(long, short = 'o')]
+    out_dir: PathBuf,
+    /// Formats, comma-separated: svg, png.
+    #[arg(long, value_delimiter = ',', default_value = "png,svg")]
+    format: Vec<Format>,
+    /// obs column with cluster labels (default: clusters).
+    #[arg(long)]
+    cluster_key: Option<String>,
+    #[command(flatten)]
+    figures: FigureFlags,
+}
+
+/// Writes every figure of `input` into `dir`; returns the paths and notes.
+pub(crate) fn write_plots(
+    input: &Path,
+    dir: &Path,
+    formats: &[Format],
+    opts: &PlotOptions,
+) -> anyhow::Result<(Vec<PathBuf>, Vec<String>)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let r = cellfate::io::H5adReader::open(input)?;
+    let (figs, notes) = report::figures(&r, opts)?;
+    let mut paths = Vec::new();
+    for f in &figs {
+        for &fmt in formats {
+            paths.push(f.write(dir, fmt)?);
+        }
+    }
+    Ok((paths, notes))
+}
+
+pub(crate) fn plot(a: PlotArgs) -> anyhow::Result<String> {
+    let opts = a.figures.options(a.cluster_key.clone());
+    let (paths, notes) = write_plots(&a.input, &a.out_dir, &a.format, &opts)
+        .with_context(|| format!("plotting {}", a.input.display()))?;
+    let mut out = format!("{} figures -> {}\n", paths.len(), a.out_dir.display());
+    for n in notes {
+        out.push_str(&format!("note: {n}\n"));
+    }
+    Ok(out)
+}
+
+/// Arguments of `cellfate report`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ReportArgs {
+    /// An .h5ad with fate-mapping results.
+    input: PathBuf,
+    /// The HTML file to write.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Page title (default: the input's name).
+    #[arg(long)]
+    title: Option<String>,
+    /// obs column with cluster labels (default: clusters).
+    #[arg(long)]
+    cluster_key: Option<String>,
+    #[command(flatten)]
+    figures: FigureFlags,
+}
+
+pub(crate) fn title_of(input: &Path) -> String {
+    format!(
+        "cellfate report: {}",
+        input
+            .file_stem()
+            .map_or_else(|| "run".into(), |s| s.to_string_lossy())
+    )
+}
+
+pub(crate) fn report(a: ReportArgs) -> anyhow::Result<String> {
+    let title = a.title.clone().unwrap_or_else(|| title_of(&a.input));
+    let opts = a.figures.options(a.cluster_key.clone());
+    report::html::write_report(&a.input, &a.output, &title, &opts)
+        .with_context(|| format!("report of {}", a.input.display()))?;
+    Ok(format!("report -> {}\n", a.output.display()))
+}

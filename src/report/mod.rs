@@ -1,0 +1,547 @@
+//! Figures and a self-contained HTML report from a fate-mapping output (`.h5ad` with
+//! CellRank's keys): everything is read from the file, so `cellfate report` works on outputs
+//! of `cellfate run`, of the stage commands, and on CellRank's own files.
+
+pub mod html;
+pub mod plots;
+
+use std::path::PathBuf;
+
+use plotters::style::RGBColor;
+use thiserror::Error;
+
+use cellfate_estimators::states::PALETTE;
+use cellfate_kernels::{CellSource, DenseMatrix, Direction};
+
+use crate::io::{keys, Element, H5adError, H5adReader, NumVec};
+pub use plots::{Figure, Format, Overlay, Plot};
+
+/// Errors of plotting and reporting.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ReportError {
+    /// Reading the input.
+    #[error(transparent)]
+    H5ad(#[from] H5adError),
+    /// Writing a figure or the report.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The plotting backend failed.
+    #[error("drawing: {0}")]
+    Draw(String),
+    /// The data cannot be plotted.
+    #[error("{0}")]
+    Data(String),
+}
+
+/// What to plot.
+#[derive(Clone, Debug)]
+pub struct PlotOptions {
+    /// Embedding: `umap` (obsm `X_umap`), any `obsm` key, or `None` for the first of
+    /// `X_umap`, `X_tsne`, `X_draw_graph_fa`, `X_pca` (its first two components).
+    pub basis: Option<String>,
+    /// Cluster column (default: `clusters` when present).
+    pub cluster_key: Option<String>,
+    /// Random walks to draw.
+    pub n_walks: usize,
+    /// Seed of the random walks.
+    pub seed: u64,
+    /// At most this many cells are drawn (an even subsample above).
+    pub max_points: usize,
+    /// Driver genes per lineage.
+    pub n_drivers: usize,
+}
+
+impl Default for PlotOptions {
+    fn default() -> Self {
+        Self {
+            basis: None,
+            cluster_key: None,
+            n_walks: 100,
+            seed: 0,
+            max_points: 50_000,
+            n_drivers: 10,
+        }
+    }
+}
+
+fn hex_or_palette(colors: Option<&Vec<String>>, k: usize) -> Vec<RGBColor> {
+    (0..k)
+        .map(|q| {
+            colors
+                .and_then(|c| c.get(q))
+                .and_then(|s| plots::parse_hex(s))
+                .or_else(|| plots::parse_hex(PALETTE[q % PALETTE.len()]))
+                .unwrap_or(RGBColor(128, 128, 128))
+        })
+        .collect()
+}
+
+fn strings(r: &H5adReader, slot: &str) -> Option<Vec<String>> {
+    match r.read(slot).ok()? {
+        Element::Strings { values, .. } => Some(values),
+        _ => None,
+    }
+}
+
+/// A categorical obs column: labels per cell, categories and their colours.
+pub(crate) struct Labels {
+    pub(crate) codes: Vec<Option<usize>>,
+    pub(crate) categories: Vec<String>,
+    pub(crate) colors: Vec<RGBColor>,
+}
+
+pub(crate) fn labels(r: &H5adReader, key: &str) -> Option<Labels> {
+    let (codes, categories) = match r.column("obs", key).ok()? {
+        Element::Categorical(c) => {
+            let cats = c.categories.labels();
+            let codes = c
+                .codes
+                .iter()
+                .map(|&x| (x >= 0 && (x as usize) < cats.len()).then_some(x as usize))
+                .collect();
+            (codes, cats)
+        }
+        _ => {
+            let l = r.obs_labels(key).ok()?;
+            let mut cats: Vec<String> = l.iter().flatten().cloned().collect();
+            cats.sort();
+            cats.dedup();
+            let codes = l
+                .iter()
+                .map(|x| x.as_ref().and_then(|s| cats.iter().position(|c| c == s)))
+                .collect();
+            (codes, cats)
+        }
+    };
+    let colors = hex_or_palette(
+        strings(r, &format!("uns/{key}_colors")).as_ref(),
+        categories.len(),
+    );
+    Some(Labels {
+        codes,
+        categories,
+        colors,
+    })
+}
+
+/// The 2-D embedding: coordinates and the basis name. Falls back to the first two principal
+/// components (`obsm["X_pca"]`, or a PCA of `X` computed here).
+pub fn embedding(
+    r: &H5adReader,
+    basis: Option<&str>,
+) -> Result<(Vec<[f64; 2]>, String), ReportError> {
+    let n = r.n_obs()?;
+    let candidates: Vec<String> = match basis {
+        Some(b) => {
+            let key = if b.starts_with("X_") {
+                b.to_string()
+            } else {
+                format!("X_{b}")
+            };
+            if !r.exists(&format!("obsm/{key}")) && !r.exists(&format!("obsm/{b}")) {
+                return Err(ReportError::Data(format!(
+                    "{}: no embedding obsm[{key:?}]; available: {}",
+                    r.path().display(),
+                    r.keys("obsm").unwrap_or_default().join(", ")
+                )));
+            }
+            vec![key, b.to_string()]
+        }
+        None => ["X_umap", "X_tsne", "X_draw_graph_fa", "X_pca"]
+            .map(String::from)
+            .to_vec(),
+    };
+    for key in candidates {
+        let slot = format!("obsm/{key}");
+        if !r.exists(&slot) {
+            continue;
+        }
+        let (rows, cols, data) = r.dense(&slot)?;
+        if rows != n || cols < 2 {
+            continue;
+        }
+        let name = key
+            .strip_prefix("X_")
+            .unwrap_or(&key)
+            .to_ascii_uppercase()
+            .replace("DRAW_GRAPH_FA", "FA");
+        let xy = (0..n)
+            .map(|i| [data[i * cols], data[i * cols + 1]])
+            .collect();
+        return Ok((xy, name));
+    }
+    // No embedding: two principal components of X.
+    let x = match r.read("X")? {
+        Element::Sparse(s) => {
+            let csr = s
+                .to_csr()
+                .map_err(|e| ReportError::Data(format!("{}: X: {e}", r.path().display())))?;
+            csr.to_dense()
+        }
+        Element::Dense(d) if d.shape.len() == 2 => d.data.to_f64(),
+        other => {
+            return Err(ReportError::Data(format!(
+                "{}: no embedding in obsm and X is {}; give --basis",
+                r.path().display(),
+                other.encoding()
+            )))
+        }
+    };
+    let g = r.n_vars()?;
+    let scores = crate::upstream::pca_scores(&x, n, g, 2, 0);
+    Ok((
+        (0..n).map(|i| [scores[2 * i], scores[2 * i + 1]]).collect(),
+        "PC".into(),
+    ))
+}
+
+fn subsample(n: usize, max_points: usize) -> Vec<usize> {
+    if n <= max_points || max_points == 0 {
+        return (0..n).collect();
+    }
+    let step = n as f64 / max_points as f64;
+    (0..max_points)
+        .map(|k| ((k as f64 * step) as usize).min(n - 1))
+        .collect()
+}
+
+fn categorical_figure(
+    name: &str,
+    title: &str,
+    xy: &[[f64; 2]],
+    keep: &[usize],
+    basis: &str,
+    l: &Labels,
+) -> Figure {
+    Figure {
+        name: name.into(),
+        title: title.into(),
+        plot: Plot::Embedding {
+            xy: keep.iter().map(|&i| xy[i]).collect(),
+            colors: keep
+                .iter()
+                .map(|&i| l.codes[i].map(|q| l.colors[q]))
+                .collect(),
+            legend: l
+                .categories
+                .iter()
+                .cloned()
+                .zip(l.colors.iter().copied())
+                .collect(),
+            colorbar: None,
+            basis: basis.into(),
+            overlay: Overlay::None,
+        },
+    }
+}
+
+fn file_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// Eigenvalues `(re, im)` and the eigengap stored in `uns["eigendecomposition_fwd"]`.
+pub(crate) fn spectrum(
+    r: &H5adReader,
+    d: Direction,
+) -> Option<(Vec<f64>, Vec<f64>, Option<usize>)> {
+    let key = keys::eigendecomposition(d);
+    let (re, im) = match r.read(&format!("uns/{key}/D")).ok()? {
+        Element::Dense(a) => match &a.data {
+            NumVec::C128(v) => (
+                v.iter().map(|c| c.re).collect(),
+                v.iter().map(|c| c.im).collect(),
+            ),
+            other => {
+                let re = other.to_f64();
+                let im = vec![0.0; re.len()];
+                (re, im)
+            }
+        },
+        _ => return None,
+    };
+    let gap = match r.read(&format!("uns/{key}/eigengap")).ok() {
+        Some(Element::Scalar(v)) if !v.is_empty() => Some(v.get_f64(0) as usize),
+        _ => None,
+    };
+    Some((re, im, gap))
+}
+
+/// Every figure the file supports, in report order, with notes on what was skipped.
+pub fn figures(
+    r: &H5adReader,
+    opts: &PlotOptions,
+) -> Result<(Vec<Figure>, Vec<String>), ReportError> {
+    let d = Direction::Forward;
+    let mut figs = Vec::new();
+    let mut notes = Vec::new();
+    let (xy, basis) = embedding(r, opts.basis.as_deref())?;
+    let n = xy.len();
+    let keep = subsample(n, opts.max_points);
+    if keep.len() < n {
+        notes.push(format!(
+            "embeddings show {} of {n} cells (an even subsample)",
+            keep.len()
+        ));
+    }
+    let cluster_key = opts
+        .cluster_key
+        .clone()
+        .or_else(|| r.columns("obs").ok()?.into_iter().find(|c| c == "clusters"));
+    if let Some(ck) = &cluster_key {
+        match labels(r, ck) {
+            Some(l) => figs.push(categorical_figure(
+                "embedding_clusters",
+                ck,
+                &xy,
+                &keep,
+                &basis,
+                &l,
+            )),
+            None => notes.push(format!("obs[{ck:?}] not found: no cluster plot")),
+        }
+    }
+    let ms = keys::macrostates(d);
+    if let Some(l) = labels(r, &ms) {
+        figs.push(categorical_figure(
+            "embedding_macrostates",
+            "macrostates",
+            &xy,
+            &keep,
+            &basis,
+            &l,
+        ));
+    }
+    let ts = keys::terminal_states(d);
+    let term = labels(r, &ts);
+    if let Some(l) = &term {
+        figs.push(categorical_figure(
+            "embedding_terminal_states",
+            "terminal states",
+            &xy,
+            &keep,
+            &basis,
+            l,
+        ));
+    }
+    let lin = keys::lineages(d);
+    if r.exists(&format!("obsm/{lin}")) {
+        let (rows, l, b) = r.dense(&format!("obsm/{lin}"))?;
+        let names = strings(r, &format!("uns/{}", keys::names(&lin)))
+            .unwrap_or_else(|| (0..l).map(|j| format!("lineage {}", j + 1)).collect());
+        if rows == n {
+            for (j, name) in names.iter().enumerate().take(l) {
+                figs.push(Figure {
+                    name: format!("fate_{}", file_safe(name)),
+                    title: format!("fate probability: {name}"),
+                    plot: Plot::Embedding {
+                        xy: keep.iter().map(|&i| xy[i]).collect(),
+                        colors: keep
+                            .iter()
+                            .map(|&i| Some(plots::viridis(b[i * l + j])))
+                            .collect(),
+                        legend: vec![],
+                        colorbar: Some((0.0, 1.0)),
+                        basis: basis.clone(),
+                        overlay: Overlay::None,
+                    },
+                });
+            }
+        }
+    }
+    if let Some((re, im, gap)) = spectrum(r, d) {
+        figs.push(Figure {
+            name: "spectrum".into(),
+            title: "real Schur spectrum".into(),
+            plot: Plot::Spectrum {
+                re,
+                im,
+                eigengap: gap,
+            },
+        });
+    }
+    let coarse = keys::coarse(d);
+    if let Ok((m, m2, values)) = r.dense(&format!("uns/{coarse}/X")) {
+        if m == m2 {
+            let names = r
+                .dataframe(&format!("uns/{coarse}/obs"))
+                .map(|df| df.index)
+                .unwrap_or_else(|_| (0..m).map(|q| format!("{}", q + 1)).collect());
+            figs.push(Figure {
+                name: "coarse_T".into(),
+                title: "coarse-grained transition matrix".into(),
+                plot: Plot::Heatmap { names, values },
+            });
+        }
+    }
+    if let Some(panels) = driver_panels(r, d, opts.n_drivers, term.as_ref()) {
+        figs.push(Figure {
+            name: "drivers".into(),
+            title: "top driver genes (correlation with the fate probability)".into(),
+            plot: Plot::Drivers(panels),
+        });
+    }
+    // Random walks and the projection need the transition matrix.
+    let tkey = keys::transition(d);
+    if r.exists(&format!("obsp/{tkey}")) {
+        let t = r.transition_matrix(&tkey)?;
+        if opts.n_walks > 0 {
+            let start: Vec<usize> = labels(r, &keys::initial_states(d))
+                .map(|l| (0..n).filter(|&i| l.codes[i].is_some()).collect::<Vec<_>>())
+                .unwrap_or_default();
+            let stop: Vec<usize> = term
+                .as_ref()
+                .map(|l| (0..n).filter(|&i| l.codes[i].is_some()).collect())
+                .unwrap_or_default();
+            let max_iter = (n / 4).clamp(10, 1000);
+            let walks = cellfate_kernels::projection::random_walks(
+                &t,
+                opts.n_walks,
+                max_iter,
+                &start,
+                &stop,
+                0,
+                opts.seed,
+            );
+            figs.push(Figure {
+                name: "random_walks".into(),
+                title: format!(
+                    "{} random walks (start {}, black; end red)",
+                    opts.n_walks,
+                    if start.is_empty() {
+                        "anywhere"
+                    } else {
+                        "in the initial states"
+                    }
+                ),
+                plot: Plot::Embedding {
+                    xy: xy.clone(),
+                    colors: vec![None; n],
+                    legend: vec![],
+                    colorbar: None,
+                    basis: basis.clone(),
+                    overlay: Overlay::Walks(walks),
+                },
+            });
+        }
+        let e = DenseMatrix::from_f64(n, 2, xy.iter().flat_map(|p| [p[0], p[1]]).collect());
+        let proj = cellfate_kernels::projection::project(&t, &e);
+        figs.push(Figure {
+            name: "projection".into(),
+            title: "transition-matrix projection".into(),
+            plot: Plot::Embedding {
+                xy: keep.iter().map(|&i| xy[i]).collect(),
+                colors: match &cluster_key.as_deref().and_then(|k| labels(r, k)) {
+                    Some(l) => keep
+                        .iter()
+                        .map(|&i| l.codes[i].map(|q| l.colors[q]))
+                        .collect(),
+                    None => vec![None; keep.len()],
+                },
+                legend: vec![],
+                colorbar: None,
+                basis: basis.clone(),
+                overlay: Overlay::Arrows(grid_arrows(&xy, &proj, 20)),
+            },
+        });
+    } else {
+        notes.push(format!(
+            "no obsp[{tkey:?}]: random walks and projection not drawn"
+        ));
+    }
+    Ok((figs, notes))
+}
+
+/// Averages per-cell displacements on a `g × g` grid; arrows scaled so that the longest is
+/// 1.3 grid spacings. Grid squares with fewer than 3 cells get no arrow.
+fn grid_arrows(xy: &[[f64; 2]], v: &[f64], g: usize) -> Vec<([f64; 2], [f64; 2])> {
+    let (mut lo, mut hi) = ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]);
+    for p in xy.iter().filter(|p| p[0].is_finite() && p[1].is_finite()) {
+        for k in 0..2 {
+            lo[k] = lo[k].min(p[k]);
+            hi[k] = hi[k].max(p[k]);
+        }
+    }
+    if lo[0] > hi[0] || g == 0 {
+        return Vec::new();
+    }
+    let span = [(hi[0] - lo[0]).max(1e-12), (hi[1] - lo[1]).max(1e-12)];
+    let mut acc = vec![[0.0f64; 5]; g * g]; // sum x, sum y, sum vx, sum vy, count
+    for (i, p) in xy.iter().enumerate() {
+        if !(p[0].is_finite()
+            && p[1].is_finite()
+            && v[2 * i].is_finite()
+            && v[2 * i + 1].is_finite())
+        {
+            continue;
+        }
+        let cx = (((p[0] - lo[0]) / span[0] * g as f64) as usize).min(g - 1);
+        let cy = (((p[1] - lo[1]) / span[1] * g as f64) as usize).min(g - 1);
+        let a = &mut acc[cy * g + cx];
+        a[0] += p[0];
+        a[1] += p[1];
+        a[2] += v[2 * i];
+        a[3] += v[2 * i + 1];
+        a[4] += 1.0;
+    }
+    let means: Vec<([f64; 2], [f64; 2])> = acc
+        .iter()
+        .filter(|a| a[4] >= 3.0)
+        .map(|a| ([a[0] / a[4], a[1] / a[4]], [a[2] / a[4], a[3] / a[4]]))
+        .collect();
+    // Scale in units of grid spacing per axis.
+    let len = |d: &[f64; 2]| ((d[0] / span[0]).powi(2) + (d[1] / span[1]).powi(2)).sqrt();
+    let max = means.iter().map(|(_, d)| len(d)).fold(0.0f64, f64::max);
+    if max <= 0.0 {
+        return Vec::new();
+    }
+    let s = 1.3 / g as f64 / max;
+    means
+        .into_iter()
+        .map(|(c, d)| (c, [c[0] + s * d[0], c[1] + s * d[1]]))
+        .collect()
+}
+
+/// The top `k` driver genes per lineage from `varm["terminal_lineage_drivers"]`.
+pub(crate) fn driver_panels(
+    r: &H5adReader,
+    d: Direction,
+    k: usize,
+    term: Option<&Labels>,
+) -> Option<plots::DriverPanels> {
+    let df = r
+        .dataframe(&format!("varm/{}", keys::lineage_drivers(d)))
+        .ok()?;
+    let genes = df.index.clone();
+    let mut panels = Vec::new();
+    for (col, el) in &df.columns {
+        let Some(lineage) = col.strip_suffix("_corr") else {
+            continue;
+        };
+        let corr = el.to_f64_vec()?;
+        let mut idx: Vec<usize> = (0..corr.len()).filter(|&g| corr[g].is_finite()).collect();
+        idx.sort_by(|&a, &b| corr[b].total_cmp(&corr[a]).then(a.cmp(&b)));
+        let top = idx
+            .into_iter()
+            .take(k)
+            .map(|g| (genes.get(g).cloned().unwrap_or_default(), corr[g]))
+            .collect();
+        let color = term
+            .and_then(|l| {
+                l.categories
+                    .iter()
+                    .position(|c| c == lineage)
+                    .map(|q| l.colors[q])
+            })
+            .unwrap_or(RGBColor(31, 119, 180));
+        panels.push((lineage.to_string(), color, top));
+    }
+    (!panels.is_empty()).then_some(panels)
+}

@@ -1,0 +1,732 @@
+//! Figures drawn with `plotters` (SVG and PNG, with an embedded DejaVu Sans font so that no
+//! system font is needed): embeddings coloured by categories or by a fate probability, the
+//! real Schur spectrum with its eigengap, the coarse-grained transition matrix, top driver genes
+//! per lineage, random walks and the transition-matrix projection as arrows.
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use super::ReportError;
+
+const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+const GREY: RGBColor = RGBColor(211, 211, 211);
+const DARK: RGBColor = RGBColor(40, 40, 40);
+
+fn ensure_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        for style in [
+            FontStyle::Normal,
+            FontStyle::Bold,
+            FontStyle::Italic,
+            FontStyle::Oblique,
+        ] {
+            // The font is compiled in; registering it cannot fail for a valid TTF.
+            let _ = plotters::style::register_font("sans-serif", style, FONT);
+        }
+    });
+}
+
+/// Parses `#rrggbb` (CellRank/scanpy colours); `None` for anything else.
+pub fn parse_hex(s: &str) -> Option<RGBColor> {
+    let h = s.strip_prefix('#')?;
+    if h.len() < 6 {
+        return None;
+    }
+    let v = |i: usize| u8::from_str_radix(h.get(i..i + 2)?, 16).ok();
+    Some(RGBColor(v(0)?, v(2)?, v(4)?))
+}
+
+/// Viridis, interpolated between 9 anchors; `t` in [0, 1].
+pub fn viridis(t: f64) -> RGBColor {
+    const A: [(u8, u8, u8); 9] = [
+        (68, 1, 84),
+        (71, 44, 122),
+        (59, 81, 139),
+        (44, 113, 142),
+        (33, 144, 141),
+        (39, 173, 129),
+        (92, 200, 99),
+        (170, 220, 50),
+        (253, 231, 37),
+    ];
+    let t = if t.is_finite() {
+        t.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let x = t * (A.len() - 1) as f64;
+    let i = (x.floor() as usize).min(A.len() - 2);
+    let f = x - i as f64;
+    let lerp = |a: u8, b: u8| (a as f64 + f * (b as f64 - a as f64)).round() as u8;
+    RGBColor(
+        lerp(A[i].0, A[i + 1].0),
+        lerp(A[i].1, A[i + 1].1),
+        lerp(A[i].2, A[i + 1].2),
+    )
+}
+
+/// What is drawn over an embedding.
+#[derive(Clone, Debug)]
+pub enum Overlay {
+    /// Nothing.
+    None,
+    /// Random walks (cell indices per walk): a line per walk, start black, end red.
+    Walks(Vec<Vec<usize>>),
+    /// Arrows `(from, to)` in embedding coordinates.
+    Arrows(Vec<([f64; 2], [f64; 2])>),
+}
+
+/// Driver-gene panels: `(lineage, colour, [(gene, correlation)])`.
+pub type DriverPanels = Vec<(String, RGBColor, Vec<(String, f64)>)>;
+
+/// The data of one figure.
+#[derive(Clone, Debug)]
+pub enum Plot {
+    /// Cells on a 2-D embedding, coloured per cell (`None` = grey, drawn first).
+    Embedding {
+        /// Coordinates.
+        xy: Vec<[f64; 2]>,
+        /// Colour per cell.
+        colors: Vec<Option<RGBColor>>,
+        /// Legend entries.
+        legend: Vec<(String, RGBColor)>,
+        /// A colour bar (min, max) for continuous values.
+        colorbar: Option<(f64, f64)>,
+        /// Basis name for the axis labels.
+        basis: String,
+        /// Drawn on top.
+        overlay: Overlay,
+    },
+    /// Real parts of the Schur eigenvalues by index, the eigengap marked.
+    Spectrum {
+        /// Real parts.
+        re: Vec<f64>,
+        /// Imaginary parts.
+        im: Vec<f64>,
+        /// The eigengap index (0-based: the gap lies after this eigenvalue).
+        eigengap: Option<usize>,
+    },
+    /// A square matrix with row/column names (the coarse-grained transition matrix).
+    Heatmap {
+        /// Row and column names.
+        names: Vec<String>,
+        /// Row-major values.
+        values: Vec<f64>,
+    },
+    /// Top driver genes per lineage: `(lineage, colour, [(gene, correlation)])`.
+    Drivers(DriverPanels),
+}
+
+/// One figure: a file name stem, a title and its data.
+#[derive(Clone, Debug)]
+pub struct Figure {
+    /// File name stem (`embedding_clusters`).
+    pub name: String,
+    /// Title drawn on top and used as caption.
+    pub title: String,
+    /// Data.
+    pub plot: Plot,
+}
+
+/// Output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Scalable vector graphics.
+    Svg,
+    /// Portable network graphics.
+    Png,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "svg" => Ok(Self::Svg),
+            "png" => Ok(Self::Png),
+            other => Err(format!("format {other:?}: expected svg or png")),
+        }
+    }
+}
+
+fn draw_err<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> ReportError {
+    ReportError::Draw(e.to_string())
+}
+
+impl Figure {
+    /// Pixel size.
+    pub fn size(&self) -> (u32, u32) {
+        match &self.plot {
+            Plot::Embedding { .. } => (760, 560),
+            Plot::Spectrum { .. } => (640, 420),
+            Plot::Heatmap { names, .. } => {
+                let s = (220 + 60 * names.len() as u32).clamp(420, 1400);
+                (s + 60, s)
+            }
+            Plot::Drivers(p) => (360 * (p.len() as u32).clamp(1, 4), 420),
+        }
+    }
+
+    /// The figure as an SVG document.
+    pub fn svg(&self) -> Result<String, ReportError> {
+        ensure_font();
+        let mut s = String::new();
+        {
+            let root = SVGBackend::with_string(&mut s, self.size()).into_drawing_area();
+            self.draw(&root)?;
+            root.present().map_err(draw_err)?;
+        }
+        Ok(s)
+    }
+
+    /// Writes the figure to `dir/<name>.<ext>` (through a temporary file renamed at the end).
+    pub fn write(&self, dir: &Path, format: Format) -> Result<PathBuf, ReportError> {
+        let (ext, tmp_ext) = match format {
+            Format::Svg => ("svg", "tmp.svg"),
+            Format::Png => ("png", "tmp.png"),
+        };
+        let path = dir.join(format!("{}.{ext}", self.name));
+        let tmp = dir.join(format!(".{}.{tmp_ext}", self.name));
+        let io = |e: std::io::Error| ReportError::Io {
+            path: path.clone(),
+            source: e,
+        };
+        match format {
+            Format::Svg => std::fs::write(&tmp, self.svg()?).map_err(io)?,
+            Format::Png => {
+                ensure_font();
+                let root = BitMapBackend::new(&tmp, self.size()).into_drawing_area();
+                self.draw(&root)?;
+                root.present().map_err(draw_err)?;
+            }
+        }
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        Ok(path)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), ReportError>
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE).map_err(draw_err)?;
+        let (w, _) = root.dim_in_pixel();
+        root.draw(&Text::new(
+            self.title.clone(),
+            (w as i32 / 2, 16),
+            ("sans-serif", 18)
+                .into_font()
+                .color(&DARK)
+                .pos(Pos::new(HPos::Center, VPos::Center)),
+        ))
+        .map_err(draw_err)?;
+        let body = root.margin(34, 8, 8, 8);
+        match &self.plot {
+            Plot::Embedding {
+                xy,
+                colors,
+                legend,
+                colorbar,
+                basis,
+                overlay,
+            } => draw_embedding(&body, xy, colors, legend, *colorbar, basis, overlay),
+            Plot::Spectrum { re, im, eigengap } => draw_spectrum(&body, re, im, *eigengap),
+            Plot::Heatmap { names, values } => draw_heatmap(&body, names, values),
+            Plot::Drivers(panels) => draw_drivers(&body, panels),
+        }
+    }
+}
+
+fn bounds(xy: &[[f64; 2]]) -> ([f64; 2], [f64; 2]) {
+    let mut lo = [f64::INFINITY; 2];
+    let mut hi = [f64::NEG_INFINITY; 2];
+    for p in xy {
+        for k in 0..2 {
+            if p[k].is_finite() {
+                lo[k] = lo[k].min(p[k]);
+                hi[k] = hi[k].max(p[k]);
+            }
+        }
+    }
+    for k in 0..2 {
+        if lo[k] > hi[k] {
+            (lo[k], hi[k]) = (0.0, 1.0);
+        }
+        if hi[k] - lo[k] < 1e-12 {
+            hi[k] = lo[k] + 1.0;
+        }
+        let pad = 0.03 * (hi[k] - lo[k]);
+        lo[k] -= pad;
+        hi[k] += pad;
+    }
+    (lo, hi)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn draw_embedding<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    xy: &[[f64; 2]],
+    colors: &[Option<RGBColor>],
+    legend: &[(String, RGBColor)],
+    colorbar: Option<(f64, f64)>,
+    basis: &str,
+    overlay: &Overlay,
+) -> Result<(), ReportError>
+where
+    DB::ErrorType: 'static,
+{
+    let (w, h) = area.dim_in_pixel();
+    let side = if legend.is_empty() && colorbar.is_none() {
+        0
+    } else {
+        200
+    };
+    let (plot, key) = area.split_horizontally(w.saturating_sub(side));
+    let (pw, ph) = plot.dim_in_pixel();
+    let (lo, hi) = bounds(xy);
+    let (x0, y0, x1, y1) = (24.0, 4.0, pw as f64 - 6.0, ph as f64 - 24.0);
+    let map = |p: [f64; 2]| -> (i32, i32) {
+        (
+            (x0 + (p[0] - lo[0]) / (hi[0] - lo[0]) * (x1 - x0)).round() as i32,
+            (y1 - (p[1] - lo[1]) / (hi[1] - lo[1]) * (y1 - y0)).round() as i32,
+        )
+    };
+    let n = xy.len();
+    let radius = if n > 20_000 {
+        1
+    } else if n > 3_000 {
+        2
+    } else {
+        3
+    };
+    // Greys first, then the coloured cells on top.
+    for pass in [false, true] {
+        for (p, c) in xy.iter().zip(colors) {
+            if c.is_some() != pass || !p[0].is_finite() || !p[1].is_finite() {
+                continue;
+            }
+            let mut color = c.unwrap_or(GREY);
+            if matches!(overlay, Overlay::Arrows(_)) {
+                // Lighter points under arrows.
+                let l = |v: u8| (v as f64 + 0.55 * (255.0 - v as f64)).round() as u8;
+                color = RGBColor(l(color.0), l(color.1), l(color.2));
+            }
+            plot.draw(&Circle::new(map(*p), radius, color.filled()))
+                .map_err(draw_err)?;
+        }
+    }
+    let font = ("sans-serif", 13).into_font().color(&DARK);
+    plot.draw(&Text::new(
+        format!("{basis} 1"),
+        (((x0 + x1) / 2.0) as i32, (ph as i32) - 10),
+        font.pos(Pos::new(HPos::Center, VPos::Center)),
+    ))
+    .map_err(draw_err)?;
+    plot.draw(&Text::new(
+        format!("{basis} 2"),
+        (10, ((y0 + y1) / 2.0) as i32),
+        font.pos(Pos::new(HPos::Center, VPos::Center))
+            .transform(FontTransform::Rotate270),
+    ))
+    .map_err(draw_err)?;
+    match overlay {
+        Overlay::None => {}
+        Overlay::Walks(walks) => {
+            for walk in walks {
+                let pts: Vec<(i32, i32)> = walk.iter().map(|&i| map(xy[i])).collect();
+                plot.draw(&PathElement::new(
+                    pts.clone(),
+                    RGBAColor(30, 30, 30, 0.35).stroke_width(1),
+                ))
+                .map_err(draw_err)?;
+                if let (Some(a), Some(b)) = (pts.first(), pts.last()) {
+                    plot.draw(&Circle::new(*a, 4, BLACK.filled()))
+                        .map_err(draw_err)?;
+                    plot.draw(&Circle::new(*b, 4, RED.filled()))
+                        .map_err(draw_err)?;
+                }
+            }
+        }
+        Overlay::Arrows(arrows) => {
+            for (from, to) in arrows {
+                let (a, b) = (map(*from), map(*to));
+                let (dx, dy) = ((b.0 - a.0) as f64, (b.1 - a.1) as f64);
+                let len = (dx * dx + dy * dy).sqrt();
+                if len < 1.0 {
+                    continue;
+                }
+                let head = (0.35 * len).clamp(4.0, 9.0);
+                let (ux, uy) = (dx / len, dy / len);
+                let wing = |s: f64| {
+                    (
+                        (b.0 as f64 - head * (ux * 0.866 - s * uy * 0.5)).round() as i32,
+                        (b.1 as f64 - head * (uy * 0.866 + s * ux * 0.5)).round() as i32,
+                    )
+                };
+                let style = DARK.stroke_width(2);
+                plot.draw(&PathElement::new(vec![a, b], style))
+                    .map_err(draw_err)?;
+                plot.draw(&PathElement::new(vec![wing(1.0), b, wing(-1.0)], style))
+                    .map_err(draw_err)?;
+            }
+        }
+    }
+    // Legend or colour bar.
+    if !legend.is_empty() {
+        let max_rows = ((h as usize).saturating_sub(20) / 20).max(1);
+        for (k, (label, color)) in legend.iter().enumerate().take(max_rows) {
+            let y = 14 + 20 * k as i32;
+            key.draw(&Rectangle::new([(8, y - 6), (20, y + 6)], color.filled()))
+                .map_err(draw_err)?;
+            let mut text = label.clone();
+            if text.chars().count() > 24 {
+                text = text.chars().take(23).collect::<String>() + "…";
+            }
+            key.draw(&Text::new(
+                text,
+                (28, y),
+                ("sans-serif", 13)
+                    .into_font()
+                    .color(&DARK)
+                    .pos(Pos::new(HPos::Left, VPos::Center)),
+            ))
+            .map_err(draw_err)?;
+        }
+        if legend.len() > max_rows {
+            key.draw(&Text::new(
+                format!("… {} more", legend.len() - max_rows),
+                (28, 14 + 20 * max_rows as i32),
+                ("sans-serif", 12).into_font().color(&DARK),
+            ))
+            .map_err(draw_err)?;
+        }
+    }
+    if let Some((vmin, vmax)) = colorbar {
+        let (top, bottom) = (20, (h as i32 - 60).max(80));
+        for y in top..=bottom {
+            let t = (bottom - y) as f64 / (bottom - top) as f64;
+            key.draw(&Rectangle::new([(12, y), (30, y + 1)], viridis(t).filled()))
+                .map_err(draw_err)?;
+        }
+        let style = ("sans-serif", 13)
+            .into_font()
+            .color(&DARK)
+            .pos(Pos::new(HPos::Left, VPos::Center));
+        for (v, y) in [
+            (vmax, top),
+            ((vmin + vmax) / 2.0, (top + bottom) / 2),
+            (vmin, bottom),
+        ] {
+            key.draw(&Text::new(format!("{v:.2}"), (36, y), style.clone()))
+                .map_err(draw_err)?;
+        }
+    }
+    Ok(())
+}
+
+fn draw_spectrum<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    re: &[f64],
+    im: &[f64],
+    eigengap: Option<usize>,
+) -> Result<(), ReportError>
+where
+    DB::ErrorType: 'static,
+{
+    let k = re.len().max(1);
+    let lo = re.iter().copied().fold(f64::INFINITY, f64::min).min(1.0);
+    let (ymin, ymax) = if lo.is_finite() {
+        (
+            lo - 0.05 * (1.0 - lo).max(0.01),
+            1.0 + 0.05 * (1.0 - lo).max(0.01),
+        )
+    } else {
+        (0.0, 1.05)
+    };
+    let mut chart = ChartBuilder::on(area)
+        .margin(10)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.5f64..(k as f64 + 0.5), ymin..ymax)
+        .map_err(draw_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("eigenvalue (by decreasing real part)")
+        .x_label_formatter(&|x| format!("{}", x.round() as i64))
+        .y_desc("Re(λ)")
+        .disable_mesh()
+        .label_style(("sans-serif", 13))
+        .axis_desc_style(("sans-serif", 14))
+        .draw()
+        .map_err(draw_err)?;
+    if let Some(g) = eigengap {
+        let x = g as f64 + 1.5;
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(x, ymin), (x, ymax)],
+                6,
+                4,
+                RED.stroke_width(2),
+            ))
+            .map_err(draw_err)?
+            .label(format!("eigengap after λ{}", g + 1))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED.stroke_width(2)));
+    }
+    let real: Vec<(f64, f64)> = (0..re.len())
+        .filter(|&i| im.get(i).is_none_or(|v| v.abs() <= 1e-12))
+        .map(|i| (i as f64 + 1.0, re[i]))
+        .collect();
+    let cplx: Vec<(f64, f64)> = (0..re.len())
+        .filter(|&i| im.get(i).is_some_and(|v| v.abs() > 1e-12))
+        .map(|i| (i as f64 + 1.0, re[i]))
+        .collect();
+    let blue = RGBColor(31, 119, 180);
+    let orange = RGBColor(255, 127, 14);
+    chart
+        .draw_series(real.iter().map(|&p| Circle::new(p, 5, blue.filled())))
+        .map_err(draw_err)?
+        .label("real")
+        .legend(move |(x, y)| Circle::new((x + 8, y), 5, blue.filled()));
+    if !cplx.is_empty() {
+        chart
+            .draw_series(
+                cplx.iter()
+                    .map(|&p| TriangleMarker::new(p, 6, orange.filled())),
+            )
+            .map_err(draw_err)?
+            .label("complex pair")
+            .legend(move |(x, y)| TriangleMarker::new((x + 8, y), 6, orange.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(GREY)
+        .label_font(("sans-serif", 13))
+        .position(SeriesLabelPosition::LowerLeft)
+        .draw()
+        .map_err(draw_err)?;
+    Ok(())
+}
+
+fn draw_heatmap<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    names: &[String],
+    values: &[f64],
+) -> Result<(), ReportError>
+where
+    DB::ErrorType: 'static,
+{
+    let m = names.len();
+    if m == 0 {
+        return Ok(());
+    }
+    let (w, h) = area.dim_in_pixel();
+    let (left, top) = (150i32, 120i32);
+    let cell = (((w as i32 - left - 70).min(h as i32 - top - 10)) / m as i32).max(8);
+    let small = ("sans-serif", 13).into_font().color(&DARK);
+    for (q, name) in names.iter().enumerate() {
+        let y = top + cell * q as i32 + cell / 2;
+        area.draw(&Text::new(
+            name.clone(),
+            (left - 6, y),
+            small.pos(Pos::new(HPos::Right, VPos::Center)),
+        ))
+        .map_err(draw_err)?;
+        let x = left + cell * q as i32 + cell / 2;
+        area.draw(&Text::new(
+            name.clone(),
+            (x, top - 6),
+            small
+                .pos(Pos::new(HPos::Left, VPos::Center))
+                .transform(FontTransform::Rotate270),
+        ))
+        .map_err(draw_err)?;
+    }
+    for i in 0..m {
+        for j in 0..m {
+            let v = values.get(i * m + j).copied().unwrap_or(f64::NAN);
+            let (x, y) = (left + cell * j as i32, top + cell * i as i32);
+            area.draw(&Rectangle::new(
+                [(x, y), (x + cell, y + cell)],
+                viridis(v).filled(),
+            ))
+            .map_err(draw_err)?;
+            if cell >= 34 {
+                let color = if v > 0.6 { DARK } else { WHITE };
+                area.draw(&Text::new(
+                    format!("{v:.2}"),
+                    (x + cell / 2, y + cell / 2),
+                    ("sans-serif", 12)
+                        .into_font()
+                        .color(&color)
+                        .pos(Pos::new(HPos::Center, VPos::Center)),
+                ))
+                .map_err(draw_err)?;
+            }
+        }
+    }
+    // Colour bar 0..1.
+    let bx = left + cell * m as i32 + 16;
+    let bottom = top + cell * m as i32;
+    for y in top..bottom {
+        let t = (bottom - y) as f64 / (bottom - top).max(1) as f64;
+        area.draw(&Rectangle::new(
+            [(bx, y), (bx + 14, y + 1)],
+            viridis(t).filled(),
+        ))
+        .map_err(draw_err)?;
+    }
+    for (label, y) in [("1", top), ("0", bottom)] {
+        area.draw(&Text::new(
+            label,
+            (bx + 20, y),
+            small.pos(Pos::new(HPos::Left, VPos::Center)),
+        ))
+        .map_err(draw_err)?;
+    }
+    Ok(())
+}
+
+fn draw_drivers<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panels: &DriverPanels,
+) -> Result<(), ReportError>
+where
+    DB::ErrorType: 'static,
+{
+    if panels.is_empty() {
+        return Ok(());
+    }
+    let cols = panels.len().clamp(1, 4);
+    let rows = panels.len().div_ceil(cols);
+    let cells = area.split_evenly((rows, cols));
+    for ((lineage, color, genes), a) in panels.iter().zip(cells.iter()) {
+        let (w, _) = a.dim_in_pixel();
+        a.draw(&Text::new(
+            lineage.clone(),
+            (w as i32 / 2, 10),
+            ("sans-serif", 15)
+                .into_font()
+                .color(&DARK)
+                .pos(Pos::new(HPos::Center, VPos::Center)),
+        ))
+        .map_err(draw_err)?;
+        let body = a.margin(24, 4, 4, 4);
+        let (bw, bh) = body.dim_in_pixel();
+        let k = genes.len().max(1);
+        let row_h = ((bh as i32 - 20) / k as i32).max(6);
+        let label_w = 96i32;
+        let bar_max = (bw as i32 - label_w - 50).max(10);
+        let vmax = genes
+            .iter()
+            .map(|(_, r)| r.abs())
+            .fold(0.0f64, f64::max)
+            .max(1e-12);
+        for (q, (gene, r)) in genes.iter().enumerate() {
+            let y = q as i32 * row_h;
+            let len = ((r.abs() / vmax) * bar_max as f64).round() as i32;
+            let fill = if *r >= 0.0 { *color } else { GREY };
+            body.draw(&Rectangle::new(
+                [(label_w, y + 2), (label_w + len.max(1), y + row_h - 2)],
+                fill.filled(),
+            ))
+            .map_err(draw_err)?;
+            body.draw(&Text::new(
+                gene.clone(),
+                (label_w - 4, y + row_h / 2),
+                ("sans-serif", 12)
+                    .into_font()
+                    .color(&DARK)
+                    .pos(Pos::new(HPos::Right, VPos::Center)),
+            ))
+            .map_err(draw_err)?;
+            body.draw(&Text::new(
+                format!("{r:.2}"),
+                (label_w + len + 4, y + row_h / 2),
+                ("sans-serif", 11)
+                    .into_font()
+                    .color(&DARK)
+                    .pos(Pos::new(HPos::Left, VPos::Center)),
+            ))
+            .map_err(draw_err)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours() {
+        assert_eq!(parse_hex("#1f77b4"), Some(RGBColor(31, 119, 180)));
+        assert_eq!(parse_hex("#1f77b4ff"), Some(RGBColor(31, 119, 180)));
+        assert_eq!(parse_hex("red"), None);
+        assert_eq!(viridis(0.0), RGBColor(68, 1, 84));
+        assert_eq!(viridis(1.0), RGBColor(253, 231, 37));
+        assert_eq!(viridis(f64::NAN), RGBColor(68, 1, 84));
+    }
+
+    #[test]
+    fn every_kind_renders_to_svg_and_png() {
+        let xy: Vec<[f64; 2]> = (0..50).map(|i| [i as f64, (i as f64).sin()]).collect();
+        let figs = [
+            Plot::Embedding {
+                xy: xy.clone(),
+                colors: (0..50)
+                    .map(|i| (i % 3 != 0).then_some(RGBColor(200, 0, 0)))
+                    .collect(),
+                legend: vec![("A state with a rather long name indeed".into(), RED)],
+                colorbar: None,
+                basis: "UMAP".into(),
+                overlay: Overlay::Walks(vec![vec![0, 1, 2, 3]]),
+            },
+            Plot::Embedding {
+                xy,
+                colors: (0..50).map(|i| Some(viridis(i as f64 / 49.0))).collect(),
+                legend: vec![],
+                colorbar: Some((0.0, 1.0)),
+                basis: "PCA".into(),
+                overlay: Overlay::Arrows(vec![([0.0, 0.0], [10.0, 0.5])]),
+            },
+            Plot::Spectrum {
+                re: vec![1.0, 0.99, 0.95, 0.95, 0.8],
+                im: vec![0.0, 0.0, 0.1, -0.1, 0.0],
+                eigengap: Some(1),
+            },
+            Plot::Heatmap {
+                names: vec!["Alpha".into(), "Beta".into()],
+                values: vec![0.9, 0.1, 0.2, 0.8],
+            },
+            Plot::Drivers(vec![(
+                "Alpha".into(),
+                RED,
+                vec![("Gcg".into(), 0.8), ("Irx2".into(), -0.3)],
+            )]),
+        ];
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (k, plot) in figs.into_iter().enumerate() {
+            let f = Figure {
+                name: format!("f{k}"),
+                title: "a title".into(),
+                plot,
+            };
+            let svg = f.svg().expect("svg");
+            assert!(svg.starts_with("<svg") && svg.contains("a title"), "{k}");
+            let png = f.write(dir.path(), Format::Png).expect("png");
+            let bytes = std::fs::read(&png).expect("read png");
+            assert_eq!(&bytes[1..4], b"PNG");
+            assert!(bytes.len() > 1000, "{k}: {} bytes", bytes.len());
+        }
+        // No temporary files are left behind.
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+    }
+}

@@ -1,0 +1,141 @@
+//! Figures and HTML reports: `run --report --plots` on the simulated demo, `cellfate plot` and
+//! `cellfate report` on CellRank's own output (the pancreas reference), batch index pages.
+
+use crate::common::{cellfate, reference, tempdir};
+
+fn is_png(p: &std::path::Path) -> bool {
+    std::fs::read(p).is_ok_and(|b| b.len() > 2000 && &b[1..4] == b"PNG")
+}
+
+/// The demo run writes every figure the issue lists (PNG and SVG) and a self-contained report.
+#[test]
+fn demo_run_writes_figures_and_a_report() {
+    let d = tempdir();
+    let out = d.path().join("demo.h5ad");
+    let figs = d.path().join("figs");
+    let html = d.path().join("report.html");
+    let res = cellfate()
+        .args(["run", "--demo", "--demo-cells", "1200", "-q", "-o"])
+        .arg(&out)
+        .arg("--plots")
+        .arg(&figs)
+        .arg("--report")
+        .arg(&html)
+        .output()
+        .expect("runs");
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let r = cellfate::io::H5adReader::open(&out).expect("output");
+    let cellfate::io::Element::Strings {
+        values: lineages, ..
+    } = r.read("uns/lineages_fwd_names").expect("lineages")
+    else {
+        panic!("lineage names")
+    };
+    let mut want: Vec<String> = [
+        "embedding_clusters",
+        "embedding_macrostates",
+        "embedding_terminal_states",
+        "spectrum",
+        "coarse_T",
+        "drivers",
+        "random_walks",
+        "projection",
+    ]
+    .map(String::from)
+    .to_vec();
+    want.extend(lineages.iter().map(|l| format!("fate_{l}")));
+    for name in &want {
+        assert!(is_png(&figs.join(format!("{name}.png"))), "{name}.png");
+        let svg = std::fs::read_to_string(figs.join(format!("{name}.svg"))).expect(name);
+        assert!(svg.starts_with("<svg"), "{name}.svg");
+    }
+    let page = std::fs::read_to_string(&html).expect("report");
+    for needle in [
+        "<h2>Terminal states</h2>",
+        "<h2>Figures</h2>",
+        "<h2>Driver genes</h2>",
+        "<h2>Timings</h2>",
+        "<h2>Parameters</h2>",
+        "Schur decomposition",
+        "Peak memory",
+    ] {
+        assert!(page.contains(needle), "report lacks {needle}");
+    }
+    assert_eq!(page.matches("<svg").count(), want.len());
+    for l in &lineages {
+        assert!(page.contains(l.as_str()), "report lacks lineage {l}");
+    }
+    // Self-contained: no external resources.
+    assert!(!page.contains("src=\"http") && !page.contains("href=\"http"));
+    // Nothing temporary left behind.
+    for e in std::fs::read_dir(d.path())
+        .expect("dir")
+        .chain(std::fs::read_dir(&figs).expect("figs"))
+    {
+        let name = e.expect("entry").file_name().to_string_lossy().into_owned();
+        assert!(!name.starts_with('.'), "left {name}");
+    }
+}
+
+/// CellRank's own output (no `T_fwd`, no eigendecomposition): `plot` draws what is there,
+/// `report` says what is missing; a missing basis is a clear error.
+#[test]
+fn plot_and_report_on_a_cellrank_file() {
+    let Some(r) = reference("pancreas_3696") else {
+        return;
+    };
+    let d = tempdir();
+    let figs = d.path().join("figs");
+    let res = cellfate()
+        .arg("plot")
+        .arg(r.path())
+        .arg("-o")
+        .arg(&figs)
+        .args(["--format", "png"])
+        .output()
+        .expect("runs");
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    for name in [
+        "embedding_clusters",
+        "embedding_macrostates",
+        "embedding_terminal_states",
+    ] {
+        assert!(is_png(&figs.join(format!("{name}.png"))), "{name}");
+    }
+    assert!(String::from_utf8_lossy(&res.stdout).contains("no obsp[\"T_fwd\"]"));
+    let html = d.path().join("r.html");
+    let res = cellfate()
+        .arg("report")
+        .arg(r.path())
+        .arg("-o")
+        .arg(&html)
+        .args(["--n-walks", "0"])
+        .output()
+        .expect("runs");
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let page = std::fs::read_to_string(&html).expect("report");
+    assert!(page.contains("<h2>Terminal states</h2>") && page.contains("Alpha"));
+    let res = cellfate()
+        .arg("plot")
+        .arg(r.path())
+        .arg("-o")
+        .arg(&figs)
+        .args(["--basis", "tsne"])
+        .output()
+        .expect("runs");
+    assert_eq!(res.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains("X_tsne") && err.contains("X_pca"), "{err}");
+}
