@@ -16,3 +16,4 @@ mod pipeline;
 mod python;
 mod report;
 mod roundtrip;
+mod upstream_parity;

@@ -85,6 +85,19 @@ enum Command {
         /// Minimum shared spliced/unspliced counts per gene.
         #[arg(long, default_value_t = 20.0)]
         min_shared_counts: f64,
+        /// Velocity model: stochastic (scVelo's default) or deterministic.
+        #[arg(long, default_value = "stochastic")]
+        velocity_mode: cellfate::upstream::velocity::VelocityMode,
+    },
+    /// RNA velocity on a processed file (scVelo's tl.velocity): reads Ms/Mu (and, for the
+    /// stochastic model, the normalised spliced/unspliced layers and obsp connectivities).
+    Velocity {
+        input: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// stochastic (default) or deterministic.
+        #[arg(long, default_value = "stochastic")]
+        mode: cellfate::upstream::velocity::VelocityMode,
     },
     /// Simulate a branching differentiation with splicing kinetics and ground truth (raw
     /// counts, true time, true fate, true velocity) into an .h5ad file.
@@ -163,18 +176,34 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             n_pcs,
             n_top_genes,
             min_shared_counts,
+            velocity_mode,
         } => {
             let spec = cellfate::upstream::UpstreamSpec {
                 n_neighbors,
                 n_pcs,
                 n_top_genes,
                 min_shared_counts,
+                velocity_mode,
                 ..Default::default()
             };
             // The library's errors name the file and the slot already.
             cellfate::upstream::prepare(&input, &output, &spec)?;
             write_stdout(&format!(
                 "wrote {} (X log-normalised; layers Ms, Mu, velocity; obsp connectivities, distances; var velocity_genes)\n",
+                output.display()
+            ))
+        }
+        Command::Velocity {
+            input,
+            output,
+            mode,
+        } => {
+            let fit = cellfate::upstream::velocity_in_file(&input, &output, mode)?;
+            let k = fit.velocity_genes.iter().filter(|&&b| b).count();
+            write_stdout(&format!(
+                "{} velocity: {k} velocity genes of {} -> {}\n",
+                mode.as_str(),
+                fit.gamma.len(),
                 output.display()
             ))
         }
