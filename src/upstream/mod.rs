@@ -20,6 +20,7 @@
 //! reference: moments within 2e-7 and γ within 1e-6 relative (float32 in scVelo), see
 //! `tests/it/upstream_parity.rs`.
 
+pub mod dpt;
 pub mod velocity;
 
 use std::path::Path;

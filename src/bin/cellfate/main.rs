@@ -89,6 +89,29 @@ enum Command {
         #[arg(long, default_value = "stochastic")]
         velocity_mode: cellfate::upstream::velocity::VelocityMode,
     },
+    /// Diffusion map and diffusion pseudotime (scanpy's diffmap + dpt): obsm X_diffmap,
+    /// uns diffmap_evals and iroot, obs dpt_pseudotime.
+    Pseudotime {
+        input: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Root: the extreme cell (first diffusion component) of this cluster.
+        #[arg(long, conflicts_with = "root_cell")]
+        root_cluster: Option<String>,
+        /// obs column of the clusters.
+        #[arg(long, default_value = "clusters")]
+        cluster_key: String,
+        /// Root: a cell index or obs name (default: uns iroot, else the smallest first
+        /// diffusion component).
+        #[arg(long)]
+        root_cell: Option<String>,
+        /// Diffusion components computed.
+        #[arg(long, default_value_t = 15)]
+        n_comps: usize,
+        /// Diffusion components used for the pseudotime.
+        #[arg(long, default_value_t = 10)]
+        n_dcs: usize,
+    },
     /// RNA velocity on a processed file (scVelo's tl.velocity): reads Ms/Mu (and, for the
     /// stochastic model, the normalised spliced/unspliced layers and obsp connectivities).
     Velocity {
@@ -192,6 +215,38 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                 "wrote {} (X log-normalised; layers Ms, Mu, velocity; obsp connectivities, distances; var velocity_genes)\n",
                 output.display()
             ))
+        }
+        Command::Pseudotime {
+            input,
+            output,
+            root_cluster,
+            cluster_key,
+            root_cell,
+            n_comps,
+            n_dcs,
+        } => {
+            use cellfate::upstream::dpt::{pseudotime_in_file, Root};
+            let root = match (root_cluster, root_cell) {
+                (Some(name), _) => Root::Cluster {
+                    key: cluster_key,
+                    name,
+                },
+                (None, Some(c)) => c.parse::<usize>().map_or(Root::Name(c), Root::Index),
+                (None, None) => Root::Auto,
+            };
+            let res = pseudotime_in_file(&input, &output, &root, n_comps, n_dcs)?;
+            let mut msg = format!(
+                "diffusion pseudotime from cell {} -> {}\n",
+                res.root,
+                output.display()
+            );
+            if res.unreachable > 0 {
+                msg.push_str(&format!(
+                    "warning: {} cells are not connected to the root in the kNN graph (pseudotime inf)\n",
+                    res.unreachable
+                ));
+            }
+            write_stdout(&msg)
         }
         Command::Velocity {
             input,
