@@ -6,7 +6,7 @@
 use cellfate_estimators::absorption::{compute_fate_probabilities, AbsorptionOptions};
 use cellfate_estimators::gpcca::{fit, Optimizer};
 use cellfate_estimators::schur::{compute_schur, SchurMethod, SchurOptions};
-use cellfate_kernels::{Csr, Direction, TransitionMatrix};
+use cellfate_kernels::TransitionMatrix;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn sizes() -> Vec<usize> {
@@ -17,29 +17,8 @@ fn sizes() -> Vec<usize> {
     }
 }
 
-/// A kNN-like band graph (30 neighbours by index) cut into 25 metastable groups (edges across
-/// group boundaries weakened 100-fold), with a forward drift: the structure of a real
-/// velocity + connectivity kernel (dominant eigenvalues separated from the bulk), unlike a
-/// uniform advective chain whose continuum spectrum no Krylov method resolves quickly.
 fn chain(n: usize) -> TransitionMatrix {
-    let groups = 25;
-    let half = 15usize;
-    let mut trip = Vec::with_capacity(n * 2 * half);
-    for i in 0..n {
-        for j in i.saturating_sub(half)..=(i + half).min(n - 1) {
-            if j == i {
-                continue;
-            }
-            let d = (i as f64 - j as f64) / half as f64;
-            let mut w = (-d * d).exp() * if j > i { 1.3 } else { 1.0 };
-            if i * groups / n != j * groups / n {
-                w *= 0.01;
-            }
-            trip.push((i, j, w));
-        }
-    }
-    let w = Csr::from_triplets(n, n, &trip).expect("band");
-    TransitionMatrix::from_weights(w, Direction::Forward).expect("stochastic")
+    cellfate_kernels::testing::metastable_band_chain(n, 25)
 }
 
 fn bench(c: &mut Criterion) {
