@@ -1,4 +1,5 @@
-//! Scale benchmark of the estimators on synthetic kNN-like chains: one timed run per stage and
+//! Scale benchmark of the estimators on synthetic clustered kNN-like graphs (30 random
+//! neighbours, mostly within one of 25 clusters; see `kernels::testing::clustered_knn_chain`): one timed run per stage and
 //! size (criterion's repeated sampling is impractical at 1M cells), wall seconds and the peak
 //! resident memory of the stage (Linux: `VmHWM`, reset before each stage through
 //! `/proc/self/clear_refs`).
@@ -16,7 +17,7 @@ use cellfate::estimators::absorption::{compute_fate_probabilities, AbsorptionOpt
 use cellfate::estimators::drivers::{compute_lineage_drivers, DriverTest, Expression};
 use cellfate::estimators::gpcca::{fit, Optimizer};
 use cellfate::estimators::schur::{compute_schur, SchurMethod, SchurOptions};
-use cellfate::kernels::testing::{metastable_band_chain, Lcg};
+use cellfate::kernels::testing::{clustered_knn_chain, Lcg};
 use cellfate::kernels::Csr;
 
 fn reset_peak() {
@@ -86,7 +87,7 @@ fn main() {
             continue;
         }
         let groups = if m50 { 60 } else { 25 };
-        let t = metastable_band_chain(n, groups);
+        let t = clustered_knn_chain(n, groups, 30, 1);
         let k = if m50 { 51 } else { 20 };
         let opts = SchurOptions {
             n_components: k,

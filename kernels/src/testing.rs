@@ -242,3 +242,55 @@ pub fn metastable_band_chain(n: usize, groups: usize) -> crate::TransitionMatrix
     crate::TransitionMatrix::from_weights(w, crate::Direction::Forward)
         .expect("every row of the band graph has neighbours")
 }
+
+/// A clustered random kNN-like graph for scale benchmarks: `groups` clusters of consecutive
+/// cells; each cell has `k` distinct random neighbours, each inside its own cluster with
+/// probability 0.99 and in the next cluster otherwise (which keeps the chain irreducible);
+/// weights uniform in [0.5, 1), then symmetrised (a reversible chain with a real spectrum,
+/// like a connectivity kernel). Within-cluster mixing is fast (as in a
+/// kNN graph of high-dimensional data), so the `groups` dominant eigenvalues are well
+/// separated from the bulk at any size — unlike a 1-D band chain, whose mixing time grows
+/// with the square of the cluster size. Deterministic in `seed`.
+pub fn clustered_knn_chain(
+    n: usize,
+    groups: usize,
+    k: usize,
+    seed: u64,
+) -> crate::TransitionMatrix {
+    let groups = groups.clamp(1, n.max(1));
+    let bounds = |g: usize| (g * n / groups, (g + 1) * n / groups);
+    let mut rng = Lcg::new(seed);
+    let mut trip = Vec::with_capacity(n * k);
+    let mut seen: Vec<usize> = Vec::with_capacity(k);
+    for i in 0..n {
+        let g = (i * groups / n).min(groups - 1);
+        seen.clear();
+        let mut tries = 0;
+        while seen.len() < k && tries < 20 * k {
+            tries += 1;
+            let target = if g + 1 < groups && rng.uniform() < 0.01 {
+                g + 1
+            } else {
+                g
+            };
+            let (lo, hi) = bounds(target);
+            if hi <= lo {
+                continue;
+            }
+            let j = lo + ((rng.uniform() * (hi - lo) as f64) as usize).min(hi - lo - 1);
+            if j == i || seen.contains(&j) {
+                continue;
+            }
+            seen.push(j);
+            trip.push((i, j, 0.5 + 0.5 * rng.uniform()));
+        }
+        if seen.is_empty() {
+            trip.push((i, i, 1.0));
+        }
+    }
+    let w = crate::Csr::from_triplets(n, n, &trip).expect("indices are in range");
+    // Symmetric weights: a reversible chain with a real spectrum (as a connectivity kernel).
+    let w = w.add_scaled(0.5, &w.transpose(), 0.5);
+    crate::TransitionMatrix::from_weights(w, crate::Direction::Forward)
+        .expect("every row has a neighbour")
+}
