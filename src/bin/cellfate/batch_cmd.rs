@@ -103,6 +103,7 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<(String, bool)> {
         .num_threads(a.jobs.max(1))
         .build()
         .context("thread pool")?;
+    let bar = crate::progress::counter(a.inputs.len());
     let results: Vec<SampleResult> = pool.install(|| {
         a.inputs
             .par_iter()
@@ -187,10 +188,17 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<(String, bool)> {
                 }
                 res.seconds = start.elapsed().as_secs_f64();
                 res.peak_rss_mb = pipeline::peak_rss_mb();
+                crate::progress::sample_done(
+                    bar.as_ref(),
+                    &format!("{}: {} ({:.1} s)", res.sample, res.status, res.seconds),
+                );
                 res
             })
             .collect()
     });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     let ok = results.iter().all(|r| r.status != "failed");
     let json = serde_json::to_string_pretty(&serde_json::json!({
         "created": SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod batch_cmd;
 mod kernel_cmd;
+mod progress;
 mod report_cmd;
 mod run_cmd;
 mod stages_cmd;
@@ -24,6 +25,12 @@ struct Cli {
     /// Number of worker threads (default: all cores). Results do not depend on it.
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// No progress output (results and errors are still printed).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// More output: the duration of every stage.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -147,6 +154,7 @@ enum Command {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    progress::set_level(cli.quiet, cli.verbose);
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)

@@ -1,6 +1,5 @@
 //! `cellfate run` and the estimator stage commands (`macrostates`, `fates`, `drivers`).
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -35,6 +34,10 @@ pub(crate) struct EstimatorFlags {
     /// Cells per state in the discrete assignment.
     #[arg(long)]
     n_cells: Option<usize>,
+    /// Seed of every random choice of the estimators (the gradient optimiser's random starts,
+    /// the drivers' permutation test); results do not depend on the thread count.
+    #[arg(long)]
+    seed: Option<u64>,
     /// Terminal states by hand: these macrostate names (comma-separated).
     #[arg(long, value_delimiter = ',', conflicts_with = "terminal_method")]
     terminal_states: Vec<String>,
@@ -61,6 +64,16 @@ impl EstimatorFlags {
                 "nelder-mead" | "nelder_mead" | "nm" => Optimizer::NelderMead,
                 other => bail!("--optimizer {other:?}: expected gradient or nelder-mead"),
             };
+        }
+        if let Some(seed) = self.seed {
+            if let Optimizer::Gradient { seed: s, .. } = &mut e.optimizer {
+                *s = seed;
+            }
+            if let cellfate::estimators::drivers::DriverTest::PermTest { seed: s, .. } =
+                &mut e.drivers_test
+            {
+                *s = seed;
+            }
         }
         if let Some(n) = self.n_terminal {
             e.terminal_fallback_top_n = Some(n);
@@ -123,9 +136,6 @@ pub(crate) struct RunArgs {
     /// Print the run summary as JSON.
     #[arg(long)]
     json: bool,
-    /// Less output.
-    #[arg(short, long)]
-    quiet: bool,
     /// Write a self-contained HTML report of the run here.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -176,23 +186,6 @@ pub(crate) fn build_spec(
         spec.kernel_spec()?;
     }
     Ok(spec)
-}
-
-fn progress_printer(quiet: bool) -> impl FnMut(&str) {
-    let tty = std::io::stderr().is_terminal();
-    let start = std::time::Instant::now();
-    move |stage: &str| {
-        if !quiet {
-            #[allow(clippy::print_stderr)]
-            {
-                if tty {
-                    eprintln!("[{:>7.2}s] {stage}...", start.elapsed().as_secs_f64());
-                } else {
-                    eprintln!("[{:.2}s] {stage}", start.elapsed().as_secs_f64());
-                }
-            }
-        }
-    }
 }
 
 pub(crate) fn summary_text(s: &pipeline::RunSummary) -> String {
@@ -255,6 +248,7 @@ pub(crate) fn run(a: RunArgs) -> anyhow::Result<String> {
     if a.dry_run {
         return Ok(spec.to_toml());
     }
+    let mut bar = crate::progress::Progress::new();
     let input = if a.demo {
         if a.input.is_some() {
             bail!("give either an input file or --demo, not both");
@@ -270,14 +264,13 @@ pub(crate) fn run(a: RunArgs) -> anyhow::Result<String> {
                 .file_stem()
                 .map_or("demo".into(), |s| s.to_string_lossy())
         ));
-        let mut say = progress_printer(a.quiet);
-        say("simulating the demo dataset");
+        bar.stage("simulating the demo dataset");
         let sim = cellfate::sim::simulate(&cellfate::sim::SimParams {
             n_cells: a.demo_cells,
             ..Default::default()
         })?;
         cellfate::io::write_new(&sim_path, &sim.to_elements())?;
-        say("preprocessing (normalise, PCA, kNN, moments, velocity)");
+        bar.stage("preprocessing (normalise, PCA, kNN, moments, velocity)");
         cellfate::upstream::prepare_in_place(
             &sim_path,
             &cellfate::upstream::UpstreamSpec::default(),
@@ -302,7 +295,7 @@ pub(crate) fn run(a: RunArgs) -> anyhow::Result<String> {
             .clone()
             .context("an input .h5ad file is required (or --demo)")?
     };
-    let mut progress = progress_printer(a.quiet);
+    let mut progress = |s: &str| bar.stage(s);
     let summary = pipeline::run(&input, &a.output, &spec, &mut progress)
         .with_context(|| format!("fate mapping {}", input.display()))?;
     let opts = a.figures.options(spec.estimators.cluster_key.clone());
