@@ -122,7 +122,9 @@ fn main() {
                         .unwrap()
                 },
             );
-            if n <= 100_000 {
+            // GMRES for comparison (slow on strongly metastable chains): 3 lineages up to
+            // 100k cells, 10 lineages up to 10k.
+            if n <= 10_000 || (n <= 100_000 && l == 3) {
                 let gm = AbsorptionOptions {
                     solver: Solver::Gmres,
                     ..Default::default()
