@@ -87,6 +87,8 @@ pub struct EstimatorSpec {
     pub alpha: f64,
     /// Compute fate probabilities.
     pub fates: bool,
+    /// Solver of the absorption systems (fate probabilities, absorption times).
+    pub absorption: AbsorptionOptions,
     /// Compute absorption times (mean and variance).
     pub absorption_times: bool,
     /// Compute the lineage priming degree.
@@ -109,6 +111,7 @@ impl Default for EstimatorSpec {
             optimizer: Optimizer::default(),
             terminal: TerminalMethod::default(),
             terminal_fallback_top_n: None,
+            absorption: AbsorptionOptions::default(),
             n_initial_states: 1,
             alpha: 1.0,
             fates: true,
@@ -443,12 +446,9 @@ pub fn run_estimators(
     // Fates.
     if spec.fates {
         progress("fate probabilities");
-        let (fates, sys) = compute_fate_probabilities(
-            t,
-            &term_assign,
-            &term_names,
-            &AbsorptionOptions::default(),
-        )?;
+        let (fates, sys) =
+            compute_fate_probabilities(t, &term_assign, &term_names, &spec.absorption)
+                .map_err(|e| fates_error(e, &summary.eigenvalues, term_names.len()))?;
         summary.fate_residual = fates.residual;
         write_fates(edit, r, d, &fates, &term_colors)?;
         summary.fate_shares = fate_shares(&fates);
@@ -664,4 +664,48 @@ pub fn set_terminal_states_from_labels(
         Element::from_strings(colors),
     );
     Ok(counts)
+}
+
+/// An absorption failure, with a diagnosis when the chain has several (nearly) closed sets of
+/// cells (eigenvalue 1 of multiplicity ≥ 2): terminal states that do not cover a whole closed
+/// set leave cells that can (numerically) never be absorbed, and `I − Q` is (nearly) singular.
+pub fn fates_error(
+    e: cellfate_estimators::absorption::AbsorptionError,
+    eigenvalues: &[(f64, f64)],
+    n_terminal: usize,
+) -> PipelineError {
+    use cellfate_estimators::absorption::AbsorptionError as A;
+    let unit = eigenvalues
+        .iter()
+        .filter(|(re, im)| (re - 1.0).abs() < 1e-6 && im.abs() < 1e-9)
+        .count();
+    match e {
+        A::Residual { .. } | A::RowSums { .. } | A::NotConverged { .. } if unit >= 2 => {
+            PipelineError::Invalid(format!(
+                "{e}. Diagnosis: the transition matrix has {unit} eigenvalues within 1e-6 of 1, i.e. {unit} (nearly) closed sets of cells, for {n_terminal} terminal states; cells of a closed set that its terminal cells do not cover can (numerically) never be absorbed. Take more cells per terminal state (--n-cells 100 or more), as many terminal states as closed sets (--terminal-method top_n --n-terminal {unit}), or a kernel with more connectivity (e.g. 0.7*velocity + 0.3*connectivity)"
+            ))
+        }
+        other => other.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cellfate_estimators::absorption::AbsorptionError;
+
+    #[test]
+    fn fate_failures_are_diagnosed_from_the_spectrum() {
+        let e = AbsorptionError::RowSums {
+            error: 1e-2,
+            tol: 1e-10,
+        };
+        let eig = [(1.0, 0.0), (1.0 - 1e-9, 0.0), (0.99, 0.0), (0.5, 0.1)];
+        let msg = fates_error(e.clone(), &eig, 2).to_string();
+        assert!(msg.contains("2 eigenvalues within 1e-6 of 1"), "{msg}");
+        assert!(msg.contains("--n-cells"), "{msg}");
+        // An irreducible chain (one unit eigenvalue): the error passes through unchanged.
+        let msg = fates_error(e, &eig[1..], 2).to_string();
+        assert!(!msg.contains("Diagnosis"), "{msg}");
+    }
 }

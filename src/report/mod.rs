@@ -247,11 +247,8 @@ fn file_safe(s: &str) -> String {
         .collect()
 }
 
-/// Eigenvalues `(re, im)` and the eigengap stored in `uns["eigendecomposition_fwd"]`.
-pub(crate) fn spectrum(
-    r: &H5adReader,
-    d: Direction,
-) -> Option<(Vec<f64>, Vec<f64>, Option<usize>)> {
+/// Real parts, imaginary parts and the eigengap stored in `uns["eigendecomposition_fwd"]`.
+pub fn spectrum(r: &H5adReader, d: Direction) -> Option<(Vec<f64>, Vec<f64>, Option<usize>)> {
     let key = keys::eigendecomposition(d);
     let (re, im) = match r.read(&format!("uns/{key}/D")).ok()? {
         Element::Dense(a) => match &a.data {

@@ -38,6 +38,10 @@ pub(crate) struct EstimatorFlags {
     /// the drivers' permutation test); results do not depend on the thread count.
     #[arg(long)]
     seed: Option<u64>,
+    /// Fate-probability solver: auto (sparse LU up to 30,000 transient cells, GMRES + ILU(0)
+    /// above), direct, gmres.
+    #[arg(long)]
+    solver: Option<String>,
     /// Terminal states by hand: these macrostate names (comma-separated).
     #[arg(long, value_delimiter = ',', conflicts_with = "terminal_method")]
     terminal_states: Vec<String>,
@@ -64,6 +68,9 @@ impl EstimatorFlags {
                 "nelder-mead" | "nelder_mead" | "nm" => Optimizer::NelderMead,
                 other => bail!("--optimizer {other:?}: expected gradient or nelder-mead"),
             };
+        }
+        if let Some(sv) = &self.solver {
+            e.absorption.solver = crate::stages_cmd::parse_solver(sv)?;
         }
         if let Some(seed) = self.seed {
             if let Optimizer::Gradient { seed: s, .. } = &mut e.optimizer {

@@ -291,6 +291,20 @@ pub(crate) struct FatesArgs {
     /// Lineage priming: kl_divergence (default), entropy, or none.
     #[arg(long, default_value = "kl_divergence")]
     priming: String,
+    /// Linear solver: auto (sparse LU up to 30,000 transient cells, GMRES + ILU(0) above),
+    /// direct, gmres.
+    #[arg(long, default_value = "auto")]
+    solver: String,
+}
+
+pub(crate) fn parse_solver(s: &str) -> anyhow::Result<cellfate::estimators::absorption::Solver> {
+    use cellfate::estimators::absorption::Solver;
+    Ok(match s {
+        "auto" => Solver::Auto,
+        "direct" | "lu" => Solver::Direct,
+        "gmres" => Solver::Gmres,
+        other => bail!("--solver {other:?}: expected auto, direct or gmres"),
+    })
 }
 
 pub(crate) fn fates(a: FatesArgs) -> anyhow::Result<String> {
@@ -299,7 +313,15 @@ pub(crate) fn fates(a: FatesArgs) -> anyhow::Result<String> {
     let d = t.direction();
     let ts = keys::terminal_states(d);
     let (assign, names) = read_terminal_states(&r, &ts)?;
-    let (f, sys) = compute_fate_probabilities(&t, &assign, &names, &AbsorptionOptions::default())
+    let opts = AbsorptionOptions {
+        solver: parse_solver(&a.solver)?,
+        ..Default::default()
+    };
+    let eig: Vec<(f64, f64)> = cellfate::report::spectrum(&r, d)
+        .map(|(re, im, _)| re.into_iter().zip(im).collect())
+        .unwrap_or_default();
+    let (f, sys) = compute_fate_probabilities(&t, &assign, &names, &opts)
+        .map_err(|e| cellfate::pipeline::estimate::fates_error(e, &eig, names.len()))
         .with_context(|| format!("fate probabilities on {}", a.io.input.display()))?;
     let mut edit = H5adEdit::new(&a.io.input);
     let colors = strings(&r, &format!("uns/{}", keys::colors(&ts)))
