@@ -240,36 +240,58 @@ fn pca(a: &DMatrix<f64>, k: usize, seed: u64) -> DMatrix<f64> {
     }))
 }
 
-/// Exact kNN (excluding self) in the rows of `x`: (indices, distances) per cell.
+/// Exact kNN (excluding self) in the rows of `x`: (indices, distances) per cell, sorted by
+/// distance (ties by index). Blocks of query rows are compared with all rows through one
+/// matrix product (`‖a‖² + ‖b‖² − 2 a·b`), the candidates' distances are then recomputed
+/// directly; memory is one block of distances (≤ 2²⁴ values) plus the result.
 fn knn(x: &DMatrix<f64>, k: usize) -> Vec<Vec<(usize, f64)>> {
     let n = x.nrows();
-    let rows: Vec<Vec<f64>> = (0..n).map(|i| x.row(i).iter().copied().collect()).collect();
-    (0..n)
-        .into_par_iter()
-        .map(|i| {
-            let mut d: Vec<(usize, f64)> = (0..n)
-                .filter(|&j| j != i)
-                .map(|j| {
-                    (
-                        j,
-                        rows[i]
-                            .iter()
-                            .zip(&rows[j])
-                            .map(|(a, b)| (a - b) * (a - b))
-                            .sum::<f64>()
-                            .sqrt(),
-                    )
-                })
-                .collect();
-            let kk = k.min(d.len());
-            d.select_nth_unstable_by(kk.saturating_sub(1), |a, b| {
-                a.1.total_cmp(&b.1).then(a.0.cmp(&b.0))
-            });
-            d.truncate(kk);
-            d.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-            d
-        })
-        .collect()
+    let kk = k.min(n.saturating_sub(1));
+    if kk == 0 {
+        return vec![Vec::new(); n];
+    }
+    let norms: Vec<f64> = (0..n).map(|i| x.row(i).norm_squared()).collect();
+    let xt = x.transpose();
+    let block = (16_777_216 / n.max(1)).clamp(1, 4096);
+    let exact = |i: usize, j: usize| -> f64 {
+        x.row(i)
+            .iter()
+            .zip(x.row(j).iter())
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let mut out: Vec<Vec<(usize, f64)>> = Vec::with_capacity(n);
+    let mut start = 0;
+    while start < n {
+        let end = (start + block).min(n);
+        let q = x.rows(start, end - start);
+        // (end - start) × n squared distances, up to rounding.
+        let g = q * &xt;
+        let rows: Vec<Vec<(usize, f64)>> = (start..end)
+            .into_par_iter()
+            .map(|i| {
+                let r = i - start;
+                // A margin of candidates beyond k absorbs rounding of the expansion.
+                let m = (kk + 8).min(n - 1);
+                let mut d: Vec<(usize, f64)> = (0..n)
+                    .filter(|&j| j != i)
+                    .map(|j| (j, (norms[i] + norms[j] - 2.0 * g[(r, j)]).max(0.0)))
+                    .collect();
+                d.select_nth_unstable_by(m - 1, |a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+                d.truncate(m);
+                let mut c: Vec<(usize, f64)> =
+                    d.into_iter().map(|(j, _)| (j, exact(i, j))).collect();
+                c.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+                c.truncate(kk);
+                c.shrink_to_fit();
+                c
+            })
+            .collect();
+        out.extend(rows);
+        start = end;
+    }
+    out
 }
 
 /// UMAP fuzzy simplicial set (scanpy's connectivities): symmetric `W + Wᵀ − W∘Wᵀ`.
