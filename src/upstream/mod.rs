@@ -20,6 +20,7 @@
 //! reference: moments within 2e-7 and γ within 1e-6 relative (float32 in scVelo), see
 //! `tests/it/upstream_parity.rs`.
 
+pub mod ann;
 pub mod dpt;
 pub mod velocity;
 
@@ -53,7 +54,39 @@ pub struct UpstreamSpec {
     pub seed: u64,
     /// Velocity model (scVelo's default: stochastic).
     pub velocity_mode: velocity::VelocityMode,
+    /// Neighbour search.
+    pub knn: KnnMethod,
 }
+
+/// Neighbour search of [`UpstreamSpec`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KnnMethod {
+    /// Exact up to [`KNN_EXACT_MAX_CELLS`] cells, approximate (NN-descent) above.
+    #[default]
+    Auto,
+    /// Exact (quadratic time; scanpy's choice for small data).
+    Exact,
+    /// NN-descent with random-projection initialisation ([`ann`]).
+    Approximate,
+}
+
+impl std::str::FromStr for KnnMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "exact" => Ok(Self::Exact),
+            "approximate" | "nndescent" => Ok(Self::Approximate),
+            other => Err(format!(
+                "knn {other:?}: expected auto, exact or approximate"
+            )),
+        }
+    }
+}
+
+/// Largest number of cells searched exactly under [`KnnMethod::Auto`].
+pub const KNN_EXACT_MAX_CELLS: usize = 50_000;
 
 impl Default for UpstreamSpec {
     fn default() -> Self {
@@ -64,6 +97,7 @@ impl Default for UpstreamSpec {
             n_neighbors: 30,
             seed: 0,
             velocity_mode: velocity::VelocityMode::Stochastic,
+            knn: KnnMethod::Auto,
         }
     }
 }
@@ -244,7 +278,7 @@ fn pca(a: &DMatrix<f64>, k: usize, seed: u64) -> DMatrix<f64> {
 /// distance (ties by index). Blocks of query rows are compared with all rows through one
 /// matrix product (`‖a‖² + ‖b‖² − 2 a·b`), the candidates' distances are then recomputed
 /// directly; memory is one block of distances (≤ 2²⁴ values) plus the result.
-fn knn(x: &DMatrix<f64>, k: usize) -> Vec<Vec<(usize, f64)>> {
+pub fn knn_exact(x: &DMatrix<f64>, k: usize) -> Vec<Vec<(usize, f64)>> {
     let n = x.nrows();
     let kk = k.min(n.saturating_sub(1));
     if kk == 0 {
@@ -538,7 +572,16 @@ fn compute(input: &Path, spec: &UpstreamSpec) -> Result<H5adEdit, PipelineError>
     }
     let scores = pca(&dense, spec.n_pcs, spec.seed);
     // 4. neighbours.
-    let nn = knn(&scores, spec.n_neighbors - 1);
+    let exact = match spec.knn {
+        KnnMethod::Exact => true,
+        KnnMethod::Approximate => false,
+        KnnMethod::Auto => n <= KNN_EXACT_MAX_CELLS,
+    };
+    let nn = if exact {
+        knn_exact(&scores, spec.n_neighbors - 1)
+    } else {
+        ann::knn_descent(&scores, spec.n_neighbors - 1, spec.seed, 30)
+    };
     let conn = umap_connectivities(&nn, spec.n_neighbors);
     let mut dtrip = Vec::new();
     for (i, row) in nn.iter().enumerate() {

@@ -95,6 +95,9 @@ enum Command {
         /// Velocity model: stochastic (scVelo's default) or deterministic.
         #[arg(long, default_value = "stochastic")]
         velocity_mode: cellfate::upstream::velocity::VelocityMode,
+        /// Neighbour search: auto (exact up to 50,000 cells), exact, approximate (NN-descent).
+        #[arg(long, default_value = "auto")]
+        knn: cellfate::upstream::KnnMethod,
     },
     /// Diffusion map and diffusion pseudotime (scanpy's diffmap + dpt): obsm X_diffmap,
     /// uns diffmap_evals and iroot, obs dpt_pseudotime.
@@ -208,6 +211,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             n_top_genes,
             min_shared_counts,
             velocity_mode,
+            knn,
         } => {
             let spec = cellfate::upstream::UpstreamSpec {
                 n_neighbors,
@@ -215,6 +219,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                 n_top_genes,
                 min_shared_counts,
                 velocity_mode,
+                knn,
                 ..Default::default()
             };
             // The library's errors name the file and the slot already.
