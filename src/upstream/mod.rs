@@ -545,10 +545,12 @@ fn compute(input: &Path, spec: &UpstreamSpec) -> Result<H5adEdit, PipelineError>
     if x_raw.row_sums().iter().all(|&c| c == 0.0) {
         return Err(err("every cell has zero counts"));
     }
-    let xn = normalize_rows(&x_raw, tx);
+    let mut logx = normalize_rows(&x_raw, tx);
+    drop(x_raw);
     let sn = normalize_rows(&s, ts);
+    drop(s);
     let un = normalize_rows(&u, tu.max(1.0));
-    let mut logx = xn.clone();
+    drop(u);
     logx.data_mut().iter_mut().for_each(|v| *v = v.ln_1p());
     // 3. HVG + PCA.
     let hvg = highly_variable(&logx, &usable, spec.n_top_genes);
@@ -571,6 +573,7 @@ fn compute(input: &Path, spec: &UpstreamSpec) -> Result<H5adEdit, PipelineError>
         dense.column_mut(k).add_scalar_mut(-m);
     }
     let scores = pca(&dense, spec.n_pcs, spec.seed);
+    drop(dense);
     // 4. neighbours.
     let exact = match spec.knn {
         KnnMethod::Exact => true,
