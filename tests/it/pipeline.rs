@@ -569,3 +569,74 @@ fn killed_run_leaves_no_partial_output() {
         .count();
     assert_eq!(leftovers, 0);
 }
+
+/// Simulator ground truth for RNA velocity: after `cellfate preprocess` (stochastic model),
+/// the recovered steady-state ratio γ/β of the well-expressed velocity genes (upper half by
+/// mean `Ms`) has a median relative error ≤ 10 % (measured 5.4 % at 3,000 cells; genes whose
+/// programme never reaches steady state keep larger errors, as with scVelo), and the velocity
+/// points along the true velocity (median cosine > 0.3 over cells).
+#[test]
+fn simulator_gamma_is_recovered() {
+    let d = tempdir();
+    let sim = d.path().join("sim.h5ad");
+    let s = cellfate::sim::simulate(&cellfate::sim::SimParams {
+        n_cells: 3000,
+        ..Default::default()
+    })
+    .expect("sim");
+    cellfate::io::write_new(&sim, &s.to_elements()).expect("write");
+    let pp = d.path().join("pp.h5ad");
+    cellfate::upstream::prepare(&sim, &pp, &cellfate::upstream::UpstreamSpec::default())
+        .expect("preprocess");
+    let r = H5adReader::open(&pp).expect("output");
+    let col = |name: &str| {
+        r.column("var", name)
+            .expect(name)
+            .to_f64_vec()
+            .expect("numeric")
+    };
+    let (gamma, beta, est) = (col("true_gamma"), col("true_beta"), col("velocity_gamma"));
+    let vg: Vec<bool> = col("velocity_genes")
+        .into_iter()
+        .map(|x| x != 0.0)
+        .collect();
+    let (n, g, ms) = r.dense("layers/Ms").expect("Ms");
+    let mean: Vec<f64> = (0..g)
+        .map(|j| (0..n).map(|i| ms[i * g + j]).sum::<f64>() / n as f64)
+        .collect();
+    let mut sorted = mean.clone();
+    sorted.sort_by(f64::total_cmp);
+    let cut = sorted[g / 2];
+    let mut rel: Vec<f64> = (0..g)
+        .filter(|&j| vg[j] && mean[j] > cut)
+        .map(|j| (est[j] - gamma[j] / beta[j]).abs() / (gamma[j] / beta[j]))
+        .collect();
+    assert!(
+        rel.len() >= 50,
+        "only {} well-expressed velocity genes",
+        rel.len()
+    );
+    rel.sort_by(f64::total_cmp);
+    let med = rel[rel.len() / 2];
+    eprintln!("γ/β: {} genes, median relative error {med:.4}", rel.len());
+    assert!(med <= 0.10, "median relative error {med}");
+    // Direction: cosine between estimated and true velocity per cell (velocity genes).
+    let (_, _, v) = r.dense("layers/velocity").expect("velocity");
+    let (_, _, tv) = r.dense("layers/true_velocity").expect("true velocity");
+    let mut cos: Vec<f64> = (0..n)
+        .map(|i| {
+            let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+            for j in (0..g).filter(|&j| vg[j]) {
+                let (a, b) = (v[i * g + j], tv[i * g + j]);
+                ab += a * b;
+                aa += a * a;
+                bb += b * b;
+            }
+            ab / (aa.sqrt() * bb.sqrt()).max(1e-300)
+        })
+        .collect();
+    cos.sort_by(f64::total_cmp);
+    let med_cos = cos[n / 2];
+    eprintln!("velocity: median cosine to the truth {med_cos:.3}");
+    assert!(med_cos > 0.3, "median cosine {med_cos}");
+}
