@@ -1129,6 +1129,8 @@ def scale_series(args, py, cf: CF, out: str):
         nst = ["--n-states", "4", "--cluster-key", "clusters"]
         if args.gt_terminal == "top_n":
             nst += ["--terminal-method", "top_n", "--n-terminal", "3"]
+        if args.gt_n_cells:
+            nst += ["--n-cells", str(args.gt_n_cells)]
         chain = [("preprocess", ["preprocess", sim, "-o", J("pp.h5ad")]),
                  ("kernel", ["kernel", J("pp.h5ad"), "-o", J("kernel.h5ad")]),
                  ("macrostates", ["macrostates", J("kernel.h5ad"), "-o", J("macro.h5ad")] + nst),
