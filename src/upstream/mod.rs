@@ -417,12 +417,7 @@ pub fn velocity_in_file(
         let sn = r.csr("layers/spliced")?;
         let un = r.csr("layers/unspliced")?;
         let w = velocity::smoothing_graph(&r.obsp("connectivities")?);
-        let second = |idx: &[usize]| {
-            (
-                velocity::smooth_dense(&w, &sn, idx, &|_, _, x| x * x),
-                velocity::smooth_dense(&w, &sn, idx, &|i, j, x| x * un.get(i, j)),
-            )
-        };
+        let second = |idx: &[usize]| velocity::second_moments(&w, &sn, &un, idx);
         velocity::fit_velocity(&ms, &mu, n, g, hvg.as_deref(), mode, Some(&second))
     } else {
         velocity::fit_velocity(&ms, &mu, n, g, hvg.as_deref(), mode, None)
@@ -599,12 +594,7 @@ fn compute(input: &Path, spec: &UpstreamSpec) -> Result<H5adEdit, PipelineError>
     let ms = velocity::smooth_dense(&w, &sn, &all, &|_, _, x| x);
     let mu = velocity::smooth_dense(&w, &un, &all, &|_, _, x| x);
     // 6. velocity (scVelo's stochastic model by default).
-    let second = |idx: &[usize]| {
-        (
-            velocity::smooth_dense(&w, &sn, idx, &|_, _, x| x * x),
-            velocity::smooth_dense(&w, &sn, idx, &|i, j, x| x * un.get(i, j)),
-        )
-    };
+    let second = |idx: &[usize]| velocity::second_moments(&w, &sn, &un, idx);
     let fit = velocity::fit_velocity(
         &ms,
         &mu,

@@ -114,6 +114,15 @@ pub fn smooth_dense(
     rows.into_iter().flatten().collect()
 }
 
+/// Second moments `(Mss, Mus) = (W (S∘S), W (S∘U))` of the genes `idx` (row-major
+/// n × |idx|) from the smoothing graph and the normalised spliced/unspliced counts.
+pub fn second_moments(w: &Csr, s: &Csr, u: &Csr, idx: &[usize]) -> (Vec<f64>, Vec<f64>) {
+    (
+        smooth_dense(w, s, idx, &|_, _, x| x * x),
+        smooth_dense(w, s, idx, &|i, j, x| x * u.get(i, j)),
+    )
+}
+
 /// numpy's default percentile (linear interpolation) of `v` (sorted in place).
 pub fn percentile(v: &mut [f64], q: f64) -> f64 {
     if v.is_empty() {

@@ -1,6 +1,6 @@
 //! The `cellfate` binary: `inspect` in text and JSON, `--help`, exit codes.
 
-use crate::common::{cellfate, require_shared, tempdir};
+use crate::common::{cellfate, require_shared, succeed, tempdir};
 use cellfate::kernels::CellSource;
 
 #[test]
@@ -8,15 +8,10 @@ fn inspect_json_reports_shapes_and_slots() {
     let Some(dir) = require_shared("data/pancreas_supercell_3696") else {
         return;
     };
-    let out = cellfate()
-        .args(["inspect", "--json"])
-        .arg(dir.join("pancreas_3696x2000.h5ad"))
-        .output()
-        .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeed(
+        cellfate()
+            .args(["inspect", "--json"])
+            .arg(dir.join("pancreas_3696x2000.h5ad")),
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["n_obs"], 3696);
@@ -91,14 +86,13 @@ fn terminal_states_set_by_hand() {
     let (n, l, want) = r.dense("obsm/lineages_fwd").expect("reference fates");
     let check = |h5: &std::path::Path| {
         let out = dir.path().join("fates.h5ad");
-        let o = cellfate()
-            .args(["fates", "--transition-key", "T_combined"])
-            .arg(h5)
-            .arg("-o")
-            .arg(&out)
-            .output()
-            .expect("runs");
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        succeed(
+            cellfate()
+                .args(["fates", "--transition-key", "T_combined"])
+                .arg(h5)
+                .arg("-o")
+                .arg(&out),
+        );
         let got_r = cellfate::io::H5adReader::open(&out).expect("output opens");
         let names = crate::common::strings(&got_r, "uns/lineages_fwd_names");
         let (gn, gl, got) = got_r.dense("obsm/lineages_fwd").expect("fates written");
@@ -114,14 +108,13 @@ fn terminal_states_set_by_hand() {
     };
     // 1. a categorical column (the reference's own terminal states)
     let a = dir.path().join("by_obs.h5ad");
-    let o = cellfate()
-        .args(["terminal-states", "--obs", "term_states_fwd"])
-        .arg(&input)
-        .arg("-o")
-        .arg(&a)
-        .output()
-        .expect("runs");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = succeed(
+        cellfate()
+            .args(["terminal-states", "--obs", "term_states_fwd"])
+            .arg(&input)
+            .arg("-o")
+            .arg(&a),
+    );
     assert!(String::from_utf8_lossy(&o.stdout).contains("cells)"));
     check(&a);
     // 2. a `cell,state` file with a header line
@@ -136,26 +129,24 @@ fn terminal_states_set_by_hand() {
     let f = dir.path().join("cells.csv");
     std::fs::write(&f, csv).expect("write csv");
     let b = dir.path().join("by_file.h5ad");
-    let o = cellfate()
-        .args(["terminal-states", "--cells-file"])
-        .arg(&f)
-        .arg(&input)
-        .arg("-o")
-        .arg(&b)
-        .output()
-        .expect("runs");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    succeed(
+        cellfate()
+            .args(["terminal-states", "--cells-file"])
+            .arg(&f)
+            .arg(&input)
+            .arg("-o")
+            .arg(&b),
+    );
     check(&b);
     // 3. by macrostate name: the same cells as CellRank's terminal states (30 per state)
     let c = dir.path().join("by_name.h5ad");
-    let o = cellfate()
-        .args(["terminal-states", "--states", &want_names.join(",")])
-        .arg(&input)
-        .arg("-o")
-        .arg(&c)
-        .output()
-        .expect("runs");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    succeed(
+        cellfate()
+            .args(["terminal-states", "--states", &want_names.join(",")])
+            .arg(&input)
+            .arg("-o")
+            .arg(&c),
+    );
     let got = cellfate::io::H5adReader::open(&c)
         .expect("opens")
         .obs_labels("term_states_fwd")

@@ -63,6 +63,19 @@ pub(crate) fn cellfate() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_cellfate"))
 }
 
+/// Runs a command and returns its output; fails the test with the command's stderr unless it
+/// exits with success.
+pub(crate) fn succeed(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().expect("the command runs");
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// `../shared/reference/<name>/reference.h5ad`, or `None` (skip) when missing outside CI.
 pub(crate) fn reference(name: &str) -> Option<cellfate::io::H5adReader> {
     let dir = require_shared(&format!("reference/{name}"))?;

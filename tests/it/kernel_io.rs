@@ -5,7 +5,7 @@ use cellfate::io::{H5adEdit, H5adReader};
 use cellfate::kernel_io::{read_kernel, write_kernel};
 use cellfate::kernels::{expr, Kernel};
 
-use crate::common::{cellfate, require_shared, tempdir};
+use crate::common::{cellfate, require_shared, succeed, tempdir};
 
 fn dg() -> Option<std::path::PathBuf> {
     require_shared("reference/dentategyrus_200").map(|d| d.join("reference.h5ad"))
@@ -76,19 +76,14 @@ fn kernel_command_save_load_and_random_control() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = cellfate()
-        .arg("kernel")
-        .arg(&input)
-        .arg("-o")
-        .arg(&o2)
-        .arg("--load-kernel")
-        .arg(&bin)
-        .output()
-        .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        cellfate()
+            .arg("kernel")
+            .arg(&input)
+            .arg("-o")
+            .arg(&o2)
+            .arg("--load-kernel")
+            .arg(&bin),
     );
     let (a, b) = (
         H5adReader::open(&o1).expect("a"),

@@ -4,7 +4,7 @@
 use cellfate::io::{Element, H5adReader};
 use cellfate::kernels::CellSource;
 
-use crate::common::{cellfate, require_shared, tempdir};
+use crate::common::{cellfate, require_shared, succeed, tempdir};
 
 const CELLRANK_KEYS: &[&str] = &[
     "obsp/T_fwd",
@@ -34,15 +34,10 @@ const CELLRANK_KEYS: &[&str] = &[
 fn demo_run_recovers_the_true_fates() {
     let d = tempdir();
     let out = d.path().join("demo.h5ad");
-    let res = cellfate()
-        .args(["run", "--demo", "--demo-cells", "1500", "-q", "-o"])
-        .arg(&out)
-        .output()
-        .expect("runs");
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
+    succeed(
+        cellfate()
+            .args(["run", "--demo", "--demo-cells", "1500", "-q", "-o"])
+            .arg(&out),
     );
     let r = H5adReader::open(&out).expect("output");
     for key in CELLRANK_KEYS {
@@ -356,17 +351,12 @@ fn preprocess_then_run_on_raw_pancreas() {
     };
     let d = tempdir();
     let (pp, out) = (d.path().join("pp.h5ad"), d.path().join("out.h5ad"));
-    let res = cellfate()
-        .arg("preprocess")
-        .arg(dir.join("pancreas_3696x2000.h5ad"))
-        .arg("-o")
-        .arg(&pp)
-        .output()
-        .expect("runs");
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
+    succeed(
+        cellfate()
+            .arg("preprocess")
+            .arg(dir.join("pancreas_3696x2000.h5ad"))
+            .arg("-o")
+            .arg(&pp),
     );
     upstream_matches_scanpy(&pp);
     let res = cellfate()

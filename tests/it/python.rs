@@ -11,7 +11,7 @@ use std::process::Command;
 use cellfate::io::{Categorical, DataFrame, Element, H5adEdit, H5adReader, NumVec, SparseArray};
 use cellfate::kernels::Csr;
 
-use crate::common::{in_ci, tempdir};
+use crate::common::{in_ci, succeed, tempdir};
 
 fn python() -> Option<PathBuf> {
     let candidates: Vec<PathBuf> = std::env::var_os("CELLFATE_PYTHON")
@@ -194,15 +194,10 @@ fn cellrank_reads_what_cellfate_writes() {
     }
     let d = tempdir();
     let out = d.path().join("demo.h5ad");
-    let res = crate::common::cellfate()
-        .args(["run", "--demo", "--demo-cells", "800", "-q", "-o"])
-        .arg(&out)
-        .output()
-        .expect("runs");
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
+    succeed(
+        crate::common::cellfate()
+            .args(["run", "--demo", "--demo-cells", "800", "-q", "-o"])
+            .arg(&out),
     );
     let script = format!(
         r#"

@@ -1,7 +1,7 @@
 //! Figures and HTML reports: `run --report --plots` on the simulated demo, `cellfate plot` and
 //! `cellfate report` on CellRank's own output (the pancreas reference), batch index pages.
 
-use crate::common::{cellfate, reference, tempdir};
+use crate::common::{cellfate, reference, succeed, tempdir};
 
 fn is_png(p: &std::path::Path) -> bool {
     std::fs::read(p).is_ok_and(|b| b.len() > 2000 && &b[1..4] == b"PNG")
@@ -14,19 +14,14 @@ fn demo_run_writes_figures_and_a_report() {
     let out = d.path().join("demo.h5ad");
     let figs = d.path().join("figs");
     let html = d.path().join("report.html");
-    let res = cellfate()
-        .args(["run", "--demo", "--demo-cells", "1200", "-q", "-o"])
-        .arg(&out)
-        .arg("--plots")
-        .arg(&figs)
-        .arg("--report")
-        .arg(&html)
-        .output()
-        .expect("runs");
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
+    succeed(
+        cellfate()
+            .args(["run", "--demo", "--demo-cells", "1200", "-q", "-o"])
+            .arg(&out)
+            .arg("--plots")
+            .arg(&figs)
+            .arg("--report")
+            .arg(&html),
     );
     let r = cellfate::io::H5adReader::open(&out).expect("output");
     let cellfate::io::Element::Strings {
@@ -90,18 +85,13 @@ fn plot_and_report_on_a_cellrank_file() {
     };
     let d = tempdir();
     let figs = d.path().join("figs");
-    let res = cellfate()
-        .arg("plot")
-        .arg(r.path())
-        .arg("-o")
-        .arg(&figs)
-        .args(["--format", "png"])
-        .output()
-        .expect("runs");
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
+    let res = succeed(
+        cellfate()
+            .arg("plot")
+            .arg(r.path())
+            .arg("-o")
+            .arg(&figs)
+            .args(["--format", "png"]),
     );
     for name in [
         "embedding_clusters",
@@ -112,18 +102,13 @@ fn plot_and_report_on_a_cellrank_file() {
     }
     assert!(String::from_utf8_lossy(&res.stdout).contains("no obsp[\"T_fwd\"]"));
     let html = d.path().join("r.html");
-    let res = cellfate()
-        .arg("report")
-        .arg(r.path())
-        .arg("-o")
-        .arg(&html)
-        .args(["--n-walks", "0"])
-        .output()
-        .expect("runs");
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
+    succeed(
+        cellfate()
+            .arg("report")
+            .arg(r.path())
+            .arg("-o")
+            .arg(&html)
+            .args(["--n-walks", "0"]),
     );
     let page = std::fs::read_to_string(&html).expect("report");
     assert!(page.contains("<h2>Terminal states</h2>") && page.contains("Alpha"));

@@ -5,11 +5,13 @@
 //! γ 1.9e-7 relative on velocity genes, velocity 6.8e-7 of max|velocity|).
 
 use cellfate::kernels::Csr;
-use cellfate::upstream::velocity::{fit_velocity, smooth_dense, smoothing_graph, VelocityMode};
+use cellfate::upstream::velocity::{
+    fit_velocity, second_moments, smooth_dense, smoothing_graph, VelocityMode,
+};
 
 use cellfate::kernels::CellSource;
 
-use crate::common::{reference, require_shared};
+use crate::common::{reference, require_shared, succeed};
 
 fn column_f64(r: &cellfate::io::H5adReader, slot: &str) -> Vec<f64> {
     r.read(slot)
@@ -62,12 +64,7 @@ fn moments_and_stochastic_velocity_match_scvelo() {
     }
     // Stochastic velocity on the reference moments (float32 as scVelo wrote them).
     let hvg = bools(&r, "var/highly_variable");
-    let second = |ix: &[usize]| {
-        (
-            smooth_dense(&w, &sn, ix, &|_, _, x| x * x),
-            smooth_dense(&w, &sn, ix, &|i, j, x| x * un.get(i, j)),
-        )
-    };
+    let second = |ix: &[usize]| second_moments(&w, &sn, &un, ix);
     let fit = fit_velocity(
         &ms_ref,
         &mu_ref,
@@ -169,18 +166,13 @@ fn pseudotime_and_velocity_commands() {
     };
     let d = crate::common::tempdir();
     let out = d.path().join("pt.h5ad");
-    let res = crate::common::cellfate()
-        .arg("pseudotime")
-        .arg(r.path())
-        .arg("-o")
-        .arg(&out)
-        .args(["--root-cluster", "Ductal"])
-        .output()
-        .expect("runs");
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
+    succeed(
+        crate::common::cellfate()
+            .arg("pseudotime")
+            .arg(r.path())
+            .arg("-o")
+            .arg(&out)
+            .args(["--root-cluster", "Ductal"]),
     );
     let o = cellfate::io::H5adReader::open(&out).expect("output");
     let got = column_f64(&o, "obs/dpt_pseudotime");
@@ -193,18 +185,13 @@ fn pseudotime_and_velocity_commands() {
     assert!(o.exists("obsm/X_diffmap") && o.exists("uns/diffmap_evals"));
     // Deterministic velocity needs only the moments; stochastic names what is missing.
     let v = d.path().join("v.h5ad");
-    let res = crate::common::cellfate()
-        .arg("velocity")
-        .arg(dg.path())
-        .arg("-o")
-        .arg(&v)
-        .args(["--mode", "deterministic"])
-        .output()
-        .expect("runs");
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
+    succeed(
+        crate::common::cellfate()
+            .arg("velocity")
+            .arg(dg.path())
+            .arg("-o")
+            .arg(&v)
+            .args(["--mode", "deterministic"]),
     );
     let o = cellfate::io::H5adReader::open(&v).expect("output");
     assert!(o.exists("layers/velocity") && o.exists("var/velocity_gamma"));
