@@ -89,3 +89,21 @@ pub(crate) fn strings(r: &cellfate::io::H5adReader, slot: &str) -> Vec<String> {
         other => panic!("{slot}: expected strings, found {}", other.encoding()),
     }
 }
+
+/// Writes a seeded simulation of `n_cells` cells (default genes unless `n_genes` is given) to
+/// `path` and returns it.
+pub(crate) fn write_simulation(
+    path: &std::path::Path,
+    n_cells: usize,
+    n_genes: Option<usize>,
+) -> cellfate::sim::SimData {
+    let defaults = cellfate::sim::SimParams::default();
+    let s = cellfate::sim::simulate(&cellfate::sim::SimParams {
+        n_cells,
+        n_genes: n_genes.unwrap_or(defaults.n_genes),
+        ..defaults
+    })
+    .expect("simulate");
+    cellfate::io::write_new(path, &s.to_elements()).expect("write the simulation");
+    s
+}

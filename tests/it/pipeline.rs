@@ -512,13 +512,7 @@ fn batch_continues_past_a_failed_sample() {
 fn killed_run_leaves_no_partial_output() {
     let d = tempdir();
     let sim = d.path().join("sim.h5ad");
-    let s = cellfate::sim::simulate(&cellfate::sim::SimParams {
-        n_cells: 1200,
-        n_genes: 100,
-        ..Default::default()
-    })
-    .expect("sim");
-    cellfate::io::write_new(&sim, &s.to_elements()).expect("write");
+    crate::common::write_simulation(&sim, 1200, Some(100));
     let before = std::fs::read(&sim).expect("read");
     let out = d.path().join("prepared.h5ad");
     for delay_ms in [30u64, 120, 400] {
@@ -569,12 +563,7 @@ fn killed_run_leaves_no_partial_output() {
 fn simulator_gamma_is_recovered() {
     let d = tempdir();
     let sim = d.path().join("sim.h5ad");
-    let s = cellfate::sim::simulate(&cellfate::sim::SimParams {
-        n_cells: 3000,
-        ..Default::default()
-    })
-    .expect("sim");
-    cellfate::io::write_new(&sim, &s.to_elements()).expect("write");
+    crate::common::write_simulation(&sim, 3000, None);
     let pp = d.path().join("pp.h5ad");
     cellfate::upstream::prepare(&sim, &pp, &cellfate::upstream::UpstreamSpec::default())
         .expect("preprocess");
