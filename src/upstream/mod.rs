@@ -141,11 +141,14 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// scanpy's `seurat` highly-variable genes on log1p data: returns a mask of the top genes by
-/// normalised dispersion.
+/// scanpy's `seurat` highly-variable genes on log1p data: returns a mask of the genes whose
+/// normalised dispersion is at least the `n_top`-th highest. Follows scanpy 1.12 rule for rule:
+/// dispersion `var/mean` of `expm1(x)` (zero → NaN, then log), means `log1p(mean)` cut into 20
+/// equal-width right-closed bins (`pd.cut`: the lowest edge lowered by 0.1 % of the range),
+/// z-scores within a bin (a bin with one finite dispersion gives 1), ties at the cut-off kept.
 fn highly_variable(logx: &Csr, candidates: &[bool], n_top: usize) -> Vec<bool> {
+    const N_BINS: usize = 20;
     let (n, g) = (logx.nrows() as f64, logx.ncols());
-    // Mean and dispersion of expm1(log x) per gene.
     let mut s = vec![0.0; g];
     let mut s2 = vec![0.0; g];
     for i in 0..logx.nrows() {
@@ -156,49 +159,67 @@ fn highly_variable(logx: &Csr, candidates: &[bool], n_top: usize) -> Vec<bool> {
             s2[j as usize] += e * e;
         }
     }
+    let genes: Vec<usize> = (0..g).filter(|&j| candidates[j]).collect();
     let mut mean = vec![0.0; g];
     let mut disp = vec![f64::NAN; g];
-    for j in 0..g {
+    for &j in &genes {
         let m = s[j] / n;
         let var = (s2[j] / n - m * m) * n / (n - 1.0);
-        mean[j] = (m + 1.0).ln();
-        let d = if m > 0.0 { var / m } else { f64::NAN };
-        disp[j] = if d > 0.0 { d.ln() } else { f64::NAN };
+        let m = if m == 0.0 { 1e-12 } else { m };
+        let d = var / m;
+        disp[j] = if d == 0.0 { f64::NAN } else { d.ln() };
+        mean[j] = m.ln_1p();
     }
-    // 20 equal-width bins of the mean; z-score dispersions within each bin.
-    let valid: Vec<usize> = (0..g)
-        .filter(|&j| candidates[j] && disp[j].is_finite())
-        .collect();
-    let (lo, hi) = valid
+    let (lo, hi) = genes
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &j| {
             (a.min(mean[j]), b.max(mean[j]))
         });
-    let width = ((hi - lo) / 20.0).max(f64::MIN_POSITIVE);
-    let bin = |j: usize| (((mean[j] - lo) / width).floor() as usize).min(19);
-    let mut norm = vec![f64::NEG_INFINITY; g];
-    for b in 0..20 {
-        let members: Vec<usize> = valid.iter().copied().filter(|&j| bin(j) == b).collect();
-        if members.is_empty() {
-            continue;
-        }
-        let mu = members.iter().map(|&j| disp[j]).sum::<f64>() / members.len() as f64;
-        let sd = if members.len() > 1 {
-            (members.iter().map(|&j| (disp[j] - mu).powi(2)).sum::<f64>()
-                / (members.len() - 1) as f64)
-                .sqrt()
+    // Edges as numpy's linspace; the bin of x is the first (e_b, e_{b+1}] holding it.
+    let step = (hi - lo) / N_BINS as f64;
+    let mut edges: Vec<f64> = (0..=N_BINS).map(|b| lo + b as f64 * step).collect();
+    edges[N_BINS] = hi;
+    edges[0] -= (hi - lo) * 1e-3;
+    let bin = |x: f64| {
+        if step > 0.0 {
+            edges[1..].partition_point(|&e| e < x).min(N_BINS - 1)
         } else {
-            0.0
-        };
-        for &j in &members {
-            norm[j] = if sd > 0.0 { (disp[j] - mu) / sd } else { 0.0 };
+            0
+        }
+    };
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); N_BINS];
+    for &j in &genes {
+        if disp[j].is_finite() {
+            members[bin(mean[j])].push(j);
         }
     }
-    let mut order: Vec<usize> = valid.clone();
-    order.sort_by(|&a, &b| norm[b].total_cmp(&norm[a]).then(a.cmp(&b)));
+    let mut norm = vec![f64::NAN; g];
+    for m in members.iter().filter(|m| !m.is_empty()) {
+        let c = m.len() as f64;
+        let mu = m.iter().map(|&j| disp[j]).sum::<f64>() / c;
+        let (avg, dev) = if m.len() > 1 {
+            let sd = (m.iter().map(|&j| (disp[j] - mu).powi(2)).sum::<f64>() / (c - 1.0)).sqrt();
+            (mu, sd)
+        } else {
+            (0.0, mu)
+        };
+        for &j in m {
+            norm[j] = (disp[j] - avg) / dev;
+        }
+    }
+    let mut finite: Vec<f64> = genes
+        .iter()
+        .map(|&j| norm[j])
+        .filter(|x| !x.is_nan())
+        .collect();
     let mut mask = vec![false; g];
-    for &j in order.iter().take(n_top) {
-        mask[j] = true;
+    if finite.is_empty() || n_top == 0 {
+        return mask;
+    }
+    finite.sort_by(|a, b| b.total_cmp(a));
+    let cut = finite[n_top.min(finite.len()) - 1];
+    for &j in &genes {
+        mask[j] = !norm[j].is_nan() && norm[j] >= cut;
     }
     mask
 }
@@ -328,19 +349,37 @@ pub fn knn_exact(x: &DMatrix<f64>, k: usize) -> Vec<Vec<(usize, f64)>> {
     out
 }
 
-/// UMAP fuzzy simplicial set (scanpy's connectivities): symmetric `W + Wᵀ − W∘Wᵀ`.
+/// Rounds to the nearest `f32`: UMAP keeps distances, ρ, σ and the membership strengths in
+/// single precision, so doing the same reproduces scanpy's connectivities to float32 precision.
+fn f32r(x: f64) -> f64 {
+    x as f32 as f64
+}
+
+/// UMAP fuzzy simplicial set (scanpy's connectivities, `local_connectivity = 1`): per cell,
+/// ρ is the distance to the nearest neighbour and σ solves `Σ_j exp(−(d_j − ρ)/σ) = log₂ k` by
+/// bisection (64 steps, tolerance 1e-5, floor 1e-3 × mean distance); memberships
+/// `exp(−(d − ρ)/σ)` are symmetrised as `W + Wᵀ − W∘Wᵀ`. Rows of `nn` exclude the cell itself.
 fn umap_connectivities(nn: &[Vec<(usize, f64)>], k: usize) -> Csr {
+    const MIN_K_DIST_SCALE: f64 = 1e-3;
     let n = nn.len();
     let target = (k as f64).log2();
+    let mean_all = {
+        let (s, c) = nn.iter().fold((0.0, 0usize), |(s, c), r| {
+            (
+                s + r.iter().map(|e| f32r(e.1)).sum::<f64>(),
+                c + r.len() + 1,
+            )
+        });
+        s / c.max(1) as f64
+    };
     let mut trip = Vec::with_capacity(n * k);
     for (i, row) in nn.iter().enumerate() {
-        let rho = row.iter().map(|e| e.1).find(|&d| d > 0.0).unwrap_or(0.0);
+        let rho = f32r(row.iter().map(|e| e.1).find(|&d| d > 0.0).unwrap_or(0.0));
+        // d − ρ as UMAP computes it (single precision, clipped at 0).
+        let excess: Vec<f64> = row.iter().map(|e| f32r(f32r(e.1) - rho).max(0.0)).collect();
         let (mut lo, mut hi, mut sigma) = (0.0, f64::INFINITY, 1.0);
         for _ in 0..64 {
-            let s: f64 = row
-                .iter()
-                .map(|e| (-((e.1 - rho).max(0.0)) / sigma).exp())
-                .sum();
+            let s: f64 = excess.iter().map(|&d| (-(d / sigma)).exp()).sum();
             if (s - target).abs() < 1e-5 {
                 break;
             }
@@ -356,8 +395,19 @@ fn umap_connectivities(nn: &[Vec<(usize, f64)>], k: usize) -> Csr {
                 };
             }
         }
-        for &(j, d) in row {
-            trip.push((i, j, (-((d - rho).max(0.0)) / sigma).exp()));
+        let mean_i = if rho > 0.0 {
+            row.iter().map(|e| f32r(e.1)).sum::<f64>() / (row.len() + 1) as f64
+        } else {
+            mean_all
+        };
+        let sigma = f32r(sigma.max(MIN_K_DIST_SCALE * mean_i));
+        for (&(j, _), &d) in row.iter().zip(&excess) {
+            let w = if d <= 0.0 || sigma == 0.0 {
+                1.0
+            } else {
+                f32r((-f32r(d / sigma)).exp())
+            };
+            trip.push((i, j, w));
         }
     }
     let w = Csr::from_triplets(n, n, &trip).unwrap_or_else(|_| Csr::identity(n));
@@ -365,6 +415,7 @@ fn umap_connectivities(nn: &[Vec<(usize, f64)>], k: usize) -> Csr {
     let sum = w.add_scaled(1.0, &wt, 1.0);
     let prod = w.hadamard(&wt);
     let mut c = sum.add_scaled(1.0, &prod, -1.0);
+    c.data_mut().iter_mut().for_each(|v| *v = f32r(*v));
     c.eliminate_zeros();
     c
 }

@@ -107,3 +107,39 @@ pub(crate) fn write_simulation(
     cellfate::io::write_new(path, &s.to_elements()).expect("write the simulation");
     s
 }
+
+/// The Python of `.venv-cellrank` (CellRank 2.3.3, scanpy, scVelo 0.3.4; created by
+/// scripts/setup.sh under CI or with CELLFATE_CELLRANK=1). Missing: the test fails under CI
+/// and is skipped with a message elsewhere (returns `None`).
+pub(crate) fn cellrank_python() -> Option<PathBuf> {
+    let py = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-cellrank/bin/python");
+    let ok = std::process::Command::new(&py)
+        .args(["-c", "import cellrank, scanpy, scvelo"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(py);
+    }
+    assert!(
+        !in_ci(),
+        "CellRank venv missing; scripts/setup.sh creates .venv-cellrank under CI=true"
+    );
+    eprintln!("skipping: no .venv-cellrank (run CELLFATE_CELLRANK=1 bash scripts/setup.sh)");
+    None
+}
+
+/// sin of the largest principal angle between the column spaces of two row-major n × k1 and
+/// n × k2 matrices, over their first `k` columns.
+pub(crate) fn subspace_sin(n: usize, k: usize, a: (&[f64], usize), b: (&[f64], usize)) -> f64 {
+    let q = |(m, kk): (&[f64], usize)| {
+        nalgebra::DMatrix::from_fn(n, k, |i, j| m[i * kk + j])
+            .qr()
+            .q()
+    };
+    let smin = (q(a).transpose() * q(b))
+        .singular_values()
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    (1.0 - smin * smin).max(0.0).sqrt()
+}

@@ -314,18 +314,7 @@ fn upstream_matches_scanpy(pp: &std::path::Path) {
     let (n, k1, a) = ours.dense("obsm/X_pca").expect("pca");
     let (_, k2, b) = r.dense("obsm/X_pca").expect("ref pca");
     let k = 30.min(k1).min(k2);
-    let qa = nalgebra::DMatrix::from_fn(n, k, |i, j| a[i * k1 + j])
-        .qr()
-        .q();
-    let qb = nalgebra::DMatrix::from_fn(n, k, |i, j| b[i * k2 + j])
-        .qr()
-        .q();
-    let smin = (qa.transpose() * qb)
-        .singular_values()
-        .iter()
-        .copied()
-        .fold(f64::INFINITY, f64::min);
-    let sin = (1.0 - smin * smin).max(0.0).sqrt();
+    let sin = crate::common::subspace_sin(n, k, (&a, k1), (&b, k2));
     eprintln!("PCA subspace: sin θ = {sin:.2e}");
     assert!(sin <= 1e-3, "PCA subspace angle sin {sin:e}");
     let d = ours.obsp("distances").expect("distances");

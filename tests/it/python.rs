@@ -179,19 +179,9 @@ print("ok")
 /// scripts/setup.sh in CI or with CELLFATE_CELLRANK=1); skipped locally without it.
 #[test]
 fn cellrank_reads_what_cellfate_writes() {
-    let py = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-cellrank/bin/python");
-    let ok = Command::new(&py)
-        .args(["-c", "import cellrank"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            !in_ci(),
-            "CellRank venv missing; scripts/setup.sh creates .venv-cellrank under CI=true"
-        );
-        eprintln!("skipping: no .venv-cellrank (run CELLFATE_CELLRANK=1 bash scripts/setup.sh)");
+    let Some(py) = crate::common::cellrank_python() else {
         return;
-    }
+    };
     let d = tempdir();
     let out = d.path().join("demo.h5ad");
     succeed(

@@ -238,3 +238,189 @@ fn approximate_knn_recall_on_pancreas() {
         .install(|| cellfate::upstream::ann::knn_descent(&x, k, 0, 30));
     assert_eq!(one, approx, "depends on the thread count");
 }
+
+/// Largest |a − b| over the reference's columns, relative to max |b| (dense row-major;
+/// `pos[k]` is the column of reference gene `k` in ours).
+fn rel_cols(ours: &[f64], g: usize, reference: &[f64], pos: &[usize]) -> f64 {
+    let gr = pos.len();
+    let (mut d, mut m) = (0.0f64, 0.0f64);
+    for (i, row) in reference.chunks(gr).enumerate() {
+        for (k, &y) in row.iter().enumerate() {
+            d = d.max((ours[i * g + pos[k]] - y).abs());
+            m = m.max(y.abs());
+        }
+    }
+    d / m.max(f64::MIN_POSITIVE)
+}
+
+/// Same as [`rel_cols`] for two sparse matrices (all entries of the reference's columns).
+fn rel_sparse(ours: &Csr, reference: &Csr, pos: &[usize]) -> f64 {
+    // Dense n × pos.len() copy of the columns `cols[k]` of `m`.
+    let dense = |m: &Csr, cols: &[usize]| -> Vec<f64> {
+        let w = cols.len();
+        let mut back = vec![usize::MAX; m.ncols()];
+        for (k, &j) in cols.iter().enumerate() {
+            back[j] = k;
+        }
+        let mut out = vec![0.0; m.nrows() * w];
+        for i in 0..m.nrows() {
+            let (c, v) = m.row(i);
+            for (&j, &x) in c.iter().zip(v) {
+                if back[j as usize] != usize::MAX {
+                    out[i * w + back[j as usize]] = x;
+                }
+            }
+        }
+        out
+    };
+    let identity: Vec<usize> = (0..pos.len()).collect();
+    rel_cols(
+        &dense(ours, pos),
+        pos.len(),
+        &dense(reference, &identity),
+        &identity,
+    )
+}
+
+/// The whole preprocessing (`cellfate preprocess`) against the reference recipe (scVelo's
+/// filter_and_normalize, scanpy's log1p, seurat HVGs, ARPACK PCA, neighbours, scVelo's moments
+/// and stochastic velocity) run in float64 by `tests/py/upstream_f64.py` on two raw datasets:
+/// pancreas (3,696 cells, 1,000 of 1,126 genes kept) and scVelo's dentate-gyrus test subset
+/// (100 cells, 200 HVGs). Tolerances are the issue's; measured in brackets:
+/// normalised X/spliced/unspliced ≤ 1e-12 of max (1.8e-16), HVG set identical, PCA subspace
+/// sin θ ≤ 1e-6 (6e-8: the floor of the measure), kNN sets identical for every cell,
+/// distances ≤ 1e-10 (1.7e-14), connectivities ≤ 1e-6 (1.2e-7: UMAP's float32), Ms/Mu ≤ 1e-6
+/// of max (1.1e-7: scVelo stores them in float32), velocity genes identical, γ ≤ 1e-6 relative
+/// (1.6e-7), velocity ≤ 1e-5 of max (5.8e-7).
+#[test]
+fn preprocessing_matches_scanpy_and_scvelo_in_float64() {
+    let Some(pancreas) = require_shared("data/pancreas_supercell_3696") else {
+        return;
+    };
+    let Some(subsets) = require_shared("data/scvelo_test_subsets") else {
+        return;
+    };
+    let Some(py) = crate::common::cellrank_python() else {
+        return;
+    };
+    let d = crate::common::tempdir();
+    let cases = [
+        ("pancreas", pancreas.join("pancreas_3696x2000.h5ad"), 1000),
+        (
+            "dentategyrus",
+            subsets.join("dentategyrus_100obs.h5ad"),
+            200,
+        ),
+    ];
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/upstream_f64.py");
+    let mut python = std::process::Command::new(&py);
+    python.arg("-W").arg("ignore").arg(&script);
+    for (name, raw, n_top) in &cases {
+        python
+            .arg(raw)
+            .arg(d.path().join(format!("{name}-ref.h5ad")))
+            .arg(n_top.to_string());
+    }
+    succeed(&mut python);
+    for (name, raw, n_top) in &cases {
+        let ours_path = d.path().join(format!("{name}-ours.h5ad"));
+        succeed(
+            crate::common::cellfate()
+                .arg("preprocess")
+                .arg(raw)
+                .args(["-q", "--n-top-genes", &n_top.to_string(), "-o"])
+                .arg(&ours_path),
+        );
+        let o = cellfate::io::H5adReader::open(&ours_path).expect("ours");
+        let r = cellfate::io::H5adReader::open(d.path().join(format!("{name}-ref.h5ad")))
+            .expect("reference");
+        // Highly variable genes: the same set.
+        let genes = o.var_names().expect("genes");
+        let hvg = bools(&o, "var/highly_variable");
+        let ref_genes = r.var_names().expect("ref genes");
+        let mut ours_hvg: Vec<&String> = genes
+            .iter()
+            .zip(&hvg)
+            .filter(|x| *x.1)
+            .map(|x| x.0)
+            .collect();
+        let mut theirs: Vec<&String> = ref_genes.iter().collect();
+        ours_hvg.sort();
+        theirs.sort();
+        assert_eq!(ours_hvg, theirs, "{name}: highly variable genes");
+        let pos: Vec<usize> = ref_genes
+            .iter()
+            .map(|x| genes.iter().position(|y| y == x).expect("gene"))
+            .collect();
+        // Normalised layers.
+        for slot in ["X", "layers/spliced", "layers/unspliced"] {
+            let rel = rel_sparse(&o.csr(slot).expect(slot), &r.csr(slot).expect(slot), &pos);
+            eprintln!("{name}: {slot} {rel:.1e}");
+            assert!(rel <= 1e-12, "{name}: {slot} {rel:e}");
+        }
+        // PCA subspace (30 components).
+        let (n, k1, a) = o.dense("obsm/X_pca").expect("pca");
+        let (_, k2, b) = r.dense("obsm/X_pca").expect("ref pca");
+        let sin = crate::common::subspace_sin(n, 30, (&a, k1), (&b, k2));
+        eprintln!("{name}: PCA sin θ {sin:.1e}");
+        assert!(sin <= 1e-6, "{name}: PCA subspace sin θ {sin:e}");
+        // kNN sets and distances.
+        let (dist, dist_ref) = (
+            o.obsp("distances").expect("d"),
+            r.obsp("distances").expect("d"),
+        );
+        for i in 0..n {
+            let (mut x, mut y) = (dist.row(i).0.to_vec(), dist_ref.row(i).0.to_vec());
+            x.sort_unstable();
+            y.sort_unstable();
+            assert_eq!(x, y, "{name}: neighbours of cell {i}");
+        }
+        let all: Vec<usize> = (0..n).collect();
+        let rel = rel_sparse(&dist, &dist_ref, &all);
+        assert!(rel <= 1e-10, "{name}: distances {rel:e}");
+        let conn = rel_sparse(
+            &o.obsp("connectivities").expect("c"),
+            &r.obsp("connectivities").expect("c"),
+            &all,
+        );
+        eprintln!("{name}: connectivities {conn:.1e}");
+        assert!(conn <= 1e-6, "{name}: connectivities {conn:e}");
+        // Moments and velocity.
+        let g = genes.len();
+        for (slot, tol) in [
+            ("layers/Ms", 1e-6),
+            ("layers/Mu", 1e-6),
+            ("layers/velocity", 1e-5),
+        ] {
+            let rel = rel_cols(
+                &o.dense(slot).expect(slot).2,
+                g,
+                &r.dense(slot).expect(slot).2,
+                &pos,
+            );
+            eprintln!("{name}: {slot} {rel:.1e}");
+            assert!(rel <= tol, "{name}: {slot} {rel:e}");
+        }
+        let (vg, vg_ref) = (
+            bools(&o, "var/velocity_genes"),
+            bools(&r, "var/velocity_genes"),
+        );
+        assert!(
+            pos.iter().zip(&vg_ref).all(|(&j, &b)| vg[j] == b),
+            "{name}: velocity genes differ"
+        );
+        let (gamma, gamma_ref) = (
+            column_f64(&o, "var/velocity_gamma"),
+            column_f64(&r, "var/velocity_gamma"),
+        );
+        let worst = pos
+            .iter()
+            .zip(&gamma_ref)
+            .zip(&vg_ref)
+            .filter(|x| *x.1)
+            .map(|((&j, &y), _)| (gamma[j] - y).abs() / y.abs())
+            .fold(0.0f64, f64::max);
+        eprintln!("{name}: γ {worst:.1e}");
+        assert!(worst <= 1e-6, "{name}: γ relative {worst:e}");
+    }
+}
