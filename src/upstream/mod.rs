@@ -22,14 +22,12 @@
 
 pub mod ann;
 pub mod dpt;
+pub mod pca;
 pub mod velocity;
 
 use std::path::Path;
 
 use nalgebra::DMatrix;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -227,72 +225,15 @@ fn highly_variable(logx: &Csr, candidates: &[bool], n_top: usize) -> Vec<bool> {
 /// The first `k` principal-component scores (row-major n × k) of a dense row-major n × g
 /// matrix, centred here (used for a 2-D embedding when a file has none).
 pub(crate) fn pca_scores(x: &[f64], n: usize, g: usize, k: usize, seed: u64) -> Vec<f64> {
-    let mut a = DMatrix::from_fn(n, g, |i, j| x[i * g + j]);
-    for j in 0..g {
-        let mean = a.column(j).sum() / n.max(1) as f64;
-        a.column_mut(j).add_scalar_mut(-mean);
-    }
-    let s = pca(&a, k, seed);
+    let Ok(a) = Csr::from_dense(n, g, x) else {
+        return vec![0.0; n * k.min(g)];
+    };
+    let s = pca::pca(&a, k, seed);
     let k = s.ncols();
     (0..n)
         .flat_map(|i| (0..k).map(move |j| (i, j)))
         .map(|(i, j)| s[(i, j)])
         .collect()
-}
-
-/// Sign convention of the principal components: the entry of largest magnitude of each
-/// score column is positive.
-fn fix_signs(mut s: DMatrix<f64>) -> DMatrix<f64> {
-    for j in 0..s.ncols() {
-        let big = s
-            .column(j)
-            .iter()
-            .fold(0.0f64, |m, &v| if v.abs() > m.abs() { v } else { m });
-        if big < 0.0 {
-            s.column_mut(j).neg_mut();
-        }
-    }
-    s
-}
-
-/// PCA of the centred dense matrix `a` (n × p): scores (n × k). Exact (eigendecomposition of
-/// the p × p Gram matrix, as scanpy's ARPACK solver gives) when `n p²` is at most 3·10¹⁰;
-/// otherwise a seeded randomized SVD with 2k + 10 columns and 7 power iterations.
-fn pca(a: &DMatrix<f64>, k: usize, seed: u64) -> DMatrix<f64> {
-    let (n, p) = (a.nrows(), a.ncols());
-    let k = k.min(p).min(n);
-    if (n as f64) * (p as f64) * (p as f64) <= 3e10 {
-        let gram = a.tr_mul(a);
-        let eig = gram.symmetric_eigen();
-        let mut idx: Vec<usize> = (0..p).collect();
-        idx.sort_by(|&x, &y| {
-            eig.eigenvalues[y]
-                .total_cmp(&eig.eigenvalues[x])
-                .then(x.cmp(&y))
-        });
-        let v = DMatrix::from_fn(p, k, |i, j| eig.eigenvectors[(i, idx[j])]);
-        return fix_signs(a * v);
-    }
-    let l = (2 * k + 10).min(p).min(n);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let omega = DMatrix::from_fn(p, l, |_, _| StandardNormal.sample(&mut rng));
-    let mut y = a * omega;
-    for _ in 0..7 {
-        y = y.qr().q();
-        let z = (a.transpose() * &y).qr().q();
-        y = a * z;
-    }
-    let q = y.qr().q();
-    let b = q.transpose() * a;
-    let svd = b.svd(true, false);
-    let u = q * svd.u.unwrap_or_else(|| DMatrix::zeros(l, l));
-    // Order by singular value (nalgebra does not sort), fix signs (largest |entry| positive).
-    let mut idx: Vec<usize> = (0..svd.singular_values.len()).collect();
-    idx.sort_by(|&x, &y| svd.singular_values[y].total_cmp(&svd.singular_values[x]));
-    fix_signs(DMatrix::from_fn(n, k, |i, j| {
-        let c = idx[j];
-        u[(i, c)] * svd.singular_values[c]
-    }))
 }
 
 /// Exact kNN (excluding self) in the rows of `x`: (indices, distances) per cell, sorted by
@@ -601,25 +542,8 @@ fn compute(input: &Path, spec: &UpstreamSpec) -> Result<H5adEdit, PipelineError>
     // 3. HVG + PCA.
     let hvg = highly_variable(&logx, &usable, spec.n_top_genes);
     let cols: Vec<usize> = (0..g).filter(|&j| hvg[j]).collect();
-    let mut dense = DMatrix::zeros(n, cols.len());
-    let mut pos = vec![usize::MAX; g];
-    for (k, &j) in cols.iter().enumerate() {
-        pos[j] = k;
-    }
-    for i in 0..n {
-        let (c, v) = logx.row(i);
-        for (&j, &x) in c.iter().zip(v) {
-            if pos[j as usize] != usize::MAX {
-                dense[(i, pos[j as usize])] = x;
-            }
-        }
-    }
-    for k in 0..cols.len() {
-        let m = dense.column(k).mean();
-        dense.column_mut(k).add_scalar_mut(-m);
-    }
-    let scores = pca(&dense, spec.n_pcs, spec.seed);
-    drop(dense);
+    let all_rows: Vec<usize> = (0..n).collect();
+    let scores = pca::pca(&logx.submatrix(&all_rows, &cols), spec.n_pcs, spec.seed);
     // 4. neighbours.
     let exact = match spec.knn {
         KnnMethod::Exact => true,
