@@ -226,6 +226,20 @@ impl SparseArray {
     }
 }
 
+impl From<Csr> for SparseArray {
+    /// Moves the matrix's arrays (no copy), unlike [`SparseArray::from_csr`].
+    fn from(csr: Csr) -> Self {
+        let (nrows, ncols, indptr, indices, data) = csr.into_parts();
+        Self {
+            format: SparseFormat::Csr,
+            shape: [nrows, ncols],
+            indptr,
+            indices,
+            data: NumVec::F64(data),
+        }
+    }
+}
+
 /// The categories of a categorical column: strings (usual) or numbers.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Categories {

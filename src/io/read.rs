@@ -422,6 +422,24 @@ impl H5adReader {
         }
     }
 
+    /// Like [`Self::dense`] but in single precision (for large cell × gene layers such as
+    /// `Ms`, stored as float32 by scVelo and by us): half the memory of the f64 copy.
+    pub fn dense_f32(&self, slot: &str) -> Result<(usize, usize, Vec<f32>)> {
+        match self.read(slot)? {
+            Element::Dense(d) if d.shape.len() == 2 => {
+                let data = match d.data {
+                    NumVec::F32(v) => v,
+                    other => other.to_f64().into_iter().map(|x| x as f32).collect(),
+                };
+                Ok((d.shape[0], d.shape[1], data))
+            }
+            _ => {
+                let (n, g, v) = self.dense(slot)?;
+                Ok((n, g, v.into_iter().map(|x| x as f32).collect()))
+            }
+        }
+    }
+
     /// A cell × cell graph from `obsp[key]`, checked to be `n_obs × n_obs`.
     pub fn obsp(&self, key: &str) -> Result<Csr> {
         let slot = format!("obsp/{key}");

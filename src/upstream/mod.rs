@@ -383,8 +383,8 @@ pub fn velocity_in_file(
     };
     need("layers/Ms", "first moments of spliced counts")?;
     need("layers/Mu", "first moments of unspliced counts")?;
-    let (n, g, ms) = r.dense("layers/Ms")?;
-    let (n2, g2, mu) = r.dense("layers/Mu")?;
+    let (n, g, ms) = r.dense_f32("layers/Ms")?;
+    let (n2, g2, mu) = r.dense_f32("layers/Mu")?;
     if (n, g) != (n2, g2) {
         return Err(err(format!(
             "{}: layers Ms ({n}×{g}) and Mu ({n2}×{g2}) differ in shape",
@@ -415,21 +415,33 @@ pub fn velocity_in_file(
         velocity::fit_velocity(&ms, &mu, n, g, hvg.as_deref(), mode, None)
     };
     let mut edit = H5adEdit::new(input);
-    write_velocity(&mut edit, &fit, n, g);
+    let summary = write_velocity(&mut edit, fit, n, g);
     edit.write_to(output)?;
-    Ok(fit)
+    Ok(summary)
 }
 
-fn write_velocity(edit: &mut H5adEdit, fit: &velocity::VelocityFit, n: usize, g: usize) {
-    let f32m = |v: &[f64]| {
-        Element::Dense(crate::io::DenseArray {
-            shape: vec![n, g],
-            data: NumVec::F32(v.iter().map(|&x| x as f32).collect()),
-        })
-    };
-    edit.set("layers/velocity", f32m(&fit.velocity));
-    if let Some(v) = &fit.variance_velocity {
-        edit.set("layers/variance_velocity", f32m(v));
+/// A cell × gene float32 layer (moved, not copied).
+fn f32_layer(n: usize, g: usize, v: Vec<f32>) -> Element {
+    Element::Dense(crate::io::DenseArray {
+        shape: vec![n, g],
+        data: NumVec::F32(v),
+    })
+}
+
+/// Sets the velocity slots from `fit` (its layers are moved into `edit`); returns the fit
+/// without its cell × gene layers.
+fn write_velocity(
+    edit: &mut H5adEdit,
+    mut fit: velocity::VelocityFit,
+    n: usize,
+    g: usize,
+) -> velocity::VelocityFit {
+    edit.set(
+        "layers/velocity",
+        f32_layer(n, g, std::mem::take(&mut fit.velocity)),
+    );
+    if let Some(v) = fit.variance_velocity.take() {
+        edit.set("layers/variance_velocity", f32_layer(n, g, v));
     }
     edit.set("var/velocity_gamma", Element::from_f64(fit.gamma.clone()));
     edit.set(
@@ -461,6 +473,7 @@ fn write_velocity(edit: &mut H5adEdit, fit: &velocity::VelocityFit, n: usize, g:
             ),
         ]),
     );
+    fit
 }
 
 /// Runs the upstream steps on `input`, writing `output` (a copy with the new slots).
@@ -586,24 +599,12 @@ fn compute(input: &Path, spec: &UpstreamSpec) -> Result<H5adEdit, PipelineError>
     }
     // Write.
     let mut edit = H5adEdit::new(input);
-    edit.set("X", Element::Sparse(SparseArray::from_csr(&logx)));
-    edit.set(
-        "layers/spliced",
-        Element::Sparse(SparseArray::from_csr(&sn)),
-    );
-    edit.set(
-        "layers/unspliced",
-        Element::Sparse(SparseArray::from_csr(&un)),
-    );
-    let f32m = |v: &[f64]| {
-        Element::Dense(crate::io::DenseArray {
-            shape: vec![n, g],
-            data: NumVec::F32(v.iter().map(|&x| x as f32).collect()),
-        })
-    };
-    edit.set("layers/Ms", f32m(&ms));
-    edit.set("layers/Mu", f32m(&mu));
-    write_velocity(&mut edit, &fit, n, g);
+    edit.set("X", Element::Sparse(logx.into()));
+    edit.set("layers/spliced", Element::Sparse(sn.into()));
+    edit.set("layers/unspliced", Element::Sparse(un.into()));
+    edit.set("layers/Ms", f32_layer(n, g, ms));
+    edit.set("layers/Mu", f32_layer(n, g, mu));
+    write_velocity(&mut edit, fit, n, g);
     edit.set(
         "obsm/X_pca",
         Element::from_f64_matrix(

@@ -57,7 +57,7 @@ fn moments_and_stochastic_velocity_match_scvelo() {
         let d = got
             .iter()
             .zip(want.iter())
-            .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
+            .fold(0.0f64, |a, (x, y)| a.max((f64::from(*x) - y).abs()));
         let rel = d / max_abs(want);
         eprintln!("{name}: max |Δ| = {d:.3e} ({rel:.2e} of max)");
         assert!(rel <= 1e-6, "{name}: {rel:e}");
@@ -65,9 +65,10 @@ fn moments_and_stochastic_velocity_match_scvelo() {
     // Stochastic velocity on the reference moments (float32 as scVelo wrote them).
     let hvg = bools(&r, "var/highly_variable");
     let second = |ix: &[usize]| second_moments(&w, &sn, &un, ix);
+    let to32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
     let fit = fit_velocity(
-        &ms_ref,
-        &mu_ref,
+        &to32(&ms_ref),
+        &to32(&mu_ref),
         n,
         g,
         Some(&hvg),
@@ -103,7 +104,7 @@ fn moments_and_stochastic_velocity_match_scvelo() {
         .velocity
         .iter()
         .zip(&v_ref)
-        .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
+        .fold(0.0f64, |a, (x, y)| a.max((f64::from(*x) - y).abs()));
     let rel = dv / max_abs(&v_ref);
     eprintln!("velocity: max |Δ| = {dv:.3e} ({rel:.2e} of max)");
     assert!(rel <= 2e-6, "velocity {rel:e}");
