@@ -506,7 +506,8 @@ fn compute(input: &Path, spec: &UpstreamSpec) -> Result<H5adEdit, PipelineError>
     let (n, g) = (s.nrows(), s.ncols());
     if n <= spec.n_neighbors {
         return Err(err(format!(
-            "{n} cells are too few for {} neighbours",
+            "{}: {n} cells are too few for n_neighbors = {} (the kNN graph needs more cells than neighbours; lower --n-neighbors)",
+            input.display(),
             spec.n_neighbors
         )));
     }
@@ -527,7 +528,8 @@ fn compute(input: &Path, spec: &UpstreamSpec) -> Result<H5adEdit, PipelineError>
         .collect();
     if !usable.iter().any(|&b| b) {
         return Err(err(format!(
-            "no gene has {} shared spliced/unspliced counts",
+            "{}: no gene has min_shared_counts = {} counts shared by layers spliced and unspliced (lower --min-shared-counts)",
+            input.display(),
             spec.min_shared_counts
         )));
     }
@@ -543,7 +545,15 @@ fn compute(input: &Path, spec: &UpstreamSpec) -> Result<H5adEdit, PipelineError>
     };
     let (tx, ts, tu) = (lib(&x_raw), lib(&s), lib(&u));
     if x_raw.row_sums().iter().all(|&c| c == 0.0) {
-        return Err(err("every cell has zero counts"));
+        return Err(err(format!(
+            "{}: every cell has zero counts in {}",
+            input.display(),
+            if r.exists("X") {
+                "X"
+            } else {
+                "layers[\"spliced\"]"
+            }
+        )));
     }
     let mut logx = normalize_rows(&x_raw, tx);
     drop(x_raw);

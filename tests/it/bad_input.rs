@@ -303,3 +303,102 @@ fn unsupported_encoding() {
         "{e}"
     );
 }
+
+/// `cellfate preprocess` on degenerate counts: genes and cells without any count are
+/// carried through (never highly variable, never velocity genes, no NaN anywhere); all-zero
+/// counts, too strict a gene filter and fewer cells than neighbours are clear errors naming
+/// the file and the parameter (exit code 2).
+#[test]
+fn preprocess_degenerate_counts() {
+    let d = tempdir();
+    let sim = d.path().join("sim.h5ad");
+    crate::common::write_simulation(&sim, 400, Some(120));
+    let r = H5adReader::open(&sim).expect("sim");
+    // Zero out gene 0 and cells 3 and 7 in every count matrix.
+    let zeroed = |slot: &str, all: bool| -> Element {
+        let m = r.csr(slot).expect(slot);
+        let mut trip = Vec::new();
+        for i in 0..m.nrows() {
+            let (c, v) = m.row(i);
+            for (&j, &x) in c.iter().zip(v) {
+                if !all && j != 0 && i != 3 && i != 7 {
+                    trip.push((i, j as usize, x));
+                }
+            }
+        }
+        let z = cellfate::kernels::Csr::from_triplets(m.nrows(), m.ncols(), &trip).expect("csr");
+        Element::Sparse(SparseArray::from_csr(&z))
+    };
+    let write = |name: &str, all: bool| -> PathBuf {
+        let p = d.path().join(name);
+        cellfate::io::H5adEdit::new(&sim)
+            .set("X", zeroed("X", all))
+            .set("layers/spliced", zeroed("layers/spliced", all))
+            .set("layers/unspliced", zeroed("layers/unspliced", all))
+            .write_to(&p)
+            .expect("write");
+        p
+    };
+    let holes = write("holes.h5ad", false);
+    let out = d.path().join("pp.h5ad");
+    crate::common::succeed(
+        crate::common::cellfate()
+            .arg("preprocess")
+            .arg(&holes)
+            .args(["-q", "--n-neighbors", "15", "-o"])
+            .arg(&out),
+    );
+    let o = H5adReader::open(&out).expect("output");
+    let flag = |slot: &str| o.read(slot).expect(slot).to_f64_vec().expect(slot)[0] != 0.0;
+    assert!(
+        !flag("var/highly_variable"),
+        "an all-zero gene is highly variable"
+    );
+    assert!(
+        !flag("var/velocity_genes"),
+        "an all-zero gene is a velocity gene"
+    );
+    for slot in ["layers/Ms", "layers/Mu", "layers/velocity", "obsm/X_pca"] {
+        let (_, _, v) = o.dense(slot).expect(slot);
+        assert!(
+            v.iter().all(|x| x.is_finite()),
+            "{slot} has non-finite values"
+        );
+    }
+    let conn = o.obsp("connectivities").expect("connectivities");
+    assert!(conn.data().iter().all(|x| x.is_finite() && *x >= 0.0));
+    assert!(
+        conn.row(3).0.len() >= 14,
+        "an empty cell still has neighbours"
+    );
+    // Errors: exit code 2 and a message naming the file and the parameter.
+    let fails = |input: &Path, args: &[&str], want: &[&str]| {
+        let res = crate::common::cellfate()
+            .arg("preprocess")
+            .arg(input)
+            .args(args)
+            .arg("-o")
+            .arg(d.path().join("never.h5ad"))
+            .output()
+            .expect("runs");
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert_eq!(res.status.code(), Some(2), "{err}");
+        for w in want {
+            assert!(err.contains(w), "{w:?} not in {err}");
+        }
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!d.path().join("never.h5ad").exists());
+    };
+    let empty = write("empty.h5ad", true);
+    fails(&empty, &[], &["empty.h5ad", "min_shared_counts = 20"]);
+    fails(
+        &holes,
+        &["--min-shared-counts", "1e9"],
+        &["holes.h5ad", "--min-shared-counts"],
+    );
+    fails(
+        &holes,
+        &["--n-neighbors", "400"],
+        &["holes.h5ad", "400 cells", "n_neighbors = 400"],
+    );
+}
