@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use cellfate_kernels::Csr;
 
-use crate::io::{Element, H5adEdit, H5adReader, NumVec, SparseArray};
+use crate::io::{Element, H5adEdit, H5adReader, NumVec};
 use crate::pipeline::PipelineError;
 
 /// Parameters of the upstream steps (the reference recipe's values).
@@ -476,22 +476,119 @@ fn write_velocity(
     fit
 }
 
+/// Raw counts of one dataset, cells × genes.
+#[derive(Clone, Debug)]
+pub struct RawCounts {
+    /// Spliced counts.
+    pub spliced: Csr,
+    /// Unspliced counts (same shape).
+    pub unspliced: Csr,
+    /// The counts behind `X`; the spliced counts when `None`.
+    pub x: Option<Csr>,
+}
+
+/// One timed stage of [`preprocess`].
+#[derive(Clone, Debug, Serialize)]
+pub struct StageTiming {
+    /// Stage name.
+    pub stage: &'static str,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// Peak resident memory of the process so far (MB), where the OS reports it.
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// Records stage durations.
+struct Clock {
+    at: std::time::Instant,
+    stages: Vec<StageTiming>,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            at: std::time::Instant::now(),
+            stages: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, stage: &'static str) {
+        self.stages.push(StageTiming {
+            stage,
+            seconds: self.at.elapsed().as_secs_f64(),
+            peak_rss_mb: crate::pipeline::peak_rss_mb(),
+        });
+        self.at = std::time::Instant::now();
+    }
+}
+
+/// Everything [`preprocess`] computes (cells × genes unless said otherwise).
+#[derive(Clone, Debug)]
+pub struct Preprocessed {
+    /// `log1p` of the normalised X.
+    pub x: Csr,
+    /// Normalised spliced counts.
+    pub spliced: Csr,
+    /// Normalised unspliced counts.
+    pub unspliced: Csr,
+    /// Highly variable genes.
+    pub highly_variable: Vec<bool>,
+    /// PCA scores (cells × components).
+    pub pca: DMatrix<f64>,
+    /// kNN distances (cells × cells).
+    pub distances: Csr,
+    /// UMAP connectivities (cells × cells).
+    pub connectivities: Csr,
+    /// First moments of spliced counts, row-major f32.
+    pub ms: Vec<f32>,
+    /// First moments of unspliced counts, row-major f32.
+    pub mu: Vec<f32>,
+    /// RNA velocity.
+    pub velocity: velocity::VelocityFit,
+    /// Stage timings.
+    pub timings: Vec<StageTiming>,
+}
+
+/// What [`prepare`] did: stage timings (including reading and writing the file).
+#[derive(Clone, Debug, Serialize)]
+pub struct PrepareReport {
+    /// Cells.
+    pub n_cells: usize,
+    /// Genes.
+    pub n_genes: usize,
+    /// Highly variable genes.
+    pub n_highly_variable: usize,
+    /// Velocity genes.
+    pub n_velocity_genes: usize,
+    /// Stage timings.
+    pub timings: Vec<StageTiming>,
+}
+
 /// Runs the upstream steps on `input`, writing `output` (a copy with the new slots).
-pub fn prepare(input: &Path, output: &Path, spec: &UpstreamSpec) -> Result<(), PipelineError> {
-    let edit = compute(input, spec)?;
+pub fn prepare(
+    input: &Path,
+    output: &Path,
+    spec: &UpstreamSpec,
+) -> Result<PrepareReport, PipelineError> {
+    let (edit, mut report, mut clock) = compute(input, spec)?;
     edit.write_to(output)?;
-    Ok(())
+    clock.lap("write");
+    report.timings.append(&mut clock.stages);
+    Ok(report)
 }
 
 /// Runs the upstream steps and writes the results into `path` itself (atomically). Use only
 /// on files you own (e.g. the demo simulation).
-pub fn prepare_in_place(path: &Path, spec: &UpstreamSpec) -> Result<(), PipelineError> {
-    let edit = compute(path, spec)?;
+pub fn prepare_in_place(path: &Path, spec: &UpstreamSpec) -> Result<PrepareReport, PipelineError> {
+    let (edit, mut report, mut clock) = compute(path, spec)?;
     edit.write_in_place()?;
-    Ok(())
+    clock.lap("write");
+    report.timings.append(&mut clock.stages);
+    Ok(report)
 }
 
-fn compute(input: &Path, spec: &UpstreamSpec) -> Result<H5adEdit, PipelineError> {
+/// Reads the raw counts of `input` (layers spliced/unspliced, X when present).
+pub fn read_counts(input: &Path) -> Result<RawCounts, PipelineError> {
     let r = H5adReader::open(input)?;
     let layers = r.keys("layers")?;
     if !layers.iter().any(|l| l == "spliced") || !layers.iter().any(|l| l == "unspliced") {
@@ -501,146 +598,67 @@ fn compute(input: &Path, spec: &UpstreamSpec) -> Result<H5adEdit, PipelineError>
             if layers.is_empty() { "none".to_string() } else { layers.join(", ") }
         )));
     }
-    let s = r.csr("layers/spliced")?;
-    let u = r.csr("layers/unspliced")?;
-    let (n, g) = (s.nrows(), s.ncols());
-    if n <= spec.n_neighbors {
-        return Err(err(format!(
-            "{}: {n} cells are too few for n_neighbors = {} (the kNN graph needs more cells than neighbours; lower --n-neighbors)",
-            input.display(),
-            spec.n_neighbors
-        )));
-    }
-    // 1. shared counts.
-    let mut shared = vec![0.0; g];
-    for i in 0..n {
-        let (cs, vs) = s.row(i);
-        for (&j, &x) in cs.iter().zip(vs) {
-            let y = u.get(i, j as usize);
-            if x > 0.0 && y > 0.0 {
-                shared[j as usize] += x + y;
-            }
-        }
-    }
-    let usable: Vec<bool> = shared
-        .iter()
-        .map(|&c| c >= spec.min_shared_counts)
-        .collect();
-    if !usable.iter().any(|&b| b) {
-        return Err(err(format!(
-            "{}: no gene has min_shared_counts = {} counts shared by layers spliced and unspliced (lower --min-shared-counts)",
-            input.display(),
-            spec.min_shared_counts
-        )));
-    }
-    // 2. normalisation (X = spliced counts when X is absent).
-    let x_raw = if r.exists("X") {
-        r.csr("X")?
-    } else {
-        s.clone()
+    Ok(RawCounts {
+        spliced: r.csr("layers/spliced")?,
+        unspliced: r.csr("layers/unspliced")?,
+        x: if r.exists("X") {
+            Some(r.csr("X")?)
+        } else {
+            None
+        },
+    })
+}
+
+fn compute(
+    input: &Path,
+    spec: &UpstreamSpec,
+) -> Result<(H5adEdit, PrepareReport, Clock), PipelineError> {
+    let mut clock = Clock::new();
+    let raw = read_counts(input)?;
+    clock.lap("read");
+    let mut read = clock.stages;
+    let p = preprocess(raw, spec, &input.display().to_string())?;
+    let mut clock = Clock::new();
+    read.extend(p.timings.iter().cloned());
+    let (n, g) = (p.spliced.nrows(), p.spliced.ncols());
+    let report = PrepareReport {
+        n_cells: n,
+        n_genes: g,
+        n_highly_variable: p.highly_variable.iter().filter(|&&b| b).count(),
+        n_velocity_genes: p.velocity.velocity_genes.iter().filter(|&&b| b).count(),
+        timings: read,
     };
-    let lib = |m: &Csr| {
-        let mut v = m.row_sums();
-        median(&mut v)
-    };
-    let (tx, ts, tu) = (lib(&x_raw), lib(&s), lib(&u));
-    if x_raw.row_sums().iter().all(|&c| c == 0.0) {
-        return Err(err(format!(
-            "{}: every cell has zero counts in {}",
-            input.display(),
-            if r.exists("X") {
-                "X"
-            } else {
-                "layers[\"spliced\"]"
-            }
-        )));
-    }
-    let mut logx = normalize_rows(&x_raw, tx);
-    drop(x_raw);
-    let sn = normalize_rows(&s, ts);
-    drop(s);
-    let un = normalize_rows(&u, tu.max(1.0));
-    drop(u);
-    logx.data_mut().iter_mut().for_each(|v| *v = v.ln_1p());
-    // 3. HVG + PCA.
-    let hvg = highly_variable(&logx, &usable, spec.n_top_genes);
-    let cols: Vec<usize> = (0..g).filter(|&j| hvg[j]).collect();
-    let all_rows: Vec<usize> = (0..n).collect();
-    let scores = pca::pca(&logx.submatrix(&all_rows, &cols), spec.n_pcs, spec.seed);
-    // 4. neighbours.
-    let exact = match spec.knn {
-        KnnMethod::Exact => true,
-        KnnMethod::Approximate => false,
-        KnnMethod::Auto => n <= KNN_EXACT_MAX_CELLS,
-    };
-    let nn = if exact {
-        knn_exact(&scores, spec.n_neighbors - 1)
-    } else {
-        ann::knn_descent(&scores, spec.n_neighbors - 1, spec.seed, 30)
-    };
-    let conn = umap_connectivities(&nn, spec.n_neighbors);
-    let mut dtrip = Vec::new();
-    for (i, row) in nn.iter().enumerate() {
-        for &(j, d) in row {
-            dtrip.push((i, j, d));
-        }
-    }
-    let dist = Csr::from_triplets(n, n, &dtrip).map_err(|e| err(e.to_string()))?;
-    // 5. moments over each cell and its neighbours (binarised graph + self, row-normalised).
-    let w = velocity::smoothing_graph(&conn);
-    let all: Vec<usize> = (0..g).collect();
-    let ms = velocity::smooth_dense(&w, &sn, &all, &|_, _, x| x);
-    let mu = velocity::smooth_dense(&w, &un, &all, &|_, _, x| x);
-    // 6. velocity (scVelo's stochastic model by default).
-    let second = |idx: &[usize]| velocity::second_moments(&w, &sn, &un, idx);
-    let fit = velocity::fit_velocity(
-        &ms,
-        &mu,
-        n,
-        g,
-        Some(&hvg),
-        spec.velocity_mode,
-        Some(&second),
-    );
-    if !fit.velocity_genes.iter().any(|&b| b) {
-        return Err(err(
-            "no velocity gene found (r² > 0.01 and γ > 0.01 among highly variable genes)",
-        ));
-    }
-    // Write.
+    let k = p.pca.ncols();
     let mut edit = H5adEdit::new(input);
-    edit.set("X", Element::Sparse(logx.into()));
-    edit.set("layers/spliced", Element::Sparse(sn.into()));
-    edit.set("layers/unspliced", Element::Sparse(un.into()));
-    edit.set("layers/Ms", f32_layer(n, g, ms));
-    edit.set("layers/Mu", f32_layer(n, g, mu));
-    write_velocity(&mut edit, fit, n, g);
+    edit.set("X", Element::Sparse(p.x.into()));
+    edit.set("layers/spliced", Element::Sparse(p.spliced.into()));
+    edit.set("layers/unspliced", Element::Sparse(p.unspliced.into()));
+    edit.set("layers/Ms", f32_layer(n, g, p.ms));
+    edit.set("layers/Mu", f32_layer(n, g, p.mu));
+    write_velocity(&mut edit, p.velocity, n, g);
     edit.set(
         "obsm/X_pca",
         Element::from_f64_matrix(
             n,
-            scores.ncols(),
+            k,
             (0..n)
-                .flat_map(|i| (0..scores.ncols()).map(move |j| (i, j)))
-                .map(|(i, j)| scores[(i, j)])
+                .flat_map(|i| (0..k).map(move |j| (i, j)))
+                .map(|(i, j)| p.pca[(i, j)])
                 .collect(),
         ),
     );
     edit.set(
         "obsp/connectivities",
-        Element::Sparse(SparseArray::from_csr(&conn)),
+        Element::Sparse(p.connectivities.into()),
     );
+    edit.set("obsp/distances", Element::Sparse(p.distances.into()));
     edit.set(
-        "obsp/distances",
-        Element::Sparse(SparseArray::from_csr(&dist)),
-    );
-    let bools = |v: &[bool]| {
+        "var/highly_variable",
         Element::Dense(crate::io::DenseArray {
-            shape: vec![v.len()],
-            data: NumVec::Bool(v.to_vec()),
-        })
-    };
-    edit.set("var/highly_variable", bools(&hvg));
+            shape: vec![g],
+            data: NumVec::Bool(p.highly_variable),
+        }),
+    );
     edit.set(
         "uns/neighbors",
         Element::Dict(vec![
@@ -665,5 +683,159 @@ fn compute(input: &Path, spec: &UpstreamSpec) -> Result<H5adEdit, PipelineError>
             ),
         ]),
     );
-    Ok(edit)
+    clock.lap("assemble output");
+    Ok((edit, report, clock))
+}
+
+/// The upstream steps on raw counts in memory (see the module documentation); `source`
+/// names the data in error messages (a file path, say).
+pub fn preprocess(
+    raw: RawCounts,
+    spec: &UpstreamSpec,
+    source: &str,
+) -> Result<Preprocessed, PipelineError> {
+    let mut clock = Clock::new();
+    let RawCounts {
+        spliced: s,
+        unspliced: u,
+        x,
+    } = raw;
+    let (n, g) = (s.nrows(), s.ncols());
+    if (u.nrows(), u.ncols()) != (n, g) {
+        return Err(err(format!(
+            "{source}: layers spliced ({n}×{g}) and unspliced ({}×{}) differ in shape",
+            u.nrows(),
+            u.ncols()
+        )));
+    }
+    if let Some(x) = &x {
+        if (x.nrows(), x.ncols()) != (n, g) {
+            return Err(err(format!(
+                "{source}: X ({}×{}) and layers spliced ({n}×{g}) differ in shape",
+                x.nrows(),
+                x.ncols()
+            )));
+        }
+    }
+    if n <= spec.n_neighbors {
+        return Err(err(format!(
+            "{source}: {n} cells are too few for n_neighbors = {} (the kNN graph needs more cells than neighbours; lower --n-neighbors)",
+            spec.n_neighbors
+        )));
+    }
+    // 1. shared counts.
+    let mut shared = vec![0.0; g];
+    for i in 0..n {
+        let (cs, vs) = s.row(i);
+        for (&j, &v) in cs.iter().zip(vs) {
+            let y = u.get(i, j as usize);
+            if v > 0.0 && y > 0.0 {
+                shared[j as usize] += v + y;
+            }
+        }
+    }
+    let usable: Vec<bool> = shared
+        .iter()
+        .map(|&c| c >= spec.min_shared_counts)
+        .collect();
+    if !usable.iter().any(|&b| b) {
+        return Err(err(format!(
+            "{source}: no gene has min_shared_counts = {} counts shared by layers spliced and unspliced (lower --min-shared-counts)",
+            spec.min_shared_counts
+        )));
+    }
+    // 2. normalisation (X = spliced counts when X is absent).
+    let lib = |m: &Csr| {
+        let mut v = m.row_sums();
+        median(&mut v)
+    };
+    let x_raw = x.as_ref().unwrap_or(&s);
+    if x_raw.row_sums().iter().all(|&c| c == 0.0) {
+        return Err(err(format!(
+            "{source}: every cell has zero counts in {}",
+            if x.is_some() {
+                "X"
+            } else {
+                "layers[\"spliced\"]"
+            }
+        )));
+    }
+    let mut logx = normalize_rows(x_raw, lib(x_raw));
+    drop(x);
+    let sn = normalize_rows(&s, lib(&s));
+    drop(s);
+    let un = normalize_rows(&u, lib(&u).max(1.0));
+    drop(u);
+    logx.data_mut().iter_mut().for_each(|v| *v = v.ln_1p());
+    clock.lap("normalise");
+    // 3. HVG + PCA.
+    let hvg = highly_variable(&logx, &usable, spec.n_top_genes);
+    clock.lap("highly variable genes");
+    let cols: Vec<usize> = (0..g).filter(|&j| hvg[j]).collect();
+    let all_rows: Vec<usize> = (0..n).collect();
+    let scores = pca::pca(&logx.submatrix(&all_rows, &cols), spec.n_pcs, spec.seed);
+    clock.lap("pca");
+    // 4. neighbours.
+    let exact = match spec.knn {
+        KnnMethod::Exact => true,
+        KnnMethod::Approximate => false,
+        KnnMethod::Auto => n <= KNN_EXACT_MAX_CELLS,
+    };
+    let nn = if exact {
+        knn_exact(&scores, spec.n_neighbors - 1)
+    } else {
+        ann::knn_descent(&scores, spec.n_neighbors - 1, spec.seed, 30)
+    };
+    clock.lap(if exact {
+        "neighbours (exact)"
+    } else {
+        "neighbours (NN-descent)"
+    });
+    let conn = umap_connectivities(&nn, spec.n_neighbors);
+    let mut dtrip = Vec::with_capacity(n * spec.n_neighbors);
+    for (i, row) in nn.iter().enumerate() {
+        for &(j, d) in row {
+            dtrip.push((i, j, d));
+        }
+    }
+    drop(nn);
+    let dist = Csr::from_triplets(n, n, &dtrip).map_err(|e| err(e.to_string()))?;
+    drop(dtrip);
+    clock.lap("connectivities");
+    // 5. moments over each cell and its neighbours (binarised graph + self, row-normalised).
+    let w = velocity::smoothing_graph(&conn);
+    let all: Vec<usize> = (0..g).collect();
+    let ms = velocity::smooth_dense(&w, &sn, &all, &|_, _, x| x);
+    let mu = velocity::smooth_dense(&w, &un, &all, &|_, _, x| x);
+    clock.lap("moments");
+    // 6. velocity (scVelo's stochastic model by default).
+    let second = |idx: &[usize]| velocity::second_moments(&w, &sn, &un, idx);
+    let fit = velocity::fit_velocity(
+        &ms,
+        &mu,
+        n,
+        g,
+        Some(&hvg),
+        spec.velocity_mode,
+        Some(&second),
+    );
+    if !fit.velocity_genes.iter().any(|&b| b) {
+        return Err(err(format!(
+            "{source}: no velocity gene found (r² > 0.01 and γ > 0.01 among highly variable genes)"
+        )));
+    }
+    clock.lap("velocity");
+    Ok(Preprocessed {
+        x: logx,
+        spliced: sn,
+        unspliced: un,
+        highly_variable: hvg,
+        pca: scores,
+        distances: dist,
+        connectivities: conn,
+        ms,
+        mu,
+        velocity: fit,
+        timings: clock.stages,
+    })
 }

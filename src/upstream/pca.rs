@@ -39,15 +39,7 @@ fn pca_with(a: &Csr, k: usize, seed: u64, exact_max_work: f64) -> DMatrix<f64> {
     }
     let mu: Vec<f64> = a.col_sums().iter().map(|s| s / n as f64).collect();
     if (n as f64) * (p as f64) * (p as f64) <= exact_max_work {
-        let cov = covariance(a, &mu);
-        let eig = cov.symmetric_eigen();
-        let mut idx: Vec<usize> = (0..p).collect();
-        idx.sort_by(|&x, &y| {
-            eig.eigenvalues[y]
-                .total_cmp(&eig.eigenvalues[x])
-                .then(x.cmp(&y))
-        });
-        let v = DMatrix::from_fn(p, k, |i, j| eig.eigenvectors[(i, idx[j])]);
+        let v = top_eigenvectors(&covariance(a, &mu), k);
         return fix_signs(mul(a, &mu, &v));
     }
     let l = (2 * k + 10).min(p).min(n);
@@ -72,24 +64,70 @@ fn pca_with(a: &Csr, k: usize, seed: u64, exact_max_work: f64) -> DMatrix<f64> {
     }))
 }
 
-/// `(A − 1μᵀ)ᵀ (A − 1μᵀ)`, block by block of rows.
-fn covariance(a: &Csr, mu: &[f64]) -> DMatrix<f64> {
+/// `(A − 1μᵀ)ᵀ (A − 1μᵀ)`, block by block of rows (faer's sequential product: fast, and
+/// the same bits for any thread count).
+fn covariance(a: &Csr, mu: &[f64]) -> faer::Mat<f64> {
     let (n, p) = (a.nrows(), a.ncols());
-    let mut cov = DMatrix::zeros(p, p);
+    let mut cov = faer::Mat::<f64>::zeros(p, p);
     let mut start = 0;
     while start < n {
         let end = (start + ROW_BLOCK).min(n);
-        let mut block = DMatrix::from_fn(end - start, p, |_, j| -mu[j]);
+        let mut block = faer::Mat::<f64>::from_fn(end - start, p, |_, j| -mu[j]);
         for i in start..end {
             let (c, v) = a.row(i);
             for (&j, &x) in c.iter().zip(v) {
                 block[(i - start, j as usize)] += x;
             }
         }
-        cov.gemm_tr(1.0, &block, &block, 1.0);
+        faer::linalg::matmul::matmul(
+            cov.as_mut(),
+            faer::Accum::Add,
+            block.transpose(),
+            block.as_ref(),
+            1.0,
+            faer::Par::Seq,
+        );
         start = end;
     }
     cov
+}
+
+/// Eigenvectors of the `k` largest eigenvalues of a symmetric matrix (p × k, by decreasing
+/// eigenvalue): faer's divide-and-conquer solver on one thread (the result must not depend
+/// on the thread count), nalgebra's if faer reports no convergence.
+fn top_eigenvectors(cov: &faer::Mat<f64>, k: usize) -> DMatrix<f64> {
+    use faer::dyn_stack::{MemBuffer, MemStack};
+    use faer::linalg::evd::{self_adjoint_evd, self_adjoint_evd_scratch, ComputeEigenvectors};
+    let p = cov.nrows();
+    let par = faer::Par::Seq;
+    let mut u = faer::Mat::<f64>::zeros(p, p);
+    let mut s = faer::diag::Diag::<f64>::zeros(p);
+    let mut buf = MemBuffer::new(self_adjoint_evd_scratch::<f64>(
+        p,
+        ComputeEigenvectors::Yes,
+        par,
+        Default::default(),
+    ));
+    let solved = self_adjoint_evd(
+        cov.as_ref(),
+        s.as_mut(),
+        Some(u.as_mut()),
+        par,
+        MemStack::new(&mut buf),
+        Default::default(),
+    );
+    if solved.is_ok() {
+        // Eigenvalues come in nondecreasing order.
+        return DMatrix::from_fn(p, k, |i, j| u[(i, p - 1 - j)]);
+    }
+    let eig = DMatrix::from_fn(p, p, |i, j| cov[(i, j)]).symmetric_eigen();
+    let mut idx: Vec<usize> = (0..p).collect();
+    idx.sort_by(|&x, &y| {
+        eig.eigenvalues[y]
+            .total_cmp(&eig.eigenvalues[x])
+            .then(x.cmp(&y))
+    });
+    DMatrix::from_fn(p, k, |i, j| eig.eigenvectors[(i, idx[j])])
 }
 
 /// `(A − 1μᵀ) X` for a dense `p × l` matrix `X` (rows in parallel).

@@ -223,7 +223,28 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                 ..Default::default()
             };
             // The library's errors name the file and the slot already.
-            cellfate::upstream::prepare(&input, &output, &spec)?;
+            let report = cellfate::upstream::prepare(&input, &output, &spec)?;
+            if progress::level() >= 2 {
+                let mut lines = format!(
+                    "{} cells x {} genes: {} highly variable, {} velocity genes\n",
+                    report.n_cells,
+                    report.n_genes,
+                    report.n_highly_variable,
+                    report.n_velocity_genes
+                );
+                for t in &report.timings {
+                    lines.push_str(&format!(
+                        "  {:<24} {:>8.2} s   peak {:>7.0} MB\n",
+                        t.stage,
+                        t.seconds,
+                        t.peak_rss_mb.unwrap_or(f64::NAN)
+                    ));
+                }
+                #[allow(clippy::print_stderr)]
+                {
+                    eprint!("{lines}");
+                }
+            }
             write_stdout(&format!(
                 "wrote {} (X log-normalised; layers Ms, Mu, velocity; obsp connectivities, distances; var velocity_genes)\n",
                 output.display()
@@ -291,8 +312,9 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                 labeling,
                 ..Default::default()
             };
-            let sim = cellfate::sim::simulate(&params)?;
-            cellfate::io::write_new(&output, &sim.to_elements())
+            params.validate()?;
+            // Streamed to disk block by block: memory stays bounded at millions of cells.
+            let sim = cellfate::sim::simulate_to_file(&params, &output)
                 .with_context(|| format!("writing {}", output.display()))?;
             write_stdout(&format!(
                 "simulated {cells} cells x {genes} genes, fates {} -> {}\n",
