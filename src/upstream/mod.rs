@@ -498,26 +498,33 @@ pub struct StageTiming {
     pub peak_rss_mb: Option<f64>,
 }
 
-/// Records stage durations.
-struct Clock {
+/// Called with each stage as it finishes (progress reporting).
+pub type StageHook<'a> = dyn FnMut(&StageTiming) + 'a;
+
+/// Records stage durations and reports each to a hook.
+struct Clock<'h, 'a> {
     at: std::time::Instant,
     stages: Vec<StageTiming>,
+    hook: &'h mut StageHook<'a>,
 }
 
-impl Clock {
-    fn new() -> Self {
+impl<'h, 'a> Clock<'h, 'a> {
+    fn new(hook: &'h mut StageHook<'a>) -> Self {
         Self {
             at: std::time::Instant::now(),
             stages: Vec::new(),
+            hook,
         }
     }
 
     fn lap(&mut self, stage: &'static str) {
-        self.stages.push(StageTiming {
+        let t = StageTiming {
             stage,
             seconds: self.at.elapsed().as_secs_f64(),
             peak_rss_mb: crate::pipeline::peak_rss_mb(),
-        });
+        };
+        (self.hook)(&t);
+        self.stages.push(t);
         self.at = std::time::Instant::now();
     }
 }
@@ -570,7 +577,18 @@ pub fn prepare(
     output: &Path,
     spec: &UpstreamSpec,
 ) -> Result<PrepareReport, PipelineError> {
-    let (edit, mut report, mut clock) = compute(input, spec)?;
+    prepare_with(input, output, spec, &mut |_| {})
+}
+
+/// [`prepare`], calling `hook` as each stage finishes.
+pub fn prepare_with(
+    input: &Path,
+    output: &Path,
+    spec: &UpstreamSpec,
+    hook: &mut StageHook<'_>,
+) -> Result<PrepareReport, PipelineError> {
+    let (edit, mut report) = compute(input, spec, hook)?;
+    let mut clock = Clock::new(hook);
     edit.write_to(output)?;
     clock.lap("write");
     report.timings.append(&mut clock.stages);
@@ -580,7 +598,9 @@ pub fn prepare(
 /// Runs the upstream steps and writes the results into `path` itself (atomically). Use only
 /// on files you own (e.g. the demo simulation).
 pub fn prepare_in_place(path: &Path, spec: &UpstreamSpec) -> Result<PrepareReport, PipelineError> {
-    let (edit, mut report, mut clock) = compute(path, spec)?;
+    let hook = &mut |_: &StageTiming| {};
+    let (edit, mut report) = compute(path, spec, hook)?;
+    let mut clock = Clock::new(hook);
     edit.write_in_place()?;
     clock.lap("write");
     report.timings.append(&mut clock.stages);
@@ -612,16 +632,17 @@ pub fn read_counts(input: &Path) -> Result<RawCounts, PipelineError> {
 fn compute(
     input: &Path,
     spec: &UpstreamSpec,
-) -> Result<(H5adEdit, PrepareReport, Clock), PipelineError> {
-    let mut clock = Clock::new();
+    hook: &mut StageHook<'_>,
+) -> Result<(H5adEdit, PrepareReport), PipelineError> {
+    let mut clock = Clock::new(hook);
     let raw = read_counts(input)?;
     clock.lap("read");
-    let mut read = clock.stages;
-    let p = preprocess(raw, spec, &input.display().to_string())?;
-    let mut clock = Clock::new();
+    let mut read = std::mem::take(&mut clock.stages);
+    let p = preprocess_with(raw, spec, &input.display().to_string(), clock.hook)?;
+    clock.at = std::time::Instant::now();
     read.extend(p.timings.iter().cloned());
     let (n, g) = (p.spliced.nrows(), p.spliced.ncols());
-    let report = PrepareReport {
+    let mut report = PrepareReport {
         n_cells: n,
         n_genes: g,
         n_highly_variable: p.highly_variable.iter().filter(|&&b| b).count(),
@@ -684,7 +705,8 @@ fn compute(
         ]),
     );
     clock.lap("assemble output");
-    Ok((edit, report, clock))
+    report.timings.append(&mut clock.stages);
+    Ok((edit, report))
 }
 
 /// The upstream steps on raw counts in memory (see the module documentation); `source`
@@ -694,7 +716,17 @@ pub fn preprocess(
     spec: &UpstreamSpec,
     source: &str,
 ) -> Result<Preprocessed, PipelineError> {
-    let mut clock = Clock::new();
+    preprocess_with(raw, spec, source, &mut |_| {})
+}
+
+/// [`preprocess`], calling `hook` as each stage finishes.
+pub fn preprocess_with(
+    raw: RawCounts,
+    spec: &UpstreamSpec,
+    source: &str,
+    hook: &mut StageHook<'_>,
+) -> Result<Preprocessed, PipelineError> {
+    let mut clock = Clock::new(hook);
     let RawCounts {
         spliced: s,
         unspliced: u,

@@ -223,26 +223,30 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                 ..Default::default()
             };
             // The library's errors name the file and the slot already.
-            let report = cellfate::upstream::prepare(&input, &output, &spec)?;
-            if progress::level() >= 2 {
-                let mut lines = format!(
-                    "{} cells x {} genes: {} highly variable, {} velocity genes\n",
-                    report.n_cells,
-                    report.n_genes,
-                    report.n_highly_variable,
-                    report.n_velocity_genes
-                );
-                for t in &report.timings {
-                    lines.push_str(&format!(
-                        "  {:<24} {:>8.2} s   peak {:>7.0} MB\n",
+            let verbose = progress::level() >= 2;
+            let mut bar = progress::Progress::new();
+            bar.stage("preprocessing (normalise, HVGs, PCA, kNN, moments, velocity)");
+            let report = cellfate::upstream::prepare_with(&input, &output, &spec, &mut |t| {
+                if verbose {
+                    bar.note(&format!(
+                        "  {:<24} {:>8.2} s   peak {:>7.0} MB",
                         t.stage,
                         t.seconds,
                         t.peak_rss_mb.unwrap_or(f64::NAN)
                     ));
                 }
+            })?;
+            drop(bar);
+            if verbose {
                 #[allow(clippy::print_stderr)]
                 {
-                    eprint!("{lines}");
+                    eprintln!(
+                        "{} cells x {} genes: {} highly variable, {} velocity genes",
+                        report.n_cells,
+                        report.n_genes,
+                        report.n_highly_variable,
+                        report.n_velocity_genes
+                    );
                 }
             }
             write_stdout(&format!(

@@ -59,6 +59,18 @@ impl Progress {
         }
     }
 
+    /// Prints a line above the spinner (or on its own line without a terminal).
+    pub(crate) fn note(&self, line: &str) {
+        if level() == 0 {
+            return;
+        }
+        match &self.bar {
+            Some(b) => b.println(line),
+            #[allow(clippy::print_stderr)]
+            None => eprintln!("{line}"),
+        }
+    }
+
     /// A new stage starts.
     pub(crate) fn stage(&mut self, name: &str) {
         self.finish_current();
