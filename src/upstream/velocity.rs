@@ -124,9 +124,10 @@ pub fn smooth_dense(
 /// Second moments `(Mss, Mus) = (W (S∘S), W (S∘U))` of the genes `idx` (row-major
 /// n × |idx|) from the smoothing graph and the normalised spliced/unspliced counts.
 pub fn second_moments(w: &Csr, s: &Csr, u: &Csr, idx: &[usize]) -> (Vec<f32>, Vec<f32>) {
+    let su = s.hadamard(u);
     (
         smooth_dense(w, s, idx, &|_, _, x| x * x),
-        smooth_dense(w, s, idx, &|i, j, x| x * u.get(i, j)),
+        smooth_dense(w, &su, idx, &|_, _, x| x),
     )
 }
 
@@ -163,8 +164,20 @@ pub struct VelocityFit {
     pub variance_velocity: Option<Vec<f32>>,
 }
 
-fn column(m: &[f32], n: usize, g: usize, j: usize) -> Vec<f64> {
-    (0..n).map(|i| f64::from(m[i * g + j])).collect()
+/// Genes per block when columns are gathered from row-major matrices (each row contributes
+/// one contiguous run; a block of columns is then contiguous per gene).
+const GENE_BLOCK: usize = 32;
+
+/// Columns `cols` of the row-major n × w matrix `m`, gene-major in f64 (`out[c][i]`).
+fn gather(m: &[f32], n: usize, w: usize, cols: &[usize]) -> Vec<Vec<f64>> {
+    let mut out = vec![vec![0.0; n]; cols.len()];
+    for i in 0..n {
+        let row = &m[i * w..(i + 1) * w];
+        for (c, &j) in cols.iter().enumerate() {
+            out[c][i] = f64::from(row[j]);
+        }
+    }
+    out
 }
 
 /// The steady-state fit of one gene: "extreme" cells (joint score at its 95th percentile), γ
@@ -195,6 +208,52 @@ fn steady_state(s: &[f64], u: &[f64]) -> (Vec<bool>, f64, f64) {
     (extreme, gamma, if r2.is_finite() { r2 } else { 0.0 })
 }
 
+/// scVelo's stochastic fit of one gene from its first moments `s`, `u`, second moments
+/// `mss`, `mus` and deterministic γ `qreg`: returns γ and the variance of the velocity.
+fn stochastic_gene(s: &[f64], u: &[f64], mss: &[f64], mus: &[f64], qreg: f64) -> (f64, Vec<f32>) {
+    let n = s.len();
+    let var_ss: Vec<f64> = (0..n).map(|i| 2.0 * mss[i] - s[i]).collect();
+    let cov_us: Vec<f64> = (0..n).map(|i| 2.0 * mus[i] + u[i]).collect();
+    let g2 = {
+        let (a, b) = (0..n).fold((0.0, 0.0), |(a, b), i| {
+            (a + var_ss[i] * cov_us[i], b + var_ss[i] * var_ss[i])
+        });
+        let v = a / b;
+        if v.is_finite() {
+            v
+        } else {
+            0.0
+        }
+    };
+    let std = |v: &mut dyn Iterator<Item = f64>| {
+        let v: Vec<f64> = v.collect();
+        let m = v.iter().sum::<f64>() / n as f64;
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n as f64).sqrt()
+    };
+    let s1 = std(&mut (0..n).map(|i| u[i] - qreg * s[i]));
+    let s2 = std(&mut (0..n).map(|i| cov_us[i] - g2 * var_ss[i]));
+    // First-order rows: extreme cells, or Ms alone at its 95th percentile.
+    let (extreme, _, _) = steady_state(s, u);
+    let qs = percentile(&mut s.to_vec(), 95.0);
+    let (mut xy, mut xx) = (0.0, 0.0);
+    for i in 0..n {
+        if extreme[i] || s[i] >= qs {
+            let (x, y) = (s[i] / s1, u[i] / s1);
+            xy += x * y;
+            xx += x * x;
+        }
+        let (x, y) = (var_ss[i] / s2, cov_us[i] / s2);
+        xy += x * y;
+        xx += x * x;
+    }
+    let gm = xy / xx;
+    let gm = if gm.is_finite() { gm } else { 0.0 };
+    let var = (0..n)
+        .map(|i| ((cov_us[i] - 2.0 * s[i] * u[i]) - gm * (var_ss[i] - 2.0 * s[i] * s[i])) as f32)
+        .collect();
+    (gm, var)
+}
+
 /// Fits the velocity model on the moments `ms`, `mu` (row-major n × g). `hvg` restricts the
 /// velocity genes to highly variable genes; `second` computes `(Mss, Mus)` (row-major
 /// n × |genes|) for a list of genes and is needed in stochastic mode.
@@ -208,11 +267,22 @@ pub fn fit_velocity(
     second: Option<&SecondMoments<'_>>,
 ) -> VelocityFit {
     // Deterministic fit, gene by gene (in parallel; each gene is independent).
-    let per_gene: Vec<(f64, f64)> = (0..g)
-        .into_par_iter()
-        .map(|j| {
-            let (_, gamma, r2) = steady_state(&column(ms, n, g, j), &column(mu, n, g, j));
-            (gamma, r2)
+    let blocks: Vec<Vec<usize>> = (0..g)
+        .collect::<Vec<_>>()
+        .chunks(GENE_BLOCK)
+        .map(<[usize]>::to_vec)
+        .collect();
+    let per_gene: Vec<(f64, f64)> = blocks
+        .par_iter()
+        .flat_map_iter(|b| {
+            let (s, u) = (gather(ms, n, g, b), gather(mu, n, g, b));
+            s.into_iter()
+                .zip(u)
+                .map(|(s, u)| {
+                    let (_, gamma, r2) = steady_state(&s, &u);
+                    (gamma, r2)
+                })
+                .collect::<Vec<_>>()
         })
         .collect();
     let qreg: Vec<f64> = per_gene.iter().map(|p| p.0).collect();
@@ -242,67 +312,30 @@ pub fn fit_velocity(
         };
         let k = idx.len();
         let (mss, mus) = second(&idx);
-        let fitted: Vec<(f64, Vec<f32>)> = idx
-            .par_iter()
-            .enumerate()
-            .map(|(c, &j)| {
-                let s = column(ms, n, g, j);
-                let u = column(mu, n, g, j);
-                let var_ss: Vec<f64> = (0..n)
-                    .map(|i| 2.0 * f64::from(mss[i * k + c]) - s[i])
+        let positions: Vec<usize> = (0..k).collect();
+        let fitted: Vec<(Vec<usize>, Vec<(f64, Vec<f32>)>)> = positions
+            .par_chunks(GENE_BLOCK)
+            .map(|pos| {
+                let genes: Vec<usize> = pos.iter().map(|&c| idx[c]).collect();
+                let (s, u) = (gather(ms, n, g, &genes), gather(mu, n, g, &genes));
+                let (ss, us) = (gather(&mss, n, k, pos), gather(&mus, n, k, pos));
+                let fits = (0..genes.len())
+                    .map(|b| stochastic_gene(&s[b], &u[b], &ss[b], &us[b], qreg[genes[b]]))
                     .collect();
-                let cov_us: Vec<f64> = (0..n)
-                    .map(|i| 2.0 * f64::from(mus[i * k + c]) + u[i])
-                    .collect();
-                let g2 = {
-                    let (a, b) = (0..n).fold((0.0, 0.0), |(a, b), i| {
-                        (a + var_ss[i] * cov_us[i], b + var_ss[i] * var_ss[i])
-                    });
-                    let v = a / b;
-                    if v.is_finite() {
-                        v
-                    } else {
-                        0.0
-                    }
-                };
-                let std = |v: &mut dyn Iterator<Item = f64>| {
-                    let v: Vec<f64> = v.collect();
-                    let m = v.iter().sum::<f64>() / n as f64;
-                    (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n as f64).sqrt()
-                };
-                let s1 = std(&mut (0..n).map(|i| u[i] - qreg[j] * s[i]));
-                let s2 = std(&mut (0..n).map(|i| cov_us[i] - g2 * var_ss[i]));
-                // First-order rows: extreme cells, or Ms alone at its 95th percentile.
-                let (extreme, _, _) = steady_state(&s, &u);
-                let qs = percentile(&mut s.clone(), 95.0);
-                let rows: Vec<bool> = (0..n).map(|i| extreme[i] || s[i] >= qs).collect();
-                let (mut xy, mut xx) = (0.0, 0.0);
-                for i in 0..n {
-                    if rows[i] {
-                        let (x, y) = (s[i] / s1, u[i] / s1);
-                        xy += x * y;
-                        xx += x * x;
-                    }
-                    let (x, y) = (var_ss[i] / s2, cov_us[i] / s2);
-                    xy += x * y;
-                    xx += x * x;
-                }
-                let gm = xy / xx;
-                let gm = if gm.is_finite() { gm } else { 0.0 };
-                let var: Vec<f32> = (0..n)
-                    .map(|i| {
-                        ((cov_us[i] - 2.0 * s[i] * u[i]) - gm * (var_ss[i] - 2.0 * s[i] * s[i]))
-                            as f32
-                    })
-                    .collect();
-                (gm, var)
+                (genes, fits)
             })
             .collect();
+        drop((mss, mus));
         let mut var_all = vec![0.0f32; n * g];
-        for ((gm, var), &j) in fitted.into_iter().zip(&idx) {
-            gamma[j] = gm;
+        for (genes, fits) in &fitted {
+            for (&j, (gm, _)) in genes.iter().zip(fits) {
+                gamma[j] = *gm;
+            }
             for i in 0..n {
-                var_all[i * g + j] = var[i];
+                let row = &mut var_all[i * g..(i + 1) * g];
+                for (&j, (_, var)) in genes.iter().zip(fits) {
+                    row[j] = var[i];
+                }
             }
         }
         variance = Some(var_all);
