@@ -208,6 +208,9 @@ fn steady_state(s: &[f64], u: &[f64]) -> (Vec<bool>, f64, f64) {
     (extreme, gamma, if r2.is_finite() { r2 } else { 0.0 })
 }
 
+/// Genes of a block and, per gene, γ and the variance of the velocity.
+type FittedBlock = (Vec<usize>, Vec<(f64, Vec<f32>)>);
+
 /// scVelo's stochastic fit of one gene from its first moments `s`, `u`, second moments
 /// `mss`, `mus` and deterministic γ `qreg`: returns γ and the variance of the velocity.
 fn stochastic_gene(s: &[f64], u: &[f64], mss: &[f64], mus: &[f64], qreg: f64) -> (f64, Vec<f32>) {
@@ -313,7 +316,7 @@ pub fn fit_velocity(
         let k = idx.len();
         let (mss, mus) = second(&idx);
         let positions: Vec<usize> = (0..k).collect();
-        let fitted: Vec<(Vec<usize>, Vec<(f64, Vec<f32>)>)> = positions
+        let fitted: Vec<FittedBlock> = positions
             .par_chunks(GENE_BLOCK)
             .map(|pos| {
                 let genes: Vec<usize> = pos.iter().map(|&c| idx[c]).collect();
