@@ -10,14 +10,40 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
-fn dist(x: &DMatrix<f64>, i: usize, j: usize) -> f64 {
-    let mut s = 0.0;
-    for c in 0..x.ncols() {
-        let d = x[(i, c)] - x[(j, c)];
-        s += d * d;
-    }
-    s.sqrt()
+/// Row-major copy of the points, so that a distance reads two contiguous rows.
+struct Points {
+    data: Vec<f64>,
+    dim: usize,
 }
+
+impl Points {
+    fn new(x: &DMatrix<f64>) -> Self {
+        let dim = x.ncols();
+        let mut data = vec![0.0; x.nrows() * dim];
+        for (c, col) in x.column_iter().enumerate() {
+            for (i, &v) in col.iter().enumerate() {
+                data[i * dim + c] = v;
+            }
+        }
+        Self { data, dim }
+    }
+
+    fn row(&self, i: usize) -> &[f64] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+
+    fn dist(&self, i: usize, j: usize) -> f64 {
+        let mut s = 0.0;
+        for (a, b) in self.row(i).iter().zip(self.row(j)) {
+            let d = a - b;
+            s += d * d;
+        }
+        s.sqrt()
+    }
+}
+
+/// A cell's neighbours: (index, distance), nearest first.
+type Row = Vec<(usize, f64)>;
 
 fn cmp(a: &(usize, f64), b: &(usize, f64)) -> std::cmp::Ordering {
     a.1.total_cmp(&b.1).then(a.0.cmp(&b.0))
@@ -32,6 +58,7 @@ pub fn knn_descent(x: &DMatrix<f64>, k: usize, seed: u64, n_iter: usize) -> Vec<
     if k == 0 {
         return vec![Vec::new(); n];
     }
+    let pts = Points::new(x);
     // Initialisation: windows of the order along 8 random projections.
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let n_proj = 8;
@@ -46,7 +73,7 @@ pub fn knn_descent(x: &DMatrix<f64>, k: usize, seed: u64, n_iter: usize) -> Vec<
     let w = (k / 2).max(2);
     for d in &dirs {
         let proj: Vec<f64> = (0..n)
-            .map(|i| (0..x.ncols()).map(|c| x[(i, c)] * d[c]).sum())
+            .map(|i| pts.row(i).iter().zip(d).map(|(a, b)| a * b).sum())
             .collect();
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|&a, &b| proj[a].total_cmp(&proj[b]).then(a.cmp(&b)));
@@ -59,13 +86,18 @@ pub fn knn_descent(x: &DMatrix<f64>, k: usize, seed: u64, n_iter: usize) -> Vec<
             }
         }
     }
-    let best = |i: usize, c: &mut Vec<usize>| -> Vec<(usize, f64)> {
+    // The k nearest among candidates `c`; distances already known (`known`, sorted by
+    // index) are reused, not recomputed (same values either way).
+    let best = |i: usize, c: &mut Vec<usize>, known: &[(usize, f64)]| -> Vec<(usize, f64)> {
         c.sort_unstable();
         c.dedup();
         let mut d: Vec<(usize, f64)> = c
             .iter()
             .filter(|&&j| j != i)
-            .map(|&j| (j, dist(x, i, j)))
+            .map(|&j| match known.binary_search_by(|p| p.0.cmp(&j)) {
+                Ok(p) => (j, known[p].1),
+                Err(_) => (j, pts.dist(i, j)),
+            })
             .collect();
         if d.len() > k {
             d.select_nth_unstable_by(k - 1, cmp);
@@ -77,41 +109,56 @@ pub fn knn_descent(x: &DMatrix<f64>, k: usize, seed: u64, n_iter: usize) -> Vec<
     let mut g: Vec<Vec<(usize, f64)>> = cand
         .into_par_iter()
         .enumerate()
-        .map(|(i, mut c)| best(i, &mut c))
+        .map(|(i, mut c)| best(i, &mut c, &[]))
         .collect();
+    // `fresh[i][p]`: entry p of cell i's list entered at the last iteration. Local joins
+    // only pair two neighbours of a cell when at least one of the two links is fresh (the
+    // other pairs were evaluated before), as in the original NN-descent.
+    let mut fresh: Vec<Vec<bool>> = g.iter().map(|r| vec![true; r.len()]).collect();
     for _ in 0..n_iter {
-        // Reverse lists (capped at k, the nearest first) for the local joins.
-        let mut rev: Vec<Vec<(usize, f64)>> = vec![Vec::new(); n];
+        // Reverse lists (capped at k, the nearest first), with the freshness of the link.
+        let mut rev: Vec<Vec<(usize, f64, bool)>> = vec![Vec::new(); n];
         for (i, row) in g.iter().enumerate() {
-            for &(j, dj) in row {
-                rev[j].push((i, dj));
+            for (&(j, dj), &f) in row.iter().zip(&fresh[i]) {
+                rev[j].push((i, dj, f));
             }
         }
         rev.par_iter_mut().for_each(|r| {
+            let by = |a: &(usize, f64, bool), b: &(usize, f64, bool)| cmp(&(a.0, a.1), &(b.0, b.1));
             if r.len() > k {
-                r.select_nth_unstable_by(k - 1, cmp);
+                r.select_nth_unstable_by(k - 1, by);
                 r.truncate(k);
             }
         });
-        let next: Vec<(Vec<(usize, f64)>, usize)> = (0..n)
+        let links = |j: usize| {
+            g[j].iter()
+                .zip(&fresh[j])
+                .map(|(p, &f)| (p.0, f))
+                .chain(rev[j].iter().map(|r| (r.0, r.2)))
+        };
+        let next: Vec<(Row, Vec<bool>)> = (0..n)
             .into_par_iter()
             .map(|i| {
                 let mut c: Vec<usize> = Vec::with_capacity(4 * k * k);
-                for &(j, _) in g[i].iter().chain(&rev[i]) {
+                for (j, fij) in links(i) {
                     c.push(j);
-                    c.extend(g[j].iter().map(|p| p.0));
-                    c.extend(rev[j].iter().map(|p| p.0));
+                    c.extend(links(j).filter(|&(_, fjl)| fij || fjl).map(|(l, _)| l));
                 }
-                let row = best(i, &mut c);
-                let changed = row
+                let mut known = g[i].clone();
+                known.sort_unstable_by_key(|p| p.0);
+                let row = best(i, &mut c, &known);
+                let new: Vec<bool> = row
                     .iter()
-                    .filter(|p| !g[i].iter().any(|q| q.0 == p.0))
-                    .count();
-                (row, changed)
+                    .map(|p| known.binary_search_by(|q| q.0.cmp(&p.0)).is_err())
+                    .collect();
+                (row, new)
             })
             .collect();
-        let changed: usize = next.iter().map(|p| p.1).sum();
-        g = next.into_iter().map(|p| p.0).collect();
+        let changed: usize = next
+            .iter()
+            .map(|p| p.1.iter().filter(|&&b| b).count())
+            .sum();
+        (g, fresh) = next.into_iter().unzip();
         if (changed as f64) < 0.001 * (n * k) as f64 {
             break;
         }
@@ -135,11 +182,12 @@ mod tests {
         });
         let k = 15;
         let approx = knn_descent(&x, k, 0, 20);
+        let pts = Points::new(&x);
         let mut hit = 0;
         for i in (0..n).step_by(10) {
             let mut d: Vec<(usize, f64)> = (0..n)
                 .filter(|&j| j != i)
-                .map(|j| (j, dist(&x, i, j)))
+                .map(|j| (j, pts.dist(i, j)))
                 .collect();
             d.sort_by(cmp);
             hit += d[..k]
