@@ -4,6 +4,8 @@
 //!   (dense/CSR/CSC, any numeric dtype, gzip or not).
 //! - [`H5adEdit`]: adds, replaces or removes slots in a copy of an input, written to a
 //!   temporary file and renamed into place.
+//! - [`H5adStreamWriter`]: a new file written slot by slot, with sparse and dense matrices
+//!   appended in row blocks (bounded memory); [`write_new`] writes whole elements with it.
 //! - [`keys`]: CellRank's AnnData key names.
 
 pub mod element;
@@ -11,6 +13,7 @@ pub mod error;
 pub mod keys;
 pub mod read;
 pub mod source;
+pub mod stream;
 pub mod write;
 
 pub use element::{
@@ -18,4 +21,5 @@ pub use element::{
 };
 pub use error::H5adError;
 pub use read::{H5adReader, SlotInfo};
+pub use stream::{CsrAppender, DenseRowAppender, H5adStreamWriter};
 pub use write::{write_new, H5adEdit};

@@ -17,6 +17,7 @@ use hdf5::{Group, Location};
 use super::element::{Categorical, Categories, DataFrame, Element, NumVec, SparseArray};
 use super::error::H5adError;
 use super::read::{join, H5adReader};
+use super::stream::H5adStreamWriter;
 
 type Result<T> = std::result::Result<T, H5adError>;
 
@@ -157,42 +158,14 @@ impl H5adEdit {
 }
 
 /// Writes a complete new `.h5ad` file from a list of top-level elements (`X`, `obs`, `var`,
-/// `obsm`, ...), via a temporary file and a rename.
+/// `obsm`, ...), via a temporary file and a rename (an [`H5adStreamWriter`] given whole
+/// elements; use that directly to append large matrices block by block).
 pub fn write_new(output: impl AsRef<Path>, members: &[(String, Element)]) -> Result<()> {
-    let output = output.as_ref();
-    let tmp = temp_path(output);
-    let result = (|| {
-        let err = |slot: &str| {
-            let tmp = tmp.clone();
-            let slot = slot.to_string();
-            move |source| H5adError::Hdf5 {
-                path: tmp,
-                slot,
-                source,
-            }
-        };
-        let file = create_h5(&tmp).map_err(err("/"))?;
-        set_encoding(&file, "anndata", "0.1.0").map_err(err("/"))?;
-        for (name, el) in members {
-            write_element(&file, name, el).map_err(err(name))?;
-        }
-        for g in ["layers", "obsm", "obsp", "varm", "varp", "uns"] {
-            if !file.link_exists(g) {
-                let grp = file.create_group(g).map_err(err(g))?;
-                set_encoding(&grp, "dict", "0.1.0").map_err(err(g))?;
-            }
-        }
-        file.close().map_err(err("/"))?;
-        std::fs::rename(&tmp, output).map_err(|source| H5adError::Io {
-            path: output.to_path_buf(),
-            op: "renaming the temporary output into place",
-            source,
-        })
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let w = H5adStreamWriter::create(output)?;
+    for (name, el) in members {
+        w.write_element(name, el)?;
     }
-    result
+    w.finish()
 }
 
 struct Writer<'a> {
@@ -384,7 +357,7 @@ impl Writer<'_> {
 /// object still open in it), and HDF5 file locking is off for it: the file is ours alone until
 /// the rename, and a lock would otherwise be inherited by any child process spawned meanwhile
 /// (HDF5 does not open with `O_CLOEXEC`), blocking later readers of the renamed output.
-fn create_h5(path: &Path) -> hdf5::Result<hdf5::File> {
+pub(super) fn create_h5(path: &Path) -> hdf5::Result<hdf5::File> {
     hdf5::File::with_options()
         .with_fapl(|p| {
             p.fclose_degree(hdf5::file::FileCloseDegree::Strong)
@@ -400,7 +373,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-fn temp_path(output: &Path) -> PathBuf {
+pub(super) fn temp_path(output: &Path) -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let dir = output
         .parent()
@@ -453,7 +426,7 @@ fn str_attr(loc: &Location, name: &str, value: &str) -> hdf5::Result<()> {
         .write_scalar(&vlu(value)?)
 }
 
-fn set_encoding(loc: &Location, enc: &str, version: &str) -> hdf5::Result<()> {
+pub(super) fn set_encoding(loc: &Location, enc: &str, version: &str) -> hdf5::Result<()> {
     str_attr(loc, "encoding-type", enc)?;
     str_attr(loc, "encoding-version", version)
 }

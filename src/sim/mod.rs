@@ -19,7 +19,14 @@
 //! `obs["labeling_time"]` holds `t_L` and `var["true_gamma_total"]` the true `γ_T`.
 //!
 //! Randomness: one ChaCha8 stream per cell seeded from `(seed, cell)`, so results do not depend
-//! on the number of threads.
+//! on the number of threads nor on the block size.
+//!
+//! [`simulate`] returns the whole dataset in memory ([`SimData::to_elements`] turns it into
+//! AnnData elements); [`simulate_to_file`] writes the same `.h5ad` file block by block in
+//! bounded memory (millions of cells).
+
+use std::ops::Range;
+use std::path::Path;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -28,7 +35,10 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::io::{Categorical, DataFrame, DenseArray, Element, NumVec, SparseArray, SparseFormat};
+use crate::io::{
+    Categorical, Categories, DataFrame, DenseArray, Element, H5adError, H5adStreamWriter, NumVec,
+    SparseArray, SparseFormat,
+};
 
 /// Kinetic time span of the whole trajectory (`τ = T · t`).
 const T_TOTAL: f64 = 15.0;
@@ -262,6 +272,7 @@ fn make_genes(p: &SimParams) -> Vec<Gene> {
 /// Sparse (gene, count) entries of one cell.
 type SparseRow = Vec<(u32, f32)>;
 
+/// One simulated cell: its latent variables and its counts.
 struct CellRow {
     time: f64,
     fate: usize,
@@ -279,135 +290,267 @@ fn poisson(rng: &mut ChaCha8Rng, mean: f64) -> f64 {
     Poisson::new(mean).map_or(0.0, |d| d.sample(rng))
 }
 
-/// Runs the simulation.
-pub fn simulate(params: &SimParams) -> Result<SimData, SimError> {
-    params.validate()?;
-    let genes = make_genes(params);
-    let keep_velocity = params.n_cells.saturating_mul(params.n_genes) <= MAX_DENSE_TRUTH;
-    let size = LogNormal::new(0.0, 0.3).map_err(|_| SimError::OutOfRange {
-        name: "depth",
-        value: params.depth.to_string(),
-        expected: "a positive number",
-    })?;
-    let rows: Vec<CellRow> = (0..params.n_cells)
-        .into_par_iter()
-        .with_min_len(256)
-        .map(|c| {
-            let mut rng = ChaCha8Rng::seed_from_u64(
-                params.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (c as u64),
-            );
-            let time: f64 = rng.random_range(0.0..1.0);
-            let fate = rng.random_range(0..params.n_fates);
-            let sf = params.depth * size.sample(&mut rng);
-            let t_lab = if params.labeling {
-                Some(params.labeling_times[rng.random_range(0..params.labeling_times.len())])
-            } else {
-                None
-            };
-            let mut s_row = Vec::new();
-            let mut u_row = Vec::new();
-            let mut v_row = keep_velocity.then(|| Vec::with_capacity(genes.len()));
-            let mut new_row = Vec::new();
-            let mut tot_row = Vec::new();
-            for (g, gene) in genes.iter().enumerate() {
-                let (u, s) = gene.state(time, fate);
-                let cu = poisson(&mut rng, sf * u);
-                let cs = poisson(&mut rng, sf * s);
-                if cu > 0.0 {
-                    u_row.push((g as u32, cu as f32));
-                }
-                if cs > 0.0 {
-                    s_row.push((g as u32, cs as f32));
-                }
-                if let Some(v) = v_row.as_mut() {
-                    v.push((gene.beta * u - gene.gamma * s) as f32);
-                }
-                if let Some(tl) = t_lab {
-                    // Total RNA turns over at γ_T = βγ/(β+γ), so that its steady state α/γ_T
-                    // equals u + s (dynamo's one-rate model of total RNA).
-                    let total = u + s;
-                    let gt = gene.gamma_total();
-                    let new =
-                        (gene.alpha_at(time, fate) / gt * (1.0 - (-gt * tl).exp())).min(total);
-                    let cn = poisson(&mut rng, sf * new);
-                    let co = poisson(&mut rng, sf * (total - new));
-                    if cn > 0.0 {
-                        new_row.push((g as u32, cn as f32));
-                    }
-                    if cn + co > 0.0 {
-                        tot_row.push((g as u32, (cn + co) as f32));
-                    }
-                }
-            }
-            CellRow {
-                time,
-                fate,
-                sf,
-                s: s_row,
-                u: u_row,
-                v: v_row,
-                lab: t_lab.map(|tl| (tl, new_row, tot_row)),
-            }
-        })
-        .collect();
+/// Picks one count layer of a cell.
+type LayerPick = fn(&CellRow) -> &[(u32, f32)];
 
-    let n_genes = params.n_genes;
-    let assemble = |pick: &dyn Fn(&CellRow) -> &[(u32, f32)]| -> SparseArray {
-        let mut indptr = Vec::with_capacity(rows.len() + 1);
-        let mut indices = Vec::new();
-        let mut data = Vec::new();
-        indptr.push(0);
-        for r in &rows {
-            for &(g, x) in pick(r) {
-                indices.push(g);
-                data.push(x);
+/// The count layers (`layers/<name>`) and how to read them from a cell; the last two only
+/// with labeling.
+const COUNT_LAYERS: [(&str, LayerPick); 4] = [
+    ("spliced", |r| &r.s),
+    ("unspliced", |r| &r.u),
+    ("new", |r| r.lab.as_ref().map_or(&[], |l| &l.1)),
+    ("total", |r| r.lab.as_ref().map_or(&[], |l| &l.2)),
+];
+
+/// The count layers a simulation with these parameters has.
+fn count_layers(p: &SimParams) -> &'static [(&'static str, LayerPick)] {
+    if p.labeling {
+        &COUNT_LAYERS
+    } else {
+        &COUNT_LAYERS[..2]
+    }
+}
+
+/// Cells are generated (in parallel) and consumed block by block; a block holds about this
+/// many cell × gene entries, within [`MIN_BLOCK_CELLS`] ..= [`MAX_BLOCK_CELLS`] cells.
+const BLOCK_ENTRIES: usize = 1 << 22;
+/// Fewest cells in a block.
+const MIN_BLOCK_CELLS: usize = 256;
+/// Most cells in a block.
+const MAX_BLOCK_CELLS: usize = 16_384;
+
+/// Cells per block for `n_genes` genes (the results do not depend on it).
+fn block_cells(n_genes: usize) -> usize {
+    (BLOCK_ENTRIES / n_genes.max(1)).clamp(MIN_BLOCK_CELLS, MAX_BLOCK_CELLS)
+}
+
+/// Everything needed to simulate any cell: cell `c` depends only on the parameters and `c`.
+struct Generator<'a> {
+    params: &'a SimParams,
+    genes: Vec<Gene>,
+    size: LogNormal<f64>,
+    keep_velocity: bool,
+}
+
+impl<'a> Generator<'a> {
+    fn new(params: &'a SimParams) -> Result<Self, SimError> {
+        params.validate()?;
+        let size = LogNormal::new(0.0, 0.3).map_err(|_| SimError::OutOfRange {
+            name: "depth",
+            value: params.depth.to_string(),
+            expected: "a positive number",
+        })?;
+        Ok(Self {
+            params,
+            genes: make_genes(params),
+            size,
+            keep_velocity: params.n_cells.saturating_mul(params.n_genes) <= MAX_DENSE_TRUTH,
+        })
+    }
+
+    /// Cell `c`, from its own random stream seeded by `(seed, c)`.
+    fn cell(&self, c: usize) -> CellRow {
+        let params = self.params;
+        let genes = &self.genes;
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(params.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (c as u64));
+        let time: f64 = rng.random_range(0.0..1.0);
+        let fate = rng.random_range(0..params.n_fates);
+        let sf = params.depth * self.size.sample(&mut rng);
+        let t_lab = if params.labeling {
+            Some(params.labeling_times[rng.random_range(0..params.labeling_times.len())])
+        } else {
+            None
+        };
+        let mut s_row = Vec::new();
+        let mut u_row = Vec::new();
+        let mut v_row = self.keep_velocity.then(|| Vec::with_capacity(genes.len()));
+        let mut new_row = Vec::new();
+        let mut tot_row = Vec::new();
+        for (g, gene) in genes.iter().enumerate() {
+            let (u, s) = gene.state(time, fate);
+            let cu = poisson(&mut rng, sf * u);
+            let cs = poisson(&mut rng, sf * s);
+            if cu > 0.0 {
+                u_row.push((g as u32, cu as f32));
             }
-            indptr.push(indices.len());
+            if cs > 0.0 {
+                s_row.push((g as u32, cs as f32));
+            }
+            if let Some(v) = v_row.as_mut() {
+                v.push((gene.beta * u - gene.gamma * s) as f32);
+            }
+            if let Some(tl) = t_lab {
+                // Total RNA turns over at γ_T = βγ/(β+γ), so that its steady state α/γ_T
+                // equals u + s (dynamo's one-rate model of total RNA).
+                let total = u + s;
+                let gt = gene.gamma_total();
+                let new = (gene.alpha_at(time, fate) / gt * (1.0 - (-gt * tl).exp())).min(total);
+                let cn = poisson(&mut rng, sf * new);
+                let co = poisson(&mut rng, sf * (total - new));
+                if cn > 0.0 {
+                    new_row.push((g as u32, cn as f32));
+                }
+                if cn + co > 0.0 {
+                    tot_row.push((g as u32, (cn + co) as f32));
+                }
+            }
         }
+        CellRow {
+            time,
+            fate,
+            sf,
+            s: s_row,
+            u: u_row,
+            v: v_row,
+            lab: t_lab.map(|tl| (tl, new_row, tot_row)),
+        }
+    }
+
+    /// The cells of `cells`, simulated in parallel.
+    fn block(&self, cells: Range<usize>) -> Vec<CellRow> {
+        cells
+            .into_par_iter()
+            .with_min_len(256)
+            .map(|c| self.cell(c))
+            .collect()
+    }
+
+    /// Simulates all cells in blocks of `block` cells and hands the blocks to `sink` in cell
+    /// order. The next block is simulated (in the current rayon pool) while `sink` consumes
+    /// the current one on the calling thread, so `sink` may hold non-thread-safe state such
+    /// as HDF5 writers.
+    fn for_each_block<E>(
+        &self,
+        block: usize,
+        mut sink: impl FnMut(&[CellRow]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let n = self.params.n_cells;
+        let block = block.max(1);
+        let mut starts = (0..n).step_by(block);
+        let range = |start: usize| start..(start + block).min(n);
+        let Some(first) = starts.next() else {
+            return Ok(());
+        };
+        let mut current = self.block(range(first));
+        for start in starts {
+            let cells = range(start);
+            let mut next = Vec::new();
+            rayon::in_place_scope(|scope| {
+                scope.spawn(|_| next = self.block(cells));
+                sink(&current)
+            })?;
+            current = next;
+        }
+        sink(&current)
+    }
+}
+
+/// A CSR matrix (or a block of its rows) being assembled from cells.
+#[derive(Debug)]
+struct CsrRows {
+    indptr: Vec<usize>,
+    indices: Vec<u32>,
+    data: Vec<f32>,
+}
+
+impl CsrRows {
+    fn new() -> Self {
+        Self {
+            indptr: vec![0],
+            indices: Vec::new(),
+            data: Vec::new(),
+        }
+    }
+
+    /// Empties it (keeping the allocations).
+    fn clear(&mut self) {
+        self.indptr.clear();
+        self.indptr.push(0);
+        self.indices.clear();
+        self.data.clear();
+    }
+
+    /// Appends one layer of `rows`.
+    fn extend(&mut self, rows: &[CellRow], pick: LayerPick) {
+        for r in rows {
+            for &(g, x) in pick(r) {
+                self.indices.push(g);
+                self.data.push(x);
+            }
+            self.indptr.push(self.indices.len());
+        }
+    }
+
+    fn into_sparse(self, n_genes: usize) -> SparseArray {
         SparseArray {
             format: SparseFormat::Csr,
-            shape: [rows.len(), n_genes],
-            indptr,
-            indices,
-            data: NumVec::F32(data),
+            shape: [self.indptr.len().saturating_sub(1), n_genes],
+            indptr: self.indptr,
+            indices: self.indices,
+            data: NumVec::F32(self.data),
         }
-    };
-    let spliced = assemble(&|r| &r.s);
-    let unspliced = assemble(&|r| &r.u);
-    let labeling = params.labeling.then(|| {
-        let times = rows
-            .iter()
-            .map(|r| r.lab.as_ref().map_or(0.0, |l| l.0))
-            .collect();
-        let empty: &[(u32, f32)] = &[];
-        let new = assemble(&|r| r.lab.as_ref().map_or(empty, |l| &l.1));
-        let total = assemble(&|r| r.lab.as_ref().map_or(empty, |l| &l.2));
-        (times, new, total)
-    });
-    let velocity = keep_velocity.then(|| {
-        rows.iter()
-            .flat_map(|r| r.v.iter().flatten().copied())
-            .collect()
-    });
-    let state = rows
-        .iter()
-        .map(|r| {
-            if r.time < T_BRANCH {
-                "Progenitor".to_string()
-            } else if r.time < T_COMMIT {
-                format!("Intermediate_{}", FATE_NAMES[r.fate])
-            } else {
-                FATE_NAMES[r.fate].to_string()
+    }
+}
+
+/// The per-cell ground truth kept in memory (a few numbers per cell).
+#[derive(Debug, Default)]
+struct CellObs {
+    time: Vec<f64>,
+    fate: Vec<usize>,
+    size_factor: Vec<f64>,
+    labeling_time: Vec<f64>,
+}
+
+impl CellObs {
+    fn extend(&mut self, rows: &[CellRow]) {
+        for r in rows {
+            self.time.push(r.time);
+            self.fate.push(r.fate);
+            self.size_factor.push(r.sf);
+            if let Some((tl, _, _)) = &r.lab {
+                self.labeling_time.push(*tl);
             }
-        })
+        }
+    }
+}
+
+/// Runs the simulation in memory (see [`simulate_to_file`] to write a large simulation
+/// without holding its counts).
+pub fn simulate(params: &SimParams) -> Result<SimData, SimError> {
+    let gen = Generator::new(params)?;
+    let layers = count_layers(params);
+    let mut obs = CellObs::default();
+    // spliced, unspliced, new, total (the last two stay empty without labeling).
+    let mut counts: [CsrRows; 4] = std::array::from_fn(|_| CsrRows::new());
+    let mut velocity = gen.keep_velocity.then(Vec::new);
+    gen.for_each_block(block_cells(params.n_genes), |rows| {
+        obs.extend(rows);
+        for (acc, (_, pick)) in counts.iter_mut().zip(layers) {
+            acc.extend(rows, *pick);
+        }
+        if let Some(v) = velocity.as_mut() {
+            v.extend(rows.iter().flat_map(|r| r.v.iter().flatten().copied()));
+        }
+        Ok::<(), SimError>(())
+    })?;
+    let n_genes = params.n_genes;
+    let [spliced, unspliced, new, total] = counts.map(|c| c.into_sparse(n_genes));
+    let labeling = params.labeling.then_some((obs.labeling_time, new, total));
+    let names = state_names(params.n_fates);
+    let state = obs
+        .time
+        .iter()
+        .zip(&obs.fate)
+        .map(|(&t, &f)| names[state_index(t, f, params.n_fates)].clone())
         .collect();
     Ok(SimData {
         params: params.clone(),
-        genes,
-        time: rows.iter().map(|r| r.time).collect(),
-        fate: rows.iter().map(|r| r.fate).collect(),
+        genes: gen.genes,
+        time: obs.time,
+        fate: obs.fate,
         state,
-        size_factor: rows.iter().map(|r| r.sf).collect(),
+        size_factor: obs.size_factor,
         spliced,
         unspliced,
         velocity,
@@ -415,13 +558,250 @@ pub fn simulate(params: &SimParams) -> Result<SimData, SimError> {
     })
 }
 
+/// An error of [`simulate_to_file`].
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SimFileError {
+    /// Invalid parameters.
+    #[error(transparent)]
+    Params(#[from] SimError),
+    /// Writing the output failed.
+    #[error(transparent)]
+    Write(#[from] H5adError),
+}
+
+/// What [`simulate_to_file`] wrote; the counts themselves stay on disk.
+#[derive(Clone, Debug)]
+pub struct SimSummary {
+    /// The parameters used.
+    pub params: SimParams,
+    /// Genes (their true kinetics are also in `var`).
+    pub genes: Vec<Gene>,
+    /// Stored (non-zero) values per count layer, in the order `spliced`, `unspliced`
+    /// (then `new`, `total` with labeling).
+    pub nnz: Vec<(String, usize)>,
+    /// Whether the dense `layers/true_velocity` was written (only for
+    /// `n_cells × n_genes ≤ 200,000,000`).
+    pub true_velocity: bool,
+}
+
+impl SimSummary {
+    /// Names of the fates used.
+    pub fn fate_names(&self) -> Vec<String> {
+        fate_names(self.params.n_fates)
+    }
+}
+
+/// Runs the simulation straight into an `.h5ad` file, with the same content as
+/// `write_new(path, &simulate(params)?.to_elements())` but in bounded memory: cells are
+/// simulated in blocks (in parallel within a block) and each block's counts are appended to
+/// the CSR layers on disk, so only a few numbers per cell are held (for the `obs` columns).
+/// `X` is an HDF5 hard link to `layers/spliced` (one copy on disk; anndata and
+/// [`H5adReader`](crate::io::H5adReader) read it as an ordinary `X`). As with every output of
+/// this crate, the file is written to a temporary file beside `path` and renamed at the end.
+pub fn simulate_to_file(params: &SimParams, path: &Path) -> Result<SimSummary, SimFileError> {
+    simulate_to_file_in_blocks(params, path, block_cells(params.n_genes))
+}
+
+/// [`simulate_to_file`] with `block` cells per block (the file does not depend on it).
+fn simulate_to_file_in_blocks(
+    params: &SimParams,
+    path: &Path,
+    block: usize,
+) -> Result<SimSummary, SimFileError> {
+    let gen = Generator::new(params)?;
+    let (n_cells, n_genes) = (params.n_cells, params.n_genes);
+    let w = H5adStreamWriter::create(path)?;
+    let layers = count_layers(params);
+    let mut appenders = layers
+        .iter()
+        .map(|(name, _)| w.csr_appender::<f32>(&format!("layers/{name}"), n_genes))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut velocity = if gen.keep_velocity {
+        Some(w.dense_row_appender::<f32>("layers/true_velocity", n_cells, n_genes)?)
+    } else {
+        None
+    };
+    let mut obs = CellObs::default();
+    let mut buf = CsrRows::new();
+    let mut vbuf: Vec<f32> = Vec::new();
+    gen.for_each_block(block, |rows| {
+        obs.extend(rows);
+        for (app, (_, pick)) in appenders.iter_mut().zip(layers) {
+            buf.clear();
+            buf.extend(rows, *pick);
+            app.append(&buf.indptr, &buf.indices, &buf.data)?;
+        }
+        if let Some(v) = velocity.as_mut() {
+            vbuf.clear();
+            vbuf.extend(rows.iter().flat_map(|r| r.v.iter().flatten().copied()));
+            v.append(&vbuf)?;
+        }
+        Ok::<(), H5adError>(())
+    })?;
+    drop((buf, vbuf));
+    let mut nnz = Vec::with_capacity(layers.len());
+    for (app, (name, _)) in appenders.into_iter().zip(layers) {
+        nnz.push(((*name).to_string(), app.finish()?));
+    }
+    let true_velocity = velocity.is_some();
+    if let Some(v) = velocity {
+        v.finish()?;
+    }
+    w.hard_link("layers/spliced", "X")?;
+    let labeling_time = params.labeling.then_some(obs.labeling_time.as_slice());
+    let state = Categorical {
+        codes: obs
+            .time
+            .iter()
+            .zip(&obs.fate)
+            .map(|(&t, &f)| state_index(t, f, params.n_fates) as i32)
+            .collect(),
+        categories: Categories::Str(state_names(params.n_fates)),
+        ordered: false,
+    };
+    let obs_df = obs_frame(
+        params.n_fates,
+        &obs.time,
+        &obs.fate,
+        &obs.size_factor,
+        labeling_time,
+        state,
+    );
+    drop(obs);
+    w.write_element("obs", &Element::DataFrame(obs_df))?;
+    w.write_element("var", &Element::DataFrame(var_frame(&gen.genes)))?;
+    w.write_element("uns", &Element::Dict(uns_members(params)))?;
+    w.finish()?;
+    Ok(SimSummary {
+        params: params.clone(),
+        genes: gen.genes,
+        nnz,
+        true_velocity,
+    })
+}
+
+/// Names of the first `n_fates` fates.
+fn fate_names(n_fates: usize) -> Vec<String> {
+    FATE_NAMES[..n_fates]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect()
+}
+
+/// The state categories: `Progenitor`, `Intermediate_<f>` per fate, then the fates.
+fn state_names(n_fates: usize) -> Vec<String> {
+    let fates = fate_names(n_fates);
+    let mut states: Vec<String> = vec!["Progenitor".into()];
+    states.extend(fates.iter().map(|f| format!("Intermediate_{f}")));
+    states.extend(fates);
+    states
+}
+
+/// Index in [`state_names`] of a cell at latent time `t` on fate `fate`.
+fn state_index(t: f64, fate: usize, n_fates: usize) -> usize {
+    if t < T_BRANCH {
+        0
+    } else if t < T_COMMIT {
+        1 + fate
+    } else {
+        1 + n_fates + fate
+    }
+}
+
+/// `obs`: `true_time`, `true_fate`, `true_state`, `clusters` (= `true_state`),
+/// `size_factor` and, with labeling, `labeling_time`; cells named `cell_<i>`.
+fn obs_frame(
+    n_fates: usize,
+    time: &[f64],
+    fate: &[usize],
+    size_factor: &[f64],
+    labeling_time: Option<&[f64]>,
+    state: Categorical,
+) -> DataFrame {
+    let fates = fate_names(n_fates);
+    let fate_cat = Categorical {
+        codes: fate.iter().map(|&f| f as i32).collect(),
+        categories: Categories::Str(fates),
+        ordered: false,
+    };
+    let mut columns = vec![
+        ("true_time".to_string(), Element::from_f64(time.to_vec())),
+        ("true_fate".to_string(), Element::Categorical(fate_cat)),
+        (
+            "true_state".to_string(),
+            Element::Categorical(state.clone()),
+        ),
+        ("clusters".to_string(), Element::Categorical(state)),
+        (
+            "size_factor".to_string(),
+            Element::from_f64(size_factor.to_vec()),
+        ),
+    ];
+    if let Some(t) = labeling_time {
+        columns.push(("labeling_time".into(), Element::from_f64(t.to_vec())));
+    }
+    DataFrame {
+        index_name: "_index".into(),
+        index: (0..time.len()).map(|i| format!("cell_{i}")).collect(),
+        columns,
+    }
+}
+
+/// `var`: the true kinetics (`true_alpha`, `true_beta`, `true_gamma`, `true_gamma_total`)
+/// and `program`; genes named `gene_<j>`.
+fn var_frame(genes: &[Gene]) -> DataFrame {
+    let programs: Vec<Option<String>> = genes.iter().map(|g| Some(g.program.clone())).collect();
+    let col = |f: fn(&Gene) -> f64| Element::from_f64(genes.iter().map(f).collect());
+    DataFrame {
+        index_name: "_index".into(),
+        index: (0..genes.len()).map(|i| format!("gene_{i}")).collect(),
+        columns: vec![
+            ("true_alpha".into(), col(|g| g.alpha)),
+            ("true_beta".into(), col(|g| g.beta)),
+            ("true_gamma".into(), col(|g| g.gamma)),
+            ("true_gamma_total".into(), col(Gene::gamma_total)),
+            (
+                "program".into(),
+                Element::Categorical(Categorical::from_labels(&programs, None)),
+            ),
+        ],
+    }
+}
+
+/// `uns`: the parameters under `simulation`, with the fate names and the root state.
+fn uns_members(p: &SimParams) -> Vec<(String, Element)> {
+    vec![(
+        "simulation".to_string(),
+        Element::Dict(vec![
+            (
+                "n_cells".into(),
+                Element::Scalar(NumVec::I64(vec![p.n_cells as i64])),
+            ),
+            (
+                "n_genes".into(),
+                Element::Scalar(NumVec::I64(vec![p.n_genes as i64])),
+            ),
+            (
+                "n_fates".into(),
+                Element::Scalar(NumVec::I64(vec![p.n_fates as i64])),
+            ),
+            ("seed".into(), Element::Scalar(NumVec::U64(vec![p.seed]))),
+            (
+                "labeling".into(),
+                Element::Scalar(NumVec::Bool(vec![p.labeling])),
+            ),
+            ("depth".into(), Element::Scalar(NumVec::F64(vec![p.depth]))),
+            ("fates".into(), Element::from_strings(fate_names(p.n_fates))),
+            ("root_state".into(), Element::Str("Progenitor".into())),
+        ]),
+    )]
+}
+
 impl SimData {
     /// Names of the fates used.
     pub fn fate_names(&self) -> Vec<String> {
-        FATE_NAMES[..self.params.n_fates]
-            .iter()
-            .map(|s| (*s).to_string())
-            .collect()
+        fate_names(self.params.n_fates)
     }
 
     /// The AnnData elements of this simulation: raw counts in `X` (spliced), `layers`
@@ -431,74 +811,18 @@ impl SimData {
     /// `uns["simulation"]`.
     pub fn to_elements(&self) -> Vec<(String, Element)> {
         let n = self.time.len();
-        let fates = self.fate_names();
-        let mut states: Vec<String> = vec!["Progenitor".into()];
-        states.extend(fates.iter().map(|f| format!("Intermediate_{f}")));
-        states.extend(fates.iter().cloned());
-        let state_cat = Categorical::from_labels(
+        let state = Categorical::from_labels(
             &self.state.iter().cloned().map(Some).collect::<Vec<_>>(),
-            Some(states),
+            Some(state_names(self.params.n_fates)),
         );
-        let fate_cat = Categorical::from_labels(
-            &self
-                .fate
-                .iter()
-                .map(|&f| Some(fates[f].clone()))
-                .collect::<Vec<_>>(),
-            Some(fates.clone()),
+        let obs = obs_frame(
+            self.params.n_fates,
+            &self.time,
+            &self.fate,
+            &self.size_factor,
+            self.labeling.as_ref().map(|(t, _, _)| t.as_slice()),
+            state,
         );
-        let mut obs_cols = vec![
-            (
-                "true_time".to_string(),
-                Element::from_f64(self.time.clone()),
-            ),
-            ("true_fate".to_string(), Element::Categorical(fate_cat)),
-            (
-                "true_state".to_string(),
-                Element::Categorical(state_cat.clone()),
-            ),
-            ("clusters".to_string(), Element::Categorical(state_cat)),
-            (
-                "size_factor".to_string(),
-                Element::from_f64(self.size_factor.clone()),
-            ),
-        ];
-        if let Some((t, _, _)) = &self.labeling {
-            obs_cols.push(("labeling_time".into(), Element::from_f64(t.clone())));
-        }
-        let obs = DataFrame {
-            index_name: "_index".into(),
-            index: (0..n).map(|i| format!("cell_{i}")).collect(),
-            columns: obs_cols,
-        };
-        let programs: Vec<Option<String>> =
-            self.genes.iter().map(|g| Some(g.program.clone())).collect();
-        let var = DataFrame {
-            index_name: "_index".into(),
-            index: (0..self.genes.len()).map(|i| format!("gene_{i}")).collect(),
-            columns: vec![
-                (
-                    "true_alpha".into(),
-                    Element::from_f64(self.genes.iter().map(|g| g.alpha).collect()),
-                ),
-                (
-                    "true_beta".into(),
-                    Element::from_f64(self.genes.iter().map(|g| g.beta).collect()),
-                ),
-                (
-                    "true_gamma".into(),
-                    Element::from_f64(self.genes.iter().map(|g| g.gamma).collect()),
-                ),
-                (
-                    "true_gamma_total".into(),
-                    Element::from_f64(self.genes.iter().map(Gene::gamma_total).collect()),
-                ),
-                (
-                    "program".into(),
-                    Element::Categorical(Categorical::from_labels(&programs, None)),
-                ),
-            ],
-        };
         let mut layers = vec![
             ("spliced".to_string(), Element::Sparse(self.spliced.clone())),
             (
@@ -519,38 +843,12 @@ impl SimData {
             layers.push(("new".into(), Element::Sparse(new.clone())));
             layers.push(("total".into(), Element::Sparse(total.clone())));
         }
-        let p = &self.params;
-        let uns = vec![(
-            "simulation".to_string(),
-            Element::Dict(vec![
-                (
-                    "n_cells".into(),
-                    Element::Scalar(NumVec::I64(vec![p.n_cells as i64])),
-                ),
-                (
-                    "n_genes".into(),
-                    Element::Scalar(NumVec::I64(vec![p.n_genes as i64])),
-                ),
-                (
-                    "n_fates".into(),
-                    Element::Scalar(NumVec::I64(vec![p.n_fates as i64])),
-                ),
-                ("seed".into(), Element::Scalar(NumVec::U64(vec![p.seed]))),
-                (
-                    "labeling".into(),
-                    Element::Scalar(NumVec::Bool(vec![p.labeling])),
-                ),
-                ("depth".into(), Element::Scalar(NumVec::F64(vec![p.depth]))),
-                ("fates".into(), Element::from_strings(fates)),
-                ("root_state".into(), Element::Str("Progenitor".into())),
-            ]),
-        )];
         vec![
             ("X".into(), Element::Sparse(self.spliced.clone())),
             ("obs".into(), Element::DataFrame(obs)),
-            ("var".into(), Element::DataFrame(var)),
+            ("var".into(), Element::DataFrame(var_frame(&self.genes))),
             ("layers".into(), Element::Dict(layers)),
-            ("uns".into(), Element::Dict(uns)),
+            ("uns".into(), Element::Dict(uns_members(&self.params))),
         ]
     }
 }
@@ -611,5 +909,92 @@ mod tests {
         .unwrap();
         assert_ne!(a.spliced, c.spliced);
         assert!(SimParams { n_fates: 9, ..p }.validate().is_err());
+    }
+    /// Dtype, `encoding-*` and `shape` attributes of every dataset/group under `slot`.
+    fn layout(path: &std::path::Path, slot: &str) -> Vec<String> {
+        let f = hdf5::File::open(path).unwrap();
+        let mut out = Vec::new();
+        let g = f.group(slot).unwrap();
+        let attrs = |loc: &hdf5::Location| {
+            ["encoding-type", "encoding-version"].map(|a| crate::io::read::read_str_attr(loc, a))
+        };
+        out.push(format!("{slot}: {:?}", attrs(&g)));
+        if let Ok(a) = g.attr("shape") {
+            out.push(format!("{slot} shape {:?}", a.read_raw::<i64>().unwrap()));
+        }
+        let mut names = g.member_names().unwrap();
+        names.sort();
+        for m in names {
+            if let Ok(ds) = g.dataset(&m) {
+                let dt = ds.dtype().unwrap().to_descriptor().unwrap();
+                out.push(format!(
+                    "{slot}/{m}: {dt:?} {:?} {:?}",
+                    ds.shape(),
+                    attrs(&ds)
+                ));
+            } else {
+                out.extend(layout(path, &format!("{slot}/{m}")));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn streamed_file_equals_the_in_memory_one() {
+        let d = tempfile::tempdir().unwrap();
+        for labeling in [false, true] {
+            let p = SimParams {
+                n_cells: 3000,
+                n_genes: 40,
+                seed: 7,
+                labeling,
+                ..SimParams::default()
+            };
+            let (mem, streamed) = (d.path().join("mem.h5ad"), d.path().join("streamed.h5ad"));
+            let sim = simulate(&p).unwrap();
+            crate::io::write_new(&mem, &sim.to_elements()).unwrap();
+            // 700 cells per block: 5 blocks, the last one partial.
+            let summary = simulate_to_file_in_blocks(&p, &streamed, 700).unwrap();
+            assert_eq!(summary.genes, sim.genes);
+            assert_eq!(
+                summary.nnz[0],
+                ("spliced".into(), sim.spliced.indices.len())
+            );
+            assert!(summary.true_velocity);
+            let (a, b) = (
+                crate::io::H5adReader::open(&mem).unwrap(),
+                crate::io::H5adReader::open(&streamed).unwrap(),
+            );
+            assert_eq!(a.keys("").unwrap(), b.keys("").unwrap());
+            let mut layers = a.keys("layers").unwrap();
+            assert_eq!(layers, b.keys("layers").unwrap());
+            assert_eq!(layers.len(), if labeling { 5 } else { 3 });
+            layers.retain(|l| l != "true_velocity");
+            let mut slots = vec!["X".to_string(), "layers/true_velocity".into()];
+            slots.extend(layers.iter().map(|l| format!("layers/{l}")));
+            for slot in slots
+                .iter()
+                .map(String::as_str)
+                .chain(["obs", "var", "uns"])
+            {
+                assert_eq!(a.read(slot).unwrap(), b.read(slot).unwrap(), "{slot}");
+            }
+            // Same dtypes and attributes (the storage layout aside).
+            for slot in ["X", "obs", "var", "uns", "layers"] {
+                assert_eq!(layout(&mem, slot), layout(&streamed, slot), "{slot}");
+            }
+            // Neither the block size nor the number of threads changes the file.
+            let one = d.path().join("one-thread.h5ad");
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap();
+            pool.install(|| simulate_to_file_in_blocks(&p, &one, 1024))
+                .unwrap();
+            let c = crate::io::H5adReader::open(&one).unwrap();
+            for slot in ["X", "layers/unspliced", "obs"] {
+                assert_eq!(b.read(slot).unwrap(), c.read(slot).unwrap(), "{slot}");
+            }
+        }
     }
 }

@@ -272,11 +272,13 @@ pub(crate) fn run(a: RunArgs) -> anyhow::Result<String> {
                 .map_or("demo".into(), |s| s.to_string_lossy())
         ));
         bar.stage("simulating the demo dataset");
-        let sim = cellfate::sim::simulate(&cellfate::sim::SimParams {
-            n_cells: a.demo_cells,
-            ..Default::default()
-        })?;
-        cellfate::io::write_new(&sim_path, &sim.to_elements())?;
+        let sim = cellfate::sim::simulate_to_file(
+            &cellfate::sim::SimParams {
+                n_cells: a.demo_cells,
+                ..Default::default()
+            },
+            &sim_path,
+        )?;
         bar.stage("preprocessing (normalise, PCA, kNN, moments, velocity)");
         cellfate::upstream::prepare_in_place(
             &sim_path,
