@@ -315,32 +315,36 @@ pub fn fit_velocity(
         };
         let k = idx.len();
         let (mss, mus) = second(&idx);
+        // Rounds of 16 blocks: the blocks of a round run in parallel, then their variances
+        // are written into the cell × gene layer, so only one round's columns are held.
         let positions: Vec<usize> = (0..k).collect();
-        let fitted: Vec<FittedBlock> = positions
-            .par_chunks(GENE_BLOCK)
-            .map(|pos| {
-                let genes: Vec<usize> = pos.iter().map(|&c| idx[c]).collect();
-                let (s, u) = (gather(ms, n, g, &genes), gather(mu, n, g, &genes));
-                let (ss, us) = (gather(&mss, n, k, pos), gather(&mus, n, k, pos));
-                let fits = (0..genes.len())
-                    .map(|b| stochastic_gene(&s[b], &u[b], &ss[b], &us[b], qreg[genes[b]]))
-                    .collect();
-                (genes, fits)
-            })
-            .collect();
-        drop((mss, mus));
         let mut var_all = vec![0.0f32; n * g];
-        for (genes, fits) in &fitted {
-            for (&j, (gm, _)) in genes.iter().zip(fits) {
-                gamma[j] = *gm;
-            }
-            for i in 0..n {
-                let row = &mut var_all[i * g..(i + 1) * g];
-                for (&j, (_, var)) in genes.iter().zip(fits) {
-                    row[j] = var[i];
+        for round in positions.chunks(GENE_BLOCK * 16) {
+            let fitted: Vec<FittedBlock> = round
+                .par_chunks(GENE_BLOCK)
+                .map(|pos| {
+                    let genes: Vec<usize> = pos.iter().map(|&c| idx[c]).collect();
+                    let (s, u) = (gather(ms, n, g, &genes), gather(mu, n, g, &genes));
+                    let (ss, us) = (gather(&mss, n, k, pos), gather(&mus, n, k, pos));
+                    let fits = (0..genes.len())
+                        .map(|b| stochastic_gene(&s[b], &u[b], &ss[b], &us[b], qreg[genes[b]]))
+                        .collect();
+                    (genes, fits)
+                })
+                .collect();
+            for (genes, fits) in &fitted {
+                for (&j, (gm, _)) in genes.iter().zip(fits) {
+                    gamma[j] = *gm;
+                }
+                for i in 0..n {
+                    let row = &mut var_all[i * g..(i + 1) * g];
+                    for (&j, (_, var)) in genes.iter().zip(fits) {
+                        row[j] = var[i];
+                    }
                 }
             }
         }
+        drop((mss, mus));
         variance = Some(var_all);
     }
     let velocity: Vec<f32> = (0..n * g)
