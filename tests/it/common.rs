@@ -108,24 +108,37 @@ pub(crate) fn write_simulation(
     s
 }
 
-/// The Python of `.venv-cellrank` (CellRank 2.3.3, scanpy, scVelo 0.3.4; created by
-/// scripts/setup.sh under CI or with CELLFATE_CELLRANK=1). Missing: the test fails under CI
-/// and is skipped with a message elsewhere (returns `None`).
-pub(crate) fn cellrank_python() -> Option<PathBuf> {
-    let py = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-cellrank/bin/python");
-    let ok = std::process::Command::new(&py)
-        .args(["-c", "import cellrank, scanpy, scvelo"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(py);
+/// The first interpreter of `candidates` that can `import` the given modules. None found:
+/// the test fails under CI (with `missing`) and is skipped with `hint` elsewhere.
+pub(crate) fn find_python(
+    candidates: impl IntoIterator<Item = PathBuf>,
+    import: &str,
+    missing: &str,
+    hint: &str,
+) -> Option<PathBuf> {
+    for p in candidates {
+        let ok = std::process::Command::new(&p)
+            .args(["-c", &format!("import {import}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(p);
+        }
     }
-    assert!(
-        !in_ci(),
-        "CellRank venv missing; scripts/setup.sh creates .venv-cellrank under CI=true"
-    );
-    eprintln!("skipping: no .venv-cellrank (run CELLFATE_CELLRANK=1 bash scripts/setup.sh)");
+    assert!(!in_ci(), "{missing}");
+    eprintln!("skipping: {hint}");
     None
+}
+
+/// The Python of `.venv-cellrank` (CellRank 2.3.3, scanpy, scVelo 0.3.4; created by
+/// scripts/setup.sh under CI or with CELLFATE_CELLRANK=1).
+pub(crate) fn cellrank_python() -> Option<PathBuf> {
+    find_python(
+        [PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-cellrank/bin/python")],
+        "cellrank, scanpy, scvelo",
+        "CellRank venv missing; scripts/setup.sh creates .venv-cellrank under CI=true",
+        "no .venv-cellrank (run CELLFATE_CELLRANK=1 bash scripts/setup.sh)",
+    )
 }
 
 /// sin of the largest principal angle between the column spaces of two row-major n × k1 and

@@ -11,7 +11,7 @@ use std::process::Command;
 use cellfate::io::{Categorical, DataFrame, Element, H5adEdit, H5adReader, NumVec, SparseArray};
 use cellfate::kernels::Csr;
 
-use crate::common::{in_ci, succeed, tempdir};
+use crate::common::{succeed, tempdir};
 
 fn python() -> Option<PathBuf> {
     let candidates: Vec<PathBuf> = std::env::var_os("CELLFATE_PYTHON")
@@ -19,21 +19,12 @@ fn python() -> Option<PathBuf> {
         .into_iter()
         .chain([PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")])
         .collect();
-    for p in candidates {
-        let ok = Command::new(&p)
-            .args(["-c", "import anndata"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if ok {
-            return Some(p);
-        }
-    }
-    assert!(
-        !in_ci(),
-        "Python with anndata not found; .ci/run must create .venv with anndata"
-    );
-    eprintln!("skipping: no Python with anndata (set CELLFATE_PYTHON or run scripts/setup.sh)");
-    None
+    crate::common::find_python(
+        candidates,
+        "anndata",
+        "Python with anndata not found; .ci/run must create .venv with anndata",
+        "no Python with anndata (set CELLFATE_PYTHON or run scripts/setup.sh)",
+    )
 }
 
 fn run_py(py: &PathBuf, script: &str) -> String {
