@@ -499,6 +499,14 @@ impl Element {
         })
     }
 
+    /// A 1-d boolean array element (a boolean `var`/`obs` column).
+    pub fn from_bools(values: Vec<bool>) -> Self {
+        Self::Dense(DenseArray {
+            shape: vec![values.len()],
+            data: NumVec::Bool(values),
+        })
+    }
+
     /// A 2-d row-major `f64` array element.
     pub fn from_f64_matrix(nrows: usize, ncols: usize, values: Vec<f64>) -> Self {
         debug_assert_eq!(values.len(), nrows * ncols);

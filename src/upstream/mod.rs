@@ -451,10 +451,7 @@ fn write_velocity(
     edit.set("var/velocity_r2", Element::from_f64(fit.r2.clone()));
     edit.set(
         "var/velocity_genes",
-        Element::Dense(crate::io::DenseArray {
-            shape: vec![g],
-            data: NumVec::Bool(fit.velocity_genes.clone()),
-        }),
+        Element::from_bools(fit.velocity_genes.clone()),
     );
     edit.set(
         "uns/velocity_params",
@@ -675,10 +672,7 @@ fn compute(
     edit.set("obsp/distances", Element::Sparse(p.distances.into()));
     edit.set(
         "var/highly_variable",
-        Element::Dense(crate::io::DenseArray {
-            shape: vec![g],
-            data: NumVec::Bool(p.highly_variable),
-        }),
+        Element::from_bools(p.highly_variable),
     );
     edit.set(
         "uns/neighbors",
