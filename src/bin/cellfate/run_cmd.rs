@@ -298,6 +298,13 @@ pub(crate) fn run(a: RunArgs) -> anyhow::Result<String> {
                 n_states: sim.params.n_fates,
             };
         }
+        // The simulated branch tips are (nearly) closed sets of a few hundred cells each:
+        // CellRank's 30 cells per terminal state leave most of a tip unabsorbable and the
+        // absorption system too ill-conditioned for its 1e-10 checks (the error's own advice);
+        // tips grow with the simulation, so 4 % of the cells per terminal state, at least 100.
+        if a.estimators.n_cells.is_none() && a.config.is_none() {
+            spec.estimators.n_cells = spec.estimators.n_cells.max(100).max(a.demo_cells / 25);
+        }
         sim_path
     } else {
         a.input
