@@ -450,6 +450,12 @@ pub fn run_estimators(
             compute_fate_probabilities(t, &term_assign, &term_names, &spec.absorption)
                 .map_err(|e| fates_error(e, &summary.eigenvalues, term_names.len()))?;
         summary.fate_residual = fates.residual;
+        if let Some(t_max) = fates.max_absorption_time {
+            summary.notes.push(format!(
+                "fate probabilities: some cells need {t_max:.1e} steps on average to reach a terminal state (a nearly closed set of cells); their rows sum to 1 within {:.1e}, inside the {:.1e} that this conditioning allows (more cells per terminal state, or a kernel with more connectivity, makes the system better conditioned)",
+                fates.row_sum_error, fates.row_sum_tol
+            ));
+        }
         write_fates(edit, r, d, &fates, &term_colors)?;
         summary.fate_shares = fate_shares(&fates);
         if spec.absorption_times {
@@ -699,6 +705,7 @@ mod tests {
         let e = AbsorptionError::RowSums {
             error: 1e-2,
             tol: 1e-10,
+            max_absorption_time: 1e9,
         };
         let eig = [(1.0, 0.0), (1.0 - 1e-9, 0.0), (0.99, 0.0), (0.5, 0.1)];
         let msg = fates_error(e.clone(), &eig, 2).to_string();

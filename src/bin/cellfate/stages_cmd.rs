@@ -431,6 +431,8 @@ pub(crate) fn drivers(a: DriversArgs) -> anyhow::Result<String> {
             .collect(),
         residual: 0.0,
         row_sum_error: 0.0,
+        row_sum_tol: cellfate::estimators::absorption::ROW_SUM_TOL,
+        max_absorption_time: None,
         solver: "from file",
     };
     let test = match a.n_perms {
