@@ -4,12 +4,20 @@
 //! # Model
 //! Every cell has a latent time `t ∈ [0, 1]` and a fate `f`. Its path runs through
 //! `Progenitor` (`t < t_branch`), then `Intermediate_<f>` (`t < t_commit`), then the terminal
-//! state `<f>`. Each gene follows one *program*: `root` (transcribed before the branch, then
-//! switched off), `<f>_early` (on from the branch on fate `f`), `<f>_late` (on from commitment
-//! on fate `f`), or `housekeeping` (always on). Transcription `α(t)` is piecewise constant
-//! (`α_g` when on, `0.02 α_g` when off) and the unspliced/spliced abundances follow the
-//! switching ODE `du/dτ = α − β u`, `ds/dτ = β u − γ s` (`τ = T t`, `T = 15`), solved exactly
-//! segment by segment from the steady state at `t = 0`. Counts are Poisson with a log-normal
+//! state `<f>`. Each gene follows one *program*: `root` (switched on at `t = −0.2`, before
+//! the observed trajectory, still induced through the progenitor phase, switched off at the
+//! branch), `<f>_early` (on from the branch
+//! on fate `f`), `<f>_late` (on from commitment on fate `f`), or `housekeeping` (always on).
+//! Transcription `α(t)` is piecewise constant (`α_g` when on, `0.02 α_g` when off) and the
+//! unspliced/spliced abundances follow the switching ODE `du/dτ = α − β u`,
+//! `ds/dτ = β u − γ s` (`τ = T t`, `T = 15`), solved exactly segment by segment from the
+//! steady state of each gene's rate before it first switches (on for housekeeping genes
+//! only). The root genes' induction gives the progenitors a direction of travel: were every
+//! gene at steady state before the branch, their velocities would be noise pointing back
+//! into the cloud, and the kernel would make the progenitors a nearly closed set of cells
+//! (expected absorption times of 1e8 steps, all progenitors given to one fate); switched on
+//! early enough, the root genes' upper extremes are still near steady state, which the
+//! steady-state estimate of γ needs. Counts are Poisson with a log-normal
 //! size factor per cell. The true RNA velocity is `β u − γ s` (in expected-count units).
 //!
 //! With `labeling`, each cell also gets a labeling time `t_L` (from `labeling_times`, default
@@ -42,6 +50,8 @@ use crate::io::{
 
 /// Kinetic time span of the whole trajectory (`τ = T · t`).
 const T_TOTAL: f64 = 15.0;
+/// Latent time (before the trajectory starts) at which the root genes were switched on.
+const T_ROOT_ON: f64 = -0.2;
 /// Latent time of the first branching.
 const T_BRANCH: f64 = 0.3;
 /// Latent time of commitment to the terminal state.
@@ -153,7 +163,8 @@ pub struct Gene {
     pub program: String,
     /// Fate the program belongs to (`None` for root and housekeeping).
     pub fate: Option<usize>,
-    /// Window of latent time `[on, off)` during which the gene is transcribed on its fate.
+    /// Window of latent time `[on, off)` during which the gene is transcribed on its fate
+    /// (`on = −∞`: transcribed before the trajectory starts).
     pub window: (f64, f64),
 }
 
@@ -166,6 +177,7 @@ impl Gene {
 
     /// Whether the gene is transcribed at latent time `t` on fate `fate`.
     fn is_on(&self, t: f64, fate: usize) -> bool {
+        // (Also evaluated at negative t, before the trajectory starts, for the root genes.)
         let on_path = self.fate.is_none_or(|f| f == fate);
         on_path && t >= self.window.0 && t < self.window.1
     }
@@ -178,13 +190,25 @@ impl Gene {
         }
     }
 
-    /// Exact (u, s) at latent time `t` on fate `fate`, starting from the steady state at 0.
+    /// Exact (u, s) at latent time `t ≥ 0` on fate `fate`. A gene switched on before the
+    /// trajectory starts (`window.0 < 0`) starts at `window.0` from its basal steady state,
+    /// one on forever (`window.0 = −∞`) at its induced steady state, any other gene at its
+    /// basal steady state at `t = 0`.
     pub fn state(&self, t: f64, fate: usize) -> (f64, f64) {
         let (b, g) = (self.beta, self.gamma);
-        let a0 = self.alpha_at(0.0, fate);
+        let start = if self.window.0.is_finite() {
+            self.window.0.min(0.0)
+        } else {
+            0.0
+        };
+        let a0 = if self.window.0 == f64::NEG_INFINITY {
+            self.alpha_at(0.0, fate)
+        } else {
+            0.02 * self.alpha
+        };
         let (mut u, mut s) = (a0 / b, a0 / g);
-        let mut cuts = vec![0.0, self.window.0, self.window.1, t];
-        cuts.retain(|&c| (0.0..=t).contains(&c));
+        let mut cuts = vec![start, self.window.0, self.window.1, t];
+        cuts.retain(|&c| (start..=t).contains(&c));
         cuts.sort_by(f64::total_cmp);
         cuts.dedup();
         for w in cuts.windows(2) {
@@ -238,8 +262,12 @@ fn make_genes(p: &SimParams) -> Vec<Gene> {
                 gamma += 0.1;
             }
             let (program, fate, window) = match prog {
-                0 => ("root".to_string(), None, (0.0, T_BRANCH)),
-                1 => ("housekeeping".to_string(), None, (0.0, f64::INFINITY)),
+                0 => ("root".to_string(), None, (T_ROOT_ON, T_BRANCH)),
+                1 => (
+                    "housekeeping".to_string(),
+                    None,
+                    (f64::NEG_INFINITY, f64::INFINITY),
+                ),
                 k => {
                     let f = (k - 2) / 2;
                     if (k - 2) % 2 == 0 {
@@ -856,6 +884,34 @@ impl SimData {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_genes_give_progenitors_a_direction() {
+        let genes = make_genes(&SimParams::default());
+        let root = genes.iter().find(|g| g.program == "root").unwrap();
+        let hk = genes.iter().find(|g| g.program == "housekeeping").unwrap();
+        // Root: switched on at t = −0.2, so at t = 0 between its basal and induced steady
+        // states, still induced (positive velocity, rising s) through the progenitor phase,
+        // repressed after the branch.
+        let (u0, s0) = root.state(0.0, 0);
+        assert!(u0 > 0.02 * root.alpha / root.beta && u0 < root.alpha / root.beta);
+        assert!(s0 > 0.02 * root.alpha / root.gamma && s0 < root.alpha / root.gamma);
+        let v = |g: &Gene, t: f64| {
+            let (u, s) = g.state(t, 0);
+            g.beta * u - g.gamma * s
+        };
+        let mut last = s0;
+        for k in 1..=5 {
+            let t = 0.06 * k as f64 - 1e-9;
+            let (_, s) = root.state(t, 0);
+            assert!(s > last && v(root, t) > 0.0, "t = {t}");
+            last = s;
+        }
+        assert!(v(root, 0.5) < 0.0);
+        // Housekeeping genes stay at their steady state.
+        let (u, s) = hk.state(0.7, 1);
+        assert!((u - hk.alpha / hk.beta).abs() < 1e-9 && (s - hk.alpha / hk.gamma).abs() < 1e-9);
+    }
 
     #[test]
     fn kinetics_match_the_ode() {

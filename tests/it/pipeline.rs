@@ -71,6 +71,14 @@ fn demo_run_recovers_the_true_fates() {
     let acc = hit as f64 / total as f64;
     eprintln!("demo: {hit}/{total} committed cells assigned to their true fate ({acc:.3}); fates {names:?}");
     assert!(acc >= 0.9, "accuracy {acc}");
+    // Progenitors (before the branch at t = 0.3) are shared by the fates in equal parts: no
+    // fate may take them over (it did when the progenitor cloud was a nearly closed set).
+    let prog: Vec<usize> = (0..n).filter(|&i| time[i] < 0.3).collect();
+    for (j, name) in names.iter().enumerate() {
+        let mean = prog.iter().map(|&i| probs[i * l + j]).sum::<f64>() / prog.len() as f64;
+        eprintln!("demo: progenitors' mean probability of {name}: {mean:.3}");
+        assert!((0.15..=0.55).contains(&mean), "{name}: {mean}");
+    }
     // Rows of fate probabilities sum to 1.
     for i in 0..n {
         let s: f64 = probs[i * l..(i + 1) * l].iter().sum();
