@@ -111,6 +111,18 @@ impl H5adReader {
         }
     }
 
+    /// Whether two existing slots are the same HDF5 object (hard links to one dataset or
+    /// group, as `X` and `layers/spliced` in files written by `cellfate simulate`).
+    pub fn same_object(&self, a: &str, b: &str) -> bool {
+        match (
+            self.file.loc_info_by_name(a.trim_matches('/')),
+            self.file.loc_info_by_name(b.trim_matches('/')),
+        ) {
+            (Ok(x), Ok(y)) => x.fileno == y.fileno && x.token == y.token,
+            _ => false,
+        }
+    }
+
     /// Whether a slot (HDF5 path such as `obsp/T_fwd`) exists.
     pub fn exists(&self, slot: &str) -> bool {
         let mut cur = String::new();

@@ -661,6 +661,10 @@ mod tests {
         let r = H5adReader::open(&streamed).unwrap();
         assert_eq!(r.read("X").unwrap(), Element::Sparse(m.clone()));
         assert_eq!(r.read("layers/counts").unwrap(), Element::Sparse(m));
+        assert!(r.same_object("X", "/layers/counts"));
+        assert!(!r.same_object("X", "layers") && !r.same_object("X", "layers/missing"));
+        let rw = H5adReader::open(&whole).unwrap();
+        assert!(rw.same_object("X", "X") && !rw.same_object("X", "obs"));
         for ds in ["X/data", "X/indices", "X/indptr"] {
             assert_eq!(dtype(&whole, ds), dtype(&streamed, ds), "{ds}");
         }

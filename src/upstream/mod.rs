@@ -106,10 +106,14 @@ fn err(msg: impl Into<String>) -> PipelineError {
 
 /// Scales each row of a CSR matrix to `target` total counts (rows with zero counts stay 0).
 fn normalize_rows(m: &Csr, target: f64) -> Csr {
+    normalize_rows_owned(m.clone(), target)
+}
+
+/// [`normalize_rows`] in place.
+fn normalize_rows_owned(mut m: Csr, target: f64) -> Csr {
     let sums = m.row_sums();
-    let mut out = m.clone();
     let indptr = m.indptr().to_vec();
-    let data = out.data_mut();
+    let data = m.data_mut();
     for i in 0..sums.len() {
         if sums[i] > 0.0 {
             for v in &mut data[indptr[i]..indptr[i + 1]] {
@@ -117,7 +121,7 @@ fn normalize_rows(m: &Csr, target: f64) -> Csr {
             }
         }
     }
-    out
+    m
 }
 
 /// scVelo's per-cell normalisation: every cell scaled to the median library size (sums over
@@ -618,7 +622,8 @@ pub fn read_counts(input: &Path) -> Result<RawCounts, PipelineError> {
     Ok(RawCounts {
         spliced: r.csr("layers/spliced")?,
         unspliced: r.csr("layers/unspliced")?,
-        x: if r.exists("X") {
+        // X hard-linked to the spliced counts (the simulator's files) is read once.
+        x: if r.exists("X") && !r.same_object("X", "layers/spliced") {
             Some(r.csr("X")?)
         } else {
             None
@@ -788,18 +793,24 @@ pub fn preprocess_with(
     }
     let mut logx = normalize_rows(x_raw, lib(x_raw));
     drop(x);
-    let sn = normalize_rows(&s, lib(&s));
-    drop(s);
-    let un = normalize_rows(&u, lib(&u).max(1.0));
-    drop(u);
+    // The layers are normalised in place: peak memory is one copy of each count matrix.
+    let target = lib(&s);
+    let sn = normalize_rows_owned(s, target);
+    let target = lib(&u).max(1.0);
+    let un = normalize_rows_owned(u, target);
     logx.data_mut().iter_mut().for_each(|v| *v = v.ln_1p());
     clock.lap("normalise");
     // 3. HVG + PCA.
     let hvg = highly_variable(&logx, &usable, spec.n_top_genes);
     clock.lap("highly variable genes");
     let cols: Vec<usize> = (0..g).filter(|&j| hvg[j]).collect();
-    let all_rows: Vec<usize> = (0..n).collect();
-    let scores = pca::pca(&logx.submatrix(&all_rows, &cols), spec.n_pcs, spec.seed);
+    let scores = if cols.len() == g {
+        // Every gene is highly variable: no copy of X.
+        pca::pca(&logx, spec.n_pcs, spec.seed)
+    } else {
+        let all_rows: Vec<usize> = (0..n).collect();
+        pca::pca(&logx.submatrix(&all_rows, &cols), spec.n_pcs, spec.seed)
+    };
     clock.lap("pca");
     // 4. neighbours.
     let exact = match spec.knn {

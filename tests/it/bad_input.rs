@@ -402,3 +402,29 @@ fn preprocess_degenerate_counts() {
         &["holes.h5ad", "400 cells", "n_neighbors = 400"],
     );
 }
+
+#[test]
+fn simulate_rejects_bad_parameters_by_name() {
+    let d = tempdir();
+    for (args, name) in [
+        (vec!["--cells", "50"], "n_cells"),
+        (vec!["--depth", "0"], "depth"),
+        (vec!["--fates", "9"], "n_fates"),
+    ] {
+        let out = d.path().join("sim.h5ad");
+        let res = crate::common::cellfate()
+            .arg("simulate")
+            .args(&args)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .expect("runs");
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert_eq!(res.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(name) && err.contains("expected"),
+            "{args:?}: {err}"
+        );
+        assert!(!out.exists(), "{args:?}: output written");
+    }
+}
