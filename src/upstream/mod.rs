@@ -413,7 +413,8 @@ pub fn velocity_in_file(
         let sn = r.csr("layers/spliced")?;
         let un = r.csr("layers/unspliced")?;
         let w = velocity::smoothing_graph(&r.obsp("connectivities")?);
-        let second = |idx: &[usize]| velocity::second_moments(&w, &sn, &un, idx);
+        let su = sn.hadamard(&un);
+        let second = |idx: &[usize]| velocity::second_moments_with(&w, &sn, &su, idx);
         velocity::fit_velocity(&ms, &mu, n, g, hvg.as_deref(), mode, Some(&second))
     } else {
         velocity::fit_velocity(&ms, &mu, n, g, hvg.as_deref(), mode, None)
@@ -846,7 +847,8 @@ pub fn preprocess_with(
     let mu = velocity::smooth_dense(&w, &un, &all, &|_, _, x| x);
     clock.lap("moments");
     // 6. velocity (scVelo's stochastic model by default).
-    let second = |idx: &[usize]| velocity::second_moments(&w, &sn, &un, idx);
+    let su = sn.hadamard(&un);
+    let second = |idx: &[usize]| velocity::second_moments_with(&w, &sn, &su, idx);
     let fit = velocity::fit_velocity(
         &ms,
         &mu,

@@ -124,10 +124,15 @@ pub fn smooth_dense(
 /// Second moments `(Mss, Mus) = (W (S∘S), W (S∘U))` of the genes `idx` (row-major
 /// n × |idx|) from the smoothing graph and the normalised spliced/unspliced counts.
 pub fn second_moments(w: &Csr, s: &Csr, u: &Csr, idx: &[usize]) -> (Vec<f32>, Vec<f32>) {
-    let su = s.hadamard(u);
+    second_moments_with(w, s, &s.hadamard(u), idx)
+}
+
+/// [`second_moments`] with `S∘U` computed once by the caller (`su = s.hadamard(u)`), for
+/// repeated calls on blocks of genes.
+pub fn second_moments_with(w: &Csr, s: &Csr, su: &Csr, idx: &[usize]) -> (Vec<f32>, Vec<f32>) {
     (
         smooth_dense(w, s, idx, &|_, _, x| x * x),
-        smooth_dense(w, &su, idx, &|_, _, x| x),
+        smooth_dense(w, su, idx, &|_, _, x| x),
     )
 }
 
@@ -313,17 +318,18 @@ pub fn fit_velocity(
         } else {
             (0..g).collect()
         };
-        let k = idx.len();
-        let (mss, mus) = second(&idx);
-        // Rounds of 16 blocks: the blocks of a round run in parallel, then their variances
-        // are written into the cell × gene layer, so only one round's columns are held.
-        let positions: Vec<usize> = (0..k).collect();
+        // Rounds of 16 blocks: the second moments of a round's genes are computed, its
+        // blocks fitted in parallel, then their variances written into the cell × gene
+        // layer, so only one round's columns (n × 512 per moment) are held at a time.
         let mut var_all = vec![0.0f32; n * g];
-        for round in positions.chunks(GENE_BLOCK * 16) {
-            let fitted: Vec<FittedBlock> = round
+        for round in idx.chunks(GENE_BLOCK * 16) {
+            let k = round.len();
+            let (mss, mus) = second(round);
+            let positions: Vec<usize> = (0..k).collect();
+            let fitted: Vec<FittedBlock> = positions
                 .par_chunks(GENE_BLOCK)
                 .map(|pos| {
-                    let genes: Vec<usize> = pos.iter().map(|&c| idx[c]).collect();
+                    let genes: Vec<usize> = pos.iter().map(|&c| round[c]).collect();
                     let (s, u) = (gather(ms, n, g, &genes), gather(mu, n, g, &genes));
                     let (ss, us) = (gather(&mss, n, k, pos), gather(&mus, n, k, pos));
                     let fits = (0..genes.len())
@@ -344,7 +350,6 @@ pub fn fit_velocity(
                 }
             }
         }
-        drop((mss, mus));
         variance = Some(var_all);
     }
     let velocity: Vec<f32> = (0..n * g)
