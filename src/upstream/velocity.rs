@@ -130,9 +130,21 @@ pub fn second_moments(w: &Csr, s: &Csr, u: &Csr, idx: &[usize]) -> (Vec<f32>, Ve
 /// [`second_moments`] with `S∘U` computed once by the caller (`su = s.hadamard(u)`), for
 /// repeated calls on blocks of genes.
 pub fn second_moments_with(w: &Csr, s: &Csr, su: &Csr, idx: &[usize]) -> (Vec<f32>, Vec<f32>) {
+    if idx.len() == s.ncols() {
+        return (
+            smooth_dense(w, s, idx, &|_, _, x| x * x),
+            smooth_dense(w, su, idx, &|_, _, x| x),
+        );
+    }
+    // A block of genes: smoothing walks every neighbour's row, so restrict the rows to the
+    // block's columns first (one pass over the entries) instead of skipping the others in
+    // each of the n × k row visits.
+    let rows: Vec<usize> = (0..s.nrows()).collect();
+    let cols: Vec<usize> = (0..idx.len()).collect();
+    let (s_b, su_b) = (s.submatrix(&rows, idx), su.submatrix(&rows, idx));
     (
-        smooth_dense(w, s, idx, &|_, _, x| x * x),
-        smooth_dense(w, su, idx, &|_, _, x| x),
+        smooth_dense(w, &s_b, &cols, &|_, _, x| x * x),
+        smooth_dense(w, &su_b, &cols, &|_, _, x| x),
     )
 }
 
