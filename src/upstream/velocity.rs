@@ -139,9 +139,13 @@ pub fn second_moments_with(w: &Csr, s: &Csr, su: &Csr, idx: &[usize]) -> (Vec<f3
     // A block of genes: smoothing walks every neighbour's row, so restrict the rows to the
     // block's columns first (one pass over the entries) instead of skipping the others in
     // each of the n × k row visits.
-    let rows: Vec<usize> = (0..s.nrows()).collect();
     let cols: Vec<usize> = (0..idx.len()).collect();
-    let (s_b, su_b) = (s.submatrix(&rows, idx), su.submatrix(&rows, idx));
+    let (s_b, su_b) = if idx.windows(2).all(|w| w[0] < w[1]) {
+        (s.select_columns(idx), su.select_columns(idx))
+    } else {
+        let rows: Vec<usize> = (0..s.nrows()).collect();
+        (s.submatrix(&rows, idx), su.submatrix(&rows, idx))
+    };
     (
         smooth_dense(w, &s_b, &cols, &|_, _, x| x * x),
         smooth_dense(w, &su_b, &cols, &|_, _, x| x),
