@@ -117,6 +117,22 @@ impl Csr {
                 data: data.len(),
             });
         }
+        if let Some(&start) = indptr.first().filter(|&&p| p != 0) {
+            return Err(CsrError::IndptrStart { got: start });
+        }
+        // Canonical already (the usual case for files written by scanpy or by us): take the
+        // arrays as they are, no copy.
+        let canonical = indptr.first() == Some(&0)
+            && indptr.last() == Some(&indices.len())
+            && indptr.windows(2).all(|w| w[0] <= w[1])
+            && indptr.windows(2).all(|w| {
+                let row = &indices[w[0]..w[1]];
+                row.windows(2).all(|p| p[0] < p[1])
+                    && row.last().is_none_or(|&c| (c as usize) < ncols)
+            });
+        if canonical {
+            return Self::try_new(nrows, ncols, indptr, indices, data);
+        }
         let mut new_indptr = Vec::with_capacity(nrows + 1);
         let mut new_indices = Vec::with_capacity(indices.len());
         let mut new_data = Vec::with_capacity(data.len());
@@ -631,6 +647,29 @@ mod tests {
         assert_eq!(sum.to_dense(), vec![4.0, 0.0, 4.0, 0.0, 6.0, 0.0]);
         assert_eq!(a.hadamard(&a).get(0, 0), 4.0);
         assert_eq!(a.max_abs_diff(&sum), 3.0);
+    }
+
+    #[test]
+    fn from_unsorted_sorts_sums_and_validates() {
+        // Canonical parts are taken as they are.
+        let a = Csr::from_unsorted(2, 3, vec![0, 2, 3], vec![0, 2, 1], vec![1.0, 2.0, 3.0]);
+        assert_eq!(a.unwrap().to_dense(), vec![1.0, 0.0, 2.0, 0.0, 3.0, 0.0]);
+        // Unsorted rows are sorted, duplicates summed.
+        let b = Csr::from_unsorted(
+            2,
+            3,
+            vec![0, 3, 4],
+            vec![2, 0, 2, 1],
+            vec![1.0, 2.0, 4.0, 3.0],
+        )
+        .unwrap();
+        assert_eq!(b.to_dense(), vec![2.0, 0.0, 5.0, 0.0, 3.0, 0.0]);
+        assert_eq!(b.indices(), &[0, 2, 1]);
+        // Broken parts are errors, not panics.
+        assert!(Csr::from_unsorted(2, 3, vec![0, 2, 1], vec![0, 1], vec![1.0, 1.0]).is_err());
+        assert!(Csr::from_unsorted(1, 3, vec![0, 5], vec![0, 1], vec![1.0, 1.0]).is_err());
+        assert!(Csr::from_unsorted(1, 3, vec![0, 2], vec![0, 7], vec![1.0, 1.0]).is_err());
+        assert!(Csr::from_unsorted(1, 3, vec![1, 2], vec![0, 1], vec![1.0, 1.0]).is_err());
     }
 
     #[test]

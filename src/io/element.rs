@@ -103,6 +103,14 @@ impl NumVec {
         numvec_dispatch!(self, v => v.iter().map(|x| x.to_f64()).collect())
     }
 
+    /// [`Self::to_f64`], moving the vector when it already holds `f64`.
+    pub fn into_f64(self) -> Vec<f64> {
+        match self {
+            Self::F64(v) => v,
+            other => other.to_f64(),
+        }
+    }
+
     /// Value `i` as `f64`. Panics when out of range.
     pub fn get_f64(&self, i: usize) -> f64 {
         numvec_dispatch!(self, v => v[i].to_f64())
@@ -210,6 +218,18 @@ impl SparseArray {
                     data,
                 )?;
                 Ok(t.transpose())
+            }
+        }
+    }
+
+    /// [`Self::to_csr`], moving the index arrays instead of copying them.
+    pub fn into_csr(self) -> Result<Csr, CsrError> {
+        let [r, c] = self.shape;
+        let data = self.data.into_f64();
+        match self.format {
+            SparseFormat::Csr => Csr::from_unsorted(r, c, self.indptr, self.indices, data),
+            SparseFormat::Csc => {
+                Ok(Csr::from_unsorted(c, r, self.indptr, self.indices, data)?.transpose())
             }
         }
     }

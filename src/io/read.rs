@@ -407,7 +407,7 @@ impl H5adReader {
     pub fn csr(&self, slot: &str) -> Result<Csr> {
         match self.read(slot)? {
             Element::Sparse(s) => s
-                .to_csr()
+                .into_csr()
                 .map_err(|e| self.invalid(slot, "a valid sparse matrix", e.to_string())),
             Element::Dense(d) if d.shape.len() == 2 => {
                 Csr::from_dense(d.shape[0], d.shape[1], &d.data.to_f64())
