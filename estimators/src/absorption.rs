@@ -752,10 +752,18 @@ mod tests {
 
     /// Gambler's ruin on 0..=N with p up, q = 1 − p down; 0 and N absorbing.
     fn ruin(nn: usize, p: f64) -> TransitionMatrix {
+        lazy_ruin(nn, p, 1.0)
+    }
+
+    /// [`ruin`] where an interior state moves only with probability δ (self-loop 1 − δ).
+    fn lazy_ruin(nn: usize, p: f64, delta: f64) -> TransitionMatrix {
         let mut trip = vec![(0, 0, 1.0), (nn, nn, 1.0)];
         for i in 1..nn {
-            trip.push((i, i + 1, p));
-            trip.push((i, i - 1, 1.0 - p));
+            if delta < 1.0 {
+                trip.push((i, i, 1.0 - delta));
+            }
+            trip.push((i, i + 1, delta * p));
+            trip.push((i, i - 1, delta * (1.0 - p)));
         }
         TransitionMatrix::try_new(
             Csr::from_triplets(nn + 1, nn + 1, &trip).unwrap(),
@@ -764,30 +772,42 @@ mod tests {
         .unwrap()
     }
 
+    /// Terminal labels (0 = "ruin", N = "win") and names of the gambler's ruin.
+    fn ruin_states(nn: usize) -> (Vec<Option<usize>>, Vec<String>) {
+        let mut term = vec![None; nn + 1];
+        term[0] = Some(0);
+        term[nn] = Some(1);
+        (term, vec!["ruin".to_string(), "win".to_string()])
+    }
+
+    /// P(win from i) = (1 − r^i)/(1 − r^N), r = q/p.
+    fn ruin_win(i: usize, nn: usize, p: f64) -> f64 {
+        let r = (1.0 - p) / p;
+        (1.0 - r.powi(i as i32)) / (1.0 - r.powi(nn as i32))
+    }
+
+    /// Expected duration from i: i/(q−p) − N/(q−p) · (1 − r^i)/(1 − r^N).
+    fn ruin_duration(i: usize, nn: usize, p: f64) -> f64 {
+        let q = 1.0 - p;
+        i as f64 / (q - p) - nn as f64 / (q - p) * ruin_win(i, nn, p)
+    }
+
     #[test]
     fn gamblers_ruin_probabilities_and_times() {
         let (nn, p) = (10usize, 0.4);
         let t = ruin(nn, p);
-        let mut term = vec![None; nn + 1];
-        term[0] = Some(0);
-        term[nn] = Some(1);
-        let names = vec!["ruin".to_string(), "win".to_string()];
+        let (term, names) = ruin_states(nn);
         let (f, sys) =
             compute_fate_probabilities(&t, &term, &names, &AbsorptionOptions::default()).unwrap();
-        let r = (1.0 - p) / p;
         for i in 0..=nn {
-            let win = (1.0 - r.powi(i as i32)) / (1.0 - r.powi(nn as i32));
-            assert!((f.get(i, 1) - win).abs() < 1e-12, "cell {i}");
+            assert!((f.get(i, 1) - ruin_win(i, nn, p)).abs() < 1e-12, "cell {i}");
             assert!((f.get(i, 0) + f.get(i, 1) - 1.0).abs() < 1e-12);
         }
-        // Expected duration: i/(q−p) − N/(q−p) · (1 − r^i)/(1 − r^N).
         let times = compute_absorption_times(&sys, &f, true, true).unwrap();
         let c = times.columns.len();
         assert_eq!(times.columns[0], "absorption_mean");
-        let q = 1.0 - p;
         for i in 1..nn {
-            let d = i as f64 / (q - p)
-                - nn as f64 / (q - p) * (1.0 - r.powi(i as i32)) / (1.0 - r.powi(nn as i32));
+            let d = ruin_duration(i, nn, p);
             assert!(
                 (times.values[i * c] - d).abs() < 1e-10,
                 "cell {i}: {} vs {d}",
@@ -827,34 +847,17 @@ mod tests {
         // floating point loses 9 digits; the diagonal taken as the mass leaving the cell does
         // not, and the solve keeps 1e-12.
         let (nn, p, delta) = (10usize, 0.4, 1e-9);
-        let mut trip = vec![(0, 0, 1.0), (nn, nn, 1.0)];
-        for i in 1..nn {
-            trip.push((i, i, 1.0 - delta));
-            trip.push((i, i + 1, delta * p));
-            trip.push((i, i - 1, delta * (1.0 - p)));
-        }
-        let t = TransitionMatrix::try_new(
-            Csr::from_triplets(nn + 1, nn + 1, &trip).unwrap(),
-            Direction::Forward,
-        )
-        .unwrap();
-        let mut term = vec![None; nn + 1];
-        term[0] = Some(0);
-        term[nn] = Some(1);
-        let names = vec!["ruin".to_string(), "win".to_string()];
+        let t = lazy_ruin(nn, p, delta);
+        let (term, names) = ruin_states(nn);
         let (f, sys) =
             compute_fate_probabilities(&t, &term, &names, &AbsorptionOptions::default()).unwrap();
-        let r = (1.0 - p) / p;
         for i in 0..=nn {
-            let win = (1.0 - r.powi(i as i32)) / (1.0 - r.powi(nn as i32));
-            assert!((f.get(i, 1) - win).abs() < 1e-12, "cell {i}");
+            assert!((f.get(i, 1) - ruin_win(i, nn, p)).abs() < 1e-12, "cell {i}");
         }
         assert!(f.row_sum_error <= ROW_SUM_TOL && f.max_absorption_time.is_none());
         let times = compute_absorption_times(&sys, &f, false, true).unwrap();
-        let q = 1.0 - p;
         for i in 1..nn {
-            let d = i as f64 / (q - p)
-                - nn as f64 / (q - p) * (1.0 - r.powi(i as i32)) / (1.0 - r.powi(nn as i32));
+            let d = ruin_duration(i, nn, p);
             let got = times.values[i * times.columns.len()];
             assert!(
                 (got * delta - d).abs() < 1e-9 * d,
