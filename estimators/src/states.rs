@@ -2,6 +2,7 @@
 //! (`n_cells` most likely cells per state), naming after the majority cluster with `_1`, `_2`
 //! suffixes for duplicates, its colour palette, and the terminal/initial-state rules.
 
+use cellfate_kernels::TransitionMatrix;
 use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -56,13 +57,42 @@ pub fn palette(k: usize) -> Result<Vec<String>, StatesError> {
     Ok(PALETTE[..k].iter().map(|s| (*s).to_string()).collect())
 }
 
+/// Memberships closer than this to the `n_cells`-th largest of their column are ties: the
+/// memberships cannot tell those cells apart (a metastable set whose memberships saturate at
+/// the same value to 6 digits over thousands of cells, e.g. a whole branch).
+pub const MEMBERSHIP_TIE_TOL: f64 = 1e-4;
+
+/// Power iterations of the quasi-stationary distribution used to break membership ties.
+const QSD_MAX_ITER: usize = 5000;
+
 /// The `n_cells` most likely cells of each column of `chi`; a cell picked by several columns
 /// stays with the one where its membership is largest (first column on ties). Boundary ties
 /// are broken by larger value, then smaller cell index (CellRank's argpartition is
 /// unspecified there). Returns the state (column) of each cell, `None` for unassigned cells.
+///
+/// This is CellRank's rule; [`fuzzy_to_discrete_with`] breaks ties by where the walk dwells.
 pub fn fuzzy_to_discrete(
     chi: &DMatrix<f64>,
     n_cells: usize,
+) -> Result<Vec<Option<usize>>, StatesError> {
+    fuzzy_to_discrete_with(chi, n_cells, None)
+}
+
+/// [`fuzzy_to_discrete`], with membership ties broken by the chain `t` when given.
+///
+/// **Deviation from CellRank.** When more cells than fit tie at the boundary of a column
+/// (memberships within [`MEMBERSHIP_TIE_TOL`] of the `n_cells`-th largest), CellRank keeps
+/// whichever the sort returns: numerical noise in the 7th digit. On a saturated branch that
+/// is an arbitrary stretch of it, e.g. its middle instead of its tip, and a terminal state in
+/// the middle of a branch leaves the tip (nearly) unable to reach any terminal state. Here the
+/// tied cells are ranked by the quasi-stationary distribution of the chain restricted to the
+/// column's candidates (every cell at least as likely as the boundary): where a walk that
+/// stays in the state spends its time: the tip of a terminal branch, the core of a metastable
+/// set. Without ties the result is CellRank's.
+pub fn fuzzy_to_discrete_with(
+    chi: &DMatrix<f64>,
+    n_cells: usize,
+    t: Option<&TransitionMatrix>,
 ) -> Result<Vec<Option<usize>>, StatesError> {
     let (n, m) = (chi.nrows(), chi.ncols());
     if n_cells == 0 {
@@ -74,13 +104,37 @@ pub fn fuzzy_to_discrete(
             n / m.max(1)
         )));
     }
+    if let Some(t) = t {
+        if t.n_cells() != n {
+            return Err(StatesError::Invalid(format!(
+                "the transition matrix has {} cells, the memberships {n}",
+                t.n_cells()
+            )));
+        }
+    }
     let threshold = ((0.2 * n_cells as f64).floor() as usize).max(1);
     let mut candidates: Vec<Vec<usize>> = Vec::with_capacity(m);
     for j in 0..m {
         let mut idx: Vec<usize> = (0..n).collect();
         idx.sort_by(|&a, &b| chi[(b, j)].total_cmp(&chi[(a, j)]).then(a.cmp(&b)));
-        idx.truncate(n_cells);
-        candidates.push(idx);
+        let boundary = chi[(idx[n_cells - 1], j)];
+        let band = idx.partition_point(|&l| chi[(l, j)] >= boundary - MEMBERSHIP_TIE_TOL);
+        match t {
+            Some(t) if band > n_cells => {
+                let sure = idx.partition_point(|&l| chi[(l, j)] > boundary + MEMBERSHIP_TIE_TOL);
+                idx.truncate(band);
+                let q = quasi_stationary(t, &idx, n_cells);
+                let mut tied: Vec<usize> = (sure..band).collect();
+                tied.sort_by(|&a, &b| q[b].total_cmp(&q[a]).then(idx[a].cmp(&idx[b])));
+                let mut keep: Vec<usize> = idx[..sure].to_vec();
+                keep.extend(tied[..n_cells - sure].iter().map(|&p| idx[p]));
+                candidates.push(keep);
+            }
+            _ => {
+                idx.truncate(n_cells);
+                candidates.push(idx);
+            }
+        }
     }
     let mut owner: Vec<Option<usize>> = vec![None; n];
     for (j, cells) in candidates.iter().enumerate() {
@@ -103,6 +157,51 @@ pub fn fuzzy_to_discrete(
         });
     }
     Ok(owner)
+}
+
+/// The quasi-stationary distribution of the chain restricted to `cells` (the normalised
+/// leading left eigenvector of the sub-stochastic `T[cells, cells]`), by power iteration from
+/// the uniform distribution; in the order of `cells`. Iterates until the `n_top` most likely
+/// cells are the same at 4 checks 100 iterations apart (or at 2 when the distribution moved
+/// less than 1e-9 in L1 in the last step), or [`QSD_MAX_ITER`] iterations: only the ranking
+/// is used. Products run row
+/// by row in a fixed order (independent of the thread count).
+fn quasi_stationary(t: &TransitionMatrix, cells: &[usize], n_top: usize) -> Vec<f64> {
+    let k = cells.len();
+    // Rows of the transpose: p_new[j] = Σ_i p[i] T[cells_i, cells_j].
+    let tt = t.submatrix(cells, cells).transpose();
+    let mut p = vec![1.0 / k as f64; k];
+    let top = |p: &[f64]| -> Vec<usize> {
+        let mut o: Vec<usize> = (0..k).collect();
+        o.select_nth_unstable_by(n_top.min(k) - 1, |&a, &b| {
+            p[b].total_cmp(&p[a]).then(a.cmp(&b))
+        });
+        o.truncate(n_top.min(k));
+        o.sort_unstable();
+        o
+    };
+    let mut last_top = top(&p);
+    let mut stable = 0;
+    for it in 1..=QSD_MAX_ITER {
+        let mut next = tt.mul_vec(&p);
+        let total: f64 = next.iter().sum();
+        if total.is_nan() || total <= 0.0 || total.is_infinite() {
+            // Nothing stays: the ranking by the last iterate is all there is.
+            break;
+        }
+        next.iter_mut().for_each(|v| *v /= total);
+        let moved: f64 = next.iter().zip(&p).map(|(a, b)| (a - b).abs()).sum();
+        p = next;
+        if it % 100 == 0 {
+            let now = top(&p);
+            stable = if now == last_top { stable + 1 } else { 0 };
+            last_top = now;
+            if stable >= 3 || (stable >= 1 && moved < 1e-9) {
+                break;
+            }
+        }
+    }
+    p
 }
 
 /// A reference categorical used to name states (e.g. `obs["clusters"]`).
@@ -387,13 +486,15 @@ pub fn select_terminal(
 
 /// Cell states restricted to a subset of macrostates: the `n_cells` most likely cells of each
 /// selected membership column, and CellRank's probability `max_j χ_lj / max_l' χ_l'j`.
+/// Membership ties are broken by the chain `t` when given (see [`fuzzy_to_discrete_with`]).
 pub fn states_from_memberships(
     chi: &DMatrix<f64>,
     selected: &[usize],
     n_cells: usize,
+    t: Option<&TransitionMatrix>,
 ) -> Result<(Vec<Option<usize>>, Vec<f64>), StatesError> {
     let sub = DMatrix::from_fn(chi.nrows(), selected.len(), |i, j| chi[(i, selected[j])]);
-    let assignment = fuzzy_to_discrete(&sub, n_cells)?;
+    let assignment = fuzzy_to_discrete_with(&sub, n_cells, t)?;
     let maxes: Vec<f64> = (0..sub.ncols()).map(|j| sub.column(j).max()).collect();
     let probs = (0..sub.nrows())
         .map(|l| {
@@ -444,6 +545,82 @@ mod tests {
         assert!(e.to_string().contains("Alpha, Beta, Ductal"), "{e}");
         assert!(select_terminal(&names, &diag, &by(&["Beta", "Beta"]), &[]).is_err());
         assert!(select_terminal(&names, &diag, &by(&[]), &[]).is_err());
+    }
+
+    /// Two branches of 20 cells each, drifting towards their last cell (0.9 forward, 0.1
+    /// back, a self-loop at the tip), with a 1e-3 leak between the branch starts; every
+    /// cell of a branch has the same membership up to noise far below the tie tolerance.
+    fn two_saturated_branches() -> (DMatrix<f64>, TransitionMatrix) {
+        use cellfate_kernels::{Csr, Direction};
+        let (b, n) = (20usize, 40usize);
+        let mut trip = Vec::new();
+        for br in 0..2 {
+            let o = br * b;
+            for i in 0..b {
+                let (fwd, back) = if i + 1 < b {
+                    (o + i + 1, o + i.max(1) - 1)
+                } else {
+                    (o + i, o + i - 1)
+                };
+                if i == 0 {
+                    let other = (1 - br) * b;
+                    trip.push((o, fwd, 0.9));
+                    trip.push((o, o, 0.099));
+                    trip.push((o, other, 0.001));
+                } else {
+                    trip.push((o + i, fwd, 0.9));
+                    trip.push((o + i, back, 0.1));
+                }
+            }
+        }
+        let t =
+            TransitionMatrix::try_new(Csr::from_triplets(n, n, &trip).unwrap(), Direction::Forward)
+                .unwrap();
+        // Noise decreasing along each branch: CellRank's rule keeps the branch starts.
+        let chi = DMatrix::from_fn(n, 2, |i, j| {
+            let noise = 1e-7 * (b - i % b) as f64;
+            if i / b == j {
+                0.9999 + noise
+            } else {
+                1e-4 - noise
+            }
+        });
+        (chi, t)
+    }
+
+    #[test]
+    fn saturated_memberships_are_broken_by_where_the_walk_dwells() {
+        let (chi, t) = two_saturated_branches();
+        let cellrank = fuzzy_to_discrete(&chi, 5).unwrap();
+        let cells = |a: &[Option<usize>], j: usize| -> Vec<usize> {
+            (0..a.len()).filter(|&l| a[l] == Some(j)).collect()
+        };
+        // CellRank's rule: the largest memberships, i.e. the noise: the branch starts.
+        assert_eq!(cells(&cellrank, 0), vec![0, 1, 2, 3, 4]);
+        assert_eq!(cells(&cellrank, 1), vec![20, 21, 22, 23, 24]);
+        // The quasi-stationary distribution: the tips, where the walk accumulates.
+        let ours = fuzzy_to_discrete_with(&chi, 5, Some(&t)).unwrap();
+        assert_eq!(cells(&ours, 0), vec![15, 16, 17, 18, 19]);
+        assert_eq!(cells(&ours, 1), vec![35, 36, 37, 38, 39]);
+        let (assign, probs) = states_from_memberships(&chi, &[1], 5, Some(&t)).unwrap();
+        assert_eq!(cells(&assign, 0), vec![35, 36, 37, 38, 39]);
+        assert!(probs.iter().all(|p| (0.0..=1.0).contains(p)));
+        // Memberships that do separate the cells keep CellRank's choice, chain or not.
+        let crisp = DMatrix::from_fn(40, 2, |i, j| {
+            let x = (i % 20) as f64 / 19.0;
+            if i / 20 == j {
+                0.5 + 0.5 * x
+            } else {
+                0.5 - 0.5 * x
+            }
+        });
+        assert_eq!(
+            fuzzy_to_discrete_with(&crisp, 5, Some(&t)).unwrap(),
+            fuzzy_to_discrete(&crisp, 5).unwrap()
+        );
+        // A chain of another size is an error, not a panic.
+        let small_chi = DMatrix::from_element(10, 2, 0.5);
+        assert!(fuzzy_to_discrete_with(&small_chi, 2, Some(&t)).is_err());
     }
 
     #[test]

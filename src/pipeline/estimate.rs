@@ -15,7 +15,7 @@ use cellfate_estimators::gpcca::{
 };
 use cellfate_estimators::schur::{compute_schur, Schur, SchurOptions};
 use cellfate_estimators::states::{
-    fuzzy_to_discrete, name_states, select_initial, select_terminal, states_from_memberships,
+    fuzzy_to_discrete_with, name_states, select_initial, select_terminal, states_from_memberships,
     ClusterReference, TerminalMethod,
 };
 use cellfate_kernels::{CellSource, Direction, TransitionMatrix};
@@ -324,7 +324,7 @@ pub fn run_estimators(
     };
     progress("macrostates (GPCCA)");
     let fit: GpccaFit = gpcca::fit(t, &schur, m, &spec.optimizer, pi.as_deref())?;
-    let assign = fuzzy_to_discrete(&fit.chi, spec.n_cells)?;
+    let assign = fuzzy_to_discrete_with(&fit.chi, spec.n_cells, Some(t))?;
     let reference = cluster_reference(r, spec.cluster_key.as_deref());
     let cref = reference.as_ref().map(|(l, c, col)| ClusterReference {
         labels: l,
@@ -398,7 +398,8 @@ pub fn run_estimators(
     };
     let term_names: Vec<String> = term.iter().map(|&q| names[q].clone()).collect();
     let term_colors: Vec<String> = term.iter().map(|&q| colors[q].clone()).collect();
-    let (term_assign, term_probs) = states_from_memberships(&fit.chi, &term, spec.n_cells)?;
+    let (term_assign, term_probs) =
+        states_from_memberships(&fit.chi, &term, spec.n_cells, Some(t))?;
     let ts_key = keys::terminal_states(d);
     edit.set(
         &format!("obs/{ts_key}"),
@@ -428,7 +429,7 @@ pub fn run_estimators(
                     "initial state(s) {init_names:?} are also terminal; not written"
                 ));
             } else {
-                let (ia, ip) = states_from_memberships(&fit.chi, &init, spec.n_cells)?;
+                let (ia, ip) = states_from_memberships(&fit.chi, &init, spec.n_cells, Some(t))?;
                 let is_key = keys::initial_states(d);
                 edit.set(&format!("obs/{is_key}"), labels_element(&ia, &init_names));
                 edit.set(

@@ -250,7 +250,15 @@ pub(crate) fn terminal_states(a: TerminalArgs) -> anyhow::Result<String> {
     };
     let sel = select_terminal(&names, &diag, &method, &[])?;
     let chi = nalgebra::DMatrix::from_fn(n, m, |i, j| chi[i * m + j]);
-    let (assign, probs) = states_from_memberships(&chi, &sel, a.n_cells)?;
+    // Ties in the memberships are broken by the chain (where the walk dwells), when the file
+    // still holds it.
+    let t_slot = format!("obsp/{}", a.io.transition_key);
+    let t = if r.exists(&t_slot) {
+        Some(r.transition_matrix(&a.io.transition_key)?)
+    } else {
+        None
+    };
+    let (assign, probs) = states_from_memberships(&chi, &sel, a.n_cells, t.as_ref())?;
     let sel_names: Vec<String> = sel.iter().map(|&q| names[q].clone()).collect();
     let ts = keys::terminal_states(d);
     let mut edit = H5adEdit::new(&a.io.input);
