@@ -93,8 +93,8 @@ thread_local! {
     };
 }
 
-/// Euclidean distance between rows `i` and `j` of `x`, in float64.
-fn dist_f64(x: &DMatrix<f64>, i: usize, j: usize) -> f64 {
+/// Euclidean distance between rows `i` and `j` of `x`, in float64 (also the exact search's).
+pub(crate) fn dist_f64(x: &DMatrix<f64>, i: usize, j: usize) -> f64 {
     x.row(i)
         .iter()
         .zip(x.row(j).iter())

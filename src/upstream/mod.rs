@@ -253,14 +253,7 @@ pub fn knn_exact(x: &DMatrix<f64>, k: usize) -> Vec<Vec<(usize, f64)>> {
     let norms: Vec<f64> = (0..n).map(|i| x.row(i).norm_squared()).collect();
     let xt = x.transpose();
     let block = (16_777_216 / n.max(1)).clamp(1, 4096);
-    let exact = |i: usize, j: usize| -> f64 {
-        x.row(i)
-            .iter()
-            .zip(x.row(j).iter())
-            .map(|(a, b)| (a - b) * (a - b))
-            .sum::<f64>()
-            .sqrt()
-    };
+    let exact = |i: usize, j: usize| -> f64 { ann::dist_f64(x, i, j) };
     let mut out: Vec<Vec<(usize, f64)>> = Vec::with_capacity(n);
     let mut start = 0;
     while start < n {
