@@ -243,31 +243,37 @@ impl Csr {
     }
 
     /// Number of rows.
+    #[inline]
     pub fn nrows(&self) -> usize {
         self.nrows
     }
 
     /// Number of columns.
+    #[inline]
     pub fn ncols(&self) -> usize {
         self.ncols
     }
 
     /// Number of stored entries.
+    #[inline]
     pub fn nnz(&self) -> usize {
         self.data.len()
     }
 
     /// Row pointer array (`nrows + 1` entries).
+    #[inline]
     pub fn indptr(&self) -> &[usize] {
         &self.indptr
     }
 
     /// Column indices of all stored entries.
+    #[inline]
     pub fn indices(&self) -> &[u32] {
         &self.indices
     }
 
     /// Values of all stored entries.
+    #[inline]
     pub fn data(&self) -> &[f64] {
         &self.data
     }
@@ -278,12 +284,14 @@ impl Csr {
     }
 
     /// Column indices and values of row `i`. Panics if `i >= nrows` (a contract violation).
+    #[inline]
     pub fn row(&self, i: usize) -> (&[u32], &[f64]) {
         let (s, e) = (self.indptr[i], self.indptr[i + 1]);
         (&self.indices[s..e], &self.data[s..e])
     }
 
     /// Value at `(i, j)`, zero when not stored.
+    #[inline]
     pub fn get(&self, i: usize, j: usize) -> f64 {
         let (cols, vals) = self.row(i);
         match cols.binary_search(&(j as u32)) {

@@ -82,11 +82,11 @@ pub fn smoothing_graph(conn: &Csr) -> Csr {
 
 /// `W · f(M)` as a dense row-major n × |genes| matrix, for the genes in `genes` (column
 /// indices of `m`); `f` maps (cell, gene, value of `m`) to the smoothed quantity.
-pub fn smooth_dense(
+pub fn smooth_dense<F: Fn(usize, usize, f64) -> f64 + Sync>(
     w: &Csr,
     m: &Csr,
     genes: &[usize],
-    f: &(dyn Fn(usize, usize, f64) -> f64 + Sync),
+    f: &F,
 ) -> Vec<f32> {
     let n = w.nrows();
     let mut pos = vec![usize::MAX; m.ncols()];
@@ -186,8 +186,26 @@ pub struct VelocityFit {
 }
 
 /// Genes per block when columns are gathered from row-major matrices (each row contributes
-/// one contiguous run; a block of columns is then contiguous per gene).
+/// one contiguous run; a block of columns is then contiguous per gene), at most.
 const GENE_BLOCK: usize = 32;
+
+/// Bytes of one block's float64 columns (s, u, Mss, Mus) in the stochastic fit, at most.
+const BLOCK_BYTES: usize = 256 << 20;
+
+/// Bytes of one round's second moments and variances (float32, 12 bytes a cell and gene),
+/// at most.
+const ROUND_BYTES: usize = 1 << 30;
+
+/// Genes per block and per round of the stochastic fit for `n` cells: blocks of up to
+/// [`GENE_BLOCK`] genes within [`BLOCK_BYTES`], rounds of up to 16 blocks within
+/// [`ROUND_BYTES`] (at least one block). Every gene is fitted alone, so the sizes change the
+/// memory, never the result (at 1M cells: rounds of 88 genes instead of 512).
+fn stochastic_sizes(n: usize) -> (usize, usize) {
+    let n = n.max(1);
+    let block = (BLOCK_BYTES / (32 * n)).clamp(1, GENE_BLOCK);
+    let blocks = (ROUND_BYTES / (12 * n * block)).clamp(1, 16);
+    (block, block * blocks)
+}
 
 /// Columns `cols` of the row-major n × w matrix `m`, gene-major in f64 (`out[c][i]`).
 fn gather(m: &[f32], n: usize, w: usize, cols: &[usize]) -> Vec<Vec<f64>> {
@@ -334,16 +352,17 @@ pub fn fit_velocity(
         } else {
             (0..g).collect()
         };
-        // Rounds of 16 blocks: the second moments of a round's genes are computed, its
+        // Rounds of blocks: the second moments of a round's genes are computed, its
         // blocks fitted in parallel, then their variances written into the cell × gene
-        // layer, so only one round's columns (n × 512 per moment) are held at a time.
+        // layer, so only one round's columns are held at a time.
+        let (block, round_genes) = stochastic_sizes(n);
         let mut var_all = vec![0.0f32; n * g];
-        for round in idx.chunks(GENE_BLOCK * 16) {
+        for round in idx.chunks(round_genes) {
             let k = round.len();
             let (mss, mus) = second(round);
             let positions: Vec<usize> = (0..k).collect();
             let fitted: Vec<FittedBlock> = positions
-                .par_chunks(GENE_BLOCK)
+                .par_chunks(block)
                 .map(|pos| {
                     let genes: Vec<usize> = pos.iter().map(|&c| round[c]).collect();
                     let (s, u) = (gather(ms, n, g, &genes), gather(mu, n, g, &genes));
@@ -387,6 +406,20 @@ pub fn fit_velocity(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stochastic_rounds_fit_in_their_budget() {
+        assert_eq!(stochastic_sizes(3_696), (32, 512));
+        assert_eq!(stochastic_sizes(100_000), (32, 512));
+        assert_eq!(stochastic_sizes(1_000_000), (8, 88));
+        assert_eq!(stochastic_sizes(100_000_000), (1, 1));
+        for n in [1, 10, 1_000, 250_000, 1_000_000, 10_000_000] {
+            let (block, round) = stochastic_sizes(n);
+            assert!(block >= 1 && round >= block && round % block == 0);
+            assert!(block * 32 * n <= BLOCK_BYTES || block == 1);
+            assert!(round * 12 * n <= ROUND_BYTES || round == block);
+        }
+    }
 
     #[test]
     fn percentile_matches_numpy() {
