@@ -164,8 +164,7 @@ pub fn fuzzy_to_discrete_with(
 /// the uniform distribution; in the order of `cells`. Iterates until the `n_top` most likely
 /// cells are the same at 4 checks 100 iterations apart (or at 2 when the distribution moved
 /// less than 1e-9 in L1 in the last step), or [`QSD_MAX_ITER`] iterations: only the ranking
-/// is used. Products run row
-/// by row in a fixed order (independent of the thread count).
+/// is used. Products run row by row in a fixed order (independent of the thread count).
 fn quasi_stationary(t: &TransitionMatrix, cells: &[usize], n_top: usize) -> Vec<f64> {
     let k = cells.len();
     // Rows of the transpose: p_new[j] = Σ_i p[i] T[cells_i, cells_j].
