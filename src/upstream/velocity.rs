@@ -186,24 +186,21 @@ pub struct VelocityFit {
 }
 
 /// Genes per block when columns are gathered from row-major matrices (each row contributes
-/// one contiguous run; a block of columns is then contiguous per gene), at most.
+/// one contiguous run; a block of columns is then contiguous per gene).
 const GENE_BLOCK: usize = 32;
 
 /// Bytes of one round's second moments and variances (float32, 12 bytes a cell and gene),
 /// at most (unless one block needs more).
 const ROUND_BYTES: usize = 2 << 30;
 
-/// Genes per block and per round of the stochastic fit for `n` cells: blocks of
-/// [`GENE_BLOCK`] genes, rounds of up to 16 blocks within [`ROUND_BYTES`] (at least one
-/// block). Every gene is fitted alone, so the sizes change the memory, never the result.
+/// Genes per round of the stochastic fit for `n` cells: up to 16 blocks of [`GENE_BLOCK`]
+/// genes within [`ROUND_BYTES`] (at least one block). Every gene is fitted alone, so the sizes change the memory, never the result.
 /// Measured with `cellfate velocity` at 1M cells × 300 genes (one run each): one round of all
 /// 297 genes 169 s / 17.6 GB; rounds of 160 genes 192 s / 16.0 GB (this); of 64 genes 233 s /
 /// 13.9 GB; of 88 genes in blocks of 8 genes 284 s / 14.2 GB (smaller blocks cost time and
 /// saved nothing).
-fn stochastic_sizes(n: usize) -> (usize, usize) {
-    let n = n.max(1);
-    let blocks = (ROUND_BYTES / (12 * n * GENE_BLOCK)).clamp(1, 16);
-    (GENE_BLOCK, GENE_BLOCK * blocks)
+fn round_genes(n: usize) -> usize {
+    GENE_BLOCK * (ROUND_BYTES / (12 * n.max(1) * GENE_BLOCK)).clamp(1, 16)
 }
 
 /// Columns `cols` of the row-major n × w matrix `m`, gene-major in f64 (`out[c][i]`).
@@ -354,14 +351,13 @@ pub fn fit_velocity(
         // Rounds of blocks: the second moments of a round's genes are computed, its
         // blocks fitted in parallel, then their variances written into the cell × gene
         // layer, so only one round's columns are held at a time.
-        let (block, round_genes) = stochastic_sizes(n);
         let mut var_all = vec![0.0f32; n * g];
-        for round in idx.chunks(round_genes) {
+        for round in idx.chunks(round_genes(n)) {
             let k = round.len();
             let (mss, mus) = second(round);
             let positions: Vec<usize> = (0..k).collect();
             let fitted: Vec<FittedBlock> = positions
-                .par_chunks(block)
+                .par_chunks(GENE_BLOCK)
                 .map(|pos| {
                     let genes: Vec<usize> = pos.iter().map(|&c| round[c]).collect();
                     let (s, u) = (gather(ms, n, g, &genes), gather(mu, n, g, &genes));
@@ -408,14 +404,14 @@ mod tests {
 
     #[test]
     fn stochastic_rounds_fit_in_their_budget() {
-        assert_eq!(stochastic_sizes(3_696), (32, 512));
-        assert_eq!(stochastic_sizes(100_000), (32, 512));
-        assert_eq!(stochastic_sizes(1_000_000), (32, 160));
-        assert_eq!(stochastic_sizes(100_000_000), (32, 32));
+        assert_eq!(round_genes(3_696), 512);
+        assert_eq!(round_genes(100_000), 512);
+        assert_eq!(round_genes(1_000_000), 160);
+        assert_eq!(round_genes(100_000_000), 32);
         for n in [1, 10, 1_000, 250_000, 1_000_000, 10_000_000] {
-            let (block, round) = stochastic_sizes(n);
-            assert!(round >= block && round % block == 0);
-            assert!(round * 12 * n <= ROUND_BYTES || round == block);
+            let round = round_genes(n);
+            assert!(round >= GENE_BLOCK && round % GENE_BLOCK == 0);
+            assert!(round * 12 * n <= ROUND_BYTES || round == GENE_BLOCK);
         }
     }
 
