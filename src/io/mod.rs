@@ -22,4 +22,4 @@ pub use element::{
 pub use error::H5adError;
 pub use read::{H5adReader, SlotInfo};
 pub use stream::{CsrAppender, DenseRowAppender, H5adStreamWriter};
-pub use write::{write_new, H5adEdit};
+pub use write::{write_new, ColumnWriter, EarlySlots, H5adEdit};

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use cellfate_kernels::Csr;
 
-use crate::io::{Element, H5adEdit, H5adReader, NumVec};
+use crate::io::{EarlySlots, Element, H5adEdit, H5adReader, NumVec};
 use crate::pipeline::PipelineError;
 
 /// Parameters of the upstream steps (the reference recipe's values).
@@ -104,12 +104,8 @@ fn err(msg: impl Into<String>) -> PipelineError {
     PipelineError::Invalid(msg.into())
 }
 
-/// Scales each row of a CSR matrix to `target` total counts (rows with zero counts stay 0).
-fn normalize_rows(m: &Csr, target: f64) -> Csr {
-    normalize_rows_owned(m.clone(), target)
-}
-
-/// [`normalize_rows`] in place.
+/// Scales each row of a CSR matrix to `target` total counts (rows with zero counts stay 0),
+/// in place.
 fn normalize_rows_owned(mut m: Csr, target: f64) -> Csr {
     let sums = m.row_sums();
     let indptr = m.indptr().to_vec();
@@ -128,7 +124,7 @@ fn normalize_rows_owned(mut m: Csr, target: f64) -> Csr {
 /// all genes of the matrix; cells with no counts are left at zero).
 pub fn normalize_per_cell(m: &Csr) -> Csr {
     let target = median(&mut m.row_sums());
-    normalize_rows(m, target)
+    normalize_rows_owned(m.clone(), target)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -361,12 +357,13 @@ fn umap_connectivities(nn: &[Vec<(usize, f64)>], k: usize) -> Csr {
 /// Recomputes RNA velocity on a processed file (scVelo's `tl.velocity`): reads
 /// `layers["Ms"]`, `layers["Mu"]` and, for the stochastic model, the normalised
 /// `layers["spliced"]`/`["unspliced"]` with `obsp["connectivities"]`; `var["highly_variable"]`
-/// restricts the velocity genes when present. Writes `output` (a copy of `input`).
+/// restricts the velocity genes when present. Writes `output` (a copy of `input`); the
+/// velocity layers are written block of genes by block of genes.
 pub fn velocity_in_file(
     input: &Path,
     output: &Path,
     mode: velocity::VelocityMode,
-) -> Result<velocity::VelocityFit, PipelineError> {
+) -> Result<velocity::GeneFit, PipelineError> {
     let r = H5adReader::open(input)?;
     let need = |slot: &str, why: &str| -> Result<(), PipelineError> {
         if r.exists(slot) {
@@ -393,7 +390,8 @@ pub fn velocity_in_file(
         .ok()
         .and_then(|e| e.to_f64_vec())
         .map(|v| v.into_iter().map(|x| x != 0.0).collect());
-    let fit = if mode == velocity::VelocityMode::Stochastic {
+    let stochastic = mode == velocity::VelocityMode::Stochastic;
+    let counts = if stochastic {
         need(
             "layers/spliced",
             "normalised spliced counts for second moments",
@@ -403,72 +401,118 @@ pub fn velocity_in_file(
             "normalised unspliced counts for second moments",
         )?;
         need("obsp/connectivities", "the kNN graph for second moments")?;
-        let sn = r.csr("layers/spliced")?;
-        let un = r.csr("layers/unspliced")?;
-        let w = velocity::smoothing_graph(&r.obsp("connectivities")?);
-        let su = sn.hadamard(&un);
-        let second = |idx: &[usize]| velocity::second_moments_with(&w, &sn, &su, idx);
-        velocity::fit_velocity(&ms, &mu, n, g, hvg.as_deref(), mode, Some(&second))
+        Some((
+            velocity::smoothing_graph(&r.obsp("connectivities")?),
+            r.csr("layers/spliced")?,
+            r.csr("layers/unspliced")?,
+        ))
     } else {
-        velocity::fit_velocity(&ms, &mu, n, g, hvg.as_deref(), mode, None)
+        None
+    };
+    let second = |idx: &[usize]| match &counts {
+        Some((w, s, u)) => velocity::second_moments(w, s, u, idx),
+        None => (Vec::new(), Vec::new()),
+    };
+    let src = velocity::StoredMoments {
+        ms: &ms,
+        mu: &mu,
+        n,
+        g,
+        second: if stochastic { Some(&second) } else { None },
     };
     let mut edit = H5adEdit::new(input);
-    let summary = write_velocity(&mut edit, fit, n, g);
-    edit.write_to(output)?;
-    Ok(summary)
+    if !stochastic {
+        // A stochastic run's variance would no longer match the velocity.
+        edit.remove("layers/variance_velocity");
+    }
+    let mut fitted = None;
+    edit.write_to_with(output, |early| -> Result<_, PipelineError> {
+        let fit = fit_into(early, &src, n, g, hvg.as_deref(), mode, false)?;
+        let slots = velocity_slots(&fit);
+        fitted = Some(fit);
+        Ok(slots)
+    })?;
+    fitted.ok_or_else(|| err("velocity: no fit"))
 }
 
-/// A cell × gene float32 layer (moved, not copied).
-fn f32_layer(n: usize, g: usize, v: Vec<f32>) -> Element {
-    Element::Dense(crate::io::DenseArray {
-        shape: vec![n, g],
-        data: NumVec::F32(v),
-    })
-}
-
-/// Sets the velocity slots from `fit` (its layers are moved into `edit`); returns the fit
-/// without its cell × gene layers.
-fn write_velocity(
-    edit: &mut H5adEdit,
-    mut fit: velocity::VelocityFit,
+/// Runs [`velocity::fit_velocity_blocks`] with its layers streamed into `early`
+/// (`layers/velocity`, `layers/variance_velocity` in stochastic mode, and with `moments` also
+/// `layers/Ms`, `layers/Mu`).
+fn fit_into<M: velocity::MomentSource>(
+    early: &mut EarlySlots,
+    src: &M,
     n: usize,
     g: usize,
-) -> velocity::VelocityFit {
-    edit.set(
-        "layers/velocity",
-        f32_layer(n, g, std::mem::take(&mut fit.velocity)),
-    );
-    if let Some(v) = fit.variance_velocity.take() {
-        edit.set("layers/variance_velocity", f32_layer(n, g, v));
+    hvg: Option<&[bool]>,
+    mode: velocity::VelocityMode,
+    moments: bool,
+) -> Result<velocity::GeneFit, PipelineError> {
+    let mut layers = Vec::new();
+    if moments {
+        layers.push(early.dense_columns::<f32>("layers/Ms", n, g)?);
+        layers.push(early.dense_columns::<f32>("layers/Mu", n, g)?);
     }
-    edit.set("var/velocity_gamma", Element::from_f64(fit.gamma.clone()));
-    edit.set(
-        "var/velocity_qreg_ratio",
-        Element::from_f64(fit.qreg_ratio.clone()),
-    );
-    edit.set("var/velocity_r2", Element::from_f64(fit.r2.clone()));
-    edit.set(
-        "var/velocity_genes",
-        Element::from_bools(fit.velocity_genes.clone()),
-    );
-    edit.set(
-        "uns/velocity_params",
-        Element::Dict(vec![
-            ("mode".into(), Element::Str(fit.mode.as_str().into())),
-            (
-                "fit_offset".into(),
-                Element::Scalar(NumVec::Bool(vec![false])),
-            ),
-            (
-                "perc".into(),
-                Element::Dense(crate::io::DenseArray {
-                    shape: vec![2],
-                    data: NumVec::I64(vec![5, 95]),
-                }),
-            ),
-        ]),
-    );
-    fit
+    let mut vel = early.dense_columns::<f32>("layers/velocity", n, g)?;
+    let mut var = if mode == velocity::VelocityMode::Stochastic && src.has_second() {
+        Some(early.dense_columns::<f32>("layers/variance_velocity", n, g)?)
+    } else {
+        None
+    };
+    let fit = velocity::fit_velocity_blocks(src, n, g, hvg, mode, &mut |b| {
+        if moments {
+            layers[0].write(b.genes.clone(), b.ms)?;
+            layers[1].write(b.genes.clone(), b.mu)?;
+        }
+        vel.write(b.genes.clone(), b.velocity)?;
+        if let (Some(w), Some(v)) = (var.as_mut(), b.variance) {
+            w.write(b.genes.clone(), v)?;
+        }
+        Ok::<(), crate::io::H5adError>(())
+    })?;
+    for l in layers {
+        l.finish()?;
+    }
+    vel.finish()?;
+    if let Some(v) = var {
+        v.finish()?;
+    }
+    Ok(fit)
+}
+
+/// The per-gene velocity slots (`var` columns, `uns["velocity_params"]`) of a fit.
+fn velocity_slots(fit: &velocity::GeneFit) -> Vec<(String, Element)> {
+    vec![
+        (
+            "var/velocity_gamma".into(),
+            Element::from_f64(fit.gamma.clone()),
+        ),
+        (
+            "var/velocity_qreg_ratio".into(),
+            Element::from_f64(fit.qreg_ratio.clone()),
+        ),
+        ("var/velocity_r2".into(), Element::from_f64(fit.r2.clone())),
+        (
+            "var/velocity_genes".into(),
+            Element::from_bools(fit.velocity_genes.clone()),
+        ),
+        (
+            "uns/velocity_params".into(),
+            Element::Dict(vec![
+                ("mode".into(), Element::Str(fit.mode.as_str().into())),
+                (
+                    "fit_offset".into(),
+                    Element::Scalar(NumVec::Bool(vec![false])),
+                ),
+                (
+                    "perc".into(),
+                    Element::Dense(crate::io::DenseArray {
+                        shape: vec![2],
+                        data: NumVec::I64(vec![5, 95]),
+                    }),
+                ),
+            ]),
+        ),
+    ]
 }
 
 /// Raw counts of one dataset, cells × genes.
@@ -521,6 +565,25 @@ impl<'h, 'a> Clock<'h, 'a> {
         (self.hook)(&t);
         self.stages.push(t);
         self.at = std::time::Instant::now();
+    }
+
+    /// Reports the parts of the stage just lapped (seconds measured inside it).
+    fn parts(&mut self, fit: &velocity::GeneFit) {
+        let names = [
+            "  first moments",
+            "  second moments",
+            "  velocity fits",
+            "  writing layers",
+        ];
+        for (stage, &seconds) in names.into_iter().zip(&fit.seconds) {
+            let t = StageTiming {
+                stage,
+                seconds,
+                peak_rss_mb: None,
+            };
+            (self.hook)(&t);
+            self.stages.push(t);
+        }
     }
 }
 
@@ -582,29 +645,17 @@ pub fn prepare_with(
     spec: &UpstreamSpec,
     hook: &mut StageHook<'_>,
 ) -> Result<PrepareReport, PipelineError> {
-    let (edit, mut report) = compute(input, spec, hook)?;
-    let mut clock = Clock::new(hook);
-    edit.write_to(output)?;
-    clock.lap("write");
-    report.timings.append(&mut clock.stages);
-    Ok(report)
+    compute_and_write(input, Some(output), spec, hook)
 }
 
 /// Runs the upstream steps and writes the results into `path` itself (atomically). Use only
 /// on files you own (e.g. the demo simulation).
 pub fn prepare_in_place(path: &Path, spec: &UpstreamSpec) -> Result<PrepareReport, PipelineError> {
-    let hook = &mut |_: &StageTiming| {};
-    let (edit, mut report) = compute(path, spec, hook)?;
-    let mut clock = Clock::new(hook);
-    edit.write_in_place()?;
-    clock.lap("write");
-    report.timings.append(&mut clock.stages);
-    Ok(report)
+    compute_and_write(path, None, spec, &mut |_| {})
 }
 
-/// Reads the raw counts of `input` (layers spliced/unspliced, X when present).
-pub fn read_counts(input: &Path) -> Result<RawCounts, PipelineError> {
-    let r = H5adReader::open(input)?;
+/// The raw-count layers of `r`, or an error naming the layers found.
+fn check_count_layers(r: &H5adReader, input: &Path) -> Result<(), PipelineError> {
     let layers = r.keys("layers")?;
     if !layers.iter().any(|l| l == "spliced") || !layers.iter().any(|l| l == "unspliced") {
         return Err(err(format!(
@@ -613,6 +664,13 @@ pub fn read_counts(input: &Path) -> Result<RawCounts, PipelineError> {
             if layers.is_empty() { "none".to_string() } else { layers.join(", ") }
         )));
     }
+    Ok(())
+}
+
+/// Reads the raw counts of `input` (layers spliced/unspliced, X when present).
+pub fn read_counts(input: &Path) -> Result<RawCounts, PipelineError> {
+    let r = H5adReader::open(input)?;
+    check_count_layers(&r, input)?;
     Ok(RawCounts {
         spliced: r.csr("layers/spliced")?,
         unspliced: r.csr("layers/unspliced")?,
@@ -625,106 +683,14 @@ pub fn read_counts(input: &Path) -> Result<RawCounts, PipelineError> {
     })
 }
 
-fn compute(
-    input: &Path,
-    spec: &UpstreamSpec,
-    hook: &mut StageHook<'_>,
-) -> Result<(H5adEdit, PrepareReport), PipelineError> {
-    let mut clock = Clock::new(hook);
-    let raw = read_counts(input)?;
-    clock.lap("read");
-    let mut read = std::mem::take(&mut clock.stages);
-    let p = preprocess_with(raw, spec, &input.display().to_string(), clock.hook)?;
-    clock.at = std::time::Instant::now();
-    read.extend(p.timings.iter().cloned());
-    let (n, g) = (p.spliced.nrows(), p.spliced.ncols());
-    let mut report = PrepareReport {
-        n_cells: n,
-        n_genes: g,
-        n_highly_variable: p.highly_variable.iter().filter(|&&b| b).count(),
-        n_velocity_genes: p.velocity.velocity_genes.iter().filter(|&&b| b).count(),
-        timings: read,
-    };
-    let k = p.pca.ncols();
-    let mut edit = H5adEdit::new(input);
-    edit.set("X", Element::Sparse(p.x.into()));
-    edit.set("layers/spliced", Element::Sparse(p.spliced.into()));
-    edit.set("layers/unspliced", Element::Sparse(p.unspliced.into()));
-    edit.set("layers/Ms", f32_layer(n, g, p.ms));
-    edit.set("layers/Mu", f32_layer(n, g, p.mu));
-    write_velocity(&mut edit, p.velocity, n, g);
-    edit.set(
-        "obsm/X_pca",
-        Element::from_f64_matrix(
-            n,
-            k,
-            (0..n)
-                .flat_map(|i| (0..k).map(move |j| (i, j)))
-                .map(|(i, j)| p.pca[(i, j)])
-                .collect(),
-        ),
-    );
-    edit.set(
-        "obsp/connectivities",
-        Element::Sparse(p.connectivities.into()),
-    );
-    edit.set("obsp/distances", Element::Sparse(p.distances.into()));
-    edit.set(
-        "var/highly_variable",
-        Element::from_bools(p.highly_variable),
-    );
-    edit.set(
-        "uns/neighbors",
-        Element::Dict(vec![
-            (
-                "connectivities_key".into(),
-                Element::Str("connectivities".into()),
-            ),
-            ("distances_key".into(), Element::Str("distances".into())),
-            (
-                "params".into(),
-                Element::Dict(vec![
-                    (
-                        "n_neighbors".into(),
-                        Element::Scalar(NumVec::I64(vec![spec.n_neighbors as i64])),
-                    ),
-                    ("method".into(), Element::Str("umap".into())),
-                    (
-                        "n_pcs".into(),
-                        Element::Scalar(NumVec::I64(vec![spec.n_pcs as i64])),
-                    ),
-                ]),
-            ),
-        ]),
-    );
-    clock.lap("assemble output");
-    report.timings.append(&mut clock.stages);
-    Ok((edit, report))
-}
-
-/// The upstream steps on raw counts in memory (see the module documentation); `source`
-/// names the data in error messages (a file path, say).
-pub fn preprocess(
-    raw: RawCounts,
+/// Checks the shapes of the counts and the number of cells; returns the genes with at least
+/// `min_shared_counts` counts shared by spliced and unspliced.
+fn shared_genes(
+    s: &Csr,
+    u: &Csr,
     spec: &UpstreamSpec,
     source: &str,
-) -> Result<Preprocessed, PipelineError> {
-    preprocess_with(raw, spec, source, &mut |_| {})
-}
-
-/// [`preprocess`], calling `hook` as each stage finishes.
-pub fn preprocess_with(
-    raw: RawCounts,
-    spec: &UpstreamSpec,
-    source: &str,
-    hook: &mut StageHook<'_>,
-) -> Result<Preprocessed, PipelineError> {
-    let mut clock = Clock::new(hook);
-    let RawCounts {
-        spliced: s,
-        unspliced: u,
-        x,
-    } = raw;
+) -> Result<Vec<bool>, PipelineError> {
     let (n, g) = (s.nrows(), s.ncols());
     if (u.nrows(), u.ncols()) != (n, g) {
         return Err(err(format!(
@@ -733,22 +699,12 @@ pub fn preprocess_with(
             u.ncols()
         )));
     }
-    if let Some(x) = &x {
-        if (x.nrows(), x.ncols()) != (n, g) {
-            return Err(err(format!(
-                "{source}: X ({}×{}) and layers spliced ({n}×{g}) differ in shape",
-                x.nrows(),
-                x.ncols()
-            )));
-        }
-    }
     if n <= spec.n_neighbors {
         return Err(err(format!(
             "{source}: {n} cells are too few for n_neighbors = {} (the kNN graph needs more cells than neighbours; lower --n-neighbors)",
             spec.n_neighbors
         )));
     }
-    // 1. shared counts.
     let mut shared = vec![0.0; g];
     for i in 0..n {
         let (cs, vs) = s.row(i);
@@ -769,44 +725,66 @@ pub fn preprocess_with(
             spec.min_shared_counts
         )));
     }
-    // 2. normalisation (X = spliced counts when X is absent).
-    let lib = |m: &Csr| {
-        let mut v = m.row_sums();
-        median(&mut v)
-    };
-    let x_raw = x.as_ref().unwrap_or(&s);
-    if x_raw.row_sums().iter().all(|&c| c == 0.0) {
+    Ok(usable)
+}
+
+/// Checks X's shape against the counts' (`n × g`).
+fn check_x_shape(x: &Csr, n: usize, g: usize, source: &str) -> Result<(), PipelineError> {
+    if (x.nrows(), x.ncols()) != (n, g) {
         return Err(err(format!(
-            "{source}: every cell has zero counts in {}",
-            if x.is_some() {
-                "X"
-            } else {
-                "layers[\"spliced\"]"
-            }
+            "{source}: X ({}×{}) and layers spliced ({n}×{g}) differ in shape",
+            x.nrows(),
+            x.ncols()
         )));
     }
-    let mut logx = normalize_rows(x_raw, lib(x_raw));
-    drop(x);
-    // The layers are normalised in place: peak memory is one copy of each count matrix.
-    let target = lib(&s);
-    let sn = normalize_rows_owned(s, target);
-    let target = lib(&u).max(1.0);
-    let un = normalize_rows_owned(u, target);
+    Ok(())
+}
+
+/// The median library size (row sum) of `m`.
+fn library_size(m: &Csr) -> f64 {
+    median(&mut m.row_sums())
+}
+
+/// `log1p` of `x` normalised to its median library size, in place; `what` names X's counts
+/// in the error when every cell has zero counts.
+fn log_normalise(x: Csr, source: &str, what: &str) -> Result<Csr, PipelineError> {
+    if x.row_sums().iter().all(|&c| c == 0.0) {
+        return Err(err(format!(
+            "{source}: every cell has zero counts in {what}"
+        )));
+    }
+    let target = library_size(&x);
+    let mut logx = normalize_rows_owned(x, target);
     logx.data_mut().iter_mut().for_each(|v| *v = v.ln_1p());
-    clock.lap("normalise");
-    // 3. HVG + PCA.
-    let hvg = highly_variable(&logx, &usable, spec.n_top_genes);
+    Ok(logx)
+}
+
+/// Highly variable genes, PCA, neighbours and connectivities of the log-normalised X.
+struct Embedding {
+    hvg: Vec<bool>,
+    pca: DMatrix<f64>,
+    distances: Csr,
+    connectivities: Csr,
+}
+
+fn embed(
+    logx: &Csr,
+    usable: &[bool],
+    spec: &UpstreamSpec,
+    clock: &mut Clock<'_, '_>,
+) -> Result<Embedding, PipelineError> {
+    let (n, g) = (logx.nrows(), logx.ncols());
+    let hvg = highly_variable(logx, usable, spec.n_top_genes);
     clock.lap("highly variable genes");
     let cols: Vec<usize> = (0..g).filter(|&j| hvg[j]).collect();
     let scores = if cols.len() == g {
         // Every gene is highly variable: no copy of X.
-        pca::pca(&logx, spec.n_pcs, spec.seed)
+        pca::pca(logx, spec.n_pcs, spec.seed)
     } else {
         let all_rows: Vec<usize> = (0..n).collect();
         pca::pca(&logx.submatrix(&all_rows, &cols), spec.n_pcs, spec.seed)
     };
     clock.lap("pca");
-    // 4. neighbours.
     let exact = match spec.knn {
         KnnMethod::Exact => true,
         KnnMethod::Approximate => false,
@@ -833,41 +811,232 @@ pub fn preprocess_with(
     let dist = Csr::from_triplets(n, n, &dtrip).map_err(|e| err(e.to_string()))?;
     drop(dtrip);
     clock.lap("connectivities");
-    // 5. moments over each cell and its neighbours (binarised graph + self, row-normalised).
-    let w = velocity::smoothing_graph(&conn);
-    let all: Vec<usize> = (0..g).collect();
-    let ms = velocity::smooth_dense(&w, &sn, &all, &|_, _, x| x);
-    let mu = velocity::smooth_dense(&w, &un, &all, &|_, _, x| x);
-    clock.lap("moments");
-    // 6. velocity (scVelo's stochastic model by default).
-    let su = sn.hadamard(&un);
-    let second = |idx: &[usize]| velocity::second_moments_with(&w, &sn, &su, idx);
-    let fit = velocity::fit_velocity(
-        &ms,
-        &mu,
-        n,
-        g,
-        Some(&hvg),
-        spec.velocity_mode,
-        Some(&second),
+    Ok(Embedding {
+        hvg,
+        pca: scores,
+        distances: dist,
+        connectivities: conn,
+    })
+}
+
+/// The error when no velocity gene was found.
+fn no_velocity_genes(source: &str) -> PipelineError {
+    err(format!(
+        "{source}: no velocity gene found (r² > 0.01 and γ > 0.01 among highly variable genes)"
+    ))
+}
+
+/// The upstream steps from `input` to `output` (`None`: in place) in bounded memory: X is
+/// log-normalised from its counts (the raw layers are read again afterwards rather than
+/// held beside it) and written as soon as the embedding is done; the moments and velocity are
+/// computed block of genes by block of genes and written as they come, so no dense
+/// cell × gene matrix is ever held whole.
+fn compute_and_write(
+    input: &Path,
+    output: Option<&Path>,
+    spec: &UpstreamSpec,
+    hook: &mut StageHook<'_>,
+) -> Result<PrepareReport, PipelineError> {
+    let mut clock = Clock::new(hook);
+    let source = input.display().to_string();
+    let r = H5adReader::open(input)?;
+    check_count_layers(&r, input)?;
+    let s = r.csr("layers/spliced")?;
+    let u = r.csr("layers/unspliced")?;
+    // X hard-linked to the spliced counts (the simulator's files) is not read again.
+    let x_own = r.exists("X") && !r.same_object("X", "layers/spliced");
+    clock.lap("read");
+    let usable = shared_genes(&s, &u, spec, &source)?;
+    let (n, g) = (s.nrows(), s.ncols());
+    let targets = (library_size(&s), library_size(&u).max(1.0));
+    drop(u);
+    let (x, what) = if x_own {
+        drop(s);
+        let x = r.csr("X")?;
+        check_x_shape(&x, n, g, &source)?;
+        (x, "X")
+    } else {
+        (s, "layers[\"spliced\"]")
+    };
+    let logx = log_normalise(x, &source, what)?;
+    clock.lap("normalise X");
+    let emb = embed(&logx, &usable, spec, &mut clock)?;
+    let w = velocity::smoothing_graph(&emb.connectivities);
+    let k = emb.pca.ncols();
+    let mut report = PrepareReport {
+        n_cells: n,
+        n_genes: g,
+        n_highly_variable: emb.hvg.iter().filter(|&&b| b).count(),
+        n_velocity_genes: 0,
+        timings: Vec::new(),
+    };
+    let hvg = emb.hvg.clone();
+    let mut edit = H5adEdit::new(input);
+    edit.set(
+        "obsm/X_pca",
+        Element::from_f64_matrix(
+            n,
+            k,
+            (0..n)
+                .flat_map(|i| (0..k).map(move |j| (i, j)))
+                .map(|(i, j)| emb.pca[(i, j)])
+                .collect(),
+        ),
     );
-    if !fit.velocity_genes.iter().any(|&b| b) {
-        return Err(err(format!(
-            "{source}: no velocity gene found (r² > 0.01 and γ > 0.01 among highly variable genes)"
-        )));
+    edit.set(
+        "obsp/connectivities",
+        Element::Sparse(emb.connectivities.into()),
+    );
+    edit.set("obsp/distances", Element::Sparse(emb.distances.into()));
+    edit.set("var/highly_variable", Element::from_bools(emb.hvg));
+    edit.set("uns/neighbors", neighbors_params(spec));
+    if spec.velocity_mode == velocity::VelocityMode::Deterministic {
+        edit.remove("layers/variance_velocity");
     }
-    clock.lap("velocity");
+    let produce = |early: &mut EarlySlots| -> Result<Vec<(String, Element)>, PipelineError> {
+        early.write("X", Element::Sparse(logx.into()))?;
+        clock.lap("write X");
+        let sn = normalize_rows_owned(r.csr("layers/spliced")?, targets.0);
+        let un = normalize_rows_owned(r.csr("layers/unspliced")?, targets.1);
+        clock.lap("read + normalise layers");
+        let src = velocity::SmoothedCounts {
+            w: &w,
+            s: &sn,
+            u: &un,
+        };
+        let fit = fit_into(early, &src, n, g, Some(&hvg), spec.velocity_mode, true)?;
+        if !fit.velocity_genes.iter().any(|&b| b) {
+            return Err(no_velocity_genes(&source));
+        }
+        clock.lap("moments + velocity");
+        clock.parts(&fit);
+        report.n_velocity_genes = fit.velocity_genes.iter().filter(|&&b| b).count();
+        drop(w);
+        early.write("layers/spliced", Element::Sparse(sn.into()))?;
+        early.write("layers/unspliced", Element::Sparse(un.into()))?;
+        Ok(velocity_slots(&fit))
+    };
+    match output {
+        Some(out) => edit.write_to_with(out, produce)?,
+        None => edit.write_in_place_with(produce)?,
+    }
+    clock.lap("write");
+    report.timings = clock.stages;
+    Ok(report)
+}
+
+/// `uns["neighbors"]` as scanpy writes it.
+fn neighbors_params(spec: &UpstreamSpec) -> Element {
+    Element::Dict(vec![
+        (
+            "connectivities_key".into(),
+            Element::Str("connectivities".into()),
+        ),
+        ("distances_key".into(), Element::Str("distances".into())),
+        (
+            "params".into(),
+            Element::Dict(vec![
+                (
+                    "n_neighbors".into(),
+                    Element::Scalar(NumVec::I64(vec![spec.n_neighbors as i64])),
+                ),
+                ("method".into(), Element::Str("umap".into())),
+                (
+                    "n_pcs".into(),
+                    Element::Scalar(NumVec::I64(vec![spec.n_pcs as i64])),
+                ),
+            ]),
+        ),
+    ])
+}
+
+/// The upstream steps on raw counts in memory (see the module documentation); `source`
+/// names the data in error messages (a file path, say).
+pub fn preprocess(
+    raw: RawCounts,
+    spec: &UpstreamSpec,
+    source: &str,
+) -> Result<Preprocessed, PipelineError> {
+    preprocess_with(raw, spec, source, &mut |_| {})
+}
+
+/// [`preprocess`], calling `hook` as each stage finishes.
+pub fn preprocess_with(
+    raw: RawCounts,
+    spec: &UpstreamSpec,
+    source: &str,
+    hook: &mut StageHook<'_>,
+) -> Result<Preprocessed, PipelineError> {
+    let mut clock = Clock::new(hook);
+    let RawCounts {
+        spliced: s,
+        unspliced: u,
+        x,
+    } = raw;
+    let usable = shared_genes(&s, &u, spec, source)?;
+    let (n, g) = (s.nrows(), s.ncols());
+    if let Some(x) = &x {
+        check_x_shape(x, n, g, source)?;
+    }
+    let (what, x) = match x {
+        Some(x) => ("X", x),
+        None => ("layers[\"spliced\"]", s.clone()),
+    };
+    let logx = log_normalise(x, source, what)?;
+    let target = library_size(&s);
+    let sn = normalize_rows_owned(s, target);
+    let target = library_size(&u).max(1.0);
+    let un = normalize_rows_owned(u, target);
+    clock.lap("normalise");
+    let emb = embed(&logx, &usable, spec, &mut clock)?;
+    let w = velocity::smoothing_graph(&emb.connectivities);
+    let src = velocity::SmoothedCounts {
+        w: &w,
+        s: &sn,
+        u: &un,
+    };
+    let mut layers = [
+        vec![0.0f32; n * g],
+        vec![0.0f32; n * g],
+        vec![0.0f32; n * g],
+    ];
+    let mut variance: Option<Vec<f32>> = None;
+    let Ok(fit) =
+        velocity::fit_velocity_blocks(&src, n, g, Some(&emb.hvg), spec.velocity_mode, &mut |b| {
+            for (out, part) in layers.iter_mut().zip([b.ms, b.mu, b.velocity]) {
+                velocity::scatter_columns(out, g, &b.genes, part);
+            }
+            if let Some(v) = b.variance {
+                let all = variance.get_or_insert_with(|| vec![0.0f32; n * g]);
+                velocity::scatter_columns(all, g, &b.genes, v);
+            }
+            Ok::<(), std::convert::Infallible>(())
+        });
+    if !fit.velocity_genes.iter().any(|&b| b) {
+        return Err(no_velocity_genes(source));
+    }
+    clock.lap("moments + velocity");
+    clock.parts(&fit);
+    let [ms, mu, vel] = layers;
     Ok(Preprocessed {
         x: logx,
         spliced: sn,
         unspliced: un,
-        highly_variable: hvg,
-        pca: scores,
-        distances: dist,
-        connectivities: conn,
+        highly_variable: emb.hvg,
+        pca: emb.pca,
+        distances: emb.distances,
+        connectivities: emb.connectivities,
         ms,
         mu,
-        velocity: fit,
+        velocity: velocity::VelocityFit {
+            mode: fit.mode,
+            gamma: fit.gamma,
+            qreg_ratio: fit.qreg_ratio,
+            r2: fit.r2,
+            velocity_genes: fit.velocity_genes,
+            velocity: vel,
+            variance_velocity: variance,
+        },
         timings: clock.stages,
     })
 }

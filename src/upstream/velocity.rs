@@ -20,6 +20,8 @@
 //! stored in f32, as scVelo stores them — half the memory, and the γ fit then sees the same
 //! rounded moments scVelo's does (agreement ~1e-7 relative, not bitwise).
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -124,43 +126,49 @@ pub fn smooth_dense<F: Fn(usize, usize, f64) -> f64 + Sync>(
 /// Second moments `(Mss, Mus) = (W (S∘S), W (S∘U))` of the genes `idx` (row-major
 /// n × |idx|) from the smoothing graph and the normalised spliced/unspliced counts.
 pub fn second_moments(w: &Csr, s: &Csr, u: &Csr, idx: &[usize]) -> (Vec<f32>, Vec<f32>) {
-    second_moments_with(w, s, &s.hadamard(u), idx)
-}
-
-/// [`second_moments`] with `S∘U` computed once by the caller (`su = s.hadamard(u)`), for
-/// repeated calls on blocks of genes.
-pub fn second_moments_with(w: &Csr, s: &Csr, su: &Csr, idx: &[usize]) -> (Vec<f32>, Vec<f32>) {
-    if idx.len() == s.ncols() {
+    let all: Vec<usize> = (0..idx.len()).collect();
+    if idx.len() == s.ncols() && idx.iter().enumerate().all(|(c, &j)| c == j) {
         return (
-            smooth_dense(w, s, idx, &|_, _, x| x * x),
-            smooth_dense(w, su, idx, &|_, _, x| x),
+            smooth_dense(w, s, &all, &|_, _, x| x * x),
+            smooth_dense(w, &s.hadamard(u), &all, &|_, _, x| x),
         );
     }
-    // A block of genes: smoothing walks every neighbour's row, so restrict the rows to the
-    // block's columns first (one pass over the entries) instead of skipping the others in
+    // A subset of genes: smoothing walks every neighbour's row, so restrict the rows to the
+    // subset's columns first (one pass over the entries) instead of skipping the others in
     // each of the n × k row visits.
-    let cols: Vec<usize> = (0..idx.len()).collect();
-    let (s_b, su_b) = if idx.windows(2).all(|w| w[0] < w[1]) {
-        (s.select_columns(idx), su.select_columns(idx))
+    let (s_b, u_b) = if idx.windows(2).all(|w| w[0] < w[1]) {
+        rayon::join(|| s.select_columns(idx), || u.select_columns(idx))
     } else {
         let rows: Vec<usize> = (0..s.nrows()).collect();
-        (s.submatrix(&rows, idx), su.submatrix(&rows, idx))
+        (s.submatrix(&rows, idx), u.submatrix(&rows, idx))
     };
     (
-        smooth_dense(w, &s_b, &cols, &|_, _, x| x * x),
-        smooth_dense(w, &su_b, &cols, &|_, _, x| x),
+        smooth_dense(w, &s_b, &all, &|_, _, x| x * x),
+        smooth_dense(w, &s_b.hadamard(&u_b), &all, &|_, _, x| x),
     )
 }
 
-/// numpy's default percentile (linear interpolation) of `v` (sorted in place).
+/// numpy's default percentile (linear interpolation) of `v` (reordered in place). The two
+/// order statistics are found by selection (linear time; the fits take three percentiles of
+/// every gene over every cell), with the values a full sort would give.
 pub fn percentile(v: &mut [f64], q: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
-    v.sort_by(f64::total_cmp);
     let pos = q / 100.0 * (v.len() - 1) as f64;
     let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+    let (_, at_lo, above) = v.select_nth_unstable_by(lo, f64::total_cmp);
+    let at_lo = *at_lo;
+    let at_hi = if hi > lo {
+        above
+            .iter()
+            .copied()
+            .min_by(f64::total_cmp)
+            .unwrap_or(at_lo)
+    } else {
+        at_lo
+    };
+    at_lo + (at_hi - at_lo) * (pos - lo as f64)
 }
 
 /// Computes `(Mss, Mus)` (row-major n × |genes|) for a list of genes.
@@ -185,22 +193,20 @@ pub struct VelocityFit {
     pub variance_velocity: Option<Vec<f32>>,
 }
 
-/// Genes per block when columns are gathered from row-major matrices (each row contributes
-/// one contiguous run; a block of columns is then contiguous per gene).
+/// Genes per parallel task of a block's fit (each task gathers its genes' columns from the
+/// block's row-major matrices: one contiguous run per row).
 const GENE_BLOCK: usize = 32;
 
-/// Bytes of one round's second moments and variances (float32, 12 bytes a cell and gene),
-/// at most (unless one block needs more).
-const ROUND_BYTES: usize = 2 << 30;
+/// Bytes of one block's cell × gene float32 matrices (Ms, Mu, velocity, variance, Mss, Mus:
+/// 24 bytes a cell and gene), at most (unless one task's genes need more).
+const BLOCK_BYTES: usize = 3 << 30;
 
-/// Genes per round of the stochastic fit for `n` cells: up to 16 blocks of [`GENE_BLOCK`]
-/// genes within [`ROUND_BYTES`] (at least one block). Every gene is fitted alone, so the sizes change the memory, never the result.
-/// Measured with `cellfate velocity` at 1M cells × 300 genes (one run each): one round of all
-/// 297 genes 169 s / 17.6 GB; rounds of 160 genes 192 s / 16.0 GB (this); of 64 genes 233 s /
-/// 13.9 GB; of 88 genes in blocks of 8 genes 284 s / 14.2 GB (smaller blocks cost time and
-/// saved nothing).
-fn round_genes(n: usize) -> usize {
-    GENE_BLOCK * (ROUND_BYTES / (12 * n.max(1) * GENE_BLOCK)).clamp(1, 16)
+/// Genes per block of [`fit_velocity_blocks`] for `n` cells: up to 16 tasks of
+/// [`GENE_BLOCK`] genes within [`BLOCK_BYTES`] (at least one task): 512 genes up to ~260,000
+/// cells, 128 at a million. Every gene is fitted alone, so the size changes the memory (and
+/// the number of passes over the kNN graph), never the result.
+pub fn block_genes(n: usize) -> usize {
+    GENE_BLOCK * (BLOCK_BYTES / (24 * n.max(1) * GENE_BLOCK)).clamp(1, 16)
 }
 
 /// Columns `cols` of the row-major n × w matrix `m`, gene-major in f64 (`out[c][i]`).
@@ -213,6 +219,321 @@ fn gather(m: &[f32], n: usize, w: usize, cols: &[usize]) -> Vec<Vec<f64>> {
         }
     }
     out
+}
+
+/// Where the moments of a block of genes come from: smoothed from the normalised counts
+/// ([`SmoothedCounts`], `cellfate preprocess`) or read from stored layers ([`StoredMoments`],
+/// `cellfate velocity`).
+pub trait MomentSource {
+    /// What a block's first and second moments share (its columns of the counts, say).
+    type Block;
+    /// Prepares the genes `genes` (a range of gene indices).
+    fn block(&self, genes: Range<usize>) -> Self::Block;
+    /// `(Ms, Mu)` of the block, row-major n × |block|.
+    fn first(&self, block: &Self::Block) -> (Vec<f32>, Vec<f32>);
+    /// Whether [`MomentSource::second`] is available (needed by the stochastic model).
+    fn has_second(&self) -> bool;
+    /// `(Mss, Mus)` of the block's columns `cols` (positions within the block, increasing),
+    /// row-major n × |cols|; `None` when unavailable.
+    fn second(&self, block: &Self::Block, cols: &[usize]) -> Option<(Vec<f32>, Vec<f32>)>;
+}
+
+/// Moments smoothed over the kNN graph from normalised counts: `W S`, `W U`, `W (S∘S)`,
+/// `W (S∘U)` ([`smoothing_graph`] for `w`).
+#[derive(Clone, Copy, Debug)]
+pub struct SmoothedCounts<'a> {
+    /// Smoothing graph.
+    pub w: &'a Csr,
+    /// Normalised spliced counts.
+    pub s: &'a Csr,
+    /// Normalised unspliced counts.
+    pub u: &'a Csr,
+}
+
+impl MomentSource for SmoothedCounts<'_> {
+    /// The block's columns of `s` and `u` (`None`: the block is every gene).
+    type Block = Option<(Csr, Csr)>;
+
+    fn block(&self, genes: Range<usize>) -> Self::Block {
+        if genes.len() == self.s.ncols() {
+            return None;
+        }
+        // Smoothing visits every neighbour's row, so restrict the rows to the block's columns
+        // first (one pass over the entries) instead of skipping the others in each visit.
+        let cols: Vec<usize> = genes.collect();
+        Some(rayon::join(
+            || self.s.select_columns(&cols),
+            || self.u.select_columns(&cols),
+        ))
+    }
+
+    fn first(&self, block: &Self::Block) -> (Vec<f32>, Vec<f32>) {
+        let (s, u) = block.as_ref().map_or((self.s, self.u), |(s, u)| (s, u));
+        let all: Vec<usize> = (0..s.ncols()).collect();
+        (
+            smooth_dense(self.w, s, &all, &|_, _, x| x),
+            smooth_dense(self.w, u, &all, &|_, _, x| x),
+        )
+    }
+
+    fn has_second(&self) -> bool {
+        true
+    }
+
+    fn second(&self, block: &Self::Block, cols: &[usize]) -> Option<(Vec<f32>, Vec<f32>)> {
+        let (s, u) = block.as_ref().map_or((self.s, self.u), |(s, u)| (s, u));
+        Some(second_moments(self.w, s, u, cols))
+    }
+}
+
+/// Moments read from row-major n × g float32 layers (`layers["Ms"]`, `layers["Mu"]`), with
+/// second moments from a closure taking gene indices.
+pub struct StoredMoments<'a> {
+    /// `Ms`.
+    pub ms: &'a [f32],
+    /// `Mu`.
+    pub mu: &'a [f32],
+    /// Cells.
+    pub n: usize,
+    /// Genes.
+    pub g: usize,
+    /// Second moments of a list of genes (stochastic model).
+    pub second: Option<&'a SecondMoments<'a>>,
+}
+
+impl MomentSource for StoredMoments<'_> {
+    type Block = Range<usize>;
+
+    fn block(&self, genes: Range<usize>) -> Range<usize> {
+        genes
+    }
+
+    fn first(&self, r: &Range<usize>) -> (Vec<f32>, Vec<f32>) {
+        let (n, g) = (self.n, self.g);
+        let slab = |m: &[f32]| -> Vec<f32> {
+            let mut out = vec![0.0f32; n * r.len()];
+            if !r.is_empty() {
+                out.par_chunks_mut(r.len())
+                    .enumerate()
+                    .for_each(|(i, row)| {
+                        row.copy_from_slice(&m[i * g + r.start..i * g + r.end]);
+                    });
+            }
+            out
+        };
+        (slab(self.ms), slab(self.mu))
+    }
+
+    fn has_second(&self) -> bool {
+        self.second.is_some()
+    }
+
+    fn second(&self, r: &Range<usize>, cols: &[usize]) -> Option<(Vec<f32>, Vec<f32>)> {
+        let idx: Vec<usize> = cols.iter().map(|&c| r.start + c).collect();
+        self.second.map(|f| f(&idx))
+    }
+}
+
+/// One block of genes' cell × gene layers, handed to the sink of [`fit_velocity_blocks`]
+/// (each row-major n × |genes|).
+#[derive(Debug)]
+pub struct BlockLayers<'a> {
+    /// The genes (a range of gene indices).
+    pub genes: Range<usize>,
+    /// `Ms`.
+    pub ms: &'a [f32],
+    /// `Mu`.
+    pub mu: &'a [f32],
+    /// `velocity`.
+    pub velocity: &'a [f32],
+    /// `variance_velocity` (stochastic model).
+    pub variance: Option<&'a [f32]>,
+}
+
+/// Per-gene results of [`fit_velocity_blocks`] and where its time went.
+#[derive(Clone, Debug)]
+pub struct GeneFit {
+    /// Model actually fitted (deterministic when no second moments were available).
+    pub mode: VelocityMode,
+    /// Per-gene degradation/splicing ratio γ.
+    pub gamma: Vec<f64>,
+    /// The deterministic (quantile-regression) ratio.
+    pub qreg_ratio: Vec<f64>,
+    /// Coefficient of determination of the deterministic fit.
+    pub r2: Vec<f64>,
+    /// Velocity genes.
+    pub velocity_genes: Vec<bool>,
+    /// Seconds in first moments (incl. selecting each block's columns), second moments, the
+    /// fits, and the sink.
+    pub seconds: [f64; 4],
+}
+
+/// Fits the velocity model block of genes by block of genes ([`block_genes`]): each block's
+/// first moments, deterministic fit, second moments of its velocity genes and stochastic fit
+/// are computed, its layers handed to `sink` and dropped, so memory holds one block of
+/// cell × gene matrices at a time whatever the number of genes. `hvg` restricts the velocity
+/// genes to highly variable genes. With fewer than two velocity genes, scVelo's fallback (r²
+/// above its 80th percentile) is applied in a second pass, which hands every block to `sink`
+/// again.
+pub fn fit_velocity_blocks<M: MomentSource, E>(
+    src: &M,
+    n: usize,
+    g: usize,
+    hvg: Option<&[bool]>,
+    mode: VelocityMode,
+    sink: &mut dyn FnMut(BlockLayers<'_>) -> Result<(), E>,
+) -> Result<GeneFit, E> {
+    let stochastic = mode == VelocityMode::Stochastic && src.has_second();
+    let mut fit = GeneFit {
+        mode: if stochastic {
+            VelocityMode::Stochastic
+        } else {
+            VelocityMode::Deterministic
+        },
+        gamma: vec![0.0; g],
+        qreg_ratio: vec![0.0; g],
+        r2: vec![0.0; g],
+        velocity_genes: vec![false; g],
+        seconds: [0.0; 4],
+    };
+    blocks_pass(src, n, g, hvg, stochastic, None, &mut fit, sink)?;
+    if fit.velocity_genes.iter().filter(|&&b| b).count() < 2 {
+        // scVelo's fallback for weak splicing signal: r² above its 80th percentile.
+        let cut = percentile(&mut fit.r2.clone(), 80.0);
+        let vgenes: Vec<bool> = fit.r2.iter().map(|&x| x > cut).collect();
+        let set = if vgenes.iter().any(|&b| b) {
+            vgenes.clone()
+        } else {
+            vec![true; g]
+        };
+        blocks_pass(src, n, g, hvg, stochastic, Some(&set), &mut fit, sink)?;
+        fit.velocity_genes = vgenes;
+    }
+    Ok(fit)
+}
+
+/// One pass of [`fit_velocity_blocks`]; `forced` is the set of genes given the stochastic fit
+/// (the local velocity-gene rule when `None`).
+#[allow(clippy::too_many_arguments)]
+fn blocks_pass<M: MomentSource, E>(
+    src: &M,
+    n: usize,
+    g: usize,
+    hvg: Option<&[bool]>,
+    stochastic: bool,
+    forced: Option<&[bool]>,
+    fit: &mut GeneFit,
+    sink: &mut dyn FnMut(BlockLayers<'_>) -> Result<(), E>,
+) -> Result<(), E> {
+    let size = block_genes(n);
+    let mut start = 0;
+    while start < g {
+        let range = start..(start + size).min(g);
+        let (j0, k) = (range.start, range.len());
+        let clock = std::time::Instant::now();
+        let block = src.block(range.clone());
+        let (ms, mu) = src.first(&block);
+        fit.seconds[0] += clock.elapsed().as_secs_f64();
+        // Deterministic fit, gene by gene (in parallel; each gene is independent).
+        let clock = std::time::Instant::now();
+        let positions: Vec<usize> = (0..k).collect();
+        let det: Vec<(f64, f64, bool)> = positions
+            .par_chunks(GENE_BLOCK)
+            .flat_map_iter(|p| {
+                let (s, u) = (gather(&ms, n, k, p), gather(&mu, n, k, p));
+                s.into_iter()
+                    .zip(u)
+                    .map(|(s, u)| {
+                        let (_, gamma, r2) = steady_state(&s, &u);
+                        let expressed = s.iter().any(|&x| x > 0.0) && u.iter().any(|&x| x > 0.0);
+                        (gamma, r2, expressed)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (c, &(q, r2, expressed)) in det.iter().enumerate() {
+            let j = j0 + c;
+            fit.qreg_ratio[j] = q;
+            fit.r2[j] = r2;
+            fit.gamma[j] = q;
+            fit.velocity_genes[j] = r2 > 0.01 && q > 0.01 && expressed && hvg.is_none_or(|h| h[j]);
+        }
+        fit.seconds[2] += clock.elapsed().as_secs_f64();
+        let mut variance = None;
+        if stochastic {
+            let chosen: Vec<usize> = (0..k)
+                .filter(|&c| forced.map_or(fit.velocity_genes[j0 + c], |f| f[j0 + c]))
+                .collect();
+            let mut var = vec![0.0f32; n * k];
+            if !chosen.is_empty() {
+                let clock = std::time::Instant::now();
+                let second = src.second(&block, &chosen);
+                fit.seconds[1] += clock.elapsed().as_secs_f64();
+                if let Some((mss, mus)) = second {
+                    let clock = std::time::Instant::now();
+                    let kk = chosen.len();
+                    let positions: Vec<usize> = (0..kk).collect();
+                    let qreg = &fit.qreg_ratio;
+                    let fitted: Vec<(f64, Vec<f32>)> = positions
+                        .par_chunks(GENE_BLOCK)
+                        .flat_map_iter(|p| {
+                            let cols: Vec<usize> = p.iter().map(|&q| chosen[q]).collect();
+                            let (s, u) = (gather(&ms, n, k, &cols), gather(&mu, n, k, &cols));
+                            let (ss, us) = (gather(&mss, n, kk, p), gather(&mus, n, kk, p));
+                            (0..cols.len())
+                                .map(|b| {
+                                    stochastic_gene(
+                                        &s[b],
+                                        &u[b],
+                                        &ss[b],
+                                        &us[b],
+                                        qreg[j0 + cols[b]],
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                        .collect();
+                    drop((mss, mus));
+                    for (&c, (gm, col)) in chosen.iter().zip(&fitted) {
+                        fit.gamma[j0 + c] = *gm;
+                        for (i, &x) in col.iter().enumerate() {
+                            var[i * k + c] = x;
+                        }
+                    }
+                    fit.seconds[2] += clock.elapsed().as_secs_f64();
+                }
+            }
+            variance = Some(var);
+        }
+        let gamma = &fit.gamma[range.clone()];
+        let velocity: Vec<f32> = (0..n * k)
+            .into_par_iter()
+            .with_min_len(4096)
+            .map(|q| (f64::from(mu[q]) - gamma[q % k] * f64::from(ms[q])) as f32)
+            .collect();
+        let clock = std::time::Instant::now();
+        sink(BlockLayers {
+            genes: range.clone(),
+            ms: &ms,
+            mu: &mu,
+            velocity: &velocity,
+            variance: variance.as_deref(),
+        })?;
+        fit.seconds[3] += clock.elapsed().as_secs_f64();
+        start = range.end;
+    }
+    Ok(())
+}
+
+/// Copies a row-major n × |cols| block into columns `cols` of the row-major n × g matrix `out`.
+pub fn scatter_columns(out: &mut [f32], g: usize, cols: &Range<usize>, block: &[f32]) {
+    let k = cols.len();
+    if k == 0 || g == 0 {
+        return;
+    }
+    out.par_chunks_mut(g)
+        .zip(block.par_chunks(k))
+        .for_each(|(row, b)| row[cols.clone()].copy_from_slice(b));
 }
 
 /// The steady-state fit of one gene: "extreme" cells (joint score at its 95th percentile), γ
@@ -242,9 +563,6 @@ fn steady_state(s: &[f64], u: &[f64]) -> (Vec<bool>, f64, f64) {
     let r2 = 1.0 - ssres / sstot;
     (extreme, gamma, if r2.is_finite() { r2 } else { 0.0 })
 }
-
-/// Genes of a block and, per gene, γ and the variance of the velocity.
-type FittedBlock = (Vec<usize>, Vec<(f64, Vec<f32>)>);
 
 /// scVelo's stochastic fit of one gene from its first moments `s`, `u`, second moments
 /// `mss`, `mus` and deterministic γ `qreg`: returns γ and the variance of the velocity.
@@ -292,9 +610,10 @@ fn stochastic_gene(s: &[f64], u: &[f64], mss: &[f64], mus: &[f64], qreg: f64) ->
     (gm, var)
 }
 
-/// Fits the velocity model on the moments `ms`, `mu` (row-major n × g). `hvg` restricts the
-/// velocity genes to highly variable genes; `second` computes `(Mss, Mus)` (row-major
-/// n × |genes|) for a list of genes and is needed in stochastic mode.
+/// Fits the velocity model on the moments `ms`, `mu` (row-major n × g) in memory. `hvg`
+/// restricts the velocity genes to highly variable genes; `second` computes `(Mss, Mus)`
+/// (row-major n × |genes|) for a list of genes and is needed in stochastic mode. The blocks
+/// of [`fit_velocity_blocks`] are gathered into whole layers.
 pub fn fit_velocity(
     ms: &[f32],
     mu: &[f32],
@@ -304,95 +623,29 @@ pub fn fit_velocity(
     mode: VelocityMode,
     second: Option<&SecondMoments<'_>>,
 ) -> VelocityFit {
-    // Deterministic fit, gene by gene (in parallel; each gene is independent).
-    let blocks: Vec<Vec<usize>> = (0..g)
-        .collect::<Vec<_>>()
-        .chunks(GENE_BLOCK)
-        .map(<[usize]>::to_vec)
-        .collect();
-    let per_gene: Vec<(f64, f64)> = blocks
-        .par_iter()
-        .flat_map_iter(|b| {
-            let (s, u) = (gather(ms, n, g, b), gather(mu, n, g, b));
-            s.into_iter()
-                .zip(u)
-                .map(|(s, u)| {
-                    let (_, gamma, r2) = steady_state(&s, &u);
-                    (gamma, r2)
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let qreg: Vec<f64> = per_gene.iter().map(|p| p.0).collect();
-    let r2: Vec<f64> = per_gene.iter().map(|p| p.1).collect();
-    let expressed = |m: &[f32], j: usize| (0..n).any(|i| m[i * g + j] > 0.0);
-    let mut vgenes: Vec<bool> = (0..g)
-        .map(|j| {
-            r2[j] > 0.01
-                && qreg[j] > 0.01
-                && expressed(ms, j)
-                && expressed(mu, j)
-                && hvg.is_none_or(|h| h[j])
-        })
-        .collect();
-    if vgenes.iter().filter(|&&b| b).count() < 2 {
-        // scVelo's fallback for weak splicing signal: r² above its 80th percentile.
-        let cut = percentile(&mut r2.clone(), 80.0);
-        vgenes = r2.iter().map(|&x| x > cut).collect();
-    }
-    let mut gamma = qreg.clone();
-    let mut variance = None;
-    if let (VelocityMode::Stochastic, Some(second)) = (mode, second) {
-        let idx: Vec<usize> = if vgenes.iter().any(|&b| b) {
-            (0..g).filter(|&j| vgenes[j]).collect()
-        } else {
-            (0..g).collect()
-        };
-        // Rounds of blocks: the second moments of a round's genes are computed, its
-        // blocks fitted in parallel, then their variances written into the cell × gene
-        // layer, so only one round's columns are held at a time.
-        let mut var_all = vec![0.0f32; n * g];
-        for round in idx.chunks(round_genes(n)) {
-            let k = round.len();
-            let (mss, mus) = second(round);
-            let positions: Vec<usize> = (0..k).collect();
-            let fitted: Vec<FittedBlock> = positions
-                .par_chunks(GENE_BLOCK)
-                .map(|pos| {
-                    let genes: Vec<usize> = pos.iter().map(|&c| round[c]).collect();
-                    let (s, u) = (gather(ms, n, g, &genes), gather(mu, n, g, &genes));
-                    let (ss, us) = (gather(&mss, n, k, pos), gather(&mus, n, k, pos));
-                    let fits = (0..genes.len())
-                        .map(|b| stochastic_gene(&s[b], &u[b], &ss[b], &us[b], qreg[genes[b]]))
-                        .collect();
-                    (genes, fits)
-                })
-                .collect();
-            for (genes, fits) in &fitted {
-                for (&j, (gm, _)) in genes.iter().zip(fits) {
-                    gamma[j] = *gm;
-                }
-                for i in 0..n {
-                    let row = &mut var_all[i * g..(i + 1) * g];
-                    for (&j, (_, var)) in genes.iter().zip(fits) {
-                        row[j] = var[i];
-                    }
-                }
-            }
+    let src = StoredMoments {
+        ms,
+        mu,
+        n,
+        g,
+        second,
+    };
+    let mut velocity = vec![0.0f32; n * g];
+    let mut variance: Option<Vec<f32>> = None;
+    let Ok(fit) = fit_velocity_blocks(&src, n, g, hvg, mode, &mut |b| {
+        scatter_columns(&mut velocity, g, &b.genes, b.velocity);
+        if let Some(v) = b.variance {
+            let all = variance.get_or_insert_with(|| vec![0.0f32; n * g]);
+            scatter_columns(all, g, &b.genes, v);
         }
-        variance = Some(var_all);
-    }
-    let velocity: Vec<f32> = (0..n * g)
-        .into_par_iter()
-        .with_min_len(4096)
-        .map(|k| (f64::from(mu[k]) - gamma[k % g] * f64::from(ms[k])) as f32)
-        .collect();
+        Ok::<(), std::convert::Infallible>(())
+    });
     VelocityFit {
-        mode,
-        gamma,
-        qreg_ratio: qreg,
-        r2,
-        velocity_genes: vgenes,
+        mode: fit.mode,
+        gamma: fit.gamma,
+        qreg_ratio: fit.qreg_ratio,
+        r2: fit.r2,
+        velocity_genes: fit.velocity_genes,
         velocity,
         variance_velocity: variance,
     }
@@ -403,15 +656,144 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stochastic_rounds_fit_in_their_budget() {
-        assert_eq!(round_genes(3_696), 512);
-        assert_eq!(round_genes(100_000), 512);
-        assert_eq!(round_genes(1_000_000), 160);
-        assert_eq!(round_genes(100_000_000), 32);
+    fn blocks_fit_in_their_budget() {
+        assert_eq!(block_genes(3_696), 512);
+        assert_eq!(block_genes(100_000), 512);
+        assert_eq!(block_genes(1_000_000), 128);
+        assert_eq!(block_genes(100_000_000), 32);
         for n in [1, 10, 1_000, 250_000, 1_000_000, 10_000_000] {
-            let round = round_genes(n);
-            assert!(round >= GENE_BLOCK && round % GENE_BLOCK == 0);
-            assert!(round * 12 * n <= ROUND_BYTES || round == GENE_BLOCK);
+            let size = block_genes(n);
+            assert!(size >= GENE_BLOCK && size % GENE_BLOCK == 0);
+            assert!(size * 24 * n <= BLOCK_BYTES || size == GENE_BLOCK);
+        }
+    }
+
+    /// A random kNN-like smoothing graph and sparse counts (deterministic).
+    fn random_counts(n: usize, g: usize, seed: u64) -> (Csr, Csr, Csr) {
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut t = Vec::new();
+        for i in 0..n {
+            for _ in 0..5 {
+                let j = (next() * n as f64) as usize % n;
+                t.push((i, j, 1.0));
+                t.push((j, i, 1.0));
+            }
+        }
+        let conn = Csr::from_triplets(n, n, &t).expect("graph");
+        let mut counts = |density: f64| {
+            let mut t = Vec::new();
+            for i in 0..n {
+                for j in 0..g {
+                    if next() < density {
+                        t.push((i, j, (next() * 5.0).floor() + 1.0));
+                    }
+                }
+            }
+            Csr::from_triplets(n, g, &t).expect("counts")
+        };
+        let s = counts(0.5);
+        let u = counts(0.3);
+        (smoothing_graph(&conn), s, u)
+    }
+
+    #[test]
+    fn blocks_give_the_whole_matrix_fit_bit_for_bit() {
+        // 1,100 genes: three blocks of at most 512 at this size.
+        let (n, g) = (40, 1_100);
+        let (w, s, u) = random_counts(n, g, 7);
+        let all: Vec<usize> = (0..g).collect();
+        let ms = smooth_dense(&w, &s, &all, &|_, _, x| x);
+        let mu = smooth_dense(&w, &u, &all, &|_, _, x| x);
+        let second = |idx: &[usize]| second_moments(&w, &s, &u, idx);
+        let hvg: Vec<bool> = (0..g).map(|j| j % 3 != 0).collect();
+        let whole = fit_velocity(
+            &ms,
+            &mu,
+            n,
+            g,
+            Some(&hvg),
+            VelocityMode::Stochastic,
+            Some(&second),
+        );
+        assert!(whole.velocity_genes.iter().filter(|&&b| b).count() >= 2);
+        let src = SmoothedCounts {
+            w: &w,
+            s: &s,
+            u: &u,
+        };
+        let mut layers = [
+            vec![0.0f32; n * g],
+            vec![0.0; n * g],
+            vec![0.0; n * g],
+            vec![0.0; n * g],
+        ];
+        let mut sizes = Vec::new();
+        let fit = fit_velocity_blocks(&src, n, g, Some(&hvg), VelocityMode::Stochastic, &mut |b| {
+            sizes.push(b.genes.len());
+            let var = b.variance.expect("stochastic");
+            for (out, part) in layers.iter_mut().zip([b.ms, b.mu, b.velocity, var]) {
+                scatter_columns(out, g, &b.genes, part);
+            }
+            Ok::<(), ()>(())
+        })
+        .expect("fit");
+        assert_eq!(sizes, vec![512, 512, 76]);
+        assert_eq!(fit.gamma, whole.gamma);
+        assert_eq!(fit.r2, whole.r2);
+        assert_eq!(fit.velocity_genes, whole.velocity_genes);
+        assert_eq!(layers[0], ms);
+        assert_eq!(layers[1], mu);
+        assert_eq!(layers[2], whole.velocity);
+        assert_eq!(Some(&layers[3]), whole.variance_velocity.as_ref());
+        // A sink error stops the fit and is returned.
+        let e = fit_velocity_blocks(&src, n, g, None, VelocityMode::Stochastic, &mut |_| {
+            Err("full")
+        });
+        assert_eq!(e.err(), Some("full"));
+    }
+
+    #[test]
+    fn too_few_velocity_genes_refit_with_the_r2_fallback() {
+        // No highly variable gene: scVelo's fallback picks r² above its 80th percentile, and
+        // the second pass hands every block to the sink again with those genes fitted.
+        let (n, g) = (40, 600);
+        let (w, s, u) = random_counts(n, g, 3);
+        let src = SmoothedCounts {
+            w: &w,
+            s: &s,
+            u: &u,
+        };
+        let hvg = vec![false; g];
+        let mut calls = 0;
+        let mut var = vec![0.0f32; n * g];
+        let fit = fit_velocity_blocks(&src, n, g, Some(&hvg), VelocityMode::Stochastic, &mut |b| {
+            calls += 1;
+            scatter_columns(&mut var, g, &b.genes, b.variance.expect("stochastic"));
+            Ok::<(), ()>(())
+        })
+        .expect("fit");
+        assert_eq!(calls, 4, "two blocks, twice");
+        let cut = percentile(&mut fit.r2.clone(), 80.0);
+        let want: Vec<bool> = fit.r2.iter().map(|&x| x > cut).collect();
+        assert_eq!(fit.velocity_genes, want);
+        assert!(want.iter().any(|&b| b));
+        for j in 0..g {
+            let fitted = (0..n).any(|i| var[i * g + j] != 0.0);
+            assert!(
+                !fitted || want[j],
+                "gene {j} fitted but not a velocity gene"
+            );
+            if !want[j] {
+                assert_eq!(fit.gamma[j], fit.qreg_ratio[j]);
+            }
         }
     }
 
@@ -420,6 +802,30 @@ mod tests {
         // numpy.percentile([1, 2, 3, 4], 95) = 3.85; ([5], 95) = 5
         assert!((percentile(&mut [4.0, 1.0, 3.0, 2.0], 95.0) - 3.85).abs() < 1e-12);
         assert_eq!(percentile(&mut [5.0], 95.0), 5.0);
+        // Selection gives what sorting gives, bit for bit (ties, zeros, any length).
+        let mut x = 12345u64;
+        for len in [2usize, 3, 20, 101, 1000, 4097] {
+            let v: Vec<f64> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    if x % 3 == 0 {
+                        0.0
+                    } else {
+                        (x % 1000) as f64 / 7.0
+                    }
+                })
+                .collect();
+            for q in [0.0, 5.0, 80.0, 95.0, 99.9, 100.0] {
+                let mut sorted = v.clone();
+                sorted.sort_by(f64::total_cmp);
+                let pos = q / 100.0 * (len - 1) as f64;
+                let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+                let want = sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64);
+                assert_eq!(percentile(&mut v.clone(), q).to_bits(), want.to_bits());
+            }
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use cellfate::kernels::Csr;
 
 use crate::common::{succeed, tempdir};
 
-fn python() -> Option<PathBuf> {
+pub(crate) fn python() -> Option<PathBuf> {
     let candidates: Vec<PathBuf> = std::env::var_os("CELLFATE_PYTHON")
         .map(PathBuf::from)
         .into_iter()

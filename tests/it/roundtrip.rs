@@ -183,3 +183,104 @@ fn edit_rejects_wrong_shapes_and_overwriting_the_input() {
         vec![7.0; 4]
     );
 }
+
+#[test]
+fn early_slots_are_written_before_the_rest_and_replace_the_inputs() {
+    let dir = tempdir();
+    let input = small_file(dir.path());
+    let before = std::fs::read(&input).expect("read input");
+    let out = dir.path().join("early.h5ad");
+    // 4 × 3: X replaced early by a whole element, a new dense layer filled by column blocks
+    // (out of order), and slots computed meanwhile returned to be set with the rest.
+    let x = Csr::from_triplets(4, 3, &[(2, 2, 9.0)]).expect("x");
+    let mut edit = H5adEdit::new(&input);
+    edit.set("obs/t", Element::from_f64(vec![1.0, 2.0, 3.0, 4.0]));
+    edit.write_to_with(&out, |early| -> Result<_, H5adError> {
+        early.write("X", Element::Sparse(x.into()))?;
+        let mut m = early.dense_columns::<f32>("layers/Ms", 4, 3)?;
+        m.write(2..3, &[3.0, 6.0, 9.0, 12.0])?;
+        m.write(0..2, &[1.0, 2.0, 4.0, 5.0, 7.0, 8.0, 10.0, 11.0])?;
+        m.finish()?;
+        Ok(vec![(
+            "var/gamma".to_string(),
+            Element::from_f64(vec![0.1, 0.2, 0.3]),
+        )])
+    })
+    .expect("write");
+    assert_eq!(
+        std::fs::read(&input).expect("input"),
+        before,
+        "input modified"
+    );
+    let r = H5adReader::open(&out).expect("open");
+    assert_eq!(r.csr("X").expect("X").to_dense(), {
+        let mut d = vec![0.0; 12];
+        d[8] = 9.0;
+        d
+    });
+    let (n, g, ms) = r.dense("layers/Ms").expect("Ms");
+    assert_eq!((n, g), (4, 3));
+    assert_eq!(ms, (1..=12).map(f64::from).collect::<Vec<_>>());
+    assert_eq!(r.columns("var").expect("var"), vec!["gamma"]);
+    assert_eq!(r.obs_f64("t").expect("t"), vec![1.0, 2.0, 3.0, 4.0]);
+    assert!(!r.exists(".cellfate-staging"));
+    assert_eq!(
+        r.read("uns/nested/s").expect("s"),
+        Element::Str("hello".into())
+    );
+    let py = crate::python::python();
+    if let Some(py) = py {
+        let ok = std::process::Command::new(py)
+            .args([
+                "-c",
+                "import anndata, sys; a = anndata.read_h5ad(sys.argv[1]); assert a.layers['Ms'].shape == (4, 3) and a.X[2, 2] == 9.0",
+            ])
+            .arg(&out)
+            .status()
+            .expect("python");
+        assert!(ok.success(), "anndata reads the file");
+    }
+
+    // Errors: an unwritten column, a wrong shape, an error of the producer; the target is
+    // never created and no temporary file is left.
+    let out2 = dir.path().join("never.h5ad");
+    let e = H5adEdit::new(&input)
+        .write_to_with(&out2, |early| -> Result<_, H5adError> {
+            let mut m = early.dense_columns::<f32>("layers/Ms", 4, 3)?;
+            m.write(0..2, &[0.0; 8])?;
+            m.finish()?;
+            Ok(Vec::new())
+        })
+        .expect_err("column 2 never written");
+    assert!(e.to_string().contains("column 2"), "{e}");
+    let e = H5adEdit::new(&input)
+        .write_to_with(&out2, |early| -> Result<_, H5adError> {
+            early.dense_columns::<f32>("layers/Ms", 5, 3)?;
+            Ok(Vec::new())
+        })
+        .expect_err("5 rows");
+    assert!(
+        matches!(e, H5adError::Invalid { ref slot, .. } if slot == "layers/Ms"),
+        "{e}"
+    );
+    let e = H5adEdit::new(&input)
+        .write_to_with(
+            &out2,
+            |early| -> Result<Vec<(String, Element)>, H5adError> {
+                let mut m = early.dense_columns::<f32>("layers/Ms", 4, 3)?;
+                m.write(1..3, &[0.0; 7]).map(|_| Vec::new())
+            },
+        )
+        .expect_err("7 values for 2 columns");
+    assert!(
+        e.to_string().contains("8 values") || e.to_string().contains("values"),
+        "{e}"
+    );
+    assert!(!out2.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("cellfate-tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
