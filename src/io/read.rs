@@ -452,6 +452,44 @@ impl H5adReader {
         }
     }
 
+    /// Columns `cols` of a dense 2-d numeric dataset at `slot`, row-major `rows × |cols|` in
+    /// single precision, read as a hyperslab (the rest of the matrix is never loaded);
+    /// `None` when the slot is stored otherwise (sparse, say: use [`Self::dense_f32`]).
+    pub fn dense_f32_columns(
+        &self,
+        slot: &str,
+        cols: std::ops::Range<usize>,
+    ) -> Result<Option<Vec<f32>>> {
+        if !matches!(self.location_type(slot)?, LocationType::Dataset) {
+            return Ok(None);
+        }
+        let ds = self.file.dataset(slot).map_err(self.hdf5_err(slot))?;
+        let shape = ds.shape();
+        let numeric = ds
+            .dtype()
+            .ok()
+            .and_then(|t| t.to_descriptor().ok())
+            .is_some_and(|d| {
+                use hdf5::types::TypeDescriptor as T;
+                matches!(d, T::Float(_) | T::Integer(_) | T::Unsigned(_))
+            });
+        if shape.len() != 2 || !numeric {
+            return Ok(None);
+        }
+        if cols.start > cols.end || cols.end > shape[1] {
+            return Err(self.invalid(
+                slot,
+                format!("columns within 0..{}", shape[1]),
+                format!("columns {cols:?}"),
+            ));
+        }
+        if cols.is_empty() || shape[0] == 0 {
+            return Ok(Some(Vec::new()));
+        }
+        let a: ndarray::Array2<f32> = ds.read_slice((.., cols)).map_err(self.hdf5_err(slot))?;
+        Ok(Some(a.into_iter().collect()))
+    }
+
     /// A cell × cell graph from `obsp[key]`, checked to be `n_obs × n_obs`.
     pub fn obsp(&self, key: &str) -> Result<Csr> {
         let slot = format!("obsp/{key}");

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use cellfate_kernels::Csr;
 
-use crate::io::{EarlySlots, Element, H5adEdit, H5adReader, NumVec};
+use crate::io::{EarlySlots, Element, H5adEdit, H5adError, H5adReader, NumVec};
 use crate::pipeline::PipelineError;
 
 /// Parameters of the upstream steps (the reference recipe's values).
@@ -377,14 +377,15 @@ pub fn velocity_in_file(
     };
     need("layers/Ms", "first moments of spliced counts")?;
     need("layers/Mu", "first moments of unspliced counts")?;
-    let (n, g, ms) = r.dense_f32("layers/Ms")?;
-    let (n2, g2, mu) = r.dense_f32("layers/Mu")?;
-    if (n, g) != (n2, g2) {
+    let shape = |slot: &str| -> Result<Vec<usize>, PipelineError> { Ok(r.info(slot)?.shape) };
+    let (sms, smu) = (shape("layers/Ms")?, shape("layers/Mu")?);
+    if sms != smu || sms.len() != 2 {
         return Err(err(format!(
-            "{}: layers Ms ({n}×{g}) and Mu ({n2}×{g2}) differ in shape",
+            "{}: layers Ms ({sms:?}) and Mu ({smu:?}) must be matrices of one shape",
             input.display()
         )));
     }
+    let (n, g) = (sms[0], sms[1]);
     let hvg: Option<Vec<bool>> = r
         .read("var/highly_variable")
         .ok()
@@ -409,16 +410,20 @@ pub fn velocity_in_file(
     } else {
         None
     };
-    let second = |idx: &[usize]| match &counts {
-        Some((w, s, u)) => velocity::second_moments(w, s, u, idx),
-        None => (Vec::new(), Vec::new()),
+    // Dense layers are read block by block (hyperslabs); others (sparse) whole.
+    let whole = if r.dense_f32_columns("layers/Ms", 0..0)?.is_some()
+        && r.dense_f32_columns("layers/Mu", 0..0)?.is_some()
+    {
+        None
+    } else {
+        Some((r.dense_f32("layers/Ms")?.2, r.dense_f32("layers/Mu")?.2))
     };
-    let src = velocity::StoredMoments {
-        ms: &ms,
-        mu: &mu,
+    let src = FileMoments {
+        r: &r,
         n,
         g,
-        second: if stochastic { Some(&second) } else { None },
+        whole,
+        counts,
     };
     let mut edit = H5adEdit::new(input);
     if !stochastic {
@@ -433,6 +438,62 @@ pub fn velocity_in_file(
         Ok(slots)
     })?;
     fitted.ok_or_else(|| err("velocity: no fit"))
+}
+
+/// First moments from a file's `layers["Ms"]`/`["Mu"]`, second moments smoothed from its
+/// normalised counts (see [`velocity_in_file`]).
+struct FileMoments<'a> {
+    r: &'a H5adReader,
+    n: usize,
+    g: usize,
+    /// The layers, when they are not dense datasets (read whole).
+    whole: Option<(Vec<f32>, Vec<f32>)>,
+    /// Smoothing graph, normalised spliced and unspliced counts (stochastic model).
+    counts: Option<(Csr, Csr, Csr)>,
+}
+
+impl velocity::MomentSource for FileMoments<'_> {
+    type Block = std::ops::Range<usize>;
+
+    fn block(&self, genes: std::ops::Range<usize>) -> Result<Self::Block, H5adError> {
+        Ok(genes)
+    }
+
+    fn first(&self, r: &Self::Block) -> Result<(Vec<f32>, Vec<f32>), H5adError> {
+        if let Some((ms, mu)) = &self.whole {
+            return Ok((
+                velocity::column_slab(ms, self.n, self.g, r),
+                velocity::column_slab(mu, self.n, self.g, r),
+            ));
+        }
+        let read = |slot: &str| -> Result<Vec<f32>, H5adError> {
+            self.r
+                .dense_f32_columns(slot, r.clone())?
+                .ok_or_else(|| H5adError::Invalid {
+                    path: self.r.path().to_path_buf(),
+                    slot: slot.into(),
+                    expected: "a dense matrix".into(),
+                    found: "another encoding".into(),
+                })
+        };
+        Ok((read("layers/Ms")?, read("layers/Mu")?))
+    }
+
+    fn has_second(&self) -> bool {
+        self.counts.is_some()
+    }
+
+    fn second(
+        &self,
+        r: &Self::Block,
+        cols: &[usize],
+    ) -> Result<Option<(Vec<f32>, Vec<f32>)>, H5adError> {
+        let idx: Vec<usize> = cols.iter().map(|&c| r.start + c).collect();
+        Ok(self
+            .counts
+            .as_ref()
+            .map(|(w, s, u)| velocity::second_moments(w, s, u, &idx)))
+    }
 }
 
 /// Runs [`velocity::fit_velocity_blocks`] with its layers streamed into `early`
@@ -1001,7 +1062,7 @@ pub fn preprocess_with(
         vec![0.0f32; n * g],
     ];
     let mut variance: Option<Vec<f32>> = None;
-    let Ok(fit) =
+    let fit =
         velocity::fit_velocity_blocks(&src, n, g, Some(&emb.hvg), spec.velocity_mode, &mut |b| {
             for (out, part) in layers.iter_mut().zip([b.ms, b.mu, b.velocity]) {
                 velocity::scatter_columns(out, g, &b.genes, part);
@@ -1010,8 +1071,8 @@ pub fn preprocess_with(
                 let all = variance.get_or_insert_with(|| vec![0.0f32; n * g]);
                 velocity::scatter_columns(all, g, &b.genes, v);
             }
-            Ok::<(), std::convert::Infallible>(())
-        });
+            Ok::<(), crate::io::H5adError>(())
+        })?;
     if !fit.velocity_genes.iter().any(|&b| b) {
         return Err(no_velocity_genes(source));
     }

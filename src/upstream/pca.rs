@@ -1,7 +1,9 @@
 //! Principal component analysis of a sparse matrix with implicit centring: the centred matrix
 //! `A − 1μᵀ` is never formed (scanpy's sparse PCA does the same).
 //!
-//! - **Exact** when `n p² ≤ 5·10¹¹` (125,000 cells at 2,000 genes): the `p × p` covariance is accumulated over blocks of
+//! - **Exact** when `n p² ≤ 5·10¹¹` (125,000 cells at 2,000 genes), or beyond while it costs
+//!   less than the randomized solver (up to 5,000 genes; see [`EXACT_WORK_PER_SKETCH_ENTRY`]):
+//!   the `p × p` covariance is accumulated over blocks of
 //!   [`ROW_BLOCK`] rows (each block centred and densified on its own, so memory is one block),
 //!   then its symmetric eigendecomposition gives the loadings, as scanpy's ARPACK solver does
 //!   to machine precision.
@@ -23,35 +25,56 @@ use cellfate_kernels::Csr;
 
 /// Rows per block in the covariance and transposed products.
 pub const ROW_BLOCK: usize = 4096;
-/// Above this `n p²` the randomized solver is used.
+/// Up to this `n p²` the exact solver is always used.
 const EXACT_MAX_WORK: f64 = 5e11;
+/// Beyond [`EXACT_MAX_WORK`], the exact solver is still used while `n p²` stays within this
+/// multiple of `l · nnz` (the randomized solver's 16 sparse products with `l` columns) and
+/// `p ≤` [`EXACT_MAX_GENES`]. Measured on 150,000 simulated cells × 2,000 genes (623 stored
+/// entries a cell): exact 30 s on one thread, randomized 90 s on two — its sparse products
+/// run at ~1 GFlop/s, the covariance's dense ones at ~40.
+const EXACT_WORK_PER_SKETCH_ENTRY: f64 = 500.0;
+/// Largest number of genes for the exact solver beyond [`EXACT_MAX_WORK`] (its partial
+/// covariances take `COV_PARTS · 8 p²` bytes: 800 MB at 5,000 genes).
+const EXACT_MAX_GENES: usize = 5000;
+/// Fixed ranges of row blocks of the covariance, computed in parallel.
+const COV_PARTS: usize = 4;
+/// Row blocks from which the covariance is computed in [`COV_PARTS`] parallel ranges (fewer:
+/// one sequential sum).
+const PARALLEL_MIN_BLOCKS: usize = 16;
 
 /// The first `k` principal-component scores (n × k) of the rows of `a`, centred per column.
 pub fn pca(a: &Csr, k: usize, seed: u64) -> DMatrix<f64> {
-    pca_with(a, k, seed, EXACT_MAX_WORK)
+    pca_with(a, k, seed, None)
 }
 
-fn pca_with(a: &Csr, k: usize, seed: u64, exact_max_work: f64) -> DMatrix<f64> {
+/// [`pca`] with the solver forced (`Some(true)`: exact, `Some(false)`: randomized).
+fn pca_with(a: &Csr, k: usize, seed: u64, force_exact: Option<bool>) -> DMatrix<f64> {
     let (n, p) = (a.nrows(), a.ncols());
     let k = k.min(p).min(n);
     if n == 0 || k == 0 {
         return DMatrix::zeros(n, k);
     }
     let mu: Vec<f64> = a.col_sums().iter().map(|s| s / n as f64).collect();
-    if (n as f64) * (p as f64) * (p as f64) <= exact_max_work {
+    let l = (2 * k + 10).min(p).min(n);
+    let work = (n as f64) * (p as f64) * (p as f64);
+    let exact = force_exact.unwrap_or(
+        work <= EXACT_MAX_WORK
+            || (p <= EXACT_MAX_GENES
+                && work <= EXACT_WORK_PER_SKETCH_ENTRY * (l as f64) * (a.nnz() as f64)),
+    );
+    if exact {
         let v = top_eigenvectors(&covariance(a, &mu), k);
         return fix_signs(mul(a, &mu, &v));
     }
-    let l = (2 * k + 10).min(p).min(n);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let omega = DMatrix::from_fn(p, l, |_, _| StandardNormal.sample(&mut rng));
     let mut y = mul(a, &mu, &omega);
     for _ in 0..7 {
-        y = y.qr().q();
-        let z = mul_t(a, &mu, &y).qr().q();
+        y = thin_q(&y);
+        let z = thin_q(&mul_t(a, &mu, &y));
         y = mul(a, &mu, &z);
     }
-    let q = y.qr().q();
+    let q = thin_q(&y);
     let b = mul_t(a, &mu, &q).transpose();
     let svd = b.svd(true, false);
     let u = q * svd.u.unwrap_or_else(|| DMatrix::zeros(l, l));
@@ -65,29 +88,47 @@ fn pca_with(a: &Csr, k: usize, seed: u64, exact_max_work: f64) -> DMatrix<f64> {
 }
 
 /// `(A − 1μᵀ)ᵀ (A − 1μᵀ)`, block by block of rows (faer's sequential product: fast, and
-/// the same bits for any thread count).
+/// the same bits for any thread count). From [`PARALLEL_MIN_BLOCKS`] blocks on, the blocks
+/// are split into [`COV_PARTS`] fixed ranges whose sums are computed in parallel and added
+/// in range order (the split does not depend on the thread count either).
 fn covariance(a: &Csr, mu: &[f64]) -> faer::Mat<f64> {
     let (n, p) = (a.nrows(), a.ncols());
-    let mut cov = faer::Mat::<f64>::zeros(p, p);
-    let mut start = 0;
-    while start < n {
-        let end = (start + ROW_BLOCK).min(n);
-        let mut block = faer::Mat::<f64>::from_fn(end - start, p, |_, j| -mu[j]);
-        for i in start..end {
-            let (c, v) = a.row(i);
-            for (&j, &x) in c.iter().zip(v) {
-                block[(i - start, j as usize)] += x;
+    let blocks = n.div_ceil(ROW_BLOCK);
+    let parts = if blocks >= PARALLEL_MIN_BLOCKS {
+        COV_PARTS
+    } else {
+        1
+    };
+    let per = blocks.div_ceil(parts);
+    let sums: Vec<faer::Mat<f64>> = (0..parts)
+        .into_par_iter()
+        .map(|part| {
+            let mut cov = faer::Mat::<f64>::zeros(p, p);
+            for b in part * per..((part + 1) * per).min(blocks) {
+                let (start, end) = (b * ROW_BLOCK, ((b + 1) * ROW_BLOCK).min(n));
+                let mut block = faer::Mat::<f64>::from_fn(end - start, p, |_, j| -mu[j]);
+                for i in start..end {
+                    let (c, v) = a.row(i);
+                    for (&j, &x) in c.iter().zip(v) {
+                        block[(i - start, j as usize)] += x;
+                    }
+                }
+                faer::linalg::matmul::matmul(
+                    cov.as_mut(),
+                    faer::Accum::Add,
+                    block.transpose(),
+                    block.as_ref(),
+                    1.0,
+                    faer::Par::Seq,
+                );
             }
-        }
-        faer::linalg::matmul::matmul(
-            cov.as_mut(),
-            faer::Accum::Add,
-            block.transpose(),
-            block.as_ref(),
-            1.0,
-            faer::Par::Seq,
-        );
-        start = end;
+            cov
+        })
+        .collect();
+    let mut sums = sums.into_iter();
+    let mut cov = sums.next().unwrap_or_else(|| faer::Mat::zeros(p, p));
+    for part in sums {
+        cov += part;
     }
     cov
 }
@@ -128,6 +169,61 @@ fn top_eigenvectors(cov: &faer::Mat<f64>, k: usize) -> DMatrix<f64> {
             .then(x.cmp(&y))
     });
     DMatrix::from_fn(p, k, |i, j| eig.eigenvectors[(i, idx[j])])
+}
+
+/// The orthonormal factor `Q` (n × min(n, l)) of the QR decomposition of `y`: faer's blocked
+/// Householder QR on one thread (nalgebra's unblocked QR took minutes on a 1,000,000 × 70
+/// sketch; one thread keeps the result independent of the thread count).
+fn thin_q(y: &DMatrix<f64>) -> DMatrix<f64> {
+    use faer::dyn_stack::{MemBuffer, MemStack};
+    use faer::linalg::householder;
+    use faer::linalg::qr::no_pivoting::factor;
+    let (n, l) = (y.nrows(), y.ncols());
+    let size = n.min(l);
+    if size == 0 {
+        return DMatrix::zeros(n, size);
+    }
+    let par = faer::Par::Seq;
+    let mut a = faer::Mat::<f64>::from_fn(n, l, |i, j| y[(i, j)]);
+    let bs = factor::recommended_block_size::<f64>(n, l);
+    let mut coeff = faer::Mat::<f64>::zeros(bs, size);
+    let mut buf = MemBuffer::new(factor::qr_in_place_scratch::<f64>(
+        n,
+        l,
+        bs,
+        par,
+        Default::default(),
+    ));
+    factor::qr_in_place(
+        a.as_mut(),
+        coeff.as_mut(),
+        par,
+        MemStack::new(&mut buf),
+        Default::default(),
+    );
+    // The Householder basis: the strictly lower part of the factored matrix, unit diagonal.
+    for j in 0..size {
+        for i in 0..j {
+            a[(i, j)] = 0.0;
+        }
+        a[(j, j)] = 1.0;
+    }
+    let basis = a.as_ref().subcols(0, size);
+    let mut q = faer::Mat::<f64>::identity(n, size);
+    let mut buf = MemBuffer::new(
+        householder::apply_block_householder_sequence_on_the_left_in_place_scratch::<f64>(
+            n, bs, size,
+        ),
+    );
+    householder::apply_block_householder_sequence_on_the_left_in_place_with_conj(
+        basis,
+        coeff.as_ref(),
+        faer::Conj::No,
+        q.as_mut(),
+        par,
+        MemStack::new(&mut buf),
+    );
+    DMatrix::from_fn(n, size, |i, j| q[(i, j)])
 }
 
 /// `(A − 1μᵀ) X` for a dense `p × l` matrix `X` (rows in parallel).
@@ -260,7 +356,7 @@ mod tests {
     fn randomized_path_equals_the_dense_svd() {
         let (n, p) = (3000, 50);
         let (x, a) = sample(n, p, 2);
-        let got = pca_with(&a, 4, 0, 0.0);
+        let got = pca_with(&a, 4, 0, Some(false));
         let want = dense_scores(&x, n, p, 4);
         let d = (&got - &want).abs().max() / want.abs().max();
         assert!(d < 1e-6, "{d:e}");
@@ -279,17 +375,21 @@ mod tests {
 
     #[test]
     fn thread_count_does_not_change_the_scores() {
-        let (_, a) = sample(9000, 30, 4);
-        let one = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .expect("pool")
-            .install(|| pca(&a, 4, 0));
-        let two = rayon::ThreadPoolBuilder::new()
-            .num_threads(3)
-            .build()
-            .expect("pool")
-            .install(|| pca(&a, 4, 0));
-        assert_eq!(one, two);
+        // 70,000 rows: 18 row blocks, so the exact covariance is summed in parallel parts.
+        let (x, a) = sample(70_000, 12, 4);
+        for force in [Some(true), Some(false)] {
+            let run = |threads: usize| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("pool")
+                    .install(|| pca_with(&a, 4, 0, force))
+            };
+            let one = run(1);
+            assert_eq!(one, run(3), "{force:?}");
+            let want = dense_scores(&x, 70_000, 12, 4);
+            let d = (&one - &want).abs().max() / want.abs().max();
+            assert!(d < 1e-6, "{force:?}: {d:e}");
+        }
     }
 }

@@ -27,6 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use cellfate_kernels::Csr;
 
+use crate::io::H5adError;
+
 /// The velocity model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -228,14 +230,31 @@ pub trait MomentSource {
     /// What a block's first and second moments share (its columns of the counts, say).
     type Block;
     /// Prepares the genes `genes` (a range of gene indices).
-    fn block(&self, genes: Range<usize>) -> Self::Block;
+    fn block(&self, genes: Range<usize>) -> Result<Self::Block, H5adError>;
     /// `(Ms, Mu)` of the block, row-major n × |block|.
-    fn first(&self, block: &Self::Block) -> (Vec<f32>, Vec<f32>);
+    fn first(&self, block: &Self::Block) -> Result<(Vec<f32>, Vec<f32>), H5adError>;
     /// Whether [`MomentSource::second`] is available (needed by the stochastic model).
     fn has_second(&self) -> bool;
     /// `(Mss, Mus)` of the block's columns `cols` (positions within the block, increasing),
     /// row-major n × |cols|; `None` when unavailable.
-    fn second(&self, block: &Self::Block, cols: &[usize]) -> Option<(Vec<f32>, Vec<f32>)>;
+    fn second(
+        &self,
+        block: &Self::Block,
+        cols: &[usize],
+    ) -> Result<Option<(Vec<f32>, Vec<f32>)>, H5adError>;
+}
+
+/// Columns `r` of the row-major n × g matrix `m`, row-major n × |r|.
+pub fn column_slab(m: &[f32], n: usize, g: usize, r: &Range<usize>) -> Vec<f32> {
+    let mut out = vec![0.0f32; n * r.len()];
+    if !r.is_empty() {
+        out.par_chunks_mut(r.len())
+            .enumerate()
+            .for_each(|(i, row)| {
+                row.copy_from_slice(&m[i * g + r.start..i * g + r.end]);
+            });
+    }
+    out
 }
 
 /// Moments smoothed over the kNN graph from normalised counts: `W S`, `W U`, `W (S∘S)`,
@@ -254,35 +273,39 @@ impl MomentSource for SmoothedCounts<'_> {
     /// The block's columns of `s` and `u` (`None`: the block is every gene).
     type Block = Option<(Csr, Csr)>;
 
-    fn block(&self, genes: Range<usize>) -> Self::Block {
+    fn block(&self, genes: Range<usize>) -> Result<Self::Block, H5adError> {
         if genes.len() == self.s.ncols() {
-            return None;
+            return Ok(None);
         }
         // Smoothing visits every neighbour's row, so restrict the rows to the block's columns
         // first (one pass over the entries) instead of skipping the others in each visit.
         let cols: Vec<usize> = genes.collect();
-        Some(rayon::join(
+        Ok(Some(rayon::join(
             || self.s.select_columns(&cols),
             || self.u.select_columns(&cols),
-        ))
+        )))
     }
 
-    fn first(&self, block: &Self::Block) -> (Vec<f32>, Vec<f32>) {
+    fn first(&self, block: &Self::Block) -> Result<(Vec<f32>, Vec<f32>), H5adError> {
         let (s, u) = block.as_ref().map_or((self.s, self.u), |(s, u)| (s, u));
         let all: Vec<usize> = (0..s.ncols()).collect();
-        (
+        Ok((
             smooth_dense(self.w, s, &all, &|_, _, x| x),
             smooth_dense(self.w, u, &all, &|_, _, x| x),
-        )
+        ))
     }
 
     fn has_second(&self) -> bool {
         true
     }
 
-    fn second(&self, block: &Self::Block, cols: &[usize]) -> Option<(Vec<f32>, Vec<f32>)> {
+    fn second(
+        &self,
+        block: &Self::Block,
+        cols: &[usize],
+    ) -> Result<Option<(Vec<f32>, Vec<f32>)>, H5adError> {
         let (s, u) = block.as_ref().map_or((self.s, self.u), |(s, u)| (s, u));
-        Some(second_moments(self.w, s, u, cols))
+        Ok(Some(second_moments(self.w, s, u, cols)))
     }
 }
 
@@ -304,33 +327,28 @@ pub struct StoredMoments<'a> {
 impl MomentSource for StoredMoments<'_> {
     type Block = Range<usize>;
 
-    fn block(&self, genes: Range<usize>) -> Range<usize> {
-        genes
+    fn block(&self, genes: Range<usize>) -> Result<Range<usize>, H5adError> {
+        Ok(genes)
     }
 
-    fn first(&self, r: &Range<usize>) -> (Vec<f32>, Vec<f32>) {
-        let (n, g) = (self.n, self.g);
-        let slab = |m: &[f32]| -> Vec<f32> {
-            let mut out = vec![0.0f32; n * r.len()];
-            if !r.is_empty() {
-                out.par_chunks_mut(r.len())
-                    .enumerate()
-                    .for_each(|(i, row)| {
-                        row.copy_from_slice(&m[i * g + r.start..i * g + r.end]);
-                    });
-            }
-            out
-        };
-        (slab(self.ms), slab(self.mu))
+    fn first(&self, r: &Range<usize>) -> Result<(Vec<f32>, Vec<f32>), H5adError> {
+        Ok((
+            column_slab(self.ms, self.n, self.g, r),
+            column_slab(self.mu, self.n, self.g, r),
+        ))
     }
 
     fn has_second(&self) -> bool {
         self.second.is_some()
     }
 
-    fn second(&self, r: &Range<usize>, cols: &[usize]) -> Option<(Vec<f32>, Vec<f32>)> {
+    fn second(
+        &self,
+        r: &Range<usize>,
+        cols: &[usize],
+    ) -> Result<Option<(Vec<f32>, Vec<f32>)>, H5adError> {
         let idx: Vec<usize> = cols.iter().map(|&c| r.start + c).collect();
-        self.second.map(|f| f(&idx))
+        Ok(self.second.map(|f| f(&idx)))
     }
 }
 
@@ -375,7 +393,7 @@ pub struct GeneFit {
 /// genes to highly variable genes. With fewer than two velocity genes, scVelo's fallback (r²
 /// above its 80th percentile) is applied in a second pass, which hands every block to `sink`
 /// again.
-pub fn fit_velocity_blocks<M: MomentSource, E>(
+pub fn fit_velocity_blocks<M: MomentSource, E: From<H5adError>>(
     src: &M,
     n: usize,
     g: usize,
@@ -415,7 +433,7 @@ pub fn fit_velocity_blocks<M: MomentSource, E>(
 /// One pass of [`fit_velocity_blocks`]; `forced` is the set of genes given the stochastic fit
 /// (the local velocity-gene rule when `None`).
 #[allow(clippy::too_many_arguments)]
-fn blocks_pass<M: MomentSource, E>(
+fn blocks_pass<M: MomentSource, E: From<H5adError>>(
     src: &M,
     n: usize,
     g: usize,
@@ -431,8 +449,8 @@ fn blocks_pass<M: MomentSource, E>(
         let range = start..(start + size).min(g);
         let (j0, k) = (range.start, range.len());
         let clock = std::time::Instant::now();
-        let block = src.block(range.clone());
-        let (ms, mu) = src.first(&block);
+        let block = src.block(range.clone())?;
+        let (ms, mu) = src.first(&block)?;
         fit.seconds[0] += clock.elapsed().as_secs_f64();
         // Deterministic fit, gene by gene (in parallel; each gene is independent).
         let clock = std::time::Instant::now();
@@ -467,7 +485,7 @@ fn blocks_pass<M: MomentSource, E>(
             let mut var = vec![0.0f32; n * k];
             if !chosen.is_empty() {
                 let clock = std::time::Instant::now();
-                let second = src.second(&block, &chosen);
+                let second = src.second(&block, &chosen)?;
                 fit.seconds[1] += clock.elapsed().as_secs_f64();
                 if let Some((mss, mus)) = second {
                     let clock = std::time::Instant::now();
@@ -632,14 +650,15 @@ pub fn fit_velocity(
     };
     let mut velocity = vec![0.0f32; n * g];
     let mut variance: Option<Vec<f32>> = None;
-    let Ok(fit) = fit_velocity_blocks(&src, n, g, hvg, mode, &mut |b| {
+    let fit = fit_velocity_blocks(&src, n, g, hvg, mode, &mut |b| {
         scatter_columns(&mut velocity, g, &b.genes, b.velocity);
         if let Some(v) = b.variance {
             let all = variance.get_or_insert_with(|| vec![0.0f32; n * g]);
             scatter_columns(all, g, &b.genes, v);
         }
-        Ok::<(), std::convert::Infallible>(())
-    });
+        Ok::<(), H5adError>(())
+    })
+    .unwrap_or_else(|e| unreachable!("moments in memory and a sink that cannot fail: {e}"));
     VelocityFit {
         mode: fit.mode,
         gamma: fit.gamma,
@@ -742,7 +761,7 @@ mod tests {
             for (out, part) in layers.iter_mut().zip([b.ms, b.mu, b.velocity, var]) {
                 scatter_columns(out, g, &b.genes, part);
             }
-            Ok::<(), ()>(())
+            Ok::<(), H5adError>(())
         })
         .expect("fit");
         assert_eq!(sizes, vec![512, 512, 76]);
@@ -754,10 +773,16 @@ mod tests {
         assert_eq!(layers[2], whole.velocity);
         assert_eq!(Some(&layers[3]), whole.variance_velocity.as_ref());
         // A sink error stops the fit and is returned.
+        let full = || H5adError::Invalid {
+            path: "out.h5ad".into(),
+            slot: "layers/Ms".into(),
+            expected: "space".into(),
+            found: "a full disk".into(),
+        };
         let e = fit_velocity_blocks(&src, n, g, None, VelocityMode::Stochastic, &mut |_| {
-            Err("full")
+            Err(full())
         });
-        assert_eq!(e.err(), Some("full"));
+        assert_eq!(e.err().map(|e| e.to_string()), Some(full().to_string()));
     }
 
     #[test]
@@ -777,7 +802,7 @@ mod tests {
         let fit = fit_velocity_blocks(&src, n, g, Some(&hvg), VelocityMode::Stochastic, &mut |b| {
             calls += 1;
             scatter_columns(&mut var, g, &b.genes, b.variance.expect("stochastic"));
-            Ok::<(), ()>(())
+            Ok::<(), H5adError>(())
         })
         .expect("fit");
         assert_eq!(calls, 4, "two blocks, twice");

@@ -661,3 +661,63 @@ fn simulator_gamma_is_recovered() {
     eprintln!("velocity: median cosine to the truth {med_cos:.3}");
     assert!(med_cos > 0.3, "median cosine {med_cos}");
 }
+
+/// `cellfate velocity` on a file processed by `cellfate preprocess` refits from the stored
+/// moments (read block by block from the file) and the stored normalised counts, which hold
+/// the very values the preprocessing used: velocity, variance and γ are reproduced bit for bit
+/// (1,200 genes: three blocks of genes). With the moments stored sparse (read whole instead)
+/// too; the deterministic model drops the stale `variance_velocity`.
+#[test]
+fn velocity_command_reproduces_the_preprocessing_fit() {
+    let d = tempdir();
+    let sim = d.path().join("sim.h5ad");
+    crate::common::write_simulation(&sim, 600, Some(1200));
+    let pp = d.path().join("pp.h5ad");
+    cellfate::upstream::prepare(&sim, &pp, &cellfate::upstream::UpstreamSpec::default())
+        .expect("preprocess");
+    let stochastic = cellfate::upstream::velocity::VelocityMode::Stochastic;
+    let layers = |p: &std::path::Path| {
+        let r = H5adReader::open(p).expect("open");
+        (
+            r.dense_f32("layers/velocity").expect("velocity").2,
+            r.dense_f32("layers/variance_velocity").expect("variance").2,
+            r.column("var", "velocity_gamma")
+                .expect("gamma")
+                .to_f64_vec()
+                .expect("numeric"),
+        )
+    };
+    let want = layers(&pp);
+    let v1 = d.path().join("v1.h5ad");
+    let fit = cellfate::upstream::velocity_in_file(&pp, &v1, stochastic).expect("velocity");
+    assert_eq!(fit.gamma, want.2);
+    assert!(layers(&v1) == want, "velocity from the file differs");
+    // Moments stored as CSR matrices: read whole, same fit.
+    let sparse = d.path().join("sparse.h5ad");
+    let mut edit = cellfate::io::H5adEdit::new(&pp);
+    let r = H5adReader::open(&pp).expect("open");
+    for slot in ["layers/Ms", "layers/Mu"] {
+        let (n, g, m) = r.dense(slot).expect(slot);
+        let csr = cellfate::kernels::Csr::from_dense(n, g, &m).expect("csr");
+        edit.set(
+            slot,
+            Element::Sparse(cellfate::io::SparseArray::from_csr(&csr)),
+        );
+    }
+    edit.write_to(&sparse).expect("sparse moments");
+    let v2 = d.path().join("v2.h5ad");
+    cellfate::upstream::velocity_in_file(&sparse, &v2, stochastic).expect("velocity");
+    assert!(layers(&v2) == want, "velocity from sparse moments differs");
+    // Deterministic: γ is the steady-state ratio and no variance is left behind.
+    let v3 = d.path().join("v3.h5ad");
+    let fit = cellfate::upstream::velocity_in_file(
+        &pp,
+        &v3,
+        cellfate::upstream::velocity::VelocityMode::Deterministic,
+    )
+    .expect("deterministic");
+    assert_eq!(fit.gamma, fit.qreg_ratio);
+    let r3 = H5adReader::open(&v3).expect("open");
+    assert!(!r3.exists("layers/variance_velocity"));
+    assert!(r3.exists("layers/velocity"));
+}
