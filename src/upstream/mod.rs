@@ -15,6 +15,11 @@
 //!    ([`velocity`]): `layers["velocity"]`, `layers["variance_velocity"]`,
 //!    `var["velocity_gamma"/"velocity_r2"/"velocity_genes"]`, `uns["velocity_params"]`.
 //!
+//! Steps 5 and 6 run block of genes by block of genes ([`velocity::fit_velocity_blocks`]); in
+//! [`prepare`] each block's layers are written to the output as they come and X is written
+//! before the counts are read again for the moments, so memory holds the normalised counts
+//! and one block (1,000,000 cells × 2,000 genes: 20.8 GB peak, BENCHMARKS.md).
+//!
 //! All genes are kept in the output (the input's shape never changes); `var["highly_variable"]`
 //! and `var["velocity_genes"]` mark the subsets. Measured against scVelo 0.3.4 on the pancreas
 //! reference: moments within 2e-7 and γ within 1e-6 relative (float32 in scVelo), see
@@ -459,7 +464,7 @@ impl velocity::MomentSource for FileMoments<'_> {
         Ok(genes)
     }
 
-    fn first(&self, r: &Self::Block) -> Result<(Vec<f32>, Vec<f32>), H5adError> {
+    fn first(&self, r: &Self::Block) -> Result<velocity::Pair, H5adError> {
         if let Some((ms, mu)) = &self.whole {
             return Ok((
                 velocity::column_slab(ms, self.n, self.g, r),
@@ -483,11 +488,7 @@ impl velocity::MomentSource for FileMoments<'_> {
         self.counts.is_some()
     }
 
-    fn second(
-        &self,
-        r: &Self::Block,
-        cols: &[usize],
-    ) -> Result<Option<(Vec<f32>, Vec<f32>)>, H5adError> {
+    fn second(&self, r: &Self::Block, cols: &[usize]) -> Result<Option<velocity::Pair>, H5adError> {
         let idx: Vec<usize> = cols.iter().map(|&c| r.start + c).collect();
         Ok(self
             .counts

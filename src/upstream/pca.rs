@@ -2,7 +2,7 @@
 //! `A − 1μᵀ` is never formed (scanpy's sparse PCA does the same).
 //!
 //! - **Exact** when `n p² ≤ 5·10¹¹` (125,000 cells at 2,000 genes), or beyond while it costs
-//!   less than the randomized solver (up to 5,000 genes; see [`EXACT_WORK_PER_SKETCH_ENTRY`]):
+//!   less than the randomized solver (`n p² ≤ 500 · l · nnz`, up to 5,000 genes):
 //!   the `p × p` covariance is accumulated over blocks of
 //!   [`ROW_BLOCK`] rows (each block centred and densified on its own, so memory is one block),
 //!   then its symmetric eigendecomposition gives the loadings, as scanpy's ARPACK solver does

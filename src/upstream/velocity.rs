@@ -203,8 +203,8 @@ const GENE_BLOCK: usize = 32;
 /// 24 bytes a cell and gene), at most (unless one task's genes need more).
 const BLOCK_BYTES: usize = 3 << 30;
 
-/// Genes per block of [`fit_velocity_blocks`] for `n` cells: up to 16 tasks of
-/// [`GENE_BLOCK`] genes within [`BLOCK_BYTES`] (at least one task): 512 genes up to ~260,000
+/// Genes per block of [`fit_velocity_blocks`] for `n` cells: up to 16 parallel tasks of 32
+/// genes within 3 GiB of float32 matrices (at least one task): 512 genes up to ~260,000
 /// cells, 128 at a million. Every gene is fitted alone, so the size changes the memory (and
 /// the number of passes over the kNN graph), never the result.
 pub fn block_genes(n: usize) -> usize {
@@ -232,17 +232,16 @@ pub trait MomentSource {
     /// Prepares the genes `genes` (a range of gene indices).
     fn block(&self, genes: Range<usize>) -> Result<Self::Block, H5adError>;
     /// `(Ms, Mu)` of the block, row-major n × |block|.
-    fn first(&self, block: &Self::Block) -> Result<(Vec<f32>, Vec<f32>), H5adError>;
+    fn first(&self, block: &Self::Block) -> Result<Pair, H5adError>;
     /// Whether [`MomentSource::second`] is available (needed by the stochastic model).
     fn has_second(&self) -> bool;
     /// `(Mss, Mus)` of the block's columns `cols` (positions within the block, increasing),
     /// row-major n × |cols|; `None` when unavailable.
-    fn second(
-        &self,
-        block: &Self::Block,
-        cols: &[usize],
-    ) -> Result<Option<(Vec<f32>, Vec<f32>)>, H5adError>;
+    fn second(&self, block: &Self::Block, cols: &[usize]) -> Result<Option<Pair>, H5adError>;
 }
+
+/// Two row-major float32 matrices of one shape (`(Ms, Mu)`, `(Mss, Mus)`).
+pub type Pair = (Vec<f32>, Vec<f32>);
 
 /// Columns `r` of the row-major n × g matrix `m`, row-major n × |r|.
 pub fn column_slab(m: &[f32], n: usize, g: usize, r: &Range<usize>) -> Vec<f32> {
@@ -286,7 +285,7 @@ impl MomentSource for SmoothedCounts<'_> {
         )))
     }
 
-    fn first(&self, block: &Self::Block) -> Result<(Vec<f32>, Vec<f32>), H5adError> {
+    fn first(&self, block: &Self::Block) -> Result<Pair, H5adError> {
         let (s, u) = block.as_ref().map_or((self.s, self.u), |(s, u)| (s, u));
         let all: Vec<usize> = (0..s.ncols()).collect();
         Ok((
@@ -299,11 +298,7 @@ impl MomentSource for SmoothedCounts<'_> {
         true
     }
 
-    fn second(
-        &self,
-        block: &Self::Block,
-        cols: &[usize],
-    ) -> Result<Option<(Vec<f32>, Vec<f32>)>, H5adError> {
+    fn second(&self, block: &Self::Block, cols: &[usize]) -> Result<Option<Pair>, H5adError> {
         let (s, u) = block.as_ref().map_or((self.s, self.u), |(s, u)| (s, u));
         Ok(Some(second_moments(self.w, s, u, cols)))
     }
@@ -331,7 +326,7 @@ impl MomentSource for StoredMoments<'_> {
         Ok(genes)
     }
 
-    fn first(&self, r: &Range<usize>) -> Result<(Vec<f32>, Vec<f32>), H5adError> {
+    fn first(&self, r: &Range<usize>) -> Result<Pair, H5adError> {
         Ok((
             column_slab(self.ms, self.n, self.g, r),
             column_slab(self.mu, self.n, self.g, r),
@@ -342,11 +337,7 @@ impl MomentSource for StoredMoments<'_> {
         self.second.is_some()
     }
 
-    fn second(
-        &self,
-        r: &Range<usize>,
-        cols: &[usize],
-    ) -> Result<Option<(Vec<f32>, Vec<f32>)>, H5adError> {
+    fn second(&self, r: &Range<usize>, cols: &[usize]) -> Result<Option<Pair>, H5adError> {
         let idx: Vec<usize> = cols.iter().map(|&c| r.start + c).collect();
         Ok(self.second.map(|f| f(&idx)))
     }
