@@ -58,6 +58,16 @@ fn reencode_round_trip_is_lossless_for_every_file() {
     }
 }
 
+/// No temporary output (`.NAME.cellfate-tmp-*`) is left in `dir`.
+fn assert_no_temporary_files(dir: &Path) {
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("cellfate-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
 fn small_file(dir: &Path) -> std::path::PathBuf {
     let n = 4;
     let obs = DataFrame {
@@ -139,13 +149,7 @@ fn edit_adds_replaces_and_removes_slots_without_touching_input() {
     assert_eq!(r.read("uns/nested/y").expect("y").shape(), vec![2]);
     assert_eq!(r.info("obsm/X_emb").expect("emb").shape, vec![4, 2]);
     assert_eq!(r.var_names().expect("var")[2], "gène✓");
-    // No temporary files are left behind.
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-        .expect("dir")
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().contains("cellfate-tmp"))
-        .collect();
-    assert!(leftovers.is_empty());
+    assert_no_temporary_files(dir.path());
 }
 
 #[test]
@@ -277,10 +281,5 @@ fn early_slots_are_written_before_the_rest_and_replace_the_inputs() {
         "{e}"
     );
     assert!(!out2.exists());
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-        .expect("dir")
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().contains("cellfate-tmp"))
-        .collect();
-    assert!(leftovers.is_empty());
+    assert_no_temporary_files(dir.path());
 }
