@@ -1057,29 +1057,19 @@ pub fn preprocess_with(
         s: &sn,
         u: &un,
     };
-    let mut layers = [
-        vec![0.0f32; n * g],
-        vec![0.0f32; n * g],
-        vec![0.0f32; n * g],
-    ];
-    let mut variance: Option<Vec<f32>> = None;
+    let mut layers = velocity::WholeLayers::new(n, g, true);
     let fit =
         velocity::fit_velocity_blocks(&src, n, g, Some(&emb.hvg), spec.velocity_mode, &mut |b| {
-            for (out, part) in layers.iter_mut().zip([b.ms, b.mu, b.velocity]) {
-                velocity::scatter_columns(out, g, &b.genes, part);
-            }
-            if let Some(v) = b.variance {
-                let all = variance.get_or_insert_with(|| vec![0.0f32; n * g]);
-                velocity::scatter_columns(all, g, &b.genes, v);
-            }
-            Ok::<(), crate::io::H5adError>(())
+            layers.put(&b);
+            Ok::<(), H5adError>(())
         })?;
     if !fit.velocity_genes.iter().any(|&b| b) {
         return Err(no_velocity_genes(source));
     }
     clock.lap("moments + velocity");
     clock.parts(&fit);
-    let [ms, mu, vel] = layers;
+    let ms = std::mem::take(&mut layers.ms);
+    let mu = std::mem::take(&mut layers.mu);
     Ok(Preprocessed {
         x: logx,
         spliced: sn,
@@ -1090,15 +1080,7 @@ pub fn preprocess_with(
         connectivities: emb.connectivities,
         ms,
         mu,
-        velocity: velocity::VelocityFit {
-            mode: fit.mode,
-            gamma: fit.gamma,
-            qreg_ratio: fit.qreg_ratio,
-            r2: fit.r2,
-            velocity_genes: fit.velocity_genes,
-            velocity: vel,
-            variance_velocity: variance,
-        },
+        velocity: layers.into_fit(fit),
         timings: clock.stages,
     })
 }

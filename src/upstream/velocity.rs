@@ -639,25 +639,68 @@ pub fn fit_velocity(
         g,
         second,
     };
-    let mut velocity = vec![0.0f32; n * g];
-    let mut variance: Option<Vec<f32>> = None;
+    let mut whole = WholeLayers::new(n, g, false);
     let fit = fit_velocity_blocks(&src, n, g, hvg, mode, &mut |b| {
-        scatter_columns(&mut velocity, g, &b.genes, b.velocity);
-        if let Some(v) = b.variance {
-            let all = variance.get_or_insert_with(|| vec![0.0f32; n * g]);
-            scatter_columns(all, g, &b.genes, v);
-        }
+        whole.put(&b);
         Ok::<(), H5adError>(())
     })
     .unwrap_or_else(|e| unreachable!("moments in memory and a sink that cannot fail: {e}"));
-    VelocityFit {
-        mode: fit.mode,
-        gamma: fit.gamma,
-        qreg_ratio: fit.qreg_ratio,
-        r2: fit.r2,
-        velocity_genes: fit.velocity_genes,
-        velocity,
-        variance_velocity: variance,
+    whole.into_fit(fit)
+}
+
+/// The layers of [`fit_velocity_blocks`] gathered into whole row-major n × g matrices (the
+/// in-memory sink).
+#[derive(Clone, Debug)]
+pub struct WholeLayers {
+    g: usize,
+    /// `Ms` (empty unless gathered).
+    pub ms: Vec<f32>,
+    /// `Mu` (empty unless gathered).
+    pub mu: Vec<f32>,
+    /// `velocity`.
+    pub velocity: Vec<f32>,
+    /// `variance_velocity`, once a block brings it.
+    pub variance: Option<Vec<f32>>,
+}
+
+impl WholeLayers {
+    /// Zeroed n × g layers; `moments`: gather `Ms` and `Mu` too.
+    pub fn new(n: usize, g: usize, moments: bool) -> Self {
+        let m = if moments { n * g } else { 0 };
+        Self {
+            g,
+            ms: vec![0.0; m],
+            mu: vec![0.0; m],
+            velocity: vec![0.0; n * g],
+            variance: None,
+        }
+    }
+
+    /// Copies a block's columns in.
+    pub fn put(&mut self, b: &BlockLayers<'_>) {
+        let (g, n) = (self.g, self.velocity.len() / self.g.max(1));
+        if !self.ms.is_empty() {
+            scatter_columns(&mut self.ms, g, &b.genes, b.ms);
+            scatter_columns(&mut self.mu, g, &b.genes, b.mu);
+        }
+        scatter_columns(&mut self.velocity, g, &b.genes, b.velocity);
+        if let Some(v) = b.variance {
+            let all = self.variance.get_or_insert_with(|| vec![0.0; n * g]);
+            scatter_columns(all, g, &b.genes, v);
+        }
+    }
+
+    /// The fit with its velocity layers.
+    pub fn into_fit(self, fit: GeneFit) -> VelocityFit {
+        VelocityFit {
+            mode: fit.mode,
+            gamma: fit.gamma,
+            qreg_ratio: fit.qreg_ratio,
+            r2: fit.r2,
+            velocity_genes: fit.velocity_genes,
+            velocity: self.velocity,
+            variance_velocity: self.variance,
+        }
     }
 }
 
@@ -739,19 +782,11 @@ mod tests {
             s: &s,
             u: &u,
         };
-        let mut layers = [
-            vec![0.0f32; n * g],
-            vec![0.0; n * g],
-            vec![0.0; n * g],
-            vec![0.0; n * g],
-        ];
+        let mut layers = WholeLayers::new(n, g, true);
         let mut sizes = Vec::new();
         let fit = fit_velocity_blocks(&src, n, g, Some(&hvg), VelocityMode::Stochastic, &mut |b| {
             sizes.push(b.genes.len());
-            let var = b.variance.expect("stochastic");
-            for (out, part) in layers.iter_mut().zip([b.ms, b.mu, b.velocity, var]) {
-                scatter_columns(out, g, &b.genes, part);
-            }
+            layers.put(&b);
             Ok::<(), H5adError>(())
         })
         .expect("fit");
@@ -759,10 +794,11 @@ mod tests {
         assert_eq!(fit.gamma, whole.gamma);
         assert_eq!(fit.r2, whole.r2);
         assert_eq!(fit.velocity_genes, whole.velocity_genes);
-        assert_eq!(layers[0], ms);
-        assert_eq!(layers[1], mu);
-        assert_eq!(layers[2], whole.velocity);
-        assert_eq!(Some(&layers[3]), whole.variance_velocity.as_ref());
+        assert_eq!(layers.ms, ms);
+        assert_eq!(layers.mu, mu);
+        assert_eq!(layers.velocity, whole.velocity);
+        assert!(layers.variance.is_some());
+        assert_eq!(layers.variance, whole.variance_velocity);
         // A sink error stops the fit and is returned.
         let full = || H5adError::Invalid {
             path: "out.h5ad".into(),

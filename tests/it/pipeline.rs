@@ -666,7 +666,8 @@ fn simulator_gamma_is_recovered() {
 /// moments (read block by block from the file) and the stored normalised counts, which hold
 /// the very values the preprocessing used: velocity, variance and γ are reproduced bit for bit
 /// (1,200 genes: three blocks of genes). With the moments stored sparse (read whole instead)
-/// too; the deterministic model drops the stale `variance_velocity`.
+/// too; the deterministic model drops the stale `variance_velocity`. The in-memory
+/// `upstream::preprocess` gives the same layers as the file path.
 #[test]
 fn velocity_command_reproduces_the_preprocessing_fit() {
     let d = tempdir();
@@ -688,6 +689,19 @@ fn velocity_command_reproduces_the_preprocessing_fit() {
         )
     };
     let want = layers(&pp);
+    // The in-memory path (`upstream::preprocess`) computes the same layers as the file path.
+    let mem = cellfate::upstream::preprocess(
+        cellfate::upstream::read_counts(&sim).expect("counts"),
+        &cellfate::upstream::UpstreamSpec::default(),
+        "sim",
+    )
+    .expect("in memory");
+    assert_eq!(mem.velocity.velocity, want.0);
+    assert_eq!(mem.velocity.variance_velocity.as_ref(), Some(&want.1));
+    assert_eq!(mem.velocity.gamma, want.2);
+    let stored = H5adReader::open(&pp).expect("open");
+    assert_eq!(mem.ms, stored.dense_f32("layers/Ms").expect("Ms").2);
+    assert_eq!(mem.mu, stored.dense_f32("layers/Mu").expect("Mu").2);
     let v1 = d.path().join("v1.h5ad");
     let fit = cellfate::upstream::velocity_in_file(&pp, &v1, stochastic).expect("velocity");
     assert_eq!(fit.gamma, want.2);
