@@ -99,8 +99,7 @@ impl H5adEdit {
     }
 
     fn write_impl(&self, output: &Path) -> Result<()> {
-        self.clone()
-            .write_impl_with(output, |_| Ok::<_, H5adError>(Vec::new()))
+        self.write_impl_with(output, |_| Ok::<_, H5adError>(Vec::new()))
     }
 
     /// Writes the edited copy to `output` like [`H5adEdit::write_to`], but first calls
@@ -134,7 +133,7 @@ impl H5adEdit {
     }
 
     fn write_impl_with<E: From<H5adError>>(
-        mut self,
+        &self,
         output: &Path,
         produce: impl FnOnce(&mut EarlySlots) -> std::result::Result<Vec<(String, Element)>, E>,
     ) -> std::result::Result<(), E> {
@@ -157,15 +156,15 @@ impl H5adEdit {
             let extra = produce(&mut early)?;
             let EarlySlots { staging, slots, .. } = early;
             drop(staging);
-            for (slot, el) in extra {
-                self.set(&slot, el);
-            }
             // The early slots are moved in after the copy: nothing is copied or written there.
-            for slot in &slots {
-                self.remove(slot);
-            }
+            let late: Vec<(String, Change)> = extra
+                .into_iter()
+                .map(|(slot, el)| (slot.trim_matches('/').to_string(), Change::Set(el)))
+                .chain(slots.iter().map(|s| (s.clone(), Change::Remove)))
+                .collect();
             let w = Writer {
-                edit: &self,
+                edit: self,
+                late: &late,
                 reader: &reader,
                 out_path: output.to_path_buf(),
                 copy_raw: !reader.is_legacy() && !self.reencode_all,
@@ -211,21 +210,6 @@ impl H5adEdit {
             let _ = std::fs::remove_file(&tmp);
         }
         result
-    }
-
-    fn change_at(&self, slot: &str) -> Option<&Change> {
-        self.changes.iter().find(|(s, _)| s == slot).map(|(_, c)| c)
-    }
-
-    fn has_changes_under(&self, slot: &str) -> bool {
-        let prefix = if slot.is_empty() {
-            String::new()
-        } else {
-            format!("{slot}/")
-        };
-        self.changes
-            .iter()
-            .any(|(s, _)| s.starts_with(&prefix) && s != slot)
     }
 }
 
@@ -407,12 +391,37 @@ pub fn write_new(output: impl AsRef<Path>, members: &[(String, Element)]) -> Res
 
 struct Writer<'a> {
     edit: &'a H5adEdit,
+    /// Changes made while writing (they win over the edit's for the same slot).
+    late: &'a [(String, Change)],
     reader: &'a H5adReader,
     out_path: PathBuf,
     copy_raw: bool,
 }
 
 impl Writer<'_> {
+    /// Every change: the edit's (unless a late change replaces it), then the late ones.
+    fn changes(&self) -> impl Iterator<Item = &(String, Change)> + '_ {
+        self.edit
+            .changes
+            .iter()
+            .filter(|(s, _)| !self.late.iter().any(|(l, _)| l == s))
+            .chain(self.late)
+    }
+
+    fn change_at(&self, slot: &str) -> Option<&Change> {
+        self.changes().find(|(s, _)| s == slot).map(|(_, c)| c)
+    }
+
+    fn has_changes_under(&self, slot: &str) -> bool {
+        let prefix = if slot.is_empty() {
+            String::new()
+        } else {
+            format!("{slot}/")
+        };
+        self.changes()
+            .any(|(s, _)| s.starts_with(&prefix) && s != slot)
+    }
+
     fn err(&self, slot: &str) -> impl FnOnce(hdf5::Error) -> H5adError + '_ {
         let slot = slot.to_string();
         move |source| H5adError::Hdf5 {
@@ -454,7 +463,7 @@ impl Writer<'_> {
             format!("{parent_slot}/")
         };
         let mut done: Vec<String> = Vec::new();
-        for (slot, change) in &self.edit.changes {
+        for (slot, change) in self.changes() {
             let Change::Set(el) = change else { continue };
             let Some(rel) = slot.strip_prefix(&prefix) else {
                 continue;
@@ -484,7 +493,7 @@ impl Writer<'_> {
     }
 
     fn transfer(&self, dst: &Group, name: &str, slot: &str) -> Result<()> {
-        match self.edit.change_at(slot) {
+        match self.change_at(slot) {
             Some(Change::Remove) => return Ok(()),
             Some(Change::Set(el)) => {
                 self.check_shape(slot, el)?;
@@ -492,7 +501,7 @@ impl Writer<'_> {
             }
             None => {}
         }
-        if self.edit.has_changes_under(slot) {
+        if self.has_changes_under(slot) {
             let info = self.reader.info(slot)?;
             match info.encoding.as_str() {
                 "dataframe" => {
@@ -536,7 +545,7 @@ impl Writer<'_> {
 
     fn apply_columns(&self, df: &mut DataFrame, slot: &str) -> Result<()> {
         let prefix = format!("{slot}/");
-        for (s, change) in &self.edit.changes {
+        for (s, change) in self.changes() {
             let Some(col) = s.strip_prefix(&prefix) else {
                 continue;
             };
