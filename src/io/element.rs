@@ -536,6 +536,18 @@ impl Element {
         })
     }
 
+    /// A row-major 2-d float64 array from a (column-major) nalgebra matrix.
+    pub fn from_dmatrix(m: &nalgebra::DMatrix<f64>) -> Self {
+        let (r, c) = (m.nrows(), m.ncols());
+        Self::from_f64_matrix(
+            r,
+            c,
+            (0..r)
+                .flat_map(|i| (0..c).map(move |j| m[(i, j)]))
+                .collect(),
+        )
+    }
+
     /// A 1-d string-array element.
     pub fn from_strings(values: Vec<String>) -> Self {
         Self::Strings {

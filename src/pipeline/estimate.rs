@@ -165,17 +165,6 @@ fn labels_element(assign: &[Option<usize>], names: &[String]) -> Element {
     })
 }
 
-fn matrix_element(m: &DMatrix<f64>) -> Element {
-    let (r, c) = (m.nrows(), m.ncols());
-    Element::from_f64_matrix(
-        r,
-        c,
-        (0..r)
-            .flat_map(|i| (0..c).map(move |j| m[(i, j)]))
-            .collect(),
-    )
-}
-
 fn scalar_f64(v: f64) -> Element {
     Element::Scalar(NumVec::F64(vec![v]))
 }
@@ -241,11 +230,11 @@ pub fn run_estimators(
     let x = schur_to_x(&schur)?;
     edit.set(
         &format!("obsm/{}", keys::schur_vectors(d)),
-        matrix_element(&x),
+        Element::from_dmatrix(&x),
     );
     edit.set(
         &format!("uns/{}", keys::schur_matrix(d)),
-        matrix_element(&schur.r),
+        Element::from_dmatrix(&schur.r),
     );
     edit.set(
         &format!("uns/{}", keys::eigendecomposition(d)),
@@ -340,7 +329,7 @@ pub fn run_estimators(
     );
     edit.set(
         &format!("obsm/{}", keys::memberships(&ms_key)),
-        matrix_element(&fit.chi),
+        Element::from_dmatrix(&fit.chi),
     );
     edit.set(
         &format!("uns/{}", keys::names(&ms_key)),
@@ -358,7 +347,7 @@ pub fn run_estimators(
     edit.set(
         &format!("uns/{}", keys::coarse(d)),
         Element::AnnData(vec![
-            ("X".into(), matrix_element(&fit.coarse_t)),
+            ("X".into(), Element::from_dmatrix(&fit.coarse_t)),
             ("obs".into(), Element::DataFrame(coarse_obs)),
             (
                 "var".into(),
@@ -416,7 +405,7 @@ pub fn run_estimators(
     let term_chi = DMatrix::from_fn(fit.chi.nrows(), term.len(), |i, j| fit.chi[(i, term[j])]);
     edit.set(
         &format!("obsm/{}", keys::memberships(&ts_key)),
-        matrix_element(&term_chi),
+        Element::from_dmatrix(&term_chi),
     );
     summary.terminal_states = term_names.clone();
     // Initial states.

@@ -336,19 +336,8 @@ pub fn pseudotime_in_file(
     };
     let pt = dpt_pseudotime(&dm, root, n_dcs);
     let unreachable = pt.iter().filter(|x| x.is_infinite()).count();
-    let k = dm.evecs.ncols();
     let mut edit = H5adEdit::new(input);
-    edit.set(
-        "obsm/X_diffmap",
-        Element::from_f64_matrix(
-            n,
-            k,
-            (0..n)
-                .flat_map(|i| (0..k).map(move |j| (i, j)))
-                .map(|(i, j)| dm.evecs[(i, j)])
-                .collect(),
-        ),
-    );
+    edit.set("obsm/X_diffmap", Element::from_dmatrix(&dm.evecs));
     edit.set("uns/diffmap_evals", Element::from_f64(dm.evals.clone()));
     edit.set("uns/iroot", Element::Scalar(NumVec::I64(vec![root as i64])));
     edit.set("obs/dpt_pseudotime", Element::from_f64(pt.clone()));

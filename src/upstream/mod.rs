@@ -924,7 +924,6 @@ fn compute_and_write(
     clock.lap("normalise X");
     let emb = embed(&logx, &usable, spec, &mut clock)?;
     let w = velocity::smoothing_graph(&emb.connectivities);
-    let k = emb.pca.ncols();
     let mut report = PrepareReport {
         n_cells: n,
         n_genes: g,
@@ -934,17 +933,7 @@ fn compute_and_write(
     };
     let hvg = emb.hvg.clone();
     let mut edit = H5adEdit::new(input);
-    edit.set(
-        "obsm/X_pca",
-        Element::from_f64_matrix(
-            n,
-            k,
-            (0..n)
-                .flat_map(|i| (0..k).map(move |j| (i, j)))
-                .map(|(i, j)| emb.pca[(i, j)])
-                .collect(),
-        ),
-    );
+    edit.set("obsm/X_pca", Element::from_dmatrix(&emb.pca));
     edit.set(
         "obsp/connectivities",
         Element::Sparse(emb.connectivities.into()),
