@@ -300,7 +300,8 @@ impl TransientSystem {
                 trip.iter().map(|t| (t.row, t.col, t.val)).collect();
             let a = cellfate_kernels::Csr::from_triplets(nt, nt, &plain)
                 .map_err(|e| AbsorptionError::Factorisation(e.to_string()))?;
-            let ilu = crate::iterative::Ilu0::new(&a).map_err(AbsorptionError::Factorisation)?;
+            let ilu = crate::iterative::Ilu0::new(&a)
+                .map_err(|e| AbsorptionError::Factorisation(e.to_string()))?;
             (
                 Backend::Gmres {
                     a,

@@ -193,12 +193,42 @@ pub fn kmeans(points: &[Vec<f64>], k: usize, seed: u64) -> Vec<usize> {
     labels
 }
 
-/// Runs CFLARE on `t`.
-pub fn cflare(t: &TransitionMatrix, opts: &CflareOptions) -> Result<CflareResult, GpccaError> {
+/// The dominant eigenvectors CFLARE clusters and filters (CellRank's
+/// `compute_eigendecomposition`): eigenvalues of `T` sorted by decreasing real part, the real
+/// parts of the right eigenvectors (of `T`) and of the left eigenvectors (of `Tᵀ`), n × k each.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CflareEigen {
+    /// Eigenvalues `(re, im)`, sorted by decreasing real part.
+    pub eigenvalues: Vec<(f64, f64)>,
+    /// Right eigenvectors (real parts, unit norm), n × k.
+    pub right: DMatrix<f64>,
+    /// Left eigenvectors (real parts, unit norm), n × k.
+    pub left: DMatrix<f64>,
+}
+
+/// The `k` dominant left and right eigenvectors of `t` (`k` clamped to `[2, n − 1]`).
+pub fn cflare_eigen(t: &TransitionMatrix, k: usize) -> Result<CflareEigen, GpccaError> {
     let n = t.n_cells();
-    let k = opts.k.clamp(2, n.saturating_sub(1).max(2));
+    let k = k.clamp(2, n.saturating_sub(1).max(2));
     let (vals_r, vr) = eigenvectors(n, k, &|x: &[f64]| t.mul_vec(x))?;
     let (_, vl) = eigenvectors(n, k, &|x: &[f64]| t.mul_vec_transposed(x))?;
+    Ok(CflareEigen {
+        eigenvalues: vals_r,
+        right: vr,
+        left: vl,
+    })
+}
+
+/// Runs CFLARE on `t` ([`cflare_eigen`] with `opts.k`, then [`cflare_predict`]).
+pub fn cflare(t: &TransitionMatrix, opts: &CflareOptions) -> Result<CflareResult, GpccaError> {
+    cflare_predict(&cflare_eigen(t, opts.k)?, opts)
+}
+
+/// CFLARE's terminal states from precomputed eigenvectors (`opts.k` is not used here).
+pub fn cflare_predict(eig: &CflareEigen, opts: &CflareOptions) -> Result<CflareResult, GpccaError> {
+    let (vr, vl) = (&eig.right, &eig.left);
+    let n = vr.nrows();
+    let vals_r = eig.eigenvalues.clone();
     let re: Vec<f64> = vals_r.iter().map(|v| v.0).collect();
     let gap = eigengap(&re, opts.alpha);
     let use_k = opts

@@ -9,8 +9,59 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 use cellfate_kernels::Csr;
+
+/// Errors of the lineage-driver computation.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum DriversError {
+    /// No lineage, or names and fate columns of different lengths.
+    #[error("lineage drivers need at least one lineage and one name per lineage (got {lineages} fate columns and {names} names)")]
+    NoLineages {
+        /// Fate columns given.
+        lineages: usize,
+        /// Names given.
+        names: usize,
+    },
+    /// Fate probabilities and expression have different numbers of cells.
+    #[error("lineage drivers: the fate probabilities have {got} cells, the expression matrix {expected}")]
+    CellCount {
+        /// Cells of the expression matrix.
+        expected: usize,
+        /// Cells of a fate column.
+        got: usize,
+    },
+    /// The dense expression values do not fill `n_cells × n_genes`.
+    #[error("lineage drivers: a dense expression of {n_cells} x {n_genes} needs {} values, got {got}", .n_cells * .n_genes)]
+    DenseShape {
+        /// Cells.
+        n_cells: usize,
+        /// Genes.
+        n_genes: usize,
+        /// Values given.
+        got: usize,
+    },
+    /// A parameter out of its range.
+    #[error("lineage drivers: {parameter} must be {expected}, got {got}")]
+    Parameter {
+        /// The parameter.
+        parameter: &'static str,
+        /// Its valid range.
+        expected: &'static str,
+        /// The value given.
+        got: String,
+    },
+    /// A lineage asked for by name does not exist.
+    #[error("lineage drivers: unknown lineage {name:?} (lineages: {})", .known.join(", "))]
+    UnknownLineage {
+        /// The name asked for.
+        name: String,
+        /// The lineages there are.
+        known: Vec<String>,
+    },
+}
 
 /// Gene expression for the drivers: dense (cells × genes, row-major) or sparse CSR.
 #[derive(Clone, Copy, Debug)]
@@ -273,20 +324,39 @@ pub fn compute_lineage_drivers(
     names: &[String],
     test: &DriverTest,
     confidence_level: f64,
-) -> Result<DriverTable, String> {
+) -> Result<DriverTable, DriversError> {
     if ys.is_empty() || ys.len() != names.len() {
-        return Err("drivers need at least one lineage (and one name per lineage)".into());
+        return Err(DriversError::NoLineages {
+            lineages: ys.len(),
+            names: names.len(),
+        });
     }
-    if ys.iter().any(|y| y.len() != expr.n_cells()) {
-        return Err(format!(
-            "fate probabilities have the wrong number of cells (expected {})",
-            expr.n_cells()
-        ));
+    if let Some(y) = ys.iter().find(|y| y.len() != expr.n_cells()) {
+        return Err(DriversError::CellCount {
+            expected: expr.n_cells(),
+            got: y.len(),
+        });
+    }
+    if let Expression::Dense {
+        n_cells,
+        n_genes,
+        values,
+    } = expr
+    {
+        if values.len() != n_cells * n_genes {
+            return Err(DriversError::DenseShape {
+                n_cells: *n_cells,
+                n_genes: *n_genes,
+                got: values.len(),
+            });
+        }
     }
     if !(0.0..=1.0).contains(&confidence_level) {
-        return Err(format!(
-            "confidence_level must be in [0, 1], got {confidence_level}"
-        ));
+        return Err(DriversError::Parameter {
+            parameter: "confidence_level",
+            expected: "in [0, 1]",
+            got: confidence_level.to_string(),
+        });
     }
     let g = expr.n_genes();
     let l = ys.len();
@@ -315,7 +385,11 @@ pub fn compute_lineage_drivers(
         }
         DriverTest::PermTest { n_perms, seed } => {
             if *n_perms == 0 {
-                return Err("n_perms must be positive".into());
+                return Err(DriversError::Parameter {
+                    parameter: "n_perms",
+                    expected: "positive",
+                    got: "0".into(),
+                });
             }
             let nc = expr.n_cells();
             // Each permutation has its own seeded stream: thread-count independent.

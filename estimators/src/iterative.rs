@@ -4,6 +4,25 @@
 //! recomputed by the caller.
 
 use cellfate_kernels::Csr;
+use thiserror::Error;
+
+/// Why an ILU(0) factorisation failed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IluError {
+    /// A row stores no diagonal entry.
+    #[error("ILU(0): row {row} has no stored diagonal entry")]
+    MissingDiagonal {
+        /// The row.
+        row: usize,
+    },
+    /// A pivot became zero.
+    #[error("ILU(0): zero pivot at row {row}")]
+    ZeroPivot {
+        /// The row.
+        row: usize,
+    },
+}
 
 /// ILU(0): incomplete LU with the sparsity pattern of `A` (unit lower `L`, upper `U` stored
 /// together).
@@ -15,7 +34,7 @@ pub struct Ilu0 {
 
 impl Ilu0 {
     /// Factorises `a` (square, sorted rows, with a stored non-zero diagonal).
-    pub fn new(a: &Csr) -> Result<Self, String> {
+    pub fn new(a: &Csr) -> Result<Self, IluError> {
         let n = a.nrows();
         let mut lu = a.clone();
         let indptr = lu.indptr().to_vec();
@@ -25,7 +44,7 @@ impl Ilu0 {
             let row = &indices[indptr[i]..indptr[i + 1]];
             match row.iter().position(|&c| c as usize == i) {
                 Some(p) => *d = indptr[i] + p,
-                None => return Err(format!("row {i} has no diagonal entry")),
+                None => return Err(IluError::MissingDiagonal { row: i }),
             }
         }
         let data = lu.data_mut();
@@ -38,7 +57,7 @@ impl Ilu0 {
                 }
                 let dkk = data[diag[k]];
                 if dkk == 0.0 {
-                    return Err(format!("zero pivot at row {k}"));
+                    return Err(IluError::ZeroPivot { row: k });
                 }
                 data[kp] /= dkk;
                 let lik = data[kp];

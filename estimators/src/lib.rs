@@ -7,9 +7,14 @@
 pub mod absorption;
 pub mod cflare;
 pub mod drivers;
+pub mod estimator;
 pub mod gpcca;
 pub mod iterative;
 pub mod schur;
 pub mod states;
 
+pub use estimator::{
+    AbsorptionTimesOptions, CellStates, Cflare, DriverOptions, Estimator, EstimatorCore,
+    EstimatorError, Gpcca, Macrostates, MacrostatesOptions, NStates, StatesInput, TerminalOptions,
+};
 pub use schur::{compute_schur, Schur, SchurError, SchurMethod, SchurOptions, Which};

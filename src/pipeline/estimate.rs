@@ -541,7 +541,7 @@ pub fn drivers_for(
     let x = r.csr(&slot)?;
     let ys: Vec<Vec<f64>> = (0..fates.n_lineages()).map(|j| fates.column(j)).collect();
     compute_lineage_drivers(&Expression::Sparse(&x), &ys, &fates.names, test, 0.95)
-        .map_err(PipelineError::Invalid)
+        .map_err(|e| PipelineError::Invalid(e.to_string()))
 }
 
 /// Writes `varm["terminal_lineage_drivers"]` (a dataframe indexed by gene names).

@@ -1,0 +1,505 @@
+//! The GPCCA estimator (CellRank's `GPCCA`): Schur decomposition → macrostates → terminal and
+//! initial states, then the shared absorption stages of [`Estimator`].
+
+use nalgebra::DMatrix;
+use serde::{Deserialize, Serialize};
+
+use cellfate_kernels::TransitionMatrix;
+
+use super::{CellStates, Estimator, EstimatorCore, EstimatorError};
+use crate::gpcca::{
+    self, eigengap, min_chi, schur_to_x, stationary_distribution, Optimizer, OptimizerReport,
+};
+use crate::schur::{compute_schur, Schur, SchurOptions};
+use crate::states::{
+    fuzzy_to_discrete_with, name_states, select_initial, select_terminal, states_from_memberships,
+    ClusterReference, TerminalMethod,
+};
+
+const NAME: &str = "GPCCA";
+
+/// How many macrostates (CellRank's `n_states`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NStates {
+    /// `eigengap + 1` of the Schur eigenvalues (CellRank's default when `n_states=None`).
+    #[default]
+    Eigengap,
+    /// A fixed number.
+    Fixed(usize),
+    /// The best by minChi in `[min, max]` (CellRank moves a lower bound of 1 or 2 to 3).
+    Range(usize, usize),
+}
+
+impl NStates {
+    /// Schur vectors needed to choose among these numbers of states (one more than the
+    /// largest, to tell whether it splits a complex-conjugate pair).
+    pub fn schur_vectors_needed(&self) -> usize {
+        match *self {
+            NStates::Fixed(m) => m + 1,
+            NStates::Range(_, hi) => hi + 1,
+            NStates::Eigengap => 2,
+        }
+    }
+}
+
+/// Why an `n_states` text does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("n_states {text:?}: expected a number, MIN..MAX or eigengap")]
+pub struct NStatesParseError {
+    /// The text given.
+    pub text: String,
+}
+
+impl std::str::FromStr for NStates {
+    type Err = NStatesParseError;
+    fn from_str(s: &str) -> Result<Self, NStatesParseError> {
+        let t = s.trim();
+        let err = || NStatesParseError { text: s.into() };
+        if t == "eigengap" || t == "auto" {
+            return Ok(Self::Eigengap);
+        }
+        if let Some((a, b)) = t.split_once("..") {
+            let lo = a.trim().parse().map_err(|_| err())?;
+            let hi = b
+                .trim_start_matches('=')
+                .trim()
+                .parse()
+                .map_err(|_| err())?;
+            return Ok(Self::Range(lo, hi));
+        }
+        t.parse().map(Self::Fixed).map_err(|_| err())
+    }
+}
+
+/// Options of [`Gpcca::compute_macrostates`] (CellRank's defaults).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MacrostatesOptions {
+    /// Cells per macrostate in the discrete assignment.
+    pub n_cells: usize,
+    /// Rotation optimiser (default: gradient, multi-start; `nelder_mead` for CellRank parity).
+    pub optimizer: Optimizer,
+    /// Eigengap parameter α (for `NStates::Eigengap`).
+    pub alpha: f64,
+}
+
+impl Default for MacrostatesOptions {
+    fn default() -> Self {
+        Self {
+            n_cells: 30,
+            optimizer: Optimizer::default(),
+            alpha: 1.0,
+        }
+    }
+}
+
+/// Options of [`Gpcca::predict_terminal_states`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TerminalOptions {
+    /// Cells per terminal state.
+    pub n_cells: usize,
+    /// If the rule selects nothing, fall back to the `n` most stable macrostates (`None`:
+    /// fail with CellRank's error, which lists the stabilities).
+    pub fallback_top_n: Option<usize>,
+}
+
+impl Default for TerminalOptions {
+    fn default() -> Self {
+        Self {
+            n_cells: 30,
+            fallback_top_n: None,
+        }
+    }
+}
+
+/// GPCCA macrostates: cell states with memberships, and the coarse-grained chain.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Macrostates {
+    /// The states (memberships χ, n × m).
+    pub states: CellStates,
+    /// Coarse-grained transition matrix (m × m).
+    pub coarse_t: DMatrix<f64>,
+    /// Coarse initial distribution `χᵀ η`.
+    pub coarse_init: Vec<f64>,
+    /// Coarse stationary distribution `χᵀ π` (None when `π` could not be computed).
+    pub coarse_stat: Option<Vec<f64>>,
+    /// Crispness (None when restored from a file that does not record it).
+    pub crispness: Option<f64>,
+    /// How the rotation was optimised (None when restored from a file).
+    pub report: Option<OptimizerReport>,
+}
+
+impl Macrostates {
+    /// Number of macrostates.
+    pub fn n_states(&self) -> usize {
+        self.states.n_states()
+    }
+
+    /// Coarse self-transition probabilities (the stability of each macrostate).
+    pub fn stability(&self) -> Vec<f64> {
+        (0..self.coarse_t.nrows())
+            .map(|q| self.coarse_t[(q, q)])
+            .collect()
+    }
+}
+
+/// CellRank's GPCCA estimator: owns a transition matrix and keeps each stage's result.
+#[derive(Debug)]
+pub struct Gpcca {
+    core: EstimatorCore,
+    schur_options: Option<SchurOptions>,
+    schur: Option<Schur>,
+    eigenvalues: Option<Vec<(f64, f64)>>,
+    alpha: f64,
+    macrostates: Option<Macrostates>,
+    initial: Option<CellStates>,
+}
+
+impl Estimator for Gpcca {
+    fn estimator_name(&self) -> &'static str {
+        NAME
+    }
+    fn core(&self) -> &EstimatorCore {
+        &self.core
+    }
+    fn core_mut(&mut self) -> &mut EstimatorCore {
+        &mut self.core
+    }
+
+    fn states_from_macrostates(
+        &self,
+        names: &[String],
+        n_cells: usize,
+    ) -> Result<CellStates, EstimatorError> {
+        self.terminal_from_macrostates(
+            &TerminalMethod::Names {
+                states: names.to_vec(),
+            },
+            n_cells,
+        )
+    }
+}
+
+fn not_computed(
+    stage: &'static str,
+    needs: &'static str,
+    call_first: &'static str,
+) -> EstimatorError {
+    EstimatorError::NotComputed {
+        estimator: NAME,
+        stage,
+        needs,
+        call_first,
+    }
+}
+
+impl Gpcca {
+    /// An estimator on `t` with nothing computed.
+    pub fn new(t: TransitionMatrix) -> Self {
+        Self {
+            core: EstimatorCore::new(t),
+            schur_options: None,
+            schur: None,
+            eigenvalues: None,
+            alpha: 1.0,
+            macrostates: None,
+            initial: None,
+        }
+    }
+
+    /// The sorted real partial Schur decomposition (CellRank's `compute_schur`; checked by
+    /// `‖P̄Q − QR‖`). Forgets macrostates and everything after them.
+    pub fn compute_schur(&mut self, opts: &SchurOptions) -> Result<&Schur, EstimatorError> {
+        let s = compute_schur(&self.core.t, None, opts)?;
+        if let Some(note) = &s.note {
+            self.core.note(note.clone());
+        }
+        self.core.set_eigenvalues(s.eigenvalues.clone());
+        self.eigenvalues = Some(s.eigenvalues.clone());
+        self.schur_options = Some(opts.clone());
+        self.schur = Some(s);
+        self.macrostates = None;
+        self.initial = None;
+        Ok(self.schur.as_ref().expect("just set"))
+    }
+
+    /// The Schur decomposition.
+    pub fn schur(&self) -> Result<&Schur, EstimatorError> {
+        self.schur
+            .as_ref()
+            .ok_or_else(|| not_computed("schur", "the Schur decomposition", "compute_schur"))
+    }
+
+    /// The dominant eigenvalues `(re, im)` (CellRank's `compute_eigendecomposition`; here the
+    /// eigenvalues of the Schur form, computed with it if needed with `k` vectors).
+    pub fn compute_eigendecomposition(
+        &mut self,
+        k: usize,
+    ) -> Result<&[(f64, f64)], EstimatorError> {
+        if self.schur.as_ref().is_none_or(|s| s.m() < k) {
+            let opts = SchurOptions {
+                n_components: k,
+                ..self.schur_options.clone().unwrap_or_default()
+            };
+            self.compute_schur(&opts)?;
+        }
+        self.eigenvalues()
+    }
+
+    /// The dominant eigenvalues `(re, im)`, dominant first.
+    pub fn eigenvalues(&self) -> Result<&[(f64, f64)], EstimatorError> {
+        self.eigenvalues.as_deref().ok_or_else(|| {
+            not_computed(
+                "eigenvalues",
+                "eigenvalues",
+                "compute_schur or compute_eigendecomposition",
+            )
+        })
+    }
+
+    /// The eigengap index of the real parts of the eigenvalues (with the α of the last
+    /// [`Gpcca::compute_macrostates`], 1 before) and that α.
+    pub fn eigengap(&self) -> Result<(usize, f64), EstimatorError> {
+        let re: Vec<f64> = self.eigenvalues()?.iter().map(|e| e.0).collect();
+        Ok((eigengap(&re, self.alpha), self.alpha))
+    }
+
+    /// Restores eigenvalues read from a file (for the eigengap rules and failure diagnoses).
+    pub fn restore_eigenvalues(&mut self, ev: Vec<(f64, f64)>, alpha: f64) {
+        self.core.set_eigenvalues(ev.clone());
+        self.eigenvalues = Some(ev);
+        self.alpha = alpha;
+    }
+
+    /// GPCCA macrostates (CellRank's `compute_macrostates`): memberships, their discrete
+    /// assignment (`n_cells` most likely cells each), names after the majority cluster of
+    /// `clusters` (or `0..m`), colours, and the coarse-grained chain. With too few Schur
+    /// vectors the decomposition is recomputed with enough (as CellRank does). A number of
+    /// states that would split a complex-conjugate pair is raised by one (with a note).
+    /// Forgets terminal and initial states and everything after them.
+    pub fn compute_macrostates(
+        &mut self,
+        n_states: NStates,
+        opts: &MacrostatesOptions,
+        clusters: Option<ClusterReference<'_>>,
+    ) -> Result<&Macrostates, EstimatorError> {
+        if self.schur.is_none() {
+            return Err(not_computed(
+                "compute_macrostates",
+                "the Schur decomposition",
+                "compute_schur",
+            ));
+        }
+        let n = self.core.t.n_cells();
+        let needed = n_states.schur_vectors_needed().min(n.saturating_sub(1));
+        if self.schur.as_ref().is_some_and(|s| s.m() < needed) {
+            let mut o = self.schur_options.clone().unwrap_or_default();
+            o.n_components = needed;
+            self.compute_schur(&o)?;
+        }
+        self.alpha = opts.alpha;
+        let schur = self.schur.as_ref().expect("checked above");
+        let mut notes = Vec::new();
+        let re: Vec<f64> = schur.eigenvalues.iter().map(|e| e.0).collect();
+        let gap = eigengap(&re, opts.alpha);
+        let x = schur_to_x(schur)?;
+        let mut m = match n_states {
+            NStates::Fixed(m) => m,
+            NStates::Eigengap => (gap + 1).max(2),
+            NStates::Range(lo, hi) => {
+                let lo = if lo <= 2 { 3 } else { lo };
+                let hi = hi.max(lo + 1).min(schur.m());
+                let mc = min_chi(&x, lo..=hi)?;
+                let best = (0..mc.len()).fold(0, |b, i| if mc[i] > mc[b] { i } else { b });
+                notes.push(format!(
+                    "minChi over {lo}..={hi}: {mc:?}; chose {}",
+                    lo + best
+                ));
+                lo + best
+            }
+        };
+        if schur.splits_pair(m) {
+            notes.push(format!(
+                "{m} macrostates would split a complex-conjugate pair; using {}",
+                m + 1
+            ));
+            m += 1;
+        }
+        let available = schur.m();
+        for note in notes {
+            self.core.note(note);
+        }
+        if m > available {
+            return Err(EstimatorError::Parameter {
+                estimator: NAME,
+                parameter: "n_states",
+                message: format!(
+                    "{m} macrostates need {m} Schur vectors, {available} were computed; raise n_components of compute_schur"
+                ),
+            });
+        }
+        let pi = match stationary_distribution(&self.core.t) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.core
+                    .note(format!("no coarse stationary distribution: {e}"));
+                None
+            }
+        };
+        let t = &self.core.t;
+        let schur = self.schur.as_ref().expect("checked above");
+        let fit = gpcca::fit(t, schur, m, &opts.optimizer, pi.as_deref())?;
+        let assignment = fuzzy_to_discrete_with(&fit.chi, opts.n_cells, Some(t))?;
+        let (names, colors) = name_states(&assignment, m, clusters)?;
+        let all: Vec<usize> = (0..m).collect();
+        let (_, probs) = states_from_memberships(&fit.chi, &all, opts.n_cells, None)?;
+        self.macrostates = Some(Macrostates {
+            states: CellStates {
+                names,
+                colors,
+                assignment,
+                probs,
+                memberships: Some(fit.chi),
+            },
+            coarse_t: fit.coarse_t,
+            coarse_init: fit.coarse_init,
+            coarse_stat: fit.coarse_stat,
+            crispness: Some(fit.crispness),
+            report: Some(fit.report),
+        });
+        self.initial = None;
+        self.core.clear_terminal();
+        self.macrostates()
+    }
+
+    /// The macrostates.
+    pub fn macrostates(&self) -> Result<&Macrostates, EstimatorError> {
+        self.macrostates
+            .as_ref()
+            .ok_or_else(|| not_computed("macrostates", "macrostates", "compute_macrostates"))
+    }
+
+    /// Restores macrostates read from a file; forgets terminal and initial states.
+    pub fn restore_macrostates(&mut self, m: Macrostates) {
+        self.macrostates = Some(m);
+        self.initial = None;
+        self.core.clear_terminal();
+    }
+
+    fn terminal_from_macrostates(
+        &self,
+        method: &TerminalMethod,
+        n_cells: usize,
+    ) -> Result<CellStates, EstimatorError> {
+        let ms = self.macrostates.as_ref().ok_or_else(|| {
+            not_computed(
+                "predict_terminal_states",
+                "macrostates",
+                "compute_macrostates",
+            )
+        })?;
+        let re: Vec<f64> = self
+            .eigenvalues
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e.0)
+            .collect();
+        let sel = select_terminal(&ms.states.names, &ms.stability(), method, &re)?;
+        self.states_of(ms, &sel, n_cells)
+    }
+
+    fn states_of(
+        &self,
+        ms: &Macrostates,
+        sel: &[usize],
+        n_cells: usize,
+    ) -> Result<CellStates, EstimatorError> {
+        let chi = ms
+            .states
+            .memberships
+            .as_ref()
+            .ok_or(EstimatorError::States {
+                estimator: NAME,
+                message: "the macrostates have no memberships".into(),
+            })?;
+        let (assignment, probs) = states_from_memberships(chi, sel, n_cells, Some(&self.core.t))?;
+        let sub = DMatrix::from_fn(chi.nrows(), sel.len(), |i, j| chi[(i, sel[j])]);
+        Ok(CellStates {
+            names: sel.iter().map(|&q| ms.states.names[q].clone()).collect(),
+            colors: sel
+                .iter()
+                .map(|&q| ms.states.colors.get(q).cloned().unwrap_or_default())
+                .collect(),
+            assignment,
+            probs,
+            memberships: Some(sub),
+        })
+    }
+
+    /// Terminal states among the macrostates (CellRank's `predict_terminal_states`: every
+    /// method of [`TerminalMethod`]), their `n_cells` most likely cells each. Forgets fate
+    /// probabilities and what was computed from them.
+    pub fn predict_terminal_states(
+        &mut self,
+        method: &TerminalMethod,
+        opts: &TerminalOptions,
+    ) -> Result<&CellStates, EstimatorError> {
+        let states = match self.terminal_from_macrostates(method, opts.n_cells) {
+            Ok(s) => s,
+            Err(EstimatorError::StateSelection(e)) if opts.fallback_top_n.is_some() => {
+                let k = opts.fallback_top_n.unwrap_or(1);
+                self.core.note(format!(
+                    "{e}; falling back to the {k} most stable macrostates"
+                ));
+                self.terminal_from_macrostates(&TerminalMethod::TopN { n_states: k }, opts.n_cells)?
+            }
+            Err(e) => return Err(e),
+        };
+        self.core.replace_terminal(states);
+        self.terminal_states()
+    }
+
+    /// Initial states (CellRank's `predict_initial_states`): the `n_states` macrostates with
+    /// the smallest coarse stationary probability, their `n_cells` most likely cells each.
+    pub fn predict_initial_states(
+        &mut self,
+        n_states: usize,
+        n_cells: usize,
+    ) -> Result<&CellStates, EstimatorError> {
+        let ms = self.macrostates.as_ref().ok_or_else(|| {
+            not_computed(
+                "predict_initial_states",
+                "macrostates",
+                "compute_macrostates",
+            )
+        })?;
+        let stat = ms.coarse_stat.as_ref().ok_or(EstimatorError::States {
+            estimator: NAME,
+            message: "predict_initial_states needs the coarse stationary distribution, which could not be computed (the chain is reducible)".into(),
+        })?;
+        let sel = select_initial(stat, n_states)?;
+        let states = self.states_of(ms, &sel, n_cells)?;
+        self.initial = Some(states);
+        self.initial_states()
+    }
+
+    /// The initial states.
+    pub fn initial_states(&self) -> Result<&CellStates, EstimatorError> {
+        self.initial.as_ref().ok_or_else(|| {
+            not_computed("initial_states", "initial states", "predict_initial_states")
+        })
+    }
+
+    /// Forgets the initial states (e.g. when they coincide with terminal states).
+    pub fn clear_initial_states(&mut self) {
+        self.initial = None;
+    }
+
+    /// Restores initial states read from a file.
+    pub fn restore_initial_states(&mut self, s: CellStates) {
+        self.initial = Some(s);
+    }
+}
