@@ -18,6 +18,7 @@
 pub use cellfate_estimators as estimators;
 pub use cellfate_kernels as kernels;
 
+pub mod estimator_io;
 pub mod inspect;
 pub mod io;
 pub mod kernel_io;

@@ -110,6 +110,23 @@ pub enum Solver {
     Gmres,
 }
 
+/// Why a solver name does not parse.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("solver {0:?}: expected auto, direct or gmres")]
+pub struct SolverParseError(pub String);
+
+impl std::str::FromStr for Solver {
+    type Err = SolverParseError;
+    fn from_str(s: &str) -> Result<Self, SolverParseError> {
+        match s.trim() {
+            "auto" => Ok(Self::Auto),
+            "direct" | "lu" => Ok(Self::Direct),
+            "gmres" => Ok(Self::Gmres),
+            other => Err(SolverParseError(other.into())),
+        }
+    }
+}
+
 /// Options of the absorption solves.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

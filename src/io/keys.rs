@@ -4,6 +4,35 @@
 
 use cellfate_kernels::Direction;
 
+/// The slot path `obs/{key}` (a column of `obs`).
+pub fn obs(key: &str) -> String {
+    format!("obs/{key}")
+}
+/// The slot path `obsm/{key}`.
+pub fn obsm(key: &str) -> String {
+    format!("obsm/{key}")
+}
+/// The slot path `obsp/{key}`.
+pub fn obsp(key: &str) -> String {
+    format!("obsp/{key}")
+}
+/// The slot path `varm/{key}`.
+pub fn varm(key: &str) -> String {
+    format!("varm/{key}")
+}
+/// The slot path `uns/{key}`.
+pub fn uns(key: &str) -> String {
+    format!("uns/{key}")
+}
+/// The slot path `layers/{key}`, or `X` for `"X"`.
+pub fn layer(key: &str) -> String {
+    if key == "X" {
+        "X".into()
+    } else {
+        format!("layers/{key}")
+    }
+}
+
 /// `obsp["connectivities"]`: scanpy's kNN connectivities.
 pub const CONNECTIVITIES: &str = "connectivities";
 /// `obsp["distances"]`: scanpy's kNN distances.
@@ -40,6 +69,11 @@ pub fn memberships(key: &str) -> String {
 /// `uns["coarse_fwd"]`.
 pub fn coarse(d: Direction) -> String {
     format!("coarse_{}", d.suffix())
+}
+/// `uns["coarse_T_fwd"]`: the coarse-grained transition matrix as a plain array (the layout
+/// of the reference recipe's files; cellfate writes [`coarse`]).
+pub fn coarse_transition(d: Direction) -> String {
+    format!("coarse_T_{}", d.suffix())
 }
 /// `obs["term_states_fwd"]` (forward) / `obs["init_states_fwd"]` (backward terminal states
 /// are initial states, CellRank's convention).

@@ -38,6 +38,12 @@ pub enum PipelineError {
     /// Absorption.
     #[error(transparent)]
     Absorption(#[from] cellfate_estimators::absorption::AbsorptionError),
+    /// An estimator stage.
+    #[error(transparent)]
+    Estimator(#[from] cellfate_estimators::EstimatorError),
+    /// Reading or writing an estimator.
+    #[error(transparent)]
+    EstimatorIo(#[from] crate::estimator_io::EstimatorIoError),
     /// Anything else.
     #[error("{0}")]
     Invalid(String),

@@ -142,7 +142,13 @@ fn terminal_states_set_by_hand() {
     let c = dir.path().join("by_name.h5ad");
     succeed(
         cellfate()
-            .args(["terminal-states", "--states", &want_names.join(",")])
+            .args([
+                "terminal-states",
+                "--transition-key",
+                "T_combined",
+                "--states",
+                &want_names.join(","),
+            ])
             .arg(&input)
             .arg("-o")
             .arg(&c),
@@ -154,7 +160,13 @@ fn terminal_states_set_by_hand() {
     assert_eq!(got, labels);
     // Bad input: an unknown macrostate and an unknown cell are named in the error.
     let o = cellfate()
-        .args(["terminal-states", "--states", "Nowhere"])
+        .args([
+            "terminal-states",
+            "--transition-key",
+            "T_combined",
+            "--states",
+            "Nowhere",
+        ])
         .arg(&input)
         .arg("-o")
         .arg(dir.path().join("x.h5ad"))

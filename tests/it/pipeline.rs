@@ -252,6 +252,50 @@ fn stage_commands_chain() {
     ]);
     let r = H5adReader::open(p("5.h5ad")).expect("out");
     assert!(r.exists("varm/terminal_lineage_drivers") && r.exists("obsm/absorption_times_fwd"));
+    // The stages one by one write exactly what `run` writes with the same settings: every
+    // slot compared (but uns["cellfate"], the run's own record of timings and config).
+    ok(&[
+        "run",
+        &s(&input),
+        "-o",
+        &s(&p("run.h5ad")),
+        "--n-states",
+        "3",
+        "--terminal-method",
+        "top_n",
+        "--n-terminal",
+        "2",
+    ]);
+    let whole = H5adReader::open(p("run.h5ad")).expect("run output");
+    let slots = |r: &H5adReader| -> Vec<String> {
+        let mut v = vec!["X".to_string()];
+        for g in ["obs", "var"] {
+            for k in r.columns(g).expect("columns") {
+                v.push(format!("{g}/{k}"));
+            }
+        }
+        for g in ["obsm", "obsp", "varm", "layers", "uns"] {
+            for k in r.keys(g).unwrap_or_default() {
+                v.push(format!("{g}/{k}"));
+            }
+        }
+        v.retain(|s| s != "uns/cellfate");
+        v.sort();
+        v
+    };
+    assert_eq!(slots(&r), slots(&whole), "the same slots");
+    for slot in slots(&r) {
+        let (a, b) = match slot.split_once('/') {
+            Some((df @ ("obs" | "var"), col)) => (r.column(df, col), whole.column(df, col)),
+            _ => (r.read(&slot), whole.read(&slot)),
+        };
+        // Debug text compares NaN (absorption times of absorbing cells) as equal.
+        assert_eq!(
+            format!("{:?}", a.expect("stages")),
+            format!("{:?}", b.expect("run")),
+            "slot {slot} differs between the stage commands and run"
+        );
+    }
     let csv = std::fs::read_to_string(p("d.csv")).expect("csv");
     assert!(csv.lines().count() == r.n_vars().expect("n") + 1);
     // Prerequisites missing: exit 2 and a message that names the command to run first.

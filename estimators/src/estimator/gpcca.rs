@@ -232,6 +232,11 @@ impl Gpcca {
             .ok_or_else(|| not_computed("schur", "the Schur decomposition", "compute_schur"))
     }
 
+    /// The options of the last Schur decomposition.
+    pub fn schur_options(&self) -> Option<&SchurOptions> {
+        self.schur_options.as_ref()
+    }
+
     /// The dominant eigenvalues `(re, im)` (CellRank's `compute_eigendecomposition`; here the
     /// eigenvalues of the Schur form, computed with it if needed with `k` vectors).
     pub fn compute_eigendecomposition(

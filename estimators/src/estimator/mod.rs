@@ -27,7 +27,9 @@ mod cflare;
 mod gpcca;
 
 pub use cflare::Cflare;
-pub use gpcca::{Gpcca, Macrostates, MacrostatesOptions, NStates, TerminalOptions};
+pub use gpcca::{
+    Gpcca, Macrostates, MacrostatesOptions, NStates, NStatesParseError, TerminalOptions,
+};
 
 use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};

@@ -70,7 +70,7 @@ impl EstimatorFlags {
             };
         }
         if let Some(sv) = &self.solver {
-            e.absorption.solver = crate::stages_cmd::parse_solver(sv)?;
+            e.absorption.solver = sv.parse()?;
         }
         if let Some(seed) = self.seed {
             if let Optimizer::Gradient { seed: s, .. } = &mut e.optimizer {

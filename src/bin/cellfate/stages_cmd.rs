@@ -4,15 +4,17 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use cellfate::estimators::absorption::{
-    compute_absorption_times, compute_fate_probabilities, lineage_priming, AbsorptionOptions,
-    PrimingMethod,
+use cellfate::estimator_io::{
+    read_cflare, read_clusters, read_gpcca, write_cflare, write_gpcca, write_terminal_states,
+    Clusters,
 };
-use cellfate::estimators::drivers::DriverTest;
-use cellfate::estimators::states::{select_terminal, states_from_memberships};
+use cellfate::estimators::absorption::{AbsorptionOptions, PrimingMethod, Solver};
+use cellfate::estimators::drivers::{DriverTest, Expression};
+use cellfate::estimators::{
+    AbsorptionTimesOptions, CellStates, DriverOptions, Estimator, StatesInput, TerminalOptions,
+};
 use cellfate::io::{keys, Element, H5adEdit, H5adReader};
 use cellfate::kernels::{CellSource, Direction};
-use cellfate::pipeline::estimate::{drivers_for, read_terminal_states, write_drivers, write_fates};
 
 use crate::run_cmd::{build_spec, EstimatorFlags};
 
@@ -179,9 +181,26 @@ fn terminal_states_by_hand(a: &TerminalArgs, d: Direction) -> anyhow::Result<Str
             (labels, order, None)
         };
     let mut edit = H5adEdit::new(&a.io.input);
-    let counts = cellfate::pipeline::estimate::set_terminal_states_from_labels(
-        &mut edit, d, &labels, &order, colors,
-    )?;
+    let t_slot = keys::obsp(&a.io.transition_key);
+    let counts = if r.exists(&t_slot) {
+        // Through the estimator (the same code as `run`), which also checks the labels.
+        let mut g = read_gpcca(&r, &a.io.transition_key)?;
+        let s = g
+            .set_terminal_states(StatesInput::Labels {
+                labels,
+                states: Some(order.clone()),
+                colors,
+            })?
+            .counts();
+        write_gpcca(&mut edit, &r, &g)?;
+        s
+    } else {
+        // No chain in the file: the states alone, under the same keys.
+        let s = CellStates::from_labels(&labels, &order, colors)
+            .with_context(|| format!("terminal states by hand on {}", a.io.input.display()))?;
+        write_terminal_states(&mut edit, d, &s);
+        s.counts()
+    };
     edit.write_to(&a.io.output)?;
     let listing: Vec<String> = order
         .iter()
@@ -217,73 +236,52 @@ pub(crate) fn terminal_states(a: TerminalArgs) -> anyhow::Result<String> {
         return terminal_states_by_hand(&a, d);
     }
     let r = H5adReader::open(&a.io.input)?;
-    let ms = keys::macrostates(d);
-    let mem_slot = format!("obsm/{}", keys::memberships(&ms));
+    let mem_slot = keys::obsm(&keys::memberships(&keys::macrostates(d)));
     if !r.exists(&mem_slot) {
         bail!(
             "{}: no macrostates ({mem_slot} is missing); run `cellfate macrostates` first",
             a.io.input.display()
         );
     }
-    let (n, m, chi) = r.dense(&mem_slot)?;
-    let names = strings(&r, &format!("uns/{}", keys::names(&ms)))?;
-    let colors = strings(&r, &format!("uns/{}", keys::colors(&ms))).unwrap_or_default();
-    // Stabilities (coarse self-transitions) are not needed when the states are named.
-    let diag: Vec<f64> = if a.states.is_empty() {
-        let (_, _, ct) = r.dense(&format!("uns/{}/X", keys::coarse(d)))?;
-        (0..m).map(|q| ct[q * m + q]).collect()
+    let mut g = read_gpcca(&r, &a.io.transition_key)
+        .with_context(|| format!("{}: restoring the GPCCA estimator", a.io.input.display()))?;
+    let names = if a.states.is_empty() {
+        let method = match a.method.as_str() {
+            "stability" => TerminalMethod::Stability {
+                threshold: a.threshold,
+            },
+            "top_n" | "top-n" => TerminalMethod::TopN {
+                n_states: a.n_states.context("--method top_n needs --n-states")?,
+            },
+            "eigengap" => TerminalMethod::Eigengap { alpha: 1.0 },
+            "eigengap_coarse" | "eigengap-coarse" => TerminalMethod::EigengapCoarse { alpha: 1.0 },
+            other => {
+                bail!("--method {other:?}: expected stability, top_n, eigengap or eigengap_coarse")
+            }
+        };
+        g.predict_terminal_states(
+            &method,
+            &TerminalOptions {
+                n_cells: a.n_cells,
+                fallback_top_n: None,
+            },
+        )?
+        .names
+        .clone()
     } else {
-        vec![0.0; m]
+        g.set_terminal_states(StatesInput::Macrostates {
+            names: a.states.clone(),
+            n_cells: a.n_cells,
+        })?
+        .names
+        .clone()
     };
-    let method = match a.method.as_str() {
-        _ if !a.states.is_empty() => TerminalMethod::Names {
-            states: a.states.clone(),
-        },
-        "stability" => TerminalMethod::Stability {
-            threshold: a.threshold,
-        },
-        "top_n" | "top-n" => TerminalMethod::TopN {
-            n_states: a.n_states.context("--method top_n needs --n-states")?,
-        },
-        "eigengap_coarse" | "eigengap-coarse" => TerminalMethod::EigengapCoarse { alpha: 1.0 },
-        other => bail!("--method {other:?}: expected stability, top_n or eigengap_coarse"),
-    };
-    let sel = select_terminal(&names, &diag, &method, &[])?;
-    let chi = nalgebra::DMatrix::from_fn(n, m, |i, j| chi[i * m + j]);
-    // Ties in the memberships are broken by the chain (where the walk dwells), when the file
-    // still holds it.
-    let t_slot = format!("obsp/{}", a.io.transition_key);
-    let t = if r.exists(&t_slot) {
-        Some(r.transition_matrix(&a.io.transition_key)?)
-    } else {
-        None
-    };
-    let (assign, probs) = states_from_memberships(&chi, &sel, a.n_cells, t.as_ref())?;
-    let sel_names: Vec<String> = sel.iter().map(|&q| names[q].clone()).collect();
-    let ts = keys::terminal_states(d);
     let mut edit = H5adEdit::new(&a.io.input);
-    edit.set(
-        &format!("obs/{ts}"),
-        Element::Categorical(cellfate::io::Categorical {
-            codes: assign.iter().map(|x| x.map_or(-1, |q| q as i32)).collect(),
-            categories: cellfate::io::Categories::Str(sel_names.clone()),
-            ordered: false,
-        }),
-    );
-    edit.set(
-        &format!("obs/{}", keys::probs(&ts)),
-        Element::from_f64(probs),
-    );
-    if colors.len() == m {
-        edit.set(
-            &format!("uns/{}", keys::colors(&ts)),
-            Element::from_strings(sel.iter().map(|&q| colors[q].clone()).collect()),
-        );
-    }
+    write_gpcca(&mut edit, &r, &g)?;
     edit.write_to(&a.io.output)?;
     Ok(format!(
         "terminal states: {} -> {}\n",
-        sel_names.join(", "),
+        names.join(", "),
         a.io.output.display()
     ))
 }
@@ -305,73 +303,48 @@ pub(crate) struct FatesArgs {
     solver: String,
 }
 
-pub(crate) fn parse_solver(s: &str) -> anyhow::Result<cellfate::estimators::absorption::Solver> {
-    use cellfate::estimators::absorption::Solver;
-    Ok(match s {
-        "auto" => Solver::Auto,
-        "direct" | "lu" => Solver::Direct,
-        "gmres" => Solver::Gmres,
-        other => bail!("--solver {other:?}: expected auto, direct or gmres"),
-    })
-}
-
 pub(crate) fn fates(a: FatesArgs) -> anyhow::Result<String> {
     let r = H5adReader::open(&a.io.input)?;
-    let t = r.transition_matrix(&a.io.transition_key)?;
-    let d = t.direction();
-    let ts = keys::terminal_states(d);
-    let (assign, names) = read_terminal_states(&r, &ts)?;
-    let opts = AbsorptionOptions {
-        solver: parse_solver(&a.solver)?,
-        ..Default::default()
-    };
-    let eig: Vec<(f64, f64)> = cellfate::report::spectrum(&r, d)
-        .map(|(re, im, _)| re.into_iter().zip(im).collect())
-        .unwrap_or_default();
-    let (f, sys) = compute_fate_probabilities(&t, &assign, &names, &opts)
-        .map_err(|e| cellfate::pipeline::estimate::fates_error(e, &eig, names.len()))
-        .with_context(|| format!("fate probabilities on {}", a.io.input.display()))?;
-    let mut edit = H5adEdit::new(&a.io.input);
-    let colors = strings(&r, &format!("uns/{}", keys::colors(&ts)))
-        .unwrap_or_else(|_| cellfate::estimators::states::palette(names.len()).unwrap_or_default());
-    write_fates(&mut edit, &r, d, &f, &colors)?;
-    if a.absorption_times {
-        let times = compute_absorption_times(&sys, &f, true, false)?;
-        let mut df = cellfate::io::DataFrame::with_index(r.obs_names()?);
-        let c = times.columns.len();
-        let n = r.n_cells();
-        for (k, name) in times.columns.iter().enumerate() {
-            df.set_column(
-                name,
-                Element::from_f64((0..n).map(|i| times.values[i * c + k]).collect()),
-            );
-        }
-        edit.set(
-            &format!("obsm/{}", keys::absorption_times(d)),
-            Element::DataFrame(df),
-        );
-    }
+    let mut g = read_gpcca(&r, &a.io.transition_key)
+        .with_context(|| format!("{}: restoring the GPCCA estimator", a.io.input.display()))?;
+    let solver: Solver = a.solver.parse()?;
     let method = match a.priming.as_str() {
         "kl_divergence" => Some(PrimingMethod::KlDivergence),
         "entropy" => Some(PrimingMethod::Entropy),
         "none" => None,
         other => bail!("--priming {other:?}: expected kl_divergence, entropy or none"),
     };
-    if let Some(m) = method {
-        edit.set(
-            &format!("obs/{}", keys::priming_degree(d)),
-            Element::from_f64(lineage_priming(&f, m, None)?),
+    if g.terminal_states().is_err() {
+        bail!(
+            "{}: no terminal states (obs[{:?}] is missing); run `cellfate terminal-states` or `cellfate macrostates` first",
+            a.io.input.display(),
+            keys::terminal_states(g.transition_matrix().direction())
         );
     }
-    edit.write_to(&a.io.output)?;
-    Ok(format!(
+    let f = g
+        .compute_fate_probabilities(&AbsorptionOptions {
+            solver,
+            ..Default::default()
+        })
+        .with_context(|| format!("fate probabilities on {}", a.io.input.display()))?;
+    let msg = format!(
         "fate probabilities for {} ({} cells, residual {:.1e}, rows sum to 1 within {:.1e}) -> {}\n",
-        names.join(", "),
+        f.names.join(", "),
         r.n_cells(),
         f.residual,
         f.row_sum_error,
         a.io.output.display()
-    ))
+    );
+    if a.absorption_times {
+        g.compute_absorption_times(&AbsorptionTimesOptions::default())?;
+    }
+    if let Some(m) = method {
+        g.compute_lineage_priming(m, None)?;
+    }
+    let mut edit = H5adEdit::new(&a.io.input);
+    write_gpcca(&mut edit, &r, &g)?;
+    edit.write_to(&a.io.output)?;
+    Ok(msg)
 }
 
 /// `cellfate drivers`.
@@ -398,51 +371,15 @@ pub(crate) struct DriversArgs {
 
 pub(crate) fn drivers(a: DriversArgs) -> anyhow::Result<String> {
     let r = H5adReader::open(&a.io.input)?;
-    let d = if a.io.transition_key.ends_with("bwd") {
-        Direction::Backward
-    } else {
-        Direction::Forward
-    };
-    let lk = keys::lineages(d);
-    let slot = format!("obsm/{lk}");
-    if !r.exists(&slot) {
+    let mut g = read_gpcca(&r, &a.io.transition_key)
+        .with_context(|| format!("{}: restoring the GPCCA estimator", a.io.input.display()))?;
+    if g.fate_probabilities().is_err() {
         bail!(
-            "{}: no fate probabilities ({slot} is missing); run `cellfate fates` first",
-            a.io.input.display()
+            "{}: no fate probabilities ({} is missing); run `cellfate fates` first",
+            a.io.input.display(),
+            keys::obsm(&keys::lineages(g.transition_matrix().direction()))
         );
     }
-    let (n, l, probs) = r.dense(&slot)?;
-    let all_names = strings(&r, &format!("uns/{}", keys::names(&lk)))?;
-    let wanted: Vec<usize> = if a.lineages.is_empty() {
-        (0..l).collect()
-    } else {
-        a.lineages
-            .iter()
-            .map(|x| {
-                all_names
-                    .iter()
-                    .position(|n| n == x.trim())
-                    .with_context(|| {
-                        format!(
-                            "--lineages: unknown lineage {x:?} (lineages: {})",
-                            all_names.join(", ")
-                        )
-                    })
-            })
-            .collect::<anyhow::Result<_>>()?
-    };
-    let fates = cellfate::estimators::absorption::FateProbabilities {
-        names: wanted.iter().map(|&j| all_names[j].clone()).collect(),
-        probs: (0..n)
-            .flat_map(|i| wanted.iter().map(move |&j| (i, j)))
-            .map(|(i, j)| probs[i * l + j])
-            .collect(),
-        residual: 0.0,
-        row_sum_error: 0.0,
-        row_sum_tol: cellfate::estimators::absorption::ROW_SUM_TOL,
-        max_absorption_time: None,
-        solver: "from file",
-    };
     let test = match a.n_perms {
         Some(k) => DriverTest::PermTest {
             n_perms: k,
@@ -450,13 +387,25 @@ pub(crate) fn drivers(a: DriversArgs) -> anyhow::Result<String> {
         },
         None => DriverTest::Fisher,
     };
-    let table = drivers_for(&r, &fates, &a.layer, &test)?;
+    let x = r.csr(&keys::layer(&a.layer))?;
+    let table = g
+        .compute_lineage_drivers(
+            &Expression::Sparse(&x),
+            &DriverOptions {
+                lineages: (!a.lineages.is_empty())
+                    .then(|| a.lineages.iter().map(|l| l.trim().to_string()).collect()),
+                test,
+                ..Default::default()
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("--lineages: {e}"))?
+        .clone();
     let mut edit = H5adEdit::new(&a.io.input);
-    write_drivers(&mut edit, &r, d, &table)?;
+    write_gpcca(&mut edit, &r, &g)?;
     edit.write_to(&a.io.output)?;
     let mut msg = format!(
         "drivers for {} -> {}\n",
-        fates.names.join(", "),
+        table.lineages.join(", "),
         a.io.output.display()
     );
     if let Some(path) = &a.csv {
@@ -507,66 +456,32 @@ pub(crate) struct CflareArgs {
 }
 
 pub(crate) fn cflare(a: CflareArgs) -> anyhow::Result<String> {
-    use cellfate::estimators::cflare::{cflare, CflareOptions};
-    use cellfate::estimators::states::{name_states, ClusterReference};
+    use cellfate::estimators::cflare::CflareOptions;
     let r = H5adReader::open(&a.io.input)?;
-    let t = r.transition_matrix(&a.io.transition_key)?;
-    let d = t.direction();
-    let res = cflare(
-        &t,
-        &CflareOptions {
-            k: a.k,
-            use_k: a.use_k,
-            percentile: Some(a.percentile),
-            n_clusters: a.n_clusters,
-            seed: a.seed,
-            ..Default::default()
-        },
-    )?;
-    let key = a.cluster_key.clone().unwrap_or_else(|| "clusters".into());
-    let (labels, cats, colors) = match r.column("obs", &key) {
-        Ok(Element::Categorical(c)) => {
-            let colors = match r.read(&format!("uns/{key}_colors")) {
-                Ok(Element::Strings { values, .. }) => Some(values),
-                _ => None,
-            };
-            (Some(c.to_labels()), c.categories.labels(), colors)
-        }
-        _ => (None, Vec::new(), None),
-    };
-    let reference = labels.as_ref().map(|l| ClusterReference {
-        labels: l,
-        categories: &cats,
-        colors: colors.as_deref(),
-    });
-    let (names, cols) = name_states(&res.assignment, res.n_clusters, reference)?;
-    let ts = keys::terminal_states(d);
+    let mut c = read_cflare(&r, &a.io.transition_key)?;
+    let clusters = read_clusters(&r, a.cluster_key.as_deref().unwrap_or("clusters"));
+    c.fit(a.k)?;
+    let names = c
+        .predict(
+            &CflareOptions {
+                k: a.k,
+                use_k: a.use_k,
+                percentile: Some(a.percentile),
+                n_clusters: a.n_clusters,
+                seed: a.seed,
+                ..Default::default()
+            },
+            clusters.as_ref().map(Clusters::reference),
+        )?
+        .names
+        .clone();
+    let res = c.result()?;
+    let (gap, used) = (res.eigengap, res.use_k);
     let mut edit = H5adEdit::new(&a.io.input);
-    edit.set(
-        &format!("obs/{ts}"),
-        Element::Categorical(cellfate::io::Categorical {
-            codes: res
-                .assignment
-                .iter()
-                .map(|x| x.map_or(-1, |q| q as i32))
-                .collect(),
-            categories: cellfate::io::Categories::Str(names.clone()),
-            ordered: false,
-        }),
-    );
-    edit.set(
-        &format!("obs/{}", keys::probs(&ts)),
-        Element::from_f64(res.probs.clone()),
-    );
-    edit.set(
-        &format!("uns/{}", keys::colors(&ts)),
-        Element::from_strings(cols),
-    );
+    write_cflare(&mut edit, &r, &c)?;
     edit.write_to(&a.io.output)?;
     Ok(format!(
-        "CFLARE: eigengap {}, {} eigenvectors used, terminal states {} -> {}\n",
-        res.eigengap,
-        res.use_k,
+        "CFLARE: eigengap {gap}, {used} eigenvectors used, terminal states {} -> {}\n",
         names.join(", "),
         a.io.output.display()
     ))
