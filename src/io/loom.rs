@@ -163,17 +163,17 @@ pub fn loom_to_h5ad(loom: &Path, output: &Path) -> Result<LoomSummary, LoomError
         }
     }
     // Attributes.
-    let (var, varm, mut skipped) = attributes(&r, loom, "row_attrs", g, &["Gene", "var_names"])?;
-    let (obs, obsm, skipped_obs) = attributes(&r, loom, "col_attrs", n, &["CellID", "obs_names"])?;
-    skipped.extend(skipped_obs);
+    let var = attributes(&r, loom, "row_attrs", g, &["Gene", "var_names"])?;
+    let obs = attributes(&r, loom, "col_attrs", n, &["CellID", "obs_names"])?;
+    let skipped: Vec<String> = var.skipped.into_iter().chain(obs.skipped).collect();
     // Write: attributes first, then the matrices block by block.
     let w = H5adStreamWriter::create(output)?;
-    w.write_element("obs", &Element::DataFrame(obs))?;
-    w.write_element("var", &Element::DataFrame(var))?;
-    for (name, el) in &obsm {
+    w.write_element("obs", &Element::DataFrame(obs.frame))?;
+    w.write_element("var", &Element::DataFrame(var.frame))?;
+    for (name, el) in &obs.multi {
         w.write_element(&format!("obsm/{name}"), el)?;
     }
-    for (name, el) in &varm {
+    for (name, el) in &var.multi {
         w.write_element(&format!("varm/{name}"), el)?;
     }
     transpose_into(&r, &w, "matrix", "X", g, n)?;
@@ -272,6 +272,16 @@ fn type_name(ds: &hdf5::Dataset) -> String {
         .map_or_else(|| "unknown".into(), |d| format!("{d:?}"))
 }
 
+/// The converted attributes of one axis.
+struct Axis {
+    /// `obs` or `var`.
+    frame: DataFrame,
+    /// 2-d attributes (for `obsm` / `varm`).
+    multi: Vec<(String, Element)>,
+    /// Attributes not converted (unsupported types).
+    skipped: Vec<String>,
+}
+
 /// Attributes of one axis: the dataframe (indexed by the first of `index_names` present, else
 /// by position), the 2-d attributes (for `obsm`/`varm`) and the names of the attributes
 /// skipped (unsupported types).
@@ -281,7 +291,7 @@ fn attributes(
     group: &str,
     len: usize,
     index_names: &[&str],
-) -> Result<(DataFrame, Vec<(String, Element)>, Vec<String>), LoomError> {
+) -> Result<Axis, LoomError> {
     let f = r.file();
     let g = f.group(group).map_err(|_| LoomError::Missing {
         path: loom.to_path_buf(),
@@ -359,7 +369,11 @@ fn attributes(
         };
         df.set_column(&name, col);
     }
-    Ok((df, multi, skipped))
+    Ok(Axis {
+        frame: df,
+        multi,
+        skipped,
+    })
 }
 
 fn axis_word(group: &str) -> &'static str {
