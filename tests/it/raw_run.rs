@@ -283,6 +283,21 @@ fn write_loom(h5ad: &Path, loom: &Path, drop_unspliced: bool) {
         .with_data(&r.obs_f64("true_time").expect("time"))
         .create("true_time")
         .expect("true_time");
+    // A 2-d cell attribute (to obsm) and loompy 2's fixed-length ASCII strings.
+    let emb = ndarray::Array2::from_shape_fn((n, 2), |(i, k)| (i * 2 + k) as f64);
+    cols.new_dataset_builder()
+        .with_data(&emb)
+        .create("embedding")
+        .expect("embedding");
+    let accession: Vec<hdf5::types::FixedAscii<16>> = (0..g)
+        .map(|j| {
+            hdf5::types::FixedAscii::from_ascii(format!("ENSG{j:05}").as_bytes()).expect("ascii")
+        })
+        .collect();
+    rows.new_dataset_builder()
+        .with_data(&accession)
+        .create("Accession")
+        .expect("Accession");
     f.create_group("row_graphs").expect("row_graphs");
     f.create_group("col_graphs").expect("col_graphs");
     f.close().expect("close loom");
@@ -348,6 +363,15 @@ fn loom_runs_like_its_h5ad_twin() {
     assert_eq!(rb.obs_names().expect("b"), ra.obs_names().expect("a"));
     assert_eq!(rb.var_names().expect("b"), ra.var_names().expect("a"));
     assert!(rb.exists("layers/ambiguous"));
+    assert_eq!(
+        rb.dense("obsm/embedding").expect("embedding").1,
+        2,
+        "2-d attributes go to obsm"
+    );
+    match rb.column("var", "Accession").expect("Accession") {
+        Element::Strings { values, .. } => assert_eq!(values[1], "ENSG00001"),
+        other => panic!("Accession: {}", other.encoding()),
+    }
     assert_eq!(
         rb.obs_f64("true_time").expect("b"),
         ra.obs_f64("true_time").expect("a")
