@@ -171,6 +171,16 @@ pub fn run(
     spec: &FateMapSpec,
     progress: &mut dyn FnMut(&str),
 ) -> Result<RunSummary, PipelineError> {
+    // The output copies an intermediate file when upstream steps run, so the writer's own
+    // check (output ≠ the file it copies) no longer protects the input: check here.
+    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(input), std::fs::canonicalize(output)) {
+        if a == b {
+            return Err(H5adError::WouldOverwriteInput {
+                path: output.to_path_buf(),
+            }
+            .into());
+        }
+    }
     // Raw input: the missing upstream steps write an intermediate file, which the kernel reads
     // and the output copies (removed when `prepared` is dropped).
     let prepared = upstream::prepare_input(input, output, spec, progress)?;

@@ -418,6 +418,23 @@ fn raw_input_errors_name_what_is_missing() {
         err.contains("\"Nowhere\"") && err.contains("Progenitor"),
         "{err}"
     );
+    // The output never replaces the input, even when it is written from an intermediate file.
+    let before = std::fs::read(&sim).expect("read");
+    let out = cellfate()
+        .arg("run")
+        .arg(&sim)
+        .arg("-o")
+        .arg(&sim)
+        .arg("-q")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("output is the input file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&sim).expect("read"), before);
     let loom = d.path().join("broken.loom");
     write_loom(&sim, &loom, true);
     let err = fail(&["-q"], &loom);
