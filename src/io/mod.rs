@@ -7,10 +7,12 @@
 //! - [`H5adStreamWriter`]: a new file written slot by slot, with sparse and dense matrices
 //!   appended in row blocks (bounded memory); [`write_new`] writes whole elements with it.
 //! - [`keys`]: CellRank's AnnData key names.
+//! - [`loom`]: velocyto's `.loom` files, converted to `.h5ad` ([`loom::loom_to_h5ad`]).
 
 pub mod element;
 pub mod error;
 pub mod keys;
+pub mod loom;
 pub mod read;
 pub mod source;
 pub mod stream;
@@ -22,4 +24,4 @@ pub use element::{
 pub use error::H5adError;
 pub use read::{H5adReader, SlotInfo};
 pub use stream::{CsrAppender, DenseRowAppender, H5adStreamWriter};
-pub use write::{write_new, ColumnWriter, EarlySlots, H5adEdit};
+pub use write::{write_new, ColumnWriter, EarlySlots, H5adEdit, TempSibling};

@@ -719,12 +719,16 @@ impl H5adReader {
                 .read_raw::<VarLenAscii>()
                 .map(|v| v.into_iter().map(|s| s.as_str().to_string()).collect())
                 .map_err(e),
-            TypeDescriptor::FixedAscii(n) | TypeDescriptor::FixedUnicode(n) if n <= 4096 => {
-                // HDF5 converts a fixed-length string to a longer fixed-length one.
-                ds.read_raw::<hdf5::types::FixedUnicode<4096>>()
-                    .map(|v| v.into_iter().map(|s| s.as_str().to_string()).collect())
-                    .map_err(e)
-            }
+            // HDF5 converts a fixed-length string to a longer fixed-length one of the same
+            // character set (not ASCII to UTF-8: numpy's `S` arrays are ASCII).
+            TypeDescriptor::FixedAscii(n) if n <= 4096 => ds
+                .read_raw::<hdf5::types::FixedAscii<4096>>()
+                .map(|v| v.into_iter().map(|s| s.as_str().to_string()).collect())
+                .map_err(e),
+            TypeDescriptor::FixedUnicode(n) if n <= 4096 => ds
+                .read_raw::<hdf5::types::FixedUnicode<4096>>()
+                .map(|v| v.into_iter().map(|s| s.as_str().to_string()).collect())
+                .map_err(e),
             other => Err(self.invalid(slot, "strings", format!("HDF5 type {other:?}"))),
         }
     }

@@ -615,6 +615,50 @@ pub(super) fn temp_path(output: &Path) -> PathBuf {
     dir.join(format!(".{name}.cellfate-tmp-{}-{n}", std::process::id()))
 }
 
+/// An intermediate file next to a target, created exclusively (never an existing file) under a
+/// hidden name of the target's temporary-file family (`.NAME.cellfate-tmp-PID-N`), and removed
+/// when dropped. A process killed before dropping it leaves the file behind; the next write to
+/// the same target removes it (as it does for its own temporary files).
+#[derive(Debug)]
+pub struct TempSibling {
+    path: PathBuf,
+}
+
+impl TempSibling {
+    /// Creates an empty file next to `target`.
+    pub fn create(target: &Path) -> Result<Self> {
+        loop {
+            let path = temp_path(target);
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(_) => return Ok(Self { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(source) => {
+                    return Err(H5adError::Io {
+                        path,
+                        op: "creating an intermediate file",
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempSibling {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Removes temporary outputs for `name` left by processes that no longer exist (a run that was
 /// killed mid-write leaves its hidden temporary file; the target itself is never partial).
 fn remove_stale_temps(dir: &Path, name: &str) {

@@ -2,6 +2,7 @@
 //! ([`FateMapSpec`]) shared by the library, TOML config files and the CLI flags.
 
 pub mod estimate;
+pub mod upstream;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,6 +16,7 @@ use cellfate_kernels::{expr, Kernel, KernelSpec};
 use crate::io::{Element, H5adEdit, H5adError, H5adReader};
 
 pub use estimate::{EstimatorSpec, EstimatorSummary, NStates};
+pub use upstream::{UpstreamSettings, UpstreamStep};
 
 /// Any error of a pipeline run.
 #[derive(Debug, Error)]
@@ -44,6 +46,30 @@ pub enum PipelineError {
     /// Reading or writing an estimator.
     #[error(transparent)]
     EstimatorIo(#[from] crate::estimator_io::EstimatorIoError),
+    /// A `.loom` input.
+    #[error(transparent)]
+    Loom(#[from] crate::io::loom::LoomError),
+    /// The diffusion pseudotime must be computed and no root was given.
+    #[error("{input}: the pseudotime kernel reads obs[\"dpt_pseudotime\"] ({reason}); computing the diffusion pseudotime needs a root: give --root-cluster NAME (a cluster of --cluster-key, default clusters) or --root-cell CELL (upstream.root_cluster / upstream.root_cell in a config)")]
+    MissingRoot {
+        /// The input file.
+        input: std::path::PathBuf,
+        /// Why the pseudotime is computed (missing from the file, or recomputed).
+        reason: String,
+    },
+    /// An upstream step (preprocessing, velocity, pseudotime, .loom conversion) failed.
+    #[error("{input}: upstream step `{step}` ({reason}) failed: {source}")]
+    Upstream {
+        /// The input file of the run.
+        input: std::path::PathBuf,
+        /// The step ([`UpstreamStep::name`]).
+        step: &'static str,
+        /// Why the step ran.
+        reason: String,
+        /// What went wrong.
+        #[source]
+        source: Box<PipelineError>,
+    },
     /// Anything else.
     #[error("{0}")]
     Invalid(String),
@@ -61,6 +87,8 @@ pub struct FateMapSpec {
     pub transition_key: Option<String>,
     /// The estimator stages.
     pub estimators: EstimatorSpec,
+    /// The upstream steps run on raw input (preprocessing, velocity, diffusion pseudotime).
+    pub upstream: UpstreamSettings,
 }
 
 impl Default for FateMapSpec {
@@ -70,6 +98,7 @@ impl Default for FateMapSpec {
             kernel_params: BTreeMap::new(),
             transition_key: None,
             estimators: EstimatorSpec::default(),
+            upstream: UpstreamSettings::default(),
         }
     }
 }
@@ -120,6 +149,11 @@ pub struct RunSummary {
     pub kernel: String,
     /// Stage timings.
     pub stages: Vec<StageTime>,
+    /// Upstream steps that ran, in order ([`UpstreamStep::name`]: `loom`, `preprocess`,
+    /// `moments`, `velocity`, `pseudotime`); empty for a processed input.
+    pub upstream_steps: Vec<String>,
+    /// Notes of the upstream steps (genes kept, pseudotime root, ...).
+    pub upstream_notes: Vec<String>,
     /// Estimator results.
     pub estimators: EstimatorSummary,
     /// Peak resident memory of the process so far (MB; Linux `VmHWM`), when known.
@@ -143,9 +177,23 @@ pub fn run(
     spec: &FateMapSpec,
     progress: &mut dyn FnMut(&str),
 ) -> Result<RunSummary, PipelineError> {
-    let r = H5adReader::open(input)?;
-    let mut edit = H5adEdit::new(input);
-    let mut stages = Vec::new();
+    // The output copies an intermediate file when upstream steps run, so the writer's own
+    // check (output ≠ the file it copies) no longer protects the input: check here.
+    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(input), std::fs::canonicalize(output)) {
+        if a == b {
+            return Err(H5adError::WouldOverwriteInput {
+                path: output.to_path_buf(),
+            }
+            .into());
+        }
+    }
+    // Raw input: the missing upstream steps write an intermediate file, which the kernel reads
+    // and the output copies (removed when `prepared` is dropped).
+    let prepared = upstream::prepare_input(input, output, spec, progress)?;
+    let source = prepared.path();
+    let r = H5adReader::open(source)?;
+    let mut edit = H5adEdit::new(source);
+    let mut stages = prepared.stages.clone();
     let start = Instant::now();
     let (t, kernel_json) = if let Some(key) = &spec.transition_key {
         progress("reading the transition matrix");
@@ -179,7 +227,12 @@ pub fn run(
             seconds: next.duration_since(*at).as_secs_f64(),
         });
     }
-    let run_info = serde_json::json!({ "stages": &stages, "peak_rss_mb": peak_rss_mb() });
+    let run_info = serde_json::json!({
+        "stages": &stages,
+        "peak_rss_mb": peak_rss_mb(),
+        "upstream_steps": &prepared.steps,
+        "upstream_notes": &prepared.notes,
+    });
     edit.set(
         "uns/cellfate",
         Element::Dict(vec![
@@ -192,6 +245,10 @@ pub fn run(
             (
                 "summary".into(),
                 Element::Str(serde_json::to_string(&summary).unwrap_or_default()),
+            ),
+            (
+                "upstream_steps".into(),
+                Element::from_strings(prepared.steps.clone()),
             ),
         ]),
     );
@@ -208,6 +265,8 @@ pub fn run(
         n_cells: t.n_cells(),
         kernel: kernel_json,
         stages,
+        upstream_steps: prepared.steps.clone(),
+        upstream_notes: prepared.notes.clone(),
         estimators: summary,
         peak_rss_mb: peak_rss_mb(),
     })

@@ -445,6 +445,78 @@ pub fn velocity_in_file(
     fitted.ok_or_else(|| err("velocity: no fit"))
 }
 
+/// Moments and RNA velocity on a file that has a kNN graph but no moments (scVelo's
+/// `pp.moments` + `tl.velocity` on a file processed by scanpy): `layers["spliced"]` and
+/// `["unspliced"]` are normalised per cell to their median library size when they hold raw
+/// counts (every value an integer, scVelo's test) and written back normalised; `Ms`/`Mu` are
+/// averaged over `obsp["connectivities"]` (each cell and its neighbours); the velocity fit
+/// follows (`var["highly_variable"]` restricts the velocity genes when present). Writes
+/// `output` (a copy of `input`), block of genes by block of genes.
+pub fn moments_velocity_in_file(
+    input: &Path,
+    output: &Path,
+    mode: velocity::VelocityMode,
+) -> Result<velocity::GeneFit, PipelineError> {
+    let source = input.display().to_string();
+    let r = H5adReader::open(input)?;
+    check_count_layers(&r, input)?;
+    if !r.exists("obsp/connectivities") {
+        return Err(err(format!(
+            "{source}: obsp[\"connectivities\"] is missing (the kNN graph the moments average over); run `cellfate preprocess` first"
+        )));
+    }
+    let w = velocity::smoothing_graph(&r.obsp("connectivities")?);
+    let (s, u) = (r.csr("layers/spliced")?, r.csr("layers/unspliced")?);
+    let (n, g) = (s.nrows(), s.ncols());
+    if (u.nrows(), u.ncols()) != (n, g) {
+        return Err(err(format!(
+            "{source}: layers spliced ({n}×{g}) and unspliced ({}×{}) differ in shape",
+            u.nrows(),
+            u.ncols()
+        )));
+    }
+    let is_counts = |m: &Csr| m.data().iter().all(|v| v.fract() == 0.0);
+    let raw = is_counts(&s) && is_counts(&u);
+    let (sn, un) = if raw {
+        let ts = library_size(&s);
+        let tu = library_size(&u).max(1.0);
+        (normalize_rows_owned(s, ts), normalize_rows_owned(u, tu))
+    } else {
+        (s, u)
+    };
+    let hvg: Option<Vec<bool>> = r
+        .read("var/highly_variable")
+        .ok()
+        .and_then(|e| e.to_f64_vec())
+        .map(|v| v.into_iter().map(|x| x != 0.0).collect());
+    let mut edit = H5adEdit::new(input);
+    if mode == velocity::VelocityMode::Deterministic {
+        edit.remove("layers/variance_velocity");
+    }
+    let mut fitted = None;
+    edit.write_to_with(output, |early| -> Result<_, PipelineError> {
+        let fit = {
+            let src = velocity::SmoothedCounts {
+                w: &w,
+                s: &sn,
+                u: &un,
+            };
+            fit_into(early, &src, n, g, hvg.as_deref(), mode, true)?
+        };
+        if !fit.velocity_genes.iter().any(|&b| b) {
+            return Err(no_velocity_genes(&source));
+        }
+        if raw {
+            early.write("layers/spliced", Element::Sparse(sn.into()))?;
+            early.write("layers/unspliced", Element::Sparse(un.into()))?;
+        }
+        let slots = velocity_slots(&fit);
+        fitted = Some(fit);
+        Ok(slots)
+    })?;
+    fitted.ok_or_else(|| err("moments + velocity: no fit"))
+}
+
 /// First moments from a file's `layers["Ms"]`/`["Mu"]`, second moments smoothed from its
 /// normalised counts (see [`velocity_in_file`]).
 struct FileMoments<'a> {

@@ -14,6 +14,7 @@ mod kernel_io;
 mod kernel_parity;
 mod pipeline;
 mod python;
+mod raw_run;
 mod report;
 mod roundtrip;
 mod upstream_parity;

@@ -59,7 +59,7 @@ fn reencode_round_trip_is_lossless_for_every_file() {
 }
 
 /// No temporary output (`.NAME.cellfate-tmp-*`) is left in `dir`.
-fn assert_no_temporary_files(dir: &Path) {
+pub(crate) fn assert_no_temporary_files(dir: &Path) {
     let leftovers: Vec<_> = std::fs::read_dir(dir)
         .expect("dir")
         .filter_map(Result::ok)

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use cellfate::pipeline;
 
-use crate::run_cmd::{build_spec, EstimatorFlags};
+use crate::run_cmd::{build_spec, EstimatorFlags, UpstreamFlags};
 
 /// Arguments of `cellfate batch`.
 #[derive(Debug, clap::Args)]
@@ -32,6 +32,8 @@ pub(crate) struct BatchArgs {
     params: Vec<String>,
     #[command(flatten)]
     estimators: EstimatorFlags,
+    #[command(flatten)]
+    upstream: UpstreamFlags,
     /// Samples processed at once.
     #[arg(long, default_value_t = 1)]
     jobs: usize,
@@ -58,6 +60,8 @@ struct SampleResult {
     status: String,
     seconds: f64,
     n_cells: Option<usize>,
+    /// Upstream steps that ran (preprocess, velocity, pseudotime, ...).
+    upstream_steps: Vec<String>,
     terminal_states: Vec<String>,
     fate_shares: Vec<(String, f64)>,
     warnings: Vec<String>,
@@ -88,13 +92,14 @@ fn sample_name(p: &Path) -> String {
 
 /// Runs the batch; returns the report and whether every sample succeeded.
 pub(crate) fn run(a: BatchArgs) -> anyhow::Result<(String, bool)> {
-    let spec = build_spec(
+    let mut spec = build_spec(
         a.config.as_ref(),
         a.kernel.as_ref(),
         &a.params,
         None,
         &a.estimators,
     )?;
+    a.upstream.apply(&mut spec)?;
     std::fs::create_dir_all(&a.out_dir)
         .with_context(|| format!("creating {}", a.out_dir.display()))?;
     let budget = a.max_memory.map(|gb| gb * 1e9);
@@ -117,6 +122,7 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<(String, bool)> {
                     status: "ok".into(),
                     seconds: 0.0,
                     n_cells: None,
+                    upstream_steps: Vec::new(),
                     terminal_states: Vec::new(),
                     fate_shares: Vec::new(),
                     warnings: Vec::new(),
@@ -151,6 +157,7 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<(String, bool)> {
                 match pipeline::run(input, &output, &spec, &mut quiet) {
                     Ok(s) => {
                         res.n_cells = Some(s.n_cells);
+                        res.upstream_steps = s.upstream_steps.clone();
                         res.terminal_states = s.estimators.terminal_states.clone();
                         res.fate_shares = s.estimators.fate_shares.clone();
                         res.warnings = s.estimators.notes.clone();
@@ -207,7 +214,7 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<(String, bool)> {
     }))?;
     crate::kernel_cmd::write_atomic(&a.out_dir.join("summary.json"), json.as_bytes())?;
     let mut csv = String::from(
-        "sample,status,seconds,peak_rss_mb,n_cells,terminal_states,fate_shares,warnings,error\n",
+        "sample,status,seconds,peak_rss_mb,n_cells,upstream_steps,terminal_states,fate_shares,warnings,error\n",
     );
     let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
     for r in &results {
@@ -217,12 +224,13 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<(String, bool)> {
             .map(|(n, s)| format!("{n}:{s:.4}"))
             .collect();
         csv.push_str(&format!(
-            "{},{},{:.3},{},{},{},{},{},{}\n",
+            "{},{},{:.3},{},{},{},{},{},{},{}\n",
             q(&r.sample),
             q(&r.status),
             r.seconds,
             r.peak_rss_mb.map_or(String::new(), |m| format!("{m:.0}")),
             r.n_cells.map_or(String::new(), |n| n.to_string()),
+            q(&r.upstream_steps.join(";")),
             q(&r.terminal_states.join(";")),
             q(&shares.join(";")),
             q(&r.warnings.join(" | ")),
@@ -261,6 +269,9 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<(String, bool)> {
             report.push_str(&format!("  {e}"));
         } else if !r.terminal_states.is_empty() {
             report.push_str(&format!("  terminal: {}", r.terminal_states.join(", ")));
+        }
+        if !r.upstream_steps.is_empty() {
+            report.push_str(&format!("  upstream: {}", r.upstream_steps.join(", ")));
         }
         report.push('\n');
     }

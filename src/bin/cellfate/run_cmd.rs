@@ -109,6 +109,42 @@ impl EstimatorFlags {
     }
 }
 
+/// Upstream settings as flags (`run` and `batch`; each overrides the config file).
+#[derive(Debug, clap::Args)]
+pub(crate) struct UpstreamFlags {
+    /// Root of the diffusion pseudotime, computed when a pseudotime kernel needs
+    /// obs["dpt_pseudotime"]: the extreme cell of this cluster (of --cluster-key, default
+    /// clusters).
+    #[arg(long, conflicts_with = "root_cell")]
+    root_cluster: Option<String>,
+    /// Root of the diffusion pseudotime: a cell index or obs name.
+    #[arg(long)]
+    root_cell: Option<String>,
+    /// Run every upstream step the kernel needs (preprocessing, velocity, diffusion
+    /// pseudotime) even when the input already holds its outputs.
+    #[arg(long)]
+    recompute: bool,
+}
+
+impl UpstreamFlags {
+    pub(crate) fn apply(&self, spec: &mut FateMapSpec) -> anyhow::Result<()> {
+        let u = &mut spec.upstream;
+        if let Some(c) = &self.root_cluster {
+            u.root_cluster = Some(c.clone());
+            u.root_cell = None;
+        }
+        if let Some(c) = &self.root_cell {
+            u.root_cell = Some(c.clone());
+            u.root_cluster = None;
+        }
+        if self.recompute {
+            u.recompute = true;
+        }
+        u.validate()?;
+        Ok(())
+    }
+}
+
 /// Arguments of `cellfate run`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {
@@ -131,6 +167,8 @@ pub(crate) struct RunArgs {
     transition_key: Option<String>,
     #[command(flatten)]
     estimators: EstimatorFlags,
+    #[command(flatten)]
+    upstream: UpstreamFlags,
     /// Run on the built-in simulated dataset (writes the simulation next to the output).
     #[arg(long)]
     demo: bool,
@@ -200,6 +238,12 @@ pub(crate) fn summary_text(s: &pipeline::RunSummary) -> String {
     let e = &s.estimators;
     let mut out = String::new();
     let _ = writeln!(out, "{} -> {} ({} cells)", s.input, s.output, s.n_cells);
+    if !s.upstream_steps.is_empty() {
+        let _ = writeln!(out, "upstream steps: {}", s.upstream_steps.join(", "));
+        for note in &s.upstream_notes {
+            let _ = writeln!(out, "  {note}");
+        }
+    }
     let _ = writeln!(
         out,
         "Schur: {} (residual {:.1e}), eigengap {}",
@@ -252,6 +296,7 @@ pub(crate) fn run(a: RunArgs) -> anyhow::Result<String> {
         a.transition_key.as_ref(),
         &a.estimators,
     )?;
+    a.upstream.apply(&mut spec)?;
     if a.dry_run {
         return Ok(spec.to_toml());
     }
