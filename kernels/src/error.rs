@@ -154,7 +154,7 @@ pub enum KernelError {
         /// What the input is (e.g. "the kNN graph").
         what: String,
         /// The underlying lookup error (names slot and key).
-        source: Box<crate::source::SourceError>,
+        source: Box<SourceError>,
         /// How to create the input.
         hint: String,
     },
@@ -194,4 +194,43 @@ pub enum KernelError {
     /// A saved kernel could not be loaded.
     #[error("cannot load kernel: {0}")]
     Load(String),
+}
+
+/// An input a kernel asked for could not be provided.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// The slot/key does not exist.
+    #[error("`{slot}[\"{key}\"]` not found{}", hint_available(.available))]
+    Missing {
+        /// AnnData slot (`obsp`, `obs`, `layers`, `obsm`, `var`).
+        slot: String,
+        /// Key within the slot.
+        key: String,
+        /// Keys that do exist in that slot.
+        available: Vec<String>,
+    },
+    /// The slot exists but holds something else.
+    #[error("`{slot}[\"{key}\"]`: expected {expected}, found {found}")]
+    Invalid {
+        /// Slot.
+        slot: String,
+        /// Key.
+        key: String,
+        /// What was expected.
+        expected: String,
+        /// What was found.
+        found: String,
+    },
+    /// Any other failure of the underlying storage (file, HDF5), as text.
+    #[error("{0}")]
+    Storage(String),
+}
+
+fn hint_available(a: &[String]) -> String {
+    if a.is_empty() {
+        String::new()
+    } else {
+        format!(" (available: {})", a.join(", "))
+    }
 }

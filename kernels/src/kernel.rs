@@ -1,5 +1,12 @@
 //! The [`Kernel`] trait, the serialisable [`KernelSpec`] (a kernel *is* its validated
 //! parameters), and kernel algebra: weighted sums, element-wise products, direction flips.
+//!
+//! Layering (no import cycles between files): the trait and [`KernelSpec`] name each other,
+//! so they live here together; `KernelSpec` names every built-in parameter type, so the kernel
+//! files must not import this module. Each kernel file implements the crate-private `Leaf`
+//! trait (`leaf.rs`: direction, validation, computation returning the effective parameters)
+//! and this module implements [`Kernel`] for it. The operators live in `ops.rs`, the
+//! expression parser in `expr.rs`; both sit above this module.
 
 use serde::{Deserialize, Serialize};
 
@@ -8,6 +15,7 @@ use crate::csr::Csr;
 use crate::cytotrace::CytoTraceParams;
 use crate::error::KernelError;
 use crate::labeling::LabelingTimeParams;
+use crate::leaf::{to_transition, Leaf};
 use crate::precomputed::PrecomputedParams;
 use crate::pseudotime::PseudotimeParams;
 use crate::real_time::RealTimeParams;
@@ -381,111 +389,53 @@ fn check_same_cells(a: &Csr, b: &Csr) -> Result<(), KernelError> {
     Ok(())
 }
 
-/// Reads and checks the kNN graph a kernel needs.
-pub(crate) fn read_graph(
-    kernel: &'static str,
-    cells: &dyn CellSource,
-    key: &str,
-) -> Result<Csr, KernelError> {
-    let g = cells.graph(key).map_err(|source| KernelError::MissingInput {
-        kernel,
-        what: "the kNN graph".into(),
-        source: Box::new(source),
-        hint: "compute neighbours with `cellfate preprocess` (or scanpy's `pp.neighbors`), or set `conn_key`".into(),
-    })?;
-    if g.nrows() != cells.n_cells() || g.ncols() != cells.n_cells() {
-        return Err(KernelError::InvalidInput {
-            kernel,
-            what: format!("obsp[\"{key}\"]"),
-            detail: format!(
-                "shape {} x {}, expected {n} x {n}",
-                g.nrows(),
-                g.ncols(),
-                n = cells.n_cells()
-            ),
-        });
-    }
-    Ok(g)
-}
+// ----- the built-in kernels -----------------------------------------------------------------
 
-/// Row-normalises (when needed) and validates, naming the kernel on failure.
-pub(crate) fn to_transition(
-    kernel: &'static str,
-    m: Csr,
-    direction: Direction,
-) -> Result<TransitionMatrix, KernelError> {
-    TransitionMatrix::from_weights(m, direction)
-        .map_err(|source| KernelError::Transition { kernel, source })
-}
+/// `Kernel` and `From<P> for KernelSpec` for each built-in parameter type, delegating to its
+/// [`Leaf`] implementation (in the kernel's own file).
+macro_rules! builtin_kernels {
+    ($($t:ty => $variant:ident),* $(,)?) => {$(
+        impl Kernel for $t {
+            fn name(&self) -> &'static str {
+                <$t as Leaf>::NAME
+            }
 
-// ----- operator sugar: `0.8 * vk + 0.2 * ck`, `vk * ck`, `!vk` ---------------------------
+            fn spec(&self) -> KernelSpec {
+                KernelSpec::$variant(self.clone())
+            }
 
-macro_rules! kernel_ops {
-    ($($t:ty),*) => {$(
+            fn direction(&self) -> Option<Direction> {
+                self.leaf_direction()
+            }
+
+            fn validate(&self) -> Result<(), KernelError> {
+                self.leaf_validate()
+            }
+
+            fn compute(&self, cells: &dyn CellSource) -> Result<KernelOutput, KernelError> {
+                self.leaf_validate()?;
+                let (transition, effective) = self.leaf_compute(cells)?;
+                Ok(KernelOutput {
+                    transition,
+                    effective: KernelSpec::$variant(effective),
+                })
+            }
+        }
+
         impl From<$t> for KernelSpec {
             fn from(p: $t) -> Self {
-                p.spec()
-            }
-        }
-        impl std::ops::Mul<$t> for f64 {
-            type Output = KernelSpec;
-            fn mul(self, k: $t) -> KernelSpec {
-                KernelSpec::Sum { terms: vec![(self, k.spec())] }
-            }
-        }
-        impl<R: Into<KernelSpec>> std::ops::Add<R> for $t {
-            type Output = KernelSpec;
-            fn add(self, r: R) -> KernelSpec {
-                KernelSpec::from(self) + r
-            }
-        }
-        impl std::ops::Not for $t {
-            type Output = KernelSpec;
-            fn not(self) -> KernelSpec {
-                self.spec().flip()
+                KernelSpec::$variant(p)
             }
         }
     )*};
 }
-kernel_ops!(
-    ConnectivityParams,
-    PseudotimeParams,
-    VelocityParams,
-    PrecomputedParams
+
+builtin_kernels!(
+    ConnectivityParams => Connectivity,
+    PseudotimeParams => Pseudotime,
+    VelocityParams => Velocity,
+    PrecomputedParams => Precomputed,
+    CytoTraceParams => CytoTrace,
+    LabelingTimeParams => LabelingTime,
+    RealTimeParams => RealTime,
 );
-
-impl std::ops::Mul<KernelSpec> for f64 {
-    type Output = KernelSpec;
-    fn mul(self, k: KernelSpec) -> KernelSpec {
-        KernelSpec::sum(vec![(self, k)])
-    }
-}
-
-impl<R: Into<KernelSpec>> std::ops::Add<R> for KernelSpec {
-    type Output = KernelSpec;
-    /// Adds two expressions. A bare kernel counts with weight 1; a single scaled term
-    /// (`0.8 * k`) keeps its weight.
-    fn add(self, r: R) -> KernelSpec {
-        let as_terms = |k: KernelSpec| match k {
-            KernelSpec::Sum { terms } => terms,
-            other => vec![(1.0, other)],
-        };
-        let mut terms = as_terms(self);
-        terms.extend(as_terms(r.into()));
-        KernelSpec::Sum { terms }
-    }
-}
-
-impl std::ops::Mul<KernelSpec> for KernelSpec {
-    type Output = KernelSpec;
-    fn mul(self, r: KernelSpec) -> KernelSpec {
-        KernelSpec::product(vec![self, r])
-    }
-}
-
-impl std::ops::Not for KernelSpec {
-    type Output = KernelSpec;
-    fn not(self) -> KernelSpec {
-        self.flip()
-    }
-}

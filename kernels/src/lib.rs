@@ -32,6 +32,8 @@ pub mod error;
 pub mod expr;
 pub mod kernel;
 pub mod labeling;
+mod leaf;
+mod ops;
 pub mod precomputed;
 pub mod projection;
 pub mod pseudotime;

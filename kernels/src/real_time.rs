@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::csr::Csr;
 use crate::error::KernelError;
-use crate::kernel::{read_graph, to_transition, Kernel, KernelOutput, KernelSpec};
+use crate::leaf::{read_graph, to_transition, Leaf};
 use crate::source::{CellSource, DenseMatrix};
-use crate::transition::Direction;
+use crate::transition::{Direction, TransitionMatrix};
 
 /// How couplings are sparsified.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -195,20 +195,14 @@ impl RealTimeParams {
     }
 }
 
-impl Kernel for RealTimeParams {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+impl Leaf for RealTimeParams {
+    const NAME: &'static str = NAME;
 
-    fn spec(&self) -> KernelSpec {
-        KernelSpec::RealTime(self.clone())
-    }
-
-    fn direction(&self) -> Option<Direction> {
+    fn leaf_direction(&self) -> Option<Direction> {
         Some(Direction::Forward)
     }
 
-    fn validate(&self) -> Result<(), KernelError> {
+    fn leaf_validate(&self) -> Result<(), KernelError> {
         if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
             return Err(KernelError::InvalidParam {
                 kernel: NAME,
@@ -230,8 +224,10 @@ impl Kernel for RealTimeParams {
         Ok(())
     }
 
-    fn compute(&self, cells: &dyn CellSource) -> Result<KernelOutput, KernelError> {
-        self.validate()?;
+    fn leaf_compute(
+        &self,
+        cells: &dyn CellSource,
+    ) -> Result<(TransitionMatrix, Self), KernelError> {
         let n = cells.n_cells();
         let labels =
             cells
@@ -396,82 +392,13 @@ impl Kernel for RealTimeParams {
         }
         let m = Csr::from_triplets(n, n, &trip).map_err(|e| KernelError::Combine(e.to_string()))?;
         let transition = to_transition(NAME, m, Direction::Forward)?;
-        Ok(KernelOutput {
-            transition,
-            effective: self.spec(),
-        })
+        Ok((transition, self.clone()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::InMemoryCells;
-    use crate::testing::assert_kernel_contract;
-
-    fn two_time_points() -> InMemoryCells {
-        // Day 0: points at x = i; day 1: the same points shifted by +0.05.
-        let n0 = 20;
-        let mut emb = Vec::new();
-        let mut labels = Vec::new();
-        for d in 0..2 {
-            for i in 0..n0 {
-                emb.extend([i as f64 + 0.05 * d as f64, 0.0]);
-                labels.push(Some(format!("{d}")));
-            }
-        }
-        let n = 2 * n0;
-        let mut trip = Vec::new();
-        for i in 0..n {
-            for j in 0..n {
-                if i != j && (i as i64 % n0 as i64 - j as i64 % n0 as i64).abs() <= 2 {
-                    trip.push((i, j, 1.0));
-                }
-            }
-        }
-        let mut c = InMemoryCells {
-            n_cells: n,
-            n_genes: 1,
-            ..Default::default()
-        };
-        c.labels.insert("day".into(), labels);
-        c.obsm
-            .insert("X_pca".into(), DenseMatrix::from_f64(n, 2, emb));
-        c.graphs.insert(
-            "connectivities".into(),
-            Csr::from_triplets(n, n, &trip).unwrap(),
-        );
-        c
-    }
-
-    #[test]
-    fn ot_couples_each_cell_with_its_shifted_copy() {
-        let c = two_time_points();
-        let k = RealTimeParams {
-            epsilon: 0.001,
-            ..Default::default()
-        };
-        let t = k.compute(&c).unwrap().transition;
-        for i in 0..20 {
-            let (cols, vals) = t.row(i);
-            let (best, p) = cols
-                .iter()
-                .zip(vals)
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .unwrap();
-            assert_eq!(*best as usize, i + 20, "cell {i}");
-            assert!(*p > 0.9);
-        }
-        assert_kernel_contract(&k, &c);
-        assert_kernel_contract(
-            &RealTimeParams {
-                self_transitions: SelfTransitions::Uniform,
-                threshold: Threshold::Percentile(50.0),
-                ..Default::default()
-            },
-            &c,
-        );
-    }
 
     #[test]
     fn sinkhorn_marginals_are_uniform() {

@@ -400,3 +400,69 @@ fn contract_labeling_time() {
         assert!((gm - 0.3).abs() < 1e-6, "{gm}");
     }
 }
+
+// ----- real-time kernel ----------------------------------------------------------------------
+
+fn two_time_points() -> InMemoryCells {
+    // Day 0: points at x = i; day 1: the same points shifted by +0.05.
+    let n0 = 20;
+    let mut emb = Vec::new();
+    let mut labels = Vec::new();
+    for d in 0..2 {
+        for i in 0..n0 {
+            emb.extend([i as f64 + 0.05 * d as f64, 0.0]);
+            labels.push(Some(format!("{d}")));
+        }
+    }
+    let n = 2 * n0;
+    let mut trip = Vec::new();
+    for i in 0..n {
+        for j in 0..n {
+            if i != j && (i as i64 % n0 as i64 - j as i64 % n0 as i64).abs() <= 2 {
+                trip.push((i, j, 1.0));
+            }
+        }
+    }
+    let mut c = InMemoryCells {
+        n_cells: n,
+        n_genes: 1,
+        ..Default::default()
+    };
+    c.labels.insert("day".into(), labels);
+    c.obsm
+        .insert("X_pca".into(), DenseMatrix::from_f64(n, 2, emb));
+    c.graphs.insert(
+        "connectivities".into(),
+        Csr::from_triplets(n, n, &trip).unwrap(),
+    );
+    c
+}
+
+#[test]
+fn ot_couples_each_cell_with_its_shifted_copy() {
+    let c = two_time_points();
+    let k = RealTimeParams {
+        epsilon: 0.001,
+        ..Default::default()
+    };
+    let t = k.compute(&c).unwrap().transition;
+    for i in 0..20 {
+        let (cols, vals) = t.row(i);
+        let (best, p) = cols
+            .iter()
+            .zip(vals)
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap();
+        assert_eq!(*best as usize, i + 20, "cell {i}");
+        assert!(*p > 0.9);
+    }
+    assert_kernel_contract(&k, &c);
+    assert_kernel_contract(
+        &RealTimeParams {
+            self_transitions: real_time::SelfTransitions::Uniform,
+            threshold: real_time::Threshold::Percentile(50.0),
+            ..Default::default()
+        },
+        &c,
+    );
+}
