@@ -8,11 +8,22 @@
 //! [`KernelSpec::set_param`].
 
 use crate::connectivity::ConnectivityParams;
-use crate::error::KernelError;
+use crate::error::{ExprProblem, KernelError};
 use crate::kernel::{Kernel, KernelSpec};
 use crate::precomputed::PrecomputedParams;
 use crate::pseudotime::PseudotimeParams;
 use crate::velocity::VelocityParams;
+
+/// The kernel names of expressions.
+const KNOWN: [&str; 7] = [
+    "velocity",
+    "connectivity",
+    "pseudotime",
+    "cytotrace",
+    "labeling_time",
+    "real_time",
+    "precomputed",
+];
 
 /// Parses a kernel expression (see the module docs) and validates it.
 pub fn parse(expr: &str) -> Result<KernelSpec, KernelError> {
@@ -24,7 +35,7 @@ pub fn parse(expr: &str) -> Result<KernelSpec, KernelError> {
     let spec = p.expr()?;
     p.skip_ws();
     if p.pos < p.chars.len() {
-        return Err(p.error("unexpected input"));
+        return Err(p.error(ExprProblem::UnexpectedInput));
     }
     spec.validate()?;
     Ok(spec)
@@ -37,12 +48,13 @@ struct Parser<'a> {
 }
 
 impl Parser<'_> {
-    fn error(&self, msg: &str) -> KernelError {
-        let at = self.chars.get(self.pos).map_or(self.src.len(), |c| c.0);
-        KernelError::Load(format!(
-            "kernel expression {:?}: {msg} at position {at} (expected e.g. \"0.8*velocity + 0.2*connectivity\"; kernels: velocity, connectivity, pseudotime, cytotrace, labeling_time, real_time, precomputed)",
-            self.src
-        ))
+    fn error(&self, problem: ExprProblem) -> KernelError {
+        KernelError::Expression {
+            expr: self.src.to_string(),
+            position: self.chars.get(self.pos).map_or(self.src.len(), |c| c.0),
+            problem,
+            known: KNOWN.iter().map(|k| k.to_string()).collect(),
+        }
     }
 
     fn skip_ws(&mut self) {
@@ -83,7 +95,7 @@ impl Parser<'_> {
             }
         }
         match kernels.len() {
-            0 => Err(self.error("a term needs a kernel, not only a number")),
+            0 => Err(self.error(ExprProblem::NumberOnly)),
             1 => Ok((weight, kernels.remove(0))),
             _ => Ok((weight, KernelSpec::product(kernels))),
         }
@@ -95,7 +107,7 @@ impl Parser<'_> {
                 self.pos += 1;
                 let e = self.expr()?;
                 if self.peek() != Some(')') {
-                    return Err(self.error("missing ')'"));
+                    return Err(self.error(ExprProblem::MissingParen));
                 }
                 self.pos += 1;
                 Ok(Factor::Kernel(e))
@@ -104,7 +116,7 @@ impl Parser<'_> {
                 self.pos += 1;
                 match self.factor()? {
                     Factor::Kernel(k) => Ok(Factor::Kernel(k.flip())),
-                    Factor::Number(_) => Err(self.error("`~` applies to a kernel, not a number")),
+                    Factor::Number(_) => Err(self.error(ExprProblem::FlipNumber)),
                 }
             }
             Some(c) if c.is_ascii_digit() || c == '.' => {
@@ -122,7 +134,7 @@ impl Parser<'_> {
                 let text: String = self.chars[start..self.pos].iter().map(|c| c.1).collect();
                 text.parse::<f64>()
                     .map(Factor::Number)
-                    .map_err(|_| self.error(&format!("bad number {text:?}")))
+                    .map_err(|_| self.error(ExprProblem::BadNumber { text }))
             }
             Some(c) if c.is_ascii_alphabetic() => {
                 let start = self.pos;
@@ -145,12 +157,12 @@ impl Parser<'_> {
                     }
                     _ => {
                         self.pos = start;
-                        return Err(self.error(&format!("unknown kernel {name:?}")));
+                        return Err(self.error(ExprProblem::UnknownKernel { name }));
                     }
                 };
                 Ok(Factor::Kernel(k))
             }
-            _ => Err(self.error("expected a number, a kernel name, '(' or '~'")),
+            _ => Err(self.error(ExprProblem::ExpectedFactor)),
         }
     }
 }

@@ -80,18 +80,25 @@ pub enum KernelSpec {
     },
 }
 
+/// A node of an expression, for the algebra below: a leaf kernel or a combination.
+enum Node<'a> {
+    Leaf(&'a dyn Kernel),
+    Sum(&'a [(f64, KernelSpec)]),
+    Product(&'a [KernelSpec]),
+}
+
 impl KernelSpec {
-    /// Borrows the kernel behind a leaf spec, `None` for combinations.
-    fn leaf(&self) -> Option<&dyn Kernel> {
+    fn node(&self) -> Node<'_> {
         match self {
-            Self::Connectivity(p) => Some(p),
-            Self::Pseudotime(p) => Some(p),
-            Self::Velocity(p) => Some(p),
-            Self::Precomputed(p) => Some(p),
-            Self::CytoTrace(p) => Some(p),
-            Self::LabelingTime(p) => Some(p),
-            Self::RealTime(p) => Some(p),
-            Self::Sum { .. } | Self::Product { .. } => None,
+            Self::Connectivity(p) => Node::Leaf(p),
+            Self::Pseudotime(p) => Node::Leaf(p),
+            Self::Velocity(p) => Node::Leaf(p),
+            Self::Precomputed(p) => Node::Leaf(p),
+            Self::CytoTrace(p) => Node::Leaf(p),
+            Self::LabelingTime(p) => Node::Leaf(p),
+            Self::RealTime(p) => Node::Leaf(p),
+            Self::Sum { terms } => Node::Sum(terms),
+            Self::Product { factors } => Node::Product(factors),
         }
     }
 
@@ -158,58 +165,76 @@ impl KernelSpec {
 
     /// Sets `name = value` on every leaf of kind `kernel` (`velocity`, `connectivity`, ...),
     /// as `--param velocity.similarity=cosine` does. `value` is parsed as JSON when it can be
-    /// (numbers, booleans, `null`), else taken as a string. Returns how many leaves changed.
+    /// (numbers, booleans, `null`, objects), else taken as a string; a JSON value that does
+    /// not fit a text parameter is retried as text (`time_key=2`). Returns how many leaves
+    /// changed.
     pub fn set_param(
         &mut self,
         kernel: &str,
         name: &str,
         value: &str,
     ) -> Result<usize, KernelError> {
-        let json_value: serde_json::Value = serde_json::from_str(value)
-            .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        let as_text = serde_json::Value::String(value.to_string());
+        let json_value: serde_json::Value =
+            serde_json::from_str(value).unwrap_or_else(|_| as_text.clone());
+        let present: Vec<String> = self.leaves().iter().map(|l| l.kind().to_string()).collect();
         let mut count = 0;
         let mut err = None;
         self.for_each_leaf_mut(&mut |leaf| {
             if err.is_some() || leaf.kind() != kernel {
                 return;
             }
-            let mut obj = match serde_json::to_value(&*leaf) {
+            let obj = match serde_json::to_value(&*leaf) {
                 Ok(serde_json::Value::Object(m)) => m,
-                _ => return,
+                _ => serde_json::Map::new(),
             };
             if !obj.contains_key(name) || name == "kernel" {
-                let known: Vec<String> = obj.keys().filter(|k| *k != "kernel").cloned().collect();
-                err = Some(KernelError::Load(format!(
-                    "kernel `{kernel}` has no parameter `{name}` (parameters: {})",
-                    known.join(", ")
-                )));
+                err = Some(KernelError::UnknownParam {
+                    kernel: kernel.to_string(),
+                    name: name.to_string(),
+                    known: obj.keys().filter(|k| *k != "kernel").cloned().collect(),
+                });
                 return;
             }
-            obj.insert(name.to_string(), json_value.clone());
-            match serde_json::from_value::<KernelSpec>(serde_json::Value::Object(obj)) {
+            let with = |v: &serde_json::Value| {
+                let mut o = obj.clone();
+                o.insert(name.to_string(), v.clone());
+                serde_json::from_value::<KernelSpec>(serde_json::Value::Object(o))
+            };
+            let decoded = match with(&json_value) {
+                Err(_) if json_value != as_text => with(&as_text).or_else(|_| with(&json_value)),
+                other => other,
+            };
+            match decoded {
                 Ok(new) => {
                     *leaf = new;
                     count += 1;
                 }
                 Err(e) => {
-                    err = Some(KernelError::Load(format!(
-                        "invalid value {value:?} for `{kernel}.{name}`: {e}"
-                    )));
+                    err = Some(KernelError::InvalidParamValue {
+                        kernel: kernel.to_string(),
+                        name: name.to_string(),
+                        value: value.to_string(),
+                        reason: e.to_string(),
+                    });
                 }
             }
         });
         match err {
             Some(e) => Err(e),
-            None if count == 0 => Err(KernelError::Load(format!(
-                "`--param {kernel}.{name}` names no kernel of the expression"
-            ))),
+            None if count == 0 => Err(KernelError::ParamTargetsNoKernel {
+                kernel: kernel.to_string(),
+                name: name.to_string(),
+                present,
+            }),
             None => Ok(count),
         }
     }
 
-    /// Short kind name of a leaf (`velocity`, `connectivity`, `pseudotime`, `precomputed`),
-    /// `sum`/`product` for combinations.
-    pub fn kind(&self) -> &'static str {
+    /// Short kind name of a leaf (`velocity`, `connectivity`, `pseudotime`, `precomputed`,
+    /// `cytotrace`, `labeling_time`, `real_time`), `sum`/`product` for combinations: the
+    /// name used in expressions, `--param KIND.NAME=...` and TOML tables.
+    pub fn kind(&self) -> &str {
         match self {
             Self::Connectivity(_) => "connectivity",
             Self::Pseudotime(_) => "pseudotime",
@@ -230,36 +255,61 @@ impl KernelSpec {
 
     /// Parses the JSON written by [`KernelSpec::to_json`] and validates it.
     pub fn from_json(s: &str) -> Result<Self, KernelError> {
-        let spec: Self = serde_json::from_str(s).map_err(|e| KernelError::Load(e.to_string()))?;
+        let spec: Self = serde_json::from_str(s).map_err(|e| KernelError::SpecJson {
+            line: e.line(),
+            column: e.column(),
+            reason: e.to_string(),
+        })?;
         spec.validate()?;
         Ok(spec)
     }
 }
 
-fn combine_direction(
-    dirs: impl Iterator<Item = Option<Direction>>,
+/// The common direction of the kernels (`None` when all are undirected), or the error naming a
+/// forward and a backward kernel.
+fn combine_direction<'a>(
+    kernels: impl Iterator<Item = &'a KernelSpec>,
 ) -> Result<Option<Direction>, KernelError> {
-    let mut out = None;
-    for d in dirs.flatten() {
-        match out {
-            None => out = Some(d),
-            Some(o) if o != d => {
-                return Err(KernelError::Combine(
-                    "a forward and a backward kernel cannot be combined; flip one of them".into(),
-                ))
+    let mut first: Option<(Direction, &'static str)> = None;
+    for k in kernels {
+        let Some(d) = k.direction() else { continue };
+        match first {
+            None => first = Some((d, k.name())),
+            Some((o, other)) if o != d => {
+                let (forward, backward) = if o == Direction::Forward {
+                    (other, k.name())
+                } else {
+                    (k.name(), other)
+                };
+                return Err(KernelError::MixedDirections {
+                    forward: forward.to_string(),
+                    backward: backward.to_string(),
+                });
             }
             Some(_) => {}
         }
     }
-    Ok(out)
+    Ok(first.map(|f| f.0))
+}
+
+/// Checks that the next matrix of a combination has as many cells as the ones before it.
+fn check_same_cells(acc: &Csr, next: &Csr, kernel: &KernelSpec) -> Result<(), KernelError> {
+    if acc.nrows() != next.nrows() {
+        return Err(KernelError::CellCountMismatch {
+            kernel: kernel.name().to_string(),
+            expected: acc.nrows(),
+            got: next.nrows(),
+        });
+    }
+    Ok(())
 }
 
 impl Kernel for KernelSpec {
     fn name(&self) -> &'static str {
-        match self {
-            Self::Sum { .. } => "KernelAdd",
-            Self::Product { .. } => "KernelMul",
-            leaf => leaf.leaf().map_or("Kernel", Kernel::name),
+        match self.node() {
+            Node::Leaf(k) => k.name(),
+            Node::Sum(_) => "KernelAdd",
+            Node::Product(_) => "KernelMul",
         }
     }
 
@@ -268,60 +318,57 @@ impl Kernel for KernelSpec {
     }
 
     fn direction(&self) -> Option<Direction> {
-        match self {
-            Self::Sum { terms } => combine_direction(terms.iter().map(|(_, k)| k.direction()))
-                .ok()
-                .flatten(),
-            Self::Product { factors } => combine_direction(factors.iter().map(Kernel::direction))
-                .ok()
-                .flatten(),
-            leaf => leaf.leaf().and_then(Kernel::direction),
+        match self.node() {
+            Node::Leaf(k) => k.direction(),
+            Node::Sum(terms) => combine_direction(terms.iter().map(|t| &t.1)).ok().flatten(),
+            Node::Product(factors) => combine_direction(factors.iter()).ok().flatten(),
         }
     }
 
     fn validate(&self) -> Result<(), KernelError> {
-        match self {
-            Self::Sum { terms } => {
+        match self.node() {
+            Node::Leaf(k) => k.validate(),
+            Node::Sum(terms) => {
                 if terms.is_empty() {
-                    return Err(KernelError::Combine(
-                        "a sum needs at least one kernel".into(),
-                    ));
+                    return Err(KernelError::EmptyCombination { combination: "sum" });
                 }
                 for (w, k) in terms {
                     if !(w.is_finite() && *w >= 0.0) {
-                        return Err(KernelError::Combine(format!(
-                            "weight {w} of {} must be finite and non-negative",
-                            k.name()
-                        )));
+                        return Err(KernelError::InvalidWeight {
+                            kernel: k.name().to_string(),
+                            weight: *w,
+                        });
                     }
                     k.validate()?;
                 }
                 if terms.iter().map(|(w, _)| w).sum::<f64>() <= 0.0 {
-                    return Err(KernelError::Combine("the weights sum to zero".into()));
+                    return Err(KernelError::ZeroWeights {
+                        n_terms: terms.len(),
+                    });
                 }
-                combine_direction(terms.iter().map(|(_, k)| k.direction()))?;
+                combine_direction(terms.iter().map(|t| &t.1))?;
                 Ok(())
             }
-            Self::Product { factors } => {
+            Node::Product(factors) => {
                 if factors.is_empty() {
-                    return Err(KernelError::Combine(
-                        "a product needs at least one kernel".into(),
-                    ));
+                    return Err(KernelError::EmptyCombination {
+                        combination: "product",
+                    });
                 }
                 for k in factors {
                     k.validate()?;
                 }
-                combine_direction(factors.iter().map(Kernel::direction))?;
+                combine_direction(factors.iter())?;
                 Ok(())
             }
-            leaf => leaf.leaf().map_or(Ok(()), Kernel::validate),
         }
     }
 
     fn compute(&self, cells: &dyn CellSource) -> Result<KernelOutput, KernelError> {
         self.validate()?;
-        match self {
-            Self::Sum { terms } => {
+        match self.node() {
+            Node::Leaf(k) => k.compute(cells),
+            Node::Sum(terms) => {
                 let total: f64 = terms.iter().map(|(w, _)| w).sum();
                 let dir = self.direction().unwrap_or_default();
                 let mut acc: Option<Csr> = None;
@@ -336,19 +383,19 @@ impl Kernel for KernelSpec {
                             t
                         }
                         Some(a) => {
-                            check_same_cells(&a, &t)?;
+                            check_same_cells(&a, &t, k)?;
                             a.add_scaled(1.0, &t, wn)
                         }
                     });
                     effective.push((*w, out.effective));
                 }
-                let m = acc.ok_or_else(|| KernelError::Combine("empty sum".into()))?;
+                let m = acc.ok_or(KernelError::EmptyCombination { combination: "sum" })?;
                 Ok(KernelOutput {
                     transition: to_transition("KernelAdd", m, dir)?,
                     effective: Self::Sum { terms: effective },
                 })
             }
-            Self::Product { factors } => {
+            Node::Product(factors) => {
                 let dir = self.direction().unwrap_or_default();
                 let mut acc: Option<Csr> = None;
                 let mut effective = Vec::with_capacity(factors.len());
@@ -358,35 +405,22 @@ impl Kernel for KernelSpec {
                     acc = Some(match acc {
                         None => t,
                         Some(a) => {
-                            check_same_cells(&a, &t)?;
+                            check_same_cells(&a, &t, k)?;
                             a.hadamard(&t)
                         }
                     });
                     effective.push(out.effective);
                 }
-                let m = acc.ok_or_else(|| KernelError::Combine("empty product".into()))?;
+                let m = acc.ok_or(KernelError::EmptyCombination {
+                    combination: "product",
+                })?;
                 Ok(KernelOutput {
                     transition: to_transition("KernelMul", m, dir)?,
                     effective: Self::Product { factors: effective },
                 })
             }
-            leaf => match leaf.leaf() {
-                Some(k) => k.compute(cells),
-                None => Err(KernelError::Combine("not a kernel".into())),
-            },
         }
     }
-}
-
-fn check_same_cells(a: &Csr, b: &Csr) -> Result<(), KernelError> {
-    if a.nrows() != b.nrows() {
-        return Err(KernelError::Combine(format!(
-            "kernels have different numbers of cells ({} and {})",
-            a.nrows(),
-            b.nrows()
-        )));
-    }
-    Ok(())
 }
 
 // ----- the built-in kernels -----------------------------------------------------------------

@@ -47,7 +47,9 @@ pub mod velocity;
 pub use connectivity::ConnectivityParams;
 pub use csr::Csr;
 pub use cytotrace::CytoTraceParams;
-pub use error::{CsrError, KernelError, TransitionError};
+pub use error::{
+    CsrError, ExprProblem, KernelError, OtError, RegistrationProblem, TransitionError,
+};
 pub use kernel::{Kernel, KernelOutput, KernelSpec};
 pub use labeling::{GammaEstimator, LabelingTimeParams};
 pub use precomputed::PrecomputedParams;

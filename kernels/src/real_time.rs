@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::csr::Csr;
-use crate::error::KernelError;
+use crate::error::{KernelError, OtError};
 use crate::leaf::{read_graph, to_transition, Leaf};
 use crate::source::{CellSource, DenseMatrix};
 use crate::transition::{Direction, TransitionMatrix};
@@ -91,11 +91,18 @@ fn key_label(l: &str) -> String {
 }
 
 /// Entropic OT (log-domain Sinkhorn, uniform marginals) between the rows of `x` and `y`.
-/// Returns the dense coupling (row-major |x| × |y|).
-pub fn sinkhorn(x: &[Vec<f64>], y: &[Vec<f64>], epsilon: f64) -> Result<Vec<f64>, String> {
+/// Returns the dense coupling (row-major |x| × |y|). `epsilon` is relative to the mean cost.
+pub fn sinkhorn(x: &[Vec<f64>], y: &[Vec<f64>], epsilon: f64) -> Result<Vec<f64>, OtError> {
     let (na, nb) = (x.len(), y.len());
     if na == 0 || nb == 0 {
-        return Err("a time point has no cells".into());
+        return Err(OtError::Empty { rows: na, cols: nb });
+    }
+    let dim = x[0].len();
+    if let Some(b) = x.iter().chain(y).find(|p| p.len() != dim) {
+        return Err(OtError::DimensionMismatch {
+            rows_dim: dim,
+            cols_dim: b.len(),
+        });
     }
     let cost: Vec<f64> = x
         .par_iter()
@@ -104,6 +111,12 @@ pub fn sinkhorn(x: &[Vec<f64>], y: &[Vec<f64>], epsilon: f64) -> Result<Vec<f64>
                 .map(move |b| a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum::<f64>())
         })
         .collect();
+    if let Some(k) = cost.iter().position(|c| !c.is_finite()) {
+        return Err(OtError::NonFiniteCost {
+            row: k / nb,
+            col: k % nb,
+        });
+    }
     let mean = cost.iter().sum::<f64>() / cost.len() as f64;
     let scale = if mean > 0.0 { mean } else { 1.0 };
     let c: Vec<f64> = cost.iter().map(|v| v / scale).collect();
@@ -124,10 +137,12 @@ pub fn sinkhorn(x: &[Vec<f64>], y: &[Vec<f64>], epsilon: f64) -> Result<Vec<f64>
     }
     schedule.reverse();
     let last = schedule.len() - 1;
+    const MAX_ITER: usize = 10_000;
+    let mut final_err = f64::INFINITY;
     for (stage, &eps) in schedule.iter().enumerate() {
         let tol = if stage == last { 1e-6 } else { 1e-3 };
         let mut converged = false;
-        for iter in 0..10_000 {
+        for iter in 0..MAX_ITER {
             for i in 0..na {
                 f[i] = eps * la - eps * lse(&mut (0..nb).map(|j| (g[j] - c[i * nb + j]) / eps));
             }
@@ -144,6 +159,7 @@ pub fn sinkhorn(x: &[Vec<f64>], y: &[Vec<f64>], epsilon: f64) -> Result<Vec<f64>
                         (s * na as f64 - 1.0).abs()
                     })
                     .fold(0.0f64, f64::max);
+                final_err = err;
                 if err <= tol {
                     converged = true;
                     break;
@@ -156,9 +172,12 @@ pub fn sinkhorn(x: &[Vec<f64>], y: &[Vec<f64>], epsilon: f64) -> Result<Vec<f64>
                 .collect());
         }
     }
-    Err(format!(
-        "Sinkhorn did not converge (epsilon = {epsilon}); increase epsilon"
-    ))
+    Err(OtError::NotConverged {
+        epsilon,
+        iterations: MAX_ITER,
+        error: final_err,
+        tol: 1e-6,
+    })
 }
 
 impl RealTimeParams {
@@ -281,10 +300,11 @@ impl Leaf for RealTimeParams {
             );
             let pre = cells
                 .uns_matrix(&key)
-                .map_err(|e| KernelError::InvalidInput {
+                .map_err(|source| KernelError::MissingInput {
                     kernel: NAME,
-                    what: format!("uns[\"{key}\"]"),
-                    detail: e.to_string(),
+                    what: format!("the coupling {} -> {}", times[k], times[k + 1]),
+                    source: Box::new(source),
+                    hint: "precomputed couplings are optional: remove the entry to compute the coupling by optimal transport".into(),
                 })?;
             let p = match pre {
                 Some(m) => {
@@ -306,17 +326,17 @@ impl Leaf for RealTimeParams {
                     m.to_f64()
                 }
                 None => {
-                    if emb.is_none() {
-                        emb = Some(cells.obsm(&self.basis).map_err(|source| KernelError::MissingInput {
-                            kernel: NAME,
-                            what: "an embedding for optimal transport".into(),
-                            source: Box::new(source),
-                            hint: "compute a PCA (`cellfate preprocess`) or provide couplings in uns".into(),
-                        })?);
-                    }
-                    let e = emb
-                        .as_ref()
-                        .ok_or_else(|| KernelError::Combine("embedding".into()))?;
+                    let e: &DenseMatrix = match emb {
+                        Some(ref e) => e,
+                        None => emb.insert(cells.obsm(&self.basis).map_err(|source| {
+                            KernelError::MissingInput {
+                                kernel: NAME,
+                                what: "an embedding for optimal transport".into(),
+                                source: Box::new(source),
+                                hint: "compute a PCA (`cellfate preprocess`) or provide couplings in uns".into(),
+                            }
+                        })?),
+                    };
                     let rows = |ix: &[usize]| -> Vec<Vec<f64>> {
                         ix.iter()
                             .map(|&i| {
@@ -326,11 +346,12 @@ impl Leaf for RealTimeParams {
                             })
                             .collect()
                     };
-                    sinkhorn(&rows(a), &rows(b), self.epsilon).map_err(|detail| {
-                        KernelError::InvalidInput {
+                    sinkhorn(&rows(a), &rows(b), self.epsilon).map_err(|source| {
+                        KernelError::OptimalTransport {
                             kernel: NAME,
-                            what: format!("optimal transport {} -> {}", times[k], times[k + 1]),
-                            detail,
+                            from: times[k].clone(),
+                            to: times[k + 1].clone(),
+                            source,
                         }
                     })?
                 }
@@ -390,7 +411,10 @@ impl Leaf for RealTimeParams {
                 }
             }
         }
-        let m = Csr::from_triplets(n, n, &trip).map_err(|e| KernelError::Combine(e.to_string()))?;
+        let m = Csr::from_triplets(n, n, &trip).map_err(|source| KernelError::Sparse {
+            kernel: NAME,
+            source,
+        })?;
         let transition = to_transition(NAME, m, Direction::Forward)?;
         Ok((transition, self.clone()))
     }
@@ -415,5 +439,22 @@ mod tests {
             let s: f64 = (0..7).map(|i| p[i * 5 + j]).sum();
             assert!((s - 0.2).abs() < 1e-8);
         }
+        // Typed errors, not panics, on bad inputs.
+        assert_eq!(
+            sinkhorn(&[], &y, 0.1),
+            Err(OtError::Empty { rows: 0, cols: 5 })
+        );
+        assert_eq!(
+            sinkhorn(&x, &[vec![1.0]], 0.1),
+            Err(OtError::DimensionMismatch {
+                rows_dim: 2,
+                cols_dim: 1
+            })
+        );
+        let nan = vec![vec![f64::NAN, 0.0]];
+        assert_eq!(
+            sinkhorn(&x, &nan, 0.1),
+            Err(OtError::NonFiniteCost { row: 0, col: 0 })
+        );
     }
 }

@@ -290,14 +290,34 @@ fn algebra_properties() {
     );
     // Mixed directions, bad weights: typed errors.
     let mixed = KernelSpec::from(vk.clone()) + !PseudotimeParams::default();
-    assert!(matches!(mixed.validate(), Err(KernelError::Combine(_))));
+    let e = mixed.validate().unwrap_err();
+    assert!(
+        matches!(&e, KernelError::MixedDirections { forward, backward }
+            if forward == "VelocityKernel" && backward == "PseudotimeKernel"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("cannot combine kernels"), "{e}");
     assert!(matches!(
         KernelSpec::sum(vec![(-1.0, vk.spec())]).validate(),
-        Err(KernelError::Combine(_))
+        Err(KernelError::InvalidWeight { weight, .. }) if weight == -1.0
     ));
     assert!(matches!(
         KernelSpec::sum(vec![(f64::NAN, vk.spec())]).validate(),
-        Err(KernelError::Combine(_))
+        Err(KernelError::InvalidWeight { .. })
+    ));
+    assert!(matches!(
+        KernelSpec::sum(vec![(0.0, vk.spec())]).validate(),
+        Err(KernelError::ZeroWeights { n_terms: 1 })
+    ));
+    assert!(matches!(
+        KernelSpec::sum(Vec::new()).validate(),
+        Err(KernelError::EmptyCombination { combination: "sum" })
+    ));
+    assert!(matches!(
+        KernelSpec::product(Vec::new()).validate(),
+        Err(KernelError::EmptyCombination {
+            combination: "product"
+        })
     ));
     // Flip is an involution and flips every directed leaf.
     let f = !(0.8 * vk.clone() + 0.2 * ck.clone());
@@ -325,13 +345,25 @@ fn set_param_by_kernel_name() {
         (v.similarity, v.softmax_scale),
         (Similarity::Cosine, Some(4.0))
     );
-    assert!(k.set_param("velocity", "similarity", "bogus").is_err());
-    assert!(k
-        .set_param("velocity", "nope", "1")
-        .unwrap_err()
-        .to_string()
-        .contains("similarity"));
-    assert!(k.set_param("pseudotime", "b", "1").is_err());
+    let e = k.set_param("velocity", "similarity", "bogus").unwrap_err();
+    assert!(
+        matches!(&e, KernelError::InvalidParamValue { kernel, name, .. }
+            if kernel == "velocity" && name == "similarity"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("cosine"), "{e}");
+    let e = k.set_param("velocity", "nope", "1").unwrap_err();
+    assert!(
+        matches!(&e, KernelError::UnknownParam { known, .. } if known.iter().any(|p| p == "similarity")),
+        "{e}"
+    );
+    assert!(e.to_string().contains("similarity"), "{e}");
+    let e = k.set_param("pseudotime", "b", "1").unwrap_err();
+    assert!(
+        matches!(&e, KernelError::ParamTargetsNoKernel { present, .. }
+            if present == &["velocity", "connectivity"]),
+        "{e}"
+    );
 }
 
 #[test]
