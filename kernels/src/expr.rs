@@ -3,27 +3,15 @@
 //! Grammar: `expr := term ('+' term)*`, `term := factor ('*' factor)*`,
 //! `factor := NUMBER | NAME | '(' expr ')' | ('~' | '!') factor`. Numbers in a term multiply
 //! its weight; two or more kernels in a term form an element-wise product; `~`/`!` flips the
-//! direction. Names: `velocity` (`vk`), `connectivity` (`ck`), `pseudotime` (`pk`),
-//! `precomputed`. Every kernel starts from CellRank's defaults; set parameters afterwards with
+//! direction. Names (case-insensitive): `velocity` (`vk`), `connectivity` (`ck`),
+//! `pseudotime` (`pk`), `cytotrace` (`ctk`), `labeling_time` (`labeling`, `ltk`),
+//! `real_time` (`rtk`), `precomputed` (`prk`), and CellRank's class names
+//! (`VelocityKernel`, ...); see [`BUILTIN_KERNELS`](crate::kernel::BUILTIN_KERNELS). Every
+//! kernel starts from CellRank's defaults; set parameters afterwards with
 //! [`KernelSpec::set_param`].
 
-use crate::connectivity::ConnectivityParams;
 use crate::error::{ExprProblem, KernelError};
-use crate::kernel::{Kernel, KernelSpec};
-use crate::precomputed::PrecomputedParams;
-use crate::pseudotime::PseudotimeParams;
-use crate::velocity::VelocityParams;
-
-/// The kernel names of expressions.
-const KNOWN: [&str; 7] = [
-    "velocity",
-    "connectivity",
-    "pseudotime",
-    "cytotrace",
-    "labeling_time",
-    "real_time",
-    "precomputed",
-];
+use crate::kernel::{known_kernels, Kernel, KernelSpec};
 
 /// Parses a kernel expression (see the module docs) and validates it.
 pub fn parse(expr: &str) -> Result<KernelSpec, KernelError> {
@@ -53,7 +41,7 @@ impl Parser<'_> {
             expr: self.src.to_string(),
             position: self.chars.get(self.pos).map_or(self.src.len(), |c| c.0),
             problem,
-            known: KNOWN.iter().map(|k| k.to_string()).collect(),
+            known: known_kernels(),
         }
     }
 
@@ -145,22 +133,14 @@ impl Parser<'_> {
                     self.pos += 1;
                 }
                 let name: String = self.chars[start..self.pos].iter().map(|c| c.1).collect();
-                let k = match name.to_ascii_lowercase().as_str() {
-                    "velocity" | "vk" | "velocitykernel" => VelocityParams::default().spec(),
-                    "connectivity" | "ck" | "connectivitykernel" => {
-                        ConnectivityParams::default().spec()
-                    }
-                    "pseudotime" | "pk" | "pseudotimekernel" => PseudotimeParams::default().spec(),
-                    "precomputed" | "precomputedkernel" => PrecomputedParams::default().spec(),
-                    "cytotrace" | "cytotracekernel" => {
-                        crate::cytotrace::CytoTraceParams::default().spec()
-                    }
-                    _ => {
+                match KernelSpec::named(&name) {
+                    Ok(k) => Ok(Factor::Kernel(k)),
+                    Err(KernelError::UnknownKernel { .. }) => {
                         self.pos = start;
-                        return Err(self.error(ExprProblem::UnknownKernel { name }));
+                        Err(self.error(ExprProblem::UnknownKernel { name }))
                     }
-                };
-                Ok(Factor::Kernel(k))
+                    Err(other) => Err(other),
+                }
             }
             _ => Err(self.error(ExprProblem::ExpectedFactor)),
         }
@@ -175,7 +155,9 @@ enum Factor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connectivity::ConnectivityParams;
     use crate::transition::Direction;
+    use crate::velocity::VelocityParams;
 
     #[test]
     fn parses_weighted_sums_products_and_flips() {

@@ -80,6 +80,31 @@ pub enum KernelSpec {
     },
 }
 
+/// The built-in kernel kinds (the names of expressions, `--param KIND.NAME=...` and TOML
+/// tables), each with its aliases: CellRank's short names (`vk`, `ck`, `pk`, `ctk`, `rtk`,
+/// ...) and class names. Names are matched case-insensitively.
+pub const BUILTIN_KERNELS: [(&str, &[&str]); 7] = [
+    ("velocity", &["vk", "velocitykernel"]),
+    ("connectivity", &["ck", "connectivitykernel"]),
+    ("pseudotime", &["pk", "pseudotimekernel"]),
+    ("cytotrace", &["ctk", "cytotracekernel"]),
+    (
+        "labeling_time",
+        &["labeling", "ltk", "labelingtime", "labelingtimekernel"],
+    ),
+    ("real_time", &["rtk", "realtime", "realtimekernel"]),
+    ("precomputed", &["prk", "precomputedkernel"]),
+];
+
+/// The built-in kind a name or alias stands for (`vk` → `velocity`), case-insensitively.
+pub fn builtin_kind(name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    BUILTIN_KERNELS
+        .iter()
+        .find(|(kind, aliases)| *kind == lower || aliases.contains(&lower.as_str()))
+        .map(|(kind, _)| *kind)
+}
+
 /// A node of an expression, for the algebra below: a leaf kernel or a combination.
 enum Node<'a> {
     Leaf(&'a dyn Kernel),
@@ -100,6 +125,26 @@ impl KernelSpec {
             Self::Sum { terms } => Node::Sum(terms),
             Self::Product { factors } => Node::Product(factors),
         }
+    }
+
+    /// The kernel a name of an expression stands for (a built-in kind or alias, see
+    /// [`BUILTIN_KERNELS`]), with CellRank's default parameters.
+    pub fn named(name: &str) -> Result<Self, KernelError> {
+        Ok(match builtin_kind(name) {
+            Some("velocity") => VelocityParams::default().into(),
+            Some("connectivity") => ConnectivityParams::default().into(),
+            Some("pseudotime") => PseudotimeParams::default().into(),
+            Some("cytotrace") => CytoTraceParams::default().into(),
+            Some("labeling_time") => LabelingTimeParams::default().into(),
+            Some("real_time") => RealTimeParams::default().into(),
+            Some("precomputed") => PrecomputedParams::default().into(),
+            _ => {
+                return Err(KernelError::UnknownKernel {
+                    name: name.to_string(),
+                    known: known_kernels(),
+                })
+            }
+        })
     }
 
     /// The leaves of the expression, in order.
@@ -163,8 +208,8 @@ impl KernelSpec {
         Self::Product { factors: flat }
     }
 
-    /// Sets `name = value` on every leaf of kind `kernel` (`velocity`, `connectivity`, ...),
-    /// as `--param velocity.similarity=cosine` does. `value` is parsed as JSON when it can be
+    /// Sets `name = value` on every leaf of kind `kernel` (`velocity`, `connectivity`, ...,
+    /// or an alias such as `vk`), as `--param velocity.similarity=cosine` does. `value` is parsed as JSON when it can be
     /// (numbers, booleans, `null`, objects), else taken as a string; a JSON value that does
     /// not fit a text parameter is retried as text (`time_key=2`). Returns how many leaves
     /// changed.
@@ -174,6 +219,7 @@ impl KernelSpec {
         name: &str,
         value: &str,
     ) -> Result<usize, KernelError> {
+        let kernel = builtin_kind(kernel).unwrap_or(kernel);
         let as_text = serde_json::Value::String(value.to_string());
         let json_value: serde_json::Value =
             serde_json::from_str(value).unwrap_or_else(|_| as_text.clone());
@@ -263,6 +309,11 @@ impl KernelSpec {
         spec.validate()?;
         Ok(spec)
     }
+}
+
+/// Every kernel name an expression accepts (without aliases).
+pub fn known_kernels() -> Vec<String> {
+    BUILTIN_KERNELS.iter().map(|(k, _)| k.to_string()).collect()
 }
 
 /// The common direction of the kernels (`None` when all are undirected), or the error naming a

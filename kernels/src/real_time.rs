@@ -21,9 +21,11 @@ use crate::leaf::{read_graph, to_transition, Leaf};
 use crate::source::{CellSource, DenseMatrix};
 use crate::transition::{Direction, TransitionMatrix};
 
-/// How couplings are sparsified.
+/// How couplings are sparsified. Reads `"auto"`, `"auto_local"`, `"none"`,
+/// `{"percentile": q}`, and, as CellRank's `threshold` argument does, a bare number `q` (a
+/// percentile) or `null` (keep everything).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", from = "ThresholdRepr")]
 pub enum Threshold {
     /// Keep entries ≥ the smallest row maximum over all couplings (keeps ≥ 1 entry per row).
     #[default]
@@ -34,6 +36,37 @@ pub enum Threshold {
     Percentile(f64),
     /// Keep everything.
     None,
+}
+
+/// The forms [`Threshold`] is read from.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ThresholdRepr {
+    Number(f64),
+    Named(ThresholdNamed),
+    Null(()),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ThresholdNamed {
+    Auto,
+    AutoLocal,
+    Percentile(f64),
+    None,
+}
+
+impl From<ThresholdRepr> for Threshold {
+    fn from(r: ThresholdRepr) -> Self {
+        match r {
+            ThresholdRepr::Number(q) | ThresholdRepr::Named(ThresholdNamed::Percentile(q)) => {
+                Self::Percentile(q)
+            }
+            ThresholdRepr::Named(ThresholdNamed::Auto) => Self::Auto,
+            ThresholdRepr::Named(ThresholdNamed::AutoLocal) => Self::AutoLocal,
+            ThresholdRepr::Named(ThresholdNamed::None) | ThresholdRepr::Null(()) => Self::None,
+        }
+    }
 }
 
 /// Self-transitions of the last time point.

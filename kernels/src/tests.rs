@@ -408,8 +408,9 @@ fn contract_cytotrace() {
     assert!(expr::parse("cytotrace").is_ok());
 }
 
-#[test]
-fn contract_labeling_time() {
+/// Toy cells with metabolic labeling: total RNA from the expression, new RNA with γ = 0.3 and
+/// labeling times 1 or 2.
+fn labeling_cells() -> InMemoryCells {
     let mut c = cells();
     let (n, g) = (c.n_cells, c.n_genes);
     let ms = c.layers["Ms"].to_f64();
@@ -424,6 +425,12 @@ fn contract_labeling_time() {
     c.layers
         .insert("new".into(), DenseMatrix::from_f64(n, g, new));
     c.obs.insert("labeling_time".into(), times);
+    c
+}
+
+#[test]
+fn contract_labeling_time() {
+    let c = labeling_cells();
     let k = LabelingTimeParams::default();
     assert_kernel_contract(&k, &c);
     let lv = k.labeling_velocity(&c).unwrap();
@@ -497,4 +504,191 @@ fn ot_couples_each_cell_with_its_shifted_copy() {
         },
         &c,
     );
+}
+
+// ----- every kernel kind: expressions, parameters, round trips -----------------------------
+
+/// Every built-in kernel with its default parameters.
+fn every_default() -> Vec<KernelSpec> {
+    vec![
+        VelocityParams::default().into(),
+        ConnectivityParams::default().into(),
+        PseudotimeParams::default().into(),
+        CytoTraceParams::default().into(),
+        LabelingTimeParams::default().into(),
+        RealTimeParams::default().into(),
+        PrecomputedParams::default().into(),
+    ]
+}
+
+#[test]
+fn every_kernel_kind_parses_validates_and_round_trips() {
+    let defaults = every_default();
+    assert_eq!(defaults.len(), kernel::BUILTIN_KERNELS.len());
+    for ((kind, aliases), spec) in kernel::BUILTIN_KERNELS.iter().zip(&defaults) {
+        assert_eq!(spec.kind(), *kind);
+        // By name, alias and CellRank class name, case-insensitively.
+        assert_eq!(&expr::parse(kind).unwrap(), spec, "{kind}");
+        assert_eq!(&expr::parse(&kind.to_uppercase()).unwrap(), spec);
+        for a in *aliases {
+            assert_eq!(&expr::parse(a).unwrap(), spec, "{kind}: alias {a}");
+        }
+        assert_eq!(&KernelSpec::named(kind).unwrap(), spec);
+        spec.validate().unwrap();
+        // In a weighted sum with the connectivity kernel, and flipped.
+        let sum = expr::parse(&format!("0.8*{kind} + 0.2*connectivity")).unwrap();
+        assert_eq!(
+            sum,
+            KernelSpec::sum(vec![
+                (0.8, spec.clone()),
+                (0.2, ConnectivityParams::default().into())
+            ])
+        );
+        let flipped = expr::parse(&format!("~{kind}")).unwrap();
+        assert_eq!(flipped, spec.clone().flip());
+        // JSON, TOML and the saved-kernel format.
+        for k in [spec.clone(), sum.clone()] {
+            assert_eq!(KernelSpec::from_json(&k.to_json()).unwrap(), k, "{kind}");
+            let text = toml::to_string(&k).unwrap_or_else(|e| panic!("{kind}: toml: {e}"));
+            let back: KernelSpec =
+                toml::from_str(&text).unwrap_or_else(|e| panic!("{kind}: {e}\n{text}"));
+            assert_eq!(back, k, "{kind}: TOML\n{text}");
+            let dir = k.direction().unwrap_or_default();
+            let out = KernelOutput {
+                transition: TransitionMatrix::try_new(Csr::identity(3), dir).unwrap(),
+                effective: k.clone(),
+            };
+            assert_eq!(
+                save::from_bytes(&save::to_bytes(&out).unwrap()).unwrap(),
+                out
+            );
+        }
+        // Every parameter can be set, by kind and by alias (here: to its current value).
+        let serde_json::Value::Object(params) = serde_json::to_value(spec).unwrap() else {
+            panic!("{kind}: a spec serialises to an object")
+        };
+        assert!(params.len() > 1, "{kind}");
+        let n_leaves = sum.leaves().iter().filter(|l| l.kind() == *kind).count();
+        for (name, value) in params.iter().filter(|(n, _)| *n != "kernel") {
+            for target in std::iter::once(*kind).chain(aliases.iter().copied()) {
+                let mut k = sum.clone();
+                let n = k.set_param(target, name, &value.to_string());
+                assert_eq!(n, Ok(n_leaves), "{target}.{name} = {value}");
+                assert_eq!(k, sum, "{target}.{name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn set_param_reaches_every_kernel_kind() {
+    use real_time::{SelfTransitions, Threshold};
+    let mut k =
+        expr::parse("vk + ck + pk + ctk + labeling_time + real_time + precomputed").unwrap();
+    let set = |k: &mut KernelSpec, p: &str| {
+        let (lhs, v) = p.split_once('=').unwrap();
+        let (kind, name) = lhs.split_once('.').unwrap();
+        k.set_param(kind, name, v)
+            .unwrap_or_else(|e| panic!("{p}: {e}"))
+    };
+    for p in [
+        "velocity.similarity=cosine",
+        "velocity.gene_subset=velocity_genes",
+        "connectivity.density_normalize=false",
+        "pseudotime.time_key=latent_time",
+        "pseudotime.threshold_scheme=soft",
+        "cytotrace.n_genes=50",
+        "cytotrace.layer=X",
+        "labeling_time.estimator=two_step",
+        "labeling_time.time_key=2",
+        "labeling_time.perc=90",
+        "labeling_time.softmax_scale=4",
+        "real_time.time_key=day",
+        "real_time.threshold=90",
+        "real_time.self_transitions=diagonal",
+        "real_time.epsilon=0.1",
+        "precomputed.obsp_key=T_custom",
+    ] {
+        assert_eq!(set(&mut k, p), 1, "{p}");
+    }
+    k.validate().unwrap();
+    let leaves = k.leaves();
+    let find = |kind: &str| *leaves.iter().find(|l| l.kind() == kind).unwrap();
+    let KernelSpec::LabelingTime(lt) = find("labeling_time") else {
+        panic!()
+    };
+    assert_eq!(
+        (
+            lt.estimator,
+            lt.time_key.as_str(),
+            lt.perc,
+            lt.softmax_scale
+        ),
+        (GammaEstimator::TwoStep, "2", 90.0, Some(4.0))
+    );
+    let KernelSpec::RealTime(rt) = find("real_time") else {
+        panic!()
+    };
+    assert_eq!(
+        (rt.threshold, rt.self_transitions, rt.epsilon),
+        (Threshold::Percentile(90.0), SelfTransitions::Diagonal, 0.1)
+    );
+    let KernelSpec::CytoTrace(ct) = find("cytotrace") else {
+        panic!()
+    };
+    assert_eq!((ct.n_genes, ct.layer.as_str()), (50, "X"));
+    let KernelSpec::Precomputed(pr) = find("precomputed") else {
+        panic!()
+    };
+    assert_eq!(pr.key(), "T_custom");
+    // CellRank's forms of the real-time threshold, and out-of-range values caught by validate.
+    for (v, want) in [
+        ("auto_local", Threshold::AutoLocal),
+        ("none", Threshold::None),
+        ("null", Threshold::None),
+        ("{\"percentile\": 50}", Threshold::Percentile(50.0)),
+    ] {
+        let mut r = expr::parse("rtk").unwrap();
+        set(&mut r, &format!("real_time.threshold={v}"));
+        assert_eq!(
+            r,
+            RealTimeParams {
+                threshold: want,
+                ..Default::default()
+            }
+            .into()
+        );
+    }
+    let mut r = expr::parse("rtk").unwrap();
+    set(&mut r, "rtk.threshold=150");
+    assert!(matches!(
+        r.validate(),
+        Err(KernelError::InvalidParam {
+            name: "threshold",
+            ..
+        })
+    ));
+    let e = expr::parse("ltk")
+        .unwrap()
+        .set_param("labeling_time", "estimator", "three_step")
+        .unwrap_err();
+    assert!(e.to_string().contains("two_step"), "{e}");
+}
+
+#[test]
+fn labeling_and_real_time_kernels_compute_through_expressions() {
+    let c = labeling_cells();
+    let k = expr::parse("0.8*labeling_time + 0.2*connectivity").unwrap();
+    assert_kernel_contract(&k, &c);
+    let out = k.compute(&c).unwrap();
+    let KernelSpec::Sum { terms } = &out.effective else {
+        panic!("sum")
+    };
+    assert_eq!(
+        terms.iter().map(|t| t.1.kind()).collect::<Vec<_>>(),
+        ["labeling_time", "connectivity"]
+    );
+    let mut rt = expr::parse("real_time").unwrap();
+    rt.set_param("real_time", "epsilon", "0.001").unwrap();
+    assert_kernel_contract(&rt, &two_time_points());
 }
