@@ -1,18 +1,35 @@
-//! Operator sugar for kernel algebra, as in CellRank: `0.8 * vk + 0.2 * ck` (weighted sums),
-//! `vk * ck` (element-wise products), `!vk` (direction flip, CellRank's `~vk`).
+//! Operator sugar for kernel algebra, as in CellRank, for [`KernelSpec`] and every built-in
+//! parameter type: `0.8 * vk + 0.2 * ck` (weighted sums), `vk * ck` (element-wise products),
+//! `!vk` (direction flip, CellRank's `~vk`).
+//!
+//! ```
+//! use cellfate_kernels::{ConnectivityParams, Kernel, KernelSpec, LabelingTimeParams};
+//! let k: KernelSpec = 0.5 * LabelingTimeParams::default() + 0.5 * ConnectivityParams::default();
+//! assert_eq!(k.leaves().len(), 2);
+//! k.validate()?;
+//! # Ok::<(), cellfate_kernels::KernelError>(())
+//! ```
+//!
+//! A user-defined kernel joins through its spec: `0.7 * my_kernel.spec() + 0.3 * ck`.
 
 use crate::connectivity::ConnectivityParams;
-use crate::kernel::{Kernel, KernelSpec};
+use crate::cytotrace::CytoTraceParams;
+use crate::kernel::KernelSpec;
+use crate::labeling::LabelingTimeParams;
 use crate::precomputed::PrecomputedParams;
 use crate::pseudotime::PseudotimeParams;
+use crate::real_time::RealTimeParams;
 use crate::velocity::VelocityParams;
 
 macro_rules! kernel_ops {
-    ($($t:ty),*) => {$(
+    ($($t:ty),* $(,)?) => {$(
         impl std::ops::Mul<$t> for f64 {
             type Output = KernelSpec;
+            /// `w * k`: the kernel with weight `w`, ready to be added to other terms.
             fn mul(self, k: $t) -> KernelSpec {
-                KernelSpec::Sum { terms: vec![(self, k.spec())] }
+                KernelSpec::Sum {
+                    terms: vec![(self, k.into())],
+                }
             }
         }
         impl<R: Into<KernelSpec>> std::ops::Add<R> for $t {
@@ -21,19 +38,29 @@ macro_rules! kernel_ops {
                 KernelSpec::from(self) + r
             }
         }
+        impl<R: Into<KernelSpec>> std::ops::Mul<R> for $t {
+            type Output = KernelSpec;
+            fn mul(self, r: R) -> KernelSpec {
+                KernelSpec::from(self) * r
+            }
+        }
         impl std::ops::Not for $t {
             type Output = KernelSpec;
             fn not(self) -> KernelSpec {
-                self.spec().flip()
+                KernelSpec::from(self).flip()
             }
         }
     )*};
 }
+
 kernel_ops!(
     ConnectivityParams,
     PseudotimeParams,
     VelocityParams,
-    PrecomputedParams
+    PrecomputedParams,
+    CytoTraceParams,
+    LabelingTimeParams,
+    RealTimeParams,
 );
 
 impl std::ops::Mul<KernelSpec> for f64 {
@@ -58,10 +85,11 @@ impl<R: Into<KernelSpec>> std::ops::Add<R> for KernelSpec {
     }
 }
 
-impl std::ops::Mul<KernelSpec> for KernelSpec {
+impl<R: Into<KernelSpec>> std::ops::Mul<R> for KernelSpec {
     type Output = KernelSpec;
-    fn mul(self, r: KernelSpec) -> KernelSpec {
-        KernelSpec::product(vec![self, r])
+    /// The element-wise product of two expressions (flattened).
+    fn mul(self, r: R) -> KernelSpec {
+        KernelSpec::product(vec![self, r.into()])
     }
 }
 

@@ -692,3 +692,52 @@ fn labeling_and_real_time_kernels_compute_through_expressions() {
     rt.set_param("real_time", "epsilon", "0.001").unwrap();
     assert_kernel_contract(&rt, &two_time_points());
 }
+
+#[test]
+fn operators_for_every_parameter_type() {
+    let ck = || ConnectivityParams::default();
+    // Weighted sums: every type on either side.
+    let k: KernelSpec = 0.5 * LabelingTimeParams::default() + 0.5 * ck();
+    assert_eq!(
+        k,
+        expr::parse("0.5*labeling_time + 0.5*connectivity").unwrap()
+    );
+    let all = 0.1 * VelocityParams::default()
+        + 0.1 * ck()
+        + 0.1 * PseudotimeParams::default()
+        + 0.1 * CytoTraceParams::default()
+        + 0.2 * LabelingTimeParams::default()
+        + 0.2 * RealTimeParams::default()
+        + 0.2 * PrecomputedParams::default();
+    assert_eq!(
+        all,
+        expr::parse("0.1*vk + 0.1*ck + 0.1*pk + 0.1*ctk + 0.2*ltk + 0.2*rtk + 0.2*prk").unwrap()
+    );
+    assert_eq!(
+        RealTimeParams::default() + ck(),
+        expr::parse("real_time + connectivity").unwrap()
+    );
+    assert_eq!(
+        CytoTraceParams::default() + PrecomputedParams::default(),
+        expr::parse("cytotrace + precomputed").unwrap()
+    );
+    // Products and flips.
+    assert_eq!(
+        LabelingTimeParams::default() * ck(),
+        expr::parse("labeling_time * connectivity").unwrap()
+    );
+    assert_eq!(
+        RealTimeParams::default() * CytoTraceParams::default() * ck(),
+        expr::parse("rtk * ctk * ck").unwrap()
+    );
+    assert_eq!(!CytoTraceParams::default(), expr::parse("~ctk").unwrap());
+    assert_eq!(!LabelingTimeParams::default(), expr::parse("!ltk").unwrap());
+    assert_eq!(
+        (!PrecomputedParams::default()).direction(),
+        Some(Direction::Backward)
+    );
+    assert_eq!(
+        0.3 * (PseudotimeParams::default() * ck()) + 0.7 * VelocityParams::default(),
+        expr::parse("0.3 * (pk * ck) + 0.7 * vk").unwrap()
+    );
+}
