@@ -25,6 +25,8 @@
 //! # Ok::<(), cellfate_kernels::KernelError>(())
 //! ```
 
+mod builtin;
+mod combine;
 pub mod connectivity;
 pub mod csr;
 pub mod cytotrace;
@@ -50,7 +52,9 @@ pub use cytotrace::CytoTraceParams;
 pub use error::{
     CsrError, ExprProblem, KernelError, OtError, RegistrationProblem, TransitionError,
 };
-pub use kernel::{Kernel, KernelOutput, KernelSpec};
+pub use kernel::{
+    register_kernel, registered_kernels, CustomKernel, CustomSpec, Kernel, KernelOutput, KernelSpec,
+};
 pub use labeling::{GammaEstimator, LabelingTimeParams};
 pub use precomputed::PrecomputedParams;
 pub use pseudotime::{PseudotimeParams, ThresholdScheme};

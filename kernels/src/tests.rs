@@ -741,3 +741,288 @@ fn operators_for_every_parameter_type() {
         expr::parse("0.3 * (pk * ck) + 0.7 * vk").unwrap()
     );
 }
+
+// ----- user-defined kernels ----------------------------------------------------------------
+
+/// A user-defined kernel for the tests: follows the kNN graph, favouring neighbours with a
+/// higher value of an obs column by `exp(beta * (v_j - v_i))`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Uphill {
+    key: String,
+    beta: f64,
+    backward: bool,
+}
+
+impl Default for Uphill {
+    fn default() -> Self {
+        Self {
+            key: "dpt_pseudotime".into(),
+            beta: 5.0,
+            backward: false,
+        }
+    }
+}
+
+impl CustomKernel for Uphill {
+    const NAME: &'static str = "uphill";
+}
+
+impl Kernel for Uphill {
+    fn name(&self) -> &'static str {
+        "UphillKernel"
+    }
+    fn spec(&self) -> KernelSpec {
+        KernelSpec::custom(self)
+    }
+    fn direction(&self) -> Option<Direction> {
+        Some(Direction::from_backward(self.backward))
+    }
+    fn validate(&self) -> Result<(), KernelError> {
+        if self.beta.is_finite() {
+            Ok(())
+        } else {
+            Err(KernelError::InvalidParam {
+                kernel: "UphillKernel",
+                name: "beta",
+                value: self.beta.to_string(),
+                expected: "a finite number".into(),
+            })
+        }
+    }
+    fn compute(&self, cells: &dyn CellSource) -> Result<KernelOutput, KernelError> {
+        self.validate()?;
+        let g = cells.graph("connectivities").unwrap();
+        let v = cells.obs_f64(&self.key).unwrap();
+        let sign = if self.backward { -1.0 } else { 1.0 };
+        let mut trip = Vec::new();
+        for i in 0..g.nrows() {
+            let (cols, vals) = g.row(i);
+            for (&j, &w) in cols.iter().zip(vals) {
+                let j = j as usize;
+                trip.push((i, j, w * (sign * self.beta * (v[j] - v[i])).exp()));
+            }
+        }
+        let m = Csr::from_triplets(g.nrows(), g.ncols(), &trip).unwrap();
+        Ok(KernelOutput {
+            transition: TransitionMatrix::from_weights(m, Direction::from_backward(self.backward))
+                .unwrap(),
+            effective: self.spec(),
+        })
+    }
+}
+
+/// Another type, to check that a name cannot be taken twice.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct UphillImpostor;
+
+impl CustomKernel for UphillImpostor {
+    const NAME: &'static str = "uphill";
+}
+
+impl Kernel for UphillImpostor {
+    fn name(&self) -> &'static str {
+        "UphillImpostor"
+    }
+    fn spec(&self) -> KernelSpec {
+        KernelSpec::custom(self)
+    }
+    fn direction(&self) -> Option<Direction> {
+        None
+    }
+    fn validate(&self) -> Result<(), KernelError> {
+        Ok(())
+    }
+    fn compute(&self, cells: &dyn CellSource) -> Result<KernelOutput, KernelError> {
+        ConnectivityParams::default().compute(cells)
+    }
+}
+
+/// A kernel no test registers, with a given (possibly invalid) name.
+macro_rules! named_kernel {
+    ($t:ident, $name:expr) => {
+        #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+        struct $t {
+            x: f64,
+        }
+        impl CustomKernel for $t {
+            const NAME: &'static str = $name;
+        }
+        impl Kernel for $t {
+            fn name(&self) -> &'static str {
+                stringify!($t)
+            }
+            fn spec(&self) -> KernelSpec {
+                KernelSpec::custom(self)
+            }
+            fn direction(&self) -> Option<Direction> {
+                None
+            }
+            fn validate(&self) -> Result<(), KernelError> {
+                Ok(())
+            }
+            fn compute(&self, cells: &dyn CellSource) -> Result<KernelOutput, KernelError> {
+                let out = ConnectivityParams::default().compute(cells)?;
+                Ok(KernelOutput {
+                    transition: out.transition,
+                    effective: self.spec(),
+                })
+            }
+        }
+    };
+}
+named_kernel!(NeverRegistered, "never_registered");
+named_kernel!(BadName, "Bad-Name");
+named_kernel!(Shadow, "vk");
+named_kernel!(Reserved, "sum");
+
+#[test]
+fn custom_kernel_joins_sums_and_products_without_registration() {
+    let c = cells();
+    let mine = NeverRegistered { x: 2.0 };
+    let k = 0.7 * mine.spec() + 0.3 * ConnectivityParams::default();
+    // Computes in-process, with its spec kept in the effective spec.
+    let out = k.compute(&c).unwrap();
+    assert_eq!(out.effective, k);
+    assert_eq!(k.leaves()[0].kind(), "never_registered");
+    assert_eq!(k.leaves()[0].name(), "NeverRegistered");
+    let p = mine.spec() * ConnectivityParams::default();
+    assert!(p.compute(&c).is_ok());
+    let mut set = k.clone();
+    assert_eq!(set.set_param("never_registered", "x", "3"), Ok(1));
+    // Read back from text, the name is unknown: a typed error naming it and the known ones.
+    let e = KernelSpec::from_json(&k.to_json()).unwrap_err();
+    match &e {
+        KernelError::UnknownKernel { name, known } => {
+            assert_eq!(name, "never_registered");
+            assert!(known.iter().any(|k| k == "labeling_time"), "{known:?}");
+        }
+        other => panic!("{other}"),
+    }
+    assert!(e.to_string().contains("register_kernel"), "{e}");
+    let e = expr::parse("0.5 * never_registered + 0.5 * ck").unwrap_err();
+    assert!(
+        matches!(&e, KernelError::Expression { problem: ExprProblem::UnknownKernel { name }, known, .. }
+            if name == "never_registered" && known.iter().any(|k| k == "real_time")),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("unknown kernel \"never_registered\""),
+        "{e}"
+    );
+    let custom = KernelSpec::Custom(CustomSpec::new(
+        "never_registered",
+        serde_json::json!({"x": 1.0}),
+    ));
+    assert!(matches!(
+        custom.validate(),
+        Err(KernelError::UnknownKernel { .. })
+    ));
+    assert!(matches!(
+        custom.compute(&c),
+        Err(KernelError::UnknownKernel { .. })
+    ));
+}
+
+#[test]
+fn registered_custom_kernel_round_trips_everywhere() {
+    register_kernel::<Uphill>().unwrap();
+    register_kernel::<Uphill>().unwrap(); // idempotent
+    assert!(registered_kernels().contains(&"uphill".to_string()));
+    assert!(kernel::known_kernels().contains(&"uphill".to_string()));
+    let c = cells();
+    let up = Uphill {
+        beta: 3.0,
+        ..Default::default()
+    };
+    let k = 0.7 * up.spec() + 0.3 * ConnectivityParams::default();
+    assert_kernel_contract(&k, &c);
+    assert_kernel_contract(&up.spec(), &c);
+    // Flows towards later pseudotime.
+    let t = &c.obs["dpt_pseudotime"];
+    let out = k.compute(&c).unwrap();
+    let drift: f64 = out
+        .transition
+        .mul_vec(t)
+        .iter()
+        .zip(t)
+        .map(|(a, b)| a - b)
+        .sum();
+    assert!(drift > 0.0, "{drift}");
+    // JSON (uns["T_fwd_params"]), TOML and the saved-kernel format.
+    let json = k.to_json();
+    assert!(
+        json.contains("\"kernel\":\"custom\"") && json.contains("\"name\":\"uphill\""),
+        "{json}"
+    );
+    assert_eq!(KernelSpec::from_json(&json).unwrap(), k);
+    let text = toml::to_string(&k).unwrap();
+    assert_eq!(toml::from_str::<KernelSpec>(&text).unwrap(), k, "{text}");
+    let back = save::from_bytes(&save::to_bytes(&out).unwrap()).unwrap();
+    assert_eq!(back, out);
+    // A spec read from text recomputes the same matrix (through the registry).
+    assert_eq!(
+        KernelSpec::from_json(&json)
+            .unwrap()
+            .compute(&c)
+            .unwrap()
+            .transition,
+        out.transition
+    );
+    // The expression parser by name (case-insensitive), with parameters set after.
+    let mut parsed = expr::parse("0.7*Uphill + 0.3*connectivity").unwrap();
+    assert_eq!(parsed.set_param("uphill", "beta", "3"), Ok(1));
+    assert_eq!(parsed, k);
+    // Parameter errors name the kernel and its parameters.
+    let e = parsed.set_param("uphill", "gamma", "1").unwrap_err();
+    assert!(
+        matches!(&e, KernelError::UnknownParam { kernel, known, .. }
+            if kernel == "uphill" && known == &["backward", "beta", "key"]),
+        "{e}"
+    );
+    let e = parsed.set_param("uphill", "beta", "steep").unwrap_err();
+    assert!(
+        matches!(&e, KernelError::InvalidParamValue { name, .. } if name == "beta"),
+        "{e}"
+    );
+    // A text parameter given a number is retried as text.
+    assert_eq!(parsed.set_param("uphill", "key", "7"), Ok(1));
+    // Flipping toggles a `backward` parameter; mixed directions are caught.
+    let flipped = !up.spec();
+    assert_eq!(flipped.direction(), Some(Direction::Backward));
+    assert!(matches!(
+        (up.spec() + flipped).validate(),
+        Err(KernelError::MixedDirections { .. })
+    ));
+    // The name is taken by this type; invalid and built-in names are refused.
+    assert!(matches!(
+        register_kernel::<UphillImpostor>(),
+        Err(KernelError::Registration {
+            problem: RegistrationProblem::Taken { .. },
+            ..
+        })
+    ));
+    assert!(matches!(
+        register_kernel::<BadName>(),
+        Err(KernelError::Registration {
+            problem: RegistrationProblem::InvalidName,
+            ..
+        })
+    ));
+    let e = register_kernel::<Shadow>().unwrap_err();
+    assert!(
+        matches!(&e, KernelError::Registration { problem: RegistrationProblem::Builtin { .. }, name } if name == "vk"),
+        "{e}"
+    );
+    assert!(register_kernel::<Reserved>().is_err());
+    // Bad parameters in stored text: a typed error naming the kernel.
+    let bad = json.replace("\"beta\":3.0", "\"beta\":\"steep\"");
+    assert!(
+        matches!(
+            KernelSpec::from_json(&bad),
+            Err(KernelError::CustomParams { kernel, .. }) if kernel == "uphill"
+        ),
+        "{bad}"
+    );
+}
