@@ -37,6 +37,16 @@ pub(crate) fn read_graph(
         source: Box::new(source),
         hint: "compute neighbours with `cellfate preprocess` (or scanpy's `pp.neighbors`), or set `conn_key`".into(),
     })?;
+    check_graph(kernel, cells, key, g)
+}
+
+/// Checks that a graph read from `obsp[key]` is `n_cells × n_cells`.
+pub(crate) fn check_graph(
+    kernel: &'static str,
+    cells: &dyn CellSource,
+    key: &str,
+    g: Csr,
+) -> Result<Csr, KernelError> {
     if g.nrows() != cells.n_cells() || g.ncols() != cells.n_cells() {
         return Err(KernelError::InvalidInput {
             kernel,

@@ -16,8 +16,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::csr::Csr;
+use crate::error::SourceError;
 use crate::error::{KernelError, OtError};
-use crate::leaf::{read_graph, to_transition, Leaf};
+use crate::leaf::{check_graph, read_graph, to_transition, Leaf};
 use crate::source::{CellSource, DenseMatrix};
 use crate::transition::{Direction, TransitionMatrix};
 
@@ -73,8 +74,12 @@ impl From<ThresholdRepr> for Threshold {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SelfTransitions {
-    /// Density-normalised kNN connectivities among the last time point's cells.
+    /// `connectivities` when `obsp[conn_key]` exists, else `diagonal`; the effective spec
+    /// records which was used. (CellRank's default, `connectivities`, computes neighbours of
+    /// the last time point itself; kernels here read graphs and never compute them.)
     #[default]
+    Auto,
+    /// Density-normalised kNN connectivities among the last time point's cells.
     Connectivities,
     /// Identity.
     Diagonal,
@@ -110,7 +115,7 @@ impl Default for RealTimeParams {
             basis: "X_pca".into(),
             epsilon: 0.05,
             threshold: Threshold::Auto,
-            self_transitions: SelfTransitions::Connectivities,
+            self_transitions: SelfTransitions::Auto,
             conn_key: "connectivities".into(),
         }
     }
@@ -214,6 +219,42 @@ pub fn sinkhorn(x: &[Vec<f64>], y: &[Vec<f64>], epsilon: f64) -> Result<Vec<f64>
 }
 
 impl RealTimeParams {
+    /// Each cell's time point and the time points in order: the categories of a categorical
+    /// (or string) column in their stored order, or the distinct values of a numeric column in
+    /// increasing order, labelled as pandas prints floats (`10.0`, `10.5`), so that moscot's
+    /// coupling keys (`tmap_10_105`) are found. (CellRank asks for a categorical column.)
+    fn time_points(
+        &self,
+        cells: &dyn CellSource,
+    ) -> Result<(Vec<Option<String>>, Vec<String>), KernelError> {
+        let missing = |source| KernelError::MissingInput {
+            kernel: NAME,
+            what: "experimental time points".into(),
+            source: Box::new(source),
+            hint: "set `time_key` to a categorical or numeric obs column of time points".into(),
+        };
+        match cells.obs_labels(&self.time_key) {
+            Ok(labels) => {
+                let times = cells.obs_categories(&self.time_key).unwrap_or_default();
+                Ok((labels, times))
+            }
+            Err(not_labels) => {
+                let values = cells
+                    .obs_f64(&self.time_key)
+                    .map_err(|_| missing(not_labels))?;
+                let label = |v: f64| v.is_finite().then(|| format!("{v:?}"));
+                let mut distinct: Vec<f64> =
+                    values.iter().copied().filter(|v| v.is_finite()).collect();
+                distinct.sort_by(f64::total_cmp);
+                distinct.dedup();
+                Ok((
+                    values.into_iter().map(label).collect(),
+                    distinct.into_iter().filter_map(label).collect(),
+                ))
+            }
+        }
+    }
+
     fn threshold_value(&self, couplings: &[(Vec<f64>, usize, usize)]) -> Vec<f64> {
         let row_max_min = |p: &[f64], na: usize, nb: usize| {
             (0..na)
@@ -281,16 +322,7 @@ impl Leaf for RealTimeParams {
         cells: &dyn CellSource,
     ) -> Result<(TransitionMatrix, Self), KernelError> {
         let n = cells.n_cells();
-        let labels =
-            cells
-                .obs_labels(&self.time_key)
-                .map_err(|source| KernelError::MissingInput {
-                    kernel: NAME,
-                    what: "experimental time points".into(),
-                    source: Box::new(source),
-                    hint: "set `time_key` to a categorical obs column of time points".into(),
-                })?;
-        let mut times: Vec<String> = cells.obs_categories(&self.time_key).unwrap_or_default();
+        let (labels, mut times) = self.time_points(cells)?;
         if times.is_empty() {
             for l in labels.iter().flatten() {
                 if !times.contains(l) {
@@ -417,15 +449,34 @@ impl Leaf for RealTimeParams {
         }
         // Self-transitions of the last time point.
         let last = &groups[times.len() - 1];
-        match self.self_transitions {
-            SelfTransitions::Diagonal => trip.extend(last.iter().map(|&i| (i, i, 1.0))),
-            SelfTransitions::Uniform => {
+        // `auto` resolves to what it used; the effective spec records that.
+        let (self_transitions, conn) = match self.self_transitions {
+            SelfTransitions::Auto => match cells.graph(&self.conn_key) {
+                Err(SourceError::Missing { .. }) => (SelfTransitions::Diagonal, None),
+                Ok(g) => (
+                    SelfTransitions::Connectivities,
+                    Some(check_graph(NAME, cells, &self.conn_key, g)?),
+                ),
+                // Any other failure: read again for the error naming the fix.
+                Err(_) => (
+                    SelfTransitions::Connectivities,
+                    Some(read_graph(NAME, cells, &self.conn_key)?),
+                ),
+            },
+            SelfTransitions::Connectivities => (
+                SelfTransitions::Connectivities,
+                Some(read_graph(NAME, cells, &self.conn_key)?),
+            ),
+            other => (other, None),
+        };
+        match conn {
+            None if self_transitions == SelfTransitions::Uniform => {
                 for &i in last {
                     trip.extend(last.iter().map(|&j| (i, j, 1.0 / last.len() as f64)));
                 }
             }
-            SelfTransitions::Connectivities => {
-                let conn = read_graph(NAME, cells, &self.conn_key)?;
+            None => trip.extend(last.iter().map(|&i| (i, i, 1.0))),
+            Some(conn) => {
                 let sub: Csr = conn.submatrix(last, last);
                 let q = sub.col_sums();
                 for (li, &i) in last.iter().enumerate() {
@@ -449,7 +500,11 @@ impl Leaf for RealTimeParams {
             source,
         })?;
         let transition = to_transition(NAME, m, Direction::Forward)?;
-        Ok((transition, self.clone()))
+        let effective = Self {
+            self_transitions,
+            ..self.clone()
+        };
+        Ok((transition, effective))
     }
 }
 

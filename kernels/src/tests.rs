@@ -1026,3 +1026,69 @@ fn registered_custom_kernel_round_trips_everywhere() {
         "{bad}"
     );
 }
+
+#[test]
+fn real_time_reads_numeric_time_points_and_resolves_auto_self_transitions() {
+    use real_time::SelfTransitions;
+    let c = two_time_points();
+    let auto = RealTimeParams {
+        epsilon: 0.001,
+        ..Default::default()
+    };
+    assert_eq!(auto.self_transitions, SelfTransitions::Auto);
+    // With a kNN graph, `auto` is `connectivities`, and the effective spec says so.
+    let out = auto.compute(&c).unwrap();
+    let explicit = RealTimeParams {
+        self_transitions: SelfTransitions::Connectivities,
+        ..auto.clone()
+    };
+    assert_eq!(out.effective, explicit.spec());
+    assert_eq!(explicit.compute(&c).unwrap().transition, out.transition);
+    // Without one, `diagonal`; asking for connectivities explicitly is an error naming the fix.
+    let mut no_graph = c.clone();
+    no_graph.graphs.clear();
+    let out = auto.compute(&no_graph).unwrap();
+    let KernelSpec::RealTime(eff) = &out.effective else {
+        panic!()
+    };
+    assert_eq!(eff.self_transitions, SelfTransitions::Diagonal);
+    assert_eq!(out.transition.row(39), (&[39u32][..], &[1.0][..]));
+    let e = explicit.compute(&no_graph).unwrap_err().to_string();
+    assert!(
+        e.contains("obsp[\"connectivities\"]") && e.contains("cellfate preprocess"),
+        "{e}"
+    );
+    // A numeric time column (moscot's float `day`) gives the same kernel as its labels.
+    let mut numeric = c.clone();
+    let labels = numeric.labels.remove("day").unwrap();
+    let days: Vec<f64> = labels
+        .iter()
+        .map(|l| l.as_deref().unwrap().parse().unwrap())
+        .collect();
+    numeric.obs.insert("day".into(), days);
+    assert_eq!(
+        auto.compute(&numeric).unwrap().transition,
+        auto.compute(&c).unwrap().transition
+    );
+    // Couplings keyed as moscot does (`tmap_0_1` for days 0.0 and 1.0) are used.
+    let mut coupled = numeric.clone();
+    let tmap: Vec<f64> = (0..400)
+        .map(|k| if k / 20 == k % 20 { 1.0 } else { 0.0 })
+        .collect();
+    coupled
+        .uns
+        .insert("tmap_0_1".into(), DenseMatrix::from_f64(20, 20, tmap));
+    let t = auto.compute(&coupled).unwrap().transition;
+    for i in 0..20 {
+        assert_eq!(t.row(i), (&[i as u32 + 20][..], &[1.0][..]), "cell {i}");
+    }
+    // Missing column: the error names it.
+    let e = RealTimeParams {
+        time_key: "nope".into(),
+        ..Default::default()
+    }
+    .compute(&c)
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("obs[\"nope\"]") && e.contains("time_key"), "{e}");
+}
