@@ -96,6 +96,7 @@ pub fn cellrank_params(spec: &KernelSpec) -> (serde_json::Value, serde_json::Val
                    "frac_to_keep": p.frac_to_keep, "n_genes": p.n_genes, "layer": p.layer}),
             json!({"backward": p.backward, "conn_key": p.conn_key}),
         ),
+        KernelSpec::Custom(c) => (c.params.clone(), json!({ "name": c.name })),
         KernelSpec::Sum { .. } | KernelSpec::Product { .. } => {
             let mut params = serde_json::Map::new();
             let leaves: Vec<(f64, &KernelSpec)> = match spec {

@@ -7,9 +7,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::KernelError;
-use crate::kernel::{read_graph, to_transition, Kernel, KernelOutput, KernelSpec};
+use crate::leaf::{read_graph, to_transition, Leaf};
 use crate::source::CellSource;
-use crate::transition::Direction;
+use crate::transition::{Direction, TransitionMatrix};
 
 /// Parameters of the connectivity kernel (CellRank names and defaults).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -32,20 +32,14 @@ impl Default for ConnectivityParams {
 
 pub(crate) const NAME: &str = "ConnectivityKernel";
 
-impl Kernel for ConnectivityParams {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+impl Leaf for ConnectivityParams {
+    const NAME: &'static str = NAME;
 
-    fn spec(&self) -> KernelSpec {
-        KernelSpec::Connectivity(self.clone())
-    }
-
-    fn direction(&self) -> Option<Direction> {
+    fn leaf_direction(&self) -> Option<Direction> {
         None
     }
 
-    fn validate(&self) -> Result<(), KernelError> {
+    fn leaf_validate(&self) -> Result<(), KernelError> {
         if self.conn_key.is_empty() {
             return Err(KernelError::InvalidParam {
                 kernel: NAME,
@@ -57,8 +51,10 @@ impl Kernel for ConnectivityParams {
         Ok(())
     }
 
-    fn compute(&self, cells: &dyn CellSource) -> Result<KernelOutput, KernelError> {
-        self.validate()?;
+    fn leaf_compute(
+        &self,
+        cells: &dyn CellSource,
+    ) -> Result<(TransitionMatrix, Self), KernelError> {
         let mut c = read_graph(NAME, cells, &self.conn_key)?;
         if self.density_normalize {
             let q = c.col_sums();
@@ -74,9 +70,6 @@ impl Kernel for ConnectivityParams {
             }
         }
         let transition = to_transition(NAME, c, Direction::Forward)?;
-        Ok(KernelOutput {
-            transition,
-            effective: self.spec(),
-        })
+        Ok((transition, self.clone()))
     }
 }

@@ -11,10 +11,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::KernelError;
-use crate::kernel::{read_graph, to_transition, Kernel, KernelOutput, KernelSpec};
+use crate::leaf::{read_graph, to_transition, Leaf};
 use crate::pseudotime::{PseudotimeParams, ThresholdScheme};
 use crate::source::CellSource;
-use crate::transition::Direction;
+use crate::transition::{Direction, TransitionMatrix};
 
 /// Parameters of the CytoTRACE kernel.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -132,20 +132,14 @@ impl CytoTraceParams {
     }
 }
 
-impl Kernel for CytoTraceParams {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+impl Leaf for CytoTraceParams {
+    const NAME: &'static str = NAME;
 
-    fn spec(&self) -> KernelSpec {
-        KernelSpec::CytoTrace(self.clone())
-    }
-
-    fn direction(&self) -> Option<Direction> {
+    fn leaf_direction(&self) -> Option<Direction> {
         Some(Direction::from_backward(self.backward))
     }
 
-    fn validate(&self) -> Result<(), KernelError> {
+    fn leaf_validate(&self) -> Result<(), KernelError> {
         if self.n_genes == 0 {
             return Err(KernelError::InvalidParam {
                 kernel: NAME,
@@ -154,11 +148,13 @@ impl Kernel for CytoTraceParams {
                 expected: "a positive number of genes".into(),
             });
         }
-        self.pseudotime_params().validate()
+        self.pseudotime_params().leaf_validate()
     }
 
-    fn compute(&self, cells: &dyn CellSource) -> Result<KernelOutput, KernelError> {
-        self.validate()?;
+    fn leaf_compute(
+        &self,
+        cells: &dyn CellSource,
+    ) -> Result<(TransitionMatrix, Self), KernelError> {
         let conn = read_graph(NAME, cells, &self.conn_key)?;
         let (mut t, _) = self.pseudotime(cells)?;
         if self.backward {
@@ -166,11 +162,8 @@ impl Kernel for CytoTraceParams {
             t.iter_mut().for_each(|x| *x = max - *x);
         }
         let biased = self.pseudotime_params().bias(&conn, &t);
-        let transition = to_transition(NAME, biased, self.direction().unwrap_or_default())?;
-        Ok(KernelOutput {
-            transition,
-            effective: self.spec(),
-        })
+        let transition = to_transition(NAME, biased, Direction::from_backward(self.backward))?;
+        Ok((transition, self.clone()))
     }
 }
 

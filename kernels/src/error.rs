@@ -146,7 +146,7 @@ pub enum TransitionError {
 #[derive(Debug, Error, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum KernelError {
-    /// An input the kernel needs is missing; the message says what creates it.
+    /// An input the kernel needs is missing or unreadable; the message says what creates it.
     #[error("{kernel}: needs {what}: {source}; {hint}")]
     MissingInput {
         /// Kernel name (`VelocityKernel`, ...).
@@ -154,7 +154,7 @@ pub enum KernelError {
         /// What the input is (e.g. "the kNN graph").
         what: String,
         /// The underlying lookup error (names slot and key).
-        source: Box<crate::source::SourceError>,
+        source: Box<SourceError>,
         /// How to create the input.
         hint: String,
     },
@@ -180,9 +180,44 @@ pub enum KernelError {
         /// What is allowed.
         expected: String,
     },
-    /// Kernels that cannot be combined.
-    #[error("cannot combine kernels: {0}")]
-    Combine(String),
+    /// A forward and a backward kernel in the same sum or product.
+    #[error("cannot combine kernels: {forward} is forward and {backward} is backward; flip one of them (`~`)")]
+    MixedDirections {
+        /// A forward kernel of the combination.
+        forward: String,
+        /// A backward kernel of the combination.
+        backward: String,
+    },
+    /// A sum or product without any kernel.
+    #[error("cannot combine kernels: a {combination} needs at least one kernel")]
+    EmptyCombination {
+        /// `"sum"` or `"product"`.
+        combination: &'static str,
+    },
+    /// A weight of a sum is negative, NaN or infinite.
+    #[error("cannot combine kernels: weight {weight} of {kernel} must be finite and non-negative")]
+    InvalidWeight {
+        /// The weighted kernel.
+        kernel: String,
+        /// The weight.
+        weight: f64,
+    },
+    /// Every weight of a sum is zero.
+    #[error("cannot combine kernels: the weights of the {n_terms} terms sum to zero")]
+    ZeroWeights {
+        /// Number of terms.
+        n_terms: usize,
+    },
+    /// Two kernels of a combination were computed on different numbers of cells.
+    #[error("cannot combine kernels: {kernel} has {got} cells, the kernels before it {expected}")]
+    CellCountMismatch {
+        /// The kernel whose matrix differs.
+        kernel: String,
+        /// Cells of the kernels before it.
+        expected: usize,
+        /// Cells of this kernel.
+        got: usize,
+    },
     /// The computed matrix is not a valid transition matrix.
     #[error("{kernel}: the computed matrix is not a valid transition matrix: {source}")]
     Transition {
@@ -191,7 +226,278 @@ pub enum KernelError {
         /// Why.
         source: TransitionError,
     },
-    /// A saved kernel could not be loaded.
-    #[error("cannot load kernel: {0}")]
-    Load(String),
+    /// Assembling a kernel's sparse matrix failed.
+    #[error("{kernel}: cannot assemble the sparse matrix: {source}")]
+    Sparse {
+        /// Kernel name.
+        kernel: &'static str,
+        /// Why.
+        source: CsrError,
+    },
+    /// Optimal transport between two time points failed.
+    #[error("{kernel}: optimal transport {from} -> {to}: {source}")]
+    OptimalTransport {
+        /// Kernel name.
+        kernel: &'static str,
+        /// Earlier time point.
+        from: String,
+        /// Later time point.
+        to: String,
+        /// Why.
+        source: OtError,
+    },
+    /// A kernel expression (`0.8*velocity + 0.2*connectivity`) could not be parsed.
+    #[error("kernel expression {expr:?}: {problem} at position {position} (expected e.g. \"0.8*velocity + 0.2*connectivity\"; kernels: {})", known.join(", "))]
+    Expression {
+        /// The expression.
+        expr: String,
+        /// Byte offset of the problem.
+        position: usize,
+        /// What is wrong.
+        problem: ExprProblem,
+        /// The kernel names the parser knows (built-in and registered).
+        known: Vec<String>,
+    },
+    /// A kernel name that is neither built in nor registered.
+    #[error("unknown kernel {name:?}: neither built in nor registered with `register_kernel` (known kernels: {})", known.join(", "))]
+    UnknownKernel {
+        /// The name.
+        name: String,
+        /// Built-in and registered kernel names.
+        known: Vec<String>,
+    },
+    /// A parameter a kernel does not have.
+    #[error("kernel `{kernel}` has no parameter `{name}` (parameters: {})", known.join(", "))]
+    UnknownParam {
+        /// Kernel kind (`velocity`, ...).
+        kernel: String,
+        /// The parameter given.
+        name: String,
+        /// The kernel's parameters.
+        known: Vec<String>,
+    },
+    /// A parameter value of the wrong type or outside the allowed values.
+    #[error("invalid value {value} for `{kernel}.{name}`: {reason}")]
+    InvalidParamValue {
+        /// Kernel kind.
+        kernel: String,
+        /// Parameter.
+        name: String,
+        /// The value given (as written).
+        value: String,
+        /// Why it was rejected (the decoder's message, naming the expected values).
+        reason: String,
+    },
+    /// A parameter addressed to a kernel kind the expression does not contain.
+    #[error("`{kernel}.{name}` names no kernel of the expression (its kernels: {})", present.join(", "))]
+    ParamTargetsNoKernel {
+        /// Kernel kind given.
+        kernel: String,
+        /// Parameter given.
+        name: String,
+        /// Kernel kinds present in the expression.
+        present: Vec<String>,
+    },
+    /// A kernel spec (JSON) could not be decoded.
+    #[error("invalid kernel spec JSON at line {line}, column {column}: {reason}")]
+    SpecJson {
+        /// Line of the problem (1-based; 0 when unknown).
+        line: usize,
+        /// Column of the problem (1-based; 0 when unknown).
+        column: usize,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// The parameters of a user-defined kernel do not decode into its registered type.
+    #[error("kernel `{kernel}`: invalid parameters {params}: {reason}")]
+    CustomParams {
+        /// The custom kernel's name.
+        kernel: String,
+        /// The parameters (JSON).
+        params: String,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// A user-defined kernel could not be registered.
+    #[error("cannot register kernel {name:?}: {problem}")]
+    Registration {
+        /// The name.
+        name: String,
+        /// Why.
+        problem: RegistrationProblem,
+    },
+    /// Bytes that are not a saved cellfate kernel.
+    #[error("not a cellfate kernel file ({reason})")]
+    NotAKernelFile {
+        /// What is wrong (too short, wrong magic bytes).
+        reason: &'static str,
+    },
+    /// A saved kernel of another format version.
+    #[error("kernel file format version {found} is not supported by this cellfate (it reads version {supported}); recompute the kernel")]
+    FormatVersion {
+        /// Version in the file.
+        found: u32,
+        /// Version this build reads.
+        supported: u32,
+    },
+    /// A saved kernel whose body cannot be decoded.
+    #[error("corrupt kernel file: {part}: {reason}")]
+    CorruptKernelFile {
+        /// Which part (`header`, `payload`).
+        part: &'static str,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// A kernel could not be encoded for saving.
+    #[error("cannot encode the kernel ({part}): {reason}")]
+    Encode {
+        /// Which part (`header`, `payload`).
+        part: &'static str,
+        /// The encoder's message.
+        reason: String,
+    },
+}
+
+/// What is wrong in a kernel expression (see [`KernelError::Expression`]).
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ExprProblem {
+    /// Text after a complete expression.
+    #[error("unexpected input")]
+    UnexpectedInput,
+    /// `(` without `)`.
+    #[error("missing ')'")]
+    MissingParen,
+    /// A term of numbers only (`0.5`).
+    #[error("a term needs a kernel, not only a number")]
+    NumberOnly,
+    /// A malformed number.
+    #[error("bad number {text:?}")]
+    BadNumber {
+        /// The text.
+        text: String,
+    },
+    /// `~` (or `!`) before a number.
+    #[error("`~` applies to a kernel, not a number")]
+    FlipNumber,
+    /// Anything else where a factor should start (also the end of the input).
+    #[error("expected a number, a kernel name, '(' or '~'")]
+    ExpectedFactor,
+    /// A name that is neither built in nor registered.
+    #[error("unknown kernel {name:?}")]
+    UnknownKernel {
+        /// The name.
+        name: String,
+    },
+}
+
+/// Why a user-defined kernel cannot be registered (see [`KernelError::Registration`]).
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum RegistrationProblem {
+    /// Not a lowercase identifier.
+    #[error("a kernel name is a lowercase identifier (a-z, 0-9 and _, starting with a letter)")]
+    InvalidName,
+    /// The name (or an alias) of a built-in kernel, or a reserved word.
+    #[error("the name is taken by a built-in kernel or reserved (taken: {})", taken.join(", "))]
+    Builtin {
+        /// Built-in names, aliases and reserved words.
+        taken: Vec<String>,
+    },
+    /// Another type is registered under this name.
+    #[error("another type ({other}) is registered under this name")]
+    Taken {
+        /// The type registered first.
+        other: &'static str,
+    },
+}
+
+/// Why entropic optimal transport (Sinkhorn) failed.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum OtError {
+    /// One side has no cells.
+    #[error("a time point has no cells ({rows} x {cols} cost matrix)")]
+    Empty {
+        /// Cells of the earlier time point.
+        rows: usize,
+        /// Cells of the later time point.
+        cols: usize,
+    },
+    /// Points of different dimensions.
+    #[error("points of dimension {rows_dim} and {cols_dim}")]
+    DimensionMismatch {
+        /// Dimension of the earlier time point's points.
+        rows_dim: usize,
+        /// Dimension of the later time point's points.
+        cols_dim: usize,
+    },
+    /// The cost matrix has a non-finite entry (a non-finite coordinate in the embedding).
+    #[error(
+        "the cost between cell {row} and cell {col} is not finite (non-finite embedding values?)"
+    )]
+    NonFiniteCost {
+        /// Cell of the earlier time point.
+        row: usize,
+        /// Cell of the later time point.
+        col: usize,
+    },
+    /// No convergence within the iteration budget.
+    #[error("Sinkhorn did not converge in {iterations} iterations (epsilon = {epsilon}, marginal error {error:e} > {tol:e}); increase epsilon")]
+    NotConverged {
+        /// The requested ε.
+        epsilon: f64,
+        /// Iterations at the final ε.
+        iterations: usize,
+        /// Largest relative row-marginal error reached.
+        error: f64,
+        /// Tolerance.
+        tol: f64,
+    },
+}
+
+/// An input a kernel asked for could not be provided.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// The slot/key does not exist.
+    #[error("`{slot}[\"{key}\"]` not found{}", hint_available(.available))]
+    Missing {
+        /// AnnData slot (`obsp`, `obs`, `layers`, `obsm`, `var`).
+        slot: String,
+        /// Key within the slot.
+        key: String,
+        /// Keys that do exist in that slot.
+        available: Vec<String>,
+    },
+    /// The slot exists but holds something else.
+    #[error("`{slot}[\"{key}\"]`: expected {expected}, found {found}")]
+    Invalid {
+        /// Slot.
+        slot: String,
+        /// Key.
+        key: String,
+        /// What was expected.
+        expected: String,
+        /// What was found.
+        found: String,
+    },
+    /// Any other failure of the underlying storage (file, HDF5) reading the slot.
+    #[error("`{slot}[\"{key}\"]`: {detail}")]
+    Storage {
+        /// Slot.
+        slot: String,
+        /// Key.
+        key: String,
+        /// The storage layer's message.
+        detail: String,
+    },
+}
+
+fn hint_available(a: &[String]) -> String {
+    if a.is_empty() {
+        String::new()
+    } else {
+        format!(" (available: {})", a.join(", "))
+    }
 }

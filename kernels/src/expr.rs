@@ -3,16 +3,15 @@
 //! Grammar: `expr := term ('+' term)*`, `term := factor ('*' factor)*`,
 //! `factor := NUMBER | NAME | '(' expr ')' | ('~' | '!') factor`. Numbers in a term multiply
 //! its weight; two or more kernels in a term form an element-wise product; `~`/`!` flips the
-//! direction. Names: `velocity` (`vk`), `connectivity` (`ck`), `pseudotime` (`pk`),
-//! `precomputed`. Every kernel starts from CellRank's defaults; set parameters afterwards with
+//! direction. Names (case-insensitive): `velocity` (`vk`), `connectivity` (`ck`),
+//! `pseudotime` (`pk`), `cytotrace` (`ctk`), `labeling_time` (`labeling`, `ltk`),
+//! `real_time` (`rtk`), `precomputed` (`prk`), and CellRank's class names
+//! (`VelocityKernel`, ...); see [`BUILTIN_KERNELS`](crate::kernel::BUILTIN_KERNELS). Every
+//! kernel starts from CellRank's defaults; set parameters afterwards with
 //! [`KernelSpec::set_param`].
 
-use crate::connectivity::ConnectivityParams;
-use crate::error::KernelError;
-use crate::kernel::{Kernel, KernelSpec};
-use crate::precomputed::PrecomputedParams;
-use crate::pseudotime::PseudotimeParams;
-use crate::velocity::VelocityParams;
+use crate::error::{ExprProblem, KernelError};
+use crate::kernel::{known_kernels, Kernel, KernelSpec};
 
 /// Parses a kernel expression (see the module docs) and validates it.
 pub fn parse(expr: &str) -> Result<KernelSpec, KernelError> {
@@ -24,7 +23,7 @@ pub fn parse(expr: &str) -> Result<KernelSpec, KernelError> {
     let spec = p.expr()?;
     p.skip_ws();
     if p.pos < p.chars.len() {
-        return Err(p.error("unexpected input"));
+        return Err(p.error(ExprProblem::UnexpectedInput));
     }
     spec.validate()?;
     Ok(spec)
@@ -37,12 +36,13 @@ struct Parser<'a> {
 }
 
 impl Parser<'_> {
-    fn error(&self, msg: &str) -> KernelError {
-        let at = self.chars.get(self.pos).map_or(self.src.len(), |c| c.0);
-        KernelError::Load(format!(
-            "kernel expression {:?}: {msg} at position {at} (expected e.g. \"0.8*velocity + 0.2*connectivity\"; kernels: velocity, connectivity, pseudotime, cytotrace, labeling_time, real_time, precomputed)",
-            self.src
-        ))
+    fn error(&self, problem: ExprProblem) -> KernelError {
+        KernelError::Expression {
+            expr: self.src.to_string(),
+            position: self.chars.get(self.pos).map_or(self.src.len(), |c| c.0),
+            problem,
+            known: known_kernels(),
+        }
     }
 
     fn skip_ws(&mut self) {
@@ -83,7 +83,7 @@ impl Parser<'_> {
             }
         }
         match kernels.len() {
-            0 => Err(self.error("a term needs a kernel, not only a number")),
+            0 => Err(self.error(ExprProblem::NumberOnly)),
             1 => Ok((weight, kernels.remove(0))),
             _ => Ok((weight, KernelSpec::product(kernels))),
         }
@@ -95,7 +95,7 @@ impl Parser<'_> {
                 self.pos += 1;
                 let e = self.expr()?;
                 if self.peek() != Some(')') {
-                    return Err(self.error("missing ')'"));
+                    return Err(self.error(ExprProblem::MissingParen));
                 }
                 self.pos += 1;
                 Ok(Factor::Kernel(e))
@@ -104,7 +104,7 @@ impl Parser<'_> {
                 self.pos += 1;
                 match self.factor()? {
                     Factor::Kernel(k) => Ok(Factor::Kernel(k.flip())),
-                    Factor::Number(_) => Err(self.error("`~` applies to a kernel, not a number")),
+                    Factor::Number(_) => Err(self.error(ExprProblem::FlipNumber)),
                 }
             }
             Some(c) if c.is_ascii_digit() || c == '.' => {
@@ -122,7 +122,7 @@ impl Parser<'_> {
                 let text: String = self.chars[start..self.pos].iter().map(|c| c.1).collect();
                 text.parse::<f64>()
                     .map(Factor::Number)
-                    .map_err(|_| self.error(&format!("bad number {text:?}")))
+                    .map_err(|_| self.error(ExprProblem::BadNumber { text }))
             }
             Some(c) if c.is_ascii_alphabetic() => {
                 let start = self.pos;
@@ -133,24 +133,16 @@ impl Parser<'_> {
                     self.pos += 1;
                 }
                 let name: String = self.chars[start..self.pos].iter().map(|c| c.1).collect();
-                let k = match name.to_ascii_lowercase().as_str() {
-                    "velocity" | "vk" | "velocitykernel" => VelocityParams::default().spec(),
-                    "connectivity" | "ck" | "connectivitykernel" => {
-                        ConnectivityParams::default().spec()
-                    }
-                    "pseudotime" | "pk" | "pseudotimekernel" => PseudotimeParams::default().spec(),
-                    "precomputed" | "precomputedkernel" => PrecomputedParams::default().spec(),
-                    "cytotrace" | "cytotracekernel" => {
-                        crate::cytotrace::CytoTraceParams::default().spec()
-                    }
-                    _ => {
+                match KernelSpec::named(&name) {
+                    Ok(k) => Ok(Factor::Kernel(k)),
+                    Err(KernelError::UnknownKernel { .. }) => {
                         self.pos = start;
-                        return Err(self.error(&format!("unknown kernel {name:?}")));
+                        Err(self.error(ExprProblem::UnknownKernel { name }))
                     }
-                };
-                Ok(Factor::Kernel(k))
+                    Err(other) => Err(other),
+                }
             }
-            _ => Err(self.error("expected a number, a kernel name, '(' or '~'")),
+            _ => Err(self.error(ExprProblem::ExpectedFactor)),
         }
     }
 }
@@ -163,7 +155,9 @@ enum Factor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connectivity::ConnectivityParams;
     use crate::transition::Direction;
+    use crate::velocity::VelocityParams;
 
     #[test]
     fn parses_weighted_sums_products_and_flips() {

@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::csr::Csr;
 use crate::error::KernelError;
-use crate::kernel::{read_graph, Kernel, KernelOutput, KernelSpec};
+use crate::leaf::{read_graph, Leaf};
 use crate::source::{CellSource, DenseMatrix};
-use crate::transition::Direction;
+use crate::transition::{Direction, TransitionMatrix};
 use crate::velocity::{BackwardMode, Similarity, VelocityParams};
 
 /// Which γ estimator to use.
@@ -271,20 +271,14 @@ impl LabelingTimeParams {
     }
 }
 
-impl Kernel for LabelingTimeParams {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+impl Leaf for LabelingTimeParams {
+    const NAME: &'static str = NAME;
 
-    fn spec(&self) -> KernelSpec {
-        KernelSpec::LabelingTime(self.clone())
-    }
-
-    fn direction(&self) -> Option<Direction> {
+    fn leaf_direction(&self) -> Option<Direction> {
         Some(Direction::from_backward(self.backward))
     }
 
-    fn validate(&self) -> Result<(), KernelError> {
+    fn leaf_validate(&self) -> Result<(), KernelError> {
         if !(self.perc > 0.0 && self.perc < 100.0) {
             return Err(KernelError::InvalidParam {
                 kernel: NAME,
@@ -293,23 +287,20 @@ impl Kernel for LabelingTimeParams {
                 expected: "a percentile in (0, 100)".into(),
             });
         }
-        self.velocity_params().validate()
+        self.velocity_params().leaf_validate()
     }
 
-    fn compute(&self, cells: &dyn CellSource) -> Result<KernelOutput, KernelError> {
-        self.validate()?;
+    fn leaf_compute(
+        &self,
+        cells: &dyn CellSource,
+    ) -> Result<(TransitionMatrix, Self), KernelError> {
         let lv = self.labeling_velocity(cells)?;
         let conn = read_graph(NAME, cells, &self.conn_key)?;
-        let out = self
-            .velocity_params()
-            .compute_from(&conn, &lv.m_total, &lv.velocity)?;
+        let (transition, v) =
+            self.velocity_params()
+                .compute_from(&conn, &lv.m_total, &lv.velocity)?;
         let mut effective = self.clone();
-        if let KernelSpec::Velocity(v) = &out.effective {
-            effective.softmax_scale = v.softmax_scale;
-        }
-        Ok(KernelOutput {
-            transition: out.transition,
-            effective: KernelSpec::LabelingTime(effective),
-        })
+        effective.softmax_scale = v.softmax_scale;
+        Ok((transition, effective))
     }
 }

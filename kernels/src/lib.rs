@@ -25,6 +25,8 @@
 //! # Ok::<(), cellfate_kernels::KernelError>(())
 //! ```
 
+mod builtin;
+mod combine;
 pub mod connectivity;
 pub mod csr;
 pub mod cytotrace;
@@ -32,6 +34,8 @@ pub mod error;
 pub mod expr;
 pub mod kernel;
 pub mod labeling;
+mod leaf;
+mod ops;
 pub mod precomputed;
 pub mod projection;
 pub mod pseudotime;
@@ -45,8 +49,12 @@ pub mod velocity;
 pub use connectivity::ConnectivityParams;
 pub use csr::Csr;
 pub use cytotrace::CytoTraceParams;
-pub use error::{CsrError, KernelError, TransitionError};
-pub use kernel::{Kernel, KernelOutput, KernelSpec};
+pub use error::{
+    CsrError, ExprProblem, KernelError, OtError, RegistrationProblem, TransitionError,
+};
+pub use kernel::{
+    register_kernel, registered_kernels, CustomKernel, CustomSpec, Kernel, KernelOutput, KernelSpec,
+};
 pub use labeling::{GammaEstimator, LabelingTimeParams};
 pub use precomputed::PrecomputedParams;
 pub use pseudotime::{PseudotimeParams, ThresholdScheme};

@@ -4,9 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::KernelError;
-use crate::kernel::{read_graph, to_transition, Kernel, KernelOutput, KernelSpec};
+use crate::leaf::{read_graph, to_transition, Leaf};
 use crate::source::CellSource;
-use crate::transition::Direction;
+use crate::transition::{Direction, TransitionMatrix};
 
 /// Parameters of the precomputed kernel.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -33,29 +33,31 @@ impl PrecomputedParams {
     }
 }
 
-impl Kernel for PrecomputedParams {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+impl Leaf for PrecomputedParams {
+    const NAME: &'static str = NAME;
 
-    fn spec(&self) -> KernelSpec {
-        KernelSpec::Precomputed(self.clone())
-    }
-
-    fn direction(&self) -> Option<Direction> {
+    fn leaf_direction(&self) -> Option<Direction> {
         Some(Direction::from_backward(self.backward))
     }
 
-    fn validate(&self) -> Result<(), KernelError> {
+    fn leaf_validate(&self) -> Result<(), KernelError> {
+        if self.obsp_key.as_deref() == Some("") {
+            return Err(KernelError::InvalidParam {
+                kernel: NAME,
+                name: "obsp_key",
+                value: "\"\"".into(),
+                expected: "an obsp key, or none for T_fwd / T_bwd".into(),
+            });
+        }
         Ok(())
     }
 
-    fn compute(&self, cells: &dyn CellSource) -> Result<KernelOutput, KernelError> {
+    fn leaf_compute(
+        &self,
+        cells: &dyn CellSource,
+    ) -> Result<(TransitionMatrix, Self), KernelError> {
         let m = read_graph(NAME, cells, &self.key())?;
-        let transition = to_transition(NAME, m, self.direction().unwrap_or_default())?;
-        Ok(KernelOutput {
-            transition,
-            effective: self.spec(),
-        })
+        let transition = to_transition(NAME, m, Direction::from_backward(self.backward))?;
+        Ok((transition, self.clone()))
     }
 }

@@ -12,10 +12,10 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::csr::{Csr, ROW_CHUNK};
-use crate::error::KernelError;
-use crate::kernel::{read_graph, to_transition, Kernel, KernelOutput, KernelSpec};
+use crate::error::{KernelError, TransitionError};
+use crate::leaf::{read_graph, to_transition, Leaf};
 use crate::source::CellSource;
-use crate::transition::Direction;
+use crate::transition::{Direction, TransitionMatrix};
 
 /// How past edges are treated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,20 +110,14 @@ impl PseudotimeParams {
     }
 }
 
-impl Kernel for PseudotimeParams {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+impl Leaf for PseudotimeParams {
+    const NAME: &'static str = NAME;
 
-    fn spec(&self) -> KernelSpec {
-        KernelSpec::Pseudotime(self.clone())
-    }
-
-    fn direction(&self) -> Option<Direction> {
+    fn leaf_direction(&self) -> Option<Direction> {
         Some(Direction::from_backward(self.backward))
     }
 
-    fn validate(&self) -> Result<(), KernelError> {
+    fn leaf_validate(&self) -> Result<(), KernelError> {
         let bad = |name, value: f64, expected: &str| {
             Err(KernelError::InvalidParam {
                 kernel: NAME,
@@ -144,8 +138,10 @@ impl Kernel for PseudotimeParams {
         Ok(())
     }
 
-    fn compute(&self, cells: &dyn CellSource) -> Result<KernelOutput, KernelError> {
-        self.validate()?;
+    fn leaf_compute(
+        &self,
+        cells: &dyn CellSource,
+    ) -> Result<(TransitionMatrix, Self), KernelError> {
         let conn = read_graph(NAME, cells, &self.conn_key)?;
         let mut t = cells
             .obs_f64(&self.time_key)
@@ -174,9 +170,9 @@ impl Kernel for PseudotimeParams {
             t.iter_mut().for_each(|x| *x = max - *x);
         }
         let biased = self.bias(&conn, &t);
-        let transition = to_transition(NAME, biased, self.direction().unwrap_or_default())
+        let transition = to_transition(NAME, biased, Direction::from_backward(self.backward))
             .map_err(|e| match e {
-                KernelError::Transition { source: crate::TransitionError::ZeroRow { row }, .. } => {
+                KernelError::Transition { source: TransitionError::ZeroRow { row }, .. } => {
                     KernelError::InvalidInput {
                         kernel: NAME,
                         what: "the biased kNN graph".into(),
@@ -185,9 +181,6 @@ impl Kernel for PseudotimeParams {
                 }
                 other => other,
             })?;
-        Ok(KernelOutput {
-            transition,
-            effective: self.spec(),
-        })
+        Ok((transition, self.clone()))
     }
 }

@@ -16,14 +16,17 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::csr::Csr;
-use crate::error::KernelError;
-use crate::kernel::{read_graph, to_transition, Kernel, KernelOutput, KernelSpec};
+use crate::error::SourceError;
+use crate::error::{KernelError, OtError};
+use crate::leaf::{check_graph, read_graph, to_transition, Leaf};
 use crate::source::{CellSource, DenseMatrix};
-use crate::transition::Direction;
+use crate::transition::{Direction, TransitionMatrix};
 
-/// How couplings are sparsified.
+/// How couplings are sparsified. Reads `"auto"`, `"auto_local"`, `"none"`,
+/// `{"percentile": q}`, and, as CellRank's `threshold` argument does, a bare number `q` (a
+/// percentile) or `null` (keep everything).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", from = "ThresholdRepr")]
 pub enum Threshold {
     /// Keep entries ≥ the smallest row maximum over all couplings (keeps ≥ 1 entry per row).
     #[default]
@@ -36,12 +39,47 @@ pub enum Threshold {
     None,
 }
 
+/// The forms [`Threshold`] is read from.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ThresholdRepr {
+    Number(f64),
+    Named(ThresholdNamed),
+    Null(()),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ThresholdNamed {
+    Auto,
+    AutoLocal,
+    Percentile(f64),
+    None,
+}
+
+impl From<ThresholdRepr> for Threshold {
+    fn from(r: ThresholdRepr) -> Self {
+        match r {
+            ThresholdRepr::Number(q) | ThresholdRepr::Named(ThresholdNamed::Percentile(q)) => {
+                Self::Percentile(q)
+            }
+            ThresholdRepr::Named(ThresholdNamed::Auto) => Self::Auto,
+            ThresholdRepr::Named(ThresholdNamed::AutoLocal) => Self::AutoLocal,
+            ThresholdRepr::Named(ThresholdNamed::None) | ThresholdRepr::Null(()) => Self::None,
+        }
+    }
+}
+
 /// Self-transitions of the last time point.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SelfTransitions {
-    /// Density-normalised kNN connectivities among the last time point's cells.
+    /// `connectivities` when `obsp[conn_key]` exists, else `diagonal`; the effective spec
+    /// records which was used. (CellRank's default, `connectivities`, computes neighbours of
+    /// the last time point itself; kernels here read graphs and never compute them.)
     #[default]
+    Auto,
+    /// Density-normalised kNN connectivities among the last time point's cells.
     Connectivities,
     /// Identity.
     Diagonal,
@@ -77,7 +115,7 @@ impl Default for RealTimeParams {
             basis: "X_pca".into(),
             epsilon: 0.05,
             threshold: Threshold::Auto,
-            self_transitions: SelfTransitions::Connectivities,
+            self_transitions: SelfTransitions::Auto,
             conn_key: "connectivities".into(),
         }
     }
@@ -91,11 +129,18 @@ fn key_label(l: &str) -> String {
 }
 
 /// Entropic OT (log-domain Sinkhorn, uniform marginals) between the rows of `x` and `y`.
-/// Returns the dense coupling (row-major |x| × |y|).
-pub fn sinkhorn(x: &[Vec<f64>], y: &[Vec<f64>], epsilon: f64) -> Result<Vec<f64>, String> {
+/// Returns the dense coupling (row-major |x| × |y|). `epsilon` is relative to the mean cost.
+pub fn sinkhorn(x: &[Vec<f64>], y: &[Vec<f64>], epsilon: f64) -> Result<Vec<f64>, OtError> {
     let (na, nb) = (x.len(), y.len());
     if na == 0 || nb == 0 {
-        return Err("a time point has no cells".into());
+        return Err(OtError::Empty { rows: na, cols: nb });
+    }
+    let dim = x[0].len();
+    if let Some(b) = x.iter().chain(y).find(|p| p.len() != dim) {
+        return Err(OtError::DimensionMismatch {
+            rows_dim: dim,
+            cols_dim: b.len(),
+        });
     }
     let cost: Vec<f64> = x
         .par_iter()
@@ -104,6 +149,12 @@ pub fn sinkhorn(x: &[Vec<f64>], y: &[Vec<f64>], epsilon: f64) -> Result<Vec<f64>
                 .map(move |b| a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum::<f64>())
         })
         .collect();
+    if let Some(k) = cost.iter().position(|c| !c.is_finite()) {
+        return Err(OtError::NonFiniteCost {
+            row: k / nb,
+            col: k % nb,
+        });
+    }
     let mean = cost.iter().sum::<f64>() / cost.len() as f64;
     let scale = if mean > 0.0 { mean } else { 1.0 };
     let c: Vec<f64> = cost.iter().map(|v| v / scale).collect();
@@ -124,10 +175,12 @@ pub fn sinkhorn(x: &[Vec<f64>], y: &[Vec<f64>], epsilon: f64) -> Result<Vec<f64>
     }
     schedule.reverse();
     let last = schedule.len() - 1;
+    const MAX_ITER: usize = 10_000;
+    let mut final_err = f64::INFINITY;
     for (stage, &eps) in schedule.iter().enumerate() {
         let tol = if stage == last { 1e-6 } else { 1e-3 };
         let mut converged = false;
-        for iter in 0..10_000 {
+        for iter in 0..MAX_ITER {
             for i in 0..na {
                 f[i] = eps * la - eps * lse(&mut (0..nb).map(|j| (g[j] - c[i * nb + j]) / eps));
             }
@@ -144,6 +197,7 @@ pub fn sinkhorn(x: &[Vec<f64>], y: &[Vec<f64>], epsilon: f64) -> Result<Vec<f64>
                         (s * na as f64 - 1.0).abs()
                     })
                     .fold(0.0f64, f64::max);
+                final_err = err;
                 if err <= tol {
                     converged = true;
                     break;
@@ -156,12 +210,51 @@ pub fn sinkhorn(x: &[Vec<f64>], y: &[Vec<f64>], epsilon: f64) -> Result<Vec<f64>
                 .collect());
         }
     }
-    Err(format!(
-        "Sinkhorn did not converge (epsilon = {epsilon}); increase epsilon"
-    ))
+    Err(OtError::NotConverged {
+        epsilon,
+        iterations: MAX_ITER,
+        error: final_err,
+        tol: 1e-6,
+    })
 }
 
 impl RealTimeParams {
+    /// Each cell's time point and the time points in order: the categories of a categorical
+    /// (or string) column in their stored order, or the distinct values of a numeric column in
+    /// increasing order, labelled as pandas prints floats (`10.0`, `10.5`), so that moscot's
+    /// coupling keys (`tmap_10_105`) are found. (CellRank asks for a categorical column.)
+    fn time_points(
+        &self,
+        cells: &dyn CellSource,
+    ) -> Result<(Vec<Option<String>>, Vec<String>), KernelError> {
+        let missing = |source| KernelError::MissingInput {
+            kernel: NAME,
+            what: "experimental time points".into(),
+            source: Box::new(source),
+            hint: "set `time_key` to a categorical or numeric obs column of time points".into(),
+        };
+        match cells.obs_labels(&self.time_key) {
+            Ok(labels) => {
+                let times = cells.obs_categories(&self.time_key).unwrap_or_default();
+                Ok((labels, times))
+            }
+            Err(not_labels) => {
+                let values = cells
+                    .obs_f64(&self.time_key)
+                    .map_err(|_| missing(not_labels))?;
+                let label = |v: f64| v.is_finite().then(|| format!("{v:?}"));
+                let mut distinct: Vec<f64> =
+                    values.iter().copied().filter(|v| v.is_finite()).collect();
+                distinct.sort_by(f64::total_cmp);
+                distinct.dedup();
+                Ok((
+                    values.into_iter().map(label).collect(),
+                    distinct.into_iter().filter_map(label).collect(),
+                ))
+            }
+        }
+    }
+
     fn threshold_value(&self, couplings: &[(Vec<f64>, usize, usize)]) -> Vec<f64> {
         let row_max_min = |p: &[f64], na: usize, nb: usize| {
             (0..na)
@@ -195,20 +288,14 @@ impl RealTimeParams {
     }
 }
 
-impl Kernel for RealTimeParams {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+impl Leaf for RealTimeParams {
+    const NAME: &'static str = NAME;
 
-    fn spec(&self) -> KernelSpec {
-        KernelSpec::RealTime(self.clone())
-    }
-
-    fn direction(&self) -> Option<Direction> {
+    fn leaf_direction(&self) -> Option<Direction> {
         Some(Direction::Forward)
     }
 
-    fn validate(&self) -> Result<(), KernelError> {
+    fn leaf_validate(&self) -> Result<(), KernelError> {
         if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
             return Err(KernelError::InvalidParam {
                 kernel: NAME,
@@ -230,19 +317,12 @@ impl Kernel for RealTimeParams {
         Ok(())
     }
 
-    fn compute(&self, cells: &dyn CellSource) -> Result<KernelOutput, KernelError> {
-        self.validate()?;
+    fn leaf_compute(
+        &self,
+        cells: &dyn CellSource,
+    ) -> Result<(TransitionMatrix, Self), KernelError> {
         let n = cells.n_cells();
-        let labels =
-            cells
-                .obs_labels(&self.time_key)
-                .map_err(|source| KernelError::MissingInput {
-                    kernel: NAME,
-                    what: "experimental time points".into(),
-                    source: Box::new(source),
-                    hint: "set `time_key` to a categorical obs column of time points".into(),
-                })?;
-        let mut times: Vec<String> = cells.obs_categories(&self.time_key).unwrap_or_default();
+        let (labels, mut times) = self.time_points(cells)?;
         if times.is_empty() {
             for l in labels.iter().flatten() {
                 if !times.contains(l) {
@@ -285,10 +365,11 @@ impl Kernel for RealTimeParams {
             );
             let pre = cells
                 .uns_matrix(&key)
-                .map_err(|e| KernelError::InvalidInput {
+                .map_err(|source| KernelError::MissingInput {
                     kernel: NAME,
-                    what: format!("uns[\"{key}\"]"),
-                    detail: e.to_string(),
+                    what: format!("the coupling {} -> {}", times[k], times[k + 1]),
+                    source: Box::new(source),
+                    hint: "precomputed couplings are optional: remove the entry to compute the coupling by optimal transport".into(),
                 })?;
             let p = match pre {
                 Some(m) => {
@@ -310,17 +391,17 @@ impl Kernel for RealTimeParams {
                     m.to_f64()
                 }
                 None => {
-                    if emb.is_none() {
-                        emb = Some(cells.obsm(&self.basis).map_err(|source| KernelError::MissingInput {
-                            kernel: NAME,
-                            what: "an embedding for optimal transport".into(),
-                            source: Box::new(source),
-                            hint: "compute a PCA (`cellfate preprocess`) or provide couplings in uns".into(),
-                        })?);
-                    }
-                    let e = emb
-                        .as_ref()
-                        .ok_or_else(|| KernelError::Combine("embedding".into()))?;
+                    let e: &DenseMatrix = match emb {
+                        Some(ref e) => e,
+                        None => emb.insert(cells.obsm(&self.basis).map_err(|source| {
+                            KernelError::MissingInput {
+                                kernel: NAME,
+                                what: "an embedding for optimal transport".into(),
+                                source: Box::new(source),
+                                hint: "compute a PCA (`cellfate preprocess`) or provide couplings in uns".into(),
+                            }
+                        })?),
+                    };
                     let rows = |ix: &[usize]| -> Vec<Vec<f64>> {
                         ix.iter()
                             .map(|&i| {
@@ -330,11 +411,12 @@ impl Kernel for RealTimeParams {
                             })
                             .collect()
                     };
-                    sinkhorn(&rows(a), &rows(b), self.epsilon).map_err(|detail| {
-                        KernelError::InvalidInput {
+                    sinkhorn(&rows(a), &rows(b), self.epsilon).map_err(|source| {
+                        KernelError::OptimalTransport {
                             kernel: NAME,
-                            what: format!("optimal transport {} -> {}", times[k], times[k + 1]),
-                            detail,
+                            from: times[k].clone(),
+                            to: times[k + 1].clone(),
+                            source,
                         }
                     })?
                 }
@@ -367,15 +449,34 @@ impl Kernel for RealTimeParams {
         }
         // Self-transitions of the last time point.
         let last = &groups[times.len() - 1];
-        match self.self_transitions {
-            SelfTransitions::Diagonal => trip.extend(last.iter().map(|&i| (i, i, 1.0))),
-            SelfTransitions::Uniform => {
+        // `auto` resolves to what it used; the effective spec records that.
+        let (self_transitions, conn) = match self.self_transitions {
+            SelfTransitions::Auto => match cells.graph(&self.conn_key) {
+                Err(SourceError::Missing { .. }) => (SelfTransitions::Diagonal, None),
+                Ok(g) => (
+                    SelfTransitions::Connectivities,
+                    Some(check_graph(NAME, cells, &self.conn_key, g)?),
+                ),
+                // Any other failure: read again for the error naming the fix.
+                Err(_) => (
+                    SelfTransitions::Connectivities,
+                    Some(read_graph(NAME, cells, &self.conn_key)?),
+                ),
+            },
+            SelfTransitions::Connectivities => (
+                SelfTransitions::Connectivities,
+                Some(read_graph(NAME, cells, &self.conn_key)?),
+            ),
+            other => (other, None),
+        };
+        match conn {
+            None if self_transitions == SelfTransitions::Uniform => {
                 for &i in last {
                     trip.extend(last.iter().map(|&j| (i, j, 1.0 / last.len() as f64)));
                 }
             }
-            SelfTransitions::Connectivities => {
-                let conn = read_graph(NAME, cells, &self.conn_key)?;
+            None => trip.extend(last.iter().map(|&i| (i, i, 1.0))),
+            Some(conn) => {
                 let sub: Csr = conn.submatrix(last, last);
                 let q = sub.col_sums();
                 for (li, &i) in last.iter().enumerate() {
@@ -394,84 +495,22 @@ impl Kernel for RealTimeParams {
                 }
             }
         }
-        let m = Csr::from_triplets(n, n, &trip).map_err(|e| KernelError::Combine(e.to_string()))?;
+        let m = Csr::from_triplets(n, n, &trip).map_err(|source| KernelError::Sparse {
+            kernel: NAME,
+            source,
+        })?;
         let transition = to_transition(NAME, m, Direction::Forward)?;
-        Ok(KernelOutput {
-            transition,
-            effective: self.spec(),
-        })
+        let effective = Self {
+            self_transitions,
+            ..self.clone()
+        };
+        Ok((transition, effective))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::InMemoryCells;
-    use crate::testing::assert_kernel_contract;
-
-    fn two_time_points() -> InMemoryCells {
-        // Day 0: points at x = i; day 1: the same points shifted by +0.05.
-        let n0 = 20;
-        let mut emb = Vec::new();
-        let mut labels = Vec::new();
-        for d in 0..2 {
-            for i in 0..n0 {
-                emb.extend([i as f64 + 0.05 * d as f64, 0.0]);
-                labels.push(Some(format!("{d}")));
-            }
-        }
-        let n = 2 * n0;
-        let mut trip = Vec::new();
-        for i in 0..n {
-            for j in 0..n {
-                if i != j && (i as i64 % n0 as i64 - j as i64 % n0 as i64).abs() <= 2 {
-                    trip.push((i, j, 1.0));
-                }
-            }
-        }
-        let mut c = InMemoryCells {
-            n_cells: n,
-            n_genes: 1,
-            ..Default::default()
-        };
-        c.labels.insert("day".into(), labels);
-        c.obsm
-            .insert("X_pca".into(), DenseMatrix::from_f64(n, 2, emb));
-        c.graphs.insert(
-            "connectivities".into(),
-            Csr::from_triplets(n, n, &trip).unwrap(),
-        );
-        c
-    }
-
-    #[test]
-    fn ot_couples_each_cell_with_its_shifted_copy() {
-        let c = two_time_points();
-        let k = RealTimeParams {
-            epsilon: 0.001,
-            ..Default::default()
-        };
-        let t = k.compute(&c).unwrap().transition;
-        for i in 0..20 {
-            let (cols, vals) = t.row(i);
-            let (best, p) = cols
-                .iter()
-                .zip(vals)
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .unwrap();
-            assert_eq!(*best as usize, i + 20, "cell {i}");
-            assert!(*p > 0.9);
-        }
-        assert_kernel_contract(&k, &c);
-        assert_kernel_contract(
-            &RealTimeParams {
-                self_transitions: SelfTransitions::Uniform,
-                threshold: Threshold::Percentile(50.0),
-                ..Default::default()
-            },
-            &c,
-        );
-    }
 
     #[test]
     fn sinkhorn_marginals_are_uniform() {
@@ -488,5 +527,22 @@ mod tests {
             let s: f64 = (0..7).map(|i| p[i * 5 + j]).sum();
             assert!((s - 0.2).abs() < 1e-8);
         }
+        // Typed errors, not panics, on bad inputs.
+        assert_eq!(
+            sinkhorn(&[], &y, 0.1),
+            Err(OtError::Empty { rows: 0, cols: 5 })
+        );
+        assert_eq!(
+            sinkhorn(&x, &[vec![1.0]], 0.1),
+            Err(OtError::DimensionMismatch {
+                rows_dim: 2,
+                cols_dim: 1
+            })
+        );
+        let nan = vec![vec![f64::NAN, 0.0]];
+        assert_eq!(
+            sinkhorn(&x, &nan, 0.1),
+            Err(OtError::NonFiniteCost { row: 0, col: 0 })
+        );
     }
 }

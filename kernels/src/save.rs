@@ -39,35 +39,47 @@ pub fn to_bytes(k: &KernelOutput) -> Result<Vec<u8>, KernelError> {
         },
         config(),
     )
-    .map_err(|e| KernelError::Load(format!("encoding the header: {e}")))?;
+    .map_err(|e| KernelError::Encode {
+        part: "header",
+        reason: e.to_string(),
+    })?;
     let payload = Payload {
         spec_json: k.effective.to_json(),
         transition: k.transition.clone(),
     };
     out.extend(
-        bincode::serde::encode_to_vec(&payload, config())
-            .map_err(|e| KernelError::Load(format!("encoding the kernel: {e}")))?,
+        bincode::serde::encode_to_vec(&payload, config()).map_err(|e| KernelError::Encode {
+            part: "payload",
+            reason: e.to_string(),
+        })?,
     );
     Ok(out)
 }
 
 /// Loads a kernel saved by [`to_bytes`], validating the header, the spec and the matrix.
 pub fn from_bytes(bytes: &[u8]) -> Result<KernelOutput, KernelError> {
-    let (h, used): (Header, usize) = bincode::serde::decode_from_slice(bytes, config())
-        .map_err(|_| KernelError::Load("not a cellfate kernel file (too short)".into()))?;
+    let (h, used): (Header, usize) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(|_| {
+            KernelError::NotAKernelFile {
+                reason: "too short for a header",
+            }
+        })?;
     if h.magic != MAGIC {
-        return Err(KernelError::Load(
-            "not a cellfate kernel file (wrong magic bytes)".into(),
-        ));
+        return Err(KernelError::NotAKernelFile {
+            reason: "wrong magic bytes",
+        });
     }
     if h.version != FORMAT_VERSION {
-        return Err(KernelError::Load(format!(
-            "kernel file format version {} is not supported by this cellfate (it reads version {FORMAT_VERSION}); recompute the kernel",
-            h.version
-        )));
+        return Err(KernelError::FormatVersion {
+            found: h.version,
+            supported: FORMAT_VERSION,
+        });
     }
     let (p, _): (Payload, usize) = bincode::serde::decode_from_slice(&bytes[used..], config())
-        .map_err(|e| KernelError::Load(format!("corrupt kernel file: {e}")))?;
+        .map_err(|e| KernelError::CorruptKernelFile {
+            part: "payload",
+            reason: e.to_string(),
+        })?;
     let effective = KernelSpec::from_json(&p.spec_json)?;
     Ok(KernelOutput {
         transition: p.transition,
@@ -103,7 +115,18 @@ mod tests {
         };
         let mut v2 = header(99);
         v2.extend_from_slice(&bytes[header(FORMAT_VERSION).len()..]);
-        let e = from_bytes(&v2).unwrap_err().to_string();
-        assert!(e.contains("version 99"), "{e}");
+        let e = from_bytes(&v2).unwrap_err();
+        assert_eq!(
+            e,
+            KernelError::FormatVersion {
+                found: 99,
+                supported: FORMAT_VERSION
+            }
+        );
+        assert!(e.to_string().contains("version 99"), "{e}");
+        assert!(matches!(
+            from_bytes(b"hello world, not a kernel"),
+            Err(KernelError::NotAKernelFile { .. })
+        ));
     }
 }

@@ -3,9 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use thiserror::Error;
-
 use crate::csr::Csr;
+pub use crate::error::SourceError;
 
 /// A dense row-major matrix (cells × features) that keeps its stored precision: float32
 /// layers stay float32 in memory (half the footprint) and are widened to `f64` row by row
@@ -124,45 +123,6 @@ impl DenseMatrix {
             }
         }
         out
-    }
-}
-
-/// An input a kernel asked for could not be provided.
-#[derive(Debug, Error, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum SourceError {
-    /// The slot/key does not exist.
-    #[error("`{slot}[\"{key}\"]` not found{}", hint_available(.available))]
-    Missing {
-        /// AnnData slot (`obsp`, `obs`, `layers`, `obsm`, `var`).
-        slot: String,
-        /// Key within the slot.
-        key: String,
-        /// Keys that do exist in that slot.
-        available: Vec<String>,
-    },
-    /// The slot exists but holds something else.
-    #[error("`{slot}[\"{key}\"]`: expected {expected}, found {found}")]
-    Invalid {
-        /// Slot.
-        slot: String,
-        /// Key.
-        key: String,
-        /// What was expected.
-        expected: String,
-        /// What was found.
-        found: String,
-    },
-    /// Any other failure of the underlying storage (file, HDF5), as text.
-    #[error("{0}")]
-    Storage(String),
-}
-
-fn hint_available(a: &[String]) -> String {
-    if a.is_empty() {
-        String::new()
-    } else {
-        format!(" (available: {})", a.join(", "))
     }
 }
 

@@ -23,9 +23,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::csr::{Csr, ROW_CHUNK};
 use crate::error::KernelError;
-use crate::kernel::{read_graph, to_transition, Kernel, KernelOutput, KernelSpec};
+use crate::leaf::{read_graph, to_transition, Leaf};
 use crate::source::{CellSource, DenseMatrix};
-use crate::transition::Direction;
+use crate::transition::{Direction, TransitionMatrix};
 
 /// Similarity of velocity and displacement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -358,20 +358,14 @@ pub fn softmax_rows(l: &VelocityLogits, s: f64) -> Csr {
     Csr::from_rows(conn.nrows(), conn.ncols(), rows)
 }
 
-impl Kernel for VelocityParams {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+impl Leaf for VelocityParams {
+    const NAME: &'static str = NAME;
 
-    fn spec(&self) -> KernelSpec {
-        KernelSpec::Velocity(self.clone())
-    }
-
-    fn direction(&self) -> Option<Direction> {
+    fn leaf_direction(&self) -> Option<Direction> {
         Some(Direction::from_backward(self.backward))
     }
 
-    fn validate(&self) -> Result<(), KernelError> {
+    fn leaf_validate(&self) -> Result<(), KernelError> {
         if let Some(s) = self.softmax_scale {
             if !(s.is_finite() && s > 0.0) {
                 return Err(KernelError::InvalidParam {
@@ -385,8 +379,10 @@ impl Kernel for VelocityParams {
         Ok(())
     }
 
-    fn compute(&self, cells: &dyn CellSource) -> Result<KernelOutput, KernelError> {
-        self.validate()?;
+    fn leaf_compute(
+        &self,
+        cells: &dyn CellSource,
+    ) -> Result<(TransitionMatrix, Self), KernelError> {
         let conn = read_graph(NAME, cells, &self.conn_key)?;
         let (x, v) = self.read_inputs(cells)?;
         if x.nrows() != conn.nrows() {
@@ -401,14 +397,14 @@ impl Kernel for VelocityParams {
 }
 
 impl VelocityParams {
-    /// Computes the kernel from explicit inputs (used by the randomised control and the
-    /// labeling kernel).
+    /// Computes the kernel from explicit inputs (used by the labeling kernel): the matrix and
+    /// the effective parameters (softmax scale filled in).
     pub(crate) fn compute_from(
         &self,
         conn: &Csr,
         x: &DenseMatrix,
         v: &DenseMatrix,
-    ) -> Result<KernelOutput, KernelError> {
+    ) -> Result<(TransitionMatrix, Self), KernelError> {
         let l = self.logits(conn, x, v);
         let scale = match self.softmax_scale {
             Some(s) => s,
@@ -419,12 +415,9 @@ impl VelocityParams {
             })?,
         };
         let probs = softmax_rows(&l, scale);
-        let transition = to_transition(NAME, probs, self.direction().unwrap_or_default())?;
+        let transition = to_transition(NAME, probs, Direction::from_backward(self.backward))?;
         let mut effective = self.clone();
         effective.softmax_scale = Some(scale);
-        Ok(KernelOutput {
-            transition,
-            effective: KernelSpec::Velocity(effective),
-        })
+        Ok((transition, effective))
     }
 }

@@ -21,7 +21,11 @@ fn to_source(slot: &str, key: &str, e: H5adError) -> SourceError {
             expected,
             found,
         },
-        other => SourceError::Storage(other.to_string()),
+        other => SourceError::Storage {
+            slot: slot.into(),
+            key: key.into(),
+            detail: other.to_string(),
+        },
     }
 }
 

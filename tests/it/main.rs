@@ -10,6 +10,7 @@ mod common;
 mod data_expectations;
 mod data_files;
 mod gpcca_parity;
+mod kernel_exprs;
 mod kernel_io;
 mod kernel_parity;
 mod pipeline;
