@@ -17,7 +17,8 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{embed, fill_matrix, objective_of, GpccaError, Infeasibility};
+use super::error::{GpccaError, Infeasibility};
+use super::rotation::{embed, fill_matrix, objective_of};
 
 /// How the rotation matrix is optimised.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
