@@ -10,6 +10,7 @@
 
 pub mod element;
 pub mod error;
+mod h5;
 pub mod keys;
 pub mod read;
 pub mod source;
