@@ -10,12 +10,15 @@
 //! singular; that is detected up front and reported.
 
 use faer::linalg::solvers::Solve;
-use faer::sparse::{SparseColMat, Triplet};
+use faer::sparse::linalg::LuError;
+use faer::sparse::{CreationError, FaerError, SparseColMat, Triplet};
 use faer::Mat;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use cellfate_kernels::TransitionMatrix;
+use cellfate_kernels::{CsrError, TransitionMatrix};
+
+use crate::iterative::IluError;
 
 /// Errors of the absorption computations.
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -25,8 +28,31 @@ pub enum AbsorptionError {
     #[error("no terminal states: compute or set terminal states first (cellfate terminal-states)")]
     NoTerminalStates,
     /// A terminal state has no cells.
-    #[error("terminal state `{0}` has no cells")]
-    EmptyState(String),
+    #[error("terminal state `{name}` (lineage {lineage}) has no cells")]
+    EmptyState {
+        /// The state.
+        name: String,
+        /// Its index among the terminal states.
+        lineage: usize,
+    },
+    /// The terminal labels do not match the cells.
+    #[error("{labels} terminal labels for {cells} cells")]
+    LabelCount {
+        /// Labels given.
+        labels: usize,
+        /// Cells of the transition matrix.
+        cells: usize,
+    },
+    /// A terminal label names no state.
+    #[error("terminal label {label} (cell {cell}) out of range 0..{n_states}")]
+    LabelOutOfRange {
+        /// The label.
+        label: usize,
+        /// The first cell with it.
+        cell: usize,
+        /// Number of terminal states.
+        n_states: usize,
+    },
     /// Every cell is absorbing.
     #[error("every cell belongs to a terminal state: there is nothing to compute")]
     NoTransient,
@@ -40,9 +66,16 @@ pub enum AbsorptionError {
         /// One of them.
         example: usize,
     },
-    /// The factorisation failed.
-    #[error("sparse LU factorisation of I - Q failed: {0}")]
-    Factorisation(String),
+    /// Building or factorising `I − Q` failed.
+    #[error("{solver}: factorisation of I - Q ({size} x {size}) failed: {reason}")]
+    Factorisation {
+        /// `sparse LU (faer)` or `GMRES + ILU(0)`.
+        solver: &'static str,
+        /// Transient cells (the size of `I − Q`).
+        size: usize,
+        /// Why.
+        reason: FactorisationFailure,
+    },
     /// The solution does not satisfy the system.
     #[error(
         "the solve did not reach the required accuracy: backward error {residual:e} > {tol:e}"
@@ -72,10 +105,73 @@ pub enum AbsorptionError {
         /// Iterations used.
         iterations: usize,
     },
-    /// Invalid options.
-    #[error("{0}")]
-    Invalid(String),
+    /// Lineage priming: no cell is selected as early.
+    #[error("lineage priming: no early cells selected (of {cells} cells)")]
+    NoEarlyCells {
+        /// Cells.
+        cells: usize,
+    },
+    /// Lineage priming: the early-cell mask does not match the cells.
+    #[error("lineage priming: the early-cell mask has {got} entries for {expected} cells")]
+    EarlyMaskLength {
+        /// Cells.
+        expected: usize,
+        /// Entries of the mask.
+        got: usize,
+    },
 }
+
+/// Why building or factorising `I − Q` failed.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum FactorisationFailure {
+    /// An entry outside the matrix while assembling it.
+    #[error("entry ({row}, {col}) is out of bounds")]
+    OutOfBounds {
+        /// Row.
+        row: usize,
+        /// Column.
+        col: usize,
+    },
+    /// faer ran out of memory or of index range.
+    #[error("faer: {0}")]
+    Faer(FaerError),
+    /// No pivot could be found: `I − Q` is structurally singular.
+    #[error("the matrix is structurally singular (no pivot at step {step})")]
+    StructurallySingular {
+        /// The elimination step.
+        step: usize,
+    },
+    /// Assembling the CSR matrix for GMRES failed.
+    #[error("assembling the sparse matrix: {0}")]
+    Csr(#[from] CsrError),
+    /// The ILU(0) preconditioner failed.
+    #[error("{0}")]
+    Ilu(#[from] IluError),
+}
+
+impl From<CreationError> for FactorisationFailure {
+    fn from(e: CreationError) -> Self {
+        match e {
+            CreationError::Generic(f) => Self::Faer(f),
+            CreationError::OutOfBounds { row, col } => Self::OutOfBounds { row, col },
+        }
+    }
+}
+
+impl From<LuError> for FactorisationFailure {
+    fn from(e: LuError) -> Self {
+        match e {
+            LuError::SymbolicSingular { index } => Self::StructurallySingular { step: index },
+            LuError::Generic(f) => Self::Faer(f),
+        }
+    }
+}
+
+/// Name of the direct solver (in results and errors).
+const LU: &str = "sparse LU (faer)";
+/// Name of the iterative solver (in results and errors).
+const GMRES: &str = "GMRES + ILU(0)";
 
 /// Maximum normwise backward error `‖(I−Q)X − B‖ / (‖I−Q‖ ‖X‖ + ‖B‖)` (∞-norms, max over
 /// entries for `X` and `B`) accepted. For fate probabilities `‖X‖ ≤ 1` and this is close to
@@ -210,10 +306,10 @@ impl TransientSystem {
     ) -> Result<Self, AbsorptionError> {
         let n = t.n_cells();
         if terminal.len() != n {
-            return Err(AbsorptionError::Invalid(format!(
-                "{} terminal labels for {n} cells",
-                terminal.len()
-            )));
+            return Err(AbsorptionError::LabelCount {
+                labels: terminal.len(),
+                cells: n,
+            });
         }
         let l = names.len();
         if l == 0 || terminal.iter().all(Option::is_none) {
@@ -221,13 +317,22 @@ impl TransientSystem {
         }
         for (j, name) in names.iter().enumerate() {
             if !terminal.contains(&Some(j)) {
-                return Err(AbsorptionError::EmptyState(name.clone()));
+                return Err(AbsorptionError::EmptyState {
+                    name: name.clone(),
+                    lineage: j,
+                });
             }
         }
-        if let Some(bad) = terminal.iter().flatten().find(|&&j| j >= l) {
-            return Err(AbsorptionError::Invalid(format!(
-                "terminal label {bad} out of range 0..{l}"
-            )));
+        if let Some((cell, &label)) = terminal
+            .iter()
+            .enumerate()
+            .find_map(|(i, t)| t.as_ref().filter(|&&j| j >= l).map(|j| (i, j)))
+        {
+            return Err(AbsorptionError::LabelOutOfRange {
+                label,
+                cell,
+                n_states: l,
+            });
         }
         let transient: Vec<usize> = (0..n).filter(|&i| terminal[i].is_none()).collect();
         if transient.is_empty() {
@@ -299,26 +404,32 @@ impl TransientSystem {
             Solver::Gmres => false,
             Solver::Auto => nt <= opts.direct_max_cells,
         };
+        let failed = |solver: &'static str| {
+            move |reason: FactorisationFailure| AbsorptionError::Factorisation {
+                solver,
+                size: nt,
+                reason,
+            }
+        };
         let (backend, solver) = if direct {
+            let lu_failed = failed(LU);
             let matrix = SparseColMat::<usize, f64>::try_new_from_triplets(nt, nt, &trip)
-                .map_err(|e| AbsorptionError::Factorisation(format!("{e:?}")))?;
-            let lu = matrix
-                .sp_lu()
-                .map_err(|e| AbsorptionError::Factorisation(format!("{e:?}")))?;
+                .map_err(|e| lu_failed(e.into()))?;
+            let lu = matrix.sp_lu().map_err(|e| lu_failed(e.into()))?;
             (
                 Backend::Lu {
                     matrix,
                     lu: Box::new(lu),
                 },
-                "sparse LU (faer)",
+                LU,
             )
         } else {
             let plain: Vec<(usize, usize, f64)> =
                 trip.iter().map(|t| (t.row, t.col, t.val)).collect();
+            let gmres_failed = failed(GMRES);
             let a = cellfate_kernels::Csr::from_triplets(nt, nt, &plain)
-                .map_err(|e| AbsorptionError::Factorisation(e.to_string()))?;
-            let ilu = crate::iterative::Ilu0::new(&a)
-                .map_err(|e| AbsorptionError::Factorisation(e.to_string()))?;
+                .map_err(|e| gmres_failed(e.into()))?;
+            let ilu = crate::iterative::Ilu0::new(&a).map_err(|e| gmres_failed(e.into()))?;
             (
                 Backend::Gmres {
                     a,
@@ -327,7 +438,7 @@ impl TransientSystem {
                     restart: opts.restart,
                     max_iter: opts.max_iter,
                 },
-                "GMRES + ILU(0)",
+                GMRES,
             )
         };
         Ok(Self {
@@ -711,11 +822,17 @@ pub fn lineage_priming(
 ) -> Result<Vec<f64>, AbsorptionError> {
     let l = fates.n_lineages();
     let n = fates.probs.len() / l;
+    if let Some(e) = early.filter(|e| e.len() != n) {
+        return Err(AbsorptionError::EarlyMaskLength {
+            expected: n,
+            got: e.len(),
+        });
+    }
     let raw: Vec<f64> = match method {
         PrimingMethod::KlDivergence => {
             let sel: Vec<usize> = (0..n).filter(|&i| early.is_none_or(|e| e[i])).collect();
             if sel.is_empty() {
-                return Err(AbsorptionError::Invalid("no early cells selected".into()));
+                return Err(AbsorptionError::NoEarlyCells { cells: n });
             }
             let pbar: Vec<f64> = (0..l)
                 .map(|j| sel.iter().map(|&i| fates.get(i, j)).sum::<f64>() / sel.len() as f64)
@@ -1004,7 +1121,7 @@ mod tests {
         let mut one = vec![None; 6];
         one[0] = Some(0);
         assert!(
-            matches!(compute_fate_probabilities(&t, &one, &names, &Default::default()), Err(AbsorptionError::EmptyState(ref s)) if s == "b")
+            matches!(compute_fate_probabilities(&t, &one, &names, &Default::default()), Err(AbsorptionError::EmptyState { ref name, lineage: 1 }) if name == "b")
         );
         // A closed pair of cells that never reaches the terminal state.
         let trip = vec![

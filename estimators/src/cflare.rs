@@ -18,11 +18,54 @@ use nalgebra::DMatrix;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 use cellfate_kernels::TransitionMatrix;
 
-use crate::gpcca::{eigengap, GpccaError};
-use crate::schur::{dominant_schur_op, Which};
+use crate::gpcca::eigengap;
+use crate::schur::{dominant_schur_op, SchurError, Which};
+
+/// Errors of CFLARE.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum CflareError {
+    /// The sorted Schur form the eigenvectors come from failed.
+    #[error("CFLARE: {which} eigenvectors: {source}")]
+    Schur {
+        /// `right` (of `T`) or `left` (of `Tᵀ`).
+        which: &'static str,
+        /// The decomposition's error.
+        source: SchurError,
+    },
+    /// The eigendecomposition of the small projected matrix did not converge.
+    #[error("CFLARE: {which} eigenvectors: the eigendecomposition of the projected {size} x {size} matrix did not converge")]
+    EigenNotConverged {
+        /// `right` or `left`.
+        which: &'static str,
+        /// Size of the projected matrix.
+        size: usize,
+    },
+    /// A parameter out of its range.
+    #[error("CFLARE: {parameter} = {got} is invalid: expected {expected}")]
+    Parameter {
+        /// The parameter.
+        parameter: &'static str,
+        /// What is allowed.
+        expected: String,
+        /// What was given.
+        got: String,
+    },
+    /// The percentile filter kept fewer cells than clusters.
+    #[error("CFLARE: filtering left only {kept} cell(s) for {n_clusters} clusters{}; lower the percentile or the number of clusters", .percentile.map(|p| format!(" (percentile {p})")).unwrap_or_default())]
+    TooFewCells {
+        /// Cells kept by the filter (all cells without a filter).
+        kept: usize,
+        /// Clusters requested.
+        n_clusters: usize,
+        /// The percentile used (`None`: no filter).
+        percentile: Option<f64>,
+    },
+}
 
 /// Options of CFLARE.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,9 +123,10 @@ fn eigenvectors(
     n: usize,
     k: usize,
     op: &dyn Fn(&[f64]) -> Vec<f64>,
-) -> Result<EigenPairs, GpccaError> {
+    which: &'static str,
+) -> Result<EigenPairs, CflareError> {
     let (q, _) = dominant_schur_op(n, k, Which::LargestReal, op)
-        .map_err(|e| GpccaError::Invalid(e.to_string()))?;
+        .map_err(|source| CflareError::Schur { which, source })?;
     let m = q.ncols();
     let mut pq = DMatrix::zeros(n, m);
     for j in 0..m {
@@ -92,7 +136,7 @@ fn eigenvectors(
     let r = q.transpose() * pq;
     let rm = Mat::<f64>::from_fn(m, m, |i, j| r[(i, j)]);
     let evd = Eigen::new_from_real(rm.as_ref())
-        .map_err(|e| GpccaError::Invalid(format!("eigendecomposition failed: {e:?}")))?;
+        .map_err(|_| CflareError::EigenNotConverged { which, size: m })?;
     let (s, u) = (evd.S(), evd.U());
     let mut order: Vec<usize> = (0..m).collect();
     order.sort_by(|&a, &b| {
@@ -207,11 +251,11 @@ pub struct CflareEigen {
 }
 
 /// The `k` dominant left and right eigenvectors of `t` (`k` clamped to `[2, n − 1]`).
-pub fn cflare_eigen(t: &TransitionMatrix, k: usize) -> Result<CflareEigen, GpccaError> {
+pub fn cflare_eigen(t: &TransitionMatrix, k: usize) -> Result<CflareEigen, CflareError> {
     let n = t.n_cells();
     let k = k.clamp(2, n.saturating_sub(1).max(2));
-    let (vals_r, vr) = eigenvectors(n, k, &|x: &[f64]| t.mul_vec(x))?;
-    let (_, vl) = eigenvectors(n, k, &|x: &[f64]| t.mul_vec_transposed(x))?;
+    let (vals_r, vr) = eigenvectors(n, k, &|x: &[f64]| t.mul_vec(x), "right")?;
+    let (_, vl) = eigenvectors(n, k, &|x: &[f64]| t.mul_vec_transposed(x), "left")?;
     Ok(CflareEigen {
         eigenvalues: vals_r,
         right: vr,
@@ -220,12 +264,15 @@ pub fn cflare_eigen(t: &TransitionMatrix, k: usize) -> Result<CflareEigen, Gpcca
 }
 
 /// Runs CFLARE on `t` ([`cflare_eigen`] with `opts.k`, then [`cflare_predict`]).
-pub fn cflare(t: &TransitionMatrix, opts: &CflareOptions) -> Result<CflareResult, GpccaError> {
+pub fn cflare(t: &TransitionMatrix, opts: &CflareOptions) -> Result<CflareResult, CflareError> {
     cflare_predict(&cflare_eigen(t, opts.k)?, opts)
 }
 
 /// CFLARE's terminal states from precomputed eigenvectors (`opts.k` is not used here).
-pub fn cflare_predict(eig: &CflareEigen, opts: &CflareOptions) -> Result<CflareResult, GpccaError> {
+pub fn cflare_predict(
+    eig: &CflareEigen,
+    opts: &CflareOptions,
+) -> Result<CflareResult, CflareError> {
     let (vr, vl) = (&eig.right, &eig.left);
     let n = vr.nrows();
     let vals_r = eig.eigenvalues.clone();
@@ -238,9 +285,11 @@ pub fn cflare_predict(eig: &CflareEigen, opts: &CflareOptions) -> Result<CflareR
     let kept: Vec<usize> = match opts.percentile {
         Some(p) => {
             if !(0.0..=100.0).contains(&p) {
-                return Err(GpccaError::Invalid(format!(
-                    "percentile must be in [0, 100], got {p}"
-                )));
+                return Err(CflareError::Parameter {
+                    parameter: "percentile",
+                    expected: "a value in [0, 100]".into(),
+                    got: p.to_string(),
+                });
             }
             let thr: Vec<f64> = (0..use_k)
                 .map(|j| {
@@ -258,10 +307,11 @@ pub fn cflare_predict(eig: &CflareEigen, opts: &CflareOptions) -> Result<CflareR
         .n_clusters
         .unwrap_or(use_k + usize::from(opts.percentile.is_none()));
     if kept.len() < n_clusters {
-        return Err(GpccaError::Invalid(format!(
-            "filtering left only {} cell(s) for {n_clusters} clusters; lower the percentile",
-            kept.len()
-        )));
+        return Err(CflareError::TooFewCells {
+            kept: kept.len(),
+            n_clusters,
+            percentile: opts.percentile,
+        });
     }
     let points: Vec<Vec<f64>> = kept
         .iter()

@@ -11,9 +11,58 @@ use thiserror::Error;
 #[derive(Debug, Error, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum StatesError {
-    /// Invalid request.
-    #[error("{0}")]
-    Invalid(String),
+    /// A parameter out of its range or inconsistent with the data.
+    #[error("{parameter} = {got} is invalid: expected {expected}")]
+    Parameter {
+        /// The parameter (`n_cells`, `n_states`, ...).
+        parameter: &'static str,
+        /// What is allowed.
+        expected: String,
+        /// What was given.
+        got: String,
+    },
+    /// More categories than the palette has colours.
+    #[error("at most {max} categories can be coloured, got {got}")]
+    TooManyCategories {
+        /// Categories to colour.
+        got: usize,
+        /// Colours in the palette.
+        max: usize,
+    },
+    /// The transition matrix and the memberships differ in cells.
+    #[error("the transition matrix has {transition} cells, the memberships {memberships}")]
+    CellCount {
+        /// Cells of the transition matrix.
+        transition: usize,
+        /// Rows of the memberships.
+        memberships: usize,
+    },
+    /// An empty list of states.
+    #[error("no states given: the list of {what} is empty")]
+    NoStates {
+        /// What the list holds.
+        what: &'static str,
+    },
+    /// A state name that is not a macrostate.
+    #[error("terminal state {name:?} is not a macrostate; the macrostates are: {}", .macrostates.join(", "))]
+    UnknownState {
+        /// The name given.
+        name: String,
+        /// The macrostates.
+        macrostates: Vec<String>,
+    },
+    /// A state named twice.
+    #[error("terminal state {name:?} is named twice")]
+    DuplicateState {
+        /// The name.
+        name: String,
+    },
+    /// A state without cells.
+    #[error("state {name:?} has no cells")]
+    EmptyState {
+        /// The state.
+        name: String,
+    },
     /// Too few cells in a state after discretisation.
     #[error("discretising the memberships leaves a state with {got} cells, fewer than {threshold}; recompute the macrostates with another number of states or decrease n_cells")]
     TooFewCells {
@@ -49,10 +98,10 @@ pub const PALETTE: [&str; 62] = [
 /// The first `k` palette colours (an error past 62).
 pub fn palette(k: usize) -> Result<Vec<String>, StatesError> {
     if k > PALETTE.len() {
-        return Err(StatesError::Invalid(format!(
-            "at most {} categories can be coloured, got {k}",
-            PALETTE.len()
-        )));
+        return Err(StatesError::TooManyCategories {
+            got: k,
+            max: PALETTE.len(),
+        });
     }
     Ok(PALETTE[..k].iter().map(|s| (*s).to_string()).collect())
 }
@@ -96,20 +145,28 @@ pub fn fuzzy_to_discrete_with(
 ) -> Result<Vec<Option<usize>>, StatesError> {
     let (n, m) = (chi.nrows(), chi.ncols());
     if n_cells == 0 {
-        return Err(StatesError::Invalid("n_cells must be positive".into()));
+        return Err(StatesError::Parameter {
+            parameter: "n_cells",
+            expected: "a positive number of cells per state".into(),
+            got: n_cells.to_string(),
+        });
     }
     if n_cells > n / m.max(1) {
-        return Err(StatesError::Invalid(format!(
-            "n_cells = {n_cells} is too large: at most {} cells per state for {n} cells and {m} states",
-            n / m.max(1)
-        )));
+        return Err(StatesError::Parameter {
+            parameter: "n_cells",
+            expected: format!(
+                "at most {} cells per state for {n} cells and {m} states",
+                n / m.max(1)
+            ),
+            got: n_cells.to_string(),
+        });
     }
     if let Some(t) = t {
         if t.n_cells() != n {
-            return Err(StatesError::Invalid(format!(
-                "the transition matrix has {} cells, the memberships {n}",
-                t.n_cells()
-            )));
+            return Err(StatesError::CellCount {
+                transition: t.n_cells(),
+                memberships: n,
+            });
         }
     }
     let threshold = ((0.2 * n_cells as f64).floor() as usize).max(1);
@@ -447,7 +504,11 @@ pub fn select_terminal(
         }
         TerminalMethod::TopN { n_states } => {
             if *n_states == 0 {
-                return Err(StatesError::Invalid("top_n needs n_states >= 1".into()));
+                return Err(StatesError::Parameter {
+                    parameter: "n_states",
+                    expected: "at least 1 for method top_n".into(),
+                    got: n_states.to_string(),
+                });
             }
             Ok(by_stability(*n_states))
         }
@@ -459,22 +520,22 @@ pub fn select_terminal(
         }
         TerminalMethod::Names { states } => {
             if states.is_empty() {
-                return Err(StatesError::Invalid(
-                    "terminal states by name: the list of names is empty".into(),
-                ));
+                return Err(StatesError::NoStates {
+                    what: "terminal state names",
+                });
             }
             let mut sel = Vec::with_capacity(states.len());
             for s in states {
-                let q = names.iter().position(|n| n == s).ok_or_else(|| {
-                    StatesError::Invalid(format!(
-                        "terminal state {s:?} is not a macrostate; the macrostates are: {}",
-                        names.join(", ")
-                    ))
-                })?;
+                let q =
+                    names
+                        .iter()
+                        .position(|n| n == s)
+                        .ok_or_else(|| StatesError::UnknownState {
+                            name: s.clone(),
+                            macrostates: names.to_vec(),
+                        })?;
                 if sel.contains(&q) {
-                    return Err(StatesError::Invalid(format!(
-                        "terminal state {s:?} is named twice"
-                    )));
+                    return Err(StatesError::DuplicateState { name: s.clone() });
                 }
                 sel.push(q);
             }
@@ -514,10 +575,11 @@ pub fn states_from_memberships(
 /// Initial states: the `n_states` macrostates with the smallest coarse stationary probability.
 pub fn select_initial(coarse_stat: &[f64], n_states: usize) -> Result<Vec<usize>, StatesError> {
     if n_states == 0 || n_states > coarse_stat.len() {
-        return Err(StatesError::Invalid(format!(
-            "n_states = {n_states} must be in 1..={}",
-            coarse_stat.len()
-        )));
+        return Err(StatesError::Parameter {
+            parameter: "n_states",
+            expected: format!("1..={} (the number of macrostates)", coarse_stat.len()),
+            got: n_states.to_string(),
+        });
     }
     let mut idx: Vec<usize> = (0..coarse_stat.len()).collect();
     idx.sort_by(|&a, &b| coarse_stat[a].total_cmp(&coarse_stat[b]).then(a.cmp(&b)));

@@ -11,6 +11,7 @@
 
 pub mod element;
 pub mod error;
+mod h5;
 pub mod keys;
 pub mod loom;
 pub mod read;

@@ -33,7 +33,7 @@ use hdf5::{Dataset, Group, H5Type};
 
 use super::element::Element;
 use super::error::H5adError;
-use super::write::{create_h5, set_encoding, temp_path, write_element};
+use super::h5::{create_h5, set_encoding, temp_path, write_element};
 
 type Result<T> = std::result::Result<T, H5adError>;
 

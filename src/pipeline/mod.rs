@@ -46,6 +46,9 @@ pub enum PipelineError {
     /// Reading or writing an estimator.
     #[error(transparent)]
     EstimatorIo(#[from] crate::estimator_io::EstimatorIoError),
+    /// Diffusion map and pseudotime.
+    #[error(transparent)]
+    Dpt(#[from] crate::upstream::dpt::DptError),
     /// A `.loom` input.
     #[error(transparent)]
     Loom(#[from] crate::io::loom::LoomError),

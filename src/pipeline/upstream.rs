@@ -434,7 +434,7 @@ pub fn prepare_input(
             UpstreamStep::Pseudotime => {
                 let root = plan.root.as_ref().unwrap_or(&Root::Auto);
                 let res = pseudotime_in_file(from, to, root, settings.n_comps, settings.n_dcs)
-                    .map_err(wrap)?;
+                    .map_err(|e| wrap(e.into()))?;
                 let name = H5adReader::open(to)
                     .and_then(|r| r.obs_names())
                     .ok()

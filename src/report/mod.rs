@@ -11,10 +11,10 @@ use plotters::style::RGBColor;
 use thiserror::Error;
 
 use cellfate_estimators::states::PALETTE;
-use cellfate_kernels::{CellSource, DenseMatrix, Direction};
+use cellfate_kernels::{CellSource, CsrError, DenseMatrix, Direction};
 
 use crate::io::{keys, Element, H5adError, H5adReader, NumVec};
-pub use plots::{Figure, Format, Overlay, Plot};
+pub use plots::{Figure, Format, FormatParseError, Overlay, Plot};
 
 /// Errors of plotting and reporting.
 #[derive(Debug, Error)]
@@ -32,11 +32,43 @@ pub enum ReportError {
         source: std::io::Error,
     },
     /// The plotting backend failed.
-    #[error("drawing: {0}")]
-    Draw(String),
-    /// The data cannot be plotted.
-    #[error("{0}")]
-    Data(String),
+    #[error("drawing figure `{figure}` ({format}): {detail}")]
+    Draw {
+        /// The figure's name.
+        figure: String,
+        /// `svg` or `png`.
+        format: &'static str,
+        /// The backend's message.
+        detail: String,
+    },
+    /// The embedding asked for is not in the file.
+    #[error("{}: no embedding obsm[{key:?}]; available: {}", path.display(), available.join(", "))]
+    NoEmbedding {
+        /// The file.
+        path: PathBuf,
+        /// The obsm key looked for.
+        key: String,
+        /// The obsm keys present.
+        available: Vec<String>,
+    },
+    /// No embedding in the file and `X` cannot give principal components.
+    #[error("{}: no embedding in obsm and X is {encoding}; give --basis", path.display())]
+    NoEmbeddingOrMatrix {
+        /// The file.
+        path: PathBuf,
+        /// The encoding of `X`.
+        encoding: &'static str,
+    },
+    /// A matrix in the file is malformed.
+    #[error("{}: {slot}: {source}", path.display())]
+    Matrix {
+        /// The file.
+        path: PathBuf,
+        /// The slot.
+        slot: &'static str,
+        /// What is wrong.
+        source: CsrError,
+    },
 }
 
 /// What to plot.
@@ -145,11 +177,11 @@ pub fn embedding(
                 format!("X_{b}")
             };
             if !r.exists(&format!("obsm/{key}")) && !r.exists(&format!("obsm/{b}")) {
-                return Err(ReportError::Data(format!(
-                    "{}: no embedding obsm[{key:?}]; available: {}",
-                    r.path().display(),
-                    r.keys("obsm").unwrap_or_default().join(", ")
-                )));
+                return Err(ReportError::NoEmbedding {
+                    path: r.path().to_path_buf(),
+                    key,
+                    available: r.keys("obsm").unwrap_or_default(),
+                });
             }
             vec![key, b.to_string()]
         }
@@ -179,18 +211,19 @@ pub fn embedding(
     // No embedding: two principal components of X.
     let x = match r.read("X")? {
         Element::Sparse(s) => {
-            let csr = s
-                .to_csr()
-                .map_err(|e| ReportError::Data(format!("{}: X: {e}", r.path().display())))?;
+            let csr = s.to_csr().map_err(|source| ReportError::Matrix {
+                path: r.path().to_path_buf(),
+                slot: "X",
+                source,
+            })?;
             csr.to_dense()
         }
         Element::Dense(d) if d.shape.len() == 2 => d.data.to_f64(),
         other => {
-            return Err(ReportError::Data(format!(
-                "{}: no embedding in obsm and X is {}; give --basis",
-                r.path().display(),
-                other.encoding()
-            )))
+            return Err(ReportError::NoEmbeddingOrMatrix {
+                path: r.path().to_path_buf(),
+                encoding: other.encoding(),
+            })
         }
     };
     let g = r.n_vars()?;

@@ -142,19 +142,55 @@ pub enum Format {
     Png,
 }
 
-impl std::str::FromStr for Format {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "svg" => Ok(Self::Svg),
-            "png" => Ok(Self::Png),
-            other => Err(format!("format {other:?}: expected svg or png")),
+impl Format {
+    /// The file extension (`svg`, `png`).
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Svg => "svg",
+            Self::Png => "png",
         }
     }
 }
 
-fn draw_err<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> ReportError {
-    ReportError::Draw(e.to_string())
+/// An unknown figure format.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("format {got:?}: expected svg or png")]
+pub struct FormatParseError {
+    /// What was given.
+    pub got: String,
+}
+
+impl std::str::FromStr for Format {
+    type Err = FormatParseError;
+    fn from_str(s: &str) -> Result<Self, FormatParseError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "svg" => Ok(Self::Svg),
+            "png" => Ok(Self::Png),
+            other => Err(FormatParseError { got: other.into() }),
+        }
+    }
+}
+
+/// A failure of the plotting backend while drawing, before the figure is known.
+#[derive(Debug)]
+struct DrawFailure {
+    detail: String,
+}
+
+impl DrawFailure {
+    fn in_figure(self, figure: &str, format: Format) -> ReportError {
+        ReportError::Draw {
+            figure: figure.into(),
+            format: format.extension(),
+            detail: self.detail,
+        }
+    }
+}
+
+fn draw_err<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> DrawFailure {
+    DrawFailure {
+        detail: e.to_string(),
+    }
 }
 
 impl Figure {
@@ -177,8 +213,9 @@ impl Figure {
         let mut s = String::new();
         {
             let root = SVGBackend::with_string(&mut s, self.size()).into_drawing_area();
-            self.draw(&root)?;
-            root.present().map_err(draw_err)?;
+            self.draw(&root)
+                .and_then(|()| root.present().map_err(draw_err))
+                .map_err(|e| e.in_figure(&self.name, Format::Svg))?;
         }
         Ok(s)
     }
@@ -200,15 +237,16 @@ impl Figure {
             Format::Png => {
                 ensure_font();
                 let root = BitMapBackend::new(&tmp, self.size()).into_drawing_area();
-                self.draw(&root)?;
-                root.present().map_err(draw_err)?;
+                self.draw(&root)
+                    .and_then(|()| root.present().map_err(draw_err))
+                    .map_err(|e| e.in_figure(&self.name, Format::Png))?;
             }
         }
         std::fs::rename(&tmp, &path).map_err(io)?;
         Ok(path)
     }
 
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), ReportError>
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawFailure>
     where
         DB::ErrorType: 'static,
     {
@@ -274,7 +312,7 @@ fn draw_embedding<DB: DrawingBackend>(
     colorbar: Option<(f64, f64)>,
     basis: &str,
     overlay: &Overlay,
-) -> Result<(), ReportError>
+) -> Result<(), DrawFailure>
 where
     DB::ErrorType: 'static,
 {
@@ -432,7 +470,7 @@ fn draw_spectrum<DB: DrawingBackend>(
     re: &[f64],
     im: &[f64],
     eigengap: Option<usize>,
-) -> Result<(), ReportError>
+) -> Result<(), DrawFailure>
 where
     DB::ErrorType: 'static,
 {
@@ -515,7 +553,7 @@ fn draw_heatmap<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     names: &[String],
     values: &[f64],
-) -> Result<(), ReportError>
+) -> Result<(), DrawFailure>
 where
     DB::ErrorType: 'static,
 {
@@ -593,7 +631,7 @@ where
 fn draw_drivers<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     panels: &DriverPanels,
-) -> Result<(), ReportError>
+) -> Result<(), DrawFailure>
 where
     DB::ErrorType: 'static,
 {

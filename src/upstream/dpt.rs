@@ -14,11 +14,90 @@
 //! Eigenvectors are defined up to sign; DPT does not depend on it. We fix the sign so that
 //! the entry of largest magnitude is positive (scanpy's sign is whatever ARPACK returns).
 
-use cellfate_estimators::schur::{dominant_schur_op, Which};
-use cellfate_kernels::Csr;
-use nalgebra::DMatrix;
+use std::path::PathBuf;
 
-use crate::pipeline::PipelineError;
+use cellfate_estimators::schur::{dominant_schur_op, SchurError, Which};
+use cellfate_kernels::{Csr, SourceError};
+use nalgebra::DMatrix;
+use thiserror::Error;
+
+use crate::io::H5adError;
+
+/// Errors of the diffusion map and the diffusion pseudotime.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DptError {
+    /// The connectivities are not square.
+    #[error("diffusion map: connectivities must be square, got {rows}×{cols}")]
+    NotSquare {
+        /// Rows.
+        rows: usize,
+        /// Columns.
+        cols: usize,
+    },
+    /// Too few cells for a diffusion map.
+    #[error("diffusion map: {n} cells are too few (at least 3 are needed)")]
+    TooFewCells {
+        /// Cells.
+        n: usize,
+    },
+    /// A cell without neighbours.
+    #[error("diffusion map: cell {cell} has no neighbours in obsp[\"connectivities\"]")]
+    NoNeighbours {
+        /// The cell.
+        cell: usize,
+    },
+    /// The eigendecomposition failed.
+    #[error("diffusion map: {0}")]
+    Eigen(#[from] SchurError),
+    /// Reading or writing the file.
+    #[error(transparent)]
+    H5ad(#[from] H5adError),
+    /// The kNN graph is missing.
+    #[error("{}: obsp[\"connectivities\"] is missing (the kNN graph); run `cellfate preprocess` or scanpy's neighbors first", path.display())]
+    MissingGraph {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A root cell index past the cells.
+    #[error("{}: root cell {index} is out of range (the file has {n_cells} cells)", path.display())]
+    RootOutOfRange {
+        /// The file.
+        path: PathBuf,
+        /// The index given.
+        index: usize,
+        /// Cells in the file.
+        n_cells: usize,
+    },
+    /// A root cell name not in `obs_names`.
+    #[error("{}: no cell named {name:?}", path.display())]
+    UnknownCell {
+        /// The file.
+        path: PathBuf,
+        /// The name given.
+        name: String,
+    },
+    /// The cluster column cannot be read.
+    #[error("{}: {source}", path.display())]
+    Clusters {
+        /// The file.
+        path: PathBuf,
+        /// The lookup error (names the column).
+        source: SourceError,
+    },
+    /// A root cluster with no cells.
+    #[error("{}: no cell of cluster {name:?} in obs[{key:?}] (clusters: {})", path.display(), clusters.join(", "))]
+    UnknownCluster {
+        /// The file.
+        path: PathBuf,
+        /// The obs column.
+        key: String,
+        /// The cluster given.
+        name: String,
+        /// The clusters present.
+        clusters: Vec<String>,
+    },
+}
 
 /// A diffusion map.
 #[derive(Clone, Debug)]
@@ -29,10 +108,6 @@ pub struct DiffusionMap {
     pub evecs: DMatrix<f64>,
     /// Connected component of every cell (of the kNN graph).
     pub components: Vec<usize>,
-}
-
-fn invalid(msg: impl Into<String>) -> PipelineError {
-    PipelineError::Invalid(msg.into())
 }
 
 /// Connected components of an (undirected) graph's non-zero pattern.
@@ -63,23 +138,21 @@ pub fn connected_components(g: &Csr) -> Vec<usize> {
 }
 
 /// The diffusion map of the connectivities `conn` (symmetrised as `(K + Kᵀ)/2` if needed).
-pub fn diffmap(conn: &Csr, n_comps: usize) -> Result<DiffusionMap, PipelineError> {
+pub fn diffmap(conn: &Csr, n_comps: usize) -> Result<DiffusionMap, DptError> {
     let n = conn.nrows();
     if conn.ncols() != n {
-        return Err(invalid(format!(
-            "diffusion map: connectivities must be square, got {n}×{}",
-            conn.ncols()
-        )));
+        return Err(DptError::NotSquare {
+            rows: n,
+            cols: conn.ncols(),
+        });
     }
     if n < 3 {
-        return Err(invalid(format!("diffusion map: {n} cells are too few")));
+        return Err(DptError::TooFewCells { n });
     }
     let k = conn.add_scaled(0.5, &conn.transpose(), 0.5);
     let dens = k.col_sums();
-    if let Some(i) = dens.iter().position(|&d| d <= 0.0) {
-        return Err(invalid(format!(
-            "diffusion map: cell {i} has no neighbours in obsp[\"connectivities\"]"
-        )));
+    if let Some(cell) = dens.iter().position(|&d| d <= 0.0) {
+        return Err(DptError::NoNeighbours { cell });
     }
     let mut kn = k.clone();
     {
@@ -106,8 +179,7 @@ pub fn diffmap(conn: &Csr, n_comps: usize) -> Result<DiffusionMap, PipelineError
     }
     let m = n_comps.clamp(1, n - 1);
     let op = |x: &[f64]| t.mul_vec(x);
-    let (q, eig) = dominant_schur_op(n, m, Which::LargestMagnitude, &op)
-        .map_err(|e| invalid(format!("diffusion map: {e}")))?;
+    let (q, eig) = dominant_schur_op(n, m, Which::LargestMagnitude, &op)?;
     // Symmetric operator: Schur vectors are eigenvectors; order by decreasing eigenvalue.
     let mut order: Vec<usize> = (0..eig.len().min(q.ncols())).collect();
     order.sort_by(|&a, &b| eig[b].0.total_cmp(&eig[a].0).then(a.cmp(&b)));
@@ -282,44 +354,50 @@ pub fn pseudotime_in_file(
     root: &Root,
     n_comps: usize,
     n_dcs: usize,
-) -> Result<PseudotimeResult, PipelineError> {
+) -> Result<PseudotimeResult, DptError> {
     use crate::io::{Element, H5adEdit, H5adReader, NumVec};
     use cellfate_kernels::CellSource;
     let r = H5adReader::open(input)?;
     if !r.exists("obsp/connectivities") {
-        return Err(invalid(format!(
-            "{}: obsp[\"connectivities\"] is missing (the kNN graph); run `cellfate preprocess` or scanpy's neighbors first",
-            input.display()
-        )));
+        return Err(DptError::MissingGraph {
+            path: input.to_path_buf(),
+        });
     }
     let dm = diffmap(&r.obsp("connectivities")?, n_comps)?;
     let n = dm.evecs.nrows();
     let root = match root {
         Root::Index(i) if *i < n => *i,
         Root::Index(i) => {
-            return Err(invalid(format!(
-                "{}: root cell {i} is out of range (the file has {n} cells)",
-                input.display()
-            )))
+            return Err(DptError::RootOutOfRange {
+                path: input.to_path_buf(),
+                index: *i,
+                n_cells: n,
+            })
         }
-        Root::Name(s) => r
-            .obs_names()?
-            .iter()
-            .position(|x| x == s)
-            .ok_or_else(|| invalid(format!("{}: no cell named {s:?}", input.display())))?,
+        Root::Name(s) => {
+            r.obs_names()?
+                .iter()
+                .position(|x| x == s)
+                .ok_or_else(|| DptError::UnknownCell {
+                    path: input.to_path_buf(),
+                    name: s.clone(),
+                })?
+        }
         Root::Cluster { key, name } => {
-            let labels = r
-                .obs_labels(key)
-                .map_err(|e| invalid(format!("{}: {e}", input.display())))?;
+            let labels = r.obs_labels(key).map_err(|source| DptError::Clusters {
+                path: input.to_path_buf(),
+                source,
+            })?;
             root_in_cluster(&dm, &labels, name).ok_or_else(|| {
-                let mut cats: Vec<String> = labels.iter().flatten().cloned().collect();
-                cats.sort();
-                cats.dedup();
-                invalid(format!(
-                    "{}: no cell of cluster {name:?} in obs[{key:?}] (clusters: {})",
-                    input.display(),
-                    cats.join(", ")
-                ))
+                let mut clusters: Vec<String> = labels.iter().flatten().cloned().collect();
+                clusters.sort();
+                clusters.dedup();
+                DptError::UnknownCluster {
+                    path: input.to_path_buf(),
+                    key: key.clone(),
+                    name: name.clone(),
+                    clusters,
+                }
             })?
         }
         Root::Auto => match r.read("uns/iroot") {

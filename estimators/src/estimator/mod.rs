@@ -41,6 +41,7 @@ use crate::absorption::{
     compute_absorption_times, compute_fate_probabilities, lineage_priming, AbsorptionError,
     AbsorptionOptions, AbsorptionTimes, FateProbabilities, PrimingMethod, TransientSystem,
 };
+use crate::cflare::CflareError;
 use crate::drivers::{compute_lineage_drivers, DriverTable, DriverTest, DriversError, Expression};
 use crate::gpcca::GpccaError;
 use crate::schur::SchurError;
@@ -86,6 +87,9 @@ pub enum EstimatorError {
     /// GPCCA numerics.
     #[error(transparent)]
     Gpcca(#[from] GpccaError),
+    /// CFLARE numerics.
+    #[error(transparent)]
+    Cflare(#[from] CflareError),
     /// Discretisation, naming and state selection.
     #[error(transparent)]
     StateSelection(#[from] StatesError),
@@ -156,7 +160,9 @@ impl CellStates {
         colors: Option<Vec<String>>,
     ) -> Result<Self, StatesError> {
         if order.is_empty() {
-            return Err(StatesError::Invalid("no states given".into()));
+            return Err(StatesError::NoStates {
+                what: "state names",
+            });
         }
         let mut assignment = Vec::with_capacity(labels.len());
         let mut counts = vec![0usize; order.len()];
@@ -168,10 +174,9 @@ impl CellStates {
             assignment.push(q);
         }
         if let Some(q) = counts.iter().position(|&c| c == 0) {
-            return Err(StatesError::Invalid(format!(
-                "state {:?} has no cells",
-                order[q]
-            )));
+            return Err(StatesError::EmptyState {
+                name: order[q].clone(),
+            });
         }
         let colors = match colors {
             Some(c) if c.len() == order.len() => c,

@@ -15,56 +15,23 @@
 //! CellRank fail on harmless rounding (CellRank #781, pyGPCCA #27/#33); conjugate pairs are
 //! checked through `|Im λ|` (pyGPCCA PR #62).
 
+mod error;
 pub mod optimize;
+mod rotation;
 
 use nalgebra::DMatrix;
-use thiserror::Error;
 
 use cellfate_kernels::TransitionMatrix;
 
 use crate::schur::Schur;
 
+pub use error::{BasisError, GpccaError, Infeasibility, SimplexError, StationaryError};
 pub use optimize::{Optimizer, OptimizerReport};
+pub use rotation::{embed, fill_matrix, objective_of};
 
 const EPS: f64 = f64::EPSILON;
-
-/// Errors of the GPCCA steps.
-#[derive(Debug, Error, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum GpccaError {
-    /// Invalid input or options.
-    #[error("GPCCA: {0}")]
-    Invalid(String),
-    /// The Schur vectors do not give a valid basis.
-    #[error("GPCCA: Schur vectors unusable: {0}")]
-    Basis(String),
-    /// The inner simplex algorithm failed.
-    #[error("GPCCA: inner simplex algorithm: {0}")]
-    Simplex(String),
-    /// The rotation matrix became infeasible.
-    #[error("GPCCA: rotation matrix infeasible: {0}")]
-    Infeasible(String),
-    /// Memberships are significantly negative.
-    #[error("GPCCA: memberships are significantly negative (minimum {min:e}, tolerance {tol:e}); try another number of macrostates")]
-    NegativeMemberships {
-        /// Minimum membership.
-        min: f64,
-        /// Tolerance used.
-        tol: f64,
-    },
-    /// `m` would split a complex-conjugate pair.
-    #[error("GPCCA: {m} macrostates would split a complex-conjugate pair of eigenvalues; use {} or {}", .m - 1, .m + 1)]
-    SplitsPair {
-        /// Number of macrostates.
-        m: usize,
-    },
-    /// No clustering with positive crispness.
-    #[error("GPCCA: clustering was not successful (no positive crispness for {0}); try other numbers of macrostates")]
-    NotCrisp(String),
-    /// The stationary distribution could not be computed.
-    #[error("stationary distribution: {0}")]
-    Stationary(String),
-}
+/// Largest `max |Pᵀπ − π|` accepted for the stationary distribution.
+const STATIONARY_TOL: f64 = 1e-9;
 
 /// `X`: an η-orthonormal basis (n × k, `Xᵀ diag(η) X = I`) of the Schur subspace with a constant
 /// first column of ones (pyGPCCA's `_do_schur` + modified Gram–Schmidt).
@@ -90,9 +57,7 @@ pub fn schur_to_x(schur: &Schur) -> Result<DMatrix<f64>, GpccaError> {
     // The subspace must not change by moving √η in.
     let sin = subspace_sin(q0, &q);
     if sin > 1e-7 {
-        return Err(GpccaError::Basis(format!(
-            "the dominant Schur vector is not √η (subspace changed by sin = {sin:e}); is the eigenvalue 1 among the Schur values?"
-        )));
+        return Err(BasisError::DominantNotSqrtEta { sin }.into());
     }
     // Modified Gram–Schmidt (Euclidean), column by column.
     for j in 0..k {
@@ -103,17 +68,13 @@ pub fn schur_to_x(schur: &Schur) -> Result<DMatrix<f64>, GpccaError> {
         }
         let nrm = q.column(j).norm();
         if nrm <= 0.0 {
-            return Err(GpccaError::Basis(
-                "Schur vectors are linearly dependent".into(),
-            ));
+            return Err(BasisError::LinearlyDependent { column: j }.into());
         }
         q.column_mut(j).scale_mut(1.0 / nrm);
     }
     let sin = subspace_sin(q0, &q);
     if sin > 1e-7 {
-        return Err(GpccaError::Basis(format!(
-            "η-orthogonalisation changed the subspace (sin = {sin:e})"
-        )));
+        return Err(BasisError::SubspaceChanged { sin }.into());
     }
     let mut x = q;
     for l in 0..n {
@@ -122,10 +83,16 @@ pub fn schur_to_x(schur: &Schur) -> Result<DMatrix<f64>, GpccaError> {
         }
     }
     // Checks: first column ≈ 1, Xᵀ D X ≈ I.
-    if x.column(0).iter().any(|&v| (v - 1.0).abs() > 1e-8 + 1e-5) {
-        return Err(GpccaError::Basis(
-            "the first column of X is not constantly 1".into(),
-        ));
+    if let Some(row) = x
+        .column(0)
+        .iter()
+        .position(|&v| (v - 1.0).abs() > 1e-8 + 1e-5)
+    {
+        return Err(BasisError::FirstColumnNotOne {
+            row,
+            value: x[(row, 0)],
+        }
+        .into());
     }
     let mut g = DMatrix::zeros(k, k);
     for a in 0..k {
@@ -137,9 +104,7 @@ pub fn schur_to_x(schur: &Schur) -> Result<DMatrix<f64>, GpccaError> {
     }
     let dev = (g - DMatrix::identity(k, k)).amax();
     if dev > 1e-6 {
-        return Err(GpccaError::Basis(format!(
-            "X is not η-orthonormal (deviation {dev:e})"
-        )));
+        return Err(BasisError::NotEtaOrthonormal { deviation: dev }.into());
     }
     Ok(x)
 }
@@ -211,24 +176,18 @@ fn cond(a: &DMatrix<f64>) -> f64 {
 pub fn isa_indices(x: &DMatrix<f64>) -> Result<Vec<usize>, GpccaError> {
     let (n, m) = (x.nrows(), x.ncols());
     if n < m {
-        return Err(GpccaError::Simplex(format!(
-            "more macrostates ({m}) than cells ({n})"
-        )));
+        return Err(SimplexError::MoreStatesThanCells { m, n }.into());
     }
     let range = |j: usize| {
         let c = x.column(j);
         (c.max() - c.min()).abs()
     };
     if ((1.0 + range(0)) - 1.0).abs() > 1e-6 {
-        return Err(GpccaError::Simplex(
-            "the first Schur vector is not constant".into(),
-        ));
+        return Err(SimplexError::FirstNotConstant { range: range(0) }.into());
     }
-    let constant = (1..m).filter(|&j| range(j) <= 1e-6).count();
-    if constant > 0 {
-        return Err(GpccaError::Simplex(format!(
-            "{constant} Schur vector(s) after the first one are constant: the chain may be reducible"
-        )));
+    let columns: Vec<usize> = (1..m).filter(|&j| range(j) <= 1e-6).collect();
+    if !columns.is_empty() {
+        return Err(SimplexError::ConstantVectors { columns }.into());
     }
     let mut o = x.clone();
     let mut index = Vec::with_capacity(m);
@@ -263,9 +222,7 @@ pub fn isa_indices(x: &DMatrix<f64>) -> Result<Vec<usize>, GpccaError> {
             }
         }
         if maxd <= 0.0 {
-            return Err(GpccaError::Simplex(
-                "degenerate simplex (all remaining distances are zero)".into(),
-            ));
+            return Err(SimplexError::Degenerate { vertex: j }.into());
         }
         o /= maxd;
         index.push(ij);
@@ -280,9 +237,7 @@ pub fn isa(x: &DMatrix<f64>) -> Result<(Vec<usize>, DMatrix<f64>), GpccaError> {
     let s = DMatrix::from_fn(m, m, |i, j| x[(index[i], j)]);
     let c = cond(&s);
     if c >= 1.0 / EPS {
-        return Err(GpccaError::Simplex(format!(
-            "the simplex matrix is singular (condition number {c:e})"
-        )));
+        return Err(SimplexError::Singular { condition: c }.into());
     }
     Ok((index, pinv(&s)))
 }
@@ -296,76 +251,17 @@ pub fn min_chi(
     let mut out = Vec::new();
     for m in ms {
         if m < 2 || m > x.ncols() {
-            return Err(GpccaError::Invalid(format!(
-                "minChi: m = {m} outside 2..={}",
-                x.ncols()
-            )));
+            return Err(GpccaError::Parameter {
+                parameter: "m (minChi)",
+                expected: format!("2..={} (the number of Schur vectors)", x.ncols()),
+                got: m.to_string(),
+            });
         }
         let xm = x.columns(0, m).clone_owned();
         let (_, a0) = isa(&xm)?;
         out.push((xm * a0).min());
     }
     Ok(out)
-}
-
-/// Completes a rotation matrix so that `χ = X A` has rows summing to 1 and non-negative
-/// entries, then normalises it (pyGPCCA's `_fill_matrix`). Only `A[1.., 1..]` is read.
-pub fn fill_matrix(a: &mut DMatrix<f64>, x: &DMatrix<f64>) -> Result<(), GpccaError> {
-    let m = a.nrows();
-    for i in 1..m {
-        let s: f64 = (1..m).map(|j| a[(i, j)]).sum();
-        a[(i, 0)] = -s;
-    }
-    for j in 0..m {
-        let mut best = f64::NEG_INFINITY;
-        for l in 0..x.nrows() {
-            let mut v = 0.0;
-            for i in 1..m {
-                v += x[(l, i)] * a[(i, j)];
-            }
-            if -v > best {
-                best = -v;
-            }
-        }
-        a[(0, j)] = best;
-    }
-    let s: f64 = a.row(0).sum();
-    *a /= s;
-    if (0..m).any(|j| a[(0, j)] == 0.0) {
-        return Err(GpccaError::Infeasible(
-            "first row of the rotation matrix has zeros".into(),
-        ));
-    }
-    if (0..m).any(|j| a[(0, j)] < 0.0) {
-        return Err(GpccaError::Infeasible(
-            "first row of the rotation matrix has negative entries".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// The objective `f = m − Σ_j (Σ_i A_ij²) / A_0j` of a completed rotation matrix.
-pub fn objective_of(a: &DMatrix<f64>) -> f64 {
-    let m = a.nrows();
-    let mut tr = 0.0;
-    for j in 0..m {
-        let col: f64 = (0..m).map(|i| a[(i, j)] * a[(i, j)]).sum();
-        tr += col / a[(0, j)];
-    }
-    m as f64 - tr
-}
-
-/// Embeds the free parameters (row-major `(m−1)²`) into `A[1.., 1..]` of a copy of `base`.
-pub fn embed(alpha: &[f64], base: &DMatrix<f64>) -> DMatrix<f64> {
-    let m = base.nrows();
-    let k = m - 1;
-    let mut a = base.clone();
-    for i in 0..k {
-        for j in 0..k {
-            a[(i + 1, j + 1)] = alpha[i * k + j];
-        }
-    }
-    a
 }
 
 /// Memberships from a completed rotation: `χ = X A`, tiny negatives clipped and rows
@@ -443,20 +339,23 @@ pub fn stationary_distribution(t: &TransitionMatrix) -> Result<Vec<f64>, GpccaEr
     }
     let op = |x: &[f64]| t.mul_vec_transposed(x);
     let (q, ev) = crate::schur::dominant_schur_op(n, 2, crate::schur::Which::LargestReal, &op)
-        .map_err(|e| GpccaError::Stationary(e.to_string()))?;
+        .map_err(StationaryError::from)?;
     if ev.len() >= 2 && (ev[1].0 - 1.0).abs() <= 1e-10 && ev[1].1.abs() <= 1e-10 {
-        return Err(GpccaError::Stationary(
-            "the chain is reducible (eigenvalue 1 has multiplicity > 1): it has several closed sets of cells, so the stationary distribution is not unique".into(),
-        ));
+        return Err(StationaryError::Reducible { second: ev[1].0 }.into());
     }
     let v: Vec<f64> = q.column(0).iter().copied().collect();
     let tol = 1e4 * EPS * v.iter().fold(0.0f64, |a, b| a.max(b.abs()));
-    let (pos, neg) = (v.iter().any(|&x| x > tol), v.iter().any(|&x| x < -tol));
-    if pos && neg {
-        return Err(GpccaError::Stationary(
-            "the dominant left eigenvector has entries of both signs (is the chain irreducible?)"
-                .into(),
-        ));
+    let (pos, neg) = (
+        v.iter().filter(|&&x| x > tol).count(),
+        v.iter().filter(|&&x| x < -tol).count(),
+    );
+    if pos > 0 && neg > 0 {
+        return Err(StationaryError::MixedSigns {
+            positive: pos,
+            negative: neg,
+            tol,
+        }
+        .into());
     }
     let s: f64 = v.iter().map(|x| x.abs()).sum();
     let pi: Vec<f64> = v.iter().map(|x| x.abs() / s).collect();
@@ -465,10 +364,12 @@ pub fn stationary_distribution(t: &TransitionMatrix) -> Result<Vec<f64>, GpccaEr
         .iter()
         .zip(&pi)
         .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
-    if err > 1e-9 {
-        return Err(GpccaError::Stationary(format!(
-            "P'π = π holds only to {err:e}"
-        )));
+    if err > STATIONARY_TOL {
+        return Err(StationaryError::NotStationary {
+            error: err,
+            tol: STATIONARY_TOL,
+        }
+        .into());
     }
     Ok(pi)
 }
@@ -528,15 +429,17 @@ pub fn fit(
     pi: Option<&[f64]>,
 ) -> Result<GpccaFit, GpccaError> {
     if m < 2 {
-        return Err(GpccaError::Invalid(
-            "GPCCA needs at least 2 macrostates (use the stationary distribution for 1)".into(),
-        ));
+        return Err(GpccaError::Parameter {
+            parameter: "m (number of macrostates)",
+            expected: "at least 2 (use the stationary distribution for 1)".into(),
+            got: m.to_string(),
+        });
     }
     if m > schur.m() {
-        return Err(GpccaError::Invalid(format!(
-            "{m} macrostates need at least {m} Schur vectors, {} were computed",
-            schur.m()
-        )));
+        return Err(GpccaError::TooFewSchurVectors {
+            m,
+            computed: schur.m(),
+        });
     }
     if schur.splits_pair(m) {
         return Err(GpccaError::SplitsPair { m });
@@ -549,9 +452,11 @@ pub fn fit(
     let crisp = crispness(m, f_opt);
     let nmeta = (0..m).filter(|&j| chi.column(j).sum() != 0.0).count();
     if crisp <= 0.0 || nmeta < m {
-        return Err(GpccaError::NotCrisp(format!(
-            "m = {m} (crispness {crisp:.4}, {nmeta} non-empty macrostates)"
-        )));
+        return Err(GpccaError::NotCrisp {
+            m,
+            crispness: crisp,
+            non_empty: nmeta,
+        });
     }
     let (coarse_t, coarse_init, coarse_stat) = coarse_grain(t, &chi, &schur.eta, pi);
     Ok(GpccaFit {

@@ -17,7 +17,8 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{embed, fill_matrix, objective_of, GpccaError};
+use super::error::{GpccaError, Infeasibility};
+use super::rotation::{embed, fill_matrix, objective_of};
 
 /// How the rotation matrix is optimised.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -76,9 +77,11 @@ impl Optimizer {
     ) -> Result<(DMatrix<f64>, f64, OptimizerReport), GpccaError> {
         let m = a0.nrows();
         if m < 2 {
-            return Err(GpccaError::Invalid(
-                "the rotation matrix must be at least 2 x 2".into(),
-            ));
+            return Err(GpccaError::Parameter {
+                parameter: "rotation matrix size",
+                expected: "at least 2 x 2".into(),
+                got: format!("{m} x {m}"),
+            });
         }
         let k = m - 1;
         let alpha0: Vec<f64> = (0..k * k).map(|p| a0[(1 + p / k, 1 + p % k)]).collect();
@@ -89,11 +92,22 @@ impl Optimizer {
                 Err(_) => f64::INFINITY,
             }
         };
-        let f_start = f(&alpha0);
+        let mut start = embed(&alpha0, a0);
+        let f_start = match fill_matrix(&mut start, x) {
+            Ok(()) => objective_of(&start),
+            Err(GpccaError::Infeasible(reason)) => {
+                return Err(Infeasibility::InitialRotation {
+                    reason: Box::new(reason),
+                }
+                .into())
+            }
+            Err(e) => return Err(e),
+        };
         if !f_start.is_finite() {
-            return Err(GpccaError::Infeasible(
-                "the initial rotation from the inner simplex algorithm is infeasible".into(),
-            ));
+            return Err(Infeasibility::InitialRotation {
+                reason: Box::new(Infeasibility::NonFiniteObjective { value: f_start }),
+            }
+            .into());
         }
         let (best, f_opt, report) = match self {
             Self::NelderMead => {
@@ -548,9 +562,7 @@ fn gradient_multistart(
             }
         }
     }
-    let (alpha, f_opt, best_start) = best.ok_or_else(|| {
-        GpccaError::Infeasible("every start of the optimiser became infeasible".into())
-    })?;
+    let (alpha, f_opt, best_start) = best.ok_or(Infeasibility::AllStarts { starts: n_starts })?;
     // Never worse than the ISA start.
     let (alpha, f_opt, best_start) = if f_opt <= f_start {
         (alpha, f_opt, best_start)

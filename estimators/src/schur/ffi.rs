@@ -3,7 +3,10 @@
 //! boundary; these are the only `unsafe` blocks of the crate.
 #![allow(unsafe_code)]
 
+use std::ffi::CStr;
 use std::os::raw::{c_char, c_int};
+
+use super::error::SchurError;
 
 type SelectFn = Option<extern "C" fn(*const f64, *const f64) -> c_int>;
 
@@ -96,8 +99,8 @@ unsafe extern "C" {
     );
 }
 
-fn to_int(n: usize) -> Result<c_int, String> {
-    c_int::try_from(n).map_err(|_| format!("dimension {n} exceeds LAPACK's 32-bit integers"))
+fn to_int(n: usize) -> Result<c_int, SchurError> {
+    c_int::try_from(n).map_err(|_| SchurError::DimensionOverflow { dimension: n })
 }
 
 /// Real Schur form `A = Z T Zᵀ` of a column-major `n × n` matrix (overwritten with `T`).
@@ -105,7 +108,7 @@ fn to_int(n: usize) -> Result<c_int, String> {
 /// Schur vectors `Z` (column-major) and the real and imaginary parts of the eigenvalues.
 pub(crate) type SchurParts = (Vec<f64>, Vec<f64>, Vec<f64>);
 
-pub(crate) fn dgees(n: usize, a: &mut [f64]) -> Result<SchurParts, String> {
+pub(crate) fn dgees(n: usize, a: &mut [f64]) -> Result<SchurParts, SchurError> {
     assert_eq!(a.len(), n * n, "dgees: matrix size");
     let ni = to_int(n)?;
     let lda = ni.max(1);
@@ -141,7 +144,10 @@ pub(crate) fn dgees(n: usize, a: &mut [f64]) -> Result<SchurParts, String> {
         );
     }
     if info != 0 {
-        return Err(format!("dgees workspace query failed (info = {info})"));
+        return Err(SchurError::Lapack {
+            routine: "dgees (workspace query)",
+            info,
+        });
     }
     let lwork = (query[0] as usize).max(3 * n).max(1);
     let lwi = to_int(lwork)?;
@@ -169,9 +175,10 @@ pub(crate) fn dgees(n: usize, a: &mut [f64]) -> Result<SchurParts, String> {
         );
     }
     if info != 0 {
-        return Err(format!(
-            "dgees failed (info = {info}): the QR algorithm did not converge"
-        ));
+        return Err(SchurError::Lapack {
+            routine: "dgees",
+            info,
+        });
     }
     Ok((vs, wr, wi))
 }
@@ -185,7 +192,7 @@ pub(crate) fn dtrsen(
     select: &[bool],
     wr: &mut [f64],
     wi: &mut [f64],
-) -> Result<(), String> {
+) -> Result<(), SchurError> {
     assert!(
         t.len() == n * n && q.len() == n * n && select.len() == n && wr.len() == n && wi.len() == n
     );
@@ -226,9 +233,10 @@ pub(crate) fn dtrsen(
         );
     }
     if info != 0 {
-        return Err(format!(
-            "dtrsen failed (info = {info}): reordering failed because eigenvalues are too close"
-        ));
+        return Err(SchurError::Lapack {
+            routine: "dtrsen",
+            info,
+        });
     }
     Ok(())
 }
@@ -246,7 +254,8 @@ pub(crate) struct ArpackResult {
 }
 
 /// Partial real Schur vectors of the operator `op` (`y = A x`) with ARPACK (`dnaupd` +
-/// `dneupd(howmny = 'P')`). `which` is `"LR"` or `"LM"`; `resid` is the starting vector.
+/// `dneupd(howmny = 'P')`). `which` is ARPACK's `c"LR"` or `c"LM"`; `resid` is the starting
+/// vector.
 /// ARPACK keeps its reverse-communication state in Fortran SAVE variables: two runs at once
 /// (e.g. from two threads) would corrupt each other, so every run holds this lock.
 static ARPACK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -256,26 +265,19 @@ pub(crate) fn arpack_schur(
     n: usize,
     nev: usize,
     ncv: usize,
-    which: &str,
+    which_c: &CStr,
     tol: f64,
     max_iter: usize,
     mut resid: Vec<f64>,
     op: &mut dyn FnMut(&[f64], &mut [f64]),
-) -> Result<ArpackResult, String> {
+) -> Result<ArpackResult, SchurError> {
     assert_eq!(resid.len(), n, "arpack: resid length");
     if !(nev >= 1 && nev + 2 <= ncv && ncv <= n) {
-        return Err(format!(
-            "ARPACK needs 1 <= nev ({nev}) and nev + 2 <= ncv ({ncv}) <= n ({n})"
-        ));
+        return Err(SchurError::ArpackDimensions { n, nev, ncv });
     }
     let _guard = ARPACK_LOCK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let which_c = match which {
-        "LR" => c"LR",
-        "LM" => c"LM",
-        other => return Err(format!("unsupported `which` {other:?}")),
-    };
     let (ni, nevi, ncvi) = (to_int(n)?, to_int(nev)?, to_int(ncv)?);
     let lworkl = 3 * ncv * ncv + 6 * ncv;
     let mut v = vec![0.0; n * ncv];
@@ -327,12 +329,21 @@ pub(crate) fn arpack_schur(
     let iterations = iparam[2].max(0) as usize;
     let nconv = iparam[4].max(0) as usize;
     if info == 1 {
-        return Err(format!(
-            "ARPACK did not converge: {nconv} of {nev} Schur vectors converged after {iterations} restarts ({matvecs} matrix-vector products); increase the iteration limit or ncv"
-        ));
+        return Err(SchurError::NotConverged {
+            converged: nconv,
+            requested: nev,
+            iterations,
+            matvecs,
+        });
     }
     if info != 0 {
-        return Err(format!("ARPACK dnaupd failed (info = {info})"));
+        return Err(SchurError::Arpack {
+            routine: "dnaupd",
+            info,
+            iterations,
+            converged: nconv,
+            requested: nev,
+        });
     }
     let mut dr = vec![0.0; nev + 1];
     let mut di = vec![0.0; nev + 1];
@@ -371,9 +382,13 @@ pub(crate) fn arpack_schur(
         );
     }
     if info != 0 {
-        return Err(format!(
-            "ARPACK dneupd failed (info = {info}); {nconv} Ritz values had converged"
-        ));
+        return Err(SchurError::Arpack {
+            routine: "dneupd",
+            info,
+            iterations,
+            converged: nconv,
+            requested: nev,
+        });
     }
     let nconv = (iparam[4].max(0) as usize).min(ncv);
     v.truncate(n * nconv);

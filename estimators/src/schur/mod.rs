@@ -13,13 +13,17 @@
 //! would split one, m + 1 vectors are returned and [`Schur::note`] says so. Every result is
 //! checked: `‖P̄Q − QR‖_F / ‖R‖_F ≤ 1e-8` and `max |QᵀQ − I| ≤ 1e-10`.
 
+mod error;
 mod ffi;
+
+use std::ffi::CStr;
 
 use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
 use cellfate_kernels::TransitionMatrix;
+
+pub use error::SchurError;
 
 /// Which eigenvalues are dominant.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,10 +44,10 @@ impl Which {
             Self::LargestMagnitude => re.hypot(im),
         }
     }
-    fn arpack(self) -> &'static str {
+    fn arpack(self) -> &'static CStr {
         match self {
-            Self::LargestReal => "LR",
-            Self::LargestMagnitude => "LM",
+            Self::LargestReal => c"LR",
+            Self::LargestMagnitude => c"LM",
         }
     }
 }
@@ -101,45 +105,6 @@ pub const RESIDUAL_TOL: f64 = 1e-8;
 pub const ORTHOGONALITY_TOL: f64 = 1e-10;
 /// An eigenvalue with `|Im λ|` above this is complex.
 const IMAG_TOL: f64 = 1e-12;
-
-/// Why a Schur decomposition failed.
-#[derive(Debug, Error, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum SchurError {
-    /// Bad options.
-    #[error("Schur decomposition: {0}")]
-    InvalidOptions(String),
-    /// The dense path was requested for a matrix too large to densify.
-    #[error("Schur decomposition: the dense method needs an n x n dense matrix ({n} cells, {gb:.1} GB); it is limited to {limit} cells. Use method = krylov (sparse) or raise dense_max_cells")]
-    TooLargeForDense {
-        /// Cells.
-        n: usize,
-        /// Memory of the dense matrix in GB.
-        gb: f64,
-        /// The limit.
-        limit: usize,
-    },
-    /// LAPACK failed.
-    #[error("Schur decomposition (dense): {0}")]
-    Lapack(String),
-    /// ARPACK did not converge or failed.
-    #[error("Schur decomposition (krylov): {0}")]
-    Arpack(String),
-    /// The result failed its checks.
-    #[error("Schur decomposition ({method}): {what} = {value:e} exceeds {tol:e}; the subspace is not invariant to the required accuracy. {hint}")]
-    CheckFailed {
-        /// Path used.
-        method: &'static str,
-        /// Which check.
-        what: &'static str,
-        /// Value.
-        value: f64,
-        /// Tolerance.
-        tol: f64,
-        /// What to try.
-        hint: &'static str,
-    },
-}
 
 /// A sorted partial real Schur decomposition.
 #[derive(Clone, Debug, PartialEq)]
@@ -243,7 +208,7 @@ fn sort_schur(
     wi: &mut [f64],
     m: usize,
     which: Which,
-) -> Result<usize, String> {
+) -> Result<usize, SchurError> {
     // Rank eigenvalues (pairs share a key); stable in the current order.
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| {
@@ -294,9 +259,7 @@ fn sort_schur(
                 (wr[j] - re).abs() <= 1e-14 * re.abs().max(1.0)
                     && (wi[j].abs() - im.abs()).abs() <= 1e-14 * im.abs().max(1.0)
             })
-            .ok_or_else(|| {
-                "lost track of an eigenvalue while sorting the Schur form".to_string()
-            })?;
+            .ok_or(SchurError::SortLost { re, im })?;
         select[pos] = true;
         if step == 2 && pos + 1 < n {
             select[pos + 1] = true;
@@ -317,16 +280,27 @@ pub fn compute_schur(
     let n = t.n_cells();
     let m_req = opts.n_components.max(2);
     if m_req >= n {
-        return Err(SchurError::InvalidOptions(format!(
-            "n_components = {m_req} must be smaller than the number of cells ({n})"
-        )));
+        return Err(SchurError::Parameter {
+            parameter: "n_components",
+            expected: format!("fewer than the number of cells ({n})"),
+            got: m_req.to_string(),
+        });
     }
     let eta: Vec<f64> = match eta {
         Some(e) => {
-            if e.len() != n || e.iter().any(|&x| !(x.is_finite() && x > 0.0)) {
-                return Err(SchurError::InvalidOptions(
-                    "eta must have one positive finite weight per cell".into(),
-                ));
+            if e.len() != n {
+                return Err(SchurError::Parameter {
+                    parameter: "eta",
+                    expected: format!("one positive finite weight per cell ({n})"),
+                    got: format!("{} weights", e.len()),
+                });
+            }
+            if let Some(i) = e.iter().position(|&x| !(x.is_finite() && x > 0.0)) {
+                return Err(SchurError::Parameter {
+                    parameter: "eta",
+                    expected: "one positive finite weight per cell".into(),
+                    got: format!("{} at cell {i}", e[i]),
+                });
             }
             let s: f64 = e.iter().sum();
             e.iter().map(|x| x / s).collect()
@@ -423,9 +397,8 @@ fn dense_schur(
             a[i + j * n] = sqrt_eta[i] * v / sqrt_eta[j];
         }
     }
-    let (mut z, mut wr, mut wi) = ffi::dgees(n, &mut a).map_err(SchurError::Lapack)?;
-    let m2 =
-        sort_schur(n, &mut a, &mut z, &mut wr, &mut wi, m, which).map_err(SchurError::Lapack)?;
+    let (mut z, mut wr, mut wi) = ffi::dgees(n, &mut a)?;
+    let m2 = sort_schur(n, &mut a, &mut z, &mut wr, &mut wi, m, which)?;
     let q = DMatrix::from_fn(n, m2, |i, j| z[i + j * n]);
     let r = DMatrix::from_fn(m2, m2, |i, j| if i > j + 1 { 0.0 } else { a[i + j * n] });
     Ok((q, r))
@@ -446,9 +419,7 @@ fn krylov_schur(
         .min(n)
         .max(nev + 2);
     if ncv > n {
-        return Err(SchurError::InvalidOptions(format!(
-            "too few cells ({n}) for {m} Schur vectors with the Krylov method; use method = dense"
-        )));
+        return Err(SchurError::TooFewCellsForKrylov { n, m, ncv });
     }
     // Deterministic start vector: √η (the dominant left-right structure) plus a fixed
     // perturbation so that it is not exactly an eigenvector.
@@ -468,14 +439,15 @@ fn krylov_schur(
         opts.max_iter,
         resid,
         &mut op,
-    )
-    .map_err(SchurError::Arpack)?;
+    )?;
     let k = res.nconv;
     if k < m {
-        return Err(SchurError::Arpack(format!(
-            "only {k} of {m} Schur vectors converged ({} restarts, {} matrix-vector products)",
-            res.iterations, res.matvecs
-        )));
+        return Err(SchurError::NotConverged {
+            converged: k,
+            requested: m,
+            iterations: res.iterations,
+            matvecs: res.matvecs,
+        });
     }
     let q0 = DMatrix::from_column_slice(n, k, &res.q);
     // Project, then sort the small Schur form densely.
@@ -487,13 +459,13 @@ fn krylov_schur(
     }
     let h = q0.transpose() * &pq;
     let mut a: Vec<f64> = h.as_slice().to_vec(); // nalgebra is column-major
-    let (mut z, mut wr, mut wi) = ffi::dgees(k, &mut a).map_err(SchurError::Lapack)?;
-    let m2 = sort_schur(k, &mut a, &mut z, &mut wr, &mut wi, m, opts.which)
-        .map_err(SchurError::Lapack)?;
+    let (mut z, mut wr, mut wi) = ffi::dgees(k, &mut a)?;
+    let m2 = sort_schur(k, &mut a, &mut z, &mut wr, &mut wi, m, opts.which)?;
     if m2 > k {
-        return Err(SchurError::Arpack(format!(
-            "{m} Schur vectors would split a complex pair and only {k} converged"
-        )));
+        return Err(SchurError::PairNotConverged {
+            requested: m,
+            converged: k,
+        });
     }
     let zk = DMatrix::from_fn(k, m2, |i, j| z[i + j * k]);
     let q = q0 * zk;
@@ -522,9 +494,8 @@ pub fn dominant_schur_op(
             let col = op(&e);
             a[j * n..(j + 1) * n].copy_from_slice(&col);
         }
-        let (mut z, mut wr, mut wi) = ffi::dgees(n, &mut a).map_err(SchurError::Lapack)?;
-        let m2 = sort_schur(n, &mut a, &mut z, &mut wr, &mut wi, m.min(n), which)
-            .map_err(SchurError::Lapack)?;
+        let (mut z, mut wr, mut wi) = ffi::dgees(n, &mut a)?;
+        let m2 = sort_schur(n, &mut a, &mut z, &mut wr, &mut wi, m.min(n), which)?;
         let q = DMatrix::from_fn(n, m2, |i, j| z[i + j * n]);
         let r = DMatrix::from_fn(m2, m2, |i, j| if i > j + 1 { 0.0 } else { a[i + j * n] });
         return Ok((q, block_eigenvalues(&r)));
@@ -535,13 +506,15 @@ pub fn dominant_schur_op(
         .map(|i| 1.0 + 0.1 * ((i as f64 * 0.618_033_988_749_895).fract() - 0.5))
         .collect();
     let mut wrapped = |x: &[f64], y: &mut [f64]| y.copy_from_slice(&op(x));
-    let res = ffi::arpack_schur(n, nev, ncv, which.arpack(), 0.0, 5000, resid, &mut wrapped)
-        .map_err(SchurError::Arpack)?;
+    let res = ffi::arpack_schur(n, nev, ncv, which.arpack(), 0.0, 5000, resid, &mut wrapped)?;
     let k = res.nconv;
     if k < m {
-        return Err(SchurError::Arpack(format!(
-            "only {k} of {m} Schur vectors converged"
-        )));
+        return Err(SchurError::NotConverged {
+            converged: k,
+            requested: m,
+            iterations: res.iterations,
+            matvecs: res.matvecs,
+        });
     }
     let q0 = DMatrix::from_column_slice(n, k, &res.q);
     let mut pq = DMatrix::zeros(n, k);
@@ -551,9 +524,8 @@ pub fn dominant_schur_op(
     }
     let h = q0.transpose() * &pq;
     let mut a: Vec<f64> = h.as_slice().to_vec();
-    let (mut z, mut wr, mut wi) = ffi::dgees(k, &mut a).map_err(SchurError::Lapack)?;
-    let m2 =
-        sort_schur(k, &mut a, &mut z, &mut wr, &mut wi, m, which).map_err(SchurError::Lapack)?;
+    let (mut z, mut wr, mut wi) = ffi::dgees(k, &mut a)?;
+    let m2 = sort_schur(k, &mut a, &mut z, &mut wr, &mut wi, m, which)?;
     let zk = DMatrix::from_fn(k, m2.min(k), |i, j| z[i + j * k]);
     let r = DMatrix::from_fn(m2.min(k), m2.min(k), |i, j| {
         if i > j + 1 {

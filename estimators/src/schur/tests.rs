@@ -127,7 +127,16 @@ fn dense_refuses_large_matrices_and_bad_options() {
         },
     )
     .unwrap_err();
-    assert!(matches!(e, SchurError::InvalidOptions(_)), "{e}");
+    assert!(
+        matches!(
+            e,
+            SchurError::Parameter {
+                parameter: "n_components",
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
