@@ -446,6 +446,25 @@ fn restore_shared(
     Ok(())
 }
 
+/// The eigenvalues in `uns["eigendecomposition_fwd"]["D"]` (complex or real).
+fn read_eigenvalues(r: &H5adReader, d: Direction) -> Option<(Vec<f64>, Vec<f64>)> {
+    let slot = keys::uns(&format!("{}/D", keys::eigendecomposition(d)));
+    match r.read(&slot).ok()? {
+        Element::Dense(a) => match &a.data {
+            NumVec::C128(v) => Some((
+                v.iter().map(|c| c.re).collect(),
+                v.iter().map(|c| c.im).collect(),
+            )),
+            other => {
+                let re = other.to_f64();
+                let im = vec![0.0; re.len()];
+                Some((re, im))
+            }
+        },
+        _ => None,
+    }
+}
+
 /// Restores a GPCCA estimator from a file CellRank or cellfate wrote (CellRank's
 /// `GPCCA.from_adata`): the transition matrix `obsp[transition_key]`, the eigenvalues, the
 /// macrostates (memberships, names, colours, coarse-grained chain — recomputed from the
@@ -456,7 +475,7 @@ pub fn read_gpcca(r: &H5adReader, transition_key: &str) -> Result<Gpcca, Estimat
     let d = t.direction();
     let n = t.n_cells();
     let mut g = Gpcca::new(t);
-    if let Some((re, im, _)) = crate::report::spectrum(r, d) {
+    if let Some((re, im)) = read_eigenvalues(r, d) {
         let alpha = match r.read(&keys::uns(&format!(
             "{}/params/alpha",
             keys::eigendecomposition(d)

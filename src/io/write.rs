@@ -629,4 +629,3 @@ impl Drop for TempSibling {
         let _ = std::fs::remove_file(&self.path);
     }
 }
-

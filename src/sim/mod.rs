@@ -34,6 +34,7 @@
 //! bounded memory (millions of cells).
 
 use std::ops::Range;
+#[cfg(feature = "h5ad")]
 use std::path::Path;
 
 use rand::{Rng, SeedableRng};
@@ -44,9 +45,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::io::{
-    Categorical, Categories, DataFrame, DenseArray, Element, H5adError, H5adStreamWriter, NumVec,
-    SparseArray, SparseFormat,
+    Categorical, Categories, DataFrame, DenseArray, Element, NumVec, SparseArray, SparseFormat,
 };
+#[cfg(feature = "h5ad")]
+use crate::io::{H5adError, H5adStreamWriter};
 
 /// Kinetic time span of the whole trajectory (`τ = T · t`).
 const T_TOTAL: f64 = 15.0;
@@ -492,6 +494,7 @@ impl CsrRows {
     }
 
     /// Empties it (keeping the allocations).
+    #[cfg(feature = "h5ad")]
     fn clear(&mut self) {
         self.indptr.clear();
         self.indptr.push(0);
@@ -587,6 +590,7 @@ pub fn simulate(params: &SimParams) -> Result<SimData, SimError> {
 }
 
 /// An error of [`simulate_to_file`].
+#[cfg(feature = "h5ad")]
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum SimFileError {
@@ -599,6 +603,7 @@ pub enum SimFileError {
 }
 
 /// What [`simulate_to_file`] wrote; the counts themselves stay on disk.
+#[cfg(feature = "h5ad")]
 #[derive(Clone, Debug)]
 pub struct SimSummary {
     /// The parameters used.
@@ -613,6 +618,7 @@ pub struct SimSummary {
     pub true_velocity: bool,
 }
 
+#[cfg(feature = "h5ad")]
 impl SimSummary {
     /// Names of the fates used.
     pub fn fate_names(&self) -> Vec<String> {
@@ -627,11 +633,13 @@ impl SimSummary {
 /// `X` is an HDF5 hard link to `layers/spliced` (one copy on disk; anndata and
 /// [`H5adReader`](crate::io::H5adReader) read it as an ordinary `X`). As with every output of
 /// this crate, the file is written to a temporary file beside `path` and renamed at the end.
+#[cfg(feature = "h5ad")]
 pub fn simulate_to_file(params: &SimParams, path: &Path) -> Result<SimSummary, SimFileError> {
     simulate_to_file_in_blocks(params, path, block_cells(params.n_genes))
 }
 
 /// [`simulate_to_file`] with `block` cells per block (the file does not depend on it).
+#[cfg(feature = "h5ad")]
 fn simulate_to_file_in_blocks(
     params: &SimParams,
     path: &Path,
@@ -882,6 +890,7 @@ impl SimData {
 }
 
 #[cfg(test)]
+#[cfg(feature = "h5ad")]
 mod tests {
     use super::*;
 

@@ -229,6 +229,7 @@ fn highly_variable(logx: &Csr, candidates: &[bool], n_top: usize) -> Vec<bool> {
 
 /// The first `k` principal-component scores (row-major n × k) of a dense row-major n × g
 /// matrix, centred here (used for a 2-D embedding when a file has none).
+#[cfg(feature = "plots")]
 pub(crate) fn pca_scores(x: &[f64], n: usize, g: usize, k: usize, seed: u64) -> Vec<f64> {
     let Ok(a) = Csr::from_dense(n, g, x) else {
         return vec![0.0; n * k.min(g)];
