@@ -84,7 +84,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fates.row_sum_error, fates.residual
     );
     let genes = adata.var_names()?;
-    let x = adata.csr("X")?;
+    // X, or the smoothed spliced counts where the file keeps no X (the reference files).
+    let x = adata.csr(if adata.exists("X") { "X" } else { "layers/Ms" })?;
     let drivers = g.compute_lineage_drivers(&Expression::Sparse(&x), &DriverOptions::default())?;
     for (j, lineage) in drivers.lineages.iter().enumerate() {
         let top: Vec<&str> = drivers.ranking(j)[..8]

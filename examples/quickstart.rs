@@ -42,7 +42,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fates.n_lineages()
     );
     let genes = cells.var_names()?;
-    let x = cells.csr("X")?;
+    // X, or the smoothed spliced counts where the file keeps no X (the reference files).
+    let x = cells.csr(if cells.exists("X") { "X" } else { "layers/Ms" })?;
     let drivers = g.compute_lineage_drivers(&Expression::Sparse(&x), &Default::default())?;
     for (j, lineage) in drivers.lineages.iter().enumerate() {
         let top: Vec<&str> = drivers.ranking(j)[..5]
