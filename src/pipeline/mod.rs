@@ -73,9 +73,36 @@ pub enum PipelineError {
         #[source]
         source: Box<PipelineError>,
     },
-    /// Anything else.
-    #[error("{0}")]
-    Invalid(String),
+    /// A TOML config that does not parse or has unknown fields.
+    #[error("config: {source}")]
+    Config {
+        /// The parser's error (names the line and the field).
+        #[source]
+        source: toml::de::Error,
+    },
+    /// Settings that are inconsistent on their own.
+    #[error("{section}: {message}")]
+    Settings {
+        /// The config section (`upstream`, `upstream.preprocess`).
+        section: &'static str,
+        /// What is wrong and what is needed.
+        message: String,
+    },
+    /// The root of the diffusion pseudotime does not exist in the input.
+    #[error("{input}: {message}")]
+    Root {
+        /// The input file.
+        input: std::path::PathBuf,
+        /// What is wrong (the cell or cluster asked for, what the file has).
+        message: String,
+    },
+    /// Preprocessing (normalisation, genes, PCA, neighbours, moments, velocity) cannot run on
+    /// this input.
+    #[error("{message}")]
+    Preprocessing {
+        /// What is wrong, naming the slot and what was expected.
+        message: String,
+    },
 }
 
 /// Everything a run does, with CellRank's defaults.
@@ -109,7 +136,7 @@ impl Default for FateMapSpec {
 impl FateMapSpec {
     /// Reads a TOML config file.
     pub fn from_toml(text: &str) -> Result<Self, PipelineError> {
-        toml::from_str(text).map_err(|e| PipelineError::Invalid(format!("config: {e}")))
+        toml::from_str(text).map_err(|source| PipelineError::Config { source })
     }
 
     /// The config as TOML (what `--dry-run` prints).

@@ -89,23 +89,30 @@ impl UpstreamSettings {
     /// Checks the settings on their own (the input is checked when the stage runs).
     pub fn validate(&self) -> Result<(), PipelineError> {
         if self.root_cluster.is_some() && self.root_cell.is_some() {
-            return Err(PipelineError::Invalid(
-                "upstream: give root_cluster (--root-cluster) or root_cell (--root-cell), not both"
+            return Err(PipelineError::Settings {
+                section: "upstream",
+                message: "give root_cluster (--root-cluster) or root_cell (--root-cell), not both"
                     .into(),
-            ));
+            });
         }
         if self.n_comps < 2 || self.n_dcs == 0 {
-            return Err(PipelineError::Invalid(format!(
-                "upstream: n_comps = {} and n_dcs = {} (need n_comps ≥ 2, n_dcs ≥ 1)",
-                self.n_comps, self.n_dcs
-            )));
+            return Err(PipelineError::Settings {
+                section: "upstream",
+                message: format!(
+                    "n_comps = {} and n_dcs = {} (need n_comps ≥ 2, n_dcs ≥ 1)",
+                    self.n_comps, self.n_dcs
+                ),
+            });
         }
         let p = &self.preprocess;
         if p.n_neighbors < 2 || p.n_pcs == 0 || p.n_top_genes == 0 {
-            return Err(PipelineError::Invalid(format!(
-                "upstream.preprocess: n_neighbors = {}, n_pcs = {}, n_top_genes = {} (need n_neighbors ≥ 2, n_pcs ≥ 1, n_top_genes ≥ 1)",
-                p.n_neighbors, p.n_pcs, p.n_top_genes
-            )));
+            return Err(PipelineError::Settings {
+                section: "upstream.preprocess",
+                message: format!(
+                    "n_neighbors = {}, n_pcs = {}, n_top_genes = {} (need n_neighbors ≥ 2, n_pcs ≥ 1, n_top_genes ≥ 1)",
+                    p.n_neighbors, p.n_pcs, p.n_top_genes
+                ),
+            });
         }
         Ok(())
     }
@@ -306,7 +313,10 @@ fn root_of(spec: &FateMapSpec) -> Option<Root> {
 fn check_root(file: &Path, input: &Path, root: &Root) -> Result<(), PipelineError> {
     use cellfate_kernels::CellSource;
     let r = H5adReader::open(file)?;
-    let bad = |msg: String| PipelineError::Invalid(format!("{}: {msg}", input.display()));
+    let bad = |message: String| PipelineError::Root {
+        input: input.to_path_buf(),
+        message,
+    };
     match root {
         Root::Index(i) => {
             let n = r.n_obs()?;

@@ -74,16 +74,19 @@ pub enum KnnMethod {
     Approximate,
 }
 
+/// Why a kNN method name does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("knn {0:?}: expected auto, exact or approximate")]
+pub struct KnnMethodParseError(pub String);
+
 impl std::str::FromStr for KnnMethod {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = KnnMethodParseError;
+    fn from_str(s: &str) -> Result<Self, KnnMethodParseError> {
         match s {
             "auto" => Ok(Self::Auto),
             "exact" => Ok(Self::Exact),
             "approximate" | "nndescent" => Ok(Self::Approximate),
-            other => Err(format!(
-                "knn {other:?}: expected auto, exact or approximate"
-            )),
+            other => Err(KnnMethodParseError(other.into())),
         }
     }
 }
@@ -106,7 +109,9 @@ impl Default for UpstreamSpec {
 }
 
 fn err(msg: impl Into<String>) -> PipelineError {
-    PipelineError::Invalid(msg.into())
+    PipelineError::Preprocessing {
+        message: msg.into(),
+    }
 }
 
 /// Scales each row of a CSR matrix to `target` total counts (rows with zero counts stay 0),

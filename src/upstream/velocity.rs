@@ -40,15 +40,18 @@ pub enum VelocityMode {
     Stochastic,
 }
 
+/// Why a velocity mode name does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("velocity mode {0:?}: expected stochastic or deterministic")]
+pub struct VelocityModeParseError(pub String);
+
 impl std::str::FromStr for VelocityMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = VelocityModeParseError;
+    fn from_str(s: &str) -> Result<Self, VelocityModeParseError> {
         match s {
             "deterministic" | "steady_state" | "steady-state" => Ok(Self::Deterministic),
             "stochastic" => Ok(Self::Stochastic),
-            other => Err(format!(
-                "velocity mode {other:?}: expected stochastic or deterministic"
-            )),
+            other => Err(VelocityModeParseError(other.into())),
         }
     }
 }
