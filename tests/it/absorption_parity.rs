@@ -1,9 +1,10 @@
 //! Parity of fate probabilities and lineage drivers with CellRank 2.3.3 (`../shared/reference`).
 
-use cellfate::estimators::absorption::{compute_fate_probabilities, AbsorptionOptions};
-use cellfate::estimators::drivers::{compute_lineage_drivers, DriverTest, Expression};
+use cellfate::estimator_io::read_gpcca;
+use cellfate::estimators::absorption::AbsorptionOptions;
+use cellfate::estimators::drivers::Expression;
+use cellfate::estimators::{DriverOptions, Estimator};
 use cellfate::io::H5adReader;
-use cellfate::kernels::CellSource;
 
 use crate::common::{reference, require_shared, strings};
 
@@ -13,23 +14,26 @@ fn check_fates(name: &str, key: &str) {
     let Some(r) = reference(name) else {
         return;
     };
-    let t = r.transition_matrix(key).expect("T");
-    let labels = r.obs_labels("term_states_fwd").expect("terminal states");
+    // The estimator restores CellRank's terminal states (obs["term_states_fwd"]) with the
+    // matrix, as `GPCCA.from_adata` does.
+    let mut g = read_gpcca(&r, key).expect("restored estimator");
+    let n_cells = g.transition_matrix().n_cells();
+    let f = g
+        .compute_fate_probabilities(&AbsorptionOptions::default())
+        .expect("fates");
     let lin_names = strings(&r, "uns/lineages_fwd_names");
-    let terminal: Vec<Option<usize>> = labels
-        .iter()
-        .map(|l| {
-            l.as_ref()
-                .and_then(|s| lin_names.iter().position(|n| n == s))
-        })
-        .collect();
-    let (f, _) =
-        compute_fate_probabilities(&t, &terminal, &lin_names, &AbsorptionOptions::default())
-            .expect("fates");
     let (n, l, theirs) = r.dense("obsm/lineages_fwd").expect("lineages");
-    assert_eq!((n, l), (t.n_cells(), lin_names.len()));
-    let worst = (0..n * l)
-        .map(|k| (f.probs[k] - theirs[k]).abs())
+    assert_eq!((n, l), (n_cells, f.n_lineages()));
+    let worst = (0..l)
+        .map(|j| {
+            let k = lin_names
+                .iter()
+                .position(|x| *x == f.names[j])
+                .expect("same lineages");
+            (0..n)
+                .map(|i| (f.get(i, j) - theirs[i * l + k]).abs())
+                .fold(0.0, f64::max)
+        })
         .fold(0.0, f64::max);
     eprintln!(
         "{name}: max |dP| = {worst:e}, residual {:e}, row-sum error {:e}",
@@ -73,19 +77,13 @@ fn dentategyrus_drivers_match_cellrank() {
     let input = H5adReader::open(data.join("adata_200.h5ad")).expect("input");
     assert_eq!(input.var_names().expect("var"), r.var_names().expect("var"));
     let x = input.csr("X").expect("X");
+    // CellRank's own fate probabilities, restored into the estimator with its terminal states.
+    let mut g = read_gpcca(&r, "T_combined").expect("restored estimator");
     let lin_names = strings(&r, "uns/lineages_fwd_names");
-    let (n, l, probs) = r.dense("obsm/lineages_fwd").expect("lineages");
-    let ys: Vec<Vec<f64>> = (0..l)
-        .map(|j| (0..n).map(|i| probs[i * l + j]).collect())
-        .collect();
-    let table = compute_lineage_drivers(
-        &Expression::Sparse(&x),
-        &ys,
-        &lin_names,
-        &DriverTest::Fisher,
-        0.95,
-    )
-    .expect("drivers");
+    assert_eq!(g.fate_probabilities().expect("restored").names, lin_names);
+    let table = g
+        .compute_lineage_drivers(&Expression::Sparse(&x), &DriverOptions::default())
+        .expect("drivers");
     let cols = table.columns();
     let (mut worst_r, mut worst_p, mut compared) = (0.0f64, 0.0f64, 0usize);
     for (col, ours) in &cols {

@@ -70,35 +70,43 @@ fn pancreas_schur_eigenvalues_match_cellrank() {
 
 /// Macrostates (n_states = 8, Nelder–Mead as CellRank) on pancreas: memberships matched to
 /// CellRank's up to a permutation of the columns within 1e-3, the same names, and the same
-/// terminal states with the stability rule.
+/// terminal states with the stability rule — through the `Gpcca` estimator, as a library user
+/// calls it (CellRank's Nelder–Mead optimiser, 20 Schur vectors, clusters for the names).
 #[test]
 fn pancreas_macrostates_and_terminal_states_match_cellrank() {
-    use cellfate::estimators::gpcca::{fit, stationary_distribution, Optimizer};
-    use cellfate::estimators::states::{
-        fuzzy_to_discrete, name_states, select_terminal, ClusterReference, TerminalMethod,
-    };
-    use cellfate::kernels::CellSource;
+    use cellfate::estimator_io::read_clusters;
+    use cellfate::estimators::gpcca::Optimizer;
+    use cellfate::estimators::states::TerminalMethod;
+    use cellfate::estimators::{Estimator, Gpcca, MacrostatesOptions, NStates, TerminalOptions};
     let Some(r) = reference("pancreas_3696") else {
         return;
     };
     let t = r.transition_matrix("T_combined").expect("T_combined");
-    let s = compute_schur(
-        &t,
-        None,
-        &SchurOptions {
-            n_components: 20,
-            method: SchurMethod::Krylov,
-            ..Default::default()
-        },
-    )
+    let n = t.n_cells();
+    let mut g = Gpcca::new(t);
+    g.compute_schur(&SchurOptions {
+        n_components: 20,
+        method: SchurMethod::Krylov,
+        ..Default::default()
+    })
     .expect("schur");
-    let pi = stationary_distribution(&t).expect("stationary");
-    let g = fit(&t, &s, 8, &Optimizer::NelderMead, Some(&pi)).expect("gpcca");
+    let clusters = read_clusters(&r, "clusters").expect("clusters");
+    let ms = g
+        .compute_macrostates(
+            NStates::Fixed(8),
+            &MacrostatesOptions {
+                optimizer: Optimizer::NelderMead,
+                ..Default::default()
+            },
+            Some(clusters.reference()),
+        )
+        .expect("gpcca")
+        .clone();
+    let chi = ms.states.memberships.as_ref().expect("memberships");
     let (_, _, theirs) = r
         .dense("obsm/macrostates_fwd_memberships")
         .expect("memberships");
     let their_names = strings(&r, "uns/macrostates_fwd_names");
-    let n = t.n_cells();
     // Match columns greedily by the smallest max-abs difference.
     let mut used = [false; 8];
     let mut perm = [0usize; 8];
@@ -110,7 +118,7 @@ fn pancreas_macrostates_and_terminal_states_match_cellrank() {
                 (
                     c,
                     (0..n)
-                        .map(|l| (g.chi[(l, q)] - theirs[l * 8 + c]).abs())
+                        .map(|l| (chi[(l, q)] - theirs[l * 8 + c]).abs())
                         .fold(0.0, f64::max),
                 )
             })
@@ -121,44 +129,34 @@ fn pancreas_macrostates_and_terminal_states_match_cellrank() {
         worst = worst.max(diff);
     }
     eprintln!(
-        "crispness {:.6}, max membership difference {worst:e}, report {:?}",
-        g.crispness, g.report
+        "crispness {:?}, max membership difference {worst:e}, report {:?}",
+        ms.crispness, ms.report
     );
     assert!(worst <= 1e-3, "memberships differ by {worst:e}");
     // Names from the clusters, as CellRank names them.
-    let assign = fuzzy_to_discrete(&g.chi, 30).expect("discrete");
-    let labels = r.obs_labels("clusters").expect("clusters");
-    let Element::Categorical(c) = r.column("obs", "clusters").expect("clusters") else {
-        panic!()
-    };
-    let cats = c.categories.labels();
-    let (names, _) = name_states(
-        &assign,
-        8,
-        Some(ClusterReference {
-            labels: &labels,
-            categories: &cats,
-            colors: None,
-        }),
-    )
-    .expect("names");
     for q in 0..8 {
-        assert_eq!(names[q], their_names[perm[q]], "macrostate {q}");
+        assert_eq!(ms.states.names[q], their_names[perm[q]], "macrostate {q}");
     }
     // Terminal states: stability >= 0.96 selects Alpha and Beta, as in CellRank.
-    let diag: Vec<f64> = (0..8).map(|q| g.coarse_t[(q, q)]).collect();
-    let term = select_terminal(&names, &diag, &TerminalMethod::default(), &[]).expect("terminal");
-    let mut term_names: Vec<&str> = term.iter().map(|&q| names[q].as_str()).collect();
+    let term = g
+        .predict_terminal_states(&TerminalMethod::default(), &TerminalOptions::default())
+        .expect("terminal");
+    let mut term_names: Vec<&str> = term.names.iter().map(String::as_str).collect();
     term_names.sort_unstable();
     assert_eq!(term_names, vec!["Alpha", "Beta"]);
     // Coarse T matches CellRank's within 1e-3 (after permuting).
     let (_, _, ct) = r.dense("uns/coarse_T_fwd").expect("coarse T");
     for a in 0..8 {
         for b in 0..8 {
-            let d = (g.coarse_t[(a, b)] - ct[perm[a] * 8 + perm[b]]).abs();
+            let d = (ms.coarse_t[(a, b)] - ct[perm[a] * 8 + perm[b]]).abs();
             assert!(d <= 1e-3, "coarse T ({a},{b}) differs by {d:e}");
         }
     }
+    // Fate probabilities towards them: rows sum to 1.
+    let f = g
+        .compute_fate_probabilities(&Default::default())
+        .expect("fates");
+    assert!(f.row_sum_error <= 1e-10);
 }
 
 /// CFLARE on CellRank's `T_combined`: the same terminal state as CellRank's CFLARE (Beta on
@@ -167,7 +165,8 @@ fn pancreas_macrostates_and_terminal_states_match_cellrank() {
 /// with one cluster both keep the same filtered cells).
 #[test]
 fn cflare_terminal_states_match_cellrank() {
-    use cellfate::estimators::cflare::{cflare, CflareOptions};
+    use cellfate::estimators::cflare::CflareOptions;
+    use cellfate::estimators::Cflare;
     use cellfate::kernels::CellSource;
     for (name, expected) in [
         ("pancreas_3696", "Beta"),
@@ -177,7 +176,10 @@ fn cflare_terminal_states_match_cellrank() {
             return;
         };
         let t = r.transition_matrix("T_combined").expect("T");
-        let res = cflare(&t, &CflareOptions::default()).expect("cflare");
+        let mut c = Cflare::new(t);
+        c.fit(20).expect("eigendecomposition");
+        c.predict(&CflareOptions::default(), None).expect("cflare");
+        let res = c.result().expect("result");
         assert_eq!(
             (res.eigengap, res.use_k, res.n_clusters),
             (0, 1, 1),
