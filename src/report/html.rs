@@ -134,7 +134,7 @@ pub fn report(r: &H5adReader, title: &str, opts: &PlotOptions) -> Result<String,
         }
         None => h.push_str("<p>No terminal states in this file.</p>\n"),
     }
-    if !r.exists(&format!("obsm/{lin}")) {
+    if !r.exists(&keys::obsm(&lin)) {
         h.push_str("<p>No fate probabilities in this file.</p>\n");
     }
     if let (Some(m), Some(c)) = (

@@ -152,7 +152,7 @@ pub(crate) fn labels(r: &H5adReader, key: &str) -> Option<Labels> {
         }
     };
     let colors = hex_or_palette(
-        strings(r, &format!("uns/{key}_colors")).as_ref(),
+        strings(r, &keys::uns(&keys::colors(key))).as_ref(),
         categories.len(),
     );
     Some(Labels {
@@ -176,7 +176,7 @@ pub fn embedding(
             } else {
                 format!("X_{b}")
             };
-            if !r.exists(&format!("obsm/{key}")) && !r.exists(&format!("obsm/{b}")) {
+            if !r.exists(&keys::obsm(&key)) && !r.exists(&keys::obsm(b)) {
                 return Err(ReportError::NoEmbedding {
                     path: r.path().to_path_buf(),
                     key,
@@ -362,9 +362,9 @@ pub fn figures(
         ));
     }
     let lin = keys::lineages(d);
-    if r.exists(&format!("obsm/{lin}")) {
-        let (rows, l, b) = r.dense(&format!("obsm/{lin}"))?;
-        let names = strings(r, &format!("uns/{}", keys::names(&lin)))
+    if r.exists(&keys::obsm(&lin)) {
+        let (rows, l, b) = r.dense(&keys::obsm(&lin))?;
+        let names = strings(r, &keys::uns(&keys::names(&lin)))
             .unwrap_or_else(|| (0..l).map(|j| format!("lineage {}", j + 1)).collect());
         if rows == n {
             for (j, name) in names.iter().enumerate().take(l) {

@@ -108,7 +108,7 @@ fn terminal_states_by_hand(a: &TerminalArgs, d: Direction) -> anyhow::Result<Str
                     v
                 }
             };
-            let all_colors = strings(&r, &format!("uns/{col}_colors")).ok();
+            let all_colors = strings(&r, &keys::uns(&keys::colors(col))).ok();
             let color_of = |c: &str, cats: &[String]| -> Option<String> {
                 let q = cats.iter().position(|x| x == c)?;
                 all_colors
