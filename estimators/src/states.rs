@@ -428,7 +428,22 @@ pub fn shade_colors(hex: &str, k: usize) -> Vec<String> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum TerminalMethod {
-    /// Macrostates whose coarse self-transition is ≥ `threshold` (default 0.96).
+    /// cellfate's default: the stable macrostates (coarse self-transition ≥ `threshold`) that
+    /// are not sources of the coarse-grained chain (see [`select_terminal_sinks`]).
+    ///
+    /// **Deviation from CellRank**, whose default is [`TerminalMethod::Stability`]: a
+    /// metastable start (the progenitors of a differentiation, which the walk leaves slowly
+    /// but only forwards and which nothing enters) passes CellRank's stability cut and is
+    /// reported terminal; here it is not.
+    Sinks {
+        /// Stability threshold (CellRank's 0.96).
+        threshold: f64,
+        /// A macrostate is a source when its net inflow is at most this fraction of its net
+        /// outflow.
+        source_ratio: f64,
+    },
+    /// CellRank's rule: macrostates whose coarse self-transition is ≥ `threshold` (CellRank's
+    /// default 0.96).
     Stability {
         /// Threshold.
         threshold: f64,
@@ -457,8 +472,117 @@ pub enum TerminalMethod {
 
 impl Default for TerminalMethod {
     fn default() -> Self {
+        Self::sinks()
+    }
+}
+
+impl TerminalMethod {
+    /// [`TerminalMethod::Sinks`] with its defaults (threshold 0.96, source ratio 0.05).
+    pub fn sinks() -> Self {
+        Self::Sinks {
+            threshold: 0.96,
+            source_ratio: SOURCE_RATIO,
+        }
+    }
+
+    /// CellRank's default, [`TerminalMethod::Stability`] at 0.96.
+    pub fn cellrank() -> Self {
         Self::Stability { threshold: 0.96 }
     }
+}
+
+/// Default `source_ratio` of [`TerminalMethod::Sinks`].
+pub const SOURCE_RATIO: f64 = 0.05;
+
+/// How one macrostate fares under [`TerminalMethod::Sinks`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowScore {
+    /// Coarse self-transition probability.
+    pub stability: f64,
+    /// Net probability flow into the macrostate per step, per unit of its mass.
+    pub net_inflow: f64,
+    /// Net probability flow out of it per step, per unit of its mass.
+    pub net_outflow: f64,
+    /// Stable (self-transition ≥ threshold).
+    pub stable: bool,
+    /// A source: net inflow ≤ source_ratio × net outflow (and a net outflow above 1e-12).
+    pub source: bool,
+}
+
+/// The net flows of the coarse-grained chain: with mass `μ` (the coarse initial
+/// distribution, the share of cells in each macrostate) and the coarse transition matrix
+/// `T_c` (negative entries, rounding artefacts of the coarse-graining, read as 0), the flow
+/// from `q` to `r` in one step is `μ_q T_qr`; the net flow is `μ_q T_qr − μ_r T_rq`.
+/// Returns `(net inflow, net outflow)` of each macrostate per unit of its mass.
+pub fn coarse_net_flows(coarse_t: &DMatrix<f64>, mass: &[f64]) -> Vec<(f64, f64)> {
+    let m = coarse_t.nrows();
+    let flow = |q: usize, r: usize| mass[q].max(0.0) * coarse_t[(q, r)].max(0.0);
+    (0..m)
+        .map(|q| {
+            let (mut inflow, mut outflow) = (0.0, 0.0);
+            for r in (0..m).filter(|&r| r != q) {
+                let net = flow(q, r) - flow(r, q);
+                if net > 0.0 {
+                    outflow += net;
+                } else {
+                    inflow -= net;
+                }
+            }
+            let w = mass[q].max(f64::MIN_POSITIVE);
+            (inflow / w, outflow / w)
+        })
+        .collect()
+}
+
+/// cellfate's default terminal-state rule ([`TerminalMethod::Sinks`]): macrostates that are
+/// stable (coarse self-transition ≥ `threshold`, CellRank's criterion) and not sources of
+/// the coarse-grained chain. A source receives (almost) no net flow from the other
+/// macrostates (net inflow ≤ `source_ratio` × net outflow, net outflow > 1e-12 per step):
+/// the start of a differentiation, which every other macrostate is downstream of. A closed
+/// set with neither inflow nor outflow is not a source (its cells can reach nothing else, so
+/// it must absorb). When no macrostate qualifies, the most stable non-source is taken (and
+/// the most stable one when all are sources); the second value says so.
+///
+/// Returns the selected macrostates (in macrostate order), whether the fallback was used,
+/// and the scores of every macrostate.
+pub fn select_terminal_sinks(
+    coarse_t: &DMatrix<f64>,
+    mass: &[f64],
+    threshold: f64,
+    source_ratio: f64,
+) -> (Vec<usize>, bool, Vec<FlowScore>) {
+    let m = coarse_t.nrows();
+    let flows = coarse_net_flows(coarse_t, mass);
+    let scores: Vec<FlowScore> = (0..m)
+        .map(|q| {
+            let (net_inflow, net_outflow) = flows[q];
+            FlowScore {
+                stability: coarse_t[(q, q)],
+                net_inflow,
+                net_outflow,
+                stable: coarse_t[(q, q)] >= threshold,
+                source: net_outflow > 1e-12 && net_inflow <= source_ratio * net_outflow,
+            }
+        })
+        .collect();
+    let sel: Vec<usize> = (0..m)
+        .filter(|&q| scores[q].stable && !scores[q].source)
+        .collect();
+    if !sel.is_empty() {
+        return (sel, false, scores);
+    }
+    let most_stable = |pool: &mut dyn Iterator<Item = usize>| {
+        pool.max_by(|&a, &b| {
+            scores[a]
+                .stability
+                .total_cmp(&scores[b].stability)
+                .then(b.cmp(&a))
+        })
+    };
+    let pick = most_stable(&mut (0..m).filter(|&q| !scores[q].source))
+        .or_else(|| most_stable(&mut (0..m)))
+        .map_or_else(Vec::new, |q| vec![q]);
+    (pick, true, scores)
 }
 
 /// Indices of the terminal macrostates (CellRank's order: stability keeps macrostate order;
@@ -481,6 +605,11 @@ pub fn select_terminal(
         }
     };
     match method {
+        TerminalMethod::Sinks { .. } => Err(StatesError::Parameter {
+            parameter: "method",
+            expected: "a rule that needs only the coarse self-transitions (sinks needs the coarse transition matrix: select_terminal_sinks)".into(),
+            got: "sinks".into(),
+        }),
         TerminalMethod::Stability { threshold } => {
             let sel: Vec<usize> = (0..m).filter(|&q| coarse_diag[q] >= *threshold).collect();
             if sel.is_empty() {
@@ -731,19 +860,72 @@ mod tests {
         let names: Vec<String> = ["a", "b", "c"].iter().map(|s| (*s).to_string()).collect();
         let d = [0.97, 0.5, 0.99];
         assert_eq!(
-            select_terminal(&names, &d, &TerminalMethod::default(), &[]).unwrap(),
+            select_terminal(&names, &d, &TerminalMethod::cellrank(), &[]).unwrap(),
             vec![0, 2]
         );
         assert_eq!(
             select_terminal(&names, &d, &TerminalMethod::TopN { n_states: 1 }, &[]).unwrap(),
             vec![2]
         );
-        let e =
-            select_terminal(&names, &[0.5, 0.6, 0.7], &TerminalMethod::default(), &[]).unwrap_err();
+        let e = select_terminal(&names, &[0.5, 0.6, 0.7], &TerminalMethod::cellrank(), &[])
+            .unwrap_err();
         assert!(
             e.to_string().contains("c: 0.7000") && e.to_string().contains("top_n"),
             "{e}"
         );
         assert_eq!(select_initial(&[0.3, 0.1, 0.6], 1).unwrap(), vec![1]);
+    }
+
+    /// A start that is stable but only leaks forward is a source, not terminal; an end that
+    /// leaks into another end but receives flow from upstream stays terminal; a pass-through
+    /// state below the stability threshold is not terminal.
+    #[test]
+    fn sinks_rule_on_a_coarse_chain() {
+        // 0 start (stable 0.98, leaks to 1 and 3), 1 intermediate (0.8), 2 end A (leaks 1 %
+        // into 3), 3 end B (closed).
+        let t = DMatrix::from_row_slice(
+            4,
+            4,
+            &[
+                0.98, 0.015, 0.0, 0.005, //
+                0.0, 0.80, 0.12, 0.08, //
+                0.0, 0.0, 0.99, 0.01, //
+                0.0, 0.0, 0.0, 1.0,
+            ],
+        );
+        let mass = [0.4, 0.1, 0.2, 0.3];
+        let (sel, fallback, scores) = select_terminal_sinks(&t, &mass, 0.96, SOURCE_RATIO);
+        assert_eq!(sel, vec![2, 3]);
+        assert!(!fallback);
+        assert!(scores[0].stable && scores[0].source);
+        assert!(!scores[1].stable && !scores[1].source);
+        // End A: inflow 0.1 * 0.12 / 0.2 = 0.06 per unit mass, outflow 0.01.
+        assert!(
+            (scores[2].net_inflow - 0.06).abs() < 1e-12,
+            "{:?}",
+            scores[2]
+        );
+        assert!(
+            (scores[2].net_outflow - 0.01).abs() < 1e-12,
+            "{:?}",
+            scores[2]
+        );
+        // CellRank's rule takes the start too.
+        let names: Vec<String> = ["s", "i", "a", "b"].map(String::from).to_vec();
+        let diag: Vec<f64> = (0..4).map(|q| t[(q, q)]).collect();
+        assert_eq!(
+            select_terminal(&names, &diag, &TerminalMethod::cellrank(), &[]).unwrap(),
+            vec![0, 2, 3]
+        );
+        // Negative coarse entries (rounding artefacts) are read as 0; a closed, isolated
+        // set is not a source.
+        let t2 = DMatrix::from_row_slice(2, 2, &[1.0, -1e-17, 0.0, 1.0]);
+        let (sel2, _, sc2) = select_terminal_sinks(&t2, &[0.5, 0.5], 0.96, SOURCE_RATIO);
+        assert_eq!(sel2, vec![0, 1]);
+        assert!(!sc2[0].source);
+        // Nothing stable: the most stable non-source, with the fallback flag.
+        let t3 = DMatrix::from_row_slice(2, 2, &[0.5, 0.5, 0.1, 0.9]);
+        let (sel3, fb3, _) = select_terminal_sinks(&t3, &[0.5, 0.5], 0.96, SOURCE_RATIO);
+        assert_eq!((sel3, fb3), (vec![1], true));
     }
 }

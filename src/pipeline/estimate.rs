@@ -64,7 +64,7 @@ impl Default for EstimatorSpec {
     fn default() -> Self {
         Self {
             schur: SchurOptions::default(),
-            n_states: NStates::Eigengap,
+            n_states: NStates::Auto,
             n_cells: 30,
             cluster_key: None,
             optimizer: Optimizer::default(),

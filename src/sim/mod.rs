@@ -71,7 +71,7 @@ pub struct SimParams {
     pub n_cells: usize,
     /// Number of genes (≥ 10).
     pub n_genes: usize,
-    /// Number of terminal fates (2 ..= 6).
+    /// Number of terminal fates (1 ..= 6; 1 is a linear trajectory).
     pub n_fates: usize,
     /// Seed of the random streams.
     pub seed: u64,
@@ -129,8 +129,8 @@ impl SimParams {
         if self.n_genes < 10 {
             return bad("n_genes", self.n_genes.to_string(), ">= 10");
         }
-        if !(2..=6).contains(&self.n_fates) {
-            return bad("n_fates", self.n_fates.to_string(), "2 ..= 6");
+        if !(1..=6).contains(&self.n_fates) {
+            return bad("n_fates", self.n_fates.to_string(), "1 ..= 6");
         }
         if !(self.depth.is_finite() && self.depth > 0.0) {
             return bad("depth", self.depth.to_string(), "a positive number");

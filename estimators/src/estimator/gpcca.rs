@@ -12,18 +12,27 @@ use crate::gpcca::{
 };
 use crate::schur::{compute_schur, Schur, SchurOptions};
 use crate::states::{
-    fuzzy_to_discrete_with, name_states, select_initial, select_terminal, states_from_memberships,
-    ClusterReference, TerminalMethod,
+    fuzzy_to_discrete_with, name_states, select_initial, select_terminal, select_terminal_sinks,
+    states_from_memberships, ClusterReference, TerminalMethod,
 };
 
 const NAME: &str = "GPCCA";
+
+/// Largest number of states [`NStates::Auto`] considers by minChi.
+const AUTO_MINCHI_MAX: usize = 5;
 
 /// How many macrostates (CellRank's `n_states`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NStates {
-    /// `eigengap + 1` of the Schur eigenvalues (CellRank's default when `n_states=None`).
+    /// cellfate's default: `eigengap + 1` of the Schur eigenvalues when that is at least 3,
+    /// else the best by minChi in `3..=5`. **Deviation from CellRank** (whose default is
+    /// [`NStates::Eigengap`]): with two macrostates a start and an end cannot be told apart
+    /// from two ends (each is the other's only neighbour), so terminal states need at least
+    /// three; CellRank itself moves minChi ranges starting at 1 or 2 to 3.
     #[default]
+    Auto,
+    /// `eigengap + 1` of the Schur eigenvalues (CellRank's default when `n_states=None`).
     Eigengap,
     /// A fixed number.
     Fixed(usize),
@@ -39,13 +48,14 @@ impl NStates {
             NStates::Fixed(m) => m + 1,
             NStates::Range(_, hi) => hi + 1,
             NStates::Eigengap => 2,
+            NStates::Auto => AUTO_MINCHI_MAX + 1,
         }
     }
 }
 
 /// Why an `n_states` text does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("n_states {text:?}: expected a number, MIN..MAX or eigengap")]
+#[error("n_states {text:?}: expected a number, MIN..MAX, auto or eigengap")]
 pub struct NStatesParseError {
     /// The text given.
     pub text: String,
@@ -56,8 +66,11 @@ impl std::str::FromStr for NStates {
     fn from_str(s: &str) -> Result<Self, NStatesParseError> {
         let t = s.trim();
         let err = || NStatesParseError { text: s.into() };
-        if t == "eigengap" || t == "auto" {
+        if t == "eigengap" {
             return Ok(Self::Eigengap);
+        }
+        if t == "auto" {
+            return Ok(Self::Auto);
         }
         if let Some((a, b)) = t.split_once("..") {
             let lo = a.trim().parse().map_err(|_| err())?;
@@ -179,7 +192,27 @@ impl Estimator for Gpcca {
             },
             n_cells,
         )
+        .map(|(states, _)| states)
     }
+}
+
+/// The largest number of cells per state below `n_cells` at which the discrete assignment of
+/// `chi` is valid, and that assignment; the error at `n_cells` when there is none.
+fn fewer_cells(
+    chi: &DMatrix<f64>,
+    n_cells: usize,
+    t: &TransitionMatrix,
+) -> Result<(usize, Vec<Option<usize>>), EstimatorError> {
+    let first = match fuzzy_to_discrete_with(chi, n_cells, Some(t)) {
+        Ok(a) => return Ok((n_cells, a)),
+        Err(e) => e,
+    };
+    for n in (1..n_cells).rev() {
+        if let Ok(a) = fuzzy_to_discrete_with(chi, n, Some(t)) {
+            return Ok((n, a));
+        }
+    }
+    Err(first.into())
 }
 
 fn not_computed(
@@ -313,6 +346,22 @@ impl Gpcca {
         let mut m = match n_states {
             NStates::Fixed(m) => m,
             NStates::Eigengap => (gap + 1).max(2),
+            NStates::Auto if gap + 1 >= 3 => gap + 1,
+            NStates::Auto => {
+                let hi = AUTO_MINCHI_MAX.min(schur.m());
+                if hi < 3 {
+                    (gap + 1).max(2)
+                } else {
+                    let mc = min_chi(&x, 3..=hi)?;
+                    let best = (0..mc.len()).fold(0, |b, i| if mc[i] > mc[b] { i } else { b });
+                    notes.push(format!(
+                        "n_states auto: the eigengap suggests {} (too few to tell a start from two ends); minChi over 3..={hi}: {mc:.3?}; chose {}",
+                        gap + 1,
+                        3 + best
+                    ));
+                    3 + best
+                }
+            }
             NStates::Range(lo, hi) => {
                 let lo = if lo <= 2 { 3 } else { lo };
                 let hi = hi.max(lo + 1).min(schur.m());
@@ -355,8 +404,35 @@ impl Gpcca {
         };
         let t = &self.core.t;
         let schur = self.schur.as_ref().expect("checked above");
-        let fit = gpcca::fit(t, schur, m, &opts.optimizer, pi.as_deref())?;
-        let assignment = fuzzy_to_discrete_with(&fit.chi, opts.n_cells, Some(t))?;
+        // Among the optimiser's solutions (best objective first), the best whose discrete
+        // assignment gives every state enough cells (CellRank fails when its one solution
+        // does not).
+        let (fit, accepted) =
+            gpcca::fit_with(t, schur, m, &opts.optimizer, pi.as_deref(), &mut |chi| {
+                fuzzy_to_discrete_with(chi, opts.n_cells, Some(t)).is_ok()
+            })?;
+        let mut notes = Vec::new();
+        if fit.report.rejected > 0 {
+            notes.push(format!(
+                "macrostates: {} better solution(s) of the rotation optimiser left a state with too few of its {} most likely cells; kept start {} (crispness {:.3})",
+                fit.report.rejected, opts.n_cells, fit.report.best_start, fit.crispness
+            ));
+        }
+        let assignment = if accepted {
+            fuzzy_to_discrete_with(&fit.chi, opts.n_cells, Some(t))?
+        } else {
+            // Every solution leaves a state (nearly) empty at n_cells: the largest number of
+            // cells per state at which each state keeps its share (documented recovery).
+            let (n_ok, assignment) = fewer_cells(&fit.chi, opts.n_cells, t)?;
+            notes.push(format!(
+                "macrostates: every solution of the rotation optimiser leaves a state with too few of its {} most likely cells; assigned {n_ok} cells per macrostate instead",
+                opts.n_cells
+            ));
+            assignment
+        };
+        for note in notes {
+            self.core.note(note);
+        }
         let (names, colors) = name_states(&assignment, m, clusters)?;
         let all: Vec<usize> = (0..m).collect();
         let (_, probs) = states_from_memberships(&fit.chi, &all, opts.n_cells, None)?;
@@ -393,11 +469,13 @@ impl Gpcca {
         self.core.clear_terminal();
     }
 
+    /// The terminal states `method` selects, their `n_cells` most likely cells each (fewer
+    /// when a state would be left with too few, with a note), and notes on the choice.
     fn terminal_from_macrostates(
         &self,
         method: &TerminalMethod,
         n_cells: usize,
-    ) -> Result<CellStates, EstimatorError> {
+    ) -> Result<(CellStates, Vec<String>), EstimatorError> {
         let ms = self.macrostates.as_ref().ok_or_else(|| {
             not_computed(
                 "predict_terminal_states",
@@ -405,23 +483,60 @@ impl Gpcca {
                 "compute_macrostates",
             )
         })?;
-        let re: Vec<f64> = self
-            .eigenvalues
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .map(|e| e.0)
-            .collect();
-        let sel = select_terminal(&ms.states.names, &ms.stability(), method, &re)?;
-        self.states_of(ms, &sel, n_cells)
+        let mut notes = Vec::new();
+        let sel = if let TerminalMethod::Sinks {
+            threshold,
+            source_ratio,
+        } = method
+        {
+            let (sel, fallback, scores) =
+                select_terminal_sinks(&ms.coarse_t, &ms.coarse_init, *threshold, *source_ratio);
+            let names = &ms.states.names;
+            for (q, sc) in scores.iter().enumerate() {
+                if sc.stable && sc.source {
+                    notes.push(format!(
+                        "terminal states: {} is stable ({:.4}) but a source of the coarse chain (net inflow {:.2e} vs net outflow {:.2e} per step): not terminal",
+                        names[q], sc.stability, sc.net_inflow, sc.net_outflow
+                    ));
+                }
+            }
+            if fallback {
+                let listing = names
+                    .iter()
+                    .zip(&scores)
+                    .map(|(n, sc)| format!("{n}: {:.4}", sc.stability))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                notes.push(format!(
+                    "terminal states: no macrostate is both stable (self-transition >= {threshold}) and not a source ({listing}); took the most stable non-source, {}",
+                    sel.iter().map(|&q| names[q].as_str()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            sel
+        } else {
+            let re: Vec<f64> = self
+                .eigenvalues
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .map(|e| e.0)
+                .collect();
+            select_terminal(&ms.states.names, &ms.stability(), method, &re)?
+        };
+        let (states, note) = self.states_of(ms, &sel, n_cells, "terminal")?;
+        notes.extend(note);
+        Ok((states, notes))
     }
 
+    /// The selected macrostates as cell states: `n_cells` most likely cells each, or the
+    /// largest number below that leaves no state with too few cells (with a note).
     fn states_of(
         &self,
         ms: &Macrostates,
         sel: &[usize],
         n_cells: usize,
-    ) -> Result<CellStates, EstimatorError> {
+        what: &str,
+    ) -> Result<(CellStates, Option<String>), EstimatorError> {
         let chi = ms
             .states
             .memberships
@@ -430,29 +545,40 @@ impl Gpcca {
                 estimator: NAME,
                 message: "the macrostates have no memberships".into(),
             })?;
-        let (assignment, probs) = states_from_memberships(chi, sel, n_cells, Some(&self.core.t))?;
+        let t = &self.core.t;
         let sub = DMatrix::from_fn(chi.nrows(), sel.len(), |i, j| chi[(i, sel[j])]);
-        Ok(CellStates {
-            names: sel.iter().map(|&q| ms.states.names[q].clone()).collect(),
-            colors: sel
-                .iter()
-                .map(|&q| ms.states.colors.get(q).cloned().unwrap_or_default())
-                .collect(),
-            assignment,
-            probs,
-            memberships: Some(sub),
-        })
+        let (used, _) = fewer_cells(&sub, n_cells, t)?;
+        let (assignment, probs) = states_from_memberships(chi, sel, used, Some(t))?;
+        let note = (used < n_cells).then(|| {
+            format!(
+                "{what} states: with {n_cells} cells per state one would be left with too few of its most likely cells; assigned {used} cells per state"
+            )
+        });
+        Ok((
+            CellStates {
+                names: sel.iter().map(|&q| ms.states.names[q].clone()).collect(),
+                colors: sel
+                    .iter()
+                    .map(|&q| ms.states.colors.get(q).cloned().unwrap_or_default())
+                    .collect(),
+                assignment,
+                probs,
+                memberships: Some(sub),
+            },
+            note,
+        ))
     }
 
     /// Terminal states among the macrostates (CellRank's `predict_terminal_states`: every
-    /// method of [`TerminalMethod`]), their `n_cells` most likely cells each. Forgets fate
-    /// probabilities and what was computed from them.
+    /// method of [`TerminalMethod`]; the default, [`TerminalMethod::Sinks`], is cellfate's),
+    /// their `n_cells` most likely cells each. Forgets fate probabilities and what was
+    /// computed from them.
     pub fn predict_terminal_states(
         &mut self,
         method: &TerminalMethod,
         opts: &TerminalOptions,
     ) -> Result<&CellStates, EstimatorError> {
-        let states = match self.terminal_from_macrostates(method, opts.n_cells) {
+        let (states, notes) = match self.terminal_from_macrostates(method, opts.n_cells) {
             Ok(s) => s,
             Err(EstimatorError::StateSelection(e)) if opts.fallback_top_n.is_some() => {
                 let k = opts.fallback_top_n.unwrap_or(1);
@@ -463,6 +589,9 @@ impl Gpcca {
             }
             Err(e) => return Err(e),
         };
+        for note in notes {
+            self.core.note(note);
+        }
         self.core.replace_terminal(states);
         self.terminal_states()
     }
@@ -486,7 +615,10 @@ impl Gpcca {
             message: "predict_initial_states needs the coarse stationary distribution, which could not be computed (the chain is reducible)".into(),
         })?;
         let sel = select_initial(stat, n_states)?;
-        let states = self.states_of(ms, &sel, n_cells)?;
+        let (states, note) = self.states_of(ms, &sel, n_cells, "initial")?;
+        if let Some(note) = note {
+            self.core.note(note);
+        }
         self.initial = Some(states);
         self.initial_states()
     }

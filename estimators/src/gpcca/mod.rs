@@ -26,7 +26,7 @@ use cellfate_kernels::TransitionMatrix;
 use crate::schur::Schur;
 
 pub use error::{BasisError, GpccaError, Infeasibility, SimplexError, StationaryError};
-pub use optimize::{Optimizer, OptimizerReport};
+pub use optimize::{Candidate, Optimizer, OptimizerReport};
 pub use rotation::{embed, fill_matrix, objective_of};
 
 const EPS: f64 = f64::EPSILON;
@@ -420,7 +420,7 @@ pub struct GpccaFit {
 }
 
 /// Fits GPCCA with `m` macrostates from a Schur decomposition (with at least `m` vectors) of
-/// `t`; `pi` is the stationary distribution when available.
+/// `t`; `pi` is the stationary distribution when available. The optimiser's best solution.
 pub fn fit(
     t: &TransitionMatrix,
     schur: &Schur,
@@ -428,6 +428,22 @@ pub fn fit(
     optimizer: &Optimizer,
     pi: Option<&[f64]>,
 ) -> Result<GpccaFit, GpccaError> {
+    fit_with(t, schur, m, optimizer, pi, &mut |_| true).map(|(fit, _)| fit)
+}
+
+/// [`fit`], keeping the best solution whose memberships `accept` takes (e.g. whose discrete
+/// assignment leaves no state without cells). The optimiser's solutions are tried best
+/// objective first (the gradient method has one per start); the second value is `false` when
+/// `accept` took none of them, and the fit is then the best crisp solution.
+/// `report.rejected` counts the better solutions passed over.
+pub fn fit_with(
+    t: &TransitionMatrix,
+    schur: &Schur,
+    m: usize,
+    optimizer: &Optimizer,
+    pi: Option<&[f64]>,
+    accept: &mut dyn FnMut(&DMatrix<f64>) -> bool,
+) -> Result<(GpccaFit, bool), GpccaError> {
     if m < 2 {
         return Err(GpccaError::Parameter {
             parameter: "m (number of macrostates)",
@@ -447,29 +463,63 @@ pub fn fit(
     let x_all = schur_to_x(schur)?;
     let x = x_all.columns(0, m).clone_owned();
     let (simplex_indices, a0) = isa(&x)?;
-    let (rotation, f_opt, report) = optimizer.run(&x, &a0)?;
-    let chi = memberships(&x, &rotation)?;
-    let crisp = crispness(m, f_opt);
-    let nmeta = (0..m).filter(|&j| chi.column(j).sum() != 0.0).count();
-    if crisp <= 0.0 || nmeta < m {
-        return Err(GpccaError::NotCrisp {
-            m,
-            crispness: crisp,
-            non_empty: nmeta,
-        });
+    let (candidates, mut report) = optimizer.run_candidates(&x, &a0)?;
+    // (chi, rotation, f, start, accepted) of the chosen solution.
+    let mut chosen: Option<(DMatrix<f64>, DMatrix<f64>, f64, usize, bool)> = None;
+    let mut first_error: Option<GpccaError> = None;
+    let mut rejected = 0;
+    for c in candidates {
+        let chi = match memberships(&x, &c.rotation) {
+            Ok(chi) => chi,
+            Err(e) => {
+                first_error.get_or_insert(e);
+                continue;
+            }
+        };
+        let crisp = crispness(m, c.f);
+        let nmeta = (0..m).filter(|&j| chi.column(j).sum() != 0.0).count();
+        if crisp <= 0.0 || nmeta < m {
+            first_error.get_or_insert(GpccaError::NotCrisp {
+                m,
+                crispness: crisp,
+                non_empty: nmeta,
+            });
+            continue;
+        }
+        if accept(&chi) {
+            chosen = Some((chi, c.rotation, c.f, c.start, true));
+            break;
+        }
+        rejected += 1;
+        if chosen.is_none() {
+            chosen = Some((chi, c.rotation, c.f, c.start, false));
+        }
     }
+    let Some((chi, rotation, f_opt, start, accepted)) = chosen else {
+        return Err(first_error.unwrap_or(GpccaError::NotCrisp {
+            m,
+            crispness: 0.0,
+            non_empty: 0,
+        }));
+    };
+    report.f_opt = f_opt;
+    report.best_start = start;
+    report.rejected = if accepted { rejected } else { 0 };
     let (coarse_t, coarse_init, coarse_stat) = coarse_grain(t, &chi, &schur.eta, pi);
-    Ok(GpccaFit {
-        m,
-        chi,
-        rotation,
-        crispness: crisp,
-        simplex_indices,
-        coarse_t,
-        coarse_init,
-        coarse_stat,
-        report,
-    })
+    Ok((
+        GpccaFit {
+            m,
+            chi,
+            rotation,
+            crispness: crispness(m, f_opt),
+            simplex_indices,
+            coarse_t,
+            coarse_init,
+            coarse_stat,
+            report,
+        },
+        accepted,
+    ))
 }
 
 #[cfg(test)]

@@ -65,6 +65,10 @@ pub struct OptimizerReport {
     pub evaluations: usize,
     /// Index of the winning start (0 = ISA).
     pub best_start: usize,
+    /// Better solutions passed over because their discrete assignment was invalid (a state
+    /// left with too few cells); see [`crate::gpcca::fit_with`].
+    #[serde(default)]
+    pub rejected: usize,
 }
 
 impl Optimizer {
@@ -75,6 +79,19 @@ impl Optimizer {
         x: &DMatrix<f64>,
         a0: &DMatrix<f64>,
     ) -> Result<(DMatrix<f64>, f64, OptimizerReport), GpccaError> {
+        let (mut candidates, report) = self.run_candidates(x, a0)?;
+        let best = candidates.swap_remove(0);
+        Ok((best.rotation, best.f, report))
+    }
+
+    /// Every solution the optimiser found, best objective first (ties: lowest start):
+    /// Nelder–Mead gives one, the gradient method one per feasible start, and never a list
+    /// whose best is worse than the ISA start. The report describes the best.
+    pub fn run_candidates(
+        &self,
+        x: &DMatrix<f64>,
+        a0: &DMatrix<f64>,
+    ) -> Result<(Vec<Candidate>, OptimizerReport), GpccaError> {
         let m = a0.nrows();
         if m < 2 {
             return Err(GpccaError::Parameter {
@@ -109,12 +126,11 @@ impl Optimizer {
             }
             .into());
         }
-        let (best, f_opt, report) = match self {
+        let (found, report) = match self {
             Self::NelderMead => {
                 let (x_opt, f_opt, iterations, evaluations) = nelder_mead(&f, &alpha0);
                 (
-                    x_opt,
-                    f_opt,
+                    vec![(x_opt, f_opt, 0)],
                     OptimizerReport {
                         method: "nelder_mead".into(),
                         f_opt,
@@ -122,6 +138,7 @@ impl Optimizer {
                         iterations,
                         evaluations,
                         best_start: 0,
+                        rejected: 0,
                     },
                 )
             }
@@ -141,10 +158,40 @@ impl Optimizer {
                 f_start,
             )?,
         };
-        let mut a = embed(&best, a0);
-        fill_matrix(&mut a, x)?;
-        Ok((a, f_opt, report))
+        let mut out = Vec::with_capacity(found.len());
+        for (alpha, f, start) in found {
+            let mut a = embed(&alpha, a0);
+            if fill_matrix(&mut a, x).is_ok() {
+                out.push(Candidate {
+                    rotation: a,
+                    f,
+                    start,
+                });
+            }
+        }
+        if out.is_empty() {
+            // The best solution could not be completed again: report why.
+            let mut a = embed(&alpha0, a0);
+            fill_matrix(&mut a, x)?;
+            out.push(Candidate {
+                rotation: a,
+                f: f_start,
+                start: 0,
+            });
+        }
+        Ok((out, report))
     }
+}
+
+/// One solution of the rotation optimisation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    /// The completed rotation matrix (m × m).
+    pub rotation: DMatrix<f64>,
+    /// Its objective value.
+    pub f: f64,
+    /// The start it came from (0 = ISA).
+    pub start: usize,
 }
 
 /// scipy's `fmin` (Nelder–Mead, non-adaptive) with xtol = ftol = 1e-4 and
@@ -488,7 +535,7 @@ fn gradient_multistart(
     max_iter: usize,
     perturbation: f64,
     f_start: f64,
-) -> Result<(Vec<f64>, f64, OptimizerReport), GpccaError> {
+) -> Result<(Vec<(Vec<f64>, f64, usize)>, OptimizerReport), GpccaError> {
     let m = a0.nrows();
     let k = m - 1;
     // Starts run in parallel; each is deterministic and the winner is chosen by (objective,
@@ -554,24 +601,23 @@ fn gradient_multistart(
         .collect();
     let iterations = outcomes.iter().map(|o| o.1).sum();
     let evaluations = outcomes.iter().map(|o| o.2).sum();
-    let mut best: Option<(Vec<f64>, f64, usize)> = None;
-    for (start, (res, _, _)) in outcomes.into_iter().enumerate() {
-        if let Some((alpha, f)) = res {
-            if best.as_ref().is_none_or(|b| f < b.1) {
-                best = Some((alpha, f, start));
-            }
-        }
+    let mut found: Vec<(Vec<f64>, f64, usize)> = outcomes
+        .into_iter()
+        .enumerate()
+        .filter_map(|(start, (res, _, _))| res.map(|(alpha, f)| (alpha, f, start)))
+        .collect();
+    if found.is_empty() {
+        return Err(Infeasibility::AllStarts { starts: n_starts }.into());
     }
-    let (alpha, f_opt, best_start) = best.ok_or(Infeasibility::AllStarts { starts: n_starts })?;
-    // Never worse than the ISA start.
-    let (alpha, f_opt, best_start) = if f_opt <= f_start {
-        (alpha, f_opt, best_start)
-    } else {
-        (alpha0.to_vec(), f_start, 0)
-    };
+    // Best objective first; ties by start index (independent of the thread count).
+    found.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.2.cmp(&b.2)));
+    // Never worse than the ISA start: a best worse than it is replaced by the ISA rotation.
+    if found[0].1 > f_start {
+        found.insert(0, (alpha0.to_vec(), f_start, 0));
+    }
+    let (f_opt, best_start) = (found[0].1, found[0].2);
     Ok((
-        alpha,
-        f_opt,
+        found,
         OptimizerReport {
             method: "gradient".into(),
             f_opt,
@@ -579,6 +625,7 @@ fn gradient_multistart(
             iterations,
             evaluations,
             best_start,
+            rejected: 0,
         },
     ))
 }

@@ -144,7 +144,7 @@ enum Command {
         /// Number of genes.
         #[arg(long, default_value_t = 300)]
         genes: usize,
-        /// Number of terminal fates (2..=6).
+        /// Number of terminal fates (1..=6; 1 is a linear trajectory).
         #[arg(long, default_value_t = 3)]
         fates: usize,
         /// Also simulate metabolic labeling (layers new/total, obs labeling_time).

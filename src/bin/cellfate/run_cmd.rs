@@ -19,13 +19,14 @@ pub(crate) struct EstimatorFlags {
     /// Number of Schur vectors.
     #[arg(long)]
     n_components: Option<usize>,
-    /// Terminal-state rule: stability, top_n, eigengap, eigengap_coarse.
+    /// Terminal-state rule: sinks (default: stable macrostates that are not sources of the
+    /// coarse chain), stability (CellRank's), top_n, eigengap, eigengap_coarse.
     #[arg(long)]
     terminal_method: Option<String>,
     /// Number of terminal states for top_n (and fallback when stability selects none).
     #[arg(long)]
     n_terminal: Option<usize>,
-    /// Stability threshold for the stability rule.
+    /// Stability threshold of the sinks and stability rules (default 0.96).
     #[arg(long)]
     stability_threshold: Option<f64>,
     /// Rotation optimiser: gradient (default) or nelder-mead (CellRank parity).
@@ -88,6 +89,10 @@ impl EstimatorFlags {
         if let Some(m) = &self.terminal_method {
             let alpha = e.alpha;
             e.terminal = match m.as_str() {
+                "sinks" => TerminalMethod::Sinks {
+                    threshold: self.stability_threshold.unwrap_or(0.96),
+                    source_ratio: cellfate::estimators::states::SOURCE_RATIO,
+                },
                 "stability" => TerminalMethod::Stability {
                     threshold: self.stability_threshold.unwrap_or(0.96),
                 },
@@ -96,14 +101,18 @@ impl EstimatorFlags {
                 },
                 "eigengap" => TerminalMethod::Eigengap { alpha },
                 "eigengap_coarse" | "eigengap-coarse" => TerminalMethod::EigengapCoarse { alpha },
-                other => bail!("--terminal-method {other:?}: expected stability, top_n, eigengap or eigengap_coarse"),
+                other => bail!("--terminal-method {other:?}: expected sinks, stability, top_n, eigengap or eigengap_coarse"),
             };
         } else if !self.terminal_states.is_empty() {
             e.terminal = TerminalMethod::Names {
                 states: self.terminal_states.clone(),
             };
         } else if let Some(th) = self.stability_threshold {
-            e.terminal = TerminalMethod::Stability { threshold: th };
+            match &mut e.terminal {
+                TerminalMethod::Sinks { threshold, .. }
+                | TerminalMethod::Stability { threshold } => *threshold = th,
+                _ => bail!("--stability-threshold applies to --terminal-method sinks or stability"),
+            }
         }
         Ok(())
     }

@@ -63,13 +63,14 @@ pub(crate) fn macrostates(a: MacrostatesArgs) -> anyhow::Result<String> {
 pub(crate) struct TerminalArgs {
     #[command(flatten)]
     io: Io,
-    /// Rule: stability, top_n, eigengap_coarse.
-    #[arg(long, default_value = "stability")]
+    /// Rule: sinks (cellfate's default: stable macrostates that are not sources of the coarse
+    /// chain), stability (CellRank's), top_n, eigengap, eigengap_coarse.
+    #[arg(long, default_value = "sinks")]
     method: String,
     /// Number of states for top_n.
     #[arg(long)]
     n_states: Option<usize>,
-    /// Threshold for stability.
+    /// Stability threshold (sinks and stability).
     #[arg(long, default_value_t = 0.96)]
     threshold: f64,
     /// Cells per terminal state.
@@ -247,6 +248,10 @@ pub(crate) fn terminal_states(a: TerminalArgs) -> anyhow::Result<String> {
         .with_context(|| format!("{}: restoring the GPCCA estimator", a.io.input.display()))?;
     let names = if a.states.is_empty() {
         let method = match a.method.as_str() {
+            "sinks" => TerminalMethod::Sinks {
+                threshold: a.threshold,
+                source_ratio: cellfate::estimators::states::SOURCE_RATIO,
+            },
             "stability" => TerminalMethod::Stability {
                 threshold: a.threshold,
             },
@@ -256,7 +261,7 @@ pub(crate) fn terminal_states(a: TerminalArgs) -> anyhow::Result<String> {
             "eigengap" => TerminalMethod::Eigengap { alpha: 1.0 },
             "eigengap_coarse" | "eigengap-coarse" => TerminalMethod::EigengapCoarse { alpha: 1.0 },
             other => {
-                bail!("--method {other:?}: expected stability, top_n, eigengap or eigengap_coarse")
+                bail!("--method {other:?}: expected sinks, stability, top_n, eigengap or eigengap_coarse")
             }
         };
         g.predict_terminal_states(
