@@ -139,7 +139,7 @@ fn pancreas_macrostates_and_terminal_states_match_cellrank() {
     }
     // Terminal states: stability >= 0.96 selects Alpha and Beta, as in CellRank.
     let term = g
-        .predict_terminal_states(&TerminalMethod::default(), &TerminalOptions::default())
+        .predict_terminal_states(&TerminalMethod::cellrank(), &TerminalOptions::default())
         .expect("terminal");
     let mut term_names: Vec<&str> = term.names.iter().map(String::as_str).collect();
     term_names.sort_unstable();

@@ -9,6 +9,7 @@ mod cli;
 mod common;
 mod data_expectations;
 mod data_files;
+mod defaults;
 mod examples;
 mod gpcca_parity;
 mod kernel_exprs;

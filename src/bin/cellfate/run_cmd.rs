@@ -306,11 +306,8 @@ pub(crate) fn run(a: RunArgs) -> anyhow::Result<String> {
         &a.estimators,
     )?;
     a.upstream.apply(&mut spec)?;
-    if a.dry_run {
-        return Ok(spec.to_toml());
-    }
-    let mut bar = crate::progress::Progress::new();
-    let input = if a.demo {
+    // The demo runs with exactly the defaults a user gets (plus the simulated dataset).
+    let demo = if a.demo {
         if a.input.is_some() {
             bail!("give either an input file or --demo, not both");
         }
@@ -325,40 +322,34 @@ pub(crate) fn run(a: RunArgs) -> anyhow::Result<String> {
                 .file_stem()
                 .map_or("demo".into(), |s| s.to_string_lossy())
         ));
+        let params = cellfate::sim::SimParams {
+            n_cells: a.demo_cells,
+            ..Default::default()
+        };
+        params.validate().context("--demo-cells")?;
+        Some((sim_path, params))
+    } else {
+        None
+    };
+    if a.dry_run {
+        let mut out = String::new();
+        if let Some((sim_path, p)) = &demo {
+            out.push_str(&format!(
+                "# demo: simulate {} cells x {} genes, {} fates, seed {} (raw counts) -> {}\n# then run on it with these settings (the upstream steps preprocess the raw counts):\n",
+                p.n_cells,
+                p.n_genes,
+                p.n_fates,
+                p.seed,
+                sim_path.display()
+            ));
+        }
+        out.push_str(&spec.to_toml());
+        return Ok(out);
+    }
+    let mut bar = crate::progress::Progress::new();
+    let input = if let Some((sim_path, params)) = demo {
         bar.stage("simulating the demo dataset");
-        let sim = cellfate::sim::simulate_to_file(
-            &cellfate::sim::SimParams {
-                n_cells: a.demo_cells,
-                ..Default::default()
-            },
-            &sim_path,
-        )?;
-        bar.stage("preprocessing (normalise, PCA, kNN, moments, velocity)");
-        cellfate::upstream::prepare_in_place(
-            &sim_path,
-            &cellfate::upstream::UpstreamSpec::default(),
-        )?;
-        if spec.estimators.cluster_key.is_none() {
-            spec.estimators.cluster_key = Some("clusters".into());
-        }
-        // The simulator knows how many fates it made: unless told otherwise, the demo picks
-        // that many terminal states (the most stable macrostates).
-        if a.estimators.terminal_method.is_none()
-            && a.estimators.terminal_states.is_empty()
-            && a.estimators.stability_threshold.is_none()
-            && a.config.is_none()
-        {
-            spec.estimators.terminal = TerminalMethod::TopN {
-                n_states: sim.params.n_fates,
-            };
-        }
-        // The simulated branch tips are (nearly) closed sets of a few hundred cells each:
-        // CellRank's 30 cells per terminal state leave most of a tip unabsorbable and the
-        // absorption system too ill-conditioned for its 1e-10 checks (the error's own advice);
-        // tips grow with the simulation, so 4 % of the cells per terminal state, at least 100.
-        if a.estimators.n_cells.is_none() && a.config.is_none() {
-            spec.estimators.n_cells = spec.estimators.n_cells.max(100).max(a.demo_cells / 25);
-        }
+        cellfate::sim::simulate_to_file(&params, &sim_path)?;
         sim_path
     } else {
         a.input
