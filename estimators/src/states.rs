@@ -701,6 +701,30 @@ pub fn states_from_memberships(
     Ok((assignment, probs))
 }
 
+/// Initial states without a stationary distribution: the `n_states` macrostates with the
+/// largest net outflow minus net inflow of the coarse chain ([`coarse_net_flows`]), the
+/// strongest sources.
+pub fn select_initial_by_flow(
+    coarse_t: &DMatrix<f64>,
+    mass: &[f64],
+    n_states: usize,
+) -> Result<Vec<usize>, StatesError> {
+    let m = coarse_t.nrows();
+    if n_states == 0 || n_states > m {
+        return Err(StatesError::Parameter {
+            parameter: "n_states",
+            expected: format!("1..={m} (the number of macrostates)"),
+            got: n_states.to_string(),
+        });
+    }
+    let flows = coarse_net_flows(coarse_t, mass);
+    let mut idx: Vec<usize> = (0..m).collect();
+    let score = |q: usize| flows[q].1 - flows[q].0;
+    idx.sort_by(|&a, &b| score(b).total_cmp(&score(a)).then(a.cmp(&b)));
+    idx.truncate(n_states);
+    Ok(idx)
+}
+
 /// Initial states: the `n_states` macrostates with the smallest coarse stationary probability.
 pub fn select_initial(coarse_stat: &[f64], n_states: usize) -> Result<Vec<usize>, StatesError> {
     if n_states == 0 || n_states > coarse_stat.len() {
@@ -927,5 +951,7 @@ mod tests {
         let t3 = DMatrix::from_row_slice(2, 2, &[0.5, 0.5, 0.1, 0.9]);
         let (sel3, fb3, _) = select_terminal_sinks(&t3, &[0.5, 0.5], 0.96, SOURCE_RATIO);
         assert_eq!((sel3, fb3), (vec![1], true));
+        // The strongest source is the start.
+        assert_eq!(select_initial_by_flow(&t, &mass, 1).unwrap(), vec![0]);
     }
 }

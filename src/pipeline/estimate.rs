@@ -172,8 +172,7 @@ pub fn fit_gpcca(
         },
     )?;
     let m = g.macrostates()?.n_states();
-    let has_stat = g.macrostates()?.coarse_stat.is_some();
-    if spec.n_initial_states > 0 && has_stat {
+    if spec.n_initial_states > 0 {
         let init = g
             .predict_initial_states(spec.n_initial_states.min(m), spec.n_cells)?
             .names

@@ -139,3 +139,74 @@ fn default_optimizer_completes_where_cellrank_does() {
         }
     }
 }
+
+/// The TOML part of a `--dry-run` print (its `#` comment lines dropped).
+fn dry_run_toml(stdout: &[u8]) -> String {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `run --demo --dry-run` and `batch --dry-run` print exactly the settings the run then
+/// records in `uns["cellfate"]["config"]` (the demo uses the defaults a user gets: the same
+/// TOML as a plain `run --dry-run`).
+#[test]
+fn dry_run_prints_what_runs() {
+    use crate::common::{cellfate, succeed};
+    let dir = tempdir();
+    let out = dir.path().join("demo.h5ad");
+    let dry = succeed(
+        cellfate()
+            .args(["run", "--demo", "--dry-run", "-o"])
+            .arg(&out),
+    );
+    let printed = dry_run_toml(&dry.stdout);
+    assert!(
+        String::from_utf8_lossy(&dry.stdout).contains("# demo: simulate 3000 cells"),
+        "the dry run names the simulation"
+    );
+    let plain = succeed(cellfate().args(["run", "--dry-run", "-o"]).arg(&out));
+    assert_eq!(
+        printed,
+        dry_run_toml(&plain.stdout),
+        "the demo uses the defaults"
+    );
+    succeed(cellfate().args(["run", "--demo", "-q", "-o"]).arg(&out));
+    let r = cellfate::io::H5adReader::open(&out).expect("demo output");
+    let recorded = match r.read("uns/cellfate/config").expect("config") {
+        cellfate::io::Element::Str(s) => s,
+        other => panic!("uns/cellfate/config: {}", other.encoding()),
+    };
+    let parse = |t: &str| FateMapSpec::from_toml(t).expect("TOML");
+    assert_eq!(parse(&printed), parse(&recorded));
+    // batch: the same for every sample.
+    let input = dir.path().join("demo.simulation.h5ad");
+    let out_dir = dir.path().join("batch");
+    let flags = ["--n-states", "4", "--terminal-method", "stability"];
+    let dry = succeed(
+        cellfate()
+            .args(["batch", "--dry-run", "--out-dir"])
+            .arg(&out_dir)
+            .arg(&input)
+            .args(flags),
+    );
+    let text = String::from_utf8_lossy(&dry.stdout).to_string();
+    assert!(text.contains("# sample demo.simulation:"), "{text}");
+    assert!(!out_dir.exists(), "a dry run creates nothing");
+    succeed(
+        cellfate()
+            .args(["batch", "--out-dir"])
+            .arg(&out_dir)
+            .arg(&input)
+            .args(flags),
+    );
+    let r =
+        cellfate::io::H5adReader::open(out_dir.join("demo.simulation.h5ad")).expect("batch output");
+    let recorded = match r.read("uns/cellfate/config").expect("config") {
+        cellfate::io::Element::Str(s) => s,
+        other => panic!("uns/cellfate/config: {}", other.encoding()),
+    };
+    assert_eq!(parse(&dry_run_toml(&dry.stdout)), parse(&recorded));
+}

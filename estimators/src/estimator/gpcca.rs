@@ -12,8 +12,8 @@ use crate::gpcca::{
 };
 use crate::schur::{compute_schur, Schur, SchurOptions};
 use crate::states::{
-    fuzzy_to_discrete_with, name_states, select_initial, select_terminal, select_terminal_sinks,
-    states_from_memberships, ClusterReference, TerminalMethod,
+    fuzzy_to_discrete_with, name_states, select_initial, select_initial_by_flow, select_terminal,
+    select_terminal_sinks, states_from_memberships, ClusterReference, TerminalMethod,
 };
 
 const NAME: &str = "GPCCA";
@@ -598,6 +598,8 @@ impl Gpcca {
 
     /// Initial states (CellRank's `predict_initial_states`): the `n_states` macrostates with
     /// the smallest coarse stationary probability, their `n_cells` most likely cells each.
+    /// When the chain is reducible (no stationary distribution; CellRank fails there), the
+    /// strongest sources of the coarse chain ([`select_initial_by_flow`]), with a note.
     pub fn predict_initial_states(
         &mut self,
         n_states: usize,
@@ -610,13 +612,23 @@ impl Gpcca {
                 "compute_macrostates",
             )
         })?;
-        let stat = ms.coarse_stat.as_ref().ok_or(EstimatorError::States {
-            estimator: NAME,
-            message: "predict_initial_states needs the coarse stationary distribution, which could not be computed (the chain is reducible)".into(),
-        })?;
-        let sel = select_initial(stat, n_states)?;
+        let mut notes = Vec::new();
+        let sel = match ms.coarse_stat.as_ref() {
+            Some(stat) => select_initial(stat, n_states)?,
+            None => {
+                // No stationary distribution (the chain is reducible: its ends are closed):
+                // the strongest sources of the coarse chain (largest net outflow − inflow).
+                let sel = select_initial_by_flow(&ms.coarse_t, &ms.coarse_init, n_states)?;
+                notes.push(format!(
+                    "initial states: no coarse stationary distribution (the chain is reducible); took the strongest source(s) of the coarse chain: {}",
+                    sel.iter().map(|&q| ms.states.names[q].as_str()).collect::<Vec<_>>().join(", ")
+                ));
+                sel
+            }
+        };
         let (states, note) = self.states_of(ms, &sel, n_cells, "initial")?;
-        if let Some(note) = note {
+        notes.extend(note);
+        for note in notes {
             self.core.note(note);
         }
         self.initial = Some(states);

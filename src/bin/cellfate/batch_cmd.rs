@@ -47,6 +47,9 @@ pub(crate) struct BatchArgs {
     /// Also write an HTML report per sample (DIR/reports/<name>.html) and DIR/index.html.
     #[arg(long)]
     report: bool,
+    /// Print the samples and the effective configuration (TOML) and exit.
+    #[arg(long)]
+    dry_run: bool,
     #[command(flatten)]
     figures: crate::report_cmd::FigureFlags,
 }
@@ -100,6 +103,29 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<(String, bool)> {
         &a.estimators,
     )?;
     a.upstream.apply(&mut spec)?;
+    if a.dry_run {
+        let mut out = String::new();
+        for input in &a.inputs {
+            let output = a.out_dir.join(format!("{}.h5ad", sample_name(input)));
+            let skip = if !a.force && up_to_date(input, &output) {
+                " (skipped: output up to date; --force recomputes)"
+            } else {
+                ""
+            };
+            out.push_str(&format!(
+                "# sample {}: {} -> {}{skip}\n",
+                sample_name(input),
+                input.display(),
+                output.display()
+            ));
+        }
+        out.push_str(&format!(
+            "# every sample runs with these settings ({} at a time):\n",
+            a.jobs.max(1)
+        ));
+        out.push_str(&spec.to_toml());
+        return Ok((out, true));
+    }
     std::fs::create_dir_all(&a.out_dir)
         .with_context(|| format!("creating {}", a.out_dir.display()))?;
     let budget = a.max_memory.map(|gb| gb * 1e9);
