@@ -701,9 +701,9 @@ pub fn states_from_memberships(
     Ok((assignment, probs))
 }
 
-/// Initial states without a stationary distribution: the `n_states` macrostates with the
-/// largest net outflow minus net inflow of the coarse chain ([`coarse_net_flows`]), the
-/// strongest sources.
+/// Initial states without a stationary distribution: the `n_states` strongest sources of the
+/// coarse chain ([`coarse_net_flows`]): smallest share of net inflow in the net flow (0 for a
+/// pure source), then largest net outflow.
 pub fn select_initial_by_flow(
     coarse_t: &DMatrix<f64>,
     mass: &[f64],
@@ -719,8 +719,22 @@ pub fn select_initial_by_flow(
     }
     let flows = coarse_net_flows(coarse_t, mass);
     let mut idx: Vec<usize> = (0..m).collect();
-    let score = |q: usize| flows[q].1 - flows[q].0;
-    idx.sort_by(|&a, &b| score(b).total_cmp(&score(a)).then(a.cmp(&b)));
+    // Share of the net flow that comes in: 0 for a pure source; a closed, isolated state
+    // (no net flow) is no source at all.
+    let share_in = |q: usize| {
+        let (i, o) = flows[q];
+        if i + o > 0.0 {
+            i / (i + o)
+        } else {
+            1.0
+        }
+    };
+    idx.sort_by(|&a, &b| {
+        share_in(a)
+            .total_cmp(&share_in(b))
+            .then(flows[b].1.total_cmp(&flows[a].1))
+            .then(a.cmp(&b))
+    });
     idx.truncate(n_states);
     Ok(idx)
 }
