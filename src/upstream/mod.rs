@@ -1,12 +1,19 @@
 //! From raw `spliced`/`unspliced` counts to kernel inputs, following the reference recipe
-//! (scVelo's `filter_and_normalize` + scanpy's `log1p`, highly variable genes, PCA,
-//! neighbours, then scVelo's moments and velocity):
+//! (scVelo 0.3.4's `filter_and_normalize(min_shared_counts=20)` + scanpy 1.12's `log1p`,
+//! `highly_variable_genes(n_top_genes=2000, subset=True)`, `tl.pca`, `pp.neighbors(n_pcs=30,
+//! n_neighbors=30)`, then scVelo's `moments` and `tl.velocity(mode="stochastic")`; see
+//! `../shared/reference/README.md`):
 //!
 //! 1. genes with fewer than `min_shared_counts` counts in cells expressing them in both
-//!    layers are excluded from the highly-variable set;
-//! 2. per-cell normalisation of X, spliced and unspliced to the median library size, `log1p(X)`;
+//!    layers are excluded from the highly-variable set (scVelo's `filter_genes`);
+//! 2. per-cell normalisation of X, spliced and unspliced ([`CellSizes`]): each matrix divided
+//!    by its cells' sizes over **every input gene** (scVelo records them as
+//!    `obs["initial_size_*"]` before the gene filter and normalises by them) and scaled to
+//!    the median size; `log1p(X)`. The sizes and `n_counts` are written to `obs` under
+//!    scVelo's names ([`ObsSizes`]);
 //! 3. highly variable genes (scanpy's `seurat` flavour: dispersion normalised within 20 mean
-//!    bins), PCA of the centred log expression of those genes (seeded randomized SVD);
+//!    bins, among the genes kept by step 1), PCA of the centred log expression of those genes
+//!    ([`pca`]: exact covariance eigendecomposition, as ARPACK converges to);
 //! 4. exact k-nearest neighbours in PCA space, UMAP fuzzy connectivities (scanpy's default)
 //!    and distances;
 //! 5. first moments `Ms`, `Mu` over each cell and its neighbours (and, for the stochastic
@@ -20,10 +27,26 @@
 //! before the counts are read again for the moments, so memory holds the normalised counts
 //! and one block (1,000,000 cells × 2,000 genes: 20.8 GB peak, BENCHMARKS.md).
 //!
-//! All genes are kept in the output (the input's shape never changes); `var["highly_variable"]`
-//! and `var["velocity_genes"]` mark the subsets. Measured against scVelo 0.3.4 on the pancreas
-//! reference: moments within 2e-7 and γ within 1e-6 relative (float32 in scVelo), see
-//! `tests/it/upstream_parity.rs`.
+//! Where we deliberately differ from scVelo/scanpy:
+//! - all genes are kept in the output (the input's shape never changes); scVelo drops the
+//!   filtered genes and the recipe subsets to the HVGs. `var["highly_variable"]` and
+//!   `var["velocity_genes"]` mark the subsets; since the sizes are taken before the filter,
+//!   the kept genes' values are those scVelo computes;
+//! - f64 throughout (scanpy/scVelo hold X, the PCA scores and the kNN distances in float32);
+//!   `Ms`, `Mu` and the velocity layers are written in float32 as scVelo does;
+//! - kNN ties (to the last bit) go to the lower cell index. Near-ties at the k-th neighbour
+//!   are decided by rounding: scanpy's float32 PCA scores are ~2e-5 of max from the f64
+//!   ones, so a cell whose k-th and (k+1)-th neighbours are within ~1e-5 relative can swap
+//!   them, which moves that cell's moments (and γ by up to ~1e-3 on pancreas);
+//! - X is normalised whatever its values (scVelo skips a matrix whose first values are not
+//!   integers, taking it as already normalised), and the sizes are always recomputed from the
+//!   input (scVelo reuses `obs["initial_size_*"]` already present).
+//!
+//! Measured on raw pancreas (3,696 cells × 2,000 genes) with the defaults, against scVelo
+//! 0.3.4's recipe rerun on the same machine (`scripts/scvelo_recipe_stages.py`): normalised
+//! layers ≤ 1e-7 of max, the same 1,126 HVGs, kNN sets identical for every cell, `Ms`/`Mu`
+//! ≤ 3e-7 of max, γ ≤ 2e-7 relative on the velocity genes; against the stored reference
+//! (whose float32 PCA swaps two near-tied neighbours) see `tests/it/upstream_parity.rs`.
 
 pub mod ann;
 pub mod dpt;
@@ -114,27 +137,64 @@ fn err(msg: impl Into<String>) -> PipelineError {
     }
 }
 
-/// Scales each row of a CSR matrix to `target` total counts (rows with zero counts stay 0),
-/// in place.
-fn normalize_rows_owned(mut m: Csr, target: f64) -> Csr {
-    let sums = m.row_sums();
-    let indptr = m.indptr().to_vec();
-    let data = m.data_mut();
-    for i in 0..sums.len() {
-        if sums[i] > 0.0 {
-            for v in &mut data[indptr[i]..indptr[i + 1]] {
-                *v *= target / sums[i];
-            }
-        }
-    }
-    m
+/// scVelo's per-cell size factors (`pp.normalize_per_cell` as `pp.filter_and_normalize`
+/// calls it, `use_initial_size=True`), read rule for rule from scVelo 0.3.4:
+///
+/// - the size of a cell is the sum of its counts over **every gene of the input**, taken
+///   before the gene filter: `filter_genes` records `obs["initial_size_spliced"]`,
+///   `["initial_size_unspliced"]` and `["initial_size"]` (X) first, and `normalize_per_cell`
+///   divides by those recorded sizes, not by the sums over the genes it kept. Each matrix
+///   (X, spliced, unspliced) has its own sizes and its own target;
+/// - the target is the median of those sizes (`np.median`: the mean of the two middle values
+///   for an even number of cells), replaced by 1 when it is 0 (`counts_after += counts_after
+///   == 0`);
+/// - a cell with size 0 is divided by 1 (`counts += counts == 0`), so it stays at zero.
+///
+/// scVelo does this in float32 (`counts / counts_after`, then a row scale by its inverse);
+/// we scale by `target / size` in f64 (|Δ| ≤ 1e-7 of max on pancreas).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CellSizes {
+    /// Counts per cell over every gene of the matrix (scVelo's `initial_size_*`).
+    pub sizes: Vec<f64>,
+    /// The normalisation target: the median size, 1 when that is 0.
+    pub target: f64,
 }
 
-/// scVelo's per-cell normalisation: every cell scaled to the median library size (sums over
-/// all genes of the matrix; cells with no counts are left at zero).
+impl CellSizes {
+    /// The sizes and target of the rows of `m`.
+    pub fn of(m: &Csr) -> Self {
+        let sizes = m.row_sums();
+        let med = median(&mut sizes.clone());
+        Self {
+            sizes,
+            target: if med == 0.0 { 1.0 } else { med },
+        }
+    }
+
+    /// Scales each row `i` of `m` by `target / sizes[i]` (rows of size 0 untouched), in place.
+    ///
+    /// # Panics
+    /// If `m` has fewer rows than there are sizes (a caller's contract: the sizes are those of
+    /// `m` or of a matrix with the same cells).
+    pub fn scale(&self, mut m: Csr) -> Csr {
+        let indptr = m.indptr().to_vec();
+        let data = m.data_mut();
+        for (i, &size) in self.sizes.iter().enumerate() {
+            if size != 0.0 {
+                let f = self.target / size;
+                for v in &mut data[indptr[i]..indptr[i + 1]] {
+                    *v *= f;
+                }
+            }
+        }
+        m
+    }
+}
+
+/// scVelo's per-cell normalisation of one matrix ([`CellSizes`]): every cell scaled to the
+/// median library size over all genes of `m` (cells with no counts are left at zero).
 pub fn normalize_per_cell(m: &Csr) -> Csr {
-    let target = median(&mut m.row_sums());
-    normalize_rows_owned(m.clone(), target)
+    CellSizes::of(m).scale(m.clone())
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -484,9 +544,8 @@ pub fn moments_velocity_in_file(
     let is_counts = |m: &Csr| m.data().iter().all(|v| v.fract() == 0.0);
     let raw = is_counts(&s) && is_counts(&u);
     let (sn, un) = if raw {
-        let ts = library_size(&s);
-        let tu = library_size(&u).max(1.0);
-        (normalize_rows_owned(s, ts), normalize_rows_owned(u, tu))
+        let (cs, cu) = (CellSizes::of(&s), CellSizes::of(&u));
+        (cs.scale(s), cu.scale(u))
     } else {
         (s, u)
     };
@@ -736,6 +795,8 @@ pub struct Preprocessed {
     pub spliced: Csr,
     /// Normalised unspliced counts.
     pub unspliced: Csr,
+    /// Per-cell sizes as scVelo records them in `obs`.
+    pub sizes: ObsSizes,
     /// Highly variable genes.
     pub highly_variable: Vec<bool>,
     /// PCA scores (cells × components).
@@ -880,23 +941,64 @@ fn check_x_shape(x: &Csr, n: usize, g: usize, source: &str) -> Result<(), Pipeli
     Ok(())
 }
 
-/// The median library size (row sum) of `m`.
-fn library_size(m: &Csr) -> f64 {
-    median(&mut m.row_sums())
+/// The per-cell columns scVelo's `filter_and_normalize` writes to `obs`, under its names.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObsSizes {
+    /// `obs["initial_size_unspliced"]`: unspliced counts per cell over every input gene.
+    pub initial_size_unspliced: Vec<f64>,
+    /// `obs["initial_size_spliced"]`: spliced counts per cell over every input gene.
+    pub initial_size_spliced: Vec<f64>,
+    /// `obs["initial_size"]`: counts of X per cell over every input gene.
+    pub initial_size: Vec<f64>,
+    /// `obs["n_counts"]`: the normalised X (before `log1p`) summed over the genes that pass
+    /// the shared-counts filter — scVelo's `get_size` after `filter_genes` has dropped the
+    /// others (we keep them, so this is not the row sum of our X).
+    pub n_counts: Vec<f64>,
 }
 
-/// `log1p` of `x` normalised to its median library size, in place; `what` names X's counts
-/// in the error when every cell has zero counts.
-fn log_normalise(x: Csr, source: &str, what: &str) -> Result<Csr, PipelineError> {
-    if x.row_sums().iter().all(|&c| c == 0.0) {
+impl ObsSizes {
+    /// The `obs` slots, in the order scVelo adds them.
+    fn slots(&self) -> Vec<(String, Element)> {
+        [
+            ("initial_size_unspliced", &self.initial_size_unspliced),
+            ("initial_size_spliced", &self.initial_size_spliced),
+            ("initial_size", &self.initial_size),
+            ("n_counts", &self.n_counts),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("obs/{k}"), Element::from_f64(v.clone())))
+        .collect()
+    }
+}
+
+/// `log1p` of `x` normalised per cell ([`CellSizes`]), in place, with X's sizes and
+/// `n_counts` over the `usable` genes ([`ObsSizes::n_counts`]); `what` names X's counts in
+/// the error when every cell has zero counts.
+fn log_normalise(
+    x: Csr,
+    usable: &[bool],
+    source: &str,
+    what: &str,
+) -> Result<(Csr, CellSizes, Vec<f64>), PipelineError> {
+    let sizes = CellSizes::of(&x);
+    if sizes.sizes.iter().all(|&c| c == 0.0) {
         return Err(err(format!(
             "{source}: every cell has zero counts in {what}"
         )));
     }
-    let target = library_size(&x);
-    let mut logx = normalize_rows_owned(x, target);
+    let mut logx = sizes.scale(x);
+    let n_counts = (0..logx.nrows())
+        .map(|i| {
+            let (c, v) = logx.row(i);
+            c.iter()
+                .zip(v)
+                .filter(|(&j, _)| usable[j as usize])
+                .map(|(_, &x)| x)
+                .sum()
+        })
+        .collect();
     logx.data_mut().iter_mut().for_each(|v| *v = v.ln_1p());
-    Ok(logx)
+    Ok((logx, sizes, n_counts))
 }
 
 /// Highly variable genes, PCA, neighbours and connectivities of the log-normalised X.
@@ -988,7 +1090,8 @@ fn compute_and_write(
     clock.lap("read");
     let usable = shared_genes(&s, &u, spec, &source)?;
     let (n, g) = (s.nrows(), s.ncols());
-    let targets = (library_size(&s), library_size(&u).max(1.0));
+    // Sizes over every input gene, before the gene filter (scVelo's initial sizes).
+    let (size_s, size_u) = (CellSizes::of(&s), CellSizes::of(&u));
     drop(u);
     let (x, what) = if x_own {
         drop(s);
@@ -998,7 +1101,13 @@ fn compute_and_write(
     } else {
         (s, "layers[\"spliced\"]")
     };
-    let logx = log_normalise(x, &source, what)?;
+    let (logx, size_x, n_counts) = log_normalise(x, &usable, &source, what)?;
+    let sizes = ObsSizes {
+        initial_size_unspliced: size_u.sizes.clone(),
+        initial_size_spliced: size_s.sizes.clone(),
+        initial_size: size_x.sizes,
+        n_counts,
+    };
     clock.lap("normalise X");
     let emb = embed(&logx, &usable, spec, &mut clock)?;
     let w = velocity::smoothing_graph(&emb.connectivities);
@@ -1019,14 +1128,17 @@ fn compute_and_write(
     edit.set("obsp/distances", Element::Sparse(emb.distances.into()));
     edit.set("var/highly_variable", Element::from_bools(emb.hvg));
     edit.set("uns/neighbors", neighbors_params(spec));
+    for (slot, e) in sizes.slots() {
+        edit.set(&slot, e);
+    }
     if spec.velocity_mode == velocity::VelocityMode::Deterministic {
         edit.remove("layers/variance_velocity");
     }
     let produce = |early: &mut EarlySlots| -> Result<Vec<(String, Element)>, PipelineError> {
         early.write("X", Element::Sparse(logx.into()))?;
         clock.lap("write X");
-        let sn = normalize_rows_owned(r.csr("layers/spliced")?, targets.0);
-        let un = normalize_rows_owned(r.csr("layers/unspliced")?, targets.1);
+        let sn = size_s.scale(r.csr("layers/spliced")?);
+        let un = size_u.scale(r.csr("layers/unspliced")?);
         clock.lap("read + normalise layers");
         let src = velocity::SmoothedCounts {
             w: &w,
@@ -1111,11 +1223,16 @@ pub fn preprocess_with(
         Some(x) => ("X", x),
         None => ("layers[\"spliced\"]", s.clone()),
     };
-    let logx = log_normalise(x, source, what)?;
-    let target = library_size(&s);
-    let sn = normalize_rows_owned(s, target);
-    let target = library_size(&u).max(1.0);
-    let un = normalize_rows_owned(u, target);
+    let (logx, size_x, n_counts) = log_normalise(x, &usable, source, what)?;
+    let (size_s, size_u) = (CellSizes::of(&s), CellSizes::of(&u));
+    let sn = size_s.scale(s);
+    let un = size_u.scale(u);
+    let sizes = ObsSizes {
+        initial_size_unspliced: size_u.sizes,
+        initial_size_spliced: size_s.sizes,
+        initial_size: size_x.sizes,
+        n_counts,
+    };
     clock.lap("normalise");
     let emb = embed(&logx, &usable, spec, &mut clock)?;
     let w = velocity::smoothing_graph(&emb.connectivities);
@@ -1141,6 +1258,7 @@ pub fn preprocess_with(
         x: logx,
         spliced: sn,
         unspliced: un,
+        sizes,
         highly_variable: emb.hvg,
         pca: emb.pca,
         distances: emb.distances,
@@ -1150,4 +1268,53 @@ pub fn preprocess_with(
         velocity: layers.into_fit(fit),
         timings: clock.stages,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// scVelo's `normalize_per_cell` rules: sizes over every gene, the median target (mean of
+    /// the two middle sizes for an even count), zero-size cells left at zero.
+    #[test]
+    fn cell_sizes_follow_scvelo() {
+        // Sizes 3, 0, 5, 10: median 4 (np.median of an even count).
+        let m = Csr::from_dense(4, 3, &[1., 2., 0., 0., 0., 0., 5., 0., 0., 4., 4., 2.])
+            .expect("matrix");
+        let c = CellSizes::of(&m);
+        assert_eq!(c.sizes, vec![3.0, 0.0, 5.0, 10.0]);
+        assert_eq!(c.target, 4.0);
+        let n = c.scale(m);
+        for (got, want) in n.row_sums().into_iter().zip([4.0, 0.0, 4.0, 4.0]) {
+            assert!((got - want).abs() < 1e-14, "{got} vs {want}");
+        }
+        assert_eq!(n.row(0).1, &[4.0 / 3.0, 8.0 / 3.0]);
+    }
+
+    /// A median of 0 becomes 1 (`counts_after += counts_after == 0`), and a median of 0.5 stays
+    /// 0.5 (an earlier rule floored the unspliced target at 1 and left the spliced one at 0).
+    #[test]
+    fn cell_sizes_zero_and_half_medians() {
+        let m = Csr::from_dense(3, 2, &[0., 0., 0., 0., 1., 1.]).expect("matrix");
+        let c = CellSizes::of(&m);
+        assert_eq!(c.target, 1.0);
+        assert_eq!(c.scale(m).row_sums(), vec![0.0, 0.0, 1.0]);
+        let m = Csr::from_dense(4, 1, &[0., 0., 1., 3.]).expect("matrix");
+        let c = CellSizes::of(&m);
+        assert_eq!(c.target, 0.5);
+        assert_eq!(c.scale(m).row_sums(), vec![0.0, 0.0, 0.5, 0.5]);
+    }
+
+    /// `n_counts` sums the normalised X over the genes kept by the filter only; the sizes
+    /// (and so the scaling) use every gene.
+    #[test]
+    fn n_counts_over_kept_genes() {
+        let x = Csr::from_dense(2, 3, &[2., 2., 4., 1., 0., 1.]).expect("matrix");
+        let (logx, sizes, n_counts) =
+            log_normalise(x, &[true, true, false], "test", "X").expect("normalised");
+        assert_eq!(sizes.sizes, vec![8.0, 2.0]);
+        assert_eq!(sizes.target, 5.0);
+        assert_eq!(n_counts, vec![2.5, 2.5]);
+        assert!((logx.row(1).1[0] - 2.5f64.ln_1p()).abs() < 1e-15);
+    }
 }

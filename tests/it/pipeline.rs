@@ -749,6 +749,16 @@ fn velocity_command_reproduces_the_preprocessing_fit() {
     let stored = H5adReader::open(&pp).expect("open");
     assert_eq!(mem.ms, stored.dense_f32("layers/Ms").expect("Ms").2);
     assert_eq!(mem.mu, stored.dense_f32("layers/Mu").expect("Mu").2);
+    // scVelo's per-cell sizes, written to obs under its names.
+    for (key, want) in [
+        ("initial_size_spliced", &mem.sizes.initial_size_spliced),
+        ("initial_size_unspliced", &mem.sizes.initial_size_unspliced),
+        ("initial_size", &mem.sizes.initial_size),
+        ("n_counts", &mem.sizes.n_counts),
+    ] {
+        let got = stored.column("obs", key).expect(key).to_f64_vec();
+        assert_eq!(got.as_ref(), Some(want), "obs {key}");
+    }
     let v1 = d.path().join("v1.h5ad");
     let fit = cellfate::upstream::velocity_in_file(&pp, &v1, stochastic).expect("velocity");
     assert_eq!(fit.gamma, want.2);

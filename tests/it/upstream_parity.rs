@@ -425,3 +425,241 @@ fn preprocessing_matches_scanpy_and_scvelo_in_float64() {
         assert!(worst <= 1e-6, "{name}: γ relative {worst:e}");
     }
 }
+
+/// Sorted column indices of row `i`.
+fn row_set(m: &Csr, i: usize) -> Vec<u32> {
+    let mut v = m.row(i).0.to_vec();
+    v.sort_unstable();
+    v
+}
+
+/// The default recipe (`cellfate preprocess RAW -o OUT`, no options) on the raw pancreas
+/// counts against scVelo 0.3.4's recipe on the same file: the stored reference, made by
+/// `reference/recipe/run_cellrank.py` (filter_and_normalize(min_shared_counts=20), log1p,
+/// seurat HVGs (n_top_genes=2000 ≥ the 1,126 genes kept, so all of them), PCA, neighbours
+/// (n_pcs=30, n_neighbors=30), moments, stochastic velocity). Stage by stage, tolerances
+/// first, measured in brackets:
+/// - sizes: `obs["initial_size_spliced"/"_unspliced"/""]` equal (integer sums over every gene
+///   before the filter), `n_counts` ≤ 1e-6 of max (2.3e-7: scVelo sums in float32);
+/// - genes: the reference's genes are exactly our highly variable genes; velocity genes equal;
+/// - PCA, 30 components: subspace sin θ ≤ 1e-4 (2.4e-5: float32 ARPACK against f64);
+/// - kNN: sets equal except at near-ties: wherever they differ, the swapped neighbours lie
+///   within 1e-5 relative of our k-th neighbour distance (2 of 3,696 cells, gaps 1.1e-6 and
+///   1.3e-6, while the reference's float32 scores are ~2e-5 of max from the f64 ones);
+/// - `Ms`/`Mu` on the 3,690 cells whose smoothing-graph row is the reference's: ≤ 1e-6 of
+///   max (1.6e-7 / 2.6e-7); velocity there ≤ 1e-3 of max (4.9e-4: γ carries the two swaps
+///   to every cell); over all cells the swaps move velocity by 2.4e-2 of max (bounded here by
+///   5e-2);
+/// - γ on the velocity genes against the reference: max ≤ 1e-3, median ≤ 1e-5 (6.7e-4,
+///   1.9e-6) — the 1e-4 asked for does not hold against this file because of the two swaps:
+///   scVelo itself, rerun on this machine (`scripts/scvelo_recipe_stages.py`, with 1 or 2
+///   BLAS threads), picks our neighbours for both cells (kNN sets identical to ours for
+///   every cell, γ within 2e-7 of ours) and so differs from the stored reference by the same
+///   6.7e-4;
+/// - γ with the reference's graph (our normalised layers from the output, the reference's
+///   connectivities): ≤ 1e-4 relative on the velocity genes (2.0e-7), velocity ≤ 1e-5 of max
+///   (1.7e-6), i.e. every other stage of the default recipe matches scVelo's.
+///
+/// Over all 1,126 genes (velocity genes or not) γ differs from the reference by up to 1.4e-2
+/// and velocity by 2.4e-2 of max (issue 17's figures); scVelo's rerun differs from the
+/// reference by the same amounts, since both come from the two swapped neighbourhoods.
+#[test]
+fn default_preprocess_on_raw_pancreas_matches_scvelo() {
+    let Some(r) = reference("pancreas_3696") else {
+        return;
+    };
+    let Some(dir) = require_shared("data/pancreas_supercell_3696") else {
+        return;
+    };
+    let d = crate::common::tempdir();
+    let out = d.path().join("pp.h5ad");
+    succeed(
+        crate::common::cellfate()
+            .arg("preprocess")
+            .arg(dir.join("pancreas_3696x2000.h5ad"))
+            .arg("-q")
+            .arg("-o")
+            .arg(&out),
+    );
+    let o = cellfate::io::H5adReader::open(&out).expect("output");
+    let n = r.n_obs().expect("n");
+    let rel_max = |a: &[f64], b: &[f64]| {
+        let d = a
+            .iter()
+            .zip(b)
+            .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+        d / b.iter().fold(0.0f64, |m, y| m.max(y.abs()))
+    };
+
+    // Sizes (scVelo records them before the gene filter).
+    for key in [
+        "initial_size_spliced",
+        "initial_size_unspliced",
+        "initial_size",
+    ] {
+        let slot = format!("obs/{key}");
+        assert_eq!(column_f64(&o, &slot), column_f64(&r, &slot), "{key}");
+    }
+    let nc = rel_max(
+        &column_f64(&o, "obs/n_counts"),
+        &column_f64(&r, "obs/n_counts"),
+    );
+    eprintln!("n_counts: {nc:.1e} of max");
+    assert!(nc <= 1e-6, "n_counts {nc:e}");
+
+    // Genes: the reference kept its 1,126 HVGs.
+    let genes = o.var_names().expect("genes");
+    let ref_genes = r.var_names().expect("reference genes");
+    let hvg = bools(&o, "var/highly_variable");
+    let mut ours: Vec<&String> = genes
+        .iter()
+        .zip(&hvg)
+        .filter(|x| *x.1)
+        .map(|x| x.0)
+        .collect();
+    let mut theirs: Vec<&String> = ref_genes.iter().collect();
+    ours.sort();
+    theirs.sort();
+    assert_eq!(ours, theirs, "highly variable genes");
+    let pos: Vec<usize> = ref_genes
+        .iter()
+        .map(|x| genes.iter().position(|y| y == x).expect("gene"))
+        .collect();
+    let vg = bools(&o, "var/velocity_genes");
+    let vg_ref = bools(&r, "var/velocity_genes");
+    assert!(
+        pos.iter().zip(&vg_ref).all(|(&j, &b)| vg[j] == b),
+        "velocity genes differ"
+    );
+
+    // PCA subspace.
+    let (_, k1, a) = o.dense("obsm/X_pca").expect("pca");
+    let (_, k2, b) = r.dense("obsm/X_pca").expect("reference pca");
+    let sin = crate::common::subspace_sin(n, 30, (&a, k1), (&b, k2));
+    eprintln!("PCA (30 components): sin θ {sin:.1e}");
+    assert!(sin <= 1e-4, "PCA subspace sin θ {sin:e}");
+
+    // kNN sets: differences only at near-ties of the k-th neighbour.
+    let (dist, dist_ref) = (
+        o.obsp("distances").expect("distances"),
+        r.obsp("distances").expect("reference distances"),
+    );
+    let score = |i: usize, j: usize| -> f64 {
+        (0..30)
+            .map(|c| (a[i * k1 + c] - a[j * k1 + c]).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let mut swapped = 0;
+    for i in 0..n {
+        let (x, y) = (row_set(&dist, i), row_set(&dist_ref, i));
+        if x == y {
+            continue;
+        }
+        swapped += 1;
+        let kth = dist.row(i).1.iter().fold(0.0f64, |m, &v| m.max(v));
+        for &j in x
+            .iter()
+            .filter(|j| !y.contains(j))
+            .chain(y.iter().filter(|j| !x.contains(j)))
+        {
+            let gap = (score(i, j as usize) - kth).abs() / kth;
+            eprintln!("kNN of cell {i}: neighbour {j} swapped, {gap:.1e} from the k-th distance");
+            assert!(
+                gap <= 1e-5,
+                "cell {i}: neighbour {j} is not a near-tie ({gap:e})"
+            );
+        }
+    }
+    eprintln!("kNN sets: {swapped} of {n} cells differ (near-ties)");
+
+    // Moments and velocity on the cells whose smoothing row is the reference's.
+    let (conn, conn_ref) = (
+        o.obsp("connectivities").expect("connectivities"),
+        r.obsp("connectivities").expect("reference connectivities"),
+    );
+    let same: Vec<bool> = (0..n)
+        .map(|i| row_set(&conn, i) == row_set(&conn_ref, i))
+        .collect();
+    let g = genes.len();
+    let gr = ref_genes.len();
+    for (slot, tol) in [
+        ("layers/Ms", 1e-6),
+        ("layers/Mu", 1e-6),
+        ("layers/velocity", 1e-3),
+    ] {
+        let ours = o.dense(slot).expect(slot).2;
+        let theirs = r.dense(slot).expect(slot).2;
+        let (mut d_same, mut d_all, mut m) = (0.0f64, 0.0f64, 0.0f64);
+        for i in 0..n {
+            for (k, &j) in pos.iter().enumerate() {
+                let (x, y) = (ours[i * g + j], theirs[i * gr + k]);
+                d_all = d_all.max((x - y).abs());
+                if same[i] {
+                    d_same = d_same.max((x - y).abs());
+                }
+                m = m.max(y.abs());
+            }
+        }
+        let (rs, ra) = (d_same / m, d_all / m);
+        eprintln!(
+            "{slot}: {rs:.1e} of max on {} cells with the reference's graph rows, {ra:.1e} on all",
+            same.iter().filter(|&&b| b).count()
+        );
+        assert!(rs <= tol, "{slot}: {rs:e}");
+        assert!(ra <= 5e-2, "{slot} (all cells): {ra:e}");
+    }
+
+    // γ against the reference.
+    let gamma = column_f64(&o, "var/velocity_gamma");
+    let gamma_ref = column_f64(&r, "var/velocity_gamma");
+    let rel_gamma = |got: &dyn Fn(usize) -> f64| -> (f64, f64) {
+        let mut v: Vec<f64> = (0..gr)
+            .filter(|&k| vg_ref[k])
+            .map(|k| (got(k) - gamma_ref[k]).abs() / gamma_ref[k].abs())
+            .collect();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() - 1], v[v.len() / 2])
+    };
+    let (worst, median) = rel_gamma(&|k| gamma[pos[k]]);
+    eprintln!("γ (velocity genes) vs the reference: max {worst:.1e}, median {median:.1e}");
+    assert!(worst <= 1e-3, "γ max relative {worst:e}");
+    assert!(median <= 1e-5, "γ median relative {median:e}");
+
+    // γ with the reference's graph: our normalised layers, its connectivities.
+    let rows: Vec<usize> = (0..n).collect();
+    let sn = o
+        .csr("layers/spliced")
+        .expect("spliced")
+        .submatrix(&rows, &pos);
+    let un = o
+        .csr("layers/unspliced")
+        .expect("unspliced")
+        .submatrix(&rows, &pos);
+    let w = smoothing_graph(&conn_ref);
+    let all: Vec<usize> = (0..gr).collect();
+    let ms = smooth_dense(&w, &sn, &all, &|_, _, x| x);
+    let mu = smooth_dense(&w, &un, &all, &|_, _, x| x);
+    let second = |ix: &[usize]| second_moments(&w, &sn, &un, ix);
+    let hvg_ref = bools(&r, "var/highly_variable");
+    let fit = fit_velocity(
+        &ms,
+        &mu,
+        n,
+        gr,
+        Some(&hvg_ref),
+        VelocityMode::Stochastic,
+        Some(&second),
+    );
+    assert_eq!(fit.velocity_genes, vg_ref);
+    let (worst, median) = rel_gamma(&|k| fit.gamma[k]);
+    eprintln!(
+        "γ (velocity genes) with the reference's graph: max {worst:.1e}, median {median:.1e}"
+    );
+    assert!(worst <= 1e-4, "γ with the reference's graph: {worst:e}");
+    let v_ref = r.dense("layers/velocity").expect("velocity").2;
+    let v: Vec<f64> = fit.velocity.iter().map(|&x| f64::from(x)).collect();
+    let dv = rel_max(&v, &v_ref);
+    eprintln!("velocity with the reference's graph: {dv:.1e} of max");
+    assert!(dv <= 1e-5, "velocity with the reference's graph: {dv:e}");
+}
