@@ -27,6 +27,7 @@ use crate::schur::Schur;
 
 pub use error::{BasisError, GpccaError, Infeasibility, SimplexError, StationaryError};
 pub use optimize::{Candidate, Optimizer, OptimizerReport};
+
 pub use rotation::{embed, fill_matrix, objective_of};
 
 const EPS: f64 = f64::EPSILON;
@@ -431,6 +432,9 @@ pub fn fit(
     fit_with(t, schur, m, optimizer, pi, &mut |_| true).map(|(fit, _)| fit)
 }
 
+/// Memberships of a solution and the solution.
+type Chosen = (DMatrix<f64>, Candidate);
+
 /// [`fit`], keeping the best solution whose memberships `accept` takes (e.g. whose discrete
 /// assignment leaves no state without cells). The optimiser's solutions are tried best
 /// objective first (the gradient method has one per start); the second value is `false` when
@@ -464,8 +468,8 @@ pub fn fit_with(
     let x = x_all.columns(0, m).clone_owned();
     let (simplex_indices, a0) = isa(&x)?;
     let (candidates, mut report) = optimizer.run_candidates(&x, &a0)?;
-    // (chi, rotation, f, start, accepted) of the chosen solution.
-    let mut chosen: Option<(DMatrix<f64>, DMatrix<f64>, f64, usize, bool)> = None;
+    // The chosen solution and whether `accept` took it.
+    let mut chosen: Option<(Chosen, bool)> = None;
     let mut first_error: Option<GpccaError> = None;
     let mut rejected = 0;
     for c in candidates {
@@ -487,23 +491,24 @@ pub fn fit_with(
             continue;
         }
         if accept(&chi) {
-            chosen = Some((chi, c.rotation, c.f, c.start, true));
+            chosen = Some(((chi, c), true));
             break;
         }
         rejected += 1;
         if chosen.is_none() {
-            chosen = Some((chi, c.rotation, c.f, c.start, false));
+            chosen = Some(((chi, c), false));
         }
     }
-    let Some((chi, rotation, f_opt, start, accepted)) = chosen else {
+    let Some(((chi, c), accepted)) = chosen else {
         return Err(first_error.unwrap_or(GpccaError::NotCrisp {
             m,
             crispness: 0.0,
             non_empty: 0,
         }));
     };
+    let (rotation, f_opt) = (c.rotation, c.f);
     report.f_opt = f_opt;
-    report.best_start = start;
+    report.best_start = c.start;
     report.rejected = if accepted { rejected } else { 0 };
     let (coarse_t, coarse_init, coarse_stat) = coarse_grain(t, &chi, &schur.eta, pi);
     Ok((

@@ -525,6 +525,9 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 /// One start's result: the optimum (if feasible), iterations and evaluations used.
 type StartOutcome = (Option<(Vec<f64>, f64)>, usize, usize);
 
+/// The free parameters of a start's solution, its objective and the start's index.
+type StartSolution = (Vec<f64>, f64, usize);
+
 #[allow(clippy::too_many_arguments)]
 fn gradient_multistart(
     x: &DMatrix<f64>,
@@ -535,7 +538,7 @@ fn gradient_multistart(
     max_iter: usize,
     perturbation: f64,
     f_start: f64,
-) -> Result<(Vec<(Vec<f64>, f64, usize)>, OptimizerReport), GpccaError> {
+) -> Result<(Vec<StartSolution>, OptimizerReport), GpccaError> {
     let m = a0.nrows();
     let k = m - 1;
     // Starts run in parallel; each is deterministic and the winner is chosen by (objective,
@@ -601,7 +604,7 @@ fn gradient_multistart(
         .collect();
     let iterations = outcomes.iter().map(|o| o.1).sum();
     let evaluations = outcomes.iter().map(|o| o.2).sum();
-    let mut found: Vec<(Vec<f64>, f64, usize)> = outcomes
+    let mut found: Vec<StartSolution> = outcomes
         .into_iter()
         .enumerate()
         .filter_map(|(start, (res, _, _))| res.map(|(alpha, f)| (alpha, f, start)))
