@@ -232,12 +232,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             bar.stage("preprocessing (normalise, HVGs, PCA, kNN, moments, velocity)");
             let report = cellfate::upstream::prepare_with(&input, &output, &spec, &mut |t| {
                 if verbose {
-                    bar.note(&format!(
-                        "  {:<24} {:>8.2} s   peak {:>7.0} MB",
-                        t.stage,
-                        t.seconds,
-                        t.peak_rss_mb.unwrap_or(f64::NAN)
-                    ));
+                    bar.note(&progress::timing_line(t.stage, t.seconds, t.peak_rss_mb));
                 }
             })?;
             drop(bar);
