@@ -61,6 +61,15 @@ pub enum DriversError {
         /// The lineages there are.
         known: Vec<String>,
     },
+    /// One terminal state: every cell's fate probability is 1 up to rounding, so correlations
+    /// with it would rank genes by rounding noise.
+    #[error("lineage drivers need at least 2 lineages: with the single lineage {lineage:?}, every cell's fate probability is 1 (up to {spread:.1e}), so correlations with it are rounding noise")]
+    SingleLineage {
+        /// The only lineage.
+        lineage: String,
+        /// `max |p − 1|` over the cells.
+        spread: f64,
+    },
 }
 
 /// Gene expression for the drivers: dense (cells × genes, row-major) or sparse CSR.

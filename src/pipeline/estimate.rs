@@ -5,12 +5,13 @@
 use serde::{Deserialize, Serialize};
 
 use cellfate_estimators::absorption::{AbsorptionOptions, FateProbabilities, PrimingMethod};
-use cellfate_estimators::drivers::{DriverTable, DriverTest, Expression};
+use cellfate_estimators::drivers::{DriverTable, DriverTest, DriversError, Expression};
 use cellfate_estimators::gpcca::Optimizer;
 use cellfate_estimators::schur::SchurOptions;
 use cellfate_estimators::states::TerminalMethod;
 use cellfate_estimators::{
-    AbsorptionTimesOptions, DriverOptions, Estimator, Gpcca, MacrostatesOptions, TerminalOptions,
+    AbsorptionTimesOptions, DriverOptions, Estimator, EstimatorError, Gpcca, MacrostatesOptions,
+    TerminalOptions,
 };
 use cellfate_kernels::TransitionMatrix;
 
@@ -52,7 +53,8 @@ pub struct EstimatorSpec {
     pub absorption_times: bool,
     /// Compute the lineage priming degree.
     pub priming: Option<PrimingMethod>,
-    /// Compute lineage drivers.
+    /// Compute lineage drivers (skipped with a note when there is a single terminal state:
+    /// every fate probability is then 1 and correlations with it are rounding noise).
     pub drivers: bool,
     /// Expression for the drivers: `X` or a layer name.
     pub drivers_layer: String,
@@ -202,13 +204,20 @@ pub fn fit_gpcca(
         if spec.drivers {
             progress("lineage drivers");
             let x = r.csr(&keys::layer(&spec.drivers_layer))?;
-            g.compute_lineage_drivers(
+            match g.compute_lineage_drivers(
                 &Expression::Sparse(&x),
                 &DriverOptions {
                     test: spec.drivers_test.clone(),
                     ..Default::default()
                 },
-            )?;
+            ) {
+                Ok(_) => {}
+                // One terminal state: nothing to correlate with; the run goes on without drivers.
+                Err(e @ EstimatorError::Drivers(DriversError::SingleLineage { .. })) => {
+                    g.core_mut().note(format!("lineage drivers skipped: {e}"));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     Ok(g)

@@ -32,3 +32,53 @@ fn preprocess_verbose_prints_no_nan() {
         assert!(mb.is_some_and(|m| m > 0.0), "bad peak line {line:?}");
     }
 }
+
+/// One terminal state: every fate probability is 1, so `run` and `drivers` skip the drivers
+/// with a note (no table written, no "drivers" line) instead of ranking rounding noise.
+#[test]
+fn drivers_of_a_single_lineage_are_skipped_with_a_note() {
+    let Some(data) = crate::common::require_shared("data/dentategyrus_cellrank_gt") else {
+        return;
+    };
+    let d = tempdir();
+    let out = d.path().join("one.h5ad");
+    let res = succeed(
+        cellfate()
+            .arg("run")
+            .arg(data.join("adata_200.h5ad"))
+            .args([
+                "--n-cells",
+                "5",
+                "--terminal-method",
+                "top_n",
+                "--n-terminal",
+                "1",
+            ])
+            .args(["-q", "-o"])
+            .arg(&out),
+    );
+    let text = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        text.contains("note: lineage drivers skipped: lineage drivers need at least 2 lineages"),
+        "{text}"
+    );
+    assert!(!text.contains("  drivers "), "drivers printed: {text}");
+    let r = cellfate::io::H5adReader::open(&out).expect("output");
+    assert!(r.exists("obsm/lineages_fwd"));
+    assert!(!r.exists("varm/terminal_lineage_drivers"));
+    let again = d.path().join("drivers.h5ad");
+    let res = succeed(
+        cellfate()
+            .arg("drivers")
+            .arg(&out)
+            .arg("--csv")
+            .arg(d.path().join("table.csv"))
+            .arg("-o")
+            .arg(&again),
+    );
+    let text = String::from_utf8_lossy(&res.stdout);
+    assert!(text.contains("lineage drivers skipped"), "{text}");
+    assert!(!d.path().join("table.csv").exists());
+    let r = cellfate::io::H5adReader::open(&again).expect("output");
+    assert!(!r.exists("varm/terminal_lineage_drivers"));
+}

@@ -592,12 +592,26 @@ pub trait Estimator {
 
     /// Correlations of every gene with every lineage's fate probabilities, with p-values,
     /// q-values and confidence intervals (CellRank's `compute_lineage_drivers`).
+    ///
+    /// With a single terminal state this is [`DriversError::SingleLineage`] (CellRank would
+    /// correlate the genes with a column of ones plus rounding noise); the pipeline skips the
+    /// stage with a note instead.
     fn compute_lineage_drivers(
         &mut self,
         expression: &Expression<'_>,
         opts: &DriverOptions,
     ) -> Result<&DriverTable, EstimatorError> {
         let fates = self.fate_probabilities()?;
+        if fates.n_lineages() == 1 {
+            return Err(DriversError::SingleLineage {
+                lineage: fates.names[0].clone(),
+                spread: fates
+                    .column(0)
+                    .iter()
+                    .fold(0.0f64, |a, p| a.max((p - 1.0).abs())),
+            }
+            .into());
+        }
         let wanted: Vec<usize> = match &opts.lineages {
             None => (0..fates.n_lineages()).collect(),
             Some(names) => names

@@ -9,9 +9,10 @@ use cellfate::estimator_io::{
     Clusters,
 };
 use cellfate::estimators::absorption::{AbsorptionOptions, PrimingMethod, Solver};
-use cellfate::estimators::drivers::{DriverTest, Expression};
+use cellfate::estimators::drivers::{DriverTest, DriversError, Expression};
 use cellfate::estimators::{
-    AbsorptionTimesOptions, CellStates, DriverOptions, Estimator, StatesInput, TerminalOptions,
+    AbsorptionTimesOptions, CellStates, DriverOptions, Estimator, EstimatorError, StatesInput,
+    TerminalOptions,
 };
 use cellfate::io::{keys, Element, H5adEdit, H5adReader};
 use cellfate::kernels::{CellSource, Direction};
@@ -388,18 +389,36 @@ pub(crate) fn drivers(a: DriversArgs) -> anyhow::Result<String> {
         None => DriverTest::Fisher,
     };
     let x = r.csr(&keys::layer(&a.layer))?;
-    let table = g
-        .compute_lineage_drivers(
-            &Expression::Sparse(&x),
-            &DriverOptions {
-                lineages: (!a.lineages.is_empty())
-                    .then(|| a.lineages.iter().map(|l| l.trim().to_string()).collect()),
-                test,
-                ..Default::default()
-            },
-        )
-        .map_err(|e| anyhow::anyhow!("--lineages: {e}"))?
-        .clone();
+    let table = match g.compute_lineage_drivers(
+        &Expression::Sparse(&x),
+        &DriverOptions {
+            lineages: (!a.lineages.is_empty())
+                .then(|| a.lineages.iter().map(|l| l.trim().to_string()).collect()),
+            test,
+            ..Default::default()
+        },
+    ) {
+        Ok(t) => t.clone(),
+        // One terminal state: nothing to correlate with. Skipped with a note (as `run` does);
+        // the output is still written, so that a chain of stage commands goes on.
+        Err(e @ EstimatorError::Drivers(DriversError::SingleLineage { .. })) => {
+            let mut edit = H5adEdit::new(&a.io.input);
+            write_gpcca(&mut edit, &r, &g)?;
+            edit.write_to(&a.io.output)?;
+            let csv = a
+                .csv
+                .as_ref()
+                .map_or(String::new(), |p| format!(" (no table -> {})", p.display()));
+            return Ok(format!(
+                "note: lineage drivers skipped: {e}{csv}\nno drivers -> {}\n",
+                a.io.output.display()
+            ));
+        }
+        Err(e @ EstimatorError::Drivers(DriversError::UnknownLineage { .. })) => {
+            bail!("--lineages: {e}")
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut edit = H5adEdit::new(&a.io.input);
     write_gpcca(&mut edit, &r, &g)?;
     edit.write_to(&a.io.output)?;
