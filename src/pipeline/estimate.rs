@@ -15,7 +15,7 @@ use cellfate_estimators::{
 };
 use cellfate_kernels::TransitionMatrix;
 
-use crate::estimator_io::{read_clusters, write_gpcca, Clusters};
+use crate::estimator_io::{read_cluster_key, write_gpcca, Clusters};
 use crate::io::{keys, H5adEdit, H5adReader};
 
 use super::PipelineError;
@@ -32,7 +32,9 @@ pub struct EstimatorSpec {
     pub n_states: NStates,
     /// Cells per macrostate / terminal state in the discrete assignment.
     pub n_cells: usize,
-    /// obs column used to name states (`None`: `clusters` when present).
+    /// obs column used to name states (`None`: `clusters` when present and categorical). A
+    /// key that is given must be a categorical obs column: otherwise the run fails before any
+    /// computation, listing the categorical columns.
     pub cluster_key: Option<String>,
     /// Rotation optimiser (default: gradient, multi-start; `nelder_mead` for CellRank parity).
     pub optimizer: Optimizer,
@@ -155,7 +157,7 @@ pub fn fit_gpcca(
     progress("Schur decomposition");
     g.compute_schur(&schur_opts)?;
     progress("macrostates (GPCCA)");
-    let clusters = read_clusters(r, spec.cluster_key.as_deref().unwrap_or("clusters"));
+    let clusters = read_cluster_key(r, spec.cluster_key.as_deref())?;
     g.compute_macrostates(
         spec.n_states.clone(),
         &MacrostatesOptions {

@@ -217,6 +217,13 @@ pub fn run(
             .into());
         }
     }
+    // A cluster key given by name must be a categorical obs column: fail before any step runs
+    // (a .loom input is checked after its conversion, when the estimators read it).
+    if let Some(key) = &spec.estimators.cluster_key {
+        if !crate::io::loom::is_loom(input) {
+            crate::estimator_io::read_clusters(&H5adReader::open(input)?, key)?;
+        }
+    }
     // Raw input: the missing upstream steps write an intermediate file, which the kernel reads
     // and the output copies (removed when `prepared` is dropped).
     let prepared = upstream::prepare_input(input, output, spec, progress)?;

@@ -3,6 +3,15 @@
 
 use crate::common::{cellfate, succeed, tempdir};
 
+/// Runs `cmd` expecting exit code 2; returns stderr.
+fn fails(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{cmd:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
 /// `preprocess -v` prints every stage's duration and, where known, the peak memory; the
 /// sub-stages timed inside a stage have no peak of their own and print none (not `NaN`).
 #[test]
@@ -31,6 +40,112 @@ fn preprocess_verbose_prints_no_nan() {
             .and_then(|s| s.trim().parse::<f64>().ok());
         assert!(mb.is_some_and(|m| m > 0.0), "bad peak line {line:?}");
     }
+}
+
+/// A cluster key given by name that is missing or not categorical is an error listing the
+/// categorical obs columns — from the CLI (`run`, `macrostates`, `cflare`), a TOML config and
+/// the library — before anything is computed; without a key, a file with no `clusters`
+/// column still runs (states named 0, 1, ...), silently as in CellRank.
+#[test]
+fn an_unknown_cluster_key_is_an_error_listing_the_categorical_columns() {
+    use cellfate::estimator_io::{read_cluster_key, read_clusters, EstimatorIoError};
+    use cellfate::io::H5adReader;
+    let Some(data) = crate::common::require_shared("data/dentategyrus_cellrank_gt") else {
+        return;
+    };
+    let a100 = data.join("adata_100.h5ad");
+    let d = tempdir();
+    let never = d.path().join("never.h5ad");
+    let check = |err: &str, key: &str, problem: &str| {
+        assert!(
+            err.contains(&format!("cluster_key \"{key}\"")) && err.contains(problem),
+            "{err}"
+        );
+        assert!(
+            err.contains("categorical obs columns are: clusters, age(days), clusters_enlarged"),
+            "{err}"
+        );
+    };
+    let err = fails(
+        cellfate()
+            .arg("run")
+            .arg(&a100)
+            .args(["--cluster-key", "nope", "-o"])
+            .arg(&never),
+    );
+    check(&err, "nope", "does not exist");
+    // Nothing ran: the error comes before the kernel.
+    assert!(!err.contains("] kernel"), "{err}");
+    let err = fails(
+        cellfate()
+            .arg("macrostates")
+            .arg(&a100)
+            .args([
+                "--kernel",
+                "connectivity",
+                "--cluster-key",
+                "dpt_pseudotime",
+            ])
+            .arg("-o")
+            .arg(&never),
+    );
+    check(&err, "dpt_pseudotime", "is not categorical");
+    let toml = d.path().join("c.toml");
+    std::fs::write(&toml, "[estimators]\ncluster_key = \"Clusters\"\n").expect("toml");
+    let err = fails(
+        cellfate()
+            .arg("run")
+            .arg(&a100)
+            .arg("--config")
+            .arg(&toml)
+            .arg("-o")
+            .arg(&never),
+    );
+    check(&err, "Clusters", "does not exist");
+    let k = d.path().join("k.h5ad");
+    succeed(
+        cellfate()
+            .arg("kernel")
+            .arg(&a100)
+            .args(["--kernel", "0.8*velocity + 0.2*connectivity", "-o"])
+            .arg(&k),
+    );
+    let err = fails(
+        cellfate()
+            .arg("cflare")
+            .arg(&k)
+            .args(["--cluster-key", "nope", "-o"])
+            .arg(&never),
+    );
+    check(&err, "nope", "does not exist");
+    assert!(!never.exists());
+    // The library: the same typed error, from the adapter and from the pipeline.
+    let r = H5adReader::open(&a100).expect("open");
+    let e = read_clusters(&r, "nope").expect_err("missing key");
+    assert!(
+        matches!(&e, EstimatorIoError::ClusterKey { key, categorical, .. }
+            if key == "nope" && categorical.len() == 3),
+        "{e}"
+    );
+    assert!(read_cluster_key(&r, Some("clusters"))
+        .expect("clusters")
+        .is_some());
+    let spec = cellfate::pipeline::FateMapSpec::from_toml("[estimators]\ncluster_key = \"nope\"\n")
+        .expect("toml");
+    let e = cellfate::pipeline::run(&a100, &never, &spec, &mut |_| {}).expect_err("missing key");
+    assert!(
+        matches!(
+            e,
+            cellfate::pipeline::PipelineError::EstimatorIo(EstimatorIoError::ClusterKey { .. })
+        ),
+        "{e}"
+    );
+    // No key and no `clusters` column: silently unnamed (CellRank's default).
+    let Some(dyngen) = crate::common::require_shared("data/dyngen_bifurcating_sim") else {
+        return;
+    };
+    let r = H5adReader::open(dyngen.join("bifurcating.h5ad")).expect("open");
+    assert!(read_cluster_key(&r, None).expect("no error").is_none());
 }
 
 /// One terminal state: every fate probability is 1, so `run` and `drivers` skip the drivers

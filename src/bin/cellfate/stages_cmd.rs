@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use cellfate::estimator_io::{
-    read_cflare, read_clusters, read_gpcca, write_cflare, write_gpcca, write_terminal_states,
+    read_cflare, read_cluster_key, read_gpcca, write_cflare, write_gpcca, write_terminal_states,
     Clusters,
 };
 use cellfate::estimators::absorption::{AbsorptionOptions, PrimingMethod, Solver};
@@ -478,7 +478,7 @@ pub(crate) fn cflare(a: CflareArgs) -> anyhow::Result<String> {
     use cellfate::estimators::cflare::CflareOptions;
     let r = H5adReader::open(&a.io.input)?;
     let mut c = read_cflare(&r, &a.io.transition_key)?;
-    let clusters = read_clusters(&r, a.cluster_key.as_deref().unwrap_or("clusters"));
+    let clusters = read_cluster_key(&r, a.cluster_key.as_deref())?;
     c.fit(a.k)?;
     let names = c
         .predict(
