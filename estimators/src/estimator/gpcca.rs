@@ -483,7 +483,7 @@ impl Gpcca {
         })?;
         let stat = ms.coarse_stat.as_ref().ok_or(EstimatorError::States {
             estimator: NAME,
-            message: "predict_initial_states needs the coarse stationary distribution, which could not be computed (the chain is reducible)".into(),
+            message: "predict_initial_states needs the coarse stationary distribution, which could not be computed (see the note on the stationary distribution)".into(),
         })?;
         let sel = select_initial(stat, n_states)?;
         let states = self.states_of(ms, &sel, n_cells)?;

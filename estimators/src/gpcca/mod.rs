@@ -32,6 +32,8 @@ pub use rotation::{embed, fill_matrix, objective_of};
 const EPS: f64 = f64::EPSILON;
 /// Largest `max |Pᵀπ − π|` accepted for the stationary distribution.
 const STATIONARY_TOL: f64 = 1e-9;
+/// A second eigenvalue this close to 1 leaves the stationary distribution undetermined.
+const NEARLY_REDUCIBLE: f64 = 1e-10;
 
 /// `X`: an η-orthonormal basis (n × k, `Xᵀ diag(η) X = I`) of the Schur subspace with a constant
 /// first column of ones (pyGPCCA's `_do_schur` + modified Gram–Schmidt).
@@ -330,8 +332,11 @@ pub fn coarse_grain(
 }
 
 /// The stationary distribution π of `t` (`Pᵀπ = π`, `π ≥ 0`, `Σπ = 1`), from the dominant
-/// Schur vector of `Pᵀ`. A reducible chain (eigenvalue 1 of multiplicity > 1) is an error that
-/// says so, instead of CellRank's silent `None`.
+/// Schur vector of `Pᵀ`. When the second eigenvalue is within 1e-10 of 1, this is an error
+/// (instead of CellRank's silent `None`) that tells a reducible chain (several closed sets of
+/// cells in the transition graph: [`StationaryError::Reducible`] counts them) from a nearly
+/// reducible one (one closed set, a tiny eigenvalue gap: [`StationaryError::NearlyReducible`]
+/// gives `|1 − λ2|`).
 pub fn stationary_distribution(t: &TransitionMatrix) -> Result<Vec<f64>, GpccaError> {
     let n = t.n_cells();
     if n == 1 {
@@ -340,8 +345,19 @@ pub fn stationary_distribution(t: &TransitionMatrix) -> Result<Vec<f64>, GpccaEr
     let op = |x: &[f64]| t.mul_vec_transposed(x);
     let (q, ev) = crate::schur::dominant_schur_op(n, 2, crate::schur::Which::LargestReal, &op)
         .map_err(StationaryError::from)?;
-    if ev.len() >= 2 && (ev[1].0 - 1.0).abs() <= 1e-10 && ev[1].1.abs() <= 1e-10 {
-        return Err(StationaryError::Reducible { second: ev[1].0 }.into());
+    if ev.len() >= 2 && (ev[1].0 - 1.0).abs() <= NEARLY_REDUCIBLE && ev[1].1.abs() <= 1e-10 {
+        let gap = (1.0 - ev[1].0).abs();
+        let sets = crate::graph::closed_sets(t);
+        return Err(if sets.len() >= 2 {
+            StationaryError::Reducible {
+                closed_sets: sets.len(),
+                largest: sets.iter().map(Vec::len).max().unwrap_or(0),
+                gap,
+            }
+        } else {
+            StationaryError::NearlyReducible { gap }
+        }
+        .into());
     }
     let v: Vec<f64> = q.column(0).iter().copied().collect();
     let tol = 1e4 * EPS * v.iter().fold(0.0f64, |a, b| a.max(b.abs()));
