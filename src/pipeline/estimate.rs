@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use cellfate_estimators::absorption::{AbsorptionOptions, FateProbabilities, PrimingMethod};
 use cellfate_estimators::drivers::{DriverTable, DriverTest, DriversError, Expression};
-use cellfate_estimators::gpcca::Optimizer;
+use cellfate_estimators::gpcca::{Eigengap, Optimizer};
 use cellfate_estimators::schur::SchurOptions;
 use cellfate_estimators::states::TerminalMethod;
 use cellfate_estimators::{
@@ -96,8 +96,10 @@ pub struct EstimatorSummary {
     pub schur_residual: f64,
     /// Schur eigenvalues `(re, im)`.
     pub eigenvalues: Vec<(f64, f64)>,
-    /// Eigengap index.
-    pub eigengap: usize,
+    /// The eigengap of the Schur eigenvalues (`None` without them): CellRank's 0-based
+    /// `index` (as in `uns["eigendecomposition_fwd"]["eigengap"]`), the 1-based eigenvalue it
+    /// follows and the number of states it suggests; printed as its `Display`.
+    pub eigengap: Option<Eigengap>,
     /// Number of macrostates.
     pub n_macrostates: usize,
     /// Macrostate names.
@@ -158,15 +160,25 @@ pub fn fit_gpcca(
     g.compute_schur(&schur_opts)?;
     progress("macrostates (GPCCA)");
     let clusters = read_cluster_key(r, spec.cluster_key.as_deref())?;
-    g.compute_macrostates(
-        spec.n_states.clone(),
-        &MacrostatesOptions {
-            n_cells: spec.n_cells,
-            optimizer: spec.optimizer.clone(),
-            alpha: spec.alpha,
-        },
-        clusters.as_ref().map(Clusters::reference),
-    )?;
+    let m = g
+        .compute_macrostates(
+            spec.n_states.clone(),
+            &MacrostatesOptions {
+                n_cells: spec.n_cells,
+                optimizer: spec.optimizer.clone(),
+                alpha: spec.alpha,
+            },
+            clusters.as_ref().map(Clusters::reference),
+        )?
+        .n_states();
+    if spec.n_states == NStates::Eigengap {
+        let gap = Eigengap::from_index(g.eigengap()?.0);
+        if gap.suggested_states < 2 {
+            g.core_mut().note(format!(
+                "{gap}, but GPCCA needs at least 2 macrostates: {m} computed"
+            ));
+        }
+    }
     progress("terminal states");
     g.predict_terminal_states(
         &spec.terminal,
@@ -237,7 +249,7 @@ pub fn summarize(r: &H5adReader, g: &Gpcca) -> Result<EstimatorSummary, Pipeline
     }
     if let Ok(ev) = g.eigenvalues() {
         summary.eigenvalues = ev.to_vec();
-        summary.eigengap = g.eigengap()?.0;
+        summary.eigengap = Some(Eigengap::from_index(g.eigengap()?.0));
     }
     if let Ok(ms) = g.macrostates() {
         summary.n_macrostates = ms.n_states();

@@ -197,3 +197,69 @@ fn drivers_of_a_single_lineage_are_skipped_with_a_note() {
     let r = cellfate::io::H5adReader::open(&again).expect("output");
     assert!(!r.exists("varm/terminal_lineage_drivers"));
 }
+
+/// The eigengap is said one way everywhere: `uns` keeps CellRank's 0-based index `i`; the
+/// console, the JSON summary, the spectrum plot (SVG) and the notes say "after λ(i+1) …
+/// → i+1 states suggested"; the macrostates computed beyond the suggestion are explained.
+#[test]
+fn the_eigengap_is_said_the_same_way_everywhere() {
+    use cellfate::estimators::gpcca::Eigengap;
+    let Some(data) = crate::common::require_shared("data/dentategyrus_cellrank_gt") else {
+        return;
+    };
+    let d = tempdir();
+    let input = data.join("adata_200.h5ad");
+    let out = d.path().join("a.h5ad");
+    let figs = d.path().join("figs");
+    let json = succeed(
+        cellfate()
+            .arg("run")
+            .arg(&input)
+            .args(["--n-cells", "5", "--json", "-q", "-o"])
+            .arg(&out)
+            .arg("--plots")
+            .arg(&figs),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    let r = cellfate::io::H5adReader::open(&out).expect("output");
+    let cellfate::io::Element::Scalar(stored) = r
+        .read("uns/eigendecomposition_fwd/eigengap")
+        .expect("eigengap")
+    else {
+        panic!("eigengap is not a scalar")
+    };
+    let stored = stored.get_f64(0) as usize;
+    let gap = Eigengap::from_index(stored);
+    let said = gap.to_string();
+    let j = &v["estimators"]["eigengap"];
+    assert_eq!(j["index"], stored, "{j}");
+    assert_eq!(j["after_eigenvalue"], stored + 1, "{j}");
+    assert_eq!(j["suggested_states"], stored + 1, "{j}");
+    let text = succeed(
+        cellfate()
+            .arg("run")
+            .arg(&input)
+            .args(["--n-cells", "5", "-q", "-o"])
+            .arg(d.path().join("b.h5ad")),
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    let schur_line = text
+        .lines()
+        .find(|l| l.starts_with("Schur:"))
+        .expect("Schur line");
+    assert!(schur_line.ends_with(&said), "{schur_line}");
+    assert!(!schur_line.contains("eigengap 0"), "{schur_line}");
+    let svg = std::fs::read_to_string(figs.join("spectrum.svg")).expect("spectrum.svg");
+    assert!(svg.contains(&said), "the spectrum plot says otherwise");
+    // This file's gap suggests 1 state; GPCCA computes 2 and says why.
+    let m = v["estimators"]["n_macrostates"].as_u64().expect("n") as usize;
+    if gap.suggested_states < m {
+        let why = format!("{said}, but GPCCA needs at least 2 macrostates: {m} computed");
+        assert!(text.contains(&why), "{text}");
+        let notes = v["estimators"]["notes"].to_string();
+        assert!(
+            notes.contains("GPCCA needs at least 2 macrostates"),
+            "{notes}"
+        );
+    }
+}

@@ -412,6 +412,56 @@ pub fn eigengap(real_parts: &[f64], alpha: f64) -> usize {
     arg
 }
 
+/// The eigengap said one way everywhere. CellRank stores the 0-based index `i` maximising the
+/// gap (`uns["eigendecomposition_fwd"]["eigengap"]`, kept as is for compatibility): the gap
+/// lies between the eigenvalues λ_{i+1} and λ_{i+2} (1-based, sorted by decreasing real part),
+/// and it suggests `i + 1` states. Everything printed or drawn says it that way
+/// (`eigengap after λ3 (between λ3 and λ4, 1-based) → 3 states suggested`), never as the bare
+/// index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Eigengap {
+    /// CellRank's 0-based index (what `uns[...]["eigengap"]` holds).
+    pub index: usize,
+    /// The gap lies after this eigenvalue (1-based: `index + 1`).
+    pub after_eigenvalue: usize,
+    /// Number of states (GPCCA; for CFLARE, eigenvectors) it suggests (`index + 1`).
+    pub suggested_states: usize,
+}
+
+impl Eigengap {
+    /// From CellRank's 0-based index.
+    pub fn from_index(index: usize) -> Self {
+        Self {
+            index,
+            after_eigenvalue: index + 1,
+            suggested_states: index + 1,
+        }
+    }
+
+    /// Where the gap lies: `after λ3 (between λ3 and λ4, 1-based)`.
+    pub fn position(&self) -> String {
+        format!(
+            "after λ{} (between λ{} and λ{}, 1-based)",
+            self.after_eigenvalue,
+            self.after_eigenvalue,
+            self.after_eigenvalue + 1
+        )
+    }
+}
+
+impl std::fmt::Display for Eigengap {
+    /// `eigengap after λ3 (between λ3 and λ4, 1-based) → 3 states suggested`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "eigengap {} → {} state{} suggested",
+            self.position(),
+            self.suggested_states,
+            if self.suggested_states == 1 { "" } else { "s" }
+        )
+    }
+}
+
 /// The result of fitting GPCCA with `m` macrostates.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GpccaFit {

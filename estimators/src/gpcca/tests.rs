@@ -256,3 +256,19 @@ fn stationary_distribution_of_a_nearly_reducible_chain_gives_the_gap() {
     let pi = stationary_distribution(&two_blocks(0.1)).unwrap();
     assert!(pi.iter().all(|p| (p - 1.0 / 6.0).abs() < 1e-12), "{pi:?}");
 }
+
+/// CellRank's index 0 is the gap between λ1 and λ2, suggesting 1 state; index 2 suggests 3.
+#[test]
+fn eigengap_is_said_with_its_position_and_suggestion() {
+    assert_eq!(
+        Eigengap::from_index(0).to_string(),
+        "eigengap after λ1 (between λ1 and λ2, 1-based) → 1 state suggested"
+    );
+    let g = Eigengap::from_index(2);
+    assert_eq!((g.after_eigenvalue, g.suggested_states), (3, 3));
+    assert_eq!(
+        g.to_string(),
+        "eigengap after λ3 (between λ3 and λ4, 1-based) → 3 states suggested"
+    );
+    assert_eq!(eigengap(&[1.0, 0.99, 0.98, 0.5, 0.45], 0.0), 2);
+}

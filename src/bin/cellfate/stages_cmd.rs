@@ -10,6 +10,7 @@ use cellfate::estimator_io::{
 };
 use cellfate::estimators::absorption::{AbsorptionOptions, PrimingMethod, Solver};
 use cellfate::estimators::drivers::{DriverTest, DriversError, Expression};
+use cellfate::estimators::gpcca::Eigengap;
 use cellfate::estimators::{
     AbsorptionTimesOptions, CellStates, DriverOptions, Estimator, EstimatorError, StatesInput,
     TerminalOptions,
@@ -500,7 +501,8 @@ pub(crate) fn cflare(a: CflareArgs) -> anyhow::Result<String> {
     write_cflare(&mut edit, &r, &c)?;
     edit.write_to(&a.io.output)?;
     Ok(format!(
-        "CFLARE: eigengap {gap}, {used} eigenvectors used, terminal states {} -> {}\n",
+        "CFLARE: eigengap {}, {used} eigenvectors used, terminal states {} -> {}\n",
+        Eigengap::from_index(gap).position(),
         names.join(", "),
         a.io.output.display()
     ))
