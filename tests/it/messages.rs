@@ -42,6 +42,284 @@ fn preprocess_verbose_prints_no_nan() {
     }
 }
 
+/// The `--flag`s a message suggests, with the subcommand each belongs to: flags inside a
+/// backticked `` `cellfate SUB ...` `` belong to SUB, every other flag to `command` (the
+/// command that printed the message).
+fn suggested_flags(message: &str, command: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (k, part) in message.split('`').enumerate() {
+        let owner = match part.strip_prefix("cellfate ") {
+            Some(rest) if k % 2 == 1 => rest.split_whitespace().next().unwrap_or(command),
+            _ => command,
+        };
+        let bytes = part.as_bytes();
+        let mut i = 0;
+        while let Some(at) = part[i..].find("--") {
+            let s = i + at;
+            let start_ok =
+                s == 0 || !(bytes[s - 1].is_ascii_alphanumeric() || bytes[s - 1] == b'-');
+            let mut e = s + 2;
+            while e < bytes.len() && (bytes[e].is_ascii_alphanumeric() || bytes[e] == b'-') {
+                e += 1;
+            }
+            if start_ok && e > s + 2 && bytes[s + 2].is_ascii_lowercase() {
+                out.push((owner.to_string(), part[s..e].to_string()));
+            }
+            i = e.max(s + 2);
+        }
+    }
+    out
+}
+
+/// The flags `cellfate SUB --help` lists.
+fn flags_of(sub: &str) -> std::collections::BTreeSet<String> {
+    let out = succeed(cellfate().args([sub, "--help"]));
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    suggested_flags(&help, sub)
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect()
+}
+
+/// A failing run, macrostates, terminal-states, fates, preprocess and batch: every `--flag`
+/// the error (and its hint) suggests is listed by `--help` of the command it belongs to (the
+/// command that printed it, or the one it names as `` `cellfate SUB --flag` ``).
+#[test]
+fn every_suggested_flag_exists_on_the_command_that_prints_it() {
+    let Some(data) = crate::common::require_shared("data/dentategyrus_cellrank_gt") else {
+        return;
+    };
+    let d = tempdir();
+    let p = |name: &str| d.path().join(name);
+    let a100 = data.join("adata_100.h5ad");
+    let kernel = "0.8*velocity + 0.2*connectivity";
+    let never = p("never.h5ad");
+    let mut messages: Vec<(&str, String)> = Vec::new();
+    // 1. The stability rule selects nothing: run, macrostates, terminal-states, batch.
+    let strict = ["--stability-threshold", "0.999999", "--n-cells", "5", "-q"];
+    messages.push((
+        "run",
+        fails(
+            cellfate()
+                .arg("run")
+                .arg(&a100)
+                .args(strict)
+                .arg("-o")
+                .arg(&never),
+        ),
+    ));
+    messages.push((
+        "macrostates",
+        fails(
+            cellfate()
+                .arg("macrostates")
+                .arg(&a100)
+                .args(["--kernel", kernel])
+                .args(strict)
+                .arg("-o")
+                .arg(&never),
+        ),
+    ));
+    succeed(
+        cellfate()
+            .arg("macrostates")
+            .arg(&a100)
+            .args(["--kernel", kernel, "--n-cells", "5", "-q"])
+            .args(["--terminal-method", "top_n", "--n-terminal", "1", "-o"])
+            .arg(p("m.h5ad")),
+    );
+    messages.push((
+        "terminal-states",
+        fails(
+            cellfate()
+                .arg("terminal-states")
+                .arg(p("m.h5ad"))
+                .args(["--threshold", "0.999999", "--n-cells", "5", "-o"])
+                .arg(&never),
+        ),
+    ));
+    let out = cellfate()
+        .args(["batch", "--out-dir"])
+        .arg(p("batch"))
+        .arg(&a100)
+        .args(strict)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1), "batch: one failed sample");
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(p("batch").join("summary.json")).expect("summary.json"),
+    )
+    .expect("json");
+    let err = summary["samples"][0]["error"]
+        .as_str()
+        .expect("error")
+        .to_string();
+    messages.push(("batch", err));
+    // 2. Raw counts: too many neighbours (preprocess; run with a config); no pseudotime root.
+    let sim = p("sim.h5ad");
+    crate::common::write_simulation(&sim, 300, Some(80));
+    messages.push((
+        "preprocess",
+        fails(
+            cellfate()
+                .arg("preprocess")
+                .arg(&sim)
+                .args(["--n-neighbors", "1000", "-o"])
+                .arg(&never),
+        ),
+    ));
+    std::fs::write(p("nn.toml"), "[upstream.preprocess]\nn_neighbors = 1000\n").expect("toml");
+    messages.push((
+        "run",
+        fails(
+            cellfate()
+                .arg("run")
+                .arg(&sim)
+                .arg("--config")
+                .arg(p("nn.toml"))
+                .args(["-q", "-o"])
+                .arg(&never),
+        ),
+    ));
+    let pp = p("pp.h5ad");
+    succeed(
+        cellfate()
+            .arg("preprocess")
+            .arg(&sim)
+            .args(["-q", "--n-neighbors", "15", "-o"])
+            .arg(&pp),
+    );
+    for cmd in ["run", "macrostates"] {
+        messages.push((
+            cmd,
+            fails(
+                cellfate()
+                    .arg(cmd)
+                    .arg(&pp)
+                    .args(["--kernel", "pseudotime", "-q", "-o"])
+                    .arg(&never),
+            ),
+        ));
+    }
+    // 3. Fates with cells that reach no terminal state: two disconnected blocks of cells,
+    //    terminal cells in the first only.
+    let n = 300;
+    let mut trip = Vec::new();
+    for i in 0..n {
+        let block = if i < n / 2 { 0 } else { n / 2 };
+        trip.push((i, i, 0.5));
+        trip.push((i, block + (i - block + 1) % (n / 2), 0.5));
+    }
+    let t = cellfate::kernels::Csr::from_triplets(n, n, &trip).expect("csr");
+    let blocks = p("blocks.h5ad");
+    cellfate::io::H5adEdit::new(&pp)
+        .set(
+            "obsp/T_fwd",
+            cellfate::io::Element::Sparse(cellfate::io::SparseArray::from_csr(&t)),
+        )
+        .write_to(&blocks)
+        .expect("write");
+    let names = cellfate::io::H5adReader::open(&blocks)
+        .expect("open")
+        .obs_names()
+        .expect("names");
+    std::fs::write(p("cells.csv"), format!("cell,state\n{},A\n", names[3])).expect("csv");
+    succeed(
+        cellfate()
+            .arg("terminal-states")
+            .arg(&blocks)
+            .arg("--cells-file")
+            .arg(p("cells.csv"))
+            .arg("-o")
+            .arg(p("term.h5ad")),
+    );
+    messages.push((
+        "fates",
+        fails(
+            cellfate()
+                .arg("fates")
+                .arg(p("term.h5ad"))
+                .arg("-o")
+                .arg(&never),
+        ),
+    ));
+    // Every suggestion exists; the tests above do suggest flags.
+    let mut helps = std::collections::BTreeMap::new();
+    let mut checked = 0;
+    for (cmd, msg) in &messages {
+        assert!(
+            msg.contains("hint") || msg.contains("`cellfate"),
+            "{cmd}: no suggestion in {msg}"
+        );
+        for (owner, flag) in suggested_flags(msg, cmd) {
+            let known = helps
+                .entry(owner.clone())
+                .or_insert_with(|| flags_of(&owner));
+            assert!(
+                known.contains(&flag),
+                "`cellfate {cmd}` suggests {flag} for `cellfate {owner}`, which has no such flag: {msg}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} flags suggested");
+    // And the advice is the command's own: run and terminal-states spell top_n differently.
+    assert!(messages[0]
+        .1
+        .contains("--terminal-method top_n --n-terminal 2"));
+    assert!(messages[2].1.contains("--method top_n --n-states 2"));
+}
+
+#[test]
+fn the_flag_parser_finds_flags_and_their_commands() {
+    assert_eq!(
+        suggested_flags(
+            "use --method top_n (e.g. `cellfate kernel --kernel \"a\"`), 1-based, x--y",
+            "terminal-states"
+        ),
+        vec![
+            ("terminal-states".to_string(), "--method".to_string()),
+            ("kernel".to_string(), "--kernel".to_string()),
+        ]
+    );
+}
+
+/// The library crates know nothing of the CLI: their messages name parameters in library
+/// terms (`TerminalMethod::TopN { n_states }`, `n_cells`), never a `--flag` (except in a
+/// backticked `` `cellfate SUB --flag` ``, which names its command).
+#[test]
+fn library_messages_name_no_flags() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut stack = vec![root.join("estimators/src"), root.join("kernels/src")];
+    let mut offenders = Vec::new();
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).expect("dir") {
+            let path = e.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|x| x != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("source");
+            for (k, line) in text.lines().enumerate() {
+                if line.trim_start().starts_with("//") {
+                    continue;
+                }
+                let stray: Vec<_> = suggested_flags(line, "-")
+                    .into_iter()
+                    .filter(|(owner, _)| owner == "-")
+                    .collect();
+                if !stray.is_empty() {
+                    offenders.push(format!("{}:{}: {}", path.display(), k + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "{}", offenders.join("\n"));
+}
+
 /// A cluster key given by name that is missing or not categorical is an error listing the
 /// categorical obs columns — from the CLI (`run`, `macrostates`, `cflare`), a TOML config and
 /// the library — before anything is computed; without a key, a file with no `clusters`

@@ -97,7 +97,7 @@ pub enum EstimatorError {
     #[error(transparent)]
     Absorption(#[from] AbsorptionError),
     /// An absorption failure on a chain with several (nearly) closed sets of cells.
-    #[error("{source}. Diagnosis: the transition matrix has {unit} eigenvalues within 1e-6 of 1, i.e. {unit} (nearly) closed sets of cells, for {n_terminal} terminal states; cells of a closed set that its terminal cells do not cover can (numerically) never be absorbed. Take more cells per terminal state (n_cells = 100 or more), as many terminal states as closed sets (terminal method top_n with n_states = {unit}), or a kernel with more connectivity (e.g. 0.7*velocity + 0.3*connectivity)")]
+    #[error("{source}. Diagnosis: the transition matrix has {unit} eigenvalues within 1e-6 of 1, i.e. {unit} (nearly) closed sets of cells, for {n_terminal} terminal states; cells of a closed set that its terminal cells do not cover can (numerically) never be absorbed. Take more cells per terminal state (n_cells = 100 or more), as many terminal states as closed sets (TerminalMethod::TopN {{ n_states: {unit} }}), or a kernel with more connectivity (e.g. the kernel expression \"0.7*velocity + 0.3*connectivity\")")]
     ClosedSets {
         /// The solver's error.
         source: AbsorptionError,
