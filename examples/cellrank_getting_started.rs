@@ -60,14 +60,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         schur.method,
         schur.residual
     );
-    let clusters = read_clusters(&adata, "clusters");
+    let clusters = read_clusters(&adata, "clusters")?; // an error if obs["clusters"] is missing
     let ms = g.compute_macrostates(
         NStates::Fixed(8),
         &MacrostatesOptions {
             optimizer: Optimizer::NelderMead,
             ..Default::default()
         },
-        clusters.as_ref().map(|c| c.reference()),
+        Some(clusters.reference()),
     )?;
     println!("macrostates: {}", ms.states.names.join(", "));
     let terminal = g

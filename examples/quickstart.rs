@@ -7,7 +7,7 @@
 
 #![allow(clippy::print_stdout)]
 
-use cellfate::estimator_io::read_clusters;
+use cellfate::estimator_io::read_cluster_key;
 use cellfate::estimators::{drivers::Expression, Estimator, Gpcca, NStates};
 use cellfate::io::H5adReader;
 use cellfate::kernels::{save, ConnectivityParams, Kernel, VelocityParams};
@@ -26,7 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut g = Gpcca::new(reloaded.transition);
     g.compute_schur(&Default::default())?;
-    let clusters = read_clusters(&cells, "clusters");
+    // Names from obs["clusters"] when the file has it (a `Some("key")` must exist).
+    let clusters = read_cluster_key(&cells, None)?;
     let opts = Default::default();
     g.compute_macrostates(
         NStates::Fixed(8),

@@ -43,6 +43,18 @@ pub enum EstimatorIoError {
     /// An estimator stage.
     #[error(transparent)]
     Estimator(#[from] EstimatorError),
+    /// A cluster column asked for by name (`cluster_key`) that cannot name states.
+    #[error("{path}: cluster_key {key:?}: obs[{key:?}] {problem}; the categorical obs columns are: {}", if .categorical.is_empty() { "none".to_string() } else { .categorical.join(", ") })]
+    ClusterKey {
+        /// The file.
+        path: String,
+        /// The key given.
+        key: String,
+        /// Missing, or what the column holds instead.
+        problem: String,
+        /// The categorical obs columns there are.
+        categorical: Vec<String>,
+    },
     /// A slot holds something the estimator cannot use.
     #[error("{path}: {slot}: {message}")]
     Slot {
@@ -77,17 +89,56 @@ impl Clusters {
     }
 }
 
-/// The categorical `obs[key]` with its colours, or `None` when the column is missing or not
-/// categorical.
-pub fn read_clusters(r: &H5adReader, key: &str) -> Option<Clusters> {
-    let Ok(Element::Categorical(c)) = r.column("obs", key) else {
-        return None;
+/// The obs column CellRank names states after when no `cluster_key` is given.
+pub const DEFAULT_CLUSTER_KEY: &str = "clusters";
+
+/// The categorical `obs[key]` with its colours (`uns[key_colors]`). A key that is missing or
+/// not categorical is an [`EstimatorIoError::ClusterKey`] listing the categorical obs columns.
+pub fn read_clusters(r: &H5adReader, key: &str) -> Result<Clusters, EstimatorIoError> {
+    let problem = match r.column("obs", key) {
+        Ok(Element::Categorical(c)) => {
+            return Ok(Clusters {
+                labels: c.to_labels(),
+                categories: c.categories.labels(),
+                colors: strings(r, &keys::uns(&keys::colors(key))),
+            })
+        }
+        Ok(other) => format!("is not categorical (it holds {})", other.encoding()),
+        Err(H5adError::Missing { .. }) => "does not exist".to_string(),
+        Err(e) => return Err(e.into()),
     };
-    Some(Clusters {
-        labels: c.to_labels(),
-        categories: c.categories.labels(),
-        colors: strings(r, &keys::uns(&keys::colors(key))),
+    Err(EstimatorIoError::ClusterKey {
+        path: r.path().display().to_string(),
+        key: key.to_string(),
+        problem,
+        categorical: categorical_obs_columns(r),
     })
+}
+
+/// The clusters that name states: `obs[key]` when a key is given (an error when it is
+/// missing or not categorical), else `obs["clusters"]` when it exists and is categorical
+/// (`None` otherwise, silently: CellRank's default).
+pub fn read_cluster_key(
+    r: &H5adReader,
+    key: Option<&str>,
+) -> Result<Option<Clusters>, EstimatorIoError> {
+    match key {
+        Some(k) => read_clusters(r, k).map(Some),
+        None => match read_clusters(r, DEFAULT_CLUSTER_KEY) {
+            Ok(c) => Ok(Some(c)),
+            Err(EstimatorIoError::ClusterKey { .. }) => Ok(None),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// The categorical columns of `obs`, in order.
+pub fn categorical_obs_columns(r: &H5adReader) -> Vec<String> {
+    r.columns("obs")
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| matches!(r.column("obs", c), Ok(Element::Categorical(_))))
+        .collect()
 }
 
 fn strings(r: &H5adReader, slot: &str) -> Option<Vec<String>> {

@@ -57,7 +57,7 @@ pub enum AbsorptionError {
     #[error("every cell belongs to a terminal state: there is nothing to compute")]
     NoTransient,
     /// Some transient cells cannot reach any terminal state.
-    #[error("{count} of {transient} transient cells cannot reach any terminal state (e.g. cell {example}), so their fate is undefined; add a connectivity kernel (e.g. --kernel \"0.8*velocity + 0.2*connectivity\") or add terminal states")]
+    #[error("{count} of {transient} transient cells cannot reach any terminal state (e.g. cell {example}), so their fate is undefined; add a connectivity kernel to the transition matrix (e.g. the kernel expression \"0.8*velocity + 0.2*connectivity\") or add terminal states")]
     Unreachable {
         /// Unreachable cells.
         count: usize,

@@ -61,6 +61,15 @@ pub enum DriversError {
         /// The lineages there are.
         known: Vec<String>,
     },
+    /// One terminal state: every cell's fate probability is 1 up to rounding, so correlations
+    /// with it would rank genes by rounding noise.
+    #[error("lineage drivers need at least 2 lineages: with the single lineage {lineage:?}, every cell's fate probability is 1 (up to {spread:.1e}), so correlations with it are rounding noise")]
+    SingleLineage {
+        /// The only lineage.
+        lineage: String,
+        /// `max |p − 1|` over the cells.
+        spread: f64,
+    },
 }
 
 /// Gene expression for the drivers: dense (cells × genes, row-major) or sparse CSR.
@@ -109,7 +118,29 @@ pub enum DriverTest {
     },
 }
 
+/// The smallest p- and q-value reported: the smallest normal `f64` (`f64::MIN_POSITIVE`,
+/// about 2.2e-308). Fisher's z gives p-values that underflow to subnormal numbers (printed as
+/// `6.48e-316`, a precision no test has) or to 0 for near-perfect correlations; they are
+/// clamped here, meaning "below 1e-300" (see [`format_p_value`]).
+pub const P_VALUE_FLOOR: f64 = f64::MIN_POSITIVE;
+
+/// A p- or q-value as text: `< 1e-300` below 1e-300 (where Fisher's z has no precision left),
+/// otherwise three significant digits (`3.14e-12`); NaN as `nan`.
+pub fn format_p_value(p: f64) -> String {
+    if p.is_nan() {
+        "nan".into()
+    } else if p < 1e-300 {
+        "< 1e-300".into()
+    } else {
+        format!("{p:.2e}")
+    }
+}
+
 /// Per gene and lineage: correlation, p-value, q-value and confidence interval.
+///
+/// p- and q-values are never below [`P_VALUE_FLOOR`] (the smallest normal double); the
+/// permutation test's p-values are at least `1 / n_perms`, the smallest it can resolve
+/// (CellRank reports 0 when no permutation reaches the observed correlation).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DriverTable {
     /// Lineage names.
@@ -376,7 +407,7 @@ pub fn compute_lineage_drivers(
                         continue;
                     }
                     let z = r.atanh();
-                    p[k] = 2.0 * norm_cdf(-(z / se).abs());
+                    p[k] = (2.0 * norm_cdf(-(z / se).abs())).max(P_VALUE_FLOOR);
                     lo[k] = (z - zc * se).tanh();
                     hi[k] = (z + zc * se).tanh();
                 }
@@ -428,7 +459,7 @@ pub fn compute_lineage_drivers(
                     .iter()
                     .filter(|(rp, _)| rp[k].abs() >= r.abs())
                     .count();
-                p[k] = count as f64 / *n_perms as f64;
+                p[k] = count.max(1) as f64 / *n_perms as f64;
                 let mut b: Vec<f64> = results
                     .iter()
                     .map(|(_, rb)| rb[k])
@@ -555,6 +586,88 @@ mod tests {
             / (x.iter().map(|a| (a - mx).powi(2)).sum::<f64>().sqrt()
                 * y.iter().map(|b| (b - my).powi(2)).sum::<f64>().sqrt());
         assert!((a[0] - r).abs() < 1e-12);
+    }
+
+    /// Fisher's z p-values underflow: to 0 for a (numerically) perfect correlation, to
+    /// subnormal numbers (`6.48e-316`) just before. Both are clamped to the smallest normal
+    /// double, and q-values follow.
+    #[test]
+    fn p_and_q_values_never_go_below_the_smallest_normal_double() {
+        let n = 1000;
+        let y: Vec<f64> = (0..n).map(|i| (i as f64 / n as f64).powi(2)).collect();
+        let w: Vec<f64> = (0..n).map(|i| ((i * 7919 % 1009) as f64).sin()).collect();
+        // Gene 0 is y plus a little noise (r ≈ 1); genes 1.. add more and more noise, so r
+        // sweeps through the range where 2 Φ(−|z|/se) is subnormal (|z|/se ≈ 37.5..38.5,
+        // r ≈ 0.83).
+        let n_genes = 400;
+        let mut vals = vec![0.0; n * n_genes];
+        for g in 0..n_genes {
+            let c = 1e-4 + g as f64 * 0.002;
+            for i in 0..n {
+                vals[i * n_genes + g] = y[i] + c * w[i];
+            }
+        }
+        let e = Expression::Dense {
+            n_cells: n,
+            n_genes,
+            values: &vals,
+        };
+        let names = ["L".to_string()];
+        let t = compute_lineage_drivers(
+            &e,
+            std::slice::from_ref(&y),
+            &names,
+            &DriverTest::Fisher,
+            0.95,
+        )
+        .unwrap();
+        // The unclamped values: some underflow to 0 and some are subnormal.
+        let se = 1.0 / (n as f64 - 3.0).sqrt();
+        let raw: Vec<f64> = t
+            .corr
+            .iter()
+            .map(|r| 2.0 * norm_cdf(-(r.atanh() / se).abs()))
+            .collect();
+        assert!(raw.contains(&0.0), "no p-value underflows to 0");
+        assert!(
+            raw.iter().any(|&p| p > 0.0 && !p.is_normal()),
+            "no subnormal p-value: the test does not test anything"
+        );
+        for (k, (&p, &q)) in t.pval.iter().zip(&t.qval).enumerate() {
+            assert!(p.is_normal() && p >= P_VALUE_FLOOR, "gene {k}: p = {p:e}");
+            assert!(q.is_normal() && q >= P_VALUE_FLOOR, "gene {k}: q = {q:e}");
+        }
+        assert_eq!(t.pval[0], P_VALUE_FLOOR);
+        assert_eq!(format_p_value(t.qval[0]), "< 1e-300");
+        assert_eq!(format_p_value(6.48e-316), "< 1e-300");
+        assert_eq!(format_p_value(0.0), "< 1e-300");
+        assert_eq!(format_p_value(3.14159e-12), "3.14e-12");
+        assert_eq!(format_p_value(f64::NAN), "nan");
+    }
+
+    /// A permutation test never reports p = 0: at least 1 / n_perms.
+    #[test]
+    fn permutation_p_values_are_at_least_one_over_n_perms() {
+        let n = 60;
+        let y: Vec<f64> = (0..n).map(|i| i as f64).collect();
+        let e = Expression::Dense {
+            n_cells: n,
+            n_genes: 1,
+            values: &y,
+        };
+        let t = compute_lineage_drivers(
+            &e,
+            std::slice::from_ref(&y),
+            &["L".into()],
+            &DriverTest::PermTest {
+                n_perms: 50,
+                seed: 1,
+            },
+            0.95,
+        )
+        .unwrap();
+        assert_eq!(t.pval[0], 1.0 / 50.0);
+        assert!(t.qval[0] >= t.pval[0]);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod cflare;
 pub mod drivers;
 pub mod estimator;
 pub mod gpcca;
+pub mod graph;
 pub mod iterative;
 pub mod schur;
 pub mod states;

@@ -72,7 +72,7 @@ pub enum StatesError {
         threshold: usize,
     },
     /// Nothing passed the stability threshold.
-    #[error("no macrostate has a coarse self-transition probability >= {threshold} (the highest is {max:.4}); coarse self-transitions: {listing}. Decrease the stability threshold, or use method top_n (e.g. --method top_n --n-states 2)")]
+    #[error("no macrostate has a coarse self-transition probability >= {threshold} (the highest is {max:.4}); coarse self-transitions: {listing}. Decrease the stability threshold (TerminalMethod::Stability {{ threshold }}), or take the most stable macrostates (TerminalMethod::TopN {{ n_states }}, method = \"top_n\" in a config; e.g. n_states = 2)")]
     NoneStable {
         /// Threshold.
         threshold: f64,

@@ -5,16 +5,17 @@
 use serde::{Deserialize, Serialize};
 
 use cellfate_estimators::absorption::{AbsorptionOptions, FateProbabilities, PrimingMethod};
-use cellfate_estimators::drivers::{DriverTable, DriverTest, Expression};
-use cellfate_estimators::gpcca::Optimizer;
+use cellfate_estimators::drivers::{DriverTable, DriverTest, DriversError, Expression};
+use cellfate_estimators::gpcca::{Eigengap, Optimizer};
 use cellfate_estimators::schur::SchurOptions;
 use cellfate_estimators::states::TerminalMethod;
 use cellfate_estimators::{
-    AbsorptionTimesOptions, DriverOptions, Estimator, Gpcca, MacrostatesOptions, TerminalOptions,
+    AbsorptionTimesOptions, DriverOptions, Estimator, EstimatorError, Gpcca, MacrostatesOptions,
+    TerminalOptions,
 };
 use cellfate_kernels::TransitionMatrix;
 
-use crate::estimator_io::{read_clusters, write_gpcca, Clusters};
+use crate::estimator_io::{read_cluster_key, write_gpcca, Clusters};
 use crate::io::{keys, H5adEdit, H5adReader};
 
 use super::PipelineError;
@@ -31,7 +32,9 @@ pub struct EstimatorSpec {
     pub n_states: NStates,
     /// Cells per macrostate / terminal state in the discrete assignment.
     pub n_cells: usize,
-    /// obs column used to name states (`None`: `clusters` when present).
+    /// obs column used to name states (`None`: `clusters` when present and categorical). A
+    /// key that is given must be a categorical obs column: otherwise the run fails before any
+    /// computation, listing the categorical columns.
     pub cluster_key: Option<String>,
     /// Rotation optimiser (default: gradient, multi-start; `nelder_mead` for CellRank parity).
     pub optimizer: Optimizer,
@@ -52,7 +55,8 @@ pub struct EstimatorSpec {
     pub absorption_times: bool,
     /// Compute the lineage priming degree.
     pub priming: Option<PrimingMethod>,
-    /// Compute lineage drivers.
+    /// Compute lineage drivers (skipped with a note when there is a single terminal state:
+    /// every fate probability is then 1 and correlations with it are rounding noise).
     pub drivers: bool,
     /// Expression for the drivers: `X` or a layer name.
     pub drivers_layer: String,
@@ -92,8 +96,10 @@ pub struct EstimatorSummary {
     pub schur_residual: f64,
     /// Schur eigenvalues `(re, im)`.
     pub eigenvalues: Vec<(f64, f64)>,
-    /// Eigengap index.
-    pub eigengap: usize,
+    /// The eigengap of the Schur eigenvalues (`None` without them): CellRank's 0-based
+    /// `index` (as in `uns["eigendecomposition_fwd"]["eigengap"]`), the 1-based eigenvalue it
+    /// follows and the number of states it suggests; printed as its `Display`.
+    pub eigengap: Option<Eigengap>,
     /// Number of macrostates.
     pub n_macrostates: usize,
     /// Macrostate names.
@@ -153,16 +159,26 @@ pub fn fit_gpcca(
     progress("Schur decomposition");
     g.compute_schur(&schur_opts)?;
     progress("macrostates (GPCCA)");
-    let clusters = read_clusters(r, spec.cluster_key.as_deref().unwrap_or("clusters"));
-    g.compute_macrostates(
-        spec.n_states.clone(),
-        &MacrostatesOptions {
-            n_cells: spec.n_cells,
-            optimizer: spec.optimizer.clone(),
-            alpha: spec.alpha,
-        },
-        clusters.as_ref().map(Clusters::reference),
-    )?;
+    let clusters = read_cluster_key(r, spec.cluster_key.as_deref())?;
+    let m = g
+        .compute_macrostates(
+            spec.n_states.clone(),
+            &MacrostatesOptions {
+                n_cells: spec.n_cells,
+                optimizer: spec.optimizer.clone(),
+                alpha: spec.alpha,
+            },
+            clusters.as_ref().map(Clusters::reference),
+        )?
+        .n_states();
+    if spec.n_states == NStates::Eigengap {
+        let gap = Eigengap::from_index(g.eigengap()?.0);
+        if gap.suggested_states < 2 {
+            g.core_mut().note(format!(
+                "{gap}, but GPCCA needs at least 2 macrostates: {m} computed"
+            ));
+        }
+    }
     progress("terminal states");
     g.predict_terminal_states(
         &spec.terminal,
@@ -201,13 +217,20 @@ pub fn fit_gpcca(
         if spec.drivers {
             progress("lineage drivers");
             let x = r.csr(&keys::layer(&spec.drivers_layer))?;
-            g.compute_lineage_drivers(
+            match g.compute_lineage_drivers(
                 &Expression::Sparse(&x),
                 &DriverOptions {
                     test: spec.drivers_test.clone(),
                     ..Default::default()
                 },
-            )?;
+            ) {
+                Ok(_) => {}
+                // One terminal state: nothing to correlate with; the run goes on without drivers.
+                Err(e @ EstimatorError::Drivers(DriversError::SingleLineage { .. })) => {
+                    g.core_mut().note(format!("lineage drivers skipped: {e}"));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     Ok(g)
@@ -225,7 +248,7 @@ pub fn summarize(r: &H5adReader, g: &Gpcca) -> Result<EstimatorSummary, Pipeline
     }
     if let Ok(ev) = g.eigenvalues() {
         summary.eigenvalues = ev.to_vec();
-        summary.eigengap = g.eigengap()?.0;
+        summary.eigengap = Some(Eigengap::from_index(g.eigengap()?.0));
     }
     if let Ok(ms) = g.macrostates() {
         summary.n_macrostates = ms.n_states();

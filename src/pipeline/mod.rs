@@ -53,7 +53,7 @@ pub enum PipelineError {
     #[error(transparent)]
     Loom(#[from] crate::io::loom::LoomError),
     /// The diffusion pseudotime must be computed and no root was given.
-    #[error("{input}: the pseudotime kernel reads obs[\"dpt_pseudotime\"] ({reason}); computing the diffusion pseudotime needs a root: give --root-cluster NAME (a cluster of --cluster-key, default clusters) or --root-cell CELL (upstream.root_cluster / upstream.root_cell in a config)")]
+    #[error("{input}: the pseudotime kernel reads obs[\"dpt_pseudotime\"] ({reason}); computing the diffusion pseudotime needs a root: upstream.root_cluster = NAME (the extreme cell of a cluster of estimators.cluster_key, default clusters) or upstream.root_cell = CELL (an index or obs name)")]
     MissingRoot {
         /// The input file.
         input: std::path::PathBuf,
@@ -215,6 +215,13 @@ pub fn run(
                 path: output.to_path_buf(),
             }
             .into());
+        }
+    }
+    // A cluster key given by name must be a categorical obs column: fail before any step runs
+    // (a .loom input is checked after its conversion, when the estimators read it).
+    if let Some(key) = &spec.estimators.cluster_key {
+        if !crate::io::loom::is_loom(input) {
+            crate::estimator_io::read_clusters(&H5adReader::open(input)?, key)?;
         }
     }
     // Raw input: the missing upstream steps write an intermediate file, which the kernel reads

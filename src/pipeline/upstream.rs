@@ -91,7 +91,7 @@ impl UpstreamSettings {
         if self.root_cluster.is_some() && self.root_cell.is_some() {
             return Err(PipelineError::Settings {
                 section: "upstream",
-                message: "give root_cluster (--root-cluster) or root_cell (--root-cell), not both"
+                message: "give upstream.root_cluster (--root-cluster) or upstream.root_cell (--root-cell), not both"
                     .into(),
             });
         }
@@ -278,7 +278,7 @@ pub fn plan(input: &Path, spec: &FateMapSpec) -> Result<UpstreamPlan, PipelineEr
             PipelineError::MissingRoot {
                 input: input.to_path_buf(),
                 reason: if recompute {
-                    "recomputed with --recompute"
+                    "recomputed: upstream.recompute (--recompute)"
                 } else {
                     "missing from the file"
                 }
@@ -328,7 +328,9 @@ fn check_root(file: &Path, input: &Path, root: &Root) -> Result<(), PipelineErro
         }
         Root::Name(s) => {
             if !r.obs_names()?.iter().any(|x| x == s) {
-                return Err(bad(format!("no cell named {s:?} (--root-cell)")));
+                return Err(bad(format!(
+                    "no cell named {s:?} (upstream.root_cell, --root-cell)"
+                )));
             }
         }
         Root::Cluster { key, name } => {
@@ -340,7 +342,7 @@ fn check_root(file: &Path, input: &Path, root: &Root) -> Result<(), PipelineErro
                 cats.sort();
                 cats.dedup();
                 return Err(bad(format!(
-                    "no cell of cluster {name:?} in obs[{key:?}] (--root-cluster; clusters: {})",
+                    "no cell of cluster {name:?} in obs[{key:?}] (upstream.root_cluster, --root-cluster; clusters: {})",
                     cats.join(", ")
                 )));
             }

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use cellfate_estimators::drivers::format_p_value;
 use cellfate_kernels::Direction;
 
 use super::{driver_panels, figures, labels, PlotOptions, ReportError};
@@ -183,7 +184,7 @@ pub fn report(r: &H5adReader, title: &str, opts: &PlotOptions) -> Result<String,
                 let qv = q
                     .as_ref()
                     .and_then(|q| df.index.iter().position(|g| g == gene).map(|i| q[i]))
-                    .map_or("—".into(), |v| format!("{v:.2e}"));
+                    .map_or("—".into(), |v| esc(&format_p_value(v)));
                 let _ = writeln!(
                     h,
                     "<tr><td>{}</td><td class=\"num\">{corr:.3}</td><td class=\"num\">{qv}</td></tr>",

@@ -52,7 +52,7 @@ pub enum ReportError {
         available: Vec<String>,
     },
     /// No embedding in the file and `X` cannot give principal components.
-    #[error("{}: no embedding in obsm and X is {encoding}; give --basis", path.display())]
+    #[error("{}: no embedding in obsm and X is {encoding}; choose an obsm basis (PlotOptions::basis, --basis)", path.display())]
     NoEmbeddingOrMatrix {
         /// The file.
         path: PathBuf,

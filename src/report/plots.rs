@@ -10,6 +10,8 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use cellfate_estimators::gpcca::Eigengap;
+
 use super::ReportError;
 
 const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
@@ -108,7 +110,8 @@ pub enum Plot {
         re: Vec<f64>,
         /// Imaginary parts.
         im: Vec<f64>,
-        /// The eigengap index (0-based: the gap lies after this eigenvalue).
+        /// CellRank's eigengap index (0-based: the gap lies after eigenvalue `index + 1`,
+        /// 1-based), labelled as [`Eigengap`] says it.
         eigengap: Option<usize>,
     },
     /// A square matrix with row/column names (the coarse-grained transition matrix).
@@ -510,7 +513,7 @@ where
                 RED.stroke_width(2),
             ))
             .map_err(draw_err)?
-            .label(format!("eigengap after λ{}", g + 1))
+            .label(Eigengap::from_index(g).to_string())
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED.stroke_width(2)));
     }
     let real: Vec<(f64, f64)> = (0..re.len())

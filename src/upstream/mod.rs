@@ -902,7 +902,7 @@ fn shared_genes(
     }
     if n <= spec.n_neighbors {
         return Err(err(format!(
-            "{source}: {n} cells are too few for n_neighbors = {} (the kNN graph needs more cells than neighbours; lower --n-neighbors)",
+            "{source}: {n} cells are too few for n_neighbors = {} (the kNN graph needs more cells than neighbours; lower n_neighbors: `cellfate preprocess --n-neighbors N`, or upstream.preprocess.n_neighbors in a `cellfate run` config)",
             spec.n_neighbors
         )));
     }
@@ -922,7 +922,7 @@ fn shared_genes(
         .collect();
     if !usable.iter().any(|&b| b) {
         return Err(err(format!(
-            "{source}: no gene has min_shared_counts = {} counts shared by layers spliced and unspliced (lower --min-shared-counts)",
+            "{source}: no gene has min_shared_counts = {} counts shared by layers spliced and unspliced (lower min_shared_counts: `cellfate preprocess --min-shared-counts X`, or upstream.preprocess.min_shared_counts in a `cellfate run` config)",
             spec.min_shared_counts
         )));
     }

@@ -124,3 +124,52 @@ fn plot_and_report_on_a_cellrank_file() {
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(err.contains("X_tsne") && err.contains("X_pca"), "{err}");
 }
+
+/// q-values below 1e-300 (a subnormal `6.48e-316` or 0 in a file CellRank wrote) print as
+/// `< 1e-300` in the report, never as digits no test can resolve.
+#[test]
+fn report_prints_tiny_q_values_as_below_1e_300() {
+    use cellfate::io::{DataFrame, Element, H5adEdit, H5adReader};
+    let Some(r) = reference("dentategyrus_200") else {
+        return;
+    };
+    let d = tempdir();
+    let genes = r.var_names().expect("genes");
+    let n = genes.len();
+    let mut df = DataFrame::with_index(genes);
+    df.set_column(
+        "Granule mature_corr",
+        Element::from_f64((0..n).map(|g| 1.0 - g as f64 / n as f64).collect()),
+    );
+    df.set_column(
+        "Granule mature_qval",
+        Element::from_f64(
+            (0..n)
+                .map(|g| match g {
+                    0 => 6.48e-316,
+                    1 => 0.0,
+                    _ => 1.234e-5,
+                })
+                .collect(),
+        ),
+    );
+    let out = d.path().join("drivers.h5ad");
+    let mut edit = H5adEdit::new(r.path());
+    edit.set("varm/terminal_lineage_drivers", Element::DataFrame(df));
+    edit.write_to(&out).expect("written");
+    let page = cellfate::report::html::report(
+        &H5adReader::open(&out).expect("opens"),
+        "q-values",
+        &cellfate::report::PlotOptions {
+            n_walks: 0,
+            ..Default::default()
+        },
+    )
+    .expect("report");
+    assert_eq!(page.matches("&lt; 1e-300").count(), 2, "two tiny q-values");
+    assert!(page.contains("1.23e-5"));
+    assert!(
+        !page.contains("e-316") && !page.contains("0.00e0"),
+        "raw tiny q-value printed"
+    );
+}

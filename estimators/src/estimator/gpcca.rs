@@ -617,7 +617,7 @@ impl Gpcca {
             Some(stat) => select_initial(stat, n_states)?,
             None => {
                 // No stationary distribution (the chain is reducible: its ends are closed):
-                // the strongest sources of the coarse chain (largest net outflow − inflow).
+                // the purest sources of the coarse chain (see `select_initial_by_flow`).
                 let sel = select_initial_by_flow(&ms.coarse_t, &ms.coarse_init, n_states)?;
                 notes.push(format!(
                     "initial states: no coarse stationary distribution (the chain is reducible); took the strongest source(s) of the coarse chain: {}",

@@ -97,7 +97,7 @@ pub enum EstimatorError {
     #[error(transparent)]
     Absorption(#[from] AbsorptionError),
     /// An absorption failure on a chain with several (nearly) closed sets of cells.
-    #[error("{source}. Diagnosis: the transition matrix has {unit} eigenvalues within 1e-6 of 1, i.e. {unit} (nearly) closed sets of cells, for {n_terminal} terminal states; cells of a closed set that its terminal cells do not cover can (numerically) never be absorbed. Take more cells per terminal state (n_cells = 100 or more), as many terminal states as closed sets (terminal method top_n with n_states = {unit}), or a kernel with more connectivity (e.g. 0.7*velocity + 0.3*connectivity)")]
+    #[error("{source}. Diagnosis: the transition matrix has {unit} eigenvalues within 1e-6 of 1, i.e. {unit} (nearly) closed sets of cells, for {n_terminal} terminal states; cells of a closed set that its terminal cells do not cover can (numerically) never be absorbed. Take more cells per terminal state (n_cells = 100 or more), as many terminal states as closed sets (TerminalMethod::TopN {{ n_states: {unit} }}), or a kernel with more connectivity (e.g. the kernel expression \"0.7*velocity + 0.3*connectivity\")")]
     ClosedSets {
         /// The solver's error.
         source: AbsorptionError,
@@ -592,12 +592,26 @@ pub trait Estimator {
 
     /// Correlations of every gene with every lineage's fate probabilities, with p-values,
     /// q-values and confidence intervals (CellRank's `compute_lineage_drivers`).
+    ///
+    /// With a single terminal state this is [`DriversError::SingleLineage`] (CellRank would
+    /// correlate the genes with a column of ones plus rounding noise); the pipeline skips the
+    /// stage with a note instead.
     fn compute_lineage_drivers(
         &mut self,
         expression: &Expression<'_>,
         opts: &DriverOptions,
     ) -> Result<&DriverTable, EstimatorError> {
         let fates = self.fate_probabilities()?;
+        if fates.n_lineages() == 1 {
+            return Err(DriversError::SingleLineage {
+                lineage: fates.names[0].clone(),
+                spread: fates
+                    .column(0)
+                    .iter()
+                    .fold(0.0f64, |a, p| a.max((p - 1.0).abs())),
+            }
+            .into());
+        }
         let wanted: Vec<usize> = match &opts.lineages {
             None => (0..fates.n_lineages()).collect(),
             Some(names) => names

@@ -305,3 +305,36 @@ fn a_new_estimator_plugs_into_the_shared_stages() {
         .unwrap();
     assert!(t.values[0] > 0.0);
 }
+
+/// With one terminal state every fate probability is 1 (± rounding): drivers would be
+/// correlations with noise, so the stage refuses with a typed error naming the lineage.
+#[test]
+fn drivers_of_a_single_lineage_are_a_typed_error() {
+    let mut e = MostLazy {
+        core: EstimatorCore::new(chain()),
+    };
+    e.set_terminal_states(StatesInput::Cells(vec![("tip".into(), vec![299])]))
+        .unwrap();
+    e.compute_fate_probabilities(&AbsorptionOptions::default())
+        .unwrap();
+    let n = e.transition_matrix().n_cells();
+    let values: Vec<f64> = (0..n * 2).map(|k| (k % 5) as f64).collect();
+    let x = Expression::Dense {
+        n_cells: n,
+        n_genes: 2,
+        values: &values,
+    };
+    let err = e
+        .compute_lineage_drivers(&x, &DriverOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            EstimatorError::Drivers(DriversError::SingleLineage { lineage, spread })
+                if lineage == "tip" && *spread < 1e-8
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("at least 2 lineages"), "{err}");
+    assert!(e.lineage_drivers().is_err());
+}

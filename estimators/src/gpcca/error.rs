@@ -185,11 +185,24 @@ pub enum StationaryError {
     /// The dominant Schur vectors of `Pᵀ` could not be computed.
     #[error("{0}")]
     Schur(#[from] SchurError),
-    /// Eigenvalue 1 has multiplicity > 1.
-    #[error("the chain is reducible (eigenvalue 1 has multiplicity > 1; the second eigenvalue is {second:e}): it has several closed sets of cells, so the stationary distribution is not unique")]
+    /// The chain is reducible: its transition graph has several closed sets of cells
+    /// (strongly connected components that no transition leaves), one stationary distribution
+    /// each.
+    #[error("the chain is reducible: its transition graph has {closed_sets} closed sets of cells (groups of cells that the chain never leaves; the largest has {largest} cells), so the stationary distribution is not unique (|1 - λ2| = {gap:.1e})")]
     Reducible {
-        /// The second eigenvalue (real part).
-        second: f64,
+        /// Closed sets: strongly connected components of the transition graph with no edge out.
+        closed_sets: usize,
+        /// Cells of the largest closed set.
+        largest: usize,
+        /// `|1 − λ2|` of the second eigenvalue.
+        gap: f64,
+    },
+    /// The chain is irreducible (one closed set) but numerically indistinguishable from a
+    /// reducible one: its second eigenvalue is within 1e-10 of 1.
+    #[error("the chain is nearly reducible: its transition graph is one closed set of cells, but |1 - λ2| = {gap:.1e} (the second eigenvalue is numerically 1: groups of cells that the chain leaves with a probability of that order), so the stationary distribution is numerically undetermined")]
+    NearlyReducible {
+        /// `|1 − λ2|` of the second eigenvalue.
+        gap: f64,
     },
     /// The dominant left eigenvector changes sign.
     #[error("the dominant left eigenvector has entries of both signs ({positive} positive, {negative} negative beyond {tol:e}; is the chain irreducible?)")]

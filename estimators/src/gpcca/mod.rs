@@ -33,6 +33,8 @@ pub use rotation::{embed, fill_matrix, objective_of};
 const EPS: f64 = f64::EPSILON;
 /// Largest `max |Pᵀπ − π|` accepted for the stationary distribution.
 const STATIONARY_TOL: f64 = 1e-9;
+/// A second eigenvalue this close to 1 leaves the stationary distribution undetermined.
+const NEARLY_REDUCIBLE: f64 = 1e-10;
 
 /// `X`: an η-orthonormal basis (n × k, `Xᵀ diag(η) X = I`) of the Schur subspace with a constant
 /// first column of ones (pyGPCCA's `_do_schur` + modified Gram–Schmidt).
@@ -331,8 +333,11 @@ pub fn coarse_grain(
 }
 
 /// The stationary distribution π of `t` (`Pᵀπ = π`, `π ≥ 0`, `Σπ = 1`), from the dominant
-/// Schur vector of `Pᵀ`. A reducible chain (eigenvalue 1 of multiplicity > 1) is an error that
-/// says so, instead of CellRank's silent `None`.
+/// Schur vector of `Pᵀ`. When the second eigenvalue is within 1e-10 of 1, this is an error
+/// (instead of CellRank's silent `None`) that tells a reducible chain (several closed sets of
+/// cells in the transition graph: [`StationaryError::Reducible`] counts them) from a nearly
+/// reducible one (one closed set, a tiny eigenvalue gap: [`StationaryError::NearlyReducible`]
+/// gives `|1 − λ2|`).
 pub fn stationary_distribution(t: &TransitionMatrix) -> Result<Vec<f64>, GpccaError> {
     let n = t.n_cells();
     if n == 1 {
@@ -341,8 +346,19 @@ pub fn stationary_distribution(t: &TransitionMatrix) -> Result<Vec<f64>, GpccaEr
     let op = |x: &[f64]| t.mul_vec_transposed(x);
     let (q, ev) = crate::schur::dominant_schur_op(n, 2, crate::schur::Which::LargestReal, &op)
         .map_err(StationaryError::from)?;
-    if ev.len() >= 2 && (ev[1].0 - 1.0).abs() <= 1e-10 && ev[1].1.abs() <= 1e-10 {
-        return Err(StationaryError::Reducible { second: ev[1].0 }.into());
+    if ev.len() >= 2 && (ev[1].0 - 1.0).abs() <= NEARLY_REDUCIBLE && ev[1].1.abs() <= 1e-10 {
+        let gap = (1.0 - ev[1].0).abs();
+        let sets = crate::graph::closed_sets(t);
+        return Err(if sets.len() >= 2 {
+            StationaryError::Reducible {
+                closed_sets: sets.len(),
+                largest: sets.iter().map(Vec::len).max().unwrap_or(0),
+                gap,
+            }
+        } else {
+            StationaryError::NearlyReducible { gap }
+        }
+        .into());
     }
     let v: Vec<f64> = q.column(0).iter().copied().collect();
     let tol = 1e4 * EPS * v.iter().fold(0.0f64, |a, b| a.max(b.abs()));
@@ -395,6 +411,56 @@ pub fn eigengap(real_parts: &[f64], alpha: f64) -> usize {
         }
     }
     arg
+}
+
+/// The eigengap said one way everywhere. CellRank stores the 0-based index `i` maximising the
+/// gap (`uns["eigendecomposition_fwd"]["eigengap"]`, kept as is for compatibility): the gap
+/// lies between the eigenvalues λ_{i+1} and λ_{i+2} (1-based, sorted by decreasing real part),
+/// and it suggests `i + 1` states. Everything printed or drawn says it that way
+/// (`eigengap after λ3 (between λ3 and λ4, 1-based) → 3 states suggested`), never as the bare
+/// index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Eigengap {
+    /// CellRank's 0-based index (what `uns[...]["eigengap"]` holds).
+    pub index: usize,
+    /// The gap lies after this eigenvalue (1-based: `index + 1`).
+    pub after_eigenvalue: usize,
+    /// Number of states (GPCCA; for CFLARE, eigenvectors) it suggests (`index + 1`).
+    pub suggested_states: usize,
+}
+
+impl Eigengap {
+    /// From CellRank's 0-based index.
+    pub fn from_index(index: usize) -> Self {
+        Self {
+            index,
+            after_eigenvalue: index + 1,
+            suggested_states: index + 1,
+        }
+    }
+
+    /// Where the gap lies: `after λ3 (between λ3 and λ4, 1-based)`.
+    pub fn position(&self) -> String {
+        format!(
+            "after λ{} (between λ{} and λ{}, 1-based)",
+            self.after_eigenvalue,
+            self.after_eigenvalue,
+            self.after_eigenvalue + 1
+        )
+    }
+}
+
+impl std::fmt::Display for Eigengap {
+    /// `eigengap after λ3 (between λ3 and λ4, 1-based) → 3 states suggested`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "eigengap {} → {} state{} suggested",
+            self.position(),
+            self.suggested_states,
+            if self.suggested_states == 1 { "" } else { "s" }
+        )
+    }
 }
 
 /// The result of fitting GPCCA with `m` macrostates.

@@ -201,3 +201,74 @@ fn identical_at_one_and_several_threads() {
         .install(run);
     assert_eq!(one, three);
 }
+
+/// Two blocks of 3 cells (each a cycle with self-loops), coupled with probability `eps`.
+fn two_blocks(eps: f64) -> TransitionMatrix {
+    use cellfate_kernels::{Csr, Direction};
+    let mut e = Vec::new();
+    for b in 0..2 {
+        let o = 3 * b;
+        for i in 0..3 {
+            e.push((o + i, o + i, 0.5));
+            e.push((o + i, o + (i + 1) % 3, 0.5 - eps));
+            if eps > 0.0 {
+                e.push((o + i, (o + 3 + i) % 6, eps));
+            }
+        }
+    }
+    TransitionMatrix::try_new(Csr::from_triplets(6, 6, &e).unwrap(), Direction::Forward).unwrap()
+}
+
+/// Two disconnected blocks: reducible, and the error counts the closed sets.
+#[test]
+fn stationary_distribution_of_a_reducible_chain_counts_its_closed_sets() {
+    let e = stationary_distribution(&two_blocks(0.0)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            GpccaError::Stationary(StationaryError::Reducible {
+                closed_sets: 2,
+                largest: 3,
+                ..
+            })
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("2 closed sets"), "{e}");
+}
+
+/// The same blocks coupled with probability 1e-13: one strongly connected component, so not
+/// reducible, but λ2 is within ~1e-13 of 1: nearly reducible, with the gap in the message.
+#[test]
+fn stationary_distribution_of_a_nearly_reducible_chain_gives_the_gap() {
+    let e = stationary_distribution(&two_blocks(1e-13)).unwrap_err();
+    let GpccaError::Stationary(StationaryError::NearlyReducible { gap }) = e else {
+        panic!("expected NearlyReducible, got {e}");
+    };
+    assert!(gap < 1e-10, "gap {gap:e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("nearly reducible") && !text.contains("closed sets of cells ("),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{gap:.1e}")), "{text}");
+    // Well coupled: a stationary distribution (uniform by symmetry).
+    let pi = stationary_distribution(&two_blocks(0.1)).unwrap();
+    assert!(pi.iter().all(|p| (p - 1.0 / 6.0).abs() < 1e-12), "{pi:?}");
+}
+
+/// CellRank's index 0 is the gap between λ1 and λ2, suggesting 1 state; index 2 suggests 3.
+#[test]
+fn eigengap_is_said_with_its_position_and_suggestion() {
+    assert_eq!(
+        Eigengap::from_index(0).to_string(),
+        "eigengap after λ1 (between λ1 and λ2, 1-based) → 1 state suggested"
+    );
+    let g = Eigengap::from_index(2);
+    assert_eq!((g.after_eigenvalue, g.suggested_states), (3, 3));
+    assert_eq!(
+        g.to_string(),
+        "eigengap after λ3 (between λ3 and λ4, 1-based) → 3 states suggested"
+    );
+    assert_eq!(eigengap(&[1.0, 0.99, 0.98, 0.5, 0.45], 0.0), 2);
+}

@@ -210,7 +210,11 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<(String, bool)> {
                     }
                     Err(e) => {
                         res.status = "failed".into();
-                        res.error = Some(e.to_string());
+                        let mut text = e.to_string();
+                        for h in crate::hints::for_pipeline("batch", &e) {
+                            text.push_str(&format!(" (hint: {h})"));
+                        }
+                        res.error = Some(text);
                     }
                 }
                 if budget.is_some() {

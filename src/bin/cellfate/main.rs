@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod batch_cmd;
+mod hints;
 mod kernel_cmd;
 mod progress;
 mod report_cmd;
@@ -232,12 +233,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             bar.stage("preprocessing (normalise, HVGs, PCA, kNN, moments, velocity)");
             let report = cellfate::upstream::prepare_with(&input, &output, &spec, &mut |t| {
                 if verbose {
-                    bar.note(&format!(
-                        "  {:<24} {:>8.2} s   peak {:>7.0} MB",
-                        t.stage,
-                        t.seconds,
-                        t.peak_rss_mb.unwrap_or(f64::NAN)
-                    ));
+                    bar.note(&progress::timing_line(t.stage, t.seconds, t.peak_rss_mb));
                 }
             })?;
             drop(bar);
@@ -362,14 +358,41 @@ fn render_error(e: &anyhow::Error) -> String {
     msg
 }
 
+impl Command {
+    /// The subcommand's name, as typed.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Inspect { .. } => "inspect",
+            Command::Run(_) => "run",
+            Command::Plot(_) => "plot",
+            Command::Report(_) => "report",
+            Command::Batch(_) => "batch",
+            Command::Macrostates(_) => "macrostates",
+            Command::TerminalStates(_) => "terminal-states",
+            Command::Fates(_) => "fates",
+            Command::Drivers(_) => "drivers",
+            Command::Cflare(_) => "cflare",
+            Command::Kernel(_) => "kernel",
+            Command::Preprocess { .. } => "preprocess",
+            Command::Pseudotime { .. } => "pseudotime",
+            Command::Velocity { .. } => "velocity",
+            Command::Simulate { .. } => "simulate",
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let command = cli.command.name();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             #[allow(clippy::print_stderr)]
             {
                 eprintln!("error: {}", render_error(&e));
+                for h in hints::for_anyhow(command, &e) {
+                    eprintln!("hint: {h}");
+                }
             }
             ExitCode::from(2)
         }

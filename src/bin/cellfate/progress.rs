@@ -94,6 +94,16 @@ impl Drop for Progress {
     }
 }
 
+/// One `-v` line about a finished stage: its duration and, when the OS reports it (Linux
+/// `VmHWM`; not for the sub-stages timed inside a stage), the peak memory so far. An unknown
+/// or non-finite peak is left out, never printed as `NaN`.
+pub(crate) fn timing_line(stage: &str, seconds: f64, peak_mb: Option<f64>) -> String {
+    match peak_mb.filter(|m| m.is_finite()) {
+        Some(mb) => format!("  {stage:<24} {seconds:>8.2} s   peak {mb:>7.0} MB"),
+        None => format!("  {stage:<24} {seconds:>8.2} s"),
+    }
+}
+
 /// A bar counting finished samples of a batch (terminal only, not with `-q`).
 pub(crate) fn counter(n: usize) -> Option<ProgressBar> {
     (level() > 0 && std::io::stderr().is_terminal()).then(|| {

@@ -253,11 +253,17 @@ pub(crate) fn summary_text(s: &pipeline::RunSummary) -> String {
             let _ = writeln!(out, "  {note}");
         }
     }
-    let _ = writeln!(
+    let _ = write!(
         out,
-        "Schur: {} (residual {:.1e}), eigengap {}",
-        e.schur_method, e.schur_residual, e.eigengap
+        "Schur: {} (residual {:.1e})",
+        e.schur_method, e.schur_residual
     );
+    match &e.eigengap {
+        Some(gap) => {
+            let _ = writeln!(out, ", {gap}");
+        }
+        None => out.push('\n'),
+    }
     let _ = writeln!(
         out,
         "macrostates ({}, crispness {:.3}):",

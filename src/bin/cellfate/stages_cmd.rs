@@ -5,13 +5,15 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use cellfate::estimator_io::{
-    read_cflare, read_clusters, read_gpcca, write_cflare, write_gpcca, write_terminal_states,
+    read_cflare, read_cluster_key, read_gpcca, write_cflare, write_gpcca, write_terminal_states,
     Clusters,
 };
 use cellfate::estimators::absorption::{AbsorptionOptions, PrimingMethod, Solver};
-use cellfate::estimators::drivers::{DriverTest, Expression};
+use cellfate::estimators::drivers::{DriverTest, DriversError, Expression};
+use cellfate::estimators::gpcca::Eigengap;
 use cellfate::estimators::{
-    AbsorptionTimesOptions, CellStates, DriverOptions, Estimator, StatesInput, TerminalOptions,
+    AbsorptionTimesOptions, CellStates, DriverOptions, Estimator, EstimatorError, StatesInput,
+    TerminalOptions,
 };
 use cellfate::io::{keys, Element, H5adEdit, H5adReader};
 use cellfate::kernels::{CellSource, Direction};
@@ -393,18 +395,36 @@ pub(crate) fn drivers(a: DriversArgs) -> anyhow::Result<String> {
         None => DriverTest::Fisher,
     };
     let x = r.csr(&keys::layer(&a.layer))?;
-    let table = g
-        .compute_lineage_drivers(
-            &Expression::Sparse(&x),
-            &DriverOptions {
-                lineages: (!a.lineages.is_empty())
-                    .then(|| a.lineages.iter().map(|l| l.trim().to_string()).collect()),
-                test,
-                ..Default::default()
-            },
-        )
-        .map_err(|e| anyhow::anyhow!("--lineages: {e}"))?
-        .clone();
+    let table = match g.compute_lineage_drivers(
+        &Expression::Sparse(&x),
+        &DriverOptions {
+            lineages: (!a.lineages.is_empty())
+                .then(|| a.lineages.iter().map(|l| l.trim().to_string()).collect()),
+            test,
+            ..Default::default()
+        },
+    ) {
+        Ok(t) => t.clone(),
+        // One terminal state: nothing to correlate with. Skipped with a note (as `run` does);
+        // the output is still written, so that a chain of stage commands goes on.
+        Err(e @ EstimatorError::Drivers(DriversError::SingleLineage { .. })) => {
+            let mut edit = H5adEdit::new(&a.io.input);
+            write_gpcca(&mut edit, &r, &g)?;
+            edit.write_to(&a.io.output)?;
+            let csv = a
+                .csv
+                .as_ref()
+                .map_or(String::new(), |p| format!(" (no table -> {})", p.display()));
+            return Ok(format!(
+                "note: lineage drivers skipped: {e}{csv}\nno drivers -> {}\n",
+                a.io.output.display()
+            ));
+        }
+        Err(e @ EstimatorError::Drivers(DriversError::UnknownLineage { .. })) => {
+            bail!("--lineages: {e}")
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut edit = H5adEdit::new(&a.io.input);
     write_gpcca(&mut edit, &r, &g)?;
     edit.write_to(&a.io.output)?;
@@ -464,7 +484,7 @@ pub(crate) fn cflare(a: CflareArgs) -> anyhow::Result<String> {
     use cellfate::estimators::cflare::CflareOptions;
     let r = H5adReader::open(&a.io.input)?;
     let mut c = read_cflare(&r, &a.io.transition_key)?;
-    let clusters = read_clusters(&r, a.cluster_key.as_deref().unwrap_or("clusters"));
+    let clusters = read_cluster_key(&r, a.cluster_key.as_deref())?;
     c.fit(a.k)?;
     let names = c
         .predict(
@@ -486,7 +506,8 @@ pub(crate) fn cflare(a: CflareArgs) -> anyhow::Result<String> {
     write_cflare(&mut edit, &r, &c)?;
     edit.write_to(&a.io.output)?;
     Ok(format!(
-        "CFLARE: eigengap {gap}, {used} eigenvectors used, terminal states {} -> {}\n",
+        "CFLARE: eigengap {}, {used} eigenvectors used, terminal states {} -> {}\n",
+        Eigengap::from_index(gap).position(),
         names.join(", "),
         a.io.output.display()
     ))

@@ -1,0 +1,169 @@
+//! The transition graph of a chain (an edge `i → j` for every entry `P_ij > 0`): its strongly
+//! connected components and its closed sets (components that no edge leaves). A chain is
+//! reducible exactly when it has more than one closed set; eigenvalue 1 then has one
+//! eigenvector per closed set. Iterative (no recursion: a chain of a million cells is a
+//! million-deep search), linear in the number of entries.
+
+use cellfate_kernels::TransitionMatrix;
+
+const UNVISITED: usize = usize::MAX;
+
+/// The strongly connected component of every cell (Tarjan's algorithm, iterative) and the
+/// number of components. Components are numbered in the order Tarjan completes them (sinks
+/// first).
+pub fn strongly_connected_components(t: &TransitionMatrix) -> (Vec<usize>, usize) {
+    let n = t.n_cells();
+    let mut index = vec![UNVISITED; n];
+    let mut low = vec![0usize; n];
+    let mut on_stack = vec![false; n];
+    let mut comp = vec![UNVISITED; n];
+    let mut stack: Vec<usize> = Vec::new();
+    // The explicit call stack: (cell, position of the next entry of its row to follow).
+    let mut calls: Vec<(usize, usize)> = Vec::new();
+    let mut next_index = 0usize;
+    let mut n_comp = 0usize;
+    for root in 0..n {
+        if index[root] != UNVISITED {
+            continue;
+        }
+        index[root] = next_index;
+        low[root] = next_index;
+        next_index += 1;
+        stack.push(root);
+        on_stack[root] = true;
+        calls.push((root, 0));
+        while let Some(top) = calls.last_mut() {
+            let (v, k) = *top;
+            let (cols, vals) = t.row(v);
+            if k < cols.len() {
+                top.1 += 1;
+                if vals[k] <= 0.0 {
+                    continue;
+                }
+                let w = cols[k] as usize;
+                if index[w] == UNVISITED {
+                    index[w] = next_index;
+                    low[w] = next_index;
+                    next_index += 1;
+                    stack.push(w);
+                    on_stack[w] = true;
+                    calls.push((w, 0));
+                } else if on_stack[w] {
+                    low[v] = low[v].min(index[w]);
+                }
+                continue;
+            }
+            calls.pop();
+            if let Some(&(u, _)) = calls.last() {
+                low[u] = low[u].min(low[v]);
+            }
+            if low[v] == index[v] {
+                while let Some(w) = stack.pop() {
+                    on_stack[w] = false;
+                    comp[w] = n_comp;
+                    if w == v {
+                        break;
+                    }
+                }
+                n_comp += 1;
+            }
+        }
+    }
+    (comp, n_comp)
+}
+
+/// The closed sets of the chain: strongly connected components with no edge out of them (the
+/// chain, once there, never leaves). Each set lists its cells in increasing order; sets are
+/// ordered by their first cell. An irreducible chain has one closed set (all cells); a
+/// transient cell is in none.
+pub fn closed_sets(t: &TransitionMatrix) -> Vec<Vec<usize>> {
+    let (comp, n_comp) = strongly_connected_components(t);
+    let mut open = vec![false; n_comp];
+    for (v, &c) in comp.iter().enumerate() {
+        let (cols, vals) = t.row(v);
+        if cols
+            .iter()
+            .zip(vals)
+            .any(|(&w, &p)| p > 0.0 && comp[w as usize] != c)
+        {
+            open[c] = true;
+        }
+    }
+    let mut sets: Vec<Vec<usize>> = Vec::new();
+    let mut slot = vec![UNVISITED; n_comp];
+    for (v, &c) in comp.iter().enumerate() {
+        if open[c] {
+            continue;
+        }
+        if slot[c] == UNVISITED {
+            slot[c] = sets.len();
+            sets.push(Vec::new());
+        }
+        sets[slot[c]].push(v);
+    }
+    sets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cellfate_kernels::{Csr, Direction};
+
+    fn chain(n: usize, entries: &[(usize, usize, f64)]) -> TransitionMatrix {
+        let csr = Csr::from_triplets(n, n, entries).unwrap();
+        TransitionMatrix::try_new(csr, Direction::Forward).unwrap()
+    }
+
+    #[test]
+    fn components_and_closed_sets_of_a_small_chain() {
+        // 0 ⇄ 1 → 2 ⇄ 3 (closed), 4 → 5 → 4 (closed), 6 → 0 (transient), 7 → 7 (absorbing).
+        let t = chain(
+            8,
+            &[
+                (0, 1, 1.0),
+                (1, 0, 0.5),
+                (1, 2, 0.5),
+                (2, 3, 1.0),
+                (3, 2, 1.0),
+                (4, 5, 1.0),
+                (5, 4, 1.0),
+                (6, 0, 1.0),
+                (7, 7, 1.0),
+            ],
+        );
+        let (comp, n) = strongly_connected_components(&t);
+        assert_eq!(n, 5);
+        assert_eq!(comp[0], comp[1]);
+        assert_eq!(comp[2], comp[3]);
+        assert_eq!(comp[4], comp[5]);
+        assert_ne!(comp[0], comp[2]);
+        assert_ne!(comp[6], comp[0]);
+        assert_eq!(closed_sets(&t), vec![vec![2, 3], vec![4, 5], vec![7]]);
+    }
+
+    #[test]
+    fn an_explicit_zero_is_no_edge() {
+        let t = chain(3, &[(0, 1, 1.0), (1, 2, 1.0), (2, 0, 1.0), (2, 1, 0.0)]);
+        assert_eq!(closed_sets(&t), vec![vec![0, 1, 2]]);
+        let t = chain(2, &[(0, 0, 1.0), (0, 1, 0.0), (1, 1, 1.0)]);
+        assert_eq!(closed_sets(&t), vec![vec![0], vec![1]]);
+    }
+
+    /// A path of 200,000 cells (a recursive search would overflow the stack).
+    #[test]
+    fn a_long_path_needs_no_recursion() {
+        let n = 200_000;
+        let mut e: Vec<(usize, usize, f64)> = (0..n - 1).map(|i| (i, i + 1, 1.0)).collect();
+        e.push((n - 1, n - 1, 1.0));
+        let t = chain(n, &e);
+        let (_, k) = strongly_connected_components(&t);
+        assert_eq!(k, n);
+        assert_eq!(closed_sets(&t), vec![vec![n - 1]]);
+        // Closing the cycle: one component, one closed set.
+        e.pop();
+        e.push((n - 1, 0, 1.0));
+        let t = chain(n, &e);
+        assert_eq!(strongly_connected_components(&t).1, 1);
+        assert_eq!(closed_sets(&t).len(), 1);
+    }
+}
