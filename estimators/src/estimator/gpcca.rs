@@ -355,8 +355,8 @@ impl Gpcca {
                     let mc = min_chi(&x, 3..=hi)?;
                     let best = (0..mc.len()).fold(0, |b, i| if mc[i] > mc[b] { i } else { b });
                     notes.push(format!(
-                        "n_states auto: the eigengap suggests {} (too few to tell a start from two ends); minChi over 3..={hi}: {mc:.3?}; chose {}",
-                        gap + 1,
+                        "n_states auto: {} (too few to tell a start from two ends); minChi over 3..={hi}: {mc:.3?}; chose {}",
+                        crate::gpcca::Eigengap::from_index(gap),
                         3 + best
                     ));
                     3 + best
