@@ -394,9 +394,20 @@ impl H5adReader {
     }
 
     /// A numeric per-cell column of `obs` as `f64` (bool as 0/1, nullable missing as NaN).
+    /// A categorical column whose categories are all numbers (numeric categories, or strings
+    /// such as time points `'2'`, `'4'`, `'6'`) is read as those numbers (missing as NaN).
     pub fn obs_f64(&self, name: &str) -> Result<Vec<f64>> {
         let slot = format!("obs/{name}");
         let col = self.column("obs", name)?;
+        if let Element::Categorical(c) = &col {
+            return categorical_f64(c).ok_or_else(|| {
+                self.invalid(
+                    &slot,
+                    "a numeric column",
+                    "categorical with non-numeric categories",
+                )
+            });
+        }
         let found = col.encoding();
         col.to_f64_vec()
             .ok_or_else(|| self.invalid(&slot, "a numeric column", found))
@@ -1000,6 +1011,30 @@ impl H5adReader {
         };
         Ok(el)
     }
+}
+
+/// The numbers a categorical column stands for: its numeric categories, or its string
+/// categories when every one parses as a finite number; missing codes are NaN. `None` when a
+/// category is not a number.
+fn categorical_f64(c: &Categorical) -> Option<Vec<f64>> {
+    let values: Vec<f64> = match &c.categories {
+        Categories::Num(v) => (0..v.len()).map(|i| v.get_f64(i)).collect(),
+        Categories::Str(v) => v
+            .iter()
+            .map(|s| s.trim().parse::<f64>().ok().filter(|x| x.is_finite()))
+            .collect::<Option<_>>()?,
+    };
+    Some(
+        c.codes
+            .iter()
+            .map(|&k| {
+                usize::try_from(k)
+                    .ok()
+                    .and_then(|k| values.get(k).copied())
+                    .unwrap_or(f64::NAN)
+            })
+            .collect(),
+    )
 }
 
 fn describe(e: &Element) -> String {

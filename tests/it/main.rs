@@ -15,6 +15,7 @@ mod gpcca_parity;
 mod kernel_exprs;
 mod kernel_io;
 mod kernel_parity;
+mod lineage_tracing;
 mod messages;
 mod pipeline;
 mod python;
