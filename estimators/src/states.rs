@@ -684,21 +684,26 @@ pub fn states_from_memberships(
 ) -> Result<(Vec<Option<usize>>, Vec<f64>), StatesError> {
     let sub = DMatrix::from_fn(chi.nrows(), selected.len(), |i, j| chi[(i, selected[j])]);
     let assignment = fuzzy_to_discrete_with(&sub, n_cells, t)?;
-    let maxes: Vec<f64> = (0..sub.ncols()).map(|j| sub.column(j).max()).collect();
-    let probs = (0..sub.nrows())
+    Ok((assignment, state_probabilities(&sub)))
+}
+
+/// CellRank's state probability of each cell: `max_j χ_lj / max_l' χ_l'j` over the columns
+/// of `chi` (the memberships of the states kept).
+pub fn state_probabilities(chi: &DMatrix<f64>) -> Vec<f64> {
+    let maxes: Vec<f64> = (0..chi.ncols()).map(|j| chi.column(j).max()).collect();
+    (0..chi.nrows())
         .map(|l| {
-            (0..sub.ncols())
+            (0..chi.ncols())
                 .map(|j| {
                     if maxes[j] > 0.0 {
-                        sub[(l, j)] / maxes[j]
+                        chi[(l, j)] / maxes[j]
                     } else {
                         0.0
                     }
                 })
                 .fold(0.0f64, f64::max)
         })
-        .collect();
-    Ok((assignment, probs))
+        .collect()
 }
 
 /// Initial states without a stationary distribution: the `n_states` strongest sources of the

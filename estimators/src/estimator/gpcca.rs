@@ -13,7 +13,7 @@ use crate::gpcca::{
 use crate::schur::{compute_schur, Schur, SchurOptions};
 use crate::states::{
     fuzzy_to_discrete_with, name_states, select_initial, select_initial_by_flow, select_terminal,
-    select_terminal_sinks, states_from_memberships, ClusterReference, TerminalMethod,
+    select_terminal_sinks, state_probabilities, ClusterReference, TerminalMethod,
 };
 
 const NAME: &str = "GPCCA";
@@ -407,9 +407,12 @@ impl Gpcca {
         // Among the optimiser's solutions (best objective first), the best whose discrete
         // assignment gives every state enough cells (CellRank fails when its one solution
         // does not).
+        // The accepted solution's assignment is kept: it is not computed twice.
+        let mut kept = None;
         let (fit, accepted) =
             gpcca::fit_with(t, schur, m, &opts.optimizer, pi.as_deref(), &mut |chi| {
-                fuzzy_to_discrete_with(chi, opts.n_cells, Some(t)).is_ok()
+                kept = fuzzy_to_discrete_with(chi, opts.n_cells, Some(t)).ok();
+                kept.is_some()
             })?;
         let mut notes = Vec::new();
         if fit.report.rejected > 0 {
@@ -418,8 +421,8 @@ impl Gpcca {
                 fit.report.rejected, opts.n_cells, fit.report.best_start, fit.crispness
             ));
         }
-        let assignment = if accepted {
-            fuzzy_to_discrete_with(&fit.chi, opts.n_cells, Some(t))?
+        let assignment = if let (true, Some(a)) = (accepted, kept) {
+            a
         } else {
             // Every solution leaves a state (nearly) empty at n_cells: the largest number of
             // cells per state at which each state keeps its share (documented recovery).
@@ -434,8 +437,7 @@ impl Gpcca {
             self.core.note(note);
         }
         let (names, colors) = name_states(&assignment, m, clusters)?;
-        let all: Vec<usize> = (0..m).collect();
-        let (_, probs) = states_from_memberships(&fit.chi, &all, opts.n_cells, None)?;
+        let probs = state_probabilities(&fit.chi);
         self.macrostates = Some(Macrostates {
             states: CellStates {
                 names,
@@ -547,8 +549,8 @@ impl Gpcca {
             })?;
         let t = &self.core.t;
         let sub = DMatrix::from_fn(chi.nrows(), sel.len(), |i, j| chi[(i, sel[j])]);
-        let (used, _) = fewer_cells(&sub, n_cells, t)?;
-        let (assignment, probs) = states_from_memberships(chi, sel, used, Some(t))?;
+        let (used, assignment) = fewer_cells(&sub, n_cells, t)?;
+        let probs = state_probabilities(&sub);
         let note = (used < n_cells).then(|| {
             format!(
                 "{what} states: with {n_cells} cells per state one would be left with too few of its most likely cells; assigned {used} cells per state"
