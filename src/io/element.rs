@@ -80,6 +80,11 @@ impl NumVec {
         self.len() == 0
     }
 
+    /// Bytes of the values in memory (about what they take uncompressed in a file).
+    pub fn nbytes(&self) -> usize {
+        numvec_dispatch!(self, v => std::mem::size_of_val(v.as_slice()))
+    }
+
     /// The numpy name of the dtype (`float32`, `int64`, `bool`, ...).
     pub fn dtype(&self) -> &'static str {
         match self {
@@ -449,6 +454,38 @@ pub enum Element {
 }
 
 impl Element {
+    /// About how many bytes the element takes written uncompressed (values, indices, strings
+    /// with a small per-string overhead); an upper-bound estimate for space checks.
+    pub fn approx_bytes(&self) -> usize {
+        fn strs(v: &[String]) -> usize {
+            v.iter().map(|s| s.len() + 16).sum()
+        }
+        fn members(m: &[(String, Element)]) -> usize {
+            m.iter()
+                .map(|(k, e)| k.len() + 256 + e.approx_bytes())
+                .sum()
+        }
+        512 + match self {
+            Self::Dense(d) => d.data.nbytes(),
+            Self::Sparse(s) => s.data.nbytes() + 8 * (s.indices.len() + s.indptr.len()),
+            Self::Strings { values, .. } => strs(values),
+            Self::NullableStr { values, mask } => strs(values) + mask.len(),
+            Self::Str(s) => s.len(),
+            Self::Scalar(v) => v.nbytes(),
+            Self::Categorical(c) => {
+                4 * c.codes.len()
+                    + match &c.categories {
+                        Categories::Str(v) => strs(v),
+                        Categories::Num(v) => v.nbytes(),
+                    }
+            }
+            Self::NullableInt { values, mask } => values.nbytes() + mask.len(),
+            Self::NullableBool { values, mask } => values.len() + mask.len(),
+            Self::DataFrame(df) => strs(&df.index) + members(&df.columns),
+            Self::Dict(m) | Self::Raw(m) | Self::AnnData(m) => members(m),
+        }
+    }
+
     /// anndata's encoding-type of this element.
     pub fn encoding(&self) -> &'static str {
         match self {

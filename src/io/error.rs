@@ -90,6 +90,20 @@ pub enum H5adError {
         /// OS error.
         source: std::io::Error,
     },
+    /// The file draws data from other files (external links, external storage, virtual
+    /// datasets): refused, never followed or copied.
+    #[error("{path}: slot `{slot}` is {what}; refusing to read data from outside the file (store the data in the file itself, e.g. by saving it again with anndata)")]
+    OutsideData {
+        /// File.
+        path: PathBuf,
+        /// Slot.
+        slot: String,
+        /// What it is.
+        what: String,
+    },
+    /// The output cannot be written (a special file, a missing directory, no space, ...).
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
     /// The caller asked to overwrite the input without saying so explicitly.
     #[error("{path}: output is the input file; pass in-place explicitly to modify the input")]
     WouldOverwriteInput {

@@ -3,65 +3,42 @@
 //! the anndata ≥ 0.8 layout. Imports neither writer, so the writers do not import each other's
 //! internals.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
 use hdf5::types::VarLenUnicode;
 use hdf5::{Group, Location};
+
+use super::error::H5adError;
+use crate::output::TempOutput;
 
 use super::element::{
     Categorical, Categories, DataFrame, Element, NumVec, SparseArray, SparseFormat,
 };
 
-/// Creates the private temporary output. Its close is "strong" (closing the file closes every
-/// object still open in it), and HDF5 file locking is off for it: the file is ours alone until
-/// the rename, and a lock would otherwise be inherited by any child process spawned meanwhile
-/// (HDF5 does not open with `O_CLOEXEC`), blocking later readers of the renamed output.
-pub(super) fn create_h5(path: &Path) -> hdf5::Result<hdf5::File> {
-    hdf5::File::with_options()
-        .with_fapl(|p| {
-            p.fclose_degree(hdf5::file::FileCloseDegree::Strong)
-                .file_locking(false)
-        })
-        .create(path)
-}
-
-/// A hidden temporary path next to `output` (`.<name>.cellfate-tmp-<pid>-<n>`), unique within
-/// the process; stale temporaries of processes that no longer exist are removed first.
-pub(super) fn temp_path(output: &Path) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let dir = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or_else(|| Path::new("."));
-    let name = output
-        .file_name()
-        .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
-    remove_stale_temps(dir, &name);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!(".{name}.cellfate-tmp-{}-{n}", std::process::id()))
-}
-
-/// Removes temporary outputs for `name` left by processes that no longer exist (a run that was
-/// killed mid-write leaves its hidden temporary file; the target itself is never partial).
-fn remove_stale_temps(dir: &Path, name: &str) {
-    let prefix = format!(".{name}.cellfate-tmp-");
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let file = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = file.strip_prefix(&prefix) else {
-            continue;
-        };
-        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid {
-            let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
-            if !alive {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
+/// Creates the private temporary output of `output`: exclusively (`O_EXCL`), under an
+/// unpredictable name next to it (see [`crate::output`]). Its close is "strong" (closing the
+/// file closes every object still open in it), and HDF5 file locking is off for it: the file
+/// is ours alone until the rename, and a lock would otherwise be inherited by any child
+/// process spawned meanwhile (HDF5 does not open with `O_CLOEXEC`), blocking later readers of
+/// the renamed output. The temporary file is removed when the [`TempOutput`] is dropped
+/// without being persisted.
+pub(super) fn create_temp_h5(output: &Path) -> Result<(hdf5::File, TempOutput), H5adError> {
+    let (file, tmp) = TempOutput::create(output, |p| {
+        hdf5::File::with_options()
+            .with_fapl(|f| {
+                f.fclose_degree(hdf5::file::FileCloseDegree::Strong)
+                    .file_locking(false)
+            })
+            .create_excl(p)
+            .map_err(|e| {
+                if std::fs::symlink_metadata(p).is_ok() {
+                    std::io::Error::from(std::io::ErrorKind::AlreadyExists)
+                } else {
+                    std::io::Error::other(e.to_string())
+                }
+            })
+    })?;
+    Ok((file, tmp))
 }
 
 // ----- element writers (HDF5 level) ------------------------------------------------------

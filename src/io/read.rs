@@ -71,7 +71,76 @@ impl H5adReader {
             path: r.path.clone(),
             message: e.to_string(),
         })?;
+        r.refuse_outside_data()?;
         Ok(r)
+    }
+
+    /// Refuses a file that draws data from other files: external links, datasets with
+    /// external raw storage, virtual datasets. Reading through them would read (and a writer
+    /// copying the file would copy) another file's content, possibly one the user did not
+    /// mean to share; an `.h5ad` written by anndata never has them. Hard links deeper than 64
+    /// groups (a cycle) are refused as well.
+    fn refuse_outside_data(&self) -> Result<()> {
+        const MAX_DEPTH: usize = 64;
+        let outside = |slot: &str, what: &str| H5adError::OutsideData {
+            path: self.path.clone(),
+            slot: slot.to_string(),
+            what: what.to_string(),
+        };
+        let mut stack = vec![(String::new(), 0usize)];
+        while let Some((slot, depth)) = stack.pop() {
+            let g: Group = if slot.is_empty() {
+                (*self.file).clone()
+            } else {
+                self.file.group(&slot).map_err(self.hdf5_err(&slot))?
+            };
+            let mut links = Vec::new();
+            g.iter_visit_default(|name, info| {
+                links.push((name.to_string(), info.link_type));
+                Ok(())
+            })
+            .map_err(self.hdf5_err(if slot.is_empty() { "/" } else { &slot }))?;
+            for (name, kind) in links {
+                let child = join(&slot, &name);
+                match kind {
+                    hdf5::LinkType::External => {
+                        return Err(outside(&child, "an external link into another file"))
+                    }
+                    // A soft link names a path inside this file; it is resolved on access.
+                    hdf5::LinkType::Soft => {}
+                    hdf5::LinkType::Hard => {
+                        if let Ok(ds) = g.dataset(&name) {
+                            let p = ds.dcpl().map_err(self.hdf5_err(&child))?;
+                            if !p.external().is_empty() {
+                                return Err(outside(
+                                    &child,
+                                    "a dataset whose raw data is stored in external files",
+                                ));
+                            }
+                            #[allow(unreachable_patterns)]
+                            match p.layout() {
+                                hdf5::dataset::Layout::Compact
+                                | hdf5::dataset::Layout::Contiguous
+                                | hdf5::dataset::Layout::Chunked => {}
+                                _ => return Err(outside(
+                                    &child,
+                                    "a virtual dataset (data mapped from other datasets or files)",
+                                )),
+                            }
+                        } else if g.group(&name).is_ok() {
+                            if depth >= MAX_DEPTH {
+                                return Err(outside(
+                                    &child,
+                                    "groups nested more than 64 deep (a cycle of hard links?)",
+                                ));
+                            }
+                            stack.push((child, depth + 1));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The file's path.

@@ -33,7 +33,8 @@ use hdf5::{Dataset, Group, H5Type};
 
 use super::element::Element;
 use super::error::H5adError;
-use super::h5::{create_h5, set_encoding, temp_path, write_element};
+use super::h5::{create_temp_h5, set_encoding, write_element};
+use crate::output::TempOutput;
 
 type Result<T> = std::result::Result<T, H5adError>;
 
@@ -53,7 +54,7 @@ const WIDEN_STEP: usize = 1 << 22;
 #[derive(Debug)]
 pub struct H5adStreamWriter {
     file: Option<hdf5::File>,
-    tmp: PathBuf,
+    tmp: Option<TempOutput>,
     output: PathBuf,
     /// Appenders created and not yet finished.
     open_appenders: Cell<usize>,
@@ -63,15 +64,10 @@ impl H5adStreamWriter {
     /// Starts a new file that will be renamed to `output` by [`H5adStreamWriter::finish`].
     pub fn create(output: impl AsRef<Path>) -> Result<Self> {
         let output = output.as_ref().to_path_buf();
-        let tmp = temp_path(&output);
-        let file = create_h5(&tmp).map_err(|source| H5adError::Hdf5 {
-            path: output.clone(),
-            slot: "/".into(),
-            source,
-        })?;
+        let (file, tmp) = create_temp_h5(&output)?;
         let w = Self {
             file: Some(file),
-            tmp,
+            tmp: Some(tmp),
             output,
             open_appenders: Cell::new(0),
         };
@@ -252,11 +248,10 @@ impl H5adStreamWriter {
             self.invalid("/", "an open output", "a finished or failed writer".into())
         })?;
         file.close().map_err(self.err("/"))?;
-        std::fs::rename(&self.tmp, &self.output).map_err(|source| H5adError::Io {
-            path: self.output.clone(),
-            op: "renaming the temporary output into place",
-            source,
-        })
+        match self.tmp.take() {
+            Some(tmp) => Ok(tmp.persist()?),
+            None => Err(self.invalid("/", "an open output", "a finished writer".into())),
+        }
     }
 }
 
@@ -267,9 +262,8 @@ impl Drop for H5adStreamWriter {
         if let Some(f) = self.file.take() {
             drop(f.close());
         }
-        if self.tmp.exists() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+        // Dropping the temporary output removes its file.
+        drop(self.tmp.take());
     }
 }
 

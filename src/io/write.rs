@@ -14,9 +14,10 @@ use hdf5::{Group, H5Type, Location};
 
 use super::element::{DataFrame, Element};
 use super::error::H5adError;
-use super::h5::{create_h5, set_encoding, temp_path, write_dataframe, write_element};
+use super::h5::{create_temp_h5, set_encoding, write_dataframe, write_element};
 use super::read::{join, H5adReader};
 use super::stream::H5adStreamWriter;
+use crate::output::TempOutput;
 
 type Result<T> = std::result::Result<T, H5adError>;
 
@@ -137,78 +138,75 @@ impl H5adEdit {
         produce: impl FnOnce(&mut EarlySlots) -> std::result::Result<Vec<(String, Element)>, E>,
     ) -> std::result::Result<(), E> {
         let reader = H5adReader::open(&self.input)?;
-        let tmp = temp_path(output);
-        let hdf = |tmp: &Path, slot: &str| {
-            let (path, slot) = (tmp.to_path_buf(), slot.to_string());
+        let (file, tmp) = create_temp_h5(output)?;
+        let hdf = |path: &Path, slot: &str| {
+            let (path, slot) = (path.to_path_buf(), slot.to_string());
             move |source| H5adError::Hdf5 { path, slot, source }
         };
-        let result = (|| -> std::result::Result<(), E> {
-            let file = create_h5(&tmp).map_err(hdf(&tmp, "/"))?;
-            let staging = file.create_group(STAGING).map_err(hdf(&tmp, STAGING))?;
-            let mut early = EarlySlots {
-                staging,
-                path: output.to_path_buf(),
-                n_obs: reader.n_obs()?,
-                n_vars: reader.n_vars()?,
-                slots: Vec::new(),
-            };
-            let extra = produce(&mut early)?;
-            let EarlySlots { staging, slots, .. } = early;
-            drop(staging);
-            // The early slots are moved in after the copy: nothing is copied or written there.
-            let late: Vec<(String, Change)> = extra
-                .into_iter()
-                .map(|(slot, el)| (slot.trim_matches('/').to_string(), Change::Set(el)))
-                .chain(slots.iter().map(|s| (s.clone(), Change::Remove)))
-                .collect();
-            let w = Writer {
-                edit: self,
-                late: &late,
-                reader: &reader,
-                out_path: output.to_path_buf(),
-                copy_raw: !reader.is_legacy() && !self.reencode_all,
-            };
-            w.root(&file)?;
-            for (i, slot) in slots.iter().enumerate() {
-                let mut parent = String::new();
-                for part in slot
-                    .split('/')
-                    .collect::<Vec<_>>()
-                    .split_last()
-                    .map_or(&[][..], |x| x.1)
-                {
-                    parent = join(&parent, part);
-                    if !file.link_exists(&parent) {
-                        let g = file.create_group(&parent).map_err(hdf(output, &parent))?;
-                        set_encoding(&g, "dict", "0.1.0").map_err(hdf(output, &parent))?;
-                    }
+        // On an error `tmp` is dropped, which removes the temporary file.
+        let staging = file.create_group(STAGING).map_err(hdf(output, STAGING))?;
+        let mut early = EarlySlots {
+            staging,
+            path: output.to_path_buf(),
+            n_obs: reader.n_obs()?,
+            n_vars: reader.n_vars()?,
+            slots: Vec::new(),
+        };
+        let extra = produce(&mut early)?;
+        let EarlySlots { staging, slots, .. } = early;
+        drop(staging);
+        // The early slots are moved in after the copy: nothing is copied or written there.
+        let late: Vec<(String, Change)> = extra
+            .into_iter()
+            .map(|(slot, el)| (slot.trim_matches('/').to_string(), Change::Set(el)))
+            .chain(slots.iter().map(|s| (s.clone(), Change::Remove)))
+            .collect();
+        let w = Writer {
+            edit: self,
+            late: &late,
+            reader: &reader,
+            out_path: output.to_path_buf(),
+            copy_raw: !reader.is_legacy() && !self.reencode_all,
+        };
+        // libhdf5 can crash (SIGSEGV) when a write fails inside its object copy, e.g. on a
+        // full disk: refuse up front when the rest clearly does not fit.
+        let input_bytes = std::fs::metadata(&self.input).map_or(0, |m| m.len());
+        let copied = if w.copy_raw {
+            input_bytes
+        } else {
+            input_bytes.saturating_mul(3)
+        };
+        let new_bytes: u64 = w
+            .changes()
+            .map(|(_, c)| match c {
+                Change::Set(el) => el.approx_bytes() as u64,
+                Change::Remove => 0,
+            })
+            .sum();
+        let written = std::fs::metadata(tmp.path()).map_or(0, |m| m.len());
+        crate::output::check_space(output, written, copied.saturating_add(new_bytes))
+            .map_err(H5adError::from)?;
+        w.root(&file)?;
+        for (i, slot) in slots.iter().enumerate() {
+            let mut parent = String::new();
+            for part in slot
+                .split('/')
+                .collect::<Vec<_>>()
+                .split_last()
+                .map_or(&[][..], |x| x.1)
+            {
+                parent = join(&parent, part);
+                if !file.link_exists(&parent) {
+                    let g = file.create_group(&parent).map_err(hdf(output, &parent))?;
+                    set_encoding(&g, "dict", "0.1.0").map_err(hdf(output, &parent))?;
                 }
-                file.relink(&format!("{STAGING}/{i}"), slot)
-                    .map_err(hdf(output, slot))?;
             }
-            file.unlink(STAGING).map_err(hdf(output, STAGING))?;
-            file.close().map_err(hdf(&tmp, "/"))?;
-            let f = std::fs::File::open(&tmp).map_err(|source| H5adError::Io {
-                path: tmp.clone(),
-                op: "reopening the temporary output",
-                source,
-            })?;
-            f.sync_all().map_err(|source| H5adError::Io {
-                path: tmp.clone(),
-                op: "syncing the temporary output",
-                source,
-            })?;
-            std::fs::rename(&tmp, output).map_err(|source| H5adError::Io {
-                path: output.to_path_buf(),
-                op: "renaming the temporary output into place",
-                source,
-            })?;
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+            file.relink(&format!("{STAGING}/{i}"), slot)
+                .map_err(hdf(output, slot))?;
         }
-        result
+        file.unlink(STAGING).map_err(hdf(output, STAGING))?;
+        file.close().map_err(hdf(output, "/"))?;
+        Ok(tmp.persist().map_err(H5adError::from)?)
     }
 }
 
@@ -586,46 +584,30 @@ fn same_file(a: &Path, b: &Path) -> bool {
         _ => a == b,
     }
 }
-/// An intermediate file next to a target, created exclusively (never an existing file) under a
-/// hidden name of the target's temporary-file family (`.NAME.cellfate-tmp-PID-N`), and removed
-/// when dropped. A process killed before dropping it leaves the file behind; the next write to
-/// the same target removes it (as it does for its own temporary files).
+/// An intermediate file next to a target, created exclusively under an unpredictable hidden
+/// name of the target's temporary-file family (`.NAME.cellfate-tmp-PID-RANDOM`, see
+/// [`crate::output`]), and removed when dropped. A process killed before dropping it leaves
+/// the file behind; the next write to the same target removes it.
 #[derive(Debug)]
 pub struct TempSibling {
-    path: PathBuf,
+    tmp: TempOutput,
 }
 
 impl TempSibling {
     /// Creates an empty file next to `target`.
     pub fn create(target: &Path) -> Result<Self> {
-        loop {
-            let path = temp_path(target);
-            match std::fs::OpenOptions::new()
+        let ((), tmp) = TempOutput::create(target, |p| {
+            std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .open(&path)
-            {
-                Ok(_) => return Ok(Self { path }),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(source) => {
-                    return Err(H5adError::Io {
-                        path,
-                        op: "creating an intermediate file",
-                        source,
-                    })
-                }
-            }
-        }
+                .open(p)
+                .map(drop)
+        })?;
+        Ok(Self { tmp })
     }
 
     /// The file's path.
     pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TempSibling {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        self.tmp.path()
     }
 }

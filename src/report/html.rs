@@ -35,22 +35,10 @@ figure{display:inline-block;margin:.5em;vertical-align:top}figure svg{max-width:
 figcaption{font-size:.85em;color:#555;text-align:center}pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.85em}\
 .warn{color:#8a4b00}.drivers{display:flex;flex-wrap:wrap;gap:1.5em}";
 
-/// Writes `contents` to `path` through a temporary file in the same directory.
+/// Writes `contents` to `path` through an exclusive temporary file in the same directory
+/// (see [`crate::output`]).
 pub(crate) fn write_atomic(path: &Path, contents: &str) -> Result<(), ReportError> {
-    let io = |e: std::io::Error| ReportError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map_or("report".into(), |s| s.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, contents).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    Ok(crate::output::write_atomic(path, contents.as_bytes())?)
 }
 
 fn uns_str(r: &H5adReader, slot: &str) -> Option<String> {

@@ -23,6 +23,9 @@ pub enum ReportError {
     /// Reading the input.
     #[error(transparent)]
     H5ad(#[from] H5adError),
+    /// The output cannot be written (special file, missing directory, ...).
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
     /// Writing a figure or the report.
     #[error("{}: {source}", path.display())]
     Io {

@@ -223,30 +223,48 @@ impl Figure {
         Ok(s)
     }
 
-    /// Writes the figure to `dir/<name>.<ext>` (through a temporary file renamed at the end).
+    /// Writes the figure to `dir/<name>.<ext>` (through an exclusive temporary file renamed
+    /// at the end, see [`crate::output`]).
     pub fn write(&self, dir: &Path, format: Format) -> Result<PathBuf, ReportError> {
-        let (ext, tmp_ext) = match format {
-            Format::Svg => ("svg", "tmp.svg"),
-            Format::Png => ("png", "tmp.png"),
+        let ext = match format {
+            Format::Svg => "svg",
+            Format::Png => "png",
         };
         let path = dir.join(format!("{}.{ext}", self.name));
-        let tmp = dir.join(format!(".{}.{tmp_ext}", self.name));
-        let io = |e: std::io::Error| ReportError::Io {
-            path: path.clone(),
-            source: e,
+        let bytes = match format {
+            Format::Svg => self.svg()?.into_bytes(),
+            Format::Png => self.png()?,
         };
-        match format {
-            Format::Svg => std::fs::write(&tmp, self.svg()?).map_err(io)?,
-            Format::Png => {
-                ensure_font();
-                let root = BitMapBackend::new(&tmp, self.size()).into_drawing_area();
-                self.draw(&root)
-                    .and_then(|()| root.present().map_err(draw_err))
-                    .map_err(|e| e.in_figure(&self.name, Format::Png))?;
-            }
-        }
-        std::fs::rename(&tmp, &path).map_err(io)?;
+        crate::output::write_atomic(&path, &bytes)?;
         Ok(path)
+    }
+
+    /// The figure as PNG bytes (drawn in memory: plotters' own file output would open the
+    /// target path directly).
+    pub fn png(&self) -> Result<Vec<u8>, ReportError> {
+        ensure_font();
+        let (w, h) = self.size();
+        let mut rgb = vec![0u8; w as usize * h as usize * 3];
+        {
+            let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+            self.draw(&root)
+                .and_then(|()| root.present().map_err(draw_err))
+                .map_err(|e| e.in_figure(&self.name, Format::Png))?;
+        }
+        let mut out = Vec::new();
+        let encoded = (|| {
+            let mut enc = png::Encoder::new(&mut out, w, h);
+            enc.set_color(png::ColorType::Rgb);
+            enc.set_depth(png::BitDepth::Eight);
+            enc.set_compression(png::Compression::Default);
+            enc.write_header()?.write_image_data(&rgb)
+        })();
+        encoded.map_err(|e| ReportError::Draw {
+            figure: self.name.clone(),
+            format: "png",
+            detail: format!("encoding the PNG: {e}"),
+        })?;
+        Ok(out)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawFailure>

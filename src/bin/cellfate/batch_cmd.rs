@@ -12,6 +12,12 @@ use cellfate::pipeline;
 
 use crate::run_cmd::{build_spec, EstimatorFlags, UpstreamFlags};
 
+impl BatchArgs {
+    pub(crate) fn outputs(&self) -> crate::Outputs {
+        crate::Outputs::dirs(vec![self.out_dir.clone()])
+    }
+}
+
 /// Arguments of `cellfate batch`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct BatchArgs {

@@ -94,20 +94,21 @@ pub(crate) fn build_spec(
     Ok(spec)
 }
 
-/// Writes bytes to `path` atomically (temporary file in the same directory, then rename).
+impl KernelArgs {
+    pub(crate) fn outputs(&self) -> crate::Outputs {
+        let mut files: Vec<PathBuf> = self.output.iter().cloned().collect();
+        if self.in_place {
+            files.push(self.input.clone());
+        }
+        files.extend(self.save_kernel.clone());
+        crate::Outputs::files(files)
+    }
+}
+
+/// Writes bytes to `path` atomically (an exclusive temporary file in the same directory, then
+/// rename; special files and links refused: [`cellfate::output`]).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map_or("out".into(), |n| n.to_string_lossy()),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
+    Ok(cellfate::output::write_atomic(path, bytes)?)
 }
 
 pub(crate) fn run(a: KernelArgs) -> anyhow::Result<String> {

@@ -161,6 +161,62 @@ enum Command {
     },
 }
 
+/// Files and directories a command will write: checked before any computation (special files
+/// and links refused, directories must exist and accept new files; see `cellfate::output`).
+#[derive(Debug, Default)]
+pub(crate) struct Outputs {
+    pub(crate) files: Vec<PathBuf>,
+    pub(crate) dirs: Vec<PathBuf>,
+}
+
+impl Outputs {
+    pub(crate) fn files(files: Vec<PathBuf>) -> Self {
+        Self {
+            files,
+            dirs: Vec::new(),
+        }
+    }
+
+    pub(crate) fn dirs(dirs: Vec<PathBuf>) -> Self {
+        Self {
+            files: Vec::new(),
+            dirs,
+        }
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        for f in &self.files {
+            cellfate::output::check_output(f)?;
+        }
+        for d in &self.dirs {
+            cellfate::output::check_output_dir(d)?;
+        }
+        Ok(())
+    }
+}
+
+impl Command {
+    fn outputs(&self) -> Outputs {
+        match self {
+            Self::Inspect { .. } => Outputs::default(),
+            Self::Run(a) => a.outputs(),
+            Self::Plot(a) => a.outputs(),
+            Self::Report(a) => a.outputs(),
+            Self::Batch(a) => a.outputs(),
+            Self::Macrostates(a) => a.outputs(),
+            Self::TerminalStates(a) => a.outputs(),
+            Self::Fates(a) => a.outputs(),
+            Self::Drivers(a) => a.outputs(),
+            Self::Cflare(a) => a.outputs(),
+            Self::Kernel(a) => a.outputs(),
+            Self::Preprocess { output, .. }
+            | Self::Pseudotime { output, .. }
+            | Self::Velocity { output, .. }
+            | Self::Simulate { output, .. } => Outputs::files(vec![output.clone()]),
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     progress::set_level(cli.quiet, cli.verbose);
     if let Some(n) = cli.threads {
@@ -169,6 +225,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .build_global()
             .context("configuring the thread pool")?;
     }
+    // Special files, links and unwritable directories are refused before any work.
+    cli.command.outputs().check()?;
     if let Command::Batch(args) = cli.command {
         let (report, ok) = batch_cmd::run(args)?;
         write_stdout(&report)?;

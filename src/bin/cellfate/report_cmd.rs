@@ -50,6 +50,18 @@ pub(crate) struct PlotArgs {
     figures: FigureFlags,
 }
 
+impl PlotArgs {
+    pub(crate) fn outputs(&self) -> crate::Outputs {
+        crate::Outputs::dirs(vec![self.out_dir.clone()])
+    }
+}
+
+impl ReportArgs {
+    pub(crate) fn outputs(&self) -> crate::Outputs {
+        crate::Outputs::files(vec![self.output.clone()])
+    }
+}
+
 /// Writes every figure of `input` into `dir`; returns the paths and notes.
 pub(crate) fn write_plots(
     input: &Path,

@@ -154,6 +154,18 @@ impl UpstreamFlags {
     }
 }
 
+impl RunArgs {
+    pub(crate) fn outputs(&self) -> crate::Outputs {
+        if self.dry_run {
+            return crate::Outputs::default();
+        }
+        let mut o = crate::Outputs::files(vec![self.output.clone()]);
+        o.files.extend(self.report.clone());
+        o.dirs.extend(self.plots.clone());
+        o
+    }
+}
+
 /// Arguments of `cellfate run`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {

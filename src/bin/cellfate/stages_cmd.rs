@@ -33,6 +33,44 @@ pub(crate) struct Io {
     transition_key: String,
 }
 
+impl Io {
+    pub(crate) fn outputs(&self) -> crate::Outputs {
+        crate::Outputs::files(vec![self.output.clone()])
+    }
+}
+
+impl MacrostatesArgs {
+    pub(crate) fn outputs(&self) -> crate::Outputs {
+        self.io.outputs()
+    }
+}
+
+impl TerminalArgs {
+    pub(crate) fn outputs(&self) -> crate::Outputs {
+        self.io.outputs()
+    }
+}
+
+impl FatesArgs {
+    pub(crate) fn outputs(&self) -> crate::Outputs {
+        self.io.outputs()
+    }
+}
+
+impl CflareArgs {
+    pub(crate) fn outputs(&self) -> crate::Outputs {
+        self.io.outputs()
+    }
+}
+
+impl DriversArgs {
+    pub(crate) fn outputs(&self) -> crate::Outputs {
+        let mut o = self.io.outputs();
+        o.files.extend(self.csv.clone());
+        o
+    }
+}
+
 /// `cellfate macrostates`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct MacrostatesArgs {
