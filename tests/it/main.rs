@@ -23,3 +23,4 @@ mod raw_run;
 mod report;
 mod roundtrip;
 mod upstream_parity;
+mod writes;
