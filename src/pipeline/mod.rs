@@ -61,10 +61,12 @@ pub enum PipelineError {
         reason: String,
     },
     /// An upstream step (preprocessing, velocity, pseudotime, .loom conversion) failed.
-    #[error("{input}: upstream step `{step}` ({reason}) failed: {source}")]
+    #[error("{input}: upstream step `{step}` ({reason}) failed (its intermediate file is a hidden temporary next to the output {output}): {source}")]
     Upstream {
         /// The input file of the run.
         input: std::path::PathBuf,
+        /// The run's output (the intermediate files are written next to it).
+        output: std::path::PathBuf,
         /// The step ([`UpstreamStep::name`]).
         step: &'static str,
         /// Why the step ran.

@@ -415,6 +415,7 @@ pub fn prepare_input(
         let to = next.path();
         let wrap = |source: PipelineError| PipelineError::Upstream {
             input: input.to_path_buf(),
+            output: output.to_path_buf(),
             step: step.name(),
             reason: why.clone(),
             source: Box::new(source),
