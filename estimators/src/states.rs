@@ -21,6 +21,14 @@ pub enum StatesError {
         /// What was given.
         got: String,
     },
+    /// More terminal states asked of the `top_n` rule than there are macrostates.
+    #[error("top_n: {n_states} terminal states requested, but there are only {macrostates} macrostates; ask for at most {macrostates}")]
+    TopNTooMany {
+        /// How many were asked for.
+        n_states: usize,
+        /// How many macrostates there are.
+        macrostates: usize,
+    },
     /// More categories than the palette has colours.
     #[error("at most {max} categories can be coloured, got {got}")]
     TooManyCategories {
@@ -637,6 +645,12 @@ pub fn select_terminal(
                     parameter: "n_states",
                     expected: "at least 1 for method top_n".into(),
                     got: n_states.to_string(),
+                });
+            }
+            if *n_states > m {
+                return Err(StatesError::TopNTooMany {
+                    n_states: *n_states,
+                    macrostates: m,
                 });
             }
             Ok(by_stability(*n_states))
