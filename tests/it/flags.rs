@@ -130,6 +130,8 @@ impl Fixture {
 
 /// Documented conflicts: the command line and the two flags the error must name.
 const CONFLICTS: &[(&[&str], [&str; 2])] = &[
+    // global
+    (&["inspect", "IN", "-q", "-v"], ["--quiet", "--verbose"]),
     // kernel
     (
         &["kernel", "IN", "--in-place", "-o", "OUT"],
@@ -514,6 +516,19 @@ const CONFLICTS: &[(&[&str], [&str; 2])] = &[
             "0",
         ],
         ["--root-cluster", "--root-cell"],
+    ),
+    (
+        &[
+            "pseudotime",
+            "IN",
+            "-o",
+            "OUT",
+            "--n-comps",
+            "5",
+            "--n-dcs",
+            "8",
+        ],
+        ["--n-dcs", "--n-comps"],
     ),
 ];
 

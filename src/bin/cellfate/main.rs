@@ -32,8 +32,8 @@ struct Cli {
     /// the file size; refused by default as corrupt or crafted). Same as CELLFATE_ALLOW_LARGE=1.
     #[arg(long, global = true)]
     allow_large: bool,
-    /// No progress output (results and errors are still printed).
-    #[arg(short, long, global = true)]
+    /// No progress output (results and errors are still printed); not with -v.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
     /// More output: the duration of every stage.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -125,9 +125,9 @@ enum Command {
         /// Diffusion components computed.
         #[arg(long, default_value_t = 15, value_parser = values::at_least_two)]
         n_comps: usize,
-        /// Diffusion components used for the pseudotime.
-        #[arg(long, default_value_t = 10, value_parser = values::positive)]
-        n_dcs: usize,
+        /// Diffusion components used for the pseudotime (default 10, at most --n-comps).
+        #[arg(long, value_parser = values::positive)]
+        n_dcs: Option<usize>,
     },
     /// RNA velocity on a processed file (scVelo's tl.velocity): reads Ms/Mu (and, for the
     /// stochastic model, the normalised spliced/unspliced layers and obsp connectivities).
@@ -315,6 +315,14 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                 },
                 (None, Some(c)) => c.parse::<usize>().map_or(Root::Name(c), Root::Index),
                 (None, None) => Root::Auto,
+            };
+            // An explicit --n-dcs above --n-comps would be cut silently; the default follows.
+            let n_dcs = match n_dcs {
+                Some(d) if d > n_comps => anyhow::bail!(
+                    "--n-dcs {d} is more than the --n-comps {n_comps} diffusion components computed"
+                ),
+                Some(d) => d,
+                None => n_comps.min(10),
             };
             let res = pseudotime_in_file(&input, &output, &root, n_comps, n_dcs)?;
             let mut msg = format!(
