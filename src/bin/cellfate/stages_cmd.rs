@@ -262,7 +262,6 @@ pub(crate) fn terminal_states(a: TerminalArgs) -> anyhow::Result<String> {
         .with_context(|| format!("{}: restoring the GPCCA estimator", a.io.input.display()))?;
     let n_cells = a.n_cells.unwrap_or(30);
     let names = if a.states.is_empty() {
-        let method_name = a.method.as_deref().unwrap_or("sinks");
         let threshold = a.threshold.unwrap_or(0.96);
         let method = match method_name {
             "sinks" => TerminalMethod::Sinks {
