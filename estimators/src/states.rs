@@ -924,6 +924,17 @@ mod tests {
             select_terminal(&names, &d, &TerminalMethod::TopN { n_states: 1 }, &[]).unwrap(),
             vec![2]
         );
+        // More than there are macrostates: an error saying how many there are.
+        let e =
+            select_terminal(&names, &d, &TerminalMethod::TopN { n_states: 50 }, &[]).unwrap_err();
+        assert_eq!(
+            e,
+            StatesError::TopNTooMany {
+                n_states: 50,
+                macrostates: 3
+            }
+        );
+        assert!(e.to_string().contains("only 3 macrostates"), "{e}");
         let e = select_terminal(&names, &[0.5, 0.6, 0.7], &TerminalMethod::cellrank(), &[])
             .unwrap_err();
         assert!(
