@@ -902,6 +902,13 @@ impl H5adReader {
             SparseFormat::Csr => (shape[0], shape[1]),
             SparseFormat::Csc => (shape[1], shape[0]),
         };
+        // The row pointers of either orientation (CSC is converted to CSR) are allocated
+        // from the declared shape: bound it like a dataset.
+        self.check_allocation(
+            &join(slot, "indptr"),
+            &[major.max(minor).saturating_add(1)],
+            std::mem::size_of::<i64>(),
+        )?;
         let sub = |name: &str| -> Result<Dataset> {
             g.dataset(name).map_err(|_| H5adError::Missing {
                 path: self.path.clone(),

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use cellfate::io::{Categorical, DataFrame, Element, H5adError, H5adReader};
+use cellfate::io::{
+    Categorical, DataFrame, Element, H5adError, H5adReader, NumVec, SparseArray, SparseFormat,
+};
 use cellfate::pipeline::{EstimatorSpec, FateMapSpec, NStates, PipelineError};
 
 use crate::common::{cellfate, succeed, tempdir};
@@ -945,6 +947,21 @@ fn huge_declared_shapes_are_refused_and_plots_read_two_columns() {
             )),
         ),
         ("obsm".to_string(), Element::Dict(Vec::new())),
+        // A CSC matrix declaring 5·10¹⁰ rows: converting it to CSR would allocate 400 GB of
+        // row pointers.
+        (
+            "uns".to_string(),
+            Element::Dict(vec![(
+                "tall".to_string(),
+                Element::Sparse(SparseArray {
+                    format: SparseFormat::Csc,
+                    shape: [50_000_000_000, 3],
+                    indptr: vec![0, 0, 0, 0],
+                    indices: Vec::new(),
+                    data: NumVec::F64(Vec::new()),
+                }),
+            )]),
+        ),
     ];
     cellfate::io::write_new(&p, &members).expect("write fixture");
     {
@@ -976,6 +993,11 @@ fn huge_declared_shapes_are_refused_and_plots_read_two_columns() {
             "{msg}"
         );
     }
+    let e = r.read("uns/tall").expect_err("too large").to_string();
+    assert!(
+        e.contains("uns/tall/indptr") && e.contains("[50000000001]"),
+        "{e}"
+    );
     let (rows, xy) = r
         .dense_columns("obsm/X_pca", 0..2)
         .expect("two columns")
