@@ -348,6 +348,19 @@ const CONFLICTS: &[(&[&str], [&str; 2])] = &[
         &["run", "IN", "-o", "OUT", "--walk-seed", "5"],
         ["--walk-seed", "--plots"],
     ),
+    (
+        &[
+            "run",
+            "IN",
+            "-o",
+            "OUT",
+            "--optimizer",
+            "nelder-mead",
+            "--seed",
+            "3",
+        ],
+        ["--seed", "--optimizer"],
+    ),
     // batch
     (
         &["batch", "IN", "--out-dir", "DIR", "--n-walks", "5"],

@@ -92,13 +92,21 @@ impl EstimatorFlags {
             e.absorption.solver = sv.parse()?;
         }
         if let Some(seed) = self.seed {
+            let mut used = false;
             if let Optimizer::Gradient { seed: s, .. } = &mut e.optimizer {
                 *s = seed;
+                used = true;
             }
             if let cellfate::estimators::drivers::DriverTest::PermTest { seed: s, .. } =
                 &mut e.drivers_test
             {
                 *s = seed;
+                used = true;
+            }
+            // Nelder-Mead is deterministic and Fisher's test draws nothing: the seed would be
+            // ignored.
+            if !used {
+                bail!("--seed has no effect with --optimizer nelder-mead (deterministic) and Fisher's driver test (no permutations; a config's estimators.drivers_test may ask for a permutation test)");
             }
         }
         if let Some(n) = self.n_terminal {
