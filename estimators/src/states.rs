@@ -21,6 +21,14 @@ pub enum StatesError {
         /// What was given.
         got: String,
     },
+    /// More terminal states asked of the `top_n` rule than there are macrostates.
+    #[error("top_n: {n_states} terminal states requested, but there are only {macrostates} macrostates; ask for at most {macrostates}")]
+    TopNTooMany {
+        /// How many were asked for.
+        n_states: usize,
+        /// How many macrostates there are.
+        macrostates: usize,
+    },
     /// More categories than the palette has colours.
     #[error("at most {max} categories can be coloured, got {got}")]
     TooManyCategories {
@@ -639,6 +647,12 @@ pub fn select_terminal(
                     got: n_states.to_string(),
                 });
             }
+            if *n_states > m {
+                return Err(StatesError::TopNTooMany {
+                    n_states: *n_states,
+                    macrostates: m,
+                });
+            }
             Ok(by_stability(*n_states))
         }
         TerminalMethod::Eigengap { alpha } => Ok(by_stability(
@@ -910,6 +924,17 @@ mod tests {
             select_terminal(&names, &d, &TerminalMethod::TopN { n_states: 1 }, &[]).unwrap(),
             vec![2]
         );
+        // More than there are macrostates: an error saying how many there are.
+        let e =
+            select_terminal(&names, &d, &TerminalMethod::TopN { n_states: 50 }, &[]).unwrap_err();
+        assert_eq!(
+            e,
+            StatesError::TopNTooMany {
+                n_states: 50,
+                macrostates: 3
+            }
+        );
+        assert!(e.to_string().contains("only 3 macrostates"), "{e}");
         let e = select_terminal(&names, &[0.5, 0.6, 0.7], &TerminalMethod::cellrank(), &[])
             .unwrap_err();
         assert!(

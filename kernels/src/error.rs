@@ -389,6 +389,12 @@ pub enum ExprProblem {
         /// The name.
         name: String,
     },
+    /// Parentheses and `~` flips nested deeper than the parser allows.
+    #[error("nested deeper than {limit} levels of parentheses and `~`")]
+    TooDeep {
+        /// The deepest nesting allowed ([`crate::expr::MAX_DEPTH`]).
+        limit: usize,
+    },
 }
 
 /// Why a user-defined kernel cannot be registered (see [`KernelError::Registration`]).

@@ -9,9 +9,17 @@
 //! (`VelocityKernel`, ...); see [`BUILTIN_KERNELS`](crate::kernel::BUILTIN_KERNELS). Every
 //! kernel starts from CellRank's defaults; set parameters afterwards with
 //! [`KernelSpec::set_param`].
+//!
+//! Nesting (parentheses and `~`) is limited to [`MAX_DEPTH`] levels, so that a hostile
+//! expression cannot exhaust the stack.
 
 use crate::error::{ExprProblem, KernelError};
 use crate::kernel::{known_kernels, Kernel, KernelSpec};
+
+/// The deepest nesting of parentheses and `~`/`!` flips a kernel expression may have
+/// (`((velocity))` is 2 deep). Real expressions need a handful; the limit keeps a crafted
+/// expression from overflowing the parser's stack.
+pub const MAX_DEPTH: usize = 64;
 
 /// Parses a kernel expression (see the module docs) and validates it.
 pub fn parse(expr: &str) -> Result<KernelSpec, KernelError> {
@@ -19,6 +27,7 @@ pub fn parse(expr: &str) -> Result<KernelSpec, KernelError> {
         src: expr,
         chars: expr.char_indices().collect(),
         pos: 0,
+        depth: 0,
     };
     let spec = p.expr()?;
     p.skip_ws();
@@ -33,6 +42,8 @@ struct Parser<'a> {
     src: &'a str,
     chars: Vec<(usize, char)>,
     pos: usize,
+    /// Current nesting of parentheses and flips.
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -89,20 +100,34 @@ impl Parser<'_> {
         }
     }
 
+    /// Enters one level of nesting (an error past [`MAX_DEPTH`]).
+    fn enter(&mut self) -> Result<(), KernelError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.error(ExprProblem::TooDeep { limit: MAX_DEPTH }));
+        }
+        Ok(())
+    }
+
     fn factor(&mut self) -> Result<Factor, KernelError> {
         match self.peek() {
             Some('(') => {
+                self.enter()?;
                 self.pos += 1;
                 let e = self.expr()?;
                 if self.peek() != Some(')') {
                     return Err(self.error(ExprProblem::MissingParen));
                 }
                 self.pos += 1;
+                self.depth -= 1;
                 Ok(Factor::Kernel(e))
             }
             Some('~' | '!') => {
+                self.enter()?;
                 self.pos += 1;
-                match self.factor()? {
+                let f = self.factor()?;
+                self.depth -= 1;
+                match f {
                     Factor::Kernel(k) => Ok(Factor::Kernel(k.flip())),
                     Factor::Number(_) => Err(self.error(ExprProblem::FlipNumber)),
                 }
@@ -179,6 +204,34 @@ mod tests {
             terms.iter().map(|t| t.0).collect::<Vec<_>>(),
             vec![1.0, 1.0, 1.0]
         );
+    }
+
+    #[test]
+    fn parser_depth_is_limited() {
+        let ok = format!("{}vk{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
+        assert!(parse(&ok).is_ok());
+        for bad in [
+            format!("{}vk{}", "(".repeat(5000), ")".repeat(5000)),
+            format!("{}vk", "~".repeat(5000)),
+            format!("{}vk", "(~".repeat(3000)),
+        ] {
+            let e = parse(&bad).expect_err("too deep");
+            assert!(
+                matches!(
+                    &e,
+                    KernelError::Expression {
+                        problem: ExprProblem::TooDeep { limit: MAX_DEPTH },
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            let msg = e.to_string();
+            assert!(
+                msg.contains("64") && msg.contains("kernel expression"),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

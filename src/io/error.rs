@@ -16,6 +16,32 @@ pub enum H5adError {
         /// OS error.
         source: std::io::Error,
     },
+    /// The input path is not a regular file (a FIFO, device, socket or directory): refused
+    /// before opening it (a FIFO would block forever).
+    #[error("{path}: {kind}, not a regular file (refused before opening it)")]
+    NotRegularFile {
+        /// File.
+        path: PathBuf,
+        /// What it is (`a FIFO (named pipe)`, `a directory`, ...).
+        kind: &'static str,
+    },
+    /// A dataset declares far more data than the file can plausibly hold (a crafted or
+    /// corrupt file): refused before allocating.
+    #[error("{path}: slot `{slot}` declares shape {shape:?}, {} uncompressed, more than the bound of {} (1000 x the file's {}, and at least 1 GiB); refusing to read it. If the file really holds that much (a highly compressed dataset), set CELLFATE_ALLOW_LARGE=1 (or pass --allow-large to cellfate)", human_bytes(*.bytes), human_bytes(*.bound), human_bytes(*.file_len))]
+    TooLarge {
+        /// File.
+        path: PathBuf,
+        /// Slot.
+        slot: String,
+        /// The declared shape.
+        shape: Vec<usize>,
+        /// Its uncompressed size in bytes.
+        bytes: u64,
+        /// The largest size allowed for this file.
+        bound: u64,
+        /// The file's size in bytes.
+        file_len: u64,
+    },
     /// The file is empty.
     #[error("{path}: file is empty (0 bytes); expected an HDF5 (.h5ad) file")]
     Empty {
@@ -110,6 +136,20 @@ pub enum H5adError {
         /// File.
         path: PathBuf,
     },
+}
+
+/// `1.5 GB`-style sizes (decimal units), exact bytes below 1 kB.
+fn human_bytes(b: u64) -> String {
+    let x = b as f64;
+    if x >= 1e9 {
+        format!("{:.1} GB", x / 1e9)
+    } else if x >= 1e6 {
+        format!("{:.1} MB", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1} kB", x / 1e3)
+    } else {
+        format!("{b} bytes")
+    }
 }
 
 fn available_hint(available: &[String]) -> String {

@@ -23,6 +23,6 @@ pub use element::{
     Categorical, Categories, DataFrame, DenseArray, Element, NumVec, SparseArray, SparseFormat,
 };
 pub use error::H5adError;
-pub use read::{H5adReader, SlotInfo};
+pub use read::{allow_large_datasets, regular_file_len, H5adReader, SlotInfo};
 pub use stream::{CsrAppender, DenseRowAppender, H5adStreamWriter};
 pub use write::{write_new, ColumnWriter, EarlySlots, H5adEdit, TempSibling};

@@ -9,6 +9,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use hdf5::types::{FloatSize, IntSize, TypeDescriptor, VarLenAscii, VarLenUnicode};
 use hdf5::{Dataset, Group, LocationType};
@@ -24,6 +25,76 @@ type Result<T> = std::result::Result<T, H5adError>;
 
 /// The HDF5 file signature; it sits at offset 0, 512, 1024, 2048, ... (after a user block).
 const HDF5_SIGNATURE: [u8; 8] = [0x89, b'H', b'D', b'F', b'\r', b'\n', 0x1a, b'\n'];
+
+/// A dataset is refused when its declared uncompressed size exceeds both this many bytes
+/// (1 GiB) and [`LARGE_DATASET_RATIO`] times the file's size: such a declaration is a
+/// corrupt or crafted file (a few MB of gzip claiming hundreds of GB), and reading it would
+/// exhaust memory. [`allow_large_datasets`] (or `CELLFATE_ALLOW_LARGE=1`, or the CLI's
+/// `--allow-large`) lifts the check.
+pub const LARGE_DATASET_BYTES: u64 = 1 << 30;
+
+/// See [`LARGE_DATASET_BYTES`]: how many times the file size a dataset may declare.
+pub const LARGE_DATASET_RATIO: u64 = 1000;
+
+/// The environment variable that lifts the large-dataset check (any value but `0` or empty).
+pub const ALLOW_LARGE_ENV: &str = "CELLFATE_ALLOW_LARGE";
+
+static ALLOW_LARGE: AtomicBool = AtomicBool::new(false);
+
+/// Lifts (or restores) the check on datasets that declare far more data than their file can
+/// plausibly hold (see [`LARGE_DATASET_BYTES`]), for every reader of this process.
+pub fn allow_large_datasets(allow: bool) {
+    ALLOW_LARGE.store(allow, Ordering::Relaxed);
+}
+
+fn large_allowed() -> bool {
+    ALLOW_LARGE.load(Ordering::Relaxed)
+        || std::env::var_os(ALLOW_LARGE_ENV).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// What a path that is not a regular file is (`None` for a regular file).
+fn special_kind(ft: std::fs::FileType) -> Option<&'static str> {
+    if ft.is_file() {
+        return None;
+    }
+    if ft.is_dir() {
+        return Some("a directory");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_fifo() {
+            return Some("a FIFO (named pipe)");
+        }
+        if ft.is_socket() {
+            return Some("a socket");
+        }
+        if ft.is_char_device() {
+            return Some("a character device");
+        }
+        if ft.is_block_device() {
+            return Some("a block device");
+        }
+    }
+    Some("not a regular file")
+}
+
+/// Checks that `path` is a regular file (symbolic links are followed) before anything opens
+/// it, and returns its size: opening a FIFO blocks until a writer appears, and a device or a
+/// directory is never an input. The error names the file and what it is.
+pub fn regular_file_len(path: &Path) -> Result<u64> {
+    let meta = std::fs::metadata(path).map_err(|source| H5adError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    match special_kind(meta.file_type()) {
+        None => Ok(meta.len()),
+        Some(kind) => Err(H5adError::NotRegularFile {
+            path: path.to_path_buf(),
+            kind,
+        }),
+    }
+}
 
 /// Summary of one slot, obtained from metadata only (no data is read).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +112,8 @@ pub struct H5adReader {
     path: PathBuf,
     file: hdf5::File,
     legacy: bool,
+    /// The file's size in bytes (bounds the datasets it may declare).
+    file_len: u64,
 }
 
 impl std::fmt::Debug for H5adReader {
@@ -53,19 +126,24 @@ impl std::fmt::Debug for H5adReader {
 }
 
 impl H5adReader {
-    /// Opens `path` read-only. Checks that the file exists, is non-empty and carries the HDF5
-    /// signature before handing it to the HDF5 library, so that the common mistakes get a
-    /// precise error.
+    /// Opens `path` read-only. Checks that the file exists, is a regular file (not a FIFO,
+    /// device, socket or directory), is non-empty and carries the HDF5 signature before
+    /// handing it to the HDF5 library, so that the common mistakes get a precise error.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        check_signature(&path)?;
+        let file_len = check_signature(&path)?;
         hdf5::silence_errors(true);
         let file = hdf5::File::open(&path).map_err(|e| H5adError::Corrupt {
             path: path.clone(),
             message: e.to_string(),
         })?;
         let legacy = read_str_attr(&file, "encoding-type").is_none();
-        let r = Self { path, file, legacy };
+        let r = Self {
+            path,
+            file,
+            legacy,
+            file_len,
+        };
         // Touch the root group listing to detect truncated files early.
         r.file.member_names().map_err(|e| H5adError::Corrupt {
             path: r.path.clone(),
@@ -155,6 +233,35 @@ impl H5adReader {
 
     pub(crate) fn file(&self) -> &hdf5::File {
         &self.file
+    }
+
+    /// Refuses to materialise `shape` elements of `elem_bytes` bytes each at `slot` when that
+    /// exceeds what the file can plausibly hold (see [`LARGE_DATASET_BYTES`]).
+    pub fn check_allocation(&self, slot: &str, shape: &[usize], elem_bytes: usize) -> Result<()> {
+        let bytes = shape.iter().fold(elem_bytes.max(1) as u64, |acc, &d| {
+            acc.saturating_mul(d as u64)
+        });
+        let bound = self
+            .file_len
+            .saturating_mul(LARGE_DATASET_RATIO)
+            .max(LARGE_DATASET_BYTES);
+        if bytes > bound && !large_allowed() {
+            return Err(H5adError::TooLarge {
+                path: self.path.clone(),
+                slot: slot.to_string(),
+                shape: shape.to_vec(),
+                bytes,
+                bound,
+                file_len: self.file_len,
+            });
+        }
+        Ok(())
+    }
+
+    /// [`Self::check_allocation`] for reading the whole of dataset `ds`.
+    fn check_dataset(&self, ds: &Dataset, slot: &str) -> Result<()> {
+        let elem = ds.dtype().map(|t| t.size()).unwrap_or(8);
+        self.check_allocation(slot, &ds.shape(), elem)
     }
 
     fn hdf5_err(&self, slot: &str) -> impl FnOnce(hdf5::Error) -> H5adError + '_ {
@@ -505,6 +612,7 @@ impl H5adReader {
             }
             Element::Dense(d) if d.shape.len() == 1 => Ok((d.shape[0], 1, d.data.to_f64())),
             Element::Sparse(s) => {
+                self.check_allocation(slot, &s.shape, std::mem::size_of::<f64>())?;
                 let csr = s
                     .to_csr()
                     .map_err(|e| self.invalid(slot, "a valid sparse matrix", e.to_string()))?;
@@ -540,6 +648,26 @@ impl H5adReader {
         slot: &str,
         cols: std::ops::Range<usize>,
     ) -> Result<Option<Vec<f32>>> {
+        Ok(self.columns_as::<f32>(slot, cols)?.map(|(_, v)| v))
+    }
+
+    /// Columns `cols` of a dense 2-d numeric dataset at `slot` as `(rows, values)`, values
+    /// row-major `rows × |cols|` in double precision, read as a hyperslab (the rest of the
+    /// matrix is never loaded, whatever shape it declares); `None` when the slot is stored
+    /// otherwise (sparse, say: use [`Self::dense`]).
+    pub fn dense_columns(
+        &self,
+        slot: &str,
+        cols: std::ops::Range<usize>,
+    ) -> Result<Option<(usize, Vec<f64>)>> {
+        self.columns_as::<f64>(slot, cols)
+    }
+
+    fn columns_as<T: hdf5::H5Type>(
+        &self,
+        slot: &str,
+        cols: std::ops::Range<usize>,
+    ) -> Result<Option<(usize, Vec<T>)>> {
         if !matches!(self.location_type(slot)?, LocationType::Dataset) {
             return Ok(None);
         }
@@ -564,10 +692,16 @@ impl H5adReader {
             ));
         }
         if cols.is_empty() || shape[0] == 0 {
-            return Ok(Some(Vec::new()));
+            return Ok(Some((shape[0], Vec::new())));
         }
-        let a: ndarray::Array2<f32> = ds.read_slice((.., cols)).map_err(self.hdf5_err(slot))?;
-        Ok(Some(a.into_iter().collect()))
+        self.check_allocation(slot, &[shape[0], cols.len()], std::mem::size_of::<T>())?;
+        // Reading a hyperslab decompresses every chunk it touches whole.
+        if let Some(chunk) = ds.chunk() {
+            let elem = ds.dtype().map(|t| t.size()).unwrap_or(8);
+            self.check_allocation(slot, &chunk, elem)?;
+        }
+        let a: ndarray::Array2<T> = ds.read_slice((.., cols)).map_err(self.hdf5_err(slot))?;
+        Ok(Some((shape[0], a.into_iter().collect())))
     }
 
     /// A cell × cell graph from `obsp[key]`, checked to be `n_obs × n_obs`.
@@ -746,6 +880,7 @@ impl H5adReader {
         desc: &TypeDescriptor,
         slot: &str,
     ) -> Result<NumVec> {
+        self.check_dataset(ds, slot)?;
         let e = self.hdf5_err(slot);
         let v = match desc {
             TypeDescriptor::Integer(IntSize::U1) => ds.read_raw().map(NumVec::I8),
@@ -785,6 +920,7 @@ impl H5adReader {
     }
 
     pub(crate) fn read_strings(&self, ds: &Dataset, slot: &str) -> Result<Vec<String>> {
+        self.check_dataset(ds, slot)?;
         let desc = ds
             .dtype()
             .and_then(|t| t.to_descriptor())
@@ -835,6 +971,13 @@ impl H5adReader {
             SparseFormat::Csr => (shape[0], shape[1]),
             SparseFormat::Csc => (shape[1], shape[0]),
         };
+        // The row pointers of either orientation (CSC is converted to CSR) are allocated
+        // from the declared shape: bound it like a dataset.
+        self.check_allocation(
+            &join(slot, "indptr"),
+            &[major.max(minor).saturating_add(1)],
+            std::mem::size_of::<i64>(),
+        )?;
         let sub = |name: &str| -> Result<Dataset> {
             g.dataset(name).map_err(|_| H5adError::Missing {
                 path: self.path.clone(),
@@ -850,11 +993,13 @@ impl H5adReader {
             .map_err(self.hdf5_err(&data_slot))?;
         let data = self.read_numeric(&data_ds, &desc, &data_slot)?;
         let indptr_slot = join(slot, "indptr");
-        let indptr: Vec<i64> = sub("indptr")?
-            .read_raw()
-            .map_err(self.hdf5_err(&indptr_slot))?;
+        let indptr_ds = sub("indptr")?;
+        self.check_dataset(&indptr_ds, &indptr_slot)?;
+        let indptr: Vec<i64> = indptr_ds.read_raw().map_err(self.hdf5_err(&indptr_slot))?;
         let indices_slot = join(slot, "indices");
-        let indices: Vec<i64> = sub("indices")?
+        let indices_ds = sub("indices")?;
+        self.check_dataset(&indices_ds, &indices_slot)?;
+        let indices: Vec<i64> = indices_ds
             .read_raw()
             .map_err(self.hdf5_err(&indices_slot))?;
         let axis = if format == SparseFormat::Csr {
@@ -1119,7 +1264,10 @@ pub(crate) fn join(parent: &str, name: &str) -> String {
     }
 }
 
-fn check_signature(path: &Path) -> Result<()> {
+/// Checks that `path` is a non-empty regular file with the HDF5 signature; returns its size.
+fn check_signature(path: &Path) -> Result<u64> {
+    // Before opening: opening a FIFO would block until a writer appears.
+    regular_file_len(path)?;
     let mut f = std::fs::File::open(path).map_err(|source| H5adError::Open {
         path: path.to_path_buf(),
         source,
@@ -1145,7 +1293,7 @@ fn check_signature(path: &Path) -> Result<()> {
         .iter()
         .any(|&off| head.len() >= off + 8 && head[off..off + 8] == HDF5_SIGNATURE);
     if found {
-        Ok(())
+        Ok(len)
     } else {
         Err(H5adError::NotHdf5 {
             path: path.to_path_buf(),

@@ -87,6 +87,124 @@ impl Default for EstimatorSpec {
     }
 }
 
+impl EstimatorSpec {
+    /// Checks the settings on their own (no data needed): at least 2 Schur vectors and 2
+    /// macrostates, a `MIN..MAX` range with `MIN ≤ MAX`, at least one cell per state, a
+    /// stability threshold in (0, 1], a `top_n` (or fallback) of at least one state, a finite
+    /// α and solver tolerance. The error names the setting, the value and what is allowed.
+    pub fn validate(&self) -> Result<(), PipelineError> {
+        let bad = |message: String| {
+            Err(PipelineError::Settings {
+                section: "estimators",
+                message,
+            })
+        };
+        if self.schur.n_components < 2 {
+            return bad(format!(
+                "schur.n_components (--n-components) = {}: expected at least 2 Schur vectors",
+                self.schur.n_components
+            ));
+        }
+        match self.n_states {
+            NStates::Fixed(m) if m < 2 => {
+                return bad(format!(
+                    "n_states (--n-states) = {m}: GPCCA needs at least 2 macrostates"
+                ))
+            }
+            NStates::Range(lo, hi) if lo > hi || hi < 2 => {
+                return bad(format!(
+                    "n_states (--n-states) = {lo}..{hi}: expected MIN..MAX with MIN <= MAX and MAX >= 2"
+                ))
+            }
+            _ => {}
+        }
+        if self.n_cells == 0 {
+            return bad("n_cells (--n-cells) = 0: expected at least 1 cell per state".into());
+        }
+        match &self.terminal {
+            TerminalMethod::Sinks { threshold, .. } | TerminalMethod::Stability { threshold }
+                if !(threshold.is_finite() && *threshold > 0.0 && *threshold <= 1.0) =>
+            {
+                return bad(format!(
+                    "terminal threshold (--stability-threshold) = {threshold}: expected a number in (0, 1]"
+                ))
+            }
+            TerminalMethod::Sinks { source_ratio, .. }
+                if !(source_ratio.is_finite() && *source_ratio >= 0.0) =>
+            {
+                return bad(format!(
+                    "terminal source_ratio = {source_ratio}: expected a finite non-negative number"
+                ))
+            }
+            TerminalMethod::TopN { n_states: 0 } => {
+                return bad(
+                    "terminal top_n n_states (--n-terminal) = 0: expected at least 1 terminal state"
+                        .into(),
+                )
+            }
+            TerminalMethod::Eigengap { alpha } | TerminalMethod::EigengapCoarse { alpha }
+                if !alpha.is_finite() =>
+            {
+                return bad(format!("terminal alpha = {alpha}: expected a finite number"))
+            }
+            _ => {}
+        }
+        if self.terminal_fallback_top_n == Some(0) {
+            return bad(
+                "terminal_fallback_top_n (--n-terminal) = 0: expected at least 1 terminal state"
+                    .into(),
+            );
+        }
+        if !self.alpha.is_finite() {
+            return bad(format!("alpha = {}: expected a finite number", self.alpha));
+        }
+        if !(self.schur.tol.is_finite() && self.schur.tol >= 0.0) {
+            return bad(format!(
+                "schur.tol = {}: expected a finite non-negative number (0 = machine precision)",
+                self.schur.tol
+            ));
+        }
+        Ok(())
+    }
+
+    /// The number of Schur vectors a run computes: `schur.n_components`, raised to what
+    /// `n_states` needs (one more than the largest number of states, as CellRank does).
+    pub fn schur_vectors(&self) -> usize {
+        self.schur
+            .n_components
+            .max(self.n_states.schur_vectors_needed())
+    }
+
+    /// Checks the settings against data of `n_cells` cells, before any computation: the
+    /// Schur decomposition needs fewer vectors than `n_cells - 1` (ARPACK's Krylov subspace
+    /// holds the vectors plus two), and so at most `n_cells - 3` macrostates. The error says
+    /// which setting asks for how many and what the data allow.
+    pub fn validate_for_cells(&self, n_cells: usize) -> Result<(), PipelineError> {
+        self.validate()?;
+        let m = self.schur_vectors();
+        if m + 1 >= n_cells {
+            let asked = match self.n_states {
+                NStates::Fixed(k) if k + 1 > self.schur.n_components => {
+                    format!("n_states (--n-states) = {k} needs {m} Schur vectors")
+                }
+                NStates::Range(_, hi) if hi + 1 > self.schur.n_components => {
+                    format!("n_states (--n-states) up to {hi} needs {m} Schur vectors")
+                }
+                _ => format!("schur.n_components (--n-components) = {m}"),
+            };
+            return Err(PipelineError::Settings {
+                section: "estimators",
+                message: format!(
+                    "{asked}, but the data have {n_cells} cells: the Schur decomposition needs fewer than n_cells - 1 = {} vectors (at most {} macrostates); lower n_components / n_states",
+                    n_cells.saturating_sub(1),
+                    n_cells.saturating_sub(3)
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// What the stages found (for summaries and reports).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct EstimatorSummary {
@@ -149,13 +267,11 @@ pub fn fit_gpcca(
     progress: &mut dyn FnMut(&str),
 ) -> Result<Gpcca, PipelineError> {
     let n = t.n_cells();
+    spec.validate_for_cells(n)?;
     let mut g = Gpcca::new(t);
     // Schur: enough vectors for the requested number of states.
     let mut schur_opts = spec.schur.clone();
-    schur_opts.n_components = schur_opts
-        .n_components
-        .max(spec.n_states.schur_vectors_needed())
-        .min(n.saturating_sub(1));
+    schur_opts.n_components = spec.schur_vectors();
     progress("Schur decomposition");
     g.compute_schur(&schur_opts)?;
     progress("macrostates (GPCCA)");
@@ -178,6 +294,15 @@ pub fn fit_gpcca(
                 "{gap}, but GPCCA needs at least 2 macrostates: {m} computed"
             ));
         }
+    }
+    // A fallback of more states than there are macrostates could never be honoured: an
+    // error now, whether or not the fallback is needed.
+    if let Some(k) = spec.terminal_fallback_top_n.filter(|&k| k > m) {
+        return Err(cellfate_estimators::states::StatesError::TopNTooMany {
+            n_states: k,
+            macrostates: m,
+        }
+        .into());
     }
     progress("terminal states");
     g.predict_terminal_states(

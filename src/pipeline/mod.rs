@@ -219,6 +219,14 @@ pub fn run(
             .into());
         }
     }
+    // Settings that cannot work: fail before any step runs (the number of cells is checked
+    // against the Schur vectors and macrostates asked for; a .loom input after conversion).
+    spec.estimators.validate()?;
+    if !crate::io::loom::is_loom(input) {
+        if let Ok(n) = H5adReader::open(input).and_then(|r| r.n_obs()) {
+            spec.estimators.validate_for_cells(n)?;
+        }
+    }
     // A cluster key given by name must be a categorical obs column: fail before any step runs
     // (a .loom input is checked after its conversion, when the estimators read it).
     if let Some(key) = &spec.estimators.cluster_key {

@@ -95,11 +95,11 @@ impl UpstreamSettings {
                     .into(),
             });
         }
-        if self.n_comps < 2 || self.n_dcs == 0 {
+        if self.n_comps < 2 || self.n_dcs == 0 || self.n_dcs > self.n_comps {
             return Err(PipelineError::Settings {
                 section: "upstream",
                 message: format!(
-                    "n_comps = {} and n_dcs = {} (need n_comps ≥ 2, n_dcs ≥ 1)",
+                    "n_comps = {} and n_dcs = {} (need n_comps ≥ 2, 1 ≤ n_dcs ≤ n_comps)",
                     self.n_comps, self.n_dcs
                 ),
             });

@@ -197,7 +197,17 @@ pub fn embedding(
         if !r.exists(&slot) {
             continue;
         }
-        let (rows, cols, data) = r.dense(&slot)?;
+        // Only the two plotted columns are read (a hyperslab): an embedding that declares a
+        // huge shape costs two columns, not the whole matrix.
+        let (rows, cols, data) = match r.info(&slot).map(|i| i.shape) {
+            Ok(shape) if shape.len() == 2 && shape[1] >= 2 => {
+                match r.dense_columns(&slot, 0..2)? {
+                    Some((rows, data)) => (rows, 2, data),
+                    None => r.dense(&slot)?,
+                }
+            }
+            _ => r.dense(&slot)?,
+        };
         if rows != n || cols < 2 {
             continue;
         }

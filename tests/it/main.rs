@@ -11,6 +11,7 @@ mod data_expectations;
 mod data_files;
 mod defaults;
 mod examples;
+mod flags;
 mod gpcca_parity;
 mod kernel_exprs;
 mod kernel_io;

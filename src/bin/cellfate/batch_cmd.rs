@@ -40,12 +40,13 @@ pub(crate) struct BatchArgs {
     estimators: EstimatorFlags,
     #[command(flatten)]
     upstream: UpstreamFlags,
-    /// Samples processed at once.
-    #[arg(long, default_value_t = 1)]
+    /// Samples processed at once (at least 1; at most 4 x the cores, more is capped with a
+    /// warning).
+    #[arg(long, default_value_t = 1, value_parser = crate::values::positive)]
     jobs: usize,
-    /// Memory budget in GB: a sample is started only while the estimated memory of the running
-    /// samples (10 x their input file size) stays below it.
-    #[arg(long)]
+    /// Memory budget in GB (a positive number): a sample is started only while the estimated
+    /// memory of the running samples (10 x their input file size) stays below it.
+    #[arg(long, value_parser = crate::values::positive_f64)]
     max_memory: Option<f64>,
     /// Recompute samples whose output is complete and newer than the input.
     #[arg(long)]
@@ -109,6 +110,8 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<(String, bool)> {
         &a.estimators,
     )?;
     a.upstream.apply(&mut spec)?;
+    a.figures.check_used(a.report, "--report")?;
+    let jobs = crate::cap_threads("--jobs", a.jobs);
     if a.dry_run {
         let mut out = String::new();
         for input in &a.inputs {
@@ -126,8 +129,7 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<(String, bool)> {
             ));
         }
         out.push_str(&format!(
-            "# every sample runs with these settings ({} at a time):\n",
-            a.jobs.max(1)
+            "# every sample runs with these settings ({jobs} at a time):\n",
         ));
         out.push_str(&spec.to_toml());
         return Ok((out, true));
@@ -137,7 +139,7 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<(String, bool)> {
     let budget = a.max_memory.map(|gb| gb * 1e9);
     let in_use = Mutex::new(0.0f64);
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(a.jobs.max(1))
+        .num_threads(jobs)
         .build()
         .context("thread pool")?;
     let bar = crate::progress::counter(a.inputs.len());

@@ -23,11 +23,20 @@ enum Known {
     Unreachable,
     /// The diffusion pseudotime needs a root.
     MissingRoot,
+    /// The top_n rule asked for more terminal states than there are macrostates.
+    TopNTooMany { n_states: usize, macrostates: usize },
 }
 
 fn from_states(e: &StatesError) -> Option<Known> {
     match e {
         StatesError::NoneStable { max, .. } => Some(Known::NoneStable { max: *max }),
+        StatesError::TopNTooMany {
+            n_states,
+            macrostates,
+        } => Some(Known::TopNTooMany {
+            n_states: *n_states,
+            macrostates: *macrostates,
+        }),
         _ => None,
     }
 }
@@ -112,6 +121,24 @@ fn hint(command: &str, k: &Known) -> Option<String> {
         (Known::MissingRoot, _) if full_run => {
             "give a root: --root-cluster NAME (a cluster of --cluster-key, default clusters) or --root-cell CELL".to_string()
         }
+        (
+            Known::TopNTooMany {
+                n_states,
+                macrostates,
+            },
+            _,
+        ) if estimators => format!(
+            "--n-terminal {n_states} is more than the {macrostates} macrostates: give --n-terminal {macrostates} or fewer (or more macrostates with --n-states)"
+        ),
+        (
+            Known::TopNTooMany {
+                n_states,
+                macrostates,
+            },
+            "terminal-states",
+        ) => format!(
+            "--n-states {n_states} is more than the {macrostates} macrostates: give --n-states {macrostates} or fewer"
+        ),
         (Known::MissingRoot, "macrostates") => "compute the pseudotime first (`cellfate pseudotime --root-cluster NAME`), or run everything with `cellfate run --root-cluster NAME`".to_string(),
         _ => return None,
     })

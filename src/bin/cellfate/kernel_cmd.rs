@@ -16,8 +16,8 @@ pub(crate) struct KernelArgs {
     /// Output .h5ad file (a copy of the input with the kernel added).
     #[arg(short, long, required_unless_present = "in_place")]
     output: Option<PathBuf>,
-    /// Write into the input file itself (atomically, via a temporary file).
-    #[arg(long)]
+    /// Write into the input file itself (atomically, via a temporary file); not with -o.
+    #[arg(long, conflicts_with = "output")]
     in_place: bool,
     /// Kernel expression, e.g. "0.8*velocity + 0.2*connectivity", "pseudotime", "~velocity".
     #[arg(long, default_value = "0.8*velocity + 0.2*connectivity")]
@@ -42,9 +42,9 @@ pub(crate) struct KernelArgs {
     /// signs) and write it as obsp["<key>_rnd"].
     #[arg(long)]
     random_control: bool,
-    /// Seed of the randomised control.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed of the randomised control (default 0).
+    #[arg(long, requires = "random_control")]
+    seed: Option<u64>,
     /// Also write the transition-weighted displacement on obsm["X_<BASIS>"] as
     /// obsm["<key>_<BASIS>"] (CellRank's projection, e.g. --projection umap).
     #[arg(long, value_name = "BASIS")]
@@ -62,8 +62,7 @@ pub(crate) fn build_spec(
 ) -> anyhow::Result<KernelSpec> {
     let mut spec = expr::parse(expression)?;
     if let Some(f) = file {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let text = crate::read_text(f)?;
         let table: toml::Table = text
             .parse()
             .with_context(|| format!("{}: not valid TOML", f.display()))?;
@@ -115,7 +114,7 @@ pub(crate) fn run(a: KernelArgs) -> anyhow::Result<String> {
     let reader = H5adReader::open(&a.input)?;
     let start = Instant::now();
     let out: KernelOutput = if let Some(k) = &a.load_kernel {
-        let bytes = std::fs::read(k).with_context(|| format!("reading {}", k.display()))?;
+        let bytes = crate::read_bytes(k)?;
         let out = save::from_bytes(&bytes).with_context(|| format!("loading {}", k.display()))?;
         let n = reader.n_obs()?;
         if out.transition.n_cells() != n {
@@ -155,7 +154,8 @@ pub(crate) fn run(a: KernelArgs) -> anyhow::Result<String> {
                 _ => None,
             })
             .context("--random-control needs a velocity kernel in the expression")?;
-        let rnd = RandomizedVelocity::new(&reader, &vkey, a.seed);
+        let seed = a.seed.unwrap_or(0);
+        let rnd = RandomizedVelocity::new(&reader, &vkey, seed);
         // Re-estimate nothing: the randomised control uses the same effective parameters.
         let rnd_out = out
             .effective
@@ -163,8 +163,7 @@ pub(crate) fn run(a: KernelArgs) -> anyhow::Result<String> {
             .context("computing the randomised control")?;
         cellfate::kernel_io::write_kernel(&mut edit, &rnd_out, Some(&format!("{key}_rnd")));
         msg.push_str(&format!(
-            "randomised control (seed {}) -> obsp[\"{key}_rnd\"]\n",
-            a.seed
+            "randomised control (seed {seed}) -> obsp[\"{key}_rnd\"]\n"
         ));
     }
     if let Some(basis) = &a.projection {

@@ -17,17 +17,23 @@ mod progress;
 mod report_cmd;
 mod run_cmd;
 mod stages_cmd;
+mod values;
 
 /// Cell fate mapping for single-cell RNA-seq (.h5ad): kernels, macrostates, fate
 /// probabilities and driver genes, compatible with CellRank 2.
 #[derive(Debug, Parser)]
 #[command(name = "cellfate", version, about, long_about = None)]
 struct Cli {
-    /// Number of worker threads (default: all cores). Results do not depend on it.
-    #[arg(long, global = true)]
+    /// Number of worker threads (default: all cores; at most 4 x the cores, more is capped
+    /// with a warning). Results do not depend on it.
+    #[arg(long, global = true, value_parser = values::positive)]
     threads: Option<usize>,
-    /// No progress output (results and errors are still printed).
-    #[arg(short, long, global = true)]
+    /// Read datasets that declare far more data than their file holds (over 1 GiB and 1000 x
+    /// the file size; refused by default as corrupt or crafted). Same as CELLFATE_ALLOW_LARGE=1.
+    #[arg(long, global = true)]
+    allow_large: bool,
+    /// No progress output (results and errors are still printed); not with -v.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
     /// More output: the duration of every stage.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -82,16 +88,16 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
         /// Number of neighbours.
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 30, value_parser = values::at_least_two)]
         n_neighbors: usize,
         /// Number of principal components.
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 30, value_parser = values::positive)]
         n_pcs: usize,
         /// Number of highly variable genes.
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, default_value_t = 2000, value_parser = values::positive)]
         n_top_genes: usize,
         /// Minimum shared spliced/unspliced counts per gene.
-        #[arg(long, default_value_t = 20.0)]
+        #[arg(long, default_value_t = 20.0, value_parser = values::non_negative_f64)]
         min_shared_counts: f64,
         /// Velocity model: stochastic (scVelo's default) or deterministic.
         #[arg(long, default_value = "stochastic")]
@@ -109,19 +115,19 @@ enum Command {
         /// Root: the extreme cell (first diffusion component) of this cluster.
         #[arg(long, conflicts_with = "root_cell")]
         root_cluster: Option<String>,
-        /// obs column of the clusters.
-        #[arg(long, default_value = "clusters")]
-        cluster_key: String,
+        /// obs column of the clusters of --root-cluster (default: clusters).
+        #[arg(long, requires = "root_cluster")]
+        cluster_key: Option<String>,
         /// Root: a cell index or obs name (default: uns iroot, else the smallest first
         /// diffusion component).
         #[arg(long)]
         root_cell: Option<String>,
         /// Diffusion components computed.
-        #[arg(long, default_value_t = 15)]
+        #[arg(long, default_value_t = 15, value_parser = values::at_least_two)]
         n_comps: usize,
-        /// Diffusion components used for the pseudotime.
-        #[arg(long, default_value_t = 10)]
-        n_dcs: usize,
+        /// Diffusion components used for the pseudotime (default 10, at most --n-comps).
+        #[arg(long, value_parser = values::positive)]
+        n_dcs: Option<usize>,
     },
     /// RNA velocity on a processed file (scVelo's tl.velocity): reads Ms/Mu (and, for the
     /// stochastic model, the normalised spliced/unspliced layers and obsp connectivities).
@@ -140,20 +146,20 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
         /// Number of cells.
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, default_value_t = 2000, value_parser = values::positive)]
         cells: usize,
         /// Number of genes.
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 300, value_parser = values::positive)]
         genes: usize,
         /// Number of terminal fates (1..=6; 1 is a linear trajectory).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = values::positive)]
         fates: usize,
         /// Also simulate metabolic labeling (layers new/total, obs labeling_time).
         #[arg(long)]
         labeling: bool,
         /// Sequencing depth: mean library-size factor that scales every count (at 2,000 genes,
         /// 1 gives ~64 % non-zero spliced entries per cell, 0.1 ~31 %, as in pancreas).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_parser = values::positive_f64)]
         depth: f64,
         /// Random seed.
         #[arg(long, default_value_t = 0)]
@@ -217,11 +223,49 @@ impl Command {
     }
 }
 
+/// The most threads a pool gets: this many times the available cores.
+const THREADS_PER_CORE: usize = 4;
+
+/// `n` threads asked for by `flag`, capped at [`THREADS_PER_CORE`] x the available cores
+/// (with a warning on stderr): thousands of threads exhaust the process's resources and do
+/// not make anything faster.
+pub(crate) fn cap_threads(flag: &str, n: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let cap = THREADS_PER_CORE * cores;
+    if n > cap {
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!(
+                "warning: {flag} {n} is more than {THREADS_PER_CORE} x the {cores} available cores; using {cap}"
+            );
+        }
+        cap
+    } else {
+        n
+    }
+}
+
+/// Reads a text input (config, parameter or cells file) after checking that it is a regular
+/// file: a FIFO would block forever, a directory or device is never meant.
+pub(crate) fn read_text(path: &std::path::Path) -> anyhow::Result<String> {
+    cellfate::io::regular_file_len(path)?;
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// [`read_text`] for binary inputs.
+pub(crate) fn read_bytes(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    cellfate::io::regular_file_len(path)?;
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     progress::set_level(cli.quiet, cli.verbose);
+    if cli.allow_large {
+        cellfate::io::allow_large_datasets(true);
+    }
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
+            .num_threads(cap_threads("--threads", n))
             .build_global()
             .context("configuring the thread pool")?;
     }
@@ -324,11 +368,19 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             use cellfate::upstream::dpt::{pseudotime_in_file, Root};
             let root = match (root_cluster, root_cell) {
                 (Some(name), _) => Root::Cluster {
-                    key: cluster_key,
+                    key: cluster_key.unwrap_or_else(|| "clusters".into()),
                     name,
                 },
                 (None, Some(c)) => c.parse::<usize>().map_or(Root::Name(c), Root::Index),
                 (None, None) => Root::Auto,
+            };
+            // An explicit --n-dcs above --n-comps would be cut silently; the default follows.
+            let n_dcs = match n_dcs {
+                Some(d) if d > n_comps => anyhow::bail!(
+                    "--n-dcs {d} is more than the --n-comps {n_comps} diffusion components computed"
+                ),
+                Some(d) => d,
+                None => n_comps.min(10),
             };
             let res = pseudotime_in_file(&input, &output, &root, n_comps, n_dcs)?;
             let mut msg = format!(

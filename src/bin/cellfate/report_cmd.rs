@@ -12,12 +12,12 @@ pub(crate) struct FigureFlags {
     /// the first two principal components).
     #[arg(long)]
     basis: Option<String>,
-    /// Random walks to draw.
-    #[arg(long, default_value_t = 100)]
-    n_walks: usize,
-    /// Seed of the random walks.
-    #[arg(long = "walk-seed", default_value_t = 0)]
-    walk_seed: u64,
+    /// Random walks to draw (default 100).
+    #[arg(long)]
+    n_walks: Option<usize>,
+    /// Seed of the random walks (default 0).
+    #[arg(long = "walk-seed")]
+    walk_seed: Option<u64>,
 }
 
 impl FigureFlags {
@@ -25,10 +25,31 @@ impl FigureFlags {
         PlotOptions {
             basis: self.basis.clone(),
             cluster_key,
-            n_walks: self.n_walks,
-            seed: self.walk_seed,
+            n_walks: self.n_walks.unwrap_or(100),
+            seed: self.walk_seed.unwrap_or(0),
             ..Default::default()
         }
+    }
+
+    /// On `run` and `batch` the figure flags only act when figures are made (`used`, by the
+    /// flags named in `needs`); given without them, they would be ignored: an error naming
+    /// both.
+    pub(crate) fn check_used(&self, used: bool, needs: &str) -> anyhow::Result<()> {
+        let given: Vec<&str> = [
+            ("--basis", self.basis.is_some()),
+            ("--n-walks", self.n_walks.is_some()),
+            ("--walk-seed", self.walk_seed.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, on)| on.then_some(flag))
+        .collect();
+        if !used && !given.is_empty() {
+            anyhow::bail!(
+                "{} only affect(s) the figures, and none are made: add {needs}",
+                given.join(", ")
+            );
+        }
+        Ok(())
     }
 }
 

@@ -10,30 +10,32 @@ use cellfate::pipeline::{self, FateMapSpec, NStates};
 /// Settings shared by `run` and `macrostates`, as flags (each overrides the config file).
 #[derive(Debug, clap::Args)]
 pub(crate) struct EstimatorFlags {
-    /// Number of macrostates: N, MIN..MAX (minChi), or eigengap.
-    #[arg(long)]
+    /// Number of macrostates: N (at least 2), MIN..MAX (minChi), auto or eigengap.
+    #[arg(long, value_parser = crate::values::n_states)]
     n_states: Option<NStates>,
     /// obs column naming the states (default: clusters, when present).
     #[arg(long)]
     cluster_key: Option<String>,
-    /// Number of Schur vectors.
-    #[arg(long)]
+    /// Number of Schur vectors (at least 2, fewer than the cells minus 1; raised to
+    /// --n-states + 1 when that is more; an explicit value below --n-states is an error).
+    #[arg(long, value_parser = crate::values::at_least_two)]
     n_components: Option<usize>,
     /// Terminal-state rule: sinks (default: stable macrostates that are not sources of the
     /// coarse chain), stability (CellRank's), top_n, eigengap, eigengap_coarse.
     #[arg(long)]
     terminal_method: Option<String>,
-    /// Number of terminal states for top_n (and fallback when stability selects none).
-    #[arg(long)]
+    /// Number of terminal states for top_n (and fallback when stability selects none); at
+    /// most the number of macrostates.
+    #[arg(long, value_parser = crate::values::positive, conflicts_with = "terminal_states")]
     n_terminal: Option<usize>,
-    /// Stability threshold of the sinks and stability rules (default 0.96).
-    #[arg(long)]
+    /// Stability threshold of the sinks and stability rules, in (0, 1] (default 0.96).
+    #[arg(long, value_parser = crate::values::threshold, conflicts_with = "terminal_states")]
     stability_threshold: Option<f64>,
     /// Rotation optimiser: gradient (default) or nelder-mead (CellRank parity).
     #[arg(long)]
     optimizer: Option<String>,
-    /// Cells per state in the discrete assignment.
-    #[arg(long)]
+    /// Cells per state in the discrete assignment (at least 1).
+    #[arg(long, value_parser = crate::values::positive)]
     n_cells: Option<usize>,
     /// Seed of every random choice of the estimators (the gradient optimiser's random starts,
     /// the drivers' permutation test); results do not depend on the thread count.
@@ -49,7 +51,23 @@ pub(crate) struct EstimatorFlags {
 }
 
 impl EstimatorFlags {
+    /// Whether `--solver` was given (`macrostates` computes no fate probabilities).
+    pub(crate) fn solver_given(&self) -> bool {
+        self.solver.is_some()
+    }
+
     fn apply(&self, spec: &mut FateMapSpec) -> anyhow::Result<()> {
+        // Both counts given: a number of states the Schur vectors cannot hold is a conflict
+        // (alone, --n-states raises the default number of Schur vectors, as CellRank does).
+        if let (Some(n), Some(k)) = (&self.n_states, self.n_components) {
+            let most = match n {
+                NStates::Fixed(m) | NStates::Range(_, m) => Some(*m),
+                _ => None,
+            };
+            if let Some(m) = most.filter(|&m| m > k) {
+                bail!("--n-states asks for {m} macrostates but --n-components {k} computes only {k} Schur vectors: give --n-components of at least {} (or leave it out)", m + 1);
+            }
+        }
         let e = &mut spec.estimators;
         if let Some(n) = &self.n_states {
             e.n_states = n.clone();
@@ -74,13 +92,21 @@ impl EstimatorFlags {
             e.absorption.solver = sv.parse()?;
         }
         if let Some(seed) = self.seed {
+            let mut used = false;
             if let Optimizer::Gradient { seed: s, .. } = &mut e.optimizer {
                 *s = seed;
+                used = true;
             }
             if let cellfate::estimators::drivers::DriverTest::PermTest { seed: s, .. } =
                 &mut e.drivers_test
             {
                 *s = seed;
+                used = true;
+            }
+            // Nelder-Mead is deterministic and Fisher's test draws nothing: the seed would be
+            // ignored.
+            if !used {
+                bail!("--seed has no effect with --optimizer nelder-mead (deterministic) and Fisher's driver test (no permutations; a config's estimators.drivers_test may ask for a permutation test)");
             }
         }
         if let Some(n) = self.n_terminal {
@@ -96,6 +122,11 @@ impl EstimatorFlags {
                 "stability" => TerminalMethod::Stability {
                     threshold: self.stability_threshold.unwrap_or(0.96),
                 },
+                other @ ("top_n" | "top-n" | "eigengap" | "eigengap_coarse" | "eigengap-coarse")
+                    if self.stability_threshold.is_some() =>
+                {
+                    bail!("--stability-threshold applies to --terminal-method sinks or stability, not --terminal-method {other}")
+                }
                 "top_n" | "top-n" => TerminalMethod::TopN {
                     n_states: self.n_terminal.context("--terminal-method top_n needs --n-terminal")?,
                 },
@@ -170,6 +201,7 @@ impl RunArgs {
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {
     /// Input .h5ad (omit with --demo).
+    #[arg(conflicts_with = "demo")]
     input: Option<PathBuf>,
     /// Output .h5ad (a copy of the input with every result added).
     #[arg(short, long)]
@@ -183,8 +215,9 @@ pub(crate) struct RunArgs {
     /// Kernel parameter KERNEL.NAME=VALUE (repeatable).
     #[arg(long = "param", value_name = "KERNEL.NAME=VALUE")]
     params: Vec<String>,
-    /// Use an existing obsp transition matrix instead of computing a kernel.
-    #[arg(long)]
+    /// Use an existing obsp transition matrix instead of computing a kernel (no kernel, no
+    /// upstream steps: --kernel, --param, --root-cluster, --root-cell, --recompute conflict).
+    #[arg(long, conflicts_with_all = ["kernel", "params", "root_cluster", "root_cell", "recompute"])]
     transition_key: Option<String>,
     #[command(flatten)]
     estimators: EstimatorFlags,
@@ -193,14 +226,14 @@ pub(crate) struct RunArgs {
     /// Run on the built-in simulated dataset (writes the simulation next to the output).
     #[arg(long)]
     demo: bool,
-    /// Cells of the demo simulation.
-    #[arg(long, default_value_t = 3000)]
-    demo_cells: usize,
+    /// Cells of the demo simulation (default 3000).
+    #[arg(long, requires = "demo", value_parser = crate::values::positive)]
+    demo_cells: Option<usize>,
     /// Print the effective configuration and exit.
     #[arg(long)]
     dry_run: bool,
     /// Print the run summary as JSON.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "dry_run")]
     json: bool,
     /// Write a self-contained HTML report of the run here.
     #[arg(long)]
@@ -221,8 +254,7 @@ pub(crate) fn build_spec(
 ) -> anyhow::Result<FateMapSpec> {
     let mut spec = match config {
         Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text = crate::read_text(p)?;
             FateMapSpec::from_toml(&text).with_context(|| format!("{}", p.display()))?
         }
         None => FateMapSpec::default(),
@@ -248,10 +280,25 @@ pub(crate) fn build_spec(
         spec.transition_key = Some(k.clone());
     }
     flags.apply(&mut spec)?;
+    spec.estimators.validate()?;
     if spec.transition_key.is_none() {
         spec.kernel_spec()?;
     }
     Ok(spec)
+}
+
+/// Checks the estimator settings against the number of cells of `input` (read from its
+/// metadata; skipped when that cannot be read, e.g. a `.loom` file: the run checks again).
+pub(crate) fn check_cells(input: &std::path::Path, spec: &FateMapSpec) -> anyhow::Result<()> {
+    if cellfate::io::loom::is_loom(input) {
+        return Ok(());
+    }
+    if let Ok(n) = cellfate::io::H5adReader::open(input).and_then(|r| r.n_obs()) {
+        spec.estimators
+            .validate_for_cells(n)
+            .with_context(|| format!("{}: {n} cells", input.display()))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn summary_text(s: &pipeline::RunSummary) -> String {
@@ -324,11 +371,12 @@ pub(crate) fn run(a: RunArgs) -> anyhow::Result<String> {
         &a.estimators,
     )?;
     a.upstream.apply(&mut spec)?;
+    a.figures.check_used(
+        a.plots.is_some() || a.report.is_some(),
+        "--plots DIR or --report FILE",
+    )?;
     // The demo runs with exactly the defaults a user gets (plus the simulated dataset).
     let demo = if a.demo {
-        if a.input.is_some() {
-            bail!("give either an input file or --demo, not both");
-        }
         let dir = a
             .output
             .parent()
@@ -341,7 +389,7 @@ pub(crate) fn run(a: RunArgs) -> anyhow::Result<String> {
                 .map_or("demo".into(), |s| s.to_string_lossy())
         ));
         let params = cellfate::sim::SimParams {
-            n_cells: a.demo_cells,
+            n_cells: a.demo_cells.unwrap_or(3000),
             ..Default::default()
         };
         params.validate().context("--demo-cells")?;
@@ -374,6 +422,9 @@ pub(crate) fn run(a: RunArgs) -> anyhow::Result<String> {
             .clone()
             .context("an input .h5ad file is required (or --demo)")?
     };
+    // Before any upstream step or kernel: the Schur vectors and macrostates asked for must
+    // fit the data.
+    check_cells(&input, &spec)?;
     let mut progress = |s: &str| bar.stage(s);
     let summary = pipeline::run(&input, &a.output, &spec, &mut progress)
         .with_context(|| format!("fate mapping {}", input.display()))?;

@@ -76,14 +76,18 @@ impl DriversArgs {
 pub(crate) struct MacrostatesArgs {
     #[command(flatten)]
     io: Io,
-    /// Compute this kernel expression first instead of reading obsp[transition_key].
-    #[arg(long)]
+    /// Compute this kernel expression first instead of reading obsp[transition_key] (not with
+    /// --transition-key).
+    #[arg(long, conflicts_with = "transition_key")]
     kernel: Option<String>,
     #[command(flatten)]
     flags: EstimatorFlags,
 }
 
 pub(crate) fn macrostates(a: MacrostatesArgs) -> anyhow::Result<String> {
+    if a.flags.solver_given() {
+        bail!("--solver applies to fate probabilities, which `cellfate macrostates` does not compute (use it with `cellfate run` or `cellfate fates`)");
+    }
     let tkey = if a.kernel.is_some() {
         None
     } else {
@@ -92,6 +96,7 @@ pub(crate) fn macrostates(a: MacrostatesArgs) -> anyhow::Result<String> {
     let mut spec = build_spec(None, a.kernel.as_ref(), &[], tkey.as_ref(), &a.flags)?;
     spec.estimators.fates = false;
     spec.estimators.drivers = false;
+    crate::run_cmd::check_cells(&a.io.input, &spec)?;
     let mut say = |_: &str| {};
     let summary = cellfate::pipeline::run(&a.io.input, &a.io.output, &spec, &mut say)
         .with_context(|| format!("macrostates on {}", a.io.input.display()))?;
@@ -105,30 +110,30 @@ pub(crate) struct TerminalArgs {
     io: Io,
     /// Rule: sinks (cellfate's default: stable macrostates that are not sources of the coarse
     /// chain), stability (CellRank's), top_n, eigengap, eigengap_coarse.
-    #[arg(long, default_value = "sinks")]
-    method: String,
-    /// Number of states for top_n.
     #[arg(long)]
+    method: Option<String>,
+    /// Number of states for top_n (at least 1, at most the number of macrostates).
+    #[arg(long, value_parser = crate::values::positive)]
     n_states: Option<usize>,
-    /// Stability threshold (sinks and stability).
-    #[arg(long, default_value_t = 0.96)]
-    threshold: f64,
-    /// Cells per terminal state.
-    #[arg(long, default_value_t = 30)]
-    n_cells: usize,
+    /// Stability threshold (sinks and stability), in (0, 1] (default 0.96).
+    #[arg(long, value_parser = crate::values::threshold)]
+    threshold: Option<f64>,
+    /// Cells per terminal state (default 30).
+    #[arg(long, value_parser = crate::values::positive)]
+    n_cells: Option<usize>,
     /// Set terminal states by hand: these macrostates, by name (comma-separated).
-    #[arg(long, value_delimiter = ',', conflicts_with_all = ["obs", "cells_file"])]
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["obs", "cells_file", "method", "threshold", "n_states"])]
     states: Vec<String>,
     /// Set terminal states by hand from a categorical obs column (cells with no label are
     /// transient); no macrostates needed.
-    #[arg(long, conflicts_with = "cells_file")]
+    #[arg(long, conflicts_with_all = ["cells_file", "method", "threshold", "n_states", "n_cells"])]
     obs: Option<String>,
     /// With --obs: keep only these categories (comma-separated).
     #[arg(long, value_delimiter = ',', requires = "obs")]
     categories: Vec<String>,
     /// Set terminal states by hand from a CSV file of `cell,state` lines (cell = obs name);
     /// no macrostates needed.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["method", "threshold", "n_states", "n_cells"])]
     cells_file: Option<std::path::PathBuf>,
 }
 
@@ -175,8 +180,7 @@ fn terminal_states_by_hand(a: &TerminalArgs, d: Direction) -> anyhow::Result<Str
             (labels, cats, colors)
         } else {
             let path = a.cells_file.as_ref().context("no states given")?;
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
+            let text = crate::read_text(path)?;
             let names = r.obs_names()?;
             let index: std::collections::HashMap<&str, usize> = names
                 .iter()
@@ -276,6 +280,14 @@ pub(crate) fn terminal_states(a: TerminalArgs) -> anyhow::Result<String> {
     if a.obs.is_some() || a.cells_file.is_some() {
         return terminal_states_by_hand(&a, d);
     }
+    // Flags the chosen rule would ignore: before reading anything.
+    let method_name = a.method.as_deref().unwrap_or("sinks");
+    if a.n_states.is_some() && !matches!(method_name, "top_n" | "top-n") {
+        bail!("--n-states applies to --method top_n, not --method {method_name}");
+    }
+    if a.threshold.is_some() && !matches!(method_name, "sinks" | "stability") {
+        bail!("--threshold applies to --method sinks or stability, not --method {method_name}");
+    }
     let r = H5adReader::open(&a.io.input)?;
     let mem_slot = keys::obsm(&keys::memberships(&keys::macrostates(d)));
     if !r.exists(&mem_slot) {
@@ -286,15 +298,15 @@ pub(crate) fn terminal_states(a: TerminalArgs) -> anyhow::Result<String> {
     }
     let mut g = read_gpcca(&r, &a.io.transition_key)
         .with_context(|| format!("{}: restoring the GPCCA estimator", a.io.input.display()))?;
+    let n_cells = a.n_cells.unwrap_or(30);
     let names = if a.states.is_empty() {
-        let method = match a.method.as_str() {
+        let threshold = a.threshold.unwrap_or(0.96);
+        let method = match method_name {
             "sinks" => TerminalMethod::Sinks {
-                threshold: a.threshold,
+                threshold,
                 source_ratio: cellfate::estimators::states::SOURCE_RATIO,
             },
-            "stability" => TerminalMethod::Stability {
-                threshold: a.threshold,
-            },
+            "stability" => TerminalMethod::Stability { threshold },
             "top_n" | "top-n" => TerminalMethod::TopN {
                 n_states: a.n_states.context("--method top_n needs --n-states")?,
             },
@@ -307,7 +319,7 @@ pub(crate) fn terminal_states(a: TerminalArgs) -> anyhow::Result<String> {
         g.predict_terminal_states(
             &method,
             &TerminalOptions {
-                n_cells: a.n_cells,
+                n_cells,
                 fallback_top_n: None,
             },
         )?
@@ -316,7 +328,7 @@ pub(crate) fn terminal_states(a: TerminalArgs) -> anyhow::Result<String> {
     } else {
         g.set_terminal_states(StatesInput::Macrostates {
             names: a.states.clone(),
-            n_cells: a.n_cells,
+            n_cells,
         })?
         .names
         .clone()
@@ -403,12 +415,12 @@ pub(crate) struct DriversArgs {
     /// Expression: X or a layer name.
     #[arg(long, default_value = "X")]
     layer: String,
-    /// Permutation test with this many permutations instead of Fisher's z.
-    #[arg(long)]
+    /// Permutation test with this many permutations (at least 1) instead of Fisher's z.
+    #[arg(long, value_parser = crate::values::positive)]
     n_perms: Option<usize>,
-    /// Seed of the permutation test.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed of the permutation test (default 0; needs --n-perms).
+    #[arg(long, requires = "n_perms")]
+    seed: Option<u64>,
     /// Also write the table, sorted by the first lineage's correlation, as CSV.
     #[arg(long)]
     csv: Option<PathBuf>,
@@ -428,7 +440,7 @@ pub(crate) fn drivers(a: DriversArgs) -> anyhow::Result<String> {
     let test = match a.n_perms {
         Some(k) => DriverTest::PermTest {
             n_perms: k,
-            seed: a.seed,
+            seed: a.seed.unwrap_or(0),
         },
         None => DriverTest::Fisher,
     };
@@ -498,17 +510,17 @@ pub(crate) fn drivers(a: DriversArgs) -> anyhow::Result<String> {
 pub(crate) struct CflareArgs {
     #[command(flatten)]
     io: Io,
-    /// Eigenvectors computed.
-    #[arg(long, default_value_t = 20)]
+    /// Eigenvectors computed (at least 2).
+    #[arg(long, default_value_t = 20, value_parser = crate::values::at_least_two)]
     k: usize,
-    /// Eigenvectors used (default: eigengap + 1).
-    #[arg(long = "use")]
+    /// Eigenvectors used (default: eigengap + 1; at most --k).
+    #[arg(long = "use", value_parser = crate::values::positive)]
     use_k: Option<usize>,
-    /// Percentile filter on the left eigenvectors.
-    #[arg(long, default_value_t = 98.0)]
+    /// Percentile filter on the left eigenvectors, in (0, 100].
+    #[arg(long, default_value_t = 98.0, value_parser = crate::values::percentile)]
     percentile: f64,
     /// Number of k-means clusters (default: the number of eigenvectors used).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::positive)]
     n_clusters: Option<usize>,
     /// obs column naming the terminal states (default: clusters, when present).
     #[arg(long)]
@@ -520,6 +532,13 @@ pub(crate) struct CflareArgs {
 
 pub(crate) fn cflare(a: CflareArgs) -> anyhow::Result<String> {
     use cellfate::estimators::cflare::CflareOptions;
+    if let Some(u) = a.use_k.filter(|&u| u > a.k) {
+        bail!(
+            "--use {u} eigenvectors, but --k {} computes only {}",
+            a.k,
+            a.k
+        );
+    }
     let r = H5adReader::open(&a.io.input)?;
     let mut c = read_cflare(&r, &a.io.transition_key)?;
     let clusters = read_cluster_key(&r, a.cluster_key.as_deref())?;
