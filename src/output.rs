@@ -163,7 +163,8 @@ pub fn check_output(path: &Path) -> Result<(), OutputError> {
 }
 
 /// Like [`check_output`] for a directory that will receive several outputs (plots, a batch):
-/// it is created when missing (with its parents); it must be a directory (links to a
+/// when missing, its nearest existing ancestor must accept new entries (the command creates
+/// it later, after its own checks); it must be a directory (links to a
 /// directory are followed: the user named it) that accepts new files.
 pub fn check_output_dir(dir: &Path) -> Result<(), OutputError> {
     let io = |op, source| OutputError::Io {
@@ -179,7 +180,41 @@ pub fn check_output_dir(dir: &Path) -> Result<(), OutputError> {
             })
         }
         Ok(_) => {}
-        Err(_) => std::fs::create_dir_all(dir).map_err(|e| io("creating the directory", e))?,
+        Err(_) => {
+            // Missing: nothing is created before the command's own checks pass; the nearest
+            // existing ancestor must be a directory that accepts new entries.
+            let mut anc = dir;
+            loop {
+                anc = match anc.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p,
+                    _ => Path::new("."),
+                };
+                match std::fs::metadata(anc) {
+                    Ok(m) if m.is_dir() => break,
+                    Ok(m) => {
+                        return Err(OutputError::NotRegular {
+                            path: anc.to_path_buf(),
+                            kind: special_kind(&m).unwrap_or("a regular file, not a directory"),
+                        })
+                    }
+                    Err(_) if anc == Path::new(".") || anc == Path::new("/") => {
+                        return Err(io(
+                            "finding an existing parent directory",
+                            std::io::Error::from(std::io::ErrorKind::NotFound),
+                        ))
+                    }
+                    Err(_) => {}
+                }
+            }
+            return check_output(&anc.join(".cellfate-dir-probe")).map_err(|e| match e {
+                OutputError::NotWritable { source, .. } => OutputError::NotWritable {
+                    path: dir.to_path_buf(),
+                    dir: anc.to_path_buf(),
+                    source,
+                },
+                e => e,
+            });
+        }
     }
     check_output(&dir.join("probe")).map_err(|e| match e {
         OutputError::NotWritable { source, .. } => OutputError::NotWritable {
