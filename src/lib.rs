@@ -44,6 +44,7 @@ pub mod inspect;
 pub mod io;
 #[cfg(feature = "h5ad")]
 pub mod kernel_io;
+pub mod names;
 #[cfg(feature = "h5ad")]
 pub mod pipeline;
 #[cfg(feature = "plots")]

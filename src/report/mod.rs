@@ -274,12 +274,6 @@ fn categorical_figure(
     }
 }
 
-fn file_safe(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
-}
-
 /// Real parts, imaginary parts and the eigengap stored in `uns["eigendecomposition_fwd"]`.
 pub fn spectrum(r: &H5adReader, d: Direction) -> Option<(Vec<f64>, Vec<f64>, Option<usize>)> {
     let key = keys::eigendecomposition(d);
@@ -367,9 +361,12 @@ pub fn figures(
         let names = strings(r, &keys::uns(&keys::names(&lin)))
             .unwrap_or_else(|| (0..l).map(|j| format!("lineage {}", j + 1)).collect());
         if rows == n {
+            // One file per lineage: names made file-safe, bounded in length and unique
+            // (`A B` and `A\B` both sanitise to `A_B`: the second becomes `fate_A_B_2`).
+            let mut stems = crate::names::UniqueStems::new();
             for (j, name) in names.iter().enumerate().take(l) {
                 figs.push(Figure {
-                    name: format!("fate_{}", file_safe(name)),
+                    name: stems.claim(&format!("fate_{}", crate::names::file_stem(name))),
                     title: format!("fate probability: {name}"),
                     plot: Plot::Embedding {
                         xy: keep.iter().map(|&i| xy[i]).collect(),
