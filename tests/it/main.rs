@@ -17,6 +17,7 @@ mod kernel_io;
 mod kernel_parity;
 mod lineage_tracing;
 mod messages;
+mod names_batch;
 mod pipeline;
 mod python;
 mod raw_run;
