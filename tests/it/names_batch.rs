@@ -290,6 +290,50 @@ fn batch_summary_records_failed_samples_with_the_others() {
     }
 }
 
+/// The disk fills (simulated with `prlimit --fsize`, SIGXFSZ ignored, so that writes past
+/// 700 kB fail with EFBIG): every sample fails with its error, the summary is still written
+/// and complete. Skipped where `prlimit` is missing.
+#[test]
+fn batch_summary_is_written_when_the_disk_fills() {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipping: no prlimit");
+        return;
+    }
+    let d = tempdir();
+    let a = simulation(&d.path().join("a/s.h5ad"), 9, &[]);
+    let b = simulation(&d.path().join("b/s.h5ad"), 10, &[]);
+    let out = d.path().join("out");
+    let res = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("trap '' XFSZ; exec prlimit --fsize=700000 -- \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_cellfate"))
+        .arg("batch")
+        .args([&a, &b])
+        .arg("--out-dir")
+        .arg(&out)
+        .args(FLAGS)
+        .args(["--jobs", "2"])
+        .output()
+        .expect("runs");
+    assert_eq!(res.status.code(), Some(1), "{}", text(&res.stderr));
+    let v = summary(&out);
+    assert_eq!(v["complete"], true);
+    let s = samples(&v);
+    assert_eq!(s.len(), 2);
+    for e in &s {
+        assert_eq!(e["status"], "failed", "{e}");
+        let err = e["error"].as_str().expect("error").to_lowercase();
+        assert!(err.contains("too large"), "{err}");
+    }
+    let csv = parse_csv(&std::fs::read_to_string(out.join("summary.csv")).expect("csv"));
+    assert_eq!(csv.len(), 3);
+    assert!(csv.iter().all(|r| r.len() == csv[0].len()));
+}
+
 /// A summary that cannot be written is an error naming it (exit 2), found before any sample
 /// is computed.
 #[test]

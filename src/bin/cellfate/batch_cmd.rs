@@ -83,8 +83,11 @@ struct SampleResult {
     report: Option<String>,
 }
 
-/// Status of a sample not finished (yet) when the summary is written.
+/// Status of a sample not started (yet) when the summary is written.
 const PENDING: &str = "pending";
+/// Status of a sample being computed when the summary is written: in a summary left by a
+/// batch that died (killed, out of memory, a crash in a library), the samples it was on.
+const RUNNING: &str = "running (not finished)";
 /// Status of a sample whose output was up to date.
 const SKIPPED: &str = "skipped (up to date)";
 
@@ -572,6 +575,14 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<BatchOutcome> {
                         }
                         std::thread::sleep(std::time::Duration::from_millis(200));
                     }
+                }
+                // Say which samples are on (a batch that dies leaves them marked).
+                {
+                    let mut all = results
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    all[i].status = RUNNING.into();
+                    drop(writer.write_all(&all, false));
                 }
                 let start = Instant::now();
                 // A panic in one sample (a bug) fails that sample, not the batch.
