@@ -483,7 +483,38 @@ pub fn figures(
             "no obsp[{tkey:?}]: random walks and projection not drawn"
         ));
     }
+    for f in &mut figs {
+        drawable_text(f);
+    }
     Ok((figs, notes))
+}
+
+/// Names from the file drawn in a figure (title, legend, heatmap labels, lineages and genes)
+/// with their control characters made visible ([`crate::names::escape_for_terminal`]): they
+/// would otherwise reach the SVG, where XML forbids them, and the terminal of whoever `cat`s
+/// the file.
+fn drawable_text(f: &mut Figure) {
+    use crate::names::escape_for_terminal as esc;
+    let fix = |s: &mut String| {
+        if let std::borrow::Cow::Owned(t) = esc(s) {
+            *s = t;
+        }
+    };
+    fix(&mut f.title);
+    match &mut f.plot {
+        Plot::Embedding { legend, basis, .. } => {
+            legend.iter_mut().for_each(|(n, _)| fix(n));
+            fix(basis);
+        }
+        Plot::Heatmap { names, .. } => names.iter_mut().for_each(fix),
+        Plot::Drivers(panels) => {
+            for (lineage, _, genes) in panels.iter_mut() {
+                fix(lineage);
+                genes.iter_mut().for_each(|(g, _)| fix(g));
+            }
+        }
+        Plot::Spectrum { .. } => {}
+    }
 }
 
 /// Averages per-cell displacements on a `g × g` grid; arrows scaled so that the longest is

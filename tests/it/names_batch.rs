@@ -411,6 +411,36 @@ fn hostile_names_are_escaped_on_the_terminal_and_quoted_in_csv() {
         .expect("runs");
     assert!(res.status.success(), "{}", text(&res.stderr));
     assert!(!text(&res.stdout).contains('\u{1b}'));
+    // Figures: no control character in the SVG files (XML forbids them).
+    let plots = d.path().join("plots");
+    succeed(
+        cellfate()
+            .arg("plot")
+            .arg(&out)
+            .arg("-o")
+            .arg(&plots)
+            .args(["--format", "svg", "--n-walks", "5"]),
+    );
+    for e in std::fs::read_dir(&plots).expect("plots") {
+        let svg = std::fs::read_to_string(e.expect("entry").path()).expect("svg");
+        assert!(
+            !svg.chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')),
+            "a control character in an SVG"
+        );
+    }
+    // The HTML report neither.
+    let report = d.path().join("report.html");
+    succeed(
+        cellfate()
+            .arg("report")
+            .arg(&out)
+            .arg("-o")
+            .arg(&report)
+            .args(["--n-walks", "5"]),
+    );
+    let html = std::fs::read_to_string(&report).expect("report");
+    assert!(!html.contains('\u{1b}') && html.contains("red\\x1b[31m"));
     let rows = parse_csv(&std::fs::read_to_string(&table).expect("drivers.csv"));
     let header = &rows[0];
     assert_eq!(header[0], "gene");
