@@ -216,6 +216,47 @@ fn batch_same_file_names_get_distinct_outputs_and_a_rerun_keeps_the_summary() {
     }
 }
 
+/// Same-named inputs whose folders do not tell them apart get a hash of their path; in one
+/// folder, their extensions; the names are the same on every run and in any input order
+/// (`--dry-run`: nothing computed).
+#[test]
+fn batch_names_same_named_inputs_deterministically() {
+    let d = tempdir();
+    let p = d.path();
+    let inputs = [
+        p.join("p/x/s.h5ad"),
+        p.join("q/x/s.h5ad"),
+        p.join("d/t.h5ad"),
+        p.join("d/t.hdf5"),
+    ];
+    let names = |order: &[usize]| -> Vec<String> {
+        let res = succeed(
+            cellfate()
+                .args(["batch", "--dry-run", "--out-dir"])
+                .arg(p.join("out"))
+                .args(order.iter().map(|&i| &inputs[i])),
+        );
+        let mut v: Vec<String> = text(&res.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("# sample "))
+            .map(|l| l.split(':').next().expect("name").to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let first = names(&[0, 1, 2, 3]);
+    assert_eq!(first.len(), 4);
+    assert!(first.contains(&"t_h5ad".to_string()) && first.contains(&"t_hdf5".to_string()));
+    let hashed: Vec<&String> = first.iter().filter(|n| n.starts_with("s_")).collect();
+    assert_eq!(hashed.len(), 2, "{first:?}");
+    assert_ne!(hashed[0], hashed[1]);
+    assert!(
+        hashed.iter().all(|n| n.len() == "s_".len() + 8),
+        "{first:?}"
+    );
+    assert_eq!(names(&[3, 2, 1, 0]), first);
+}
+
 /// The same input given twice (and once more through `..`) with `--jobs 2`: one sample, one
 /// output, and a note.
 #[test]

@@ -163,9 +163,9 @@ fn identity(p: &Path) -> PathBuf {
 }
 
 /// The samples of a batch, deterministically from the inputs in order: an input naming the
-/// same file as an earlier one is dropped; inputs sharing a file name (in any case) get
-/// `<folder>_<name>` after their folders, or `<name>_<hash of the path>` when the folders do
-/// not tell them apart. Returns the samples and a note per change.
+/// same file as an earlier one is dropped; inputs sharing a file stem (in any case) get
+/// `<folder>_<name>` after their folders, else `<name>_<extension>` (`s.h5ad`, `s.loom` in one
+/// folder), else `<name>_<hash of the path>`. Returns the samples and a note per change.
 fn plan(inputs: &[PathBuf], out_dir: &Path) -> (Vec<Sample>, Vec<String>) {
     use cellfate::names::{escape_for_terminal as esc, short_hash, UniqueStems};
     let mut notes = Vec::new();
@@ -193,24 +193,34 @@ fn plan(inputs: &[PathBuf], out_dir: &Path) -> (Vec<Sample>, Vec<String>) {
     let mut clashing: Vec<&Vec<usize>> = groups.values().filter(|g| g.len() > 1).collect();
     clashing.sort();
     for group in clashing {
-        let by_folder: Vec<String> = group
-            .iter()
-            .map(|&i| {
-                let folder = kept[i]
-                    .1
-                    .parent()
-                    .and_then(Path::file_name)
-                    .map_or_else(|| "root".into(), |f| name_part(&f.to_string_lossy()));
-                name_part(&format!("{folder}_{}", stems[i]))
-            })
-            .collect();
-        let mut lower: Vec<String> = by_folder.iter().map(|n| n.to_lowercase()).collect();
-        lower.sort();
-        lower.dedup();
-        let distinct =
-            lower.len() == group.len() && !lower.iter().any(|n| groups.contains_key(n.as_str()));
-        let (chosen, how) = if distinct {
+        let folder_of = |i: usize| {
+            let folder = kept[i]
+                .1
+                .parent()
+                .and_then(Path::file_name)
+                .map_or_else(|| "root".into(), |f| name_part(&f.to_string_lossy()));
+            name_part(&format!("{folder}_{}", stems[i]))
+        };
+        let extension_of = |i: usize| {
+            let ext = kept[i]
+                .1
+                .extension()
+                .map_or_else(|| "none".into(), |e| name_part(&e.to_string_lossy()));
+            name_part(&format!("{}_{ext}", stems[i]))
+        };
+        // Distinct within the group (in any case) and from every other input's name.
+        let distinct = |names: &[String]| {
+            let mut lower: Vec<String> = names.iter().map(|n| n.to_lowercase()).collect();
+            lower.sort();
+            lower.dedup();
+            lower.len() == names.len() && !lower.iter().any(|n| groups.contains_key(n.as_str()))
+        };
+        let by_folder: Vec<String> = group.iter().map(|&i| folder_of(i)).collect();
+        let by_extension: Vec<String> = group.iter().map(|&i| extension_of(i)).collect();
+        let (chosen, how) = if distinct(&by_folder) {
             (by_folder, "after their folders")
+        } else if distinct(&by_extension) {
+            (by_extension, "after their extensions")
         } else {
             (
                 group
