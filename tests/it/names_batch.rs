@@ -214,6 +214,12 @@ fn batch_same_file_names_get_distinct_outputs_and_a_rerun_keeps_the_summary() {
         assert!(!row[col("terminal_states")].is_empty(), "{row:?}");
         assert!(!row[col("fate_shares")].is_empty(), "{row:?}");
     }
+    // Other settings: the outputs are not up to date any more.
+    let res = batch(&[&a, &b], &out, &["--jobs", "2", "--seed", "1"]);
+    assert!(res.status.success(), "{}", text(&res.stderr));
+    for s in samples(&summary(&out)) {
+        assert_eq!(s["status"], "ok", "{s}");
+    }
 }
 
 /// Same-named inputs whose folders do not tell them apart get a hash of their path; in one

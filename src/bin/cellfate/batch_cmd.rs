@@ -49,7 +49,8 @@ pub(crate) struct BatchArgs {
     /// samples (10 x their input file size) stays below it.
     #[arg(long)]
     max_memory: Option<f64>,
-    /// Recompute samples whose output is complete and newer than the input.
+    /// Recompute samples whose output is complete, newer than the input and made with the same
+    /// settings (without it they are skipped and keep their recorded results).
     #[arg(long)]
     force: bool,
     /// Also write an HTML report per sample (DIR/reports/<name>.html) and DIR/index.html.
@@ -116,13 +117,24 @@ impl SampleResult {
     }
 }
 
-fn up_to_date(input: &Path, output: &Path) -> bool {
+/// Whether `output` is complete, newer than `input` and made with the settings `config` (the
+/// TOML recorded in `uns["cellfate"]["config"]`; an output recording other settings is
+/// recomputed, one recording none is judged by the rest).
+fn up_to_date(input: &Path, output: &Path, config: &str) -> bool {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     match (modified(input), modified(output)) {
         (Some(i), Some(o)) => {
             o >= i
                 && cellfate::io::H5adReader::open(output)
-                    .map(|r| r.exists("uns/cellfate/summary") && r.exists("obsm/lineages_fwd"))
+                    .map(|r| {
+                        let same_settings = match r.read("uns/cellfate/config") {
+                            Ok(cellfate::io::Element::Str(recorded)) => recorded == config,
+                            _ => true,
+                        };
+                        same_settings
+                            && r.exists("uns/cellfate/summary")
+                            && r.exists("obsm/lineages_fwd")
+                    })
                     .unwrap_or(false)
         }
         _ => false,
@@ -497,13 +509,14 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<BatchOutcome> {
     )?;
     a.upstream.apply(&mut spec)?;
     let (samples, notes) = plan(&a.inputs, &a.out_dir);
+    let config = spec.to_toml();
     if a.dry_run {
         let mut out = String::new();
         for n in &notes {
             out.push_str(&format!("# note: {n}\n"));
         }
         for s in &samples {
-            let skip = if !a.force && up_to_date(&s.input, &s.output) {
+            let skip = if !a.force && up_to_date(&s.input, &s.output, &config) {
                 " (skipped: output up to date; --force recomputes)"
             } else {
                 ""
@@ -531,7 +544,7 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<BatchOutcome> {
     let previous = previous_entries(&a.out_dir);
     let writer = SummaryWriter {
         dir: &a.out_dir,
-        config: spec.to_toml(),
+        config,
         notes: notes.clone(),
         report: a.report,
     };
@@ -558,8 +571,9 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<BatchOutcome> {
         samples.par_iter().enumerate().for_each(|(i, s)| {
             let mut res = SampleResult::new(s);
             let prior = previous.get(&res.output);
-            let skipped =
-                !a.force && up_to_date(&s.input, &s.output) && recorded(&mut res, prior).is_some();
+            let skipped = !a.force
+                && up_to_date(&s.input, &s.output, &writer.config)
+                && recorded(&mut res, prior).is_some();
             if skipped {
                 res.status = SKIPPED.into();
                 let rel = format!("reports/{}.html", s.name);
