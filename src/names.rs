@@ -78,6 +78,29 @@ pub fn escape_terminal_text(s: &str) -> Cow<'_, str> {
     escape_where(s, |c| c != '\n' && c != '\t' && is_terminal_hazard(c))
 }
 
+/// JSON text (as `serde_json` writes it) made safe for a terminal and still valid JSON: the
+/// characters [`escape_for_terminal`] escapes that `serde_json` leaves raw inside strings
+/// (DEL, the C1 controls, the bidirectional overrides) become `\uXXXX` escapes, which parse
+/// back to the same strings. Line feeds and tabs (the layout of pretty JSON) are kept.
+pub fn escape_json_for_terminal(json: &str) -> Cow<'_, str> {
+    let hazard = |c: char| c != '\n' && c != '\t' && is_terminal_hazard(c);
+    if !json.chars().any(hazard) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if hazard(c) {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                let _ = write!(out, "\\u{:04x}", u);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// One CSV field under RFC 4180: a field holding a comma, a double quote, a carriage return or
 /// a line feed is enclosed in double quotes, with its double quotes doubled; any other field
 /// is returned as is.
@@ -205,6 +228,23 @@ mod tests {
             escape_terminal_text("line 1\n\tline \u{1b}[2J2\n"),
             "line 1\n\tline \\x1b[2J2\n"
         );
+    }
+
+    #[test]
+    fn json_stays_json() {
+        let v = serde_json::json!({"name": "a\u{1b}[31m\u{7f}\u{9b}\u{202e}b\n", "n": 1});
+        let text = serde_json::to_string_pretty(&v).expect("json");
+        let safe = escape_json_for_terminal(&text);
+        assert!(
+            !safe.chars().any(|c| c != '\n' && is_terminal_hazard(c)),
+            "{safe}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&safe).expect("still JSON");
+        assert_eq!(back, v);
+        assert!(matches!(
+            escape_json_for_terminal("{\"a\": 1}"),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]

@@ -404,11 +404,35 @@ fn hostile_names_are_escaped_on_the_terminal_and_quoted_in_csv() {
     let d = tempdir();
     let red = "red\u{1b}[31m\u{1b}]0;owned\u{7}";
     let csvish = "x,\"y\"\nz";
+    let bidi = "Pro\u{9b}31m\u{202e}genitor";
     let input = simulation(
         &d.path().join("hostile.h5ad"),
         6,
-        &[("Alpha", red), ("Beta", csvish)],
+        &[("Alpha", red), ("Beta", csvish), ("Progenitor", bidi)],
     );
+    // `inspect`, as text and as JSON (which stays valid JSON, with the names intact).
+    let hazard = |s: &str| {
+        s.chars().any(|c| {
+            (c.is_control() && c != '\n' && c != '\t') || ('\u{202a}'..='\u{202e}').contains(&c)
+        })
+    };
+    let res = succeed(cellfate().arg("inspect").arg(&input));
+    assert!(!hazard(&text(&res.stdout)), "{}", text(&res.stdout));
+    assert!(text(&res.stdout).contains("Pro\\u{9b}31m\\u{202e}genitor"));
+    let res = succeed(cellfate().arg("inspect").arg("--json").arg(&input));
+    assert!(!hazard(&text(&res.stdout)), "{}", text(&res.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&res.stdout).expect("inspect --json");
+    fn all_strings(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => out.push(s.clone()),
+            serde_json::Value::Array(a) => a.iter().for_each(|x| all_strings(x, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|x| all_strings(x, out)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    all_strings(&v, &mut found);
+    assert!(found.iter().any(|s| s == bidi) && found.iter().any(|s| s == red));
     let out = d.path().join("out.h5ad");
     let res = cellfate()
         .arg("run")

@@ -191,7 +191,9 @@ fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Inspect { file, json } => {
             let report = cellfate::inspect::inspect(&file)?;
             let text = if json {
-                serde_json::to_string_pretty(&report)? + "\n"
+                cellfate::names::escape_json_for_terminal(&serde_json::to_string_pretty(&report)?)
+                    .into_owned()
+                    + "\n"
             } else {
                 report.to_text()
             };

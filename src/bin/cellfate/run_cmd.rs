@@ -394,7 +394,9 @@ pub(crate) fn run(a: RunArgs) -> anyhow::Result<String> {
         extra.push_str(&format!("report -> {}\n", path.display()));
     }
     Ok(if a.json {
-        serde_json::to_string_pretty(&summary)? + "\n"
+        cellfate::names::escape_json_for_terminal(&serde_json::to_string_pretty(&summary)?)
+            .into_owned()
+            + "\n"
     } else {
         summary_text(&summary) + &extra
     })
