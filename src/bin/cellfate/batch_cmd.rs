@@ -284,8 +284,8 @@ fn plan(inputs: &[PathBuf], out_dir: &Path) -> (Vec<Sample>, Vec<String>) {
 }
 
 /// Results of a previous run of the sample, read back from its output (terminal states, fate
-/// shares, notes, upstream steps, cells), with the time, memory and report recorded in the
-/// previous `summary.json` when it has an entry for the same output. `None` when the output
+/// shares, notes, upstream steps, cells), with the time and memory recorded in the previous
+/// `summary.json` when it has an entry for the same input and output. `None` when the output
 /// does not hold them.
 fn recorded(res: &mut SampleResult, previous: Option<&serde_json::Value>) -> Option<()> {
     use cellfate::io::{Element, H5adReader};
@@ -311,7 +311,7 @@ fn recorded(res: &mut SampleResult, previous: Option<&serde_json::Value>) -> Opt
         Ok(Element::Strings { values, .. }) => values,
         _ => Vec::new(),
     };
-    if let Some(p) = previous {
+    if let Some(p) = previous.filter(|p| p["input"].as_str() == Some(res.input.as_str())) {
         res.seconds = p["seconds"].as_f64().unwrap_or(0.0);
         res.peak_rss_mb = p["peak_rss_mb"].as_f64();
     }
