@@ -154,11 +154,13 @@ pub fn inspect(path: &Path) -> Result<InspectReport, H5adError> {
 }
 
 impl InspectReport {
-    /// Human-readable multi-line rendering.
+    /// Human-readable multi-line rendering. Names from the file (slots, columns, categories)
+    /// are escaped for the terminal ([`crate::names::escape_for_terminal`]).
     pub fn to_text(&self) -> String {
+        use crate::names::escape_for_terminal as esc;
         use std::fmt::Write;
         let mut s = String::new();
-        let _ = writeln!(s, "{} ({})", self.path, self.layout);
+        let _ = writeln!(s, "{} ({})", esc(&self.path), self.layout);
         let _ = writeln!(
             s,
             "AnnData object with n_obs x n_vars = {} x {}",
@@ -168,7 +170,7 @@ impl InspectReport {
             let _ = writeln!(
                 s,
                 "    {:<32} {:<16} {:<16} {}",
-                sl.key,
+                esc(&sl.key),
                 sl.encoding,
                 format!("{:?}", sl.shape),
                 sl.dtype.as_deref().unwrap_or("")
@@ -198,14 +200,15 @@ impl InspectReport {
                 let _ = writeln!(s, "  {name}");
                 for c in cols {
                     let cats = c.categories.as_ref().map_or(String::new(), |cats| {
-                        let shown: Vec<&str> = cats.iter().map(String::as_str).take(12).collect();
+                        let shown: Vec<String> =
+                            cats.iter().take(12).map(|c| esc(c).into_owned()).collect();
                         let more = if cats.len() > 12 { ", ..." } else { "" };
                         format!(" {} categories: {}{more}", cats.len(), shown.join(", "))
                     });
                     let _ = writeln!(
                         s,
                         "    {:<32} {:<16} {}{}",
-                        c.name,
+                        esc(&c.name),
                         c.kind,
                         c.dtype.as_deref().unwrap_or(""),
                         cats
@@ -217,7 +220,7 @@ impl InspectReport {
             let _ = writeln!(s, "  raw: present");
         }
         for p in &self.problems {
-            let _ = writeln!(s, "  problem: {p}");
+            let _ = writeln!(s, "  problem: {}", esc(p));
         }
         s
     }

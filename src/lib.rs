@@ -44,6 +44,7 @@ pub mod inspect;
 pub mod io;
 #[cfg(feature = "h5ad")]
 pub mod kernel_io;
+pub mod names;
 pub mod output;
 #[cfg(feature = "h5ad")]
 pub mod pipeline;

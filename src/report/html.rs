@@ -10,7 +10,8 @@ use cellfate_kernels::Direction;
 use super::{driver_panels, figures, labels, PlotOptions, ReportError};
 use crate::io::{keys, Element, H5adReader};
 
-/// Escapes text for HTML.
+/// Escapes text for HTML; control characters other than line breaks and tabs (which HTML
+/// forbids) are made visible as in [`crate::names::escape_for_terminal`].
 pub fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -20,6 +21,11 @@ pub fn esc(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
+            c if c.is_control() && !matches!(c, '\n' | '\r' | '\t') => {
+                out.push_str(&crate::names::escape_for_terminal(
+                    c.encode_utf8(&mut [0; 4]),
+                ));
+            }
             c => out.push(c),
         }
     }
@@ -296,6 +302,7 @@ mod tests {
     #[test]
     fn escaping_and_index() {
         assert_eq!(esc("<a & 'b'>"), "&lt;a &amp; &#39;b&#39;&gt;");
+        assert_eq!(esc("red\u{1b}[31m\n"), "red\\x1b[31m\n");
         let page = index(
             "batch",
             &[IndexEntry {

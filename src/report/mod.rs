@@ -287,12 +287,6 @@ fn categorical_figure(
     }
 }
 
-fn file_safe(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
-}
-
 /// Real parts, imaginary parts and the eigengap stored in `uns["eigendecomposition_fwd"]`.
 pub fn spectrum(r: &H5adReader, d: Direction) -> Option<(Vec<f64>, Vec<f64>, Option<usize>)> {
     let key = keys::eigendecomposition(d);
@@ -380,9 +374,12 @@ pub fn figures(
         let names = strings(r, &keys::uns(&keys::names(&lin)))
             .unwrap_or_else(|| (0..l).map(|j| format!("lineage {}", j + 1)).collect());
         if rows == n {
+            // One file per lineage: names made file-safe, bounded in length and unique
+            // (`A B` and `A\B` both sanitise to `A_B`: the second becomes `fate_A_B_2`).
+            let mut stems = crate::names::UniqueStems::new();
             for (j, name) in names.iter().enumerate().take(l) {
                 figs.push(Figure {
-                    name: format!("fate_{}", file_safe(name)),
+                    name: stems.claim(&format!("fate_{}", crate::names::file_stem(name))),
                     title: format!("fate probability: {name}"),
                     plot: Plot::Embedding {
                         xy: keep.iter().map(|&i| xy[i]).collect(),
@@ -499,7 +496,38 @@ pub fn figures(
             "no obsp[{tkey:?}]: random walks and projection not drawn"
         ));
     }
+    for f in &mut figs {
+        drawable_text(f);
+    }
     Ok((figs, notes))
+}
+
+/// Names from the file drawn in a figure (title, legend, heatmap labels, lineages and genes)
+/// with their control characters made visible ([`crate::names::escape_for_terminal`]): they
+/// would otherwise reach the SVG, where XML forbids them, and the terminal of whoever `cat`s
+/// the file.
+fn drawable_text(f: &mut Figure) {
+    use crate::names::escape_for_terminal as esc;
+    let fix = |s: &mut String| {
+        if let std::borrow::Cow::Owned(t) = esc(s) {
+            *s = t;
+        }
+    };
+    fix(&mut f.title);
+    match &mut f.plot {
+        Plot::Embedding { legend, basis, .. } => {
+            legend.iter_mut().for_each(|(n, _)| fix(n));
+            fix(basis);
+        }
+        Plot::Heatmap { names, .. } => names.iter_mut().for_each(fix),
+        Plot::Drivers(panels) => {
+            for (lineage, _, genes) in panels.iter_mut() {
+                fix(lineage);
+                genes.iter_mut().for_each(|(g, _)| fix(g));
+            }
+        }
+        Plot::Spectrum { .. } => {}
+    }
 }
 
 /// Averages per-cell displacements on a `g × g` grid; arrows scaled so that the longest is

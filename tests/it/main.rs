@@ -18,6 +18,7 @@ mod kernel_io;
 mod kernel_parity;
 mod lineage_tracing;
 mod messages;
+mod names_batch;
 mod pipeline;
 mod python;
 mod raw_run;

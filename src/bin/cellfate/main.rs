@@ -272,9 +272,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Special files, links and unwritable directories are refused before any work.
     cli.command.outputs().check()?;
     if let Command::Batch(args) = cli.command {
-        let (report, ok) = batch_cmd::run(args)?;
-        write_stdout(&report)?;
-        return Ok(if ok {
+        let outcome = batch_cmd::run(args)?;
+        write_stdout(&outcome.report)?;
+        // The per-sample report is printed first; then a failure to write the summary.
+        if let Some(e) = outcome.summary_error {
+            return Err(e);
+        }
+        return Ok(if outcome.ok {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(1)
@@ -289,7 +293,9 @@ fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Inspect { file, json } => {
             let report = cellfate::inspect::inspect(&file)?;
             let text = if json {
-                serde_json::to_string_pretty(&report)? + "\n"
+                cellfate::names::escape_json_for_terminal(&serde_json::to_string_pretty(&report)?)
+                    .into_owned()
+                    + "\n"
             } else {
                 report.to_text()
             };
@@ -441,7 +447,11 @@ fn run_command(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// Prints to stdout. Names from the data are escaped where they are formatted; as the last line
+/// of defence, every control character other than line feeds and tabs is escaped here, so that
+/// nothing read from a file reaches the terminal raw.
 fn write_stdout(text: &str) -> anyhow::Result<()> {
+    let text = cellfate::names::escape_terminal_text(text);
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => Ok(()),
@@ -499,9 +509,12 @@ fn main() -> ExitCode {
         Err(e) => {
             #[allow(clippy::print_stderr)]
             {
-                eprintln!("error: {}", render_error(&e));
+                // One paragraph: any control character (a line feed included) in a name the
+                // message quotes is escaped.
+                let esc = cellfate::names::escape_for_terminal;
+                eprintln!("error: {}", esc(&render_error(&e)));
                 for h in hints::for_anyhow(command, &e) {
-                    eprintln!("hint: {h}");
+                    eprintln!("hint: {}", esc(&h));
                 }
             }
             ExitCode::from(2)

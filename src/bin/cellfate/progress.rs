@@ -64,6 +64,7 @@ impl Progress {
         if level() == 0 {
             return;
         }
+        let line = &*cellfate::names::escape_terminal_text(line);
         match &self.bar {
             Some(b) => b.println(line),
             #[allow(clippy::print_stderr)]
@@ -73,6 +74,7 @@ impl Progress {
 
     /// A new stage starts.
     pub(crate) fn stage(&mut self, name: &str) {
+        let name = &*cellfate::names::escape_for_terminal(name);
         self.finish_current();
         if level() > 0 {
             match &self.bar {
@@ -118,6 +120,7 @@ pub(crate) fn counter(n: usize) -> Option<ProgressBar> {
 
 /// One line about a finished sample (when not quiet and not on a terminal bar).
 pub(crate) fn sample_done(bar: Option<&ProgressBar>, line: &str) {
+    let line = &*cellfate::names::escape_for_terminal(line);
     match bar {
         Some(b) => {
             b.inc(1);
@@ -127,4 +130,13 @@ pub(crate) fn sample_done(bar: Option<&ProgressBar>, line: &str) {
         None if level() > 0 => eprintln!("{line}"),
         None => {}
     }
+}
+
+/// Names from the data joined by `", "` for the terminal, each escaped
+/// ([`cellfate::names::escape_for_terminal`]: no control character reaches the terminal raw).
+pub(crate) fn names(list: &[String]) -> String {
+    list.iter()
+        .map(|n| cellfate::names::escape_for_terminal(n))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

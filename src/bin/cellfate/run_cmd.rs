@@ -302,14 +302,22 @@ pub(crate) fn check_cells(input: &std::path::Path, spec: &FateMapSpec) -> anyhow
 }
 
 pub(crate) fn summary_text(s: &pipeline::RunSummary) -> String {
+    use crate::progress::names as term_names;
+    use cellfate::names::escape_for_terminal as esc;
     use std::fmt::Write;
     let e = &s.estimators;
     let mut out = String::new();
-    let _ = writeln!(out, "{} -> {} ({} cells)", s.input, s.output, s.n_cells);
+    let _ = writeln!(
+        out,
+        "{} -> {} ({} cells)",
+        esc(&s.input),
+        esc(&s.output),
+        s.n_cells
+    );
     if !s.upstream_steps.is_empty() {
-        let _ = writeln!(out, "upstream steps: {}", s.upstream_steps.join(", "));
+        let _ = writeln!(out, "upstream steps: {}", term_names(&s.upstream_steps));
         for note in &s.upstream_notes {
-            let _ = writeln!(out, "  {note}");
+            let _ = writeln!(out, "  {}", esc(note));
         }
     }
     let _ = write!(
@@ -329,16 +337,17 @@ pub(crate) fn summary_text(s: &pipeline::RunSummary) -> String {
         e.n_macrostates, e.crispness
     );
     for (n, st) in e.macrostates.iter().zip(&e.stability) {
-        let _ = writeln!(out, "  {n:<24} stability {st:.4}");
+        let _ = writeln!(out, "  {:<24} stability {st:.4}", esc(n));
     }
-    let _ = writeln!(out, "terminal states: {}", e.terminal_states.join(", "));
+    let _ = writeln!(out, "terminal states: {}", term_names(&e.terminal_states));
     if !e.initial_states.is_empty() {
-        let _ = writeln!(out, "initial states: {}", e.initial_states.join(", "));
+        let _ = writeln!(out, "initial states: {}", term_names(&e.initial_states));
     }
     for (n, share) in &e.fate_shares {
         let _ = writeln!(
             out,
-            "  most likely fate {n:<20} {:.1}% of cells",
+            "  most likely fate {:<20} {:.1}% of cells",
+            esc(n),
             100.0 * share
         );
     }
@@ -346,12 +355,12 @@ pub(crate) fn summary_text(s: &pipeline::RunSummary) -> String {
         let g: Vec<String> = genes
             .iter()
             .take(5)
-            .map(|(g, r)| format!("{g} ({r:.2})"))
+            .map(|(g, r)| format!("{} ({r:.2})", esc(g)))
             .collect();
-        let _ = writeln!(out, "  drivers {lin}: {}", g.join(", "));
+        let _ = writeln!(out, "  drivers {}: {}", esc(lin), g.join(", "));
     }
     for note in &e.notes {
-        let _ = writeln!(out, "note: {note}");
+        let _ = writeln!(out, "note: {}", esc(note));
     }
     for st in &s.stages {
         let _ = writeln!(out, "  {:<26} {:>8.2} s", st.stage, st.seconds);
@@ -448,7 +457,9 @@ pub(crate) fn run(a: RunArgs) -> anyhow::Result<String> {
         extra.push_str(&format!("report -> {}\n", path.display()));
     }
     Ok(if a.json {
-        serde_json::to_string_pretty(&summary)? + "\n"
+        cellfate::names::escape_json_for_terminal(&serde_json::to_string_pretty(&summary)?)
+            .into_owned()
+            + "\n"
     } else {
         summary_text(&summary) + &extra
     })

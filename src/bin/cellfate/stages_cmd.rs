@@ -18,6 +18,9 @@ use cellfate::estimators::{
 use cellfate::io::{keys, Element, H5adEdit, H5adReader};
 use cellfate::kernels::{CellSource, Direction};
 
+use cellfate::names::{csv_record, escape_for_terminal};
+
+use crate::progress::names as term_names;
 use crate::run_cmd::{build_spec, EstimatorFlags};
 
 /// Input/output shared by the stage commands.
@@ -250,7 +253,7 @@ fn terminal_states_by_hand(a: &TerminalArgs, d: Direction) -> anyhow::Result<Str
     let listing: Vec<String> = order
         .iter()
         .zip(&counts)
-        .map(|(s, c)| format!("{s} ({c} cells)"))
+        .map(|(s, c)| format!("{} ({c} cells)", escape_for_terminal(s)))
         .collect();
     Ok(format!(
         "terminal states set by hand: {} -> {}\n",
@@ -338,7 +341,7 @@ pub(crate) fn terminal_states(a: TerminalArgs) -> anyhow::Result<String> {
     edit.write_to(&a.io.output)?;
     Ok(format!(
         "terminal states: {} -> {}\n",
-        names.join(", "),
+        term_names(&names),
         a.io.output.display()
     ))
 }
@@ -386,7 +389,7 @@ pub(crate) fn fates(a: FatesArgs) -> anyhow::Result<String> {
         .with_context(|| format!("fate probabilities on {}", a.io.input.display()))?;
     let msg = format!(
         "fate probabilities for {} ({} cells, residual {:.1e}, rows sum to 1 within {:.1e}) -> {}\n",
-        f.names.join(", "),
+        term_names(&f.names),
         r.n_cells(),
         f.residual,
         f.row_sum_error,
@@ -466,7 +469,8 @@ pub(crate) fn drivers(a: DriversArgs) -> anyhow::Result<String> {
                 .as_ref()
                 .map_or(String::new(), |p| format!(" (no table -> {})", p.display()));
             return Ok(format!(
-                "note: lineage drivers skipped: {e}{csv}\nno drivers -> {}\n",
+                "note: lineage drivers skipped: {}{csv}\nno drivers -> {}\n",
+                escape_for_terminal(&e.to_string()),
                 a.io.output.display()
             ));
         }
@@ -480,24 +484,20 @@ pub(crate) fn drivers(a: DriversArgs) -> anyhow::Result<String> {
     edit.write_to(&a.io.output)?;
     let mut msg = format!(
         "drivers for {} -> {}\n",
-        table.lineages.join(", "),
+        term_names(&table.lineages),
         a.io.output.display()
     );
     if let Some(path) = &a.csv {
         let genes = r.var_names()?;
         let cols = table.columns();
-        let mut text = String::from("gene");
-        for (c, _) in &cols {
-            text.push(',');
-            text.push_str(c);
-        }
-        text.push('\n');
+        // RFC 4180: lineage and gene names may hold commas, quotes or line breaks.
+        let mut text =
+            csv_record(std::iter::once("gene").chain(cols.iter().map(|(c, _)| c.as_str())));
         for g in table.ranking(0) {
-            text.push_str(&genes[g]);
-            for (_, v) in &cols {
-                text.push_str(&format!(",{}", v[g]));
-            }
-            text.push('\n');
+            let gene = genes.get(g).map_or("", String::as_str);
+            text.push_str(&csv_record(
+                std::iter::once(gene.to_string()).chain(cols.iter().map(|(_, v)| v[g].to_string())),
+            ));
         }
         crate::kernel_cmd::write_atomic(path, text.as_bytes())?;
         msg.push_str(&format!("table -> {}\n", path.display()));
@@ -565,7 +565,7 @@ pub(crate) fn cflare(a: CflareArgs) -> anyhow::Result<String> {
     Ok(format!(
         "CFLARE: eigengap {}, {used} eigenvectors used, terminal states {} -> {}\n",
         Eigengap::from_index(gap).position(),
-        names.join(", "),
+        term_names(&names),
         a.io.output.display()
     ))
 }
