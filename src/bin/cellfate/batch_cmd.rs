@@ -186,7 +186,7 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<(String, bool)> {
                         res.upstream_steps = s.upstream_steps.clone();
                         res.terminal_states = s.estimators.terminal_states.clone();
                         res.fate_shares = s.estimators.fate_shares.clone();
-                        res.warnings = s.estimators.notes.clone();
+                        res.warnings = s.warnings.clone();
                         if a.report {
                             let dir = a.out_dir.join("reports");
                             let path = dir.join(format!("{}.html", res.sample));
