@@ -540,14 +540,13 @@ impl TransientSystem {
                 symbolic, numeric, ..
             } => {
                 let mut x = b.to_owned();
-                let mut mem = MemBuffer::try_new(
-                    symbolic.solve_in_place_scratch::<f64>(x.ncols(), LU_PAR),
-                )
-                .map_err(|_| AbsorptionError::Factorisation {
-                    solver: LU,
-                    size: self.transient.len(),
-                    reason: FactorisationFailure::Faer(FaerError::OutOfMemory),
-                })?;
+                let mut mem =
+                    MemBuffer::try_new(symbolic.solve_in_place_scratch::<f64>(x.ncols(), LU_PAR))
+                        .map_err(|_| AbsorptionError::Factorisation {
+                        solver: LU,
+                        size: self.transient.len(),
+                        reason: FactorisationFailure::Faer(FaerError::OutOfMemory),
+                    })?;
                 LuRef::new_unchecked(symbolic, numeric).solve_in_place_with_conj(
                     Conj::No,
                     x.as_mut(),

@@ -27,7 +27,7 @@ pub enum PipelineError {
     H5ad(#[from] H5adError),
     /// Counts that are negative, NaN or infinite.
     #[error(transparent)]
-    InvalidCounts(#[from] crate::upstream::InvalidCounts),
+    InvalidCounts(Box<crate::upstream::InvalidCounts>),
     /// Kernel computation.
     #[error(transparent)]
     Kernel(#[from] cellfate_kernels::KernelError),
@@ -106,6 +106,12 @@ pub enum PipelineError {
         /// What is wrong, naming the slot and what was expected.
         message: String,
     },
+}
+
+impl From<Box<crate::upstream::InvalidCounts>> for PipelineError {
+    fn from(e: Box<crate::upstream::InvalidCounts>) -> Self {
+        Self::InvalidCounts(e)
+    }
 }
 
 /// Everything a run does, with CellRank's defaults.

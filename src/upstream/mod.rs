@@ -167,7 +167,7 @@ pub fn check_counts(
     file: &str,
     slot: &str,
     names: Option<&H5adReader>,
-) -> Result<(), InvalidCounts> {
+) -> Result<(), Box<InvalidCounts>> {
     let is_bad = |v: f64| !(v.is_finite() && v >= 0.0);
     let bad = m.data().iter().filter(|&&v| is_bad(v)).count();
     if bad == 0 {
@@ -187,7 +187,7 @@ pub fn check_counts(
             .and_then(|n| n.get(k).cloned())
             .unwrap_or_else(|| k.to_string())
     };
-    Err(InvalidCounts {
+    Err(Box::new(InvalidCounts {
         file: file.to_string(),
         slot: slot.to_string(),
         bad,
@@ -197,7 +197,7 @@ pub fn check_counts(
         cell: name(names.and_then(|r| r.obs_names().ok()), row),
         col,
         gene: name(names.and_then(|r| r.var_names().ok()), col),
-    })
+    }))
 }
 
 /// The slot names of the count matrices in messages.
@@ -717,10 +717,7 @@ impl velocity::MomentSource for FileMoments<'_> {
 
 impl FileMoments<'_> {
     /// The first moments of genes `r` as stored (cells × genes of the block, row-major).
-    fn first_unchecked(
-        &self,
-        r: &std::ops::Range<usize>,
-    ) -> Result<velocity::Pair, H5adError> {
+    fn first_unchecked(&self, r: &std::ops::Range<usize>) -> Result<velocity::Pair, H5adError> {
         if let Some((ms, mu)) = &self.whole {
             return Ok((
                 velocity::column_slab(ms, self.n, self.g, r),

@@ -63,7 +63,10 @@ fn edited(input: &Path, output: &Path, slot: &str, e: Element) {
 fn sparse(r: &H5adReader, slot: &str) -> SparseArray {
     match r.read(slot).expect(slot) {
         Element::Sparse(s) => s,
-        other => panic!("{slot}: expected a sparse matrix, found {}", other.encoding()),
+        other => panic!(
+            "{slot}: expected a sparse matrix, found {}",
+            other.encoding()
+        ),
     }
 }
 
@@ -197,11 +200,7 @@ fn nan_in_x_excludes_driver_genes_with_a_warning() {
             .iter()
             .position(|&j| j == gene)
             .expect("gene stored somewhere");
-        set_stored(
-            &mut x,
-            k,
-            if gene == 7 { f64::INFINITY } else { f64::NAN },
-        );
+        set_stored(&mut x, k, if gene == 7 { f64::INFINITY } else { f64::NAN });
         hit.push(var[gene as usize].clone());
     }
     let nan = d.path().join("nan.h5ad");
@@ -247,7 +246,10 @@ fn nan_in_x_excludes_driver_genes_with_a_warning() {
         .iter()
         .find(|w| w.starts_with("lineage drivers:"))
         .unwrap_or_else(|| panic!("no drivers warning in {warnings:?}"));
-    assert!(w.contains("3 of 40 genes excluded") && w.contains("X"), "{w}");
+    assert!(
+        w.contains("3 of 40 genes excluded") && w.contains("X"),
+        "{w}"
+    );
     for g in &hit {
         assert!(w.contains(&format!("{g:?}")), "{g} not named: {w}");
     }
@@ -261,7 +263,10 @@ fn nan_in_x_excludes_driver_genes_with_a_warning() {
         assert!(!genes.is_empty(), "{lineage}: no drivers");
         for g in genes {
             let name = g[0].as_str().expect("gene");
-            assert!(!hit.iter().any(|h| h == name), "{name} ranked for {lineage}");
+            assert!(
+                !hit.iter().any(|h| h == name),
+                "{name} ranked for {lineage}"
+            );
             assert!(g[1].as_f64().is_some_and(f64::is_finite), "{g}");
         }
     }
@@ -282,7 +287,10 @@ fn nan_in_x_excludes_driver_genes_with_a_warning() {
     let (_, after) = text
         .split_once("\nwarnings:\n")
         .unwrap_or_else(|| panic!("no warnings section: {text}"));
-    assert!(after.contains("  lineage drivers: 3 of 40 genes excluded"), "{text}");
+    assert!(
+        after.contains("  lineage drivers: 3 of 40 genes excluded"),
+        "{text}"
+    );
     // The `drivers` stage command says the same.
     let res = succeed(
         cellfate()

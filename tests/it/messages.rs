@@ -463,7 +463,8 @@ fn drivers_of_a_single_lineage_are_skipped_with_a_note() {
     let text = String::from_utf8_lossy(&res.stdout);
     assert!(
         text.contains("warnings:\n")
-            && text.contains("\n  lineage drivers skipped: lineage drivers need at least 2 lineages"),
+            && text
+                .contains("\n  lineage drivers skipped: lineage drivers need at least 2 lineages"),
         "{text}"
     );
     assert!(!text.contains("  drivers "), "drivers printed: {text}");
