@@ -161,6 +161,19 @@ fn run_results_do_not_depend_on_the_thread_count() {
     assert_same_data(&out("t1.h5ad"), &out("t2.h5ad"));
     assert_same_data(&out("t1.h5ad"), &out("t8.h5ad"));
     assert_same_data(&out("t2.h5ad"), &out("t2_again.h5ad"));
+    // CFLARE (eigendecomposition, k-means) on the same transition matrix.
+    for t in [1, 8] {
+        succeed(
+            cellfate()
+                .arg("--threads")
+                .arg(t.to_string())
+                .arg("cflare")
+                .arg(out("t1.h5ad"))
+                .args(["--cluster-key", "clusters", "-q", "-o"])
+                .arg(out(&format!("cflare{t}.h5ad"))),
+        );
+    }
+    assert_same_data(&out("cflare1.h5ad"), &out("cflare8.h5ad"));
 }
 
 /// The iterative solver (GMRES + ILU(0)) is thread-count independent as well.
