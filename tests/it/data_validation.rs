@@ -337,3 +337,32 @@ fn nan_in_moments_is_an_error_naming_the_layer() {
     );
     assert!(!msg.contains("panicked"), "{msg}");
 }
+
+/// A NaN weight in the kNN graph: an error naming `obsp["connectivities"]`, not a NaN
+/// transition matrix.
+#[test]
+fn nan_in_the_knn_graph_is_an_error_naming_the_slot() {
+    let d = tempdir();
+    let pp = processed(d.path());
+    let r = H5adReader::open(&pp).expect("processed");
+    let mut g = sparse(&r, "obsp/connectivities");
+    drop(r);
+    set_stored(&mut g, 10, f64::NAN);
+    let nan = d.path().join("nan_graph.h5ad");
+    edited(&pp, &nan, "obsp/connectivities", Element::Sparse(g));
+    let res = cellfate()
+        .arg("run")
+        .arg(&nan)
+        .args(FLAGS)
+        .arg("-o")
+        .arg(d.path().join("out.h5ad"))
+        .output()
+        .expect("runs");
+    let msg = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success(), "a NaN graph accepted");
+    assert!(
+        msg.contains("obsp[\"connectivities\"]") && msg.contains("NaN"),
+        "{msg}"
+    );
+    assert!(!msg.contains("panicked"), "{msg}");
+}
