@@ -295,7 +295,6 @@ pub fn run(
     let run_info = serde_json::json!({
         "upstream_steps": &prepared.steps,
         "upstream_notes": &prepared.notes,
-        "warnings": &warnings,
     });
     let timings = serde_json::json!({
         "stages": &stages,
