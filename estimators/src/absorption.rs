@@ -9,10 +9,11 @@
 //! checked only to 1e-3. Transient cells that cannot reach any terminal state make `I − Q`
 //! singular; that is detected up front and reported.
 
-use faer::linalg::solvers::Solve;
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::sparse::linalg::lu::{factorize_symbolic_lu, LuRef, NumericLu, SymbolicLu};
 use faer::sparse::linalg::LuError;
 use faer::sparse::{CreationError, FaerError, SparseColMat, Triplet};
-use faer::Mat;
+use faer::{Conj, Mat, Par};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -170,6 +171,12 @@ impl From<LuError> for FactorisationFailure {
 
 /// Name of the direct solver (in results and errors).
 const LU: &str = "sparse LU (faer)";
+/// faer's parallelism for the sparse LU (factorisation and solves): sequential, always. faer's
+/// convenience calls (`sp_lu`, `solve`) take the global setting, by default all threads of the
+/// rayon pool, and its supernodal kernels split the work by that count, so the rounding (and
+/// absorption-time variances, by ~1e-14 relative) changed with `--threads`. Results must be
+/// the same bits for any thread count.
+const LU_PAR: Par = Par::Seq;
 /// Name of the iterative solver (in results and errors).
 const GMRES: &str = "GMRES + ILU(0)";
 
@@ -257,7 +264,8 @@ impl Default for AbsorptionOptions {
 enum Backend {
     Lu {
         matrix: SparseColMat<usize, f64>,
-        lu: Box<faer::sparse::linalg::solvers::Lu<usize, f64>>,
+        symbolic: Box<SymbolicLu<usize>>,
+        numeric: Box<NumericLu<usize, f64>>,
     },
     Gmres {
         a: cellfate_kernels::Csr,
@@ -415,11 +423,27 @@ impl TransientSystem {
             let lu_failed = failed(LU);
             let matrix = SparseColMat::<usize, f64>::try_new_from_triplets(nt, nt, &trip)
                 .map_err(|e| lu_failed(e.into()))?;
-            let lu = matrix.sp_lu().map_err(|e| lu_failed(e.into()))?;
+            let symbolic = factorize_symbolic_lu(matrix.symbolic(), Default::default())
+                .map_err(|e| lu_failed(FactorisationFailure::Faer(e)))?;
+            let mut numeric = NumericLu::new();
+            let mut mem = MemBuffer::try_new(
+                symbolic.factorize_numeric_lu_scratch::<f64>(LU_PAR, Default::default()),
+            )
+            .map_err(|_| lu_failed(FactorisationFailure::Faer(FaerError::OutOfMemory)))?;
+            symbolic
+                .factorize_numeric_lu(
+                    &mut numeric,
+                    matrix.as_ref(),
+                    LU_PAR,
+                    MemStack::new(&mut mem),
+                    Default::default(),
+                )
+                .map_err(|e| lu_failed(e.into()))?;
             (
                 Backend::Lu {
                     matrix,
-                    lu: Box::new(lu),
+                    symbolic: Box::new(symbolic),
+                    numeric: Box::new(numeric),
                 },
                 LU,
             )
@@ -512,7 +536,25 @@ impl TransientSystem {
         tol_override: Option<f64>,
     ) -> Result<Mat<f64>, AbsorptionError> {
         let x = match &self.backend {
-            Backend::Lu { lu, .. } => lu.solve(b),
+            Backend::Lu {
+                symbolic, numeric, ..
+            } => {
+                let mut x = b.to_owned();
+                let mut mem =
+                    MemBuffer::try_new(symbolic.solve_in_place_scratch::<f64>(x.ncols(), LU_PAR))
+                        .map_err(|_| AbsorptionError::Factorisation {
+                        solver: LU,
+                        size: self.transient.len(),
+                        reason: FactorisationFailure::Faer(FaerError::OutOfMemory),
+                    })?;
+                LuRef::new_unchecked(symbolic, numeric).solve_in_place_with_conj(
+                    Conj::No,
+                    x.as_mut(),
+                    LU_PAR,
+                    MemStack::new(&mut mem),
+                );
+                x
+            }
             Backend::Gmres {
                 a,
                 ilu,

@@ -12,7 +12,6 @@
 //! 5. Terminal-state probability: `|Re V_l[:, use]|` min–max scaled per column, divided by
 //!    `Re λ_j`, summed over columns and divided by its maximum.
 
-use faer::linalg::solvers::Eigen;
 use faer::Mat;
 use nalgebra::DMatrix;
 use rand::{Rng, SeedableRng};
@@ -135,18 +134,13 @@ fn eigenvectors(
     }
     let r = q.transpose() * pq;
     let rm = Mat::<f64>::from_fn(m, m, |i, j| r[(i, j)]);
-    let evd = Eigen::new_from_real(rm.as_ref())
-        .map_err(|_| CflareError::EigenNotConverged { which, size: m })?;
-    let (s, u) = (evd.S(), evd.U());
+    let (s, re_col, u_real) =
+        real_evd(&rm).ok_or(CflareError::EigenNotConverged { which, size: m })?;
     let mut order: Vec<usize> = (0..m).collect();
-    order.sort_by(|&a, &b| {
-        s[b].re
-            .total_cmp(&s[a].re)
-            .then(s[b].im.total_cmp(&s[a].im))
-    });
-    let vals: Vec<(f64, f64)> = order.iter().map(|&i| (s[i].re, s[i].im)).collect();
+    order.sort_by(|&a, &b| s[b].0.total_cmp(&s[a].0).then(s[b].1.total_cmp(&s[a].1)));
+    let vals: Vec<(f64, f64)> = order.iter().map(|&i| s[i]).collect();
     // Real parts of Q·U, each column normalised to unit norm (phase as computed).
-    let ure = DMatrix::from_fn(m, m, |i, j| u[(i, order[j])].re);
+    let ure = DMatrix::from_fn(m, m, |i, j| u_real[(i, re_col[order[j]])]);
     let mut v = q * ure;
     for j in 0..m {
         let nrm = v.column(j).norm();
@@ -155,6 +149,58 @@ fn eigenvectors(
         }
     }
     Ok((vals, v))
+}
+
+/// Eigenvalues and vectors of the real matrix `a`, as faer's `Eigen::new_from_real` gives
+/// them but with faer's parallelism fixed to sequential: `Eigen` takes the global setting (all
+/// threads of the pool), and results must not depend on the thread count. Returns the
+/// eigenvalues `(re, im)` (a complex pair as consecutive entries), for each the column of the
+/// real eigenvector matrix holding its eigenvector's real part (a pair's vectors are
+/// `U[:, j] ± i U[:, j+1]`: both real parts are column `j`), and that matrix. `None` when
+/// the QR iteration does not converge.
+#[allow(clippy::type_complexity)]
+fn real_evd(a: &Mat<f64>) -> Option<(Vec<(f64, f64)>, Vec<usize>, Mat<f64>)> {
+    use faer::dyn_stack::{MemBuffer, MemStack};
+    use faer::linalg::evd::{evd_real, evd_scratch, ComputeEigenvectors};
+    let n = a.nrows();
+    let par = faer::Par::Seq;
+    let mut u = Mat::<f64>::zeros(n, n);
+    let mut s_re = faer::diag::Diag::<f64>::zeros(n);
+    let mut s_im = faer::diag::Diag::<f64>::zeros(n);
+    let mut mem = MemBuffer::try_new(evd_scratch::<f64>(
+        n,
+        ComputeEigenvectors::No,
+        ComputeEigenvectors::Yes,
+        par,
+        Default::default(),
+    ))
+    .ok()?;
+    evd_real(
+        a.as_ref(),
+        s_re.as_mut(),
+        s_im.as_mut(),
+        None,
+        Some(u.as_mut()),
+        par,
+        MemStack::new(&mut mem),
+        Default::default(),
+    )
+    .ok()?;
+    let (mut vals, mut re_col) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut j = 0;
+    while j < n {
+        if s_im[j] == 0.0 || j + 1 == n {
+            vals.push((s_re[j], s_im[j]));
+            re_col.push(j);
+            j += 1;
+        } else {
+            vals.push((s_re[j], s_im[j]));
+            vals.push((s_re[j], -s_im[j]));
+            re_col.extend([j, j]);
+            j += 2;
+        }
+    }
+    Some((vals, re_col, u))
 }
 
 fn percentile(v: &mut [f64], q: f64) -> f64 {

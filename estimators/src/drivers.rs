@@ -157,6 +157,10 @@ pub struct DriverTable {
     pub ci_low: Vec<f64>,
     /// Upper confidence bound.
     pub ci_high: Vec<f64>,
+    /// Genes excluded because their expression holds a NaN or infinite value (increasing
+    /// indices): their correlations, p-, q-values and bounds are NaN, so they rank last.
+    /// Callers report them (the pipeline adds a warning naming the first genes).
+    pub non_finite_genes: Vec<usize>,
 }
 
 impl DriverTable {
@@ -282,6 +286,35 @@ pub fn benjamini_hochberg(p: &[f64]) -> Vec<f64> {
     q
 }
 
+/// Genes (increasing indices) with at least one NaN or infinite value in `expr`.
+pub fn non_finite_genes(expr: &Expression<'_>) -> Vec<usize> {
+    let g = expr.n_genes();
+    let mut bad = vec![false; g];
+    match expr {
+        Expression::Dense {
+            n_genes, values, ..
+        } => {
+            if *n_genes > 0 {
+                for row in values.chunks(*n_genes) {
+                    for (gg, x) in row.iter().enumerate() {
+                        if !x.is_finite() {
+                            bad[gg] = true;
+                        }
+                    }
+                }
+            }
+        }
+        Expression::Sparse(c) => {
+            for (&gg, x) in c.indices().iter().zip(c.data()) {
+                if !x.is_finite() {
+                    bad[gg as usize] = true;
+                }
+            }
+        }
+    }
+    (0..g).filter(|&gg| bad[gg]).collect()
+}
+
 /// Per-gene sums needed for correlations: (Σx, Σx², and Σ x·y_l for each lineage).
 fn gene_stats(expr: &Expression<'_>, ys: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>, Vec<Vec<f64>>) {
     let g = expr.n_genes();
@@ -392,7 +425,13 @@ pub fn compute_lineage_drivers(
     let g = expr.n_genes();
     let l = ys.len();
     let n = expr.n_cells() as f64;
-    let corr = correlations(expr, ys);
+    let non_finite = non_finite_genes(expr);
+    let mut corr = correlations(expr, ys);
+    // A gene with a NaN or infinite value has no meaningful correlation: excluded (NaN, ranked
+    // last) rather than ranked on garbage; reported through `non_finite_genes`.
+    for &gg in &non_finite {
+        corr[gg * l..(gg + 1) * l].fill(f64::NAN);
+    }
     let (pval, ci_low, ci_high) = match test {
         DriverTest::Fisher => {
             let zc = norm_ppf(confidence_level + (1.0 - confidence_level) / 2.0);
@@ -487,6 +526,7 @@ pub fn compute_lineage_drivers(
         qval,
         ci_low,
         ci_high,
+        non_finite_genes: non_finite,
     })
 }
 

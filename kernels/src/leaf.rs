@@ -40,7 +40,9 @@ pub(crate) fn read_graph(
     check_graph(kernel, cells, key, g)
 }
 
-/// Checks that a graph read from `obsp[key]` is `n_cells × n_cells`.
+/// Checks that a graph read from `obsp[key]` is `n_cells × n_cells` with finite,
+/// non-negative weights (a NaN weight would otherwise surface as a NaN transition matrix
+/// entry that names no slot).
 pub(crate) fn check_graph(
     kernel: &'static str,
     cells: &dyn CellSource,
@@ -56,6 +58,20 @@ pub(crate) fn check_graph(
                 g.nrows(),
                 g.ncols(),
                 n = cells.n_cells()
+            ),
+        });
+    }
+    let bad = |v: f64| !(v.is_finite() && v >= 0.0);
+    if let Some(k) = g.data().iter().position(|&v| bad(v)) {
+        let row = g.indptr().partition_point(|&p| p <= k) - 1;
+        return Err(KernelError::InvalidInput {
+            kernel,
+            what: format!("obsp[\"{key}\"]"),
+            detail: format!(
+                "{} stored weights are negative, NaN or infinite (the first {} at cell {row}, neighbour {}); the kNN graph must hold finite, non-negative weights: recompute it (`cellfate run --recompute`, or `cellfate preprocess`)",
+                g.data().iter().filter(|&&v| bad(v)).count(),
+                g.data()[k],
+                g.indices()[k]
             ),
         });
     }

@@ -393,14 +393,26 @@ impl Leaf for RealTimeParams {
                 None => {
                     let e: &DenseMatrix = match emb {
                         Some(ref e) => e,
-                        None => emb.insert(cells.obsm(&self.basis).map_err(|source| {
-                            KernelError::MissingInput {
-                                kernel: NAME,
-                                what: "an embedding for optimal transport".into(),
-                                source: Box::new(source),
-                                hint: "compute a PCA (`cellfate preprocess`) or provide couplings in uns".into(),
+                        None => {
+                            let e = cells.obsm(&self.basis).map_err(|source| {
+                                KernelError::MissingInput {
+                                    kernel: NAME,
+                                    what: "an embedding for optimal transport".into(),
+                                    source: Box::new(source),
+                                    hint: "compute a PCA (`cellfate preprocess`) or provide couplings in uns".into(),
+                                }
+                            })?;
+                            if let Some(((row, col, value), count)) = e.non_finite() {
+                                return Err(KernelError::InvalidInput {
+                                    kernel: NAME,
+                                    what: format!("obsm[\"{}\"]", self.basis),
+                                    detail: format!(
+                                        "{count} NaN or infinite values (the first {value} at cell {row}, component {col}); the embedding must be finite"
+                                    ),
+                                });
                             }
-                        })?),
+                            emb.insert(e)
+                        }
                     };
                     let rows = |ix: &[usize]| -> Vec<Vec<f64>> {
                         ix.iter()

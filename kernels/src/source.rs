@@ -26,6 +26,25 @@ pub enum DenseData {
 }
 
 impl DenseMatrix {
+    /// The first NaN or infinite entry in row-major order, as `(row, col, value)`, with the
+    /// number of such entries; `None` when every entry is finite.
+    pub fn non_finite(&self) -> Option<((usize, usize, f64), usize)> {
+        let w = self.ncols.max(1);
+        let (first, count) = match &self.data {
+            DenseData::F32(v) => (
+                v.iter()
+                    .position(|x| !x.is_finite())
+                    .map(|k| (k, f64::from(v[k]))),
+                v.iter().filter(|x| !x.is_finite()).count(),
+            ),
+            DenseData::F64(v) => (
+                v.iter().position(|x| !x.is_finite()).map(|k| (k, v[k])),
+                v.iter().filter(|x| !x.is_finite()).count(),
+            ),
+        };
+        first.map(|(k, x)| ((k / w, k % w, x), count))
+    }
+
     /// A matrix from row-major `f64` values. Panics when the length is not `nrows * ncols`.
     pub fn from_f64(nrows: usize, ncols: usize, data: Vec<f64>) -> Self {
         assert_eq!(data.len(), nrows * ncols, "DenseMatrix: wrong data length");

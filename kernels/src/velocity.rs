@@ -202,6 +202,20 @@ impl VelocityParams {
                 detail: "no gene left with a finite velocity (after the gene subset)".into(),
             });
         }
+        // Genes with a NaN velocity are left out above (scVelo leaves NaN for genes it did not
+        // fit). Any other non-finite value, in the expression or an infinite velocity, would
+        // make whole rows of the transition matrix NaN: an error naming the layer.
+        for (key, m) in [(&self.xkey, &x), (&self.vkey, &v)] {
+            if let Some(((row, col, value), count)) = m.non_finite() {
+                return Err(KernelError::InvalidInput {
+                    kernel: NAME,
+                    what: format!("layers[\"{key}\"]"),
+                    detail: format!(
+                        "{count} NaN or infinite values among the genes used (the first {value} at cell {row}, used gene {col}); the layer must be finite: recompute it (`cellfate run --recompute`, or `cellfate preprocess` on the raw counts)"
+                    ),
+                });
+            }
+        }
         Ok((x, v))
     }
 

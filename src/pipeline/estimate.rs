@@ -236,7 +236,9 @@ pub struct EstimatorSummary {
     pub fate_residual: f64,
     /// Top 10 driver genes per lineage.
     pub top_drivers: TopDrivers,
-    /// Notes and warnings.
+    /// Notes and warnings of the estimator stages. Not serialised: a run's summary lists them
+    /// (after the upstream steps' warnings) as [`super::RunSummary::warnings`], once.
+    #[serde(skip)]
     pub notes: Vec<String>,
 }
 
@@ -342,23 +344,58 @@ pub fn fit_gpcca(
         if spec.drivers {
             progress("lineage drivers");
             let x = r.csr(&keys::layer(&spec.drivers_layer))?;
-            match g.compute_lineage_drivers(
+            let note = match g.compute_lineage_drivers(
                 &Expression::Sparse(&x),
                 &DriverOptions {
                     test: spec.drivers_test.clone(),
                     ..Default::default()
                 },
             ) {
-                Ok(_) => {}
+                Ok(table) if table.non_finite_genes.is_empty() => None,
+                Ok(table) => Some(non_finite_drivers_warning(
+                    table,
+                    &r.var_names()?,
+                    &keys::layer(&spec.drivers_layer),
+                )),
                 // One terminal state: nothing to correlate with; the run goes on without drivers.
                 Err(e @ EstimatorError::Drivers(DriversError::SingleLineage { .. })) => {
-                    g.core_mut().note(format!("lineage drivers skipped: {e}"));
+                    Some(format!("lineage drivers skipped: {e}"))
                 }
                 Err(e) => return Err(e.into()),
+            };
+            if let Some(note) = note {
+                g.core_mut().note(note);
             }
         }
     }
     Ok(g)
+}
+
+/// The warning for the genes the lineage drivers excluded because their expression (`slot`,
+/// e.g. `X`) holds NaN or infinite values: how many, and the first few names (`genes` are the
+/// var names). Empty-table callers should not call it (see
+/// [`DriverTable::non_finite_genes`]).
+pub fn non_finite_drivers_warning(table: &DriverTable, genes: &[String], slot: &str) -> String {
+    const SHOWN: usize = 5;
+    let bad = &table.non_finite_genes;
+    let mut names: Vec<String> = bad
+        .iter()
+        .take(SHOWN)
+        .map(|&g| {
+            genes
+                .get(g)
+                .map_or_else(|| format!("gene {g}"), |name| format!("{name:?}"))
+        })
+        .collect();
+    if bad.len() > SHOWN {
+        names.push(format!("... ({} more)", bad.len() - SHOWN));
+    }
+    format!(
+        "lineage drivers: {} of {} genes excluded because {slot} holds NaN or infinite values for them (their correlations are NaN and they are not ranked): {}",
+        bad.len(),
+        table.n_genes,
+        names.join(", ")
+    )
 }
 
 /// What an estimator found, for summaries and reports (whatever stages it has).

@@ -25,6 +25,9 @@ pub enum PipelineError {
     /// Reading or writing the file.
     #[error(transparent)]
     H5ad(#[from] H5adError),
+    /// Counts that are negative, NaN or infinite.
+    #[error(transparent)]
+    InvalidCounts(Box<crate::upstream::InvalidCounts>),
     /// Kernel computation.
     #[error(transparent)]
     Kernel(#[from] cellfate_kernels::KernelError),
@@ -107,6 +110,12 @@ pub enum PipelineError {
     },
 }
 
+impl From<Box<crate::upstream::InvalidCounts>> for PipelineError {
+    fn from(e: Box<crate::upstream::InvalidCounts>) -> Self {
+        Self::InvalidCounts(e)
+    }
+}
+
 /// Everything a run does, with CellRank's defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -159,6 +168,12 @@ impl FateMapSpec {
     }
 }
 
+/// The `uns` slot holding a run's wall-clock stage timings and peak memory (JSON text:
+/// `{"stages": [{"stage", "seconds"}], "peak_rss_mb"}`): the only part of an output that
+/// differs between two runs with the same input and seed, kept apart from the results
+/// (`uns["cellfate"]`) so that comparisons can drop it.
+pub const TIMINGS_SLOT: &str = "uns/cellfate_timings";
+
 /// Timing of one stage.
 #[derive(Clone, Debug, Serialize)]
 pub struct StageTime {
@@ -186,6 +201,13 @@ pub struct RunSummary {
     pub upstream_steps: Vec<String>,
     /// Notes of the upstream steps (genes kept, pseudotime root, ...).
     pub upstream_notes: Vec<String>,
+    /// Every warning and note of the run, in the order the stages emitted them: the upstream
+    /// steps' warnings (loom attributes not converted, cells the pseudotime does not reach),
+    /// then the estimators' notes (recoveries such as the macrostates' fewer-cells retry,
+    /// stages skipped, genes excluded from the drivers for non-finite values, ...). Always
+    /// present in the JSON summary (an empty list when there is nothing to say); also stored
+    /// as `uns["cellfate"]["warnings"]`.
+    pub warnings: Vec<String>,
     /// Estimator results.
     pub estimators: EstimatorSummary,
     /// Peak resident memory of the process so far (MB; Linux `VmHWM`), when known.
@@ -274,16 +296,26 @@ pub fn run(
             seconds: next.duration_since(*at).as_secs_f64(),
         });
     }
+    let mut warnings = prepared.warnings.clone();
+    warnings.extend(summary.notes.iter().cloned());
+    // Only what the input and the settings determine goes into `uns["cellfate"]`: two runs
+    // with the same input and seed write the same data there. Wall-clock timings and memory
+    // go to their own entry, `uns["cellfate_timings"]` ([`TIMINGS_SLOT`]), which comparisons
+    // of outputs leave out.
     let run_info = serde_json::json!({
-        "stages": &stages,
-        "peak_rss_mb": peak_rss_mb(),
         "upstream_steps": &prepared.steps,
         "upstream_notes": &prepared.notes,
     });
+    let timings = serde_json::json!({
+        "stages": &stages,
+        "peak_rss_mb": peak_rss_mb(),
+    });
+    edit.set(TIMINGS_SLOT, Element::Str(timings.to_string()));
     edit.set(
         "uns/cellfate",
         Element::Dict(vec![
             ("run".into(), Element::Str(run_info.to_string())),
+            ("warnings".into(), Element::from_strings(warnings.clone())),
             ("config".into(), Element::Str(spec.to_toml())),
             (
                 "version".into(),
@@ -314,6 +346,7 @@ pub fn run(
         stages,
         upstream_steps: prepared.steps.clone(),
         upstream_notes: prepared.notes.clone(),
+        warnings,
         estimators: summary,
         peak_rss_mb: peak_rss_mb(),
     })

@@ -360,8 +360,12 @@ pub struct PreparedInput {
     _temp: Option<TempSibling>,
     /// Names of the steps that ran ([`UpstreamStep::name`]).
     pub steps: Vec<String>,
-    /// Notes (root cell chosen, cells not reached by the pseudotime, ...).
+    /// Notes: what the steps did (genes kept, root cell chosen, ...).
     pub notes: Vec<String>,
+    /// Warnings: what the steps could not do or had to leave out (loom attributes not
+    /// converted, cells not reached by the pseudotime, ...); the run summary lists them under
+    /// `warnings`.
+    pub warnings: Vec<String>,
     /// Timing of each step (`upstream: NAME`).
     pub stages: Vec<StageTime>,
 }
@@ -387,6 +391,7 @@ pub fn prepare_input(
         _temp: None,
         steps: Vec::new(),
         notes: Vec::new(),
+        warnings: Vec::new(),
         stages: Vec::new(),
     };
     let settings = &spec.upstream;
@@ -424,7 +429,7 @@ pub fn prepare_input(
             UpstreamStep::Loom => {
                 let s = loom::loom_to_h5ad(from, to).map_err(|e| wrap(e.into()))?;
                 if !s.skipped.is_empty() {
-                    current.notes.push(format!(
+                    current.warnings.push(format!(
                         "loom attributes not converted (unsupported types): {}",
                         s.skipped.join(", ")
                     ));
@@ -458,7 +463,7 @@ pub fn prepare_input(
                     res.root
                 ));
                 if res.unreachable > 0 {
-                    current.notes.push(format!(
+                    current.warnings.push(format!(
                         "diffusion pseudotime: {} cells are not connected to the root in the kNN graph (pseudotime inf)",
                         res.unreachable
                     ));

@@ -64,11 +64,22 @@ pub fn report(r: &H5adReader, title: &str, opts: &PlotOptions) -> Result<String,
     let run: serde_json::Value = uns_str(r, "uns/cellfate/run")
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or(serde_json::Value::Null);
-    if let Some(ns) = summary.get("notes").and_then(|v| v.as_array()) {
-        for n in ns.iter().filter_map(|v| v.as_str()) {
-            notes.push(n.to_string());
+    // The run's warnings (`uns["cellfate"]["warnings"]`); files written before that slot
+    // existed kept the estimators' notes in the summary.
+    match r.read("uns/cellfate/warnings") {
+        Ok(Element::Strings { values, .. }) => notes.extend(values),
+        _ => {
+            if let Some(ns) = summary.get("notes").and_then(|v| v.as_array()) {
+                for n in ns.iter().filter_map(|v| v.as_str()) {
+                    notes.push(n.to_string());
+                }
+            }
         }
     }
+    // Stage timings live in their own slot; older files kept them in `uns["cellfate"]["run"]`.
+    let timings: serde_json::Value = uns_str(r, crate::pipeline::TIMINGS_SLOT)
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(run);
     let n = r.n_obs()?;
     let mut h = String::new();
     let _ = write!(
@@ -201,7 +212,7 @@ pub fn report(r: &H5adReader, title: &str, opts: &PlotOptions) -> Result<String,
         h.push_str("</ul>\n");
     }
     // Timings.
-    if let Some(stages) = run.get("stages").and_then(|v| v.as_array()) {
+    if let Some(stages) = timings.get("stages").and_then(|v| v.as_array()) {
         h.push_str("<h2>Timings</h2>\n<table><tr><th>stage</th><th>seconds</th></tr>\n");
         for s in stages {
             let _ = writeln!(
@@ -214,7 +225,7 @@ pub fn report(r: &H5adReader, title: &str, opts: &PlotOptions) -> Result<String,
             );
         }
         h.push_str("</table>\n");
-        if let Some(mb) = run.get("peak_rss_mb").and_then(|v| v.as_f64()) {
+        if let Some(mb) = timings.get("peak_rss_mb").and_then(|v| v.as_f64()) {
             let _ = writeln!(h, "<p>Peak memory (resident set): {mb:.0} MB.</p>");
         }
     }

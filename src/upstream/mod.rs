@@ -131,6 +131,79 @@ impl Default for UpstreamSpec {
     }
 }
 
+/// Counts (`X`, `layers["spliced"]`, `layers["unspliced"]`) that are not finite,
+/// non-negative numbers: normalisation would turn them into NaN or −inf (`log1p` of a value
+/// below −1), and every later step (genes, PCA, neighbours, velocity, drivers) into garbage.
+/// Names the file, the slot, the first bad entry (cell and gene, by obs/var name and by
+/// index) with its value, and how many stored values are bad.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{file}: {slot} must hold counts (finite, non-negative numbers), but {bad} of its {stored} stored values are not: the first is {value} at cell {cell:?} (row {row}), gene {gene:?} (column {col})")]
+pub struct InvalidCounts {
+    /// The file (or the name the caller gave the data).
+    pub file: String,
+    /// The slot: `X`, `layers["spliced"]` or `layers["unspliced"]`.
+    pub slot: String,
+    /// How many stored values are negative, NaN or infinite.
+    pub bad: usize,
+    /// How many values the matrix stores (its non-zeros when sparse).
+    pub stored: usize,
+    /// The first bad value (in row-major order).
+    pub value: f64,
+    /// Its row (cell index).
+    pub row: usize,
+    /// Its cell (obs name; the index when the names are not known).
+    pub cell: String,
+    /// Its column (gene index).
+    pub col: usize,
+    /// Its gene (var name; the index when the names are not known).
+    pub gene: String,
+}
+
+/// Checks that the stored values of `m` (slot `slot` of `file`) are finite and non-negative;
+/// `names` gives the obs and var names for the error (the reader's, when the data come from
+/// a file).
+pub fn check_counts(
+    m: &Csr,
+    file: &str,
+    slot: &str,
+    names: Option<&H5adReader>,
+) -> Result<(), Box<InvalidCounts>> {
+    let is_bad = |v: f64| !(v.is_finite() && v >= 0.0);
+    let bad = m.data().iter().filter(|&&v| is_bad(v)).count();
+    if bad == 0 {
+        return Ok(());
+    }
+    let (row, col, value) = (0..m.nrows())
+        .find_map(|i| {
+            let (cols, vals) = m.row(i);
+            cols.iter()
+                .zip(vals)
+                .find(|(_, &v)| is_bad(v))
+                .map(|(&j, &v)| (i, j as usize, v))
+        })
+        .unwrap_or((0, 0, f64::NAN));
+    let name = |names: Option<Vec<String>>, k: usize| {
+        names
+            .and_then(|n| n.get(k).cloned())
+            .unwrap_or_else(|| k.to_string())
+    };
+    Err(Box::new(InvalidCounts {
+        file: file.to_string(),
+        slot: slot.to_string(),
+        bad,
+        stored: m.data().len(),
+        value,
+        row,
+        cell: name(names.and_then(|r| r.obs_names().ok()), row),
+        col,
+        gene: name(names.and_then(|r| r.var_names().ok()), col),
+    }))
+}
+
+/// The slot names of the count matrices in messages.
+const SPLICED: &str = "layers[\"spliced\"]";
+const UNSPLICED: &str = "layers[\"unspliced\"]";
+
 fn err(msg: impl Into<String>) -> PipelineError {
     PipelineError::Preprocessing {
         message: msg.into(),
@@ -473,11 +546,11 @@ pub fn velocity_in_file(
             "normalised unspliced counts for second moments",
         )?;
         need("obsp/connectivities", "the kNN graph for second moments")?;
-        Some((
-            velocity::smoothing_graph(&r.obsp("connectivities")?),
-            r.csr("layers/spliced")?,
-            r.csr("layers/unspliced")?,
-        ))
+        let source = input.display().to_string();
+        let (s, u) = (r.csr("layers/spliced")?, r.csr("layers/unspliced")?);
+        check_counts(&s, &source, SPLICED, Some(&r))?;
+        check_counts(&u, &source, UNSPLICED, Some(&r))?;
+        Some((velocity::smoothing_graph(&r.obsp("connectivities")?), s, u))
     } else {
         None
     };
@@ -533,6 +606,8 @@ pub fn moments_velocity_in_file(
     }
     let w = velocity::smoothing_graph(&r.obsp("connectivities")?);
     let (s, u) = (r.csr("layers/spliced")?, r.csr("layers/unspliced")?);
+    check_counts(&s, &source, SPLICED, Some(&r))?;
+    check_counts(&u, &source, UNSPLICED, Some(&r))?;
     let (n, g) = (s.nrows(), s.ncols());
     if (u.nrows(), u.ncols()) != (n, g) {
         return Err(err(format!(
@@ -602,6 +677,47 @@ impl velocity::MomentSource for FileMoments<'_> {
     }
 
     fn first(&self, r: &Self::Block) -> Result<velocity::Pair, H5adError> {
+        let (ms, mu) = self.first_unchecked(r)?;
+        // NaN or infinite moments would make the genes' fits (and the velocity) NaN: an error
+        // naming the layer and the first bad entry.
+        for (slot, m) in [("layers/Ms", &ms), ("layers/Mu", &mu)] {
+            let w = r.len().max(1);
+            if let Some(k) = m.iter().position(|v| !v.is_finite()) {
+                return Err(H5adError::Invalid {
+                    path: self.r.path().to_path_buf(),
+                    slot: slot.into(),
+                    expected: "finite first moments (recompute them from the counts: `cellfate run --recompute` or `cellfate preprocess`)".into(),
+                    found: format!(
+                        "{} NaN or infinite values in genes {}..{}, the first {} at cell {}, gene {}",
+                        m.iter().filter(|v| !v.is_finite()).count(),
+                        r.start,
+                        r.end,
+                        m[k],
+                        k / w,
+                        r.start + k % w
+                    ),
+                });
+            }
+        }
+        Ok((ms, mu))
+    }
+
+    fn has_second(&self) -> bool {
+        self.counts.is_some()
+    }
+
+    fn second(&self, r: &Self::Block, cols: &[usize]) -> Result<Option<velocity::Pair>, H5adError> {
+        let idx: Vec<usize> = cols.iter().map(|&c| r.start + c).collect();
+        Ok(self
+            .counts
+            .as_ref()
+            .map(|(w, s, u)| velocity::second_moments(w, s, u, &idx)))
+    }
+}
+
+impl FileMoments<'_> {
+    /// The first moments of genes `r` as stored (cells × genes of the block, row-major).
+    fn first_unchecked(&self, r: &std::ops::Range<usize>) -> Result<velocity::Pair, H5adError> {
         if let Some((ms, mu)) = &self.whole {
             return Ok((
                 velocity::column_slab(ms, self.n, self.g, r),
@@ -619,18 +735,6 @@ impl velocity::MomentSource for FileMoments<'_> {
                 })
         };
         Ok((read("layers/Ms")?, read("layers/Mu")?))
-    }
-
-    fn has_second(&self) -> bool {
-        self.counts.is_some()
-    }
-
-    fn second(&self, r: &Self::Block, cols: &[usize]) -> Result<Option<velocity::Pair>, H5adError> {
-        let idx: Vec<usize> = cols.iter().map(|&c| r.start + c).collect();
-        Ok(self
-            .counts
-            .as_ref()
-            .map(|(w, s, u)| velocity::second_moments(w, s, u, &idx)))
     }
 }
 
@@ -1084,7 +1188,9 @@ fn compute_and_write(
     let r = H5adReader::open(input)?;
     check_count_layers(&r, input)?;
     let s = r.csr("layers/spliced")?;
+    check_counts(&s, &source, SPLICED, Some(&r))?;
     let u = r.csr("layers/unspliced")?;
+    check_counts(&u, &source, UNSPLICED, Some(&r))?;
     // X hard-linked to the spliced counts (the simulator's files) is not read again.
     let x_own = r.exists("X") && !r.same_object("X", "layers/spliced");
     clock.lap("read");
@@ -1097,6 +1203,7 @@ fn compute_and_write(
         drop(s);
         let x = r.csr("X")?;
         check_x_shape(&x, n, g, &source)?;
+        check_counts(&x, &source, "X", Some(&r))?;
         (x, "X")
     } else {
         (s, "layers[\"spliced\"]")
@@ -1214,10 +1321,13 @@ pub fn preprocess_with(
         unspliced: u,
         x,
     } = raw;
+    check_counts(&s, source, SPLICED, None)?;
+    check_counts(&u, source, UNSPLICED, None)?;
     let usable = shared_genes(&s, &u, spec, source)?;
     let (n, g) = (s.nrows(), s.ncols());
     if let Some(x) = &x {
         check_x_shape(x, n, g, source)?;
+        check_counts(x, source, "X", None)?;
     }
     let (what, x) = match x {
         Some(x) => ("X", x),

@@ -462,7 +462,9 @@ fn drivers_of_a_single_lineage_are_skipped_with_a_note() {
     );
     let text = String::from_utf8_lossy(&res.stdout);
     assert!(
-        text.contains("note: lineage drivers skipped: lineage drivers need at least 2 lineages"),
+        text.contains("warnings:\n")
+            && text
+                .contains("\n  lineage drivers skipped: lineage drivers need at least 2 lineages"),
         "{text}"
     );
     assert!(!text.contains("  drivers "), "drivers printed: {text}");
@@ -545,7 +547,7 @@ fn the_eigengap_is_said_the_same_way_everywhere() {
     if gap.suggested_states < m {
         let why = format!("n_states auto: {said} (too few to tell a start from two ends)");
         assert!(text.contains(&why), "{text}");
-        let notes = v["estimators"]["notes"].to_string();
+        let notes = v["warnings"].to_string();
         assert!(notes.contains(&why), "{notes}");
     }
 }

@@ -313,7 +313,10 @@ fn recorded(res: &mut SampleResult, previous: Option<&serde_json::Value>) -> Opt
     res.n_cells = r.n_obs().ok();
     res.terminal_states = strings(&summary["terminal_states"]);
     res.fate_shares = serde_json::from_value(summary["fate_shares"].clone()).unwrap_or_default();
-    res.warnings = strings(&summary["notes"]);
+    res.warnings = match r.read("uns/cellfate/warnings") {
+        Ok(Element::Strings { values, .. }) => values,
+        _ => strings(&summary["notes"]),
+    };
     res.upstream_steps = match r.read("uns/cellfate/upstream_steps") {
         Ok(Element::Strings { values, .. }) => values,
         _ => Vec::new(),
@@ -476,7 +479,7 @@ fn compute(a: &BatchArgs, spec: &pipeline::FateMapSpec, s: &Sample, res: &mut Sa
             res.upstream_steps = sum.upstream_steps.clone();
             res.terminal_states = sum.estimators.terminal_states.clone();
             res.fate_shares = sum.estimators.fate_shares.clone();
-            res.warnings = sum.estimators.notes.clone();
+            res.warnings = sum.warnings.clone();
             if a.report {
                 let dir = a.out_dir.join("reports");
                 let path = dir.join(format!("{}.html", s.name));

@@ -359,8 +359,11 @@ pub(crate) fn summary_text(s: &pipeline::RunSummary) -> String {
             .collect();
         let _ = writeln!(out, "  drivers {}: {}", esc(lin), g.join(", "));
     }
-    for note in &e.notes {
-        let _ = writeln!(out, "note: {}", esc(note));
+    if !s.warnings.is_empty() {
+        let _ = writeln!(out, "warnings:");
+        for w in &s.warnings {
+            let _ = writeln!(out, "  {}", esc(w));
+        }
     }
     for st in &s.stages {
         let _ = writeln!(out, "  {:<26} {:>8.2} s", st.stage, st.seconds);

@@ -487,6 +487,14 @@ pub(crate) fn drivers(a: DriversArgs) -> anyhow::Result<String> {
         term_names(&table.lineages),
         a.io.output.display()
     );
+    if !table.non_finite_genes.is_empty() {
+        let warning = cellfate::pipeline::estimate::non_finite_drivers_warning(
+            &table,
+            &r.var_names()?,
+            &keys::layer(&a.layer),
+        );
+        msg.push_str(&format!("warnings:\n  {warning}\n"));
+    }
     if let Some(path) = &a.csv {
         let genes = r.var_names()?;
         let cols = table.columns();
