@@ -11,6 +11,7 @@
 
 pub mod element;
 pub mod error;
+pub mod fault;
 mod h5;
 pub mod keys;
 pub mod loom;
@@ -23,6 +24,7 @@ pub use element::{
     Categorical, Categories, DataFrame, DenseArray, Element, NumVec, SparseArray, SparseFormat,
 };
 pub use error::H5adError;
+pub use fault::install_fault_reporter;
 pub use read::{allow_large_datasets, regular_file_len, H5adReader, SlotInfo};
 pub use stream::{CsrAppender, DenseRowAppender, H5adStreamWriter};
 pub use write::{write_new, ColumnWriter, EarlySlots, H5adEdit, TempSibling};

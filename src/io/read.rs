@@ -116,6 +116,12 @@ pub struct H5adReader {
     file_len: u64,
 }
 
+impl Drop for H5adReader {
+    fn drop(&mut self) {
+        super::fault::clear_context();
+    }
+}
+
 impl std::fmt::Debug for H5adReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("H5adReader")
@@ -132,6 +138,7 @@ impl H5adReader {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file_len = check_signature(&path)?;
+        super::fault::set_context(&path, "");
         hdf5::silence_errors(true);
         let file = hdf5::File::open(&path).map_err(|e| H5adError::Corrupt {
             path: path.clone(),
@@ -165,8 +172,20 @@ impl H5adReader {
             slot: slot.to_string(),
             what: what.to_string(),
         };
+        // Recursive reads (uns, dataframes) walk the same tree: it must be finite and small. A
+        // link back to an ancestor (a cycle) makes it infinite; groups shared through several
+        // links (our own files share X with layers/spliced) multiply it. Both are bounded here.
+        const MAX_GROUPS: usize = 100_000;
+        let mut visited = 0usize;
         let mut stack = vec![(String::new(), 0usize)];
         while let Some((slot, depth)) = stack.pop() {
+            visited += 1;
+            if visited > MAX_GROUPS {
+                return Err(outside(
+                    &slot,
+                    "more than 100,000 groups reachable through links (a cycle of links?)",
+                ));
+            }
             let g: Group = if slot.is_empty() {
                 (*self.file).clone()
             } else {
@@ -179,13 +198,33 @@ impl H5adReader {
             })
             .map_err(self.hdf5_err(if slot.is_empty() { "/" } else { &slot }))?;
             for (name, kind) in links {
+                if name.is_empty() || name == "." || name.contains('/') {
+                    return Err(H5adError::Corrupt {
+                        path: self.path.clone(),
+                        message: format!(
+                            "group `{}` holds a link with the invalid name {name:?}",
+                            if slot.is_empty() { "/" } else { &slot }
+                        ),
+                    });
+                }
                 let child = join(&slot, &name);
                 match kind {
                     hdf5::LinkType::External => {
                         return Err(outside(&child, "an external link into another file"))
                     }
-                    // A soft link names a path inside this file; it is resolved on access.
-                    hdf5::LinkType::Soft => {}
+                    // A soft link names a path inside this file; it is resolved on access,
+                    // so the group it may name is checked like a hard-linked one.
+                    hdf5::LinkType::Soft => {
+                        if g.group(&name).is_ok() {
+                            if depth >= MAX_DEPTH {
+                                return Err(outside(
+                                    &child,
+                                    "groups nested more than 64 deep (a cycle of links?)",
+                                ));
+                            }
+                            stack.push((child, depth + 1));
+                        }
+                    }
                     hdf5::LinkType::Hard => {
                         if let Ok(ds) = g.dataset(&name) {
                             let p = ds.dcpl().map_err(self.hdf5_err(&child))?;
@@ -260,6 +299,7 @@ impl H5adReader {
 
     /// [`Self::check_allocation`] for reading the whole of dataset `ds`.
     fn check_dataset(&self, ds: &Dataset, slot: &str) -> Result<()> {
+        super::fault::set_context(&self.path, slot);
         let elem = ds.dtype().map(|t| t.size()).unwrap_or(8);
         self.check_allocation(slot, &ds.shape(), elem)
     }
@@ -346,6 +386,20 @@ impl H5adReader {
     }
 
     fn location_type(&self, slot: &str) -> Result<LocationType> {
+        super::fault::set_context(&self.path, slot);
+        // An empty or relative component ("obs/", "var/./x": names such as `_index` or
+        // `column-order` entries read from the file) would resolve to the group itself and
+        // recurse forever.
+        if slot
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(self.invalid(
+                slot,
+                "a slot path of non-empty names (the file names an empty or relative member)",
+                format!("{slot:?}"),
+            ));
+        }
         if !self.exists(slot) {
             return Err(self.missing(slot));
         }
@@ -425,6 +479,13 @@ impl H5adReader {
 
     /// Reads one slot completely.
     pub fn read(&self, slot: &str) -> Result<Element> {
+        if slot.matches('/').count() > 64 {
+            return Err(H5adError::OutsideData {
+                path: self.path.clone(),
+                slot: slot.to_string(),
+                what: "groups nested more than 64 deep (a cycle of links?)".into(),
+            });
+        }
         match self.location_type(slot)? {
             LocationType::Group => {
                 let g = self.file.group(slot).map_err(self.hdf5_err(slot))?;
@@ -1077,7 +1138,7 @@ impl H5adReader {
             .and_then(|t| t.to_descriptor())
             .map_err(self.hdf5_err(slot))?;
         let e = self.hdf5_err(slot);
-        match desc {
+        super::fault::guarded_attr_read(|| match desc {
             TypeDescriptor::VarLenUnicode => attr
                 .read_raw::<VarLenUnicode>()
                 .map(|v| v.into_iter().map(|s| s.as_str().to_string()).collect())
@@ -1088,7 +1149,7 @@ impl H5adReader {
                 .map_err(e),
             // anndata writes an empty float64 array when there are no columns.
             _ => Ok(Vec::new()),
-        }
+        })
     }
 
     fn read_dataframe(&self, g: &Group, slot: &str) -> Result<DataFrame> {
@@ -1327,6 +1388,10 @@ fn dtype_name(desc: &TypeDescriptor) -> String {
 /// Reads a string attribute (variable-length UTF-8 or ASCII); `None` when absent or not a
 /// string.
 pub(crate) fn read_str_attr(loc: &hdf5::Location, name: &str) -> Option<String> {
+    super::fault::guarded_attr_read(|| read_str_attr_unguarded(loc, name))
+}
+
+fn read_str_attr_unguarded(loc: &hdf5::Location, name: &str) -> Option<String> {
     let a = loc.attr(name).ok()?;
     match a.dtype().ok()?.to_descriptor().ok()? {
         TypeDescriptor::VarLenUnicode => a

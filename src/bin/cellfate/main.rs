@@ -502,6 +502,8 @@ impl Command {
 }
 
 fn main() -> ExitCode {
+    // A fault inside libhdf5 on a corrupt file: a message naming the file, exit 2.
+    cellfate::io::install_fault_reporter();
     let cli = Cli::parse();
     let command = cli.command.name();
     match run(cli) {
