@@ -232,6 +232,77 @@ pub fn check_output_dir(dir: &Path) -> Result<(), OutputError> {
 pub struct TempOutput {
     path: Option<tempfile::TempPath>,
     target: PathBuf,
+    /// Its entry in the registry [`remove_temporaries`] empties.
+    registered: Option<usize>,
+}
+
+impl Drop for TempOutput {
+    fn drop(&mut self) {
+        if let Some(i) = self.registered.take() {
+            registry::unregister(i);
+        }
+    }
+}
+
+/// Removes every temporary output of this process that has not been renamed into place or
+/// dropped yet. Async-signal-safe (only `unlink(2)` on paths kept in static buffers): for a
+/// process about to die of a fault (see `cellfate::io::fault`).
+pub fn remove_temporaries() {
+    registry::remove_all();
+}
+
+/// The live temporary outputs' paths, NUL-terminated, in fixed static buffers that a signal
+/// handler can read without locks or allocation.
+mod registry {
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    const SLOTS: usize = 32;
+    const LEN: usize = 4096;
+    const FREE: u8 = 0;
+    const WRITING: u8 = 1;
+    const READY: u8 = 2;
+
+    static STATE: [AtomicU8; SLOTS] = [const { AtomicU8::new(FREE) }; SLOTS];
+    static PATHS: [[AtomicU8; LEN]; SLOTS] = [const { [const { AtomicU8::new(0) }; LEN] }; SLOTS];
+
+    /// Records `path`; `None` when it is too long or all slots are taken (the temporary is
+    /// then only removed by the normal paths and by the next run's stale-file sweep).
+    pub(super) fn register(path: &std::path::Path) -> Option<usize> {
+        let bytes = path.as_os_str().as_encoded_bytes();
+        if bytes.len() >= LEN || bytes.contains(&0) {
+            return None;
+        }
+        let i = (0..SLOTS).find(|&i| {
+            STATE[i]
+                .compare_exchange(FREE, WRITING, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        })?;
+        for (cell, b) in PATHS[i].iter().zip(bytes.iter().chain(std::iter::once(&0))) {
+            cell.store(*b, Ordering::Relaxed);
+        }
+        STATE[i].store(READY, Ordering::Release);
+        Some(i)
+    }
+
+    pub(super) fn unregister(i: usize) {
+        STATE[i].store(FREE, Ordering::Release);
+    }
+
+    #[allow(unsafe_code)]
+    pub(super) fn remove_all() {
+        for i in 0..SLOTS {
+            if STATE[i].load(Ordering::Acquire) != READY {
+                continue;
+            }
+            // SAFETY: `AtomicU8` has the layout of `u8`; the slot holds a NUL-terminated path
+            // (register stores the terminator, paths shorter than LEN only) and is not
+            // rewritten while READY; unlink(2) is async-signal-safe. No stack buffer: this
+            // runs on the small signal stack.
+            unsafe {
+                libc::unlink(PATHS[i].as_ptr().cast());
+            }
+        }
+    }
 }
 
 impl TempOutput {
@@ -263,11 +334,13 @@ impl TempOutput {
                 source,
             })?;
         let (r, path) = made.into_parts();
+        let registered = registry::register(&path);
         Ok((
             r,
             Self {
                 path: Some(path),
                 target: target.to_path_buf(),
+                registered,
             },
         ))
     }

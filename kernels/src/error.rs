@@ -247,7 +247,7 @@ pub enum KernelError {
         source: OtError,
     },
     /// A kernel expression (`0.8*velocity + 0.2*connectivity`) could not be parsed.
-    #[error("kernel expression {expr:?}: {problem} at position {position} (expected e.g. \"0.8*velocity + 0.2*connectivity\"; kernels: {})", known.join(", "))]
+    #[error("kernel expression {}: {problem} at position {position} (expected e.g. \"0.8*velocity + 0.2*connectivity\"; kernels: {})", shown_expression(expr), known.join(", "))]
     Expression {
         /// The expression.
         expr: String,
@@ -505,5 +505,17 @@ fn hint_available(a: &[String]) -> String {
         String::new()
     } else {
         format!(" (available: {})", a.join(", "))
+    }
+}
+
+/// An expression quoted in a message: in full up to 120 characters, else its first 60 and
+/// its length (a 10,000-character expression would bury the message).
+fn shown_expression(expr: &str) -> String {
+    let n = expr.chars().count();
+    if n <= 120 {
+        format!("{expr:?}")
+    } else {
+        let head: String = expr.chars().take(60).collect();
+        format!("{head:?}... ({n} characters)")
     }
 }

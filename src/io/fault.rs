@@ -11,6 +11,9 @@
 //! libhdf5 can also loop forever on such a heap; attribute reads (a few bytes each) run under
 //! a watchdog ([`ATTRIBUTE_READ_LIMIT`]) that reports the same way.
 //!
+//! Temporary outputs of the dying process are removed first
+//! ([`crate::output::remove_temporaries`]).
+//!
 //! The reader records what it is reading in a fixed buffer ([`set_context`]); the signal
 //! handler only reads that buffer and calls `write(2)` and `_exit(2)` (async-signal-safe). A
 //! fault with no read in progress goes to the handler installed before ours (Rust's stack
@@ -93,6 +96,7 @@ fn watchdog() {
             )
             .as_bytes(),
         );
+        crate::output::remove_temporaries();
         // SAFETY: write(2) on stderr with a valid buffer; _exit ends the process without
         // running destructors (the stuck thread holds libhdf5's lock).
         unsafe {
@@ -124,9 +128,27 @@ pub(crate) fn set_context(path: &Path, slot: &str) {
     CONTEXT_LEN.store(n, Ordering::Release);
 }
 
-/// Forgets the read in progress (a reader was dropped).
-pub(crate) fn clear_context() {
-    CONTEXT_LEN.store(0, Ordering::Release);
+static LIVE_READERS: AtomicUsize = AtomicUsize::new(0);
+
+/// A live reader: the context (file and slot) stays recorded while at least one exists, and is
+/// forgotten when the last one is dropped.
+#[derive(Debug)]
+pub(crate) struct Reading(());
+
+impl Reading {
+    pub(crate) fn start(path: &Path) -> Self {
+        LIVE_READERS.fetch_add(1, Ordering::AcqRel);
+        set_context(path, "");
+        Self(())
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        if LIVE_READERS.fetch_sub(1, Ordering::AcqRel) == 1 {
+            CONTEXT_LEN.store(0, Ordering::Release);
+        }
+    }
 }
 
 struct Old(std::cell::UnsafeCell<[libc::sigaction; 2]>);
@@ -172,26 +194,23 @@ pub fn install_fault_reporter() {
 extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     let n = CONTEXT_LEN.load(Ordering::Acquire);
     if n > 0 && !near_stack_pointer(info, ctx) {
-        let mut buf = [0u8; CAP + 512];
-        let mut len = 0;
-        let mut put = |s: &[u8]| {
-            let k = s.len().min(buf.len() - len);
-            buf[len..len + k].copy_from_slice(&s[..k]);
-            len += k;
-        };
-        put(b"error: ");
-        let mut ctx_bytes = [0u8; CAP];
-        let n = context_bytes(&mut ctx_bytes);
-        put(&ctx_bytes[..n]);
-        put(if sig == libc::SIGBUS {
+        crate::output::remove_temporaries();
+        // No stack buffers (this runs on the small signal stack): the pieces are written
+        // one by one, the context straight from its static buffer (`AtomicU8` has the
+        // layout of `u8`).
+        let what: &[u8] = if sig == libc::SIGBUS {
             b": libhdf5 crashed (SIGBUS)"
         } else {
             b": libhdf5 crashed (SIGSEGV)"
-        });
-        put(b" reading this file: its HDF5 structures are corrupt (libhdf5 trusts sizes stored in the file, e.g. of variable-length strings). Re-create the file from its source (anndata's write_h5ad); if the file reads fine elsewhere, please report this as a cellfate bug.\n");
-        // SAFETY: write(2) and _exit(2) are async-signal-safe; buf outlives the call.
+        };
+        let rest: &[u8] = b" reading this file: its HDF5 structures are corrupt (libhdf5 trusts sizes stored in the file, e.g. of variable-length strings). Re-create the file from its source (anndata's write_h5ad); if the file reads fine elsewhere, please report this as a cellfate bug.\n";
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; every buffer is static.
         unsafe {
-            libc::write(2, buf.as_ptr().cast(), len);
+            let head: &[u8] = b"error: ";
+            libc::write(2, head.as_ptr().cast(), head.len());
+            libc::write(2, CONTEXT.as_ptr().cast(), n.min(CAP));
+            libc::write(2, what.as_ptr().cast(), what.len());
+            libc::write(2, rest.as_ptr().cast(), rest.len());
             libc::_exit(2);
         }
     }

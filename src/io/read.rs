@@ -114,12 +114,8 @@ pub struct H5adReader {
     legacy: bool,
     /// The file's size in bytes (bounds the datasets it may declare).
     file_len: u64,
-}
-
-impl Drop for H5adReader {
-    fn drop(&mut self) {
-        super::fault::clear_context();
-    }
+    /// Keeps the fault reporter's context while the reader lives.
+    _reading: super::fault::Reading,
 }
 
 impl std::fmt::Debug for H5adReader {
@@ -138,7 +134,7 @@ impl H5adReader {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file_len = check_signature(&path)?;
-        super::fault::set_context(&path, "");
+        let reading = super::fault::Reading::start(&path);
         hdf5::silence_errors(true);
         let file = hdf5::File::open(&path).map_err(|e| H5adError::Corrupt {
             path: path.clone(),
@@ -150,6 +146,7 @@ impl H5adReader {
             file,
             legacy,
             file_len,
+            _reading: reading,
         };
         // Touch the root group listing to detect truncated files early.
         r.file.member_names().map_err(|e| H5adError::Corrupt {

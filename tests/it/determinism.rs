@@ -57,7 +57,7 @@ fn data_slots(path: &Path) -> BTreeMap<String, String> {
 }
 
 /// Asserts that two outputs hold the same slots with the same values.
-fn assert_same_data(a: &Path, b: &Path) {
+pub(crate) fn assert_same_data(a: &Path, b: &Path) {
     let (sa, sb) = (data_slots(a), data_slots(b));
     let ka: Vec<&String> = sa.keys().collect();
     let kb: Vec<&String> = sb.keys().collect();

@@ -5,6 +5,7 @@
 
 mod absorption_parity;
 mod bad_input;
+mod catalogue;
 mod cli;
 mod common;
 mod data_expectations;
