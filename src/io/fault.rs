@@ -14,7 +14,7 @@
 //! Temporary outputs of the dying process are removed first
 //! ([`crate::output::remove_temporaries`]).
 //!
-//! The reader records what it is reading in a fixed buffer ([`set_context`]); the signal
+//! The reader records what it is reading in a fixed buffer; the signal
 //! handler only reads that buffer and calls `write(2)` and `_exit(2)` (async-signal-safe). A
 //! fault with no read in progress goes to the handler installed before ours (Rust's stack
 //! overflow report) or the default action.
@@ -106,7 +106,8 @@ fn watchdog() {
     }
 }
 
-/// Records that `path` (at `slot`, when known) is being read; cleared by [`clear_context`].
+/// Records that `path` (at `slot`, when known) is being read; forgotten when the last
+/// [`Reading`] ends.
 /// Cheap (a bounded copy into a static buffer); does nothing until
 /// [`install_fault_reporter`] has been called.
 pub(crate) fn set_context(path: &Path, slot: &str) {

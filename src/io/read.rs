@@ -296,8 +296,14 @@ impl H5adReader {
 
     /// [`Self::check_allocation`] for reading the whole of dataset `ds`.
     fn check_dataset(&self, ds: &Dataset, slot: &str) -> Result<()> {
+        self.check_dataset_as(ds, slot, 0)
+    }
+
+    /// [`Self::check_dataset`] when each element takes `mem_elem` bytes in memory (more than
+    /// in the file: 1-byte integers read as `i64` indices, strings as `String`s).
+    fn check_dataset_as(&self, ds: &Dataset, slot: &str, mem_elem: usize) -> Result<()> {
         super::fault::set_context(&self.path, slot);
-        let elem = ds.dtype().map(|t| t.size()).unwrap_or(8);
+        let elem = ds.dtype().map(|t| t.size()).unwrap_or(8).max(mem_elem);
         self.check_allocation(slot, &ds.shape(), elem)
     }
 
@@ -978,7 +984,8 @@ impl H5adReader {
     }
 
     pub(crate) fn read_strings(&self, ds: &Dataset, slot: &str) -> Result<Vec<String>> {
-        self.check_dataset(ds, slot)?;
+        // A `String` per element: 24 bytes and its allocation.
+        self.check_dataset_as(ds, slot, 32)?;
         let desc = ds
             .dtype()
             .and_then(|t| t.to_descriptor())
@@ -1052,11 +1059,11 @@ impl H5adReader {
         let data = self.read_numeric(&data_ds, &desc, &data_slot)?;
         let indptr_slot = join(slot, "indptr");
         let indptr_ds = sub("indptr")?;
-        self.check_dataset(&indptr_ds, &indptr_slot)?;
+        self.check_dataset_as(&indptr_ds, &indptr_slot, 8)?;
         let indptr: Vec<i64> = indptr_ds.read_raw().map_err(self.hdf5_err(&indptr_slot))?;
         let indices_slot = join(slot, "indices");
         let indices_ds = sub("indices")?;
-        self.check_dataset(&indices_ds, &indices_slot)?;
+        self.check_dataset_as(&indices_ds, &indices_slot, 8)?;
         let indices: Vec<i64> = indices_ds
             .read_raw()
             .map_err(self.hdf5_err(&indices_slot))?;
@@ -1202,6 +1209,7 @@ impl H5adReader {
     }
 
     fn read_categories(&self, ds: &Dataset, slot: &str) -> Result<Categories> {
+        self.require_1d(ds, slot, "a 1-d array of categories")?;
         let desc = ds
             .dtype()
             .and_then(|t| t.to_descriptor())
@@ -1213,9 +1221,19 @@ impl H5adReader {
         }
     }
 
+    fn require_1d(&self, ds: &Dataset, slot: &str, expected: &str) -> Result<()> {
+        let shape = ds.shape();
+        if shape.len() == 1 {
+            Ok(())
+        } else {
+            Err(self.invalid(slot, expected, format!("shape {shape:?}")))
+        }
+    }
+
     fn read_categorical_group(&self, g: &Group, slot: &str) -> Result<Categorical> {
         let codes_slot = join(slot, "codes");
         let codes_ds = g.dataset("codes").map_err(|_| self.missing(&codes_slot))?;
+        self.require_1d(&codes_ds, &codes_slot, "a 1-d array of category codes")?;
         let desc = codes_ds
             .dtype()
             .and_then(|t| t.to_descriptor())
