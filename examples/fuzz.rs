@@ -642,6 +642,7 @@ fn fuzz_h5ad(o: &Opts) -> Res<()> {
     }
     let (mut execs, mut cli_execs, mut crashes, mut added) = (0u64, 0u64, 0u64, 0usize);
     let mut hdf5_faults = 0u64;
+    let mut mutation_faults = 0u64;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(o.seconds) {
         let (_, base) = &corpus[rng.random_range(0..corpus.len())];
@@ -649,13 +650,16 @@ fn fuzz_h5ad(o: &Opts) -> Res<()> {
         let mut what = Vec::new();
         if rng.random_bool(0.75) {
             std::fs::write(&input, base)?;
-            hdf5::silence_errors(true);
-            if let Ok(file) = hdf5::File::open_rw(&input) {
-                for _ in 0..rng.random_range(1..4) {
-                    match mutate_structure(&file, &mut rng) {
-                        Ok(w) => what.push(w),
-                        Err(e) => what.push(format!("failed: {e}")),
-                    }
+            // Mutating through libhdf5 opens corrupt corpus files read-write, and libhdf5 can
+            // crash on them too: the mutation runs in a forked child, and an input whose
+            // mutation crashed is skipped.
+            let mseed: u64 = rng.random();
+            let log = work.path().join("mutations.txt");
+            match mutate_in_child(&input, &log, mseed) {
+                Some(w) => what = w,
+                None => {
+                    mutation_faults += 1;
+                    continue;
                 }
             }
         } else {
@@ -747,7 +751,7 @@ fn fuzz_h5ad(o: &Opts) -> Res<()> {
         }
         if execs % 200 == 0 {
             eprintln!(
-                "{:>6.0} s  execs {execs}  cli {cli_execs}  outcomes {}  corpus {}  crashes {crashes}  libhdf5 faults reported {hdf5_faults}",
+                "{:>6.0} s  execs {execs}  cli {cli_execs}  outcomes {}  corpus {}  crashes {crashes}  libhdf5 faults reported {hdf5_faults}  mutation faults {mutation_faults}",
                 start.elapsed().as_secs_f64(),
                 seen.len(),
                 corpus.len()
@@ -756,12 +760,51 @@ fn fuzz_h5ad(o: &Opts) -> Res<()> {
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "h5ad: {execs} executions ({cli_execs} also through `cellfate run`) in {secs:.0} s ({:.1}/s), {} distinct outcomes, corpus {} (+{added}), crashes {crashes}, libhdf5 faults reported {hdf5_faults}",
+        "h5ad: {execs} executions ({cli_execs} also through `cellfate run`) in {secs:.0} s ({:.1}/s), {} distinct outcomes, corpus {} (+{added}), crashes {crashes}, libhdf5 faults reported {hdf5_faults} (mutations crashing libhdf5 in the mutator, skipped: {mutation_faults})",
         execs as f64 / secs,
         seen.len(),
         corpus.len()
     );
     Ok(())
+}
+
+/// Applies 1-3 structural mutations to `input` in a forked child (libhdf5 may crash on a
+/// corrupt file opened read-write); the mutations' descriptions, or `None` when the child
+/// died.
+#[allow(unsafe_code)]
+fn mutate_in_child(input: &Path, log: &Path, seed: u64) -> Option<Vec<String>> {
+    let _ = std::fs::remove_file(log);
+    // SAFETY: this process is single-threaded here (child processes are waited for, libhdf5
+    // starts no threads); the child only mutates the file, writes the log and _exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut what = Vec::new();
+        hdf5::silence_errors(true);
+        if let Ok(file) = hdf5::File::open_rw(input) {
+            for _ in 0..rng.random_range(1..4) {
+                match mutate_structure(&file, &mut rng) {
+                    Ok(w) => what.push(w),
+                    Err(e) => what.push(format!("failed: {e}")),
+                }
+            }
+            drop(file);
+        }
+        let ok = std::fs::write(log, what.join("\n")).is_ok();
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(i32::from(!ok)) };
+    }
+    if pid < 0 {
+        return None;
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        return None;
+    }
+    let text = std::fs::read_to_string(log).ok()?;
+    Some(text.lines().map(String::from).collect())
 }
 
 fn first_line(s: &str) -> &str {

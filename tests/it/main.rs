@@ -15,6 +15,7 @@ mod defaults;
 mod determinism;
 mod examples;
 mod flags;
+mod fuzz_corpus;
 mod gpcca_parity;
 mod kernel_exprs;
 mod kernel_io;
