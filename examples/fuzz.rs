@@ -676,7 +676,11 @@ fn fuzz_h5ad(o: &Opts) -> Res<()> {
         let mut key = match &run {
             Run::Exited(0, line, _) => Some(line.clone()),
             Run::Exited(2, _, err)
-                if err.contains("libhdf5 crashed") || err.contains("libhdf5 did not return") =>
+                if (err.contains("libhdf5 crashed") || err.contains("libhdf5 did not return"))
+                    // Our own aborts (allocation failures, stack overflows) print first.
+                    && !err.contains("memory allocation of")
+                    && !err.contains("overflowed its stack")
+                    && !err.contains("panicked") =>
             {
                 // Inside libhdf5 on a corrupt file, reported by the fault reporter: counted
                 // and kept apart from crashes in our code.
@@ -727,7 +731,11 @@ fn fuzz_h5ad(o: &Opts) -> Res<()> {
                 Duration::from_secs(60),
             )?;
             match run {
-                Run::Exited(0 | 2, _, err) if !err.contains("panicked") => {
+                Run::Exited(0 | 2, _, err)
+                    if !err.contains("panicked")
+                        && !err.contains("memory allocation of")
+                        && !err.contains("overflowed its stack") =>
+                {
                     if let Some(k) = key.as_mut() {
                         k.push_str(" || cli ");
                         k.push_str(&class_of(first_line(&err)));

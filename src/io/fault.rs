@@ -152,7 +152,7 @@ impl Drop for Reading {
     }
 }
 
-struct Old(std::cell::UnsafeCell<[libc::sigaction; 2]>);
+struct Old(std::cell::UnsafeCell<[libc::sigaction; 3]>);
 // SAFETY: written once by `install_fault_reporter` before the handlers are installed (under
 // the `INSTALLED` swap), read only by the handlers afterwards.
 #[allow(unsafe_code)]
@@ -162,9 +162,11 @@ unsafe impl Sync for Old {}
 // SAFETY: an all-zero `sigaction` is a valid value (SIG_DFL, empty mask, no flags).
 static OLD: Old = Old(std::cell::UnsafeCell::new(unsafe { std::mem::zeroed() }));
 
-const SIGNALS: [libc::c_int; 2] = [libc::SIGSEGV, libc::SIGBUS];
+/// SIGABRT too: glibc aborts when libhdf5 frees a pointer a corrupt file made it compute
+/// (`free(): invalid pointer` while closing the file, seen in fuzzing).
+const SIGNALS: [libc::c_int; 3] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGABRT];
 
-/// Installs the SIGSEGV/SIGBUS reporter (once per process; later calls do nothing). Meant
+/// Installs the SIGSEGV/SIGBUS/SIGABRT reporter (once per process; later calls do nothing). Meant
 /// for programs (the CLI, the fuzzer), not for libraries embedding cellfate, which own their
 /// signal handling.
 #[allow(unsafe_code)]
@@ -194,13 +196,15 @@ pub fn install_fault_reporter() {
 #[allow(unsafe_code)]
 extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     let n = CONTEXT_LEN.load(Ordering::Acquire);
-    if n > 0 && !near_stack_pointer(info, ctx) {
+    if n > 0 && (sig == libc::SIGABRT || !near_stack_pointer(info, ctx)) {
         crate::output::remove_temporaries();
         // No stack buffers (this runs on the small signal stack): the pieces are written
         // one by one, the context straight from its static buffer (`AtomicU8` has the
         // layout of `u8`).
         let what: &[u8] = if sig == libc::SIGBUS {
             b": libhdf5 crashed (SIGBUS)"
+        } else if sig == libc::SIGABRT {
+            b": libhdf5 crashed (SIGABRT: the process aborted; a message above may say why, e.g. the memory allocator found damaged data)"
         } else {
             b": libhdf5 crashed (SIGSEGV)"
         };
@@ -217,7 +221,9 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
     }
     // Not ours: hand over to the previous handler (Rust's stack-overflow report) or the
     // default action (the fault re-executes and kills the process).
-    let i = usize::from(sig != libc::SIGSEGV);
+    let Some(i) = SIGNALS.iter().position(|&s| s == sig) else {
+        return;
+    };
     // SAFETY: OLD was fully written before this handler was installed; sigaction and
     // the previous handler are called as the kernel would.
     unsafe {

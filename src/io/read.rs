@@ -991,27 +991,48 @@ impl H5adReader {
             .and_then(|t| t.to_descriptor())
             .map_err(self.hdf5_err(slot))?;
         let e = self.hdf5_err(slot);
+        // hdf5's string types hand out `&str` without checking the bytes: every string is
+        // checked to be UTF-8 here (a corrupt file can hold anything).
         match desc {
             TypeDescriptor::VarLenUnicode => ds
                 .read_raw::<VarLenUnicode>()
-                .map(|v| v.into_iter().map(|s| s.as_str().to_string()).collect())
-                .map_err(e),
+                .map_err(e)
+                .and_then(|v| self.utf8(slot, v.iter().map(|s| s.as_bytes()))),
             TypeDescriptor::VarLenAscii => ds
                 .read_raw::<VarLenAscii>()
-                .map(|v| v.into_iter().map(|s| s.as_str().to_string()).collect())
-                .map_err(e),
+                .map_err(e)
+                .and_then(|v| self.utf8(slot, v.iter().map(|s| s.as_bytes()))),
             // HDF5 converts a fixed-length string to a longer fixed-length one of the same
             // character set (not ASCII to UTF-8: numpy's `S` arrays are ASCII).
             TypeDescriptor::FixedAscii(n) if n <= 4096 => ds
                 .read_raw::<hdf5::types::FixedAscii<4096>>()
-                .map(|v| v.into_iter().map(|s| s.as_str().to_string()).collect())
-                .map_err(e),
+                .map_err(e)
+                .and_then(|v| self.utf8(slot, v.iter().map(|s| s.as_bytes()))),
             TypeDescriptor::FixedUnicode(n) if n <= 4096 => ds
                 .read_raw::<hdf5::types::FixedUnicode<4096>>()
-                .map(|v| v.into_iter().map(|s| s.as_str().to_string()).collect())
-                .map_err(e),
+                .map_err(e)
+                .and_then(|v| self.utf8(slot, v.iter().map(|s| s.as_bytes()))),
             other => Err(self.invalid(slot, "strings", format!("HDF5 type {other:?}"))),
         }
+    }
+
+    /// Strings from raw bytes, refusing invalid UTF-8 with the slot and element.
+    fn utf8<'a>(&self, slot: &str, items: impl Iterator<Item = &'a [u8]>) -> Result<Vec<String>> {
+        items
+            .enumerate()
+            .map(|(i, b)| {
+                String::from_utf8(b.to_vec()).map_err(|_| {
+                    self.invalid(
+                        slot,
+                        "UTF-8 strings",
+                        format!(
+                            "element {i} is not valid UTF-8 ({:?})",
+                            String::from_utf8_lossy(b)
+                        ),
+                    )
+                })
+            })
+            .collect()
     }
 
     fn sparse_shape(&self, g: &Group, slot: &str) -> Result<[usize; 2]> {
@@ -1145,12 +1166,12 @@ impl H5adReader {
         super::fault::guarded_attr_read(|| match desc {
             TypeDescriptor::VarLenUnicode => attr
                 .read_raw::<VarLenUnicode>()
-                .map(|v| v.into_iter().map(|s| s.as_str().to_string()).collect())
-                .map_err(e),
+                .map_err(e)
+                .and_then(|v| self.utf8(slot, v.iter().map(|s| s.as_bytes()))),
             TypeDescriptor::VarLenAscii => attr
                 .read_raw::<VarLenAscii>()
-                .map(|v| v.into_iter().map(|s| s.as_str().to_string()).collect())
-                .map_err(e),
+                .map_err(e)
+                .and_then(|v| self.utf8(slot, v.iter().map(|s| s.as_bytes()))),
             // anndata writes an empty float64 array when there are no columns.
             _ => Ok(Vec::new()),
         })
@@ -1412,15 +1433,15 @@ fn read_str_attr_unguarded(loc: &hdf5::Location, name: &str) -> Option<String> {
         TypeDescriptor::VarLenUnicode => a
             .read_scalar::<VarLenUnicode>()
             .ok()
-            .map(|s| s.as_str().to_string()),
+            .map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned()),
         TypeDescriptor::VarLenAscii => a
             .read_scalar::<VarLenAscii>()
             .ok()
-            .map(|s| s.as_str().to_string()),
+            .map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned()),
         TypeDescriptor::FixedAscii(_) | TypeDescriptor::FixedUnicode(_) => a
             .read_scalar::<hdf5::types::FixedUnicode<4096>>()
             .ok()
-            .map(|s| s.as_str().to_string()),
+            .map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned()),
         _ => None,
     }
 }
