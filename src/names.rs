@@ -130,6 +130,51 @@ where
     out
 }
 
+/// The fields of one CSV record on one line, under RFC 4180 (the reverse of [`csv_record`]
+/// for records without line breaks): a field in double quotes may hold commas and doubled
+/// double quotes; spaces around unquoted fields are kept. `None` when a quote is not closed or
+/// a closing quote is followed by anything but a comma.
+pub fn parse_csv_line(line: &str) -> Option<Vec<String>> {
+    let mut fields = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        let mut field = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        field.push('"');
+                    }
+                    '"' => break,
+                    c => field.push(c),
+                }
+            }
+            match chars.next() {
+                None => {
+                    fields.push(field);
+                    return Some(fields);
+                }
+                Some(',') => fields.push(field),
+                Some(_) => return None,
+            }
+        } else {
+            loop {
+                match chars.next() {
+                    None => {
+                        fields.push(field);
+                        return Some(fields);
+                    }
+                    Some(',') => break,
+                    Some(c) => field.push(c),
+                }
+            }
+            fields.push(field);
+        }
+    }
+}
+
 /// A short, stable hash of a string: 8 hex digits of its 64-bit FNV-1a hash folded to 32
 /// bits. The same on every platform and release, so names derived from it do not change
 /// between runs.
@@ -211,6 +256,25 @@ impl UniqueStems {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn csv_lines_parse_back() {
+        use super::{csv_record, parse_csv_line};
+        for rec in [
+            vec!["a", "b"],
+            vec!["cell,1", "state \"x\""],
+            vec!["", ""],
+            vec!["\"", ","],
+        ] {
+            let line = csv_record(&rec);
+            assert_eq!(
+                parse_csv_line(line.trim_end_matches('\n')),
+                Some(rec.iter().map(|s| s.to_string()).collect())
+            );
+        }
+        assert_eq!(parse_csv_line("\"open,b"), None);
+        assert_eq!(parse_csv_line("\"a\"x,b"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -606,3 +606,85 @@ fn a_5000_character_state_name_does_not_abort_plots_or_report() {
             .args(["--format", "svg", "--n-walks", "5"]),
     );
 }
+
+/// `terminal-states --cells-file`: names holding commas come quoted (RFC 4180, as cellfate
+/// writes CSV), an unclosed quote is an error naming the line, and duplicated obs names are
+/// refused (a name shared by many cells would pick one of them).
+#[test]
+fn cells_file_reads_quoted_names_and_refuses_duplicated_obs_names() {
+    let d = tempdir();
+    let sim = d.path().join("sim.h5ad");
+    succeed(
+        cellfate()
+            .args([
+                "simulate", "-q", "--cells", "200", "--genes", "20", "--fates", "2",
+            ])
+            .arg("-o")
+            .arg(&sim),
+    );
+    let r = cellfate::io::H5adReader::open(&sim).expect("simulation");
+    let names = r.obs_names().expect("obs names");
+    drop(r);
+    let cells = d.path().join("cells.csv");
+    std::fs::write(
+        &cells,
+        format!("cell,state\n\"{}\",A\n{},\"B, late\"\n", names[0], names[1]),
+    )
+    .expect("write");
+    let out = d.path().join("ts.h5ad");
+    let res = succeed(
+        cellfate()
+            .arg("terminal-states")
+            .arg(&sim)
+            .arg("--cells-file")
+            .arg(&cells)
+            .arg("-o")
+            .arg(&out),
+    );
+    assert!(
+        text(&res.stdout).contains("B, late (1 cells)"),
+        "{}",
+        text(&res.stdout)
+    );
+    std::fs::write(&cells, format!("cell,state\n\"{},A\n", names[0])).expect("write");
+    let res = cellfate()
+        .arg("terminal-states")
+        .arg(&sim)
+        .arg("--cells-file")
+        .arg(&cells)
+        .arg("-o")
+        .arg(d.path().join("ts2.h5ad"))
+        .output()
+        .expect("runs");
+    assert_eq!(res.status.code(), Some(2));
+    assert!(
+        text(&res.stderr).contains("cells.csv:2"),
+        "{}",
+        text(&res.stderr)
+    );
+    // Every cell named "cell": refused, naming the input and the duplicated name.
+    let dup = d.path().join("dup.h5ad");
+    let r = cellfate::io::H5adReader::open(&sim).expect("simulation");
+    let mut obs = r.obs().expect("obs");
+    drop(r);
+    obs.index = vec!["cell".to_string(); names.len()];
+    let mut edit = cellfate::io::H5adEdit::new(&sim);
+    edit.set("obs", Element::DataFrame(obs));
+    edit.write_to(&dup).expect("edited copy");
+    std::fs::write(&cells, "cell,state\ncell,A\n").expect("write");
+    let res = cellfate()
+        .arg("terminal-states")
+        .arg(&dup)
+        .arg("--cells-file")
+        .arg(&cells)
+        .arg("-o")
+        .arg(d.path().join("ts3.h5ad"))
+        .output()
+        .expect("runs");
+    let err = text(&res.stderr);
+    assert_eq!(res.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("dup.h5ad") && err.contains("not unique") && err.contains("\"cell\""),
+        "{err}"
+    );
+}

@@ -185,11 +185,17 @@ fn terminal_states_by_hand(a: &TerminalArgs, d: Direction) -> anyhow::Result<Str
             let path = a.cells_file.as_ref().context("no states given")?;
             let text = crate::read_text(path)?;
             let names = r.obs_names()?;
-            let index: std::collections::HashMap<&str, usize> = names
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (s.as_str(), i))
-                .collect();
+            let mut index: std::collections::HashMap<&str, usize> =
+                std::collections::HashMap::with_capacity(names.len());
+            for (i, s) in names.iter().enumerate() {
+                if let Some(first) = index.insert(s.as_str(), i) {
+                    bail!(
+                        "--cells-file names cells by obs name, but the obs names of {} are not unique ({:?} is cell {first} and cell {i}); make them unique first (anndata: adata.obs_names_make_unique())",
+                        a.io.input.display(),
+                        cellfate::names::escape_for_terminal(s)
+                    );
+                }
+            }
             let mut labels = vec![None; n];
             let mut order: Vec<String> = Vec::new();
             for (lineno, line) in text.lines().enumerate() {
@@ -197,10 +203,17 @@ fn terminal_states_by_hand(a: &TerminalArgs, d: Direction) -> anyhow::Result<Str
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
-                let (cell, state) = line.split_once(',').with_context(|| {
-                    format!("{}:{}: expected `cell,state`", path.display(), lineno + 1)
-                })?;
-                let (cell, state) = (cell.trim(), state.trim());
+                // RFC 4180 fields: names holding commas or quotes come quoted.
+                let fields = cellfate::names::parse_csv_line(line)
+                    .filter(|f| f.len() == 2)
+                    .with_context(|| {
+                        format!(
+                            "{}:{}: expected `cell,state` (two CSV fields; quote names holding commas)",
+                            path.display(),
+                            lineno + 1
+                        )
+                    })?;
+                let (cell, state) = (fields[0].trim(), fields[1].trim());
                 let Some(&i) = index.get(cell) else {
                     if lineno == 0 {
                         continue; // a header line
