@@ -1073,6 +1073,28 @@ impl H5adReader {
         };
         let data_ds = sub("data")?;
         let data_slot = join(slot, "data");
+        let axis = if format == SparseFormat::Csr {
+            "row"
+        } else {
+            "column"
+        };
+        // Lengths checked from the metadata before anything is read: a declared length that
+        // cannot be right is refused without allocating it.
+        let (indptr_pre, indices_pre) = (sub("indptr")?, sub("indices")?);
+        if indptr_pre.ndim() != 1 || indptr_pre.size() != major + 1 {
+            return Err(self.invalid(
+                &join(slot, "indptr"),
+                format!("{} entries ({} {axis}s + 1)", major + 1, major),
+                format!("shape {:?}", indptr_pre.shape()),
+            ));
+        }
+        if indices_pre.ndim() != 1 || data_ds.ndim() != 1 || indices_pre.size() != data_ds.size() {
+            return Err(self.invalid(
+                &join(slot, "indices"),
+                format!("1-d, as many as data ({:?})", data_ds.shape()),
+                format!("shape {:?}", indices_pre.shape()),
+            ));
+        }
         let desc = data_ds
             .dtype()
             .and_then(|t| t.to_descriptor())
@@ -1088,11 +1110,6 @@ impl H5adReader {
         let indices: Vec<i64> = indices_ds
             .read_raw()
             .map_err(self.hdf5_err(&indices_slot))?;
-        let axis = if format == SparseFormat::Csr {
-            "row"
-        } else {
-            "column"
-        };
         if indptr.len() != major + 1 {
             return Err(self.invalid(
                 &indptr_slot,
