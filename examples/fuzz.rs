@@ -676,7 +676,9 @@ fn fuzz_h5ad(o: &Opts) -> Res<()> {
         let mut key = match &run {
             Run::Exited(0, line, _) => Some(line.clone()),
             Run::Exited(2, _, err)
-                if (err.contains("libhdf5 crashed") || err.contains("libhdf5 did not return"))
+                if (err.contains("libhdf5 crashed")
+                    || err.contains("libhdf5 did not return")
+                    || err.contains("aborted (SIGABRT) while reading"))
                     // Our own aborts (allocation failures, stack overflows) print first.
                     && !err.contains("memory allocation of")
                     && !err.contains("overflowed its stack")

@@ -204,11 +204,15 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
         let what: &[u8] = if sig == libc::SIGBUS {
             b": libhdf5 crashed (SIGBUS)"
         } else if sig == libc::SIGABRT {
-            b": libhdf5 crashed (SIGABRT: the process aborted; a message above may say why, e.g. the memory allocator found damaged data)"
+            b": aborted (SIGABRT) while reading this file; the message above says why (libhdf5 or the memory allocator on damaged data, or memory exhausted)"
         } else {
             b": libhdf5 crashed (SIGSEGV)"
         };
-        let rest: &[u8] = b" reading this file: its HDF5 structures are corrupt (libhdf5 trusts sizes stored in the file, e.g. of variable-length strings). Re-create the file from its source (anndata's write_h5ad); if the file reads fine elsewhere, please report this as a cellfate bug.\n";
+        let rest: &[u8] = if sig == libc::SIGABRT {
+            b". Re-create the file from its source (anndata's write_h5ad) if it is damaged; if it reads fine elsewhere and memory sufficed, please report this as a cellfate bug.\n"
+        } else {
+            b" reading this file: its HDF5 structures are corrupt (libhdf5 trusts sizes stored in the file, e.g. of variable-length strings). Re-create the file from its source (anndata's write_h5ad); if the file reads fine elsewhere, please report this as a cellfate bug.\n"
+        };
         // SAFETY: write(2) and _exit(2) are async-signal-safe; every buffer is static.
         unsafe {
             let head: &[u8] = b"error: ";

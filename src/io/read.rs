@@ -1201,6 +1201,18 @@ impl H5adReader {
         let mut columns = Vec::new();
         for name in self.column_order(g, slot)? {
             let col_slot = join(slot, &name);
+            // A column stored as one dataset: its declared shape is checked before it is read
+            // (a column declaring [24, 5e7] in a small file would be allocated first).
+            if let Ok(ds) = g.dataset(&name) {
+                let shape = ds.shape();
+                if shape.len() != 1 || shape[0] != index.len() {
+                    return Err(self.invalid(
+                        &col_slot,
+                        format!("{} values (the index length), 1-d", index.len()),
+                        format!("shape {shape:?}"),
+                    ));
+                }
+            }
             let col = self.read_column(g, &name, &col_slot)?;
             let len = col.shape().first().copied().unwrap_or(0);
             if len != index.len() {
