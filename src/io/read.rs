@@ -427,7 +427,20 @@ impl H5adReader {
             let index = read_str_attr(&g, "_index").unwrap_or_else(|| "_index".to_string());
             let slot = format!("{df}/{index}");
             if self.exists(&slot) {
-                return Ok(self.info(&slot)?.shape.first().copied().unwrap_or(0));
+                let n = self.info(&slot)?.shape.first().copied().unwrap_or(0);
+                // The index and X must agree: per-cell and per-gene arrays are indexed by both.
+                if self.exists("X") {
+                    if let Some(&x) = self.info("X")?.shape.get(x_axis) {
+                        if x != n {
+                            return Err(self.invalid(
+                                &slot,
+                                format!("{x} names ({} of X)", ["rows", "columns"][x_axis]),
+                                format!("{n}"),
+                            ));
+                        }
+                    }
+                }
+                return Ok(n);
             }
         }
         if self.exists("X") {
@@ -630,7 +643,55 @@ impl H5adReader {
                 available: self.column_order(&g, df).unwrap_or_default(),
             });
         }
-        self.read_column(&g, name, &slot)
+        let index = read_str_attr(&g, "_index").unwrap_or_else(|| "_index".to_string());
+        let index_slot = join(df, &index);
+        let n = if df == "obs" || df == "var" {
+            // The index length, checked against X.
+            Some(self.axis_len(df, usize::from(df == "var"))?)
+        } else if self.exists(&index_slot) {
+            Some(self.info(&index_slot)?.shape.first().copied().unwrap_or(0))
+        } else {
+            None
+        };
+        self.check_column_shape(&g, name, &slot, n)?;
+        let col = self.read_column(&g, name, &slot)?;
+        if let Some(n) = n {
+            self.check_column_len(&col, &slot, n)?;
+        }
+        Ok(col)
+    }
+
+    /// A column stored as one dataset: its declared shape is checked before it is read
+    /// (a column declaring [24, 5e7] in a small file would be allocated first).
+    fn check_column_shape(
+        &self,
+        g: &Group,
+        name: &str,
+        slot: &str,
+        n: Option<usize>,
+    ) -> Result<()> {
+        if let Ok(ds) = g.dataset(name) {
+            let shape = ds.shape();
+            if shape.len() != 1 || n.is_some_and(|n| shape[0] != n) {
+                let want = n.map_or("1-d".to_string(), |n| {
+                    format!("{n} values (the index length), 1-d")
+                });
+                return Err(self.invalid(slot, want, format!("shape {shape:?}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_column_len(&self, col: &Element, slot: &str, n: usize) -> Result<()> {
+        let len = col.shape().first().copied().unwrap_or(0);
+        if len != n {
+            return Err(self.invalid(
+                slot,
+                format!("{n} values (the index length)"),
+                format!("{len}"),
+            ));
+        }
+        Ok(())
     }
 
     /// A numeric per-cell column of `obs` as `f64` (bool as 0/1, nullable missing as NaN).
@@ -1201,27 +1262,9 @@ impl H5adReader {
         let mut columns = Vec::new();
         for name in self.column_order(g, slot)? {
             let col_slot = join(slot, &name);
-            // A column stored as one dataset: its declared shape is checked before it is read
-            // (a column declaring [24, 5e7] in a small file would be allocated first).
-            if let Ok(ds) = g.dataset(&name) {
-                let shape = ds.shape();
-                if shape.len() != 1 || shape[0] != index.len() {
-                    return Err(self.invalid(
-                        &col_slot,
-                        format!("{} values (the index length), 1-d", index.len()),
-                        format!("shape {shape:?}"),
-                    ));
-                }
-            }
+            self.check_column_shape(g, &name, &col_slot, Some(index.len()))?;
             let col = self.read_column(g, &name, &col_slot)?;
-            let len = col.shape().first().copied().unwrap_or(0);
-            if len != index.len() {
-                return Err(self.invalid(
-                    &col_slot,
-                    format!("{} values (the index length)", index.len()),
-                    format!("{len}"),
-                ));
-            }
+            self.check_column_len(&col, &col_slot, index.len())?;
             columns.push((name, col));
         }
         Ok(DataFrame {

@@ -13,6 +13,14 @@ fn to_source(slot: &str, key: &str, e: H5adError) -> SourceError {
             key: key.into(),
             available,
         },
+        // A problem in another slot (the dataframe's index, say) keeps its own slot name.
+        H5adError::Invalid { slot: ref bad, .. } if *bad != format!("{slot}/{key}") => {
+            SourceError::Storage {
+                slot: slot.into(),
+                key: key.into(),
+                detail: e.to_string(),
+            }
+        }
         H5adError::Invalid {
             expected, found, ..
         } => SourceError::Invalid {

@@ -498,6 +498,30 @@ fn umap_connectivities(nn: &[Vec<(usize, f64)>], k: usize) -> Csr {
     c
 }
 
+/// `var["highly_variable"]` when present, as one flag per gene: a column of another length,
+/// or one that is not numeric or boolean, is an error naming the slot (not silently ignored).
+fn highly_variable_column(r: &H5adReader, g: usize) -> Result<Option<Vec<bool>>, PipelineError> {
+    if !r.exists("var/highly_variable") {
+        return Ok(None);
+    }
+    let col = r.column("var", "highly_variable")?;
+    let found = col.encoding();
+    let v = col.to_f64_vec().ok_or_else(|| {
+        err(format!(
+            "{}: var/highly_variable: expected a boolean column, found {found}",
+            r.path().display()
+        ))
+    })?;
+    if v.len() != g {
+        return Err(err(format!(
+            "{}: var/highly_variable: expected {g} values (one per gene of the layers), found {}",
+            r.path().display(),
+            v.len()
+        )));
+    }
+    Ok(Some(v.into_iter().map(|x| x != 0.0).collect()))
+}
+
 /// Recomputes RNA velocity on a processed file (scVelo's `tl.velocity`): reads
 /// `layers["Ms"]`, `layers["Mu"]` and, for the stochastic model, the normalised
 /// `layers["spliced"]`/`["unspliced"]` with `obsp["connectivities"]`; `var["highly_variable"]`
@@ -530,11 +554,7 @@ pub fn velocity_in_file(
         )));
     }
     let (n, g) = (sms[0], sms[1]);
-    let hvg: Option<Vec<bool>> = r
-        .read("var/highly_variable")
-        .ok()
-        .and_then(|e| e.to_f64_vec())
-        .map(|v| v.into_iter().map(|x| x != 0.0).collect());
+    let hvg = highly_variable_column(&r, g)?;
     let stochastic = mode == velocity::VelocityMode::Stochastic;
     let counts = if stochastic {
         need(
@@ -624,11 +644,7 @@ pub fn moments_velocity_in_file(
     } else {
         (s, u)
     };
-    let hvg: Option<Vec<bool>> = r
-        .read("var/highly_variable")
-        .ok()
-        .and_then(|e| e.to_f64_vec())
-        .map(|v| v.into_iter().map(|x| x != 0.0).collect());
+    let hvg = highly_variable_column(&r, g)?;
     let mut edit = H5adEdit::new(input);
     if mode == velocity::VelocityMode::Deterministic {
         edit.remove("layers/variance_velocity");
