@@ -7,73 +7,17 @@
 //! `writes.rs`, `flags.rs`, `data_validation.rs`, `names_batch.rs`, `determinism.rs`,
 //! `fuzz_corpus.rs`.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use cellfate::io::{Element, H5adEdit, H5adReader, NumVec};
 
-use crate::common::{cellfate, succeed, tempdir};
-
-/// Everything under `dir` (links not followed): kind, size, modification time and bytes.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (String, u64, SystemTime, Vec<u8>)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("readable dir") {
-            let p = e.expect("entry").path();
-            let m = std::fs::symlink_metadata(&p).expect("metadata");
-            let mtime = m.modified().expect("mtime");
-            let t = m.file_type();
-            if t.is_dir() {
-                stack.push(p.clone());
-                out.insert(p, ("dir".into(), 0, mtime, Vec::new()));
-            } else if t.is_file() {
-                let bytes = std::fs::read(&p).expect("read");
-                out.insert(p, ("file".into(), m.len(), mtime, bytes));
-            } else if t.is_symlink() {
-                let target = std::fs::read_link(&p).expect("link");
-                let bytes = target.as_os_str().as_encoded_bytes().to_vec();
-                out.insert(p, ("link".into(), 0, mtime, bytes));
-            } else {
-                out.insert(p, ("special".into(), 0, mtime, Vec::new()));
-            }
-        }
-    }
-    out
-}
-
-/// Runs `cmd` (stdin closed), killing it after `limit`: a hang fails the case.
-fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
-    let d = tempdir();
-    let (o, e) = (d.path().join("out"), d.path().join("err"));
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&o).expect("stdout"))
-        .stderr(std::fs::File::create(&e).expect("stderr"))
-        .spawn()
-        .expect("starts");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?}: no answer within {limit:?} (killed)");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: std::fs::read(&o).expect("stdout"),
-        stderr: std::fs::read(&e).expect("stderr"),
-    }
-}
+use crate::common::{
+    cellfate, run_bounded, simulate_cli, small_run_flags, snapshot, succeed, tempdir,
+};
 
 /// One case: the command, the paths it may create or change, the expected exit code and the
 /// key words its stderr (or, on success, stdout) must hold.
@@ -157,14 +101,7 @@ impl Case {
 fn fixture() -> (tempfile::TempDir, PathBuf) {
     let d = tempdir();
     let sim = d.path().join("sim.h5ad");
-    succeed(
-        cellfate()
-            .args([
-                "simulate", "-q", "--cells", "200", "--genes", "20", "--fates", "2",
-            ])
-            .arg("-o")
-            .arg(&sim),
-    );
+    simulate_cli(&sim, &["--cells", "200", "--genes", "20", "--fates", "2"]);
     (d, sim)
 }
 
@@ -179,21 +116,6 @@ fn cmd(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
 fn mkfifo(p: &Path) {
     succeed(Command::new("mkfifo").arg(p));
 }
-
-/// Fate-mapping flags for the small simulation.
-const RUN: &[&str] = &[
-    "-q",
-    "--cluster-key",
-    "clusters",
-    "--n-states",
-    "4",
-    "--terminal-method",
-    "top_n",
-    "--n-terminal",
-    "2",
-    "--n-cells",
-    "20",
-];
 
 #[test]
 fn item1_writes_special_files_and_links_at_the_output_are_refused() {
@@ -272,7 +194,7 @@ fn item3_negative_raw_counts_are_an_error_naming_layer_and_value() {
     edit.write_to(&bad).expect("edited copy");
     let out = d.path().join("out.h5ad");
     let mut c = cmd(&[&"run", &bad, &"-o", &out]);
-    c.args(RUN);
+    c.args(small_run_flags("20"));
     Case::new(
         "3: negative raw counts",
         c,
@@ -370,7 +292,7 @@ fn item7_results_do_not_depend_on_the_thread_count() {
     let (a, b) = (d.path().join("t1.h5ad"), d.path().join("t2.h5ad"));
     for (threads, out) in [("1", &a), ("2", &b)] {
         let mut c = cmd(&[&"--threads", &threads, &"run", &sim, &"-o", out]);
-        c.args(RUN);
+        c.args(small_run_flags("20"));
         Case::new("7: run", c, 0, &[]).writes(out).check(d.path());
     }
     crate::determinism::assert_same_data(&a, &b);
@@ -394,7 +316,7 @@ fn item8_a_full_disk_is_an_error_naming_the_output() {
         .arg(&sim)
         .arg("-o")
         .arg(&out)
-        .args(RUN);
+        .args(small_run_flags("20"));
     Case::new("8: full disk", c, 2, &["out.h5ad"])
         .writes(&out)
         .check(d.path());

@@ -156,3 +156,94 @@ pub(crate) fn subspace_sin(n: usize, k: usize, a: (&[f64], usize), b: (&[f64], u
         .fold(f64::INFINITY, f64::min);
     (1.0 - smin * smin).max(0.0).sqrt()
 }
+
+/// Fate-mapping flags of the runs on small simulations: the two most stable of 4 macrostates
+/// are the terminal states, named after the `clusters` of their `n_cells` cells; quiet.
+pub(crate) fn small_run_flags(n_cells: &'static str) -> [&'static str; 11] {
+    [
+        "--cluster-key",
+        "clusters",
+        "--n-states",
+        "4",
+        "--terminal-method",
+        "top_n",
+        "--n-terminal",
+        "2",
+        "--n-cells",
+        n_cells,
+        "-q",
+    ]
+}
+
+/// `cellfate simulate -q ARGS -o path` (the CLI's simulator), which must succeed.
+pub(crate) fn simulate_cli(path: &std::path::Path, args: &[&str]) {
+    succeed(
+        cellfate()
+            .args(["simulate", "-q"])
+            .args(args)
+            .arg("-o")
+            .arg(path),
+    );
+}
+
+/// Everything under `dir` (links not followed): kind, size, modification time and bytes.
+pub(crate) fn snapshot(
+    dir: &std::path::Path,
+) -> std::collections::BTreeMap<std::path::PathBuf, (String, u64, std::time::SystemTime, Vec<u8>)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("readable dir") {
+            let p = e.expect("entry").path();
+            let m = std::fs::symlink_metadata(&p).expect("metadata");
+            let mtime = m.modified().expect("mtime");
+            let t = m.file_type();
+            if t.is_dir() {
+                stack.push(p.clone());
+                out.insert(p, ("dir".into(), 0, mtime, Vec::new()));
+            } else if t.is_file() {
+                let bytes = std::fs::read(&p).expect("read");
+                out.insert(p, ("file".into(), m.len(), mtime, bytes));
+            } else if t.is_symlink() {
+                let target = std::fs::read_link(&p).expect("link");
+                let bytes = target.as_os_str().as_encoded_bytes().to_vec();
+                out.insert(p, ("link".into(), 0, mtime, bytes));
+            } else {
+                out.insert(p, ("special".into(), 0, mtime, Vec::new()));
+            }
+        }
+    }
+    out
+}
+
+/// Runs `cmd` (stdin closed), killing it after `limit`: a hang fails the case.
+pub(crate) fn run_bounded(
+    cmd: &mut std::process::Command,
+    limit: std::time::Duration,
+) -> std::process::Output {
+    let d = tempdir();
+    let (o, e) = (d.path().join("out"), d.path().join("err"));
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&o).expect("stdout"))
+        .stderr(std::fs::File::create(&e).expect("stderr"))
+        .spawn()
+        .expect("starts");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?}: no answer within {limit:?} (killed)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    std::process::Output {
+        status,
+        stdout: std::fs::read(&o).expect("stdout"),
+        stderr: std::fs::read(&e).expect("stderr"),
+    }
+}

@@ -8,33 +8,16 @@ use std::path::{Path, PathBuf};
 
 use cellfate::io::{Element, H5adEdit, H5adReader, NumVec, SparseArray};
 
-use crate::common::{cellfate, succeed, tempdir};
-
-/// Flags of the runs on the small simulation.
-const FLAGS: &[&str] = &[
-    "--cluster-key",
-    "clusters",
-    "--n-states",
-    "4",
-    "--terminal-method",
-    "top_n",
-    "--n-terminal",
-    "2",
-    "--n-cells",
-    "30",
-    "-q",
-];
+use crate::common::{cellfate, simulate_cli, small_run_flags, succeed, tempdir};
 
 /// Raw counts of 300 cells × 40 genes, two fates (the CLI's simulator).
 fn simulate(dir: &Path) -> PathBuf {
     let sim = dir.join("sim.h5ad");
-    succeed(
-        cellfate()
-            .args([
-                "simulate", "--fates", "2", "--cells", "300", "--genes", "40", "--seed", "5",
-            ])
-            .arg("-o")
-            .arg(&sim),
+    simulate_cli(
+        &sim,
+        &[
+            "--fates", "2", "--cells", "300", "--genes", "40", "--seed", "5",
+        ],
     );
     sim
 }
@@ -96,7 +79,7 @@ fn negative_raw_counts_are_refused_with_layer_cell_gene_and_value() {
     let res = cellfate()
         .arg("run")
         .arg(&bad)
-        .args(FLAGS)
+        .args(small_run_flags("30"))
         .arg("-o")
         .arg(&out)
         .output()
@@ -210,7 +193,7 @@ fn nan_in_x_excludes_driver_genes_with_a_warning() {
         cellfate()
             .arg("run")
             .arg(&pp)
-            .args(FLAGS)
+            .args(small_run_flags("30"))
             .arg("--json")
             .arg("-o")
             .arg(d.path().join("clean.h5ad")),
@@ -230,7 +213,7 @@ fn nan_in_x_excludes_driver_genes_with_a_warning() {
         cellfate()
             .arg("run")
             .arg(&nan)
-            .args(FLAGS)
+            .args(small_run_flags("30"))
             .arg("--json")
             .arg("-o")
             .arg(&out),
@@ -279,7 +262,7 @@ fn nan_in_x_excludes_driver_genes_with_a_warning() {
         cellfate()
             .arg("run")
             .arg(&nan)
-            .args(FLAGS)
+            .args(small_run_flags("30"))
             .arg("-o")
             .arg(d.path().join("text.h5ad")),
     );
@@ -324,7 +307,7 @@ fn nan_in_moments_is_an_error_naming_the_layer() {
     let res = cellfate()
         .arg("run")
         .arg(&nan)
-        .args(FLAGS)
+        .args(small_run_flags("30"))
         .arg("-o")
         .arg(d.path().join("out.h5ad"))
         .output()
@@ -353,7 +336,7 @@ fn nan_in_the_knn_graph_is_an_error_naming_the_slot() {
     let res = cellfate()
         .arg("run")
         .arg(&nan)
-        .args(FLAGS)
+        .args(small_run_flags("30"))
         .arg("-o")
         .arg(d.path().join("out.h5ad"))
         .output()
@@ -365,4 +348,68 @@ fn nan_in_the_knn_graph_is_an_error_naming_the_slot() {
         "{msg}"
     );
     assert!(!msg.contains("panicked"), "{msg}");
+}
+
+/// Per-gene arrays of another length than the genes (found by fuzzing: `run` indexed them
+/// unchecked): a `var` index of one name for 40 genes, and a `var["highly_variable"]` of one
+/// flag, are errors naming the slot and both lengths; nothing is written.
+#[test]
+fn per_gene_arrays_of_the_wrong_length_are_errors_naming_the_slot() {
+    let d = tempdir();
+    let pp = processed(d.path());
+    for slot in ["_index", "highly_variable"] {
+        let bad = d.path().join("bad.h5ad");
+        std::fs::copy(&pp, &bad).expect("copy");
+        {
+            // Our writer refuses such a file: libhdf5 writes it.
+            let f = hdf5::File::open_rw(&bad).expect("open rw");
+            let var = f.group("var").expect("var");
+            var.unlink(slot).expect("unlink");
+            if slot == "_index" {
+                let name: hdf5::types::VarLenUnicode = "g0".parse().expect("name");
+                var.new_dataset_builder()
+                    .with_data(&[name])
+                    .create(slot)
+                    .expect("create");
+            } else {
+                var.new_dataset_builder()
+                    .with_data(&[true])
+                    .create(slot)
+                    .expect("create");
+            }
+            f.close().expect("close");
+        }
+        let out = d.path().join("out.h5ad");
+        // `run` on a processed file reads no highly_variable flags (its velocities exist).
+        let cmds: &[&[&str]] = if slot == "_index" {
+            &[&["run"], &["velocity", "--mode", "stochastic"]]
+        } else {
+            &[&["velocity", "--mode", "stochastic"]]
+        };
+        let run_flags = small_run_flags("30");
+        for &cmd in cmds {
+            let res = cellfate()
+                .args(cmd)
+                .arg(&bad)
+                .args(if cmd[0] == "run" {
+                    run_flags.as_slice()
+                } else {
+                    &["-q"]
+                })
+                .arg("-o")
+                .arg(&out)
+                .output()
+                .expect("runs");
+            let msg = String::from_utf8_lossy(&res.stderr);
+            assert_eq!(res.status.code(), Some(2), "{slot} {cmd:?}: {msg}");
+            assert!(
+                msg.contains(&format!("var/{slot}"))
+                    && msg.contains("40")
+                    && msg.contains("bad.h5ad"),
+                "{slot} {cmd:?}: {msg}"
+            );
+            assert!(!msg.contains("panicked"), "{msg}");
+            assert!(!out.exists(), "{slot} {cmd:?}: an output was written");
+        }
+    }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use cellfate::io::{Element, H5adReader};
 
-use crate::common::{cellfate, succeed, tempdir};
+use crate::common::{cellfate, simulate_cli, small_run_flags, succeed, tempdir};
 
 /// Every leaf slot of an `.h5ad` file (the members of `uns`, `obsm`, `obsp`, `layers`, ...
 /// expanded; `obs`/`var` read as whole data frames) with its value as exact text: `{:?}`
@@ -85,21 +85,8 @@ fn run(input: &Path, out: &Path, threads: usize, extra: &[&str]) {
             .arg(threads.to_string())
             .arg("run")
             .arg(input)
-            .args([
-                "--cluster-key",
-                "clusters",
-                "--n-states",
-                "4",
-                "--terminal-method",
-                "top_n",
-                "--n-terminal",
-                "2",
-                "--n-cells",
-                "30",
-                "--seed",
-                "7",
-                "-q",
-            ])
+            .args(small_run_flags("30"))
+            .args(["--seed", "7"])
             .args(extra)
             .arg("-o")
             .arg(out),
@@ -110,13 +97,12 @@ fn run(input: &Path, out: &Path, threads: usize, extra: &[&str]) {
 /// step runs.
 fn simulate(dir: &Path, cells: usize) -> PathBuf {
     let sim = dir.join("sim.h5ad");
-    succeed(
-        cellfate()
-            .args(["simulate", "--fates", "2", "--genes", "60", "--seed", "3"])
-            .arg("--cells")
-            .arg(cells.to_string())
-            .arg("-o")
-            .arg(&sim),
+    let cells = cells.to_string();
+    simulate_cli(
+        &sim,
+        &[
+            "--fates", "2", "--genes", "60", "--seed", "3", "--cells", &cells,
+        ],
     );
     sim
 }

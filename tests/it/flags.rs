@@ -14,80 +14,27 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use cellfate::io::{
     Categorical, DataFrame, Element, H5adError, H5adReader, NumVec, SparseArray, SparseFormat,
 };
 use cellfate::pipeline::{EstimatorSpec, FateMapSpec, NStates, PipelineError};
 
-use crate::common::{cellfate, succeed, tempdir};
+use crate::common::{cellfate, run_bounded, simulate_cli, snapshot, succeed, tempdir};
 
 /// Runs `cmd` with its output captured in files, killing it after `secs`: a hang fails the
 /// test instead of blocking the suite.
 fn run_with_timeout(cmd: &mut Command, secs: u64) -> Output {
-    let dir = tempdir();
-    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
-        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
-        .spawn()
-        .expect("the command starts");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if start.elapsed() > Duration::from_secs(secs) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within {secs} s (killed)");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: std::fs::read(&out_path).expect("stdout"),
-        stderr: std::fs::read(&err_path).expect("stderr"),
-    }
+    run_bounded(cmd, Duration::from_secs(secs))
 }
 
 /// A small simulated raw dataset (100 cells, 20 genes, 2 fates).
 fn simulated(dir: &Path) -> PathBuf {
     let p = dir.join("sim.h5ad");
-    succeed(
-        cellfate()
-            .args([
-                "simulate", "-q", "--cells", "100", "--genes", "20", "--fates", "2",
-            ])
-            .arg("-o")
-            .arg(&p),
-    );
+    simulate_cli(&p, &["--cells", "100", "--genes", "20", "--fates", "2"]);
     p
-}
-
-/// Every file under `dir` with its size, modification time and bytes.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, SystemTime, Vec<u8>)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("readable dir") {
-            let p = e.expect("entry").path();
-            let meta = std::fs::symlink_metadata(&p).expect("metadata");
-            if meta.is_dir() {
-                stack.push(p.clone());
-                out.insert(p, (0, meta.modified().expect("mtime"), Vec::new()));
-            } else if meta.is_file() {
-                let bytes = std::fs::read(&p).expect("read");
-                out.insert(p, (meta.len(), meta.modified().expect("mtime"), bytes));
-            } else {
-                out.insert(p, (0, meta.modified().expect("mtime"), Vec::new()));
-            }
-        }
-    }
-    out
 }
 
 /// The fixtures a command line refers to: `IN` (the simulated input), `OUT` (an output file

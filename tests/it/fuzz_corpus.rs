@@ -5,9 +5,9 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::common::tempdir;
+use crate::common::{cellfate, run_bounded, tempdir};
 
 fn corpus(kind: &str, ext: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -23,28 +23,15 @@ fn corpus(kind: &str, ext: &str) -> Vec<PathBuf> {
 }
 
 /// Runs the CLI with a timeout; returns (exit code, stderr) or fails on a signal or a hang.
-fn run_bounded(args: &[&std::ffi::OsStr], timeout: Duration) -> (i32, String) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cellfate"))
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let start = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            let out = child.wait_with_output().expect("output");
-            let err = String::from_utf8_lossy(&out.stderr).into_owned();
-            assert_eq!(st.signal(), None, "{args:?}: killed by a signal: {err}");
-            return (st.code().unwrap_or(-1), err);
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            panic!("{args:?}: no answer within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+fn run_cli(args: &[&std::ffi::OsStr], timeout: Duration) -> (i32, String) {
+    let out = run_bounded(cellfate().args(args), timeout);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.signal(),
+        None,
+        "{args:?}: killed by a signal: {err}"
+    );
+    (out.status.code().unwrap_or(-1), err)
 }
 
 #[test]
@@ -87,7 +74,7 @@ fn replay(files: &[PathBuf]) {
                 out.as_os_str(),
             ],
         ] {
-            let (code, err) = run_bounded(&args, Duration::from_secs(120));
+            let (code, err) = run_cli(&args, Duration::from_secs(120));
             assert!(
                 code == 0 || code == 2,
                 "{} {args:?}: exit {code}: {err}",

@@ -8,23 +8,7 @@ use std::path::{Path, PathBuf};
 
 use cellfate::io::{Categories, Element};
 
-use crate::common::{cellfate, succeed, tempdir};
-
-/// Flags of the runs on the small simulations (as in `raw_run`): two terminal states, named
-/// after the `clusters` of their cells.
-const FLAGS: &[&str] = &[
-    "--cluster-key",
-    "clusters",
-    "--n-states",
-    "4",
-    "--terminal-method",
-    "top_n",
-    "--n-terminal",
-    "2",
-    "--n-cells",
-    "60",
-    "-q",
-];
+use crate::common::{cellfate, simulate_cli, small_run_flags, succeed, tempdir};
 
 /// Writes a small raw-count simulation (500 cells, 60 genes, fates `Alpha` and `Beta`) to
 /// `path`, with the `clusters` categories renamed as `rename` says.
@@ -143,7 +127,7 @@ fn batch(inputs: &[&Path], out: &Path, extra: &[&str]) -> std::process::Output {
         .args(inputs)
         .arg("--out-dir")
         .arg(out)
-        .args(FLAGS)
+        .args(small_run_flags("60"))
         .args(extra)
         .output()
         .expect("batch runs")
@@ -362,7 +346,7 @@ fn batch_summary_is_written_when_the_disk_fills() {
         .args([&a, &b])
         .arg("--out-dir")
         .arg(&out)
-        .args(FLAGS)
+        .args(small_run_flags("60"))
         .args(["--jobs", "2"])
         .output()
         .expect("runs");
@@ -439,7 +423,7 @@ fn hostile_names_are_escaped_on_the_terminal_and_quoted_in_csv() {
         .arg(&input)
         .arg("-o")
         .arg(&out)
-        .args(FLAGS)
+        .args(small_run_flags("60"))
         .output()
         .expect("runs");
     assert!(res.status.success(), "{}", text(&res.stderr));
@@ -541,7 +525,7 @@ fn lineages_that_sanitise_alike_get_distinct_plot_files() {
             .arg(&input)
             .arg("-o")
             .arg(&out)
-            .args(FLAGS)
+            .args(small_run_flags("60"))
             .arg("--plots")
             .arg(&plots)
             .args(["--n-walks", "5"]),
@@ -577,7 +561,7 @@ fn a_5000_character_state_name_does_not_abort_plots_or_report() {
             .arg(&input)
             .arg("-o")
             .arg(&out)
-            .args(FLAGS)
+            .args(small_run_flags("60"))
             .arg("--plots")
             .arg(&plots)
             .arg("--report")
@@ -614,14 +598,7 @@ fn a_5000_character_state_name_does_not_abort_plots_or_report() {
 fn cells_file_reads_quoted_names_and_refuses_duplicated_obs_names() {
     let d = tempdir();
     let sim = d.path().join("sim.h5ad");
-    succeed(
-        cellfate()
-            .args([
-                "simulate", "-q", "--cells", "200", "--genes", "20", "--fates", "2",
-            ])
-            .arg("-o")
-            .arg(&sim),
-    );
+    simulate_cli(&sim, &["--cells", "200", "--genes", "20", "--fates", "2"]);
     let r = cellfate::io::H5adReader::open(&sim).expect("simulation");
     let names = r.obs_names().expect("obs names");
     drop(r);

@@ -9,7 +9,7 @@ use std::time::Instant;
 use cellfate::io::{Element, H5adEdit, H5adReader};
 use cellfate::kernels::CellSource;
 
-use crate::common::{cellfate, require_shared, succeed, tempdir};
+use crate::common::{cellfate, require_shared, small_run_flags, succeed, tempdir};
 use crate::roundtrip::assert_no_temporary_files;
 
 /// The categories of `obs[key]`.
@@ -60,22 +60,6 @@ fn simulate(path: &Path, cells: usize, genes: usize, seed: u64) {
             .arg(path),
     );
 }
-
-/// Flags of the runs on small simulations (two tips: the two most stable of 4 macrostates,
-/// 60 cells each).
-const SIM_FLAGS: &[&str] = &[
-    "--cluster-key",
-    "clusters",
-    "--n-states",
-    "4",
-    "--terminal-method",
-    "top_n",
-    "--n-terminal",
-    "2",
-    "--n-cells",
-    "60",
-    "-q",
-];
 
 /// The raw pancreas counts (no graph, no velocity; README of the data folder) through
 /// `cellfate run` with CellRank's settings of the reference (8 macrostates named by clusters,
@@ -322,7 +306,7 @@ fn loom_runs_like_its_h5ad_twin() {
                 .arg(input)
                 .arg("-o")
                 .arg(out)
-                .args(SIM_FLAGS)
+                .args(small_run_flags("60"))
                 .arg("--json"),
         ))
     };
@@ -476,7 +460,7 @@ fn only_missing_upstream_steps_run() {
                 .arg(input)
                 .arg("-o")
                 .arg(&out)
-                .args(SIM_FLAGS)
+                .args(small_run_flags("60"))
                 .args(extra)
                 .arg("--json"),
         ));
@@ -539,7 +523,7 @@ fn batch_on_raw_inputs_lists_upstream_steps() {
         .args([&a, &b])
         .arg("--out-dir")
         .arg(&out)
-        .args(SIM_FLAGS)
+        .args(small_run_flags("60"))
         .output()
         .expect("runs");
     assert!(
