@@ -509,6 +509,7 @@ impl H5adReader {
             }
             LocationType::Dataset => {
                 let ds = self.file.dataset(slot).map_err(self.hdf5_err(slot))?;
+                self.check_if_column(slot)?;
                 self.read_dataset(&ds, slot)
             }
             LocationType::NamedDatatype => Err(H5adError::Unsupported {
@@ -659,6 +660,30 @@ impl H5adReader {
             self.check_column_len(&col, &slot, n)?;
         }
         Ok(col)
+    }
+
+    /// A dataset read on its own that is a column of a dataframe (`obs/size_factor`): its
+    /// declared shape is checked against the index first, as when the dataframe is read.
+    fn check_if_column(&self, slot: &str) -> Result<()> {
+        let Some((parent, name)) = slot.rsplit_once('/') else {
+            return Ok(());
+        };
+        let Ok(g) = self.file.group(parent) else {
+            return Ok(());
+        };
+        if group_encoding(&g) != "dataframe" {
+            return Ok(());
+        }
+        let index = read_str_attr(&g, "_index").unwrap_or_else(|| "_index".to_string());
+        if name == index {
+            return Ok(());
+        }
+        let index_slot = join(parent, &index);
+        if !self.exists(&index_slot) {
+            return Ok(());
+        }
+        let n = self.info(&index_slot)?.shape.first().copied().unwrap_or(0);
+        self.check_column_shape(&g, name, slot, Some(n))
     }
 
     /// A column stored as one dataset: its declared shape is checked before it is read
