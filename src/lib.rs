@@ -33,6 +33,7 @@
 // `simulate_to_file`) have no target; they stay plain text rather than failing the docs.
 #![cfg_attr(not(feature = "h5ad"), allow(rustdoc::broken_intra_doc_links))]
 
+pub use cellfate_dynamics as dynamics;
 pub use cellfate_estimators as estimators;
 pub use cellfate_kernels as kernels;
 
