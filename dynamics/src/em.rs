@@ -41,6 +41,7 @@ pub enum AssignmentMode {
 
 /// Options of the dynamical model, scVelo's names and defaults.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DynamicsOptions {
     /// EM iterations (`max_iter`, 10): each of the five fits runs `max_iter / 5` simplex
     /// iterations.
@@ -199,11 +200,10 @@ struct Pars {
     t_: f64,
 }
 
-/// A time assignment: time t, branch time τ and branch o (1 induction, 0 repression).
+/// A time assignment: time t and branch o (1 induction, 0 repression).
 #[derive(Debug, Clone)]
 struct Assignment {
     t: Vec<f64>,
-    tau: Vec<f64>,
     o: Vec<u8>,
 }
 
@@ -229,21 +229,26 @@ struct Model<'a> {
     /// Projection allowed (after the pre-training, per the options).
     mode: Option<AssignmentMode>,
     fit_steady_states: bool,
+    /// The smoothed distance of every cell to (0, 0) for one scaling.
+    zero: std::cell::RefCell<Option<(f64, Vec<f64>)>>,
     steady_u: f64,
     steady_s: f64,
-    pval_steady: f64,
 }
 
-/// W · (columns of `cols`), each a vector over all cells.
+/// W · (columns of `cols`), each a vector over all cells. The columns are interleaved first
+/// so that each neighbour costs one bounds check and one cache line; the sums run in the
+/// graph's order, as a plain sparse product does.
 fn smooth<const K: usize>(w: &Csr, cols: [&[f64]; K]) -> [Vec<f64>; K] {
     let n = w.nrows();
+    let packed: Vec<[f64; K]> = (0..n).map(|i| std::array::from_fn(|k| cols[k][i])).collect();
     let mut out: [Vec<f64>; K] = std::array::from_fn(|_| vec![0.0; n]);
     for i in 0..n {
         let (idx, val) = w.row(i);
         let mut acc = [0.0; K];
         for (&j, &x) in idx.iter().zip(val) {
+            let v = &packed[j as usize];
             for k in 0..K {
-                acc[k] += x * cols[k][j as usize];
+                acc[k] += x * v[k];
             }
         }
         for k in 0..K {
@@ -259,7 +264,7 @@ fn smooth<const K: usize>(w: &Csr, cols: [&[f64]; K]) -> [Vec<f64>; K] {
 fn adjust_increments(a: &mut [f64], b: &mut [f64]) {
     let sorted = |v: &[f64]| -> Vec<f64> {
         let mut s = v.to_vec();
-        s.sort_by(|x, y| x.total_cmp(y));
+        s.sort_unstable_by(|x, y| x.total_cmp(y));
         s
     };
     let (sa, sb) = (sorted(a), sorted(b));
@@ -274,8 +279,8 @@ fn adjust_increments(a: &mut [f64], b: &mut [f64]) {
             .collect()
     };
     let (da, db) = (incr(&sa), incr(&sb));
-    let pooled: Vec<f64> = da.iter().chain(&db).copied().collect();
-    let ub = 3.0 * percentile(&pooled, 99.5);
+    let mut pooled: Vec<f64> = da.iter().chain(&db).copied().collect();
+    let ub = 3.0 * crate::stats::percentile_select(&mut pooled, 99.5);
     for (v, s, d) in [(a, &sa, &da), (b, &sb, &db)] {
         // Gaps above the bound, by position in the sorted order; each cell loses every gap
         // at or below its own time.
@@ -409,17 +414,18 @@ impl<'a> Model<'a> {
             (off, on)
         };
         // Gap closing: branches from the (smoothed) distances, then the increments.
-        let (off, on) = branch_d(&tau, &tau_);
+        let (off0, on0) = branch_d(&tau, &tau_);
         let (off, on) = match self.w {
             Some(w) => {
-                let [a, b] = smooth(w, [&off, &on]);
+                let [a, b] = smooth(w, [&off0, &on0]);
                 (a, b)
             }
-            None => (off, on),
+            None => (off0.clone(), on0.clone()),
         };
         let is_on: Vec<bool> = (0..n).map(|i| argmin(&[off[i], on[i]]) == 1).collect();
         let mut a: Vec<f64> = (0..n).filter(|&i| is_on[i]).map(|i| tau[i]).collect();
         let mut b: Vec<f64> = (0..n).filter(|&i| !is_on[i]).map(|i| tau_[i]).collect();
+        let mut changed = false;
         if !a.is_empty() || !b.is_empty() {
             if !a.is_empty() && !b.is_empty() {
                 adjust_increments(&mut a, &mut b);
@@ -430,37 +436,69 @@ impl<'a> Model<'a> {
             }
             let (mut ia, mut ib) = (a.into_iter(), b.into_iter());
             for i in 0..n {
-                if is_on[i] {
-                    tau[i] = ia.next().unwrap_or(tau[i]);
-                } else {
-                    tau_[i] = ib.next().unwrap_or(tau_[i]);
+                let slot = if is_on[i] { &mut tau[i] } else { &mut tau_[i] };
+                let new = if is_on[i] { ia.next() } else { ib.next() }.unwrap_or(*slot);
+                if new.to_bits() != slot.to_bits() {
+                    changed = true;
                 }
+                *slot = new;
             }
         }
-        // State distances with the adjusted times.
-        let (off, on) = branch_d(&tau, &tau_);
+        // State distances with the adjusted times (the same as before when no gap closed).
+        let (off, on, smoothed) = if changed {
+            let (o, n2) = branch_d(&tau, &tau_);
+            (o, n2, None)
+        } else {
+            (off0, on0, Some((off, on)))
+        };
         let mut d: Vec<[f64; 4]> = Vec::with_capacity(n);
         if self.fit_steady_states {
             let (uinf, sinf) = (p.alpha / p.beta, p.alpha / p.gamma);
-            let mut zero = vec![0.0; n];
             let mut up = vec![0.0; n];
             for i in 0..n {
                 let (a, b) = ((ub[i] - uinf) / std_u, (s[i] - sinf) / std_s);
                 up[i] = a * a + b * b;
-                let (a, b) = (ub[i] / std_u, s[i] / std_s);
-                zero[i] = a * a + b * b;
             }
-            let cols = match self.w {
-                Some(w) => smooth(w, [&off, &on, &zero, &up]),
-                None => [off, on, zero, up],
+            // The distance to (0, 0) depends on the scaling only: smoothed once per scaling.
+            let zero = {
+                let mut cache = self.zero.borrow_mut();
+                match &*cache {
+                    Some((sc, z)) if sc.to_bits() == p.scaling.to_bits() => z.clone(),
+                    _ => {
+                        let z: Vec<f64> = (0..n)
+                            .map(|i| {
+                                let (a, b) = (ub[i] / std_u, s[i] / std_s);
+                                a * a + b * b
+                            })
+                            .collect();
+                        let z = match self.w {
+                            Some(w) => w.mul_vec(&z),
+                            None => z,
+                        };
+                        *cache = Some((p.scaling, z.clone()));
+                        z
+                    }
+                }
+            };
+            let cols = match (self.w, smoothed) {
+                (Some(w), Some((so, sn))) => {
+                    let [u] = smooth(w, [&up]);
+                    [so, sn, zero, u]
+                }
+                (Some(w), None) => {
+                    let [o, n2, u] = smooth(w, [&off, &on, &up]);
+                    [o, n2, zero, u]
+                }
+                (None, _) => [off, on, zero, up],
             };
             for i in 0..n {
                 d.push([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
             }
         } else {
-            let [off, on] = match self.w {
-                Some(w) => smooth(w, [&off, &on]),
-                None => [off, on],
+            let [off, on] = match (self.w, smoothed) {
+                (Some(_), Some((so, sn))) => [so, sn],
+                (Some(w), None) => smooth(w, [&off, &on]),
+                (None, _) => [off, on],
             };
             for i in 0..n {
                 d.push([off[i], on[i], f64::INFINITY, f64::INFINITY]);
@@ -491,7 +529,7 @@ impl<'a> Model<'a> {
             o[i] = oi;
             t[i] = if oi == 1 { tau[i] } else { tau_[i] + p.t_ };
         }
-        Assignment { t, tau, o }
+        Assignment { t, o }
     }
 
     /// Residuals on `cells` for times `t` (all cells) and parameters `p`: the summed
@@ -754,16 +792,15 @@ pub fn fit_gene(
         },
         asg: Assignment {
             t: Vec::new(),
-            tau: Vec::new(),
             o: Vec::new(),
         },
         loss: Vec::new(),
         steady_state_ratio: None,
         mode: None,
         fit_steady_states: opts.fit_steady_states,
+        zero: std::cell::RefCell::new(None),
         steady_u,
         steady_s,
-        pval_steady,
     };
     m.asg = m.assign(&m.p);
     let first = m.se(&m.asg.t, &m.p);
@@ -912,6 +949,102 @@ pub fn fit_gene(
     }
     out.t = t;
     Some(out)
+}
+
+/// scVelo's `velocity(mode="dynamical")` for one fitted gene: each cell's state is the most
+/// likely of induction, repression, the two steady states and "none" (kNN-smoothed state
+/// distances scaled by the variance of the signed branch distance), its time is smoothed over
+/// the kNN graph and re-split at t_, and the velocities are read off the curve at that time:
+/// spliced v = βu(t) − γs(t) (at least −s), unspliced w = (α·[induction] − βu(t))·scaling
+/// (at least −u); steady and "none" cells get 0. Returns (spliced, unspliced) velocities.
+pub fn dynamical_velocity(
+    u: &[f64],
+    s: &[f64],
+    fit: &GeneDynamics,
+    w: Option<&Csr>,
+) -> (Vec<f64>, Vec<f64>) {
+    let n = u.len();
+    let sc = fit.scaling;
+    let (alpha, beta, gamma, t_) = (fit.alpha, fit.beta * sc, fit.gamma, fit.t_);
+    let ub: Vec<f64> = u.iter().map(|&x| x / sc).collect();
+    let std_u = fit.std_u / sc;
+    let std_s = fit.std_s;
+    let (u0_, s0_) = solution(t_, 0.0, 0.0, alpha, beta, gamma);
+    let mut on = vec![0.0; n];
+    let mut off = vec![0.0; n];
+    let mut zero = vec![0.0; n];
+    let mut up = vec![0.0; n];
+    let mut signed_on = vec![0.0; n];
+    let mut signed_off = vec![0.0; n];
+    let (uinf, sinf) = (alpha / beta, alpha / gamma);
+    for i in 0..n {
+        let (ut, st) = solution(fit.tau[i], 0.0, 0.0, alpha, beta, gamma);
+        let (ut_, st_) = solution(fit.tau_[i], u0_, s0_, 0.0, beta, gamma);
+        let (du, ds) = ((ub[i] - ut) / std_u, (s[i] - st) / std_s);
+        let (du_, ds_) = ((ub[i] - ut_) / std_u, (s[i] - st_) / std_s);
+        on[i] = du * du + ds * ds;
+        off[i] = du_ * du_ + ds_ * ds_;
+        signed_on[i] = ds;
+        signed_off[i] = ds_;
+        let (a, b) = ((ub[i] - uinf) / std_u, (s[i] - sinf) / std_s);
+        up[i] = a * a + b * b;
+        let (a, b) = (ub[i] / std_u, s[i] / std_s);
+        zero[i] = a * a + b * b;
+    }
+    // The variance of the signed distance on the nearer branch (unsmoothed).
+    let mut dist = vec![0.0; n];
+    let mut sgn = vec![0.0; n];
+    for i in 0..n {
+        let o = argmin(&[off[i], on[i]]) == 1;
+        dist[i] = if o { on[i] } else { off[i] };
+        sgn[i] = sign(if o { signed_on[i] } else { signed_off[i] }) * dist[i].sqrt();
+    }
+    let varx = mean(&dist) - mean(&sgn).powi(2);
+    let d = match w {
+        Some(w) => smooth(w, [&off, &on, &zero, &up]),
+        None => [off, on, zero, up],
+    };
+    let norm = 1.0 / (2.0 * std::f64::consts::PI * varx.sqrt());
+    let mut state = vec![0usize; n];
+    let mut t = vec![0.0; n];
+    for i in 0..n {
+        let mut p = [0.0; 5];
+        for k in 0..4 {
+            p[k] = norm * (-0.5 * (d[k][i] / varx)).exp();
+        }
+        p[4] = 1e-6;
+        // normalize(min_confidence=1e-2) does not change the argmax.
+        let k = crate::stats::argmax(&p);
+        state[i] = k;
+        t[i] = match k {
+            1 => fit.tau[i],
+            0 => fit.tau_[i] + t_,
+            _ => 0.0,
+        };
+    }
+    let t = match w {
+        Some(w) => w.mul_vec(&t),
+        None => t,
+    };
+    let mut vs = vec![0.0; n];
+    let mut vu = vec![0.0; n];
+    for i in 0..n {
+        let moving = state[i] < 2;
+        if !moving {
+            continue;
+        }
+        let induction = t[i] < t_;
+        let (tau, u0, s0, a) = if induction {
+            (t[i], 0.0, 0.0, alpha)
+        } else {
+            (t[i] - t_, u0_, s0_, 0.0)
+        };
+        let (ut, st) = solution(tau, u0, s0, a, beta, gamma);
+        let a = if induction { a } else { 0.0 };
+        vs[i] = (ut * beta - st * gamma).max(-s[i]);
+        vu[i] = ((a - beta * ut) * sc).max(-ub[i] * sc);
+    }
+    (vs, vu)
 }
 
 /// scVelo's `align_dynamics` factor m = t_max / T_max for one gene's smoothed times: T_max

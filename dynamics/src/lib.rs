@@ -8,4 +8,4 @@ pub mod em;
 pub mod nelder_mead;
 pub mod stats;
 
-pub use em::{fit_gene, AssignmentMode, DynamicsOptions, GeneDynamics};
+pub use em::{dynamical_velocity, fit_gene, AssignmentMode, DynamicsOptions, GeneDynamics};

@@ -9,8 +9,25 @@ pub fn percentile(values: &[f64], q: f64) -> f64 {
         return f64::NAN;
     }
     let mut v = values.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
+    v.sort_unstable_by(|a, b| a.total_cmp(b));
     percentile_sorted(&v, q)
+}
+
+/// [`percentile`] by selection (reorders `values`; linear time): the same value as sorting.
+pub fn percentile_select(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() || values.iter().any(|v| v.is_nan()) {
+        return f64::NAN;
+    }
+    let pos = q / 100.0 * (values.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = (lo + 1).min(values.len() - 1);
+    let (_, &mut a, rest) = values.select_nth_unstable_by(lo, |x, y| x.total_cmp(y));
+    let b = if hi == lo {
+        a
+    } else {
+        rest.iter().copied().fold(f64::INFINITY, f64::min)
+    };
+    lerp(a, b, pos - lo as f64)
 }
 
 /// [`percentile`] of values already sorted ascending (no NaN).
@@ -174,6 +191,9 @@ mod tests {
             assert!((percentile(&v, q) - want).abs() < 1e-12, "{q}");
         }
         assert!(percentile(&[], 50.0).is_nan());
+        for q in [0.0, 25.0, 50.0, 99.0, 99.5, 100.0] {
+            assert_eq!(percentile_select(&mut v.clone(), q), percentile(&v, q), "{q}");
+        }
     }
 
     #[test]

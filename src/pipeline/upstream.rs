@@ -193,12 +193,14 @@ impl Needs {
 }
 
 /// What the input already holds.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Present {
     graph: bool,
     moments: bool,
     velocity: bool,
     dpt: bool,
+    /// `uns["velocity_params"]["mode"]`.
+    velocity_mode: Option<String>,
 }
 
 impl Present {
@@ -209,6 +211,10 @@ impl Present {
             moments: r.exists("layers/Ms") && r.exists("layers/Mu"),
             velocity: r.exists(&format!("layers/{VELOCITY}")),
             dpt: obs.iter().any(|c| c == DPT),
+            velocity_mode: match r.read("uns/velocity_params/mode") {
+                Ok(crate::io::Element::Str(m)) => Some(m),
+                _ => None,
+            },
         }
     }
 }
@@ -265,6 +271,17 @@ pub fn plan(input: &Path, spec: &FateMapSpec) -> Result<UpstreamPlan, PipelineEr
         steps.push((
             UpstreamStep::Velocity,
             format!("layers[\"{VELOCITY}\"] is missing"),
+        ));
+    } else if needs.velocity
+        && settings.preprocess.velocity_mode == crate::upstream::velocity::VelocityMode::Dynamical
+        && have.velocity_mode.as_deref() != Some("dynamical")
+    {
+        steps.push((
+            UpstreamStep::Velocity,
+            format!(
+                "the dynamical model is asked for; the input's velocity is {}",
+                have.velocity_mode.as_deref().unwrap_or("of an unknown mode")
+            ),
         ));
     }
     let mut root = None;
@@ -444,10 +461,12 @@ pub fn prepare_input(
                 ));
             }
             UpstreamStep::Moments => {
-                upstream::moments_velocity_in_file(from, to, mode).map_err(wrap)?;
+                upstream::moments_velocity_in_file(from, to, mode, &settings.preprocess.dynamics)
+                    .map_err(wrap)?;
             }
             UpstreamStep::Velocity => {
-                upstream::velocity_in_file(from, to, mode).map_err(wrap)?;
+                upstream::velocity_in_file(from, to, mode, &settings.preprocess.dynamics)
+                    .map_err(wrap)?;
             }
             UpstreamStep::Pseudotime => {
                 let root = plan.root.as_ref().unwrap_or(&Root::Auto);

@@ -82,6 +82,8 @@ pub struct UpstreamSpec {
     pub velocity_mode: velocity::VelocityMode,
     /// Neighbour search.
     pub knn: KnnMethod,
+    /// The dynamical model's settings (with `velocity_mode = "dynamical"`).
+    pub dynamics: velocity::DynamicalSettings,
 }
 
 /// Neighbour search of [`UpstreamSpec`].
@@ -127,6 +129,7 @@ impl Default for UpstreamSpec {
             seed: 0,
             velocity_mode: velocity::VelocityMode::Stochastic,
             knn: KnnMethod::Auto,
+            dynamics: velocity::DynamicalSettings::default(),
         }
     }
 }
@@ -531,6 +534,7 @@ pub fn velocity_in_file(
     input: &Path,
     output: &Path,
     mode: velocity::VelocityMode,
+    dynamics: &velocity::DynamicalSettings,
 ) -> Result<velocity::GeneFit, PipelineError> {
     let r = H5adReader::open(input)?;
     let need = |slot: &str, why: &str| -> Result<(), PipelineError> {
@@ -574,6 +578,15 @@ pub fn velocity_in_file(
     } else {
         None
     };
+    let graph = if mode == velocity::VelocityMode::Dynamical {
+        need(
+            "obsp/connectivities",
+            "the kNN graph the dynamical model smooths its states and times over",
+        )?;
+        Some(velocity::smoothing_graph(&r.obsp("connectivities")?))
+    } else {
+        None
+    };
     // Dense layers are read block by block (hyperslabs); others (sparse) whole.
     let whole = if r.dense_f32_columns("layers/Ms", 0..0)?.is_some()
         && r.dense_f32_columns("layers/Mu", 0..0)?.is_some()
@@ -588,6 +601,7 @@ pub fn velocity_in_file(
         g,
         whole,
         counts,
+        graph,
     };
     let mut edit = H5adEdit::new(input);
     if !stochastic {
@@ -596,7 +610,7 @@ pub fn velocity_in_file(
     }
     let mut fitted = None;
     edit.write_to_with(output, |early| -> Result<_, PipelineError> {
-        let fit = fit_into(early, &src, n, g, hvg.as_deref(), mode, false)?;
+        let fit = fit_into(early, &src, n, g, hvg.as_deref(), mode, dynamics, false)?;
         let slots = velocity_slots(&fit);
         fitted = Some(fit);
         Ok(slots)
@@ -615,6 +629,7 @@ pub fn moments_velocity_in_file(
     input: &Path,
     output: &Path,
     mode: velocity::VelocityMode,
+    dynamics: &velocity::DynamicalSettings,
 ) -> Result<velocity::GeneFit, PipelineError> {
     let source = input.display().to_string();
     let r = H5adReader::open(input)?;
@@ -657,7 +672,7 @@ pub fn moments_velocity_in_file(
                 s: &sn,
                 u: &un,
             };
-            fit_into(early, &src, n, g, hvg.as_deref(), mode, true)?
+            fit_into(early, &src, n, g, hvg.as_deref(), mode, dynamics, true)?
         };
         if !fit.velocity_genes.iter().any(|&b| b) {
             return Err(no_velocity_genes(&source));
@@ -683,6 +698,8 @@ struct FileMoments<'a> {
     whole: Option<(Vec<f32>, Vec<f32>)>,
     /// Smoothing graph, normalised spliced and unspliced counts (stochastic model).
     counts: Option<(Csr, Csr, Csr)>,
+    /// Smoothing graph (dynamical model).
+    graph: Option<Csr>,
 }
 
 impl velocity::MomentSource for FileMoments<'_> {
@@ -729,6 +746,12 @@ impl velocity::MomentSource for FileMoments<'_> {
             .as_ref()
             .map(|(w, s, u)| velocity::second_moments(w, s, u, &idx)))
     }
+
+    fn graph(&self) -> Option<&Csr> {
+        self.graph
+            .as_ref()
+            .or(self.counts.as_ref().map(|(w, _, _)| w))
+    }
 }
 
 impl FileMoments<'_> {
@@ -757,6 +780,7 @@ impl FileMoments<'_> {
 /// Runs [`velocity::fit_velocity_blocks`] with its layers streamed into `early`
 /// (`layers/velocity`, `layers/variance_velocity` in stochastic mode, and with `moments` also
 /// `layers/Ms`, `layers/Mu`).
+#[allow(clippy::too_many_arguments)]
 fn fit_into<M: velocity::MomentSource>(
     early: &mut EarlySlots,
     src: &M,
@@ -764,6 +788,7 @@ fn fit_into<M: velocity::MomentSource>(
     g: usize,
     hvg: Option<&[bool]>,
     mode: velocity::VelocityMode,
+    dynamics: &velocity::DynamicalSettings,
     moments: bool,
 ) -> Result<velocity::GeneFit, PipelineError> {
     let mut layers = Vec::new();
@@ -777,7 +802,21 @@ fn fit_into<M: velocity::MomentSource>(
     } else {
         None
     };
-    let fit = velocity::fit_velocity_blocks(src, n, g, hvg, mode, &mut |b| {
+    let mut dyn_layers = Vec::new();
+    if mode == velocity::VelocityMode::Dynamical {
+        for key in ["fit_t", "fit_tau", "fit_tau_", "velocity_u"] {
+            dyn_layers.push(early.dense_columns::<f32>(&format!("layers/{key}"), n, g)?);
+        }
+    }
+    let fit = velocity::fit_velocity_blocks(src, n, g, hvg, mode, dynamics, &mut |b| {
+        if let Some(d) = &b.dynamical {
+            for (w, l) in dyn_layers
+                .iter_mut()
+                .zip([d.fit_t, d.fit_tau, d.fit_tau_, d.velocity_u])
+            {
+                w.write(b.genes.clone(), l)?;
+            }
+        }
         if moments {
             layers[0].write(b.genes.clone(), b.ms)?;
             layers[1].write(b.genes.clone(), b.mu)?;
@@ -795,11 +834,17 @@ fn fit_into<M: velocity::MomentSource>(
     if let Some(v) = var {
         v.finish()?;
     }
+    for l in dyn_layers {
+        l.finish()?;
+    }
     Ok(fit)
 }
 
 /// The per-gene velocity slots (`var` columns, `uns["velocity_params"]`) of a fit.
 fn velocity_slots(fit: &velocity::GeneFit) -> Vec<(String, Element)> {
+    if fit.mode == velocity::VelocityMode::Dynamical {
+        return dynamical_slots(fit);
+    }
     vec![
         (
             "var/velocity_gamma".into(),
@@ -832,6 +877,101 @@ fn velocity_slots(fit: &velocity::GeneFit) -> Vec<(String, Element)> {
             ]),
         ),
     ]
+}
+
+/// `uns["velocity_params"]` for `mode`.
+fn velocity_params(mode: velocity::VelocityMode) -> Element {
+    Element::Dict(vec![
+        ("mode".into(), Element::Str(mode.as_str().into())),
+        (
+            "fit_offset".into(),
+            Element::Scalar(NumVec::Bool(vec![false])),
+        ),
+        (
+            "perc".into(),
+            Element::Dense(crate::io::DenseArray {
+                shape: vec![2],
+                data: NumVec::I64(vec![5, 95]),
+            }),
+        ),
+    ])
+}
+
+/// The dynamical model's slots under scVelo's keys: `var["fit_*"]` (NaN for genes not
+/// fitted), `var["fit_r2"]` (the steady-state r²), `var["velocity_genes"]`, `varm["loss"]`
+/// (accepted losses, NaN-padded), `uns["recover_dynamics"]`, `uns["velocity_params"]`.
+fn dynamical_slots(fit: &velocity::GeneFit) -> Vec<(String, Element)> {
+    type Get = fn(&cellfate_dynamics::GeneDynamics) -> f64;
+    let cols: [(&str, Get); 15] = [
+        ("alpha", |d| d.alpha),
+        ("beta", |d| d.beta),
+        ("gamma", |d| d.gamma),
+        ("t_", |d| d.t_),
+        ("scaling", |d| d.scaling),
+        ("std_u", |d| d.std_u),
+        ("std_s", |d| d.std_s),
+        ("likelihood", |d| d.likelihood),
+        ("u0", |d| d.u0),
+        ("s0", |d| d.s0),
+        ("pval_steady", |d| d.pval_steady),
+        ("steady_u", |d| d.steady_u),
+        ("steady_s", |d| d.steady_s),
+        ("variance", |d| d.variance),
+        ("alignment_scaling", |d| d.alignment_scaling),
+    ];
+    let mut out: Vec<(String, Element)> = cols
+        .iter()
+        .map(|(name, get)| {
+            let v = fit
+                .dynamical
+                .iter()
+                .map(|d| d.as_ref().map_or(f64::NAN, get))
+                .collect();
+            (format!("var/fit_{name}"), Element::from_f64(v))
+        })
+        .collect();
+    out.push(("var/fit_r2".into(), Element::from_f64(fit.r2.clone())));
+    out.push((
+        "var/velocity_genes".into(),
+        Element::from_bools(fit.velocity_genes.clone()),
+    ));
+    let width = fit
+        .dynamical
+        .iter()
+        .flatten()
+        .map(|d| d.loss.len())
+        .max()
+        .unwrap_or(0)
+        .max(2);
+    let mut loss = vec![f64::NAN; fit.dynamical.len() * width];
+    for (j, d) in fit.dynamical.iter().enumerate() {
+        if let Some(d) = d {
+            loss[j * width..j * width + d.loss.len()].copy_from_slice(&d.loss);
+        }
+    }
+    out.push((
+        "varm/loss".into(),
+        Element::from_f64_matrix(fit.dynamical.len(), width, loss),
+    ));
+    out.push((
+        "uns/recover_dynamics".into(),
+        Element::Dict(vec![
+            (
+                "fit_connected_states".into(),
+                Element::Scalar(NumVec::Bool(vec![true])),
+            ),
+            (
+                "fit_basal_transcription".into(),
+                Element::Scalar(NumVec::Bool(vec![false])),
+            ),
+            ("use_raw".into(), Element::Scalar(NumVec::Bool(vec![false]))),
+        ]),
+    ));
+    out.push((
+        "uns/velocity_params".into(),
+        velocity_params(velocity::VelocityMode::Dynamical),
+    ));
+    out
 }
 
 /// Raw counts of one dataset, cells × genes.
@@ -1268,7 +1408,16 @@ fn compute_and_write(
             s: &sn,
             u: &un,
         };
-        let fit = fit_into(early, &src, n, g, Some(&hvg), spec.velocity_mode, true)?;
+        let fit = fit_into(
+            early,
+            &src,
+            n,
+            g,
+            Some(&hvg),
+            spec.velocity_mode,
+            &spec.dynamics,
+            true,
+        )?;
         if !fit.velocity_genes.iter().any(|&b| b) {
             return Err(no_velocity_genes(&source));
         }
@@ -1368,11 +1517,18 @@ pub fn preprocess_with(
         u: &un,
     };
     let mut layers = velocity::WholeLayers::new(n, g, true);
-    let fit =
-        velocity::fit_velocity_blocks(&src, n, g, Some(&emb.hvg), spec.velocity_mode, &mut |b| {
+    let fit = velocity::fit_velocity_blocks(
+        &src,
+        n,
+        g,
+        Some(&emb.hvg),
+        spec.velocity_mode,
+        &spec.dynamics,
+        &mut |b| {
             layers.put(&b);
             Ok::<(), H5adError>(())
-        })?;
+        },
+    )?;
     if !fit.velocity_genes.iter().any(|&b| b) {
         return Err(no_velocity_genes(source));
     }

@@ -38,11 +38,14 @@ pub enum VelocityMode {
     /// First and second moments (scVelo's default, `mode="stochastic"`).
     #[default]
     Stochastic,
+    /// The full splicing kinetics fitted by EM (scVelo's `recover_dynamics` +
+    /// `velocity(mode="dynamical")`; [`cellfate_dynamics::em`]).
+    Dynamical,
 }
 
 /// Why a velocity mode name does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("velocity mode {0:?}: expected stochastic or deterministic")]
+#[error("velocity mode {0:?}: expected stochastic, deterministic or dynamical")]
 pub struct VelocityModeParseError(pub String);
 
 impl std::str::FromStr for VelocityMode {
@@ -51,6 +54,7 @@ impl std::str::FromStr for VelocityMode {
         match s {
             "deterministic" | "steady_state" | "steady-state" => Ok(Self::Deterministic),
             "stochastic" => Ok(Self::Stochastic),
+            "dynamical" => Ok(Self::Dynamical),
             other => Err(VelocityModeParseError(other.into())),
         }
     }
@@ -62,6 +66,7 @@ impl VelocityMode {
         match self {
             Self::Deterministic => "deterministic",
             Self::Stochastic => "stochastic",
+            Self::Dynamical => "dynamical",
         }
     }
 }
@@ -192,6 +197,9 @@ pub struct VelocityFit {
     pub r2: Vec<f64>,
     /// Velocity genes.
     pub velocity_genes: Vec<bool>,
+    /// The dynamical model's fit per gene (`None` for genes not fitted or not recoverable;
+    /// per-cell vectors emptied: they went to the block's layers). Empty for other models.
+    pub dynamical: Vec<Option<cellfate_dynamics::GeneDynamics>>,
     /// Velocity, row-major n × g.
     pub velocity: Vec<f32>,
     /// Stochastic mode: `variance_velocity` (zero for genes that are not velocity genes).
@@ -241,6 +249,36 @@ pub trait MomentSource {
     /// `(Mss, Mus)` of the block's columns `cols` (positions within the block, increasing),
     /// row-major n × |cols|; `None` when unavailable.
     fn second(&self, block: &Self::Block, cols: &[usize]) -> Result<Option<Pair>, H5adError>;
+    /// The kNN smoothing graph (scVelo's `get_connectivities`) the dynamical model smooths
+    /// its state distances and times with; `None` when unavailable.
+    fn graph(&self) -> Option<&Csr> {
+        None
+    }
+}
+
+/// Settings of the dynamical model (scVelo's `recover_dynamics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DynamicalSettings {
+    /// Fit every gene (scVelo's `var_names="all"`) instead of the velocity genes of the
+    /// steady-state fit (`var_names="velocity_genes"`, scVelo's default).
+    pub all_genes: bool,
+    /// The model's options.
+    pub options: cellfate_dynamics::DynamicsOptions,
+}
+
+/// The dynamical model's per-cell layers of one block (row-major n × |block|, NaN for genes
+/// not fitted): `fit_t`, `fit_tau`, `fit_tau_`, `velocity_u`.
+#[derive(Debug)]
+pub struct DynamicalLayers<'a> {
+    /// `layers["fit_t"]`.
+    pub fit_t: &'a [f32],
+    /// `layers["fit_tau"]`.
+    pub fit_tau: &'a [f32],
+    /// `layers["fit_tau_"]`.
+    pub fit_tau_: &'a [f32],
+    /// `layers["velocity_u"]`.
+    pub velocity_u: &'a [f32],
 }
 
 /// Two row-major float32 matrices of one shape (`(Ms, Mu)`, `(Mss, Mus)`).
@@ -305,6 +343,10 @@ impl MomentSource for SmoothedCounts<'_> {
         let (s, u) = block.as_ref().map_or((self.s, self.u), |(s, u)| (s, u));
         Ok(Some(second_moments(self.w, s, u, cols)))
     }
+
+    fn graph(&self) -> Option<&Csr> {
+        Some(self.w)
+    }
 }
 
 /// Moments read from row-major n × g float32 layers (`layers["Ms"]`, `layers["Mu"]`), with
@@ -320,6 +362,8 @@ pub struct StoredMoments<'a> {
     pub g: usize,
     /// Second moments of a list of genes (stochastic model).
     pub second: Option<&'a SecondMoments<'a>>,
+    /// The smoothing graph (dynamical model).
+    pub graph: Option<&'a Csr>,
 }
 
 impl MomentSource for StoredMoments<'_> {
@@ -344,6 +388,10 @@ impl MomentSource for StoredMoments<'_> {
         let idx: Vec<usize> = cols.iter().map(|&c| r.start + c).collect();
         Ok(self.second.map(|f| f(&idx)))
     }
+
+    fn graph(&self) -> Option<&Csr> {
+        self.graph
+    }
 }
 
 /// One block of genes' cell × gene layers, handed to the sink of [`fit_velocity_blocks`]
@@ -360,6 +408,8 @@ pub struct BlockLayers<'a> {
     pub velocity: &'a [f32],
     /// `variance_velocity` (stochastic model).
     pub variance: Option<&'a [f32]>,
+    /// The dynamical model's layers.
+    pub dynamical: Option<DynamicalLayers<'a>>,
 }
 
 /// Per-gene results of [`fit_velocity_blocks`] and where its time went.
@@ -375,6 +425,9 @@ pub struct GeneFit {
     pub r2: Vec<f64>,
     /// Velocity genes.
     pub velocity_genes: Vec<bool>,
+    /// The dynamical model's fit per gene (`None` for genes not fitted or not recoverable;
+    /// per-cell vectors emptied: they went to the block's layers). Empty for other models.
+    pub dynamical: Vec<Option<cellfate_dynamics::GeneDynamics>>,
     /// Seconds in first moments (incl. selecting each block's columns), second moments, the
     /// fits, and the sink.
     pub seconds: [f64; 4],
@@ -387,18 +440,27 @@ pub struct GeneFit {
 /// genes to highly variable genes. With fewer than two velocity genes, scVelo's fallback (r²
 /// above its 80th percentile) is applied in a second pass, which hands every block to `sink`
 /// again.
+///
+/// The dynamical model (`mode` [`VelocityMode::Dynamical`]) fits each gene of a block in
+/// parallel after the steady-state fit (whose r² is scVelo's `fit_r2` and whose velocity genes
+/// are the genes fitted unless `dynamics.all_genes`); its velocity genes are then scVelo's:
+/// likelihood above 1e-3, r² above 0.01 and a scaling between min(P10, 0.03) and max(P90, 3).
 pub fn fit_velocity_blocks<M: MomentSource, E: From<H5adError>>(
     src: &M,
     n: usize,
     g: usize,
     hvg: Option<&[bool]>,
     mode: VelocityMode,
+    dynamics: &DynamicalSettings,
     sink: &mut dyn FnMut(BlockLayers<'_>) -> Result<(), E>,
 ) -> Result<GeneFit, E> {
     let stochastic = mode == VelocityMode::Stochastic && src.has_second();
+    let dynamical = (mode == VelocityMode::Dynamical).then_some(dynamics);
     let mut fit = GeneFit {
         mode: if stochastic {
             VelocityMode::Stochastic
+        } else if dynamical.is_some() {
+            VelocityMode::Dynamical
         } else {
             VelocityMode::Deterministic
         },
@@ -406,9 +468,18 @@ pub fn fit_velocity_blocks<M: MomentSource, E: From<H5adError>>(
         qreg_ratio: vec![0.0; g],
         r2: vec![0.0; g],
         velocity_genes: vec![false; g],
+        dynamical: Vec::new(),
         seconds: [0.0; 4],
     };
-    blocks_pass(src, n, g, hvg, stochastic, None, &mut fit, sink)?;
+    if dynamical.is_some() {
+        fit.dynamical = vec![None; g];
+    }
+    let pass = Pass {
+        hvg,
+        stochastic,
+        dynamical,
+    };
+    blocks_pass(src, n, g, &pass, None, &mut fit, sink)?;
     if fit.velocity_genes.iter().filter(|&&b| b).count() < 2 {
         // scVelo's fallback for weak splicing signal: r² above its 80th percentile.
         let cut = percentile(&mut fit.r2.clone(), 80.0);
@@ -418,25 +489,59 @@ pub fn fit_velocity_blocks<M: MomentSource, E: From<H5adError>>(
         } else {
             vec![true; g]
         };
-        blocks_pass(src, n, g, hvg, stochastic, Some(&set), &mut fit, sink)?;
+        blocks_pass(src, n, g, &pass, Some(&set), &mut fit, sink)?;
         fit.velocity_genes = vgenes;
+    }
+    if dynamical.is_some() {
+        dynamical_velocity_genes(&mut fit);
     }
     Ok(fit)
 }
 
+/// scVelo's velocity genes of the dynamical model (`tl.velocity(mode="dynamical")`).
+fn dynamical_velocity_genes(fit: &mut GeneFit) {
+    let mut scalings: Vec<f64> = fit
+        .dynamical
+        .iter()
+        .flatten()
+        .map(|d| d.scaling)
+        .filter(|x| !x.is_nan())
+        .collect();
+    let lb = percentile(&mut scalings.clone(), 10.0);
+    let ub = percentile(&mut scalings, 90.0);
+    let (lo, hi) = (lb.min(0.03), ub.max(3.0));
+    fit.velocity_genes = fit
+        .dynamical
+        .iter()
+        .zip(&fit.r2)
+        .map(|(d, &r2)| {
+            d.as_ref().is_some_and(|d| {
+                d.likelihood > 1e-3 && r2 > 0.01 && d.scaling > lo && d.scaling < hi
+            })
+        })
+        .collect();
+}
+
+/// What one pass of [`fit_velocity_blocks`] fits.
+struct Pass<'a> {
+    hvg: Option<&'a [bool]>,
+    stochastic: bool,
+    dynamical: Option<&'a DynamicalSettings>,
+}
+
 /// One pass of [`fit_velocity_blocks`]; `forced` is the set of genes given the stochastic fit
 /// (the local velocity-gene rule when `None`).
-#[allow(clippy::too_many_arguments)]
 fn blocks_pass<M: MomentSource, E: From<H5adError>>(
     src: &M,
     n: usize,
     g: usize,
-    hvg: Option<&[bool]>,
-    stochastic: bool,
+    pass: &Pass<'_>,
     forced: Option<&[bool]>,
     fit: &mut GeneFit,
     sink: &mut dyn FnMut(BlockLayers<'_>) -> Result<(), E>,
 ) -> Result<(), E> {
+    let (hvg, stochastic) = (pass.hvg, pass.stochastic);
+    let adjusted = pass.dynamical.is_some();
     let size = block_genes(n);
     let mut start = 0;
     while start < g {
@@ -457,6 +562,10 @@ fn blocks_pass<M: MomentSource, E: From<H5adError>>(
                     .zip(u)
                     .map(|(s, u)| {
                         let (_, gamma, r2) = steady_state(&s, &u);
+                        // The dynamical model's velocity genes use scVelo's adjusted r²
+                        // (`Velocity(r2_adjusted=True)`): the fit through the origin on all
+                        // cells.
+                        let r2 = if adjusted { r2_adjusted(&s, &u) } else { r2 };
                         let expressed = s.iter().any(|&x| x > 0.0) && u.iter().any(|&x| x > 0.0);
                         (gamma, r2, expressed)
                     })
@@ -518,11 +627,25 @@ fn blocks_pass<M: MomentSource, E: From<H5adError>>(
             variance = Some(var);
         }
         let gamma = &fit.gamma[range.clone()];
-        let velocity: Vec<f32> = (0..n * k)
-            .into_par_iter()
-            .with_min_len(4096)
-            .map(|q| (f64::from(mu[q]) - gamma[q % k] * f64::from(ms[q])) as f32)
-            .collect();
+        let mut dyn_layers = None;
+        let velocity: Vec<f32> = if let Some(d) = pass.dynamical {
+            let clock = std::time::Instant::now();
+            let chosen: Vec<usize> = (0..k)
+                .filter(|&c| {
+                    d.all_genes || forced.map_or(fit.velocity_genes[j0 + c], |f| f[j0 + c])
+                })
+                .collect();
+            let layers = dynamical_block(src.graph(), &ms, &mu, n, k, &chosen, d, fit, j0);
+            fit.seconds[2] += clock.elapsed().as_secs_f64();
+            dyn_layers = Some(layers.1);
+            layers.0
+        } else {
+            (0..n * k)
+                .into_par_iter()
+                .with_min_len(4096)
+                .map(|q| (f64::from(mu[q]) - gamma[q % k] * f64::from(ms[q])) as f32)
+                .collect()
+        };
         let clock = std::time::Instant::now();
         sink(BlockLayers {
             genes: range.clone(),
@@ -530,11 +653,65 @@ fn blocks_pass<M: MomentSource, E: From<H5adError>>(
             mu: &mu,
             velocity: &velocity,
             variance: variance.as_deref(),
+            dynamical: dyn_layers
+                .as_ref()
+                .map(|l: &[Vec<f32>; 4]| DynamicalLayers {
+                    fit_t: &l[0],
+                    fit_tau: &l[1],
+                    fit_tau_: &l[2],
+                    velocity_u: &l[3],
+                }),
         })?;
         fit.seconds[3] += clock.elapsed().as_secs_f64();
         start = range.end;
     }
     Ok(())
+}
+
+/// The dynamical model on columns `chosen` of one block (row-major n × k moments): each gene
+/// fitted in parallel (each alone: the result does not depend on the threads), its parameters
+/// stored in `fit.dynamical`, its layers returned: the velocity and `[fit_t, fit_tau,
+/// fit_tau_, velocity_u]`, NaN in the columns of genes not fitted.
+#[allow(clippy::too_many_arguments)]
+fn dynamical_block(
+    w: Option<&Csr>,
+    ms: &[f32],
+    mu: &[f32],
+    n: usize,
+    k: usize,
+    chosen: &[usize],
+    d: &DynamicalSettings,
+    fit: &mut GeneFit,
+    j0: usize,
+) -> (Vec<f32>, [Vec<f32>; 4]) {
+    let fitted: Vec<Option<(cellfate_dynamics::GeneDynamics, Vec<f64>, Vec<f64>)>> = chosen
+        .par_iter()
+        .map(|&c| {
+            let u: Vec<f64> = (0..n).map(|i| f64::from(mu[i * k + c])).collect();
+            let s: Vec<f64> = (0..n).map(|i| f64::from(ms[i * k + c])).collect();
+            let g = cellfate_dynamics::fit_gene(&u, &s, w, &d.options)?;
+            let (vs, vu) = cellfate_dynamics::dynamical_velocity(&u, &s, &g, w);
+            Some((g, vs, vu))
+        })
+        .collect();
+    let mut velocity = vec![f32::NAN; n * k];
+    let mut layers: [Vec<f32>; 4] = std::array::from_fn(|_| vec![f32::NAN; n * k]);
+    for (&c, r) in chosen.iter().zip(fitted) {
+        let Some((mut g, vs, vu)) = r else { continue };
+        for i in 0..n {
+            let q = i * k + c;
+            velocity[q] = vs[i] as f32;
+            layers[0][q] = g.t[i] as f32;
+            layers[1][q] = g.tau[i] as f32;
+            layers[2][q] = g.tau_[i] as f32;
+            layers[3][q] = vu[i] as f32;
+        }
+        g.t = Vec::new();
+        g.tau = Vec::new();
+        g.tau_ = Vec::new();
+        fit.dynamical[j0 + c] = Some(g);
+    }
+    (velocity, layers)
 }
 
 /// Copies a row-major n × |cols| block into columns `cols` of the row-major n × g matrix `out`.
@@ -574,6 +751,26 @@ fn steady_state(s: &[f64], u: &[f64]) -> (Vec<bool>, f64, f64) {
     let sstot: f64 = u.iter().map(|x| (x - umean).powi(2)).sum();
     let r2 = 1.0 - ssres / sstot;
     (extreme, gamma, if r2.is_finite() { r2 } else { 0.0 })
+}
+
+/// scVelo's adjusted r² of one gene: 1 − Σ(u − γs)² / Σ(u − ū)² with γ = Σsu / Σs² over all
+/// cells (least squares through the origin, no quantiles); 0 where undefined.
+fn r2_adjusted(s: &[f64], u: &[f64]) -> f64 {
+    let (su, ss) = s
+        .iter()
+        .zip(u)
+        .fold((0.0, 0.0), |(a, b), (&s, &u)| (a + s * u, b + s * s));
+    let gamma = su / ss;
+    let gamma = if gamma.is_finite() { gamma } else { 0.0 };
+    let umean = u.iter().sum::<f64>() / u.len().max(1) as f64;
+    let ssres: f64 = s.iter().zip(u).map(|(&s, &u)| (u - gamma * s).powi(2)).sum();
+    let sstot: f64 = u.iter().map(|x| (x - umean).powi(2)).sum();
+    let r2 = 1.0 - ssres / sstot;
+    if r2.is_finite() {
+        r2
+    } else {
+        0.0
+    }
 }
 
 /// scVelo's stochastic fit of one gene from its first moments `s`, `u`, second moments
@@ -641,9 +838,11 @@ pub fn fit_velocity(
         n,
         g,
         second,
+        graph: None,
     };
     let mut whole = WholeLayers::new(n, g, false);
-    let fit = fit_velocity_blocks(&src, n, g, hvg, mode, &mut |b| {
+    let settings = DynamicalSettings::default();
+    let fit = fit_velocity_blocks(&src, n, g, hvg, mode, &settings, &mut |b| {
         whole.put(&b);
         Ok::<(), H5adError>(())
     })
@@ -701,6 +900,7 @@ impl WholeLayers {
             qreg_ratio: fit.qreg_ratio,
             r2: fit.r2,
             velocity_genes: fit.velocity_genes,
+            dynamical: fit.dynamical,
             velocity: self.velocity,
             variance_velocity: self.variance,
         }
@@ -787,11 +987,19 @@ mod tests {
         };
         let mut layers = WholeLayers::new(n, g, true);
         let mut sizes = Vec::new();
-        let fit = fit_velocity_blocks(&src, n, g, Some(&hvg), VelocityMode::Stochastic, &mut |b| {
-            sizes.push(b.genes.len());
-            layers.put(&b);
-            Ok::<(), H5adError>(())
-        })
+        let fit = fit_velocity_blocks(
+            &src,
+            n,
+            g,
+            Some(&hvg),
+            VelocityMode::Stochastic,
+            &DynamicalSettings::default(),
+            &mut |b| {
+                sizes.push(b.genes.len());
+                layers.put(&b);
+                Ok::<(), H5adError>(())
+            },
+        )
         .expect("fit");
         assert_eq!(sizes, vec![512, 512, 76]);
         assert_eq!(fit.gamma, whole.gamma);
@@ -809,9 +1017,15 @@ mod tests {
             expected: "space".into(),
             found: "a full disk".into(),
         };
-        let e = fit_velocity_blocks(&src, n, g, None, VelocityMode::Stochastic, &mut |_| {
-            Err(full())
-        });
+        let e = fit_velocity_blocks(
+            &src,
+            n,
+            g,
+            None,
+            VelocityMode::Stochastic,
+            &DynamicalSettings::default(),
+            &mut |_| Err(full()),
+        );
         assert_eq!(e.err().map(|e| e.to_string()), Some(full().to_string()));
     }
 
@@ -829,11 +1043,19 @@ mod tests {
         let hvg = vec![false; g];
         let mut calls = 0;
         let mut var = vec![0.0f32; n * g];
-        let fit = fit_velocity_blocks(&src, n, g, Some(&hvg), VelocityMode::Stochastic, &mut |b| {
-            calls += 1;
-            scatter_columns(&mut var, g, &b.genes, b.variance.expect("stochastic"));
-            Ok::<(), H5adError>(())
-        })
+        let fit = fit_velocity_blocks(
+            &src,
+            n,
+            g,
+            Some(&hvg),
+            VelocityMode::Stochastic,
+            &DynamicalSettings::default(),
+            &mut |b| {
+                calls += 1;
+                scatter_columns(&mut var, g, &b.genes, b.variance.expect("stochastic"));
+                Ok::<(), H5adError>(())
+            },
+        )
         .expect("fit");
         assert_eq!(calls, 4, "two blocks, twice");
         let cut = percentile(&mut fit.r2.clone(), 80.0);

@@ -99,9 +99,11 @@ enum Command {
         /// Minimum shared spliced/unspliced counts per gene.
         #[arg(long, default_value_t = 20.0, value_parser = values::non_negative_f64)]
         min_shared_counts: f64,
-        /// Velocity model: stochastic (scVelo's default) or deterministic.
+        /// Velocity model: stochastic (scVelo's default), deterministic or dynamical.
         #[arg(long, default_value = "stochastic")]
         velocity_mode: cellfate::upstream::velocity::VelocityMode,
+        #[command(flatten)]
+        dynamics: DynamicsFlags,
         /// Neighbour search: auto (exact up to 50,000 cells), exact, approximate (NN-descent).
         #[arg(long, default_value = "auto")]
         knn: cellfate::upstream::KnnMethod,
@@ -135,9 +137,12 @@ enum Command {
         input: PathBuf,
         #[arg(short, long)]
         output: PathBuf,
-        /// stochastic (default) or deterministic.
+        /// stochastic (default), deterministic or dynamical (scVelo's recover_dynamics +
+        /// velocity(mode="dynamical"): var fit_*, layers fit_t/fit_tau/fit_tau_/velocity_u).
         #[arg(long, default_value = "stochastic")]
         mode: cellfate::upstream::velocity::VelocityMode,
+        #[command(flatten)]
+        dynamics: DynamicsFlags,
     },
     /// Simulate a branching differentiation with splicing kinetics and ground truth (raw
     /// counts, true time, true fate, true velocity) into an .h5ad file.
@@ -325,8 +330,9 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             min_shared_counts,
             velocity_mode,
             knn,
+            dynamics,
         } => {
-            let spec = cellfate::upstream::UpstreamSpec {
+            let mut spec = cellfate::upstream::UpstreamSpec {
                 n_neighbors,
                 n_pcs,
                 n_top_genes,
@@ -335,6 +341,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                 knn,
                 ..Default::default()
             };
+            dynamics.apply(&mut spec.dynamics);
             // The library's errors name the file and the slot already.
             let verbose = progress::level() >= 2;
             let mut bar = progress::Progress::new();
@@ -406,15 +413,26 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             input,
             output,
             mode,
+            dynamics,
         } => {
-            let fit = cellfate::upstream::velocity_in_file(&input, &output, mode)?;
+            let mut settings = cellfate::upstream::velocity::DynamicalSettings::default();
+            dynamics.apply(&mut settings);
+            let fit = cellfate::upstream::velocity_in_file(&input, &output, mode, &settings)?;
             let k = fit.velocity_genes.iter().filter(|&&b| b).count();
-            write_stdout(&format!(
+            let mut msg = format!(
                 "{} velocity: {k} velocity genes of {} -> {}\n",
                 mode.as_str(),
                 fit.gamma.len(),
                 output.display()
-            ))
+            );
+            if mode == cellfate::upstream::velocity::VelocityMode::Dynamical {
+                let fitted = fit.dynamical.iter().flatten().count();
+                msg.push_str(&format!(
+                    "dynamical model: {fitted} genes fitted in {:.2} s\n",
+                    fit.seconds[2]
+                ));
+            }
+            write_stdout(&msg)
         }
         Command::Simulate {
             output,
@@ -497,6 +515,29 @@ impl Command {
             Command::Pseudotime { .. } => "pseudotime",
             Command::Velocity { .. } => "velocity",
             Command::Simulate { .. } => "simulate",
+        }
+    }
+}
+
+/// The dynamical model's settings as flags (`velocity`, `preprocess`, `run`, `batch`).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct DynamicsFlags {
+    /// Genes the dynamical model fits: velocity_genes (scVelo's default: the steady-state
+    /// fit's velocity genes) or all.
+    #[arg(long, value_parser = ["velocity_genes", "all"])]
+    var_names: Option<String>,
+    /// EM iterations of the dynamical model (scVelo's max_iter, default 10).
+    #[arg(long, value_parser = values::positive)]
+    max_iter: Option<usize>,
+}
+
+impl DynamicsFlags {
+    pub(crate) fn apply(&self, s: &mut cellfate::upstream::velocity::DynamicalSettings) {
+        if let Some(v) = &self.var_names {
+            s.all_genes = v == "all";
+        }
+        if let Some(m) = self.max_iter {
+            s.options.max_iter = m;
         }
     }
 }

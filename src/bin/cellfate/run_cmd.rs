@@ -164,6 +164,13 @@ pub(crate) struct UpstreamFlags {
     /// pseudotime) even when the input already holds its outputs.
     #[arg(long)]
     recompute: bool,
+    /// Velocity model of the upstream steps: stochastic (default), deterministic or
+    /// dynamical (scVelo's recover_dynamics; recomputes the velocity of an input whose
+    /// velocity is of another mode).
+    #[arg(long)]
+    velocity_mode: Option<cellfate::upstream::velocity::VelocityMode>,
+    #[command(flatten)]
+    dynamics: crate::DynamicsFlags,
 }
 
 impl UpstreamFlags {
@@ -180,6 +187,10 @@ impl UpstreamFlags {
         if self.recompute {
             u.recompute = true;
         }
+        if let Some(m) = self.velocity_mode {
+            u.preprocess.velocity_mode = m;
+        }
+        self.dynamics.apply(&mut u.preprocess.dynamics);
         u.validate()?;
         Ok(())
     }
