@@ -761,7 +761,8 @@ fn velocity_command_reproduces_the_preprocessing_fit() {
         assert_eq!(got.as_ref(), Some(want), "obs {key}");
     }
     let v1 = d.path().join("v1.h5ad");
-    let fit = cellfate::upstream::velocity_in_file(&pp, &v1, stochastic).expect("velocity");
+    let fit = cellfate::upstream::velocity_in_file(&pp, &v1, stochastic, &Default::default())
+        .expect("velocity");
     assert_eq!(fit.gamma, want.2);
     assert!(layers(&v1) == want, "velocity from the file differs");
     // Moments stored as CSR matrices: read whole, same fit.
@@ -778,7 +779,8 @@ fn velocity_command_reproduces_the_preprocessing_fit() {
     }
     edit.write_to(&sparse).expect("sparse moments");
     let v2 = d.path().join("v2.h5ad");
-    cellfate::upstream::velocity_in_file(&sparse, &v2, stochastic).expect("velocity");
+    cellfate::upstream::velocity_in_file(&sparse, &v2, stochastic, &Default::default())
+        .expect("velocity");
     assert!(layers(&v2) == want, "velocity from sparse moments differs");
     // Deterministic: γ is the steady-state ratio and no variance is left behind.
     let v3 = d.path().join("v3.h5ad");
@@ -786,6 +788,7 @@ fn velocity_command_reproduces_the_preprocessing_fit() {
         &pp,
         &v3,
         cellfate::upstream::velocity::VelocityMode::Deterministic,
+        &Default::default(),
     )
     .expect("deterministic");
     assert_eq!(fit.gamma, fit.qreg_ratio);
