@@ -502,7 +502,9 @@ impl H5adReader {
                 what: "groups nested more than 64 deep (a cycle of links?)".into(),
             });
         }
-        match self.location_type(slot)? {
+        let kind = self.location_type(slot)?;
+        self.check_aligned(slot)?;
+        match kind {
             LocationType::Group => {
                 let g = self.file.group(slot).map_err(self.hdf5_err(slot))?;
                 self.read_group(&g, slot)
@@ -660,6 +662,60 @@ impl H5adReader {
             self.check_column_len(&col, &slot, n)?;
         }
         Ok(col)
+    }
+
+    /// `X`, a layer, an `obsm`/`varm` entry or an `obsp`/`varp` graph read whole: its declared
+    /// shape must fit the cells and genes (anndata's alignment) before anything is allocated
+    /// (a fuzzed `layers/velocity` declaring [21, 5e7] in a small file would be).
+    fn check_aligned(&self, slot: &str) -> Result<()> {
+        let (group, rest) = slot.split_once('/').unwrap_or((slot, ""));
+        if rest.contains('/') {
+            return Ok(());
+        }
+        #[derive(Clone, Copy)]
+        enum Axis {
+            Obs,
+            Var,
+        }
+        let want: &[Axis] = match (group, rest.is_empty()) {
+            ("X", true) | ("layers", false) => &[Axis::Obs, Axis::Var],
+            ("obsm", false) => &[Axis::Obs],
+            ("varm", false) => &[Axis::Var],
+            ("obsp", false) => &[Axis::Obs, Axis::Obs],
+            ("varp", false) => &[Axis::Var, Axis::Var],
+            _ => return Ok(()),
+        };
+        // Without cells or genes to compare with (no index, no X), the read decides.
+        let (Ok(n_obs), Ok(n_vars)) = (self.n_obs(), self.n_vars()) else {
+            return Ok(());
+        };
+        let Ok(info) = self.info(slot) else {
+            return Ok(());
+        };
+        let dims: Vec<usize> = want
+            .iter()
+            .map(|a| match a {
+                Axis::Obs => n_obs,
+                Axis::Var => n_vars,
+            })
+            .collect();
+        let fits =
+            info.shape.len() >= dims.len() && dims.iter().zip(&info.shape).all(|(a, b)| a == b);
+        if !fits {
+            let names: Vec<&str> = want
+                .iter()
+                .map(|a| match a {
+                    Axis::Obs => "n_obs",
+                    Axis::Var => "n_vars",
+                })
+                .collect();
+            return Err(self.invalid(
+                slot,
+                format!("leading dimensions {dims:?} ({})", names.join(" x ")),
+                format!("shape {:?}", info.shape),
+            ));
+        }
+        Ok(())
     }
 
     /// A dataset read on its own that is a column of a dataframe (`obs/size_factor`): its

@@ -280,7 +280,9 @@ pub fn plan(input: &Path, spec: &FateMapSpec) -> Result<UpstreamPlan, PipelineEr
             UpstreamStep::Velocity,
             format!(
                 "the dynamical model is asked for; the input's velocity is {}",
-                have.velocity_mode.as_deref().unwrap_or("of an unknown mode")
+                have.velocity_mode
+                    .as_deref()
+                    .unwrap_or("of an unknown mode")
             ),
         ));
     }

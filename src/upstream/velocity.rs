@@ -763,7 +763,11 @@ fn r2_adjusted(s: &[f64], u: &[f64]) -> f64 {
     let gamma = su / ss;
     let gamma = if gamma.is_finite() { gamma } else { 0.0 };
     let umean = u.iter().sum::<f64>() / u.len().max(1) as f64;
-    let ssres: f64 = s.iter().zip(u).map(|(&s, &u)| (u - gamma * s).powi(2)).sum();
+    let ssres: f64 = s
+        .iter()
+        .zip(u)
+        .map(|(&s, &u)| (u - gamma * s).powi(2))
+        .sum();
     let sstot: f64 = u.iter().map(|x| (x - umean).powi(2)).sum();
     let r2 = 1.0 - ssres / sstot;
     if r2.is_finite() {
