@@ -240,7 +240,9 @@ struct Model<'a> {
 /// graph's order, as a plain sparse product does.
 fn smooth<const K: usize>(w: &Csr, cols: [&[f64]; K]) -> [Vec<f64>; K] {
     let n = w.nrows();
-    let packed: Vec<[f64; K]> = (0..n).map(|i| std::array::from_fn(|k| cols[k][i])).collect();
+    let packed: Vec<[f64; K]> = (0..n)
+        .map(|i| std::array::from_fn(|k| cols[k][i]))
+        .collect();
     let mut out: [Vec<f64>; K] = std::array::from_fn(|_| vec![0.0; n]);
     for i in 0..n {
         let (idx, val) = w.row(i);

@@ -192,7 +192,11 @@ mod tests {
         }
         assert!(percentile(&[], 50.0).is_nan());
         for q in [0.0, 25.0, 50.0, 99.0, 99.5, 100.0] {
-            assert_eq!(percentile_select(&mut v.clone(), q), percentile(&v, q), "{q}");
+            assert_eq!(
+                percentile_select(&mut v.clone(), q),
+                percentile(&v, q),
+                "{q}"
+            );
         }
     }
 
