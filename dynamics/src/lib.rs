@@ -1,11 +1,21 @@
 //! Numerical dynamics of cellfate: scVelo's dynamical model of splicing kinetics
 //! ([`em`]: `recover_dynamics` per gene by expectation–maximisation), the velocities it
 //! implies, and the statistics it needs (a Nelder–Mead simplex that follows SciPy's step by
-//! step, NumPy's percentiles, the Gaussian-KDE bimodality test). This crate never touches
+//! step, NumPy's percentiles, the Gaussian-KDE bimodality test); scVelo's velocity graph and
+//! transition matrix ([`mod@velocity_graph`]). This crate never touches
 //! files; the root package reads and writes `.h5ad`.
 
+pub mod dense;
 pub mod em;
+pub mod error;
 pub mod nelder_mead;
 pub mod stats;
+pub mod velocity_graph;
 
+pub use dense::{velocity_gene_columns, RowMajor};
 pub use em::{fit_gene, AssignmentMode, DynamicsOptions, GeneDynamics};
+pub use error::VelocityError;
+pub use velocity_graph::{
+    knn_weights, transition_matrix, velocity_graph, Neighbors, TransitionOptions, VelocityGraph,
+    VelocityGraphOptions,
+};
