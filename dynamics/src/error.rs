@@ -2,8 +2,8 @@
 
 use thiserror::Error;
 
-/// Invalid input to [`mod@crate::velocity_graph`] (and the confidence and latent-time modules)
-/// or a failed eigensolve.
+/// Invalid input to [`mod@crate::velocity_graph`], [`crate::confidence`] or
+/// [`mod@crate::latent_time`], or a failed eigensolve.
 #[derive(Debug, Error, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum VelocityError {
