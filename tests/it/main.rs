@@ -13,6 +13,7 @@ mod data_files;
 mod data_validation;
 mod defaults;
 mod determinism;
+mod dynamical_confidence;
 mod examples;
 mod flags;
 mod fuzz_corpus;
