@@ -61,6 +61,15 @@ impl<'a> RowMajor<'a> {
         out
     }
 
+    /// [`Self::column_sum_is_nan`] for every column, in one pass over the rows.
+    pub fn column_sums_are_nan(&self) -> Vec<bool> {
+        let mut s = vec![0.0; self.ncols];
+        for i in 0..self.nrows {
+            s.iter_mut().zip(self.row(i)).for_each(|(a, b)| *a += b);
+        }
+        s.iter().map(|x| x.is_nan()).collect()
+    }
+
     /// Whether the column sum is NaN (NumPy's `np.isnan(np.sum(V, axis=0))`: a NaN, or both
     /// +∞ and −∞, in the column).
     pub fn column_sum_is_nan(&self, j: usize) -> bool {
@@ -89,8 +98,9 @@ pub fn velocity_gene_columns(
             });
         }
     }
+    let nan = velocity.column_sums_are_nan();
     Ok((0..velocity.ncols())
-        .filter(|&j| mask.is_none_or(|m| m[j]) && !velocity.column_sum_is_nan(j))
+        .filter(|&j| mask.is_none_or(|m| m[j]) && !nan[j])
         .collect())
 }
 

@@ -27,6 +27,7 @@
 //! `weight_diffusion`, for which the caller passes it.
 
 use nalgebra::DMatrix;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use cellfate_estimators::schur::{dominant_schur_op, Which};
@@ -296,28 +297,42 @@ fn schur_eigenvector(r: &DMatrix<f64>, block_start: &[bool], p: usize, lambda: f
 /// cells at or after the root's time get t − t_root; earlier cells get t + max(t − t_root
 /// over the later cells), i.e. they wrap to after the latest.
 pub fn root_time(t: &[f64], n_genes: usize, root: usize) -> Vec<f64> {
-    let g = n_genes;
-    let n = t.len() / g.max(1);
-    let tr = &t[root * g..(root + 1) * g];
-    let mut origin = vec![0.0f64; g];
-    for i in 0..n {
-        for (j, o) in origin.iter_mut().enumerate() {
-            let x = t[i * g + j];
-            let after = if x >= tr[j] { x - tr[j] } else { 0.0 };
-            // np.max over cells, first value included.
-            if i == 0 || after > *o {
-                *o = after;
-            }
-        }
-    }
-    let mut out = vec![0.0; t.len()];
-    for i in 0..n {
-        for j in 0..g {
-            let x = t[i * g + j];
-            out[i * g + j] = if x >= tr[j] { x - tr[j] } else { x + origin[j] };
-        }
-    }
+    let mut out = t.to_vec();
+    root_time_in_place(&mut out, n_genes, root);
     out
+}
+
+/// [`root_time`] overwriting `t` (parallel over cells; maxima are exact, so the result does
+/// not depend on the number of threads).
+fn root_time_in_place(t: &mut [f64], n_genes: usize, root: usize) {
+    let g = n_genes.max(1);
+    let tr: Vec<f64> = t[root * g..(root + 1) * g].to_vec();
+    // Per gene: the largest t − t_root among the cells at or after the root (≥ 0: the root).
+    let origin = t
+        .par_chunks(g)
+        .fold(
+            || vec![0.0f64; g],
+            |mut o, row| {
+                for ((o, &x), &r) in o.iter_mut().zip(row).zip(&tr) {
+                    if x >= r && x - r > *o {
+                        *o = x - r;
+                    }
+                }
+                o
+            },
+        )
+        .reduce(
+            || vec![0.0f64; g],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x = x.max(*y));
+                a
+            },
+        );
+    t.par_chunks_mut(g).for_each(|row| {
+        for ((x, &r), &o) in row.iter_mut().zip(&tr).zip(&origin) {
+            *x = if *x >= r { *x - r } else { *x + o };
+        }
+    });
 }
 
 /// scVelo's `compute_shared_time(t)` on an `n × g` row-major matrix of gene times (no NaN):
@@ -328,18 +343,28 @@ pub fn root_time(t: &[f64], n_genes: usize, root: usize) -> Vec<f64> {
 pub fn compute_shared_time(t: &mut [f64], n_genes: usize) -> Vec<f64> {
     let g = n_genes.max(1);
     let n = t.len() / g;
-    let min = t.iter().copied().fold(f64::INFINITY, f64::min);
-    t.iter_mut().for_each(|x| *x -= min);
+    let min = t.par_iter().copied().reduce(|| f64::INFINITY, f64::min);
+    t.par_iter_mut().for_each(|x| *x -= min);
     const PERC: [f64; 5] = [15.0, 20.0, 25.0, 30.0, 35.0];
-    let mut tx = vec![vec![0.0; n]; PERC.len()];
-    let mut row = vec![0.0; g];
-    for i in 0..n {
-        row.copy_from_slice(&t[i * g..(i + 1) * g]);
-        row.sort_by(|a, b| a.total_cmp(b));
-        for (q, prof) in PERC.iter().zip(tx.iter_mut()) {
-            prof[i] = percentile_sorted(&row, *q);
-        }
-    }
+    // Per cell (in parallel; each row independent): the five percentiles over the genes.
+    let per_cell: Vec<[f64; 5]> = t
+        .par_chunks(g)
+        .map_init(
+            || vec![0.0; g],
+            |row, r| {
+                // Only the order statistics up to the 35th percentile's upper neighbour are
+                // needed: partition there, sort the prefix (the same values as a full sort).
+                row.copy_from_slice(r);
+                let top = ((PERC[4] / 100.0 * (g - 1) as f64).floor() as usize + 1).min(g - 1);
+                row.select_nth_unstable_by(top, |a, b| a.total_cmp(b));
+                row[..=top].sort_by(|a, b| a.total_cmp(b));
+                PERC.map(|q| percentile_sorted(row, q))
+            },
+        )
+        .collect();
+    let mut tx: Vec<Vec<f64>> = (0..PERC.len())
+        .map(|k| per_cell.iter().map(|p| p[k]).collect())
+        .collect();
     for prof in tx.iter_mut() {
         let mut mx = prof.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         if mx == 0.0 {
@@ -540,8 +565,9 @@ pub fn latent_time(
     }
 
     // Genes: complete fit_t, likelihood ≥ min_likelihood.
+    let col_nan = ft.column_sums_are_nan();
     let mut genes: Vec<usize> = (0..g_all)
-        .filter(|&j| !ft.column_sum_is_nan(j))
+        .filter(|&j| !col_nan[j])
         .filter(|&j| opts.min_likelihood.is_none_or(|m| input.likelihood[j] >= m))
         .collect();
     let t_sum: Vec<f64> = {
@@ -567,7 +593,7 @@ pub fn latent_time(
 
     let (roots, roots_detected, mut lt) = match input.roots {
         RootPrior::Cell(c) => {
-            t = root_time(&t, g, c);
+            root_time_in_place(&mut t, g, c);
             let lt = compute_shared_time(&mut t, g);
             (vec![c], true, lt)
         }
@@ -576,7 +602,7 @@ pub fn latent_time(
             roots.truncate(4);
             let mut acc = vec![0.0; n];
             for &r in &roots {
-                t = root_time(&t, g, r);
+                root_time_in_place(&mut t, g, r);
                 let shared = compute_shared_time(&mut t, g);
                 acc.iter_mut().zip(&shared).for_each(|(a, b)| *a += b);
             }
@@ -592,7 +618,7 @@ pub fn latent_time(
         fates.truncate(4);
         let mut acc = vec![0.0; n];
         for &f in &fates {
-            t = root_time(&t, g, f);
+            root_time_in_place(&mut t, g, f);
             let shared = compute_shared_time(&mut t, g);
             acc.iter_mut().zip(&shared).for_each(|(a, b)| *a += 1.0 - b);
         }
@@ -668,6 +694,49 @@ mod tests {
         assert_eq!(t[0], 0.0, "global minimum subtracted in place");
         for (i, x) in s.iter().enumerate() {
             assert!((x - i as f64 / 10.0).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn shared_time_percentiles_equal_full_sort_percentiles() {
+        // 40 cells × 23 genes of scrambled times: the partial sort gives NumPy's percentiles.
+        let (n, g) = (40usize, 23usize);
+        let t: Vec<f64> = (0..n * g)
+            .map(|i| (i as f64 * 0.754_877_666).fract() * 20.0)
+            .collect();
+        let mut a = t.clone();
+        let got = compute_shared_time(&mut a, g);
+        let min = t.iter().copied().fold(f64::INFINITY, f64::min);
+        let mut tx: Vec<Vec<f64>> = [15.0, 20.0, 25.0, 30.0, 35.0]
+            .iter()
+            .map(|&q| {
+                (0..n)
+                    .map(|i| {
+                        let r: Vec<f64> = t[i * g..(i + 1) * g].iter().map(|x| x - min).collect();
+                        percentile(&r, q)
+                    })
+                    .collect()
+            })
+            .collect();
+        for p in tx.iter_mut() {
+            let mx = p.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            p.iter_mut().for_each(|x| *x /= mx);
+        }
+        let lin = linspace(0.0, 1.0, n);
+        let mut mse: Vec<(f64, usize)> = tx
+            .iter()
+            .enumerate()
+            .map(|(k, p)| {
+                let mut s = p.clone();
+                s.sort_by(|a, b| a.total_cmp(b));
+                (s.iter().zip(&lin).map(|(a, b)| (a - b) * (a - b)).sum(), k)
+            })
+            .collect();
+        mse.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let sum: Vec<f64> = (0..n).map(|i| tx[mse[0].1][i] + tx[mse[1].1][i]).collect();
+        let mx = sum.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        for (x, y) in got.iter().zip(&sum) {
+            assert!((x - y / mx).abs() < 1e-15);
         }
     }
 
@@ -779,6 +848,28 @@ mod tests {
         .expect("lt");
         assert!(!fallback.roots_detected);
         assert_eq!(fallback.roots, vec![0, 1, 2, 3]);
+        // An end score: the cells with the largest Σ fit_t above 1 − 1e-3, blended in.
+        let mut last = vec![0.0; n];
+        last[n - 1] = 1.0;
+        let with_end = latent_time(
+            &LatentTimeInput {
+                ends: Some(&last),
+                ..input
+            },
+            &LatentTimeOptions::default(),
+        )
+        .expect("lt");
+        assert_eq!(with_end.ends, vec![n - 1]);
+        assert!(with_end.latent_time.iter().all(|x| (0.0..=1.0).contains(x)));
+        // Options that need the velocity pseudotime are refused without it.
+        let refused = latent_time(
+            &input,
+            &LatentTimeOptions {
+                weight_diffusion: Some(0.2),
+                ..Default::default()
+            },
+        );
+        assert!(matches!(refused, Err(VelocityError::Option { .. })));
         let one = latent_time(
             &LatentTimeInput {
                 roots: RootPrior::Cell(0),

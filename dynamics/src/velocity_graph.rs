@@ -632,6 +632,38 @@ mod tests {
     }
 
     #[test]
+    fn graph_does_not_depend_on_the_thread_count() {
+        // 300 cells, 7 genes, pseudo-random values; kNN by index distance on a ring.
+        let (n, g) = (300usize, 7usize);
+        let val = |i: usize| ((i as f64 * 0.618_033_988_749_895).fract() - 0.5) * 3.0;
+        let x: Vec<f64> = (0..n * g).map(val).collect();
+        let v: Vec<f64> = (0..n * g).map(|i| val(i + 7919)).collect();
+        let mut t = Vec::new();
+        for i in 0..n {
+            for s in 1..=4 {
+                t.push((i, (i + s) % n, s as f64));
+                t.push((i, (i + n - s) % n, s as f64 + 0.5));
+            }
+        }
+        let d = Csr::from_triplets(n, n, &t).expect("d");
+        let nb = Neighbors::from_distances(&d, None).expect("nb");
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            pool.install(|| {
+                let xs = RowMajor::new("x", &x, n, g).expect("x");
+                let vs = RowMajor::new("v", &v, n, g).expect("v");
+                let genes: Vec<usize> = (0..g).collect();
+                velocity_graph(xs, vs, &genes, &nb, &VelocityGraphOptions::default())
+                    .expect("graph")
+            })
+        };
+        assert_eq!(run(1), run(3));
+    }
+
+    #[test]
     fn knn_weights_are_row_normalised_with_self() {
         let d = line_distances(4);
         let w = knn_weights(&d);
