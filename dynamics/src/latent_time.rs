@@ -295,7 +295,8 @@ fn schur_eigenvector(r: &DMatrix<f64>, block_start: &[bool], p: usize, lambda: f
 
 /// scVelo's `root_time(t, root)` on an `n × g` row-major matrix of gene times: per gene,
 /// cells at or after the root's time get t − t_root; earlier cells get t + max(t − t_root
-/// over the later cells), i.e. they wrap to after the latest.
+/// over the later cells), i.e. they wrap to after the latest. Panics when `root` is not a row
+/// of `t` (a contract violation; [`latent_time`] checks its root).
 pub fn root_time(t: &[f64], n_genes: usize, root: usize) -> Vec<f64> {
     let mut out = t.to_vec();
     root_time_in_place(&mut out, n_genes, root);
