@@ -97,7 +97,7 @@ pub fn gaussian_kde(x: &[f64], grid: &[f64]) -> Option<Vec<f64>> {
     let var = x.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (n - 1) as f64;
     let factor = (n as f64).powf(-0.2);
     let cov = var * factor * factor;
-    if !(cov > 0.0) || !cov.is_finite() {
+    if cov.is_nan() || cov <= 0.0 || !cov.is_finite() {
         return None;
     }
     let norm = 1.0 / ((2.0 * std::f64::consts::PI * cov).sqrt() * n as f64);

@@ -684,7 +684,9 @@ fn dynamical_block(
     fit: &mut GeneFit,
     j0: usize,
 ) -> (Vec<f32>, [Vec<f32>; 4]) {
-    let fitted: Vec<Option<(cellfate_dynamics::GeneDynamics, Vec<f64>, Vec<f64>)>> = chosen
+    /// A gene's fit with its spliced and unspliced velocities.
+    type Fitted = (cellfate_dynamics::GeneDynamics, Vec<f64>, Vec<f64>);
+    let fitted: Vec<Option<Fitted>> = chosen
         .par_iter()
         .map(|&c| {
             let u: Vec<f64> = (0..n).map(|i| f64::from(mu[i * k + c])).collect();

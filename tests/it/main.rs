@@ -14,6 +14,7 @@ mod data_validation;
 mod defaults;
 mod determinism;
 mod dynamical;
+mod dynamical_confidence;
 mod examples;
 mod flags;
 mod fuzz_corpus;

@@ -1,0 +1,127 @@
+//! A borrowed dense row-major matrix (cells × genes), the shape of `layers["Ms"]` and
+//! `layers["velocity"]` as the root crate reads them, and the gene selections scVelo applies
+//! to them.
+
+use crate::error::VelocityError;
+
+/// A borrowed dense row-major matrix: `values[i * ncols + j]` is row `i`, column `j`.
+#[derive(Clone, Copy, Debug)]
+pub struct RowMajor<'a> {
+    values: &'a [f64],
+    nrows: usize,
+    ncols: usize,
+}
+
+impl<'a> RowMajor<'a> {
+    /// Wraps `values` as an `nrows × ncols` matrix; `what` names it in the error when the
+    /// length is not `nrows · ncols`.
+    pub fn new(
+        what: &'static str,
+        values: &'a [f64],
+        nrows: usize,
+        ncols: usize,
+    ) -> Result<Self, VelocityError> {
+        if nrows.checked_mul(ncols) != Some(values.len()) {
+            return Err(VelocityError::DenseShape {
+                what,
+                len: values.len(),
+                rows: nrows,
+                cols: ncols,
+            });
+        }
+        Ok(Self {
+            values,
+            nrows,
+            ncols,
+        })
+    }
+
+    /// Number of rows (cells).
+    pub fn nrows(&self) -> usize {
+        self.nrows
+    }
+
+    /// Number of columns (genes).
+    pub fn ncols(&self) -> usize {
+        self.ncols
+    }
+
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &'a [f64] {
+        &self.values[i * self.ncols..(i + 1) * self.ncols]
+    }
+
+    /// The columns `cols`, in that order, as a new row-major `nrows × cols.len()` matrix.
+    pub fn gather_columns(&self, cols: &[usize]) -> Vec<f64> {
+        let mut out = Vec::with_capacity(self.nrows * cols.len());
+        for i in 0..self.nrows {
+            let r = self.row(i);
+            out.extend(cols.iter().map(|&j| r[j]));
+        }
+        out
+    }
+
+    /// [`Self::column_sum_is_nan`] for every column, in one pass over the rows.
+    pub fn column_sums_are_nan(&self) -> Vec<bool> {
+        let mut s = vec![0.0; self.ncols];
+        for i in 0..self.nrows {
+            s.iter_mut().zip(self.row(i)).for_each(|(a, b)| *a += b);
+        }
+        s.iter().map(|x| x.is_nan()).collect()
+    }
+
+    /// Whether the column sum is NaN (NumPy's `np.isnan(np.sum(V, axis=0))`: a NaN, or both
+    /// +∞ and −∞, in the column).
+    pub fn column_sum_is_nan(&self, j: usize) -> bool {
+        let mut s = 0.0;
+        for i in 0..self.nrows {
+            s += self.values[i * self.ncols + j];
+        }
+        s.is_nan()
+    }
+}
+
+/// The genes scVelo computes a velocity graph or confidence on: those of `mask` (all genes
+/// when `None`; scVelo's `var["velocity_genes"]`, and for the confidence also
+/// `spearmans_score > 0.1` when that column exists, which the caller folds into the mask)
+/// whose velocity column sum is not NaN. Returns their column indices, increasing.
+pub fn velocity_gene_columns(
+    velocity: RowMajor<'_>,
+    mask: Option<&[bool]>,
+) -> Result<Vec<usize>, VelocityError> {
+    if let Some(m) = mask {
+        if m.len() != velocity.ncols() {
+            return Err(VelocityError::Dimension {
+                what: "gene mask length (genes of the velocity layer)",
+                expected: velocity.ncols(),
+                got: m.len(),
+            });
+        }
+    }
+    let nan = velocity.column_sums_are_nan();
+    Ok((0..velocity.ncols())
+        .filter(|&j| mask.is_none_or(|m| m[j]) && !nan[j])
+        .collect())
+}
+
+/// Subtracts each row's mean from the row (`V -= V.mean(1)[:, None]`), in place, on an
+/// `nrows × ncols` row-major buffer.
+pub(crate) fn centre_rows(values: &mut [f64], ncols: usize) {
+    if ncols == 0 {
+        return;
+    }
+    for row in values.chunks_mut(ncols) {
+        let m = row.iter().sum::<f64>() / ncols as f64;
+        row.iter_mut().for_each(|x| *x -= m);
+    }
+}
+
+/// Euclidean norm.
+pub(crate) fn norm(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+/// Dot product.
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
