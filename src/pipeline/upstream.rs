@@ -491,6 +491,23 @@ pub fn prepare_input(
                 }
             }
         }
+        // The dynamical model's velocity graph, confidences and latent time (scVelo's
+        // velocity_graph + velocity_confidence + latent_time after recover_dynamics).
+        let velocity_step = matches!(
+            step,
+            UpstreamStep::Preprocess | UpstreamStep::Moments | UpstreamStep::Velocity
+        );
+        if velocity_step && mode == upstream::velocity::VelocityMode::Dynamical {
+            let s = upstream::velocity_summaries::velocity_summaries_in_file(
+                to,
+                &upstream::velocity_summaries::LatentRoot::Auto,
+            )
+            .map_err(wrap)?;
+            current.notes.push(format!(
+                "dynamical model: velocity confidence median {:.3}; latent time written",
+                s.median_confidence
+            ));
+        }
         current.path = to.to_path_buf();
         // The previous intermediate file (if any) is removed here.
         current._temp = Some(next);

@@ -52,6 +52,7 @@ pub mod ann;
 pub mod dpt;
 pub mod pca;
 pub mod velocity;
+pub mod velocity_summaries;
 
 use std::path::Path;
 

@@ -104,6 +104,8 @@ enum Command {
         velocity_mode: cellfate::upstream::velocity::VelocityMode,
         #[command(flatten)]
         dynamics: DynamicsFlags,
+        #[command(flatten)]
+        latent: LatentFlags,
         /// Neighbour search: auto (exact up to 50,000 cells), exact, approximate (NN-descent).
         #[arg(long, default_value = "auto")]
         knn: cellfate::upstream::KnnMethod,
@@ -143,6 +145,8 @@ enum Command {
         mode: cellfate::upstream::velocity::VelocityMode,
         #[command(flatten)]
         dynamics: DynamicsFlags,
+        #[command(flatten)]
+        latent: LatentFlags,
     },
     /// Simulate a branching differentiation with splicing kinetics and ground truth (raw
     /// counts, true time, true fate, true velocity) into an .h5ad file.
@@ -331,6 +335,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             velocity_mode,
             knn,
             dynamics,
+            latent,
         } => {
             let mut spec = cellfate::upstream::UpstreamSpec {
                 n_neighbors,
@@ -364,10 +369,14 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                     );
                 }
             }
-            write_stdout(&format!(
+            let mut msg = format!(
                 "wrote {} (X log-normalised; layers Ms, Mu, velocity; obsp connectivities, distances; var velocity_genes)\n",
                 output.display()
-            ))
+            );
+            if velocity_mode == cellfate::upstream::velocity::VelocityMode::Dynamical {
+                msg.push_str(&latent.summaries(&output)?);
+            }
+            write_stdout(&msg)
         }
         Command::Pseudotime {
             input,
@@ -414,6 +423,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             output,
             mode,
             dynamics,
+            latent,
         } => {
             let mut settings = cellfate::upstream::velocity::DynamicalSettings::default();
             dynamics.apply(&mut settings);
@@ -431,6 +441,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                     "dynamical model: {fitted} genes fitted in {:.2} s\n",
                     fit.seconds[2]
                 ));
+                msg.push_str(&latent.summaries(&output)?);
             }
             write_stdout(&msg)
         }
@@ -516,6 +527,130 @@ impl Command {
             Command::Velocity { .. } => "velocity",
             Command::Simulate { .. } => "simulate",
         }
+    }
+}
+
+/// Latent time and the velocity summaries after the dynamical model (`velocity`,
+/// `preprocess`).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct LatentFlags {
+    /// Latent time starts at this cell (index or obs name) instead of scVelo's root cells.
+    #[arg(long, conflicts_with = "latent_root_cluster")]
+    latent_root_cell: Option<String>,
+    /// Latent time starts at the cells of this cluster (obs column --latent-cluster-key).
+    #[arg(long)]
+    latent_root_cluster: Option<String>,
+    /// obs column of --latent-root-cluster.
+    #[arg(long, default_value = "clusters", requires = "latent_root_cluster")]
+    latent_cluster_key: String,
+    /// Also write the kinetic parameters (var fit_*) as CSV, one row per gene.
+    #[arg(long)]
+    kinetics_csv: Option<PathBuf>,
+    /// Also write latent time (and the velocity confidences) as CSV, one row per cell.
+    #[arg(long)]
+    latent_time_csv: Option<PathBuf>,
+}
+
+impl LatentFlags {
+    fn root(&self) -> cellfate::upstream::velocity_summaries::LatentRoot {
+        use cellfate::upstream::velocity_summaries::LatentRoot;
+        match (&self.latent_root_cell, &self.latent_root_cluster) {
+            (Some(c), _) => LatentRoot::Cell(c.clone()),
+            (None, Some(name)) => LatentRoot::Cluster {
+                key: self.latent_cluster_key.clone(),
+                name: name.clone(),
+            },
+            _ => LatentRoot::Auto,
+        }
+    }
+
+    /// Velocity graph, confidences and latent time into `output`, the CSV tables; returns
+    /// the lines to print.
+    fn summaries(&self, output: &std::path::Path) -> anyhow::Result<String> {
+        let s = cellfate::upstream::velocity_summaries::velocity_summaries_in_file(
+            output,
+            &self.root(),
+        )?;
+        let mut msg = format!(
+            "velocity confidence: median {:.3} over {} genes\n",
+            s.median_confidence, s.n_genes
+        );
+        if let Some((roots, detected)) = &s.latent_roots {
+            msg.push_str(&format!(
+                "latent time: from {} root cell(s){}\n",
+                roots.len(),
+                if *detected {
+                    ""
+                } else {
+                    " (none stood out: the earliest by fit_t, as scVelo)"
+                }
+            ));
+        }
+        let r = cellfate::io::H5adReader::open(output)?;
+        if let Some(path) = &self.kinetics_csv {
+            let genes = r.var_names()?;
+            let keys = [
+                "fit_alpha",
+                "fit_beta",
+                "fit_gamma",
+                "fit_t_",
+                "fit_scaling",
+                "fit_std_u",
+                "fit_std_s",
+                "fit_likelihood",
+                "fit_variance",
+                "fit_r2",
+            ];
+            let cols: Vec<Vec<f64>> = keys
+                .iter()
+                .map(|k| {
+                    r.column("var", k)
+                        .ok()
+                        .and_then(|c| c.to_f64_vec())
+                        .unwrap_or_else(|| vec![f64::NAN; genes.len()])
+                })
+                .collect();
+            let vg = r
+                .column("var", "velocity_genes")
+                .ok()
+                .and_then(|c| c.to_f64_vec());
+            let mut out = format!("gene,{},velocity_genes\n", keys.join(","));
+            for (j, gname) in genes.iter().enumerate() {
+                out.push_str(&cellfate::names::csv_field(gname));
+                for c in &cols {
+                    out.push_str(&format!(",{}", c[j]));
+                }
+                let v = vg.as_ref().is_some_and(|v| v[j] != 0.0);
+                out.push_str(&format!(",{v}\n"));
+            }
+            cellfate::output::write_atomic(path, out.as_bytes())?;
+            msg.push_str(&format!("kinetic parameters -> {}\n", path.display()));
+        }
+        if let Some(path) = &self.latent_time_csv {
+            let cells = r.obs_names()?;
+            let keys = [
+                "latent_time",
+                "velocity_confidence",
+                "velocity_length",
+                "velocity_confidence_transition",
+                "velocity_coherence",
+            ];
+            let cols: Vec<Vec<f64>> = keys
+                .iter()
+                .map(|k| r.obs_f64(k).unwrap_or_else(|_| vec![f64::NAN; cells.len()]))
+                .collect();
+            let mut out = format!("cell,{}\n", keys.join(","));
+            for (i, c) in cells.iter().enumerate() {
+                out.push_str(&cellfate::names::csv_field(c));
+                for col in &cols {
+                    out.push_str(&format!(",{}", col[i]));
+                }
+                out.push('\n');
+            }
+            cellfate::output::write_atomic(path, out.as_bytes())?;
+            msg.push_str(&format!("latent time -> {}\n", path.display()));
+        }
+        Ok(msg)
     }
 }
 

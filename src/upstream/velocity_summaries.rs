@@ -1,0 +1,223 @@
+//! What scVelo computes from the velocities once they exist, on a file: the velocity graph
+//! (`tl.velocity_graph`), the velocity confidences (`tl.velocity_confidence`: length,
+//! confidence, transition confidence; plus RNAVelocity's displacement coherence), and for the
+//! dynamical model the root/end cells and the gene-shared latent time (`tl.latent_time`),
+//! through [`cellfate_dynamics`]. Written under scVelo's keys: `uns["velocity_graph"]`,
+//! `uns["velocity_graph_neg"]`, `obs["velocity_self_transition"]`, `obs["velocity_length"]`,
+//! `obs["velocity_confidence"]`, `obs["velocity_confidence_transition"]`,
+//! `obs["velocity_coherence"]` (ours), `obs["root_cells"]`, `obs["end_points"]`,
+//! `obs["latent_time"]`.
+
+use std::path::Path;
+
+use cellfate_dynamics as dynamics;
+
+use cellfate_kernels::CellSource;
+
+use crate::io::{Element, H5adEdit, H5adReader};
+use crate::pipeline::PipelineError;
+
+/// Where latent time starts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum LatentRoot {
+    /// scVelo's rule: root cells from the backward velocity chain's stationary states (the
+    /// cells with the smallest summed fit_t when none stand out).
+    #[default]
+    Auto,
+    /// One cell, by index or obs name (scVelo's `root_key` in `uns`).
+    Cell(String),
+    /// The cells of one cluster (`obs[key] == name`).
+    Cluster {
+        /// obs column.
+        key: String,
+        /// Cluster name.
+        name: String,
+    },
+}
+
+/// What [`velocity_summaries_in_file`] computed.
+#[derive(Clone, Debug, Default)]
+pub struct VelocitySummary {
+    /// Velocity genes used (non-NaN velocity).
+    pub n_genes: usize,
+    /// Median `velocity_confidence`.
+    pub median_confidence: f64,
+    /// Latent time: the root cells used, and whether they were detected (not a fallback).
+    pub latent_roots: Option<(Vec<usize>, bool)>,
+}
+
+fn err(msg: String) -> PipelineError {
+    PipelineError::Preprocessing { message: msg }
+}
+
+/// Computes the velocity graph, the confidences and (when `layers["fit_t"]` exists, the
+/// dynamical model) latent time on `path`, and rewrites `path` with them (the file is ours:
+/// an output of `velocity`, `preprocess` or an intermediate of `run`).
+pub fn velocity_summaries_in_file(
+    path: &Path,
+    root: &LatentRoot,
+) -> Result<VelocitySummary, PipelineError> {
+    let r = H5adReader::open(path)?;
+    let source = path.display().to_string();
+    for (slot, why) in [
+        ("layers/Ms", "first moments of spliced counts"),
+        ("layers/velocity", "RNA velocity"),
+        (
+            "obsp/distances",
+            "the kNN distances the velocity graph uses",
+        ),
+        (
+            "obsp/connectivities",
+            "the kNN graph latent time is smoothed over",
+        ),
+    ] {
+        if !r.exists(slot) {
+            return Err(err(format!("{source}: {slot} is missing ({why})")));
+        }
+    }
+    let (n, g, ms) = r.dense("layers/Ms")?;
+    let (n2, g2, vel) = r.dense("layers/velocity")?;
+    if (n, g) != (n2, g2) {
+        return Err(err(format!(
+            "{source}: layers Ms ({n}x{g}) and velocity ({n2}x{g2}) differ in shape"
+        )));
+    }
+    let mask: Option<Vec<bool>> = if r.exists("var/velocity_genes") {
+        let v = r
+            .column("var", "velocity_genes")?
+            .to_f64_vec()
+            .ok_or_else(|| {
+                err(format!(
+                    "{source}: var/velocity_genes: expected a boolean column"
+                ))
+            })?;
+        Some(v.into_iter().map(|x| x != 0.0).collect())
+    } else {
+        None
+    };
+    let dyn_err = |e: dynamics::VelocityError| err(format!("{source}: {e}"));
+    let x = dynamics::RowMajor::new("layers/Ms", &ms, n, g).map_err(dyn_err)?;
+    let v = dynamics::RowMajor::new("layers/velocity", &vel, n, g).map_err(dyn_err)?;
+    let genes = dynamics::velocity_gene_columns(v, mask.as_deref()).map_err(dyn_err)?;
+    if genes.is_empty() {
+        return Err(err(format!(
+            "{source}: no velocity gene has a finite velocity in every cell (var/velocity_genes)"
+        )));
+    }
+    let distances = r.obsp("distances")?;
+    let nb = dynamics::Neighbors::from_distances(&distances, None).map_err(dyn_err)?;
+    let mode_stochastic = matches!(
+        r.read("uns/velocity_params/mode"),
+        Ok(Element::Str(m)) if m == "stochastic"
+    );
+    let opts = dynamics::VelocityGraphOptions {
+        sqrt_transform: mode_stochastic,
+        ..Default::default()
+    };
+    let vg = dynamics::velocity_graph(x, v, &genes, &nb, &opts).map_err(dyn_err)?;
+    let length = dynamics::velocity_length(v, &genes).map_err(dyn_err)?;
+    let conf = dynamics::velocity_confidence(v, &genes, &nb).map_err(dyn_err)?;
+    let t = dynamics::transition_matrix(&vg.graph, Some(&vg.graph_neg), &Default::default())
+        .map_err(dyn_err)?;
+    let conf_t = dynamics::velocity_confidence_transition(x, v, &genes, &t).map_err(dyn_err)?;
+    let coherence = dynamics::displacement_coherence(x, v, &genes, &nb).map_err(dyn_err)?;
+    let mut summary = VelocitySummary {
+        n_genes: genes.len(),
+        median_confidence: median(&conf),
+        latent_roots: None,
+    };
+    let mut edit = H5adEdit::new(path);
+    edit.set(
+        "obs/velocity_self_transition",
+        Element::from_f64(vg.self_transition.clone()),
+    );
+    edit.set("obs/velocity_length", Element::from_f64(length));
+    edit.set("obs/velocity_confidence", Element::from_f64(conf));
+    edit.set(
+        "obs/velocity_confidence_transition",
+        Element::from_f64(conf_t),
+    );
+    edit.set("obs/velocity_coherence", Element::from_f64(coherence));
+    if r.exists("layers/fit_t") && r.exists("var/fit_likelihood") {
+        let (_, _, fit_t) = r.dense("layers/fit_t")?;
+        let likelihood = r
+            .column("var", "fit_likelihood")?
+            .to_f64_vec()
+            .ok_or_else(|| err(format!("{source}: var/fit_likelihood: expected numbers")))?;
+        let wd = dynamics::knn_weights(&distances);
+        let ts =
+            dynamics::terminal_states(&vg.graph, Some(&vg.graph_neg), &wd, &Default::default())
+                .map_err(dyn_err)?;
+        let scores;
+        let prior = match root {
+            LatentRoot::Auto => dynamics::RootPrior::Scores(&ts.root_cells),
+            LatentRoot::Cell(c) => {
+                let names = r.obs_names()?;
+                let i = c
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&i| i < n)
+                    .or_else(|| names.iter().position(|x| x == c))
+                    .ok_or_else(|| {
+                        err(format!(
+                            "{source}: root cell {c:?} is neither a cell index below {n} nor an obs name"
+                        ))
+                    })?;
+                dynamics::RootPrior::Cell(i)
+            }
+            LatentRoot::Cluster { key, name } => {
+                let labels = r
+                    .obs_labels(key)
+                    .map_err(|e| err(format!("{source}: {e}")))?;
+                scores = labels
+                    .iter()
+                    .map(|l| f64::from(u8::from(l.as_deref() == Some(name.as_str()))))
+                    .collect::<Vec<f64>>();
+                if !scores.iter().any(|&s| s > 0.0) {
+                    let mut known: Vec<String> = labels.iter().flatten().cloned().collect();
+                    known.sort();
+                    known.dedup();
+                    return Err(err(format!(
+                        "{source}: root cluster {name:?} not found in obs/{key} (clusters: {})",
+                        known.join(", ")
+                    )));
+                }
+                dynamics::RootPrior::Scores(&scores)
+            }
+        };
+        let w = dynamics::knn_weights(&r.obsp("connectivities")?);
+        let lt = dynamics::latent_time(
+            &dynamics::LatentTimeInput {
+                fit_t: dynamics::RowMajor::new("layers/fit_t", &fit_t, n, g).map_err(dyn_err)?,
+                likelihood: &likelihood,
+                connectivities: &w,
+                roots: prior,
+                ends: None,
+                velocity_pseudotime: None,
+            },
+            &Default::default(),
+        )
+        .map_err(dyn_err)?;
+        edit.set("obs/root_cells", Element::from_f64(ts.root_cells.clone()));
+        edit.set("obs/end_points", Element::from_f64(ts.end_points.clone()));
+        edit.set("obs/latent_time", Element::from_f64(lt.latent_time));
+        summary.latent_roots = Some((lt.roots, lt.roots_detected));
+    }
+    edit.set("uns/velocity_graph", Element::Sparse(vg.graph.into()));
+    edit.set(
+        "uns/velocity_graph_neg",
+        Element::Sparse(vg.graph_neg.into()),
+    );
+    drop(r);
+    edit.write_in_place()?;
+    Ok(summary)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
