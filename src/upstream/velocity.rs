@@ -428,6 +428,10 @@ pub struct GeneFit {
     /// The dynamical model's fit per gene (`None` for genes not fitted or not recoverable;
     /// per-cell vectors emptied: they went to the block's layers). Empty for other models.
     pub dynamical: Vec<Option<cellfate_dynamics::GeneDynamics>>,
+    /// Genes the dynamical model was asked to fit but could not (at most 2 cells with both
+    /// unspliced and spliced moments above 0: scVelo's "not recoverable"); their parameters
+    /// and layers are NaN.
+    pub dynamical_skipped: Vec<usize>,
     /// Seconds in first moments (incl. selecting each block's columns), second moments, the
     /// fits, and the sink.
     pub seconds: [f64; 4],
@@ -469,6 +473,7 @@ pub fn fit_velocity_blocks<M: MomentSource, E: From<H5adError>>(
         r2: vec![0.0; g],
         velocity_genes: vec![false; g],
         dynamical: Vec::new(),
+        dynamical_skipped: Vec::new(),
         seconds: [0.0; 4],
     };
     if dynamical.is_some() {
@@ -699,7 +704,10 @@ fn dynamical_block(
     let mut velocity = vec![f32::NAN; n * k];
     let mut layers: [Vec<f32>; 4] = std::array::from_fn(|_| vec![f32::NAN; n * k]);
     for (&c, r) in chosen.iter().zip(fitted) {
-        let Some((mut g, vs, vu)) = r else { continue };
+        let Some((mut g, vs, vu)) = r else {
+            fit.dynamical_skipped.push(j0 + c);
+            continue;
+        };
         for i in 0..n {
             let q = i * k + c;
             velocity[q] = vs[i] as f32;

@@ -360,3 +360,75 @@ fn latent_time_follows_the_true_time_of_a_simulation() {
     assert!(lat.starts_with("cell,latent_time,velocity_confidence"));
     assert_eq!(lat.lines().count(), 2001);
 }
+
+/// A gene with no unspliced counts cannot be fitted (scVelo: "not recoverable"): its
+/// parameters are NaN, it is counted and named in the summary, never a panic, and the other
+/// genes are fitted as before; the pseudotime kernel then runs on latent time.
+#[test]
+fn unrecoverable_genes_are_named_and_latent_time_drives_the_pseudotime_kernel() {
+    let d = tempdir();
+    let sim = d.path().join("sim.h5ad");
+    simulate_cli(
+        &sim,
+        &[
+            "--cells", "300", "--genes", "30", "--fates", "2", "--seed", "4",
+        ],
+    );
+    let pp = d.path().join("pp.h5ad");
+    succeed(
+        cellfate()
+            .arg("preprocess")
+            .arg(&sim)
+            .args(["--n-top-genes", "30", "-q", "-o"])
+            .arg(&pp),
+    );
+    let r = H5adReader::open(&pp).expect("pp");
+    let (n, g, mut mu) = r.dense("layers/Mu").expect("Mu");
+    let name = r.var_names().expect("names")[3].clone();
+    drop(r);
+    for i in 0..n {
+        mu[i * g + 3] = 0.0;
+    }
+    let mut edit = cellfate::io::H5adEdit::new(&pp);
+    edit.set(
+        "layers/Mu",
+        cellfate::io::Element::from_f64_matrix(n, g, mu),
+    );
+    let bad = d.path().join("nounspliced.h5ad");
+    edit.write_to(&bad).expect("edited");
+    let out = d.path().join("dyn.h5ad");
+    let res = succeed(
+        cellfate()
+            .args(["velocity", "--mode", "dynamical", "--var-names", "all"])
+            .arg(&bad)
+            .arg("-o")
+            .arg(&out),
+    );
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        stdout.contains("1 genes not recoverable") && stdout.contains(&name),
+        "{stdout}"
+    );
+    let r = H5adReader::open(&out).expect("output");
+    let alpha = var(&r, "fit_alpha");
+    assert!(alpha[3].is_nan());
+    assert_eq!(alpha.iter().filter(|a| a.is_finite()).count(), g - 1);
+    let pt = d.path().join("pt.h5ad");
+    succeed(
+        cellfate()
+            .arg("run")
+            .arg(&out)
+            .args([
+                "--kernel",
+                "pseudotime",
+                "--param",
+                "pseudotime.time_key=latent_time",
+            ])
+            .args(crate::common::small_run_flags("20"))
+            .arg("-o")
+            .arg(&pt),
+    );
+    assert!(H5adReader::open(&pt)
+        .expect("run")
+        .exists("obsm/lineages_fwd"));
+}

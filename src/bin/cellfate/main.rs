@@ -441,6 +441,21 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                     "dynamical model: {fitted} genes fitted in {:.2} s\n",
                     fit.seconds[2]
                 ));
+                if !fit.dynamical_skipped.is_empty() {
+                    let names = cellfate::io::H5adReader::open(&output)?.var_names()?;
+                    let shown: Vec<&str> = fit
+                        .dynamical_skipped
+                        .iter()
+                        .take(10)
+                        .filter_map(|&j| names.get(j).map(String::as_str))
+                        .collect();
+                    msg.push_str(&format!(
+                        "dynamical model: {} genes not recoverable (at most 2 cells with unspliced and spliced above 0; parameters NaN): {}{}\n",
+                        fit.dynamical_skipped.len(),
+                        shown.join(", "),
+                        if fit.dynamical_skipped.len() > 10 { ", ..." } else { "" }
+                    ));
+                }
                 msg.push_str(&latent.summaries(&output)?);
             }
             write_stdout(&msg)
