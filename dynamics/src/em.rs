@@ -959,7 +959,7 @@ pub fn fit_gene(
 /// likely of induction, repression, the two steady states and "none" (kNN-smoothed state
 /// distances scaled by the variance of the signed branch distance), its time is smoothed over
 /// the kNN graph and re-split at t_, and the velocities are read off the curve at that time:
-/// spliced v = βu(t) − γs(t) (at least −s), unspliced w = (α·[induction] − βu(t))·scaling
+/// spliced v = βu(t) − γs(t) (at least −s), unspliced w = (α·1{induction} − βu(t))·scaling
 /// (at least −u); steady and "none" cells get 0. Returns (spliced, unspliced) velocities.
 pub fn dynamical_velocity(
     u: &[f64],

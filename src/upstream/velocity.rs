@@ -204,6 +204,9 @@ pub struct VelocityFit {
     pub velocity: Vec<f32>,
     /// Stochastic mode: `variance_velocity` (zero for genes that are not velocity genes).
     pub variance_velocity: Option<Vec<f32>>,
+    /// Dynamical mode: `[fit_t, fit_tau, fit_tau_, velocity_u]`, row-major n × g (NaN for
+    /// genes not fitted).
+    pub dynamical_layers: Option<[Vec<f32>; 4]>,
 }
 
 /// Genes per parallel task of a block's fit (each task gathers its genes' columns from the
@@ -836,7 +839,9 @@ fn stochastic_gene(s: &[f64], u: &[f64], mss: &[f64], mus: &[f64], qreg: f64) ->
 /// Fits the velocity model on the moments `ms`, `mu` (row-major n × g) in memory. `hvg`
 /// restricts the velocity genes to highly variable genes; `second` computes `(Mss, Mus)`
 /// (row-major n × |genes|) for a list of genes and is needed in stochastic mode. The blocks
-/// of [`fit_velocity_blocks`] are gathered into whole layers.
+/// of [`fit_velocity_blocks`] are gathered into whole layers. In dynamical mode this fits
+/// without a kNN graph (scVelo's `fit_connected_states=False`); the file functions
+/// ([`crate::upstream::velocity_in_file`]) smooth over the file's graph as scVelo does.
 pub fn fit_velocity(
     ms: &[f32],
     mu: &[f32],
@@ -877,6 +882,8 @@ pub struct WholeLayers {
     pub velocity: Vec<f32>,
     /// `variance_velocity`, once a block brings it.
     pub variance: Option<Vec<f32>>,
+    /// The dynamical model's `[fit_t, fit_tau, fit_tau_, velocity_u]`, once a block brings them.
+    pub dynamical: Option<[Vec<f32>; 4]>,
 }
 
 impl WholeLayers {
@@ -889,6 +896,7 @@ impl WholeLayers {
             mu: vec![0.0; m],
             velocity: vec![0.0; n * g],
             variance: None,
+            dynamical: None,
         }
     }
 
@@ -900,6 +908,17 @@ impl WholeLayers {
             scatter_columns(&mut self.mu, g, &b.genes, b.mu);
         }
         scatter_columns(&mut self.velocity, g, &b.genes, b.velocity);
+        if let Some(d) = &b.dynamical {
+            let all = self
+                .dynamical
+                .get_or_insert_with(|| std::array::from_fn(|_| vec![f32::NAN; n * g]));
+            for (a, l) in all
+                .iter_mut()
+                .zip([d.fit_t, d.fit_tau, d.fit_tau_, d.velocity_u])
+            {
+                scatter_columns(a, g, &b.genes, l);
+            }
+        }
         if let Some(v) = b.variance {
             let all = self.variance.get_or_insert_with(|| vec![0.0; n * g]);
             scatter_columns(all, g, &b.genes, v);
@@ -917,6 +936,7 @@ impl WholeLayers {
             dynamical: fit.dynamical,
             velocity: self.velocity,
             variance_velocity: self.variance,
+            dynamical_layers: self.dynamical,
         }
     }
 }
