@@ -689,9 +689,17 @@ impl H5adReader {
         let (Ok(n_obs), Ok(n_vars)) = (self.n_obs(), self.n_vars()) else {
             return Ok(());
         };
+        // An encoding without a shape (unsupported, say) is left to the read's own error.
         let Ok(info) = self.info(slot) else {
             return Ok(());
         };
+        let known = matches!(
+            info.encoding.as_str(),
+            "array" | "csr_matrix" | "csc_matrix" | "dataframe" | "string-array" | ""
+        );
+        if info.shape.is_empty() || !known {
+            return Ok(());
+        }
         let dims: Vec<usize> = want
             .iter()
             .map(|a| match a {
@@ -709,10 +717,16 @@ impl H5adReader {
                     Axis::Var => "n_vars",
                 })
                 .collect();
+            let join = |v: &[usize]| -> String {
+                v.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" x ")
+            };
             return Err(self.invalid(
                 slot,
-                format!("leading dimensions {dims:?} ({})", names.join(" x ")),
-                format!("shape {:?}", info.shape),
+                format!("{} ({}) leading", join(&dims), names.join(" x ")),
+                join(&info.shape),
             ));
         }
         Ok(())

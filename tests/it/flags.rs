@@ -509,6 +509,10 @@ const NUMERIC: &[(&str, &str, &[&str])] = &[
     ("run", "--n-cells", &["0", "-1"]),
     ("run", "--seed", &["-1", "NaN"]),
     ("run", "--demo-cells", &["0", "-5"]),
+    ("run", "--max-iter", &["0", "-1", "NaN"]),
+    ("velocity", "--max-iter", &["0", "-1", "NaN"]),
+    ("preprocess", "--max-iter", &["0", "-1", "NaN"]),
+    ("batch", "--max-iter", &["0", "-1", "NaN"]),
     ("run", "--n-walks", &["-1", "NaN"]),
     ("run", "--walk-seed", &["-1", "NaN"]),
     ("batch", "--n-states", &["0", "1", "NaN"]),
@@ -596,6 +600,12 @@ const TEXT: &[&str] = &[
     "--velocity-mode",
     "--knn",
     "--mode",
+    "--var-names",
+    "--latent-root-cell",
+    "--latent-root-cluster",
+    "--latent-cluster-key",
+    "--kinetics-csv",
+    "--latent-time-csv",
 ];
 
 /// The subcommands listed by `cellfate --help`.
