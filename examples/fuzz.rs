@@ -202,17 +202,22 @@ enum Run {
 
 fn run_limited(cmd: &mut Command, timeout: Duration) -> Res<Run> {
     use std::os::unix::process::ExitStatusExt;
+    // Output goes to files, not pipes: a child writing more than a pipe holds (libhdf5's
+    // error stacks can) would block until the timeout and be counted as a hang.
+    let dir = tempfile::tempdir()?;
+    let (o, e) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let mut child = cmd
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(std::fs::File::create(&o)?)
+        .stderr(std::fs::File::create(&e)?)
         .spawn()?;
     let start = Instant::now();
     loop {
         if let Some(st) = child.try_wait()? {
-            let out = child.wait_with_output()?;
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            let out = std::fs::read(&o)?;
+            let err = std::fs::read(&e)?;
+            let stdout = String::from_utf8_lossy(&out);
+            let stderr = String::from_utf8_lossy(&err).into_owned();
             return Ok(match st.signal() {
                 Some(s) => Run::Signal(s, stderr),
                 None => Run::Exited(
