@@ -143,6 +143,7 @@ pub fn report(r: &H5adReader, title: &str, opts: &PlotOptions) -> Result<String,
     if !r.exists(&keys::obsm(&lin)) {
         h.push_str("<p>No fate probabilities in this file.</p>\n");
     }
+    velocity_section(r, &mut h);
     if let (Some(m), Some(c)) = (
         summary.get("schur_method").and_then(|v| v.as_str()),
         summary.get("crispness").and_then(|v| v.as_f64()),
@@ -242,6 +243,92 @@ pub fn report(r: &H5adReader, title: &str, opts: &PlotOptions) -> Result<String,
     }
     h.push_str("</body></html>\n");
     Ok(h)
+}
+
+/// The velocity's quality, when the file has it: scVelo's velocity confidence and length,
+/// RNAVelocity's coherence, latent time, and for the dynamical model the genes fitted and the
+/// best-fitted genes by likelihood (per-gene fit quality).
+fn velocity_section(r: &H5adReader, h: &mut String) {
+    let quartiles = |key: &str| -> Option<[f64; 3]> {
+        let mut v: Vec<f64> = r
+            .obs_f64(key)
+            .ok()?
+            .into_iter()
+            .filter(|x| x.is_finite())
+            .collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+        Some([q(0.25), q(0.5), q(0.75)])
+    };
+    let rows: Vec<(&str, &str, [f64; 3])> = [
+        (
+            "velocity_confidence",
+            "velocity confidence (mean correlation with the neighbours' velocities)",
+        ),
+        (
+            "velocity_confidence_transition",
+            "velocity confidence along the transition matrix",
+        ),
+        (
+            "velocity_coherence",
+            "velocity coherence (mean cosine with the displacements to the neighbours)",
+        ),
+        ("velocity_length", "velocity length"),
+        ("latent_time", "latent time"),
+    ]
+    .into_iter()
+    .filter_map(|(k, what)| Some((k, what, quartiles(k)?)))
+    .collect();
+    if rows.is_empty() {
+        return;
+    }
+    h.push_str("<h2>Velocity</h2>\n");
+    if let Ok(Element::Str(mode)) = r.read("uns/velocity_params/mode") {
+        let _ = writeln!(h, "<p>Velocity model: {}.</p>", esc(&mode));
+    }
+    h.push_str(
+        "<table><tr><th>per cell (obs)</th><th>25 %</th><th>median</th><th>75 %</th></tr>\n",
+    );
+    for (k, what, q) in rows {
+        let _ = writeln!(
+            h,
+            "<tr><td>{} <code>{}</code></td><td class=\"num\">{:.3}</td><td class=\"num\">{:.3}</td><td class=\"num\">{:.3}</td></tr>",
+            esc(what),
+            esc(k),
+            q[0],
+            q[1],
+            q[2]
+        );
+    }
+    h.push_str("</table>\n");
+    let lik = r
+        .column("var", "fit_likelihood")
+        .ok()
+        .and_then(|c| c.to_f64_vec());
+    if let (Some(lik), Ok(names)) = (lik, r.var_names()) {
+        let mut fitted: Vec<(usize, f64)> = lik
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(_, l)| l.is_finite())
+            .collect();
+        fitted.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let top: Vec<String> = fitted
+            .iter()
+            .take(10)
+            .map(|&(j, l)| format!("{} ({l:.3})", esc(names.get(j).map_or("?", String::as_str))))
+            .collect();
+        let _ = writeln!(
+            h,
+            "<p>Dynamical model: {} of {} genes fitted. Best fitted (likelihood): {}.</p>",
+            fitted.len(),
+            lik.len(),
+            top.join(", ")
+        );
+    }
 }
 
 /// Writes the report of `input` to `path` (temporary file + rename).

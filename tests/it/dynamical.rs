@@ -359,6 +359,21 @@ fn latent_time_follows_the_true_time_of_a_simulation() {
     let lat = std::fs::read_to_string(&l).expect("latent csv");
     assert!(lat.starts_with("cell,latent_time,velocity_confidence"));
     assert_eq!(lat.lines().count(), 2001);
+    // The report shows the confidences, latent time and the fit quality per gene.
+    let html = d.path().join("report.html");
+    succeed(cellfate().arg("report").arg(&out).arg("-o").arg(&html));
+    let page = std::fs::read_to_string(&html).expect("report");
+    for words in [
+        "<h2>Velocity</h2>",
+        "Velocity model: dynamical",
+        "velocity_confidence",
+        "velocity_coherence",
+        "latent_time",
+        "100 of 100 genes fitted",
+        "Best fitted (likelihood)",
+    ] {
+        assert!(page.contains(words), "report lacks {words:?}");
+    }
 }
 
 /// A gene with no unspliced counts cannot be fitted (scVelo: "not recoverable"): its
