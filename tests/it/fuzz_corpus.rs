@@ -72,6 +72,13 @@ fn every_slot_of_the_regressions_reads_to_a_value_or_an_error() {
         msg.contains("obs/size_factor") && msg.contains("index length") && msg.contains("623b"),
         "{msg}"
     );
+    // A var group without its index: the column is still checked (1-d, X's length).
+    let r = cellfate::io::H5adReader::open(dir.join("4edcb447e597406c.h5ad")).expect("opens");
+    let e = r
+        .read("var/true_gamma_total")
+        .expect_err("a column of 5e7 x 24");
+    assert!(e.to_string().contains("var/true_gamma_total"), "{e}");
+    drop(r);
     for f in std::fs::read_dir(&dir).expect("regressions") {
         let f = f.expect("entry").path();
         if f.extension().is_none_or(|x| x != "h5ad") {
