@@ -33,6 +33,8 @@ static CONTEXT_LEN: AtomicUsize = AtomicUsize::new(0);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 /// When the attribute read in progress started (ms since [`EPOCH`], plus one; 0: none).
 static ATTR_START_MS: AtomicU64 = AtomicU64::new(0);
+/// Time spent in completed attribute reads, in total (ms).
+static ATTR_BUSY_MS: AtomicU64 = AtomicU64::new(0);
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
 /// How long reading one attribute may take. Attributes are a few bytes to a few kilobytes
@@ -53,8 +55,10 @@ pub(crate) fn guarded_attr_read<T>(read: impl FnOnce() -> T) -> T {
         return read();
     }
     hdf5::sync::sync(|| {
-        ATTR_START_MS.store(now_ms().saturating_add(1), Ordering::Release);
+        let start = now_ms();
+        ATTR_START_MS.store(start.saturating_add(1), Ordering::Release);
         let r = read();
+        ATTR_BUSY_MS.fetch_add(now_ms().saturating_sub(start), Ordering::AcqRel);
         ATTR_START_MS.store(0, Ordering::Release);
         r
     })
@@ -69,16 +73,36 @@ fn context_bytes(out: &mut [u8; CAP]) -> usize {
     n
 }
 
+/// The watchdog: one attribute read that has not returned within [`ATTRIBUTE_READ_LIMIT`],
+/// or attribute reads taking 90 % of the last [`ATTRIBUTE_READ_LIMIT`] between them (libhdf5
+/// copying a corrupt variable-length string of garbage length over and over: each read
+/// returns, none is quick), is a corrupt file.
 #[allow(unsafe_code)]
 fn watchdog() {
+    let limit = u64::try_from(ATTRIBUTE_READ_LIMIT.as_millis()).unwrap_or(u64::MAX);
+    // (time, attribute-read time so far) every 250 ms over the last `limit`.
+    let mut samples: std::collections::VecDeque<(u64, u64)> = std::collections::VecDeque::new();
     loop {
         std::thread::sleep(Duration::from_millis(250));
+        let now = now_ms();
         let start = ATTR_START_MS.load(Ordering::Acquire);
-        if start == 0 {
-            continue;
+        let current = if start == 0 {
+            0
+        } else {
+            now.saturating_sub(start - 1)
+        };
+        let busy = ATTR_BUSY_MS.load(Ordering::Acquire).saturating_add(current);
+        samples.push_back((now, busy));
+        while samples
+            .front()
+            .is_some_and(|&(t, _)| now.saturating_sub(t) > limit)
+        {
+            samples.pop_front();
         }
-        let limit = u64::try_from(ATTRIBUTE_READ_LIMIT.as_millis()).unwrap_or(u64::MAX);
-        if now_ms().saturating_sub(start - 1) < limit {
+        let windowed = samples.front().is_some_and(|&(t, b)| {
+            now.saturating_sub(t) + 500 >= limit && busy.saturating_sub(b) >= limit / 10 * 9
+        });
+        if current < limit && !windowed {
             continue;
         }
         let mut ctx = [0u8; CAP];
@@ -91,7 +115,7 @@ fn watchdog() {
         }
         msg.extend_from_slice(
             format!(
-                ": libhdf5 did not return from reading an attribute within {} s: the file's HDF5 structures are corrupt (libhdf5 loops on a damaged heap of variable-length strings). Re-create the file from its source (anndata's write_h5ad).\n",
+                ": libhdf5 did not return from reading attributes within {} s: the file's HDF5 structures are corrupt (libhdf5 loops on a damaged heap of variable-length strings, or copies strings of garbage length). Re-create the file from its source (anndata's write_h5ad).\n",
                 ATTRIBUTE_READ_LIMIT.as_secs()
             )
             .as_bytes(),
