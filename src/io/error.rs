@@ -27,7 +27,7 @@ pub enum H5adError {
     },
     /// A dataset declares far more data than the file can plausibly hold (a crafted or
     /// corrupt file): refused before allocating.
-    #[error("{path}: slot `{slot}` declares shape {shape:?}, {} uncompressed, more than the bound of {} (1000 x the file's {}, and at least 1 GiB); refusing to read it. If the file really holds that much (a highly compressed dataset), set CELLFATE_ALLOW_LARGE=1 (or pass --allow-large to cellfate)", human_bytes(*.bytes), human_bytes(*.bound), human_bytes(*.file_len))]
+    #[error("{path}: slot `{slot}` declares shape {shape:?}, {} uncompressed, more than the bound of {} (1000 x {}, and at least 1 GiB); refusing to read it. If the file really holds that much (a highly compressed dataset), set CELLFATE_ALLOW_LARGE=1 (or pass --allow-large to cellfate)", human_bytes(*.bytes), human_bytes(*.bound), stored.map_or_else(|| format!("the file's {}", human_bytes(*file_len)), |b| format!("the {} the dataset has stored", human_bytes(b))))]
     TooLarge {
         /// File.
         path: PathBuf,
@@ -41,6 +41,10 @@ pub enum H5adError {
         bound: u64,
         /// The file's size in bytes.
         file_len: u64,
+        /// The bytes the dataset has stored in the file, when they (not the file's size) set
+        /// the bound: a chunked dataset whose chunks were never written reads as fill values
+        /// of any declared size from a few bytes.
+        stored: Option<u64>,
     },
     /// The file is empty.
     #[error("{path}: file is empty (0 bytes); expected an HDF5 (.h5ad) file")]

@@ -274,11 +274,24 @@ impl H5adReader {
     /// Refuses to materialise `shape` elements of `elem_bytes` bytes each at `slot` when that
     /// exceeds what the file can plausibly hold (see [`LARGE_DATASET_BYTES`]).
     pub fn check_allocation(&self, slot: &str, shape: &[usize], elem_bytes: usize) -> Result<()> {
+        self.check_allocation_stored(slot, shape, elem_bytes, None)
+    }
+
+    /// [`Self::check_allocation`] for a dataset that has `stored` bytes in the file: the
+    /// bound is 1000 × the smaller of the file's size and `stored` (at least 1 GiB).
+    fn check_allocation_stored(
+        &self,
+        slot: &str,
+        shape: &[usize],
+        elem_bytes: usize,
+        stored: Option<u64>,
+    ) -> Result<()> {
         let bytes = shape.iter().fold(elem_bytes.max(1) as u64, |acc, &d| {
             acc.saturating_mul(d as u64)
         });
-        let bound = self
-            .file_len
+        let stored = stored.filter(|&s| s < self.file_len);
+        let bound = stored
+            .unwrap_or(self.file_len)
             .saturating_mul(LARGE_DATASET_RATIO)
             .max(LARGE_DATASET_BYTES);
         if bytes > bound && !large_allowed() {
@@ -289,6 +302,7 @@ impl H5adReader {
                 bytes,
                 bound,
                 file_len: self.file_len,
+                stored,
             });
         }
         Ok(())
@@ -304,7 +318,9 @@ impl H5adReader {
     fn check_dataset_as(&self, ds: &Dataset, slot: &str, mem_elem: usize) -> Result<()> {
         super::fault::set_context(&self.path, slot);
         let elem = ds.dtype().map(|t| t.size()).unwrap_or(8).max(mem_elem);
-        self.check_allocation(slot, &ds.shape(), elem)
+        // What the dataset has stored (compressed chunks, or the contiguous extent): a
+        // chunked dataset whose chunks were never written declares gigabytes from nothing.
+        self.check_allocation_stored(slot, &ds.shape(), elem, Some(ds.storage_size()))
     }
 
     fn hdf5_err(&self, slot: &str) -> impl FnOnce(hdf5::Error) -> H5adError + '_ {

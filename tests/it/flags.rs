@@ -561,6 +561,7 @@ const NUMERIC: &[(&str, &str, &[&str])] = &[
     ("simulate", "--fates", &["0"]),
     ("simulate", "--depth", &["NaN", "0", "-1", "inf"]),
     ("simulate", "--seed", &["-1"]),
+    ("simulate", "--noise", &["NaN", "-1", "inf"]),
 ];
 
 /// Flags taking a value that is not a number (names, paths, expressions, choices).
@@ -598,6 +599,7 @@ const TEXT: &[&str] = &[
     "--layer",
     "--csv",
     "--velocity-mode",
+    "--model",
     "--knn",
     "--mode",
     "--var-names",
@@ -989,6 +991,67 @@ fn huge_declared_shapes_are_refused_and_plots_read_two_columns() {
     assert!(text.contains("figures ->"), "{text}");
     let svgs = std::fs::read_dir(&out_dir).expect("figures").count();
     assert!(svgs >= 1, "no figure written: {text}");
+}
+
+/// A dataset whose chunks were never written reads as fill values of any declared size from
+/// a few bytes: in a file of 2 MB (whose size alone would allow 2 GB), a never-written
+/// `obsp/distances/data` declaring 99 × 1 × 1.5·10⁷ 1-byte values (1.5 GB) is refused by
+/// its own stored size (found by fuzzing: it aborted a 4 GB-limited process).
+#[test]
+fn never_written_datasets_are_bounded_by_what_they_store() {
+    let d = tempdir();
+    let p = d.path().join("fill.h5ad");
+    // 2 MB of incompressible padding.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let pad: Vec<f64> = (0..262_144)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64
+        })
+        .collect();
+    let members = vec![(
+        "uns".to_string(),
+        Element::Dict(vec![("pad".to_string(), Element::from_f64(pad))]),
+    )];
+    cellfate::io::write_new(&p, &members).expect("write fixture");
+    {
+        let f = hdf5::File::open_rw(&p).expect("open rw");
+        let g = f.group("obsp").expect("obsp");
+        let g = g.create_group("distances").expect("distances");
+        g.new_dataset::<u8>()
+            .chunk((16, 1, 16))
+            .deflate(9)
+            .shape((99, 1, 15_000_000))
+            .create("data")
+            .expect("create");
+        f.close().expect("close");
+    }
+    let len = std::fs::metadata(&p).expect("metadata").len();
+    assert!(
+        (2_000_000..3_000_000).contains(&len),
+        "the fixture is {len} bytes"
+    );
+    let r = H5adReader::open(&p).expect("open");
+    let e = r.read("obsp/distances/data").expect_err("too large");
+    let msg = e.to_string();
+    assert!(
+        matches!(
+            e,
+            H5adError::TooLarge {
+                stored: Some(_),
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("obsp/distances/data")
+            && msg.contains("[99, 1, 15000000]")
+            && msg.contains("the dataset has stored"),
+        "{msg}"
+    );
 }
 
 /// Schur vectors or macrostates the data cannot hold are refused before any computation,
