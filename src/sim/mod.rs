@@ -33,6 +33,11 @@
 //! AnnData elements); [`simulate_to_file`] writes the same `.h5ad` file block by block in
 //! bounded memory (millions of cells).
 
+#[cfg(feature = "h5ad")]
+pub mod switch;
+#[cfg(feature = "h5ad")]
+pub use switch::{simulate_switch, SwitchData, SwitchGene, SwitchParams};
+
 use std::ops::Range;
 #[cfg(feature = "h5ad")]
 use std::path::Path;

@@ -437,6 +437,24 @@ fn f32r(x: f64) -> f64 {
     x as f32 as f64
 }
 
+/// The kNN distances (one row per cell, the neighbours in `nn` without the cell itself) and
+/// their UMAP connectivities (see [`knn_exact`]; `n_neighbors` counts the cell itself, as
+/// scanpy's `n_neighbors`).
+pub fn neighbor_graphs(
+    nn: &[Vec<(usize, f64)>],
+    n_neighbors: usize,
+) -> Result<(Csr, Csr), cellfate_kernels::CsrError> {
+    let n = nn.len();
+    let conn = umap_connectivities(nn, n_neighbors);
+    let mut dtrip = Vec::with_capacity(n * n_neighbors);
+    for (i, row) in nn.iter().enumerate() {
+        for &(j, d) in row {
+            dtrip.push((i, j, d));
+        }
+    }
+    Ok((Csr::from_triplets(n, n, &dtrip)?, conn))
+}
+
 /// UMAP fuzzy simplicial set (scanpy's connectivities, `local_connectivity = 1`): per cell,
 /// ρ is the distance to the nearest neighbour and σ solves `Σ_j exp(−(d_j − ρ)/σ) = log₂ k` by
 /// bisection (64 steps, tolerance 1e-5, floor 1e-3 × mean distance); memberships
@@ -1303,16 +1321,8 @@ fn embed(
     } else {
         "neighbours (NN-descent)"
     });
-    let conn = umap_connectivities(&nn, spec.n_neighbors);
-    let mut dtrip = Vec::with_capacity(n * spec.n_neighbors);
-    for (i, row) in nn.iter().enumerate() {
-        for &(j, d) in row {
-            dtrip.push((i, j, d));
-        }
-    }
+    let (dist, conn) = neighbor_graphs(&nn, spec.n_neighbors).map_err(|e| err(e.to_string()))?;
     drop(nn);
-    let dist = Csr::from_triplets(n, n, &dtrip).map_err(|e| err(e.to_string()))?;
-    drop(dtrip);
     clock.lap("connectivities");
     Ok(Embedding {
         hvg,

@@ -283,6 +283,90 @@ fn dynamical_model_names_what_is_missing() {
 }
 
 /// Ground truth on the project's simulator (2,000 cells, 100 genes, two fates, true time):
+/// Spearman correlation of two samples without ties.
+fn spearman(x: &[f64], y: &[f64]) -> f64 {
+    let rank = |v: &[f64]| -> Vec<f64> {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+        let mut r = vec![0.0; v.len()];
+        for (k, &i) in idx.iter().enumerate() {
+            r[i] = k as f64;
+        }
+        r
+    };
+    let (a, b) = (rank(x), rank(y));
+    let n = a.len() as f64;
+    let ma = a.iter().sum::<f64>() / n;
+    let cov: f64 = a.iter().zip(&b).map(|(x, y)| (x - ma) * (y - ma)).sum();
+    let var: f64 = a.iter().map(|x| (x - ma) * (x - ma)).sum();
+    cov / var
+}
+
+/// Ground truth on scVelo's own kind of data (`simulate --model switch`: every gene induced
+/// from 0 and switched off at its own time, Gaussian noise, a kNN graph and moments; 1,000
+/// cells × 50 genes), `velocity --mode dynamical --var-names all`, two seeds:
+/// - γ/β within 5 % of the truth in the median over the genes (measured 3.4–3.6 %; the
+///   issue's goal; scVelo reports 2.9 % on its simulation);
+/// - latent time from the earliest cell (`--latent-root-cell`) with Spearman ≥ 0.99 against
+///   the true time (measured 0.9988, 0.9991; scVelo reports 0.9997);
+/// - with scVelo's automatic roots ≥ 0.98 (measured 0.985, 0.999): the roots it detects sit
+///   at true time ≈ 1.2, because the first cells, near (0, 0) in every gene, get the zero
+///   steady state and no velocity; the cells before the roots are then placed after them.
+#[test]
+fn the_dynamical_model_recovers_a_single_switch_simulation() {
+    let d = tempdir();
+    for seed in ["0", "1"] {
+        let sim = d.path().join(format!("switch{seed}.h5ad"));
+        let res = succeed(
+            cellfate()
+                .args(["simulate", "--model", "switch", "--cells", "1000"])
+                .args(["--genes", "50", "--seed", seed, "-o"])
+                .arg(&sim),
+        );
+        assert!(
+            String::from_utf8_lossy(&res.stdout).contains("one switch per gene"),
+            "{res:?}"
+        );
+        let truth = H5adReader::open(&sim)
+            .expect("simulation")
+            .obs_f64("true_time")
+            .expect("true_time");
+        let first = (0..truth.len())
+            .min_by(|&a, &b| truth[a].total_cmp(&truth[b]))
+            .expect("cells");
+        for root in [Some(first), None] {
+            let out = d.path().join(format!("dyn{seed}_{}.h5ad", root.is_some()));
+            let mut cmd = cellfate();
+            cmd.arg("velocity")
+                .arg(&sim)
+                .args(["--mode", "dynamical", "--var-names", "all", "-o"])
+                .arg(&out);
+            if let Some(c) = root {
+                cmd.args(["--latent-root-cell", &c.to_string()]);
+            }
+            succeed(&mut cmd);
+            let r = H5adReader::open(&out).expect("output");
+            let rho = spearman(&r.obs_f64("latent_time").expect("latent_time"), &truth);
+            let (tb, tg) = (var(&r, "true_beta"), var(&r, "true_gamma"));
+            let (fb, fg) = (var(&r, "fit_beta"), var(&r, "fit_gamma"));
+            let mut err: Vec<f64> = (0..tb.len())
+                .map(|j| ((fg[j] / fb[j]) / (tg[j] / tb[j]) - 1.0).abs())
+                .filter(|x| x.is_finite())
+                .collect();
+            assert_eq!(err.len(), 50, "every gene fitted");
+            err.sort_by(f64::total_cmp);
+            let median = err[err.len() / 2];
+            eprintln!("seed {seed}, root {root:?}: latent time Spearman {rho:.4}, gamma/beta median error {median:.4}");
+            assert!(
+                median <= 0.05,
+                "seed {seed}: gamma/beta median error {median}"
+            );
+            let floor = if root.is_some() { 0.99 } else { 0.98 };
+            assert!(rho >= floor, "seed {seed}, root {root:?}: Spearman {rho}");
+        }
+    }
+}
+
 /// `preprocess --velocity-mode dynamical` writes latent time with Spearman ≥ 0.9 against the
 /// true time (0.928 measured), the velocity confidences in obs, and the kinetic-parameter and
 /// latent-time tables as CSV.
@@ -325,21 +409,7 @@ fn latent_time_follows_the_true_time_of_a_simulation() {
     let r = H5adReader::open(&out).expect("output");
     let lt = r.obs_f64("latent_time").expect("latent_time");
     let truth = r.obs_f64("true_time").expect("true_time");
-    let rank = |v: &[f64]| -> Vec<f64> {
-        let mut idx: Vec<usize> = (0..v.len()).collect();
-        idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
-        let mut r = vec![0.0; v.len()];
-        for (k, &i) in idx.iter().enumerate() {
-            r[i] = k as f64;
-        }
-        r
-    };
-    let (a, b) = (rank(&lt), rank(&truth));
-    let n = a.len() as f64;
-    let ma = a.iter().sum::<f64>() / n;
-    let cov: f64 = a.iter().zip(&b).map(|(x, y)| (x - ma) * (y - ma)).sum();
-    let var: f64 = a.iter().map(|x| (x - ma) * (x - ma)).sum();
-    let rho = cov / var;
+    let rho = spearman(&lt, &truth);
     eprintln!("latent time vs true time: Spearman {rho:.4}");
     assert!(rho >= 0.9, "{rho}");
     for key in [

@@ -149,11 +149,21 @@ enum Command {
         latent: LatentFlags,
     },
     /// Simulate a branching differentiation with splicing kinetics and ground truth (raw
-    /// counts, true time, true fate, true velocity) into an .h5ad file.
+    /// counts, true time, true fate, true velocity) into an .h5ad file; `--model switch`
+    /// simulates scVelo's single switch instead (ready for `cellfate velocity`).
     Simulate {
         /// Output .h5ad file.
         #[arg(short, long)]
         output: PathBuf,
+        /// `branching` (raw counts of a differentiation with fates) or `switch` (every gene
+        /// induced at time 0 and switched off at its own time, as scVelo's
+        /// datasets.simulation, with a kNN graph and moments, to run `velocity` on directly).
+        #[arg(long, default_value = "branching", value_parser = ["branching", "switch"])]
+        model: String,
+        /// Noise level of `--model switch` (scVelo's noise_level: Gaussian noise with
+        /// standard deviation noise x the gene's 99th percentile / 10).
+        #[arg(long, value_parser = values::non_negative_f64)]
+        noise: Option<f64>,
         /// Number of cells.
         #[arg(long, default_value_t = 2000, value_parser = values::positive)]
         cells: usize,
@@ -462,13 +472,49 @@ fn run_command(command: Command) -> anyhow::Result<()> {
         }
         Command::Simulate {
             output,
+            model,
+            noise,
             cells,
             genes,
             fates,
             labeling,
             depth,
             seed,
+        } if model == "switch" => {
+            if labeling || fates != 3 || depth != 1.0 {
+                anyhow::bail!(
+                    "--model switch simulates one trajectory of continuous values: --fates, --labeling and --depth apply to --model branching only"
+                );
+            }
+            let params = cellfate::sim::SwitchParams {
+                n_cells: cells,
+                n_genes: genes,
+                seed,
+                noise_level: noise.unwrap_or(1.0),
+                ..Default::default()
+            };
+            let sim = cellfate::sim::simulate_switch(&params)?;
+            cellfate::io::write_new(&output, &sim.to_elements())
+                .with_context(|| format!("writing {}", output.display()))?;
+            write_stdout(&format!(
+                "simulated {cells} cells x {genes} genes, one switch per gene -> {}\n",
+                output.display()
+            ))
+        }
+        Command::Simulate {
+            output,
+            noise,
+            cells,
+            genes,
+            fates,
+            labeling,
+            depth,
+            seed,
+            ..
         } => {
+            if noise.is_some() {
+                anyhow::bail!("--noise applies to --model switch only");
+            }
             let params = cellfate::sim::SimParams {
                 n_cells: cells,
                 n_genes: genes,
