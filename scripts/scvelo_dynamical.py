@@ -40,7 +40,11 @@ for name, call in [
     t0 = time.perf_counter()
     call()
     t[name] = time.perf_counter() - t0
+print(json.dumps(t), flush=True)
 t0 = time.perf_counter()
+# Plain string names: anndata refuses to write pandas' nullable string arrays by default.
+keep.obs_names = [str(x) for x in keep.obs_names]
+keep.var_names = [str(x) for x in keep.var_names]
 keep.write_h5ad(dst)
 t["write_s"] = time.perf_counter() - t0
 t["total_s"] = time.perf_counter() - t_all

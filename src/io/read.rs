@@ -865,6 +865,61 @@ impl H5adReader {
         }
     }
 
+    /// The columns `cols` (in that order) of a 2-d matrix at `slot`, row-major
+    /// `rows × |cols|` in double precision. A dense dataset is read in blocks of rows (at
+    /// most about 64 MB at a time), so only the kept columns are ever held whole; any other
+    /// encoding is read with [`Self::dense`] and subset. Returns (rows, columns of the
+    /// matrix, values).
+    pub fn dense_select(&self, slot: &str, cols: &[usize]) -> Result<(usize, usize, Vec<f64>)> {
+        let plain = matches!(self.location_type(slot)?, LocationType::Dataset);
+        let ds = if plain {
+            Some(self.file.dataset(slot).map_err(self.hdf5_err(slot))?)
+        } else {
+            None
+        };
+        let Some(ds) = ds.filter(|d| d.shape().len() == 2) else {
+            let (n, g, v) = self.dense(slot)?;
+            if let Some(&bad) = cols.iter().find(|&&c| c >= g) {
+                return Err(self.invalid(
+                    slot,
+                    format!("columns below {g}"),
+                    format!("column {bad}"),
+                ));
+            }
+            let mut out = Vec::with_capacity(n * cols.len());
+            for row in v.chunks(g.max(1)).take(n) {
+                out.extend(cols.iter().map(|&c| row[c]));
+            }
+            return Ok((n, g, out));
+        };
+        self.check_aligned(slot)?;
+        let shape = ds.shape();
+        let (n, g) = (shape[0], shape[1]);
+        if let Some(&bad) = cols.iter().find(|&&c| c >= g) {
+            return Err(self.invalid(slot, format!("columns below {g}"), format!("column {bad}")));
+        }
+        self.check_allocation(slot, &[n, cols.len()], std::mem::size_of::<f64>())?;
+        if let Some(chunk) = ds.chunk() {
+            let elem = ds.dtype().map(|t| t.size()).unwrap_or(8);
+            self.check_allocation(slot, &chunk, elem)?;
+        }
+        super::fault::set_context(&self.path, slot);
+        let block = ((64 << 20) / (8 * g.max(1))).max(1);
+        let mut out = Vec::with_capacity(n * cols.len());
+        let mut start = 0;
+        while start < n {
+            let end = (start + block).min(n);
+            let a: ndarray::Array2<f64> = ds
+                .read_slice((start..end, ..))
+                .map_err(self.hdf5_err(slot))?;
+            for row in a.rows() {
+                out.extend(cols.iter().map(|&c| row[c]));
+            }
+            start = end;
+        }
+        Ok((n, g, out))
+    }
+
     /// Like [`Self::dense`] but in single precision (for large cell × gene layers such as
     /// `Ms`, stored as float32 by scVelo and by us): half the memory of the f64 copy.
     pub fn dense_f32(&self, slot: &str) -> Result<(usize, usize, Vec<f32>)> {

@@ -75,8 +75,18 @@ pub fn velocity_summaries_in_file(
             return Err(err(format!("{source}: {slot} is missing ({why})")));
         }
     }
-    let (n, g, ms) = r.dense("layers/Ms")?;
-    let (n2, g2, vel) = r.dense("layers/velocity")?;
+    // Only the velocity genes' columns are read (in blocks of rows): at 100,000 cells the
+    // whole Ms and velocity layers would be gigabytes each in double precision.
+    let shape2 = |slot: &str| -> Result<(usize, usize), PipelineError> {
+        match r.info(slot)?.shape[..] {
+            [a, b] => Ok((a, b)),
+            ref other => Err(err(format!(
+                "{source}: {slot}: expected a cells x genes matrix, found shape {other:?}"
+            ))),
+        }
+    };
+    let (n, g) = shape2("layers/Ms")?;
+    let (n2, g2) = shape2("layers/velocity")?;
     if (n, g) != (n2, g2) {
         return Err(err(format!(
             "{source}: layers Ms ({n}x{g}) and velocity ({n2}x{g2}) differ in shape"
@@ -91,14 +101,26 @@ pub fn velocity_summaries_in_file(
                     "{source}: var/velocity_genes: expected a boolean column"
                 ))
             })?;
+        if v.len() != g {
+            return Err(err(format!(
+                "{source}: var/velocity_genes has {} values for the {g} genes of layers/velocity",
+                v.len()
+            )));
+        }
         Some(v.into_iter().map(|x| x != 0.0).collect())
     } else {
         None
     };
+    let keep: Vec<usize> = (0..g)
+        .filter(|&j| mask.as_ref().is_none_or(|m| m[j]))
+        .collect();
+    let (_, _, ms) = r.dense_select("layers/Ms", &keep)?;
+    let (_, _, vel) = r.dense_select("layers/velocity", &keep)?;
+    let k = keep.len();
     let dyn_err = |e: dynamics::VelocityError| err(format!("{source}: {e}"));
-    let x = dynamics::RowMajor::new("layers/Ms", &ms, n, g).map_err(dyn_err)?;
-    let v = dynamics::RowMajor::new("layers/velocity", &vel, n, g).map_err(dyn_err)?;
-    let genes = dynamics::velocity_gene_columns(v, mask.as_deref()).map_err(dyn_err)?;
+    let x = dynamics::RowMajor::new("layers/Ms", &ms, n, k).map_err(dyn_err)?;
+    let v = dynamics::RowMajor::new("layers/velocity", &vel, n, k).map_err(dyn_err)?;
+    let genes = dynamics::velocity_gene_columns(v, None).map_err(dyn_err)?;
     if genes.is_empty() {
         return Err(err(format!(
             "{source}: no velocity gene has a finite velocity in every cell (var/velocity_genes)"
@@ -139,11 +161,25 @@ pub fn velocity_summaries_in_file(
     );
     edit.set("obs/velocity_coherence", Element::from_f64(coherence));
     if r.exists("layers/fit_t") && r.exists("var/fit_likelihood") {
-        let (_, _, fit_t) = r.dense("layers/fit_t")?;
         let likelihood = r
             .column("var", "fit_likelihood")?
             .to_f64_vec()
             .ok_or_else(|| err(format!("{source}: var/fit_likelihood: expected numbers")))?;
+        let (nt, gt) = shape2("layers/fit_t")?;
+        if (nt, gt) != (n, likelihood.len()) {
+            return Err(err(format!(
+                "{source}: layers/fit_t ({nt}x{gt}) must have one row per cell ({n}) and one column per value of var/fit_likelihood ({})",
+                likelihood.len()
+            )));
+        }
+        // Latent time uses the genes with likelihood ≥ its minimum only: just those columns.
+        let lt_opts = dynamics::LatentTimeOptions::default();
+        let fitted: Vec<usize> = (0..gt)
+            .filter(|&j| lt_opts.min_likelihood.is_none_or(|m| likelihood[j] >= m))
+            .collect();
+        let (_, _, fit_t) = r.dense_select("layers/fit_t", &fitted)?;
+        let likelihood: Vec<f64> = fitted.iter().map(|&j| likelihood[j]).collect();
+        let g = fitted.len();
         let wd = dynamics::knn_weights(&distances);
         let ts =
             dynamics::terminal_states(&vg.graph, Some(&vg.graph_neg), &wd, &Default::default())
@@ -195,7 +231,7 @@ pub fn velocity_summaries_in_file(
                 ends: None,
                 velocity_pseudotime: None,
             },
-            &Default::default(),
+            &lt_opts,
         )
         .map_err(dyn_err)?;
         edit.set("obs/root_cells", Element::from_f64(ts.root_cells.clone()));

@@ -151,3 +151,31 @@ fn reference_transition_matrices_validate() {
         }
     }
 }
+
+/// `H5adReader::dense_select` (used to read only the velocity genes' columns of `Ms` and
+/// `velocity` in blocks of rows) gives exactly the chosen columns of `dense`, for a dense
+/// layer and for a sparse matrix (`obsp/connectivities`), and names the slot for a column out of range.
+#[test]
+fn dense_select_reads_exactly_the_chosen_columns() {
+    let Some(r) = crate::common::reference("pancreas_3696") else {
+        return;
+    };
+    for slot in ["layers/Ms", "obsp/connectivities"] {
+        let (n, g, all) = r.dense(slot).expect(slot);
+        let cols = [g - 1, 0, 7, 7, g / 2];
+        let (n2, g2, some) = r.dense_select(slot, &cols).expect(slot);
+        assert_eq!((n2, g2), (n, g), "{slot}");
+        assert_eq!(some.len(), n * cols.len(), "{slot}");
+        for i in 0..n {
+            for (k, &c) in cols.iter().enumerate() {
+                assert_eq!(
+                    some[i * cols.len() + k],
+                    all[i * g + c],
+                    "{slot} [{i}, {c}]"
+                );
+            }
+        }
+        let e = r.dense_select(slot, &[g]).expect_err("column out of range");
+        assert!(e.to_string().contains(slot), "{slot}: {e}");
+    }
+}
