@@ -9,6 +9,7 @@
 //! - [`keys`]: CellRank's AnnData key names.
 //! - [`loom`]: velocyto's `.loom` files, converted to `.h5ad` ([`loom::loom_to_h5ad`]).
 
+mod dtype;
 pub mod element;
 pub mod error;
 pub mod fault;

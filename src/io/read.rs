@@ -140,11 +140,10 @@ impl H5adReader {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let legacy = read_str_attr(&file, "encoding-type").is_none();
-        let r = Self {
+        let mut r = Self {
             path,
             file,
-            legacy,
+            legacy: false,
             file_len,
             _reading: reading,
         };
@@ -153,7 +152,9 @@ impl H5adReader {
             path: r.path.clone(),
             message: e.to_string(),
         })?;
+        // Every object's datatypes are checked before any attribute or dataset is read.
         r.refuse_outside_data()?;
+        r.legacy = read_str_attr(&r.file, "encoding-type").is_none();
         Ok(r)
     }
 
@@ -188,6 +189,7 @@ impl H5adReader {
             } else {
                 self.file.group(&slot).map_err(self.hdf5_err(&slot))?
             };
+            self.check_datatypes(&g, if slot.is_empty() { "/" } else { &slot })?;
             let mut links = Vec::new();
             g.iter_visit_default(|name, info| {
                 links.push((name.to_string(), info.link_type));
@@ -212,7 +214,12 @@ impl H5adReader {
                     // A soft link names a path inside this file; it is resolved on access,
                     // so the group it may name is checked like a hard-linked one.
                     hdf5::LinkType::Soft => {
-                        if g.group(&name).is_ok() {
+                        if let Ok(ds) = g.dataset(&name) {
+                            self.check_datatypes(&ds, &child)?;
+                            let dtype = ds.dtype().map_err(self.hdf5_err(&child))?;
+                            super::dtype::check(&dtype)
+                                .map_err(|what| self.bad_type(&child, what))?;
+                        } else if g.group(&name).is_ok() {
                             if depth >= MAX_DEPTH {
                                 return Err(outside(
                                     &child,
@@ -224,6 +231,10 @@ impl H5adReader {
                     }
                     hdf5::LinkType::Hard => {
                         if let Ok(ds) = g.dataset(&name) {
+                            self.check_datatypes(&ds, &child)?;
+                            let dtype = ds.dtype().map_err(self.hdf5_err(&child))?;
+                            super::dtype::check(&dtype)
+                                .map_err(|what| self.bad_type(&child, what))?;
                             let p = ds.dcpl().map_err(self.hdf5_err(&child))?;
                             if !p.external().is_empty() {
                                 return Err(outside(
@@ -255,6 +266,29 @@ impl H5adReader {
             }
         }
         Ok(())
+    }
+
+    /// Checks the datatypes of the attributes of `loc` (at `slot`) with [`super::dtype::check`].
+    fn check_datatypes(&self, loc: &hdf5::Location, slot: &str) -> Result<()> {
+        super::fault::set_context(&self.path, slot);
+        let names =
+            super::fault::guarded_attr_read(|| loc.attr_names()).map_err(self.hdf5_err(slot))?;
+        for name in names {
+            let at = format!("{slot} (attribute {name:?})");
+            let dtype = super::fault::guarded_attr_read(|| loc.attr(&name).and_then(|a| a.dtype()))
+                .map_err(self.hdf5_err(&at))?;
+            super::dtype::check(&dtype).map_err(|what| self.bad_type(&at, what))?;
+        }
+        Ok(())
+    }
+
+    fn bad_type(&self, slot: &str, what: String) -> H5adError {
+        H5adError::Corrupt {
+            path: self.path.clone(),
+            message: format!(
+                "`{slot}` has {what}: the file is damaged (anndata never writes such a type)"
+            ),
+        }
     }
 
     /// The file's path.
