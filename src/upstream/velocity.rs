@@ -72,24 +72,10 @@ impl VelocityMode {
 }
 
 /// The smoothing graph of scVelo's moments: `conn` binarised, the diagonal set, rows
-/// normalised.
+/// normalised (scVelo's `get_connectivities`, the same graph the dynamical model smooths
+/// with: [`cellfate_dynamics::knn_weights`]).
 pub fn smoothing_graph(conn: &Csr) -> Csr {
-    let n = conn.nrows();
-    let mut t = Vec::with_capacity(conn.nnz() + n);
-    for i in 0..n {
-        let (c, v) = conn.row(i);
-        let nb: Vec<usize> = c
-            .iter()
-            .zip(v)
-            .filter(|&(&j, &x)| x > 0.0 && j as usize != i)
-            .map(|(&j, _)| j as usize)
-            .collect();
-        let k = (nb.len() + 1) as f64;
-        t.push((i, i, 1.0 / k));
-        t.extend(nb.into_iter().map(|j| (i, j, 1.0 / k)));
-    }
-    // Valid by construction (indices < n, finite weights).
-    Csr::from_triplets(n, n, &t).unwrap_or_else(|_| Csr::identity(n))
+    cellfate_dynamics::knn_weights(conn)
 }
 
 /// `W · f(M)` as a dense row-major n × |genes| matrix, for the genes in `genes` (column
