@@ -115,7 +115,7 @@ fn watchdog() {
         }
         msg.extend_from_slice(
             format!(
-                ": libhdf5 did not return from reading attributes within {} s: the file's HDF5 structures are corrupt (libhdf5 loops on a damaged heap of variable-length strings, or copies strings of garbage length). Re-create the file from its source (anndata's write_h5ad).\n",
+                ": libhdf5 did not return from reading attributes or closing the file within {} s: the file's HDF5 structures are corrupt (libhdf5 loops on a damaged heap of variable-length strings, or copies strings of garbage length). Re-create the file from its source (anndata's write_h5ad).\n",
                 ATTRIBUTE_READ_LIMIT.as_secs()
             )
             .as_bytes(),

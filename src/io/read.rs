@@ -110,12 +110,25 @@ pub struct SlotInfo {
 /// A lazily-read `.h5ad` file.
 pub struct H5adReader {
     path: PathBuf,
-    file: hdf5::File,
+    /// Closed in [`Drop`] under the fault reporter's watchdog.
+    file: std::mem::ManuallyDrop<hdf5::File>,
     legacy: bool,
     /// The file's size in bytes (bounds the datasets it may declare).
     file_len: u64,
     /// Keeps the fault reporter's context while the reader lives.
     _reading: super::fault::Reading,
+}
+
+impl Drop for H5adReader {
+    /// Closes the file under the watchdog that guards attribute reads: on a damaged file
+    /// libhdf5 can loop forever while destroying its metadata cache (`H5C_dest`, found by
+    /// fuzzing), which is then reported as a corrupt file instead of a hang.
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        super::fault::set_context(&self.path, "");
+        // SAFETY: `file` is dropped exactly once, here, and not used afterwards.
+        super::fault::guarded_attr_read(|| unsafe { std::mem::ManuallyDrop::drop(&mut self.file) });
+    }
 }
 
 impl std::fmt::Debug for H5adReader {
@@ -142,7 +155,7 @@ impl H5adReader {
         })?;
         let mut r = Self {
             path,
-            file,
+            file: std::mem::ManuallyDrop::new(file),
             legacy: false,
             file_len,
             _reading: reading,
@@ -185,7 +198,7 @@ impl H5adReader {
                 ));
             }
             let g: Group = if slot.is_empty() {
-                (*self.file).clone()
+                (**self.file).clone()
             } else {
                 self.file.group(&slot).map_err(self.hdf5_err(&slot))?
             };

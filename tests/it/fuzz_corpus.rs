@@ -167,3 +167,48 @@ fn expression_corpus_parses_or_errs_without_panicking() {
         }
     }
 }
+
+/// `fuzz/libhdf5/close-hang-8509a7c0512f5415.h5ad`: once every slot has been read (as the
+/// fuzzer's library drive does), closing the file never returns inside libhdf5 (`H5C_dest`).
+/// The reader closes files under the fault reporter's watchdog, so this is an error naming
+/// the file (exit 2) within the watchdog's 15 s. The reporter ends the process, so the reads
+/// run in a child: this test binary again, running only this test with `CELLFATE_CLOSE_CHILD`.
+#[test]
+fn a_hang_closing_a_damaged_file_is_reported() {
+    let f =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/libhdf5/close-hang-8509a7c0512f5415.h5ad");
+    if std::env::var_os("CELLFATE_CLOSE_CHILD").is_some() {
+        cellfate::io::install_fault_reporter();
+        let r = cellfate::io::H5adReader::open(&f).expect("opens");
+        let mut stack = vec![String::new()];
+        while let Some(g) = stack.pop() {
+            let Ok(keys) = r.keys(&g) else { continue };
+            for k in keys {
+                let slot = if g.is_empty() { k } else { format!("{g}/{k}") };
+                let _ = r.read(&slot);
+                if slot.split('/').count() < 4 {
+                    stack.push(slot);
+                }
+            }
+        }
+        drop(r);
+        return;
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args([
+        "--exact",
+        "fuzz_corpus::a_hang_closing_a_damaged_file_is_reported",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ])
+    .env("CELLFATE_CLOSE_CHILD", "1");
+    let out = run_bounded(&mut cmd, Duration::from_secs(60));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("close-hang-8509a7c0512f5415.h5ad") && err.contains("did not return"),
+        "{err}"
+    );
+}
