@@ -281,18 +281,12 @@ impl H5adReader {
         Ok(())
     }
 
-    /// Checks the datatypes of the attributes of `loc` (at `slot`) with [`super::dtype::check`].
+    /// Checks the datatypes of the attributes of `loc` (at `slot`) with
+    /// [`super::dtype::check_attributes`].
     fn check_datatypes(&self, loc: &hdf5::Location, slot: &str) -> Result<()> {
         super::fault::set_context(&self.path, slot);
-        let names =
-            super::fault::guarded_attr_read(|| loc.attr_names()).map_err(self.hdf5_err(slot))?;
-        for name in names {
-            let at = format!("{slot} (attribute {name:?})");
-            let dtype = super::fault::guarded_attr_read(|| loc.attr(&name).and_then(|a| a.dtype()))
-                .map_err(self.hdf5_err(&at))?;
-            super::dtype::check(&dtype).map_err(|what| self.bad_type(&at, what))?;
-        }
-        Ok(())
+        super::fault::guarded_attr_read(|| super::dtype::check_attributes(loc))
+            .map_err(|(k, what)| self.bad_type(&format!("{slot} (attribute {k})"), what))
     }
 
     fn bad_type(&self, slot: &str, what: String) -> H5adError {
