@@ -177,8 +177,10 @@ impl EstimatorSpec {
 
     /// Checks the settings against data of `n_cells` cells, before any computation: the
     /// Schur decomposition needs fewer vectors than `n_cells - 1` (ARPACK's Krylov subspace
-    /// holds the vectors plus two), and so at most `n_cells - 3` macrostates. The error says
-    /// which setting asks for how many and what the data allow.
+    /// holds the vectors plus two), and so at most `n_cells - 3` macrostates; a fixed number
+    /// (or range) of macrostates must leave each its `n_cells` cells per state
+    /// (`n_states × n_cells ≤ n_obs`). The error says which setting asks for how many and
+    /// what the data allow.
     pub fn validate_for_cells(&self, n_cells: usize) -> Result<(), PipelineError> {
         self.validate()?;
         let m = self.schur_vectors();
@@ -200,6 +202,33 @@ impl EstimatorSpec {
                     n_cells.saturating_sub(3)
                 ),
             });
+        }
+        // Each macrostate is assigned its `n_cells` most likely cells, disjointly (CellRank's
+        // rule: at most n_obs / n_states cells per state): a number of states that cannot get
+        // them is refused here, before the Schur decomposition and the rotation optimiser.
+        let largest = match self.n_states {
+            NStates::Fixed(k) => Some((k, format!("n_states (--n-states) = {k}"))),
+            NStates::Range(_, hi) => Some((hi, format!("n_states (--n-states) up to {hi}"))),
+            NStates::Auto | NStates::Eigengap => None,
+        };
+        if let Some((k, asked)) = largest {
+            if k.saturating_mul(self.n_cells) > n_cells {
+                return Err(PipelineError::Settings {
+                    section: "estimators",
+                    message: format!(
+                        "{asked} with n_cells (--n-cells) = {} cells per state needs {} cells, but the data have {n_cells}: each macrostate is assigned its n_cells most likely cells, no cell to two states; {}",
+                        self.n_cells,
+                        k.saturating_mul(self.n_cells),
+                        match n_cells / self.n_cells.max(1) {
+                            0 | 1 => format!("lower n_cells to at most {}", n_cells / k.max(1)),
+                            fit => format!(
+                                "lower n_states to at most {fit} or n_cells to at most {}",
+                                n_cells / k.max(1)
+                            ),
+                        }
+                    ),
+                });
+            }
         }
         Ok(())
     }

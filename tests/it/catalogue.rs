@@ -173,6 +173,35 @@ fn item2_resources_fifo_input_and_deep_expressions_are_refused() {
     .within(60)
     .check(d.path());
     assert!(!out.exists());
+    // 197 macrostates on 200 cells: the Schur vectors fit, but not 30 cells per state; the
+    // number of states is refused before any computation, with the limits of both flags.
+    let run_out = d.path().join("r.h5ad");
+    Case::new(
+        "2: more macrostates than the cells can hold",
+        cmd(&[
+            &"run",
+            &sim,
+            &"--n-states",
+            &"197",
+            &"--n-components",
+            &"198",
+            &"-o",
+            &run_out,
+        ]),
+        2,
+        &[
+            "sim.h5ad: 200 cells",
+            "--n-states",
+            "--n-cells",
+            "needs 5910 cells",
+            "n_states to at most 6",
+            "n_cells to at most 1",
+        ],
+    )
+    .writes(&run_out)
+    .within(30)
+    .check(d.path());
+    assert!(!run_out.exists());
 }
 
 #[test]

@@ -1066,6 +1066,11 @@ fn impossible_numbers_of_states_are_refused_up_front() {
         ),
         (&["--n-components", "99"][..], "--n-components"),
         (&["--n-states", "98"][..], "--n-states"),
+        // 4 states of 30 cells (the default n_cells) need 120 cells; the error names both
+        // flags and both limits (at most 3 states, or at most 25 cells per state).
+        (&["--n-states", "4"][..], "--n-cells"),
+        (&["--n-states", "2..4"][..], "--n-cells"),
+        (&["--n-states", "97", "--n-cells", "2"][..], "--n-cells"),
     ] {
         for cmd in ["run", "macrostates"] {
             let mut args = vec![cmd, "IN", "-o", "OUT"];
@@ -1077,8 +1082,16 @@ fn impossible_numbers_of_states_are_refused_up_front() {
             let out = run_with_timeout(&mut fx.command(&args), 60);
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            let limit = if key == "--n-cells" {
+                let per_state = if extra.contains(&"97") { 1 } else { 25 };
+                err.contains("--n-states")
+                    && err.contains(&format!("n_cells to at most {per_state}"))
+                    && (per_state == 1 || err.contains("n_states to at most 3"))
+            } else {
+                err.contains("at most 97")
+            };
             assert!(
-                err.contains(key) && err.contains("100 cells") && err.contains("at most 97"),
+                err.contains(key) && err.contains("100 cells") && limit,
                 "{args:?}: {err}"
             );
             assert!(start.elapsed() < Duration::from_secs(30), "{args:?}: slow");
@@ -1132,6 +1145,24 @@ fn impossible_numbers_of_states_are_refused_up_front() {
     assert!(e.contains("500 cells") && e.contains("at most 497"), "{e}");
     s.n_states = NStates::Fixed(10);
     s.schur.n_components = 20;
+    assert!(s.validate_for_cells(500).is_ok());
+    // 17 states of 30 cells need 510 cells; 16 fit in 500, and so do 17 of 29.
+    s.n_states = NStates::Fixed(17);
+    let e = s
+        .validate_for_cells(500)
+        .expect_err("17 x 30 > 500")
+        .to_string();
+    assert!(
+        e.contains("n_cells (--n-cells) = 30")
+            && e.contains("needs 510 cells")
+            && e.contains("n_states to at most 16")
+            && e.contains("n_cells to at most 29"),
+        "{e}"
+    );
+    s.n_cells = 29;
+    assert!(s.validate_for_cells(500).is_ok());
+    s.n_cells = 30;
+    s.n_states = NStates::Fixed(16);
     assert!(s.validate_for_cells(500).is_ok());
     let spec = FateMapSpec::from_toml("[estimators]\nn_cells = 0\n").expect("parses");
     assert!(spec.estimators.validate().is_err());
