@@ -334,96 +334,126 @@ pub fn nelder_mead(f: &dyn Fn(&[f64]) -> f64, x0: &[f64]) -> (Vec<f64>, f64, usi
     (sim[0].clone(), f_opt, iterations, fcalls)
 }
 
-/// Objective and gradient with respect to the free parameters `α = A[1..,1..]` (row-major),
-/// evaluating the maximum over cells on `rows`. Returns `None` when infeasible.
-fn value_and_gradient(
-    alpha: &[f64],
-    x: &DMatrix<f64>,
-    rows: &[usize],
-    grad: &mut [f64],
-) -> Option<f64> {
-    let k = (alpha.len() as f64).sqrt().round() as usize;
-    let m = k + 1;
-    // Unnormalised rotation Ã: rows 1..m from α, column 0 completing row sums to 0.
-    let mut at = DMatrix::zeros(m, m);
+/// The rows `1..m` of the unnormalised rotation Ã for the free parameters `α = A[1..,1..]`
+/// (row-major, k × k): column 0 completes each row's sum to 0 ((m − 1) × m).
+fn free_rows(alpha: &[f64], k: usize) -> DMatrix<f64> {
+    let mut at = DMatrix::zeros(k, k + 1);
     for i in 0..k {
         let mut s = 0.0;
         for j in 0..k {
             let v = alpha[i * k + j];
-            at[(i + 1, j + 1)] = v;
+            at[(i, j + 1)] = v;
             s += v;
         }
-        at[(i + 1, 0)] = -s;
+        at[(i, 0)] = -s;
     }
+    at
+}
+
+/// `X[rows, 1..m]`: the basis on the candidate rows without its constant column
+/// (|rows| × (m − 1), column-major), gathered once per active set.
+fn gather(x: &DMatrix<f64>, rows: &[usize]) -> DMatrix<f64> {
+    DMatrix::from_fn(rows.len(), x.ncols() - 1, |r, i| x[(rows[r], i + 1)])
+}
+
+/// `out_r = Σ_i X_ri a_i` for every row of `x` (rows × k, column-major), each sum taken in
+/// index order `i = 0, 1, …` as a plain loop per row would: the order fixes the rounding, and
+/// with it which local optimum the multi-start reaches. Running over the rows in the inner
+/// loop keeps the accesses contiguous and lets the compiler vectorise across rows without
+/// changing any row's order.
+fn products_in_order(x: &[f64], rows: usize, a: &[f64], out: &mut [f64]) {
+    out.iter_mut().for_each(|v| *v = 0.0);
+    for (i, &ai) in a.iter().enumerate() {
+        let col = &x[i * rows..(i + 1) * rows];
+        for (v, xi) in out.iter_mut().zip(col) {
+            *v += xi * ai;
+        }
+    }
+}
+
+/// Objective and gradient with respect to the free parameters `α = A[1..,1..]` (row-major),
+/// evaluating the maximum over cells on the candidate rows `xr` ([`gather`]). Returns `None`
+/// when infeasible. The products `X Ã` (O(|rows| m²), what the optimiser spends its time on
+/// at large m) run over contiguous columns ([`products_in_order`]).
+fn value_and_gradient(alpha: &[f64], xr: &DMatrix<f64>, grad: &mut [f64]) -> Option<f64> {
+    let (nr, k) = xr.shape();
+    let m = k + 1;
+    let free = free_rows(alpha, k);
     // First row: d_j = max_l −Σ_i X_li Ã_ij over the candidate rows; remember the argmax.
     let mut arg = vec![0usize; m];
+    let mut d = vec![0.0; m];
+    let mut p = vec![0.0; nr];
     for j in 0..m {
+        products_in_order(xr.as_slice(), nr, free.column(j).as_slice(), &mut p);
         let mut best = f64::NEG_INFINITY;
-        for &l in rows {
-            let mut v = 0.0;
-            for i in 1..m {
-                v += x[(l, i)] * at[(i, j)];
-            }
+        for (r, v) in p.iter().enumerate() {
             if -v > best {
                 best = -v;
-                arg[j] = l;
+                arg[j] = r;
             }
         }
-        at[(0, j)] = best;
+        d[j] = best;
     }
-    let d: Vec<f64> = (0..m).map(|j| at[(0, j)]).collect();
     if d.iter().any(|&v| v.is_nan() || v <= 0.0) {
         return None;
     }
     let s: f64 = d.iter().sum();
     let c: Vec<f64> = (0..m)
-        .map(|j| (0..m).map(|i| at[(i, j)] * at[(i, j)]).sum())
+        .map(|j| free.column(j).iter().fold(d[j] * d[j], |a, v| a + v * v))
         .collect();
     let g: f64 = (0..m).map(|j| c[j] / d[j]).sum();
     let f = m as f64 - g / s;
-    // ∂f/∂Ã_ij for i ≥ 1 (Ã_0j depends on them through d_j).
-    let mut gt = DMatrix::zeros(m, m);
+    // ∂f/∂Ã_ij for i ≥ 1 (Ã_0j depends on them through d_j); row i − 1 of `gt`.
+    let mut gt = DMatrix::zeros(k, m);
     for j in 0..m {
         let l = arg[j];
-        for i in 1..m {
-            let dd = -x[(l, i)]; // ∂d_j/∂Ã_ij = ∂s/∂Ã_ij
-            let dc = 2.0 * at[(i, j)] + 2.0 * d[j] * dd;
+        for i in 0..k {
+            let dd = -xr[(l, i)]; // ∂d_j/∂Ã_ij = ∂s/∂Ã_ij
+            let dc = 2.0 * free[(i, j)] + 2.0 * d[j] * dd;
             let dg = dc / d[j] - c[j] / (d[j] * d[j]) * dd;
             gt[(i, j)] = -dg / s + g / (s * s) * dd;
         }
     }
     for i in 0..k {
         for j in 0..k {
-            grad[i * k + j] = gt[(i + 1, j + 1)] - gt[(i + 1, 0)];
+            grad[i * k + j] = gt[(i, j + 1)] - gt[(i, 0)];
         }
     }
     Some(f)
 }
 
-/// Cells that attain the completion's maxima for rotation `alpha` (over all cells).
+/// Cells per block of [`maximisers`] (bounds its copy of the basis to 4096 × m values).
+const MAXIMISER_BLOCK: usize = 4096;
+
+/// Cells that attain the completion's maxima for rotation `alpha` (over all cells; the first
+/// in cell order on ties).
 fn maximisers(alpha: &[f64], x: &DMatrix<f64>) -> Vec<usize> {
     let k = (alpha.len() as f64).sqrt().round() as usize;
     let m = k + 1;
-    let mut out = Vec::with_capacity(m);
-    for j in 0..m {
-        let mut best = f64::NEG_INFINITY;
-        let mut arg = 0;
-        for l in 0..x.nrows() {
-            let mut v = 0.0;
-            for i in 1..m {
-                let a = if j == 0 {
-                    -(0..k).map(|jj| alpha[(i - 1) * k + jj]).sum::<f64>()
-                } else {
-                    alpha[(i - 1) * k + (j - 1)]
-                };
-                v += x[(l, i)] * a;
-            }
-            if -v > best {
-                best = -v;
-                arg = l;
+    let free = free_rows(alpha, k);
+    let mut best = vec![f64::NEG_INFINITY; m];
+    let mut out = vec![0usize; m];
+    let n = x.nrows();
+    let mut p = vec![0.0; MAXIMISER_BLOCK.min(n)];
+    let mut start = 0;
+    while start < n {
+        let len = MAXIMISER_BLOCK.min(n - start);
+        let block = x.view((start, 1), (len, k)).clone_owned();
+        for j in 0..m {
+            products_in_order(
+                block.as_slice(),
+                len,
+                free.column(j).as_slice(),
+                &mut p[..len],
+            );
+            for (r, v) in p[..len].iter().enumerate() {
+                if -v > best[j] {
+                    best[j] = -v;
+                    out[j] = start + r;
+                }
             }
         }
-        out.push(arg);
+        start += len;
     }
     out
 }
@@ -436,10 +466,11 @@ fn lbfgs(
     max_iter: usize,
 ) -> (Vec<f64>, f64, usize, usize) {
     let n = start.len();
+    let xr = gather(x, rows);
     let mut xk = start.to_vec();
     let mut g = vec![0.0; n];
     let mut evals = 1;
-    let Some(mut fk) = value_and_gradient(&xk, x, rows, &mut g) else {
+    let Some(mut fk) = value_and_gradient(&xk, &xr, &mut g) else {
         return (xk, f64::INFINITY, 0, evals);
     };
     let mem = 10;
@@ -487,7 +518,7 @@ fn lbfgs(
         for _ in 0..40 {
             let trial: Vec<f64> = xk.iter().zip(&dir).map(|(a, d)| a + step * d).collect();
             evals += 1;
-            if let Some(ft) = value_and_gradient(&trial, x, rows, &mut gnew) {
+            if let Some(ft) = value_and_gradient(&trial, &xr, &mut gnew) {
                 if ft <= fk + 1e-4 * step * slope {
                     accepted = Some((trial, ft));
                     break;
@@ -641,5 +672,5 @@ pub(crate) fn test_value_and_gradient(
     rows: &[usize],
     g: &mut [f64],
 ) -> f64 {
-    value_and_gradient(alpha, x, rows, g).unwrap_or(f64::INFINITY)
+    value_and_gradient(alpha, &gather(x, rows), g).unwrap_or(f64::INFINITY)
 }
