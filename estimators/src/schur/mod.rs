@@ -254,12 +254,8 @@ fn sort_schur(
             *s = true;
         }
         // Find the current position of this eigenvalue at or after `placed`.
-        let pos = (placed..n)
-            .find(|&j| {
-                (wr[j] - re).abs() <= 1e-14 * re.abs().max(1.0)
-                    && (wi[j].abs() - im.abs()).abs() <= 1e-14 * im.abs().max(1.0)
-            })
-            .ok_or(SchurError::SortLost { re, im })?;
+        let pos =
+            locate_eigenvalue(wr, wi, placed, re, im).ok_or(SchurError::SortLost { re, im })?;
         select[pos] = true;
         if step == 2 && pos + 1 < n {
             select[pos + 1] = true;
@@ -268,6 +264,34 @@ fn sort_schur(
         placed += step;
     }
     Ok(target)
+}
+
+/// Relative distance within which an eigenvalue that reordering moved is still recognised
+/// (dtrsen's swaps change the eigenvalues of a non-normal matrix by ‖T‖·ε times their
+/// condition numbers, far more than rounding; distinct eigenvalues that close are numerically
+/// one).
+const EIGENVALUE_DRIFT: f64 = 1e-6;
+
+/// The position, at or after `from`, of the eigenvalue `re + i·im` in the Schur form's
+/// current eigenvalues `wr`, `wi`: the first position equal to it up to rounding (1e-14
+/// relative) when there is one, else the nearest of the same kind (real, or the first of a
+/// conjugate pair: LAPACK puts the positive imaginary part first) within
+/// [`EIGENVALUE_DRIFT`]; `None` when it is nowhere near.
+fn locate_eigenvalue(wr: &[f64], wi: &[f64], from: usize, re: f64, im: f64) -> Option<usize> {
+    let n = wr.len().min(wi.len());
+    let exact = (from..n).find(|&j| {
+        (wr[j] - re).abs() <= 1e-14 * re.abs().max(1.0)
+            && (wi[j].abs() - im.abs()).abs() <= 1e-14 * im.abs().max(1.0)
+    });
+    if exact.is_some() {
+        return exact;
+    }
+    let same_kind = |j: usize| if im == 0.0 { wi[j] == 0.0 } else { wi[j] > 0.0 };
+    let dist = |j: usize| (wr[j] - re).hypot(wi[j].abs() - im.abs());
+    let tol = EIGENVALUE_DRIFT * re.hypot(im).max(1.0);
+    (from..n)
+        .filter(|&j| same_kind(j) && dist(j) <= tol)
+        .min_by(|&a, &b| dist(a).total_cmp(&dist(b)).then(a.cmp(&b)))
 }
 
 /// Computes the sorted partial real Schur decomposition of `t` weighted by `eta` (uniform
