@@ -273,20 +273,24 @@ fn sort_schur(
 const EIGENVALUE_DRIFT: f64 = 1e-6;
 
 /// The position, at or after `from`, of the eigenvalue `re + i·im` in the Schur form's
-/// current eigenvalues `wr`, `wi`: the first position equal to it up to rounding (1e-14
-/// relative) when there is one, else the nearest of the same kind (real, or the first of a
-/// conjugate pair: LAPACK puts the positive imaginary part first) within
+/// current eigenvalues `wr`, `wi`, among the positions of its kind (real, or the first of a
+/// conjugate pair: LAPACK puts the positive imaginary part first): the first equal to it up
+/// to rounding (1e-14 relative) when there is one, else the nearest within
 /// [`EIGENVALUE_DRIFT`]; `None` when it is nowhere near.
 fn locate_eigenvalue(wr: &[f64], wi: &[f64], from: usize, re: f64, im: f64) -> Option<usize> {
     let n = wr.len().min(wi.len());
+    // A real eigenvalue is only ever a 1 × 1 block, a pair only the start of a 2 × 2 block:
+    // a real 1 and a pair 1 ± 1e-15i (a numerically repeated eigenvalue of a reducible chain)
+    // are equal up to rounding, and taking one for the other moves a block of the wrong size.
+    let same_kind = |j: usize| if im == 0.0 { wi[j] == 0.0 } else { wi[j] > 0.0 };
     let exact = (from..n).find(|&j| {
-        (wr[j] - re).abs() <= 1e-14 * re.abs().max(1.0)
+        same_kind(j)
+            && (wr[j] - re).abs() <= 1e-14 * re.abs().max(1.0)
             && (wi[j].abs() - im.abs()).abs() <= 1e-14 * im.abs().max(1.0)
     });
     if exact.is_some() {
         return exact;
     }
-    let same_kind = |j: usize| if im == 0.0 { wi[j] == 0.0 } else { wi[j] > 0.0 };
     let dist = |j: usize| (wr[j] - re).hypot(wi[j].abs() - im.abs());
     let tol = EIGENVALUE_DRIFT * re.hypot(im).max(1.0);
     (from..n)

@@ -171,8 +171,10 @@ fn eta_weighting_keeps_the_spectrum() {
 
 /// Reordering a non-normal Schur form moves its eigenvalues by more than rounding (dtrsen's
 /// swaps are accurate to ‖T‖·ε times the eigenvalues' condition numbers): the sort follows
-/// each eigenvalue to where it went instead of giving up. Found on the velocity graph of a
-/// 20,000-cell simulation, where a complex eigenvalue 0.406 + 0.119i moved beyond 1e-14.
+/// each eigenvalue to where it went instead of giving up; and a real eigenvalue is never
+/// taken for a conjugate pair equal to it up to rounding. Found on the velocity graph of a
+/// 20,000-cell simulation: a real 1 was matched to a pair 1 ± 1e-15i, a 2 × 2 block moved
+/// where a 1 × 1 was meant, and the sort then "lost track of 0.406 + 0.119i".
 #[test]
 fn sorting_follows_eigenvalues_that_move_under_reordering() {
     // Current eigenvalues after a swap: a real one, a conjugate pair, another real one.
@@ -197,10 +199,63 @@ fn sorting_follows_eigenvalues_that_move_under_reordering() {
     );
     assert_eq!(locate_eigenvalue(&wr, &wi, 0, 0.406_478_251, 0.0), None);
     assert_eq!(locate_eigenvalue(&wr, &wi, 0, 0.5, 0.0), None);
+    // A real eigenvalue 1 and a pair 1 ± 1e-15i (three closed sets of a velocity graph at
+    // 20,000 cells) are equal up to rounding: each is found at a block of its own kind.
+    let wr3 = [
+        0.999_999_999_999_999_4,
+        0.999_999_999_999_999_4,
+        0.654_798_574_943_081_2,
+        1.000_000_000_000_002_7,
+    ];
+    let wi3 = [
+        1.080_642_226_539_015_3e-15,
+        -1.080_642_226_539_015_3e-15,
+        0.0,
+        0.0,
+    ];
+    assert_eq!(
+        locate_eigenvalue(&wr3, &wi3, 0, 1.000_000_000_000_002_7, 0.0),
+        Some(3)
+    );
+    assert_eq!(
+        locate_eigenvalue(
+            &wr3,
+            &wi3,
+            0,
+            0.999_999_999_999_999_2,
+            1.325_310_570_878_071_3e-15
+        ),
+        Some(0)
+    );
     // Of two candidates within the drift, the nearer.
     let wr2 = [0.5 + 4e-7, 0.5 + 1e-7];
     let wi2 = [0.0, 0.0];
     assert_eq!(locate_eigenvalue(&wr2, &wi2, 0, 0.5, 0.0), Some(1));
+
+    // The same through dtrsen: a Schur form with the pair first, 0.65, then the real 1.
+    let n = 4;
+    let mut t = DMatrix::<f64>::zeros(n, n);
+    t[(0, 0)] = 1.0;
+    t[(1, 1)] = 1.0;
+    t[(0, 1)] = 1e-15;
+    t[(1, 0)] = -1e-15;
+    t[(2, 2)] = 0.65;
+    t[(3, 3)] = 1.0 + 2.7e-15;
+    for c in 2..n {
+        for r in 0..c {
+            t[(r, c)] = 0.1 * (r + c) as f64;
+        }
+    }
+    let mut a = t.as_slice().to_vec();
+    let mut z = DMatrix::<f64>::identity(n, n).as_slice().to_vec();
+    let mut wr = vec![1.0, 1.0, 0.65, 1.0 + 2.7e-15];
+    let mut wi = vec![1e-15, -1e-15, 0.0, 0.0];
+    let sorted =
+        sort_schur(n, &mut a, &mut z, &mut wr, &mut wi, n, Which::LargestReal).expect("sorted");
+    assert_eq!(sorted, n);
+    assert_eq!(wi[0], 0.0, "the real 1 first: {wr:?} {wi:?}");
+    assert!(wi[1] > 0.0 && wi[2] < 0.0, "then the pair: {wr:?} {wi:?}");
+    assert!((wr[3] - 0.65).abs() < 1e-12, "{wr:?}");
 
     // End to end: non-normal random matrices with clustered eigenvalues (complex pairs among
     // them) are sorted by real part, descending, with every pair kept together.
