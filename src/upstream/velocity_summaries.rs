@@ -114,37 +114,42 @@ pub fn velocity_summaries_in_file(
     let keep: Vec<usize> = (0..g)
         .filter(|&j| mask.as_ref().is_none_or(|m| m[j]))
         .collect();
-    let (_, _, ms) = r.dense_select("layers/Ms", &keep)?;
-    let (_, _, vel) = r.dense_select("layers/velocity", &keep)?;
-    let k = keep.len();
     let dyn_err = |e: dynamics::VelocityError| err(format!("{source}: {e}"));
-    let x = dynamics::RowMajor::new("layers/Ms", &ms, n, k).map_err(dyn_err)?;
-    let v = dynamics::RowMajor::new("layers/velocity", &vel, n, k).map_err(dyn_err)?;
-    let genes = dynamics::velocity_gene_columns(v, None).map_err(dyn_err)?;
-    if genes.is_empty() {
-        return Err(err(format!(
-            "{source}: no velocity gene has a finite velocity in every cell (var/velocity_genes)"
-        )));
-    }
     let distances = r.obsp("distances")?;
     let nb = dynamics::Neighbors::from_distances(&distances, None).map_err(dyn_err)?;
     let mode_stochastic = matches!(
         r.read("uns/velocity_params/mode"),
         Ok(Element::Str(m)) if m == "stochastic"
     );
-    let opts = dynamics::VelocityGraphOptions {
-        sqrt_transform: mode_stochastic,
-        ..Default::default()
+    // Everything that needs Ms and velocity, in a scope of its own: the two matrices are freed
+    // before fit_t is read for the latent time (at 100,000 cells × 2,000 genes each is 1.6 GB).
+    let (vg, length, conf, conf_t, coherence, n_genes) = {
+        let (_, _, ms) = r.dense_select("layers/Ms", &keep)?;
+        let (_, _, vel) = r.dense_select("layers/velocity", &keep)?;
+        let k = keep.len();
+        let x = dynamics::RowMajor::new("layers/Ms", &ms, n, k).map_err(dyn_err)?;
+        let v = dynamics::RowMajor::new("layers/velocity", &vel, n, k).map_err(dyn_err)?;
+        let genes = dynamics::velocity_gene_columns(v, None).map_err(dyn_err)?;
+        if genes.is_empty() {
+            return Err(err(format!(
+                "{source}: no velocity gene has a finite velocity in every cell (var/velocity_genes)"
+            )));
+        }
+        let opts = dynamics::VelocityGraphOptions {
+            sqrt_transform: mode_stochastic,
+            ..Default::default()
+        };
+        let vg = dynamics::velocity_graph(x, v, &genes, &nb, &opts).map_err(dyn_err)?;
+        let length = dynamics::velocity_length(v, &genes).map_err(dyn_err)?;
+        let conf = dynamics::velocity_confidence(v, &genes, &nb).map_err(dyn_err)?;
+        let t = dynamics::transition_matrix(&vg.graph, Some(&vg.graph_neg), &Default::default())
+            .map_err(dyn_err)?;
+        let conf_t = dynamics::velocity_confidence_transition(x, v, &genes, &t).map_err(dyn_err)?;
+        let coherence = dynamics::displacement_coherence(x, v, &genes, &nb).map_err(dyn_err)?;
+        (vg, length, conf, conf_t, coherence, genes.len())
     };
-    let vg = dynamics::velocity_graph(x, v, &genes, &nb, &opts).map_err(dyn_err)?;
-    let length = dynamics::velocity_length(v, &genes).map_err(dyn_err)?;
-    let conf = dynamics::velocity_confidence(v, &genes, &nb).map_err(dyn_err)?;
-    let t = dynamics::transition_matrix(&vg.graph, Some(&vg.graph_neg), &Default::default())
-        .map_err(dyn_err)?;
-    let conf_t = dynamics::velocity_confidence_transition(x, v, &genes, &t).map_err(dyn_err)?;
-    let coherence = dynamics::displacement_coherence(x, v, &genes, &nb).map_err(dyn_err)?;
     let mut summary = VelocitySummary {
-        n_genes: genes.len(),
+        n_genes,
         median_confidence: median(&conf),
         latent_roots: None,
     };
