@@ -61,6 +61,17 @@ impl<'a> RowMajor<'a> {
         out
     }
 
+    /// The columns `cols` as a row-major `nrows × cols.len()` matrix: the matrix itself when
+    /// `cols` is every column in order (no copy: at 100,000 cells × 2,000 genes a copy is
+    /// 1.6 GB), else [`Self::gather_columns`].
+    pub fn select_columns(&self, cols: &[usize]) -> std::borrow::Cow<'a, [f64]> {
+        if cols.len() == self.ncols && cols.iter().enumerate().all(|(k, &j)| k == j) {
+            std::borrow::Cow::Borrowed(self.values)
+        } else {
+            std::borrow::Cow::Owned(self.gather_columns(cols))
+        }
+    }
+
     /// [`Self::column_sum_is_nan`] for every column, in one pass over the rows.
     pub fn column_sums_are_nan(&self) -> Vec<bool> {
         let mut s = vec![0.0; self.ncols];

@@ -217,19 +217,24 @@ pub fn velocity_graph(
         });
     }
     let g = genes.len();
-    let xs = x.gather_columns(genes);
-    let mut vs = velocity.gather_columns(genes);
-    if opts.sqrt_transform {
-        vs.iter_mut().for_each(|v| *v = signed_sqrt(*v));
-    }
-    centre_rows(&mut vs, g);
-
+    // The expression of every cell is read as a neighbour: borrowed when the genes are all
+    // columns; the velocity only for the cell itself, so it is transformed and centred one
+    // row at a time (no n × g copies).
+    let xs = x.select_columns(genes);
     let rows: Vec<Vec<(u32, f64)>> = (0..n)
         .into_par_iter()
         .map_init(
-            || vec![0.0; g],
-            |d, i| {
-                let vi = &vs[i * g..(i + 1) * g];
+            || (vec![0.0; g], vec![0.0; g]),
+            |(d, vi), i| {
+                let vrow = velocity.row(i);
+                for (o, &j) in vi.iter_mut().zip(genes) {
+                    *o = vrow[j];
+                }
+                if opts.sqrt_transform {
+                    vi.iter_mut().for_each(|v| *v = signed_sqrt(*v));
+                }
+                centre_rows(vi, g);
+                let vi = &vi[..];
                 if vi.iter().all(|&v| v == 0.0) {
                     return Vec::new();
                 }
