@@ -885,5 +885,40 @@ mod tests {
         assert_eq!(one.roots, vec![0]);
         assert_eq!(one.latent_time[0], 0.0);
         assert_eq!(one.latent_time[n - 1], 1.0);
+        // No complete gene (a NaN in every column): an error naming the latent time, not a
+        // panic (the per-cell sums once came out empty and the sort indexed past them).
+        let mut holes = t.clone();
+        for j in 0..g {
+            holes[j * g + j] = f64::NAN;
+        }
+        let none = latent_time(
+            &LatentTimeInput {
+                fit_t: RowMajor::new("fit_t", &holes, n, g).expect("t"),
+                ..input
+            },
+            &LatentTimeOptions::default(),
+        );
+        assert!(
+            matches!(
+                none,
+                Err(VelocityError::NoGenes {
+                    what: "the latent time"
+                })
+            ),
+            "{none:?}"
+        );
+        // Likewise when every gene's likelihood is below the minimum.
+        let low = vec![0.0; g];
+        let unlikely = latent_time(
+            &LatentTimeInput {
+                likelihood: &low,
+                ..input
+            },
+            &LatentTimeOptions::default(),
+        );
+        assert!(
+            matches!(unlikely, Err(VelocityError::NoGenes { .. })),
+            "{unlikely:?}"
+        );
     }
 }
