@@ -20,18 +20,14 @@ use nalgebra::DMatrix;
 use thiserror::Error;
 
 use cellfate_estimators::absorption::{FateProbabilities, ROW_SUM_TOL};
-use cellfate_estimators::gpcca::{coarse_grain, schur_to_x};
+use cellfate_estimators::gpcca::coarse_grain;
 use cellfate_estimators::schur::uniform_eta;
 use cellfate_estimators::states::{palette, ClusterReference};
-use cellfate_estimators::{
-    CellStates, Cflare, Estimator, EstimatorError, Gpcca, Macrostates, Which,
-};
+use cellfate_estimators::{CellStates, Cflare, Estimator, EstimatorError, Gpcca, Macrostates};
 use cellfate_kernels::Direction;
 
-use crate::io::{
-    keys, Categorical, Categories, DataFrame, DenseArray, Element, H5adEdit, H5adError, H5adReader,
-    NumVec,
-};
+use crate::adata::{self, AxisNames};
+use crate::io::{keys, Element, H5adEdit, H5adError, H5adReader, NumVec};
 
 /// Errors of the estimator adapters.
 #[derive(Debug, Error)]
@@ -148,216 +144,37 @@ fn strings(r: &H5adReader, slot: &str) -> Option<Vec<String>> {
     }
 }
 
-fn labels_element(assign: &[Option<usize>], names: &[String]) -> Element {
-    Element::Categorical(Categorical {
-        codes: assign.iter().map(|a| a.map_or(-1, |q| q as i32)).collect(),
-        categories: Categories::Str(names.to_vec()),
-        ordered: false,
-    })
-}
-
-fn scalar_f64(v: f64) -> Element {
-    Element::Scalar(NumVec::F64(vec![v]))
-}
-
-fn scalar_i64(v: i64) -> Element {
-    Element::Scalar(NumVec::I64(vec![v]))
-}
-
-/// Writes cell states under `obs[key]`, `obs[key_probs]`, `uns[key_colors]` and, when the
-/// states have memberships and `with_memberships`, `obsm[key_memberships]`.
-fn write_states(edit: &mut H5adEdit, key: &str, s: &CellStates, with_memberships: bool) {
-    edit.set(&keys::obs(key), labels_element(&s.assignment, &s.names));
-    edit.set(
-        &keys::obs(&keys::probs(key)),
-        Element::from_f64(s.probs.clone()),
-    );
-    edit.set(
-        &keys::uns(&keys::colors(key)),
-        Element::from_strings(s.colors.clone()),
-    );
-    if with_memberships {
-        if let Some(m) = &s.memberships {
-            edit.set(
-                &keys::obsm(&keys::memberships(key)),
-                Element::from_dmatrix(m),
-            );
-        }
+impl AxisNames for H5adReader {
+    type Error = EstimatorIoError;
+    fn obs_names(&self) -> Result<Vec<String>, EstimatorIoError> {
+        Ok(H5adReader::obs_names(self)?)
+    }
+    fn var_names(&self) -> Result<Vec<String>, EstimatorIoError> {
+        Ok(H5adReader::var_names(self)?)
     }
 }
 
 /// Writes terminal states set without an estimator (e.g. by hand on a file with no
 /// transition matrix) under the keys [`write_estimator`] uses.
 pub fn write_terminal_states(edit: &mut H5adEdit, d: Direction, s: &CellStates) {
-    write_states(edit, &keys::terminal_states(d), s, true);
+    adata::terminal_state_elements(edit, d, s);
 }
 
 /// Writes what every estimator shares: terminal states, fate probabilities, absorption times,
-/// priming and drivers (whatever has been computed).
+/// priming and drivers (whatever has been computed; [`adata::estimator_elements`]).
 pub fn write_estimator(
     edit: &mut H5adEdit,
     r: &H5adReader,
     e: &dyn Estimator,
 ) -> Result<(), EstimatorIoError> {
-    let d = e.transition_matrix().direction();
-    let n = e.transition_matrix().n_cells();
-    if let Ok(term) = e.terminal_states() {
-        write_states(edit, &keys::terminal_states(d), term, true);
-    }
-    let colors = e
-        .terminal_states()
-        .map(|t| t.colors.clone())
-        .unwrap_or_default();
-    if let Ok(fates) = e.fate_probabilities() {
-        let key = keys::lineages(d);
-        edit.set(
-            &keys::obsm(&key),
-            Element::from_f64_matrix(n, fates.n_lineages(), fates.probs.clone()),
-        );
-        edit.set(
-            &keys::uns(&keys::names(&key)),
-            Element::from_strings(fates.names.clone()),
-        );
-        let colors = if colors.len() == fates.n_lineages() {
-            colors
-        } else {
-            palette(fates.n_lineages()).map_err(EstimatorError::from)?
-        };
-        edit.set(
-            &keys::uns(&keys::colors(&key)),
-            Element::from_strings(colors),
-        );
-    }
-    if let Ok(times) = e.absorption_times() {
-        let mut df = DataFrame::with_index(r.obs_names()?);
-        let c = times.columns.len();
-        for (k, name) in times.columns.iter().enumerate() {
-            df.set_column(
-                name,
-                Element::from_f64((0..n).map(|i| times.values[i * c + k]).collect()),
-            );
-        }
-        edit.set(
-            &keys::obsm(&keys::absorption_times(d)),
-            Element::DataFrame(df),
-        );
-    }
-    if let Ok(p) = e.lineage_priming() {
-        edit.set(
-            &keys::obs(&keys::priming_degree(d)),
-            Element::from_f64(p.to_vec()),
-        );
-    }
-    if let Ok(table) = e.lineage_drivers() {
-        let mut df = DataFrame::with_index(r.var_names()?);
-        for (name, values) in table.columns() {
-            df.set_column(&name, Element::from_f64(values));
-        }
-        edit.set(
-            &keys::varm(keys::lineage_drivers(d)),
-            Element::DataFrame(df),
-        );
-    }
-    Ok(())
+    adata::estimator_elements(edit, r, e)
 }
 
 /// Writes a GPCCA estimator under CellRank's keys (CellRank's `GPCCA.to_adata`): the Schur
 /// basis, matrix and eigenvalues, macrostates with memberships and the coarse-grained chain,
-/// terminal and initial states, and the shared stages ([`write_estimator`]).
+/// terminal and initial states, and the shared stages ([`adata::gpcca_elements`]).
 pub fn write_gpcca(edit: &mut H5adEdit, r: &H5adReader, g: &Gpcca) -> Result<(), EstimatorIoError> {
-    let d = g.transition_matrix().direction();
-    if let Ok(schur) = g.schur() {
-        let x = schur_to_x(schur).map_err(EstimatorError::from)?;
-        let (gap, alpha) = g.eigengap()?;
-        let which = match g.schur_options().map(|o| o.which) {
-            Some(Which::LargestMagnitude) => "LM",
-            _ => "LR",
-        };
-        edit.set(
-            &keys::obsm(&keys::schur_vectors(d)),
-            Element::from_dmatrix(&x),
-        );
-        edit.set(
-            &keys::uns(&keys::schur_matrix(d)),
-            Element::from_dmatrix(&schur.r),
-        );
-        edit.set(
-            &keys::uns(&keys::eigendecomposition(d)),
-            Element::Dict(vec![
-                (
-                    "D".into(),
-                    Element::Dense(DenseArray {
-                        shape: vec![schur.eigenvalues.len()],
-                        data: NumVec::C128(
-                            schur
-                                .eigenvalues
-                                .iter()
-                                .map(|&(a, b)| num_complex::Complex64::new(a, b))
-                                .collect(),
-                        ),
-                    }),
-                ),
-                ("eigengap".into(), scalar_i64(gap as i64)),
-                (
-                    "params".into(),
-                    Element::Dict(vec![
-                        ("which".into(), Element::Str(which.into())),
-                        ("k".into(), scalar_i64(schur.m() as i64)),
-                        ("alpha".into(), scalar_f64(alpha)),
-                    ]),
-                ),
-            ]),
-        );
-    }
-    if let Ok(ms) = g.macrostates() {
-        let key = keys::macrostates(d);
-        let s = &ms.states;
-        edit.set(&keys::obs(&key), labels_element(&s.assignment, &s.names));
-        edit.set(
-            &keys::uns(&keys::colors(&key)),
-            Element::from_strings(s.colors.clone()),
-        );
-        if let Some(chi) = &s.memberships {
-            edit.set(
-                &keys::obsm(&keys::memberships(&key)),
-                Element::from_dmatrix(chi),
-            );
-        }
-        edit.set(
-            &keys::uns(&keys::names(&key)),
-            Element::from_strings(s.names.clone()),
-        );
-        let mut coarse_obs = DataFrame::with_index(s.names.clone());
-        coarse_obs.set_column(
-            "coarse_init_dist",
-            Element::from_f64(ms.coarse_init.clone()),
-        );
-        if let Some(st) = &ms.coarse_stat {
-            coarse_obs.set_column("coarse_stat_dist", Element::from_f64(st.clone()));
-        }
-        let empty = || Element::Dict(Vec::new());
-        edit.set(
-            &keys::uns(&keys::coarse(d)),
-            Element::AnnData(vec![
-                ("X".into(), Element::from_dmatrix(&ms.coarse_t)),
-                ("obs".into(), Element::DataFrame(coarse_obs)),
-                (
-                    "var".into(),
-                    Element::DataFrame(DataFrame::with_index(s.names.clone())),
-                ),
-                ("layers".into(), empty()),
-                ("obsm".into(), empty()),
-                ("obsp".into(), empty()),
-                ("uns".into(), empty()),
-                ("varm".into(), empty()),
-                ("varp".into(), empty()),
-            ]),
-        );
-    }
-    if let Ok(init) = g.initial_states() {
-        write_states(edit, &keys::initial_states(d), init, false);
-    }
-    write_estimator(edit, r, g)
+    adata::gpcca_elements(edit, r, g)
 }
 
 /// Writes a CFLARE estimator (terminal states and the shared stages).
@@ -366,7 +183,7 @@ pub fn write_cflare(
     r: &H5adReader,
     c: &Cflare,
 ) -> Result<(), EstimatorIoError> {
-    write_estimator(edit, r, c)
+    adata::cflare_elements(edit, r, c)
 }
 
 fn slot_error(r: &H5adReader, slot: &str, message: impl Into<String>) -> EstimatorIoError {

@@ -34,6 +34,8 @@
 #![cfg_attr(not(feature = "h5ad"), allow(rustdoc::broken_intra_doc_links))]
 
 pub use cellfate_dynamics as dynamics;
+
+pub mod adata;
 pub use cellfate_estimators as estimators;
 pub use cellfate_kernels as kernels;
 

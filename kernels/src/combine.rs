@@ -141,56 +141,120 @@ impl Kernel for KernelSpec {
             Node::Leaf(k) => k.compute(cells),
             Node::Custom(c) => c.instance()?.compute(cells),
             Node::Sum(terms) => {
-                let total: f64 = terms.iter().map(|(w, _)| w).sum();
                 let dir = self.direction().unwrap_or_default();
-                let mut acc: Option<Csr> = None;
-                let mut effective = Vec::with_capacity(terms.len());
-                for (w, k) in terms {
-                    let out = k.compute(cells)?;
-                    let mut t = out.transition.into_csr();
-                    let wn = w / total;
-                    acc = Some(match acc {
-                        None => {
-                            t.data_mut().iter_mut().for_each(|x| *x *= wn);
-                            t
-                        }
-                        Some(a) => {
-                            check_same_cells(&a, &t, k)?;
-                            a.add_scaled(1.0, &t, wn)
-                        }
-                    });
-                    effective.push((*w, out.effective));
-                }
-                let m = acc.ok_or(KernelError::EmptyCombination { combination: "sum" })?;
-                Ok(KernelOutput {
-                    transition: to_transition("KernelAdd", m, dir)?,
-                    effective: Self::Sum { terms: effective },
-                })
+                fold_sum(
+                    terms.iter().map(|(w, k)| (*w, k, k.compute(cells))),
+                    terms.iter().map(|(w, _)| w).sum(),
+                    dir,
+                )
             }
             Node::Product(factors) => {
                 let dir = self.direction().unwrap_or_default();
-                let mut acc: Option<Csr> = None;
-                let mut effective = Vec::with_capacity(factors.len());
-                for k in factors {
-                    let out = k.compute(cells)?;
-                    let t = out.transition.into_csr();
-                    acc = Some(match acc {
-                        None => t,
-                        Some(a) => {
-                            check_same_cells(&a, &t, k)?;
-                            a.hadamard(&t)
-                        }
-                    });
-                    effective.push(out.effective);
-                }
-                let m = acc.ok_or(KernelError::EmptyCombination {
-                    combination: "product",
-                })?;
-                Ok(KernelOutput {
-                    transition: to_transition("KernelMul", m, dir)?,
-                    effective: Self::Product { factors: effective },
-                })
+                fold_product(factors.iter().map(|k| (k, k.compute(cells))), dir)
             }
         }
+    }
+}
+
+/// `Σ (w_k / total) T_k` over kernels computed one after the other (only the running sum and
+/// the current term are held).
+fn fold_sum<'a>(
+    terms: impl Iterator<Item = (f64, &'a KernelSpec, Result<KernelOutput, KernelError>)>,
+    total: f64,
+    dir: Direction,
+) -> Result<KernelOutput, KernelError> {
+    let mut acc: Option<Csr> = None;
+    let mut effective = Vec::new();
+    for (w, k, out) in terms {
+        let out = out?;
+        let mut t = out.transition.into_csr();
+        let wn = w / total;
+        acc = Some(match acc {
+            None => {
+                t.data_mut().iter_mut().for_each(|x| *x *= wn);
+                t
+            }
+            Some(a) => {
+                check_same_cells(&a, &t, k)?;
+                a.add_scaled(1.0, &t, wn)
+            }
+        });
+        effective.push((w, out.effective));
+    }
+    let m = acc.ok_or(KernelError::EmptyCombination { combination: "sum" })?;
+    Ok(KernelOutput {
+        transition: to_transition("KernelAdd", m, dir)?,
+        effective: KernelSpec::Sum { terms: effective },
+    })
+}
+
+/// The row-normalised element-wise product of kernels computed one after the other.
+fn fold_product<'a>(
+    factors: impl Iterator<Item = (&'a KernelSpec, Result<KernelOutput, KernelError>)>,
+    dir: Direction,
+) -> Result<KernelOutput, KernelError> {
+    let mut acc: Option<Csr> = None;
+    let mut effective = Vec::new();
+    for (k, out) in factors {
+        let out = out?;
+        let t = out.transition.into_csr();
+        acc = Some(match acc {
+            None => t,
+            Some(a) => {
+                check_same_cells(&a, &t, k)?;
+                a.hadamard(&t)
+            }
+        });
+        effective.push(out.effective);
+    }
+    let m = acc.ok_or(KernelError::EmptyCombination {
+        combination: "product",
+    })?;
+    Ok(KernelOutput {
+        transition: to_transition("KernelMul", m, dir)?,
+        effective: KernelSpec::Product { factors: effective },
+    })
+}
+
+impl KernelOutput {
+    /// CellRank's `w1 * k1 + w2 * k2 + ...` of kernels computed already (e.g. `0.8 * vk +
+    /// 0.2 * ck` after both `compute_transition_matrix` calls): `Σ (w_k / Σw) T_k`, exactly
+    /// what computing the sum's spec gives, without computing the terms again. Weights and
+    /// directions are checked as for the spec.
+    pub fn sum(terms: Vec<(f64, KernelOutput)>) -> Result<KernelOutput, KernelError> {
+        let spec = KernelSpec::Sum {
+            terms: terms
+                .iter()
+                .map(|(w, o)| (*w, o.effective.clone()))
+                .collect(),
+        };
+        spec.validate()?;
+        let dir = spec.direction().unwrap_or_default();
+        let KernelSpec::Sum { terms: specs } = &spec else {
+            unreachable!("built as a sum above")
+        };
+        let total = terms.iter().map(|(w, _)| w).sum();
+        fold_sum(
+            terms
+                .into_iter()
+                .zip(specs)
+                .map(|((w, o), (_, k))| (w, k, Ok(o))),
+            total,
+            dir,
+        )
+    }
+
+    /// CellRank's `k1 * k2 * ...` of kernels computed already: the row-normalised element-wise
+    /// product, as computing the product's spec gives.
+    pub fn product(factors: Vec<KernelOutput>) -> Result<KernelOutput, KernelError> {
+        let spec = KernelSpec::Product {
+            factors: factors.iter().map(|o| o.effective.clone()).collect(),
+        };
+        spec.validate()?;
+        let dir = spec.direction().unwrap_or_default();
+        let KernelSpec::Product { factors: specs } = &spec else {
+            unreachable!("built as a product above")
+        };
+        fold_product(factors.into_iter().zip(specs).map(|(o, k)| (k, Ok(o))), dir)
     }
 }

@@ -1092,3 +1092,46 @@ fn real_time_reads_numeric_time_points_and_resolves_auto_self_transitions() {
     .to_string();
     assert!(e.contains("obs[\"nope\"]") && e.contains("time_key"), "{e}");
 }
+
+/// Combining kernels computed already (`KernelOutput::sum` / `product`, what CellRank's
+/// `0.8 * vk + 0.2 * ck` does after both kernels are computed) gives bit for bit what
+/// computing the combined spec gives, with the same effective spec; mixed directions and
+/// bad weights are refused as for the spec.
+#[test]
+fn combining_computed_kernels_equals_computing_the_combination() {
+    let c = cells();
+    let vk = VelocityParams::default().compute(&c).unwrap();
+    let ck = ConnectivityParams::default().compute(&c).unwrap();
+    let sum = KernelOutput::sum(vec![(0.8, vk.clone()), (0.2, ck.clone())]).unwrap();
+    let direct = (0.8 * VelocityParams::default() + 0.2 * ConnectivityParams::default())
+        .compute(&c)
+        .unwrap();
+    assert_eq!(sum.transition, direct.transition);
+    assert_eq!(sum.effective, direct.effective);
+    let prod = KernelOutput::product(vec![vk.clone(), ck.clone()]).unwrap();
+    let direct = KernelSpec::product(vec![
+        VelocityParams::default().into(),
+        ConnectivityParams::default().into(),
+    ])
+    .compute(&c)
+    .unwrap();
+    assert_eq!(prod.transition, direct.transition);
+    let bwd = VelocityParams {
+        backward: true,
+        ..Default::default()
+    }
+    .compute(&c)
+    .unwrap();
+    assert!(matches!(
+        KernelOutput::sum(vec![(1.0, vk.clone()), (1.0, bwd)]),
+        Err(KernelError::MixedDirections { .. })
+    ));
+    assert!(matches!(
+        KernelOutput::sum(vec![(-1.0, vk), (1.0, ck)]),
+        Err(KernelError::InvalidWeight { .. })
+    ));
+    assert!(matches!(
+        KernelOutput::sum(Vec::new()),
+        Err(KernelError::EmptyCombination { .. })
+    ));
+}

@@ -611,3 +611,10 @@ impl TempSibling {
         self.tmp.path()
     }
 }
+
+/// The kernel and estimator elements ([`crate::adata`]) go into the edit.
+impl crate::adata::SlotSink for H5adEdit {
+    fn set(&mut self, slot: &str, element: Element) {
+        H5adEdit::set(self, slot, element);
+    }
+}
