@@ -1,0 +1,29 @@
+//! # cellfate-py
+//!
+//! The Python package's native module, `cellfate._core`: conversions between Python objects
+//! (AnnData slots, NumPy arrays, SciPy CSR parts, JSON option dictionaries) and the library's
+//! types, and nothing else — every computation is the library's (`cellfate`,
+//! `cellfate-kernels`, `cellfate-estimators`), the same code the CLI runs. Stages release the
+//! GIL while they compute. The Python side (`python/cellfate/`) gives it CellRank's API.
+
+mod convert;
+mod errors;
+mod estimator;
+mod kernel;
+mod source;
+
+use pyo3::prelude::*;
+
+/// The native part of the `cellfate` Python package.
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<kernel::PyKernel>()?;
+    m.add_class::<estimator::PyGpcca>()?;
+    m.add_class::<estimator::PyCflare>()?;
+    m.add_function(wrap_pyfunction!(kernel::compute_kernel, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel::kernel_sum, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel::kernel_product, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel::kernel_from_csr, m)?)?;
+    Ok(())
+}
