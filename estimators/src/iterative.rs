@@ -132,6 +132,9 @@ pub fn gmres(
     let mut r = resid(&x);
     let mut rnorm = norm(&r);
     while rnorm / bnorm > tol && iterations < max_iter {
+        if cellfate_kernels::interrupt::requested() {
+            break;
+        }
         let k = restart.min(max_iter - iterations).max(1);
         let mut v: Vec<Vec<f64>> = vec![r.iter().map(|x| x / rnorm).collect()];
         let mut z: Vec<Vec<f64>> = Vec::with_capacity(k);

@@ -37,7 +37,13 @@ macro_rules! builtin_kernels {
 
             fn compute(&self, cells: &dyn CellSource) -> Result<KernelOutput, KernelError> {
                 self.leaf_validate()?;
-                let (transition, effective) = self.leaf_compute(cells)?;
+                let computed = self.leaf_compute(cells);
+                if crate::interrupt::requested() {
+                    return Err(KernelError::Interrupted {
+                        kernel: <$t as Leaf>::NAME,
+                    });
+                }
+                let (transition, effective) = computed?;
                 Ok(KernelOutput {
                     transition,
                     effective: KernelSpec::$variant(effective),

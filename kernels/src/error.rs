@@ -146,6 +146,12 @@ pub enum TransitionError {
 #[derive(Debug, Error, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum KernelError {
+    /// The computation was stopped by [`crate::interrupt::request`] (e.g. Ctrl-C).
+    #[error("{kernel}: interrupted")]
+    Interrupted {
+        /// Kernel name.
+        kernel: &'static str,
+    },
     /// An input the kernel needs is missing or unreadable; the message says what creates it.
     #[error("{kernel}: needs {what}: {source}; {hint}")]
     MissingInput {

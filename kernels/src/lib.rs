@@ -32,6 +32,7 @@ pub mod csr;
 pub mod cytotrace;
 pub mod error;
 pub mod expr;
+pub mod interrupt;
 pub mod kernel;
 pub mod labeling;
 mod leaf;

@@ -242,6 +242,10 @@ impl VelocityParams {
                     let n = cols.len();
                     let mut logits = vec![0.0; n];
                     let mut masked = vec![false; n];
+                    if crate::interrupt::requested() {
+                        // Stopping: the stage discards these rows (Kernel::compute).
+                        return (logits, masked, true);
+                    }
                     x.row_into(i, xi);
                     if !transpose {
                         v.row_into(i, vi);

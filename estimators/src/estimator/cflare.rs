@@ -4,7 +4,7 @@
 
 use cellfate_kernels::TransitionMatrix;
 
-use super::{CellStates, Estimator, EstimatorCore, EstimatorError};
+use super::{check_interrupt, CellStates, Estimator, EstimatorCore, EstimatorError};
 use crate::cflare::{cflare_eigen, cflare_predict, CflareEigen, CflareOptions, CflareResult};
 use crate::gpcca::eigengap;
 use crate::states::{name_states, ClusterReference};
@@ -44,7 +44,9 @@ impl Cflare {
     /// The `k` dominant eigenvalues with left and right eigenvectors (CellRank's
     /// `compute_eigendecomposition(k)`). Forgets terminal states and what came from them.
     pub fn compute_eigendecomposition(&mut self, k: usize) -> Result<&CflareEigen, EstimatorError> {
-        let e = cflare_eigen(&self.core.t, k)?;
+        let e = cflare_eigen(&self.core.t, k);
+        check_interrupt(NAME, "compute_eigendecomposition")?;
+        let e = e?;
         self.core.set_eigenvalues(e.eigenvalues.clone());
         self.eigen = Some(e);
         self.result = None;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use cellfate_kernels::TransitionMatrix;
 
-use super::{CellStates, Estimator, EstimatorCore, EstimatorError};
+use super::{check_interrupt, CellStates, Estimator, EstimatorCore, EstimatorError};
 use crate::gpcca::{
     self, eigengap, min_chi, schur_to_x, stationary_distribution, Optimizer, OptimizerReport,
 };
@@ -245,7 +245,9 @@ impl Gpcca {
     /// The sorted real partial Schur decomposition (CellRank's `compute_schur`; checked by
     /// `‖P̄Q − QR‖`). Forgets macrostates and everything after them.
     pub fn compute_schur(&mut self, opts: &SchurOptions) -> Result<&Schur, EstimatorError> {
-        let s = compute_schur(&self.core.t, None, opts)?;
+        let s = compute_schur(&self.core.t, None, opts);
+        check_interrupt(NAME, "compute_schur")?;
+        let s = s?;
         if let Some(note) = &s.note {
             self.core.note(note.clone());
         }
@@ -409,11 +411,12 @@ impl Gpcca {
         // does not).
         // The accepted solution's assignment is kept: it is not computed twice.
         let mut kept = None;
-        let (fit, accepted) =
-            gpcca::fit_with(t, schur, m, &opts.optimizer, pi.as_deref(), &mut |chi| {
-                kept = fuzzy_to_discrete_with(chi, opts.n_cells, Some(t)).ok();
-                kept.is_some()
-            })?;
+        let fitted = gpcca::fit_with(t, schur, m, &opts.optimizer, pi.as_deref(), &mut |chi| {
+            kept = fuzzy_to_discrete_with(chi, opts.n_cells, Some(t)).ok();
+            kept.is_some()
+        });
+        check_interrupt(NAME, "compute_macrostates")?;
+        let (fit, accepted) = fitted?;
         let mut notes = Vec::new();
         if fit.report.rejected > 0 {
             notes.push(format!(

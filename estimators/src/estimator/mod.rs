@@ -51,6 +51,15 @@ use crate::states::{palette, StatesError};
 #[derive(Debug, Error, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum EstimatorError {
+    /// A stage was stopped by [`cellfate_kernels::interrupt::request`] (e.g. Ctrl-C); it
+    /// left nothing behind.
+    #[error("{estimator}: {stage}: interrupted")]
+    Interrupted {
+        /// `GPCCA` or `CFLARE`.
+        estimator: &'static str,
+        /// The stage.
+        stage: &'static str,
+    },
     /// A stage was called before the stage it needs.
     #[error("{estimator}: {stage} needs {needs}; call {call_first} first")]
     NotComputed {
@@ -366,6 +375,19 @@ fn diagnose(
     }
 }
 
+/// [`EstimatorError::Interrupted`] when a stop was requested while `stage` ran (its partial
+/// result is then dropped, never stored).
+pub(crate) fn check_interrupt(
+    estimator: &'static str,
+    stage: &'static str,
+) -> Result<(), EstimatorError> {
+    if cellfate_kernels::interrupt::requested() {
+        Err(EstimatorError::Interrupted { estimator, stage })
+    } else {
+        Ok(())
+    }
+}
+
 /// The stages every estimator shares (CellRank's `TermStatesEstimator` + absorption mixins).
 pub trait Estimator {
     /// `GPCCA`, `CFLARE`, ... (used in messages).
@@ -491,8 +513,10 @@ pub trait Estimator {
             needs: "terminal states",
             call_first: "predict_terminal_states or set_terminal_states",
         })?;
-        let (fates, sys) = compute_fate_probabilities(&core.t, &term.assignment, &term.names, opts)
-            .map_err(|e| diagnose(e, core.eigenvalues.as_deref(), term.names.len()))?;
+        let computed = compute_fate_probabilities(&core.t, &term.assignment, &term.names, opts);
+        check_interrupt(name, "compute_fate_probabilities")?;
+        let (fates, sys) =
+            computed.map_err(|e| diagnose(e, core.eigenvalues.as_deref(), term.names.len()))?;
         if let Some(t_max) = fates.max_absorption_time {
             core.notes.push(format!(
                 "fate probabilities: some cells need {t_max:.1e} steps on average to reach a terminal state (a nearly closed set of cells); their rows sum to 1 within {:.1e}, inside the {:.1e} that this conditioning allows (more cells per terminal state, or a kernel with more connectivity, makes the system better conditioned)",
@@ -536,7 +560,9 @@ pub trait Estimator {
                 call_first: "compute_fate_probabilities",
             });
         };
-        let times = compute_absorption_times(sys, fates, opts.calculate_variance, opts.overall)?;
+        let times = compute_absorption_times(sys, fates, opts.calculate_variance, opts.overall);
+        check_interrupt(name, "compute_absorption_times")?;
+        let times = times?;
         core.absorption_times = Some(times);
         self.absorption_times()
     }

@@ -234,6 +234,9 @@ pub fn nelder_mead(f: &dyn Fn(&[f64]) -> f64, x0: &[f64]) -> (Vec<f64>, f64, usi
     sort(&mut sim, &mut fsim);
     let mut iterations = 1usize;
     while fcalls < maxfun && iterations < maxiter {
+        if cellfate_kernels::interrupt::requested() {
+            break;
+        }
         let xdev = (1..=n)
             .flat_map(|j| (0..n).map(move |p| (j, p)))
             .map(|(j, p)| (sim[j][p] - sim[0][p]).abs())
@@ -479,6 +482,9 @@ fn lbfgs(
     let mut iters = 0;
     let mut gnew = vec![0.0; n];
     while iters < max_iter {
+        if cellfate_kernels::interrupt::requested() {
+            break;
+        }
         let gmax = g.iter().fold(0.0f64, |a, b| a.max(b.abs()));
         if gmax < 1e-12 {
             break;

@@ -6,6 +6,9 @@ use thiserror::Error;
 #[derive(Debug, Error, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum SchurError {
+    /// Stopped by `cellfate_kernels::interrupt::request` (e.g. Ctrl-C).
+    #[error("Schur decomposition: interrupted")]
+    Interrupted,
     /// An option out of its range or inconsistent with the data.
     #[error("Schur decomposition: {parameter} = {got} is invalid: expected {expected}")]
     Parameter {

@@ -322,6 +322,9 @@ pub(crate) fn arpack_schur(
             op(&x, &mut y);
             workd[yi..yi + n].copy_from_slice(&y);
             matvecs += 1;
+            if cellfate_kernels::interrupt::requested() {
+                return Err(SchurError::Interrupted);
+            }
         } else {
             break;
         }
