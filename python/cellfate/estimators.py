@@ -17,6 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import _core, _elements, _source
+from ._log import stage
 from ._lineage import Lineage
 from .kernels import KernelExpression, Kernel, PrecomputedKernel
 
@@ -83,6 +84,7 @@ class _Estimator:
         return pd.Series(s, index=self.adata.obs_names, name=key.replace("_{d}", "").replace(f"_{self._suffix}", ""))
 
     # -- terminal states by hand ----------------------------------------------------------------
+    @stage
     def set_terminal_states(self, states, cluster_key: str | None = None, allow_overlap: bool = False, n_cells: int = 30, **kwargs):
         """Terminal states by hand: macrostate names (GPCCA), a categorical Series over the
         cells, or a dict ``{state: cells}`` (obs names or integer positions)."""
@@ -109,6 +111,7 @@ class _Estimator:
         raise TypeError("give the terminal states as a categorical Series or a dict of cells")
 
     # -- absorption -----------------------------------------------------------------------------
+    @stage
     def compute_fate_probabilities(self, keys=None, solver: str = "gmres", use_petsc: bool = True, n_jobs=None, backend="loky", show_progress_bar: bool = True, tol: float = 1e-6, preconditioner=None):
         """Fate probabilities towards the terminal states.
 
@@ -122,6 +125,7 @@ class _Estimator:
         self._sync()
         return self
 
+    @stage
     def compute_absorption_times(self, keys=None, calculate_variance: bool = False, solver: str = "gmres", use_petsc: bool = True, n_jobs=None, backend="loky", show_progress_bar: bool = True, tol: float = 1e-6, preconditioner=None):
         """Mean (and variance) of the steps to absorption per lineage."""
         if keys is not None:
@@ -130,6 +134,7 @@ class _Estimator:
         self._sync()
         return self
 
+    @stage
     def compute_lineage_priming(self, method: str = "kl_divergence", early_cells=None):
         """Lineage priming degree per cell; returns it as a Series."""
         mask = None
@@ -150,6 +155,7 @@ class _Estimator:
         self._sync()
         return self.priming_degree
 
+    @stage
     def compute_lineage_drivers(self, lineages=None, method: str = "fisher", cluster_key=None, clusters=None, layer=None, use_raw: bool = False, confidence_level: float = 0.95, n_perms: int = 1000, seed=None, **kwargs):
         """Correlations of every gene with every lineage's fate probabilities (p-, q-values,
         confidence intervals); returns CellRank's DataFrame, sorted by the first lineage's
@@ -230,6 +236,7 @@ class GPCCA(_Estimator):
         super().__init__(object, obsp_key, **kwargs)
         self._alpha = 1.0
 
+    @stage
     def compute_schur(self, n_components: int = 20, initial_distribution=None, method: str = "krylov", which: str = "LR", alpha: float = 1.0, verbose=None):
         """The sorted real partial Schur decomposition (checked by ‖PQ − QR‖).
 
@@ -248,6 +255,7 @@ class GPCCA(_Estimator):
         self._sync()
         return self
 
+    @stage
     def compute_eigendecomposition(self, k: int = 20, which: str = "LR", alpha: float = 1.0, only_evals: bool = False, ncv=None):
         """The dominant eigenvalues (of the Schur form)."""
         self._alpha = float(alpha)
@@ -255,6 +263,7 @@ class GPCCA(_Estimator):
         self._sync()
         return self
 
+    @stage
     def compute_macrostates(self, n_states=None, n_cells: int | None = 30, cluster_key: str | None = None, optimizer: str = "nelder_mead", seed: int = 0, **kwargs):
         """GPCCA macrostates. ``n_states``: a number, ``[min, max]`` (best by minChi), or
         ``None`` (eigengap, CellRank's default). ``optimizer="gradient"`` selects cellfate's
@@ -276,6 +285,7 @@ class GPCCA(_Estimator):
         self._sync()
         return self
 
+    @stage
     def predict_terminal_states(self, method: str = "stability", n_cells: int = 30, alpha: float | None = 1, stability_threshold: float = 0.96, n_states: int | None = None, allow_overlap: bool = False):
         """Terminal states among the macrostates: CellRank's rules (``stability``, ``top_n``,
         ``eigengap``, ``eigengap_coarse``) or cellfate's ``sinks`` (stable and not a source of
@@ -298,6 +308,7 @@ class GPCCA(_Estimator):
         self._sync()
         return self
 
+    @stage
     def predict_initial_states(self, n_states: int = 1, n_cells: int = 30, allow_overlap: bool = False):
         """Initial states: the least stationary macrostates."""
         self._native.predict_initial_states(int(n_states), int(n_cells))
@@ -358,6 +369,7 @@ class CFLARE(_Estimator):
 
     _core_type = _core.Cflare
 
+    @stage
     def compute_eigendecomposition(self, k: int = 20, which: str = "LR", alpha: float = 1.0, only_evals: bool = False, ncv=None):
         self._k = int(k)
         self._native.compute_eigendecomposition(int(k))
@@ -367,6 +379,7 @@ class CFLARE(_Estimator):
     def fit(self, k: int = 20, **kwargs):
         return self.compute_eigendecomposition(k=k, **kwargs)
 
+    @stage
     def predict(self, use: int | None = None, percentile: int | None = 98, method: str = "kmeans", cluster_key: str | None = None, n_clusters_kmeans: int | None = None, n_matches_min: int = 0, n_neighbors_filtering: int = 15, basis=None, n_comps: int = 5, sparse_approx: bool = True, **kwargs):
         """Terminal states by k-means on the top left eigenvectors."""
         if method != "kmeans":

@@ -16,6 +16,7 @@ from numbers import Real
 import scipy.sparse as sp
 
 from . import _core, _elements, _source
+from ._log import stage
 
 __all__ = [
     "Kernel",
@@ -128,6 +129,7 @@ class Kernel(KernelExpression):
     def _leaves(self):
         return [(1.0, self)]
 
+    @stage
     def compute_transition_matrix(self, **kwargs):
         """Computes the transition matrix with the given parameters (CellRank's names)."""
         self._compute_params = self._map_params(kwargs)
@@ -204,6 +206,7 @@ class KernelAdd(KernelExpression):
     def _spec(self):
         return {"kernel": "sum", "terms": [[w, k._spec()] for w, k in self.terms]}
 
+    @stage
     def compute_transition_matrix(self, **kwargs):
         """Computes the kernels not computed yet (with default parameters), then the sum."""
         for _, k in self.terms:
@@ -234,6 +237,7 @@ class KernelMul(KernelExpression):
     def _spec(self):
         return {"kernel": "product", "factors": [f._spec() for f in self.factors]}
 
+    @stage
     def compute_transition_matrix(self, **kwargs):
         for f in self.factors:
             if f._result is None:
@@ -273,6 +277,7 @@ class VelocityKernel(Kernel):
             adata, backward=backward, xkey=xkey, vkey=vkey, gene_subset=gene_subset, conn_key=conn_key
         )
 
+    @stage
     def compute_transition_matrix(
         self,
         model: str = "deterministic",
@@ -299,6 +304,7 @@ class ConnectivityKernel(Kernel):
     def _fields(cls):
         return ()
 
+    @stage
     def compute_transition_matrix(self, density_normalize: bool = True):
         return super().compute_transition_matrix(density_normalize=density_normalize)
 
@@ -311,6 +317,7 @@ class PseudotimeKernel(Kernel):
     def __init__(self, adata, time_key: str = "dpt_pseudotime", backward: bool = False, conn_key: str = "connectivities"):
         super().__init__(adata, backward=backward, time_key=time_key, conn_key=conn_key)
 
+    @stage
     def compute_transition_matrix(
         self,
         threshold_scheme: str = "hard",
@@ -336,6 +343,7 @@ class CytoTRACEKernel(Kernel):
     def __init__(self, adata, backward: bool = False, conn_key: str = "connectivities"):
         super().__init__(adata, backward=backward, conn_key=conn_key)
 
+    @stage
     def compute_cytotrace(self, layer: str = "Ms", aggregation: str = "mean", use_raw: bool = False, n_genes: int = 200):
         """Sets the score's inputs (computed with the transition matrix)."""
         if aggregation != "mean" or use_raw:
@@ -343,6 +351,7 @@ class CytoTRACEKernel(Kernel):
         self._init.update(layer=layer, n_genes=n_genes)
         return self
 
+    @stage
     def compute_transition_matrix(self, threshold_scheme: str = "hard", frac_to_keep: float = 0.3, **kwargs):
         _ignore(kwargs, ("n_jobs", "backend", "show_progress_bar"))
         return super().compute_transition_matrix(threshold_scheme=threshold_scheme, frac_to_keep=frac_to_keep)
@@ -363,6 +372,7 @@ class RealTimeKernel(Kernel):
     def _fields(cls):
         return ()
 
+    @stage
     def compute_transition_matrix(self, threshold="auto", self_transitions="connectivities", **kwargs):
         _ignore(kwargs, ("conn_weight", "conn_kwargs", "show_progress_bar"))
         return super().compute_transition_matrix(threshold=threshold, self_transitions=self_transitions)
@@ -376,6 +386,7 @@ class LabelingTimeKernel(Kernel):
     def __init__(self, adata, backward: bool = False, new_key: str = "new", total_key: str = "total", time_key: str = "time", conn_key: str = "connectivities"):
         super().__init__(adata, backward=backward, new_key=new_key, total_key=total_key, time_key=time_key, conn_key=conn_key)
 
+    @stage
     def compute_transition_matrix(self, **kwargs):
         return super().compute_transition_matrix(**kwargs)
 
@@ -405,6 +416,7 @@ class PrecomputedKernel(Kernel):
         if matrix is None and obsp_key is None:
             raise ValueError("PrecomputedKernel: give a matrix or obsp_key")
 
+    @stage
     def compute_transition_matrix(self, **kwargs):
         if self._matrix is None:
             return super().compute_transition_matrix()

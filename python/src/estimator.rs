@@ -11,8 +11,8 @@ use cellfate_estimators::drivers::Expression;
 use cellfate_estimators::schur::SchurOptions;
 use cellfate_estimators::states::{ClusterReference, TerminalMethod};
 use cellfate_estimators::{
-    AbsorptionTimesOptions, Cflare, DriverOptions, Estimator, Gpcca, MacrostatesOptions, NStates,
-    StatesInput, TerminalOptions,
+    AbsorptionTimesOptions, Cflare, DriverOptions, Estimator, EstimatorError, Gpcca,
+    MacrostatesOptions, NStates, StatesInput, TerminalOptions,
 };
 use numpy::{PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
@@ -49,9 +49,13 @@ enum ExpressionArg<'py> {
     Sparse(Bound<'py, PyAny>),
 }
 
-/// Runs `f` on the estimator with the GIL released.
-fn detached<E: Send, T: Send>(py: Python<'_>, e: &mut E, f: impl FnOnce(&mut E) -> T + Send) -> T {
-    py.detach(|| f(e))
+/// Runs `f` on the estimator with the GIL released and Ctrl-C honoured ([`crate::run`]).
+fn detached<E: Send, T: Send>(
+    py: Python<'_>,
+    e: &mut E,
+    f: impl FnOnce(&mut E) -> Result<T, EstimatorError> + Send,
+) -> PyResult<T> {
+    crate::run::run(py, || f(e))?.map_err(estimator_error)
 }
 
 /// What every estimator shares (terminal states by hand, absorption, priming, drivers).
@@ -83,7 +87,6 @@ macro_rules! shared_methods {
                 detached(py, &mut self.inner, |g| {
                     g.set_terminal_states(input).map(|_| ())
                 })
-                .map_err(estimator_error)
             }
 
             /// Terminal states by hand from cell indices per state.
@@ -96,7 +99,6 @@ macro_rules! shared_methods {
                 detached(py, &mut self.inner, |g| {
                     g.set_terminal_states(input).map(|_| ())
                 })
-                .map_err(estimator_error)
             }
 
             /// Fate probabilities (`options`: JSON of `AbsorptionOptions`).
@@ -109,7 +111,6 @@ macro_rules! shared_methods {
                 detached(py, &mut self.inner, |g| {
                     g.compute_fate_probabilities(&o).map(|_| ())
                 })
-                .map_err(estimator_error)
             }
 
             /// Absorption times (`options`: JSON of `AbsorptionTimesOptions`).
@@ -122,7 +123,6 @@ macro_rules! shared_methods {
                 detached(py, &mut self.inner, |g| {
                     g.compute_absorption_times(&o).map(|_| ())
                 })
-                .map_err(estimator_error)
             }
 
             /// Lineage priming (`method`: `kl_divergence` or `entropy`; `early`: a mask).
@@ -137,7 +137,6 @@ macro_rules! shared_methods {
                 detached(py, &mut self.inner, |g| {
                     g.compute_lineage_priming(m, early.as_deref()).map(|_| ())
                 })
-                .map_err(estimator_error)
             }
 
             /// Lineage drivers against `expression` (cells × genes; SciPy CSR parts or a
@@ -170,7 +169,6 @@ macro_rules! shared_methods {
                         })
                     }
                 }
-                .map_err(estimator_error)
             }
 
             /// Names of the terminal states (empty before they are set).
@@ -205,7 +203,7 @@ impl PyGpcca {
     /// The sorted real Schur decomposition (`options`: JSON of `SchurOptions`).
     fn compute_schur(&mut self, py: Python<'_>, options_json: &str) -> PyResult<()> {
         let o: SchurOptions = options(options_json, "compute_schur")?;
-        detached(py, &mut self.inner, |g| g.compute_schur(&o).map(|_| ())).map_err(estimator_error)
+        detached(py, &mut self.inner, |g| g.compute_schur(&o).map(|_| ()))
     }
 
     /// Eigenvalues `(re, im)` of the Schur form, computed with `k` vectors if needed.
@@ -217,7 +215,6 @@ impl PyGpcca {
         detached(py, &mut self.inner, |g| {
             g.compute_eigendecomposition(k).map(<[_]>::to_vec)
         })
-        .map_err(estimator_error)
     }
 
     /// Macrostates: `n_states` as text (`8`, `3..6`, `eigengap`, `auto`), `options` JSON of
@@ -241,7 +238,6 @@ impl PyGpcca {
         detached(py, &mut self.inner, |g| {
             g.compute_macrostates(n, &o, c).map(|_| ())
         })
-        .map_err(estimator_error)
     }
 
     /// Terminal states among the macrostates (`method`: JSON of `TerminalMethod`; `options`:
@@ -257,7 +253,6 @@ impl PyGpcca {
         detached(py, &mut self.inner, |g| {
             g.predict_terminal_states(&m, &o).map(|_| ())
         })
-        .map_err(estimator_error)
     }
 
     /// Terminal states by macrostate names, `n_cells` most likely cells each.
@@ -271,7 +266,6 @@ impl PyGpcca {
         detached(py, &mut self.inner, |g| {
             g.set_terminal_states(input).map(|_| ())
         })
-        .map_err(estimator_error)
     }
 
     /// Initial states: the `n_states` least stationary macrostates.
@@ -284,7 +278,6 @@ impl PyGpcca {
         detached(py, &mut self.inner, |g| {
             g.predict_initial_states(n_states, n_cells).map(|_| ())
         })
-        .map_err(estimator_error)
     }
 
     /// Names of the macrostates (empty before they are computed).
@@ -341,7 +334,6 @@ impl PyCflare {
             c.compute_eigendecomposition(k)
                 .map(|e| e.eigenvalues.clone())
         })
-        .map_err(estimator_error)
     }
 
     /// Terminal states by clustering the left eigenvectors (`options`: JSON of
@@ -355,7 +347,7 @@ impl PyCflare {
     ) -> PyResult<()> {
         let o: CflareOptions = options(options_json, "predict")?;
         let c = reference(&clusters);
-        detached(py, &mut self.inner, |e| e.predict(&o, c).map(|_| ())).map_err(estimator_error)
+        detached(py, &mut self.inner, |e| e.predict(&o, c).map(|_| ()))
     }
 
     /// Everything computed so far as `(slot, element)` pairs.

@@ -83,7 +83,7 @@ pub(crate) fn compute_kernel(
 ) -> PyResult<PyKernel> {
     let spec = KernelSpec::from_json(spec).map_err(kernel_error)?;
     let source = AdataSource::new(adata)?;
-    let out = py.detach(|| spec.compute(&source)).map_err(kernel_error)?;
+    let out = crate::run::run(py, || spec.compute(&source))?.map_err(kernel_error)?;
     Ok(PyKernel { out })
 }
 
@@ -94,9 +94,7 @@ pub(crate) fn kernel_sum(
     terms: Vec<(f64, PyRef<'_, PyKernel>)>,
 ) -> PyResult<PyKernel> {
     let terms: Vec<(f64, KernelOutput)> = terms.iter().map(|(w, k)| (*w, k.out.clone())).collect();
-    let out = py
-        .detach(|| KernelOutput::sum(terms))
-        .map_err(kernel_error)?;
+    let out = crate::run::run(py, || KernelOutput::sum(terms))?.map_err(kernel_error)?;
     Ok(PyKernel { out })
 }
 
@@ -107,9 +105,7 @@ pub(crate) fn kernel_product(
     factors: Vec<PyRef<'_, PyKernel>>,
 ) -> PyResult<PyKernel> {
     let factors: Vec<KernelOutput> = factors.iter().map(|k| k.out.clone()).collect();
-    let out = py
-        .detach(|| KernelOutput::product(factors))
-        .map_err(kernel_error)?;
+    let out = crate::run::run(py, || KernelOutput::product(factors))?.map_err(kernel_error)?;
     Ok(PyKernel { out })
 }
 

@@ -10,6 +10,7 @@ mod convert;
 mod errors;
 mod estimator;
 mod kernel;
+mod run;
 mod source;
 
 use pyo3::prelude::*;

@@ -125,3 +125,18 @@ def test_inputs_are_not_copied_into_python_or_leaked():
     assert before == after
     # The inputs are untouched.
     assert a.layers["Ms"] is ms and ms.dtype == np.float32
+
+
+def test_stages_report_through_python_logging(caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="cellfate")
+    a = _toy()
+    k = cr.kernels.ConnectivityKernel(a).compute_transition_matrix()
+    g = cr.estimators.GPCCA(k)
+    g.compute_schur(n_components=4)
+    msgs = [r.getMessage() for r in caplog.records if r.name == "cellfate"]
+    assert any(m.startswith("ConnectivityKernel.compute_transition_matrix: done in") for m in msgs), msgs
+    assert any(m.startswith("GPCCA.compute_schur: done in") for m in msgs), msgs
+    # One start and one end per call, not one per nested call.
+    assert sum("ConnectivityKernel.compute_transition_matrix: computing" in m for m in msgs) == 1
