@@ -37,7 +37,7 @@ def to_python(e):
         return pd.array([None if m else v for v, m in zip(values, mask)], dtype="string")
     if tag == "dataframe":
         _, index_name, index, (_, cols) = e
-        df = pd.DataFrame(index=pd.Index(index, name=None if index_name == "_index" else index_name))
+        df = pd.DataFrame(index=pd.Index(index, dtype=object, name=None if index_name == "_index" else index_name))
         for name, col in cols:
             df[name] = to_python(col)
         return df

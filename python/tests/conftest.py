@@ -50,3 +50,10 @@ def pytest_configure(config):
     # The reference files were written by older anndata versions; their format warnings are
     # not about cellfate.
     config.addinivalue_line("filterwarnings", "ignore:Element .* was written without encoding metadata")
+
+
+@pytest.fixture(scope="session")
+def cellrank_python():
+    """CellRank 2.3.3's interpreter (``.venv-cellrank``, made by scripts/setup.sh under CI=true
+    or with CELLFATE_CELLRANK=1)."""
+    return _need(ROOT / ".venv-cellrank" / "bin" / "python", "CellRank 2.3.3's venv (.venv-cellrank)")
