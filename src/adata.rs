@@ -4,10 +4,16 @@
 //! written where, so a file written by the CLI and an `AnnData` filled from Python hold the
 //! same values under the same keys. Needs no HDF5.
 
-use cellfate_estimators::gpcca::schur_to_x;
+use nalgebra::DMatrix;
+
+use cellfate_estimators::absorption::{FateProbabilities, ROW_SUM_TOL};
+use cellfate_estimators::gpcca::{coarse_grain, schur_to_x};
+use cellfate_estimators::schur::uniform_eta;
 use cellfate_estimators::states::palette;
-use cellfate_estimators::{CellStates, Cflare, Estimator, EstimatorError, Gpcca, Which};
-use cellfate_kernels::{Direction, Kernel, KernelOutput, KernelSpec};
+use cellfate_estimators::{
+    CellStates, Cflare, Estimator, EstimatorError, Gpcca, Macrostates, Which,
+};
+use cellfate_kernels::{Direction, Kernel, KernelOutput, KernelSpec, TransitionMatrix};
 
 use crate::io::element::{
     Categorical, Categories, DataFrame, DenseArray, Element, NumVec, SparseArray,
@@ -318,11 +324,6 @@ pub fn gpcca_elements<N: AxisNames + ?Sized>(
     let d = g.transition_matrix().direction();
     if let Ok(schur) = g.schur() {
         let x = schur_to_x(schur).map_err(|e| N::Error::from(EstimatorError::from(e)))?;
-        let (gap, alpha) = g.eigengap()?;
-        let which = match g.schur_options().map(|o| o.which) {
-            Some(Which::LargestMagnitude) => "LM",
-            _ => "LR",
-        };
         sink.set(
             &keys::obsm(&keys::schur_vectors(d)),
             Element::from_dmatrix(&x),
@@ -331,17 +332,23 @@ pub fn gpcca_elements<N: AxisNames + ?Sized>(
             &keys::uns(&keys::schur_matrix(d)),
             Element::from_dmatrix(&schur.r),
         );
+    }
+    // The eigenvalues: those of the Schur form, or restored from a file without it.
+    if let Ok(ev) = g.eigenvalues() {
+        let (gap, alpha) = g.eigengap()?;
+        let which = match g.schur_options().map(|o| o.which) {
+            Some(Which::LargestMagnitude) => "LM",
+            _ => "LR",
+        };
         sink.set(
             &keys::uns(&keys::eigendecomposition(d)),
             Element::Dict(vec![
                 (
                     "D".into(),
                     Element::Dense(DenseArray {
-                        shape: vec![schur.eigenvalues.len()],
+                        shape: vec![ev.len()],
                         data: NumVec::C128(
-                            schur
-                                .eigenvalues
-                                .iter()
+                            ev.iter()
                                 .map(|&(a, b)| num_complex::Complex64::new(a, b))
                                 .collect(),
                         ),
@@ -352,7 +359,7 @@ pub fn gpcca_elements<N: AxisNames + ?Sized>(
                     "params".into(),
                     Element::Dict(vec![
                         ("which".into(), Element::Str(which.into())),
-                        ("k".into(), scalar_i64(schur.m() as i64)),
+                        ("k".into(), scalar_i64(ev.len() as i64)),
                         ("alpha".into(), scalar_f64(alpha)),
                     ]),
                 ),
@@ -417,4 +424,297 @@ pub fn cflare_elements<N: AxisNames + ?Sized>(
     c: &Cflare,
 ) -> Result<(), N::Error> {
     estimator_elements(sink, names, c)
+}
+
+/// Where stored AnnData elements are read from: an `.h5ad` file (`H5adReader`) or an
+/// in-memory AnnData (the Python package). What the estimators' `from_adata` reads goes
+/// through these methods, so both restore the same estimator from the same slots. The
+/// defaults derive everything from [`SlotSource::read`]; a file reader overrides them with its
+/// own (bounded, lazily reading) versions.
+pub trait SlotSource {
+    /// The error of reading; estimator errors convert into it.
+    type Error: From<EstimatorError>;
+    /// Whether `slot` (`obs/term_states_fwd`, `uns/coarse_fwd/X`, ...) exists.
+    fn exists(&self, slot: &str) -> bool;
+    /// The element at `slot`.
+    fn read(&self, slot: &str) -> Result<Element, Self::Error>;
+    /// An error about `slot` holding something unusable.
+    fn slot_error(&self, slot: &str, message: impl Into<String>) -> Self::Error;
+    /// The row-stochastic transition matrix in `obsp[key]`.
+    fn transition_matrix(&self, key: &str) -> Result<TransitionMatrix, Self::Error>;
+    /// Column `name` of the dataframe `df` (`obs`, `var`).
+    fn column(&self, df: &str, name: &str) -> Result<Element, Self::Error> {
+        self.read(&format!("{df}/{name}"))
+    }
+    /// A 2-D numeric slot as `(rows, cols, row-major values)` (a 1-D one as one column).
+    fn dense(&self, slot: &str) -> Result<(usize, usize, Vec<f64>), Self::Error> {
+        match self.read(slot)? {
+            Element::Dense(d) if d.shape.len() == 2 => {
+                Ok((d.shape[0], d.shape[1], d.data.to_f64()))
+            }
+            Element::Dense(d) if d.shape.len() == 1 => Ok((d.shape[0], 1, d.data.to_f64())),
+            other => Err(self.slot_error(
+                slot,
+                format!("expected a dense numeric array, found {}", other.encoding()),
+            )),
+        }
+    }
+    /// A numeric `obs` column.
+    fn obs_f64(&self, name: &str) -> Result<Vec<f64>, Self::Error> {
+        let slot = format!("obs/{name}");
+        match self.column("obs", name)? {
+            Element::Dense(d) if d.shape.len() == 1 => Ok(d.data.to_f64()),
+            other => Err(self.slot_error(
+                &slot,
+                format!("expected a numeric column, found {}", other.encoding()),
+            )),
+        }
+    }
+    /// A dataframe slot.
+    fn dataframe(&self, slot: &str) -> Result<DataFrame, Self::Error> {
+        match self.read(slot)? {
+            Element::DataFrame(df) => Ok(df),
+            other => Err(self.slot_error(
+                slot,
+                format!("expected a dataframe, found {}", other.encoding()),
+            )),
+        }
+    }
+}
+
+/// A string array stored at `slot` (`None` when absent or not strings).
+fn strings_at<S: SlotSource + ?Sized>(r: &S, slot: &str) -> Option<Vec<String>> {
+    match r.read(slot).ok()? {
+        Element::Strings { values, .. } => Some(values),
+        _ => None,
+    }
+}
+
+/// Cell states stored under `obs[key]` (+ `_probs`, `_colors`, `_memberships` when present).
+fn read_states<S: SlotSource + ?Sized>(r: &S, key: &str) -> Result<Option<CellStates>, S::Error> {
+    let slot = keys::obs(key);
+    if !r.exists(&slot) {
+        return Ok(None);
+    }
+    let c = match r.column("obs", key)? {
+        Element::Categorical(c) => c,
+        other => {
+            return Err(r.slot_error(
+                &slot,
+                format!("expected a categorical, found {}", other.encoding()),
+            ))
+        }
+    };
+    let names = c.categories.labels();
+    let n = c.codes.len();
+    let assignment: Vec<Option<usize>> = c
+        .codes
+        .iter()
+        .map(|&k| usize::try_from(k).ok().filter(|&q| q < names.len()))
+        .collect();
+    let probs = if r.exists(&keys::obs(&keys::probs(key))) {
+        r.obs_f64(&keys::probs(key))?
+    } else {
+        assignment
+            .iter()
+            .map(|a| if a.is_some() { 1.0 } else { 0.0 })
+            .collect()
+    };
+    let colors = match strings_at(r, &keys::uns(&keys::colors(key))) {
+        Some(c) if c.len() == names.len() => c,
+        _ => palette(names.len()).map_err(|e| S::Error::from(EstimatorError::from(e)))?,
+    };
+    let mem_slot = keys::obsm(&keys::memberships(key));
+    let memberships = if r.exists(&mem_slot) {
+        let (rows, cols, v) = r.dense(&mem_slot)?;
+        if rows != n || cols != names.len() {
+            return Err(r.slot_error(
+                &mem_slot,
+                format!(
+                    "expected {n} x {} memberships (cells x states of obs[{key:?}]), found {rows} x {cols}",
+                    names.len()
+                ),
+            ));
+        }
+        Some(DMatrix::from_fn(rows, cols, |i, j| v[i * cols + j]))
+    } else {
+        None
+    };
+    Ok(Some(CellStates {
+        names,
+        colors,
+        assignment,
+        probs,
+        memberships,
+    }))
+}
+
+/// Fate probabilities in `obsm["lineages_fwd"]` with names in `uns`, restored as computed
+/// elsewhere: the residual of their solve is unknown (NaN), the row sums are checked here.
+fn read_fates<S: SlotSource + ?Sized>(
+    r: &S,
+    d: Direction,
+) -> Result<Option<FateProbabilities>, S::Error> {
+    let key = keys::lineages(d);
+    let slot = keys::obsm(&key);
+    if !r.exists(&slot) {
+        return Ok(None);
+    }
+    let (n, l, probs) = r.dense(&slot)?;
+    let names = match strings_at(r, &keys::uns(&keys::names(&key))) {
+        Some(v) if v.len() == l => v,
+        Some(v) => {
+            return Err(r.slot_error(
+                &keys::uns(&keys::names(&key)),
+                format!("{} names for {l} lineages", v.len()),
+            ))
+        }
+        None => (0..l).map(|j| j.to_string()).collect(),
+    };
+    let row_sum_error = (0..n)
+        .map(|i| (probs[i * l..(i + 1) * l].iter().sum::<f64>() - 1.0).abs())
+        .fold(0.0f64, f64::max);
+    Ok(Some(FateProbabilities {
+        names,
+        probs,
+        residual: f64::NAN,
+        row_sum_error,
+        row_sum_tol: ROW_SUM_TOL,
+        max_absorption_time: None,
+        solver: "restored from file",
+    }))
+}
+
+fn restore_shared<S: SlotSource + ?Sized>(
+    r: &S,
+    e: &mut dyn Estimator,
+    d: Direction,
+) -> Result<(), S::Error> {
+    let n = e.transition_matrix().n_cells();
+    if let Some(term) = read_states(r, &keys::terminal_states(d))? {
+        if term.assignment.len() != n {
+            return Err(r.slot_error(
+                &keys::obs(&keys::terminal_states(d)),
+                format!(
+                    "{} cells, the transition matrix has {n}",
+                    term.assignment.len()
+                ),
+            ));
+        }
+        e.core_mut().replace_terminal(term);
+        if let Some(f) = read_fates(r, d)? {
+            e.core_mut().restore_fates(f);
+        }
+    }
+    Ok(())
+}
+
+/// The eigenvalues in `uns["eigendecomposition_fwd"]["D"]` (complex or real).
+fn read_eigenvalues<S: SlotSource + ?Sized>(r: &S, d: Direction) -> Option<(Vec<f64>, Vec<f64>)> {
+    let slot = keys::uns(&format!("{}/D", keys::eigendecomposition(d)));
+    match r.read(&slot).ok()? {
+        Element::Dense(a) => match &a.data {
+            NumVec::C128(v) => Some((
+                v.iter().map(|c| c.re).collect(),
+                v.iter().map(|c| c.im).collect(),
+            )),
+            other => {
+                let re = other.to_f64();
+                let im = vec![0.0; re.len()];
+                Some((re, im))
+            }
+        },
+        _ => None,
+    }
+}
+
+/// Restores a GPCCA estimator from a file CellRank or cellfate wrote (CellRank's
+/// `GPCCA.from_adata`): the transition matrix `obsp[transition_key]`, the eigenvalues, the
+/// macrostates (memberships, names, colours, coarse-grained chain — recomputed from the
+/// memberships when the file has none), terminal and initial states, and fate probabilities.
+/// The Schur vectors are not restored: `compute_macrostates` needs `compute_schur` again.
+pub fn read_gpcca<S: SlotSource + ?Sized>(r: &S, transition_key: &str) -> Result<Gpcca, S::Error> {
+    let t = r.transition_matrix(transition_key)?;
+    let d = t.direction();
+    let n = t.n_cells();
+    let mut g = Gpcca::new(t);
+    if let Some((re, im)) = read_eigenvalues(r, d) {
+        let alpha = match r.read(&keys::uns(&format!(
+            "{}/params/alpha",
+            keys::eigendecomposition(d)
+        ))) {
+            Ok(Element::Scalar(v)) if !v.is_empty() => v.get_f64(0),
+            _ => 1.0,
+        };
+        g.restore_eigenvalues(re.into_iter().zip(im).collect(), alpha);
+    }
+    if let Some(mut states) = read_states(r, &keys::macrostates(d))? {
+        let chi = states.memberships.clone().ok_or_else(|| {
+            r.slot_error(
+                &keys::obsm(&keys::memberships(&keys::macrostates(d))),
+                "macrostates without memberships: recompute them (cellfate macrostates)",
+            )
+        })?;
+        if chi.nrows() != n {
+            return Err(r.slot_error(
+                &keys::obs(&keys::macrostates(d)),
+                format!("{} cells, the transition matrix has {n}", chi.nrows()),
+            ));
+        }
+        if let Some(names) = strings_at(r, &keys::uns(&keys::names(&keys::macrostates(d)))) {
+            if names.len() == states.names.len() {
+                states.names = names;
+            }
+        }
+        let m = chi.ncols();
+        let coarse = keys::coarse(d);
+        let (coarse_t, coarse_init, coarse_stat) = match r.dense(&keys::uns(&format!("{coarse}/X")))
+        {
+            Ok((a, b, v)) if a == m && b == m => {
+                let df = r.dataframe(&keys::uns(&format!("{coarse}/obs"))).ok();
+                let col =
+                    |name: &str| -> Option<Vec<f64>> { df.as_ref()?.column(name)?.to_f64_vec() };
+                let init = col("coarse_init_dist").unwrap_or_default();
+                (
+                    DMatrix::from_fn(m, m, |i, j| v[i * m + j]),
+                    init,
+                    col("coarse_stat_dist"),
+                )
+            }
+            _ => match r.dense(&keys::uns(&keys::coarse_transition(d))) {
+                Ok((a, b, v)) if a == m && b == m => {
+                    let (_, ci, cs) =
+                        coarse_grain(g.transition_matrix(), &chi, &uniform_eta(n), None);
+                    (DMatrix::from_fn(m, m, |i, j| v[i * m + j]), ci, cs)
+                }
+                _ => coarse_grain(g.transition_matrix(), &chi, &uniform_eta(n), None),
+            },
+        };
+        g.restore_macrostates(Macrostates {
+            states,
+            coarse_t,
+            coarse_init,
+            coarse_stat,
+            crispness: None,
+            report: None,
+        });
+    }
+    if let Some(init) = read_states(r, &keys::initial_states(d))? {
+        g.restore_initial_states(init);
+    }
+    restore_shared(r, &mut g, d)?;
+    Ok(g)
+}
+
+/// Restores a CFLARE estimator: the transition matrix, terminal states and fate
+/// probabilities (the eigendecomposition is recomputed by `compute_eigendecomposition`).
+pub fn read_cflare<S: SlotSource + ?Sized>(
+    r: &S,
+    transition_key: &str,
+) -> Result<Cflare, S::Error> {
+    let t = r.transition_matrix(transition_key)?;
+    let d = t.direction();
+    let mut c = Cflare::new(t);
+    restore_shared(r, &mut c, d)?;
+    Ok(c)
 }

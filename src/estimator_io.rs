@@ -16,18 +16,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use nalgebra::DMatrix;
 use thiserror::Error;
 
-use cellfate_estimators::absorption::{FateProbabilities, ROW_SUM_TOL};
-use cellfate_estimators::gpcca::coarse_grain;
-use cellfate_estimators::schur::uniform_eta;
-use cellfate_estimators::states::{palette, ClusterReference};
-use cellfate_estimators::{CellStates, Cflare, Estimator, EstimatorError, Gpcca, Macrostates};
-use cellfate_kernels::Direction;
+use cellfate_estimators::states::ClusterReference;
+use cellfate_estimators::{CellStates, Cflare, Estimator, EstimatorError, Gpcca};
+use cellfate_kernels::{Direction, TransitionMatrix};
 
-use crate::adata::{self, AxisNames};
-use crate::io::{keys, Element, H5adEdit, H5adError, H5adReader, NumVec};
+use crate::adata::{self, AxisNames, SlotSource};
+use crate::io::{keys, DataFrame, Element, H5adEdit, H5adError, H5adReader};
 
 /// Errors of the estimator adapters.
 #[derive(Debug, Error)]
@@ -194,142 +190,31 @@ fn slot_error(r: &H5adReader, slot: &str, message: impl Into<String>) -> Estimat
     }
 }
 
-/// Cell states stored under `obs[key]` (+ `_probs`, `_colors`, `_memberships` when present).
-fn read_states(r: &H5adReader, key: &str) -> Result<Option<CellStates>, EstimatorIoError> {
-    let slot = keys::obs(key);
-    if !r.exists(&slot) {
-        return Ok(None);
+impl SlotSource for H5adReader {
+    type Error = EstimatorIoError;
+    fn exists(&self, slot: &str) -> bool {
+        H5adReader::exists(self, slot)
     }
-    let c = match r.column("obs", key)? {
-        Element::Categorical(c) => c,
-        other => {
-            return Err(slot_error(
-                r,
-                &slot,
-                format!("expected a categorical, found {}", other.encoding()),
-            ))
-        }
-    };
-    let names = c.categories.labels();
-    let n = c.codes.len();
-    let assignment: Vec<Option<usize>> = c
-        .codes
-        .iter()
-        .map(|&k| usize::try_from(k).ok().filter(|&q| q < names.len()))
-        .collect();
-    let probs = if r.exists(&keys::obs(&keys::probs(key))) {
-        r.obs_f64(&keys::probs(key))?
-    } else {
-        assignment
-            .iter()
-            .map(|a| if a.is_some() { 1.0 } else { 0.0 })
-            .collect()
-    };
-    let colors = match strings(r, &keys::uns(&keys::colors(key))) {
-        Some(c) if c.len() == names.len() => c,
-        _ => palette(names.len()).map_err(EstimatorError::from)?,
-    };
-    let mem_slot = keys::obsm(&keys::memberships(key));
-    let memberships = if r.exists(&mem_slot) {
-        let (rows, cols, v) = r.dense(&mem_slot)?;
-        if rows != n || cols != names.len() {
-            return Err(slot_error(
-                r,
-                &mem_slot,
-                format!(
-                    "expected {n} x {} memberships (cells x states of obs[{key:?}]), found {rows} x {cols}",
-                    names.len()
-                ),
-            ));
-        }
-        Some(DMatrix::from_fn(rows, cols, |i, j| v[i * cols + j]))
-    } else {
-        None
-    };
-    Ok(Some(CellStates {
-        names,
-        colors,
-        assignment,
-        probs,
-        memberships,
-    }))
-}
-
-/// Fate probabilities in `obsm["lineages_fwd"]` with names in `uns`, restored as computed
-/// elsewhere: the residual of their solve is unknown (NaN), the row sums are checked here.
-fn read_fates(r: &H5adReader, d: Direction) -> Result<Option<FateProbabilities>, EstimatorIoError> {
-    let key = keys::lineages(d);
-    let slot = keys::obsm(&key);
-    if !r.exists(&slot) {
-        return Ok(None);
+    fn read(&self, slot: &str) -> Result<Element, EstimatorIoError> {
+        Ok(H5adReader::read(self, slot)?)
     }
-    let (n, l, probs) = r.dense(&slot)?;
-    let names = match strings(r, &keys::uns(&keys::names(&key))) {
-        Some(v) if v.len() == l => v,
-        Some(v) => {
-            return Err(slot_error(
-                r,
-                &keys::uns(&keys::names(&key)),
-                format!("{} names for {l} lineages", v.len()),
-            ))
-        }
-        None => (0..l).map(|j| j.to_string()).collect(),
-    };
-    let row_sum_error = (0..n)
-        .map(|i| (probs[i * l..(i + 1) * l].iter().sum::<f64>() - 1.0).abs())
-        .fold(0.0f64, f64::max);
-    Ok(Some(FateProbabilities {
-        names,
-        probs,
-        residual: f64::NAN,
-        row_sum_error,
-        row_sum_tol: ROW_SUM_TOL,
-        max_absorption_time: None,
-        solver: "restored from file",
-    }))
-}
-
-fn restore_shared(
-    r: &H5adReader,
-    e: &mut dyn Estimator,
-    d: Direction,
-) -> Result<(), EstimatorIoError> {
-    let n = e.transition_matrix().n_cells();
-    if let Some(term) = read_states(r, &keys::terminal_states(d))? {
-        if term.assignment.len() != n {
-            return Err(slot_error(
-                r,
-                &keys::obs(&keys::terminal_states(d)),
-                format!(
-                    "{} cells, the transition matrix has {n}",
-                    term.assignment.len()
-                ),
-            ));
-        }
-        e.core_mut().replace_terminal(term);
-        if let Some(f) = read_fates(r, d)? {
-            e.core_mut().restore_fates(f);
-        }
+    fn slot_error(&self, slot: &str, message: impl Into<String>) -> EstimatorIoError {
+        slot_error(self, slot, message)
     }
-    Ok(())
-}
-
-/// The eigenvalues in `uns["eigendecomposition_fwd"]["D"]` (complex or real).
-fn read_eigenvalues(r: &H5adReader, d: Direction) -> Option<(Vec<f64>, Vec<f64>)> {
-    let slot = keys::uns(&format!("{}/D", keys::eigendecomposition(d)));
-    match r.read(&slot).ok()? {
-        Element::Dense(a) => match &a.data {
-            NumVec::C128(v) => Some((
-                v.iter().map(|c| c.re).collect(),
-                v.iter().map(|c| c.im).collect(),
-            )),
-            other => {
-                let re = other.to_f64();
-                let im = vec![0.0; re.len()];
-                Some((re, im))
-            }
-        },
-        _ => None,
+    fn transition_matrix(&self, key: &str) -> Result<TransitionMatrix, EstimatorIoError> {
+        Ok(H5adReader::transition_matrix(self, key)?)
+    }
+    fn column(&self, df: &str, name: &str) -> Result<Element, EstimatorIoError> {
+        Ok(H5adReader::column(self, df, name)?)
+    }
+    fn dense(&self, slot: &str) -> Result<(usize, usize, Vec<f64>), EstimatorIoError> {
+        Ok(H5adReader::dense(self, slot)?)
+    }
+    fn obs_f64(&self, name: &str) -> Result<Vec<f64>, EstimatorIoError> {
+        Ok(H5adReader::obs_f64(self, name)?)
+    }
+    fn dataframe(&self, slot: &str) -> Result<DataFrame, EstimatorIoError> {
+        Ok(H5adReader::dataframe(self, slot)?)
     }
 }
 
@@ -338,87 +223,13 @@ fn read_eigenvalues(r: &H5adReader, d: Direction) -> Option<(Vec<f64>, Vec<f64>)
 /// macrostates (memberships, names, colours, coarse-grained chain — recomputed from the
 /// memberships when the file has none), terminal and initial states, and fate probabilities.
 /// The Schur vectors are not restored: `compute_macrostates` needs `compute_schur` again.
+/// (The slots read are [`adata::read_gpcca`]'s.)
 pub fn read_gpcca(r: &H5adReader, transition_key: &str) -> Result<Gpcca, EstimatorIoError> {
-    let t = r.transition_matrix(transition_key)?;
-    let d = t.direction();
-    let n = t.n_cells();
-    let mut g = Gpcca::new(t);
-    if let Some((re, im)) = read_eigenvalues(r, d) {
-        let alpha = match r.read(&keys::uns(&format!(
-            "{}/params/alpha",
-            keys::eigendecomposition(d)
-        ))) {
-            Ok(Element::Scalar(v)) if !v.is_empty() => v.get_f64(0),
-            _ => 1.0,
-        };
-        g.restore_eigenvalues(re.into_iter().zip(im).collect(), alpha);
-    }
-    if let Some(mut states) = read_states(r, &keys::macrostates(d))? {
-        let chi = states.memberships.clone().ok_or_else(|| {
-            slot_error(
-                r,
-                &keys::obsm(&keys::memberships(&keys::macrostates(d))),
-                "macrostates without memberships: recompute them (cellfate macrostates)",
-            )
-        })?;
-        if chi.nrows() != n {
-            return Err(slot_error(
-                r,
-                &keys::obs(&keys::macrostates(d)),
-                format!("{} cells, the transition matrix has {n}", chi.nrows()),
-            ));
-        }
-        if let Some(names) = strings(r, &keys::uns(&keys::names(&keys::macrostates(d)))) {
-            if names.len() == states.names.len() {
-                states.names = names;
-            }
-        }
-        let m = chi.ncols();
-        let coarse = keys::coarse(d);
-        let (coarse_t, coarse_init, coarse_stat) = match r.dense(&keys::uns(&format!("{coarse}/X")))
-        {
-            Ok((a, b, v)) if a == m && b == m => {
-                let df = r.dataframe(&keys::uns(&format!("{coarse}/obs"))).ok();
-                let col =
-                    |name: &str| -> Option<Vec<f64>> { df.as_ref()?.column(name)?.to_f64_vec() };
-                let init = col("coarse_init_dist").unwrap_or_default();
-                (
-                    DMatrix::from_fn(m, m, |i, j| v[i * m + j]),
-                    init,
-                    col("coarse_stat_dist"),
-                )
-            }
-            _ => match r.dense(&keys::uns(&keys::coarse_transition(d))) {
-                Ok((a, b, v)) if a == m && b == m => {
-                    let (_, ci, cs) =
-                        coarse_grain(g.transition_matrix(), &chi, &uniform_eta(n), None);
-                    (DMatrix::from_fn(m, m, |i, j| v[i * m + j]), ci, cs)
-                }
-                _ => coarse_grain(g.transition_matrix(), &chi, &uniform_eta(n), None),
-            },
-        };
-        g.restore_macrostates(Macrostates {
-            states,
-            coarse_t,
-            coarse_init,
-            coarse_stat,
-            crispness: None,
-            report: None,
-        });
-    }
-    if let Some(init) = read_states(r, &keys::initial_states(d))? {
-        g.restore_initial_states(init);
-    }
-    restore_shared(r, &mut g, d)?;
-    Ok(g)
+    adata::read_gpcca(r, transition_key)
 }
 
 /// Restores a CFLARE estimator: the transition matrix, terminal states and fate
 /// probabilities (the eigendecomposition is recomputed by `compute_eigendecomposition`).
 pub fn read_cflare(r: &H5adReader, transition_key: &str) -> Result<Cflare, EstimatorIoError> {
-    let t = r.transition_matrix(transition_key)?;
-    let d = t.direction();
-    let mut c = Cflare::new(t);
-    restore_shared(r, &mut c, d)?;
-    Ok(c)
+    adata::read_cflare(r, transition_key)
 }
