@@ -55,11 +55,32 @@ class _Estimator:
         self._suffix = "bwd" if self.kernel.backward else "fwd"
 
     # -- plumbing -----------------------------------------------------------------------------
-    def _sync(self):
+    def _sync(self, write: bool = True):
         """Writes everything computed so far into ``adata`` (CellRank's keys)."""
         names = self._native.elements(list(map(str, self.adata.obs_names)), list(map(str, self.adata.var_names)))
         self._objects = _elements.convert(names)
-        _elements.write(self.adata, self._objects)
+        if write:
+            _elements.write(self.adata, self._objects)
+
+    @classmethod
+    def from_adata(cls, adata, obsp_key: str):
+        """An estimator restored from what CellRank or cellfate stored in ``adata`` (the
+        transition matrix ``obsp[obsp_key]``, eigenvalues, macrostates with memberships and
+        the coarse-grained chain, terminal and initial states, fate probabilities), as
+        CellRank's ``from_adata``; ``adata`` is not modified. The Schur vectors are not
+        restored: ``compute_macrostates`` needs ``compute_schur`` again."""
+        self = cls.__new__(cls)
+        self.kernel = Kernel.from_adata(adata, obsp_key)
+        self.adata = adata
+        self._suffix = "bwd" if self.kernel.backward else "fwd"
+        self._native = cls._core_type.from_adata(adata, obsp_key)
+        self._objects = {}
+        self._init_extra()
+        self._sync(write=False)
+        return self
+
+    def _init_extra(self):
+        pass
 
     def _get(self, slot):
         return self._objects.get(slot.replace("{d}", self._suffix))
@@ -234,6 +255,9 @@ class GPCCA(_Estimator):
 
     def __init__(self, object, obsp_key: str | None = None, **kwargs):
         super().__init__(object, obsp_key, **kwargs)
+        self._init_extra()
+
+    def _init_extra(self):
         self._alpha = 1.0
 
     @stage

@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use crate::convert;
 use crate::errors::estimator_error;
 use crate::kernel::PyKernel;
+use crate::slots::AdataSlots;
 use crate::source::csr_from_parts;
 
 /// Options from JSON; an unknown or ill-typed field is a `ValueError` naming it.
@@ -200,6 +201,16 @@ impl PyGpcca {
         }
     }
 
+    /// Restores an estimator from the slots of an in-memory AnnData (CellRank's
+    /// `GPCCA.from_adata`; the library's `read_gpcca`).
+    #[staticmethod]
+    fn from_adata(adata: &Bound<'_, PyAny>, obsp_key: &str) -> PyResult<Self> {
+        let slots = AdataSlots::new(adata)?;
+        Ok(Self {
+            inner: cellfate::adata::read_gpcca(&slots, obsp_key)?,
+        })
+    }
+
     /// The sorted real Schur decomposition (`options`: JSON of `SchurOptions`).
     fn compute_schur(&mut self, py: Python<'_>, options_json: &str) -> PyResult<()> {
         let o: SchurOptions = options(options_json, "compute_schur")?;
@@ -322,6 +333,16 @@ impl PyCflare {
         Self {
             inner: Cflare::new(kernel.out.transition.clone()),
         }
+    }
+
+    /// Restores an estimator from the slots of an in-memory AnnData (CellRank's
+    /// `CFLARE.from_adata`; the library's `read_cflare`).
+    #[staticmethod]
+    fn from_adata(adata: &Bound<'_, PyAny>, obsp_key: &str) -> PyResult<Self> {
+        let slots = AdataSlots::new(adata)?;
+        Ok(Self {
+            inner: cellfate::adata::read_cflare(&slots, obsp_key)?,
+        })
     }
 
     /// The top `k` eigenvalues `(re, im)` (left eigenvectors kept for `predict`).

@@ -11,6 +11,7 @@ mod errors;
 mod estimator;
 mod kernel;
 mod run;
+mod slots;
 mod source;
 
 use pyo3::prelude::*;

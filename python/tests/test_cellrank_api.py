@@ -131,3 +131,37 @@ def test_cflare_finds_cellranks_terminal_states(pancreas_path):
     c.compute_eigendecomposition(k=20)
     c.predict(cluster_key="clusters")
     assert set(c.terminal_states.cat.categories) == want
+
+
+def test_from_adata_restores_what_cellfate_and_cellrank_stored(pancreas_path):
+    adata = anndata.read_h5ad(pancreas_path)
+    ref = _cellrank_results(adata)
+    # CellRank's own results in the reference file.
+    theirs = cr.estimators.GPCCA.from_adata(adata, obsp_key="T_combined")
+    assert sorted(theirs.terminal_states.cat.categories) == ref["terminal"]
+    assert sorted(theirs.macrostates.cat.categories) == sorted(ref["macrostate_names"])
+    fp = theirs.fate_probabilities
+    np.testing.assert_array_equal(fp.X, ref["lineages"][:, [ref["lineage_names"].index(n) for n in fp.names]])
+    assert "lineages_fwd" in adata.obsm and adata.obsm["lineages_fwd"] is not None
+    np.testing.assert_array_equal(adata.obsm["lineages_fwd"], ref["lineages"])  # not modified
+    # What cellfate's Python API wrote, restored, goes on working.
+    k = cr.kernels.PrecomputedKernel(adata, obsp_key="T_combined").compute_transition_matrix()
+    k.write_to_adata()
+    g = cr.estimators.GPCCA(k)
+    g.compute_schur(n_components=20)
+    g.compute_macrostates(n_states=8, cluster_key="clusters")
+    g.predict_terminal_states()
+    g.compute_fate_probabilities()
+    back = cr.estimators.GPCCA.from_adata(adata, obsp_key="T_fwd")
+    pd.testing.assert_series_equal(back.macrostates, g.macrostates)
+    pd.testing.assert_series_equal(back.terminal_states, g.terminal_states)
+    np.testing.assert_array_equal(back.fate_probabilities.X, g.fate_probabilities.X)
+    np.testing.assert_array_equal(back.macrostates_memberships.X, g.macrostates_memberships.X)
+    pd.testing.assert_frame_equal(back.coarse_T, g.coarse_T)
+    np.testing.assert_array_equal(back.eigendecomposition["D"], g.eigendecomposition["D"])
+    back.compute_fate_probabilities()  # restored fates carry no absorption system: solved again
+    np.testing.assert_array_equal(back.fate_probabilities.X, g.fate_probabilities.X)
+    back.compute_absorption_times()
+    assert set(back.absorption_times.columns) >= {"Alpha_mean", "Beta_mean"}
+    c = cr.estimators.CFLARE.from_adata(adata, obsp_key="T_fwd")
+    assert sorted(c.terminal_states.cat.categories) == ["Alpha", "Beta"]
