@@ -266,12 +266,12 @@ class GPCCA(_Estimator):
 
         ``method="krylov"`` (CellRank's default, which falls back to the dense ``brandts``
         without PETSc) picks dense LAPACK up to 2,500 cells and ARPACK above;
-        ``method="brandts"`` forces the dense path."""
+        ``method="brandts"`` forces the dense path, ``method="arpack"`` the Krylov one."""
         if initial_distribution is not None:
             raise NotImplementedError("compute_schur(initial_distribution=...) is not supported yet")
-        m = {"krylov": "auto", "brandts": "dense", "dense": "dense", "auto": "auto"}.get(method)
+        m = {"krylov": "auto", "brandts": "dense", "dense": "dense", "auto": "auto", "arpack": "krylov"}.get(method)
         if m is None:
-            raise ValueError(f"compute_schur: method {method!r}: expected 'krylov' or 'brandts'")
+            raise ValueError(f"compute_schur: method {method!r}: expected 'krylov', 'brandts' or 'arpack'")
         if which not in ("LR", "LM"):
             raise ValueError(f"compute_schur: which {which!r}: expected 'LR' or 'LM'")
         self._alpha = float(alpha)

@@ -67,10 +67,14 @@ class KernelExpression:
 
     @property
     def params(self) -> dict:
-        """The effective parameters (every estimated value filled in, e.g. the softmax scale)."""
-        if self._result is not None:
-            return json.loads(self._result.spec)
-        return self._spec()
+        """The effective parameters (every estimated value filled in, e.g. the softmax scale,
+        once the kernels are computed)."""
+        if self._result is None:
+            try:
+                self._computed()
+            except RuntimeError:  # not computed yet: the parameters as given
+                return self._spec()
+        return json.loads(self._result.spec)
 
     @property
     def backward(self) -> bool | None:

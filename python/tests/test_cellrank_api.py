@@ -165,3 +165,16 @@ def test_from_adata_restores_what_cellfate_and_cellrank_stored(pancreas_path):
     assert set(back.absorption_times.columns) >= {"Alpha_mean", "Beta_mean"}
     c = cr.estimators.CFLARE.from_adata(adata, obsp_key="T_fwd")
     assert sorted(c.terminal_states.cat.categories) == ["Alpha", "Beta"]
+
+
+def test_cellfates_own_defaults_are_one_keyword_away(pancreas_path):
+    """The gradient optimiser and the `sinks` terminal rule (the CLI's defaults) from Python."""
+    adata = anndata.read_h5ad(pancreas_path)
+    g = cr.estimators.GPCCA(cr.kernels.PrecomputedKernel(adata, obsp_key="T_combined").compute_transition_matrix())
+    g.compute_schur(n_components=20)
+    g.compute_macrostates(n_states=8, cluster_key="clusters", optimizer="gradient", seed=0)
+    assert len(g.macrostates.cat.categories) == 8
+    g.predict_terminal_states(method="sinks")
+    assert sorted(g.terminal_states.cat.categories) == ["Alpha", "Beta"]
+    g.predict_initial_states()
+    assert g.initial_states.cat.categories[0].startswith("Ductal")
