@@ -560,6 +560,23 @@ impl Csr {
         Self::from_rows(self.nrows, self.ncols, rows)
     }
 
+    /// The same sparsity pattern with other values (one per stored entry, in order). Panics
+    /// when `data.len() != nnz` (a contract of the caller).
+    pub(crate) fn with_data(&self, data: Vec<f64>) -> Self {
+        assert_eq!(
+            data.len(),
+            self.nnz(),
+            "with_data: one value per stored entry"
+        );
+        Self {
+            nrows: self.nrows,
+            ncols: self.ncols,
+            indptr: self.indptr.clone(),
+            indices: self.indices.clone(),
+            data,
+        }
+    }
+
     /// Assembles a matrix from per-row (sorted) column/value vectors.
     pub(crate) fn from_rows(nrows: usize, ncols: usize, rows: Vec<(Vec<u32>, Vec<f64>)>) -> Self {
         let nnz = rows.iter().map(|r| r.0.len()).sum();

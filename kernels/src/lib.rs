@@ -60,7 +60,9 @@ pub use labeling::{GammaEstimator, LabelingTimeParams};
 pub use precomputed::PrecomputedParams;
 pub use pseudotime::{PseudotimeParams, ThresholdScheme};
 pub use real_time::RealTimeParams;
-pub use source::{CellSource, DenseData, DenseMatrix, InMemoryCells, SourceError};
+pub use source::{
+    CellSource, DenseData, DenseMatrix, DenseValues, InMemoryCells, SharedValues, SourceError,
+};
 pub use transition::{Direction, TransitionMatrix, ROW_SUM_TOL};
 pub use velocity::{BackwardMode, Similarity, VelocityModel, VelocityParams};
 pub mod testing;

@@ -2,6 +2,7 @@
 //! [`InMemoryCells`] for tests and library users; kernels never open files.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::csr::Csr;
 pub use crate::error::SourceError;
@@ -16,13 +17,64 @@ pub struct DenseMatrix {
     data: DenseData,
 }
 
+/// Row-major values held elsewhere and read in place (e.g. a NumPy array that Python owns):
+/// no copy is made of them.
+pub type SharedValues<T> = Arc<dyn AsRef<[T]> + Send + Sync>;
+
 /// Storage of a [`DenseMatrix`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone)]
 pub enum DenseData {
     /// Single precision.
     F32(Vec<f32>),
     /// Double precision.
     F64(Vec<f64>),
+    /// Single precision, held elsewhere.
+    SharedF32(SharedValues<f32>),
+    /// Double precision, held elsewhere.
+    SharedF64(SharedValues<f64>),
+}
+
+/// The values of a [`DenseMatrix`], borrowed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DenseValues<'a> {
+    /// Single precision.
+    F32(&'a [f32]),
+    /// Double precision.
+    F64(&'a [f64]),
+}
+
+impl DenseData {
+    /// The values, wherever they are held.
+    pub fn values(&self) -> DenseValues<'_> {
+        match self {
+            Self::F32(v) => DenseValues::F32(v),
+            Self::F64(v) => DenseValues::F64(v),
+            Self::SharedF32(v) => DenseValues::F32((**v).as_ref()),
+            Self::SharedF64(v) => DenseValues::F64((**v).as_ref()),
+        }
+    }
+}
+
+impl std::fmt::Debug for DenseData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, n) = match self.values() {
+            DenseValues::F32(v) => ("f32", v.len()),
+            DenseValues::F64(v) => ("f64", v.len()),
+        };
+        let held = matches!(self, Self::SharedF32(_) | Self::SharedF64(_));
+        write!(
+            f,
+            "DenseData({kind} x {n}{})",
+            if held { ", shared" } else { "" }
+        )
+    }
+}
+
+/// Equal values (however they are held).
+impl PartialEq for DenseData {
+    fn eq(&self, other: &Self) -> bool {
+        self.values() == other.values()
+    }
 }
 
 impl DenseMatrix {
@@ -30,14 +82,14 @@ impl DenseMatrix {
     /// number of such entries; `None` when every entry is finite.
     pub fn non_finite(&self) -> Option<((usize, usize, f64), usize)> {
         let w = self.ncols.max(1);
-        let (first, count) = match &self.data {
-            DenseData::F32(v) => (
+        let (first, count) = match self.data.values() {
+            DenseValues::F32(v) => (
                 v.iter()
                     .position(|x| !x.is_finite())
                     .map(|k| (k, f64::from(v[k]))),
                 v.iter().filter(|x| !x.is_finite()).count(),
             ),
-            DenseData::F64(v) => (
+            DenseValues::F64(v) => (
                 v.iter().position(|x| !x.is_finite()).map(|k| (k, v[k])),
                 v.iter().filter(|x| !x.is_finite()).count(),
             ),
@@ -65,6 +117,36 @@ impl DenseMatrix {
         }
     }
 
+    /// A matrix over row-major `f32` values held elsewhere (read in place, never copied).
+    /// Panics when the length is not `nrows * ncols`.
+    pub fn from_shared_f32(nrows: usize, ncols: usize, data: SharedValues<f32>) -> Self {
+        assert_eq!(
+            (*data).as_ref().len(),
+            nrows * ncols,
+            "DenseMatrix: wrong data length"
+        );
+        Self {
+            nrows,
+            ncols,
+            data: DenseData::SharedF32(data),
+        }
+    }
+
+    /// A matrix over row-major `f64` values held elsewhere (read in place, never copied).
+    /// Panics when the length is not `nrows * ncols`.
+    pub fn from_shared_f64(nrows: usize, ncols: usize, data: SharedValues<f64>) -> Self {
+        assert_eq!(
+            (*data).as_ref().len(),
+            nrows * ncols,
+            "DenseMatrix: wrong data length"
+        );
+        Self {
+            nrows,
+            ncols,
+            data: DenseData::SharedF64(data),
+        }
+    }
+
     /// Rows.
     pub fn nrows(&self) -> usize {
         self.nrows
@@ -84,23 +166,27 @@ impl DenseMatrix {
     pub fn row_into(&self, i: usize, out: &mut Vec<f64>) {
         let (s, e) = (i * self.ncols, (i + 1) * self.ncols);
         out.clear();
-        match &self.data {
-            DenseData::F32(v) => out.extend(v[s..e].iter().map(|&x| f64::from(x))),
-            DenseData::F64(v) => out.extend_from_slice(&v[s..e]),
+        match self.data.values() {
+            DenseValues::F32(v) => out.extend(v[s..e].iter().map(|&x| f64::from(x))),
+            DenseValues::F64(v) => out.extend_from_slice(&v[s..e]),
         }
     }
 
     /// Value `(i, j)` as `f64`.
     pub fn get(&self, i: usize, j: usize) -> f64 {
-        match &self.data {
-            DenseData::F32(v) => f64::from(v[i * self.ncols + j]),
-            DenseData::F64(v) => v[i * self.ncols + j],
+        match self.data.values() {
+            DenseValues::F32(v) => f64::from(v[i * self.ncols + j]),
+            DenseValues::F64(v) => v[i * self.ncols + j],
         }
     }
 
     /// The columns for which `keep[j]` is true. Panics when `keep.len() != ncols`.
     pub fn select_columns(&self, keep: &[bool]) -> Self {
         assert_eq!(keep.len(), self.ncols, "select_columns: mask length");
+        if keep.iter().all(|&k| k) {
+            // Every column: the same values (shared ones stay shared, not copied).
+            return self.clone();
+        }
         let cols: Vec<usize> = (0..self.ncols).filter(|&j| keep[j]).collect();
         macro_rules! sel {
             ($v:expr) => {{
@@ -112,9 +198,9 @@ impl DenseMatrix {
                 out
             }};
         }
-        let data = match &self.data {
-            DenseData::F32(v) => DenseData::F32(sel!(v)),
-            DenseData::F64(v) => DenseData::F64(sel!(v)),
+        let data = match self.data.values() {
+            DenseValues::F32(v) => DenseData::F32(sel!(v)),
+            DenseValues::F64(v) => DenseData::F64(sel!(v)),
         };
         Self {
             nrows: self.nrows,
@@ -125,9 +211,9 @@ impl DenseMatrix {
 
     /// All values as `f64`, row-major.
     pub fn to_f64(&self) -> Vec<f64> {
-        match &self.data {
-            DenseData::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
-            DenseData::F64(v) => v.clone(),
+        match self.data.values() {
+            DenseValues::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            DenseValues::F64(v) => v.to_vec(),
         }
     }
 

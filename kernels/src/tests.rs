@@ -1135,3 +1135,31 @@ fn combining_computed_kernels_equals_computing_the_combination() {
         Err(KernelError::EmptyCombination { .. })
     ));
 }
+
+/// Values held elsewhere (`DenseMatrix::from_shared_f32`, how the Python package passes NumPy
+/// arrays) read exactly like owned ones, and a kernel computed on them is bit-identical.
+#[test]
+fn shared_dense_values_read_like_owned_ones() {
+    let v: Vec<f32> = (0..12).map(|x| x as f32 * 0.5 - 2.0).collect();
+    let owned = DenseMatrix::from_f32(3, 4, v.clone());
+    let shared = DenseMatrix::from_shared_f32(3, 4, std::sync::Arc::new(v));
+    assert_eq!(owned, shared);
+    assert_eq!(owned.to_f64(), shared.to_f64());
+    assert_eq!(owned.col_sums(), shared.col_sums());
+    assert_eq!(owned.get(2, 3), shared.get(2, 3));
+    let keep = [true, false, true, true];
+    assert_eq!(owned.select_columns(&keep), shared.select_columns(&keep));
+    assert_eq!(shared.select_columns(&[true; 4]), shared);
+    let mut c = cells();
+    let k = VelocityParams::default();
+    let before = k.compute(&c).unwrap();
+    for key in ["Ms", "velocity"] {
+        let m = c.layers[key].clone();
+        let values: Vec<f64> = m.to_f64();
+        let shared =
+            DenseMatrix::from_shared_f64(m.nrows(), m.ncols(), std::sync::Arc::new(values));
+        c.layers.insert(key.to_string(), shared);
+    }
+    let after = k.compute(&c).unwrap();
+    assert_eq!(before.transition, after.transition);
+}

@@ -225,32 +225,46 @@ impl VelocityParams {
         let negate = self.backward && self.backward_mode == BackwardMode::Negate;
         let sim = self.similarity;
         let g = x.ncols();
-        let rows: Vec<(Vec<f64>, Vec<bool>, bool)> = (0..conn.nrows())
-            .into_par_iter()
-            .with_min_len(ROW_CHUNK / 8)
-            .map_init(
-                || {
-                    (
-                        Vec::with_capacity(g),
-                        Vec::with_capacity(g),
-                        Vec::with_capacity(g),
-                        Vec::with_capacity(g),
-                    )
-                },
-                |(xi, xj, vi, d), i| {
-                    let (cols, _) = conn.row(i);
-                    let n = cols.len();
-                    let mut logits = vec![0.0; n];
-                    let mut masked = vec![false; n];
+        // Written in place, chunk of rows by chunk of rows (no per-row vectors to gather).
+        let n = conn.nrows();
+        let mut logits = vec![0.0; conn.nnz()];
+        let mut masked = vec![false; conn.nnz()];
+        let mut uniform = vec![false; n];
+        let bounds = row_bounds(n, ROW_CHUNK / 8);
+        let edge_offsets: Vec<usize> = bounds.iter().map(|&r| conn.indptr()[r]).collect();
+        let parts = split_at_offsets(&mut logits, &edge_offsets)
+            .into_iter()
+            .zip(split_at_offsets(&mut masked, &edge_offsets))
+            .zip(split_at_offsets(&mut uniform, &bounds))
+            .zip(bounds.windows(2).map(|w| w[0]..w[1]))
+            .collect::<Vec<_>>();
+        parts.into_par_iter().for_each_init(
+            || {
+                (
+                    Vec::with_capacity(g),
+                    Vec::with_capacity(g),
+                    Vec::with_capacity(g),
+                    Vec::with_capacity(g),
+                )
+            },
+            |(xi, xj, vi, d), (((lg_chunk, mk_chunk), un_chunk), rows)| {
+                let base = conn.indptr()[rows.start];
+                for i in rows.clone() {
                     if crate::interrupt::requested() {
                         // Stopping: the stage discards these rows (Kernel::compute).
-                        return (logits, masked, true);
+                        return;
                     }
+                    let (cols, _) = conn.row(i);
+                    let start = conn.indptr()[i] - base;
+                    let n = cols.len();
+                    let logits = &mut lg_chunk[start..start + n];
+                    let masked = &mut mk_chunk[start..start + n];
                     x.row_into(i, xi);
                     if !transpose {
                         v.row_into(i, vi);
                         if vi.iter().all(|&a| a == 0.0) {
-                            return (logits, masked, true);
+                            un_chunk[i - rows.start] = true;
+                            continue;
                         }
                         if negate {
                             vi.iter_mut().for_each(|a| *a = -*a);
@@ -272,19 +286,10 @@ impl VelocityParams {
                         logits[p] = l;
                         masked[p] = m;
                     }
-                    let all_masked = n > 0 && masked.iter().all(|&m| m);
-                    (logits, masked, all_masked)
-                },
-            )
-            .collect();
-        let mut logits = Vec::with_capacity(conn.nnz());
-        let mut masked = Vec::with_capacity(conn.nnz());
-        let mut uniform = Vec::with_capacity(conn.nrows());
-        for (l, m, u) in rows {
-            logits.extend(l);
-            masked.extend(m);
-            uniform.push(u);
-        }
+                    un_chunk[i - rows.start] = n > 0 && masked.iter().all(|&m| m);
+                }
+            },
+        );
         VelocityLogits {
             pattern: conn.clone(),
             logits,
@@ -350,30 +355,57 @@ pub fn estimate_softmax_scale(logits: &[f64]) -> Option<f64> {
 /// Masked softmax per row of the logits with scale `s`.
 pub fn softmax_rows(l: &VelocityLogits, s: f64) -> Csr {
     let conn = &l.pattern;
-    let rows: Vec<(Vec<u32>, Vec<f64>)> = (0..conn.nrows())
-        .into_par_iter()
-        .with_min_len(ROW_CHUNK)
-        .map(|i| {
-            let (cols, _) = conn.row(i);
-            let start = conn.indptr()[i];
-            let n = cols.len();
-            if l.uniform[i] {
-                return (cols.to_vec(), vec![1.0 / n as f64; n]);
-            }
-            let lg = &l.logits[start..start + n];
-            let mk = &l.masked[start..start + n];
-            let max = lg.iter().map(|x| x * s).fold(f64::NEG_INFINITY, f64::max);
-            let mut num: Vec<f64> = lg
-                .iter()
-                .zip(mk)
-                .map(|(x, &m)| if m { 0.0 } else { (x * s - max).exp() })
-                .collect();
-            let sum: f64 = num.iter().sum();
-            num.iter_mut().for_each(|x| *x /= sum);
-            (cols.to_vec(), num)
-        })
+    let n = conn.nrows();
+    // The pattern of the kNN graph with new values, written in place chunk by chunk.
+    let mut data = vec![0.0; conn.nnz()];
+    let bounds = row_bounds(n, ROW_CHUNK);
+    let edge_offsets: Vec<usize> = bounds.iter().map(|&r| conn.indptr()[r]).collect();
+    let parts: Vec<_> = split_at_offsets(&mut data, &edge_offsets)
+        .into_iter()
+        .zip(bounds.windows(2).map(|w| w[0]..w[1]))
         .collect();
-    Csr::from_rows(conn.nrows(), conn.ncols(), rows)
+    parts.into_par_iter().for_each(|(chunk, rows)| {
+        let base = conn.indptr()[rows.start];
+        for i in rows {
+            let start = conn.indptr()[i];
+            let len = conn.indptr()[i + 1] - start;
+            let out = &mut chunk[start - base..start - base + len];
+            if l.uniform[i] {
+                out.iter_mut().for_each(|x| *x = 1.0 / len as f64);
+                continue;
+            }
+            let lg = &l.logits[start..start + len];
+            let mk = &l.masked[start..start + len];
+            let max = lg.iter().map(|x| x * s).fold(f64::NEG_INFINITY, f64::max);
+            for ((o, x), &m) in out.iter_mut().zip(lg).zip(mk) {
+                *o = if m { 0.0 } else { (x * s - max).exp() };
+            }
+            let sum: f64 = out.iter().sum();
+            out.iter_mut().for_each(|x| *x /= sum);
+        }
+    });
+    conn.with_data(data)
+}
+
+/// Row boundaries `0, c, 2c, ..., n` of chunks of `chunk` rows.
+fn row_bounds(n: usize, chunk: usize) -> Vec<usize> {
+    let mut b: Vec<usize> = (0..n).step_by(chunk.max(1)).collect();
+    b.push(n);
+    if n == 0 {
+        b = vec![0, 0];
+    }
+    b
+}
+
+/// `buf` split at `offsets` (increasing, first `0`, last `buf.len()`): one slice per window.
+fn split_at_offsets<'a, T>(mut buf: &'a mut [T], offsets: &[usize]) -> Vec<&'a mut [T]> {
+    let mut out = Vec::with_capacity(offsets.len().saturating_sub(1));
+    for w in offsets.windows(2) {
+        let (head, tail) = buf.split_at_mut(w[1] - w[0]);
+        out.push(head);
+        buf = tail;
+    }
+    out
 }
 
 impl Leaf for VelocityParams {
