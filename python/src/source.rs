@@ -2,6 +2,8 @@
 //! (only what a kernel asks for) through the helpers of `cellfate._source`, which hand over
 //! NumPy arrays and SciPy's CSR parts as they are stored.
 
+use std::sync::Arc;
+
 use cellfate_kernels::{CellSource, Csr, DenseMatrix, SourceError};
 use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyKeyError, PyTypeError};
@@ -91,15 +93,60 @@ pub(crate) fn csr_from_parts(parts: &Bound<'_, PyAny>, what: &str) -> PyResult<C
     .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("{what}: {e}")))
 }
 
+/// A C-contiguous NumPy array's values, read in place: the array stays Python's, this holds a
+/// strong reference to it for as long as a kernel reads it.
+struct NumpyValues<T> {
+    /// Keeps the array (and so its buffer) alive.
+    _owner: Py<PyAny>,
+    /// Address of the first element.
+    addr: usize,
+    /// Number of elements.
+    len: usize,
+    _type: std::marker::PhantomData<T>,
+}
+
+impl<T: numpy::Element> NumpyValues<T> {
+    /// `None` when the array is not C-contiguous (the caller copies then).
+    fn new(a: &numpy::PyReadonlyArray2<'_, T>) -> Option<Self> {
+        let s = a.as_slice().ok()?;
+        Some(Self {
+            _owner: a.as_any().clone().unbind(),
+            addr: s.as_ptr() as usize,
+            len: s.len(),
+            _type: std::marker::PhantomData,
+        })
+    }
+}
+
+#[allow(unsafe_code)]
+impl<T> AsRef<[T]> for NumpyValues<T> {
+    fn as_ref(&self) -> &[T] {
+        // SAFETY: `addr` and `len` are those of the C-contiguous buffer of the array that
+        // `_owner` keeps alive, taken from NumPy's own slice view of it; NumPy never moves or
+        // frees the buffer of a live array (`resize` refuses while other references exist).
+        // As in any extension that releases the GIL, Python code writing into the array while
+        // a computation reads it is the caller's race.
+        unsafe { std::slice::from_raw_parts(self.addr as *const T, self.len) }
+    }
+}
+
+/// A 2-D float array as a [`DenseMatrix`]: read in place when C-contiguous (no copy), else
+/// copied once.
 fn dense_from(a: &Bound<'_, PyAny>) -> PyResult<DenseMatrix> {
     Ok(match a.extract::<Floats2>()? {
         Floats2::F64(x) => {
             let (r, c) = (x.shape()[0], x.shape()[1]);
-            DenseMatrix::from_f64(r, c, x.as_slice()?.to_vec())
+            match NumpyValues::new(&x) {
+                Some(v) => DenseMatrix::from_shared_f64(r, c, Arc::new(v)),
+                None => DenseMatrix::from_f64(r, c, x.as_array().iter().copied().collect()),
+            }
         }
         Floats2::F32(x) => {
             let (r, c) = (x.shape()[0], x.shape()[1]);
-            DenseMatrix::from_f32(r, c, x.as_slice()?.to_vec())
+            match NumpyValues::new(&x) {
+                Some(v) => DenseMatrix::from_shared_f32(r, c, Arc::new(v)),
+                None => DenseMatrix::from_f32(r, c, x.as_array().iter().copied().collect()),
+            }
         }
     })
 }
