@@ -13,6 +13,7 @@ pub mod error;
 pub mod latent_time;
 pub mod nelder_mead;
 pub mod stats;
+pub mod summaries;
 pub mod velocity_graph;
 
 pub use confidence::{
@@ -25,6 +26,10 @@ pub use error::VelocityError;
 pub use latent_time::{
     compute_shared_time, latent_time, root_time, terminal_states, LatentTime, LatentTimeInput,
     LatentTimeOptions, RootPrior, TerminalStates, TerminalStatesOptions,
+};
+pub use summaries::{
+    latent_time_from_graph, latent_time_genes, velocity_summaries, Root, SummaryInput,
+    VelocitySummaries,
 };
 pub use velocity_graph::{
     knn_weights, transition_matrix, velocity_graph, Neighbors, TransitionOptions, VelocityGraph,

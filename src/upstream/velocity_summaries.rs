@@ -116,38 +116,32 @@ pub fn velocity_summaries_in_file(
         .collect();
     let dyn_err = |e: dynamics::VelocityError| err(format!("{source}: {e}"));
     let distances = r.obsp("distances")?;
-    let nb = dynamics::Neighbors::from_distances(&distances, None).map_err(dyn_err)?;
     let mode_stochastic = matches!(
         r.read("uns/velocity_params/mode"),
         Ok(Element::Str(m)) if m == "stochastic"
     );
     // Everything that needs Ms and velocity, in a scope of its own: the two matrices are freed
     // before fit_t is read for the latent time (at 100,000 cells × 2,000 genes each is 1.6 GB).
-    let (vg, length, conf, conf_t, coherence, n_genes) = {
+    let summaries = {
         let (_, _, ms) = r.dense_select("layers/Ms", &keep)?;
         let (_, _, vel) = r.dense_select("layers/velocity", &keep)?;
         let k = keep.len();
-        let x = dynamics::RowMajor::new("layers/Ms", &ms, n, k).map_err(dyn_err)?;
-        let v = dynamics::RowMajor::new("layers/velocity", &vel, n, k).map_err(dyn_err)?;
-        let genes = dynamics::velocity_gene_columns(v, None).map_err(dyn_err)?;
-        if genes.is_empty() {
-            return Err(err(format!(
-                "{source}: no velocity gene has a finite velocity in every cell (var/velocity_genes)"
-            )));
-        }
-        let opts = dynamics::VelocityGraphOptions {
-            sqrt_transform: mode_stochastic,
-            ..Default::default()
-        };
-        let vg = dynamics::velocity_graph(x, v, &genes, &nb, &opts).map_err(dyn_err)?;
-        let length = dynamics::velocity_length(v, &genes).map_err(dyn_err)?;
-        let conf = dynamics::velocity_confidence(v, &genes, &nb).map_err(dyn_err)?;
-        let t = dynamics::transition_matrix(&vg.graph, Some(&vg.graph_neg), &Default::default())
-            .map_err(dyn_err)?;
-        let conf_t = dynamics::velocity_confidence_transition(x, v, &genes, &t).map_err(dyn_err)?;
-        let coherence = dynamics::displacement_coherence(x, v, &genes, &nb).map_err(dyn_err)?;
-        (vg, length, conf, conf_t, coherence, genes.len())
+        dynamics::velocity_summaries(&dynamics::SummaryInput {
+            ms: dynamics::RowMajor::new("layers/Ms", &ms, n, k).map_err(dyn_err)?,
+            velocity: dynamics::RowMajor::new("layers/velocity", &vel, n, k).map_err(dyn_err)?,
+            distances: &distances,
+            stochastic: mode_stochastic,
+        })
+        .map_err(dyn_err)?
     };
+    let dynamics::VelocitySummaries {
+        graph: vg,
+        length,
+        confidence: conf,
+        confidence_transition: conf_t,
+        coherence,
+        n_genes,
+    } = summaries;
     let mut summary = VelocitySummary {
         n_genes,
         median_confidence: median(&conf),
@@ -179,19 +173,12 @@ pub fn velocity_summaries_in_file(
         }
         // Latent time uses the genes with likelihood ≥ its minimum only: just those columns.
         let lt_opts = dynamics::LatentTimeOptions::default();
-        let fitted: Vec<usize> = (0..gt)
-            .filter(|&j| lt_opts.min_likelihood.is_none_or(|m| likelihood[j] >= m))
-            .collect();
+        let fitted = dynamics::latent_time_genes(&likelihood, &lt_opts);
         let (_, _, fit_t) = r.dense_select("layers/fit_t", &fitted)?;
         let likelihood: Vec<f64> = fitted.iter().map(|&j| likelihood[j]).collect();
         let g = fitted.len();
-        let wd = dynamics::knn_weights(&distances);
-        let ts =
-            dynamics::terminal_states(&vg.graph, Some(&vg.graph_neg), &wd, &Default::default())
-                .map_err(dyn_err)?;
-        let scores;
-        let prior = match root {
-            LatentRoot::Auto => dynamics::RootPrior::Scores(&ts.root_cells),
+        let root = match root {
+            LatentRoot::Auto => dynamics::Root::Auto,
             LatentRoot::Cell(c) => {
                 let names = r.obs_names()?;
                 let i = c
@@ -204,13 +191,13 @@ pub fn velocity_summaries_in_file(
                             "{source}: root cell {c:?} is neither a cell index below {n} nor an obs name"
                         ))
                     })?;
-                dynamics::RootPrior::Cell(i)
+                dynamics::Root::Cell(i)
             }
             LatentRoot::Cluster { key, name } => {
                 let labels = r
                     .obs_labels(key)
                     .map_err(|e| err(format!("{source}: {e}")))?;
-                scores = labels
+                let scores = labels
                     .iter()
                     .map(|l| f64::from(u8::from(l.as_deref() == Some(name.as_str()))))
                     .collect::<Vec<f64>>();
@@ -223,19 +210,16 @@ pub fn velocity_summaries_in_file(
                         known.join(", ")
                     )));
                 }
-                dynamics::RootPrior::Scores(&scores)
+                dynamics::Root::Scores(scores)
             }
         };
-        let w = dynamics::knn_weights(&r.obsp("connectivities")?);
-        let lt = dynamics::latent_time(
-            &dynamics::LatentTimeInput {
-                fit_t: dynamics::RowMajor::new("layers/fit_t", &fit_t, n, g).map_err(dyn_err)?,
-                likelihood: &likelihood,
-                connectivities: &w,
-                roots: prior,
-                ends: None,
-                velocity_pseudotime: None,
-            },
+        let (ts, lt) = dynamics::latent_time_from_graph(
+            &vg,
+            &distances,
+            &r.obsp("connectivities")?,
+            dynamics::RowMajor::new("layers/fit_t", &fit_t, n, g).map_err(dyn_err)?,
+            &likelihood,
+            &root,
             &lt_opts,
         )
         .map_err(dyn_err)?;
