@@ -13,6 +13,7 @@ mod kernel;
 mod run;
 mod slots;
 mod source;
+mod velocity;
 
 use pyo3::prelude::*;
 
@@ -27,5 +28,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kernel::kernel_sum, m)?)?;
     m.add_function(wrap_pyfunction!(kernel::kernel_product, m)?)?;
     m.add_function(wrap_pyfunction!(kernel::kernel_from_csr, m)?)?;
+    m.add_function(wrap_pyfunction!(
+        velocity::velocity_graph_and_confidence,
+        m
+    )?)?;
+    m.add_function(wrap_pyfunction!(velocity::latent_time, m)?)?;
     Ok(())
 }

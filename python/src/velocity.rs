@@ -1,0 +1,220 @@
+//! scVelo's `tl.velocity_graph`, `tl.velocity_confidence` and `tl.latent_time` on arrays an
+//! in-memory AnnData holds: the library's `cellfate_dynamics::summaries`, the same code the
+//! CLI runs on files. The velocity genes' columns are gathered into `f64` once (as the file
+//! path reads only those columns).
+
+use cellfate_dynamics::{
+    latent_time_from_graph, latent_time_genes, velocity_summaries, LatentTimeOptions, Root,
+    RowMajor, SummaryInput, VelocityError, VelocitySummaries,
+};
+use numpy::{IntoPyArray, PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::source::csr_from_parts;
+
+/// A 2-D float array as stored.
+#[derive(FromPyObject)]
+pub(crate) enum Matrix<'py> {
+    F64(PyReadonlyArray2<'py, f64>),
+    F32(PyReadonlyArray2<'py, f32>),
+}
+
+impl Matrix<'_> {
+    fn shape(&self) -> (usize, usize) {
+        let s = match self {
+            Self::F64(a) => a.shape(),
+            Self::F32(a) => a.shape(),
+        };
+        (s[0], s[1])
+    }
+
+    /// Columns `cols` of every row, as row-major `f64`.
+    fn gather(&self, cols: &[usize]) -> Vec<f64> {
+        macro_rules! g {
+            ($a:expr) => {{
+                let a = $a.as_array();
+                let mut out = Vec::with_capacity(a.nrows() * cols.len());
+                for row in a.rows() {
+                    out.extend(cols.iter().map(|&j| f64::from(row[j])));
+                }
+                out
+            }};
+        }
+        match self {
+            Self::F64(a) => g!(a),
+            Self::F32(a) => g!(a),
+        }
+    }
+}
+
+fn value_error(e: VelocityError) -> PyErr {
+    PyValueError::new_err(e.to_string())
+}
+
+/// The velocity genes' columns (all genes without a mask).
+fn columns(g: usize, mask: Option<&[bool]>) -> PyResult<Vec<usize>> {
+    if let Some(m) = mask {
+        if m.len() != g {
+            return Err(PyValueError::new_err(format!(
+                "var['velocity_genes'] has {} values for {g} genes",
+                m.len()
+            )));
+        }
+    }
+    Ok((0..g).filter(|&j| mask.is_none_or(|m| m[j])).collect())
+}
+
+fn summaries(
+    py: Python<'_>,
+    ms: &Matrix<'_>,
+    velocity: &Matrix<'_>,
+    mask: Option<&[bool]>,
+    distances: &Bound<'_, PyAny>,
+    stochastic: bool,
+) -> PyResult<(VelocitySummaries, cellfate_kernels::Csr)> {
+    let (n, g) = ms.shape();
+    if velocity.shape() != (n, g) {
+        return Err(PyValueError::new_err(format!(
+            "layers Ms ({n}x{g}) and velocity ({}x{}) differ in shape",
+            velocity.shape().0,
+            velocity.shape().1
+        )));
+    }
+    let keep = columns(g, mask)?;
+    let (x, v) = (ms.gather(&keep), velocity.gather(&keep));
+    let distances = csr_from_parts(distances, "obsp['distances']")?;
+    let k = keep.len();
+    let out = crate::run::run(py, || {
+        velocity_summaries(&SummaryInput {
+            ms: RowMajor::new("layers/Ms", &x, n, k)?,
+            velocity: RowMajor::new("layers/velocity", &v, n, k)?,
+            distances: &distances,
+            stochastic,
+        })
+    })?
+    .map_err(value_error)?;
+    Ok((out, distances))
+}
+
+fn csr_tuple<'py>(py: Python<'py>, c: &cellfate_kernels::Csr) -> PyResult<Bound<'py, PyAny>> {
+    let data = c.data().to_vec().into_pyarray(py);
+    let indices: Vec<i32> = c.indices().iter().map(|&x| x as i32).collect();
+    let indptr: Vec<i64> = c.indptr().iter().map(|&x| x as i64).collect();
+    Ok((
+        data,
+        indices.into_pyarray(py),
+        indptr.into_pyarray(py),
+        (c.nrows(), c.ncols()),
+    )
+        .into_pyobject(py)?
+        .into_any())
+}
+
+/// The velocity graph and the confidences, as a dict of arrays under scVelo's key names.
+#[pyfunction]
+#[pyo3(signature = (ms, velocity, distances, velocity_genes=None, stochastic=false))]
+pub(crate) fn velocity_graph_and_confidence<'py>(
+    py: Python<'py>,
+    ms: Matrix<'_>,
+    velocity: Matrix<'_>,
+    distances: &Bound<'_, PyAny>,
+    velocity_genes: Option<Vec<bool>>,
+    stochastic: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let (s, _) = summaries(
+        py,
+        &ms,
+        &velocity,
+        velocity_genes.as_deref(),
+        distances,
+        stochastic,
+    )?;
+    let d = PyDict::new(py);
+    d.set_item("velocity_graph", csr_tuple(py, &s.graph.graph)?)?;
+    d.set_item("velocity_graph_neg", csr_tuple(py, &s.graph.graph_neg)?)?;
+    d.set_item(
+        "velocity_self_transition",
+        s.graph.self_transition.into_pyarray(py),
+    )?;
+    d.set_item("velocity_length", s.length.into_pyarray(py))?;
+    d.set_item("velocity_confidence", s.confidence.into_pyarray(py))?;
+    d.set_item(
+        "velocity_confidence_transition",
+        s.confidence_transition.into_pyarray(py),
+    )?;
+    d.set_item("velocity_coherence", s.coherence.into_pyarray(py))?;
+    d.set_item("n_genes", s.n_genes)?;
+    Ok(d)
+}
+
+/// Root/end cells and the gene-shared latent time (scVelo's `terminal_states` and
+/// `latent_time`): `root` is a cell index, a score per cell, or `None` for scVelo's rule.
+#[pyfunction]
+#[pyo3(signature = (ms, velocity, distances, connectivities, fit_t, fit_likelihood, velocity_genes=None, stochastic=false, root_cell=None, root_scores=None, min_likelihood=Some(0.1)))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn latent_time<'py>(
+    py: Python<'py>,
+    ms: Matrix<'_>,
+    velocity: Matrix<'_>,
+    distances: &Bound<'_, PyAny>,
+    connectivities: &Bound<'_, PyAny>,
+    fit_t: Matrix<'_>,
+    fit_likelihood: Vec<f64>,
+    velocity_genes: Option<Vec<bool>>,
+    stochastic: bool,
+    root_cell: Option<usize>,
+    root_scores: Option<Vec<f64>>,
+    min_likelihood: Option<f64>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let (s, distances) = summaries(
+        py,
+        &ms,
+        &velocity,
+        velocity_genes.as_deref(),
+        distances,
+        stochastic,
+    )?;
+    let (n, g) = fit_t.shape();
+    if fit_likelihood.len() != g || n != ms.shape().0 {
+        return Err(PyValueError::new_err(format!(
+            "layers['fit_t'] ({n}x{g}) needs one row per cell ({}) and one column per value of var['fit_likelihood'] ({})",
+            ms.shape().0,
+            fit_likelihood.len()
+        )));
+    }
+    let opts = LatentTimeOptions {
+        min_likelihood,
+        ..Default::default()
+    };
+    let fitted = latent_time_genes(&fit_likelihood, &opts);
+    let ft = fit_t.gather(&fitted);
+    let lik: Vec<f64> = fitted.iter().map(|&j| fit_likelihood[j]).collect();
+    let conn = csr_from_parts(connectivities, "obsp['connectivities']")?;
+    let root = match (root_cell, root_scores) {
+        (Some(i), _) => Root::Cell(i),
+        (None, Some(s)) => Root::Scores(s),
+        (None, None) => Root::Auto,
+    };
+    let k = fitted.len();
+    let (ts, lt) = crate::run::run(py, || {
+        latent_time_from_graph(
+            &s.graph,
+            &distances,
+            &conn,
+            RowMajor::new("layers/fit_t", &ft, n, k)?,
+            &lik,
+            &root,
+            &opts,
+        )
+    })?
+    .map_err(value_error)?;
+    let d = PyDict::new(py);
+    d.set_item("latent_time", lt.latent_time.into_pyarray(py))?;
+    d.set_item("root_cells", ts.root_cells.into_pyarray(py))?;
+    d.set_item("end_points", ts.end_points.into_pyarray(py))?;
+    d.set_item("roots", lt.roots)?;
+    d.set_item("roots_detected", lt.roots_detected)?;
+    Ok(d)
+}
