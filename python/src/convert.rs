@@ -145,3 +145,22 @@ pub(crate) fn slots(py: Python<'_>, v: Vec<(String, Element)>) -> PyResult<Bound
     }
     Ok(list)
 }
+
+/// A CSR matrix as SciPy's parts `(data, indices, indptr, shape)` (one copy: the arrays are
+/// Python's from here on).
+pub(crate) fn csr_parts<'py>(
+    py: Python<'py>,
+    c: &cellfate_kernels::Csr,
+) -> PyResult<Bound<'py, PyAny>> {
+    let data = c.data().to_vec().into_pyarray(py);
+    let indices: Vec<i32> = c.indices().iter().map(|&x| x as i32).collect();
+    let indptr: Vec<i64> = c.indptr().iter().map(|&x| x as i64).collect();
+    Ok((
+        data,
+        indices.into_pyarray(py),
+        indptr.into_pyarray(py),
+        (c.nrows(), c.ncols()),
+    )
+        .into_pyobject(py)?
+        .into_any())
+}

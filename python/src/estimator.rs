@@ -172,6 +172,23 @@ macro_rules! shared_methods {
                 }
             }
 
+            /// Everything computed so far as the `(slot, element)` pairs the CLI writes
+            /// (CellRank's keys).
+            fn elements<'py>(
+                &self,
+                py: Python<'py>,
+                obs_names: Vec<String>,
+                var_names: Vec<String>,
+            ) -> PyResult<Bound<'py, PyList>> {
+                let names = Names {
+                    obs: obs_names,
+                    var: var_names,
+                };
+                let mut v: Vec<(String, Element)> = Vec::new();
+                Self::write_elements(&mut v, &names, &self.inner).map_err(estimator_error)?;
+                convert::slots(py, v)
+            }
+
             /// Names of the terminal states (empty before they are set).
             #[getter]
             fn terminal_state_names(&self) -> Vec<String> {
@@ -191,6 +208,17 @@ pub(crate) struct PyGpcca {
 }
 
 shared_methods!(PyGpcca);
+
+impl PyGpcca {
+    /// The library's writer of this estimator's elements.
+    fn write_elements(
+        v: &mut Vec<(String, Element)>,
+        names: &Names,
+        g: &Gpcca,
+    ) -> Result<(), EstimatorError> {
+        gpcca_elements(v, names, g)
+    }
+}
 
 #[pymethods]
 impl PyGpcca {
@@ -299,23 +327,6 @@ impl PyGpcca {
             .map(|m| m.states.names.clone())
             .unwrap_or_default()
     }
-
-    /// Everything computed so far as the `(slot, element)` pairs the CLI writes (CellRank's
-    /// keys).
-    fn elements<'py>(
-        &self,
-        py: Python<'py>,
-        obs_names: Vec<String>,
-        var_names: Vec<String>,
-    ) -> PyResult<Bound<'py, PyList>> {
-        let names = Names {
-            obs: obs_names,
-            var: var_names,
-        };
-        let mut v: Vec<(String, Element)> = Vec::new();
-        gpcca_elements(&mut v, &names, &self.inner).map_err(estimator_error)?;
-        convert::slots(py, v)
-    }
 }
 
 /// CellRank's `CFLARE` over a computed kernel.
@@ -325,6 +336,17 @@ pub(crate) struct PyCflare {
 }
 
 shared_methods!(PyCflare);
+
+impl PyCflare {
+    /// The library's writer of this estimator's elements.
+    fn write_elements(
+        v: &mut Vec<(String, Element)>,
+        names: &Names,
+        c: &Cflare,
+    ) -> Result<(), EstimatorError> {
+        cflare_elements(v, names, c)
+    }
+}
 
 #[pymethods]
 impl PyCflare {
@@ -369,21 +391,5 @@ impl PyCflare {
         let o: CflareOptions = options(options_json, "predict")?;
         let c = reference(&clusters);
         detached(py, &mut self.inner, |e| e.predict(&o, c).map(|_| ()))
-    }
-
-    /// Everything computed so far as `(slot, element)` pairs.
-    fn elements<'py>(
-        &self,
-        py: Python<'py>,
-        obs_names: Vec<String>,
-        var_names: Vec<String>,
-    ) -> PyResult<Bound<'py, PyList>> {
-        let names = Names {
-            obs: obs_names,
-            var: var_names,
-        };
-        let mut v: Vec<(String, Element)> = Vec::new();
-        cflare_elements(&mut v, &names, &self.inner).map_err(estimator_error)?;
-        convert::slots(py, v)
     }
 }

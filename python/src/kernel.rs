@@ -4,7 +4,6 @@
 use cellfate::adata::kernel_elements;
 use cellfate::io::element::Element;
 use cellfate_kernels::{Direction, Kernel, KernelOutput, KernelSpec, TransitionMatrix};
-use numpy::IntoPyArray;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
@@ -48,19 +47,7 @@ impl PyKernel {
     /// The matrix as SciPy CSR parts `(data, indices, indptr, (n, n))` (one copy: the
     /// arrays are Python's from here on).
     fn csr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let c = self.out.transition.as_csr();
-        let data = c.data().to_vec().into_pyarray(py);
-        let indices: Vec<i32> = c.indices().iter().map(|&x| x as i32).collect();
-        let indptr: Vec<i64> = c.indptr().iter().map(|&x| x as i64).collect();
-        let n = c.nrows();
-        Ok((
-            data,
-            indices.into_pyarray(py),
-            indptr.into_pyarray(py),
-            (n, n),
-        )
-            .into_pyobject(py)?
-            .into_any())
+        convert::csr_parts(py, self.out.transition.as_csr())
     }
 
     /// The slots CellRank's `write_to_adata` fills: `obsp[key]` and `uns[key + "_params"]`

@@ -12,6 +12,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use crate::convert;
 use crate::source::csr_from_parts;
 
 /// A 2-D float array as stored.
@@ -98,20 +99,6 @@ fn summaries(
     Ok((out, distances))
 }
 
-fn csr_tuple<'py>(py: Python<'py>, c: &cellfate_kernels::Csr) -> PyResult<Bound<'py, PyAny>> {
-    let data = c.data().to_vec().into_pyarray(py);
-    let indices: Vec<i32> = c.indices().iter().map(|&x| x as i32).collect();
-    let indptr: Vec<i64> = c.indptr().iter().map(|&x| x as i64).collect();
-    Ok((
-        data,
-        indices.into_pyarray(py),
-        indptr.into_pyarray(py),
-        (c.nrows(), c.ncols()),
-    )
-        .into_pyobject(py)?
-        .into_any())
-}
-
 /// The velocity graph and the confidences, as a dict of arrays under scVelo's key names.
 #[pyfunction]
 #[pyo3(signature = (ms, velocity, distances, velocity_genes=None, stochastic=false))]
@@ -132,8 +119,11 @@ pub(crate) fn velocity_graph_and_confidence<'py>(
         stochastic,
     )?;
     let d = PyDict::new(py);
-    d.set_item("velocity_graph", csr_tuple(py, &s.graph.graph)?)?;
-    d.set_item("velocity_graph_neg", csr_tuple(py, &s.graph.graph_neg)?)?;
+    d.set_item("velocity_graph", convert::csr_parts(py, &s.graph.graph)?)?;
+    d.set_item(
+        "velocity_graph_neg",
+        convert::csr_parts(py, &s.graph.graph_neg)?,
+    )?;
     d.set_item(
         "velocity_self_transition",
         s.graph.self_transition.into_pyarray(py),
