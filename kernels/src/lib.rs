@@ -38,6 +38,7 @@ pub mod labeling;
 mod leaf;
 mod ops;
 pub mod precomputed;
+pub mod progress;
 pub mod projection;
 pub mod pseudotime;
 pub mod random_control;

@@ -238,6 +238,7 @@ impl VelocityParams {
             .zip(split_at_offsets(&mut uniform, &bounds))
             .zip(bounds.windows(2).map(|w| w[0]..w[1]))
             .collect::<Vec<_>>();
+        crate::progress::start("velocity kernel: cells", n as u64);
         parts.into_par_iter().for_each_init(
             || {
                 (
@@ -288,8 +289,10 @@ impl VelocityParams {
                     }
                     un_chunk[i - rows.start] = n > 0 && masked.iter().all(|&m| m);
                 }
+                crate::progress::advance(rows.len() as u64);
             },
         );
+        crate::progress::finish();
         VelocityLogits {
             pattern: conn.clone(),
             logits,

@@ -233,10 +233,15 @@ pub fn nelder_mead(f: &dyn Fn(&[f64]) -> f64, x0: &[f64]) -> (Vec<f64>, f64, usi
     };
     sort(&mut sim, &mut fsim);
     let mut iterations = 1usize;
+    cellfate_kernels::progress::start(
+        "macrostates: Nelder-Mead iterations (at most)",
+        maxiter as u64,
+    );
     while fcalls < maxfun && iterations < maxiter {
         if cellfate_kernels::interrupt::requested() {
             break;
         }
+        cellfate_kernels::progress::advance(1);
         let xdev = (1..=n)
             .flat_map(|j| (0..n).map(move |p| (j, p)))
             .map(|(j, p)| (sim[j][p] - sim[0][p]).abs())
@@ -334,6 +339,7 @@ pub fn nelder_mead(f: &dyn Fn(&[f64]) -> f64, x0: &[f64]) -> (Vec<f64>, f64, usi
         }
     }
     let f_opt = fsim.iter().copied().fold(f64::INFINITY, f64::min);
+    cellfate_kernels::progress::finish();
     (sim[0].clone(), f_opt, iterations, fcalls)
 }
 
@@ -580,6 +586,7 @@ fn gradient_multistart(
     let k = m - 1;
     // Starts run in parallel; each is deterministic and the winner is chosen by (objective,
     // start index), so the result does not depend on the number of threads.
+    cellfate_kernels::progress::start("macrostates: optimiser starts", n_starts as u64);
     let outcomes: Vec<StartOutcome> = (0..n_starts)
         .into_par_iter()
         .map(|start| {
@@ -638,7 +645,9 @@ fn gradient_multistart(
             }
             (Some((current, objective_of(&a))), iterations, evaluations)
         })
+        .inspect(|_| cellfate_kernels::progress::advance(1))
         .collect();
+    cellfate_kernels::progress::finish();
     let iterations = outcomes.iter().map(|o| o.1).sum();
     let evaluations = outcomes.iter().map(|o| o.2).sum();
     let mut found: Vec<StartSolution> = outcomes

@@ -293,6 +293,8 @@ pub(crate) fn arpack_schur(
     let mut matvecs = 0usize;
     let mut x = vec![0.0; n];
     let mut y = vec![0.0; n];
+    // The number of products is not known in advance: a total of 0.
+    cellfate_kernels::progress::start("Schur: ARPACK matrix-vector products", 0);
     loop {
         // SAFETY: buffers sized as dnaupd documents: v n×ncv, workd 3n, workl 3ncv²+6ncv,
         // iparam 11, ipntr 14, resid n.
@@ -322,13 +324,16 @@ pub(crate) fn arpack_schur(
             op(&x, &mut y);
             workd[yi..yi + n].copy_from_slice(&y);
             matvecs += 1;
+            cellfate_kernels::progress::advance(1);
             if cellfate_kernels::interrupt::requested() {
+                cellfate_kernels::progress::finish();
                 return Err(SchurError::Interrupted);
             }
         } else {
             break;
         }
     }
+    cellfate_kernels::progress::finish();
     let iterations = iparam[2].max(0) as usize;
     let nconv = iparam[4].max(0) as usize;
     if info == 1 {
