@@ -10,11 +10,11 @@ PY=python3
 for cand in python3.11 python3 "$HOME/.pyenv/versions/3.11.7/bin/python3"; do
   if "$cand" -c "import sys, venv; assert sys.version_info >= (3, 10)" >/dev/null 2>&1; then PY="$cand"; break; fi
 done
-if [ "${CI:-}" = "true" ] || ! .venv-py/bin/python -c "import maturin, pytest, anndata" >/dev/null 2>&1; then
+if [ "${CI:-}" = "true" ] || ! .venv-py/bin/python -c "import maturin, pytest, anndata, tqdm" >/dev/null 2>&1; then
   echo "python-tests: creating .venv-py"
   rm -rf .venv-py
   "$PY" -m venv .venv-py
-  .venv-py/bin/pip install -q --disable-pip-version-check "maturin>=1.9,<2" pytest "anndata==0.12.19"
+  .venv-py/bin/pip install -q --disable-pip-version-check "maturin>=1.9,<2" pytest tqdm "anndata==0.12.19"
 fi
 rm -rf target/wheels-ci
 echo "python-tests: building the wheel"

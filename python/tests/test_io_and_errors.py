@@ -170,3 +170,31 @@ def test_large_layers_are_read_in_place_not_copied():
     assert grew <= 0.10 * (inputs + outputs), f"peak grew by {grew / 2**20:.0f} MB for {(inputs + outputs) / 2**20:.0f} MB of inputs + outputs"
     assert [sys.getrefcount(a.layers["Ms"]), sys.getrefcount(a.layers["velocity"])] == refs
     assert t.shape == (n, n) and np.allclose(t.sum(axis=1), 1.0)
+
+
+def test_long_calls_report_progress_to_the_bar(pancreas_path, monkeypatch):
+    """While a call runs, the running stage and its steps reach ``cellfate._progress`` (a
+    tqdm bar when tqdm is installed)."""
+    from cellfate import _progress
+
+    seen = []
+
+    def update(bar, stage, done, total):
+        seen.append((stage, done, total))
+        return None
+
+    monkeypatch.setattr(_progress, "update", update)
+    monkeypatch.setattr(_progress, "after", 0.0)
+    a = anndata.read_h5ad(pancreas_path)
+    g = cr.estimators.GPCCA(cr.kernels.PrecomputedKernel(a, obsp_key="T_combined").compute_transition_matrix())
+    g.compute_schur(n_components=20)
+    g.compute_macrostates(n_states=10)
+    nm = [s for s in seen if s[0].startswith("macrostates: Nelder-Mead")]
+    assert nm, seen
+    assert all(0 <= d <= t for _, d, t in nm) and nm[-1][1] >= nm[0][1]
+    # A real bar, when tqdm is there.
+    pytest.importorskip("tqdm")
+    monkeypatch.undo()
+    bar = _progress.update(None, "stage", 3, 10)
+    assert bar.n == 3 and bar.total == 10
+    _progress.close(bar)
