@@ -11,7 +11,7 @@
 //!
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
-//! | `h5ad` | yes | `.h5ad` reading and writing (the HDF5 system library, `libhdf5-dev`) and everything that works on files: `io`'s reader and writers, `pipeline`, `upstream`, `kernel_io`, `inspect`, `sim::simulate_to_file` |
+//! | `h5ad` | yes | `.h5ad` reading and writing (the HDF5 system library, `libhdf5-dev`) and everything that works on files: `io`'s reader and writers, `pipeline`, `upstream`'s file steps, `kernel_io`, `inspect`, `sim::simulate_to_file` |
 //! | `plots` | yes | figures and the HTML report (`report`, with `plotters`); implies `h5ad` |
 //! | `cli` | yes | the `cellfate` command-line tool; implies `h5ad` and `plots` |
 //!
@@ -54,7 +54,6 @@ pub mod pipeline;
 #[cfg(feature = "plots")]
 pub mod report;
 pub mod sim;
-#[cfg(feature = "h5ad")]
 pub mod upstream;
 
 /// AnnData's in-memory element model and CellRank's key names; the `.h5ad` reader and writers

@@ -116,6 +116,19 @@ impl From<Box<crate::upstream::InvalidCounts>> for PipelineError {
     }
 }
 
+impl From<crate::upstream::UpstreamError> for PipelineError {
+    fn from(e: crate::upstream::UpstreamError) -> Self {
+        use crate::upstream::UpstreamError as U;
+        match e {
+            U::Invalid { message } => Self::Preprocessing { message },
+            U::InvalidCounts(c) => Self::InvalidCounts(c),
+            U::Interrupted => Self::Preprocessing {
+                message: "interrupted".into(),
+            },
+        }
+    }
+}
+
 /// Everything a run does, with CellRank's defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -217,10 +230,7 @@ pub struct RunSummary {
 /// Peak resident set size of this process in MB (`VmHWM` of `/proc/self/status`; `None` where
 /// that file does not exist).
 pub fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    crate::upstream::peak_rss_mb()
 }
 
 /// Runs kernel + estimators on `input`, writing everything to `output` (a copy of the input;

@@ -21,6 +21,7 @@ use cellfate_kernels::{Csr, SourceError};
 use nalgebra::DMatrix;
 use thiserror::Error;
 
+#[cfg(feature = "h5ad")]
 use crate::io::H5adError;
 
 /// Errors of the diffusion map and the diffusion pseudotime.
@@ -51,6 +52,7 @@ pub enum DptError {
     #[error("diffusion map: {0}")]
     Eigen(#[from] SchurError),
     /// Reading or writing the file.
+    #[cfg(feature = "h5ad")]
     #[error(transparent)]
     H5ad(#[from] H5adError),
     /// The kNN graph is missing.
@@ -346,6 +348,7 @@ pub struct PseudotimeResult {
     pub unreachable: usize,
 }
 
+#[cfg(feature = "h5ad")]
 /// Diffusion map + pseudotime on a file with `obsp["connectivities"]`: writes
 /// `obsm["X_diffmap"]`, `uns["diffmap_evals"]`, `uns["iroot"]`, `obs["dpt_pseudotime"]`.
 pub fn pseudotime_in_file(

@@ -51,10 +51,18 @@
 pub mod ann;
 pub mod dpt;
 pub mod pca;
+pub mod steps;
 pub mod velocity;
+#[cfg(feature = "h5ad")]
 pub mod velocity_summaries;
 
-use std::path::Path;
+#[cfg(feature = "h5ad")]
+mod file;
+#[cfg(feature = "h5ad")]
+pub use file::{
+    check_counts_in, moments_velocity_in_file, prepare, prepare_in_place, prepare_with,
+    read_counts, velocity_in_file,
+};
 
 use nalgebra::DMatrix;
 use rayon::prelude::*;
@@ -62,8 +70,49 @@ use serde::{Deserialize, Serialize};
 
 use cellfate_kernels::Csr;
 
-use crate::io::{EarlySlots, Element, H5adEdit, H5adError, H5adReader, NumVec};
-use crate::pipeline::PipelineError;
+use crate::io::{Element, NumVec};
+
+/// Why an upstream step cannot run on the data it was given (in memory; the `.h5ad` steps
+/// wrap this in their own error with the file's reading errors).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Data that do not fit the step: shapes, too few cells, no usable gene, ... The message
+    /// names the data (the file or the name the caller gave them), the slot and what was
+    /// expected.
+    #[error("{message}")]
+    Invalid {
+        /// What is wrong.
+        message: String,
+    },
+    /// Counts that are negative, NaN or infinite.
+    #[error(transparent)]
+    InvalidCounts(Box<InvalidCounts>),
+    /// The computation was interrupted ([`cellfate_kernels::interrupt`]).
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl From<Box<InvalidCounts>> for UpstreamError {
+    fn from(e: Box<InvalidCounts>) -> Self {
+        Self::InvalidCounts(e)
+    }
+}
+
+/// An [`UpstreamError::Invalid`].
+fn invalid(msg: impl Into<String>) -> UpstreamError {
+    UpstreamError::Invalid {
+        message: msg.into(),
+    }
+}
+
+/// Peak resident set size of this process in MB (`VmHWM` of `/proc/self/status`; `None` where
+/// that file does not exist).
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
 
 /// Parameters of the upstream steps (the reference recipe's values).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -164,14 +213,9 @@ pub struct InvalidCounts {
 }
 
 /// Checks that the stored values of `m` (slot `slot` of `file`) are finite and non-negative;
-/// `names` gives the obs and var names for the error (the reader's, when the data come from
-/// a file).
-pub fn check_counts(
-    m: &Csr,
-    file: &str,
-    slot: &str,
-    names: Option<&H5adReader>,
-) -> Result<(), Box<InvalidCounts>> {
+/// the error names the first bad entry's cell and gene by index (`check_counts_in` names them
+/// by a file's obs and var names).
+pub fn check_counts(m: &Csr, file: &str, slot: &str) -> Result<(), Box<InvalidCounts>> {
     let is_bad = |v: f64| !(v.is_finite() && v >= 0.0);
     let bad = m.data().iter().filter(|&&v| is_bad(v)).count();
     if bad == 0 {
@@ -186,11 +230,6 @@ pub fn check_counts(
                 .map(|(&j, &v)| (i, j as usize, v))
         })
         .unwrap_or((0, 0, f64::NAN));
-    let name = |names: Option<Vec<String>>, k: usize| {
-        names
-            .and_then(|n| n.get(k).cloned())
-            .unwrap_or_else(|| k.to_string())
-    };
     Err(Box::new(InvalidCounts {
         file: file.to_string(),
         slot: slot.to_string(),
@@ -198,21 +237,15 @@ pub fn check_counts(
         stored: m.data().len(),
         value,
         row,
-        cell: name(names.and_then(|r| r.obs_names().ok()), row),
+        cell: row.to_string(),
         col,
-        gene: name(names.and_then(|r| r.var_names().ok()), col),
+        gene: col.to_string(),
     }))
 }
 
 /// The slot names of the count matrices in messages.
 const SPLICED: &str = "layers[\"spliced\"]";
 const UNSPLICED: &str = "layers[\"unspliced\"]";
-
-fn err(msg: impl Into<String>) -> PipelineError {
-    PipelineError::Preprocessing {
-        message: msg.into(),
-    }
-}
 
 /// scVelo's per-cell size factors (`pp.normalize_per_cell` as `pp.filter_and_normalize`
 /// calls it, `use_initial_size=True`), read rule for rule from scVelo 0.3.4:
@@ -520,345 +553,6 @@ fn umap_connectivities(nn: &[Vec<(usize, f64)>], k: usize) -> Csr {
     c
 }
 
-/// `var["highly_variable"]` when present, as one flag per gene: a column of another length,
-/// or one that is not numeric or boolean, is an error naming the slot (not silently ignored).
-fn highly_variable_column(r: &H5adReader, g: usize) -> Result<Option<Vec<bool>>, PipelineError> {
-    if !r.exists("var/highly_variable") {
-        return Ok(None);
-    }
-    let col = r.column("var", "highly_variable")?;
-    let found = col.encoding();
-    let v = col.to_f64_vec().ok_or_else(|| {
-        err(format!(
-            "{}: var/highly_variable: expected a boolean column, found {found}",
-            r.path().display()
-        ))
-    })?;
-    if v.len() != g {
-        return Err(err(format!(
-            "{}: var/highly_variable: expected {g} values (one per gene of the layers), found {}",
-            r.path().display(),
-            v.len()
-        )));
-    }
-    Ok(Some(v.into_iter().map(|x| x != 0.0).collect()))
-}
-
-/// Recomputes RNA velocity on a processed file (scVelo's `tl.velocity`): reads
-/// `layers["Ms"]`, `layers["Mu"]` and, for the stochastic model, the normalised
-/// `layers["spliced"]`/`["unspliced"]` with `obsp["connectivities"]`; `var["highly_variable"]`
-/// restricts the velocity genes when present. Writes `output` (a copy of `input`); the
-/// velocity layers are written block of genes by block of genes.
-pub fn velocity_in_file(
-    input: &Path,
-    output: &Path,
-    mode: velocity::VelocityMode,
-    dynamics: &velocity::DynamicalSettings,
-) -> Result<velocity::GeneFit, PipelineError> {
-    let r = H5adReader::open(input)?;
-    let need = |slot: &str, why: &str| -> Result<(), PipelineError> {
-        if r.exists(slot) {
-            Ok(())
-        } else {
-            Err(err(format!(
-                "{}: {slot} is missing ({why}); run `cellfate preprocess` (or scVelo's moments) first",
-                input.display()
-            )))
-        }
-    };
-    need("layers/Ms", "first moments of spliced counts")?;
-    need("layers/Mu", "first moments of unspliced counts")?;
-    let shape = |slot: &str| -> Result<Vec<usize>, PipelineError> { Ok(r.info(slot)?.shape) };
-    let (sms, smu) = (shape("layers/Ms")?, shape("layers/Mu")?);
-    if sms != smu || sms.len() != 2 {
-        return Err(err(format!(
-            "{}: layers Ms ({sms:?}) and Mu ({smu:?}) must be matrices of one shape",
-            input.display()
-        )));
-    }
-    let (n, g) = (sms[0], sms[1]);
-    let hvg = highly_variable_column(&r, g)?;
-    let stochastic = mode == velocity::VelocityMode::Stochastic;
-    let counts = if stochastic {
-        need(
-            "layers/spliced",
-            "normalised spliced counts for second moments",
-        )?;
-        need(
-            "layers/unspliced",
-            "normalised unspliced counts for second moments",
-        )?;
-        need("obsp/connectivities", "the kNN graph for second moments")?;
-        let source = input.display().to_string();
-        let (s, u) = (r.csr("layers/spliced")?, r.csr("layers/unspliced")?);
-        check_counts(&s, &source, SPLICED, Some(&r))?;
-        check_counts(&u, &source, UNSPLICED, Some(&r))?;
-        Some((velocity::smoothing_graph(&r.obsp("connectivities")?), s, u))
-    } else {
-        None
-    };
-    let graph = if mode == velocity::VelocityMode::Dynamical {
-        need(
-            "obsp/connectivities",
-            "the kNN graph the dynamical model smooths its states and times over",
-        )?;
-        Some(velocity::smoothing_graph(&r.obsp("connectivities")?))
-    } else {
-        None
-    };
-    // Dense layers are read block by block (hyperslabs); others (sparse) whole.
-    let whole = if r.dense_f32_columns("layers/Ms", 0..0)?.is_some()
-        && r.dense_f32_columns("layers/Mu", 0..0)?.is_some()
-    {
-        None
-    } else {
-        Some((r.dense_f32("layers/Ms")?.2, r.dense_f32("layers/Mu")?.2))
-    };
-    let src = FileMoments {
-        r: &r,
-        n,
-        g,
-        whole,
-        counts,
-        graph,
-    };
-    let mut edit = H5adEdit::new(input);
-    if !stochastic {
-        // A stochastic run's variance would no longer match the velocity.
-        edit.remove("layers/variance_velocity");
-    }
-    let mut fitted = None;
-    edit.write_to_with(output, |early| -> Result<_, PipelineError> {
-        let fit = fit_into(early, &src, n, g, hvg.as_deref(), mode, dynamics, false)?;
-        let slots = velocity_slots(&fit);
-        fitted = Some(fit);
-        Ok(slots)
-    })?;
-    fitted.ok_or_else(|| err("velocity: no fit"))
-}
-
-/// Moments and RNA velocity on a file that has a kNN graph but no moments (scVelo's
-/// `pp.moments` + `tl.velocity` on a file processed by scanpy): `layers["spliced"]` and
-/// `["unspliced"]` are normalised per cell to their median library size when they hold raw
-/// counts (every value an integer, scVelo's test) and written back normalised; `Ms`/`Mu` are
-/// averaged over `obsp["connectivities"]` (each cell and its neighbours); the velocity fit
-/// follows (`var["highly_variable"]` restricts the velocity genes when present). Writes
-/// `output` (a copy of `input`), block of genes by block of genes.
-pub fn moments_velocity_in_file(
-    input: &Path,
-    output: &Path,
-    mode: velocity::VelocityMode,
-    dynamics: &velocity::DynamicalSettings,
-) -> Result<velocity::GeneFit, PipelineError> {
-    let source = input.display().to_string();
-    let r = H5adReader::open(input)?;
-    check_count_layers(&r, input)?;
-    if !r.exists("obsp/connectivities") {
-        return Err(err(format!(
-            "{source}: obsp[\"connectivities\"] is missing (the kNN graph the moments average over); run `cellfate preprocess` first"
-        )));
-    }
-    let w = velocity::smoothing_graph(&r.obsp("connectivities")?);
-    let (s, u) = (r.csr("layers/spliced")?, r.csr("layers/unspliced")?);
-    check_counts(&s, &source, SPLICED, Some(&r))?;
-    check_counts(&u, &source, UNSPLICED, Some(&r))?;
-    let (n, g) = (s.nrows(), s.ncols());
-    if (u.nrows(), u.ncols()) != (n, g) {
-        return Err(err(format!(
-            "{source}: layers spliced ({n}×{g}) and unspliced ({}×{}) differ in shape",
-            u.nrows(),
-            u.ncols()
-        )));
-    }
-    let is_counts = |m: &Csr| m.data().iter().all(|v| v.fract() == 0.0);
-    let raw = is_counts(&s) && is_counts(&u);
-    let (sn, un) = if raw {
-        let (cs, cu) = (CellSizes::of(&s), CellSizes::of(&u));
-        (cs.scale(s), cu.scale(u))
-    } else {
-        (s, u)
-    };
-    let hvg = highly_variable_column(&r, g)?;
-    let mut edit = H5adEdit::new(input);
-    if mode == velocity::VelocityMode::Deterministic {
-        edit.remove("layers/variance_velocity");
-    }
-    let mut fitted = None;
-    edit.write_to_with(output, |early| -> Result<_, PipelineError> {
-        let fit = {
-            let src = velocity::SmoothedCounts {
-                w: &w,
-                s: &sn,
-                u: &un,
-            };
-            fit_into(early, &src, n, g, hvg.as_deref(), mode, dynamics, true)?
-        };
-        if !fit.velocity_genes.iter().any(|&b| b) {
-            return Err(no_velocity_genes(&source));
-        }
-        if raw {
-            early.write("layers/spliced", Element::Sparse(sn.into()))?;
-            early.write("layers/unspliced", Element::Sparse(un.into()))?;
-        }
-        let slots = velocity_slots(&fit);
-        fitted = Some(fit);
-        Ok(slots)
-    })?;
-    fitted.ok_or_else(|| err("moments + velocity: no fit"))
-}
-
-/// First moments from a file's `layers["Ms"]`/`["Mu"]`, second moments smoothed from its
-/// normalised counts (see [`velocity_in_file`]).
-struct FileMoments<'a> {
-    r: &'a H5adReader,
-    n: usize,
-    g: usize,
-    /// The layers, when they are not dense datasets (read whole).
-    whole: Option<(Vec<f32>, Vec<f32>)>,
-    /// Smoothing graph, normalised spliced and unspliced counts (stochastic model).
-    counts: Option<(Csr, Csr, Csr)>,
-    /// Smoothing graph (dynamical model).
-    graph: Option<Csr>,
-}
-
-impl velocity::MomentSource for FileMoments<'_> {
-    type Block = std::ops::Range<usize>;
-
-    fn block(&self, genes: std::ops::Range<usize>) -> Result<Self::Block, H5adError> {
-        Ok(genes)
-    }
-
-    fn first(&self, r: &Self::Block) -> Result<velocity::Pair, H5adError> {
-        let (ms, mu) = self.first_unchecked(r)?;
-        // NaN or infinite moments would make the genes' fits (and the velocity) NaN: an error
-        // naming the layer and the first bad entry.
-        for (slot, m) in [("layers/Ms", &ms), ("layers/Mu", &mu)] {
-            let w = r.len().max(1);
-            if let Some(k) = m.iter().position(|v| !v.is_finite()) {
-                return Err(H5adError::Invalid {
-                    path: self.r.path().to_path_buf(),
-                    slot: slot.into(),
-                    expected: "finite first moments (recompute them from the counts: `cellfate run --recompute` or `cellfate preprocess`)".into(),
-                    found: format!(
-                        "{} NaN or infinite values in genes {}..{}, the first {} at cell {}, gene {}",
-                        m.iter().filter(|v| !v.is_finite()).count(),
-                        r.start,
-                        r.end,
-                        m[k],
-                        k / w,
-                        r.start + k % w
-                    ),
-                });
-            }
-        }
-        Ok((ms, mu))
-    }
-
-    fn has_second(&self) -> bool {
-        self.counts.is_some()
-    }
-
-    fn second(&self, r: &Self::Block, cols: &[usize]) -> Result<Option<velocity::Pair>, H5adError> {
-        let idx: Vec<usize> = cols.iter().map(|&c| r.start + c).collect();
-        Ok(self
-            .counts
-            .as_ref()
-            .map(|(w, s, u)| velocity::second_moments(w, s, u, &idx)))
-    }
-
-    fn graph(&self) -> Option<&Csr> {
-        self.graph
-            .as_ref()
-            .or(self.counts.as_ref().map(|(w, _, _)| w))
-    }
-}
-
-impl FileMoments<'_> {
-    /// The first moments of genes `r` as stored (cells × genes of the block, row-major).
-    fn first_unchecked(&self, r: &std::ops::Range<usize>) -> Result<velocity::Pair, H5adError> {
-        if let Some((ms, mu)) = &self.whole {
-            return Ok((
-                velocity::column_slab(ms, self.n, self.g, r),
-                velocity::column_slab(mu, self.n, self.g, r),
-            ));
-        }
-        let read = |slot: &str| -> Result<Vec<f32>, H5adError> {
-            self.r
-                .dense_f32_columns(slot, r.clone())?
-                .ok_or_else(|| H5adError::Invalid {
-                    path: self.r.path().to_path_buf(),
-                    slot: slot.into(),
-                    expected: "a dense matrix".into(),
-                    found: "another encoding".into(),
-                })
-        };
-        Ok((read("layers/Ms")?, read("layers/Mu")?))
-    }
-}
-
-/// Runs [`velocity::fit_velocity_blocks`] with its layers streamed into `early`
-/// (`layers/velocity`, `layers/variance_velocity` in stochastic mode, and with `moments` also
-/// `layers/Ms`, `layers/Mu`).
-#[allow(clippy::too_many_arguments)]
-fn fit_into<M: velocity::MomentSource>(
-    early: &mut EarlySlots,
-    src: &M,
-    n: usize,
-    g: usize,
-    hvg: Option<&[bool]>,
-    mode: velocity::VelocityMode,
-    dynamics: &velocity::DynamicalSettings,
-    moments: bool,
-) -> Result<velocity::GeneFit, PipelineError> {
-    let mut layers = Vec::new();
-    if moments {
-        layers.push(early.dense_columns::<f32>("layers/Ms", n, g)?);
-        layers.push(early.dense_columns::<f32>("layers/Mu", n, g)?);
-    }
-    let mut vel = early.dense_columns::<f32>("layers/velocity", n, g)?;
-    let mut var = if mode == velocity::VelocityMode::Stochastic && src.has_second() {
-        Some(early.dense_columns::<f32>("layers/variance_velocity", n, g)?)
-    } else {
-        None
-    };
-    let mut dyn_layers = Vec::new();
-    if mode == velocity::VelocityMode::Dynamical {
-        for key in ["fit_t", "fit_tau", "fit_tau_", "velocity_u"] {
-            dyn_layers.push(early.dense_columns::<f32>(&format!("layers/{key}"), n, g)?);
-        }
-    }
-    let fit = velocity::fit_velocity_blocks(src, n, g, hvg, mode, dynamics, &mut |b| {
-        if let Some(d) = &b.dynamical {
-            for (w, l) in dyn_layers
-                .iter_mut()
-                .zip([d.fit_t, d.fit_tau, d.fit_tau_, d.velocity_u])
-            {
-                w.write(b.genes.clone(), l)?;
-            }
-        }
-        if moments {
-            layers[0].write(b.genes.clone(), b.ms)?;
-            layers[1].write(b.genes.clone(), b.mu)?;
-        }
-        vel.write(b.genes.clone(), b.velocity)?;
-        if let (Some(w), Some(v)) = (var.as_mut(), b.variance) {
-            w.write(b.genes.clone(), v)?;
-        }
-        Ok::<(), crate::io::H5adError>(())
-    })?;
-    for l in layers {
-        l.finish()?;
-    }
-    vel.finish()?;
-    if let Some(v) = var {
-        v.finish()?;
-    }
-    for l in dyn_layers {
-        l.finish()?;
-    }
-    Ok(fit)
-}
-
 /// The per-gene velocity slots (`var` columns, `uns["velocity_params"]`) of a fit.
 fn velocity_slots(fit: &velocity::GeneFit) -> Vec<(String, Element)> {
     if fit.mode == velocity::VelocityMode::Dynamical {
@@ -1038,7 +732,7 @@ impl<'h, 'a> Clock<'h, 'a> {
         let t = StageTiming {
             stage,
             seconds: self.at.elapsed().as_secs_f64(),
-            peak_rss_mb: crate::pipeline::peak_rss_mb(),
+            peak_rss_mb: peak_rss_mb(),
         };
         (self.hook)(&t);
         self.stages.push(t);
@@ -1109,82 +803,26 @@ pub struct PrepareReport {
     pub timings: Vec<StageTiming>,
 }
 
-/// Runs the upstream steps on `input`, writing `output` (a copy with the new slots).
-pub fn prepare(
-    input: &Path,
-    output: &Path,
-    spec: &UpstreamSpec,
-) -> Result<PrepareReport, PipelineError> {
-    prepare_with(input, output, spec, &mut |_| {})
-}
-
-/// [`prepare`], calling `hook` as each stage finishes.
-pub fn prepare_with(
-    input: &Path,
-    output: &Path,
-    spec: &UpstreamSpec,
-    hook: &mut StageHook<'_>,
-) -> Result<PrepareReport, PipelineError> {
-    compute_and_write(input, Some(output), spec, hook)
-}
-
-/// Runs the upstream steps and writes the results into `path` itself (atomically). Use only
-/// on files you own (e.g. the demo simulation).
-pub fn prepare_in_place(path: &Path, spec: &UpstreamSpec) -> Result<PrepareReport, PipelineError> {
-    compute_and_write(path, None, spec, &mut |_| {})
-}
-
-/// The raw-count layers of `r`, or an error naming the layers found.
-fn check_count_layers(r: &H5adReader, input: &Path) -> Result<(), PipelineError> {
-    let layers = r.keys("layers")?;
-    if !layers.iter().any(|l| l == "spliced") || !layers.iter().any(|l| l == "unspliced") {
-        return Err(err(format!(
-            "{}: velocity needs raw counts in layers[\"spliced\"] and layers[\"unspliced\"]; found layers: {}",
-            input.display(),
-            if layers.is_empty() { "none".to_string() } else { layers.join(", ") }
-        )));
-    }
-    Ok(())
-}
-
-/// Reads the raw counts of `input` (layers spliced/unspliced, X when present).
-pub fn read_counts(input: &Path) -> Result<RawCounts, PipelineError> {
-    let r = H5adReader::open(input)?;
-    check_count_layers(&r, input)?;
-    Ok(RawCounts {
-        spliced: r.csr("layers/spliced")?,
-        unspliced: r.csr("layers/unspliced")?,
-        // X hard-linked to the spliced counts (the simulator's files) is read once.
-        x: if r.exists("X") && !r.same_object("X", "layers/spliced") {
-            Some(r.csr("X")?)
-        } else {
-            None
-        },
-    })
-}
-
-/// Checks the shapes of the counts and the number of cells; returns the genes with at least
-/// `min_shared_counts` counts shared by spliced and unspliced.
+/// Checks the shapes of the counts; returns the genes with at least `min_shared_counts`
+/// counts shared by spliced and unspliced (every gene when `None`: scVelo filters nothing by
+/// default).
 fn shared_genes(
     s: &Csr,
     u: &Csr,
-    spec: &UpstreamSpec,
+    min_shared_counts: Option<f64>,
     source: &str,
-) -> Result<Vec<bool>, PipelineError> {
+) -> Result<Vec<bool>, UpstreamError> {
     let (n, g) = (s.nrows(), s.ncols());
     if (u.nrows(), u.ncols()) != (n, g) {
-        return Err(err(format!(
+        return Err(invalid(format!(
             "{source}: layers spliced ({n}×{g}) and unspliced ({}×{}) differ in shape",
             u.nrows(),
             u.ncols()
         )));
     }
-    if n <= spec.n_neighbors {
-        return Err(err(format!(
-            "{source}: {n} cells are too few for n_neighbors = {} (the kNN graph needs more cells than neighbours; lower n_neighbors: `cellfate preprocess --n-neighbors N`, or upstream.preprocess.n_neighbors in a `cellfate run` config)",
-            spec.n_neighbors
-        )));
-    }
+    let Some(min_shared_counts) = min_shared_counts else {
+        return Ok(vec![true; g]);
+    };
     let mut shared = vec![0.0; g];
     for i in 0..n {
         let (cs, vs) = s.row(i);
@@ -1195,23 +833,29 @@ fn shared_genes(
             }
         }
     }
-    let usable: Vec<bool> = shared
-        .iter()
-        .map(|&c| c >= spec.min_shared_counts)
-        .collect();
+    let usable: Vec<bool> = shared.iter().map(|&c| c >= min_shared_counts).collect();
     if !usable.iter().any(|&b| b) {
-        return Err(err(format!(
-            "{source}: no gene has min_shared_counts = {} counts shared by layers spliced and unspliced (lower min_shared_counts: `cellfate preprocess --min-shared-counts X`, or upstream.preprocess.min_shared_counts in a `cellfate run` config)",
-            spec.min_shared_counts
+        return Err(invalid(format!(
+            "{source}: no gene has min_shared_counts = {min_shared_counts} counts shared by layers spliced and unspliced (lower min_shared_counts: `cellfate preprocess --min-shared-counts X`, or upstream.preprocess.min_shared_counts in a `cellfate run` config)"
         )));
     }
     Ok(usable)
 }
 
+/// Checks that there are more cells than neighbours.
+fn check_cells(n: usize, n_neighbors: usize, source: &str) -> Result<(), UpstreamError> {
+    if n <= n_neighbors {
+        return Err(invalid(format!(
+            "{source}: {n} cells are too few for n_neighbors = {n_neighbors} (the kNN graph needs more cells than neighbours; lower n_neighbors: `cellfate preprocess --n-neighbors N`, or upstream.preprocess.n_neighbors in a `cellfate run` config)"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks X's shape against the counts' (`n × g`).
-fn check_x_shape(x: &Csr, n: usize, g: usize, source: &str) -> Result<(), PipelineError> {
+fn check_x_shape(x: &Csr, n: usize, g: usize, source: &str) -> Result<(), UpstreamError> {
     if (x.nrows(), x.ncols()) != (n, g) {
-        return Err(err(format!(
+        return Err(invalid(format!(
             "{source}: X ({}×{}) and layers spliced ({n}×{g}) differ in shape",
             x.nrows(),
             x.ncols()
@@ -1258,10 +902,21 @@ fn log_normalise(
     usable: &[bool],
     source: &str,
     what: &str,
-) -> Result<(Csr, CellSizes, Vec<f64>), PipelineError> {
+) -> Result<(Csr, CellSizes, Vec<f64>), UpstreamError> {
+    normalise_x(x, usable, source, what, true)
+}
+
+/// [`log_normalise`], with `log1p` only when `log`.
+fn normalise_x(
+    x: Csr,
+    usable: &[bool],
+    source: &str,
+    what: &str,
+    log: bool,
+) -> Result<(Csr, CellSizes, Vec<f64>), UpstreamError> {
     let sizes = CellSizes::of(&x);
     if sizes.sizes.iter().all(|&c| c == 0.0) {
-        return Err(err(format!(
+        return Err(invalid(format!(
             "{source}: every cell has zero counts in {what}"
         )));
     }
@@ -1276,7 +931,9 @@ fn log_normalise(
                 .sum()
         })
         .collect();
-    logx.data_mut().iter_mut().for_each(|v| *v = v.ln_1p());
+    if log {
+        logx.data_mut().iter_mut().for_each(|v| *v = v.ln_1p());
+    }
     Ok((logx, sizes, n_counts))
 }
 
@@ -1293,160 +950,78 @@ fn embed(
     usable: &[bool],
     spec: &UpstreamSpec,
     clock: &mut Clock<'_, '_>,
-) -> Result<Embedding, PipelineError> {
-    let (n, g) = (logx.nrows(), logx.ncols());
+) -> Result<Embedding, UpstreamError> {
     let hvg = highly_variable(logx, usable, spec.n_top_genes);
     clock.lap("highly variable genes");
-    let cols: Vec<usize> = (0..g).filter(|&j| hvg[j]).collect();
+    let (pca, distances, connectivities) = pca_and_neighbors(logx, &hvg, spec, clock)?;
+    Ok(Embedding {
+        hvg,
+        pca,
+        distances,
+        connectivities,
+    })
+}
+
+/// PCA of the columns `genes` of `logx`, then neighbours and connectivities
+/// ([`neighbors_of`]).
+fn pca_and_neighbors(
+    logx: &Csr,
+    genes: &[bool],
+    spec: &UpstreamSpec,
+    clock: &mut Clock<'_, '_>,
+) -> Result<(DMatrix<f64>, Csr, Csr), UpstreamError> {
+    let (n, g) = (logx.nrows(), logx.ncols());
+    check_cells(n, spec.n_neighbors, "X")?;
+    let cols: Vec<usize> = (0..g).filter(|&j| genes[j]).collect();
+    if cols.is_empty() {
+        return Err(invalid("X: no gene selected for the PCA"));
+    }
     let scores = if cols.len() == g {
-        // Every gene is highly variable: no copy of X.
+        // Every gene is used: no copy of X.
         pca::pca(logx, spec.n_pcs, spec.seed)
     } else {
         let all_rows: Vec<usize> = (0..n).collect();
         pca::pca(&logx.submatrix(&all_rows, &cols), spec.n_pcs, spec.seed)
     };
     clock.lap("pca");
+    let (distances, connectivities) = neighbors_of(&scores, spec, clock)?;
+    Ok((scores, distances, connectivities))
+}
+
+/// kNN distances and UMAP connectivities of the rows of `scores` (exact or NN-descent by
+/// [`UpstreamSpec::knn`]; `spec.n_neighbors` counts the cell itself, as scanpy's).
+fn neighbors_of(
+    scores: &DMatrix<f64>,
+    spec: &UpstreamSpec,
+    clock: &mut Clock<'_, '_>,
+) -> Result<(Csr, Csr), UpstreamError> {
+    let n = scores.nrows();
     let exact = match spec.knn {
         KnnMethod::Exact => true,
         KnnMethod::Approximate => false,
         KnnMethod::Auto => n <= KNN_EXACT_MAX_CELLS,
     };
     let nn = if exact {
-        knn_exact(&scores, spec.n_neighbors - 1)
+        knn_exact(scores, spec.n_neighbors - 1)
     } else {
-        ann::knn_descent(&scores, spec.n_neighbors - 1, spec.seed, 30)
+        ann::knn_descent(scores, spec.n_neighbors - 1, spec.seed, 30)
     };
     clock.lap(if exact {
         "neighbours (exact)"
     } else {
         "neighbours (NN-descent)"
     });
-    let (dist, conn) = neighbor_graphs(&nn, spec.n_neighbors).map_err(|e| err(e.to_string()))?;
+    let graphs = neighbor_graphs(&nn, spec.n_neighbors).map_err(|e| invalid(e.to_string()))?;
     drop(nn);
     clock.lap("connectivities");
-    Ok(Embedding {
-        hvg,
-        pca: scores,
-        distances: dist,
-        connectivities: conn,
-    })
+    Ok(graphs)
 }
 
 /// The error when no velocity gene was found.
-fn no_velocity_genes(source: &str) -> PipelineError {
-    err(format!(
+fn no_velocity_genes(source: &str) -> UpstreamError {
+    invalid(format!(
         "{source}: no velocity gene found (r² > 0.01 and γ > 0.01 among highly variable genes)"
     ))
-}
-
-/// The upstream steps from `input` to `output` (`None`: in place) in bounded memory: X is
-/// log-normalised from its counts (the raw layers are read again afterwards rather than
-/// held beside it) and written as soon as the embedding is done; the moments and velocity are
-/// computed block of genes by block of genes and written as they come, so no dense
-/// cell × gene matrix is ever held whole.
-fn compute_and_write(
-    input: &Path,
-    output: Option<&Path>,
-    spec: &UpstreamSpec,
-    hook: &mut StageHook<'_>,
-) -> Result<PrepareReport, PipelineError> {
-    let mut clock = Clock::new(hook);
-    let source = input.display().to_string();
-    let r = H5adReader::open(input)?;
-    check_count_layers(&r, input)?;
-    let s = r.csr("layers/spliced")?;
-    check_counts(&s, &source, SPLICED, Some(&r))?;
-    let u = r.csr("layers/unspliced")?;
-    check_counts(&u, &source, UNSPLICED, Some(&r))?;
-    // X hard-linked to the spliced counts (the simulator's files) is not read again.
-    let x_own = r.exists("X") && !r.same_object("X", "layers/spliced");
-    clock.lap("read");
-    let usable = shared_genes(&s, &u, spec, &source)?;
-    let (n, g) = (s.nrows(), s.ncols());
-    // Sizes over every input gene, before the gene filter (scVelo's initial sizes).
-    let (size_s, size_u) = (CellSizes::of(&s), CellSizes::of(&u));
-    drop(u);
-    let (x, what) = if x_own {
-        drop(s);
-        let x = r.csr("X")?;
-        check_x_shape(&x, n, g, &source)?;
-        check_counts(&x, &source, "X", Some(&r))?;
-        (x, "X")
-    } else {
-        (s, "layers[\"spliced\"]")
-    };
-    let (logx, size_x, n_counts) = log_normalise(x, &usable, &source, what)?;
-    let sizes = ObsSizes {
-        initial_size_unspliced: size_u.sizes.clone(),
-        initial_size_spliced: size_s.sizes.clone(),
-        initial_size: size_x.sizes,
-        n_counts,
-    };
-    clock.lap("normalise X");
-    let emb = embed(&logx, &usable, spec, &mut clock)?;
-    let w = velocity::smoothing_graph(&emb.connectivities);
-    let mut report = PrepareReport {
-        n_cells: n,
-        n_genes: g,
-        n_highly_variable: emb.hvg.iter().filter(|&&b| b).count(),
-        n_velocity_genes: 0,
-        timings: Vec::new(),
-    };
-    let hvg = emb.hvg.clone();
-    let mut edit = H5adEdit::new(input);
-    edit.set("obsm/X_pca", Element::from_dmatrix(&emb.pca));
-    edit.set(
-        "obsp/connectivities",
-        Element::Sparse(emb.connectivities.into()),
-    );
-    edit.set("obsp/distances", Element::Sparse(emb.distances.into()));
-    edit.set("var/highly_variable", Element::from_bools(emb.hvg));
-    edit.set("uns/neighbors", neighbors_params(spec));
-    for (slot, e) in sizes.slots() {
-        edit.set(&slot, e);
-    }
-    if spec.velocity_mode == velocity::VelocityMode::Deterministic {
-        edit.remove("layers/variance_velocity");
-    }
-    let produce = |early: &mut EarlySlots| -> Result<Vec<(String, Element)>, PipelineError> {
-        early.write("X", Element::Sparse(logx.into()))?;
-        clock.lap("write X");
-        let sn = size_s.scale(r.csr("layers/spliced")?);
-        let un = size_u.scale(r.csr("layers/unspliced")?);
-        clock.lap("read + normalise layers");
-        let src = velocity::SmoothedCounts {
-            w: &w,
-            s: &sn,
-            u: &un,
-        };
-        let fit = fit_into(
-            early,
-            &src,
-            n,
-            g,
-            Some(&hvg),
-            spec.velocity_mode,
-            &spec.dynamics,
-            true,
-        )?;
-        if !fit.velocity_genes.iter().any(|&b| b) {
-            return Err(no_velocity_genes(&source));
-        }
-        clock.lap("moments + velocity");
-        clock.parts(&fit);
-        report.n_velocity_genes = fit.velocity_genes.iter().filter(|&&b| b).count();
-        drop(w);
-        early.write("layers/spliced", Element::Sparse(sn.into()))?;
-        early.write("layers/unspliced", Element::Sparse(un.into()))?;
-        Ok(velocity_slots(&fit))
-    };
-    match output {
-        Some(out) => edit.write_to_with(out, produce)?,
-        None => edit.write_in_place_with(produce)?,
-    }
-    clock.lap("write");
-    report.timings = clock.stages;
-    Ok(report)
 }
 
 /// `uns["neighbors"]` as scanpy writes it.
@@ -1480,7 +1055,7 @@ pub fn preprocess(
     raw: RawCounts,
     spec: &UpstreamSpec,
     source: &str,
-) -> Result<Preprocessed, PipelineError> {
+) -> Result<Preprocessed, UpstreamError> {
     preprocess_with(raw, spec, source, &mut |_| {})
 }
 
@@ -1490,20 +1065,21 @@ pub fn preprocess_with(
     spec: &UpstreamSpec,
     source: &str,
     hook: &mut StageHook<'_>,
-) -> Result<Preprocessed, PipelineError> {
+) -> Result<Preprocessed, UpstreamError> {
     let mut clock = Clock::new(hook);
     let RawCounts {
         spliced: s,
         unspliced: u,
         x,
     } = raw;
-    check_counts(&s, source, SPLICED, None)?;
-    check_counts(&u, source, UNSPLICED, None)?;
-    let usable = shared_genes(&s, &u, spec, source)?;
+    check_counts(&s, source, SPLICED)?;
+    check_counts(&u, source, UNSPLICED)?;
+    check_cells(s.nrows(), spec.n_neighbors, source)?;
+    let usable = shared_genes(&s, &u, Some(spec.min_shared_counts), source)?;
     let (n, g) = (s.nrows(), s.ncols());
     if let Some(x) = &x {
         check_x_shape(x, n, g, source)?;
-        check_counts(x, source, "X", None)?;
+        check_counts(x, source, "X")?;
     }
     let (what, x) = match x {
         Some(x) => ("X", x),
@@ -1537,7 +1113,7 @@ pub fn preprocess_with(
         &spec.dynamics,
         &mut |b| {
             layers.put(&b);
-            Ok::<(), H5adError>(())
+            Ok::<(), UpstreamError>(())
         },
     )?;
     if !fit.velocity_genes.iter().any(|&b| b) {

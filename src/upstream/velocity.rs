@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use cellfate_kernels::Csr;
 
-use crate::io::H5adError;
+use super::UpstreamError;
 
 /// The velocity model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,15 +229,17 @@ fn gather(m: &[f32], n: usize, w: usize, cols: &[usize]) -> Vec<Vec<f64>> {
 pub trait MomentSource {
     /// What a block's first and second moments share (its columns of the counts, say).
     type Block;
+    /// Why a block cannot be read (a file's reading error; in memory, [`UpstreamError`]).
+    type Error;
     /// Prepares the genes `genes` (a range of gene indices).
-    fn block(&self, genes: Range<usize>) -> Result<Self::Block, H5adError>;
+    fn block(&self, genes: Range<usize>) -> Result<Self::Block, Self::Error>;
     /// `(Ms, Mu)` of the block, row-major n × |block|.
-    fn first(&self, block: &Self::Block) -> Result<Pair, H5adError>;
+    fn first(&self, block: &Self::Block) -> Result<Pair, Self::Error>;
     /// Whether [`MomentSource::second`] is available (needed by the stochastic model).
     fn has_second(&self) -> bool;
     /// `(Mss, Mus)` of the block's columns `cols` (positions within the block, increasing),
     /// row-major n × |cols|; `None` when unavailable.
-    fn second(&self, block: &Self::Block, cols: &[usize]) -> Result<Option<Pair>, H5adError>;
+    fn second(&self, block: &Self::Block, cols: &[usize]) -> Result<Option<Pair>, Self::Error>;
     /// The kNN smoothing graph (scVelo's `get_connectivities`) the dynamical model smooths
     /// its state distances and times with; `None` when unavailable.
     fn graph(&self) -> Option<&Csr> {
@@ -301,8 +303,9 @@ pub struct SmoothedCounts<'a> {
 impl MomentSource for SmoothedCounts<'_> {
     /// The block's columns of `s` and `u` (`None`: the block is every gene).
     type Block = Option<(Csr, Csr)>;
+    type Error = UpstreamError;
 
-    fn block(&self, genes: Range<usize>) -> Result<Self::Block, H5adError> {
+    fn block(&self, genes: Range<usize>) -> Result<Self::Block, UpstreamError> {
         if genes.len() == self.s.ncols() {
             return Ok(None);
         }
@@ -315,7 +318,7 @@ impl MomentSource for SmoothedCounts<'_> {
         )))
     }
 
-    fn first(&self, block: &Self::Block) -> Result<Pair, H5adError> {
+    fn first(&self, block: &Self::Block) -> Result<Pair, UpstreamError> {
         let (s, u) = block.as_ref().map_or((self.s, self.u), |(s, u)| (s, u));
         let all: Vec<usize> = (0..s.ncols()).collect();
         Ok((
@@ -328,7 +331,7 @@ impl MomentSource for SmoothedCounts<'_> {
         true
     }
 
-    fn second(&self, block: &Self::Block, cols: &[usize]) -> Result<Option<Pair>, H5adError> {
+    fn second(&self, block: &Self::Block, cols: &[usize]) -> Result<Option<Pair>, UpstreamError> {
         let (s, u) = block.as_ref().map_or((self.s, self.u), |(s, u)| (s, u));
         Ok(Some(second_moments(self.w, s, u, cols)))
     }
@@ -357,12 +360,13 @@ pub struct StoredMoments<'a> {
 
 impl MomentSource for StoredMoments<'_> {
     type Block = Range<usize>;
+    type Error = UpstreamError;
 
-    fn block(&self, genes: Range<usize>) -> Result<Range<usize>, H5adError> {
+    fn block(&self, genes: Range<usize>) -> Result<Range<usize>, UpstreamError> {
         Ok(genes)
     }
 
-    fn first(&self, r: &Range<usize>) -> Result<Pair, H5adError> {
+    fn first(&self, r: &Range<usize>) -> Result<Pair, UpstreamError> {
         Ok((
             column_slab(self.ms, self.n, self.g, r),
             column_slab(self.mu, self.n, self.g, r),
@@ -373,7 +377,7 @@ impl MomentSource for StoredMoments<'_> {
         self.second.is_some()
     }
 
-    fn second(&self, r: &Range<usize>, cols: &[usize]) -> Result<Option<Pair>, H5adError> {
+    fn second(&self, r: &Range<usize>, cols: &[usize]) -> Result<Option<Pair>, UpstreamError> {
         let idx: Vec<usize> = cols.iter().map(|&c| r.start + c).collect();
         Ok(self.second.map(|f| f(&idx)))
     }
@@ -438,7 +442,7 @@ pub struct GeneFit {
 /// parallel after the steady-state fit (whose r² is scVelo's `fit_r2` and whose velocity genes
 /// are the genes fitted unless `dynamics.all_genes`); its velocity genes are then scVelo's:
 /// likelihood above 1e-3, r² above 0.01 and a scaling between min(P10, 0.03) and max(P90, 3).
-pub fn fit_velocity_blocks<M: MomentSource, E: From<H5adError>>(
+pub fn fit_velocity_blocks<M: MomentSource, E: From<M::Error>>(
     src: &M,
     n: usize,
     g: usize,
@@ -525,7 +529,7 @@ struct Pass<'a> {
 
 /// One pass of [`fit_velocity_blocks`]; `forced` is the set of genes given the stochastic fit
 /// (the local velocity-gene rule when `None`).
-fn blocks_pass<M: MomentSource, E: From<H5adError>>(
+fn blocks_pass<M: MomentSource, E: From<M::Error>>(
     src: &M,
     n: usize,
     g: usize,
@@ -849,7 +853,7 @@ pub fn fit_velocity(
     let settings = DynamicalSettings::default();
     let fit = fit_velocity_blocks(&src, n, g, hvg, mode, &settings, &mut |b| {
         whole.put(&b);
-        Ok::<(), H5adError>(())
+        Ok::<(), UpstreamError>(())
     })
     .unwrap_or_else(|e| unreachable!("moments in memory and a sink that cannot fail: {e}"));
     whole.into_fit(fit)
@@ -1017,7 +1021,7 @@ mod tests {
             &mut |b| {
                 sizes.push(b.genes.len());
                 layers.put(&b);
-                Ok::<(), H5adError>(())
+                Ok::<(), UpstreamError>(())
             },
         )
         .expect("fit");
@@ -1031,11 +1035,8 @@ mod tests {
         assert!(layers.variance.is_some());
         assert_eq!(layers.variance, whole.variance_velocity);
         // A sink error stops the fit and is returned.
-        let full = || H5adError::Invalid {
-            path: "out.h5ad".into(),
-            slot: "layers/Ms".into(),
-            expected: "space".into(),
-            found: "a full disk".into(),
+        let full = || UpstreamError::Invalid {
+            message: "out.h5ad: layers/Ms: no space left (a full disk)".into(),
         };
         let e = fit_velocity_blocks(
             &src,
@@ -1073,7 +1074,7 @@ mod tests {
             &mut |b| {
                 calls += 1;
                 scatter_columns(&mut var, g, &b.genes, b.variance.expect("stochastic"));
-                Ok::<(), H5adError>(())
+                Ok::<(), UpstreamError>(())
             },
         )
         .expect("fit");

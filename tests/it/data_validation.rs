@@ -139,7 +139,7 @@ fn invalid_counts_are_a_typed_error() {
     };
     let e = cellfate::upstream::preprocess(raw, &Default::default(), "memory")
         .expect_err("invalid X accepted");
-    let cellfate::pipeline::PipelineError::InvalidCounts(e) = e else {
+    let cellfate::upstream::UpstreamError::InvalidCounts(e) = e else {
         panic!("not an InvalidCounts error: {e}")
     };
     assert_eq!(
