@@ -75,7 +75,9 @@ def write(adata, objects):
     """Puts converted elements into ``adata`` (in place)."""
     for slot, value in objects.items():
         group, _, key = slot.partition("/")
-        if group == "obs":
+        if slot == "X":
+            adata.X = value
+        elif group == "obs":
             if isinstance(value, pd.Categorical) or not isinstance(value, pd.Series):
                 value = pd.Series(value, index=adata.obs_names)
             adata.obs[key] = value

@@ -1,21 +1,206 @@
-"""scVelo's tools (``scvelo.tl``) that work from velocities already computed:
-``velocity_graph``, ``velocity_confidence`` and ``latent_time``, on an in-memory AnnData,
-written under scVelo's keys. The computation is the library's (``cellfate_dynamics``), the same
-the ``cellfate velocity`` command runs on files; tested against scVelo 0.3.4's outputs.
+"""scVelo's tools (``scvelo.tl``) on an in-memory AnnData, written under scVelo's keys:
+``velocity`` (steady-state, stochastic and dynamical models), ``recover_dynamics``,
+``velocity_graph``, ``velocity_confidence`` and ``latent_time``. The computation is the
+library's (``cellfate::upstream::steps``, ``cellfate_dynamics``), the same the ``cellfate
+velocity`` command runs on files: ``velocity`` and ``recover_dynamics`` give the CLI's values
+bit for bit, the summaries are tested against scVelo 0.3.4's outputs.
 
-Not yet here: ``recover_dynamics`` and ``velocity`` themselves (use ``cellfate velocity
---mode dynamical`` on a file for now)."""
+Where cellfate deviates from scVelo: ``recover_dynamics`` fits the model and reads the
+velocities off it in one pass, so it also writes ``layers["velocity"]``, ``["velocity_u"]``,
+``var["velocity_genes"]`` and ``uns["velocity_params"]`` (what ``velocity(mode="dynamical")``
+writes); ``velocity(mode="dynamical")`` then keeps them."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import scipy.sparse as sp
 
-from . import _core
+from . import _core, _elements
 from ._log import logger
 from ._source import csr_parts
 
-__all__ = ["velocity_graph", "velocity_confidence", "latent_time"]
+__all__ = ["velocity", "recover_dynamics", "velocity_graph", "velocity_confidence", "latent_time"]
+
+_MODES = {"deterministic": "deterministic", "steady_state": "deterministic", "stochastic": "stochastic", "dynamical": "dynamical"}
+
+
+def _hvg(adata, use_highly_variable):
+    if use_highly_variable and "highly_variable" in adata.var.columns:
+        return [bool(v) for v in adata.var["highly_variable"].fillna(False)]
+    return None
+
+
+def _moments_inputs(adata, need_counts):
+    from . import pp
+
+    if "Ms" not in adata.layers or "Mu" not in adata.layers:
+        logger.info("layers Ms/Mu not found: computing moments (pp.moments)")
+        pp.moments(adata)
+    ms, mu = pp._f32(adata.layers["Ms"]), pp._f32(adata.layers["Mu"])
+    conn = csr_parts(adata.obsp["connectivities"], "obsp['connectivities']") if "connectivities" in adata.obsp else None
+    s = u = None
+    if need_counts and conn is not None and "spliced" in adata.layers and "unspliced" in adata.layers:
+        s = csr_parts(adata.layers["spliced"], "layers['spliced']")
+        u = csr_parts(adata.layers["unspliced"], "layers['unspliced']")
+    return ms, mu, s, u, conn
+
+
+def _rename(slots, vkey):
+    if vkey == "velocity":
+        return slots
+    out = []
+    for slot, e in slots:
+        group, _, key = slot.partition("/")
+        if key.startswith("velocity") and group in ("layers", "var", "uns"):
+            key = vkey + key[len("velocity"):]
+        elif key == "variance_velocity":
+            key = f"variance_{vkey}"
+        out.append((f"{group}/{key}", e))
+    return out
+
+
+def velocity(
+    data,
+    vkey: str = "velocity",
+    mode: str = "stochastic",
+    fit_offset: bool = False,
+    fit_offset2: bool = False,
+    filter_genes: bool = False,
+    groups=None,
+    groupby=None,
+    groups_for_fit=None,
+    constrain_ratio=None,
+    use_raw: bool = False,
+    use_latent_time=None,
+    perc=None,
+    min_r2: float = 0.01,
+    min_likelihood: float = 0.001,
+    r2_adjusted=None,
+    use_highly_variable: bool = True,
+    diff_kinetics=None,
+    copy: bool = False,
+    **kwargs,
+):
+    """scVelo's ``tl.velocity``: per gene the steady-state (``"deterministic"``), stochastic
+    (default) or dynamical model on ``layers["Ms"]``/``["Mu"]`` (computed first when missing),
+    restricted to ``var["highly_variable"]`` when present. Writes ``layers[vkey]``
+    (``["variance_" + vkey]`` for the stochastic model), ``var[vkey + "_gamma"]``,
+    ``["_r2"]``, ``["_genes"]``, ``uns[vkey + "_params"]``. ``mode="dynamical"`` needs
+    ``recover_dynamics`` first."""
+    bad = {
+        "fit_offset": fit_offset, "fit_offset2": fit_offset2, "filter_genes": filter_genes, "groups": groups,
+        "groupby": groupby, "groups_for_fit": groups_for_fit, "constrain_ratio": constrain_ratio, "use_raw": use_raw,
+        "use_latent_time": use_latent_time, "perc": perc, "r2_adjusted": r2_adjusted, "diff_kinetics": diff_kinetics,
+        **kwargs,
+    }
+    bad = [k for k, v in bad.items() if v not in (None, False)]
+    if min_r2 != 0.01 or min_likelihood != 0.001:
+        bad.append("min_r2/min_likelihood")
+    if bad:
+        raise NotImplementedError(f"velocity: {', '.join(bad)} not supported (cellfate implements scVelo's defaults for these)")
+    if mode not in _MODES:
+        raise ValueError(f"velocity: mode={mode!r}: expected one of {', '.join(_MODES)}")
+    adata = data.copy() if copy else data
+    if _MODES[mode] == "dynamical":
+        if "fit_alpha" not in adata.var.columns:
+            raise KeyError("var['fit_alpha'] not found: run tl.recover_dynamics first (velocity(mode='dynamical') reads its fit)")
+        params = adata.uns.get("velocity_params", {})
+        if vkey in adata.layers and params.get("mode") == "dynamical" and "cellfate" in adata.uns.get("recover_dynamics", {}):
+            logger.info("velocity: keeping the dynamical velocities recover_dynamics computed with its fit")
+            if vkey != "velocity":
+                raise NotImplementedError("velocity(mode='dynamical'): vkey other than 'velocity' not supported")
+            return adata if copy else None
+        raise NotImplementedError(
+            "velocity(mode='dynamical') on a fit cellfate did not make (scVelo's?) is not supported yet: "
+            "run cellfate.tl.recover_dynamics, which writes the dynamical velocities"
+        )
+    ms, mu, s, u, conn = _moments_inputs(adata, _MODES[mode] == "stochastic")
+    slots = _core.velocity(ms, mu, s, u, conn, _hvg(adata, use_highly_variable), _MODES[mode], None)
+    if _MODES[mode] != "stochastic" and f"variance_{vkey}" in adata.layers:
+        # A stochastic run's variance would no longer match the velocity.
+        del adata.layers[f"variance_{vkey}"]
+    _write(adata, _rename(slots, vkey))
+    n = int(np.asarray(adata.var[f"{vkey}_genes"]).sum())
+    logger.info("velocity (%s): %d velocity genes; added %r (adata.layers)", _MODES[mode], n, vkey)
+    return adata if copy else None
+
+
+def recover_dynamics(
+    data,
+    var_names="velocity_genes",
+    n_top_genes=None,
+    max_iter: int = 10,
+    assignment_mode: str = "projection",
+    t_max=None,
+    fit_time=True,
+    fit_scaling=True,
+    fit_steady_states=True,
+    fit_connected_states=None,
+    fit_basal_transcription=None,
+    use_raw: bool = False,
+    load_pars=None,
+    return_model=None,
+    plot_results: bool = False,
+    steady_state_prior=None,
+    add_key: str = "fit",
+    copy: bool = False,
+    n_jobs=None,
+    backend: str = "loky",
+    show_progress_bar: bool = True,
+    **kwargs,
+):
+    """scVelo's ``tl.recover_dynamics``: the dynamical model per gene (EM over the cells' times
+    and states with α, β, γ, the switching time, the scaling and the noise levels), genes in
+    parallel on all cores, identical at any thread count. Writes ``var["fit_alpha"]``, ...,
+    ``layers["fit_t"]``, ``["fit_tau"]``, ``["fit_tau_"]``, ``varm["loss"]``,
+    ``uns["recover_dynamics"]`` — and, read off the same fit, what
+    ``velocity(mode="dynamical")`` writes (``layers["velocity"]``, ``["velocity_u"]``,
+    ``var["velocity_genes"]``, ``uns["velocity_params"]``). ``var_names``: ``"velocity_genes"``
+    (the steady-state fit's velocity genes, scVelo's default) or ``"all"``."""
+    bad = {
+        "n_top_genes": n_top_genes, "fit_connected_states": fit_connected_states is False,
+        "fit_basal_transcription": fit_basal_transcription, "use_raw": use_raw, "load_pars": load_pars,
+        "return_model": return_model, "plot_results": plot_results, "steady_state_prior": steady_state_prior,
+        "fit_time": fit_time is not True, **kwargs,
+    }
+    bad = [k for k, v in bad.items() if v not in (None, False)]
+    if add_key != "fit":
+        bad.append("add_key")
+    if bad:
+        raise NotImplementedError(f"recover_dynamics: {', '.join(bad)} not supported (cellfate implements scVelo's defaults for these)")
+    if var_names not in ("velocity_genes", "all"):
+        raise NotImplementedError(f"recover_dynamics: var_names={var_names!r} not supported ('velocity_genes' or 'all')")
+    if assignment_mode not in ("projection", "full_projection", "explicit"):
+        raise ValueError(f"recover_dynamics: assignment_mode={assignment_mode!r}: expected projection, full_projection or explicit")
+    options = {
+        "max_iter": int(max_iter),
+        "fit_scaling": bool(fit_scaling),
+        "fit_steady_states": bool(fit_steady_states),
+        "assignment_mode": assignment_mode,
+    }
+    if t_max is False:
+        options["t_max"] = None
+    elif t_max is not None:
+        options["t_max"] = float(t_max)
+    settings = json.dumps({"all_genes": var_names == "all", "options": options})
+    adata = data.copy() if copy else data
+    ms, mu, s, u, conn = _moments_inputs(adata, False)
+    if conn is None:
+        raise KeyError("obsp['connectivities'] not found: the dynamical model smooths over the kNN graph (run pp.moments or pp.neighbors first)")
+    slots = _core.velocity(ms, mu, None, None, conn, _hvg(adata, True), "dynamical", settings)
+    if "variance_velocity" in adata.layers:
+        del adata.layers["variance_velocity"]
+    _write(adata, slots)
+    adata.uns["recover_dynamics"]["cellfate"] = True
+    fitted = int(np.isfinite(adata.var["fit_alpha"].to_numpy(dtype=float)).sum())
+    logger.info("recover_dynamics: %d genes fitted; added fit_* (adata.var), fit_t, fit_tau, fit_tau_ (adata.layers)", fitted)
+    return adata if copy else None
+
+
+def _write(adata, slots):
+    _elements.write(adata, _elements.convert(slots))
 
 
 def _inputs(adata, vkey, xkey):
@@ -84,7 +269,7 @@ def latent_time(data, vkey: str = "velocity", min_likelihood: float | None = 0.1
     for group, key in (("layers", "fit_t"), ("var", "fit_likelihood")):
         present = key in (adata.layers if group == "layers" else adata.var.columns)
         if not present:
-            raise KeyError(f"{group}[{key!r}] not found: fit the dynamical model first (cellfate velocity --mode dynamical)")
+            raise KeyError(f"{group}[{key!r}] not found: fit the dynamical model first (tl.recover_dynamics)")
     if "connectivities" not in adata.obsp:
         raise KeyError("obsp['connectivities'] not found: compute the kNN graph first")
     ms, v, dist, mask, stochastic = _inputs(adata, vkey, xkey)

@@ -13,6 +13,7 @@ mod kernel;
 mod run;
 mod slots;
 mod source;
+mod upstream;
 mod velocity;
 
 use pyo3::prelude::*;
@@ -33,5 +34,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m
     )?)?;
     m.add_function(wrap_pyfunction!(velocity::latent_time, m)?)?;
+    m.add_function(wrap_pyfunction!(upstream::filter_and_normalize, m)?)?;
+    m.add_function(wrap_pyfunction!(upstream::neighbors, m)?)?;
+    m.add_function(wrap_pyfunction!(upstream::moments, m)?)?;
+    m.add_function(wrap_pyfunction!(upstream::velocity, m)?)?;
     Ok(())
 }

@@ -23,7 +23,7 @@ pub(crate) enum Matrix<'py> {
 }
 
 impl Matrix<'_> {
-    fn shape(&self) -> (usize, usize) {
+    pub(crate) fn shape(&self) -> (usize, usize) {
         let s = match self {
             Self::F64(a) => a.shape(),
             Self::F32(a) => a.shape(),
@@ -32,7 +32,7 @@ impl Matrix<'_> {
     }
 
     /// Columns `cols` of every row, as row-major `f64`.
-    fn gather(&self, cols: &[usize]) -> Vec<f64> {
+    pub(crate) fn gather(&self, cols: &[usize]) -> Vec<f64> {
         macro_rules! g {
             ($a:expr) => {{
                 let a = $a.as_array();

@@ -1,0 +1,172 @@
+//! scVelo's and scanpy's upstream steps (`pp.filter_and_normalize`, `pp.neighbors`,
+//! `pp.moments`, `tl.velocity`, `tl.recover_dynamics`) on an in-memory AnnData's arrays: the
+//! library's `cellfate::upstream::steps`, the same arithmetic as `cellfate preprocess` and
+//! `cellfate velocity`. Results come back as `(slot, element)` lists for
+//! `cellfate._elements`.
+
+use cellfate::upstream::steps::{self, FilterNormalizeSpec, VelocityInput};
+use cellfate::upstream::velocity::{DynamicalSettings, VelocityMode};
+use cellfate::upstream::{KnnMethod, RawCounts, UpstreamError, UpstreamSpec};
+use nalgebra::DMatrix;
+use numpy::{PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+
+use crate::convert;
+use crate::source::csr_from_parts;
+use crate::velocity::Matrix;
+
+/// The library's error as `ValueError` (`KeyboardInterrupt` when interrupted).
+fn upstream_error(e: UpstreamError) -> PyErr {
+    match e {
+        UpstreamError::Interrupted => PyKeyboardInterrupt::new_err("interrupted"),
+        other => PyValueError::new_err(other.to_string()),
+    }
+}
+
+/// An optional CSR given as SciPy parts.
+fn csr_opt(
+    parts: Option<&Bound<'_, PyAny>>,
+    what: &str,
+) -> PyResult<Option<cellfate::kernels::Csr>> {
+    parts.map(|p| csr_from_parts(p, what)).transpose()
+}
+
+/// scVelo's `pp.filter_and_normalize`: the slots and the genes scVelo keeps.
+#[pyfunction]
+#[pyo3(signature = (spliced, unspliced, x=None, min_shared_counts=None, n_top_genes=None, log=true))]
+pub(crate) fn filter_and_normalize<'py>(
+    py: Python<'py>,
+    spliced: &Bound<'_, PyAny>,
+    unspliced: &Bound<'_, PyAny>,
+    x: Option<&Bound<'_, PyAny>>,
+    min_shared_counts: Option<f64>,
+    n_top_genes: Option<usize>,
+    log: bool,
+) -> PyResult<(Bound<'py, PyList>, Vec<bool>, Vec<bool>)> {
+    let raw = RawCounts {
+        spliced: csr_from_parts(spliced, "layers['spliced']")?,
+        unspliced: csr_from_parts(unspliced, "layers['unspliced']")?,
+        x: csr_opt(x, "X")?,
+    };
+    let spec = FilterNormalizeSpec {
+        min_shared_counts,
+        n_top_genes,
+        log,
+    };
+    let out = crate::run::run(py, || steps::filter_and_normalize(raw, &spec, "adata"))?
+        .map_err(upstream_error)?;
+    let (filter, subset) = (out.gene_filter.clone(), out.gene_subset().to_vec());
+    Ok((convert::slots(py, out.into_slots())?, filter, subset))
+}
+
+/// scanpy's `pp.pca` + `pp.neighbors`, as `cellfate preprocess` runs them.
+#[pyfunction]
+#[pyo3(signature = (x=None, highly_variable=None, pca=None, n_neighbors=30, n_pcs=30, knn="auto", seed=0))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn neighbors<'py>(
+    py: Python<'py>,
+    x: Option<&Bound<'_, PyAny>>,
+    highly_variable: Option<Vec<bool>>,
+    pca: Option<Matrix<'_>>,
+    n_neighbors: usize,
+    n_pcs: usize,
+    knn: &str,
+    seed: u64,
+) -> PyResult<Bound<'py, PyList>> {
+    let x = csr_opt(x, "X")?;
+    let pca = pca.map(|m| {
+        let (n, k) = m.shape();
+        let all: Vec<usize> = (0..k).collect();
+        DMatrix::from_row_slice(n, k, &m.gather(&all))
+    });
+    let spec = UpstreamSpec {
+        n_neighbors,
+        n_pcs,
+        seed,
+        knn: knn
+            .parse::<KnnMethod>()
+            .map_err(|e| PyValueError::new_err(e.to_string()))?,
+        ..Default::default()
+    };
+    let out = crate::run::run(py, || {
+        steps::neighbors(x.as_ref(), highly_variable.as_deref(), pca.as_ref(), &spec)
+    })?
+    .map_err(upstream_error)?;
+    convert::slots(py, out.into_slots())
+}
+
+/// scVelo's `pp.moments`; raw counts (every value an integer) are normalised per cell first,
+/// as scVelo does, and returned among the slots.
+#[pyfunction]
+pub(crate) fn moments<'py>(
+    py: Python<'py>,
+    connectivities: &Bound<'_, PyAny>,
+    spliced: &Bound<'_, PyAny>,
+    unspliced: &Bound<'_, PyAny>,
+) -> PyResult<Bound<'py, PyList>> {
+    let conn = csr_from_parts(connectivities, "obsp['connectivities']")?;
+    let s = csr_from_parts(spliced, "layers['spliced']")?;
+    let u = csr_from_parts(unspliced, "layers['unspliced']")?;
+    let out =
+        crate::run::run(py, || steps::moments_of_counts(&conn, s, u))?.map_err(upstream_error)?;
+    convert::slots(py, out)
+}
+
+/// First moments as float32 slices (the caller hands C-contiguous float32 arrays).
+fn f32_slice<'a>(a: &'a PyReadonlyArray2<'_, f32>, what: &str) -> PyResult<&'a [f32]> {
+    a.as_slice()
+        .map_err(|_| PyValueError::new_err(format!("{what}: expected a C-contiguous array")))
+}
+
+/// scVelo's `tl.velocity(mode=...)` (with `mode="dynamical"`, `recover_dynamics` too);
+/// `dynamics` is the JSON of `DynamicalSettings`.
+#[pyfunction]
+#[pyo3(signature = (ms, mu, spliced=None, unspliced=None, connectivities=None, highly_variable=None, mode="stochastic", dynamics=None))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn velocity<'py>(
+    py: Python<'py>,
+    ms: PyReadonlyArray2<'_, f32>,
+    mu: PyReadonlyArray2<'_, f32>,
+    spliced: Option<&Bound<'_, PyAny>>,
+    unspliced: Option<&Bound<'_, PyAny>>,
+    connectivities: Option<&Bound<'_, PyAny>>,
+    highly_variable: Option<Vec<bool>>,
+    mode: &str,
+    dynamics: Option<&str>,
+) -> PyResult<Bound<'py, PyList>> {
+    let mode: VelocityMode =
+        mode.parse()
+            .map_err(|e: cellfate::upstream::velocity::VelocityModeParseError| {
+                PyValueError::new_err(e.to_string())
+            })?;
+    let settings: DynamicalSettings = match dynamics {
+        Some(j) => serde_json::from_str(j)
+            .map_err(|e| PyValueError::new_err(format!("recover_dynamics options: {e}")))?,
+        None => DynamicalSettings::default(),
+    };
+    let (n, g) = (ms.shape()[0], ms.shape()[1]);
+    if mu.shape() != [n, g] {
+        return Err(PyValueError::new_err(format!(
+            "layers['Ms'] ({n}x{g}) and layers['Mu'] ({}x{}) differ in shape",
+            mu.shape()[0],
+            mu.shape()[1]
+        )));
+    }
+    let s = csr_opt(spliced, "layers['spliced']")?;
+    let u = csr_opt(unspliced, "layers['unspliced']")?;
+    let conn = csr_opt(connectivities, "obsp['connectivities']")?;
+    let input = VelocityInput {
+        ms: f32_slice(&ms, "layers['Ms']")?,
+        mu: f32_slice(&mu, "layers['Mu']")?,
+        n,
+        g,
+        counts: s.as_ref().zip(u.as_ref()),
+        connectivities: conn.as_ref(),
+        highly_variable: highly_variable.as_deref(),
+    };
+    let fit = crate::run::run(py, || steps::velocity(&input, mode, &settings))?
+        .map_err(upstream_error)?;
+    convert::slots(py, fit.into_slots())
+}
