@@ -8,18 +8,22 @@
 //! - [`calculus`]: per-cell speed, divergence, curl, acceleration and curvature from the
 //!   analytic Jacobian;
 //! - [`topography`]: fixed points by multi-start Newton on the analytic Jacobian, each checked
-//!   for convergence and classified by the Jacobian's eigenvalues (dynamo's `ftype`).
+//!   for convergence and classified by the Jacobian's eigenvalues (dynamo's `ftype`);
+//! - [`potential`]: the Hodge potential of a flow on a cell graph (dynamo's ddhodge, solved
+//!   sparsely) and the Waddington potential.
 //!
 //! Everything is seeded and reduces over cells in a fixed order: the same results at any
 //! thread count.
 
 pub mod calculus;
 mod field;
+pub mod potential;
 pub mod svc;
 pub mod topography;
 
 pub use calculus::{cell_calculus, CellCalculus};
 pub use field::VectorField;
+pub use potential::{hodge_potential, EdgeFlow, Potential, PotentialOptions};
 pub use svc::{sparse_vfc, SparseVfc, SparseVfcOptions};
 pub use topography::{fixed_points, FixedPoint, FixedPointKind, TopographyOptions};
 

@@ -56,6 +56,13 @@ pub struct SparseVfcOptions {
     pub velocity_based_sampling: bool,
     /// Use these cells (row indices) as control points instead of drawing them.
     pub ctrl_idx: Option<Vec<usize>>,
+    /// Fit the velocities divided by their root-mean-square length (and scale the field
+    /// back), so that the outliers' density 1/`a` and the initial σ² mean the same at any
+    /// velocity scale (cellfate's default). dynamo fits the velocities as given (its
+    /// `normalize=True` is broken), and its EM then takes every cell for an outlier when the
+    /// velocities are large against `a` (measured: γ falls to 0.05 and the fit stops on a
+    /// field with speeds ~10).
+    pub normalize_velocity: bool,
 }
 
 impl Default for SparseVfcOptions {
@@ -73,6 +80,7 @@ impl Default for SparseVfcOptions {
             seed: 0,
             velocity_based_sampling: true,
             ctrl_idx: None,
+            normalize_velocity: true,
         }
     }
 }
@@ -90,7 +98,7 @@ pub struct SparseVfc {
     pub v: Vec<f64>,
     /// Posterior of being an inlier, per row (NaN for rows not used): `P`.
     pub p: Vec<f64>,
-    /// Final noise variance: `sigma2`.
+    /// Final noise variance (in the velocities' units): `sigma2`.
     pub sigma2: f64,
     /// Final inlier fraction γ.
     pub gamma: f64,
@@ -306,10 +314,23 @@ pub fn sparse_vfc(
     let kmat = DMatrix::from_fn(m, m, |a, b| {
         kern(&ctrl[a * d..(a + 1) * d], &ctrl[b * d..(b + 1) * d])
     });
-    let yv: Vec<f64> = rows
+    let mut yv: Vec<f64> = rows
         .iter()
         .flat_map(|&i| y[i * d..(i + 1) * d].iter().copied())
         .collect();
+    let scale = if opts.normalize_velocity {
+        let ms = yv.iter().map(|t| t * t).sum::<f64>() / nv.max(1) as f64;
+        if ms > 0.0 {
+            ms.sqrt()
+        } else {
+            1.0
+        }
+    } else {
+        1.0
+    };
+    if scale != 1.0 {
+        yv.iter_mut().for_each(|t| *t /= scale);
+    }
     let mut v = vec![0.0; nv * d];
     let mut coef = DMatrix::<f64>::zeros(m, d);
     let mut sigma2 = yv.iter().map(|t| t * t).sum::<f64>() / (nv * d).max(1) as f64;
@@ -404,7 +425,7 @@ pub fn sparse_vfc(
     }
     let coef_rows: Vec<f64> = (0..m)
         .flat_map(|ia| (0..d).map(move |k| (ia, k)))
-        .map(|(ia, k)| coef[(ia, k)])
+        .map(|(ia, k)| coef[(ia, k)] * scale)
         .collect();
     let field = VectorField::new(d, ctrl, coef_rows, beta)?;
     let v_all = field.eval_rows(x);
@@ -418,7 +439,7 @@ pub fn sparse_vfc(
         ctrl_idx,
         v: v_all,
         p: p_all,
-        sigma2,
+        sigma2: sigma2 * scale * scale,
         gamma,
         iterations: it,
         energy,
