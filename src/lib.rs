@@ -34,6 +34,7 @@
 #![cfg_attr(not(feature = "h5ad"), allow(rustdoc::broken_intra_doc_links))]
 
 pub use cellfate_dynamics as dynamics;
+pub use cellfate_vectorfield as vectorfield;
 
 pub mod adata;
 pub use cellfate_estimators as estimators;
@@ -55,6 +56,8 @@ pub mod pipeline;
 pub mod report;
 pub mod sim;
 pub mod upstream;
+#[cfg(feature = "h5ad")]
+pub mod vectorfield_io;
 
 /// AnnData's in-memory element model and CellRank's key names; the `.h5ad` reader and writers
 /// need feature `h5ad`.

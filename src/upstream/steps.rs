@@ -1,6 +1,6 @@
 //! The upstream steps one at a time on data in memory, under scVelo's and scanpy's names:
 //! [`filter_and_normalize`], [`neighbors`] (scanpy's `pp.pca` + `pp.neighbors`), [`moments`]
-//! and [`velocity`] (with `mode = dynamical`, scVelo's `recover_dynamics` and
+//! and [`velocity()`] (with `mode = dynamical`, scVelo's `recover_dynamics` and
 //! `velocity(mode="dynamical")` in one fit). Each returns its results with `into_slots`, the
 //! AnnData slots and keys scVelo and scanpy write (`X`, `layers["Ms"]`, `var["velocity_gamma"]`,
 //! ...), which the Python package puts into an in-memory AnnData.
@@ -352,7 +352,7 @@ pub fn moments_of_counts(
     Ok(out)
 }
 
-/// The inputs of [`velocity`].
+/// The inputs of [`velocity()`].
 #[derive(Clone, Copy, Debug)]
 pub struct VelocityInput<'a> {
     /// `layers["Ms"]`, row-major n × g.

@@ -562,6 +562,16 @@ const NUMERIC: &[(&str, &str, &[&str])] = &[
     ("simulate", "--depth", &["NaN", "0", "-1", "inf"]),
     ("simulate", "--seed", &["-1"]),
     ("simulate", "--noise", &["NaN", "-1", "inf"]),
+    ("vectorfield", "--dims", &["0", "-1"]),
+    ("vectorfield", "--n-ctrl", &["0", "1", "NaN"]),
+    ("vectorfield", "--max-iter", &["0", "-1", "NaN"]),
+    ("vectorfield", "--lambda", &["NaN", "0", "-1", "inf"]),
+    ("vectorfield", "--beta", &["NaN", "0", "-1", "inf"]),
+    ("vectorfield", "--seed", &["-1", "NaN"]),
+    ("topography", "--n-starts", &["-1", "NaN"]),
+    ("topography", "--n-cell-starts", &["-1", "NaN"]),
+    ("topography", "--seed", &["-1"]),
+    ("potential", "--n-neighbors", &["0", "-1"]),
 ];
 
 /// Flags taking a value that is not a number (names, paths, expressions, choices).
@@ -608,6 +618,7 @@ const TEXT: &[&str] = &[
     "--latent-cluster-key",
     "--kinetics-csv",
     "--latent-time-csv",
+    "--flow",
 ];
 
 /// The subcommands listed by `cellfate --help`.

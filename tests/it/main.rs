@@ -31,4 +31,5 @@ mod raw_run;
 mod report;
 mod roundtrip;
 mod upstream_parity;
+mod vectorfield;
 mod writes;

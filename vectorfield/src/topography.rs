@@ -196,6 +196,12 @@ pub fn fixed_points(
         )));
     }
     let n = x.len() / d;
+    if opts.n_cell_starts == 0 && (opts.n_starts == 0 || d > 3) {
+        return Err(VectorFieldError::Invalid(
+            "fixed points: no start (n_starts counts only up to 3 dimensions; set n_cell_starts)"
+                .into(),
+        ));
+    }
     let mut lo = vec![f64::INFINITY; d];
     let mut hi = vec![f64::NEG_INFINITY; d];
     for r in x.chunks_exact(d) {

@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod batch_cmd;
+mod field_cmd;
 mod hints;
 mod kernel_cmd;
 mod progress;
@@ -79,6 +80,16 @@ enum Command {
     /// Compute a transition matrix from a kernel expression and write obsp["T_fwd"] and
     /// uns["T_fwd_params"] (CellRank's layout) into a copy of the input.
     Kernel(kernel_cmd::KernelArgs),
+    /// A velocity vector field in an embedding (dynamo's vf.VectorField, SparseVFC): uns
+    /// VecFld_<basis>, the learned velocities, and per-cell speed, divergence, curl,
+    /// acceleration and curvature.
+    Vectorfield(field_cmd::VectorFieldArgs),
+    /// Fixed points of the vector field (dynamo's vf.topography): positions, types (stable,
+    /// saddle, unstable) from the analytic Jacobian, checked for convergence.
+    Topography(field_cmd::TopographyArgs),
+    /// Potential landscape by Hodge decomposition on the kNN graph (dynamo's ddhodge), the
+    /// Waddington potential and the developmental entropy.
+    Potential(field_cmd::PotentialArgs),
     /// From raw spliced/unspliced counts to kernel inputs: normalisation, highly variable
     /// genes, PCA, kNN + connectivities, moments (Ms, Mu) and RNA velocity.
     Preprocess {
@@ -234,6 +245,9 @@ impl Command {
             Self::Drivers(a) => a.outputs(),
             Self::Cflare(a) => a.outputs(),
             Self::Kernel(a) => a.outputs(),
+            Self::Vectorfield(a) => a.outputs(),
+            Self::Topography(a) => a.outputs(),
+            Self::Potential(a) => a.outputs(),
             Self::Preprocess { output, .. }
             | Self::Pseudotime { output, .. }
             | Self::Velocity { output, .. }
@@ -331,6 +345,9 @@ fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Fates(a) => write_stdout(&stages_cmd::fates(a)?),
         Command::Drivers(a) => write_stdout(&stages_cmd::drivers(a)?),
         Command::Cflare(a) => write_stdout(&stages_cmd::cflare(a)?),
+        Command::Vectorfield(args) => write_stdout(&field_cmd::vectorfield(args)?),
+        Command::Topography(args) => write_stdout(&field_cmd::topography(args)?),
+        Command::Potential(args) => write_stdout(&field_cmd::potential(args)?),
         Command::Kernel(args) => {
             let msg = kernel_cmd::run(args)?;
             write_stdout(&msg)
@@ -585,6 +602,9 @@ impl Command {
             Command::Kernel(_) => "kernel",
             Command::Preprocess { .. } => "preprocess",
             Command::Pseudotime { .. } => "pseudotime",
+            Command::Vectorfield(_) => "vectorfield",
+            Command::Topography(_) => "topography",
+            Command::Potential(_) => "potential",
             Command::Velocity { .. } => "velocity",
             Command::Simulate { .. } => "simulate",
         }

@@ -1,0 +1,572 @@
+//! The vector-field steps on `.h5ad` files, under dynamo's keys (`cellfate vectorfield`,
+//! `cellfate topography`, `cellfate potential`): the numerical work is
+//! [`cellfate_vectorfield`]'s; this module reads the slots, builds the inputs and writes the
+//! results into a copy of the input.
+//!
+//! - **Velocity in the basis**: `obsm["velocity_<basis>"]` when the input has it; otherwise the
+//!   projection of the transition matrix (`obsp["T_fwd"]`, or the velocity kernel computed
+//!   from the layers with CellRank's defaults) onto `obsm["X_<basis>"]`
+//!   ([`cellfate_kernels::projection::project`], CellRank's and scVelo's displacement
+//!   projection), written as `obsm["velocity_<basis>"]`.
+//! - **Field**: SparseVFC on the first `dims` columns (all by default) →
+//!   `uns["VecFld_<basis>"]` (`X`, `Y`, `valid_ind`, `X_ctrl`, `ctrl_idx`, `beta`, `C`, `V`,
+//!   `P`, `VFCIndex`, `sigma2`, `iteration`, `tecr_traj`, `E_traj`, `method`, `dims`),
+//!   `obsm["velocity_<basis>_SparseVFC"]`, `obsm["X_<basis>_SparseVFC"]`,
+//!   `obs["control_point_<basis>"]`, `obs["inlier_prob_<basis>"]`,
+//!   `obs["obs_vf_angle_<basis>"]` (radians), and the per-cell calculus: `obs["speed_<basis>"]`,
+//!   `["divergence_<basis>"]`, `["curl_<basis>"]`, `["acceleration_<basis>"]`,
+//!   `["curvature_<basis>"]`, `["jacobian_det_<basis>"]`, `obsm["acceleration_<basis>"]`,
+//!   `obsm["curvature_<basis>"]`.
+//! - **Topography**: fixed points of the stored field → `uns["VecFld_<basis>"]["Xss"]`,
+//!   `["ftype"]`, `["confidence"]`, `["fp_ind"]` (nearest cell), `["Xss_eigenvalues"]`
+//!   (k × 2d: real parts, then imaginary), `["xlim"]`, `["ylim"]`.
+//! - **Potential**: the Hodge potential of the learned field at the cells (the projected
+//!   velocities when no field is stored) on a fresh 30-NN graph in the basis →
+//!   `obs["<basis>_ddhodge_potential"]` (dynamo's sign: low for progenitors),
+//!   `obs["<basis>_ddhodge_div"]`, `obs["potential"]` (Waddington's sign: high for
+//!   progenitors), `obs["potential_pseudotime"]` (the ddhodge potential scaled to [0, 1]),
+//!   `obs["curl_fraction_<basis>"]`, and `obs["entropy"]` (the normalised Shannon entropy of
+//!   each cell's fate probabilities, when `obsm["lineages_fwd"]` exists).
+
+use std::path::Path;
+
+use cellfate_kernels::{expr, projection, CellSource, DenseMatrix, Kernel};
+use cellfate_vectorfield::{
+    cell_calculus, fixed_points, hodge_potential, sparse_vfc, PotentialOptions, SparseVfcOptions,
+    TopographyOptions, VectorField,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::io::{DenseArray, Element, H5adEdit, H5adReader, NumVec};
+use crate::pipeline::PipelineError;
+
+/// Settings of [`vectorfield_in_file`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VectorFieldSpec {
+    /// The embedding (`obsm["X_<basis>"]`).
+    pub basis: String,
+    /// Use its first `dims` columns (all when `None`).
+    pub dims: Option<usize>,
+    /// SparseVFC's options.
+    pub svc: SparseVfcOptions,
+}
+
+impl Default for VectorFieldSpec {
+    fn default() -> Self {
+        Self {
+            basis: "pca".into(),
+            dims: None,
+            svc: SparseVfcOptions::default(),
+        }
+    }
+}
+
+fn err(msg: impl Into<String>) -> PipelineError {
+    PipelineError::Preprocessing {
+        message: msg.into(),
+    }
+}
+
+fn vf_err(path: &Path, e: cellfate_vectorfield::VectorFieldError) -> PipelineError {
+    err(format!("{}: {e}", path.display()))
+}
+
+/// The first `dims` columns of a row-major n × w matrix.
+fn first_columns(v: &[f64], n: usize, w: usize, dims: usize) -> Vec<f64> {
+    if dims == w {
+        return v.to_vec();
+    }
+    (0..n)
+        .flat_map(|i| v[i * w..i * w + dims].iter().copied())
+        .collect()
+}
+
+/// The embedding `obsm["X_<basis>"]` (or `obsm[basis]`), its first `dims` columns.
+fn embedding(
+    r: &H5adReader,
+    input: &Path,
+    basis: &str,
+    dims: Option<usize>,
+) -> Result<(usize, usize, Vec<f64>, usize), PipelineError> {
+    let key = if r.exists(&format!("obsm/X_{basis}")) {
+        format!("obsm/X_{basis}")
+    } else if r.exists(&format!("obsm/{basis}")) {
+        format!("obsm/{basis}")
+    } else {
+        return Err(err(format!(
+            "{}: obsm[\"X_{basis}\"] is missing (the embedding of --basis {basis}); found obsm keys: {}",
+            input.display(),
+            r.keys("obsm").unwrap_or_default().join(", ")
+        )));
+    };
+    let (n, w, x) = r.dense(&key)?;
+    let d = dims.unwrap_or(w);
+    if d == 0 || d > w {
+        return Err(err(format!(
+            "{}: --dims {d}: {key} has {w} columns",
+            input.display()
+        )));
+    }
+    if let Some(k) = x.iter().position(|v| !v.is_finite()) {
+        return Err(err(format!(
+            "{}: {key} must be finite: cell {} has {} in column {}",
+            input.display(),
+            k / w,
+            x[k],
+            k % w
+        )));
+    }
+    let xd = first_columns(&x, n, w, d);
+    // A constant column carries no direction: the field would be degenerate along it.
+    for k in 0..d {
+        let first = xd[k];
+        if n > 1 && (0..n).all(|i| xd[i * d + k] == first) {
+            return Err(err(format!(
+                "{}: {key} column {k} is constant: a vector field needs every dimension to vary (use --dims to take fewer columns)",
+                input.display()
+            )));
+        }
+    }
+    Ok((n, d, xd, w))
+}
+
+/// The cells' velocities in the basis: the first d columns (row-major n × d); when computed
+/// here, the whole projection (its width and values, for `obsm["velocity_<basis>"]`); where
+/// they came from.
+type BasisVelocity = (Vec<f64>, Option<(usize, Vec<f64>)>, String);
+
+/// [`BasisVelocity`] of the cells.
+fn basis_velocity(
+    r: &H5adReader,
+    input: &Path,
+    basis: &str,
+    n: usize,
+    d: usize,
+) -> Result<BasisVelocity, PipelineError> {
+    let key = format!("obsm/velocity_{basis}");
+    if r.exists(&key) {
+        let (m, w, v) = r.dense(&key)?;
+        if m != n || w < d {
+            return Err(err(format!(
+                "{}: {key} is {m} × {w}: expected {n} rows and at least {d} columns",
+                input.display()
+            )));
+        }
+        return Ok((
+            first_columns(&v, n, w, d),
+            None,
+            format!("obsm[\"velocity_{basis}\"]"),
+        ));
+    }
+    let (t, from) = if r.exists("obsp/T_fwd") {
+        (r.transition_matrix("T_fwd")?, "obsp[\"T_fwd\"]".to_string())
+    } else {
+        let spec = expr::parse("velocity").map_err(|e| err(e.to_string()))?;
+        let out = spec.compute(r).map_err(|e| {
+            err(format!(
+                "{}: no obsm[\"velocity_{basis}\"] and no obsp[\"T_fwd\"], and the velocity kernel cannot be computed: {e}",
+                input.display()
+            ))
+        })?;
+        (out.transition, "the velocity kernel".to_string())
+    };
+    let emb: DenseMatrix = r
+        .obsm(&format!("X_{basis}"))
+        .or_else(|_| r.obsm(basis))
+        .map_err(|e| err(e.to_string()))?;
+    let w = emb.ncols();
+    let p = projection::project(&t, &emb);
+    Ok((
+        first_columns(&p, n, w, d),
+        Some((w, p)),
+        format!("the projection of {from} on X_{basis}"),
+    ))
+}
+
+fn f64_matrix(n: usize, d: usize, v: Vec<f64>) -> Element {
+    Element::from_f64_matrix(n, d, v)
+}
+
+fn int_array(v: Vec<i64>) -> Element {
+    Element::Dense(DenseArray {
+        shape: vec![v.len()],
+        data: NumVec::I64(v),
+    })
+}
+
+fn scalar_f64(x: f64) -> Element {
+    Element::Scalar(NumVec::F64(vec![x]))
+}
+
+/// What [`vectorfield_in_file`] did.
+#[derive(Clone, Debug, Serialize)]
+pub struct VectorFieldReport {
+    /// Cells and dimensions.
+    pub n_cells: usize,
+    /// Dimensions of the field.
+    pub dims: usize,
+    /// Control points.
+    pub n_ctrl: usize,
+    /// Kernel parameter.
+    pub beta: f64,
+    /// EM iterations.
+    pub iterations: usize,
+    /// Cells taken as inliers (posterior > θ).
+    pub inliers: usize,
+    /// Mean cosine between the observed and the learned velocities.
+    pub mean_cosine: f64,
+    /// Where the velocities came from.
+    pub velocity_source: String,
+}
+
+/// SparseVFC and the per-cell calculus: reads `input`, writes `output` (see the module docs).
+pub fn vectorfield_in_file(
+    input: &Path,
+    output: &Path,
+    spec: &VectorFieldSpec,
+) -> Result<VectorFieldReport, PipelineError> {
+    let r = H5adReader::open(input)?;
+    let basis = spec.basis.as_str();
+    let (n, d, x, _) = embedding(&r, input, basis, spec.dims)?;
+    let (y, computed, source) = basis_velocity(&r, input, basis, n, d)?;
+    let fit = sparse_vfc(&x, &y, d, &spec.svc).map_err(|e| vf_err(input, e))?;
+    let calc = cell_calculus(&fit.field, &x);
+    let mut edit = H5adEdit::new(input);
+    if let Some((w, p)) = computed {
+        edit.set(&format!("obsm/velocity_{basis}"), f64_matrix(n, w, p));
+    }
+    let inl: Vec<i64> = (0..n)
+        .filter(|&i| fit.p[i] > spec.svc.theta)
+        .map(|i| i as i64)
+        .collect();
+    let f = &fit.field;
+    let vf = Element::Dict(vec![
+        ("X".into(), f64_matrix(n, d, x.clone())),
+        ("Y".into(), f64_matrix(n, d, y.clone())),
+        ("valid_ind".into(), Element::from_bools(fit.valid.clone())),
+        (
+            "X_ctrl".into(),
+            f64_matrix(f.n_ctrl(), d, f.ctrl().to_vec()),
+        ),
+        (
+            "ctrl_idx".into(),
+            int_array(fit.ctrl_idx.iter().map(|&i| i as i64).collect()),
+        ),
+        ("beta".into(), scalar_f64(f.beta())),
+        ("C".into(), f64_matrix(f.n_ctrl(), d, f.coef().to_vec())),
+        ("V".into(), f64_matrix(n, d, fit.v.clone())),
+        ("P".into(), Element::from_f64(fit.p.clone())),
+        ("VFCIndex".into(), int_array(inl.clone())),
+        ("sigma2".into(), scalar_f64(fit.sigma2)),
+        (
+            "iteration".into(),
+            Element::Scalar(NumVec::I64(vec![fit.iterations as i64 - 1])),
+        ),
+        ("tecr_traj".into(), Element::from_f64(fit.tecr.clone())),
+        ("E_traj".into(), Element::from_f64(fit.energy.clone())),
+        ("method".into(), Element::Str("SparseVFC".into())),
+        ("dims".into(), Element::Scalar(NumVec::I64(vec![d as i64]))),
+        (
+            "normalize".into(),
+            Element::Scalar(NumVec::Bool(vec![false])),
+        ),
+        (
+            "normalize_velocity".into(),
+            Element::Scalar(NumVec::Bool(vec![spec.svc.normalize_velocity])),
+        ),
+    ]);
+    edit.set(&format!("uns/VecFld_{basis}"), vf);
+    edit.set(
+        &format!("obsm/velocity_{basis}_SparseVFC"),
+        f64_matrix(n, d, fit.v.clone()),
+    );
+    edit.set(&format!("obsm/X_{basis}_SparseVFC"), f64_matrix(n, d, x));
+    let mut ctrl = vec![false; n];
+    for &i in &fit.ctrl_idx {
+        ctrl[i] = true;
+    }
+    edit.set(
+        &format!("obs/control_point_{basis}"),
+        Element::from_bools(ctrl),
+    );
+    edit.set(
+        &format!("obs/inlier_prob_{basis}"),
+        Element::from_f64(fit.p.clone()),
+    );
+    let angle: Vec<f64> = y
+        .chunks_exact(d)
+        .zip(fit.v.chunks_exact(d))
+        .map(|(a, b)| {
+            let dot: f64 = a.iter().zip(b).map(|(p, q)| p * q).sum();
+            let na = a.iter().map(|p| p * p).sum::<f64>().sqrt();
+            let nb = b.iter().map(|p| p * p).sum::<f64>().sqrt();
+            (dot / (na * nb)).clamp(-1.0, 1.0).acos()
+        })
+        .collect();
+    edit.set(
+        &format!("obs/obs_vf_angle_{basis}"),
+        Element::from_f64(angle),
+    );
+    for (name, v) in [
+        ("speed", calc.speed),
+        ("divergence", calc.divergence),
+        ("curl", calc.curl),
+        ("acceleration", calc.acceleration_norm),
+        ("curvature", calc.curvature_norm),
+        ("jacobian_det", calc.jacobian_det),
+    ] {
+        edit.set(&format!("obs/{name}_{basis}"), Element::from_f64(v));
+    }
+    edit.set(
+        &format!("obsm/acceleration_{basis}"),
+        f64_matrix(n, d, calc.acceleration),
+    );
+    edit.set(
+        &format!("obsm/curvature_{basis}"),
+        f64_matrix(n, d, calc.curvature),
+    );
+    edit.write_to(output)?;
+    Ok(VectorFieldReport {
+        n_cells: n,
+        dims: d,
+        n_ctrl: fit.field.n_ctrl(),
+        beta: fit.field.beta(),
+        iterations: fit.iterations,
+        inliers: inl.len(),
+        mean_cosine: cellfate_vectorfield::svc::mean_cosine(&y, &fit.v, d),
+        velocity_source: source,
+    })
+}
+
+/// A numeric element as `f64` values (any numeric dtype).
+fn numbers(e: &Element) -> Option<Vec<f64>> {
+    match e {
+        Element::Dense(a) => Some(a.data.to_f64()),
+        Element::Scalar(v) => Some(v.to_f64()),
+        _ => None,
+    }
+}
+
+/// The field stored in `uns["VecFld_<basis>"]` (dynamo's or cellfate's): `X_ctrl`, `C`, `beta`.
+pub fn read_vector_field(
+    r: &H5adReader,
+    input: &Path,
+    basis: &str,
+) -> Result<VectorField, PipelineError> {
+    let group = format!("uns/VecFld_{basis}");
+    if !r.exists(&group) {
+        return Err(err(format!(
+            "{}: uns[\"VecFld_{basis}\"] is missing: run `cellfate vectorfield --basis {basis}` first",
+            input.display()
+        )));
+    }
+    let get = |k: &str| -> Result<(Vec<usize>, Vec<f64>), PipelineError> {
+        let slot = format!("{group}/{k}");
+        if !r.exists(&slot) {
+            return Err(err(format!(
+                "{}: uns[\"VecFld_{basis}\"][\"{k}\"] is missing",
+                input.display()
+            )));
+        }
+        let e = r.read(&slot)?;
+        let shape = match &e {
+            Element::Dense(a) => a.shape.clone(),
+            _ => vec![1],
+        };
+        let v = numbers(&e).ok_or_else(|| {
+            err(format!(
+                "{}: uns[\"VecFld_{basis}\"][\"{k}\"]: expected numbers",
+                input.display()
+            ))
+        })?;
+        Ok((shape, v))
+    };
+    let (cs, ctrl) = get("X_ctrl")?;
+    let (_, coef) = get("C")?;
+    let (_, beta) = get("beta")?;
+    let d = if cs.len() == 2 { cs[1] } else { 1 };
+    VectorField::new(d, ctrl, coef, beta.first().copied().unwrap_or(f64::NAN))
+        .map_err(|e| vf_err(input, e))
+}
+
+/// What [`topography_in_file`] found.
+#[derive(Clone, Debug, Serialize)]
+pub struct TopographyReport {
+    /// Fixed points (position, dynamo's ftype, confidence, nearest cell).
+    pub fixed_points: Vec<cellfate_vectorfield::FixedPoint>,
+}
+
+/// Fixed points of the stored field (see the module docs).
+pub fn topography_in_file(
+    input: &Path,
+    output: &Path,
+    basis: &str,
+    opts: &TopographyOptions,
+) -> Result<TopographyReport, PipelineError> {
+    let r = H5adReader::open(input)?;
+    let field = read_vector_field(&r, input, basis)?;
+    let d = field.dim();
+    let (n, _, x, _) = embedding(&r, input, basis, Some(d))?;
+    let fps = fixed_points(&field, &x, opts).map_err(|e| vf_err(input, e))?;
+    let k = fps.len();
+    let group = format!("uns/VecFld_{basis}");
+    let mut edit = H5adEdit::new(input);
+    edit.set(
+        &format!("{group}/Xss"),
+        f64_matrix(k, d, fps.iter().flat_map(|p| p.x.iter().copied()).collect()),
+    );
+    edit.set(
+        &format!("{group}/ftype"),
+        int_array(fps.iter().map(|p| p.kind.ftype()).collect()),
+    );
+    edit.set(
+        &format!("{group}/confidence"),
+        Element::from_f64(fps.iter().map(|p| p.confidence).collect()),
+    );
+    edit.set(
+        &format!("{group}/fp_ind"),
+        int_array(fps.iter().map(|p| p.nearest_cell as i64).collect()),
+    );
+    edit.set(
+        &format!("{group}/Xss_eigenvalues"),
+        f64_matrix(
+            k,
+            2 * d,
+            fps.iter()
+                .flat_map(|p| {
+                    p.eigenvalues
+                        .iter()
+                        .map(|e| e.0)
+                        .chain(p.eigenvalues.iter().map(|e| e.1))
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+        ),
+    );
+    let lim = |k: usize| {
+        let (lo, hi) = x
+            .chunks_exact(d)
+            .map(|r| r[k])
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+                (a.min(v), b.max(v))
+            });
+        let pad = opts.pad * (hi - lo);
+        Element::from_f64(vec![lo - pad, hi + pad])
+    };
+    edit.set(&format!("{group}/xlim"), lim(0));
+    if d >= 2 {
+        edit.set(&format!("{group}/ylim"), lim(1));
+    }
+    let _ = n;
+    edit.write_to(output)?;
+    Ok(TopographyReport { fixed_points: fps })
+}
+
+/// What [`potential_in_file`] computed.
+#[derive(Clone, Debug, Serialize)]
+pub struct PotentialReport {
+    /// Cells.
+    pub n_cells: usize,
+    /// Where the flow came from.
+    pub flow_source: String,
+    /// Conjugate-gradient iterations.
+    pub iterations: usize,
+    /// Connected components of the graph.
+    pub components: usize,
+    /// Whether `obs["entropy"]` was written.
+    pub entropy: bool,
+}
+
+/// The Hodge potential, the Waddington potential and the developmental entropy (see the module
+/// docs). `n_neighbors` counts the other cells of each cell's graph row (dynamo: 30).
+pub fn potential_in_file(
+    input: &Path,
+    output: &Path,
+    basis: &str,
+    n_neighbors: usize,
+    opts: &PotentialOptions,
+) -> Result<PotentialReport, PipelineError> {
+    let r = H5adReader::open(input)?;
+    let (x, v, d, source) = if r.exists(&format!("uns/VecFld_{basis}")) {
+        let field = read_vector_field(&r, input, basis)?;
+        let d = field.dim();
+        let (_, _, x, _) = embedding(&r, input, basis, Some(d))?;
+        let v = field.eval_rows(&x);
+        (x, v, d, format!("the vector field uns[\"VecFld_{basis}\"]"))
+    } else {
+        let (n, d, x, _) = embedding(&r, input, basis, None)?;
+        let (v, _, source) = basis_velocity(&r, input, basis, n, d)?;
+        (x, v, d, source)
+    };
+    let n = x.len() / d;
+    if n <= n_neighbors {
+        return Err(err(format!(
+            "{}: {n} cells are too few for --n-neighbors {n_neighbors}",
+            input.display()
+        )));
+    }
+    let xm = nalgebra::DMatrix::from_row_slice(n, d, &x);
+    let nn = if n <= crate::upstream::KNN_EXACT_MAX_CELLS {
+        crate::upstream::knn_exact(&xm, n_neighbors)
+    } else {
+        crate::upstream::ann::knn_descent(&xm, n_neighbors, 0, 30)
+    };
+    let graph: Vec<Vec<usize>> = nn
+        .into_iter()
+        .map(|row| row.into_iter().map(|(j, _)| j).collect())
+        .collect();
+    let p = hodge_potential(&x, &v, d, &graph, opts).map_err(|e| vf_err(input, e))?;
+    let mut edit = H5adEdit::new(input);
+    let hi = p.ddhodge_potential.iter().copied().fold(0.0f64, f64::max);
+    let pt: Vec<f64> = p
+        .ddhodge_potential
+        .iter()
+        .map(|&q| if hi > 0.0 { q / hi } else { 0.0 })
+        .collect();
+    let components = p.component.iter().max().map_or(0, |m| m + 1);
+    edit.set(
+        &format!("obs/{basis}_ddhodge_potential"),
+        Element::from_f64(p.ddhodge_potential),
+    );
+    edit.set(
+        &format!("obs/{basis}_ddhodge_div"),
+        Element::from_f64(p.divergence),
+    );
+    edit.set("obs/potential", Element::from_f64(p.waddington));
+    edit.set("obs/potential_pseudotime", Element::from_f64(pt));
+    edit.set(
+        &format!("obs/curl_fraction_{basis}"),
+        Element::from_f64(p.curl_fraction),
+    );
+    let entropy = r.exists("obsm/lineages_fwd");
+    if entropy {
+        let (m, k, fp) = r.dense("obsm/lineages_fwd")?;
+        if m == n && k >= 2 {
+            let lk = (k as f64).ln();
+            let h: Vec<f64> = fp
+                .chunks_exact(k)
+                .map(|row| {
+                    let s: f64 = row.iter().filter(|q| q.is_finite() && **q > 0.0).sum();
+                    -row.iter()
+                        .filter(|q| q.is_finite() && **q > 0.0)
+                        .map(|q| {
+                            let q = q / s;
+                            q * q.ln()
+                        })
+                        .sum::<f64>()
+                        / lk
+                })
+                .collect();
+            edit.set("obs/entropy", Element::from_f64(h));
+        }
+    }
+    edit.write_to(output)?;
+    Ok(PotentialReport {
+        n_cells: n,
+        flow_source: source,
+        iterations: p.iterations,
+        components,
+        entropy,
+    })
+}

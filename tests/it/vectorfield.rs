@@ -1,0 +1,164 @@
+//! `cellfate vectorfield`, `topography` and `potential` on the simulator (issue 21): dynamo's
+//! keys, the landscape against the simulation's true time (Waddington potential Spearman
+//! ≤ −0.9, developmental entropy ≤ −0.8, the issue's thresholds), fixed points of a 2-D field,
+//! determinism, and bad input named.
+
+use cellfate::io::{Element, H5adReader};
+
+use crate::common::{cellfate, succeed, tempdir};
+
+fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    let rank = |v: &[f64]| {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+        let mut r = vec![0.0; v.len()];
+        for (k, &i) in idx.iter().enumerate() {
+            r[i] = k as f64;
+        }
+        r
+    };
+    let (ra, rb) = (rank(a), rank(b));
+    let n = a.len() as f64;
+    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
+    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
+}
+
+#[test]
+fn vector_field_topography_and_landscape_on_the_demo() {
+    let d = tempdir();
+    let p = |s: &str| d.path().join(s);
+    succeed(
+        cellfate()
+            .args(["-q", "run", "--demo", "-o"])
+            .arg(p("demo.h5ad")),
+    );
+    let out = succeed(
+        cellfate()
+            .arg("vectorfield")
+            .arg(p("demo.h5ad"))
+            .arg("-o")
+            .arg(p("vf.h5ad")),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("151 control points"), "{text}");
+    succeed(
+        cellfate()
+            .arg("potential")
+            .arg(p("vf.h5ad"))
+            .arg("-o")
+            .arg(p("pot.h5ad")),
+    );
+    let r = H5adReader::open(p("pot.h5ad")).expect("output");
+    for slot in [
+        "obsm/velocity_pca",
+        "uns/VecFld_pca/X_ctrl",
+        "uns/VecFld_pca/C",
+        "uns/VecFld_pca/beta",
+        "uns/VecFld_pca/V",
+        "uns/VecFld_pca/P",
+        "obsm/velocity_pca_SparseVFC",
+        "obs/control_point_pca",
+        "obs/inlier_prob_pca",
+        "obs/speed_pca",
+        "obs/divergence_pca",
+        "obs/curl_pca",
+        "obs/acceleration_pca",
+        "obs/curvature_pca",
+        "obs/pca_ddhodge_potential",
+        "obs/pca_ddhodge_div",
+        "obs/potential",
+        "obs/entropy",
+    ] {
+        assert!(r.exists(slot), "{slot} missing");
+    }
+    let t = r.obs_f64("true_time").expect("true time");
+    let pot = r.obs_f64("potential").expect("potential");
+    let ent = r.obs_f64("entropy").expect("entropy");
+    let dd = r.obs_f64("pca_ddhodge_potential").expect("ddhodge");
+    let (sp, se) = (spearman(&pot, &t), spearman(&ent, &t));
+    eprintln!("Spearman with true time: Waddington potential {sp:.4}, entropy {se:.4}");
+    assert!(sp <= -0.9, "potential: {sp}");
+    assert!(se <= -0.8, "entropy: {se}");
+    assert!(
+        (spearman(&dd, &t) + sp).abs() < 1e-12,
+        "dynamo's sign is the opposite"
+    );
+    // The control points are cells, marked as such.
+    let ctrl = r.obs_f64("control_point_pca").expect("control points");
+    assert_eq!(ctrl.iter().filter(|&&c| c != 0.0).count(), 151);
+    // The same field bit for bit at two thread counts.
+    succeed(
+        cellfate()
+            .args(["--threads", "1", "vectorfield"])
+            .arg(p("demo.h5ad"))
+            .arg("-o")
+            .arg(p("vf1.h5ad")),
+    );
+    let c = |f: &str| match H5adReader::open(p(f))
+        .expect("out")
+        .read("uns/VecFld_pca/C")
+    {
+        Ok(Element::Dense(a)) => a.data.to_f64(),
+        other => panic!("C: {other:?}"),
+    };
+    assert_eq!(c("vf.h5ad"), c("vf1.h5ad"));
+    // Topography of a 2-D field: converged roots with dynamo's types.
+    succeed(
+        cellfate()
+            .arg("vectorfield")
+            .arg(p("demo.h5ad"))
+            .args(["--dims", "2", "-o"])
+            .arg(p("vf2.h5ad")),
+    );
+    let out = succeed(
+        cellfate()
+            .arg("topography")
+            .arg(p("vf2.h5ad"))
+            .arg("-o")
+            .arg(p("topo.h5ad")),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    let r = H5adReader::open(p("topo.h5ad")).expect("topography");
+    let ftype = match r.read("uns/VecFld_pca/ftype").expect("ftype") {
+        Element::Dense(a) => a.data.to_f64(),
+        other => panic!("ftype: {other:?}"),
+    };
+    assert!(!ftype.is_empty() && ftype.iter().all(|f| [-1.0, 0.0, 1.0].contains(f)));
+    assert!(r.exists("uns/VecFld_pca/Xss") && r.exists("uns/VecFld_pca/xlim"));
+}
+
+#[test]
+fn vector_field_commands_name_bad_input() {
+    let d = tempdir();
+    let p = |s: &str| d.path().join(s);
+    succeed(
+        cellfate()
+            .args(["-q", "run", "--demo", "-o"])
+            .arg(p("demo.h5ad")),
+    );
+    let fail = |args: &[&str], want: &str| {
+        let out = cellfate().args(args).output().expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+    };
+    let demo = p("demo.h5ad").display().to_string();
+    let out = p("x.h5ad").display().to_string();
+    fail(
+        &["vectorfield", &demo, "-o", &out, "--basis", "umap"],
+        "obsm[\"X_umap\"] is missing",
+    );
+    fail(
+        &["vectorfield", &demo, "-o", &out, "--dims", "99"],
+        "--dims 99",
+    );
+    fail(
+        &["topography", &demo, "-o", &out],
+        "uns[\"VecFld_pca\"] is missing",
+    );
+    assert!(!p("x.h5ad").exists(), "nothing written on failure");
+}
