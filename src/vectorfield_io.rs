@@ -570,3 +570,224 @@ pub fn potential_in_file(
         entropy,
     })
 }
+
+/// Which cells [`predict_fate_in_file`] starts from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FateStarts {
+    /// The cells of these clusters (of `cluster_key`).
+    Clusters(Vec<String>),
+    /// Every cell.
+    All,
+}
+
+/// Settings of [`predict_fate_in_file`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PredictFateSpec {
+    /// The embedding of the stored field.
+    pub basis: String,
+    /// Start cells.
+    pub starts: FateStarts,
+    /// obs column of the clusters (starts and end labels).
+    pub cluster_key: String,
+    /// The integration.
+    pub integrate: cellfate_vectorfield::IntegrateOptions,
+}
+
+/// What [`predict_fate_in_file`] found.
+#[derive(Clone, Debug, Serialize)]
+pub struct PredictFateReport {
+    /// Paths integrated.
+    pub n_paths: usize,
+    /// The end time used.
+    pub t_end: f64,
+    /// Paths per end cluster, in order of the cluster categories.
+    pub end_clusters: Vec<(String, usize)>,
+    /// Paths that left the data's box.
+    pub left_domain: usize,
+    /// Paths that settled at a fixed point.
+    pub settled: usize,
+    /// With fate probabilities (`obsm["lineages_fwd"]`): the share of starts whose end cell's
+    /// most likely fate equals the start cell's.
+    pub markov_agreement: Option<f64>,
+    /// The end cell of each path (for the caller's checks).
+    pub end_cells: Vec<usize>,
+    /// The start cells.
+    pub start_cells: Vec<usize>,
+}
+
+/// Fate prediction by integrating the stored field from cells: writes
+/// `uns["fate_<basis>"]` (`init_cells` (obs names), `init_states` (k × d), `t` (the common
+/// time grid), `prediction` (k × d × points, NaN after a path stopped), `end_cell`,
+/// `end_cluster`, `end` (how each path ended)) and `obs["fate_<basis>_end_cluster"]` (the end
+/// cluster of the paths started at each cell; empty for other cells).
+pub fn predict_fate_in_file(
+    input: &Path,
+    output: &Path,
+    spec: &PredictFateSpec,
+) -> Result<PredictFateReport, PipelineError> {
+    use cellfate_vectorfield::{predict_fates, PathEnd};
+    let r = H5adReader::open(input)?;
+    let basis = spec.basis.as_str();
+    let field = read_vector_field(&r, input, basis)?;
+    let d = field.dim();
+    let (n, _, x, _) = embedding(&r, input, basis, Some(d))?;
+    let labels: Vec<Option<String>> = if r.exists(&format!("obs/{}", spec.cluster_key)) {
+        r.obs_labels(&spec.cluster_key).map_err(|e| {
+            err(format!(
+                "{}: obs[\"{}\"]: {e}",
+                input.display(),
+                spec.cluster_key
+            ))
+        })?
+    } else if matches!(spec.starts, FateStarts::Clusters(_)) {
+        return Err(err(format!(
+            "{}: obs[\"{}\"] is missing (the clusters of --from-cluster; set --cluster-key)",
+            input.display(),
+            spec.cluster_key
+        )));
+    } else {
+        vec![None; n]
+    };
+    let starts: Vec<usize> = match &spec.starts {
+        FateStarts::All => (0..n).collect(),
+        FateStarts::Clusters(names) => {
+            for name in names {
+                if !labels.iter().any(|l| l.as_deref() == Some(name)) {
+                    let mut cats: Vec<&str> = labels.iter().flatten().map(String::as_str).collect();
+                    cats.sort_unstable();
+                    cats.dedup();
+                    return Err(err(format!(
+                        "{}: no cell of cluster {name:?} in obs[\"{}\"] (clusters: {})",
+                        input.display(),
+                        spec.cluster_key,
+                        cats.join(", ")
+                    )));
+                }
+            }
+            (0..n)
+                .filter(|&i| labels[i].as_ref().is_some_and(|l| names.contains(l)))
+                .collect()
+        }
+    };
+    let (paths, t_end) =
+        predict_fates(&field, &x, &starts, &spec.integrate).map_err(|e| vf_err(input, e))?;
+    let k = paths.len();
+    let np = spec.integrate.n_points.max(2);
+    let mut pred = vec![f64::NAN; k * d * np];
+    for (p, path) in paths.iter().enumerate() {
+        let m = path.t.len();
+        for s in 0..m {
+            for c in 0..d {
+                pred[(p * d + c) * np + s] = path.x[s * d + c];
+            }
+        }
+    }
+    let names = r.obs_names()?;
+    let end_label = |c: usize| labels[c].clone().unwrap_or_default();
+    let markov = if r.exists("obsm/lineages_fwd") {
+        let (m, w, fp) = r.dense("obsm/lineages_fwd")?;
+        if m == n && w > 0 {
+            let arg = |i: usize| {
+                (0..w)
+                    .max_by(|&a, &b| fp[i * w + a].total_cmp(&fp[i * w + b]))
+                    .unwrap_or(0)
+            };
+            let agree = starts
+                .iter()
+                .zip(&paths)
+                .filter(|(&s, p)| arg(s) == arg(p.end_cell))
+                .count();
+            Some(agree as f64 / k.max(1) as f64)
+        } else {
+            None
+        }
+    } else {
+        None
+    };
+    let mut per_cell = vec![String::new(); n];
+    for (&s, p) in starts.iter().zip(&paths) {
+        per_cell[s] = end_label(p.end_cell);
+    }
+    let mut edit = H5adEdit::new(input);
+    let end_str = |e: PathEnd| match e {
+        PathEnd::Time => "time",
+        PathEnd::Settled => "settled",
+        PathEnd::LeftDomain => "left_domain",
+        PathEnd::StepUnderflow => "step_underflow",
+    };
+    let t_grid: Vec<f64> = (0..np)
+        .map(|s| t_end * s as f64 / (np - 1) as f64)
+        .collect();
+    edit.set(
+        &format!("uns/fate_{basis}"),
+        Element::Dict(vec![
+            (
+                "init_cells".into(),
+                Element::from_strings(starts.iter().map(|&i| names[i].clone()).collect()),
+            ),
+            (
+                "init_states".into(),
+                f64_matrix(
+                    k,
+                    d,
+                    starts
+                        .iter()
+                        .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
+                        .collect(),
+                ),
+            ),
+            ("t".into(), Element::from_f64(t_grid)),
+            (
+                "prediction".into(),
+                Element::Dense(DenseArray {
+                    shape: vec![k, d, np],
+                    data: NumVec::F64(pred),
+                }),
+            ),
+            (
+                "end_cell".into(),
+                int_array(paths.iter().map(|p| p.end_cell as i64).collect()),
+            ),
+            (
+                "end_cluster".into(),
+                Element::from_strings(paths.iter().map(|p| end_label(p.end_cell)).collect()),
+            ),
+            (
+                "end".into(),
+                Element::from_strings(paths.iter().map(|p| end_str(p.end).to_string()).collect()),
+            ),
+            (
+                "backward".into(),
+                Element::Scalar(NumVec::Bool(vec![spec.integrate.backward])),
+            ),
+        ]),
+    );
+    edit.set(
+        &format!("obs/fate_{basis}_end_cluster"),
+        Element::from_strings(per_cell),
+    );
+    edit.write_to(output)?;
+    let mut end_clusters: Vec<(String, usize)> = Vec::new();
+    for p in &paths {
+        let l = end_label(p.end_cell);
+        match end_clusters.iter_mut().find(|(name, _)| *name == l) {
+            Some(e) => e.1 += 1,
+            None => end_clusters.push((l, 1)),
+        }
+    }
+    end_clusters.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    Ok(PredictFateReport {
+        n_paths: k,
+        t_end,
+        end_clusters,
+        left_domain: paths
+            .iter()
+            .filter(|p| p.end == PathEnd::LeftDomain)
+            .count(),
+        settled: paths.iter().filter(|p| p.end == PathEnd::Settled).count(),
+        markov_agreement: markov,
+        end_cells: paths.iter().map(|p| p.end_cell).collect(),
+        start_cells: starts,
+    })
+}

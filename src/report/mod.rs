@@ -2,8 +2,11 @@
 //! CellRank's keys): everything is read from the file, so `cellfate report` works on outputs
 //! of `cellfate run`, of the stage commands, and on CellRank's own files.
 
+mod anim;
 pub mod html;
 pub mod plots;
+
+pub use anim::animate_fates;
 
 use std::path::PathBuf;
 

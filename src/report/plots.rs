@@ -33,6 +33,11 @@ fn ensure_font() {
     });
 }
 
+/// Registers the embedded font (for the other drawing modules of the report).
+pub(crate) fn ensure_font_public() {
+    ensure_font();
+}
+
 /// Parses `#rrggbb` (CellRank/scanpy colours); `None` for anything else.
 pub fn parse_hex(s: &str) -> Option<RGBColor> {
     let h = s.strip_prefix('#')?;

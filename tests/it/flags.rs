@@ -572,6 +572,8 @@ const NUMERIC: &[(&str, &str, &[&str])] = &[
     ("topography", "--n-cell-starts", &["-1", "NaN"]),
     ("topography", "--seed", &["-1"]),
     ("potential", "--n-neighbors", &["0", "-1"]),
+    ("predict-fate", "--time", &["NaN", "0", "-1", "inf"]),
+    ("predict-fate", "--n-points", &["0", "1", "NaN"]),
 ];
 
 /// Flags taking a value that is not a number (names, paths, expressions, choices).
@@ -619,6 +621,8 @@ const TEXT: &[&str] = &[
     "--kinetics-csv",
     "--latent-time-csv",
     "--flow",
+    "--from-cluster",
+    "--animate",
 ];
 
 /// The subcommands listed by `cellfate --help`.

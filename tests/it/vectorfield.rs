@@ -1,9 +1,11 @@
 //! `cellfate vectorfield`, `topography` and `potential` on the simulator (issue 21): dynamo's
 //! keys, the landscape against the simulation's true time (Waddington potential Spearman
 //! ≤ −0.9, developmental entropy ≤ −0.8, the issue's thresholds), fixed points of a 2-D field,
-//! determinism, and bad input named.
+//! fates by integrating the field (≥ 90 % of committed cells end in their true fate), the
+//! animation, determinism, and bad input named.
 
 use cellfate::io::{Element, H5adReader};
+use cellfate::kernels::CellSource;
 
 use crate::common::{cellfate, succeed, tempdir};
 
@@ -105,6 +107,59 @@ fn vector_field_topography_and_landscape_on_the_demo() {
         other => panic!("C: {other:?}"),
     };
     assert_eq!(c("vf.h5ad"), c("vf1.h5ad"));
+    // Integrating the field from the committed cells (the intermediate clusters, past the
+    // branch point) ends in their true fate (issue 21: >= 90 %; measured 98.8 %).
+    let out = succeed(
+        cellfate()
+            .arg("predict-fate")
+            .arg(p("vf.h5ad"))
+            .args([
+                "--from-cluster",
+                "Intermediate_Alpha",
+                "--from-cluster",
+                "Intermediate_Beta",
+                "--from-cluster",
+                "Intermediate_Gamma",
+                "--animate",
+            ])
+            .arg(p("fates.gif"))
+            .arg("-o")
+            .arg(p("fate.h5ad")),
+    );
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    let r = H5adReader::open(p("fate.h5ad")).expect("fate output");
+    let names = r.obs_names().expect("names");
+    let fate = r.obs_labels("true_fate").expect("true fate");
+    let init = match r.read("uns/fate_pca/init_cells").expect("init") {
+        Element::Strings { values, .. } => values,
+        other => panic!("init_cells: {other:?}"),
+    };
+    let end = match r.read("uns/fate_pca/end_cell").expect("end") {
+        Element::Dense(a) => a.data.to_f64(),
+        other => panic!("end_cell: {other:?}"),
+    };
+    assert_eq!(init.len(), 1038);
+    let agree = init
+        .iter()
+        .zip(&end)
+        .filter(|(c, &e)| {
+            let i = names.iter().position(|n| n == *c).expect("a cell");
+            fate[i] == fate[e as usize]
+        })
+        .count() as f64
+        / init.len() as f64;
+    eprintln!(
+        "integrated fate = true fate for {:.1} % of committed cells",
+        100.0 * agree
+    );
+    assert!(agree >= 0.9, "{agree}");
+    assert!(r.exists("uns/fate_pca/prediction") && r.exists("obs/fate_pca_end_cluster"));
+    let gif = std::fs::read(p("fates.gif")).expect("gif");
+    assert!(
+        gif.starts_with(b"GIF89a") && gif.len() > 50_000,
+        "{}",
+        gif.len()
+    );
     // Topography of a 2-D field: converged roots with dynamo's types.
     succeed(
         cellfate()
@@ -159,6 +214,12 @@ fn vector_field_commands_name_bad_input() {
     fail(
         &["topography", &demo, "-o", &out],
         "uns[\"VecFld_pca\"] is missing",
+    );
+    let vf = p("vf.h5ad").display().to_string();
+    succeed(cellfate().args(["-q", "vectorfield", &demo, "-o", &vf]));
+    fail(
+        &["predict-fate", &vf, "-o", &out, "--from-cluster", "Nowhere"],
+        "no cell of cluster \"Nowhere\"",
     );
     assert!(!p("x.h5ad").exists(), "nothing written on failure");
 }

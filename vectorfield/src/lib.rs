@@ -10,19 +10,22 @@
 //! - [`topography`]: fixed points by multi-start Newton on the analytic Jacobian, each checked
 //!   for convergence and classified by the Jacobian's eigenvalues (dynamo's `ftype`);
 //! - [`potential`]: the Hodge potential of a flow on a cell graph (dynamo's ddhodge, solved
-//!   sparsely) and the Waddington potential.
+//!   sparsely) and the Waddington potential;
+//! - [`mod@integrate`]: fate prediction by integrating the field (adaptive Dormand–Prince).
 //!
 //! Everything is seeded and reduces over cells in a fixed order: the same results at any
 //! thread count.
 
 pub mod calculus;
 mod field;
+pub mod integrate;
 pub mod potential;
 pub mod svc;
 pub mod topography;
 
 pub use calculus::{cell_calculus, CellCalculus};
 pub use field::VectorField;
+pub use integrate::{integrate, predict_fates, FatePath, IntegrateOptions, PathEnd};
 pub use potential::{hodge_potential, EdgeFlow, Potential, PotentialOptions};
 pub use svc::{sparse_vfc, SparseVfc, SparseVfcOptions};
 pub use topography::{fixed_points, FixedPoint, FixedPointKind, TopographyOptions};

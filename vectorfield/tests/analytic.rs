@@ -9,8 +9,9 @@
 
 use cellfate_vectorfield::potential::knn;
 use cellfate_vectorfield::{
-    cell_calculus, fixed_points, hodge_potential, sparse_vfc, EdgeFlow, FixedPointKind,
-    PotentialOptions, SparseVfc, SparseVfcOptions, TopographyOptions, VectorField,
+    cell_calculus, fixed_points, hodge_potential, integrate, predict_fates, sparse_vfc, EdgeFlow,
+    FixedPointKind, IntegrateOptions, PathEnd, PotentialOptions, SparseVfc, SparseVfcOptions,
+    TopographyOptions, VectorField,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -374,4 +375,63 @@ fn a_gradient_flow_on_a_chain_gives_its_potential_exactly() {
     bad[3] = vec![99];
     let e = hodge_potential(&xs, &v, 1, &bad, &PotentialOptions::default()).expect_err("index");
     assert!(e.to_string().contains("neighbour 99 of cell 3"), "{e}");
+}
+
+#[test]
+fn integrating_the_field_ends_in_the_right_well() {
+    // Every cell right of the saddle's stable manifold (here x > 0.15, away from it) flows to
+    // the right well, every cell left of it to the left one.
+    let (x, v) = sample(3000, 9, OMEGA, 0.05, 0.03);
+    let fit = fit(&x, &v);
+    let starts: Vec<usize> = (0..3000)
+        .filter(|&i| x[2 * i].abs() > 0.15 && x[2 * i].abs() < 1.5 && x[2 * i + 1].abs() < 0.9)
+        .step_by(10)
+        .collect();
+    let (paths, t_end) =
+        predict_fates(&fit.field, &x, &starts, &IntegrateOptions::default()).expect("paths");
+    let mut right = 0;
+    for (&i, p) in starts.iter().zip(&paths) {
+        let end = &p.x[p.x.len() - 2..];
+        let well = if x[2 * i] > 0.0 { 1.0 } else { -1.0 };
+        if ((end[0] - well).powi(2) + end[1].powi(2)).sqrt() < 0.05 {
+            right += 1;
+        }
+        assert_ne!(p.end, PathEnd::StepUnderflow);
+    }
+    let frac = right as f64 / starts.len() as f64;
+    eprintln!(
+        "{} paths (t_end {t_end:.2}): {:.1} % end within 0.05 of their well",
+        starts.len(),
+        100.0 * frac
+    );
+    assert!(frac >= 0.95, "{frac}");
+    // Backward from near the right well: away from it (towards the saddle or out of the box).
+    let p = integrate(
+        &fit.field,
+        &x,
+        &[1.05, 0.05],
+        &IntegrateOptions {
+            backward: true,
+            ..Default::default()
+        },
+    )
+    .expect("backward");
+    let end = &p.x[p.x.len() - 2..];
+    assert!(
+        ((end[0] - 1.0).powi(2) + end[1].powi(2)).sqrt() > 0.3,
+        "{end:?} {:?}",
+        p.end
+    );
+    // The samples are equally spaced in time from 0.
+    assert_eq!(p.t[0], 0.0);
+    assert!(p.t.windows(2).all(|w| w[1] > w[0]));
+    // Bad input.
+    assert!(integrate(
+        &fit.field,
+        &x,
+        &[f64::NAN, 0.0],
+        &IntegrateOptions::default()
+    )
+    .is_err());
+    assert!(predict_fates(&fit.field, &x, &[5000], &IntegrateOptions::default()).is_err());
 }

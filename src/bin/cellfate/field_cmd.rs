@@ -86,6 +86,52 @@ pub(crate) struct PotentialArgs {
     flow: String,
 }
 
+/// `cellfate predict-fate`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PredictFateArgs {
+    /// Input .h5ad with uns["VecFld_<basis>"] (from `cellfate vectorfield`).
+    input: PathBuf,
+    /// Output .h5ad.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Embedding: obsm["X_<basis>"].
+    #[arg(long, default_value = "pca")]
+    basis: String,
+    /// Start from the cells of this cluster (repeatable).
+    #[arg(
+        long,
+        required_unless_present = "all_cells",
+        conflicts_with = "all_cells"
+    )]
+    from_cluster: Vec<String>,
+    /// Start from every cell.
+    #[arg(long)]
+    all_cells: bool,
+    /// obs column of the clusters.
+    #[arg(long, default_value = "clusters")]
+    cluster_key: String,
+    /// End time (default: 10 x the data's diameter / the cells' median speed).
+    #[arg(long, value_parser = values::positive_f64)]
+    time: Option<f64>,
+    /// Integrate backward (where the cells came from).
+    #[arg(long)]
+    backward: bool,
+    /// Points sampled along each path.
+    #[arg(long, default_value_t = 250, value_parser = values::at_least_two)]
+    n_points: usize,
+    /// Also write an animated GIF of the paths over the first two dimensions of the embedding.
+    #[arg(long)]
+    animate: Option<PathBuf>,
+}
+
+impl PredictFateArgs {
+    pub(crate) fn outputs(&self) -> crate::Outputs {
+        let mut files = vec![self.output.clone()];
+        files.extend(self.animate.clone());
+        crate::Outputs::files(files)
+    }
+}
+
 impl VectorFieldArgs {
     pub(crate) fn outputs(&self) -> crate::Outputs {
         crate::Outputs::files(vec![self.output.clone()])
@@ -192,4 +238,60 @@ pub(crate) fn potential(a: PotentialArgs) -> anyhow::Result<String> {
         },
         a.output.display()
     ))
+}
+
+pub(crate) fn predict_fate(a: PredictFateArgs) -> anyhow::Result<String> {
+    use cellfate::vectorfield::IntegrateOptions;
+    use cellfate::vectorfield_io::{FateStarts, PredictFateSpec};
+    let spec = PredictFateSpec {
+        basis: a.basis.clone(),
+        starts: if a.all_cells {
+            FateStarts::All
+        } else {
+            FateStarts::Clusters(a.from_cluster.clone())
+        },
+        cluster_key: a.cluster_key.clone(),
+        integrate: IntegrateOptions {
+            t_end: a.time,
+            backward: a.backward,
+            n_points: a.n_points,
+            ..Default::default()
+        },
+    };
+    let r = vectorfield_io::predict_fate_in_file(&a.input, &a.output, &spec)
+        .with_context(|| format!("fate prediction on {}", a.input.display()))?;
+    let mut msg = format!(
+        "{} paths integrated {} to t = {:.4} ({} settled at a fixed point, {} left the data's range) -> {}\n",
+        r.n_paths,
+        if a.backward { "backward" } else { "forward" },
+        r.t_end,
+        r.settled,
+        r.left_domain,
+        a.output.display()
+    );
+    for (name, count) in &r.end_clusters {
+        let _ = writeln!(
+            msg,
+            "  end in {:<20} {count} paths ({:.1} %)",
+            if name.is_empty() {
+                "(no cluster)"
+            } else {
+                name
+            },
+            100.0 * *count as f64 / r.n_paths.max(1) as f64
+        );
+    }
+    if let Some(m) = r.markov_agreement {
+        let _ = writeln!(
+            msg,
+            "  agreement with the Markov chain's most likely fate (obsm[\"lineages_fwd\"]): {:.1} %",
+            100.0 * m
+        );
+    }
+    if let Some(gif) = &a.animate {
+        cellfate::report::animate_fates(&a.output, &a.basis, gif)
+            .with_context(|| format!("animating the paths into {}", gif.display()))?;
+        let _ = writeln!(msg, "  animation -> {}", gif.display());
+    }
+    Ok(msg)
 }

@@ -90,6 +90,9 @@ enum Command {
     /// Potential landscape by Hodge decomposition on the kNN graph (dynamo's ddhodge), the
     /// Waddington potential and the developmental entropy.
     Potential(field_cmd::PotentialArgs),
+    /// Fate prediction by integrating the vector field from cells (dynamo's pd.fate): the
+    /// paths, their end clusters, and the agreement with the Markov fate probabilities.
+    PredictFate(field_cmd::PredictFateArgs),
     /// From raw spliced/unspliced counts to kernel inputs: normalisation, highly variable
     /// genes, PCA, kNN + connectivities, moments (Ms, Mu) and RNA velocity.
     Preprocess {
@@ -248,6 +251,7 @@ impl Command {
             Self::Vectorfield(a) => a.outputs(),
             Self::Topography(a) => a.outputs(),
             Self::Potential(a) => a.outputs(),
+            Self::PredictFate(a) => a.outputs(),
             Self::Preprocess { output, .. }
             | Self::Pseudotime { output, .. }
             | Self::Velocity { output, .. }
@@ -348,6 +352,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Vectorfield(args) => write_stdout(&field_cmd::vectorfield(args)?),
         Command::Topography(args) => write_stdout(&field_cmd::topography(args)?),
         Command::Potential(args) => write_stdout(&field_cmd::potential(args)?),
+        Command::PredictFate(args) => write_stdout(&field_cmd::predict_fate(args)?),
         Command::Kernel(args) => {
             let msg = kernel_cmd::run(args)?;
             write_stdout(&msg)
@@ -605,6 +610,7 @@ impl Command {
             Command::Vectorfield(_) => "vectorfield",
             Command::Topography(_) => "topography",
             Command::Potential(_) => "potential",
+            Command::PredictFate(_) => "predict-fate",
             Command::Velocity { .. } => "velocity",
             Command::Simulate { .. } => "simulate",
         }
