@@ -13,7 +13,10 @@
 //!   points can be given ([`SparseVfcOptions::ctrl_idx`]) to reproduce its fit;
 //! - `control_point_<basis>` marks the control points' cells (dynamo marks the positions of the
 //!   sorted unique rows instead);
-//! - no restarts: dynamo's restarts reuse the same seed and so repeat the same fit.
+//! - no restarts: dynamo's restarts reuse the same seed and so repeat the same fit;
+//! - at scale: at most 1,000 control points by default and the EM fitted on at most 50,000
+//!   cells drawn at random (the field is evaluated at every cell), where dynamo's M = N/20
+//!   makes the kernel matrix quadratic in N.
 //!
 //! Every reduction over cells runs in a fixed order, so the fit is the same at any thread
 //! count.
@@ -26,12 +29,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::{VectorField, VectorFieldError};
 
+/// Cells per chunk of the kernel matrix (the unit of the ordered sums).
+const CHUNK: usize = 2048;
+
 /// Options of [`sparse_vfc`], dynamo's names and defaults (`vf.VectorField`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SparseVfcOptions {
-    /// Control points (`M`); `None`: max(min(50, N), ⌊0.05 N⌋ + 1).
+    /// Control points (`M`); `None`: max(min(50, N), ⌊0.05 N⌋ + 1) (dynamo's rule), at most
+    /// [`SparseVfcOptions::max_ctrl`].
     pub m: Option<usize>,
+    /// The most control points the default rule gives (1,000; dynamo's rule grows without
+    /// bound: 50,000 control points at 1,000,000 cells, an M × N kernel matrix of 400 GB).
+    pub max_ctrl: usize,
+    /// The EM fits on at most this many cells, drawn at random (seeded) among those with a
+    /// finite velocity (50,000); the field is then evaluated at every cell. dynamo fits on
+    /// every cell.
+    pub max_fit_cells: usize,
     /// Volume of the outliers' uniform density (`a`, 5).
     pub a: f64,
     /// Kernel parameter β of exp(−β‖x − y‖²); `None`: 1.125 / d̄², d̄ the mean distance of each
@@ -69,6 +83,8 @@ impl Default for SparseVfcOptions {
     fn default() -> Self {
         Self {
             m: None,
+            max_ctrl: 1000,
+            max_fit_cells: 50_000,
             a: 5.0,
             beta: None,
             ecr: 1e-5,
@@ -260,7 +276,10 @@ pub fn sparse_vfc(
             idx.clone()
         }
         None => {
-            let m = opts.m.unwrap_or_else(|| default_m(n)).min(order.len());
+            let m = opts
+                .m
+                .unwrap_or_else(|| default_m(n).min(opts.max_ctrl.max(2)))
+                .min(order.len());
             if m < 2 {
                 return Err(VectorFieldError::TooFewCells {
                     cells: order.len(),
@@ -301,25 +320,31 @@ pub fn sparse_vfc(
         None => default_beta(&ctrl, d),
     };
     let kern = |a: &[f64], b: &[f64]| (-beta * d2(a, b)).exp();
-    // U stored control-point-major (M × N valid): each Gram entry is one dot product.
-    let u: Vec<Vec<f64>> = (0..m)
-        .into_par_iter()
-        .map(|a| {
-            let c = &ctrl[a * d..(a + 1) * d];
-            rows.iter()
-                .map(|&i| kern(&x[i * d..(i + 1) * d], c))
-                .collect()
-        })
+    // The cells the EM fits on: every valid cell, or a seeded uniform draw of them.
+    let fit_rows: Vec<usize> = if nv > opts.max_fit_cells.max(m) {
+        let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5eed_f17);
+        let mut pick = weighted_sample(&vec![1.0; nv], opts.max_fit_cells.max(m), &mut rng);
+        pick.sort_unstable();
+        pick.into_iter().map(|k| rows[k]).collect()
+    } else {
+        rows.clone()
+    };
+    let nf = fit_rows.len();
+    // U (cells × M) in fixed chunks of cells: every product below is summed chunk by chunk
+    // in chunk order (each chunk's product sequential), so the same at any thread count.
+    let xrow = |i: usize| &x[i * d..(i + 1) * d];
+    let crow = |a: usize| &ctrl[a * d..(a + 1) * d];
+    let u: Vec<faer::Mat<f64>> = fit_rows
+        .par_chunks(CHUNK)
+        .map(|rs| faer::Mat::from_fn(rs.len(), m, |r, a| kern(xrow(rs[r]), crow(a))))
         .collect();
-    let kmat = DMatrix::from_fn(m, m, |a, b| {
-        kern(&ctrl[a * d..(a + 1) * d], &ctrl[b * d..(b + 1) * d])
-    });
-    let mut yv: Vec<f64> = rows
+    let kmat = DMatrix::from_fn(m, m, |a, b| kern(crow(a), crow(b)));
+    let mut yv: Vec<f64> = fit_rows
         .iter()
         .flat_map(|&i| y[i * d..(i + 1) * d].iter().copied())
         .collect();
     let scale = if opts.normalize_velocity {
-        let ms = yv.iter().map(|t| t * t).sum::<f64>() / nv.max(1) as f64;
+        let ms = yv.iter().map(|t| t * t).sum::<f64>() / nf.max(1) as f64;
         if ms > 0.0 {
             ms.sqrt()
         } else {
@@ -331,21 +356,24 @@ pub fn sparse_vfc(
     if scale != 1.0 {
         yv.iter_mut().for_each(|t| *t /= scale);
     }
-    let mut v = vec![0.0; nv * d];
+    let mut v = vec![0.0; nf * d];
     let mut coef = DMatrix::<f64>::zeros(m, d);
-    let mut sigma2 = yv.iter().map(|t| t * t).sum::<f64>() / (nv * d).max(1) as f64;
+    let mut sigma2 = yv.iter().map(|t| t * t).sum::<f64>() / (nf * d).max(1) as f64;
     if sigma2 < 1e-8 {
         sigma2 = 1e-7;
     }
     let mut gamma = opts.gamma;
     let (mut e_old, mut tecr) = (1.0f64, 1.0f64);
-    let mut p = vec![0.0; nv];
+    let mut p = vec![0.0; nf];
     let (mut energy, mut tecrs) = (Vec::new(), Vec::new());
     let mut it = 0;
     let df = d as f64;
+    let outlier_density = |sigma2: f64, gamma: f64| {
+        (2.0 * std::f64::consts::PI * sigma2).powf(df / 2.0) * (1.0 - gamma) / (gamma * opts.a)
+    };
     while it < opts.max_iter && tecr > opts.ecr && sigma2 > 1e-8 {
         // E-step.
-        let r: Vec<f64> = (0..nv)
+        let r: Vec<f64> = (0..nf)
             .map(|i| d2(&yv[i * d..(i + 1) * d], &v[i * d..(i + 1) * d]))
             .collect();
         let mut t: Vec<f64> = r.iter().map(|ri| (-ri / (2.0 * sigma2)).exp()).collect();
@@ -360,8 +388,7 @@ pub fn sparse_vfc(
             f64::MIN_POSITIVE
         };
         t.iter_mut().filter(|x| **x == 0.0).for_each(|x| *x = tiny);
-        let outlier =
-            (2.0 * std::f64::consts::PI * sigma2).powf(df / 2.0) * (1.0 - gamma) / (gamma * opts.a);
+        let outlier = outlier_density(sigma2, gamma);
         for (pi, ti) in p.iter_mut().zip(&t) {
             *pi = ti / (ti + outlier);
         }
@@ -374,52 +401,87 @@ pub fn sparse_vfc(
         e_old = e;
         energy.push(e);
         tecrs.push(tecr);
-        // M-step.
+        // M-step: (Uᵀ diag(P) U + λσ²K) C = Uᵀ diag(P) Y.
         p.iter_mut().for_each(|x| *x = x.max(opts.min_p));
-        let ls = opts.lambda * sigma2;
-        let mut a = DMatrix::<f64>::zeros(m, m);
-        let cols: Vec<Vec<f64>> = (0..m)
-            .into_par_iter()
-            .map(|ia| {
-                (0..=ia)
-                    .map(|ib| {
-                        u[ia]
-                            .iter()
-                            .zip(&u[ib])
-                            .zip(&p)
-                            .map(|((x, y), w)| x * y * w)
-                            .sum::<f64>()
-                    })
-                    .collect()
+        let parts: Vec<(faer::Mat<f64>, faer::Mat<f64>)> = u
+            .par_iter()
+            .enumerate()
+            .map(|(c, uc)| {
+                let off = c * CHUNK;
+                let rows_c = uc.nrows();
+                let w = faer::Mat::from_fn(rows_c, m, |r, a| uc[(r, a)] * p[off + r].sqrt());
+                let mut g = faer::Mat::<f64>::zeros(m, m);
+                faer::linalg::matmul::matmul(
+                    g.as_mut(),
+                    faer::Accum::Replace,
+                    w.transpose(),
+                    w.as_ref(),
+                    1.0,
+                    faer::Par::Seq,
+                );
+                let yc = faer::Mat::from_fn(rows_c, d, |r, k| yv[(off + r) * d + k] * p[off + r]);
+                let mut b = faer::Mat::<f64>::zeros(m, d);
+                faer::linalg::matmul::matmul(
+                    b.as_mut(),
+                    faer::Accum::Replace,
+                    uc.transpose(),
+                    yc.as_ref(),
+                    1.0,
+                    faer::Par::Seq,
+                );
+                (g, b)
             })
             .collect();
-        for (ia, col) in cols.iter().enumerate() {
-            for (ib, &val) in col.iter().enumerate() {
-                a[(ia, ib)] = val + ls * kmat[(ia, ib)];
-                a[(ib, ia)] = a[(ia, ib)];
+        let ls = opts.lambda * sigma2;
+        let mut a = DMatrix::<f64>::from_fn(m, m, |i, j| ls * kmat[(i, j)]);
+        let mut b = DMatrix::<f64>::zeros(m, d);
+        for (g, bc) in &parts {
+            for j in 0..m {
+                for i in 0..m {
+                    a[(i, j)] += g[(i, j)];
+                }
+                for k in 0..d {
+                    b[(j, k)] += bc[(j, k)];
+                }
             }
         }
-        let b = DMatrix::from_fn(m, d, |ia, k| {
-            u[ia]
-                .iter()
-                .zip(&p)
-                .enumerate()
-                .map(|(i, (x, w))| x * w * yv[i * d + k])
-                .sum::<f64>()
-        });
+        // Symmetric up to rounding: use the lower triangle.
+        for j in 0..m {
+            for i in 0..j {
+                a[(i, j)] = a[(j, i)];
+            }
+        }
         coef = solve_spd(a, b)?;
         // V = U C.
-        v.par_chunks_mut(d).enumerate().for_each(|(i, vi)| {
-            for (k, vk) in vi.iter_mut().enumerate() {
-                *vk = (0..m).map(|ia| u[ia][i] * coef[(ia, k)]).sum();
+        let cf = faer::Mat::from_fn(m, d, |i, k| coef[(i, k)]);
+        let vs: Vec<faer::Mat<f64>> = u
+            .par_iter()
+            .map(|uc| {
+                let mut vc = faer::Mat::<f64>::zeros(uc.nrows(), d);
+                faer::linalg::matmul::matmul(
+                    vc.as_mut(),
+                    faer::Accum::Replace,
+                    uc.as_ref(),
+                    cf.as_ref(),
+                    1.0,
+                    faer::Par::Seq,
+                );
+                vc
+            })
+            .collect();
+        for (c, vc) in vs.iter().enumerate() {
+            for r in 0..vc.nrows() {
+                for k in 0..d {
+                    v[(c * CHUNK + r) * d + k] = vc[(r, k)];
+                }
             }
-        });
+        }
         let sp: f64 = p.iter().sum();
-        let num: f64 = (0..nv)
+        let num: f64 = (0..nf)
             .map(|i| p[i] * d2(&yv[i * d..(i + 1) * d], &v[i * d..(i + 1) * d]))
             .sum();
         sigma2 = num / (df * sp);
-        let inl = p.iter().filter(|&&x| x > opts.theta).count() as f64 / nv as f64;
+        let inl = p.iter().filter(|&&x| x > opts.theta).count() as f64 / nf as f64;
         gamma = inl.clamp(0.05, 0.95);
         it += 1;
     }
@@ -430,7 +492,18 @@ pub fn sparse_vfc(
     let field = VectorField::new(d, ctrl, coef_rows, beta)?;
     let v_all = field.eval_rows(x);
     let mut p_all = vec![f64::NAN; n];
-    for (k, &i) in rows.iter().enumerate() {
+    if nf < nv {
+        // Cells left out of the fit: their posterior under the final noise model.
+        let outlier = outlier_density(sigma2, gamma);
+        for &i in &rows {
+            let r: f64 = (0..d)
+                .map(|k| ((y[i * d + k] - v_all[i * d + k]) / scale).powi(2))
+                .sum();
+            let t = (-r / (2.0 * sigma2)).exp();
+            p_all[i] = t / (t + outlier);
+        }
+    }
+    for (k, &i) in fit_rows.iter().enumerate() {
         p_all[i] = p[k];
     }
     Ok(SparseVfc {

@@ -435,3 +435,44 @@ fn integrating_the_field_ends_in_the_right_well() {
     .is_err());
     assert!(predict_fates(&fit.field, &x, &[5000], &IntegrateOptions::default()).is_err());
 }
+
+#[test]
+fn a_subsampled_fit_is_close_and_gives_every_cell_a_posterior() {
+    // The EM on 600 of 3,000 cells (the at-scale path): the field stays within the issue's
+    // 5 %, and the cells left out get their posterior under the final noise model.
+    let (x, v) = sample(3000, 10, OMEGA, 0.05, 0.03);
+    let opts = SparseVfcOptions {
+        max_fit_cells: 600,
+        ..Default::default()
+    };
+    let fit = sparse_vfc(&x, &v, 2, &opts).expect("fit");
+    let (mut err, mut norm) = (0.0, 0.0);
+    for p in held_out(300) {
+        let (f, _) = truth(p[0], p[1], OMEGA);
+        let g = fit.field.eval(&p);
+        err += (0..2).map(|i| (g[i] - f[i]).powi(2)).sum::<f64>();
+        norm += f.iter().map(|a| a * a).sum::<f64>();
+    }
+    let rel = (err / norm).sqrt();
+    eprintln!("subsampled fit: held-out relative RMS {rel:.4}");
+    assert!(rel <= 0.05, "{rel}");
+    assert!(fit
+        .p
+        .iter()
+        .all(|p| p.is_finite() && (0.0..=1.0).contains(p)));
+    // Outliers (3 %) mostly get a low posterior.
+    let low = fit.p.iter().filter(|&&p| p < 0.5).count();
+    assert!((40..=200).contains(&low), "{low}");
+    // A cap on the control points.
+    let capped = sparse_vfc(
+        &x,
+        &v,
+        2,
+        &SparseVfcOptions {
+            max_ctrl: 80,
+            ..Default::default()
+        },
+    )
+    .expect("capped");
+    assert_eq!(capped.field.n_ctrl(), 80);
+}
