@@ -322,7 +322,7 @@ pub fn sparse_vfc(
     let kern = |a: &[f64], b: &[f64]| (-beta * d2(a, b)).exp();
     // The cells the EM fits on: every valid cell, or a seeded uniform draw of them.
     let fit_rows: Vec<usize> = if nv > opts.max_fit_cells.max(m) {
-        let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5eed_f17);
+        let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0x05ee_df17);
         let mut pick = weighted_sample(&vec![1.0; nv], opts.max_fit_cells.max(m), &mut rng);
         pick.sort_unstable();
         pick.into_iter().map(|k| rows[k]).collect()
