@@ -58,6 +58,7 @@ pub mod sim;
 pub mod upstream;
 #[cfg(feature = "h5ad")]
 pub mod vectorfield_io;
+pub mod vectorfield_slots;
 
 /// AnnData's in-memory element model and CellRank's key names; the `.h5ad` reader and writers
 /// need feature `h5ad`.

@@ -37,7 +37,7 @@ use cellfate_vectorfield::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::io::{DenseArray, Element, H5adEdit, H5adReader, NumVec};
+use crate::io::{Element, H5adEdit, H5adReader};
 use crate::pipeline::PipelineError;
 
 /// Settings of [`vectorfield_in_file`].
@@ -188,17 +188,6 @@ fn f64_matrix(n: usize, d: usize, v: Vec<f64>) -> Element {
     Element::from_f64_matrix(n, d, v)
 }
 
-fn int_array(v: Vec<i64>) -> Element {
-    Element::Dense(DenseArray {
-        shape: vec![v.len()],
-        data: NumVec::I64(v),
-    })
-}
-
-fn scalar_f64(x: f64) -> Element {
-    Element::Scalar(NumVec::F64(vec![x]))
-}
-
 /// What [`vectorfield_in_file`] did.
 #[derive(Clone, Debug, Serialize)]
 pub struct VectorFieldReport {
@@ -236,96 +225,10 @@ pub fn vectorfield_in_file(
     if let Some((w, p)) = computed {
         edit.set(&format!("obsm/velocity_{basis}"), f64_matrix(n, w, p));
     }
-    let inl: Vec<i64> = (0..n)
-        .filter(|&i| fit.p[i] > spec.svc.theta)
-        .map(|i| i as i64)
-        .collect();
-    let f = &fit.field;
-    let vf = Element::Dict(vec![
-        ("X".into(), f64_matrix(n, d, x.clone())),
-        ("Y".into(), f64_matrix(n, d, y.clone())),
-        ("valid_ind".into(), Element::from_bools(fit.valid.clone())),
-        (
-            "X_ctrl".into(),
-            f64_matrix(f.n_ctrl(), d, f.ctrl().to_vec()),
-        ),
-        (
-            "ctrl_idx".into(),
-            int_array(fit.ctrl_idx.iter().map(|&i| i as i64).collect()),
-        ),
-        ("beta".into(), scalar_f64(f.beta())),
-        ("C".into(), f64_matrix(f.n_ctrl(), d, f.coef().to_vec())),
-        ("V".into(), f64_matrix(n, d, fit.v.clone())),
-        ("P".into(), Element::from_f64(fit.p.clone())),
-        ("VFCIndex".into(), int_array(inl.clone())),
-        ("sigma2".into(), scalar_f64(fit.sigma2)),
-        (
-            "iteration".into(),
-            Element::Scalar(NumVec::I64(vec![fit.iterations as i64 - 1])),
-        ),
-        ("tecr_traj".into(), Element::from_f64(fit.tecr.clone())),
-        ("E_traj".into(), Element::from_f64(fit.energy.clone())),
-        ("method".into(), Element::Str("SparseVFC".into())),
-        ("dims".into(), Element::Scalar(NumVec::I64(vec![d as i64]))),
-        (
-            "normalize".into(),
-            Element::Scalar(NumVec::Bool(vec![false])),
-        ),
-        (
-            "normalize_velocity".into(),
-            Element::Scalar(NumVec::Bool(vec![spec.svc.normalize_velocity])),
-        ),
-    ]);
-    edit.set(&format!("uns/VecFld_{basis}"), vf);
-    edit.set(
-        &format!("obsm/velocity_{basis}_SparseVFC"),
-        f64_matrix(n, d, fit.v.clone()),
-    );
-    edit.set(&format!("obsm/X_{basis}_SparseVFC"), f64_matrix(n, d, x));
-    let mut ctrl = vec![false; n];
-    for &i in &fit.ctrl_idx {
-        ctrl[i] = true;
+    let inliers = fit.p.iter().filter(|&&q| q > spec.svc.theta).count();
+    for (slot, e) in crate::vectorfield_slots::field_slots(basis, &x, &y, &fit, calc, &spec.svc) {
+        edit.set(&slot, e);
     }
-    edit.set(
-        &format!("obs/control_point_{basis}"),
-        Element::from_bools(ctrl),
-    );
-    edit.set(
-        &format!("obs/inlier_prob_{basis}"),
-        Element::from_f64(fit.p.clone()),
-    );
-    let angle: Vec<f64> = y
-        .chunks_exact(d)
-        .zip(fit.v.chunks_exact(d))
-        .map(|(a, b)| {
-            let dot: f64 = a.iter().zip(b).map(|(p, q)| p * q).sum();
-            let na = a.iter().map(|p| p * p).sum::<f64>().sqrt();
-            let nb = b.iter().map(|p| p * p).sum::<f64>().sqrt();
-            (dot / (na * nb)).clamp(-1.0, 1.0).acos()
-        })
-        .collect();
-    edit.set(
-        &format!("obs/obs_vf_angle_{basis}"),
-        Element::from_f64(angle),
-    );
-    for (name, v) in [
-        ("speed", calc.speed),
-        ("divergence", calc.divergence),
-        ("curl", calc.curl),
-        ("acceleration", calc.acceleration_norm),
-        ("curvature", calc.curvature_norm),
-        ("jacobian_det", calc.jacobian_det),
-    ] {
-        edit.set(&format!("obs/{name}_{basis}"), Element::from_f64(v));
-    }
-    edit.set(
-        &format!("obsm/acceleration_{basis}"),
-        f64_matrix(n, d, calc.acceleration),
-    );
-    edit.set(
-        &format!("obsm/curvature_{basis}"),
-        f64_matrix(n, d, calc.curvature),
-    );
     edit.write_to(output)?;
     Ok(VectorFieldReport {
         n_cells: n,
@@ -333,7 +236,7 @@ pub fn vectorfield_in_file(
         n_ctrl: fit.field.n_ctrl(),
         beta: fit.field.beta(),
         iterations: fit.iterations,
-        inliers: inl.len(),
+        inliers,
         mean_cosine: cellfate_vectorfield::svc::mean_cosine(&y, &fit.v, d),
         velocity_source: source,
     })
@@ -409,54 +312,9 @@ pub fn topography_in_file(
     let d = field.dim();
     let (n, _, x, _) = embedding(&r, input, basis, Some(d))?;
     let fps = fixed_points(&field, &x, opts).map_err(|e| vf_err(input, e))?;
-    let k = fps.len();
-    let group = format!("uns/VecFld_{basis}");
     let mut edit = H5adEdit::new(input);
-    edit.set(
-        &format!("{group}/Xss"),
-        f64_matrix(k, d, fps.iter().flat_map(|p| p.x.iter().copied()).collect()),
-    );
-    edit.set(
-        &format!("{group}/ftype"),
-        int_array(fps.iter().map(|p| p.kind.ftype()).collect()),
-    );
-    edit.set(
-        &format!("{group}/confidence"),
-        Element::from_f64(fps.iter().map(|p| p.confidence).collect()),
-    );
-    edit.set(
-        &format!("{group}/fp_ind"),
-        int_array(fps.iter().map(|p| p.nearest_cell as i64).collect()),
-    );
-    edit.set(
-        &format!("{group}/Xss_eigenvalues"),
-        f64_matrix(
-            k,
-            2 * d,
-            fps.iter()
-                .flat_map(|p| {
-                    p.eigenvalues
-                        .iter()
-                        .map(|e| e.0)
-                        .chain(p.eigenvalues.iter().map(|e| e.1))
-                        .collect::<Vec<_>>()
-                })
-                .collect(),
-        ),
-    );
-    let lim = |k: usize| {
-        let (lo, hi) = x
-            .chunks_exact(d)
-            .map(|r| r[k])
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-                (a.min(v), b.max(v))
-            });
-        let pad = opts.pad * (hi - lo);
-        Element::from_f64(vec![lo - pad, hi + pad])
-    };
-    edit.set(&format!("{group}/xlim"), lim(0));
-    if d >= 2 {
-        edit.set(&format!("{group}/ylim"), lim(1));
+    for (slot, e) in crate::vectorfield_slots::topography_slots(basis, &fps, &x, d, opts.pad) {
+        edit.set(&slot, e);
     }
     let _ = n;
     edit.write_to(output)?;
@@ -517,55 +375,26 @@ pub fn potential_in_file(
         .map(|row| row.into_iter().map(|(j, _)| j).collect())
         .collect();
     let p = hodge_potential(&x, &v, d, &graph, opts).map_err(|e| vf_err(input, e))?;
-    let mut edit = H5adEdit::new(input);
-    let hi = p.ddhodge_potential.iter().copied().fold(0.0f64, f64::max);
-    let pt: Vec<f64> = p
-        .ddhodge_potential
-        .iter()
-        .map(|&q| if hi > 0.0 { q / hi } else { 0.0 })
-        .collect();
     let components = p.component.iter().max().map_or(0, |m| m + 1);
-    edit.set(
-        &format!("obs/{basis}_ddhodge_potential"),
-        Element::from_f64(p.ddhodge_potential),
+    let (iterations, entropy_of) = (
+        p.iterations,
+        if r.exists("obsm/lineages_fwd") {
+            let (m, k, fp) = r.dense("obsm/lineages_fwd")?;
+            (m == n && k >= 2).then(|| crate::vectorfield_slots::fate_entropy(&fp, k))
+        } else {
+            None
+        },
     );
-    edit.set(
-        &format!("obs/{basis}_ddhodge_div"),
-        Element::from_f64(p.divergence),
-    );
-    edit.set("obs/potential", Element::from_f64(p.waddington));
-    edit.set("obs/potential_pseudotime", Element::from_f64(pt));
-    edit.set(
-        &format!("obs/curl_fraction_{basis}"),
-        Element::from_f64(p.curl_fraction),
-    );
-    let entropy = r.exists("obsm/lineages_fwd");
-    if entropy {
-        let (m, k, fp) = r.dense("obsm/lineages_fwd")?;
-        if m == n && k >= 2 {
-            let lk = (k as f64).ln();
-            let h: Vec<f64> = fp
-                .chunks_exact(k)
-                .map(|row| {
-                    let s: f64 = row.iter().filter(|q| q.is_finite() && **q > 0.0).sum();
-                    -row.iter()
-                        .filter(|q| q.is_finite() && **q > 0.0)
-                        .map(|q| {
-                            let q = q / s;
-                            q * q.ln()
-                        })
-                        .sum::<f64>()
-                        / lk
-                })
-                .collect();
-            edit.set("obs/entropy", Element::from_f64(h));
-        }
+    let entropy = entropy_of.is_some();
+    let mut edit = H5adEdit::new(input);
+    for (slot, e) in crate::vectorfield_slots::potential_slots(basis, p, entropy_of) {
+        edit.set(&slot, e);
     }
     edit.write_to(output)?;
     Ok(PotentialReport {
         n_cells: n,
         flow_source: source,
-        iterations: p.iterations,
+        iterations,
         components,
         entropy,
     })
@@ -673,16 +502,6 @@ pub fn predict_fate_in_file(
     let (paths, t_end) =
         predict_fates(&field, &x, &starts, &spec.integrate).map_err(|e| vf_err(input, e))?;
     let k = paths.len();
-    let np = spec.integrate.n_points.max(2);
-    let mut pred = vec![f64::NAN; k * d * np];
-    for (p, path) in paths.iter().enumerate() {
-        let m = path.t.len();
-        for s in 0..m {
-            for c in 0..d {
-                pred[(p * d + c) * np + s] = path.x[s * d + c];
-            }
-        }
-    }
     let names = r.obs_names()?;
     let end_label = |c: usize| labels[c].clone().unwrap_or_default();
     let markov = if r.exists("obsm/lineages_fwd") {
@@ -705,68 +524,20 @@ pub fn predict_fate_in_file(
     } else {
         None
     };
-    let mut per_cell = vec![String::new(); n];
-    for (&s, p) in starts.iter().zip(&paths) {
-        per_cell[s] = end_label(p.end_cell);
-    }
     let mut edit = H5adEdit::new(input);
-    let end_str = |e: PathEnd| match e {
-        PathEnd::Time => "time",
-        PathEnd::Settled => "settled",
-        PathEnd::LeftDomain => "left_domain",
-        PathEnd::StepUnderflow => "step_underflow",
-    };
-    let t_grid: Vec<f64> = (0..np)
-        .map(|s| t_end * s as f64 / (np - 1) as f64)
-        .collect();
-    edit.set(
-        &format!("uns/fate_{basis}"),
-        Element::Dict(vec![
-            (
-                "init_cells".into(),
-                Element::from_strings(starts.iter().map(|&i| names[i].clone()).collect()),
-            ),
-            (
-                "init_states".into(),
-                f64_matrix(
-                    k,
-                    d,
-                    starts
-                        .iter()
-                        .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
-                        .collect(),
-                ),
-            ),
-            ("t".into(), Element::from_f64(t_grid)),
-            (
-                "prediction".into(),
-                Element::Dense(DenseArray {
-                    shape: vec![k, d, np],
-                    data: NumVec::F64(pred),
-                }),
-            ),
-            (
-                "end_cell".into(),
-                int_array(paths.iter().map(|p| p.end_cell as i64).collect()),
-            ),
-            (
-                "end_cluster".into(),
-                Element::from_strings(paths.iter().map(|p| end_label(p.end_cell)).collect()),
-            ),
-            (
-                "end".into(),
-                Element::from_strings(paths.iter().map(|p| end_str(p.end).to_string()).collect()),
-            ),
-            (
-                "backward".into(),
-                Element::Scalar(NumVec::Bool(vec![spec.integrate.backward])),
-            ),
-        ]),
-    );
-    edit.set(
-        &format!("obs/fate_{basis}_end_cluster"),
-        Element::from_strings(per_cell),
-    );
+    for (slot, e) in crate::vectorfield_slots::fate_slots(
+        basis,
+        &names,
+        &labels,
+        &x,
+        d,
+        &starts,
+        &paths,
+        t_end,
+        &spec.integrate,
+    ) {
+        edit.set(&slot, e);
+    }
     edit.write_to(output)?;
     let mut end_clusters: Vec<(String, usize)> = Vec::new();
     for p in &paths {
