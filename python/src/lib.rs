@@ -14,6 +14,7 @@ mod run;
 mod slots;
 mod source;
 mod upstream;
+mod vectorfield;
 mod velocity;
 
 use pyo3::prelude::*;
@@ -38,5 +39,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(upstream::neighbors, m)?)?;
     m.add_function(wrap_pyfunction!(upstream::moments, m)?)?;
     m.add_function(wrap_pyfunction!(upstream::velocity, m)?)?;
+    m.add_function(wrap_pyfunction!(vectorfield::vector_field, m)?)?;
+    m.add_function(wrap_pyfunction!(vectorfield::project, m)?)?;
+    m.add_function(wrap_pyfunction!(vectorfield::topography, m)?)?;
+    m.add_function(wrap_pyfunction!(vectorfield::ddhodge, m)?)?;
+    m.add_function(wrap_pyfunction!(vectorfield::fate, m)?)?;
     Ok(())
 }
