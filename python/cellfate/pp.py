@@ -53,7 +53,7 @@ def filter_and_normalize(
     retain_genes=None,
     subset_highly_variable=True,
     flavor="seurat",
-    log=True,
+    log=None,
     layers_normalize=None,
     copy=False,
     **kwargs,
@@ -63,7 +63,12 @@ def filter_and_normalize(
     ``["unspliced"]`` are normalised per cell (each to the median of its sizes over every input
     gene, recorded in ``obs["initial_size*"]``); the ``n_top_genes`` highly variable genes
     (scanpy's ``seurat`` flavour) are selected (and kept alone with
-    ``subset_highly_variable``); X is ``log1p``-transformed."""
+    ``subset_highly_variable``); X is ``log1p``-transformed.
+
+    scVelo 0.3.4 dropped ``n_top_genes`` and ``log`` (its recipe then runs scanpy's ``log1p`` and
+    ``highly_variable_genes``): called as in 0.3.4 (no ``n_top_genes``) X is normalised only;
+    called as in scVelo 0.2's tutorials (with ``n_top_genes``) X is also ``log1p``-transformed
+    and the genes selected. ``log=True``/``False`` decides explicitly."""
     _unsupported(
         "filter_and_normalize",
         min_counts=min_counts,
@@ -77,6 +82,8 @@ def filter_and_normalize(
     )
     if flavor != "seurat":
         raise NotImplementedError(f"filter_and_normalize: flavor={flavor!r} not supported (only 'seurat')")
+    if log is None:
+        log = n_top_genes is not None
     adata = data.copy() if copy else data
     s, u = _layer_parts(adata, "spliced"), _layer_parts(adata, "unspliced")
     x = csr_parts(adata.X, "X") if adata.X is not None else None
