@@ -61,4 +61,23 @@ if [ "${CI:-}" = "true" ] || [ "${CELLFATE_CELLRANK:-0}" = "1" ]; then
     fi
   fi
 fi
+# dynamo 1.5.3 (imports on CPython 3.12 only with these pins, ../shared/docs/dynamo-notes.md §0)
+# for the vector-field parity test: created in CI, or locally with CELLFATE_DYNAMO=1.
+if [ "${CI:-}" = "true" ] || [ "${CELLFATE_DYNAMO:-0}" = "1" ]; then
+  if ! .venv-dynamo/bin/python -c "import dynamo" >/dev/null 2>&1; then
+    PY312=""
+    for cand in python3.12 "$HOME/.pyenv/versions/3.12.1/bin/python3"; do
+      if "$cand" -c "import sys; assert sys.version_info >= (3, 12)" >/dev/null 2>&1; then PY312="$cand"; break; fi
+    done
+    if [ -n "$PY312" ]; then
+      echo "setup: creating .venv-dynamo with dynamo 1.5.3 (parity test)"
+      rm -rf .venv-dynamo
+      "$PY312" -m venv .venv-dynamo
+      .venv-dynamo/bin/pip install -q --disable-pip-version-check \
+        "dynamo-release==1.5.3" six "statsmodels==0.14.4" "scipy<1.15" "numpy<2.3"
+    else
+      echo "setup: no Python >= 3.12 found; the dynamo parity test will fail under CI"
+    fi
+  fi
+fi
 echo "setup: ok"

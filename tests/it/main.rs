@@ -15,6 +15,7 @@ mod defaults;
 mod determinism;
 mod dynamical;
 mod dynamical_confidence;
+mod dynamo_parity;
 mod examples;
 mod flags;
 mod fuzz_corpus;
