@@ -321,6 +321,56 @@ pub fn topography_in_file(
     Ok(TopographyReport { fixed_points: fps })
 }
 
+/// The Hodge potential of the net flow of `obsp["T_fwd"]` (no embedding): the same slots as
+/// [`potential_in_file`] with `T_fwd` in place of the basis.
+fn transition_potential(
+    r: &H5adReader,
+    input: &Path,
+    output: &Path,
+    opts: &PotentialOptions,
+) -> Result<PotentialReport, PipelineError> {
+    if !r.exists("obsp/T_fwd") {
+        return Err(err(format!(
+            "{}: obsp[\"T_fwd\"] is missing (the transition matrix whose flow --flow transition decomposes); run `cellfate kernel` first",
+            input.display()
+        )));
+    }
+    let t = r.transition_matrix("T_fwd")?;
+    let n = t.n_cells();
+    let rows: Vec<Vec<(usize, f64)>> = (0..n)
+        .map(|i| {
+            let (c, v) = t.row(i);
+            c.iter()
+                .map(|&j| j as usize)
+                .zip(v.iter().copied())
+                .collect()
+        })
+        .collect();
+    let p = cellfate_vectorfield::hodge_potential_of_transitions(&rows, opts)
+        .map_err(|e| vf_err(input, e))?;
+    let components = p.component.iter().max().map_or(0, |m| m + 1);
+    let iterations = p.iterations;
+    let entropy_of = if r.exists("obsm/lineages_fwd") {
+        let (m, k, fp) = r.dense("obsm/lineages_fwd")?;
+        (m == n && k >= 2).then(|| crate::vectorfield_slots::fate_entropy(&fp, k))
+    } else {
+        None
+    };
+    let entropy = entropy_of.is_some();
+    let mut edit = H5adEdit::new(input);
+    for (slot, e) in crate::vectorfield_slots::potential_slots("T_fwd", p, entropy_of) {
+        edit.set(&slot, e);
+    }
+    edit.write_to(output)?;
+    Ok(PotentialReport {
+        n_cells: n,
+        flow_source: "the net flow of obsp[\"T_fwd\"]".into(),
+        iterations,
+        components,
+        entropy,
+    })
+}
+
 /// What [`potential_in_file`] computed.
 #[derive(Clone, Debug, Serialize)]
 pub struct PotentialReport {
@@ -337,7 +387,9 @@ pub struct PotentialReport {
 }
 
 /// The Hodge potential, the Waddington potential and the developmental entropy (see the module
-/// docs). `n_neighbors` counts the other cells of each cell's graph row (dynamo: 30).
+/// docs). `n_neighbors` counts the other cells of each cell's graph row (dynamo: 30). With
+/// `basis = "T_fwd"` the flow is the net flow of the transition matrix on its own graph
+/// (`F_ij = T_ij − T_ji`, no embedding), written as `obs["T_fwd_ddhodge_potential"]`, ...
 pub fn potential_in_file(
     input: &Path,
     output: &Path,
@@ -346,6 +398,9 @@ pub fn potential_in_file(
     opts: &PotentialOptions,
 ) -> Result<PotentialReport, PipelineError> {
     let r = H5adReader::open(input)?;
+    if basis == "T_fwd" {
+        return transition_potential(&r, input, output, opts);
+    }
     let (x, v, d, source) = if r.exists(&format!("uns/VecFld_{basis}")) {
         let field = read_vector_field(&r, input, basis)?;
         let d = field.dim();

@@ -21,8 +21,21 @@ __all__ = ["ddhodge"]
 
 def ddhodge(adata, basis: str = "pca", n: int = 30, flow: str = "displacement", copy: bool = False, **kwargs):
     """The Hodge potential of the learned field (``uns["VecFld_<basis>"]``) at the cells — of
-    ``obsm["velocity_<basis>"]`` when no field is stored — on their ``n``-NN graph."""
+    ``obsm["velocity_<basis>"]`` when no field is stored — on their ``n``-NN graph. With
+    ``flow="transition"``: of the net flow of ``obsp["T_fwd"]`` on its own graph (no embedding;
+    keys ``obs["T_fwd_ddhodge_potential"]``, ...)."""
+    from ._source import csr_parts
     from .vf import _embedding, _field
+
+    if flow == "transition":
+        adata = adata.copy() if copy else adata
+        if "T_fwd" not in adata.obsp:
+            raise KeyError("obsp['T_fwd'] not found: compute and write_to_adata() a kernel first")
+        fates = None
+        if "lineages_fwd" in adata.obsm:
+            fates = np.ascontiguousarray(np.asarray(adata.obsm["lineages_fwd"], dtype=np.float64))
+        _elements.write(adata, _elements.convert(_core.ddhodge_transitions(csr_parts(adata.obsp["T_fwd"], "obsp['T_fwd']"), fates)))
+        return adata if copy else None
 
     bad = [k for k, v in kwargs.items() if v not in (None, False)]
     if bad:

@@ -43,6 +43,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(vectorfield::project, m)?)?;
     m.add_function(wrap_pyfunction!(vectorfield::topography, m)?)?;
     m.add_function(wrap_pyfunction!(vectorfield::ddhodge, m)?)?;
+    m.add_function(wrap_pyfunction!(vectorfield::ddhodge_transitions, m)?)?;
     m.add_function(wrap_pyfunction!(vectorfield::fate, m)?)?;
     Ok(())
 }

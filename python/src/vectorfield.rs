@@ -196,6 +196,45 @@ pub(crate) fn ddhodge<'py>(
     convert::slots(py, vectorfield_slots::potential_slots(basis, p, entropy))
 }
 
+/// The Hodge potential of the net flow of a transition matrix (SciPy CSR parts), and the
+/// entropy of `fates` when given: the slots (keys `T_fwd_ddhodge_*`).
+#[pyfunction]
+#[pyo3(signature = (transition, fates=None))]
+pub(crate) fn ddhodge_transitions<'py>(
+    py: Python<'py>,
+    transition: &Bound<'_, PyAny>,
+    fates: Option<Matrix<'_>>,
+) -> PyResult<Bound<'py, PyList>> {
+    let t = csr_from_parts(transition, "transition matrix")?;
+    let n = t.nrows();
+    let entropy = match fates {
+        Some(f) => {
+            let (r, k, fp) = rows(&f);
+            if r != n || k < 2 {
+                return Err(value_error(format!(
+                    "fate probabilities ({r}x{k}) need one row per cell ({n}) and at least 2 lineages"
+                )));
+            }
+            Some(vectorfield_slots::fate_entropy(&fp, k))
+        }
+        None => None,
+    };
+    let edges: Vec<Vec<(usize, f64)>> = (0..n)
+        .map(|i| {
+            let (c, v) = t.row(i);
+            c.iter()
+                .map(|&j| j as usize)
+                .zip(v.iter().copied())
+                .collect()
+        })
+        .collect();
+    let p = crate::run::run(py, || {
+        cellfate::vectorfield::hodge_potential_of_transitions(&edges, &PotentialOptions::default())
+    })?
+    .map_err(value_error)?;
+    convert::slots(py, vectorfield_slots::potential_slots("T_fwd", p, entropy))
+}
+
 /// Paths integrated from the cells `starts` through the stored field: the slots.
 #[pyfunction]
 #[pyo3(signature = (ctrl, coef, beta, x, starts, names, labels, basis, options_json=None))]

@@ -58,6 +58,12 @@ def test_vector_field_api_equals_the_cli(cli, tmp_path):
         _same(a.uns["fate_pca"][key], want.uns["fate_pca"][key], f"fate_pca[{key!r}]")
     t = a.obs["true_time"].to_numpy()
     assert _spearman(a.obs["potential"].to_numpy(), t) <= -0.9
+    b = anndata.read_h5ad(demo)
+    cr.ext.ddhodge(b, flow="transition")
+    _cli(cli, "potential", demo, "-o", tmp_path / "pot_t.h5ad", "--flow", "transition")
+    want_t = anndata.read_h5ad(tmp_path / "pot_t.h5ad")
+    for key in ("T_fwd_ddhodge_potential", "potential", "entropy"):
+        _same(b.obs[key].to_numpy(), want_t.obs[key].to_numpy(), f"obs[{key!r}] (transition flow)")
     assert _spearman(a.obs["entropy"].to_numpy(), t) <= -0.8
 
 

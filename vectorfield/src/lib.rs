@@ -26,7 +26,9 @@ pub mod topography;
 pub use calculus::{cell_calculus, CellCalculus};
 pub use field::VectorField;
 pub use integrate::{integrate, predict_fates, FatePath, IntegrateOptions, PathEnd};
-pub use potential::{hodge_potential, EdgeFlow, Potential, PotentialOptions};
+pub use potential::{
+    hodge_potential, hodge_potential_of_transitions, EdgeFlow, Potential, PotentialOptions,
+};
 pub use svc::{sparse_vfc, SparseVfc, SparseVfcOptions};
 pub use topography::{fixed_points, FixedPoint, FixedPointKind, TopographyOptions};
 

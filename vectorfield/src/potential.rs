@@ -175,6 +175,55 @@ pub fn hodge_potential(
         .enumerate()
         .map(|(i, row)| row.iter().map(|&j| flow(i, j)).collect())
         .collect();
+    solve_flow(&adj, &f, comp, opts)
+}
+
+/// The Hodge potential of the net flow of a Markov chain: each cell's transitions `rows[i]` =
+/// `[(j, T_ij)]` (a transition matrix's rows), the edge flow F_ij = T_ij − T_ji on the
+/// symmetrised graph (the chain's net probability flow per step from i to j). Needs no
+/// embedding: the landscape of the kernel itself.
+pub fn hodge_potential_of_transitions(
+    rows: &[Vec<(usize, f64)>],
+    opts: &PotentialOptions,
+) -> Result<Potential, VectorFieldError> {
+    let n = rows.len();
+    let neighbors: Vec<Vec<usize>> = rows
+        .iter()
+        .map(|r| r.iter().map(|&(j, _)| j).collect())
+        .collect();
+    let adj = symmetric(&neighbors)?;
+    for (i, r) in rows.iter().enumerate() {
+        if let Some(&(j, w)) = r.iter().find(|e| !e.1.is_finite()) {
+            return Err(VectorFieldError::Invalid(format!(
+                "potential: the transition from cell {i} to cell {j} is {w}"
+            )));
+        }
+    }
+    let weight = |i: usize, j: usize| -> f64 {
+        rows[i]
+            .iter()
+            .filter(|e| e.0 == j)
+            .map(|e| e.1)
+            .sum::<f64>()
+    };
+    let f: Vec<Vec<f64>> = adj
+        .iter()
+        .enumerate()
+        .map(|(i, row)| row.iter().map(|&j| weight(i, j) - weight(j, i)).collect())
+        .collect();
+    let comp = components(&adj);
+    let _ = n;
+    solve_flow(&adj, &f, comp, opts)
+}
+
+/// Least-squares potential of the antisymmetric edge flow `f` (aligned with `adj`).
+fn solve_flow(
+    adj: &[Vec<usize>],
+    f: &[Vec<f64>],
+    comp: Vec<usize>,
+    opts: &PotentialOptions,
+) -> Result<Potential, VectorFieldError> {
+    let n = adj.len();
     let div: Vec<f64> = f.iter().map(|r| r.iter().sum()).collect();
     let b: Vec<f64> = div.iter().map(|x| -x).collect();
     let deg: Vec<f64> = adj.iter().map(|r| r.len() as f64).collect();

@@ -81,8 +81,10 @@ pub(crate) struct PotentialArgs {
     /// Neighbours of each cell in the graph (dynamo's ddhodge: 30).
     #[arg(long, default_value_t = 30, value_parser = values::positive)]
     n_neighbors: usize,
-    /// Edge flow: displacement (the line integral, default) or unit (dynamo's ddhodge).
-    #[arg(long, default_value = "displacement", value_parser = ["displacement", "unit"])]
+    /// Edge flow: displacement (the line integral of the velocities, default), unit (dynamo's
+    /// ddhodge), or transition (the net flow T_ij − T_ji of obsp["T_fwd"] on its own graph, no
+    /// embedding; keys obs["T_fwd_ddhodge_potential"], ...).
+    #[arg(long, default_value = "displacement", value_parser = ["displacement", "unit", "transition"])]
     flow: String,
 }
 
@@ -221,13 +223,21 @@ pub(crate) fn potential(a: PotentialArgs) -> anyhow::Result<String> {
         },
         ..Default::default()
     };
-    let r = vectorfield_io::potential_in_file(&a.input, &a.output, &a.basis, a.n_neighbors, &opts)
+    let basis = if a.flow == "transition" {
+        "T_fwd"
+    } else {
+        a.basis.as_str()
+    };
+    let r = vectorfield_io::potential_in_file(&a.input, &a.output, basis, a.n_neighbors, &opts)
         .with_context(|| format!("potential of {}", a.input.display()))?;
     Ok(format!(
-        "Hodge potential of {} on the {}-NN graph in {} ({} cells, {} components, {} CG iterations){} -> {}\n",
+        "Hodge potential of {} on the {} ({} cells, {} components, {} CG iterations){} -> {}\n",
         r.flow_source,
-        a.n_neighbors,
-        a.basis,
+        if a.flow == "transition" {
+            "transition matrix's graph".to_string()
+        } else {
+            format!("{}-NN graph in {}", a.n_neighbors, a.basis)
+        },
         r.n_cells,
         r.components,
         r.iterations,
