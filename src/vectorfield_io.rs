@@ -313,7 +313,9 @@ pub fn topography_in_file(
     let (n, _, x, _) = embedding(&r, input, basis, Some(d))?;
     let fps = fixed_points(&field, &x, opts).map_err(|e| vf_err(input, e))?;
     let mut edit = H5adEdit::new(input);
-    for (slot, e) in crate::vectorfield_slots::topography_slots(basis, &fps, &x, d, opts.pad) {
+    for (slot, e) in
+        crate::vectorfield_slots::topography_slots(basis, &field, &fps, &x, d, opts.pad)
+    {
         edit.set(&slot, e);
     }
     let _ = n;

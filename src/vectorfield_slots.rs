@@ -3,8 +3,8 @@
 //! in-memory AnnData. See `vectorfield_io` for the list of keys.
 
 use cellfate_vectorfield::{
-    CellCalculus, FatePath, FixedPoint, IntegrateOptions, PathEnd, Potential, SparseVfc,
-    SparseVfcOptions,
+    CellCalculus, FatePath, FixedPoint, IntegrateOptions, PathEnd, Polyline, Potential, SparseVfc,
+    SparseVfcOptions, VectorField,
 };
 
 use crate::io::{DenseArray, Element, NumVec};
@@ -138,11 +138,16 @@ pub fn field_slots(
     out
 }
 
+/// Lattice points per side of the nullclines' marching squares.
+const NULLCLINE_GRID: usize = 150;
+
 /// The fixed points in `uns["VecFld_<basis>"]` (`Xss`, `ftype`, `confidence`, `fp_ind`,
 /// `Xss_eigenvalues`, `xlim`, `ylim`) for cells at `x` (row-major n × d; the limits are their
-/// range padded by `pad`).
+/// range padded by `pad`) and, for a 2-D field, its nullclines `NCx`, `NCy` over those limits
+/// (dicts of polylines `"0"`, `"1"`, ..., each m × 2, as dynamo stores them).
 pub fn topography_slots(
     basis: &str,
+    field: &VectorField,
     fps: &[FixedPoint],
     x: &[f64],
     d: usize,
@@ -197,6 +202,37 @@ pub fn topography_slots(
     ];
     if d >= 2 {
         out.push((format!("{group}/ylim"), lim(1)));
+    }
+    if d == 2 {
+        let range = |c: usize| {
+            let (lo, hi) = x
+                .chunks_exact(d)
+                .map(|r| r[c])
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+                    (a.min(v), b.max(v))
+                });
+            (lo - pad * (hi - lo), hi + pad * (hi - lo))
+        };
+        let ((x0, x1), (y0, y1)) = (range(0), range(1));
+        let (ncx, ncy) =
+            cellfate_vectorfield::nullclines(field, [x0, y0], [x1, y1], NULLCLINE_GRID);
+        let dict = |lines: Vec<Polyline>| {
+            Element::Dict(
+                lines
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, l)| {
+                        let m = l.len();
+                        (
+                            k.to_string(),
+                            f64_matrix(m, 2, l.into_iter().flatten().collect()),
+                        )
+                    })
+                    .collect(),
+            )
+        };
+        out.push((format!("{group}/NCx"), dict(ncx)));
+        out.push((format!("{group}/NCy"), dict(ncy)));
     }
     out
 }

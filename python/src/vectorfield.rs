@@ -125,7 +125,7 @@ pub(crate) fn topography<'py>(
     let fps = crate::run::run(py, || fixed_points(&f, &xv, &opts))?.map_err(value_error)?;
     convert::slots(
         py,
-        vectorfield_slots::topography_slots(basis, &fps, &xv, d, opts.pad),
+        vectorfield_slots::topography_slots(basis, &f, &fps, &xv, d, opts.pad),
     )
 }
 

@@ -79,3 +79,7 @@ def test_topography_of_a_two_dimensional_field(cli, tmp_path):
     for key in ("Xss", "ftype", "confidence", "fp_ind", "xlim", "ylim"):
         _same(a.uns["VecFld_pca"][key], want.uns["VecFld_pca"][key], f"VecFld_pca[{key!r}]")
     assert set(np.asarray(a.uns["VecFld_pca"]["ftype"]).tolist()) <= {-1, 0, 1}
+    for nc in ("NCx", "NCy"):
+        assert a.uns["VecFld_pca"][nc].keys() == want.uns["VecFld_pca"][nc].keys()
+        for k in a.uns["VecFld_pca"][nc]:
+            _same(a.uns["VecFld_pca"][nc][k], want.uns["VecFld_pca"][nc][k], f"{nc}[{k}]")

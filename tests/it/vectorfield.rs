@@ -184,6 +184,7 @@ fn vector_field_topography_and_landscape_on_the_demo() {
     };
     assert!(!ftype.is_empty() && ftype.iter().all(|f| [-1.0, 0.0, 1.0].contains(f)));
     assert!(r.exists("uns/VecFld_pca/Xss") && r.exists("uns/VecFld_pca/xlim"));
+    assert!(r.exists("uns/VecFld_pca/NCx/0") && r.exists("uns/VecFld_pca/NCy/0"));
 }
 
 #[test]

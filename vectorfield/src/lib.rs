@@ -30,7 +30,9 @@ pub use potential::{
     hodge_potential, hodge_potential_of_transitions, EdgeFlow, Potential, PotentialOptions,
 };
 pub use svc::{sparse_vfc, SparseVfc, SparseVfcOptions};
-pub use topography::{fixed_points, FixedPoint, FixedPointKind, TopographyOptions};
+pub use topography::{
+    fixed_points, nullclines, FixedPoint, FixedPointKind, Polyline, TopographyOptions,
+};
 
 /// Errors of the vector-field computations.
 #[derive(Debug, thiserror::Error)]

@@ -312,3 +312,121 @@ pub fn fixed_points(
 fn sub(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(p, q)| p - q).collect()
 }
+
+/// A polyline in 2-D.
+pub type Polyline = Vec<[f64; 2]>;
+
+/// Nullclines of a 2-D field over the box `lo`..`hi` (dynamo's `NCx`, `NCy`: the curves where
+/// f_x = 0 and where f_y = 0): marching squares on a `grid` × `grid` lattice of field values,
+/// zero crossings located by linear interpolation along the cell edges, segments chained into
+/// polylines. dynamo traces them by pseudo-arclength continuation from the fixed points (so
+/// it finds none without a fixed point, and only the branches through one); the lattice finds
+/// every branch in the box, to the lattice's resolution.
+///
+/// # Panics
+/// If the field is not 2-D (a caller's contract).
+pub fn nullclines(
+    field: &VectorField,
+    lo: [f64; 2],
+    hi: [f64; 2],
+    grid: usize,
+) -> (Vec<Polyline>, Vec<Polyline>) {
+    assert_eq!(field.dim(), 2, "nullclines: the field must be 2-D");
+    let g = grid.max(2);
+    let at = |i: usize, k: usize| lo[k] + (hi[k] - lo[k]) * i as f64 / (g - 1) as f64;
+    let points: Vec<f64> = (0..g)
+        .flat_map(|j| (0..g).flat_map(move |i| [at(i, 0), at(j, 1)]))
+        .collect();
+    let f = field.eval_rows(&points);
+    let one = |comp: usize| -> Vec<Polyline> {
+        let val = |i: usize, j: usize| f[(j * g + i) * 2 + comp];
+        let pt = |i: usize, j: usize| [at(i, 0), at(j, 1)];
+        // The crossing on the edge between two lattice points, when the signs differ.
+        let cross = |a: (usize, usize), b: (usize, usize)| -> Option<[f64; 2]> {
+            let (va, vb) = (val(a.0, a.1), val(b.0, b.1));
+            if (va > 0.0) == (vb > 0.0) || !va.is_finite() || !vb.is_finite() {
+                return None;
+            }
+            let t = va / (va - vb);
+            let (pa, pb) = (pt(a.0, a.1), pt(b.0, b.1));
+            Some([pa[0] + t * (pb[0] - pa[0]), pa[1] + t * (pb[1] - pa[1])])
+        };
+        let mut segments: Vec<([f64; 2], [f64; 2])> = Vec::new();
+        for j in 0..g - 1 {
+            for i in 0..g - 1 {
+                let edges = [
+                    cross((i, j), (i + 1, j)),
+                    cross((i + 1, j), (i + 1, j + 1)),
+                    cross((i, j + 1), (i + 1, j + 1)),
+                    cross((i, j), (i, j + 1)),
+                ];
+                let found: Vec<[f64; 2]> = edges.iter().flatten().copied().collect();
+                match found.len() {
+                    2 => segments.push((found[0], found[1])),
+                    // A saddle cell: pair the crossings by the sign at the centre.
+                    4 => {
+                        let centre =
+                            (val(i, j) + val(i + 1, j) + val(i, j + 1) + val(i + 1, j + 1)) / 4.0;
+                        if (centre > 0.0) == (val(i, j) > 0.0) {
+                            segments.push((found[0], found[1]));
+                            segments.push((found[2], found[3]));
+                        } else {
+                            segments.push((found[0], found[3]));
+                            segments.push((found[1], found[2]));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        chain(segments)
+    };
+    (one(0), one(1))
+}
+
+/// Joins segments that share end points (to rounding) into polylines.
+fn chain(segments: Vec<([f64; 2], [f64; 2])>) -> Vec<Polyline> {
+    use std::collections::HashMap;
+    let key = |p: [f64; 2]| ((p[0] * 1e9).round() as i64, (p[1] * 1e9).round() as i64);
+    let mut ends: HashMap<(i64, i64), Vec<usize>> = HashMap::new();
+    for (k, s) in segments.iter().enumerate() {
+        ends.entry(key(s.0)).or_default().push(k);
+        ends.entry(key(s.1)).or_default().push(k);
+    }
+    let mut used = vec![false; segments.len()];
+    let mut lines = Vec::new();
+    for start in 0..segments.len() {
+        if used[start] {
+            continue;
+        }
+        used[start] = true;
+        let mut line: std::collections::VecDeque<[f64; 2]> =
+            [segments[start].0, segments[start].1].into_iter().collect();
+        // Grow from both ends.
+        for front in [false, true] {
+            loop {
+                let tip = if front { line[0] } else { line[line.len() - 1] };
+                let next = ends
+                    .get(&key(tip))
+                    .and_then(|ks| ks.iter().copied().find(|&k| !used[k]));
+                let Some(k) = next else { break };
+                used[k] = true;
+                let s = segments[k];
+                let other = if key(s.0) == key(tip) { s.1 } else { s.0 };
+                if front {
+                    line.push_front(other);
+                } else {
+                    line.push_back(other);
+                }
+            }
+        }
+        lines.push(line.into_iter().collect());
+    }
+    // A deterministic order: by first point.
+    lines.sort_by(|a: &Polyline, b: &Polyline| {
+        a[0][0]
+            .total_cmp(&b[0][0])
+            .then(a[0][1].total_cmp(&b[0][1]))
+    });
+    lines
+}

@@ -9,9 +9,9 @@
 
 use cellfate_vectorfield::potential::knn;
 use cellfate_vectorfield::{
-    cell_calculus, fixed_points, hodge_potential, integrate, predict_fates, sparse_vfc, EdgeFlow,
-    FixedPointKind, IntegrateOptions, PathEnd, PotentialOptions, SparseVfc, SparseVfcOptions,
-    TopographyOptions, VectorField,
+    cell_calculus, fixed_points, hodge_potential, integrate, nullclines, predict_fates, sparse_vfc,
+    EdgeFlow, FixedPointKind, IntegrateOptions, PathEnd, PotentialOptions, SparseVfc,
+    SparseVfcOptions, TopographyOptions, VectorField,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -475,4 +475,36 @@ fn a_subsampled_fit_is_close_and_gives_every_cell_a_posterior() {
     )
     .expect("capped");
     assert_eq!(capped.field.n_ctrl(), 80);
+}
+
+#[test]
+fn nullclines_follow_the_true_curves() {
+    // f_x = 0 on y = −4x(x² − 1)/(2ω)·… : with f = −∇V + ωR∇V, f_x = −4x(x²−1) − 2ωy and
+    // f_y = −2y + 4ωx(x²−1): NCx is y = −2x(x²−1)/ω, NCy is y = 2ωx(x²−1).
+    let (x, v) = sample(3000, 11, OMEGA, 0.05, 0.03);
+    let fit = fit(&x, &v);
+    let (ncx, ncy) = nullclines(&fit.field, [-1.4, -0.8], [1.4, 0.8], 120);
+    assert!(!ncx.is_empty() && !ncy.is_empty());
+    // Distance to the true curve y = c(x), to first order |y − c(x)| / √(1 + c'(x)²).
+    let worst = |lines: &[Vec<[f64; 2]>], curve: &dyn Fn(f64) -> f64| {
+        let mut errs: Vec<f64> = lines
+            .iter()
+            .flatten()
+            .filter(|p| p[0].abs() < 1.3 && p[1].abs() < 0.7)
+            .map(|p| {
+                let slope = (curve(p[0] + 1e-6) - curve(p[0] - 1e-6)) / 2e-6;
+                (p[1] - curve(p[0])).abs() / (1.0 + slope * slope).sqrt()
+            })
+            .collect();
+        errs.sort_by(f64::total_cmp);
+        (errs.len(), errs[errs.len() * 9 / 10])
+    };
+    let (nx, ex) = worst(&ncx, &|x| -2.0 * x * (x * x - 1.0) / OMEGA);
+    let (ny, ey) = worst(&ncy, &|x| 2.0 * OMEGA * x * (x * x - 1.0));
+    eprintln!(
+        "nullclines: {} / {} polylines; 90th percentile distance to the true curve {ex:.4} ({nx} points), {ey:.4} ({ny} points)",
+        ncx.len(),
+        ncy.len()
+    );
+    assert!(ex <= 0.03 && ey <= 0.03, "{ex} {ey}");
 }
