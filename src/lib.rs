@@ -51,6 +51,8 @@ pub mod kernel_io;
 pub mod names;
 pub mod output;
 #[cfg(feature = "h5ad")]
+pub mod perturb;
+#[cfg(feature = "h5ad")]
 pub mod pipeline;
 #[cfg(feature = "plots")]
 pub mod report;

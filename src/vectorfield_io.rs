@@ -83,7 +83,7 @@ fn first_columns(v: &[f64], n: usize, w: usize, dims: usize) -> Vec<f64> {
 }
 
 /// The embedding `obsm["X_<basis>"]` (or `obsm[basis]`), its first `dims` columns.
-fn embedding(
+pub(crate) fn embedding(
     r: &H5adReader,
     input: &Path,
     basis: &str,
@@ -134,10 +134,10 @@ fn embedding(
 /// The cells' velocities in the basis: the first d columns (row-major n × d); when computed
 /// here, the whole projection (its width and values, for `obsm["velocity_<basis>"]`); where
 /// they came from.
-type BasisVelocity = (Vec<f64>, Option<(usize, Vec<f64>)>, String);
+pub(crate) type BasisVelocity = (Vec<f64>, Option<(usize, Vec<f64>)>, String);
 
 /// [`BasisVelocity`] of the cells.
-fn basis_velocity(
+pub(crate) fn basis_velocity(
     r: &H5adReader,
     input: &Path,
     basis: &str,

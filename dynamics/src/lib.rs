@@ -3,7 +3,8 @@
 //! implies, and the statistics it needs (a Nelder–Mead simplex that follows SciPy's step by
 //! step, NumPy's percentiles, the Gaussian-KDE bimodality test); scVelo's velocity graph and
 //! transition matrix ([`mod@velocity_graph`]), its velocity confidences ([`confidence`]), its
-//! root/end cells and gene-shared latent time ([`mod@latent_time`]). This crate never touches
+//! root/end cells and gene-shared latent time ([`mod@latent_time`]), and in-silico perturbation
+//! ([`perturb`]: the kinetic route and fate shifts). This crate never touches
 //! files; the root package reads and writes `.h5ad`.
 
 pub mod confidence;
@@ -12,6 +13,7 @@ pub mod em;
 pub mod error;
 pub mod latent_time;
 pub mod nelder_mead;
+pub mod perturb;
 pub mod stats;
 pub mod summaries;
 pub mod velocity_graph;

@@ -619,3 +619,119 @@ pub(crate) fn driver_panels(
     }
     (!panels.is_empty()).then_some(panels)
 }
+
+/// The figure of a perturbation written by `cellfate perturb` under `key`: each cell coloured
+/// by its shift of fate probability towards the lineage whose mean shift is largest in size
+/// (cells with the largest shifts drawn last, on top), with the perturbed velocities
+/// (`obsm["velocity_<embedding>_<key>"]`) as grid arrows on the same embedding. Written to
+/// `out` as PNG or SVG by its extension.
+pub fn plot_perturbation(
+    h5ad: &std::path::Path,
+    key: &str,
+    out: &std::path::Path,
+) -> Result<(), ReportError> {
+    let r = H5adReader::open(h5ad)?;
+    let fail = |detail: String| ReportError::Draw {
+        figure: format!("perturbation_{key}"),
+        format: "png",
+        detail,
+    };
+    let info: serde_json::Value = match r.read(&format!("uns/{key}"))? {
+        Element::Str(s) => serde_json::from_str(&s).map_err(|e| fail(e.to_string()))?,
+        other => {
+            return Err(fail(format!(
+                "uns[\"{key}\"]: expected JSON text, found {}",
+                other.encoding()
+            )))
+        }
+    };
+    let lineages: Vec<String> = info["lineages"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let (n, l, shift) = r.dense(&format!("obsm/lineages_fwd_{key}_shift"))?;
+    if l == 0 || lineages.len() != l {
+        return Err(fail(format!(
+            "obsm[\"lineages_fwd_{key}_shift\"] has {l} columns for {} lineages",
+            lineages.len()
+        )));
+    }
+    // The lineage with the largest mean |shift|.
+    let mean: Vec<f64> = (0..l)
+        .map(|j| (0..n).map(|i| shift[i * l + j]).sum::<f64>() / n.max(1) as f64)
+        .collect();
+    let j = (0..l)
+        .max_by(|&a, &b| mean[a].abs().total_cmp(&mean[b].abs()))
+        .unwrap_or(0);
+    // The embedding the velocities were projected on, else the default one.
+    let projected = r
+        .keys("obsm")
+        .unwrap_or_default()
+        .into_iter()
+        .find(|k| k.starts_with("velocity_") && k.ends_with(&format!("_{key}")));
+    let basis = projected
+        .as_deref()
+        .and_then(|k| k.strip_prefix("velocity_"))
+        .and_then(|k| k.strip_suffix(&format!("_{key}")))
+        .map(String::from);
+    let (xy, name) = embedding(&r, basis.as_deref())?;
+    let col: Vec<f64> = (0..n).map(|i| shift[i * l + j]).collect();
+    let bound = col.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-12);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| col[a].abs().total_cmp(&col[b].abs()).then(a.cmp(&b)));
+    let arrows = match &projected {
+        Some(k) => {
+            let (m, w, v) = r.dense(&format!("obsm/{k}"))?;
+            if m == n && w >= 2 {
+                let v2: Vec<f64> = (0..n).flat_map(|i| [v[i * w], v[i * w + 1]]).collect();
+                grid_arrows(&xy, &v2, 20)
+            } else {
+                Vec::new()
+            }
+        }
+        None => Vec::new(),
+    };
+    let genes: Vec<String> = info["genes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let fig = Figure {
+        name: format!("perturbation_{key}"),
+        title: format!(
+            "{} of {}: shift of P({}) (max |shift| {:.3})",
+            info["change"].as_str().unwrap_or("perturbation"),
+            genes.join(", "),
+            lineages[j],
+            bound
+        ),
+        plot: Plot::Embedding {
+            xy: order.iter().map(|&i| xy[i]).collect(),
+            colors: order
+                .iter()
+                .map(|&i| Some(plots::viridis(0.5 + 0.5 * col[i] / bound)))
+                .collect(),
+            legend: Vec::new(),
+            colorbar: Some((-bound, bound)),
+            basis: name,
+            overlay: Overlay::Arrows(arrows),
+        },
+    };
+    let svg = out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+    let bytes = if svg {
+        fig.svg()?.into_bytes()
+    } else {
+        fig.png()?
+    };
+    crate::output::write_atomic(out, &bytes)?;
+    Ok(())
+}

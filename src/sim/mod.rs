@@ -26,6 +26,14 @@
 //! steady state of `u + s`), sampled as counts into `layers["new"]`/`layers["total"]`;
 //! `obs["labeling_time"]` holds `t_L` and `var["true_gamma_total"]` the true `γ_T`.
 //!
+//! With `circuit` (or any `knockout`), the fate is not drawn independently of expression: a
+//! regulatory circuit between the fates' branch programs decides it at the branch
+//! ([`circuit_fate_probabilities`]), and `knockout` switches genes' transcription off from
+//! `knockout_time` on; the same seed with and without a knockout gives the same cells (times,
+//! size factors, draws), so the difference of their fates is the knockout's true effect:
+//! the ground truth of `cellfate perturb` (`var["driver"]`, `var["knockout"]`,
+//! `uns["simulation"]["fate_probabilities"]`).
+//!
 //! Randomness: one ChaCha8 stream per cell seeded from `(seed, cell)`, so results do not depend
 //! on the number of threads nor on the block size.
 //!
@@ -86,6 +94,20 @@ pub struct SimParams {
     pub depth: f64,
     /// Labeling durations (in units of τ) assigned uniformly at random to the cells.
     pub labeling_times: Vec<f64>,
+    /// Let a regulatory circuit decide the fates: a toggle switch between the fates' driver
+    /// genes (`var["driver"]`: the `<fate>_early` genes, the branch programs) at the branch,
+    /// instead of a fate drawn independently of expression (see
+    /// [`circuit_fate_probabilities`]). Without knockouts every fate is equally likely either
+    /// way.
+    pub circuit: bool,
+    /// Genes (`gene_<j>`) whose transcription is switched off (α = 0, basal included) from
+    /// [`Self::knockout_time`] on; implies the circuit. The unperturbed truth is the same
+    /// parameters with `circuit = true` and no knockout: every cell keeps its time, size
+    /// factor and random draws, so the two files differ only through the knockout.
+    pub knockout: Vec<String>,
+    /// Latent time from which the knocked-out genes are off (0: the whole observed
+    /// trajectory; the circuit only sees knockouts that start before the branch at 0.3).
+    pub knockout_time: f64,
 }
 
 impl Default for SimParams {
@@ -98,6 +120,9 @@ impl Default for SimParams {
             labeling: false,
             depth: 1.0,
             labeling_times: vec![1.0, 2.0, 4.0],
+            circuit: false,
+            knockout: Vec::new(),
+            knockout_time: 0.0,
         }
     }
 }
@@ -115,6 +140,16 @@ pub enum SimError {
         value: String,
         /// Allowed range.
         expected: &'static str,
+    },
+    /// A knocked-out gene that the simulation does not have.
+    #[error(
+        "simulation parameter `knockout`: no gene {name:?} (genes are gene_0 ..= gene_{last})"
+    )]
+    UnknownGene {
+        /// The name given.
+        name: String,
+        /// Index of the last gene.
+        last: usize,
     },
 }
 
@@ -153,7 +188,35 @@ impl SimParams {
                 "positive durations",
             );
         }
-        Ok(())
+        if !(self.knockout_time.is_finite() && (0.0..=1.0).contains(&self.knockout_time)) {
+            return bad(
+                "knockout_time",
+                self.knockout_time.to_string(),
+                "a latent time in [0, 1]",
+            );
+        }
+        self.knockout_genes().map(|_| ())
+    }
+
+    /// Indices of the knocked-out genes.
+    pub fn knockout_genes(&self) -> Result<Vec<usize>, SimError> {
+        self.knockout
+            .iter()
+            .map(|name| {
+                name.strip_prefix("gene_")
+                    .and_then(|j| j.parse::<usize>().ok())
+                    .filter(|&j| j < self.n_genes && name == &format!("gene_{j}"))
+                    .ok_or_else(|| SimError::UnknownGene {
+                        name: name.clone(),
+                        last: self.n_genes.saturating_sub(1),
+                    })
+            })
+            .collect()
+    }
+
+    /// Whether the fates come from the regulatory circuit.
+    pub fn uses_circuit(&self) -> bool {
+        self.circuit || !self.knockout.is_empty()
     }
 }
 
@@ -173,6 +236,10 @@ pub struct Gene {
     /// Window of latent time `[on, off)` during which the gene is transcribed on its fate
     /// (`on = −∞`: transcribed before the trajectory starts).
     pub window: (f64, f64),
+    /// Latent time from which the gene is knocked out (no transcription at all; `+∞`: never).
+    pub off_from: f64,
+    /// Whether the gene is one of its fate's drivers in the regulatory circuit.
+    pub driver: bool,
 }
 
 impl Gene {
@@ -190,6 +257,15 @@ impl Gene {
     }
 
     fn alpha_at(&self, t: f64, fate: usize) -> f64 {
+        if t >= self.off_from {
+            0.0
+        } else {
+            self.alpha_unperturbed(t, fate)
+        }
+    }
+
+    /// Transcription rate without the knockout.
+    fn alpha_unperturbed(&self, t: f64, fate: usize) -> f64 {
         if self.is_on(t, fate) {
             self.alpha
         } else {
@@ -208,13 +284,15 @@ impl Gene {
         } else {
             0.0
         };
+        // The starting state is the one before any knockout: a gene knocked out at `off_from`
+        // decays from where it was.
         let a0 = if self.window.0 == f64::NEG_INFINITY {
-            self.alpha_at(0.0, fate)
+            self.alpha_unperturbed(0.0, fate)
         } else {
             0.02 * self.alpha
         };
         let (mut u, mut s) = (a0 / b, a0 / g);
-        let mut cuts = vec![start, self.window.0, self.window.1, t];
+        let mut cuts = vec![start, self.window.0, self.window.1, self.off_from, t];
         cuts.retain(|&c| (start..=t).contains(&c));
         cuts.sort_by(f64::total_cmp);
         cuts.dedup();
@@ -259,7 +337,7 @@ pub struct SimData {
 fn make_genes(p: &SimParams) -> Vec<Gene> {
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed ^ 0x5eed_9e9e);
     let n_prog = 2 + 2 * p.n_fates; // root, housekeeping, early/late per fate
-    (0..p.n_genes)
+    let mut genes = (0..p.n_genes)
         .map(|g| {
             let prog = g % n_prog;
             let alpha = rng.random_range(2.0..30.0);
@@ -296,12 +374,53 @@ fn make_genes(p: &SimParams) -> Vec<Gene> {
                 alpha,
                 beta,
                 gamma,
+                // The early genes of each fate (its branch program) drive it.
+                driver: p.uses_circuit() && fate.is_some() && prog >= 2 && (prog - 2) % 2 == 0,
                 program,
                 fate,
                 window,
+                off_from: f64::INFINITY,
             }
         })
-        .collect()
+        .collect::<Vec<_>>();
+    if let Ok(knocked) = p.knockout_genes() {
+        for j in knocked {
+            genes[j].off_from = p.knockout_time;
+        }
+    }
+    genes
+}
+
+/// The circuit's fate probabilities: at the branch, the drivers of each fate (its branch
+/// program) that are still transcribed (not knocked out before the branch) repress the other
+/// fates' drivers (a toggle switch, generalised to `n_fates` sides); fate `f` wins with
+/// probability ∝ `(D_f / D_f⁰)²`, where `D_f` is the summed transcription rate α of its
+/// active drivers and `D_f⁰` that of all of them (the square: cooperative repression). So a
+/// knockout takes probability from its own fate in proportion to its share of the program's
+/// transcription, and a gene outside the programs (root, housekeeping, late genes) changes
+/// no fate. Without knockouts every fate has probability `1 / n_fates`.
+pub fn circuit_fate_probabilities(genes: &[Gene], n_fates: usize) -> Vec<f64> {
+    let mut drive = vec![0.0; n_fates];
+    let mut full = vec![0.0; n_fates];
+    for g in genes.iter().filter(|g| g.driver) {
+        if let Some(f) = g.fate.filter(|&f| f < n_fates) {
+            full[f] += g.alpha;
+            if g.off_from > T_BRANCH {
+                drive[f] += g.alpha;
+            }
+        }
+    }
+    let w: Vec<f64> = drive
+        .iter()
+        .zip(&full)
+        .map(|(&d, &f)| if f > 0.0 { (d / f).powi(2) } else { 1.0 })
+        .collect();
+    let total: f64 = w.iter().sum();
+    if total > 0.0 {
+        w.iter().map(|x| x / total).collect()
+    } else {
+        vec![1.0 / n_fates as f64; n_fates]
+    }
 }
 
 /// Sparse (gene, count) entries of one cell.
@@ -365,6 +484,8 @@ struct Generator<'a> {
     genes: Vec<Gene>,
     size: LogNormal<f64>,
     keep_velocity: bool,
+    /// Log fate probabilities of the regulatory circuit, when it decides the fates.
+    fate_logp: Option<Vec<f64>>,
 }
 
 impl<'a> Generator<'a> {
@@ -375,9 +496,17 @@ impl<'a> Generator<'a> {
             value: params.depth.to_string(),
             expected: "a positive number",
         })?;
+        let genes = make_genes(params);
+        let fate_logp = params.uses_circuit().then(|| {
+            circuit_fate_probabilities(&genes, params.n_fates)
+                .iter()
+                .map(|p| p.ln())
+                .collect()
+        });
         Ok(Self {
             params,
-            genes: make_genes(params),
+            genes,
+            fate_logp,
             size,
             keep_velocity: params.n_cells.saturating_mul(params.n_genes) <= MAX_DENSE_TRUTH,
         })
@@ -390,7 +519,24 @@ impl<'a> Generator<'a> {
         let mut rng =
             ChaCha8Rng::seed_from_u64(params.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (c as u64));
         let time: f64 = rng.random_range(0.0..1.0);
-        let fate = rng.random_range(0..params.n_fates);
+        let fate = match &self.fate_logp {
+            // Gumbel-max: the fate with the largest log p + Gumbel noise (one draw per fate
+            // and cell, the same with and without knockouts). A knockout lowers only its own
+            // fate's score, so exactly the cells it takes from that fate change: the coupling
+            // that makes the difference of two simulations the knockout's effect.
+            Some(logp) => {
+                let mut best = (0, f64::NEG_INFINITY);
+                for (f, lp) in logp.iter().enumerate() {
+                    let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+                    let score = lp - (-u.ln()).ln();
+                    if score > best.1 {
+                        best = (f, score);
+                    }
+                }
+                best.0
+            }
+            None => rng.random_range(0..params.n_fates),
+        };
         let sf = params.depth * self.size.sample(&mut rng);
         let t_lab = if params.labeling {
             Some(params.labeling_times[rng.random_range(0..params.labeling_times.len())])
@@ -794,7 +940,7 @@ fn obs_frame(
 fn var_frame(genes: &[Gene]) -> DataFrame {
     let programs: Vec<Option<String>> = genes.iter().map(|g| Some(g.program.clone())).collect();
     let col = |f: fn(&Gene) -> f64| Element::from_f64(genes.iter().map(f).collect());
-    DataFrame {
+    let mut frame = DataFrame {
         index_name: "_index".into(),
         index: (0..genes.len()).map(|i| format!("gene_{i}")).collect(),
         columns: vec![
@@ -807,35 +953,70 @@ fn var_frame(genes: &[Gene]) -> DataFrame {
                 Element::Categorical(Categorical::from_labels(&programs, None)),
             ),
         ],
+    };
+    if genes.iter().any(|g| g.driver) {
+        frame.columns.push((
+            "driver".into(),
+            Element::from_bools(genes.iter().map(|g| g.driver).collect()),
+        ));
     }
+    if genes.iter().any(|g| g.off_from.is_finite()) {
+        frame.columns.push((
+            "knockout".into(),
+            Element::from_bools(genes.iter().map(|g| g.off_from.is_finite()).collect()),
+        ));
+    }
+    frame
 }
 
 /// `uns`: the parameters under `simulation`, with the fate names and the root state.
 fn uns_members(p: &SimParams) -> Vec<(String, Element)> {
+    let mut circuit = Vec::new();
+    if p.uses_circuit() {
+        circuit = vec![
+            ("circuit".into(), Element::Scalar(NumVec::Bool(vec![true]))),
+            (
+                "knockout_time".into(),
+                Element::Scalar(NumVec::F64(vec![p.knockout_time])),
+            ),
+            (
+                "fate_probabilities".into(),
+                Element::from_f64(circuit_fate_probabilities(&make_genes(p), p.n_fates)),
+            ),
+        ];
+        if !p.knockout.is_empty() {
+            circuit.push(("knockout".into(), Element::from_strings(p.knockout.clone())));
+        }
+    }
     vec![(
         "simulation".to_string(),
-        Element::Dict(vec![
-            (
-                "n_cells".into(),
-                Element::Scalar(NumVec::I64(vec![p.n_cells as i64])),
-            ),
-            (
-                "n_genes".into(),
-                Element::Scalar(NumVec::I64(vec![p.n_genes as i64])),
-            ),
-            (
-                "n_fates".into(),
-                Element::Scalar(NumVec::I64(vec![p.n_fates as i64])),
-            ),
-            ("seed".into(), Element::Scalar(NumVec::U64(vec![p.seed]))),
-            (
-                "labeling".into(),
-                Element::Scalar(NumVec::Bool(vec![p.labeling])),
-            ),
-            ("depth".into(), Element::Scalar(NumVec::F64(vec![p.depth]))),
-            ("fates".into(), Element::from_strings(fate_names(p.n_fates))),
-            ("root_state".into(), Element::Str("Progenitor".into())),
-        ]),
+        Element::Dict(
+            vec![
+                (
+                    "n_cells".into(),
+                    Element::Scalar(NumVec::I64(vec![p.n_cells as i64])),
+                ),
+                (
+                    "n_genes".into(),
+                    Element::Scalar(NumVec::I64(vec![p.n_genes as i64])),
+                ),
+                (
+                    "n_fates".into(),
+                    Element::Scalar(NumVec::I64(vec![p.n_fates as i64])),
+                ),
+                ("seed".into(), Element::Scalar(NumVec::U64(vec![p.seed]))),
+                (
+                    "labeling".into(),
+                    Element::Scalar(NumVec::Bool(vec![p.labeling])),
+                ),
+                ("depth".into(), Element::Scalar(NumVec::F64(vec![p.depth]))),
+                ("fates".into(), Element::from_strings(fate_names(p.n_fates))),
+                ("root_state".into(), Element::Str("Progenitor".into())),
+            ]
+            .into_iter()
+            .chain(circuit)
+            .collect(),
+        ),
     )]
 }
 
@@ -937,6 +1118,8 @@ mod tests {
             program: "x".into(),
             fate: Some(0),
             window: (0.3, f64::INFINITY),
+            off_from: 0.7,
+            driver: false,
         };
         let (mut u, mut s) = (0.2, 0.2 / 0.3);
         let dt = 1e-5;
@@ -952,8 +1135,8 @@ mod tests {
         let (ue, se) = g.state(0.8, 0);
         assert!((u - ue).abs() / ue < 1e-3, "{u} vs {ue}");
         assert!((s - se).abs() / se < 1e-3, "{s} vs {se}");
-        // Off the fate path the gene stays at its basal steady state.
-        let (u1, s1) = g.state(0.8, 1);
+        // Off the fate path the gene stays at its basal steady state until its knockout.
+        let (u1, s1) = g.state(0.6, 1);
         assert!((u1 - 0.2).abs() < 1e-12 && (s1 - 0.2 / 0.3).abs() < 1e-9);
     }
 
@@ -1066,5 +1249,57 @@ mod tests {
                 assert_eq!(b.read(slot).unwrap(), c.read(slot).unwrap(), "{slot}");
             }
         }
+    }
+
+    #[test]
+    fn knockouts_change_exactly_the_fates_the_circuit_gives_them() {
+        let base = SimParams {
+            n_cells: 2000,
+            n_genes: 40,
+            circuit: true,
+            ..SimParams::default()
+        };
+        let a = simulate(&base).unwrap();
+        // Drivers: the early genes of each fate (programs 2, 4, 6 of 8).
+        let drivers: Vec<usize> = (0..40).filter(|&g| a.genes[g].driver).collect();
+        assert_eq!(
+            drivers,
+            vec![2, 4, 6, 10, 12, 14, 18, 20, 22, 26, 28, 30, 34, 36, 38]
+        );
+        // gene_2 drives Alpha: its knockout takes probability from Alpha only.
+        let ko = simulate(&SimParams {
+            knockout: vec!["gene_2".into()],
+            ..base.clone()
+        })
+        .unwrap();
+        let p = circuit_fate_probabilities(&ko.genes, 3);
+        assert!(p[0] < 1.0 / 3.0 && (p[1] - p[2]).abs() < 1e-15, "{p:?}");
+        // Same cells: times and size factors equal, fates changed only away from Alpha.
+        assert_eq!(a.time, ko.time);
+        assert_eq!(a.size_factor, ko.size_factor);
+        let moved = (0..2000).filter(|&i| a.fate[i] != ko.fate[i]).count();
+        assert!(moved > 0);
+        assert!((0..2000).all(|i| a.fate[i] == ko.fate[i] || a.fate[i] == 0));
+        let frac = |d: &SimData, f| d.fate.iter().filter(|&&x| x == f).count() as f64 / 2000.0;
+        // The fraction of Alpha cells moves by the change of its probability (± sampling).
+        assert!((frac(&a, 0) - frac(&ko, 0) - (1.0 / 3.0 - p[0])).abs() < 0.03);
+        // The knocked-out gene decays: it is off at the end of every path.
+        let g2 = &ko.genes[2];
+        assert!(g2.state(1.0, 0).1 < 0.01 * a.genes[2].state(1.0, 0).1);
+        // A housekeeping gene's knockout changes no fate.
+        let hk = simulate(&SimParams {
+            knockout: vec!["gene_1".into()],
+            ..base.clone()
+        })
+        .unwrap();
+        assert_eq!(hk.fate, a.fate);
+        assert!(matches!(
+            SimParams {
+                knockout: vec!["gene_40".into()],
+                ..base
+            }
+            .validate(),
+            Err(SimError::UnknownGene { .. })
+        ));
     }
 }

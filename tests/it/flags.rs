@@ -79,6 +79,38 @@ impl Fixture {
 
 /// Documented conflicts: the command line and the two flags the error must name.
 const CONFLICTS: &[(&[&str], [&str; 2])] = &[
+    // perturb
+    (
+        &[
+            "perturb", "IN", "-o", "OUT", "--gene", "gene_2", "--level", "0", "--fold", "2",
+        ],
+        ["--level", "--fold"],
+    ),
+    (
+        &[
+            "perturb",
+            "IN",
+            "-o",
+            "OUT",
+            "--gene",
+            "gene_2",
+            "--screen",
+            "top_drivers:5",
+        ],
+        ["--gene", "--screen"],
+    ),
+    (
+        &[
+            "simulate",
+            "-o",
+            "OUT",
+            "--model",
+            "switch",
+            "--knockout",
+            "gene_1",
+        ],
+        ["--knockout", "--model"],
+    ),
     // global
     (&["inspect", "IN", "-q", "-v"], ["--quiet", "--verbose"]),
     // kernel
@@ -562,6 +594,11 @@ const NUMERIC: &[(&str, &str, &[&str])] = &[
     ("simulate", "--depth", &["NaN", "0", "-1", "inf"]),
     ("simulate", "--seed", &["-1"]),
     ("simulate", "--noise", &["NaN", "-1", "inf"]),
+    ("simulate", "--knockout-time", &["NaN", "-1", "inf"]),
+    ("perturb", "--level", &["NaN", "-1", "inf"]),
+    ("perturb", "--fold", &["NaN", "0", "-1", "inf"]),
+    ("perturb", "--n-boot", &["-1", "NaN"]),
+    ("perturb", "--seed", &["-1"]),
     ("vectorfield", "--dims", &["0", "-1"]),
     ("vectorfield", "--n-ctrl", &["0", "1", "NaN"]),
     ("vectorfield", "--max-iter", &["0", "-1", "NaN"]),
@@ -623,6 +660,12 @@ const TEXT: &[&str] = &[
     "--flow",
     "--from-cluster",
     "--animate",
+    "--knockout",
+    "--gene",
+    "--cluster",
+    "--screen",
+    "--embedding",
+    "--plot",
 ];
 
 /// The subcommands listed by `cellfate --help`.

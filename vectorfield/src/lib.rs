@@ -11,7 +11,8 @@
 //!   for convergence and classified by the Jacobian's eigenvalues (dynamo's `ftype`);
 //! - [`potential`]: the Hodge potential of a flow on a cell graph (dynamo's ddhodge, solved
 //!   sparsely) and the Waddington potential;
-//! - [`mod@integrate`]: fate prediction by integrating the field (adaptive Dormand–Prince).
+//! - [`mod@integrate`]: fate prediction by integrating the field (adaptive Dormand–Prince);
+//! - [`perturb`]: the Jacobian route of in-silico perturbation (Δv = J·Δz).
 //!
 //! Everything is seeded and reduces over cells in a fixed order: the same results at any
 //! thread count.
@@ -19,6 +20,7 @@
 pub mod calculus;
 mod field;
 pub mod integrate;
+pub mod perturb;
 pub mod potential;
 pub mod svc;
 pub mod topography;

@@ -14,6 +14,7 @@ mod batch_cmd;
 mod field_cmd;
 mod hints;
 mod kernel_cmd;
+mod perturb_cmd;
 mod progress;
 mod report_cmd;
 mod run_cmd;
@@ -93,6 +94,10 @@ enum Command {
     /// Fate prediction by integrating the vector field from cells (dynamo's pd.fate): the
     /// paths, their end clusters, and the agreement with the Markov fate probabilities.
     PredictFate(field_cmd::PredictFateArgs),
+    /// In-silico perturbation: knock genes out, set them to a level or raise them, and predict
+    /// the change of fate probabilities (kinetic route in the velocity model, or the vector
+    /// field's Jacobian); --screen ranks many genes by the shift they cause.
+    Perturb(perturb_cmd::PerturbArgs),
     /// From raw spliced/unspliced counts to kernel inputs: normalisation, highly variable
     /// genes, PCA, kNN + connectivities, moments (Ms, Mu) and RNA velocity.
     Preprocess {
@@ -197,6 +202,20 @@ enum Command {
         /// Random seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Let a regulatory circuit decide the fates (a toggle switch between the fates'
+        /// driver genes, var["driver"]) instead of drawing them independently of
+        /// expression: the unperturbed truth for `--knockout`.
+        #[arg(long)]
+        circuit: bool,
+        /// Knock out these genes (gene_<j>, comma-separated): no transcription from
+        /// --knockout-time on; implies --circuit. Same seed without --knockout (with
+        /// --circuit) gives the unperturbed truth, cell for cell.
+        #[arg(long, value_delimiter = ',')]
+        knockout: Vec<String>,
+        /// Latent time (0..=1) from which the knocked-out genes are off; the fates are
+        /// decided at the branch (0.3).
+        #[arg(long, value_parser = values::non_negative_f64)]
+        knockout_time: Option<f64>,
     },
 }
 
@@ -252,6 +271,7 @@ impl Command {
             Self::Topography(a) => a.outputs(),
             Self::Potential(a) => a.outputs(),
             Self::PredictFate(a) => a.outputs(),
+            Self::Perturb(a) => a.outputs(),
             Self::Preprocess { output, .. }
             | Self::Pseudotime { output, .. }
             | Self::Velocity { output, .. }
@@ -353,6 +373,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Topography(args) => write_stdout(&field_cmd::topography(args)?),
         Command::Potential(args) => write_stdout(&field_cmd::potential(args)?),
         Command::PredictFate(args) => write_stdout(&field_cmd::predict_fate(args)?),
+        Command::Perturb(args) => write_stdout(&perturb_cmd::perturb(args)?),
         Command::Kernel(args) => {
             let msg = kernel_cmd::run(args)?;
             write_stdout(&msg)
@@ -502,7 +523,15 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             labeling,
             depth,
             seed,
+            circuit,
+            knockout,
+            knockout_time,
         } if model == "switch" => {
+            if circuit || !knockout.is_empty() || knockout_time.is_some() {
+                anyhow::bail!(
+                    "--circuit, --knockout and --knockout-time apply to --model branching only"
+                );
+            }
             if labeling || fates != 3 || depth != 1.0 {
                 anyhow::bail!(
                     "--model switch simulates one trajectory of continuous values: --fates, --labeling and --depth apply to --model branching only"
@@ -532,10 +561,16 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             labeling,
             depth,
             seed,
+            circuit,
+            knockout,
+            knockout_time,
             ..
         } => {
             if noise.is_some() {
                 anyhow::bail!("--noise applies to --model switch only");
+            }
+            if knockout_time.is_some() && knockout.is_empty() {
+                anyhow::bail!("--knockout-time needs --knockout GENE[,GENE]");
             }
             let params = cellfate::sim::SimParams {
                 n_cells: cells,
@@ -544,6 +579,9 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                 seed,
                 labeling,
                 depth,
+                circuit,
+                knockout,
+                knockout_time: knockout_time.unwrap_or(0.0),
                 ..Default::default()
             };
             params.validate()?;
@@ -611,6 +649,7 @@ impl Command {
             Command::Topography(_) => "topography",
             Command::Potential(_) => "potential",
             Command::PredictFate(_) => "predict-fate",
+            Command::Perturb(_) => "perturb",
             Command::Velocity { .. } => "velocity",
             Command::Simulate { .. } => "simulate",
         }

@@ -27,6 +27,11 @@ fn parse_count(s: &str, min: usize) -> Result<usize, String> {
     Ok(n)
 }
 
+/// A whole number ≥ 0.
+pub(crate) fn non_negative(s: &str) -> Result<usize, String> {
+    parse_count(s, 0)
+}
+
 /// A whole number ≥ 1.
 pub(crate) fn positive(s: &str) -> Result<usize, String> {
     parse_count(s, 1)
