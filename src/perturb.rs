@@ -160,9 +160,9 @@ impl PerturbSpec {
         Ok(c)
     }
 
-    /// Checks the settings on their own.
+    /// Checks the settings on their own, a request included (genes or a screen).
     pub fn validate(&self) -> Result<(), PipelineError> {
-        self.change()?;
+        self.validate_settings()?;
         if self.genes.is_empty() && self.screen.is_none() {
             return Err(settings(
                 "no gene to perturb: give genes (--gene G[,G]) or a screen (--screen top_drivers:N | genes:A,B)".into(),
@@ -173,6 +173,12 @@ impl PerturbSpec {
                 "genes (--gene) and screen (--screen) exclude each other: a screen perturbs each of its genes in turn".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Checks the settings other than what is perturbed (what [`Prepared::new`] needs).
+    pub fn validate_settings(&self) -> Result<(), PipelineError> {
+        self.change()?;
         if let Some(s) = &self.screen {
             parse_screen(s)?;
         }
@@ -376,7 +382,7 @@ impl<'a> Prepared<'a> {
     /// Reads what the perturbations of `spec` need from `r` and computes the unperturbed
     /// reference.
     pub fn new(r: &'a H5adReader, input: &Path, spec: &PerturbSpec) -> Result<Self, PipelineError> {
-        spec.validate()?;
+        spec.validate_settings()?;
         let change = spec.change()?;
         let n = r.n_obs()?;
         let tkey = &spec.transition_key;

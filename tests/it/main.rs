@@ -26,6 +26,7 @@ mod kernel_parity;
 mod lineage_tracing;
 mod messages;
 mod names_batch;
+mod perturb;
 mod pipeline;
 mod python;
 mod raw_run;
