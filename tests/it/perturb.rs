@@ -293,6 +293,41 @@ fn outputs_and_bad_input() {
     );
     let stdout = String::from_utf8_lossy(&text.stdout);
     assert!(stdout.contains("fold 3 of gene_2"), "{stdout}");
+    // The same spec from TOML (the library's PerturbSpec), flags on top.
+    let toml = d.path().join("perturb.toml");
+    std::fs::write(
+        &toml,
+        "genes = [\"gene_2\"]\nfold = 2.0\nkey = \"oe2\"\nn_boot = 50\n",
+    )
+    .expect("toml");
+    let via_toml = d.path().join("toml.h5ad");
+    succeed(
+        cellfate()
+            .arg("perturb")
+            .arg(&run)
+            .arg("-o")
+            .arg(&via_toml)
+            .arg("--config")
+            .arg(&toml),
+    );
+    let rt = H5adReader::open(&via_toml).expect("output");
+    assert!(rt.exists("obsm/lineages_fwd_oe2"));
+    match rt.read("uns/oe2").expect("uns") {
+        Element::Str(s) => assert!(s.contains("\"fold 2\""), "{s}"),
+        other => panic!("{other:?}"),
+    }
+    std::fs::write(&toml, "genes = [\"gene_2\"]\nfolds = 2.0\n").expect("toml");
+    let o = cellfate()
+        .arg("perturb")
+        .arg(&run)
+        .arg("-o")
+        .arg(d.path().join("t2.h5ad"))
+        .arg("--config")
+        .arg(&toml)
+        .output()
+        .expect("cellfate");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("folds"), "{err}");
     // Bad input, each named, nothing written.
     let fails = |args: &[&str], words: &[&str]| {
         let bad = d.path().join("bad.h5ad");
