@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use cellfate_dynamics::perturb::{
-    changed_fates, kinetic_velocity, shift_summary, BootstrapOptions, Change, GeneKinetics,
+    add_composition, changed_fates, kinetic_velocity, shift_summary, BootstrapOptions, Change, GeneKinetics,
     GroupShift,
 };
 use cellfate_estimators::absorption::{compute_fate_probabilities, AbsorptionOptions};
@@ -346,6 +346,9 @@ pub struct Prepared<'a> {
     change: Change,
     /// Kinetic route: the velocity layer key, the whole layer, and the genes' kinetics.
     velocity: Option<(String, DenseMatrix, Vec<GeneKinetics>, Vec<bool>)>,
+    /// Kinetic route: the normalised expression (the kernel's `Ms`) and each cell's total,
+    /// for the compositional term; `None` when the layer does not match the velocities.
+    expression: Option<(DenseMatrix, Vec<f64>)>,
     /// Jacobian route: the field, positions and velocities in the basis (n × d).
     field: Option<(cellfate_vectorfield::VectorField, Vec<f64>, Vec<f64>, usize)>,
     opts: AbsorptionOptions,
@@ -481,6 +484,7 @@ impl<'a> Prepared<'a> {
             method: spec.method,
             change,
             velocity: None,
+            expression: None,
             field: None,
             opts: AbsorptionOptions::default(),
             boot: BootstrapOptions {
@@ -539,6 +543,30 @@ impl<'a> Prepared<'a> {
                     .ok()
                     .flatten()
                     .unwrap_or_else(|| vec![true; g]);
+                if let Ok(xs) = r.layer(&vparams.xkey) {
+                    if xs.nrows() == n && xs.ncols() == g {
+                        // scVelo normalises every cell to the median of the raw totals over
+                        // all genes (`obs["initial_size_spliced"]`), before genes are
+                        // filtered; without that column, the row sums of what is kept.
+                        let median = r.obs_f64("initial_size_spliced").ok().and_then(|mut t| {
+                            t.retain(|x| x.is_finite() && *x > 0.0);
+                            (!t.is_empty()).then(|| {
+                                cellfate_dynamics::stats::percentile(&t, 50.0)
+                            })
+                        });
+                        let mut row = Vec::new();
+                        let totals = (0..n)
+                            .map(|i| match median {
+                                Some(m) => m,
+                                None => {
+                                    xs.row_into(i, &mut row);
+                                    row.iter().filter(|x| x.is_finite()).sum::<f64>()
+                                }
+                            })
+                            .collect();
+                        prepared.expression = Some((xs, totals));
+                    }
+                }
                 prepared.velocity = Some((vkey, layer, kinetics, used));
                 // The unperturbed reference: the run's effective kernel on the same source.
                 let out = prepared.spec.compute(r)?;
@@ -668,10 +696,17 @@ impl<'a> Prepared<'a> {
             };
             self.check_expressed(name, ms_slot, j)?;
             let (_, _, mu) = self.r.dense_select(mu_slot, &[j])?;
+            let mut x = Vec::new();
             for &i in &self.cells {
                 let q = i * g + j;
                 if v[q].is_finite() {
-                    v[q] = kinetic_velocity(v[q], mu[i], kinetics[j], self.change);
+                    let new = kinetic_velocity(v[q], mu[i], kinetics[j], self.change);
+                    let delta = new - v[q];
+                    v[q] = new;
+                    if let Some((xs, totals)) = &self.expression {
+                        xs.row_into(i, &mut x);
+                        add_composition(&mut v[i * g..(i + 1) * g], &x, totals[i], j, delta);
+                    }
                 }
             }
         }
