@@ -30,8 +30,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use cellfate_dynamics::perturb::{
-    add_composition, changed_fates, kinetic_velocity, shift_summary, BootstrapOptions, Change, GeneKinetics,
-    GroupShift,
+    add_composition, changed_fates, kinetic_velocity, shift_summary, BootstrapOptions, Change,
+    GeneKinetics, GroupShift,
 };
 use cellfate_estimators::absorption::{compute_fate_probabilities, AbsorptionOptions};
 use cellfate_kernels::{
@@ -550,9 +550,7 @@ impl<'a> Prepared<'a> {
                         // filtered; without that column, the row sums of what is kept.
                         let median = r.obs_f64("initial_size_spliced").ok().and_then(|mut t| {
                             t.retain(|x| x.is_finite() && *x > 0.0);
-                            (!t.is_empty()).then(|| {
-                                cellfate_dynamics::stats::percentile(&t, 50.0)
-                            })
+                            (!t.is_empty()).then(|| cellfate_dynamics::stats::percentile(&t, 50.0))
                         });
                         let mut row = Vec::new();
                         let totals = (0..n)

@@ -623,7 +623,8 @@ pub(crate) fn driver_panels(
 /// The figure of a perturbation written by `cellfate perturb` under `key`: each cell coloured
 /// by its shift of fate probability towards the lineage whose mean shift is largest in size
 /// (cells with the largest shifts drawn last, on top), with the perturbed velocities
-/// (`obsm["velocity_<embedding>_<key>"]`) as grid arrows on the same embedding. Written to
+/// (`obsm["velocity_<embedding>_<key>"]`) as streamlines ([`streamlines`]) on the same
+/// embedding. Written to
 /// `out` as PNG or SVG by its extension.
 pub fn plot_perturbation(
     h5ad: &std::path::Path,
@@ -688,7 +689,7 @@ pub fn plot_perturbation(
             let (m, w, v) = r.dense(&format!("obsm/{k}"))?;
             if m == n && w >= 2 {
                 let v2: Vec<f64> = (0..n).flat_map(|i| [v[i * w], v[i * w + 1]]).collect();
-                grid_arrows(&xy, &v2, 20)
+                streamlines(&xy, &v2, 40)
             } else {
                 Vec::new()
             }
@@ -721,7 +722,7 @@ pub fn plot_perturbation(
             legend: Vec::new(),
             colorbar: Some((-bound, bound)),
             basis: name,
-            overlay: Overlay::Arrows(arrows),
+            overlay: Overlay::Streamlines(arrows),
         },
     };
     let svg = out
@@ -734,4 +735,141 @@ pub fn plot_perturbation(
     };
     crate::output::write_atomic(out, &bytes)?;
     Ok(())
+}
+
+/// Streamlines of per-cell velocities `v` (n × 2, row-major) on the embedding `xy`, as scVelo's
+/// `velocity_embedding_stream` draws them: the velocities averaged on a `g × g` grid with a
+/// Gaussian kernel one grid spacing wide (grid points with too little cell mass left empty),
+/// then lines traced through the grid field by midpoint steps of half a spacing from seeds
+/// on every second grid point, forward and backward, until they leave the cells, stall, or
+/// come within a spacing of a line already drawn (an occupancy grid, as matplotlib's
+/// streamplot). Each line runs in the direction of flow.
+pub fn streamlines(xy: &[[f64; 2]], v: &[f64], g: usize) -> Vec<Vec<[f64; 2]>> {
+    let finite = |i: usize| {
+        xy[i][0].is_finite()
+            && xy[i][1].is_finite()
+            && v[2 * i].is_finite()
+            && v[2 * i + 1].is_finite()
+    };
+    let cells: Vec<usize> = (0..xy.len()).filter(|&i| finite(i)).collect();
+    if cells.len() < 3 || g < 4 {
+        return Vec::new();
+    }
+    let (mut lo, mut hi) = ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]);
+    for &i in &cells {
+        for k in 0..2 {
+            lo[k] = lo[k].min(xy[i][k]);
+            hi[k] = hi[k].max(xy[i][k]);
+        }
+    }
+    let span = [(hi[0] - lo[0]).max(1e-12), (hi[1] - lo[1]).max(1e-12)];
+    let step = [span[0] / (g - 1) as f64, span[1] / (g - 1) as f64];
+    // Gaussian-weighted sums on the grid (cells contribute to grid points within 2 spacings).
+    let mut acc = vec![[0.0f64; 3]; g * g]; // sum w vx, sum w vy, sum w
+    for &i in &cells {
+        let (cx, cy) = ((xy[i][0] - lo[0]) / step[0], (xy[i][1] - lo[1]) / step[1]);
+        let (x0, x1) = (
+            (cx - 3.0).ceil().max(0.0) as usize,
+            ((cx + 3.0).floor() as usize).min(g - 1),
+        );
+        let (y0, y1) = (
+            (cy - 3.0).ceil().max(0.0) as usize,
+            ((cy + 3.0).floor() as usize).min(g - 1),
+        );
+        for gy in y0..=y1 {
+            for gx in x0..=x1 {
+                let d2 = (gx as f64 - cx).powi(2) + (gy as f64 - cy).powi(2);
+                let w = (-0.5 * d2).exp();
+                let a = &mut acc[gy * g + gx];
+                a[0] += w * v[2 * i];
+                a[1] += w * v[2 * i + 1];
+                a[2] += w;
+            }
+        }
+    }
+    // Grid points with less than 30 % of the median cell mass carry no velocity.
+    let mut masses: Vec<f64> = acc.iter().map(|a| a[2]).filter(|&m| m > 0.0).collect();
+    masses.sort_by(f64::total_cmp);
+    let min_mass = 0.3 * masses.get(masses.len() / 2).copied().unwrap_or(0.0);
+    let field: Vec<Option<[f64; 2]>> = acc
+        .iter()
+        .map(|a| (a[2] > min_mass && a[2] > 0.0).then(|| [a[0] / a[2], a[1] / a[2]]))
+        .collect();
+    let speed_max = field
+        .iter()
+        .flatten()
+        .map(|f| ((f[0] / step[0]).powi(2) + (f[1] / step[1]).powi(2)).sqrt())
+        .fold(0.0f64, f64::max);
+    if speed_max <= 0.0 {
+        return Vec::new();
+    }
+    // Bilinear interpolation in grid units (velocity in grid spacings, scaled to max 1).
+    let at = |p: [f64; 2]| -> Option<[f64; 2]> {
+        if !(p[0] >= 0.0 && p[1] >= 0.0 && p[0] <= (g - 1) as f64 && p[1] <= (g - 1) as f64) {
+            return None;
+        }
+        let (ix, iy) = ((p[0] as usize).min(g - 2), (p[1] as usize).min(g - 2));
+        let (fx, fy) = (p[0] - ix as f64, p[1] - iy as f64);
+        let mut out = [0.0; 2];
+        for (dy, wy) in [(0, 1.0 - fy), (1, fy)] {
+            for (dx, wx) in [(0, 1.0 - fx), (1, fx)] {
+                let f = field[(iy + dy) * g + ix + dx]?;
+                out[0] += wx * wy * f[0] / step[0] / speed_max;
+                out[1] += wx * wy * f[1] / step[1] / speed_max;
+            }
+        }
+        Some(out)
+    };
+    // Occupancy on the grid itself: one line per cell of the grid.
+    let mut taken = vec![false; g * g];
+    let cell_of =
+        |p: [f64; 2]| (p[1].round() as usize).min(g - 1) * g + (p[0].round() as usize).min(g - 1);
+    let trace = |start: [f64; 2], sign: f64, taken: &[bool]| -> Vec<[f64; 2]> {
+        let mut pts = vec![start];
+        let mut p = start;
+        let own = cell_of(start);
+        for _ in 0..(4 * g) {
+            let Some(k1) = at(p) else { break };
+            let h = 0.5 * sign;
+            let mid = [p[0] + 0.5 * h * k1[0], p[1] + 0.5 * h * k1[1]];
+            let Some(k2) = at(mid) else { break };
+            let speed = (k2[0] * k2[0] + k2[1] * k2[1]).sqrt();
+            if speed < 0.02 {
+                break;
+            }
+            let q = [p[0] + h * k2[0] / speed, p[1] + h * k2[1] / speed];
+            let c = cell_of(q);
+            if at(q).is_none() || (c != own && taken[c]) {
+                break;
+            }
+            pts.push(q);
+            p = q;
+        }
+        pts
+    };
+    let mut lines = Vec::new();
+    for sy in (0..g).step_by(2) {
+        for sx in (0..g).step_by(2) {
+            let seed = [sx as f64, sy as f64];
+            if taken[cell_of(seed)] || at(seed).is_none() {
+                continue;
+            }
+            let mut back = trace(seed, -1.0, &taken);
+            let fwd = trace(seed, 1.0, &taken);
+            back.reverse();
+            back.extend_from_slice(&fwd[1..]);
+            if back.len() < 4 {
+                continue;
+            }
+            for p in &back {
+                taken[cell_of(*p)] = true;
+            }
+            lines.push(
+                back.iter()
+                    .map(|p| [lo[0] + p[0] * step[0], lo[1] + p[1] * step[1]])
+                    .collect(),
+            );
+        }
+    }
+    lines
 }

@@ -86,6 +86,9 @@ pub enum Overlay {
     Walks(Vec<Vec<usize>>),
     /// Arrows `(from, to)` in embedding coordinates.
     Arrows(Vec<([f64; 2], [f64; 2])>),
+    /// Streamlines (polylines in embedding coordinates, in the direction of flow), drawn
+    /// with an arrowhead at their middle.
+    Streamlines(Vec<Vec<[f64; 2]>>),
 }
 
 /// Driver-gene panels: `(lineage, colour, [(gene, correlation)])`.
@@ -435,6 +438,38 @@ where
                     .map_err(draw_err)?;
                 plot.draw(&PathElement::new(vec![wing(1.0), b, wing(-1.0)], style))
                     .map_err(draw_err)?;
+            }
+        }
+        Overlay::Streamlines(lines) => {
+            let style = RGBAColor(25, 25, 25, 0.8).stroke_width(1);
+            for line in lines {
+                let pts: Vec<(i32, i32)> = line.iter().map(|&p| map(p)).collect();
+                if pts.len() < 2 {
+                    continue;
+                }
+                plot.draw(&PathElement::new(pts.clone(), style))
+                    .map_err(draw_err)?;
+                // Arrowhead at the middle, pointing along the flow.
+                let m = pts.len() / 2;
+                let (a, b) = (pts[m - 1], pts[m]);
+                let (dx, dy) = ((b.0 - a.0) as f64, (b.1 - a.1) as f64);
+                let len = (dx * dx + dy * dy).sqrt();
+                if len < 0.5 {
+                    continue;
+                }
+                let (ux, uy) = (dx / len, dy / len);
+                let head = 6.0;
+                let wing = |s: f64| {
+                    (
+                        (b.0 as f64 - head * (ux * 0.866 - s * uy * 0.5)).round() as i32,
+                        (b.1 as f64 - head * (uy * 0.866 + s * ux * 0.5)).round() as i32,
+                    )
+                };
+                plot.draw(&Polygon::new(
+                    vec![wing(1.0), b, wing(-1.0)],
+                    RGBColor(25, 25, 25).filled(),
+                ))
+                .map_err(draw_err)?;
             }
         }
     }
