@@ -50,7 +50,6 @@ pub mod io;
 pub mod kernel_io;
 pub mod names;
 pub mod output;
-#[cfg(feature = "h5ad")]
 pub mod perturb;
 #[cfg(feature = "h5ad")]
 pub mod pipeline;

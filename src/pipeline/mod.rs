@@ -49,6 +49,9 @@ pub enum PipelineError {
     /// Reading or writing an estimator.
     #[error(transparent)]
     EstimatorIo(#[from] crate::estimator_io::EstimatorIoError),
+    /// In-silico perturbation.
+    #[error(transparent)]
+    Perturb(#[from] crate::perturb::PerturbError),
     /// Diffusion map and pseudotime.
     #[error(transparent)]
     Dpt(#[from] crate::upstream::dpt::DptError),

@@ -27,21 +27,47 @@
 //! writes dynamo's `obsm["j_delta_x_perturbation"]` (Δv in the basis).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use cellfate_dynamics::perturb::{
-    add_composition, changed_fates, kinetic_velocity, shift_summary, BootstrapOptions, Change,
-    GeneKinetics, GroupShift,
+    add_composition, kinetic_velocity, shift_summary, BootstrapOptions, Change, GeneKinetics,
+    GroupShift,
 };
-use cellfate_estimators::absorption::{compute_fate_probabilities, AbsorptionOptions};
+use cellfate_estimators::absorption::{
+    compute_fate_probabilities, AbsorptionError, AbsorptionOptions,
+};
 use cellfate_kernels::{
-    projection, CellSource, Csr, DenseMatrix, Kernel, KernelSpec, SourceError, TransitionMatrix,
+    CellSource, Csr, DenseMatrix, Kernel, KernelError, KernelOutput, KernelSpec, SourceError,
+    TransitionMatrix,
 };
+use cellfate_vectorfield::VectorField;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::io::{Element, H5adEdit, H5adReader, SparseArray};
-use crate::pipeline::PipelineError;
+#[cfg(feature = "h5ad")]
+mod file;
+#[cfg(feature = "h5ad")]
+pub use file::{input_from_file, perturb_in_file, screen_genes};
+
+/// An error of a perturbation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PerturbError {
+    /// Settings that cannot work (names the field and the flag).
+    #[error("perturb: {0}")]
+    Settings(String),
+    /// The input lacks what the perturbation needs, or a gene cannot be perturbed.
+    #[error("{0}")]
+    Data(String),
+    /// A TOML spec that does not parse.
+    #[error("config: {0}")]
+    Config(#[from] toml::de::Error),
+    /// Recomputing the kernel.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// Solving for the fate probabilities.
+    #[error(transparent)]
+    Absorption(#[from] AbsorptionError),
+}
 
 /// How the perturbed velocities are predicted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,28 +149,23 @@ impl Default for PerturbSpec {
 }
 
 /// A settings error, naming the field and the flag.
-fn settings(message: String) -> PipelineError {
-    PipelineError::Settings {
-        section: "perturb",
-        message,
-    }
+fn settings(message: String) -> PerturbError {
+    PerturbError::Settings(message)
 }
 
 /// An error about the input file.
-fn data(input: &Path, message: String) -> PipelineError {
-    PipelineError::Preprocessing {
-        message: format!("{}: {message}", input.display()),
-    }
+fn data(input: &str, message: String) -> PerturbError {
+    PerturbError::Data(format!("{input}: {message}"))
 }
 
 impl PerturbSpec {
     /// Reads `[perturb]`-style TOML (the fields of this struct at the top level).
-    pub fn from_toml(text: &str) -> Result<Self, PipelineError> {
-        toml::from_str(text).map_err(|source| PipelineError::Config { source })
+    pub fn from_toml(text: &str) -> Result<Self, PerturbError> {
+        Ok(toml::from_str(text)?)
     }
 
     /// The change asked for (a knockout when neither level nor fold is given).
-    pub fn change(&self) -> Result<Change, PipelineError> {
+    pub fn change(&self) -> Result<Change, PerturbError> {
         let c = match (self.level, self.fold) {
             (Some(_), Some(_)) => {
                 return Err(settings(
@@ -161,7 +182,7 @@ impl PerturbSpec {
     }
 
     /// Checks the settings on their own, a request included (genes or a screen).
-    pub fn validate(&self) -> Result<(), PipelineError> {
+    pub fn validate(&self) -> Result<(), PerturbError> {
         self.validate_settings()?;
         if self.genes.is_empty() && self.screen.is_none() {
             return Err(settings(
@@ -177,7 +198,7 @@ impl PerturbSpec {
     }
 
     /// Checks the settings other than what is perturbed (what [`Prepared::new`] needs).
-    pub fn validate_settings(&self) -> Result<(), PipelineError> {
+    pub fn validate_settings(&self) -> Result<(), PerturbError> {
         self.change()?;
         if let Some(s) = &self.screen {
             parse_screen(s)?;
@@ -202,7 +223,7 @@ pub enum Screen {
 }
 
 /// Parses `top_drivers:N` or `genes:A,B`.
-pub fn parse_screen(s: &str) -> Result<Screen, PipelineError> {
+pub fn parse_screen(s: &str) -> Result<Screen, PerturbError> {
     let bad = || {
         settings(format!(
             "screen (--screen) = {s:?}: expected top_drivers:N (N >= 1) or genes:A,B,..."
@@ -232,7 +253,7 @@ pub fn parse_screen(s: &str) -> Result<Screen, PipelineError> {
 /// A cell source that reads through to another one except for some replaced layers (and,
 /// for the basis kernel, a different number of "genes").
 struct Overlay<'a> {
-    inner: &'a dyn CellSource,
+    inner: &'a (dyn CellSource + 'a),
     layers: BTreeMap<String, DenseMatrix>,
     n_genes: Option<usize>,
 }
@@ -323,10 +344,40 @@ pub fn closest_names<'a>(name: &str, names: &'a [String]) -> Vec<&'a str> {
     scored.into_iter().take(3).map(|s| s.1).collect()
 }
 
-/// Everything a perturbation needs from the file, read once (a screen reuses it).
+/// What a perturbation reads, gathered by the caller: from an `.h5ad` file
+/// ([`input_from_file`]) or from an in-memory AnnData (the Python package).
+pub struct PerturbInput<'a> {
+    /// Layers, `obs` columns and graphs (the kernel's inputs).
+    pub source: &'a (dyn CellSource + 'a),
+    /// The input's name in messages (a path, or `adata`).
+    pub name: String,
+    /// The run's kernel: its transition matrix and effective spec.
+    pub kernel: KernelOutput,
+    /// `obs["term_states_fwd"]`: labels and categories.
+    pub terminal: (Vec<Option<String>>, Vec<String>),
+    /// Gene names.
+    pub var_names: Vec<String>,
+    /// Clusters (labels and categories) of `cluster_key`, when present.
+    pub clusters: Option<(Vec<Option<String>>, Vec<String>)>,
+    /// Kinetic route: whether the velocities come from the dynamical model
+    /// (`uns["velocity_params"]["mode"]`).
+    pub dynamical: bool,
+    /// Kinetic route: `var["velocity_gamma"]` (steady-state and stochastic models).
+    pub velocity_gamma: Option<Vec<f64>>,
+    /// Kinetic route: `var["fit_beta"]` and `var["fit_gamma"]` (dynamical model).
+    pub fit_rates: Option<(Vec<f64>, Vec<f64>)>,
+    /// Jacobian route: the field and the cells' positions and velocities in its basis
+    /// (row-major n × d), with the basis name.
+    pub field: Option<(VectorField, Vec<f64>, Vec<f64>, String)>,
+    /// Whether `X` is log1p-transformed (`uns["log1p"]`): a fold is applied to the counts.
+    pub log1p: bool,
+}
+
+/// Everything a perturbation needs, read once and with the unperturbed reference computed
+/// (a screen reuses it for every gene).
 pub struct Prepared<'a> {
-    r: &'a H5adReader,
-    input: std::path::PathBuf,
+    source: &'a (dyn CellSource + 'a),
+    input: String,
     /// The kernel spec used (the run's effective spec; in the basis for the jacobian route).
     spec: KernelSpec,
     /// The unperturbed transition matrix (recomputed with `spec`).
@@ -344,15 +395,36 @@ pub struct Prepared<'a> {
     groups: Vec<(String, Vec<usize>)>,
     method: PerturbMethod,
     change: Change,
-    /// Kinetic route: the velocity layer key, the whole layer, and the genes' kinetics.
-    velocity: Option<(String, DenseMatrix, Vec<GeneKinetics>, Vec<bool>)>,
+    /// Kinetic route: the velocity layer key, the layer, `Mu`, the genes' kinetics and the
+    /// genes the kernel reads.
+    velocity: Option<KineticState>,
     /// Kinetic route: the normalised expression (the kernel's `Ms`) and each cell's total,
-    /// for the compositional term; `None` when the layer does not match the velocities.
+    /// for the compositional term.
     expression: Option<(DenseMatrix, Vec<f64>)>,
-    /// Jacobian route: the field, positions and velocities in the basis (n × d).
-    field: Option<(cellfate_vectorfield::VectorField, Vec<f64>, Vec<f64>, usize)>,
+    /// Jacobian route: the field, positions and velocities in the basis, d, and `X`.
+    field: Option<JacobianState>,
+    log1p: bool,
     opts: AbsorptionOptions,
     boot: BootstrapOptions,
+}
+
+/// The jacobian route's inputs: the field, the cells' positions and velocities in its basis
+/// (row-major n × d), d, and `X`.
+struct JacobianState {
+    field: VectorField,
+    x: Vec<f64>,
+    v: Vec<f64>,
+    d: usize,
+    expr: DenseMatrix,
+}
+
+/// The kinetic route's inputs.
+struct KineticState {
+    vkey: String,
+    velocity: DenseMatrix,
+    mu: DenseMatrix,
+    kinetics: Vec<GeneKinetics>,
+    used: Vec<bool>,
 }
 
 /// The result of one perturbation.
@@ -382,22 +454,16 @@ pub struct PerturbOutcome {
 }
 
 impl<'a> Prepared<'a> {
-    /// Reads what the perturbations of `spec` need from `r` and computes the unperturbed
-    /// reference.
-    pub fn new(r: &'a H5adReader, input: &Path, spec: &PerturbSpec) -> Result<Self, PipelineError> {
+    /// Checks what the perturbations of `spec` need in `input` and computes the unperturbed
+    /// reference (the run's kernel recomputed, the fate probabilities towards its terminal
+    /// states).
+    pub fn from_input(input: PerturbInput<'a>, spec: &PerturbSpec) -> Result<Self, PerturbError> {
         spec.validate_settings()?;
         let change = spec.change()?;
-        let n = r.n_obs()?;
-        let tkey = &spec.transition_key;
-        if !r.exists(&format!("obsp/{tkey}")) {
-            return Err(data(
-                input,
-                format!("obsp[\"{tkey}\"] is missing: perturb reads a file `cellfate run` wrote (a transition matrix and terminal states); run it first"),
-            ));
-        }
-        let stored =
-            crate::kernel_io::read_kernel(r, tkey).map_err(|e| data(input, e.to_string()))?;
-        let mut kspec = stored.effective.clone();
+        let name = input.name.clone();
+        let src = input.source;
+        let n = src.n_cells();
+        let mut kspec = input.kernel.effective.clone();
         let mut found = None;
         edit_velocity_leaves(&mut kspec, &mut |p| {
             if found.is_none() {
@@ -406,54 +472,57 @@ impl<'a> Prepared<'a> {
         });
         let Some(vparams) = found else {
             return Err(data(
-                input,
-                format!("the kernel of obsp[\"{tkey}\"] ({}) has no velocity term: a perturbation changes velocities, so it cannot change this transition matrix", stored.effective.to_json()),
+                &name,
+                format!("the kernel of obsp[\"{}\"] ({}) has no velocity term: a perturbation changes velocities, so it cannot change this transition matrix", spec.transition_key, input.kernel.effective.to_json()),
             ));
         };
-        // Terminal states of the run.
-        let terms = crate::estimator_io::read_clusters(r, "term_states_fwd").map_err(|_| {
-            data(
-                input,
-                "obs[\"term_states_fwd\"] is missing or not categorical: perturb predicts fates towards the run's terminal states; run `cellfate run` (or terminal-states) first".into(),
-            )
-        })?;
-        let lineages = terms.categories.clone();
-        let terminal: Vec<Option<usize>> = terms
-            .labels
+        let (labels, lineages) = input.terminal;
+        if lineages.len() < 2 {
+            return Err(data(
+                &name,
+                format!("the run has {} terminal state(s): fate probabilities shift only between two or more", lineages.len()),
+            ));
+        }
+        let terminal: Vec<Option<usize>> = labels
             .iter()
             .map(|l| {
                 l.as_ref()
                     .and_then(|s| lineages.iter().position(|c| c == s))
             })
             .collect();
-        if lineages.len() < 2 {
+        if terminal.len() != n {
             return Err(data(
-                input,
-                format!("the run has {} terminal state(s): fate probabilities shift only between two or more", lineages.len()),
+                &name,
+                format!(
+                    "obs[\"term_states_fwd\"] has {} cells, the data {n}",
+                    terminal.len()
+                ),
             ));
         }
-        let var_names = r.var_names()?;
         // Cells and summary groups.
-        let clusters = crate::estimator_io::read_clusters(r, &spec.cluster_key).ok();
+        let clusters = input.clusters;
+        let members = |cl: &(Vec<Option<String>>, Vec<String>), c: &str| -> Vec<usize> {
+            (0..n)
+                .filter(|&i| cl.0.get(i).and_then(|l| l.as_deref()) == Some(c))
+                .collect()
+        };
         let cells: Vec<usize> = match &spec.cluster {
             None => (0..n).collect(),
             Some(c) => {
                 let cl = clusters.as_ref().ok_or_else(|| {
-                    data(input, format!("--cluster {c}: obs[\"{}\"] (--cluster-key) is missing or not categorical", spec.cluster_key))
+                    data(&name, format!("--cluster {c}: obs[\"{}\"] (--cluster-key) is missing or not categorical", spec.cluster_key))
                 })?;
-                if !cl.categories.contains(c) {
+                if !cl.1.contains(c) {
                     return Err(data(
-                        input,
+                        &name,
                         format!(
                             "--cluster {c}: obs[\"{}\"] has no category {c:?}; it has {}",
                             spec.cluster_key,
-                            cl.categories.join(", ")
+                            cl.1.join(", ")
                         ),
                     ));
                 }
-                (0..n)
-                    .filter(|&i| cl.labels[i].as_deref() == Some(c.as_str()))
-                    .collect()
+                members(cl, c)
             }
         };
         let mut groups = vec![(
@@ -461,24 +530,22 @@ impl<'a> Prepared<'a> {
             cells.clone(),
         )];
         if let Some(cl) = &clusters {
-            for c in &cl.categories {
-                let members: Vec<usize> = (0..n)
-                    .filter(|&i| cl.labels[i].as_deref() == Some(c.as_str()))
-                    .collect();
-                if !members.is_empty() {
-                    groups.push((c.clone(), members));
+            for c in &cl.1 {
+                let m = members(cl, c);
+                if !m.is_empty() {
+                    groups.push((c.clone(), m));
                 }
             }
         }
         let mut prepared = Self {
-            r,
-            input: input.to_path_buf(),
+            source: src,
+            input: name.clone(),
             spec: kspec,
-            base_t: stored.transition.clone(),
+            base_t: input.kernel.transition.clone(),
             base_fates: Vec::new(),
             lineages,
             terminal,
-            var_names,
+            var_names: input.var_names,
             cells,
             groups,
             method: spec.method,
@@ -486,6 +553,7 @@ impl<'a> Prepared<'a> {
             velocity: None,
             expression: None,
             field: None,
+            log1p: input.log1p,
             opts: AbsorptionOptions::default(),
             boot: BootstrapOptions {
                 n_boot: spec.n_boot,
@@ -496,30 +564,24 @@ impl<'a> Prepared<'a> {
         match spec.method {
             PerturbMethod::Kinetic => {
                 let vkey = vparams.vkey.clone();
-                let layer = r.layer(&vkey).map_err(|e| {
+                let layer = src.layer(&vkey).map_err(|e| {
                     data(
-                        input,
+                        &name,
                         format!("the kinetic route recomputes layers[\"{vkey}\"]: {e}"),
                     )
                 })?;
                 let g = layer.ncols();
-                let dynamical = matches!(r.read("uns/velocity_params/mode"), Ok(Element::Str(m)) if m == "dynamical");
-                let col = |k: &str| -> Option<Vec<f64>> {
-                    r.column("var", k).ok().and_then(|e| e.to_f64_vec())
-                };
-                let kinetics: Vec<GeneKinetics> = if dynamical {
-                    let (b, gm) = (col("fit_beta"), col("fit_gamma"));
-                    match (b, gm) {
-                        (Some(b), Some(gm)) => b
-                            .iter()
-                            .zip(&gm)
-                            .map(|(&beta, &gamma)| GeneKinetics { beta, gamma })
-                            .collect(),
-                        _ => return Err(data(input, "the dynamical model's var[\"fit_beta\"] and var[\"fit_gamma\"] are missing: the kinetic route needs the fitted rates".into())),
-                    }
+                let kinetics: Vec<GeneKinetics> = if input.dynamical {
+                    let (b, gm) = input.fit_rates.ok_or_else(|| {
+                        data(&name, "the dynamical model's var[\"fit_beta\"] and var[\"fit_gamma\"] are missing: the kinetic route needs the fitted rates".into())
+                    })?;
+                    b.iter()
+                        .zip(&gm)
+                        .map(|(&beta, &gamma)| GeneKinetics { beta, gamma })
+                        .collect()
                 } else {
-                    let gm = col("velocity_gamma").ok_or_else(|| {
-                        data(input, "var[\"velocity_gamma\"] is missing: the kinetic route needs the fitted velocity model (`cellfate velocity`); --method jacobian goes through a vector field instead".into())
+                    let gm = input.velocity_gamma.ok_or_else(|| {
+                        data(&name, "var[\"velocity_gamma\"] is missing: the kinetic route needs the fitted velocity model (`cellfate velocity`); --method jacobian goes through a vector field instead".into())
                     })?;
                     gm.iter()
                         .map(|&gamma| GeneKinetics { beta: 1.0, gamma })
@@ -527,10 +589,31 @@ impl<'a> Prepared<'a> {
                 };
                 if kinetics.len() != g {
                     return Err(data(
-                        input,
+                        &name,
                         format!(
                             "layers[\"{vkey}\"] has {g} genes but the velocity model has {}",
                             kinetics.len()
+                        ),
+                    ));
+                }
+                let mu = src
+                    .layer("Mu")
+                    .or_else(|_| src.layer("unspliced"))
+                    .map_err(|e| {
+                        data(
+                            &name,
+                            format!(
+                                "the kinetic route reads the unspliced moments layers[\"Mu\"]: {e}"
+                            ),
+                        )
+                    })?;
+                if mu.nrows() != n || mu.ncols() != g {
+                    return Err(data(
+                        &name,
+                        format!(
+                            "layers[\"Mu\"] is {} x {}, the velocities {n} x {g}",
+                            mu.nrows(),
+                            mu.ncols()
                         ),
                     ));
                 }
@@ -538,44 +621,69 @@ impl<'a> Prepared<'a> {
                     .gene_subset
                     .clone()
                     .unwrap_or_else(|| format!("{vkey}_genes"));
-                let used = r
+                let used = src
                     .var_mask(&subset)
                     .ok()
                     .flatten()
                     .unwrap_or_else(|| vec![true; g]);
-                if let Ok(xs) = r.layer(&vparams.xkey) {
-                    if xs.nrows() == n && xs.ncols() == g {
-                        // scVelo normalises every cell to the median of the raw totals over
-                        // all genes (`obs["initial_size_spliced"]`), before genes are
-                        // filtered; without that column, the row sums of what is kept.
-                        let median = r.obs_f64("initial_size_spliced").ok().and_then(|mut t| {
-                            t.retain(|x| x.is_finite() && *x > 0.0);
-                            (!t.is_empty()).then(|| cellfate_dynamics::stats::percentile(&t, 50.0))
-                        });
-                        let mut row = Vec::new();
-                        let totals = (0..n)
-                            .map(|i| match median {
-                                Some(m) => m,
-                                None => {
-                                    xs.row_into(i, &mut row);
-                                    row.iter().filter(|x| x.is_finite()).sum::<f64>()
-                                }
-                            })
-                            .collect();
-                        prepared.expression = Some((xs, totals));
-                    }
+                let xs = src.layer(&vparams.xkey).map_err(|e| {
+                    data(
+                        &name,
+                        format!(
+                            "layers[\"{}\"] (the kernel's expression): {e}",
+                            vparams.xkey
+                        ),
+                    )
+                })?;
+                if xs.nrows() != n || xs.ncols() != g {
+                    return Err(data(
+                        &name,
+                        format!(
+                            "layers[\"{}\"] is {} x {}, the velocities {n} x {g}",
+                            vparams.xkey,
+                            xs.nrows(),
+                            xs.ncols()
+                        ),
+                    ));
                 }
-                prepared.velocity = Some((vkey, layer, kinetics, used));
+                // scVelo normalises every cell to the median of the raw totals over all genes
+                // (`obs["initial_size_spliced"]`), before genes are filtered; without that
+                // column, the row sums of what is kept.
+                let median = src.obs_f64("initial_size_spliced").ok().and_then(|mut t| {
+                    t.retain(|x| x.is_finite() && *x > 0.0);
+                    (!t.is_empty()).then(|| cellfate_dynamics::stats::percentile(&t, 50.0))
+                });
+                let mut row = Vec::new();
+                let totals = (0..n)
+                    .map(|i| match median {
+                        Some(m) => m,
+                        None => {
+                            xs.row_into(i, &mut row);
+                            row.iter().filter(|x| x.is_finite()).sum::<f64>()
+                        }
+                    })
+                    .collect();
+                prepared.expression = Some((xs, totals));
+                prepared.velocity = Some(KineticState {
+                    vkey,
+                    velocity: layer,
+                    mu,
+                    kinetics,
+                    used,
+                });
                 // The unperturbed reference: the run's effective kernel on the same source.
-                let out = prepared.spec.compute(r)?;
+                let out = prepared.spec.compute(src)?;
                 prepared.base_t = out.transition;
             }
             PerturbMethod::Jacobian => {
-                let basis = spec.basis.as_str();
-                let field = crate::vectorfield_io::read_vector_field(r, input, basis)?;
+                let (field, x, v, basis) = input.field.ok_or_else(|| {
+                    data(&name, format!("uns[\"VecFld_{0}\"] is missing: the jacobian route needs a vector field (`cellfate vectorfield --basis {0}` first)", spec.basis))
+                })?;
                 let d = field.dim();
-                let (_, _, x, _) = crate::vectorfield_io::embedding(r, input, basis, Some(d))?;
-                let (v, _, _) = crate::vectorfield_io::basis_velocity(r, input, basis, n, d)?;
+                if x.len() != n * d || v.len() != n * d {
+                    return Err(data(&name, format!("the positions and velocities in {basis} must be {n} x {d} (the field's dimension)")));
+                }
+                let expr = src.layer("X").map_err(|e| data(&name, format!("X: {e}")))?;
                 // The velocity kernel in the basis, its softmax scale estimated unperturbed.
                 edit_velocity_leaves(&mut prepared.spec, &mut |p| {
                     p.xkey = BASIS_X.into();
@@ -583,24 +691,30 @@ impl<'a> Prepared<'a> {
                     p.gene_subset = None;
                     p.softmax_scale = None;
                 });
-                let overlay = basis_overlay(r, &x, &v, n, d);
+                let overlay = basis_overlay(src, &x, &v, n, d);
                 let out = prepared.spec.compute(&overlay)?;
                 prepared.spec = out.effective;
                 prepared.base_t = out.transition;
-                prepared.field = Some((field, x, v, d));
+                prepared.field = Some(JacobianState {
+                    field,
+                    x,
+                    v,
+                    d,
+                    expr,
+                });
             }
         }
         prepared.base_fates = prepared.fates(&prepared.base_t)?;
         Ok(prepared)
     }
 
-    fn fates(&self, t: &TransitionMatrix) -> Result<Vec<f64>, PipelineError> {
+    fn fates(&self, t: &TransitionMatrix) -> Result<Vec<f64>, PerturbError> {
         let (f, _) = compute_fate_probabilities(t, &self.terminal, &self.lineages, &self.opts)?;
         Ok(f.probs)
     }
 
     /// Index of a gene by name; an error suggesting the closest names.
-    pub fn gene_index(&self, name: &str) -> Result<usize, PipelineError> {
+    pub fn gene_index(&self, name: &str) -> Result<usize, PerturbError> {
         self.var_names
             .iter()
             .position(|g| g == name)
@@ -616,12 +730,11 @@ impl<'a> Prepared<'a> {
     }
 
     /// Perturbs `genes` together and predicts the shift.
-    pub fn perturb(&self, genes: &[String]) -> Result<PerturbOutcome, PipelineError> {
+    pub fn perturb(&self, genes: &[String]) -> Result<PerturbOutcome, PerturbError> {
         let idx: Vec<usize> = genes
             .iter()
             .map(|g| self.gene_index(g))
             .collect::<Result<_, _>>()?;
-        let n = self.base_t.n_cells();
         let (t, delta_v) = match self.method {
             PerturbMethod::Kinetic => (self.kinetic_transition(genes, &idx)?, None),
             PerturbMethod::Jacobian => {
@@ -632,7 +745,6 @@ impl<'a> Prepared<'a> {
         let fates = self.fates(&t)?;
         let l = self.lineages.len();
         let groups = shift_summary(&self.base_fates, &fates, l, &self.groups, &self.boot);
-        debug_assert_eq!(fates.len(), n * l);
         Ok(PerturbOutcome {
             genes: genes.to_vec(),
             change: self.change.describe(),
@@ -646,59 +758,55 @@ impl<'a> Prepared<'a> {
         })
     }
 
-    /// Expression of gene `j` in the perturbed cells must not be all zero (`slot`).
-    fn check_expressed(&self, name: &str, slot: &str, j: usize) -> Result<Vec<f64>, PipelineError> {
-        let (_, _, col) = self.r.dense_select(slot, &[j])?;
-        if self.cells.iter().all(|&i| col[i] == 0.0) {
+    /// Gene `j` of `m` must not be 0 in every perturbed cell (`slot` names it).
+    fn check_expressed(
+        &self,
+        name: &str,
+        slot: &str,
+        m: &DenseMatrix,
+        j: usize,
+    ) -> Result<(), PerturbError> {
+        if self.cells.iter().all(|&i| m.get(i, j) == 0.0) {
             return Err(data(
                 &self.input,
                 format!("--gene {name}: {slot} is 0 in every perturbed cell ({}): there is no expression to change", self.groups[0].0),
             ));
         }
-        Ok(col)
+        Ok(())
     }
 
     fn kinetic_transition(
         &self,
         names: &[String],
         idx: &[usize],
-    ) -> Result<TransitionMatrix, PipelineError> {
-        let (vkey, layer, kinetics, used) = self.velocity.as_ref().expect("kinetic route");
-        let (n, g) = (layer.nrows(), layer.ncols());
-        let mut v = layer.to_f64();
+    ) -> Result<TransitionMatrix, PerturbError> {
+        let k = self.velocity.as_ref().expect("kinetic route");
+        let (n, g) = (k.velocity.nrows(), k.velocity.ncols());
+        let mut v = k.velocity.to_f64();
         for (name, &j) in names.iter().zip(idx) {
-            if !used[j] {
+            if !k.used[j] {
                 return Err(data(
                     &self.input,
-                    format!("--gene {name} is not among the velocity genes (var[\"{vkey}_genes\"]): the kinetic route changes velocities the kernel reads, and the kernel does not read this gene; --method jacobian (through a vector field) can still perturb it"),
+                    format!("--gene {name} is not among the velocity genes (var[\"{}_genes\"]): the kinetic route changes velocities the kernel reads, and the kernel does not read this gene; --method jacobian (through a vector field) can still perturb it", k.vkey),
                 ));
             }
-            if !kinetics[j].is_valid() {
+            if !k.kinetics[j].is_valid() {
                 return Err(data(
                     &self.input,
                     format!(
                         "--gene {name}: its velocity model has no valid rates (beta {}, gamma {})",
-                        kinetics[j].beta, kinetics[j].gamma
+                        k.kinetics[j].beta, k.kinetics[j].gamma
                     ),
                 ));
             }
-            let mu_slot = if self.r.exists("layers/Mu") {
-                "layers/Mu"
-            } else {
-                "layers/unspliced"
-            };
-            let ms_slot = if self.r.exists("layers/Ms") {
-                "layers/Ms"
-            } else {
-                "layers/spliced"
-            };
-            self.check_expressed(name, ms_slot, j)?;
-            let (_, _, mu) = self.r.dense_select(mu_slot, &[j])?;
+            if let Some((xs, _)) = &self.expression {
+                self.check_expressed(name, "layers[\"Ms\"]", xs, j)?;
+            }
             let mut x = Vec::new();
             for &i in &self.cells {
                 let q = i * g + j;
                 if v[q].is_finite() {
-                    let new = kinetic_velocity(v[q], mu[i], kinetics[j], self.change);
+                    let new = kinetic_velocity(v[q], k.mu.get(i, j), k.kinetics[j], self.change);
                     let delta = new - v[q];
                     v[q] = new;
                     if let Some((xs, totals)) = &self.expression {
@@ -709,8 +817,8 @@ impl<'a> Prepared<'a> {
             }
         }
         let overlay = Overlay {
-            inner: self.r,
-            layers: BTreeMap::from([(vkey.clone(), DenseMatrix::from_f64(n, g, v))]),
+            inner: self.source,
+            layers: BTreeMap::from([(k.vkey.clone(), DenseMatrix::from_f64(n, g, v))]),
             n_genes: None,
         };
         Ok(self.spec.compute(&overlay)?.transition)
@@ -720,19 +828,25 @@ impl<'a> Prepared<'a> {
         &self,
         names: &[String],
         idx: &[usize],
-    ) -> Result<(TransitionMatrix, Vec<f64>), PipelineError> {
-        let (field, x, v, d) = self.field.as_ref().expect("jacobian route");
+    ) -> Result<(TransitionMatrix, Vec<f64>), PerturbError> {
+        let JacobianState {
+            field,
+            x,
+            v,
+            d,
+            expr,
+        } = self.field.as_ref().expect("jacobian route");
         let n = x.len() / d;
-        let log1p = self.r.exists("uns/log1p");
         let mut dz = vec![0.0; n * d];
         for (name, &j) in names.iter().zip(idx) {
-            let col = self.check_expressed(name, "X", j)?;
+            self.check_expressed(name, "X", expr, j)?;
+            let col: Vec<f64> = (0..n).map(|i| expr.get(i, j)).collect();
             let w = cellfate_vectorfield::perturb::loadings(&col, x, *d);
             for &i in &self.cells {
                 let xi = col[i];
                 let target = match self.change {
                     Change::Level(l) => l,
-                    Change::Fold(k) if log1p => (k * xi.exp_m1()).ln_1p(),
+                    Change::Fold(k) if self.log1p => (k * xi.exp_m1()).ln_1p(),
                     Change::Fold(k) => k * xi,
                 };
                 let dx = target - xi;
@@ -743,7 +857,7 @@ impl<'a> Prepared<'a> {
         }
         let dv = cellfate_vectorfield::perturb::jacobian_response(field, x, &dz);
         let vp: Vec<f64> = v.iter().zip(&dv).map(|(a, b)| a + b).collect();
-        let overlay = basis_overlay(self.r, x, &vp, n, *d);
+        let overlay = basis_overlay(self.source, x, &vp, n, *d);
         Ok((self.spec.compute(&overlay)?.transition, dv))
     }
 }
@@ -752,9 +866,15 @@ impl<'a> Prepared<'a> {
 const BASIS_X: &str = "__perturb_basis_x";
 const BASIS_V: &str = "__perturb_basis_v";
 
-fn basis_overlay<'a>(r: &'a H5adReader, x: &[f64], v: &[f64], n: usize, d: usize) -> Overlay<'a> {
+fn basis_overlay<'a>(
+    src: &'a (dyn CellSource + 'a),
+    x: &[f64],
+    v: &[f64],
+    n: usize,
+    d: usize,
+) -> Overlay<'a> {
     Overlay {
-        inner: r,
+        inner: src,
         layers: BTreeMap::from([
             (BASIS_X.to_string(), DenseMatrix::from_f64(n, d, x.to_vec())),
             (BASIS_V.to_string(), DenseMatrix::from_f64(n, d, v.to_vec())),
@@ -779,50 +899,11 @@ pub struct ScreenRow {
     pub n_changed: usize,
 }
 
-/// The genes of a screen: `top_drivers:N` from `varm["terminal_lineage_drivers"]` (largest
-/// |correlation| over the lineages, ties by name), or the listed genes.
-pub fn screen_genes(
-    r: &H5adReader,
-    input: &Path,
-    screen: &Screen,
-) -> Result<Vec<String>, PipelineError> {
-    match screen {
-        Screen::Genes(g) => Ok(g.clone()),
-        Screen::TopDrivers(k) => {
-            let slot = "varm/terminal_lineage_drivers";
-            let Ok(Element::DataFrame(df)) = r.read(slot) else {
-                return Err(data(input, "varm[\"terminal_lineage_drivers\"] is missing: --screen top_drivers:N ranks the run's driver genes (`cellfate run` computes them); use --screen genes:A,B otherwise".into()));
-            };
-            let names = r.var_names()?;
-            let mut best = vec![f64::NEG_INFINITY; names.len()];
-            for (col, e) in &df.columns {
-                if !col.ends_with("_corr") {
-                    continue;
-                }
-                if let Some(v) = e.to_f64_vec() {
-                    for (b, x) in best.iter_mut().zip(v) {
-                        if x.is_finite() {
-                            *b = b.max(x.abs());
-                        }
-                    }
-                }
-            }
-            let mut order: Vec<usize> = (0..names.len()).filter(|&j| best[j].is_finite()).collect();
-            order.sort_by(|&a, &b| best[b].total_cmp(&best[a]).then(names[a].cmp(&names[b])));
-            Ok(order
-                .into_iter()
-                .take(*k)
-                .map(|j| names[j].clone())
-                .collect())
-        }
-    }
-}
-
 /// Runs the screen: each gene perturbed alone (in parallel; each result independent of the
 /// others and of the threads), ranked by magnitude (ties by gene name). Genes the predictor
 /// cannot perturb are reported in the second list with the reason.
 pub fn run_screen(p: &Prepared<'_>, genes: &[String]) -> (Vec<ScreenRow>, Vec<(String, String)>) {
-    let results: Vec<(String, Result<PerturbOutcome, PipelineError>)> = genes
+    let results: Vec<(String, Result<PerturbOutcome, PerturbError>)> = genes
         .par_iter()
         .map(|g| (g.clone(), p.perturb(std::slice::from_ref(g))))
         .collect();
@@ -910,115 +991,4 @@ impl PerturbReport {
         }
         s
     }
-}
-
-/// Perturbs (or screens) on `input` and writes the results into a copy at `output` (see the
-/// module docs for the keys).
-pub fn perturb_in_file(
-    input: &Path,
-    output: &Path,
-    spec: &PerturbSpec,
-) -> Result<PerturbReport, PipelineError> {
-    spec.validate()?;
-    let r = H5adReader::open(input)?;
-    let p = Prepared::new(&r, input, spec)?;
-    let l = p.lineages.len();
-    let n = p.base_t.n_cells();
-    let key = &spec.key;
-    let mut edit = H5adEdit::new(input);
-    let mut report = PerturbReport {
-        outcome: None,
-        screen: Vec::new(),
-        skipped: Vec::new(),
-        lineages: p.lineages.clone(),
-    };
-    if let Some(s) = &spec.screen {
-        let genes = screen_genes(&r, input, &parse_screen(s)?)?;
-        let (rows, skipped) = run_screen(&p, &genes);
-        if rows.is_empty() {
-            return Err(data(
-                input,
-                format!(
-                    "--screen {s}: no gene could be perturbed ({})",
-                    skipped
-                        .iter()
-                        .map(|(g, e)| format!("{g}: {e}"))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ),
-            ));
-        }
-        report.screen = rows;
-        report.skipped = skipped;
-        let json = serde_json::json!({
-            "screen": s,
-            "change": p.change.describe(),
-            "method": spec.method,
-            "lineages": p.lineages,
-            "ranking": report.screen,
-            "skipped": report.skipped,
-        });
-        edit.set(&format!("uns/{key}_screen"), Element::Str(json.to_string()));
-    } else {
-        let o = p.perturb(&spec.genes)?;
-        let shift: Vec<f64> = o
-            .fates
-            .iter()
-            .zip(&p.base_fates)
-            .map(|(a, b)| a - b)
-            .collect();
-        let changed = changed_fates(&p.base_fates, &o.fates, l);
-        edit.set(
-            &format!("obsm/lineages_fwd_{key}"),
-            Element::from_f64_matrix(n, l, o.fates.clone()),
-        );
-        edit.set(
-            &format!("obsm/lineages_fwd_{key}_shift"),
-            Element::from_f64_matrix(n, l, shift),
-        );
-        edit.set(
-            &format!("obs/fate_changed_{key}"),
-            Element::from_bools(changed),
-        );
-        if let Some(t) = &o.transition {
-            edit.set(
-                &format!("obsp/{key}_transition_matrix"),
-                Element::Sparse(SparseArray::from_csr(t.as_csr())),
-            );
-            let emb_name = spec.embedding.clone().unwrap_or_else(|| {
-                if r.exists("obsm/X_umap") {
-                    "umap".into()
-                } else {
-                    spec.basis.clone()
-                }
-            });
-            if let Ok(e) = r.obsm(&format!("X_{emb_name}")) {
-                let proj = projection::project(t, &e);
-                edit.set(
-                    &format!("obsm/velocity_{emb_name}_{key}"),
-                    Element::from_f64_matrix(n, e.ncols(), proj),
-                );
-            }
-        }
-        if let Some(dv) = &o.delta_v {
-            let d = dv.len() / n.max(1);
-            edit.set(
-                "obsm/j_delta_x_perturbation",
-                Element::from_f64_matrix(n, d, dv.clone()),
-            );
-        }
-        let json = serde_json::json!({
-            "genes": o.genes,
-            "change": o.change,
-            "method": spec.method,
-            "cluster": spec.cluster,
-            "lineages": o.lineages,
-            "n_cells_perturbed": o.n_cells_perturbed,
-            "summary": o.groups,
-        });
-        edit.set(&format!("uns/{key}"), Element::Str(json.to_string()));
-        report.outcome = Some(o);
-    }
-    edit.write_to(output)?;
-    Ok(report)
 }
