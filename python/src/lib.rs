@@ -10,6 +10,7 @@ mod convert;
 mod errors;
 mod estimator;
 mod kernel;
+mod perturb;
 mod run;
 mod slots;
 mod source;
@@ -45,5 +46,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(vectorfield::ddhodge, m)?)?;
     m.add_function(wrap_pyfunction!(vectorfield::ddhodge_transitions, m)?)?;
     m.add_function(wrap_pyfunction!(vectorfield::fate, m)?)?;
+    m.add_function(wrap_pyfunction!(perturb::perturb, m)?)?;
     Ok(())
 }

@@ -3,15 +3,13 @@
 
 use std::path::Path;
 
-use cellfate_kernels::{projection, CellSource};
-
-use cellfate_dynamics::perturb::changed_fates;
+use cellfate_kernels::CellSource;
 
 use super::{
-    parse_screen, run_screen, PerturbError, PerturbInput, PerturbReport, PerturbSpec, Prepared,
-    Screen,
+    outcome_slots, parse_screen, run_screen, screen_slots, PerturbError, PerturbInput,
+    PerturbReport, PerturbSpec, Prepared, Screen,
 };
-use crate::io::{Element, H5adEdit, H5adReader, SparseArray};
+use crate::io::{Element, H5adEdit, H5adReader};
 use crate::pipeline::PipelineError;
 
 fn data(input: &Path, message: String) -> PipelineError {
@@ -135,9 +133,6 @@ pub fn perturb_in_file(
     spec.validate()?;
     let r = H5adReader::open(input)?;
     let p = Prepared::new(&r, input, spec)?;
-    let l = p.lineages.len();
-    let n = p.base_t.n_cells();
-    let key = &spec.key;
     let mut edit = H5adEdit::new(input);
     let mut report = PerturbReport {
         outcome: None,
@@ -163,73 +158,22 @@ pub fn perturb_in_file(
         }
         report.screen = rows;
         report.skipped = skipped;
-        let json = serde_json::json!({
-            "screen": s,
-            "change": p.change.describe(),
-            "method": spec.method,
-            "lineages": p.lineages,
-            "ranking": report.screen,
-            "skipped": report.skipped,
-        });
-        edit.set(&format!("uns/{key}_screen"), Element::Str(json.to_string()));
+        for (slot, e) in screen_slots(&p, spec, &report) {
+            edit.set(&slot, e);
+        }
     } else {
         let o = p.perturb(&spec.genes)?;
-        let shift: Vec<f64> = o
-            .fates
-            .iter()
-            .zip(&p.base_fates)
-            .map(|(a, b)| a - b)
-            .collect();
-        let changed = changed_fates(&p.base_fates, &o.fates, l);
-        edit.set(
-            &format!("obsm/lineages_fwd_{key}"),
-            Element::from_f64_matrix(n, l, o.fates.clone()),
-        );
-        edit.set(
-            &format!("obsm/lineages_fwd_{key}_shift"),
-            Element::from_f64_matrix(n, l, shift),
-        );
-        edit.set(
-            &format!("obs/fate_changed_{key}"),
-            Element::from_bools(changed),
-        );
-        if let Some(t) = &o.transition {
-            edit.set(
-                &format!("obsp/{key}_transition_matrix"),
-                Element::Sparse(SparseArray::from_csr(t.as_csr())),
-            );
-            let emb_name = spec.embedding.clone().unwrap_or_else(|| {
-                if r.exists("obsm/X_umap") {
-                    "umap".into()
-                } else {
-                    spec.basis.clone()
-                }
-            });
-            if let Ok(e) = r.obsm(&format!("X_{emb_name}")) {
-                let proj = projection::project(t, &e);
-                edit.set(
-                    &format!("obsm/velocity_{emb_name}_{key}"),
-                    Element::from_f64_matrix(n, e.ncols(), proj),
-                );
+        let emb_name = spec.embedding.clone().unwrap_or_else(|| {
+            if r.exists("obsm/X_umap") {
+                "umap".into()
+            } else {
+                spec.basis.clone()
             }
-        }
-        if let Some(dv) = &o.delta_v {
-            let d = dv.len() / n.max(1);
-            edit.set(
-                "obsm/j_delta_x_perturbation",
-                Element::from_f64_matrix(n, d, dv.clone()),
-            );
-        }
-        let json = serde_json::json!({
-            "genes": o.genes,
-            "change": o.change,
-            "method": spec.method,
-            "cluster": spec.cluster,
-            "lineages": o.lineages,
-            "n_cells_perturbed": o.n_cells_perturbed,
-            "summary": o.groups,
         });
-        edit.set(&format!("uns/{key}"), Element::Str(json.to_string()));
+        let emb = r.obsm(&format!("X_{emb_name}")).ok().map(|e| (emb_name, e));
+        for (slot, e) in outcome_slots(&p, spec, &o, emb.as_ref()) {
+            edit.set(&slot, e);
+        }
         report.outcome = Some(o);
     }
     edit.write_to(output)?;

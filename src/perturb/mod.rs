@@ -29,19 +29,21 @@
 use std::collections::BTreeMap;
 
 use cellfate_dynamics::perturb::{
-    add_composition, kinetic_velocity, shift_summary, BootstrapOptions, Change, GeneKinetics,
-    GroupShift,
+    add_composition, changed_fates, kinetic_velocity, shift_summary, BootstrapOptions, Change,
+    GeneKinetics, GroupShift,
 };
 use cellfate_estimators::absorption::{
     compute_fate_probabilities, AbsorptionError, AbsorptionOptions,
 };
 use cellfate_kernels::{
-    CellSource, Csr, DenseMatrix, Kernel, KernelError, KernelOutput, KernelSpec, SourceError,
-    TransitionMatrix,
+    projection, CellSource, Csr, DenseMatrix, Kernel, KernelError, KernelOutput, KernelSpec,
+    SourceError, TransitionMatrix,
 };
 use cellfate_vectorfield::VectorField;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+
+use crate::io::{Element, SparseArray};
 
 #[cfg(feature = "h5ad")]
 mod file;
@@ -991,4 +993,93 @@ impl PerturbReport {
         }
         s
     }
+}
+
+/// The AnnData elements of one perturbation under `spec.key` (`K`), the same for a file and
+/// an in-memory AnnData: `obsm["lineages_fwd_K"]`, `obsm["lineages_fwd_K_shift"]`,
+/// `obs["fate_changed_K"]`, `obsp["K_transition_matrix"]`, `uns["K"]` (JSON), with an
+/// embedding `(name, X_<name>)` also `obsm["velocity_<name>_K"]` (the perturbed chain
+/// projected on it), and for the jacobian route dynamo's `obsm["j_delta_x_perturbation"]`.
+pub fn outcome_slots(
+    p: &Prepared<'_>,
+    spec: &PerturbSpec,
+    o: &PerturbOutcome,
+    embedding: Option<&(String, DenseMatrix)>,
+) -> Vec<(String, Element)> {
+    let key = &spec.key;
+    let l = p.lineages.len();
+    let n = p.base_t.n_cells();
+    let shift: Vec<f64> = o
+        .fates
+        .iter()
+        .zip(&p.base_fates)
+        .map(|(a, b)| a - b)
+        .collect();
+    let changed = changed_fates(&p.base_fates, &o.fates, l);
+    let mut out = vec![
+        (
+            format!("obsm/lineages_fwd_{key}"),
+            Element::from_f64_matrix(n, l, o.fates.clone()),
+        ),
+        (
+            format!("obsm/lineages_fwd_{key}_shift"),
+            Element::from_f64_matrix(n, l, shift),
+        ),
+        (
+            format!("obs/fate_changed_{key}"),
+            Element::from_bools(changed),
+        ),
+    ];
+    if let Some(t) = &o.transition {
+        out.push((
+            format!("obsp/{key}_transition_matrix"),
+            Element::Sparse(SparseArray::from_csr(t.as_csr())),
+        ));
+        if let Some((name, e)) = embedding.filter(|(_, e)| e.nrows() == n) {
+            let proj = projection::project(t, e);
+            out.push((
+                format!("obsm/velocity_{name}_{key}"),
+                Element::from_f64_matrix(n, e.ncols(), proj),
+            ));
+        }
+    }
+    if let Some(dv) = &o.delta_v {
+        let d = dv.len() / n.max(1);
+        out.push((
+            "obsm/j_delta_x_perturbation".into(),
+            Element::from_f64_matrix(n, d, dv.clone()),
+        ));
+    }
+    let json = serde_json::json!({
+        "genes": o.genes,
+        "change": o.change,
+        "method": spec.method,
+        "cluster": spec.cluster,
+        "lineages": o.lineages,
+        "n_cells_perturbed": o.n_cells_perturbed,
+        "summary": o.groups,
+    });
+    out.push((format!("uns/{key}"), Element::Str(json.to_string())));
+    out
+}
+
+/// The AnnData element of a screen: `uns["<key>_screen"]` (JSON: the screen, the change, the
+/// method, the lineages, the ranking and the genes skipped with the reason).
+pub fn screen_slots(
+    p: &Prepared<'_>,
+    spec: &PerturbSpec,
+    report: &PerturbReport,
+) -> Vec<(String, Element)> {
+    let json = serde_json::json!({
+        "screen": spec.screen,
+        "change": p.change.describe(),
+        "method": spec.method,
+        "lineages": p.lineages,
+        "ranking": report.screen,
+        "skipped": report.skipped,
+    });
+    vec![(
+        format!("uns/{}_screen", spec.key),
+        Element::Str(json.to_string()),
+    )]
 }
