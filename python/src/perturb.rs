@@ -16,6 +16,7 @@ use pyo3::types::PyList;
 use crate::convert;
 use crate::kernel::PyKernel;
 use crate::source::AdataSource;
+use crate::vectorfield::rows;
 use crate::velocity::Matrix;
 
 fn perturb_error(e: PerturbError) -> PyErr {
@@ -25,13 +26,6 @@ fn perturb_error(e: PerturbError) -> PyErr {
     } else {
         PyValueError::new_err(msg)
     }
-}
-
-/// A matrix as row-major `f64` with its shape.
-fn rows(m: &Matrix<'_>) -> (usize, usize, Vec<f64>) {
-    let (n, d) = m.shape();
-    let all: Vec<usize> = (0..d).collect();
-    (n, d, m.gather(&all))
 }
 
 /// The vector field `(X_ctrl, C, beta)` with the cells' positions and velocities in its basis.

@@ -25,7 +25,7 @@ fn value_error(e: impl std::fmt::Display) -> PyErr {
 }
 
 /// A matrix as row-major `f64` with its shape.
-fn rows(m: &Matrix<'_>) -> (usize, usize, Vec<f64>) {
+pub(crate) fn rows(m: &Matrix<'_>) -> (usize, usize, Vec<f64>) {
     let (n, d) = m.shape();
     let all: Vec<usize> = (0..d).collect();
     (n, d, m.gather(&all))

@@ -9,7 +9,7 @@ use cellfate::io::{Element, H5adEdit, H5adReader};
 use cellfate::perturb::{PerturbMethod, PerturbSpec, Prepared};
 use cellfate::sim::{simulate, SimData, SimParams};
 
-use crate::common::{cellfate, succeed, tempdir};
+use crate::common::{cellfate, spearman, succeed, tempdir};
 
 const CELLS: usize = 3000;
 
@@ -55,25 +55,6 @@ fn true_shift(gene: usize, n_cells: usize) -> Vec<f64> {
     let base = fractions(&simulate(&params(&[], n_cells)).expect("simulation"));
     let ko = fractions(&simulate(&params(&[gene], n_cells)).expect("simulation"));
     ko.iter().zip(&base).map(|(a, b)| a - b).collect()
-}
-
-fn spearman(a: &[f64], b: &[f64]) -> f64 {
-    let rank = |v: &[f64]| {
-        let mut idx: Vec<usize> = (0..v.len()).collect();
-        idx.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
-        let mut r = vec![0.0; v.len()];
-        for (k, &i) in idx.iter().enumerate() {
-            r[i] = k as f64;
-        }
-        r
-    };
-    let (ra, rb) = (rank(a), rank(b));
-    let n = a.len() as f64;
-    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
-    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
-    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
-    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
-    cov / (va * vb).sqrt()
 }
 
 /// The Progenitor group of an outcome (the cells whose fate the circuit decides).
