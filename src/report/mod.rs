@@ -476,22 +476,32 @@ pub fn figures(
         }
         let e = DenseMatrix::from_f64(n, 2, xy.iter().flat_map(|p| [p[0], p[1]]).collect());
         let proj = cellfate_kernels::projection::project(&t, &e);
+        let cl = cluster_key.as_deref().and_then(|k| labels(r, k));
         figs.push(Figure {
             name: "projection".into(),
-            title: "transition-matrix projection".into(),
+            title: "velocity streamlines (transition-matrix projection)".into(),
             plot: Plot::Embedding {
                 xy: keep.iter().map(|&i| xy[i]).collect(),
-                colors: match &cluster_key.as_deref().and_then(|k| labels(r, k)) {
+                colors: match &cl {
                     Some(l) => keep
                         .iter()
                         .map(|&i| l.codes[i].map(|q| l.colors[q]))
                         .collect(),
                     None => vec![None; keep.len()],
                 },
-                legend: vec![],
+                legend: cl
+                    .as_ref()
+                    .map(|l| {
+                        l.categories
+                            .iter()
+                            .cloned()
+                            .zip(l.colors.iter().copied())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
                 colorbar: None,
                 basis: basis.clone(),
-                overlay: Overlay::Arrows(grid_arrows(&xy, &proj, 20)),
+                overlay: Overlay::Streamlines(streamlines(&xy, &proj, 40)),
             },
         });
     } else {
@@ -531,56 +541,6 @@ fn drawable_text(f: &mut Figure) {
         }
         Plot::Spectrum { .. } => {}
     }
-}
-
-/// Averages per-cell displacements on a `g × g` grid; arrows scaled so that the longest is
-/// 1.3 grid spacings. Grid squares with fewer than 3 cells get no arrow.
-fn grid_arrows(xy: &[[f64; 2]], v: &[f64], g: usize) -> Vec<([f64; 2], [f64; 2])> {
-    let (mut lo, mut hi) = ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]);
-    for p in xy.iter().filter(|p| p[0].is_finite() && p[1].is_finite()) {
-        for k in 0..2 {
-            lo[k] = lo[k].min(p[k]);
-            hi[k] = hi[k].max(p[k]);
-        }
-    }
-    if lo[0] > hi[0] || g == 0 {
-        return Vec::new();
-    }
-    let span = [(hi[0] - lo[0]).max(1e-12), (hi[1] - lo[1]).max(1e-12)];
-    let mut acc = vec![[0.0f64; 5]; g * g]; // sum x, sum y, sum vx, sum vy, count
-    for (i, p) in xy.iter().enumerate() {
-        if !(p[0].is_finite()
-            && p[1].is_finite()
-            && v[2 * i].is_finite()
-            && v[2 * i + 1].is_finite())
-        {
-            continue;
-        }
-        let cx = (((p[0] - lo[0]) / span[0] * g as f64) as usize).min(g - 1);
-        let cy = (((p[1] - lo[1]) / span[1] * g as f64) as usize).min(g - 1);
-        let a = &mut acc[cy * g + cx];
-        a[0] += p[0];
-        a[1] += p[1];
-        a[2] += v[2 * i];
-        a[3] += v[2 * i + 1];
-        a[4] += 1.0;
-    }
-    let means: Vec<([f64; 2], [f64; 2])> = acc
-        .iter()
-        .filter(|a| a[4] >= 3.0)
-        .map(|a| ([a[0] / a[4], a[1] / a[4]], [a[2] / a[4], a[3] / a[4]]))
-        .collect();
-    // Scale in units of grid spacing per axis.
-    let len = |d: &[f64; 2]| ((d[0] / span[0]).powi(2) + (d[1] / span[1]).powi(2)).sqrt();
-    let max = means.iter().map(|(_, d)| len(d)).fold(0.0f64, f64::max);
-    if max <= 0.0 {
-        return Vec::new();
-    }
-    let s = 1.3 / g as f64 / max;
-    means
-        .into_iter()
-        .map(|(c, d)| (c, [c[0] + s * d[0], c[1] + s * d[1]]))
-        .collect()
 }
 
 /// The top `k` driver genes per lineage from `varm["terminal_lineage_drivers"]`.
@@ -858,7 +818,7 @@ pub fn streamlines(xy: &[[f64; 2]], v: &[f64], g: usize) -> Vec<Vec<[f64; 2]>> {
             let fwd = trace(seed, 1.0, &taken);
             back.reverse();
             back.extend_from_slice(&fwd[1..]);
-            if back.len() < 4 {
+            if back.len() < 8 {
                 continue;
             }
             for p in &back {
@@ -872,4 +832,34 @@ pub fn streamlines(xy: &[[f64; 2]], v: &[f64], g: usize) -> Vec<Vec<[f64; 2]>> {
         }
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::streamlines;
+
+    #[test]
+    fn streamlines_follow_the_flow_and_stay_on_the_cells() {
+        // Cells on a 30 × 10 lattice moving right and slightly up: every line runs left to
+        // right, stays within the cells' box, and no line is drawn for cells at rest.
+        let mut xy = Vec::new();
+        let mut v = Vec::new();
+        for i in 0..30 {
+            for j in 0..10 {
+                xy.push([i as f64, j as f64 * 0.5]);
+                v.extend([1.0, 0.1]);
+            }
+        }
+        let lines = streamlines(&xy, &v, 20);
+        assert!(!lines.is_empty());
+        for l in &lines {
+            assert!(l.windows(2).all(|w| w[1][0] > w[0][0]), "{l:?}");
+            assert!(l
+                .iter()
+                .all(|p| (-1e-9..=29.0 + 1e-9).contains(&p[0])
+                    && (-1e-9..=4.5 + 1e-9).contains(&p[1])));
+        }
+        let still = vec![0.0; v.len()];
+        assert!(streamlines(&xy, &still, 20).is_empty());
+    }
 }

@@ -1,7 +1,7 @@
 //! Figures drawn with `plotters` (SVG and PNG, with an embedded DejaVu Sans font so that no
 //! system font is needed): embeddings coloured by categories or by a fate probability, the
 //! real Schur spectrum with its eigengap, the coarse-grained transition matrix, top driver genes
-//! per lineage, random walks and the transition-matrix projection as arrows.
+//! per lineage, random walks and the transition-matrix projection as streamlines.
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
