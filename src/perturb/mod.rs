@@ -820,7 +820,11 @@ impl<'a> Prepared<'a> {
         }
         let overlay = Overlay {
             inner: self.source,
-            layers: BTreeMap::from([(k.vkey.clone(), DenseMatrix::from_f64(n, g, v))]),
+            // Shared: the kernel's reads clone the layer, which then costs nothing.
+            layers: BTreeMap::from([(
+                k.vkey.clone(),
+                DenseMatrix::from_shared_f64(n, g, std::sync::Arc::new(v)),
+            )]),
             n_genes: None,
         };
         Ok(self.spec.compute(&overlay)?.transition)
@@ -878,8 +882,14 @@ fn basis_overlay<'a>(
     Overlay {
         inner: src,
         layers: BTreeMap::from([
-            (BASIS_X.to_string(), DenseMatrix::from_f64(n, d, x.to_vec())),
-            (BASIS_V.to_string(), DenseMatrix::from_f64(n, d, v.to_vec())),
+            (
+                BASIS_X.to_string(),
+                DenseMatrix::from_shared_f64(n, d, std::sync::Arc::new(x.to_vec())),
+            ),
+            (
+                BASIS_V.to_string(),
+                DenseMatrix::from_shared_f64(n, d, std::sync::Arc::new(v.to_vec())),
+            ),
         ]),
         n_genes: Some(d),
     }
