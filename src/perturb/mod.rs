@@ -628,6 +628,16 @@ impl<'a> Prepared<'a> {
                     .ok()
                     .flatten()
                     .unwrap_or_else(|| vec![true; g]);
+                if used.len() != g || prepared.var_names.len() != g {
+                    return Err(data(
+                        &name,
+                        format!(
+                            "layers[\"{vkey}\"] has {g} genes, var_names {} and var[\"{subset}\"] {}",
+                            prepared.var_names.len(),
+                            used.len()
+                        ),
+                    ));
+                }
                 let xs = src.layer(&vparams.xkey).map_err(|e| {
                     data(
                         &name,
@@ -686,6 +696,17 @@ impl<'a> Prepared<'a> {
                     return Err(data(&name, format!("the positions and velocities in {basis} must be {n} x {d} (the field's dimension)")));
                 }
                 let expr = src.layer("X").map_err(|e| data(&name, format!("X: {e}")))?;
+                if expr.nrows() != n || expr.ncols() != prepared.var_names.len() {
+                    return Err(data(
+                        &name,
+                        format!(
+                            "X is {} x {}: expected {n} cells x {} genes (var_names)",
+                            expr.nrows(),
+                            expr.ncols(),
+                            prepared.var_names.len()
+                        ),
+                    ));
+                }
                 // The velocity kernel in the basis, its softmax scale estimated unperturbed.
                 edit_velocity_leaves(&mut prepared.spec, &mut |p| {
                     p.xkey = BASIS_X.into();
