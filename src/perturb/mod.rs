@@ -1,12 +1,15 @@
-//! In-silico perturbation on `.h5ad` files (`cellfate perturb`): knock a gene out, set it to a
-//! level, or raise it, and predict how the fate probabilities change (sclsd's `perturb`,
-//! dynamo's `pd.perturbation`), on a file a `run` has filled (a transition matrix with its
-//! kernel spec, terminal states).
+//! In-silico perturbation: knock a gene out, set it to a level, or raise it, and predict how
+//! the fate probabilities change (sclsd's `perturb`, dynamo's `pd.perturbation`), on data a
+//! `run` has filled (a transition matrix with its kernel spec, terminal states). The core
+//! ([`Prepared`] over a [`PerturbInput`]) reads through any [`CellSource`]: `.h5ad` files
+//! (`cellfate perturb`, [`perturb_in_file`], feature `h5ad`) and in-memory AnnData (the Python
+//! package's `cellfate.pd.perturbation`) get the same results under the same keys
+//! ([`outcome_slots`], [`screen_slots`]).
 //!
 //! Two predictors ([`PerturbMethod`]):
 //! - **kinetic** (the default; needs no vector field): the change applied in each gene's
-//!   fitted velocity model ([`cellfate_dynamics::perturb`]), the velocity layer recomputed for
-//!   the chosen cells, and the run's kernel recomputed with its stored effective parameters
+//!   fitted velocity model ([`cellfate_dynamics::perturb`], with the compositional term of
+//!   normalised data), the velocity layer recomputed for the chosen cells, and the run's kernel recomputed with its stored effective parameters
 //!   (the same expression, the same softmax scale: only the velocities differ);
 //! - **jacobian**: the change mapped into the vector field's basis, Δv = J·Δz
 //!   ([`cellfate_vectorfield::perturb`]), and the velocity kernel computed in the basis (cells'
