@@ -47,6 +47,17 @@ pub enum ReportError {
         /// The backend's message.
         detail: String,
     },
+    /// The cluster column asked for (`--cluster-key`) is not a categorical or string obs
+    /// column of the file.
+    #[error("{}: --cluster-key {key:?}: no such categorical obs column; categorical columns: {}", path.display(), available.join(", "))]
+    ClusterKey {
+        /// The file.
+        path: PathBuf,
+        /// The column asked for.
+        key: String,
+        /// The categorical obs columns present.
+        available: Vec<String>,
+    },
     /// The embedding asked for is not in the file.
     #[error("{}: no embedding obsm[{key:?}]; available: {}", path.display(), available.join(", "))]
     NoEmbedding {
@@ -345,6 +356,14 @@ pub fn figures(
                 &basis,
                 &l,
             )),
+            // A key the user named must exist; the default `clusters` may be missing.
+            None if opts.cluster_key.is_some() => {
+                return Err(ReportError::ClusterKey {
+                    path: r.path().to_path_buf(),
+                    key: ck.clone(),
+                    available: crate::estimator_io::categorical_obs_columns(r),
+                })
+            }
             None => notes.push(format!("obs[{ck:?}] not found: no cluster plot")),
         }
     }

@@ -173,3 +173,39 @@ fn report_prints_tiny_q_values_as_below_1e_300() {
         "raw tiny q-value printed"
     );
 }
+
+/// A `--cluster-key` that names no categorical obs column is an error naming it (exit 2,
+/// nothing written), for `plot` and `report` alike; the default `clusters` may be missing.
+#[test]
+fn an_unknown_cluster_key_is_an_error_naming_it() {
+    let d = tempdir();
+    let out = d.path().join("demo.h5ad");
+    succeed(
+        cellfate()
+            .args(["run", "--demo", "--demo-cells", "600", "-q", "-o"])
+            .arg(&out),
+    );
+    for (cmd, target) in [("plot", "figs"), ("report", "r.html")] {
+        let o = cellfate()
+            .args([cmd])
+            .arg(&out)
+            .arg("-o")
+            .arg(d.path().join(target))
+            .args(["--cluster-key", "no_such_column"])
+            .output()
+            .expect("cellfate");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {err}");
+        assert!(
+            err.contains("--cluster-key")
+                && err.contains("no_such_column")
+                && err.contains("clusters"),
+            "{cmd}: {err}"
+        );
+        assert!(!d
+            .path()
+            .join(target)
+            .join("embedding_clusters.png")
+            .exists());
+    }
+}
