@@ -400,12 +400,16 @@ pub fn figures(
             // (`A B` and `A\B` both sanitise to `A_B`: the second becomes `fate_A_B_2`).
             let mut stems = crate::names::UniqueStems::new();
             for (j, name) in names.iter().enumerate().take(l) {
+                // Drawn from low to high probability (ties in file order), so that the cells
+                // with high probabilities are on top instead of hidden under the others.
+                let mut order = keep.clone();
+                order.sort_by(|&a, &c| b[a * l + j].total_cmp(&b[c * l + j]).then(a.cmp(&c)));
                 figs.push(Figure {
                     name: stems.claim(&format!("fate_{}", crate::names::file_stem(name))),
                     title: format!("fate probability: {name}"),
                     plot: Plot::Embedding {
-                        xy: keep.iter().map(|&i| xy[i]).collect(),
-                        colors: keep
+                        xy: order.iter().map(|&i| xy[i]).collect(),
+                        colors: order
                             .iter()
                             .map(|&i| Some(plots::viridis(b[i * l + j])))
                             .collect(),

@@ -209,3 +209,45 @@ fn an_unknown_cluster_key_is_an_error_naming_it() {
             .exists());
     }
 }
+
+/// Fate-probability figures draw the cells from low to high probability, so that high
+/// probabilities are on top (issue 24: drawn in file order, they hid under low ones).
+#[test]
+fn fate_figures_draw_high_probabilities_last() {
+    use cellfate::report::{figures, Plot, PlotOptions};
+    let d = tempdir();
+    let out = d.path().join("demo.h5ad");
+    succeed(
+        cellfate()
+            .args(["run", "--demo", "--demo-cells", "600", "-q", "-o"])
+            .arg(&out),
+    );
+    let r = cellfate::io::H5adReader::open(&out).expect("output");
+    let (n, l, b) = r.dense("obsm/lineages_fwd").expect("fates");
+    let (figs, _) = figures(&r, &PlotOptions::default()).expect("figures");
+    let (xy, _) = cellfate::report::embedding(&r, None).expect("embedding");
+    let mut checked = 0;
+    for (j, f) in figs
+        .iter()
+        .filter(|f| f.name.starts_with("fate_"))
+        .enumerate()
+    {
+        let Plot::Embedding { xy: drawn, .. } = &f.plot else {
+            panic!("{}: not an embedding", f.name)
+        };
+        assert_eq!(drawn.len(), n);
+        // The value of each drawn point (the embedding's points are distinct here).
+        let value = |p: &[f64; 2]| {
+            let i = xy.iter().position(|q| q == p).expect("a cell");
+            b[i * l + j]
+        };
+        let values: Vec<f64> = drawn.iter().map(value).collect();
+        assert!(
+            values.windows(2).all(|w| w[0] <= w[1]),
+            "{}: not drawn in ascending order",
+            f.name
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, l);
+}
