@@ -13,6 +13,8 @@ use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::sparse::linalg::lu::{factorize_symbolic_lu, LuRef, NumericLu, SymbolicLu};
 use faer::sparse::linalg::LuError;
 use faer::sparse::{CreationError, FaerError, SparseColMat, Triplet};
+use std::sync::Arc;
+
 use faer::{Conj, Mat, Par};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -149,6 +151,10 @@ pub enum FactorisationFailure {
     /// The ILU(0) preconditioner failed.
     #[error("{0}")]
     Ilu(#[from] IluError),
+    /// A nearby solve was asked for a system whose terminal cells or lineages differ from
+    /// the factorised one's.
+    #[error("the terminal cells differ from those of the factorised system")]
+    NotNearby,
 }
 
 impl From<CreationError> for FactorisationFailure {
@@ -179,6 +185,17 @@ const LU: &str = "sparse LU (faer)";
 const LU_PAR: Par = Par::Seq;
 /// Name of the iterative solver (in results and errors).
 const GMRES: &str = "GMRES + ILU(0)";
+/// Name of the solver of a nearby system (in results and errors).
+pub const NEAR: &str = "GMRES preconditioned by the unperturbed factorisation";
+
+/// `I − Q` from triplets as a CSR matrix (GMRES's operator).
+fn triplets_to_csr(
+    nt: usize,
+    trip: &[Triplet<usize, usize, f64>],
+) -> Result<cellfate_kernels::Csr, CsrError> {
+    let plain: Vec<(usize, usize, f64)> = trip.iter().map(|t| (t.row, t.col, t.val)).collect();
+    cellfate_kernels::Csr::from_triplets(nt, nt, &plain)
+}
 
 /// Maximum normwise backward error `‖(I−Q)X − B‖ / (‖I−Q‖ ‖X‖ + ‖B‖)` (∞-norms, max over
 /// entries for `X` and `B`) accepted. For fate probabilities `‖X‖ ≤ 1` and this is close to
@@ -261,19 +278,78 @@ impl Default for AbsorptionOptions {
     }
 }
 
+/// A sparse LU factorisation of `I − Q` (shared with the systems it preconditions).
+struct LuFactor {
+    matrix: SparseColMat<usize, f64>,
+    symbolic: SymbolicLu<usize>,
+    numeric: NumericLu<usize, f64>,
+}
+
+impl LuFactor {
+    /// Solves `(I − Q) X = B` in place.
+    fn solve_in_place(&self, x: faer::MatMut<'_, f64>) -> Result<(), AbsorptionError> {
+        let mut mem = MemBuffer::try_new(
+            self.symbolic
+                .solve_in_place_scratch::<f64>(x.ncols(), LU_PAR),
+        )
+        .map_err(|_| AbsorptionError::Factorisation {
+            solver: LU,
+            size: self.matrix.nrows(),
+            reason: FactorisationFailure::Faer(FaerError::OutOfMemory),
+        })?;
+        LuRef::new_unchecked(&self.symbolic, &self.numeric).solve_in_place_with_conj(
+            Conj::No,
+            x,
+            LU_PAR,
+            MemStack::new(&mut mem),
+        );
+        Ok(())
+    }
+}
+
+/// GMRES's preconditioner: the system's own ILU(0), or the factorisation of a nearby system
+/// (an unperturbed chain, for its perturbations).
+#[derive(Clone)]
+enum Pre {
+    Ilu(Arc<crate::iterative::Ilu0>),
+    Lu(Arc<LuFactor>),
+}
+
+impl crate::iterative::Preconditioner for Pre {
+    fn apply(&self, x: &mut [f64]) {
+        match self {
+            Self::Ilu(ilu) => ilu.apply(x),
+            Self::Lu(lu) => {
+                let mut m = Mat::<f64>::from_fn(x.len(), 1, |i, _| x[i]);
+                // Out of memory for the scratch: leave `x` as it is (no preconditioning);
+                // GMRES then converges more slowly or reports that it did not.
+                if lu.solve_in_place(m.as_mut()).is_ok() {
+                    x.iter_mut().enumerate().for_each(|(i, v)| *v = m[(i, 0)]);
+                }
+            }
+        }
+    }
+}
+
 enum Backend {
-    Lu {
-        matrix: SparseColMat<usize, f64>,
-        symbolic: Box<SymbolicLu<usize>>,
-        numeric: Box<NumericLu<usize, f64>>,
-    },
+    Lu(Arc<LuFactor>),
     Gmres {
         a: cellfate_kernels::Csr,
-        ilu: crate::iterative::Ilu0,
+        pre: Pre,
         tol: f64,
         restart: usize,
         max_iter: usize,
     },
+}
+
+/// What [`TransientSystem::assemble`] builds: the index maps, `I − Q` as triplets, `S` and
+/// `‖I − Q‖_∞`.
+struct Assembled {
+    transient: Vec<usize>,
+    position: Vec<usize>,
+    trip: Vec<Triplet<usize, usize, f64>>,
+    s: Mat<f64>,
+    a_norm: f64,
 }
 
 /// The factorised transient system `I − Q` with its index maps.
@@ -312,6 +388,143 @@ impl TransientSystem {
         names: &[String],
         opts: &AbsorptionOptions,
     ) -> Result<Self, AbsorptionError> {
+        let Assembled {
+            transient,
+            position,
+            trip,
+            s,
+            a_norm,
+        } = Self::assemble(t, terminal, names)?;
+        let nt = transient.len();
+        let l = names.len();
+        let direct = match opts.solver {
+            Solver::Direct => true,
+            Solver::Gmres => false,
+            Solver::Auto => nt <= opts.direct_max_cells,
+        };
+        let failed = |solver: &'static str| {
+            move |reason: FactorisationFailure| AbsorptionError::Factorisation {
+                solver,
+                size: nt,
+                reason,
+            }
+        };
+        let (backend, solver) = if direct {
+            let lu_failed = failed(LU);
+            let matrix = SparseColMat::<usize, f64>::try_new_from_triplets(nt, nt, &trip)
+                .map_err(|e| lu_failed(e.into()))?;
+            let symbolic = factorize_symbolic_lu(matrix.symbolic(), Default::default())
+                .map_err(|e| lu_failed(FactorisationFailure::Faer(e)))?;
+            let mut numeric = NumericLu::new();
+            let mut mem = MemBuffer::try_new(
+                symbolic.factorize_numeric_lu_scratch::<f64>(LU_PAR, Default::default()),
+            )
+            .map_err(|_| lu_failed(FactorisationFailure::Faer(FaerError::OutOfMemory)))?;
+            symbolic
+                .factorize_numeric_lu(
+                    &mut numeric,
+                    matrix.as_ref(),
+                    LU_PAR,
+                    MemStack::new(&mut mem),
+                    Default::default(),
+                )
+                .map_err(|e| lu_failed(e.into()))?;
+            (
+                Backend::Lu(Arc::new(LuFactor {
+                    matrix,
+                    symbolic,
+                    numeric,
+                })),
+                LU,
+            )
+        } else {
+            let gmres_failed = failed(GMRES);
+            let a = triplets_to_csr(nt, &trip).map_err(|e| gmres_failed(e.into()))?;
+            let ilu = crate::iterative::Ilu0::new(&a).map_err(|e| gmres_failed(e.into()))?;
+            (
+                Backend::Gmres {
+                    a,
+                    pre: Pre::Ilu(Arc::new(ilu)),
+                    tol: opts.tol,
+                    restart: opts.restart,
+                    max_iter: opts.max_iter,
+                },
+                GMRES,
+            )
+        };
+        Ok(Self {
+            transient,
+            position,
+            lineage: terminal.to_vec(),
+            n_lineages: l,
+            backend,
+            solver,
+            s,
+            a_norm,
+        })
+    }
+
+    /// The system of a chain close to `base`'s (a perturbation of it, with the same terminal
+    /// cells), solved by GMRES preconditioned by `base`'s factorisation instead of a
+    /// factorisation of its own: when the chains differ little, a few iterations converge.
+    /// At most `max_iter` inner iterations per right-hand side (then the solve reports that
+    /// it did not converge). An error when the terminal cells differ from `base`'s.
+    pub fn near(
+        t: &TransitionMatrix,
+        terminal: &[Option<usize>],
+        names: &[String],
+        opts: &AbsorptionOptions,
+        base: &TransientSystem,
+        max_iter: usize,
+    ) -> Result<Self, AbsorptionError> {
+        let Assembled {
+            transient,
+            position,
+            trip,
+            s,
+            a_norm,
+        } = Self::assemble(t, terminal, names)?;
+        let nt = transient.len();
+        if transient != base.transient || names.len() != base.n_lineages {
+            return Err(AbsorptionError::Factorisation {
+                solver: NEAR,
+                size: nt,
+                reason: FactorisationFailure::NotNearby,
+            });
+        }
+        let a = triplets_to_csr(nt, &trip).map_err(|e| AbsorptionError::Factorisation {
+            solver: NEAR,
+            size: nt,
+            reason: e.into(),
+        })?;
+        let pre = match &base.backend {
+            Backend::Lu(lu) => Pre::Lu(Arc::clone(lu)),
+            Backend::Gmres { pre, .. } => pre.clone(),
+        };
+        Ok(Self {
+            transient,
+            position,
+            lineage: terminal.to_vec(),
+            n_lineages: names.len(),
+            backend: Backend::Gmres {
+                a,
+                pre,
+                tol: opts.tol,
+                restart: opts.restart,
+                max_iter,
+            },
+            solver: NEAR,
+            s,
+            a_norm,
+        })
+    }
+
+    /// Checks the terminal labels and reachability and builds `I − Q` and `S`.
+    fn assemble(
+        t: &TransitionMatrix,
+        terminal: &[Option<usize>],
+        names: &[String],
+    ) -> Result<Assembled, AbsorptionError> {
         let n = t.n_cells();
         if terminal.len() != n {
             return Err(AbsorptionError::LabelCount {
@@ -407,71 +620,10 @@ impl TransientSystem {
             a_norm = a_norm.max(diag.abs() + off);
             trip.push(Triplet::new(p, p, diag));
         }
-        let direct = match opts.solver {
-            Solver::Direct => true,
-            Solver::Gmres => false,
-            Solver::Auto => nt <= opts.direct_max_cells,
-        };
-        let failed = |solver: &'static str| {
-            move |reason: FactorisationFailure| AbsorptionError::Factorisation {
-                solver,
-                size: nt,
-                reason,
-            }
-        };
-        let (backend, solver) = if direct {
-            let lu_failed = failed(LU);
-            let matrix = SparseColMat::<usize, f64>::try_new_from_triplets(nt, nt, &trip)
-                .map_err(|e| lu_failed(e.into()))?;
-            let symbolic = factorize_symbolic_lu(matrix.symbolic(), Default::default())
-                .map_err(|e| lu_failed(FactorisationFailure::Faer(e)))?;
-            let mut numeric = NumericLu::new();
-            let mut mem = MemBuffer::try_new(
-                symbolic.factorize_numeric_lu_scratch::<f64>(LU_PAR, Default::default()),
-            )
-            .map_err(|_| lu_failed(FactorisationFailure::Faer(FaerError::OutOfMemory)))?;
-            symbolic
-                .factorize_numeric_lu(
-                    &mut numeric,
-                    matrix.as_ref(),
-                    LU_PAR,
-                    MemStack::new(&mut mem),
-                    Default::default(),
-                )
-                .map_err(|e| lu_failed(e.into()))?;
-            (
-                Backend::Lu {
-                    matrix,
-                    symbolic: Box::new(symbolic),
-                    numeric: Box::new(numeric),
-                },
-                LU,
-            )
-        } else {
-            let plain: Vec<(usize, usize, f64)> =
-                trip.iter().map(|t| (t.row, t.col, t.val)).collect();
-            let gmres_failed = failed(GMRES);
-            let a = cellfate_kernels::Csr::from_triplets(nt, nt, &plain)
-                .map_err(|e| gmres_failed(e.into()))?;
-            let ilu = crate::iterative::Ilu0::new(&a).map_err(|e| gmres_failed(e.into()))?;
-            (
-                Backend::Gmres {
-                    a,
-                    ilu,
-                    tol: opts.tol,
-                    restart: opts.restart,
-                    max_iter: opts.max_iter,
-                },
-                GMRES,
-            )
-        };
-        Ok(Self {
+        Ok(Assembled {
             transient,
             position,
-            lineage: terminal.to_vec(),
-            n_lineages: l,
-            backend,
-            solver,
+            trip,
             s,
             a_norm,
         })
@@ -480,7 +632,7 @@ impl TransientSystem {
     /// `(I − Q) X`.
     fn apply(&self, x: &Mat<f64>) -> Mat<f64> {
         match &self.backend {
-            Backend::Lu { matrix, .. } => matrix * x,
+            Backend::Lu(lu) => &lu.matrix * x,
             Backend::Gmres { a, .. } => {
                 let mut out = Mat::<f64>::zeros(x.nrows(), x.ncols());
                 for j in 0..x.ncols() {
@@ -501,7 +653,45 @@ impl TransientSystem {
 
     /// Solves `(I − Q) X = B` and checks the normwise backward error (≤ [`RESIDUAL_TOL`]).
     pub fn solve(&self, b: &Mat<f64>) -> Result<Mat<f64>, AbsorptionError> {
-        let mut x = self.solve_unchecked(b, None)?;
+        self.solve_from(b, None)
+    }
+
+    /// [`solve`](Self::solve) from a starting guess `x0` (a nearby system's solution): the
+    /// correction is solved from the residual `B − (I − Q) x0`, to the tolerance that gives
+    /// the same residual as a solve from zero.
+    pub fn solve_from(
+        &self,
+        b: &Mat<f64>,
+        x0: Option<&Mat<f64>>,
+    ) -> Result<Mat<f64>, AbsorptionError> {
+        let mut x = match x0 {
+            None => self.solve_unchecked(b, None)?,
+            Some(x0) => {
+                let r0 = b - self.apply(x0);
+                let col_norm = |m: &Mat<f64>, j: usize| {
+                    (0..m.nrows())
+                        .map(|i| m[(i, j)].powi(2))
+                        .sum::<f64>()
+                        .sqrt()
+                };
+                let tol = match &self.backend {
+                    Backend::Gmres { tol, .. } => *tol,
+                    Backend::Lu(_) => 0.0,
+                };
+                // GMRES's tolerance is relative to its right-hand side: scaled so that the
+                // residual is `tol` relative to `B`, as from zero (at most 0.5).
+                let scaled = (0..b.ncols())
+                    .filter(|&j| col_norm(&r0, j) > 0.0)
+                    .map(|j| tol * col_norm(b, j) / col_norm(&r0, j))
+                    .fold(f64::INFINITY, f64::min)
+                    .clamp(tol, 0.5);
+                if max_abs(&r0) == 0.0 {
+                    x0.to_owned()
+                } else {
+                    x0 + self.solve_unchecked(&r0, Some(scaled))?
+                }
+            }
+        };
         let mut r = self.apply(&x) - b;
         // Iterative refinement (up to 3 steps) when an ill-conditioned system misses the
         // check: the correction is solved from the residual with the same factorisation (or
@@ -536,28 +726,14 @@ impl TransientSystem {
         tol_override: Option<f64>,
     ) -> Result<Mat<f64>, AbsorptionError> {
         let x = match &self.backend {
-            Backend::Lu {
-                symbolic, numeric, ..
-            } => {
+            Backend::Lu(lu) => {
                 let mut x = b.to_owned();
-                let mut mem =
-                    MemBuffer::try_new(symbolic.solve_in_place_scratch::<f64>(x.ncols(), LU_PAR))
-                        .map_err(|_| AbsorptionError::Factorisation {
-                        solver: LU,
-                        size: self.transient.len(),
-                        reason: FactorisationFailure::Faer(FaerError::OutOfMemory),
-                    })?;
-                LuRef::new_unchecked(symbolic, numeric).solve_in_place_with_conj(
-                    Conj::No,
-                    x.as_mut(),
-                    LU_PAR,
-                    MemStack::new(&mut mem),
-                );
+                lu.solve_in_place(x.as_mut())?;
                 x
             }
             Backend::Gmres {
                 a,
-                ilu,
+                pre,
                 tol,
                 restart,
                 max_iter,
@@ -567,7 +743,7 @@ impl TransientSystem {
                     let col: Vec<f64> = (0..b.nrows()).map(|i| b[(i, j)]).collect();
                     let (xs, rep) = crate::iterative::gmres(
                         a,
-                        ilu,
+                        pre,
                         &col,
                         tol_override.unwrap_or(*tol),
                         *restart,
@@ -649,7 +825,54 @@ pub fn compute_fate_probabilities(
     opts: &AbsorptionOptions,
 ) -> Result<(FateProbabilities, TransientSystem), AbsorptionError> {
     let sys = TransientSystem::new(t, terminal, names, opts)?;
-    let mut b = sys.solve(&sys.s)?;
+    fates_of_system(sys, t, terminal, names, None)
+}
+
+/// Inner iterations per lineage allowed to a nearby solve before it falls back to a
+/// factorisation of its own.
+pub const NEAR_MAX_ITER: usize = 300;
+
+/// [`compute_fate_probabilities`] for a chain close to one already solved — a perturbation of
+/// it with the same terminal states (in-silico perturbations, screens): GMRES preconditioned
+/// by `base`'s factorisation, started from `start` (`base`'s fate probabilities), instead of a
+/// new factorisation. The result passes the same residual and row-sum checks. When the
+/// nearby solve does not converge within [`NEAR_MAX_ITER`] iterations per lineage (the chains
+/// differ too much) or the terminal cells differ, the chain is factorised as usual; `solver`
+/// of the result says which ([`NEAR`] for the nearby solve).
+pub fn compute_fate_probabilities_near(
+    t: &TransitionMatrix,
+    terminal: &[Option<usize>],
+    names: &[String],
+    opts: &AbsorptionOptions,
+    base: &TransientSystem,
+    start: &FateProbabilities,
+) -> Result<(FateProbabilities, TransientSystem), AbsorptionError> {
+    let l = names.len();
+    let near = if start.probs.len() == t.n_cells() * l && start.names == names {
+        TransientSystem::near(t, terminal, names, opts, base, NEAR_MAX_ITER).and_then(|sys| {
+            let x0 = Mat::<f64>::from_fn(sys.transient.len(), l, |p, j| {
+                start.probs[sys.transient[p] * l + j]
+            });
+            fates_of_system(sys, t, terminal, names, Some(&x0))
+        })
+    } else {
+        Err(AbsorptionError::NoTerminalStates)
+    };
+    match near {
+        Ok(out) => Ok(out),
+        Err(_) => compute_fate_probabilities(t, terminal, names, opts),
+    }
+}
+
+/// Solves `sys` for the fate probabilities (from `x0` when given) and checks them.
+fn fates_of_system(
+    sys: TransientSystem,
+    t: &TransitionMatrix,
+    terminal: &[Option<usize>],
+    names: &[String],
+    x0: Option<&Mat<f64>>,
+) -> Result<(FateProbabilities, TransientSystem), AbsorptionError> {
+    let mut b = sys.solve_from(&sys.s, x0)?;
     // Rows of B must sum to 1. An iterative solve whose residual passes can still miss that
     // by cond(I − Q) × residual on strongly metastable chains: refine (solve for the
     // correction from the current residual) up to three times.
@@ -1149,6 +1372,80 @@ mod tests {
             matches!(e, AbsorptionError::NotConverged { .. }) && e.to_string().contains("direct"),
             "{e}"
         );
+    }
+
+    /// `t` with every row mixed towards its right neighbour by `eps` (a small perturbation
+    /// that keeps the pattern of the metastable chain's rows).
+    fn nudged(t: &TransitionMatrix, eps: f64) -> TransitionMatrix {
+        let n = t.n_cells();
+        let mut trip = Vec::new();
+        for i in 0..n {
+            let (cols, vals) = t.row(i);
+            for (k, (&c, &v)) in cols.iter().zip(vals).enumerate() {
+                // Shift weight between a row's entries, keeping the row sum 1.
+                let w = v * (1.0 - eps) + eps * if k == 0 { 1.0 } else { 0.0 };
+                trip.push((i, c as usize, w));
+            }
+        }
+        TransitionMatrix::try_new(Csr::from_triplets(n, n, &trip).unwrap(), Direction::Forward)
+            .unwrap()
+    }
+
+    #[test]
+    fn nearby_chains_are_solved_from_the_base_factorisation() {
+        let t = crate::schur::tests::metastable_chain(4, 60, 0.01, false, 3);
+        let mut term = vec![None; t.n_cells()];
+        for i in 0..15 {
+            term[180 + i] = Some(0);
+            term[60 + i] = Some(1);
+        }
+        let names = vec!["a".to_string(), "b".to_string()];
+        for solver in [Solver::Direct, Solver::Gmres] {
+            let opts = AbsorptionOptions {
+                solver,
+                ..Default::default()
+            };
+            let (f0, base) = compute_fate_probabilities(&t, &term, &names, &opts).unwrap();
+            let tp = nudged(&t, 1e-3);
+            let (fresh, _) = compute_fate_probabilities(&tp, &term, &names, &opts).unwrap();
+            let (near, _) =
+                compute_fate_probabilities_near(&tp, &term, &names, &opts, &base, &f0).unwrap();
+            assert_eq!(near.solver, NEAR, "{solver:?}");
+            assert!(near.residual <= RESIDUAL_TOL);
+            let diff = fresh
+                .probs
+                .iter()
+                .zip(&near.probs)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(diff < 1e-9, "{solver:?}: {diff}");
+            // The perturbation moved the answer (the test is not vacuous).
+            let moved = fresh
+                .probs
+                .iter()
+                .zip(&f0.probs)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(moved > 1e-6, "{moved}");
+            // The unperturbed chain itself: the start is already the solution.
+            let (same, _) =
+                compute_fate_probabilities_near(&t, &term, &names, &opts, &base, &f0).unwrap();
+            let d0 = same
+                .probs
+                .iter()
+                .zip(&f0.probs)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(d0 < 1e-12, "{d0}");
+        }
+        // Other terminal cells: the chain is factorised as usual.
+        let opts = AbsorptionOptions::default();
+        let (f0, base) = compute_fate_probabilities(&t, &term, &names, &opts).unwrap();
+        let mut other = term.clone();
+        other[181] = None;
+        let (f, _) =
+            compute_fate_probabilities_near(&t, &other, &names, &opts, &base, &f0).unwrap();
+        assert_eq!(f.solver, LU);
     }
 
     #[test]

@@ -24,6 +24,18 @@ pub enum IluError {
     },
 }
 
+/// A preconditioner `M⁻¹` applied in place.
+pub trait Preconditioner {
+    /// Replaces `x` by `M⁻¹ x`.
+    fn apply(&self, x: &mut [f64]);
+}
+
+impl Preconditioner for Ilu0 {
+    fn apply(&self, x: &mut [f64]) {
+        Ilu0::apply(self, x)
+    }
+}
+
 /// ILU(0): incomplete LU with the sparsity pattern of `A` (unit lower `L`, upper `U` stored
 /// together).
 #[derive(Clone, Debug)]
@@ -115,9 +127,9 @@ fn norm(v: &[f64]) -> f64 {
 }
 
 /// Right-preconditioned restarted GMRES(`restart`) for `A x = b`, starting from 0.
-pub fn gmres(
+pub fn gmres<M: Preconditioner + ?Sized>(
     a: &Csr,
-    m: &Ilu0,
+    m: &M,
     b: &[f64],
     tol: f64,
     restart: usize,

@@ -36,7 +36,8 @@ use cellfate_dynamics::perturb::{
     GeneKinetics, GroupShift,
 };
 use cellfate_estimators::absorption::{
-    compute_fate_probabilities, AbsorptionError, AbsorptionOptions,
+    compute_fate_probabilities, compute_fate_probabilities_near, AbsorptionError,
+    AbsorptionOptions, FateProbabilities, TransientSystem,
 };
 use cellfate_kernels::{
     projection, CellSource, Csr, DenseMatrix, Kernel, KernelError, KernelOutput, KernelSpec,
@@ -389,6 +390,10 @@ pub struct Prepared<'a> {
     pub base_t: TransitionMatrix,
     /// The unperturbed fate probabilities (row-major n × lineages).
     pub base_fates: Vec<f64>,
+    /// The unperturbed system's factorisation and fate probabilities: every perturbation is
+    /// solved from them (GMRES preconditioned by the factorisation, started from the
+    /// unperturbed fates) instead of factorising its own chain.
+    base_system: Option<(TransientSystem, FateProbabilities)>,
     /// Lineage names.
     pub lineages: Vec<String>,
     terminal: Vec<Option<usize>>,
@@ -450,6 +455,9 @@ pub struct PerturbOutcome {
     /// Perturbed fate probabilities (row-major n × lineages).
     #[serde(skip)]
     pub fates: Vec<f64>,
+    /// How the perturbed fate probabilities were solved: from the unperturbed factorisation
+    /// (GMRES), or with a factorisation of their own when that did not converge.
+    pub solver: &'static str,
     /// The perturbed transition matrix.
     #[serde(skip)]
     pub transition: Option<TransitionMatrix>,
@@ -548,6 +556,7 @@ impl<'a> Prepared<'a> {
             spec: kspec,
             base_t: input.kernel.transition.clone(),
             base_fates: Vec::new(),
+            base_system: None,
             lineages,
             terminal,
             var_names: input.var_names,
@@ -730,13 +739,32 @@ impl<'a> Prepared<'a> {
                 });
             }
         }
-        prepared.base_fates = prepared.fates(&prepared.base_t)?;
+        let (f, sys) = compute_fate_probabilities(
+            &prepared.base_t,
+            &prepared.terminal,
+            &prepared.lineages,
+            &prepared.opts,
+        )?;
+        prepared.base_fates = f.probs.clone();
+        prepared.base_system = Some((sys, f));
         Ok(prepared)
     }
 
-    fn fates(&self, t: &TransitionMatrix) -> Result<Vec<f64>, PerturbError> {
-        let (f, _) = compute_fate_probabilities(t, &self.terminal, &self.lineages, &self.opts)?;
-        Ok(f.probs)
+    /// Fate probabilities of a perturbed chain, solved from the unperturbed factorisation
+    /// (a fresh one when that does not converge), and the solver used.
+    fn fates(&self, t: &TransitionMatrix) -> Result<(Vec<f64>, &'static str), PerturbError> {
+        let (f, _) = match &self.base_system {
+            Some((sys, f0)) => compute_fate_probabilities_near(
+                t,
+                &self.terminal,
+                &self.lineages,
+                &self.opts,
+                sys,
+                f0,
+            )?,
+            None => compute_fate_probabilities(t, &self.terminal, &self.lineages, &self.opts)?,
+        };
+        Ok((f.probs, f.solver))
     }
 
     /// Index of a gene by name; an error suggesting the closest names.
@@ -768,7 +796,7 @@ impl<'a> Prepared<'a> {
                 (t, Some(dv))
             }
         };
-        let fates = self.fates(&t)?;
+        let (fates, solver) = self.fates(&t)?;
         let l = self.lineages.len();
         let groups = shift_summary(&self.base_fates, &fates, l, &self.groups, &self.boot);
         Ok(PerturbOutcome {
@@ -779,6 +807,7 @@ impl<'a> Prepared<'a> {
             n_cells_perturbed: self.cells.len(),
             groups,
             fates,
+            solver,
             transition: Some(t),
             delta_v,
         })

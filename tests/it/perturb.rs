@@ -78,6 +78,8 @@ fn knocking_out_a_branch_driver_moves_fate_away_from_its_branch_like_the_truth()
     // fates in this order; the run's lineages in its own).
     for (gene, fate) in [(2, 0), (4, 1), (6, 2)] {
         let o = p.perturb(&[format!("gene_{gene}")]).expect("perturbation");
+        // Solved from the unperturbed factorisation, not a new one.
+        assert_eq!(o.solver, cellfate::estimators::absorption::NEAR);
         let g = progenitors(&o);
         let lineage = p
             .lineages
