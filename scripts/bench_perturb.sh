@@ -4,6 +4,7 @@
 # memory, one run each (BENCHMARKS.md). The screen reuses the unperturbed reference (kernel and
 # fate probabilities computed once) across its genes.
 # Usage: bash scripts/bench_perturb.sh [GENES] [CELLS...]   (default: 300 10000 100000)
+# SCREEN_MAX_CELLS=N also screens larger sizes, SCREEN_GENES=K screens K genes (default 50).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OPENBLAS_NUM_THREADS=1
@@ -25,8 +26,9 @@ for cells in ${@:-10000 100000}; do
   $B -q simulate --circuit --cells "$cells" --genes "$genes" -o "$dir/sim.h5ad" > /dev/null
   measure run $B -q run "$dir/sim.h5ad" -o "$dir/run.h5ad"
   measure "knockout (1 gene)" $B -q perturb "$dir/run.h5ad" -o "$dir/ko.h5ad" --gene gene_2
-  if [ $first = 1 ] && [ "$cells" -le 10000 ]; then
-    measure "screen top_drivers:50" $B -q perturb "$dir/run.h5ad" -o "$dir/screen.h5ad" --screen top_drivers:50 --n-boot 200
+  if [ $first = 1 ] && [ "$cells" -le "${SCREEN_MAX_CELLS:-10000}" ]; then
+    k=${SCREEN_GENES:-50}
+    measure "screen top_drivers:$k" $B -q perturb "$dir/run.h5ad" -o "$dir/screen.h5ad" --screen "top_drivers:$k" --n-boot 200
     first=0
   fi
   rm -f "$dir"/*.h5ad

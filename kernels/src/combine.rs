@@ -156,6 +156,48 @@ impl Kernel for KernelSpec {
     }
 }
 
+/// Supplies the output of a leaf of an expression, or `None` to compute it (see
+/// [`KernelSpec::compute_with`]).
+pub type LeafOutputs<'a> = dyn Fn(&KernelSpec) -> Option<Result<KernelOutput, KernelError>> + 'a;
+
+impl KernelSpec {
+    /// [`Kernel::compute`] with some leaves supplied by the caller: `leaf` is asked for each
+    /// leaf of the expression (built-in or user-defined kernel) and returns its output, or
+    /// `None` to compute it from `cells`. Recomputes an expression when only one of its
+    /// kernels changed (an in-silico perturbation changes the velocity kernel) and reuses the
+    /// others.
+    pub fn compute_with(
+        &self,
+        cells: &dyn CellSource,
+        leaf: &LeafOutputs<'_>,
+    ) -> Result<KernelOutput, KernelError> {
+        self.validate()?;
+        match node(self) {
+            Node::Leaf(_) | Node::Custom(_) => match leaf(self) {
+                Some(out) => out,
+                None => self.compute(cells),
+            },
+            Node::Sum(terms) => {
+                let dir = self.direction().unwrap_or_default();
+                fold_sum(
+                    terms
+                        .iter()
+                        .map(|(w, k)| (*w, k, k.compute_with(cells, leaf))),
+                    terms.iter().map(|(w, _)| w).sum(),
+                    dir,
+                )
+            }
+            Node::Product(factors) => {
+                let dir = self.direction().unwrap_or_default();
+                fold_product(
+                    factors.iter().map(|k| (k, k.compute_with(cells, leaf))),
+                    dir,
+                )
+            }
+        }
+    }
+}
+
 /// `Σ (w_k / total) T_k` over kernels computed one after the other (only the running sum and
 /// the current term are held).
 fn fold_sum<'a>(

@@ -47,7 +47,9 @@ pub mod save;
 pub mod source;
 pub mod transition;
 pub mod velocity;
+pub mod velocity_update;
 
+pub use combine::LeafOutputs;
 pub use connectivity::ConnectivityParams;
 pub use csr::Csr;
 pub use cytotrace::CytoTraceParams;

@@ -146,6 +146,16 @@ impl VelocityParams {
         v: DenseMatrix,
         cells: &dyn CellSource,
     ) -> Result<(DenseMatrix, DenseMatrix), KernelError> {
+        self.prepare_indexed(x, v, cells).map(|(x, v, _)| (x, v))
+    }
+
+    /// [`prepare`](Self::prepare), also returning the input column of each kept gene.
+    pub(crate) fn prepare_indexed(
+        &self,
+        x: DenseMatrix,
+        v: DenseMatrix,
+        cells: &dyn CellSource,
+    ) -> Result<(DenseMatrix, DenseMatrix, Vec<usize>), KernelError> {
         if (x.nrows(), x.ncols()) != (v.nrows(), v.ncols()) {
             return Err(KernelError::InvalidInput {
                 kernel: NAME,
@@ -171,8 +181,12 @@ impl VelocityParams {
                 source: Box::new(source),
                 hint: "set `gene_subset` to a boolean var column".into(),
             })?;
+        let mut columns: Vec<usize> = (0..x.ncols()).collect();
         let (x, v) = match mask {
-            Some(m) if m.len() == x.ncols() => (x.select_columns(&m), v.select_columns(&m)),
+            Some(m) if m.len() == x.ncols() => {
+                columns.retain(|&c| m[c]);
+                (x.select_columns(&m), v.select_columns(&m))
+            }
             Some(m) => {
                 return Err(KernelError::InvalidInput {
                     kernel: NAME,
@@ -193,6 +207,12 @@ impl VelocityParams {
         let (x, v) = if finite.iter().all(|&f| f) {
             (x, v)
         } else {
+            columns = columns
+                .iter()
+                .zip(&finite)
+                .filter(|(_, &f)| f)
+                .map(|(&c, _)| c)
+                .collect();
             (x.select_columns(&finite), v.select_columns(&finite))
         };
         if x.ncols() == 0 {
@@ -216,7 +236,7 @@ impl VelocityParams {
                 });
             }
         }
-        Ok((x, v))
+        Ok((x, v, columns))
     }
 
     /// The unscaled logits of every kNN edge.
@@ -303,7 +323,7 @@ impl VelocityParams {
 }
 
 /// Centres (correlation) the vector in place; the norm is taken in `similarity`.
-fn prepare_vector(v: &mut [f64], sim: Similarity) {
+pub(crate) fn prepare_vector(v: &mut [f64], sim: Similarity) {
     if sim == Similarity::Correlation {
         let mean = v.iter().sum::<f64>() / v.len() as f64;
         v.iter_mut().for_each(|a| *a -= mean);
@@ -312,7 +332,7 @@ fn prepare_vector(v: &mut [f64], sim: Similarity) {
 
 /// Similarity of a prepared velocity `v` and a raw displacement `d` (modified in place).
 /// Returns `(logit, masked)`.
-fn similarity(v: &[f64], d: &mut [f64], sim: Similarity) -> (f64, bool) {
+pub(crate) fn similarity(v: &[f64], d: &mut [f64], sim: Similarity) -> (f64, bool) {
     match sim {
         Similarity::DotProduct => (dot(v, d), false),
         Similarity::Cosine | Similarity::Correlation => {
@@ -391,7 +411,7 @@ pub fn softmax_rows(l: &VelocityLogits, s: f64) -> Csr {
 }
 
 /// Row boundaries `0, c, 2c, ..., n` of chunks of `chunk` rows.
-fn row_bounds(n: usize, chunk: usize) -> Vec<usize> {
+pub(crate) fn row_bounds(n: usize, chunk: usize) -> Vec<usize> {
     let mut b: Vec<usize> = (0..n).step_by(chunk.max(1)).collect();
     b.push(n);
     if n == 0 {
@@ -401,7 +421,7 @@ fn row_bounds(n: usize, chunk: usize) -> Vec<usize> {
 }
 
 /// `buf` split at `offsets` (increasing, first `0`, last `buf.len()`): one slice per window.
-fn split_at_offsets<'a, T>(mut buf: &'a mut [T], offsets: &[usize]) -> Vec<&'a mut [T]> {
+pub(crate) fn split_at_offsets<'a, T>(mut buf: &'a mut [T], offsets: &[usize]) -> Vec<&'a mut [T]> {
     let mut out = Vec::with_capacity(offsets.len().saturating_sub(1));
     for w in offsets.windows(2) {
         let (head, tail) = buf.split_at_mut(w[1] - w[0]);
