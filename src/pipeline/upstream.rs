@@ -105,6 +105,12 @@ impl UpstreamSettings {
             });
         }
         let p = &self.preprocess;
+        if let Some(u) = &p.umap {
+            u.validate().map_err(|e| PipelineError::Settings {
+                section: "upstream.preprocess.umap",
+                message: e.to_string(),
+            })?;
+        }
         if p.n_neighbors < 2 || p.n_pcs == 0 || p.n_top_genes == 0 {
             return Err(PipelineError::Settings {
                 section: "upstream.preprocess",

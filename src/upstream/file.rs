@@ -493,6 +493,14 @@ fn compute_and_write(
     };
     let hvg = emb.hvg.clone();
     let mut edit = H5adEdit::new(input);
+    if let Some(params) = &spec.umap {
+        let u = super::umap::umap(&emb.connectivities, params)
+            .map_err(|e| err(format!("{}: {e}", input.display())))?;
+        clock.lap("umap");
+        for (slot, e) in super::umap::umap_slots(&u, params) {
+            edit.set(&slot, e);
+        }
+    }
     edit.set("obsm/X_pca", Element::from_dmatrix(&emb.pca));
     edit.set(
         "obsp/connectivities",
@@ -546,4 +554,85 @@ fn compute_and_write(
     clock.lap("write");
     report.timings = clock.stages;
     Ok(report)
+}
+
+/// What [`umap_in_file`] did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct UmapReport {
+    /// Cells laid out.
+    pub n_cells: usize,
+    /// The graph read (`obsp` key).
+    pub graph: String,
+    /// Epochs run.
+    pub n_epochs: usize,
+    /// Connected components of the graph (after dropping its weakest edges).
+    pub n_components: usize,
+    /// Fitted `a`, `b`.
+    pub a: f64,
+    /// See `a`.
+    pub b: f64,
+}
+
+/// UMAP layout (scanpy's `sc.tl.umap`, [`super::umap`]) of `obsp[uns["neighbors"]
+/// ["connectivities_key"]]` (default `connectivities`): writes `obsm["X_umap"]` and
+/// `uns["umap"]` to `output`, or into `input` itself when `output` is `None` (atomically; for
+/// files the caller owns, such as a run's output). The graph is never modified.
+pub fn umap_in_file(
+    input: &Path,
+    output: Option<&Path>,
+    params: &super::umap::UmapParams,
+) -> Result<UmapReport, PipelineError> {
+    let r = H5adReader::open(input)?;
+    let key = match r.read("uns/neighbors/connectivities_key") {
+        Ok(Element::Str(k)) => k,
+        _ => "connectivities".to_string(),
+    };
+    let slot = format!("obsp/{key}");
+    if !r.exists(&slot) {
+        return Err(err(format!(
+            "{}: {slot} is missing: UMAP lays out the kNN graph (run `cellfate preprocess` or scanpy's `pp.neighbors` first)",
+            input.display()
+        )));
+    }
+    let g = r.csr(&slot)?;
+    let u = super::umap::umap(&g, params)
+        .map_err(|e| err(format!("{}: {slot}: {e}", input.display())))?;
+    drop(r);
+    let mut edit = H5adEdit::new(input);
+    for (slot, e) in super::umap::umap_slots(&u, params) {
+        edit.set(&slot, e);
+    }
+    match output {
+        Some(o) => edit.write_to(o)?,
+        None => edit.write_in_place()?,
+    }
+    Ok(UmapReport {
+        n_cells: g.nrows(),
+        graph: key,
+        n_epochs: u.n_epochs,
+        n_components: u.n_components,
+        a: u.a,
+        b: u.b,
+    })
+}
+
+/// Embeddings the figures prefer to the first principal components (see
+/// `report::embedding`).
+pub const FIGURE_EMBEDDINGS: [&str; 3] = ["X_umap", "X_tsne", "X_draw_graph_fa"];
+
+/// Lays out `path`'s kNN graph with UMAP (default parameters, written into `path` itself)
+/// when the file has none of [`FIGURE_EMBEDDINGS`] and has the graph: what `run` and `batch`
+/// do before drawing figures, so that they show a UMAP rather than two principal
+/// components. `None` when nothing was done.
+pub fn umap_if_missing(path: &Path) -> Result<Option<UmapReport>, PipelineError> {
+    let r = H5adReader::open(path)?;
+    if FIGURE_EMBEDDINGS
+        .iter()
+        .any(|k| r.exists(&format!("obsm/{k}")))
+        || !r.exists("obsp/connectivities")
+    {
+        return Ok(None);
+    }
+    drop(r);
+    umap_in_file(path, None, &super::umap::UmapParams::default()).map(Some)
 }

@@ -52,6 +52,7 @@ pub mod ann;
 pub mod dpt;
 pub mod pca;
 pub mod steps;
+pub mod umap;
 pub mod velocity;
 #[cfg(feature = "h5ad")]
 pub mod velocity_summaries;
@@ -61,7 +62,7 @@ mod file;
 #[cfg(feature = "h5ad")]
 pub use file::{
     check_counts_in, moments_velocity_in_file, prepare, prepare_in_place, prepare_with,
-    read_counts, velocity_in_file,
+    read_counts, umap_if_missing, umap_in_file, velocity_in_file, UmapReport, FIGURE_EMBEDDINGS,
 };
 
 use nalgebra::DMatrix;
@@ -134,6 +135,9 @@ pub struct UpstreamSpec {
     pub knn: KnnMethod,
     /// The dynamical model's settings (with `velocity_mode = "dynamical"`).
     pub dynamics: velocity::DynamicalSettings,
+    /// A UMAP layout of the kNN graph (`obsm["X_umap"]`, scanpy's `tl.umap`); `None`: none
+    /// (`preprocess --umap`, or a `[umap]` table in TOML).
+    pub umap: Option<umap::UmapParams>,
 }
 
 /// Neighbour search of [`UpstreamSpec`].
@@ -180,6 +184,7 @@ impl Default for UpstreamSpec {
             velocity_mode: velocity::VelocityMode::Stochastic,
             knn: KnnMethod::Auto,
             dynamics: velocity::DynamicalSettings::default(),
+            umap: None,
         }
     }
 }

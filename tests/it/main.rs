@@ -32,6 +32,7 @@ mod python;
 mod raw_run;
 mod report;
 mod roundtrip;
+mod umap;
 mod upstream_parity;
 mod vectorfield;
 mod writes;

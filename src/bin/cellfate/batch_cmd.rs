@@ -485,8 +485,13 @@ fn compute(a: &BatchArgs, spec: &pipeline::FateMapSpec, s: &Sample, res: &mut Sa
                 let path = dir.join(format!("{}.html", s.name));
                 let opts = a.figures.options(spec.estimators.cluster_key.clone());
                 let title = crate::report_cmd::title_of(&s.output);
-                let made = std::fs::create_dir_all(&dir)
-                    .map_err(|e| e.to_string())
+                let umap = if a.figures.has_basis() {
+                    Ok(None)
+                } else {
+                    cellfate::upstream::umap_if_missing(&s.output).map_err(|e| e.to_string())
+                };
+                let made = umap
+                    .and_then(|_| std::fs::create_dir_all(&dir).map_err(|e| e.to_string()))
                     .and_then(|()| {
                         cellfate::report::html::write_report(&s.output, &path, &title, &opts)
                             .map_err(|e| e.to_string())

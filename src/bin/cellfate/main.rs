@@ -128,6 +128,10 @@ enum Command {
         /// Neighbour search: auto (exact up to 50,000 cells), exact, approximate (NN-descent).
         #[arg(long, default_value = "auto")]
         knn: cellfate::upstream::KnnMethod,
+        /// Also lay out the kNN graph with UMAP (obsm X_umap; scanpy's tl.umap defaults, the
+        /// options of `cellfate umap`).
+        #[arg(long)]
+        umap: bool,
     },
     /// Diffusion map and diffusion pseudotime (scanpy's diffmap + dpt): obsm X_diffmap,
     /// uns diffmap_evals and iroot, obs dpt_pseudotime.
@@ -151,6 +155,27 @@ enum Command {
         /// Diffusion components used for the pseudotime (default 10, at most --n-comps).
         #[arg(long, value_parser = values::positive)]
         n_dcs: Option<usize>,
+    },
+    /// UMAP layout of the kNN graph (scanpy's tl.umap, its defaults): obsm X_umap and
+    /// uns umap; the graph (obsp connectivities) is read, never modified.
+    Umap {
+        /// Input .h5ad with obsp["connectivities"] (uns["neighbors"]["connectivities_key"]).
+        input: PathBuf,
+        /// Output .h5ad.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Effective minimum distance between embedded points (scanpy: 0.5).
+        #[arg(long, default_value_t = 0.5, value_parser = values::non_negative_f64)]
+        min_dist: f64,
+        /// Scale of the embedded points.
+        #[arg(long, default_value_t = 1.0, value_parser = values::positive_f64)]
+        spread: f64,
+        /// Epochs (scanpy's maxiter; default 500 up to 10,000 cells, 200 above).
+        #[arg(long, value_parser = values::positive)]
+        n_epochs: Option<usize>,
+        /// Seed (scanpy's random_state).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// RNA velocity on a processed file (scVelo's tl.velocity): reads Ms/Mu (and, for the
     /// stochastic model, the normalised spliced/unspliced layers and obsp connectivities).
@@ -274,6 +299,7 @@ impl Command {
             Self::Perturb(a) => a.outputs(),
             Self::Preprocess { output, .. }
             | Self::Pseudotime { output, .. }
+            | Self::Umap { output, .. }
             | Self::Velocity { output, .. }
             | Self::Simulate { output, .. } => Outputs::files(vec![output.clone()]),
         }
@@ -389,6 +415,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             knn,
             dynamics,
             latent,
+            umap,
         } => {
             let mut spec = cellfate::upstream::UpstreamSpec {
                 n_neighbors,
@@ -397,6 +424,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                 min_shared_counts,
                 velocity_mode,
                 knn,
+                umap: umap.then(Default::default),
                 ..Default::default()
             };
             dynamics.apply(&mut spec.dynamics);
@@ -470,6 +498,33 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                 ));
             }
             write_stdout(&msg)
+        }
+        Command::Umap {
+            input,
+            output,
+            min_dist,
+            spread,
+            n_epochs,
+            seed,
+        } => {
+            let params = cellfate::upstream::umap::UmapParams {
+                min_dist,
+                spread,
+                n_epochs,
+                random_state: seed,
+                ..Default::default()
+            };
+            let rep = cellfate::upstream::umap_in_file(&input, Some(&output), &params)?;
+            write_stdout(&format!(
+                "UMAP of obsp[\"{}\"] ({} cells, {} epochs, {} connected component(s), a = {:.6}, b = {:.6}) -> {}\n",
+                rep.graph,
+                rep.n_cells,
+                rep.n_epochs,
+                rep.n_components,
+                rep.a,
+                rep.b,
+                output.display()
+            ))
         }
         Command::Velocity {
             input,
@@ -645,6 +700,7 @@ impl Command {
             Command::Kernel(_) => "kernel",
             Command::Preprocess { .. } => "preprocess",
             Command::Pseudotime { .. } => "pseudotime",
+            Command::Umap { .. } => "umap",
             Command::Vectorfield(_) => "vectorfield",
             Command::Topography(_) => "topography",
             Command::Potential(_) => "potential",

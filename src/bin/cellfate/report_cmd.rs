@@ -21,6 +21,12 @@ pub(crate) struct FigureFlags {
 }
 
 impl FigureFlags {
+    /// Whether `--basis` was given (otherwise the figures take the first embedding found,
+    /// and `run`/`batch` lay out a UMAP when there is none).
+    pub(crate) fn has_basis(&self) -> bool {
+        self.basis.is_some()
+    }
+
     pub(crate) fn options(&self, cluster_key: Option<String>) -> PlotOptions {
         PlotOptions {
             basis: self.basis.clone(),

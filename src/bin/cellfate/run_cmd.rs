@@ -453,6 +453,15 @@ pub(crate) fn run(a: RunArgs) -> anyhow::Result<String> {
         .with_context(|| format!("fate mapping {}", input.display()))?;
     let opts = a.figures.options(spec.estimators.cluster_key.clone());
     let mut extra = String::new();
+    if (a.plots.is_some() || a.report.is_some()) && !a.figures.has_basis() {
+        progress("umap");
+        if let Some(u) = cellfate::upstream::umap_if_missing(&a.output)? {
+            extra.push_str(&format!(
+                "UMAP of the kNN graph for the figures ({} epochs) -> obsm[\"X_umap\"]\n",
+                u.n_epochs
+            ));
+        }
+    }
     if let Some(dir) = &a.plots {
         progress("figures");
         let (paths, _) = crate::report_cmd::write_plots(
