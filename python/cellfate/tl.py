@@ -294,3 +294,63 @@ def latent_time(data, vkey: str = "velocity", min_likelihood: float | None = 0.1
     adata.obs["end_points"] = out["end_points"]
     adata.obs["latent_time"] = out["latent_time"]
     return adata if copy else None
+
+
+def umap(
+    adata,
+    min_dist: float = 0.5,
+    spread: float = 1.0,
+    n_components: int = 2,
+    maxiter: int | None = None,
+    alpha: float = 1.0,
+    gamma: float = 1.0,
+    negative_sample_rate: int = 5,
+    init_pos: str = "spectral",
+    random_state: int = 0,
+    a: float | None = None,
+    b: float | None = None,
+    method: str = "umap",
+    neighbors_key: str | None = None,
+    copy: bool = False,
+    **kwargs,
+):
+    """scanpy's ``tl.umap`` with its defaults: the UMAP layout of the kNN graph
+    (``obsp["connectivities"]``, or the key in ``uns[neighbors_key]``) into
+    ``obsm["X_umap"]`` and ``uns["umap"]["params"]`` (``a``, ``b``), the same layout as
+    ``cellfate umap``. Seeded by ``random_state`` and independent of the number of threads;
+    the graph is not modified. Only 2-D layouts from the spectral initialisation."""
+    unsupported = [
+        name
+        for name, bad in (
+            ("n_components", n_components != 2),
+            ("init_pos", init_pos != "spectral"),
+            ("a", a is not None),
+            ("b", b is not None),
+            ("method", method != "umap"),
+        )
+        if bad
+    ] + [k for k, v in kwargs.items() if v is not None]
+    if unsupported:
+        raise NotImplementedError(f"umap: {', '.join(unsupported)} not supported yet (2-D, spectral initialisation, a and b from min_dist and spread)")
+    if not isinstance(random_state, (int, np.integer)) or random_state < 0:
+        raise ValueError(f"umap: random_state={random_state!r}: expected an integer >= 0")
+    adata = adata.copy() if copy else adata
+    nkey = neighbors_key or "neighbors"
+    if neighbors_key is not None and nkey not in adata.uns:
+        raise KeyError(f"uns[{nkey!r}] not found: run pp.neighbors with key_added={nkey!r} first")
+    key = adata.uns.get(nkey, {}).get("connectivities_key", "connectivities")
+    if key not in adata.obsp:
+        raise KeyError(f"obsp[{key!r}] not found: compute the kNN graph first (scanpy's pp.neighbors, cellfate.pp.neighbors or cellfate preprocess)")
+    slots = _core.umap(
+        csr_parts(adata.obsp[key], f"obsp[{key!r}]"),
+        float(min_dist),
+        float(spread),
+        maxiter,
+        float(alpha),
+        float(gamma),
+        int(negative_sample_rate),
+        int(random_state),
+    )
+    _write(adata, slots)
+    logger.info("umap: added 'X_umap' (adata.obsm), 'umap' (adata.uns)")
+    return adata if copy else None

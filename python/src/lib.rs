@@ -39,6 +39,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(upstream::filter_and_normalize, m)?)?;
     m.add_function(wrap_pyfunction!(upstream::neighbors, m)?)?;
     m.add_function(wrap_pyfunction!(upstream::moments, m)?)?;
+    m.add_function(wrap_pyfunction!(upstream::umap, m)?)?;
     m.add_function(wrap_pyfunction!(upstream::velocity, m)?)?;
     m.add_function(wrap_pyfunction!(vectorfield::vector_field, m)?)?;
     m.add_function(wrap_pyfunction!(vectorfield::project, m)?)?;

@@ -114,6 +114,38 @@ pub(crate) fn moments<'py>(
     convert::slots(py, out)
 }
 
+/// scanpy's `tl.umap` on the kNN graph: `obsm/X_umap` and `uns/umap`, the layout of
+/// `cellfate umap` (the graph is not modified).
+#[pyfunction]
+#[pyo3(signature = (connectivities, min_dist=0.5, spread=1.0, maxiter=None, alpha=1.0, gamma=1.0, negative_sample_rate=5, random_state=0))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn umap<'py>(
+    py: Python<'py>,
+    connectivities: &Bound<'_, PyAny>,
+    min_dist: f64,
+    spread: f64,
+    maxiter: Option<usize>,
+    alpha: f64,
+    gamma: f64,
+    negative_sample_rate: usize,
+    random_state: u64,
+) -> PyResult<Bound<'py, PyList>> {
+    use cellfate::upstream::umap::{umap, umap_slots, UmapParams};
+    let g = csr_from_parts(connectivities, "obsp['connectivities']")?;
+    let params = UmapParams {
+        min_dist,
+        spread,
+        n_epochs: maxiter,
+        alpha,
+        gamma,
+        negative_sample_rate,
+        random_state,
+    };
+    let out = crate::run::run(py, || umap(&g, &params))?
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    convert::slots(py, umap_slots(&out, &params))
+}
+
 /// First moments as float32 slices (the caller hands C-contiguous float32 arrays).
 fn f32_slice<'a>(a: &'a PyReadonlyArray2<'_, f32>, what: &str) -> PyResult<&'a [f32]> {
     a.as_slice()

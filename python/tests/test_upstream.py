@@ -127,3 +127,30 @@ def test_upstream_errors_name_what_is_missing():
         cr.pp.filter_and_normalize(a, min_cells=3)
     with pytest.raises(ValueError, match="n_neighbors = 30"):
         cr.pp.neighbors(anndata.AnnData(X=sp.random(20, 10, density=0.5, format="csr", random_state=1)))
+
+
+def test_umap_equals_the_clis_layout_and_leaves_the_graph(pancreas_path, cli, tmp_path):
+    """``cellfate.tl.umap`` (scanpy's ``tl.umap`` signature) lays out the graph as
+    ``cellfate umap`` does, bit for bit, writes scanpy's keys and does not modify the graph;
+    options it does not have are refused."""
+    out = tmp_path / "umap.h5ad"
+    _cli(cli, "umap", pancreas_path, "-o", out)
+    want = anndata.read_h5ad(out)
+    a = anndata.read_h5ad(pancreas_path)
+    before = a.obsp["connectivities"].copy()
+    cr.tl.umap(a)
+    _same(a.obsm["X_umap"], want.obsm["X_umap"], "obsm['X_umap']")
+    assert a.obsm["X_umap"].dtype == np.float32
+    assert set(a.uns["umap"]["params"]) == {"a", "b"}
+    assert abs(a.uns["umap"]["params"]["a"] - 0.583030) < 1e-5
+    assert (a.obsp["connectivities"] != before).nnz == 0
+    b = cr.tl.umap(a, random_state=1, maxiter=50, copy=True)
+    assert not np.array_equal(b.obsm["X_umap"], a.obsm["X_umap"])
+    assert b.uns["umap"]["params"]["random_state"] == 1
+    with pytest.raises(NotImplementedError, match="n_components"):
+        cr.tl.umap(a, n_components=3)
+    with pytest.raises(ValueError, match="min_dist"):
+        cr.tl.umap(a, min_dist=5.0)
+    del a.obsp["connectivities"]
+    with pytest.raises(KeyError, match="connectivities"):
+        cr.tl.umap(a)

@@ -501,7 +501,8 @@ pub fn figures(
         let proj = cellfate_kernels::projection::project(&t, &e);
         let cl = cluster_key.as_deref().and_then(|k| labels(r, k));
         figs.push(Figure {
-            name: "projection".into(),
+            // scVelo's figure name (`velocity_embedding_stream`) with the basis.
+            name: format!("velocity_stream_{}", basis.to_ascii_lowercase()),
             title: "velocity streamlines (transition-matrix projection)".into(),
             plot: Plot::Embedding {
                 xy: keep.iter().map(|&i| xy[i]).collect(),

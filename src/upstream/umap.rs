@@ -7,7 +7,7 @@
 //!   `[0, 3·spread]`): min_dist 0.5 gives a = 0.58303, b = 1.33417 as in scanpy;
 //! - the graph's edges weaker than `max / n_epochs` are dropped (never sampled);
 //! - spectral initialisation: eigenvectors 2 and 3 of the normalised adjacency
-//!   `D^{-1/2} A D^{-1/2}` (block subspace iteration, deterministic), scaled to a largest
+//!   `D^{-1/2} A D^{-1/2}` (Lanczos, deterministic), scaled to a largest
 //!   coordinate of 10 with N(0, 1e-4) noise, then each coordinate rescaled to [0, 10];
 //! - stochastic gradient descent over `n_epochs` (500 up to 10,000 cells, 200 above): each
 //!   edge is sampled every `max/w` epochs (attraction moves both ends by
@@ -248,9 +248,17 @@ fn components(n: usize, edges: &[(u32, u32, f64)]) -> Vec<usize> {
         .collect()
 }
 
-/// Eigenvectors 2 and 3 of `D^{-1/2} A D^{-1/2}` on the cells `cells` (one connected
-/// component; `adj` their adjacency lists with weights), by block subspace iteration on
-/// `(I + M) / 2` with the first eigenvector `D^{1/2} 1` projected out.
+/// Lanczos steps of the spectral initialisation (fewer above 200,000 cells, where each
+/// stored basis vector costs n × 8 bytes).
+const LANCZOS_STEPS: usize = 150;
+
+/// Eigenvectors 2 and 3 of `D^{-1/2} A D^{-1/2}` on the cells of one connected component
+/// (`adj`: their adjacency lists with weights): Lanczos with full reorthogonalisation (twice,
+/// against the known first eigenvector `D^{1/2} 1` and every basis vector), from a seeded
+/// start, then the Ritz vectors of the two largest Ritz values. The eigenvalues next to 1 of
+/// a kNN graph are close together (gaps ~1e-4), where power or subspace iteration barely
+/// moves; an initialisation does not need them converged (umap-learn's ARPACK call stops at
+/// a tolerance of 1e-4).
 fn spectral(adj: &[Vec<(usize, f64)>], seed: u64) -> Vec<[f64; 2]> {
     let n = adj.len();
     let deg: Vec<f64> = adj
@@ -261,81 +269,80 @@ fn spectral(adj: &[Vec<(usize, f64)>], seed: u64) -> Vec<[f64; 2]> {
     let mut top: Vec<f64> = deg.iter().map(|d| d.sqrt()).collect();
     let tn = top.iter().map(|x| x * x).sum::<f64>().sqrt();
     top.iter_mut().for_each(|x| *x /= tn);
-    const BLOCK: usize = 4;
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let normal = Normal::new(0.0, 1.0).expect("unit normal");
-    let mut q: Vec<Vec<f64>> = (0..BLOCK)
-        .map(|_| (0..n).map(|_| normal.sample(&mut rng)).collect())
-        .collect();
     let apply = |v: &[f64]| -> Vec<f64> {
         (0..n)
-            .map(|i| {
-                let s: f64 = adj[i].iter().map(|&(j, w)| w * isq[j] * v[j]).sum();
-                0.5 * (v[i] + isq[i] * s)
-            })
+            .map(|i| isq[i] * adj[i].iter().map(|&(j, w)| w * isq[j] * v[j]).sum::<f64>())
             .collect()
     };
-    let orth = |q: &mut Vec<Vec<f64>>| {
-        for k in 0..q.len() {
-            let (done, rest) = q.split_at_mut(k);
-            let v = &mut rest[0];
-            for u in std::iter::once(&top).chain(done.iter()) {
-                let d: f64 = v.iter().zip(u.iter()).map(|(a, b)| a * b).sum();
-                v.iter_mut().zip(u.iter()).for_each(|(a, b)| *a -= d * b);
-            }
-            let nv = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-            if nv > 0.0 {
-                v.iter_mut().for_each(|x| *x /= nv);
-            }
-        }
-    };
-    orth(&mut q);
-    let max_iter = 1000;
-    let mut prev = [f64::NAN; 2];
-    for it in 0..max_iter {
-        let mut z: Vec<Vec<f64>> = q.iter().map(|v| apply(v)).collect();
-        // Rayleigh quotients of the leading two (after orthonormalisation, in order).
-        orth(&mut z);
-        q = z;
-        if it % 10 == 9 {
-            let rq: Vec<f64> = q[..2]
-                .iter()
-                .map(|v| v.iter().zip(apply(v)).map(|(a, b)| a * b).sum::<f64>())
-                .collect();
-            if (rq[0] - prev[0]).abs() < 1e-9 && (rq[1] - prev[1]).abs() < 1e-9 {
-                break;
-            }
-            prev = [rq[0], rq[1]];
-        }
+    let dot = |a: &[f64], b: &[f64]| -> f64 { a.iter().zip(b).map(|(x, y)| x * y).sum() };
+    let steps = if n > 200_000 {
+        LANCZOS_STEPS / 2
+    } else {
+        LANCZOS_STEPS
     }
-    // Rayleigh–Ritz on the block, so the two kept vectors are the leading eigenvectors of
-    // the subspace (not an arbitrary rotation of them).
-    let aq: Vec<Vec<f64>> = q.iter().map(|v| apply(v)).collect();
-    let h = nalgebra::DMatrix::from_fn(BLOCK, BLOCK, |i, j| {
-        q[i].iter().zip(&aq[j]).map(|(a, b)| a * b).sum::<f64>()
+    .min(n.saturating_sub(1))
+    .max(2);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let normal = Normal::new(0.0, 1.0).expect("unit normal");
+    let mut v: Vec<f64> = (0..n).map(|_| normal.sample(&mut rng)).collect();
+    let proj = dot(&v, &top);
+    v.iter_mut().zip(&top).for_each(|(a, b)| *a -= proj * b);
+    let vn = dot(&v, &v).sqrt().max(f64::MIN_POSITIVE);
+    v.iter_mut().for_each(|a| *a /= vn);
+    let mut basis: Vec<Vec<f64>> = vec![v];
+    let (mut alpha, mut beta) = (Vec::new(), Vec::new());
+    for j in 0..steps {
+        let mut w = apply(&basis[j]);
+        let a = dot(&w, &basis[j]);
+        alpha.push(a);
+        for _ in 0..2 {
+            for u in std::iter::once(&top).chain(basis.iter()) {
+                let c = dot(&w, u);
+                w.iter_mut().zip(u.iter()).for_each(|(x, y)| *x -= c * y);
+            }
+        }
+        let b = dot(&w, &w).sqrt();
+        if j + 1 == steps || b <= 1e-10 {
+            break;
+        }
+        beta.push(b);
+        w.iter_mut().for_each(|x| *x /= b);
+        basis.push(w);
+    }
+    let m = alpha.len();
+    let t = nalgebra::DMatrix::from_fn(m, m, |i, j| {
+        if i == j {
+            alpha[i]
+        } else if i + 1 == j {
+            beta[i]
+        } else if j + 1 == i {
+            beta[j]
+        } else {
+            0.0
+        }
     });
-    let h = (&h + h.transpose()) * 0.5;
-    let e = h.symmetric_eigen();
-    let mut order: Vec<usize> = (0..BLOCK).collect();
+    let e = t.symmetric_eigen();
+    let mut order: Vec<usize> = (0..m).collect();
     order.sort_by(|&i, &j| e.eigenvalues[j].total_cmp(&e.eigenvalues[i]));
-    let vec_of = |k: usize| -> Vec<f64> {
-        let c = order[k];
-        let mut v = vec![0.0; n];
-        for (b, qb) in q.iter().enumerate() {
-            let w = e.eigenvectors[(b, c)];
-            v.iter_mut().zip(qb).for_each(|(x, y)| *x += w * y);
+    let ritz = |k: usize| -> Vec<f64> {
+        let mut out = vec![0.0; n];
+        if let Some(&c) = order.get(k) {
+            for (r, q) in basis.iter().take(m).enumerate() {
+                let w = e.eigenvectors[(r, c)];
+                out.iter_mut().zip(q).for_each(|(x, y)| *x += w * y);
+            }
         }
         // A sign convention: the largest |entry| positive.
-        let m = v
+        let big = out
             .iter()
             .cloned()
             .fold(0.0f64, |a, x| if x.abs() > a.abs() { x } else { a });
-        if m < 0.0 {
-            v.iter_mut().for_each(|x| *x = -*x);
+        if big < 0.0 {
+            out.iter_mut().for_each(|x| *x = -*x);
         }
-        v
+        out
     };
-    let (v1, v2) = (vec_of(0), vec_of(1));
+    let (v1, v2) = (ritz(0), ritz(1));
     (0..n).map(|i| [v1[i], v2[i]]).collect()
 }
 
@@ -520,6 +527,10 @@ fn optimize(
             s
         })
         .collect();
+    // d² to the power b, in single precision (as umap-learn computes its gradients): a
+    // gradient coefficient needs no more digits, and the power dominates the cost.
+    let bf = b as f32;
+    let powb = |d2: f64| -> f64 { f64::from((d2 as f32).powf(bf)) };
     let mut alpha = p.alpha;
     for epoch in 0..n_epochs {
         let t = epoch as f64;
@@ -533,7 +544,9 @@ fn optimize(
             let (i, j) = (i as usize, j as usize);
             let d2 = (y[i][0] - y[j][0]).powi(2) + (y[i][1] - y[j][1]).powi(2);
             let g = if d2 > 0.0 {
-                -2.0 * a * b * d2.powf(b - 1.0) / (1.0 + a * d2.powf(b))
+                // d^{2(b−1)} = d^{2b} / d²: one power per sample.
+                let pb = powb(d2);
+                -2.0 * a * b * (pb / d2) / (1.0 + a * pb)
             } else {
                 0.0
             };
@@ -553,7 +566,7 @@ fn optimize(
                 if d2 <= 0.0 {
                     continue;
                 }
-                let g = 2.0 * p.gamma * b / ((0.001 + d2) * (1.0 + a * d2.powf(b)));
+                let g = 2.0 * p.gamma * b / ((0.001 + d2) * (1.0 + a * powb(d2)));
                 for d in 0..2 {
                     y[i][d] += alpha * clip(g * (y[i][d] - y[m][d]));
                 }

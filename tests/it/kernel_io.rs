@@ -97,6 +97,11 @@ fn kernel_command_save_load_and_random_control() {
         a.info("obsm/T_fwd_umap").expect("projection").shape,
         vec![200, 2]
     );
+    // The same projection under scVelo's key, for its stream plots.
+    assert_eq!(
+        a.dense("obsm/velocity_umap").expect("velocity_umap"),
+        a.dense("obsm/T_fwd_umap").expect("T_fwd_umap")
+    );
     let rnd = a.transition_matrix("T_fwd_rnd").expect("random control");
     assert_ne!(rnd, a.transition_matrix("T_fwd").expect("T"));
     // The input is untouched.

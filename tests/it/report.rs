@@ -38,7 +38,8 @@ fn demo_run_writes_figures_and_a_report() {
         "coarse_T",
         "drivers",
         "random_walks",
-        "projection",
+        // The demo has no embedding: `run --plots` lays out a UMAP for the figures.
+        "velocity_stream_umap",
     ]
     .map(String::from)
     .to_vec();

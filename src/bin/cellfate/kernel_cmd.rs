@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use cellfate::io::{H5adEdit, H5adReader};
 use cellfate::kernels::random_control::RandomizedVelocity;
-use cellfate::kernels::{expr, save, Kernel, KernelOutput, KernelSpec};
+use cellfate::kernels::{expr, save, Direction, Kernel, KernelOutput, KernelSpec};
 
 /// Arguments of `cellfate kernel`.
 #[derive(Debug, clap::Args)]
@@ -46,7 +46,9 @@ pub(crate) struct KernelArgs {
     #[arg(long, requires = "random_control")]
     seed: Option<u64>,
     /// Also write the transition-weighted displacement on obsm["X_<BASIS>"] as
-    /// obsm["<key>_<BASIS>"] (CellRank's projection, e.g. --projection umap).
+    /// obsm["<key>_<BASIS>"] (CellRank's projection, e.g. --projection umap) and, for a
+    /// forward kernel, obsm["velocity_<BASIS>"] (scVelo's key, read by its stream plots;
+    /// replaces one already there).
     #[arg(long, value_name = "BASIS")]
     projection: Option<String>,
     /// With a labeling_time kernel: also write layers["velocity_T"] and var["gamma_labeling"].
@@ -173,13 +175,24 @@ pub(crate) fn run(a: KernelArgs) -> anyhow::Result<String> {
             .or_else(|_| reader.obsm(basis))
             .with_context(|| format!("--projection {basis}: no obsm[\"X_{basis}\"]"))?;
         let p = cellfate::kernels::projection::project(&out.transition, &emb);
+        let basis = basis.strip_prefix("X_").unwrap_or(basis);
+        if out.transition.direction() == Direction::Forward {
+            // scVelo's key, so that its velocity_embedding(_stream/_grid) plots read it.
+            edit.set(
+                &format!("obsm/velocity_{basis}"),
+                cellfate::io::Element::from_f64_matrix(emb.nrows(), emb.ncols(), p.clone()),
+            );
+            msg.push_str(&format!(
+                "projection on {basis} -> obsm[\"velocity_{basis}\"] (scVelo's key) and "
+            ));
+        } else {
+            msg.push_str(&format!("projection on {basis} -> "));
+        }
         edit.set(
             &format!("obsm/{key}_{basis}"),
             cellfate::io::Element::from_f64_matrix(emb.nrows(), emb.ncols(), p),
         );
-        msg.push_str(&format!(
-            "projection on {basis} -> obsm[\"{key}_{basis}\"]\n"
-        ));
+        msg.push_str(&format!("obsm[\"{key}_{basis}\"]\n"));
     }
     if a.write_velocity {
         let lab = out
