@@ -119,16 +119,37 @@ impl Default for PlotOptions {
     }
 }
 
+/// Two category colours closer than this (Euclidean distance in RGB, 0–255 per channel)
+/// cannot be told apart on a scatter plot.
+const MIN_COLOR_DISTANCE: f64 = 40.0;
+
+/// The file's colours of `k` categories (`uns["<key>_colors"]`), or the palette when they are
+/// missing, unreadable or nearly identical: CellRank colours the macrostates of one cluster
+/// (`Ductal_1` … `Ductal_5`) in shades of the cluster's colour, which are indistinguishable
+/// on a scatter plot.
 fn hex_or_palette(colors: Option<&Vec<String>>, k: usize) -> Vec<RGBColor> {
-    (0..k)
-        .map(|q| {
-            colors
-                .and_then(|c| c.get(q))
-                .and_then(|s| plots::parse_hex(s))
-                .or_else(|| plots::parse_hex(PALETTE[q % PALETTE.len()]))
-                .unwrap_or(RGBColor(128, 128, 128))
+    let palette =
+        |q: usize| plots::parse_hex(PALETTE[q % PALETTE.len()]).unwrap_or(RGBColor(128, 128, 128));
+    let given: Option<Vec<RGBColor>> = colors.and_then(|c| {
+        (0..k)
+            .map(|q| c.get(q).and_then(|s| plots::parse_hex(s)))
+            .collect()
+    });
+    let distinct = |cs: &[RGBColor]| {
+        cs.iter().enumerate().all(|(i, a)| {
+            cs[i + 1..].iter().all(|b| {
+                let d2: f64 = [(a.0, b.0), (a.1, b.1), (a.2, b.2)]
+                    .iter()
+                    .map(|&(x, y)| (f64::from(x) - f64::from(y)).powi(2))
+                    .sum();
+                d2.sqrt() >= MIN_COLOR_DISTANCE
+            })
         })
-        .collect()
+    };
+    match given {
+        Some(cs) if distinct(&cs) => cs,
+        _ => (0..k).map(palette).collect(),
+    }
 }
 
 fn strings(r: &H5adReader, slot: &str) -> Option<Vec<String>> {
@@ -404,9 +425,16 @@ pub fn figures(
                 // with high probabilities are on top instead of hidden under the others.
                 let mut order = keep.clone();
                 order.sort_by(|&a, &c| b[a * l + j].total_cmp(&b[c * l + j]).then(a.cmp(&c)));
+                // With one terminal state every cell reaches it: a map of 1s says nothing
+                // unless its title says why.
+                let title = if l == 1 {
+                    format!("fate probability: {name} (the only terminal state: 1 for every cell that reaches it)")
+                } else {
+                    format!("fate probability: {name}")
+                };
                 figs.push(Figure {
                     name: stems.claim(&format!("fate_{}", crate::names::file_stem(name))),
-                    title: format!("fate probability: {name}"),
+                    title,
                     plot: Plot::Embedding {
                         xy: order.iter().map(|&i| xy[i]).collect(),
                         colors: order
@@ -423,6 +451,11 @@ pub fn figures(
         }
     }
     if let Some((re, im, gap)) = spectrum(r, d) {
+        // The macrostates computed: as many as their names.
+        let n_states = match r.read(&format!("uns/{}_names", keys::macrostates(d))) {
+            Ok(Element::Strings { values, .. }) if !values.is_empty() => Some(values.len()),
+            _ => None,
+        };
         figs.push(Figure {
             name: "spectrum".into(),
             title: "real Schur spectrum".into(),
@@ -430,6 +463,7 @@ pub fn figures(
                 re,
                 im,
                 eigengap: gap,
+                n_states,
             },
         });
     }
@@ -860,6 +894,18 @@ pub fn streamlines(xy: &[[f64; 2]], v: &[f64], g: usize) -> Vec<Vec<[f64; 2]>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn near_identical_file_colours_give_way_to_the_palette() {
+        let shades: Vec<String> = ["#1f77b4", "#2078b5", "#1e76b3"].map(String::from).to_vec();
+        let got = super::hex_or_palette(Some(&shades), 3);
+        assert_eq!(got[0], super::plots::parse_hex(super::PALETTE[0]).unwrap());
+        assert_eq!(got[1], super::plots::parse_hex(super::PALETTE[1]).unwrap());
+        // Distinct colours are kept.
+        let distinct: Vec<String> = ["#000000", "#ffffff"].map(String::from).to_vec();
+        let kept = super::hex_or_palette(Some(&distinct), 2);
+        assert_eq!(kept[1], plotters::style::RGBColor(255, 255, 255));
+    }
+
     use super::streamlines;
 
     #[test]

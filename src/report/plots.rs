@@ -121,6 +121,8 @@ pub enum Plot {
         /// CellRank's eigengap index (0-based: the gap lies after eigenvalue `index + 1`,
         /// 1-based), labelled as [`Eigengap`] says it.
         eigengap: Option<usize>,
+        /// The number of macrostates computed (marked after that many eigenvalues).
+        n_states: Option<usize>,
     },
     /// A square matrix with row/column names (the coarse-grained transition matrix).
     Heatmap {
@@ -300,10 +302,25 @@ impl Figure {
                 basis,
                 overlay,
             } => draw_embedding(&body, xy, colors, legend, *colorbar, basis, overlay),
-            Plot::Spectrum { re, im, eigengap } => draw_spectrum(&body, re, im, *eigengap),
+            Plot::Spectrum {
+                re,
+                im,
+                eigengap,
+                n_states,
+            } => draw_spectrum(&body, re, im, *eigengap, *n_states),
             Plot::Heatmap { names, values } => draw_heatmap(&body, names, values),
             Plot::Drivers(panels) => draw_drivers(&body, panels),
         }
+    }
+}
+
+/// `v` with two decimals, never `-0.00` (a coarse transition probability of −1e−17 is 0).
+fn two_decimals(v: f64) -> String {
+    let s = format!("{v:.2}");
+    if s == "-0.00" {
+        "0.00".into()
+    } else {
+        s
     }
 }
 
@@ -519,7 +536,7 @@ where
             ((vmin + vmax) / 2.0, (top + bottom) / 2),
             (vmin, bottom),
         ] {
-            key.draw(&Text::new(format!("{v:.2}"), (36, y), style.clone()))
+            key.draw(&Text::new(two_decimals(v), (36, y), style.clone()))
                 .map_err(draw_err)?;
         }
     }
@@ -531,6 +548,7 @@ fn draw_spectrum<DB: DrawingBackend>(
     re: &[f64],
     im: &[f64],
     eigengap: Option<usize>,
+    n_states: Option<usize>,
 ) -> Result<(), DrawFailure>
 where
     DB::ErrorType: 'static,
@@ -561,6 +579,21 @@ where
         .axis_desc_style(("sans-serif", 14))
         .draw()
         .map_err(draw_err)?;
+    // The macrostates computed first, so that the eigengap's dashes stay visible on top.
+    if let Some(m) = n_states.filter(|&m| m >= 1 && m <= k) {
+        let x = m as f64 + 0.5;
+        let green = RGBColor(44, 160, 44);
+        chart
+            .draw_series(LineSeries::new(
+                vec![(x, ymin), (x, ymax)],
+                green.stroke_width(2),
+            ))
+            .map_err(draw_err)?
+            .label(format!("{m} macrostates computed"))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], green.stroke_width(2))
+            });
+    }
     if let Some(g) = eigengap {
         let x = g as f64 + 1.5;
         chart
@@ -656,7 +689,7 @@ where
             if cell >= 34 {
                 let color = if v > 0.6 { DARK } else { WHITE };
                 area.draw(&Text::new(
-                    format!("{v:.2}"),
+                    two_decimals(v),
                     (x + cell / 2, y + cell / 2),
                     ("sans-serif", 12)
                         .into_font()
@@ -758,6 +791,14 @@ where
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn heatmap_labels_never_show_negative_zero() {
+        assert_eq!(super::two_decimals(-1e-17), "0.00");
+        assert_eq!(super::two_decimals(-0.004), "0.00");
+        assert_eq!(super::two_decimals(-0.5), "-0.50");
+        assert_eq!(super::two_decimals(0.456), "0.46");
+    }
+
     use super::*;
 
     #[test]
@@ -796,6 +837,7 @@ mod tests {
                 re: vec![1.0, 0.99, 0.95, 0.95, 0.8],
                 im: vec![0.0, 0.0, 0.1, -0.1, 0.0],
                 eigengap: Some(1),
+                n_states: Some(3),
             },
             Plot::Heatmap {
                 names: vec!["Alpha".into(), "Beta".into()],

@@ -1,7 +1,7 @@
 //! Figures and HTML reports: `run --report --plots` on the simulated demo, `cellfate plot` and
 //! `cellfate report` on CellRank's own output (the pancreas reference), batch index pages.
 
-use crate::common::{cellfate, reference, succeed, tempdir};
+use crate::common::{cellfate, reference, simulate_cli, succeed, tempdir};
 
 fn is_png(p: &std::path::Path) -> bool {
     std::fs::read(p).is_ok_and(|b| b.len() > 2000 && &b[1..4] == b"PNG")
@@ -49,6 +49,16 @@ fn demo_run_writes_figures_and_a_report() {
         let svg = std::fs::read_to_string(figs.join(format!("{name}.svg"))).expect(name);
         assert!(svg.starts_with("<svg"), "{name}.svg");
     }
+    // The spectrum marks the number of macrostates computed (issue 24).
+    let spectrum = std::fs::read_to_string(figs.join("spectrum.svg")).expect("spectrum");
+    assert!(
+        spectrum.contains("macrostates computed"),
+        "the spectrum does not mark the macrostates"
+    );
+    // The demo has no embedding of its own: the run laid out a UMAP for the figures.
+    assert!(cellfate::io::H5adReader::open(&out)
+        .expect("output")
+        .exists("obsm/X_umap"));
     let page = std::fs::read_to_string(&html).expect("report");
     for needle in [
         "<h2>Terminal states</h2>",
@@ -251,4 +261,40 @@ fn fate_figures_draw_high_probabilities_last() {
         checked += 1;
     }
     assert_eq!(checked, l);
+}
+
+/// With one terminal state every fate probability is 1: the map's title says why instead of
+/// showing a uniformly coloured map without comment (issue 24).
+#[test]
+fn a_single_lineage_map_says_so() {
+    let d = tempdir();
+    let sim = d.path().join("linear.h5ad");
+    simulate_cli(&sim, &["--cells", "600", "--fates", "1"]);
+    let out = d.path().join("run.h5ad");
+    let figs = d.path().join("figs");
+    succeed(
+        cellfate()
+            .args(["-q", "run"])
+            .arg(&sim)
+            .arg("-o")
+            .arg(&out)
+            .arg("--plots")
+            .arg(&figs),
+    );
+    let fates: Vec<_> = std::fs::read_dir(&figs)
+        .expect("figures")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "svg")
+                && p.file_name()
+                    .is_some_and(|f| f.to_string_lossy().starts_with("fate_"))
+        })
+        .collect();
+    assert_eq!(fates.len(), 1, "{fates:?}");
+    let svg = std::fs::read_to_string(&fates[0]).expect("svg");
+    assert!(
+        svg.contains("the only terminal state"),
+        "{}",
+        fates[0].display()
+    );
 }
