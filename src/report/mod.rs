@@ -300,12 +300,25 @@ fn categorical_figure(
     basis: &str,
     l: &Labels,
 ) -> Figure {
+    // Drawn unlabelled cells first, then the categories from the largest to the smallest, so
+    // that small states (30 cells among 100,000) are on top instead of buried.
+    let mut size = vec![0usize; l.categories.len()];
+    for &i in keep {
+        if let Some(q) = l.codes[i] {
+            size[q] += 1;
+        }
+    }
+    let mut order = keep.to_vec();
+    order.sort_by_key(|&i| match l.codes[i] {
+        None => (0, std::cmp::Reverse(usize::MAX), i),
+        Some(q) => (1, std::cmp::Reverse(size[q]), i),
+    });
     Figure {
         name: name.into(),
         title: title.into(),
         plot: Plot::Embedding {
-            xy: keep.iter().map(|&i| xy[i]).collect(),
-            colors: keep
+            xy: order.iter().map(|&i| xy[i]).collect(),
+            colors: order
                 .iter()
                 .map(|&i| l.codes[i].map(|q| l.colors[q]))
                 .collect(),
@@ -513,12 +526,12 @@ pub fn figures(
             figs.push(Figure {
                 name: "random_walks".into(),
                 title: format!(
-                    "{} random walks (start {}, black; end red)",
+                    "{} random walks from {} (black dot; end red), coloured by progress: dark → yellow",
                     opts.n_walks,
                     if start.is_empty() {
-                        "anywhere"
+                        "random cells (no initial states)"
                     } else {
-                        "in the initial states"
+                        "the initial states"
                     }
                 ),
                 plot: Plot::Embedding {
@@ -894,6 +907,38 @@ pub fn streamlines(xy: &[[f64; 2]], v: &[f64], g: usize) -> Vec<Vec<[f64; 2]>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn small_categories_are_drawn_last() {
+        use plotters::style::RGBColor;
+        let (big, small) = (RGBColor(1, 1, 1), RGBColor(2, 2, 2));
+        let l = super::Labels {
+            codes: vec![Some(1), Some(0), None, Some(0), Some(0), Some(1), Some(0)],
+            categories: vec!["big".into(), "small".into()],
+            colors: vec![big, small],
+        };
+        let xy: Vec<[f64; 2]> = (0..7).map(|i| [i as f64, 0.0]).collect();
+        let keep: Vec<usize> = (0..7).collect();
+        let f = super::categorical_figure("c", "c", &xy, &keep, "PCA", &l);
+        let super::Plot::Embedding { colors, xy, .. } = f.plot else {
+            panic!("embedding")
+        };
+        assert_eq!(
+            colors,
+            vec![
+                None,
+                Some(big),
+                Some(big),
+                Some(big),
+                Some(big),
+                Some(small),
+                Some(small)
+            ]
+        );
+        // Positions move with their colours.
+        assert_eq!(xy[0], [2.0, 0.0]);
+        assert_eq!(xy[6], [5.0, 0.0]);
+    }
+
     #[test]
     fn near_identical_file_colours_give_way_to_the_palette() {
         let shades: Vec<String> = ["#1f77b4", "#2078b5", "#1e76b3"].map(String::from).to_vec();

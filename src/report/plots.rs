@@ -419,13 +419,25 @@ where
     match overlay {
         Overlay::None => {}
         Overlay::Walks(walks) => {
+            // Each walk coloured by its progress (viridis, dark at the start, yellow at the
+            // end), in WALK_COLOR_BINS pieces so that long walks stay a few paths each.
+            const WALK_COLOR_BINS: usize = 12;
             for walk in walks {
                 let pts: Vec<(i32, i32)> = walk.iter().map(|&i| map(xy[i])).collect();
-                plot.draw(&PathElement::new(
-                    pts.clone(),
-                    RGBAColor(30, 30, 30, 0.35).stroke_width(1),
-                ))
-                .map_err(draw_err)?;
+                let steps = pts.len().saturating_sub(1);
+                for b in 0..WALK_COLOR_BINS.min(steps) {
+                    let (lo, hi) = (
+                        b * steps / WALK_COLOR_BINS.min(steps),
+                        (b + 1) * steps / WALK_COLOR_BINS.min(steps),
+                    );
+                    let t = (b as f64 + 0.5) / WALK_COLOR_BINS.min(steps) as f64;
+                    let c = viridis(t);
+                    plot.draw(&PathElement::new(
+                        pts[lo..=hi].to_vec(),
+                        RGBAColor(c.0, c.1, c.2, 0.7).stroke_width(1),
+                    ))
+                    .map_err(draw_err)?;
+                }
                 if let (Some(a), Some(b)) = (pts.first(), pts.last()) {
                     plot.draw(&Circle::new(*a, 4, BLACK.filled()))
                         .map_err(draw_err)?;
