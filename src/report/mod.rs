@@ -335,6 +335,48 @@ fn categorical_figure(
     }
 }
 
+/// Mean fate probability of each lineage in each cluster (CellRank's
+/// `aggregate_fate_probabilities`, mode `bar`): one panel per lineage in its colour, one bar
+/// per cluster, on a fixed 0–1 scale. `None` without fate probabilities or clusters.
+fn fate_bars(r: &H5adReader, d: Direction, cluster_key: Option<&str>, n: usize) -> Option<Figure> {
+    let cl = labels(r, cluster_key?)?;
+    let lin = keys::lineages(d);
+    let (rows, l, b) = r.dense(&keys::obsm(&lin)).ok()?;
+    if rows != n || l == 0 || cl.codes.len() != n {
+        return None;
+    }
+    let names = strings(r, &keys::uns(&keys::names(&lin)))
+        .unwrap_or_else(|| (0..l).map(|j| format!("lineage {}", j + 1)).collect());
+    let colors = hex_or_palette(strings(r, &keys::uns(&format!("{lin}_colors"))).as_ref(), l);
+    let k = cl.categories.len();
+    let (mut sum, mut count) = (vec![0.0; k * l], vec![0usize; k]);
+    for i in 0..n {
+        if let Some(q) = cl.codes[i] {
+            count[q] += 1;
+            for j in 0..l {
+                let v = b[i * l + j];
+                if v.is_finite() {
+                    sum[q * l + j] += v;
+                }
+            }
+        }
+    }
+    let panels: plots::DriverPanels = (0..l)
+        .map(|j| {
+            let bars = (0..k)
+                .filter(|&q| count[q] > 0)
+                .map(|q| (cl.categories[q].clone(), sum[q * l + j] / count[q] as f64))
+                .collect();
+            (names.get(j).cloned().unwrap_or_default(), colors[j], bars)
+        })
+        .collect();
+    Some(Figure {
+        name: "aggregated_fates".into(),
+        title: format!("mean fate probability per cluster ({})", cluster_key?),
+        plot: Plot::FateBars(panels),
+    })
+}
+
 /// Real parts, imaginary parts and the eigengap stored in `uns["eigendecomposition_fwd"]`.
 pub fn spectrum(r: &H5adReader, d: Direction) -> Option<(Vec<f64>, Vec<f64>, Option<usize>)> {
     let key = keys::eigendecomposition(d);
@@ -462,6 +504,9 @@ pub fn figures(
                 });
             }
         }
+    }
+    if let Some(fig) = fate_bars(r, d, cluster_key.as_deref(), n) {
+        figs.push(fig);
     }
     if let Some((re, im, gap)) = spectrum(r, d) {
         // The macrostates computed: as many as their names.
@@ -604,7 +649,7 @@ fn drawable_text(f: &mut Figure) {
             fix(basis);
         }
         Plot::Heatmap { names, .. } => names.iter_mut().for_each(fix),
-        Plot::Drivers(panels) => {
+        Plot::Drivers(panels) | Plot::FateBars(panels) => {
             for (lineage, _, genes) in panels.iter_mut() {
                 fix(lineage);
                 genes.iter_mut().for_each(|(g, _)| fix(g));

@@ -133,6 +133,9 @@ pub enum Plot {
     },
     /// Top driver genes per lineage: `(lineage, colour, [(gene, correlation)])`.
     Drivers(DriverPanels),
+    /// Mean fate probabilities per cluster, one panel per lineage (CellRank's
+    /// `aggregate_fate_probabilities`, mode `bar`): bars on a fixed 0–1 scale.
+    FateBars(DriverPanels),
 }
 
 /// One figure: a file name stem, a title and its data.
@@ -217,6 +220,11 @@ impl Figure {
                 (s + 60, s)
             }
             Plot::Drivers(p) => (360 * (p.len() as u32).clamp(1, 4), 420),
+            Plot::FateBars(p) => (
+                380 * (p.len() as u32).clamp(1, 4),
+                (120 + 22 * p.first().map_or(1, |q| q.2.len()) as u32).clamp(300, 900)
+                    * (p.len() as u32).div_ceil(4).max(1),
+            ),
         }
     }
 
@@ -309,7 +317,8 @@ impl Figure {
                 n_states,
             } => draw_spectrum(&body, re, im, *eigengap, *n_states),
             Plot::Heatmap { names, values } => draw_heatmap(&body, names, values),
-            Plot::Drivers(panels) => draw_drivers(&body, panels),
+            Plot::Drivers(panels) => draw_drivers(&body, panels, None),
+            Plot::FateBars(panels) => draw_drivers(&body, panels, Some(1.0)),
         }
     }
 }
@@ -734,9 +743,11 @@ where
     Ok(())
 }
 
+/// Horizontal bars per panel; `scale`: the value of a full bar (`None`: the panel's largest).
 fn draw_drivers<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     panels: &DriverPanels,
+    scale: Option<f64>,
 ) -> Result<(), DrawFailure>
 where
     DB::ErrorType: 'static,
@@ -762,13 +773,21 @@ where
         let (bw, bh) = body.dim_in_pixel();
         let k = genes.len().max(1);
         let row_h = ((bh as i32 - 20) / k as i32).max(6);
-        let label_w = 96i32;
-        let bar_max = (bw as i32 - label_w - 50).max(10);
-        let vmax = genes
+        // Wide enough for the longest label (about 7 px a character at 12 px).
+        let longest = genes
             .iter()
-            .map(|(_, r)| r.abs())
-            .fold(0.0f64, f64::max)
-            .max(1e-12);
+            .map(|(g, _)| g.chars().count())
+            .max()
+            .unwrap_or(0);
+        let label_w = (longest as i32 * 7 + 8).clamp(60, 200);
+        let bar_max = (bw as i32 - label_w - 50).max(10);
+        let vmax = scale.unwrap_or_else(|| {
+            genes
+                .iter()
+                .map(|(_, r)| r.abs())
+                .fold(0.0f64, f64::max)
+                .max(1e-12)
+        });
         for (q, (gene, r)) in genes.iter().enumerate() {
             let y = q as i32 * row_h;
             let len = ((r.abs() / vmax) * bar_max as f64).round() as i32;

@@ -40,6 +40,7 @@ fn demo_run_writes_figures_and_a_report() {
         "random_walks",
         // The demo has no embedding: `run --plots` lays out a UMAP for the figures.
         "velocity_stream_umap",
+        "aggregated_fates",
     ]
     .map(String::from)
     .to_vec();
