@@ -1322,15 +1322,21 @@ mod tests {
         assert_eq!(conditioned_row_sum_tol(1e20), MAX_ROW_SUM_TOL);
     }
 
-    #[test]
-    fn gmres_agrees_with_the_direct_solver() {
+    /// Four metastable blocks of 60 cells; 15 cells of two blocks are the terminal states
+    /// `a` and `b`.
+    fn metastable_two_states() -> (TransitionMatrix, Vec<Option<usize>>, Vec<String>) {
         let t = crate::schur::tests::metastable_chain(4, 60, 0.01, false, 3);
         let mut term = vec![None; t.n_cells()];
         for i in 0..15 {
             term[180 + i] = Some(0);
             term[60 + i] = Some(1);
         }
-        let names = vec!["a".to_string(), "b".to_string()];
+        (t, term, vec!["a".to_string(), "b".to_string()])
+    }
+
+    #[test]
+    fn gmres_agrees_with_the_direct_solver() {
+        let (t, term, names) = metastable_two_states();
         let direct = AbsorptionOptions {
             solver: Solver::Direct,
             ..Default::default()
@@ -1393,13 +1399,7 @@ mod tests {
 
     #[test]
     fn nearby_chains_are_solved_from_the_base_factorisation() {
-        let t = crate::schur::tests::metastable_chain(4, 60, 0.01, false, 3);
-        let mut term = vec![None; t.n_cells()];
-        for i in 0..15 {
-            term[180 + i] = Some(0);
-            term[60 + i] = Some(1);
-        }
-        let names = vec!["a".to_string(), "b".to_string()];
+        let (t, term, names) = metastable_two_states();
         for solver in [Solver::Direct, Solver::Gmres] {
             let opts = AbsorptionOptions {
                 solver,

@@ -119,6 +119,15 @@ impl VelocityParams {
         &self,
         cells: &dyn CellSource,
     ) -> Result<(DenseMatrix, DenseMatrix), KernelError> {
+        self.read_inputs_indexed(cells).map(|(x, v, _, _)| (x, v))
+    }
+
+    /// [`read_inputs`](Self::read_inputs), also returning the input column of each kept gene
+    /// and the number of input columns.
+    pub(crate) fn read_inputs_indexed(
+        &self,
+        cells: &dyn CellSource,
+    ) -> Result<(DenseMatrix, DenseMatrix, Vec<usize>, usize), KernelError> {
         let hint_layer = "compute moments and velocities with `cellfate preprocess` (or scvelo's `pp.moments` + `tl.velocity`)";
         let x = cells
             .layer(&self.xkey)
@@ -136,20 +145,13 @@ impl VelocityParams {
                 source: Box::new(source),
                 hint: hint_layer.into(),
             })?;
-        self.prepare(x, v, cells)
+        let n_input = x.ncols();
+        let (x, v, columns) = self.prepare_indexed(x, v, cells)?;
+        Ok((x, v, columns, n_input))
     }
 
-    /// Applies the gene subset and drops genes with a NaN velocity.
-    pub(crate) fn prepare(
-        &self,
-        x: DenseMatrix,
-        v: DenseMatrix,
-        cells: &dyn CellSource,
-    ) -> Result<(DenseMatrix, DenseMatrix), KernelError> {
-        self.prepare_indexed(x, v, cells).map(|(x, v, _)| (x, v))
-    }
-
-    /// [`prepare`](Self::prepare), also returning the input column of each kept gene.
+    /// Applies the gene subset and drops genes with a NaN velocity; also returns the input
+    /// column of each kept gene.
     pub(crate) fn prepare_indexed(
         &self,
         x: DenseMatrix,

@@ -86,24 +86,7 @@ impl VelocityParams {
             return Ok(None);
         }
         let conn = read_graph(NAME, cells, &self.conn_key)?;
-        let x = cells
-            .layer(&self.xkey)
-            .map_err(|source| KernelError::MissingInput {
-                kernel: NAME,
-                what: "the smoothed expression".into(),
-                source: Box::new(source),
-                hint: String::new(),
-            })?;
-        let v = cells
-            .layer(&self.vkey)
-            .map_err(|source| KernelError::MissingInput {
-                kernel: NAME,
-                what: "RNA velocities".into(),
-                source: Box::new(source),
-                hint: String::new(),
-            })?;
-        let n_input = x.ncols();
-        let (x, v, columns) = self.prepare_indexed(x, v, cells)?;
+        let (x, v, columns, n_input) = self.read_inputs_indexed(cells)?;
         if x.nrows() != conn.nrows() {
             return Err(KernelError::InvalidInput {
                 kernel: NAME,
