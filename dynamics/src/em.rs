@@ -116,6 +116,43 @@ pub struct GeneDynamics {
     pub loss: Vec<f64>,
 }
 
+/// The fitted trajectory of a gene in the phase plane (scVelo's `plot` of the dynamical
+/// model): `n` points of induction from (0, 0) up to the switching time `t_`, then `n` points
+/// of repression from the switch until the unspliced level has fallen to 1 % of its value
+/// there. `alpha`, `beta`, `gamma`, `t_`, `scaling` as stored (`fit_*`, β divided by the
+/// scaling); returns `(spliced, unspliced)` in the data's units (u multiplied back by the
+/// scaling). Empty when the parameters are not finite and positive.
+pub fn phase_curve(
+    alpha: f64,
+    beta: f64,
+    gamma: f64,
+    t_: f64,
+    scaling: f64,
+    n: usize,
+) -> Vec<(f64, f64)> {
+    let ok = |x: f64| x.is_finite() && x > 0.0;
+    if !(ok(alpha) && ok(beta) && ok(gamma) && ok(t_) && ok(scaling)) || n < 2 {
+        return Vec::new();
+    }
+    // scVelo fits u / scaling with rate β·scaling; `fit_beta` is that rate / scaling.
+    let b = beta * scaling;
+    let mut out = Vec::with_capacity(2 * n);
+    for k in 0..n {
+        let tau = t_ * k as f64 / (n - 1) as f64;
+        let (u, s) = solution(tau, 0.0, 0.0, alpha, b, gamma);
+        out.push((s, u * scaling));
+    }
+    let (u_, s_) = solution(t_, 0.0, 0.0, alpha, b, gamma);
+    // u decays as exp(-b τ): 1 % left after ln(100) / b.
+    let t_end = 100f64.ln() / b;
+    for k in 1..=n {
+        let tau = t_end * k as f64 / n as f64;
+        let (u, s) = solution(tau, u_, s_, 0.0, b, gamma);
+        out.push((s, u * scaling));
+    }
+    out
+}
+
 /// The induction/repression solution at time τ from (u₀, s₀) with rates α, β, γ.
 #[inline]
 fn solution(tau: f64, u0: f64, s0: f64, alpha: f64, beta: f64, gamma: f64) -> (f64, f64) {
@@ -1123,6 +1160,25 @@ fn align_factor(t: &[f64], t_: f64, t_max: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The phase curve starts at the origin, reaches the switch point after n points, follows
+    /// du/dt = α − βu there (on induction u → α/β), and ends with u at 1 % of its switch value.
+    #[test]
+    fn phase_curve_follows_the_solution() {
+        let (alpha, beta, gamma, t_, scaling) = (2.0, 0.5, 0.4, 3.0, 2.0);
+        let c = phase_curve(alpha, beta, gamma, t_, scaling, 50);
+        assert_eq!(c.len(), 100);
+        assert_eq!(c[0], (0.0, 0.0));
+        let b = beta * scaling;
+        let (u_sw, s_sw) = solution(t_, 0.0, 0.0, alpha, b, gamma);
+        assert!((c[49].1 - u_sw * scaling).abs() < 1e-12 && (c[49].0 - s_sw).abs() < 1e-12);
+        // Analytic induction: u(t) = α/b (1 − e^{−b t}).
+        let expected = alpha / b * (1.0 - (-b * t_).exp()) * scaling;
+        assert!((c[49].1 - expected).abs() < 1e-12);
+        assert!((c[99].1 - 0.01 * u_sw * scaling).abs() < 1e-9);
+        assert!(phase_curve(f64::NAN, beta, gamma, t_, scaling, 50).is_empty());
+        assert!(phase_curve(alpha, beta, gamma, 0.0, scaling, 50).is_empty());
+    }
 
     /// Cells on a known trajectory (α = 2, β = 1, γ = 0.5, t_ = 4, times uniform on [0, 8]):
     /// the fit reproduces γ/β and orders cells by time.

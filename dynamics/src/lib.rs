@@ -23,7 +23,9 @@ pub use confidence::{
     velocity_norms,
 };
 pub use dense::{velocity_gene_columns, RowMajor};
-pub use em::{dynamical_velocity, fit_gene, AssignmentMode, DynamicsOptions, GeneDynamics};
+pub use em::{
+    dynamical_velocity, fit_gene, phase_curve, AssignmentMode, DynamicsOptions, GeneDynamics,
+};
 pub use error::VelocityError;
 pub use latent_time::{
     compute_shared_time, latent_time, root_time, terminal_states, LatentTime, LatentTimeInput,

@@ -13,6 +13,7 @@ pub mod graph;
 pub mod iterative;
 pub mod schur;
 pub mod states;
+pub mod trends;
 
 pub use estimator::{
     AbsorptionTimesOptions, CellStates, Cflare, DriverOptions, Estimator, EstimatorCore,

@@ -3,8 +3,10 @@
 //! of `cellfate run`, of the stage commands, and on CellRank's own files.
 
 mod anim;
+pub mod extra;
 pub mod html;
 pub mod plots;
+mod scaled;
 
 pub use anim::animate_fates;
 
@@ -17,7 +19,7 @@ use cellfate_estimators::states::PALETTE;
 use cellfate_kernels::{CellSource, CsrError, DenseMatrix, Direction};
 
 use crate::io::{keys, Element, H5adError, H5adReader, NumVec};
-pub use plots::{Figure, Format, FormatParseError, Overlay, Plot};
+pub use plots::{Figure, Format, FormatParseError, Overlay, Plot, Render};
 
 /// Errors of plotting and reporting.
 #[derive(Debug, Error)]
@@ -76,6 +78,36 @@ pub enum ReportError {
         /// The encoding of `X`.
         encoding: &'static str,
     },
+    /// A figure setting is out of range.
+    #[error("{flag} {got}: expected {expected}")]
+    Option {
+        /// The flag or field.
+        flag: &'static str,
+        /// What was given.
+        got: String,
+        /// What is accepted.
+        expected: String,
+    },
+    /// A figure kind asked for cannot be drawn from this file.
+    #[error("{}: figure {kind:?} cannot be drawn: {reason}", path.display())]
+    KindUnavailable {
+        /// The file.
+        path: PathBuf,
+        /// The kind asked for (`--kind`).
+        kind: String,
+        /// What is missing.
+        reason: String,
+    },
+    /// A gene asked for (`--genes`) is not in `var_names`.
+    #[error("{}: --genes: {gene:?} is not in var_names{}", path.display(), hint.as_deref().map(|h| format!(" (did you mean {h:?}?)")).unwrap_or_default())]
+    UnknownGene {
+        /// The file.
+        path: PathBuf,
+        /// The gene.
+        gene: String,
+        /// A close var name, if any.
+        hint: Option<String>,
+    },
     /// A matrix in the file is malformed.
     #[error("{}: {slot}: {source}", path.display())]
     Matrix {
@@ -104,6 +136,18 @@ pub struct PlotOptions {
     pub max_points: usize,
     /// Driver genes per lineage.
     pub n_drivers: usize,
+    /// The figures to draw (`None`: every default kind the file supports, see
+    /// [`FigureKind::default_on`]). A kind named here that the file cannot give is an error.
+    pub kinds: Option<Vec<FigureKind>>,
+    /// Genes for gene trends, heatmaps and phase portraits (empty: the top drivers).
+    pub genes: Vec<String>,
+    /// The obs column of the time in gene trends (default: the first of
+    /// [`extra::TIME_KEYS`], else a diffusion pseudotime from the initial state).
+    pub time_key: Option<String>,
+    /// Expression in gene trends: `X` or a layer (default `Ms` when present, else `X`).
+    pub data_key: Option<String>,
+    /// Size and resolution of the files.
+    pub render: Render,
 }
 
 impl Default for PlotOptions {
@@ -115,7 +159,137 @@ impl Default for PlotOptions {
             seed: 0,
             max_points: 50_000,
             n_drivers: 10,
+            kinds: None,
+            genes: Vec::new(),
+            time_key: None,
+            data_key: None,
+            render: Render::default(),
         }
+    }
+}
+
+/// The kinds of figure (`plot --kind`), named as their files are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FigureKind {
+    /// Cells coloured by cluster (`embedding_clusters`).
+    Clusters,
+    /// Macrostates on the embedding.
+    Macrostates,
+    /// Terminal states on the embedding.
+    TerminalStates,
+    /// One fate-probability map per lineage (`fate_<lineage>`).
+    Fates,
+    /// Mean fate probabilities per cluster.
+    AggregatedFates,
+    /// The real Schur spectrum.
+    Spectrum,
+    /// The coarse-grained transition matrix.
+    CoarseT,
+    /// Top driver genes per lineage.
+    Drivers,
+    /// Random walks on the embedding.
+    RandomWalks,
+    /// Velocity streamlines (`velocity_stream_<basis>`).
+    VelocityStream,
+    /// Velocity arrows on a grid (`velocity_grid_<basis>`; not drawn by default).
+    VelocityGrid,
+    /// One velocity arrow per cell (`velocity_arrows_<basis>`; not drawn by default).
+    VelocityArrows,
+    /// Gene trends along a time (`gene_trends_<lineage>`).
+    GeneTrends,
+    /// Lineage heatmaps of the drivers' trends (`heatmap_<lineage>`).
+    Heatmap,
+    /// Circular projection of the fate probabilities.
+    CircularProjection,
+    /// Macrostates' composition by cluster.
+    MacrostateComposition,
+    /// Unspliced against spliced with the fit.
+    PhasePortraits,
+    /// The lineage priming degree on the embedding.
+    Priming,
+    /// Mean absorption times on the embedding.
+    AbsorptionTimes,
+}
+
+impl FigureKind {
+    /// Every kind, in report order.
+    pub const ALL: [FigureKind; 19] = [
+        Self::Clusters,
+        Self::Macrostates,
+        Self::TerminalStates,
+        Self::Fates,
+        Self::AggregatedFates,
+        Self::CircularProjection,
+        Self::Priming,
+        Self::AbsorptionTimes,
+        Self::Spectrum,
+        Self::CoarseT,
+        Self::MacrostateComposition,
+        Self::Drivers,
+        Self::GeneTrends,
+        Self::Heatmap,
+        Self::PhasePortraits,
+        Self::RandomWalks,
+        Self::VelocityStream,
+        Self::VelocityGrid,
+        Self::VelocityArrows,
+    ];
+
+    /// The kind's name (`--kind`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Clusters => "clusters",
+            Self::Macrostates => "macrostates",
+            Self::TerminalStates => "terminal_states",
+            Self::Fates => "fates",
+            Self::AggregatedFates => "aggregated_fates",
+            Self::Spectrum => "spectrum",
+            Self::CoarseT => "coarse_T",
+            Self::Drivers => "drivers",
+            Self::RandomWalks => "random_walks",
+            Self::VelocityStream => "velocity_stream",
+            Self::VelocityGrid => "velocity_grid",
+            Self::VelocityArrows => "velocity_arrows",
+            Self::GeneTrends => "gene_trends",
+            Self::Heatmap => "heatmap",
+            Self::CircularProjection => "circular_projection",
+            Self::MacrostateComposition => "macrostate_composition",
+            Self::PhasePortraits => "phase_portraits",
+            Self::Priming => "priming",
+            Self::AbsorptionTimes => "absorption_times",
+        }
+    }
+
+    /// Whether the kind is drawn when no `--kind` is given (the grid and per-cell arrows
+    /// are alternatives to the streamlines, drawn on request).
+    pub fn default_on(self) -> bool {
+        !matches!(self, Self::VelocityGrid | Self::VelocityArrows)
+    }
+}
+
+impl std::fmt::Display for FigureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown figure kind.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("figure kind {got:?}: expected one of {}", FigureKind::ALL.map(FigureKind::name).join(", "))]
+pub struct FigureKindParseError {
+    /// What was given.
+    pub got: String,
+}
+
+impl std::str::FromStr for FigureKind {
+    type Err = FigureKindParseError;
+    fn from_str(s: &str) -> Result<Self, FigureKindParseError> {
+        let t = s.trim();
+        FigureKind::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(t))
+            .ok_or_else(|| FigureKindParseError { got: t.into() })
     }
 }
 
@@ -123,13 +297,31 @@ impl Default for PlotOptions {
 /// cannot be told apart on a scatter plot.
 const MIN_COLOR_DISTANCE: f64 = 40.0;
 
+/// Colours of up to 30 categories in figures: scanpy's 20 (so that up to 20 clusters look as
+/// in CellRank), then 10 picked greedily to be as far (in RGB) from all the others as
+/// possible, avoiding the grey of unlabelled cells. Scanpy's palette for 21–28 categories
+/// repeats near-identical shades (`#c5b0d5`, `#beaed4`: 7 apart); no two colours here are
+/// closer than the closest pair of scanpy's 20 (25 apart).
+pub const FIGURE_PALETTE: [&str; 30] = [
+    "#1f77b4", "#ff7f0e", "#279e68", "#d62728", "#aa40fc", "#8c564b", "#e377c2", "#b5bd61",
+    "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2",
+    "#dbdb8d", "#9edae5", "#ad494a", "#8c6d31", "#55ff00", "#004400", "#3300ff", "#ff0099",
+    "#550088", "#00bb00", "#661100", "#00ff55", "#ccdd00", "#003366",
+];
+
 /// The file's colours of `k` categories (`uns["<key>_colors"]`), or the palette when they are
 /// missing, unreadable or nearly identical: CellRank colours the macrostates of one cluster
 /// (`Ductal_1` … `Ductal_5`) in shades of the cluster's colour, which are indistinguishable
 /// on a scatter plot.
 fn hex_or_palette(colors: Option<&Vec<String>>, k: usize) -> Vec<RGBColor> {
-    let palette =
-        |q: usize| plots::parse_hex(PALETTE[q % PALETTE.len()]).unwrap_or(RGBColor(128, 128, 128));
+    let palette = |q: usize| {
+        let hex = if k <= FIGURE_PALETTE.len() {
+            FIGURE_PALETTE[q]
+        } else {
+            PALETTE[q % PALETTE.len()]
+        };
+        plots::parse_hex(hex).unwrap_or(RGBColor(128, 128, 128))
+    };
     let given: Option<Vec<RGBColor>> = colors.and_then(|c| {
         (0..k)
             .map(|q| c.get(q).and_then(|s| plots::parse_hex(s)))
@@ -401,14 +593,29 @@ pub fn spectrum(r: &H5adReader, d: Direction) -> Option<(Vec<f64>, Vec<f64>, Opt
     Some((re, im, gap))
 }
 
-/// Every figure the file supports, in report order, with notes on what was skipped.
+/// Every figure the file supports, in report order, with notes on what was skipped; with
+/// [`PlotOptions::kinds`], only those kinds, and an error for a kind the file cannot give.
 pub fn figures(
     r: &H5adReader,
     opts: &PlotOptions,
 ) -> Result<(Vec<Figure>, Vec<String>), ReportError> {
+    use FigureKind as K;
+    opts.render.validate()?;
     let d = Direction::Forward;
-    let mut figs = Vec::new();
+    let mut figs: Vec<Figure> = Vec::new();
     let mut notes = Vec::new();
+    // Figures built per kind, in the order of FigureKind::ALL at the end.
+    let mut made: Vec<(FigureKind, Vec<Figure>)> = Vec::new();
+    let mut missing: Vec<(FigureKind, String)> = Vec::new();
+    let want = |k: FigureKind| {
+        opts.kinds
+            .as_ref()
+            .map_or(k.default_on(), |ks| ks.contains(&k))
+    };
+    let mut put = |k: FigureKind, built: extra::Built| match built {
+        Ok(v) => made.push((k, v)),
+        Err(why) => missing.push((k, why)),
+    };
     let (xy, basis) = embedding(r, opts.basis.as_deref())?;
     let n = xy.len();
     let keep = subsample(n, opts.max_points);
@@ -422,16 +629,9 @@ pub fn figures(
         .cluster_key
         .clone()
         .or_else(|| r.columns("obs").ok()?.into_iter().find(|c| c == "clusters"));
-    if let Some(ck) = &cluster_key {
-        match labels(r, ck) {
-            Some(l) => figs.push(categorical_figure(
-                "embedding_clusters",
-                ck,
-                &xy,
-                &keep,
-                &basis,
-                &l,
-            )),
+    let clusters = match &cluster_key {
+        Some(ck) => match labels(r, ck) {
+            Some(l) => Some(l),
             // A key the user named must exist; the default `clusters` may be missing.
             None if opts.cluster_key.is_some() => {
                 return Err(ReportError::ClusterKey {
@@ -440,195 +640,397 @@ pub fn figures(
                     available: crate::estimator_io::categorical_obs_columns(r),
                 })
             }
-            None => notes.push(format!("obs[{ck:?}] not found: no cluster plot")),
-        }
-    }
-    let ms = keys::macrostates(d);
-    if let Some(l) = labels(r, &ms) {
-        figs.push(categorical_figure(
-            "embedding_macrostates",
-            "macrostates",
-            &xy,
-            &keep,
-            &basis,
-            &l,
-        ));
-    }
-    let ts = keys::terminal_states(d);
-    let term = labels(r, &ts);
-    if let Some(l) = &term {
-        figs.push(categorical_figure(
-            "embedding_terminal_states",
-            "terminal states",
-            &xy,
-            &keep,
-            &basis,
-            l,
-        ));
-    }
-    let lin = keys::lineages(d);
-    if r.exists(&keys::obsm(&lin)) {
-        let (rows, l, b) = r.dense(&keys::obsm(&lin))?;
-        let names = strings(r, &keys::uns(&keys::names(&lin)))
-            .unwrap_or_else(|| (0..l).map(|j| format!("lineage {}", j + 1)).collect());
-        if rows == n {
-            // One file per lineage: names made file-safe, bounded in length and unique
-            // (`A B` and `A\B` both sanitise to `A_B`: the second becomes `fate_A_B_2`).
-            let mut stems = crate::names::UniqueStems::new();
-            for (j, name) in names.iter().enumerate().take(l) {
-                // Drawn from low to high probability (ties in file order), so that the cells
-                // with high probabilities are on top instead of hidden under the others.
-                let mut order = keep.clone();
-                order.sort_by(|&a, &c| b[a * l + j].total_cmp(&b[c * l + j]).then(a.cmp(&c)));
-                // With one terminal state every cell reaches it: a map of 1s says nothing
-                // unless its title says why.
-                let title = if l == 1 {
-                    format!("fate probability: {name} (the only terminal state: 1 for every cell that reaches it)")
-                } else {
-                    format!("fate probability: {name}")
-                };
-                figs.push(Figure {
-                    name: stems.claim(&format!("fate_{}", crate::names::file_stem(name))),
-                    title,
-                    plot: Plot::Embedding {
-                        xy: order.iter().map(|&i| xy[i]).collect(),
-                        colors: order
-                            .iter()
-                            .map(|&i| Some(plots::viridis(b[i * l + j])))
-                            .collect(),
-                        legend: vec![],
-                        colorbar: Some((0.0, 1.0)),
-                        basis: basis.clone(),
-                        overlay: Overlay::None,
-                    },
-                });
-            }
-        }
-    }
-    if let Some(fig) = fate_bars(r, d, cluster_key.as_deref(), n) {
-        figs.push(fig);
-    }
-    if let Some((re, im, gap)) = spectrum(r, d) {
-        // The macrostates computed: as many as their names.
-        let n_states = match r.read(&format!("uns/{}_names", keys::macrostates(d))) {
-            Ok(Element::Strings { values, .. }) if !values.is_empty() => Some(values.len()),
-            _ => None,
-        };
-        figs.push(Figure {
-            name: "spectrum".into(),
-            title: "real Schur spectrum".into(),
-            plot: Plot::Spectrum {
-                re,
-                im,
-                eigengap: gap,
-                n_states,
+            None => None,
+        },
+        None => None,
+    };
+    let ck_name = cluster_key.clone().unwrap_or_else(|| "clusters".into());
+    if want(K::Clusters) {
+        put(
+            K::Clusters,
+            match &clusters {
+                Some(l) => Ok(vec![categorical_figure(
+                    "embedding_clusters",
+                    &ck_name,
+                    &xy,
+                    &keep,
+                    &basis,
+                    l,
+                )]),
+                None => Err(format!("obs[{ck_name:?}] not found: no cluster plot")),
             },
-        });
+        );
     }
-    let coarse = keys::coarse(d);
-    if let Ok((m, m2, values)) = r.dense(&format!("uns/{coarse}/X")) {
-        if m == m2 {
-            let names = r
-                .dataframe(&format!("uns/{coarse}/obs"))
-                .map(|df| df.index)
-                .unwrap_or_else(|_| (0..m).map(|q| format!("{}", q + 1)).collect());
-            figs.push(Figure {
-                name: "coarse_T".into(),
-                title: "coarse-grained transition matrix".into(),
-                plot: Plot::Heatmap { names, values },
-            });
+    let macro_l = labels(r, &keys::macrostates(d));
+    if want(K::Macrostates) {
+        put(
+            K::Macrostates,
+            macro_l
+                .as_ref()
+                .map(|l| {
+                    vec![categorical_figure(
+                        "embedding_macrostates",
+                        "macrostates",
+                        &xy,
+                        &keep,
+                        &basis,
+                        l,
+                    )]
+                })
+                .ok_or_else(|| "no macrostates (obs macrostates_fwd)".to_string()),
+        );
+    }
+    let term = labels(r, &keys::terminal_states(d));
+    if want(K::TerminalStates) {
+        put(
+            K::TerminalStates,
+            term.as_ref()
+                .map(|l| {
+                    vec![categorical_figure(
+                        "embedding_terminal_states",
+                        "terminal states",
+                        &xy,
+                        &keep,
+                        &basis,
+                        l,
+                    )]
+                })
+                .ok_or_else(|| "no terminal states (obs term_states_fwd)".to_string()),
+        );
+    }
+    let fates = extra::fates(r, d, n)?;
+    if want(K::Fates) {
+        put(
+            K::Fates,
+            fates
+                .as_ref()
+                .map(|f| fate_maps(f, &xy, &keep, &basis))
+                .ok_or_else(|| "no fate probabilities (obsm lineages_fwd)".to_string()),
+        );
+    }
+    if want(K::AggregatedFates) {
+        put(
+            K::AggregatedFates,
+            fate_bars(r, d, cluster_key.as_deref(), n)
+                .map(|f| vec![f])
+                .ok_or_else(|| "needs fate probabilities and clusters".to_string()),
+        );
+    }
+    if want(K::CircularProjection) {
+        put(
+            K::CircularProjection,
+            match &fates {
+                Some(f) => extra::circular_projection(f, &keep, clusters.as_ref()),
+                None => Err("no fate probabilities (obsm lineages_fwd)".into()),
+            },
+        );
+    }
+    if want(K::Priming) {
+        put(K::Priming, extra::priming(r, d, &xy, &keep, &basis));
+    }
+    if want(K::AbsorptionTimes) {
+        put(
+            K::AbsorptionTimes,
+            extra::absorption_times(r, d, &xy, &keep, &basis),
+        );
+    }
+    if want(K::Spectrum) {
+        put(
+            K::Spectrum,
+            match spectrum(r, d) {
+                Some((re, im, gap)) => {
+                    // The macrostates computed: as many as their names.
+                    let n_states = match r.read(&format!("uns/{}_names", keys::macrostates(d))) {
+                        Ok(Element::Strings { values, .. }) if !values.is_empty() => {
+                            Some(values.len())
+                        }
+                        _ => None,
+                    };
+                    Ok(vec![Figure {
+                        name: "spectrum".into(),
+                        title: "real Schur spectrum".into(),
+                        plot: Plot::Spectrum {
+                            re,
+                            im,
+                            eigengap: gap,
+                            n_states,
+                        },
+                    }])
+                }
+                None => Err("no Schur decomposition (uns eigendecomposition_fwd)".into()),
+            },
+        );
+    }
+    if want(K::CoarseT) {
+        let coarse = keys::coarse(d);
+        put(
+            K::CoarseT,
+            match r.dense(&format!("uns/{coarse}/X")) {
+                Ok((m, m2, values)) if m == m2 => {
+                    let names = r
+                        .dataframe(&format!("uns/{coarse}/obs"))
+                        .map(|df| df.index)
+                        .unwrap_or_else(|_| (0..m).map(|q| format!("{}", q + 1)).collect());
+                    Ok(vec![Figure {
+                        name: "coarse_T".into(),
+                        title: "coarse-grained transition matrix".into(),
+                        plot: Plot::Heatmap { names, values },
+                    }])
+                }
+                _ => Err(format!("no coarse-grained matrix (uns {coarse})")),
+            },
+        );
+    }
+    if want(K::MacrostateComposition) {
+        put(
+            K::MacrostateComposition,
+            extra::macrostate_composition(macro_l.as_ref(), clusters.as_ref(), &ck_name),
+        );
+    }
+    let drivers = driver_panels(r, d, opts.n_drivers, term.as_ref());
+    if want(K::Drivers) {
+        put(
+            K::Drivers,
+            drivers
+                .clone()
+                .map(|panels| {
+                    vec![Figure {
+                        name: "drivers".into(),
+                        title: "top driver genes (correlation with the fate probability)".into(),
+                        plot: Plot::Drivers(panels),
+                    }]
+                })
+                .ok_or_else(|| "no driver genes (varm terminal_lineage_drivers)".to_string()),
+        );
+    }
+    if want(K::GeneTrends) || want(K::Heatmap) {
+        let (trends, heat) = extra::gene_trend_figures(
+            r,
+            d,
+            n,
+            &opts.genes,
+            opts.time_key.as_deref(),
+            opts.data_key.as_deref(),
+            want(K::GeneTrends),
+            want(K::Heatmap),
+        )?;
+        if want(K::GeneTrends) {
+            put(K::GeneTrends, trends);
+        }
+        if want(K::Heatmap) {
+            put(K::Heatmap, heat);
         }
     }
-    if let Some(panels) = driver_panels(r, d, opts.n_drivers, term.as_ref()) {
-        figs.push(Figure {
-            name: "drivers".into(),
-            title: "top driver genes (correlation with the fate probability)".into(),
-            plot: Plot::Drivers(panels),
-        });
+    if want(K::PhasePortraits) {
+        // The genes asked for, else the top two drivers of each lineage (at most six).
+        let genes: Vec<String> = if opts.genes.is_empty() {
+            let mut g: Vec<String> = Vec::new();
+            for (_, _, top) in drivers.iter().flatten() {
+                for (name, _) in top.iter().take(2) {
+                    if !g.contains(name) && g.len() < 6 {
+                        g.push(name.clone());
+                    }
+                }
+            }
+            g
+        } else {
+            opts.genes.clone()
+        };
+        put(
+            K::PhasePortraits,
+            extra::phase_portraits(r, &genes, &keep, clusters.as_ref())?,
+        );
     }
     // Random walks and the projection need the transition matrix.
     let tkey = keys::transition(d);
-    if r.exists(&format!("obsp/{tkey}")) {
-        let t = r.transition_matrix(&tkey)?;
-        if opts.n_walks > 0 {
-            let start: Vec<usize> = labels(r, &keys::initial_states(d))
-                .map(|l| (0..n).filter(|&i| l.codes[i].is_some()).collect::<Vec<_>>())
-                .unwrap_or_default();
-            let stop: Vec<usize> = term
-                .as_ref()
-                .map(|l| (0..n).filter(|&i| l.codes[i].is_some()).collect())
-                .unwrap_or_default();
-            let max_iter = (n / 4).clamp(10, 1000);
-            let walks = cellfate_kernels::projection::random_walks(
-                &t,
-                opts.n_walks,
-                max_iter,
-                &start,
-                &stop,
-                0,
-                opts.seed,
-            );
-            figs.push(Figure {
-                name: "random_walks".into(),
-                title: format!(
-                    "{} random walks from {} (black dot; end red), coloured by progress: dark → yellow",
+    let velocity_kinds = [
+        K::RandomWalks,
+        K::VelocityStream,
+        K::VelocityGrid,
+        K::VelocityArrows,
+    ];
+    if velocity_kinds.iter().any(|&k| want(k)) {
+        if r.exists(&format!("obsp/{tkey}")) {
+            let t = r.transition_matrix(&tkey)?;
+            if want(K::RandomWalks) && opts.n_walks > 0 {
+                let start: Vec<usize> = labels(r, &keys::initial_states(d))
+                    .map(|l| (0..n).filter(|&i| l.codes[i].is_some()).collect::<Vec<_>>())
+                    .unwrap_or_default();
+                let stop: Vec<usize> = term
+                    .as_ref()
+                    .map(|l| (0..n).filter(|&i| l.codes[i].is_some()).collect())
+                    .unwrap_or_default();
+                let max_iter = (n / 4).clamp(10, 1000);
+                let walks = cellfate_kernels::projection::random_walks(
+                    &t,
                     opts.n_walks,
-                    if start.is_empty() {
-                        "random cells (no initial states)"
-                    } else {
-                        "the initial states"
-                    }
-                ),
+                    max_iter,
+                    &start,
+                    &stop,
+                    0,
+                    opts.seed,
+                );
+                put(
+                    K::RandomWalks,
+                    Ok(vec![Figure {
+                        name: "random_walks".into(),
+                        title: format!(
+                            "{} random walks from {} (black dot; end red), coloured by progress: dark → yellow",
+                            opts.n_walks,
+                            if start.is_empty() {
+                                "random cells (no initial states)"
+                            } else {
+                                "the initial states"
+                            }
+                        ),
+                        plot: Plot::Embedding {
+                            xy: xy.clone(),
+                            colors: vec![None; n],
+                            legend: vec![],
+                            colorbar: None,
+                            basis: basis.clone(),
+                            overlay: Overlay::Walks(walks),
+                        },
+                    }]),
+                );
+            } else if want(K::RandomWalks) {
+                put(K::RandomWalks, Err("--n-walks 0".into()));
+            }
+            let e = DenseMatrix::from_f64(n, 2, xy.iter().flat_map(|p| [p[0], p[1]]).collect());
+            let proj = cellfate_kernels::projection::project(&t, &e);
+            let on_clusters = |overlay: Overlay, name: String, title: &str| Figure {
+                name,
+                title: title.into(),
                 plot: Plot::Embedding {
-                    xy: xy.clone(),
-                    colors: vec![None; n],
-                    legend: vec![],
+                    xy: keep.iter().map(|&i| xy[i]).collect(),
+                    colors: match &clusters {
+                        Some(l) => keep
+                            .iter()
+                            .map(|&i| l.codes[i].map(|q| l.colors[q]))
+                            .collect(),
+                        None => vec![None; keep.len()],
+                    },
+                    legend: clusters
+                        .as_ref()
+                        .map(|l| {
+                            l.categories
+                                .iter()
+                                .cloned()
+                                .zip(l.colors.iter().copied())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                     colorbar: None,
                     basis: basis.clone(),
-                    overlay: Overlay::Walks(walks),
+                    overlay,
                 },
+            };
+            let b = basis.to_ascii_lowercase();
+            if want(K::VelocityStream) {
+                // scVelo's figure name (`velocity_embedding_stream`) with the basis.
+                put(
+                    K::VelocityStream,
+                    Ok(vec![on_clusters(
+                        Overlay::Streamlines(streamlines(&xy, &proj, 40)),
+                        format!("velocity_stream_{b}"),
+                        "velocity streamlines (transition-matrix projection)",
+                    )]),
+                );
+            }
+            if want(K::VelocityGrid) {
+                put(
+                    K::VelocityGrid,
+                    Ok(vec![on_clusters(
+                        Overlay::Arrows(grid_arrows(&xy, &proj, 25)),
+                        format!("velocity_grid_{b}"),
+                        "velocity on a grid (transition-matrix projection)",
+                    )]),
+                );
+            }
+            if want(K::VelocityArrows) {
+                // At most 2,000 arrows: beyond that they hide each other.
+                let few = subsample(n, 2000);
+                put(
+                    K::VelocityArrows,
+                    Ok(vec![on_clusters(
+                        Overlay::Arrows(cell_arrows(&xy, &proj, &few)),
+                        format!("velocity_arrows_{b}"),
+                        &format!(
+                            "velocity per cell (transition-matrix projection; {} cells)",
+                            few.len()
+                        ),
+                    )]),
+                );
+            }
+        } else {
+            for k in velocity_kinds {
+                if want(k) {
+                    put(k, Err(format!("no obsp[{tkey:?}] (a transition matrix)")));
+                }
+            }
+        }
+    }
+    // Asked-for kinds must be drawn; default ones the file cannot give are noted.
+    for (k, why) in missing {
+        if opts.kinds.is_some() {
+            return Err(ReportError::KindUnavailable {
+                path: r.path().to_path_buf(),
+                kind: k.name().into(),
+                reason: why,
             });
         }
-        let e = DenseMatrix::from_f64(n, 2, xy.iter().flat_map(|p| [p[0], p[1]]).collect());
-        let proj = cellfate_kernels::projection::project(&t, &e);
-        let cl = cluster_key.as_deref().and_then(|k| labels(r, k));
-        figs.push(Figure {
-            // scVelo's figure name (`velocity_embedding_stream`) with the basis.
-            name: format!("velocity_stream_{}", basis.to_ascii_lowercase()),
-            title: "velocity streamlines (transition-matrix projection)".into(),
-            plot: Plot::Embedding {
-                xy: keep.iter().map(|&i| xy[i]).collect(),
-                colors: match &cl {
-                    Some(l) => keep
-                        .iter()
-                        .map(|&i| l.codes[i].map(|q| l.colors[q]))
-                        .collect(),
-                    None => vec![None; keep.len()],
-                },
-                legend: cl
-                    .as_ref()
-                    .map(|l| {
-                        l.categories
-                            .iter()
-                            .cloned()
-                            .zip(l.colors.iter().copied())
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                colorbar: None,
-                basis: basis.clone(),
-                overlay: Overlay::Streamlines(streamlines(&xy, &proj, 40)),
-            },
-        });
-    } else {
-        notes.push(format!(
-            "no obsp[{tkey:?}]: random walks and projection not drawn"
-        ));
+        notes.push(format!("{k}: {why}"));
+    }
+    for k in FigureKind::ALL {
+        for (_, v) in made.iter_mut().filter(|(m, _)| *m == k) {
+            figs.append(v);
+        }
     }
     for f in &mut figs {
         drawable_text(f);
     }
     Ok((figs, notes))
+}
+
+/// One fate-probability map per lineage (`fate_<lineage>`), cells drawn from low to high.
+fn fate_maps(f: &extra::Fates, xy: &[[f64; 2]], keep: &[usize], basis: &str) -> Vec<Figure> {
+    // One file per lineage: names made file-safe, bounded in length and unique (`A B` and
+    // `A\B` both sanitise to `A_B`: the second becomes `fate_A_B_2`).
+    let mut stems = crate::names::UniqueStems::new();
+    let l = f.l;
+    let b = &f.values;
+    f.names
+        .iter()
+        .enumerate()
+        .map(|(j, name)| {
+            // Drawn from low to high probability (ties in file order), so that the cells with
+            // high probabilities are on top instead of hidden under the others.
+            let mut order = keep.to_vec();
+            order.sort_by(|&a, &c| b[a * l + j].total_cmp(&b[c * l + j]).then(a.cmp(&c)));
+            // With one terminal state every cell reaches it: a map of 1s says nothing unless
+            // its title says why.
+            let title = if l == 1 {
+                format!("fate probability: {name} (the only terminal state: 1 for every cell that reaches it)")
+            } else {
+                format!("fate probability: {name}")
+            };
+            Figure {
+                name: stems.claim(&format!("fate_{}", crate::names::file_stem(name))),
+                title,
+                plot: Plot::Embedding {
+                    xy: order.iter().map(|&i| xy[i]).collect(),
+                    colors: order
+                        .iter()
+                        .map(|&i| Some(plots::viridis(b[i * l + j])))
+                        .collect(),
+                    legend: vec![],
+                    colorbar: Some((0.0, 1.0)),
+                    basis: basis.into(),
+                    overlay: Overlay::None,
+                },
+            }
+        })
+        .collect()
 }
 
 /// Names from the file drawn in a figure (title, legend, heatmap labels, lineages and genes)
@@ -656,6 +1058,47 @@ fn drawable_text(f: &mut Figure) {
             }
         }
         Plot::Spectrum { .. } => {}
+        Plot::Trends {
+            panels,
+            x_label,
+            y_label,
+        } => {
+            for (gene, series) in panels.iter_mut() {
+                fix(gene);
+                series.iter_mut().for_each(|s| fix(&mut s.label));
+            }
+            fix(x_label);
+            fix(y_label);
+        }
+        Plot::GeneHeatmap { genes, x_label, .. } => {
+            genes.iter_mut().for_each(fix);
+            fix(x_label);
+        }
+        Plot::Stacked {
+            bars,
+            legend,
+            y_label,
+        } => {
+            bars.iter_mut().for_each(|(b, _)| fix(b));
+            legend.iter_mut().for_each(|(n, _)| fix(n));
+            fix(y_label);
+        }
+        Plot::Scatter {
+            panels,
+            x_label,
+            y_label,
+            legend,
+        } => {
+            for p in panels.iter_mut() {
+                fix(&mut p.title);
+                if let Some((label, _)) = &mut p.curve {
+                    fix(label);
+                }
+            }
+            legend.iter_mut().for_each(|(n, _)| fix(n));
+            fix(x_label);
+            fix(y_label);
+        }
     }
 }
 
@@ -813,14 +1256,16 @@ pub fn plot_perturbation(
     Ok(())
 }
 
-/// Streamlines of per-cell velocities `v` (n × 2, row-major) on the embedding `xy`, as scVelo's
-/// `velocity_embedding_stream` draws them: the velocities averaged on a `g × g` grid with a
-/// Gaussian kernel one grid spacing wide (grid points with too little cell mass left empty),
-/// then lines traced through the grid field by midpoint steps of half a spacing from seeds
-/// on every second grid point, forward and backward, until they leave the cells, stall, or
-/// come within a spacing of a line already drawn (an occupancy grid, as matplotlib's
-/// streamplot). Each line runs in the direction of flow.
-pub fn streamlines(xy: &[[f64; 2]], v: &[f64], g: usize) -> Vec<Vec<[f64; 2]>> {
+/// The velocities averaged on a `g × g` grid over the cells' bounding box with a Gaussian
+/// kernel one grid spacing wide; grid points with less than 30 % of the median cell mass
+/// carry none. Returns the grid's origin, spacing and field (row-major, `y` major), or
+/// `None` with fewer than 3 finite cells.
+#[allow(clippy::type_complexity)]
+fn grid_field(
+    xy: &[[f64; 2]],
+    v: &[f64],
+    g: usize,
+) -> Option<([f64; 2], [f64; 2], Vec<Option<[f64; 2]>>)> {
     let finite = |i: usize| {
         xy[i][0].is_finite()
             && xy[i][1].is_finite()
@@ -829,7 +1274,7 @@ pub fn streamlines(xy: &[[f64; 2]], v: &[f64], g: usize) -> Vec<Vec<[f64; 2]>> {
     };
     let cells: Vec<usize> = (0..xy.len()).filter(|&i| finite(i)).collect();
     if cells.len() < 3 || g < 4 {
-        return Vec::new();
+        return None;
     }
     let (mut lo, mut hi) = ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]);
     for &i in &cells {
@@ -871,6 +1316,81 @@ pub fn streamlines(xy: &[[f64; 2]], v: &[f64], g: usize) -> Vec<Vec<[f64; 2]>> {
         .iter()
         .map(|a| (a[2] > min_mass && a[2] > 0.0).then(|| [a[0] / a[2], a[1] / a[2]]))
         .collect();
+    Some((lo, step, field))
+}
+
+/// Velocity arrows on a `g × g` grid (scVelo's `velocity_embedding_grid`): the averaged
+/// field of [`streamlines`] at every grid point that carries one, each arrow scaled so that
+/// the longest spans 1.5 grid spacings.
+pub fn grid_arrows(xy: &[[f64; 2]], v: &[f64], g: usize) -> Vec<([f64; 2], [f64; 2])> {
+    let Some((lo, step, field)) = grid_field(xy, v, g) else {
+        return Vec::new();
+    };
+    let longest = field
+        .iter()
+        .flatten()
+        .map(|f| ((f[0] / step[0]).powi(2) + (f[1] / step[1]).powi(2)).sqrt())
+        .fold(0.0f64, f64::max);
+    if longest <= 0.0 {
+        return Vec::new();
+    }
+    let k = 1.5 / longest;
+    field
+        .iter()
+        .enumerate()
+        .filter_map(|(q, f)| {
+            let f = (*f)?;
+            let p = [
+                lo[0] + (q % g) as f64 * step[0],
+                lo[1] + (q / g) as f64 * step[1],
+            ];
+            Some((p, [p[0] + k * f[0], p[1] + k * f[1]]))
+        })
+        .collect()
+}
+
+/// One arrow per cell (scVelo's `velocity_embedding`): the cells' projected velocities,
+/// scaled so that the 95th percentile of their lengths is 3 % of the embedding's extent.
+pub fn cell_arrows(xy: &[[f64; 2]], v: &[f64], keep: &[usize]) -> Vec<([f64; 2], [f64; 2])> {
+    let (mut lo, mut hi) = ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]);
+    for p in xy.iter().filter(|p| p[0].is_finite() && p[1].is_finite()) {
+        for k in 0..2 {
+            lo[k] = lo[k].min(p[k]);
+            hi[k] = hi[k].max(p[k]);
+        }
+    }
+    let extent = (hi[0] - lo[0]).max(hi[1] - lo[1]);
+    let mut len: Vec<f64> = keep
+        .iter()
+        .map(|&i| v[2 * i].hypot(v[2 * i + 1]))
+        .filter(|l| l.is_finite() && *l > 0.0)
+        .collect();
+    if len.is_empty() || !(extent.is_finite() && extent > 0.0) {
+        return Vec::new();
+    }
+    len.sort_by(f64::total_cmp);
+    let p95 = len[((len.len() - 1) as f64 * 0.95).round() as usize];
+    let k = 0.03 * extent / p95;
+    keep.iter()
+        .filter(|&&i| v[2 * i].is_finite() && v[2 * i + 1].is_finite())
+        .map(|&i| {
+            let p = xy[i];
+            (p, [p[0] + k * v[2 * i], p[1] + k * v[2 * i + 1]])
+        })
+        .collect()
+}
+
+/// Streamlines of per-cell velocities `v` (n × 2, row-major) on the embedding `xy`, as scVelo's
+/// `velocity_embedding_stream` draws them: the velocities averaged on a `g × g` grid with a
+/// Gaussian kernel one grid spacing wide (grid points with too little cell mass left empty),
+/// then lines traced through the grid field by midpoint steps of half a spacing from seeds
+/// on every second grid point, forward and backward, until they leave the cells, stall, or
+/// come within a spacing of a line already drawn (an occupancy grid, as matplotlib's
+/// streamplot). Each line runs in the direction of flow.
+pub fn streamlines(xy: &[[f64; 2]], v: &[f64], g: usize) -> Vec<Vec<[f64; 2]>> {
+    let Some((lo, step, field)) = grid_field(xy, v, g) else {
+        return Vec::new();
+    };
     let speed_max = field
         .iter()
         .flatten()
@@ -952,6 +1472,86 @@ pub fn streamlines(xy: &[[f64; 2]], v: &[f64], g: usize) -> Vec<Vec<[f64; 2]>> {
 
 #[cfg(test)]
 mod tests {
+    /// Up to 30 categories get colours no closer than scanpy's own closest pair (issue 24:
+    /// "a palette that separates up to 30 categories"), and none is the unlabelled grey.
+    #[test]
+    fn the_figure_palette_separates_30_categories() {
+        let c: Vec<_> = super::FIGURE_PALETTE
+            .iter()
+            .map(|h| super::plots::parse_hex(h).expect("hex"))
+            .collect();
+        let dist = |a: &plotters::style::RGBColor, b: &plotters::style::RGBColor| {
+            let d = |x: u8, y: u8| (f64::from(x) - f64::from(y)).powi(2);
+            (d(a.0, b.0) + d(a.1, b.1) + d(a.2, b.2)).sqrt()
+        };
+        let mut min = f64::INFINITY;
+        for i in 0..c.len() {
+            for j in i + 1..c.len() {
+                min = min.min(dist(&c[i], &c[j]));
+            }
+            assert!(dist(&c[i], &plotters::style::RGBColor(211, 211, 211)) > 35.0);
+        }
+        assert!(min >= 25.0, "closest pair {min}");
+        // 30 categories take the figure palette, not the file's near-identical shades.
+        let shades: Vec<String> = (0..30).map(|k| format!("#1f77{:02x}", 150 + k)).collect();
+        let got = super::hex_or_palette(Some(&shades), 30);
+        assert_eq!(got, c);
+    }
+
+    #[test]
+    fn figure_kinds_parse_by_name() {
+        for k in super::FigureKind::ALL {
+            assert_eq!(k.name().parse::<super::FigureKind>(), Ok(k));
+        }
+        let e = "nope".parse::<super::FigureKind>().unwrap_err().to_string();
+        assert!(e.contains("gene_trends") && e.contains("\"nope\""), "{e}");
+    }
+
+    #[test]
+    fn render_settings_are_checked() {
+        let ok = super::Render::default();
+        assert!(ok.validate().is_ok());
+        for (r, flag) in [
+            (super::Render { dpi: 10, ..ok }, "--dpi"),
+            (
+                super::Render {
+                    width: Some(10),
+                    ..ok
+                },
+                "--width",
+            ),
+            (
+                super::Render {
+                    height: Some(90_000),
+                    ..ok
+                },
+                "--height",
+            ),
+        ] {
+            let e = r.validate().unwrap_err().to_string();
+            assert!(e.starts_with(flag), "{e}");
+        }
+    }
+
+    /// Grid arrows average the field; per-cell arrows follow each cell's velocity.
+    #[test]
+    fn velocity_arrows_point_along_the_flow() {
+        let xy: Vec<[f64; 2]> = (0..400)
+            .map(|i| [(i % 20) as f64, (i / 20) as f64])
+            .collect();
+        let v: Vec<f64> = (0..400).flat_map(|_| [1.0, 0.0]).collect();
+        let grid = super::grid_arrows(&xy, &v, 10);
+        assert!(!grid.is_empty());
+        assert!(grid
+            .iter()
+            .all(|(a, b)| b[0] > a[0] && (b[1] - a[1]).abs() < 1e-12));
+        let keep: Vec<usize> = (0..400).step_by(7).collect();
+        let cells = super::cell_arrows(&xy, &v, &keep);
+        assert_eq!(cells.len(), keep.len());
+        assert!(cells
+            .iter()
+            .all(|(a, b)| b[0] > a[0] && (b[1] - a[1]).abs() < 1e-12));
+    }
     #[test]
     fn small_categories_are_drawn_last() {
         use plotters::style::RGBColor;

@@ -45,6 +45,16 @@ fn demo_run_writes_figures_and_a_report() {
     .map(String::from)
     .to_vec();
     want.extend(lineages.iter().map(|l| format!("fate_{l}")));
+    // The figures of issue 24 item 3, by default.
+    want.extend(["macrostate_composition", "phase_portraits", "priming"].map(String::from));
+    for l in &lineages {
+        want.push(format!("gene_trends_{l}"));
+        want.push(format!("heatmap_{l}"));
+        want.push(format!("absorption_time_{l}"));
+    }
+    if lineages.len() >= 3 {
+        want.push("circular_projection".into());
+    }
     for name in &want {
         assert!(is_png(&figs.join(format!("{name}.png"))), "{name}.png");
         let svg = std::fs::read_to_string(figs.join(format!("{name}.svg"))).expect(name);
@@ -72,6 +82,14 @@ fn demo_run_writes_figures_and_a_report() {
     ] {
         assert!(page.contains(needle), "report lacks {needle}");
     }
+    let pngs = std::fs::read_dir(&figs)
+        .expect("figs")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".png"))
+        })
+        .count();
+    assert_eq!(pngs, want.len(), "figures drawn besides those expected");
     assert_eq!(page.matches("<svg").count(), want.len());
     for l in &lineages {
         assert!(page.contains(l.as_str()), "report lacks lineage {l}");
@@ -297,5 +315,189 @@ fn a_single_lineage_map_says_so() {
         svg.contains("the only terminal state"),
         "{}",
         fates[0].display()
+    );
+}
+
+/// Decoded PNG: (width, height, fraction of pixels that are not white).
+fn png_content(p: &std::path::Path) -> (u32, u32, f64) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(p).expect("png"),
+    ));
+    let mut reader = decoder.read_info().expect("png header");
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).expect("png frame");
+    let px = info.color_type.samples();
+    let data = &buf[..info.buffer_size()];
+    let n = data.len() / px;
+    let inked = data
+        .chunks(px)
+        .filter(|c| c.iter().take(3).any(|&v| v < 250))
+        .count();
+    (info.width, info.height, inked as f64 / n as f64)
+}
+
+/// Every figure kind (`plot --kind`) renders with content on the demo output; the gene
+/// trends of a lineage's top driver are highest in that lineage; `--dpi` doubles the pixels,
+/// `--width/--height` set them; an unavailable kind, an unknown gene and bad sizes are errors
+/// naming what is wrong (issue 24 items 2–4).
+#[test]
+fn every_figure_kind_renders_with_content() {
+    use cellfate::report::{figures, FigureKind, Plot, PlotOptions};
+    let d = tempdir();
+    let out = d.path().join("demo.h5ad");
+    succeed(
+        cellfate()
+            .args(["run", "--demo", "--demo-cells", "900", "-q", "-o"])
+            .arg(&out),
+    );
+    let figs = d.path().join("figs");
+    let all: Vec<&str> = FigureKind::ALL.iter().map(|k| k.name()).collect();
+    let text = succeed(cellfate().arg("plot").arg(&out).arg("-o").arg(&figs).args([
+        "--format",
+        "png",
+        "--kind",
+        &all.join(","),
+    ]));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("figures ->"), "{text}");
+    let mut names: Vec<String> = std::fs::read_dir(&figs)
+        .expect("figs")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for stem in [
+        "velocity_grid_",
+        "velocity_arrows_",
+        "velocity_stream_",
+        "gene_trends_",
+        "heatmap_",
+        "macrostate_composition",
+        "phase_portraits",
+        "priming",
+        "absorption_time_",
+        "aggregated_fates",
+        "coarse_T",
+        "circular_projection",
+    ] {
+        assert!(
+            names.iter().any(|n| n.starts_with(stem)),
+            "no {stem}* among {names:?}"
+        );
+    }
+    for n in &names {
+        let (w, h, inked) = png_content(&figs.join(n));
+        assert!(w >= 200 && h >= 200, "{n}: {w}x{h}");
+        // Axes, text and data: a figure that drew nothing is white but for its title.
+        assert!(
+            inked > 0.02,
+            "{n}: only {:.1} % of the pixels drawn",
+            100.0 * inked
+        );
+    }
+
+    // The top driver's trend of each lineage is highest along that lineage.
+    let r = cellfate::io::H5adReader::open(&out).expect("output");
+    let opts = PlotOptions {
+        kinds: Some(vec![FigureKind::GeneTrends]),
+        ..Default::default()
+    };
+    let (trend_figs, _) = figures(&r, &opts).expect("trends");
+    assert!(!trend_figs.is_empty());
+    for f in &trend_figs {
+        let lineage = f.name.trim_start_matches("gene_trends_");
+        let Plot::Trends { panels, .. } = &f.plot else {
+            panic!("{}: not trends", f.name)
+        };
+        let (gene, series) = &panels[0];
+        let peak = |s: &cellfate::report::plots::TrendSeries| {
+            s.mean.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+        };
+        let own = series.iter().find(|s| s.label == lineage).expect("own");
+        for s in series.iter().filter(|s| s.label != lineage) {
+            assert!(
+                peak(own) > peak(s),
+                "{gene}: {lineage} peaks at {} below {} ({})",
+                peak(own),
+                s.label,
+                peak(s)
+            );
+        }
+        // The band contains the mean.
+        assert!(own
+            .lower
+            .iter()
+            .zip(&own.mean)
+            .zip(&own.upper)
+            .all(|((l, m), u)| l <= m && m <= u));
+    }
+
+    // --dpi 200 doubles the pixels; --width/--height set the layout size.
+    let hi = d.path().join("hi");
+    succeed(
+        cellfate()
+            .arg("plot")
+            .arg(&out)
+            .arg("-o")
+            .arg(&hi)
+            .args(["--format", "png", "--kind", "spectrum", "--dpi", "200"]),
+    );
+    let (w, h, _) = png_content(&hi.join("spectrum.png"));
+    assert_eq!((w, h), (1280, 840));
+    let sized = d.path().join("sized");
+    succeed(
+        cellfate()
+            .arg("plot")
+            .arg(&out)
+            .arg("-o")
+            .arg(&sized)
+            .args(["--format", "png", "--kind", "clusters"])
+            .args(["--width", "1000", "--height", "900"]),
+    );
+    let (w, h, _) = png_content(&sized.join("embedding_clusters.png"));
+    assert_eq!((w, h), (1000, 900));
+
+    // Errors name the flag, the kind or the gene.
+    for (args, needle) in [
+        (vec!["--kind", "spectrum", "--dpi", "5"], "--dpi 5"),
+        (vec!["--kind", "bogus"], "figure kind \"bogus\""),
+        (
+            vec!["--kind", "gene_trends", "--genes", "GENE_17"],
+            "did you mean \"gene_17\"",
+        ),
+        (
+            vec!["--kind", "gene_trends", "--time-key", "nope"],
+            "--time-key",
+        ),
+    ] {
+        let o = cellfate()
+            .arg("plot")
+            .arg(&out)
+            .arg("-o")
+            .arg(d.path().join("bad"))
+            .args(&args)
+            .output()
+            .expect("runs");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // A kind the file cannot give: the output without its transition matrix.
+    let stripped = d.path().join("no_t.h5ad");
+    cellfate::io::H5adEdit::new(&out)
+        .remove("obsp/T_fwd")
+        .write_to(&stripped)
+        .expect("written");
+    let o = cellfate()
+        .arg("plot")
+        .arg(&stripped)
+        .arg("-o")
+        .arg(d.path().join("bad2"))
+        .args(["--kind", "velocity_stream"])
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("figure \"velocity_stream\" cannot be drawn"),
+        "{err}"
     );
 }

@@ -18,6 +18,35 @@ pub(crate) struct FigureFlags {
     /// Seed of the random walks (default 0).
     #[arg(long = "walk-seed")]
     walk_seed: Option<u64>,
+    /// Figures to draw, comma-separated (default: all the file supports except
+    /// velocity_grid and velocity_arrows): clusters, macrostates, terminal_states, fates,
+    /// aggregated_fates, circular_projection, priming, absorption_times, spectrum, coarse_T,
+    /// macrostate_composition, drivers, gene_trends, heatmap, phase_portraits, random_walks,
+    /// velocity_stream, velocity_grid, velocity_arrows. A kind the file cannot give is an
+    /// error.
+    #[arg(long, value_delimiter = ',')]
+    kind: Option<Vec<report::FigureKind>>,
+    /// Genes for gene_trends, heatmap and phase_portraits, comma-separated (default: the top
+    /// drivers of each lineage).
+    #[arg(long, value_delimiter = ',')]
+    genes: Option<Vec<String>>,
+    /// obs column of the time in gene trends (default: latent_time, dpt_pseudotime,
+    /// velocity_pseudotime, palantir_pseudotime or pseudotime, else a diffusion pseudotime
+    /// from the initial state).
+    #[arg(long)]
+    time_key: Option<String>,
+    /// Expression in gene trends: X or a layer (default: Ms when present, else X).
+    #[arg(long)]
+    data_key: Option<String>,
+    /// Width of every figure in pixels at 100 dpi (default: each figure's own).
+    #[arg(long)]
+    width: Option<u32>,
+    /// Height of every figure in pixels at 100 dpi (default: each figure's own).
+    #[arg(long)]
+    height: Option<u32>,
+    /// Resolution: 200 draws every figure at twice the pixels (default 100).
+    #[arg(long)]
+    dpi: Option<u32>,
 }
 
 impl FigureFlags {
@@ -33,6 +62,15 @@ impl FigureFlags {
             cluster_key,
             n_walks: self.n_walks.unwrap_or(100),
             seed: self.walk_seed.unwrap_or(0),
+            kinds: self.kind.clone(),
+            genes: self.genes.clone().unwrap_or_default(),
+            time_key: self.time_key.clone(),
+            data_key: self.data_key.clone(),
+            render: report::Render {
+                width: self.width,
+                height: self.height,
+                dpi: self.dpi.unwrap_or(100),
+            },
             ..Default::default()
         }
     }
@@ -45,6 +83,13 @@ impl FigureFlags {
             ("--basis", self.basis.is_some()),
             ("--n-walks", self.n_walks.is_some()),
             ("--walk-seed", self.walk_seed.is_some()),
+            ("--kind", self.kind.is_some()),
+            ("--genes", self.genes.is_some()),
+            ("--time-key", self.time_key.is_some()),
+            ("--data-key", self.data_key.is_some()),
+            ("--width", self.width.is_some()),
+            ("--height", self.height.is_some()),
+            ("--dpi", self.dpi.is_some()),
         ]
         .into_iter()
         .filter_map(|(flag, on)| on.then_some(flag))
@@ -102,7 +147,7 @@ pub(crate) fn write_plots(
     let mut paths = Vec::new();
     for f in &figs {
         for &fmt in formats {
-            paths.push(f.write(dir, fmt)?);
+            paths.push(f.write_with(dir, fmt, &opts.render)?);
         }
     }
     Ok((paths, notes))
