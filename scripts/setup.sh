@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what cellfate needs on a fresh Debian machine, idempotently:
 #   - system libraries: HDF5 (h5ad I/O), OpenBLAS/LAPACK/ARPACK (Schur decompositions), gfortran
+#   - Chromium (headless, for the report test) in CI or with CELLFATE_BROWSER=1
 #   - Rust components: rustfmt, clippy
 #   - .venv: a Python virtual environment with anndata, used only by the interoperability
 #     tests (a file written by cellfate must open in Python anndata). Never a build dependency.
@@ -9,6 +10,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(libhdf5-dev libopenblas-dev liblapack-dev libarpack2-dev gfortran pkg-config)
+# Debian's Chromium renders the HTML report headless in a test (every image loaded, every
+# section there): installed in CI, or locally with CELLFATE_BROWSER=1 (elsewhere that test
+# skips with a message).
+if [ "${CI:-}" = "true" ] || [ "${CELLFATE_BROWSER:-0}" = "1" ]; then
+  PKGS+=(chromium)
+fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

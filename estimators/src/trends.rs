@@ -234,9 +234,9 @@ pub enum TrendError {
         got: String,
     },
     /// The weights are so concentrated that Kish's effective number of cells `(Σw)² / Σw²` does
-    /// not exceed the degrees of freedom of even the smoothest fit considered, so neither GCV
-    /// nor the noise variance is defined.
-    #[error("trend fit: the weights are concentrated on too few cells: effective number of cells (Σw)²/Σw² = {n_eff:.3} is not above the fit's degrees of freedom {edf:.3}")]
+    /// not exceed 1.4 times (GCV's weight) the degrees of freedom of even the smoothest fit
+    /// considered, so neither GCV nor the noise variance is defined.
+    #[error("trend fit: the weights are concentrated on too few cells: the effective number of cells (Σw)²/Σw² = {n_eff:.3} is not above 1.4 x the degrees of freedom {edf:.3} of the smoothest fit")]
     WeightsTooConcentrated {
         /// Kish's effective number of cells.
         n_eff: f64,
@@ -472,7 +472,7 @@ impl Design {
         let k = opts.n_knots + 3;
 
         let mut gram = vec![0.0; k * k];
-        let (mut sum_w, mut sum_w2) = (0.0, 0.0);
+        let mut sum_w = 0.0;
         let mut cells = Vec::with_capacity(kept.len());
         for &i in &kept {
             let w = weights[i];
@@ -484,7 +484,6 @@ impl Design {
                 }
             }
             sum_w += w;
-            sum_w2 += w * w;
             cells.push(Cell {
                 index: i,
                 w,
@@ -492,7 +491,13 @@ impl Design {
                 b,
             });
         }
-        let n_eff = sum_w * sum_w / sum_w2;
+        // Kish's (Σw)² / Σw², on weights scaled to a maximum of 1 (no underflow of w²).
+        let w_max = cells.iter().fold(0.0, |m: f64, c| m.max(c.w));
+        let (s1, s2) = cells.iter().fold((0.0, 0.0), |(s1, s2), c| {
+            let v = c.w / w_max;
+            (s1 + v, s2 + v * v)
+        });
+        let n_eff = s1 * s1 / s2;
 
         let m = opts.n_test_points;
         let grid = (0..m)
@@ -1202,6 +1207,19 @@ mod tests {
             .upper
             .iter()
             .zip(&scaled.upper)
+            .all(|(a, b)| (a - b).abs() < 1e-9));
+        // Also for weights whose squares underflow.
+        let tiny = fit_trend(&t, &y, &vec![1e-200; t.len()], &TrendOptions::default()).unwrap();
+        assert!((tiny.edf - base.edf).abs() < 1e-9);
+        assert!(base
+            .mean
+            .iter()
+            .zip(&tiny.mean)
+            .all(|(a, b)| (a - b).abs() < 1e-9));
+        assert!(base
+            .upper
+            .iter()
+            .zip(&tiny.upper)
             .all(|(a, b)| (a - b).abs() < 1e-9));
         // The band at 99 % is wider than at 95 %, by the ratio of the z values.
         let wide = fit_trend(

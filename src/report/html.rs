@@ -1,5 +1,5 @@
-//! A self-contained HTML page per run (figures inlined as SVG, no external resources), and an
-//! index page for batch runs.
+//! A self-contained HTML page per run (figures inlined as SVG, or as PNG when they hold
+//! thousands of points; no external resources), and an index page for batch runs.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -37,8 +37,11 @@ h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bott
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;font-size:.92em}\
 th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}\
 .swatch{display:inline-block;width:.9em;height:.9em;border-radius:2px;vertical-align:middle;margin-right:.4em}\
-figure{display:inline-block;margin:.5em;vertical-align:top}figure svg{max-width:100%;height:auto}\
-figcaption{font-size:.85em;color:#555;text-align:center}pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.85em}\
+.figs{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:1.2em}\
+@media (max-width:900px){.figs{grid-template-columns:1fr}}\
+figure{margin:0;min-width:0}figure svg,figure img{width:100%;height:auto;display:block}\
+figure.wide{grid-column:1/-1}\
+figcaption{font-size:.85em;color:#555;margin-top:.3em}pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.85em}\
 .warn{color:#8a4b00}.drivers{display:flex;flex-wrap:wrap;gap:1.5em}";
 
 /// Writes `contents` to `path` through an exclusive temporary file in the same directory
@@ -140,6 +143,30 @@ pub fn report(r: &H5adReader, title: &str, opts: &PlotOptions) -> Result<String,
         }
         None => h.push_str("<p>No terminal states in this file.</p>\n"),
     }
+    // Initial states (they may coincide with a terminal state: listed either way).
+    if let Some(l) = labels(r, &keys::initial_states(d)) {
+        let items: Vec<String> = l
+            .categories
+            .iter()
+            .enumerate()
+            .map(|(q, name)| {
+                let c = l.colors[q];
+                let count = l.codes.iter().filter(|x| **x == Some(q)).count();
+                let also = term
+                    .as_ref()
+                    .is_some_and(|t| t.categories.iter().any(|x| x == name));
+                format!(
+                    "<span class=\"swatch\" style=\"background:#{:02x}{:02x}{:02x}\"></span>{} ({count} cells{})",
+                    c.0,
+                    c.1,
+                    c.2,
+                    esc(name),
+                    if also { "; also a terminal state" } else { "" }
+                )
+            })
+            .collect();
+        let _ = writeln!(h, "<h2>Initial states</h2>\n<p>{}</p>", items.join(", "));
+    }
     if !r.exists(&keys::obsm(&lin)) {
         h.push_str("<p>No fate probabilities in this file.</p>\n");
     }
@@ -162,17 +189,32 @@ pub fn report(r: &H5adReader, title: &str, opts: &PlotOptions) -> Result<String,
                 .unwrap_or(0),
         );
     }
-    // Figures.
-    h.push_str("<h2>Figures</h2>\n");
+    // Per-cluster fates.
+    fate_table(r, d, opts, &mut h)?;
+    // Figures: two columns; figures of many panels span both. Figures of many points are
+    // inlined as PNG (an SVG of 100,000 circles is tens of megabytes and slow to draw).
+    h.push_str("<h2>Figures</h2>\n<div class=\"figs\">\n");
     for f in &figs {
-        let svg = f.svg()?;
+        let (w, _) = f.size();
+        let class = if w > 900 { " class=\"wide\"" } else { "" };
+        let body = if f.n_points() >= opts.raster_points {
+            let (w, h) = f.size();
+            format!(
+                "<img alt=\"{}\" width=\"{w}\" height=\"{h}\" src=\"data:image/png;base64,{}\">",
+                esc(&f.title),
+                base64(&f.png()?)
+            )
+        } else {
+            f.svg()?
+        };
         let _ = writeln!(
             h,
-            "<figure id=\"{}\">{svg}<figcaption>{}</figcaption></figure>",
+            "<figure id=\"{}\"{class}>{body}<figcaption>{}</figcaption></figure>",
             esc(&f.name),
-            esc(&f.title)
+            esc(&caption(&f.name))
         );
     }
+    h.push_str("</div>\n");
     // Drivers.
     if let Some(panels) = driver_panels(r, d, 10, term.as_ref()) {
         let df = r.dataframe(&format!("varm/{}", keys::lineage_drivers(d)))?;
@@ -234,15 +276,193 @@ pub fn report(r: &H5adReader, title: &str, opts: &PlotOptions) -> Result<String,
     if let Some(cfg) = uns_str(r, "uns/cellfate/config") {
         let _ = writeln!(h, "<h2>Parameters</h2>\n<pre>{}</pre>", esc(&cfg));
     }
-    if let Some(k) = uns_str(r, &format!("uns/{}_params", keys::transition(d))) {
-        let _ = writeln!(
-            h,
-            "<p>Kernel (uns[\"T_fwd_params\"]):</p><pre>{}</pre>",
-            esc(&k)
-        );
-    }
+    kernel_section(r, d, &mut h);
     h.push_str("</body></html>\n");
     Ok(h)
+}
+
+/// Figures with at least this many points are inlined as PNG rather than SVG.
+pub const RASTER_FROM_POINTS: usize = 10_000;
+
+/// Standard base64 (RFC 4648, with padding) for inlined images.
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for k in 0..4 {
+            if k <= chunk.len() {
+                out.push(A[((v >> (18 - 6 * k)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// What a figure shows and how to read it (the title inside the figure names it).
+pub fn caption(name: &str) -> String {
+    let by_prefix: [(&str, &str); 22] = [
+        ("embedding_clusters", "Cells on the embedding, coloured by cluster; small clusters are drawn last and larger so that they stay visible."),
+        ("embedding_macrostates", "The macrostates found by GPCCA: sets of cells the chain leaves rarely. Grey cells belong to none."),
+        ("embedding_terminal_states", "The macrostates chosen as terminal: the end points whose fate probabilities are computed."),
+        ("fate_", "Each cell's probability of reaching this terminal state first (absorption probability); the highest are drawn on top."),
+        ("aggregated_fates", "Mean fate probability of the cells of each cluster, per lineage, on a common 0–1 scale."),
+        ("circular_projection", "Each cell placed between the lineages' corners by its fate probabilities (divided by each lineage's mean): committed cells sit at a corner, undecided ones in the middle."),
+        ("priming", "How committed each cell already is (high: one fate dominates its fate probabilities)."),
+        ("absorption_time_", "Expected number of steps of the chain before a cell reaches this lineage's terminal state: high at the start of the lineage."),
+        ("spectrum", "Real parts of the Schur eigenvalues: the gap after the k-th suggests k macrostates; the green line marks how many were computed."),
+        ("coarse_T", "Transition probabilities between macrostates: a large diagonal means a stable state; terminal states are near 1."),
+        ("macrostate_composition", "Which clusters each macrostate is made of (fractions of its cells)."),
+        ("drivers", "Genes whose expression correlates most with each lineage's fate probability, on a common axis (grey bars: negative)."),
+        ("gene_trends", "Expression along the time of the top drivers, fitted per lineage with the cells weighted by their fate probability; bands are 95 % intervals. Each lineage ends with its last cell."),
+        ("heatmap_", "The lineage's top drivers' fitted trends, each scaled to 0–1 and ordered by the time of its peak: the cascade of gene activation along the lineage."),
+        ("phase_portraits", "Unspliced against spliced counts (moments) per gene, with the fitted model: cells above the line are inducing the gene, below it repressing."),
+        ("random_walks", "Random walks on the transition matrix from the initial states, coloured from dark (start) to yellow (end): where the chain takes cells."),
+        ("velocity_stream_", "The transition matrix projected onto the embedding and drawn as streamlines (scVelo's velocity_embedding_stream)."),
+        ("velocity_grid_", "The projected velocity averaged on a grid."),
+        ("velocity_arrows_", "The projected velocity of individual cells."),
+        ("perturbation", "The shift of fate probabilities after the perturbation."),
+        ("embedding", "Cells on the embedding."),
+        ("", "Figure."),
+    ];
+    by_prefix
+        .iter()
+        .find(|(p, _)| name.starts_with(p))
+        .map_or(String::new(), |(_, c)| (*c).to_string())
+}
+
+/// The mean fate probabilities per cluster (CellRank's `aggregate_fate_probabilities` as a
+/// table) with the cells per cluster.
+fn fate_table(
+    r: &H5adReader,
+    d: Direction,
+    opts: &PlotOptions,
+    h: &mut String,
+) -> Result<(), ReportError> {
+    let n = r.n_obs()?;
+    let Some(f) = super::extra::fates(r, d, n)? else {
+        return Ok(());
+    };
+    let key = opts
+        .cluster_key
+        .clone()
+        .unwrap_or_else(|| "clusters".into());
+    let Some(cl) = labels(r, &key) else {
+        return Ok(());
+    };
+    let _ = writeln!(
+        h,
+        "<h2>Fates per cluster</h2>\n<table><tr><th>{}</th><th>cells</th>{}</tr>",
+        esc(&key),
+        f.names
+            .iter()
+            .map(|l| format!("<th>{}</th>", esc(l)))
+            .collect::<String>()
+    );
+    for (q, name) in cl.categories.iter().enumerate() {
+        let cells: Vec<usize> = (0..n).filter(|&i| cl.codes[i] == Some(q)).collect();
+        if cells.is_empty() {
+            continue;
+        }
+        let means: String = (0..f.l)
+            .map(|j| {
+                let m =
+                    cells.iter().map(|&i| f.values[i * f.l + j]).sum::<f64>() / cells.len() as f64;
+                format!("<td class=\"num\">{m:.3}</td>")
+            })
+            .collect();
+        let c = cl.colors[q];
+        let _ = writeln!(
+            h,
+            "<tr><td><span class=\"swatch\" style=\"background:#{:02x}{:02x}{:02x}\"></span>{}</td><td class=\"num\">{}</td>{means}</tr>",
+            c.0,
+            c.1,
+            c.2,
+            esc(name),
+            cells.len()
+        );
+    }
+    h.push_str("</table>\n");
+    Ok(())
+}
+
+/// A scalar of a parameter dict as text.
+fn scalar_text(e: &Element) -> Option<String> {
+    match e {
+        Element::Str(s) => Some(s.clone()),
+        Element::Scalar(crate::io::NumVec::Bool(b)) => Some(b.first()?.to_string()),
+        Element::Scalar(v) => {
+            let x = *v.to_f64().first()?;
+            Some(if x.fract() == 0.0 && x.abs() < 1e15 {
+                format!("{x}")
+            } else {
+                format!("{x:.6}")
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The kernel's parameters as used (`uns["T_fwd_params"]["params"]`: per kernel of the
+/// expression its weight and parameters, among them the softmax scale the velocity kernel
+/// estimated), and the expression itself.
+fn kernel_section(r: &H5adReader, d: Direction, h: &mut String) {
+    let slot = format!("uns/{}_params", keys::transition(d));
+    let Ok(Element::Dict(top)) = r.read(&slot) else {
+        return;
+    };
+    let _ = writeln!(
+        h,
+        "<h3>Kernel (<code>uns[\"{}_params\"]</code>)</h3>",
+        keys::transition(d)
+    );
+    if let Some((_, Element::Dict(kernels))) = top.iter().find(|(k, _)| k == "params") {
+        h.push_str("<table><tr><th>kernel</th><th>weight</th><th>parameters</th></tr>\n");
+        for (name, el) in kernels {
+            let Element::Dict(parts) = el else { continue };
+            let weight = parts
+                .iter()
+                .find(|(k, _)| k == "weight")
+                .and_then(|(_, e)| scalar_text(e))
+                .unwrap_or_else(|| "1".into());
+            let params = parts
+                .iter()
+                .find(|(k, _)| k == "params")
+                .and_then(|(_, e)| match e {
+                    Element::Dict(p) => Some(
+                        p.iter()
+                            .filter_map(|(k, v)| Some(format!("{k} = {}", scalar_text(v)?)))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    ),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            let kernel = name.split(':').next().unwrap_or(name);
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+                esc(kernel),
+                esc(&weight),
+                esc(&params)
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    if let Some((_, Element::Str(spec))) = top.iter().find(|(k, _)| k == "spec") {
+        let _ = writeln!(
+            h,
+            "<details><summary>kernel specification</summary><pre>{}</pre></details>",
+            esc(spec)
+        );
+    }
 }
 
 /// The velocity's quality, when the file has it: scVelo's velocity confidence and length,

@@ -148,6 +148,9 @@ pub struct PlotOptions {
     pub data_key: Option<String>,
     /// Size and resolution of the files.
     pub render: Render,
+    /// In the HTML report, figures of at least this many points are inlined as PNG, not
+    /// SVG (default [`html::RASTER_FROM_POINTS`]).
+    pub raster_points: usize,
 }
 
 impl Default for PlotOptions {
@@ -164,6 +167,7 @@ impl Default for PlotOptions {
             time_key: None,
             data_key: None,
             render: Render::default(),
+            raster_points: html::RASTER_FROM_POINTS,
         }
     }
 }

@@ -420,6 +420,16 @@ impl Figure {
         }
     }
 
+    /// How many points the figure draws (cells of an embedding or of scatter panels): the
+    /// report inlines figures of many points as PNG.
+    pub fn n_points(&self) -> usize {
+        match &self.plot {
+            Plot::Embedding { xy, .. } => xy.len(),
+            Plot::Scatter { panels, .. } => panels.iter().map(|p| p.x.len()).sum(),
+            _ => 0,
+        }
+    }
+
     /// The logical and physical pixel sizes under `render`.
     fn sizes(&self, render: &Render) -> ((u32, u32), (u32, u32)) {
         let (w0, h0) = self.size();

@@ -38,14 +38,14 @@ pub(crate) struct FigureFlags {
     /// Expression in gene trends: X or a layer (default: Ms when present, else X).
     #[arg(long)]
     data_key: Option<String>,
-    /// Width of every figure in pixels at 100 dpi (default: each figure's own).
-    #[arg(long)]
+    /// Width of every figure in pixels at 100 dpi, 200 to 8000 (default: each figure's own).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(200..=8000))]
     width: Option<u32>,
-    /// Height of every figure in pixels at 100 dpi (default: each figure's own).
-    #[arg(long)]
+    /// Height of every figure in pixels at 100 dpi, 200 to 8000 (default: each figure's own).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(200..=8000))]
     height: Option<u32>,
-    /// Resolution: 200 draws every figure at twice the pixels (default 100).
-    #[arg(long)]
+    /// Resolution, 25 to 600: 200 draws every figure at twice the pixels (default 100).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(25..=600))]
     dpi: Option<u32>,
 }
 
