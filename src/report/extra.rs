@@ -66,7 +66,8 @@ pub(crate) fn fates(r: &H5adReader, d: Direction, n: usize) -> Result<Option<Fat
 }
 
 /// The time for gene trends and its name: `time_key` (which must then be a numeric obs
-/// column), else the first of [`TIME_KEYS`] present, else the diffusion pseudotime computed
+/// column), else the first of [`TIME_KEYS`] present, else the expected steps to absorption
+/// reversed (when absorption times were computed), else the diffusion pseudotime computed
 /// here from the connectivities, rooted at the initial state's most likely cell.
 pub(crate) fn trend_time(
     r: &H5adReader,
@@ -95,7 +96,14 @@ pub(crate) fn trend_time(
             }
         }
     }
-    // No time in the file: the diffusion pseudotime from the initial state.
+    // No time in the file: the chain's own clock when absorption times were computed
+    // (instant), else the diffusion pseudotime from the initial state (an eigendecomposition).
+    if let Some(t) = absorption_clock(r, d)? {
+        return Ok(Ok((
+            t,
+            "pseudotime (expected steps to absorption, reversed)".into(),
+        )));
+    }
     let Some(init) = labels(r, &keys::initial_states(d)) else {
         return Ok(Err(format!(
             "no time: none of obs {} and no initial states to root a diffusion pseudotime (--time-key)",
@@ -143,6 +151,61 @@ pub(crate) fn trend_time(
         t,
         "pseudotime (DPT from the initial state)".to_string(),
     )))
+}
+
+/// A pseudotime from the absorption times: T(cell) = Σ_j p_j · T_j, the expected number of
+/// steps before the chain reaches any terminal state (fate probabilities p_j, conditional mean
+/// times T_j of `obsm["absorption_times_fwd"]`, the law of total expectation), reversed and
+/// scaled to 0–1: 0 where absorption is farthest, 1 in the terminal states. `None` without
+/// fate probabilities or a `<lineage>_mean` column per lineage.
+fn absorption_clock(r: &H5adReader, d: Direction) -> Result<Option<Vec<f64>>, ReportError> {
+    let n = r.n_obs()?;
+    let Some(f) = fates(r, d, n)? else {
+        return Ok(None);
+    };
+    let Ok(df) = r.dataframe(&format!("obsm/{}", keys::absorption_times(d))) else {
+        return Ok(None);
+    };
+    let mut cols = Vec::with_capacity(f.l);
+    for name in &f.names {
+        let Some(v) = df
+            .columns
+            .iter()
+            .find(|(c, _)| c == &format!("{name}_mean"))
+            .and_then(|(_, e)| e.to_f64_vec())
+            .filter(|v| v.len() == n)
+        else {
+            return Ok(None);
+        };
+        cols.push(v);
+    }
+    let t: Vec<f64> = (0..n)
+        .map(|i| {
+            let mut sum = 0.0;
+            let mut mass = 0.0;
+            for (j, col) in cols.iter().enumerate() {
+                let p = f.values[i * f.l + j];
+                if p > 0.0 && col[i].is_finite() {
+                    sum += p * col[i];
+                    mass += p;
+                }
+            }
+            if mass > 0.0 {
+                sum / mass
+            } else {
+                f64::NAN
+            }
+        })
+        .collect();
+    let max = t
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max);
+    if max <= 0.0 {
+        return Ok(None);
+    }
+    Ok(Some(t.iter().map(|&v| 1.0 - v / max).collect()))
 }
 
 /// The expression data for trends: `data_key` (`X` or a layer), default `Ms` when present
