@@ -537,16 +537,7 @@ pub(crate) fn circular_projection(f: &Fates, keep: &[usize], clusters: Option<&L
         })
         .collect();
     let (colors, legend) = match clusters {
-        Some(c) => (
-            keep.iter()
-                .map(|&i| c.codes[i].map(|q| c.colors[q]))
-                .collect(),
-            c.categories
-                .iter()
-                .cloned()
-                .zip(c.colors.iter().copied())
-                .collect(),
-        ),
+        Some(c) => (c.colors_of(keep), c.legend()),
         None => (vec![None; keep.len()], Vec::new()),
     };
     let vertices: Vec<([f64; 2], String)> =
@@ -607,12 +598,7 @@ pub(crate) fn macrostate_composition(
         title: format!("macrostate composition by {cluster_key}"),
         plot: Plot::Stacked {
             bars,
-            legend: c
-                .categories
-                .iter()
-                .cloned()
-                .zip(c.colors.iter().copied())
-                .collect(),
+            legend: c.legend(),
             y_label: format!("fraction of the macrostate's cells per {cluster_key}"),
         },
     }])
@@ -693,10 +679,7 @@ pub(crate) fn phase_portraits(
                 x,
                 y,
                 colors: match clusters {
-                    Some(l) => keep
-                        .iter()
-                        .map(|&i| l.codes[i].map(|q| l.colors[q]))
-                        .collect(),
+                    Some(l) => l.colors_of(keep),
                     None => vec![None; keep.len()],
                 },
                 curve,
@@ -710,15 +693,7 @@ pub(crate) fn phase_portraits(
             panels,
             x_label: "spliced (Ms)".into(),
             y_label: "unspliced (Mu)".into(),
-            legend: clusters
-                .map(|l| {
-                    l.categories
-                        .iter()
-                        .cloned()
-                        .zip(l.colors.iter().copied())
-                        .collect()
-                })
-                .unwrap_or_default(),
+            legend: clusters.map(Labels::legend).unwrap_or_default(),
         },
     }]))
 }

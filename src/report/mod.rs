@@ -362,6 +362,25 @@ pub(crate) struct Labels {
     pub(crate) colors: Vec<RGBColor>,
 }
 
+impl Labels {
+    /// `(category, colour)` pairs for a legend.
+    pub(crate) fn legend(&self) -> Vec<(String, RGBColor)> {
+        self.categories
+            .iter()
+            .cloned()
+            .zip(self.colors.iter().copied())
+            .collect()
+    }
+
+    /// The colour of each of `cells` (`None`: unlabelled).
+    pub(crate) fn colors_of(&self, cells: &[usize]) -> Vec<Option<RGBColor>> {
+        cells
+            .iter()
+            .map(|&i| self.codes[i].map(|q| self.colors[q]))
+            .collect()
+    }
+}
+
 pub(crate) fn labels(r: &H5adReader, key: &str) -> Option<Labels> {
     let (codes, categories) = match r.column("obs", key).ok()? {
         Element::Categorical(c) => {
@@ -514,16 +533,8 @@ fn categorical_figure(
         title: title.into(),
         plot: Plot::Embedding {
             xy: order.iter().map(|&i| xy[i]).collect(),
-            colors: order
-                .iter()
-                .map(|&i| l.codes[i].map(|q| l.colors[q]))
-                .collect(),
-            legend: l
-                .categories
-                .iter()
-                .cloned()
-                .zip(l.colors.iter().copied())
-                .collect(),
+            colors: l.colors_of(&order),
+            legend: l.legend(),
             colorbar: None,
             basis: basis.into(),
             overlay: Overlay::None,
@@ -908,22 +919,10 @@ pub fn figures(
                 plot: Plot::Embedding {
                     xy: keep.iter().map(|&i| xy[i]).collect(),
                     colors: match &clusters {
-                        Some(l) => keep
-                            .iter()
-                            .map(|&i| l.codes[i].map(|q| l.colors[q]))
-                            .collect(),
+                        Some(l) => l.colors_of(&keep),
                         None => vec![None; keep.len()],
                     },
-                    legend: clusters
-                        .as_ref()
-                        .map(|l| {
-                            l.categories
-                                .iter()
-                                .cloned()
-                                .zip(l.colors.iter().copied())
-                                .collect()
-                        })
-                        .unwrap_or_default(),
+                    legend: clusters.as_ref().map(Labels::legend).unwrap_or_default(),
                     colorbar: None,
                     basis: basis.clone(),
                     overlay,

@@ -1034,24 +1034,42 @@ where
         }
     }
     // Colour bar 0..1.
-    let bx = left + cell * m as i32 + 16;
-    let bottom = top + cell * m as i32;
+    draw_unit_colorbar(
+        area,
+        left + cell * m as i32 + 16,
+        top,
+        top + cell * m as i32,
+        &small,
+    )
+}
+
+/// A vertical 0–1 viridis colour bar at `x` from `top` (1) to `bottom` (0) with five ticks.
+fn draw_unit_colorbar<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    x: i32,
+    top: i32,
+    bottom: i32,
+    font: &TextStyle,
+) -> Result<(), DrawFailure>
+where
+    DB::ErrorType: 'static,
+{
     for y in top..bottom {
         let t = (bottom - y) as f64 / (bottom - top).max(1) as f64;
         area.draw(&Rectangle::new(
-            [(bx, y), (bx + 14, y + 1)],
+            [(x, y), (x + 14, y + 1)],
             viridis(t).filled(),
         ))
         .map_err(draw_err)?;
     }
     for v in ticks(0.0, 1.0, 5) {
         let y = bottom - (v * (bottom - top) as f64).round() as i32;
-        area.draw(&PathElement::new(vec![(bx + 14, y), (bx + 18, y)], DARK))
+        area.draw(&PathElement::new(vec![(x + 14, y), (x + 18, y)], DARK))
             .map_err(draw_err)?;
         area.draw(&Text::new(
             two_decimals(v),
-            (bx + 20, y),
-            small.pos(Pos::new(HPos::Left, VPos::Center)),
+            (x + 20, y),
+            font.pos(Pos::new(HPos::Left, VPos::Center)),
         ))
         .map_err(draw_err)?;
     }
@@ -1359,27 +1377,7 @@ where
     ))
     .map_err(draw_err)?;
     // Colour bar.
-    let bx = left + width + 16;
-    for y in top..bottom {
-        let t = (bottom - y) as f64 / (bottom - top).max(1) as f64;
-        area.draw(&Rectangle::new(
-            [(bx, y), (bx + 14, y + 1)],
-            viridis(t).filled(),
-        ))
-        .map_err(draw_err)?;
-    }
-    for v in ticks(0.0, 1.0, 5) {
-        let y = bottom - (v * (bottom - top) as f64).round() as i32;
-        area.draw(&PathElement::new(vec![(bx + 14, y), (bx + 18, y)], DARK))
-            .map_err(draw_err)?;
-        area.draw(&Text::new(
-            two_decimals(v),
-            (bx + 20, y),
-            font.pos(Pos::new(HPos::Left, VPos::Center)),
-        ))
-        .map_err(draw_err)?;
-    }
-    Ok(())
+    draw_unit_colorbar(area, left + width + 16, top, bottom, &font)
 }
 
 fn draw_stacked<DB: DrawingBackend>(
