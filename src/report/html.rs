@@ -325,7 +325,7 @@ pub fn caption(name: &str) -> String {
         ("heatmap_", "The lineage's top drivers' fitted trends, each scaled to 0–1 and ordered by the time of its peak: the cascade of gene activation along the lineage."),
         ("phase_portraits", "Unspliced against spliced counts (moments) per gene, with the fitted model: cells above the line are inducing the gene, below it repressing."),
         ("random_walks", "Random walks on the transition matrix from the initial states, coloured from dark (start) to yellow (end): where the chain takes cells."),
-        ("velocity_stream_", "The transition matrix projected onto the embedding and drawn as streamlines (scVelo's velocity_embedding_stream)."),
+        ("velocity_stream_", "The transition matrix projected onto the embedding and drawn as streamlines (scVelo's velocity_embedding_stream); a figure ending in _rnd is the randomised control (each gene's velocities shuffled across cells with random signs), which should show no consistent direction."),
         ("velocity_grid_", "The projected velocity averaged on a grid."),
         ("velocity_arrows_", "The projected velocity of individual cells."),
         ("perturbation", "The shift of fate probabilities after the perturbation."),

@@ -931,14 +931,38 @@ pub fn figures(
             let b = basis.to_ascii_lowercase();
             if want(K::VelocityStream) {
                 // scVelo's figure name (`velocity_embedding_stream`) with the basis.
-                put(
-                    K::VelocityStream,
-                    Ok(vec![on_clusters(
-                        Overlay::Streamlines(streamlines(&xy, &proj, 40)),
-                        format!("velocity_stream_{b}"),
-                        "velocity streamlines (transition-matrix projection)",
-                    )]),
-                );
+                let mut v = vec![on_clusters(
+                    Overlay::Streamlines(streamlines(&xy, &proj, 40)),
+                    format!("velocity_stream_{b}"),
+                    "velocity streamlines (transition-matrix projection)",
+                )];
+                // The randomised control (`kernel --random-control`: each gene's velocities
+                // shuffled across cells with random signs, dynamo's control) beside it: its
+                // streamlines should lose the direction the real ones have.
+                let rnd = format!("{tkey}_rnd");
+                if r.exists(&format!("obsp/{rnd}")) {
+                    let t_rnd = r.transition_matrix(&rnd)?;
+                    let proj_rnd = cellfate_kernels::projection::project(&t_rnd, &e);
+                    let mean_len = |p: &[f64]| {
+                        let (s, k) = p
+                            .chunks(2)
+                            .map(|c| c[0].hypot(c[1]))
+                            .filter(|l| l.is_finite())
+                            .fold((0.0, 0usize), |(s, k), l| (s + l, k + 1));
+                        s / k.max(1) as f64
+                    };
+                    let (real, ctrl) = (mean_len(&proj), mean_len(&proj_rnd));
+                    notes.push(format!(
+                        "randomised control obsp[{rnd:?}]: mean projected velocity {ctrl:.3} against {real:.3} for the real velocities ({:.0} %)",
+                        100.0 * ctrl / real.max(f64::MIN_POSITIVE)
+                    ));
+                    v.push(on_clusters(
+                        Overlay::Streamlines(streamlines(&xy, &proj_rnd, 40)),
+                        format!("velocity_stream_{b}_rnd"),
+                        "randomised control: velocities shuffled per gene, random signs",
+                    ));
+                }
+                put(K::VelocityStream, Ok(v));
             }
             if want(K::VelocityGrid) {
                 put(

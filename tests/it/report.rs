@@ -615,3 +615,49 @@ window.addEventListener('load', () => {
         assert!(result.contains(section), "no section {section}: {result}");
     }
 }
+
+/// With the randomised control in the file (`kernel --random-control`), the streamlines come
+/// with the control's beside them, and the control's projected velocity is shorter than the
+/// real one (shuffled velocities cancel out); the report says by how much.
+#[test]
+fn the_randomised_control_is_drawn_beside_the_streamlines() {
+    let d = tempdir();
+    let out = d.path().join("demo.h5ad");
+    succeed(
+        cellfate()
+            .args(["run", "--demo", "--demo-cells", "600", "-q", "-o"])
+            .arg(&out),
+    );
+    let with_rnd = d.path().join("rnd.h5ad");
+    succeed(
+        cellfate()
+            .arg("kernel")
+            .arg(&out)
+            .args(["-q", "--random-control", "-o"])
+            .arg(&with_rnd),
+    );
+    let figs = d.path().join("figs");
+    let o = succeed(
+        cellfate()
+            .arg("plot")
+            .arg(&with_rnd)
+            .arg("-o")
+            .arg(&figs)
+            .args(["--format", "png", "--kind", "velocity_stream"]),
+    );
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let names: Vec<String> = std::fs::read_dir(&figs)
+        .expect("figs")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with("_rnd.png")), "{names:?}");
+    // "... mean projected velocity C against R for the real velocities (P %)"
+    let pct: f64 = text
+        .split("real velocities (")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no control note: {text}"));
+    assert!(pct < 100.0, "control as long as the real velocity: {text}");
+}
