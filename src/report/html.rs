@@ -198,14 +198,18 @@ pub fn report(r: &H5adReader, title: &str, opts: &PlotOptions) -> Result<String,
         let (w, _) = f.size();
         let class = if w > 900 { " class=\"wide\"" } else { "" };
         let body = if f.n_points() >= opts.raster_points {
-            let (w, h) = f.size();
+            // Displayed at the layout size; --dpi adds pixels (sharper), not size.
+            let (w, h) = (
+                opts.render.width.unwrap_or(f.size().0),
+                opts.render.height.unwrap_or(f.size().1),
+            );
             format!(
                 "<img alt=\"{}\" width=\"{w}\" height=\"{h}\" src=\"data:image/png;base64,{}\">",
                 esc(&f.title),
-                base64(&f.png()?)
+                base64(&f.png_with(&opts.render)?)
             )
         } else {
-            f.svg()?
+            f.svg_with(&opts.render)?
         };
         let _ = writeln!(
             h,
