@@ -146,6 +146,8 @@ pub struct FateMapSpec {
     pub estimators: EstimatorSpec,
     /// The upstream steps run on raw input (preprocessing, velocity, diffusion pseudotime).
     pub upstream: UpstreamSettings,
+    /// The figures of `run --plots` / `--report` (TOML `[figures]`; flags override).
+    pub figures: FigureSpec,
 }
 
 impl Default for FateMapSpec {
@@ -156,8 +158,38 @@ impl Default for FateMapSpec {
             transition_key: None,
             estimators: EstimatorSpec::default(),
             upstream: UpstreamSettings::default(),
+            figures: FigureSpec::default(),
         }
     }
+}
+
+/// Figure settings (TOML `[figures]` of a run config; the flags of the same names override
+/// them): unset fields take the defaults of `cellfate::report::PlotOptions`. Checked when the
+/// figures are made (`PlotOptions::from_spec`), names of kinds and ranges included.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FigureSpec {
+    /// Embedding (`umap`, any obsm key; default `X_umap`, else the first two PCs).
+    pub basis: Option<String>,
+    /// Random walks to draw (default 100).
+    pub n_walks: Option<usize>,
+    /// Seed of the random walks (default 0).
+    pub walk_seed: Option<u64>,
+    /// Figure kinds (`gene_trends`, `heatmap`, ...; default: all the file supports but the
+    /// grid and per-cell velocity arrows).
+    pub kinds: Option<Vec<String>>,
+    /// Genes for gene trends, heatmaps and phase portraits (default: top drivers).
+    pub genes: Option<Vec<String>>,
+    /// obs column of the time in gene trends.
+    pub time_key: Option<String>,
+    /// Expression in gene trends: `X` or a layer (default `Ms` when present).
+    pub data_key: Option<String>,
+    /// Width in pixels at 100 dpi.
+    pub width: Option<u32>,
+    /// Height in pixels at 100 dpi.
+    pub height: Option<u32>,
+    /// Resolution (default 100).
+    pub dpi: Option<u32>,
 }
 
 impl FateMapSpec {

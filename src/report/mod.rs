@@ -172,6 +172,50 @@ impl Default for PlotOptions {
     }
 }
 
+impl PlotOptions {
+    /// The options of a figure spec (TOML `[figures]` with the flags applied), checked: an
+    /// unknown kind or an out-of-range size is an error naming the field.
+    pub fn from_spec(
+        spec: &crate::pipeline::FigureSpec,
+        cluster_key: Option<String>,
+    ) -> Result<Self, ReportError> {
+        let d = Self::default();
+        let kinds = match &spec.kinds {
+            Some(names) => Some(
+                names
+                    .iter()
+                    .map(|k| {
+                        k.parse::<FigureKind>().map_err(|e| ReportError::Option {
+                            flag: "figures.kinds (--kind)",
+                            got: format!("{k:?}"),
+                            expected: e.to_string(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            None => None,
+        };
+        let opts = Self {
+            basis: spec.basis.clone(),
+            cluster_key,
+            n_walks: spec.n_walks.unwrap_or(d.n_walks),
+            seed: spec.walk_seed.unwrap_or(d.seed),
+            kinds,
+            genes: spec.genes.clone().unwrap_or_default(),
+            time_key: spec.time_key.clone(),
+            data_key: spec.data_key.clone(),
+            render: Render {
+                width: spec.width,
+                height: spec.height,
+                dpi: spec.dpi.unwrap_or(d.render.dpi),
+            },
+            ..d
+        };
+        opts.render.validate()?;
+        Ok(opts)
+    }
+}
+
 /// The kinds of figure (`plot --kind`), named as their files are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -661,3 +661,75 @@ fn the_randomised_control_is_drawn_beside_the_streamlines() {
         .unwrap_or_else(|| panic!("no control note: {text}"));
     assert!(pct < 100.0, "control as long as the real velocity: {text}");
 }
+
+/// The figures of a run come from the config's `[figures]` table (the flags override it), as
+/// `--dry-run` shows; a misspelt kind in the config fails before anything runs.
+#[test]
+fn run_figures_follow_the_config_and_the_flags() {
+    let d = tempdir();
+    let cfg = d.path().join("run.toml");
+    std::fs::write(
+        &cfg,
+        "[figures]\nkinds = [\"spectrum\", \"coarse_T\"]\ndpi = 50\n",
+    )
+    .expect("config");
+    let dry = succeed(
+        cellfate()
+            .args(["run", "--demo", "-o"])
+            .arg(d.path().join("x.h5ad"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--dry-run", "--dpi", "200", "--plots"])
+            .arg(d.path().join("f")),
+    );
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        text.contains("[figures]") && text.contains("dpi = 200"),
+        "{text}"
+    );
+    assert!(text.contains("\"spectrum\""), "{text}");
+    let figs = d.path().join("figs");
+    succeed(
+        cellfate()
+            .args(["run", "--demo", "--demo-cells", "600", "-q", "-o"])
+            .arg(d.path().join("demo.h5ad"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--plots")
+            .arg(&figs),
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&figs)
+        .expect("figs")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "coarse_T.png",
+            "coarse_T.svg",
+            "spectrum.png",
+            "spectrum.svg"
+        ]
+    );
+    // dpi = 50 from the config: half the pixels of the 640 x 420 spectrum.
+    let (w, h, _) = png_content(&figs.join("spectrum.png"));
+    assert_eq!((w, h), (320, 210));
+    std::fs::write(&cfg, "[figures]\nkinds = [\"spectrun\"]\n").expect("config");
+    let o = cellfate()
+        .args(["run", "--demo", "--demo-cells", "600", "-q", "-o"])
+        .arg(d.path().join("bad.h5ad"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--plots")
+        .arg(d.path().join("g"))
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a misspelt kind ran");
+    assert!(
+        err.contains("figures.kinds") && err.contains("spectrun"),
+        "{err}"
+    );
+    assert!(!d.path().join("bad.h5ad").exists(), "ran before checking");
+}

@@ -483,9 +483,14 @@ fn compute(a: &BatchArgs, spec: &pipeline::FateMapSpec, s: &Sample, res: &mut Sa
             if a.report {
                 let dir = a.out_dir.join("reports");
                 let path = dir.join(format!("{}.html", s.name));
-                let opts = a.figures.options(spec.estimators.cluster_key.clone());
+                // Checked when the batch started.
+                let opts = cellfate::report::PlotOptions::from_spec(
+                    &spec.figures,
+                    spec.estimators.cluster_key.clone(),
+                )
+                .unwrap_or_default();
                 let title = crate::report_cmd::title_of(&s.output);
-                let umap = if a.figures.has_basis() {
+                let umap = if spec.figures.basis.is_some() {
                     Ok(None)
                 } else {
                     cellfate::upstream::umap_if_missing(&s.output).map_err(|e| e.to_string())
@@ -524,6 +529,10 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<BatchOutcome> {
         &a.estimators,
     )?;
     a.upstream.apply(&mut spec)?;
+    a.figures.apply(&mut spec.figures);
+    // Checked before any sample runs.
+    cellfate::report::PlotOptions::from_spec(&spec.figures, spec.estimators.cluster_key.clone())
+        .context("figures")?;
     a.figures.check_used(a.report, "--report")?;
     let jobs = crate::cap_threads("--jobs", a.jobs);
     let (samples, notes) = plan(&a.inputs, &a.out_dir);

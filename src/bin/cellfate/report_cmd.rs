@@ -50,29 +50,44 @@ pub(crate) struct FigureFlags {
 }
 
 impl FigureFlags {
-    /// Whether `--basis` was given (otherwise the figures take the first embedding found,
-    /// and `run`/`batch` lay out a UMAP when there is none).
-    pub(crate) fn has_basis(&self) -> bool {
-        self.basis.is_some()
+    /// Sets the fields of `spec` the flags give (flags override a config's `[figures]`).
+    pub(crate) fn apply(&self, spec: &mut cellfate::pipeline::FigureSpec) {
+        let set = |dst: &mut Option<String>, v: &Option<String>| {
+            if v.is_some() {
+                dst.clone_from(v);
+            }
+        };
+        set(&mut spec.basis, &self.basis);
+        set(&mut spec.time_key, &self.time_key);
+        set(&mut spec.data_key, &self.data_key);
+        if let Some(v) = self.n_walks {
+            spec.n_walks = Some(v);
+        }
+        if let Some(v) = self.walk_seed {
+            spec.walk_seed = Some(v);
+        }
+        if let Some(v) = &self.kind {
+            spec.kinds = Some(v.iter().map(|k| k.name().to_string()).collect());
+        }
+        if let Some(v) = &self.genes {
+            spec.genes = Some(v.clone());
+        }
+        if let Some(v) = self.width {
+            spec.width = Some(v);
+        }
+        if let Some(v) = self.height {
+            spec.height = Some(v);
+        }
+        if let Some(v) = self.dpi {
+            spec.dpi = Some(v);
+        }
     }
 
-    pub(crate) fn options(&self, cluster_key: Option<String>) -> PlotOptions {
-        PlotOptions {
-            basis: self.basis.clone(),
-            cluster_key,
-            n_walks: self.n_walks.unwrap_or(100),
-            seed: self.walk_seed.unwrap_or(0),
-            kinds: self.kind.clone(),
-            genes: self.genes.clone().unwrap_or_default(),
-            time_key: self.time_key.clone(),
-            data_key: self.data_key.clone(),
-            render: report::Render {
-                width: self.width,
-                height: self.height,
-                dpi: self.dpi.unwrap_or(100),
-            },
-            ..Default::default()
-        }
+    /// The plot options of the flags alone (`plot`, `report`).
+    pub(crate) fn options(&self, cluster_key: Option<String>) -> anyhow::Result<PlotOptions> {
+        let mut spec = cellfate::pipeline::FigureSpec::default();
+        self.apply(&mut spec);
+        Ok(PlotOptions::from_spec(&spec, cluster_key)?)
     }
 
     /// On `run` and `batch` the figure flags only act when figures are made (`used`, by the
@@ -154,7 +169,7 @@ pub(crate) fn write_plots(
 }
 
 pub(crate) fn plot(a: PlotArgs) -> anyhow::Result<String> {
-    let opts = a.figures.options(a.cluster_key.clone());
+    let opts = a.figures.options(a.cluster_key.clone())?;
     let (paths, notes) = write_plots(&a.input, &a.out_dir, &a.format, &opts)
         .with_context(|| format!("plotting {}", a.input.display()))?;
     let mut out = format!("{} figures -> {}\n", paths.len(), a.out_dir.display());
@@ -193,7 +208,7 @@ pub(crate) fn title_of(input: &Path) -> String {
 
 pub(crate) fn report(a: ReportArgs) -> anyhow::Result<String> {
     let title = a.title.clone().unwrap_or_else(|| title_of(&a.input));
-    let opts = a.figures.options(a.cluster_key.clone());
+    let opts = a.figures.options(a.cluster_key.clone())?;
     report::html::write_report(&a.input, &a.output, &title, &opts)
         .with_context(|| format!("report of {}", a.input.display()))?;
     Ok(format!("report -> {}\n", a.output.display()))

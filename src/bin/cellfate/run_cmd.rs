@@ -394,6 +394,13 @@ pub(crate) fn run(a: RunArgs) -> anyhow::Result<String> {
         &a.estimators,
     )?;
     a.upstream.apply(&mut spec)?;
+    a.figures.apply(&mut spec.figures);
+    // Checked before anything runs: a misspelt kind fails now, not after the pipeline.
+    let opts = cellfate::report::PlotOptions::from_spec(
+        &spec.figures,
+        spec.estimators.cluster_key.clone(),
+    )
+    .context("figures")?;
     a.figures.check_used(
         a.plots.is_some() || a.report.is_some(),
         "--plots DIR or --report FILE",
@@ -451,9 +458,8 @@ pub(crate) fn run(a: RunArgs) -> anyhow::Result<String> {
     let mut progress = |s: &str| bar.stage(s);
     let summary = pipeline::run(&input, &a.output, &spec, &mut progress)
         .with_context(|| format!("fate mapping {}", input.display()))?;
-    let opts = a.figures.options(spec.estimators.cluster_key.clone());
     let mut extra = String::new();
-    if (a.plots.is_some() || a.report.is_some()) && !a.figures.has_basis() {
+    if (a.plots.is_some() || a.report.is_some()) && spec.figures.basis.is_none() {
         progress("umap");
         if let Some(u) = cellfate::upstream::umap_if_missing(&a.output)? {
             extra.push_str(&format!(
