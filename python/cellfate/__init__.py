@@ -8,9 +8,9 @@ same in-memory AnnData and writes the results under CellRank's keys. The computa
 
 from __future__ import annotations
 
-from . import _core, estimators, ext, kernels, pd, pp, tl, vf
+from . import _core, estimators, ext, kernels, pd, pl, pp, tl, vf
 from ._lineage import Lineage
 
 __version__ = _core.__version__
 
-__all__ = ["kernels", "estimators", "pp", "tl", "vf", "ext", "pd", "Lineage", "__version__"]
+__all__ = ["kernels", "estimators", "pp", "tl", "pl", "vf", "ext", "pd", "Lineage", "__version__"]

@@ -15,6 +15,8 @@ _MISSING = object()
 
 
 def _lookup(adata, slot):
+    if slot == "X":
+        return _MISSING if adata.X is None else adata.X
     group, _, rest = slot.partition("/")
     if group in ("obs", "var"):
         df = getattr(adata, group)
@@ -86,3 +88,47 @@ def read(adata, slot):
 
 def csr(adata, key):
     return csr_parts(adata.obsp[key], f"obsp[{key!r}]")
+
+
+def keys(adata, group):
+    """The members of a group (``obsm``, ``layers``, ``uns/...``), for the figures."""
+    if group in ("obs", "var"):
+        return [str(c) for c in getattr(adata, group).columns]
+    if group in ("obsm", "varm", "obsp", "layers"):
+        return sorted(str(k) for k in getattr(adata, group).keys())
+    v = _lookup(adata, group) if group.startswith("uns/") else (adata.uns if group == "uns" else _MISSING)
+    if isinstance(v, dict):
+        return sorted(str(k) for k in v)
+    return []
+
+
+def var_names(adata):
+    return [str(v) for v in adata.var_names]
+
+
+def gene_columns(adata, slot, cols):
+    """Columns ``cols`` of ``X`` or ``layers/<key>`` as a dense float64 cells × len(cols)
+    array (only those columns are densified)."""
+    m = adata.X if slot == "X" else _lookup(adata, slot)
+    if m is _MISSING or m is None:
+        raise KeyError(slot)
+    cols = np.asarray(cols, dtype=np.int64)
+    sub = m[:, cols]
+    if sp.issparse(sub):
+        sub = sub.toarray()
+    return np.ascontiguousarray(np.asarray(sub, dtype=np.float64))
+
+
+def two_columns(adata, slot):
+    """The first two columns of an ``obsm`` embedding as float64, or ``None``."""
+    v = _lookup(adata, slot)
+    if v is _MISSING:
+        raise KeyError(slot)
+    if isinstance(v, pd.DataFrame):
+        v = v.to_numpy()
+    if sp.issparse(v):
+        v = v[:, :2].toarray()
+    a = np.asarray(v)
+    if a.ndim != 2 or a.shape[1] < 2 or a.dtype.kind not in "fiu":
+        return None
+    return np.ascontiguousarray(a[:, :2], dtype=np.float64)

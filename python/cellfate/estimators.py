@@ -239,6 +239,35 @@ class _Estimator:
         first = next((c for c in df.columns if c.endswith("_corr")), None)
         return df.sort_values(first, ascending=False) if first else df
 
+    # -- figures (the library's, drawn from what this estimator wrote into ``adata``) ---------
+    def _plot(self, func, kind, kwargs, **options):
+        from . import pl
+
+        if self.backward:
+            raise NotImplementedError(f"{func}: the figures show the forward process; this estimator is backward")
+        pl._ignored(func, kwargs)
+        return pl.figures(self.adata, kind, **options)
+
+    def plot_fate_probabilities(self, basis: str | None = None, *, save=None, **kwargs):
+        """One map per lineage of the fate probabilities on the embedding (CellRank's
+        ``plot_fate_probabilities`` with ``same_plot=False``); cells drawn from low to high."""
+        return self._plot("plot_fate_probabilities", "fates", kwargs, basis=basis, save=save)
+
+    def plot_lineage_drivers(self, lineage: str | None = None, n_genes: int = 8, *, save=None, **kwargs):
+        """The top ``n_genes`` driver genes of each lineage as bars of their correlation with
+        the fate probability (cellfate's figure; CellRank's draws their expression on the
+        embedding, which :func:`cellfate.pl.figures` with ``kind="phase_portraits"`` or
+        ``"gene_trends"`` and ``genes=`` shows)."""
+        return self._plot("plot_lineage_drivers", "drivers", kwargs, n_drivers=n_genes, save=save)
+
+    def plot_absorption_times(self, basis: str | None = None, *, save=None, **kwargs):
+        """The mean absorption time into each lineage on the embedding."""
+        return self._plot("plot_absorption_times", "absorption_times", kwargs, basis=basis, save=save)
+
+    def plot_lineage_priming(self, basis: str | None = None, *, save=None, **kwargs):
+        """The lineage priming degree on the embedding."""
+        return self._plot("plot_lineage_priming", "priming", kwargs, basis=basis, save=save)
+
     def to_adata(self, keep=None, *, copy: bool = True):
         """The AnnData with every result under CellRank's keys (a copy unless ``copy=False``)."""
         return self.adata.copy() if copy else self.adata
@@ -386,6 +415,27 @@ class GPCCA(_Estimator):
     def coarse_stationary_distribution(self):
         c = self._get("uns/coarse_{d}")
         return None if c is None or "coarse_stat_dist" not in c.obs else c.obs["coarse_stat_dist"]
+
+    # -- GPCCA's figures -------------------------------------------------------------------------
+    def plot_macrostates(self, which: str = "all", basis: str | None = None, *, save=None, **kwargs):
+        """Macrostates (``which="all"``) or terminal states (``"terminal"``) on the
+        embedding."""
+        kinds = {"all": "macrostates", "terminal": "terminal_states"}
+        if which not in kinds:
+            raise ValueError(f"plot_macrostates: which={which!r}: expected one of {', '.join(kinds)} (initial states are listed in the report, not drawn)")
+        return self._plot("plot_macrostates", kinds[which], kwargs, basis=basis, save=save)
+
+    def plot_spectrum(self, *, save=None, **kwargs):
+        """The real Schur spectrum with the eigengap and the number of macrostates marked."""
+        return self._plot("plot_spectrum", "spectrum", kwargs, save=save)
+
+    def plot_coarse_T(self, *, save=None, **kwargs):
+        """The coarse-grained transition matrix between macrostates."""
+        return self._plot("plot_coarse_T", "coarse_T", kwargs, save=save)
+
+    def plot_macrostate_composition(self, key: str, *, save=None, **kwargs):
+        """Each macrostate's cells by the categories of ``obs[key]``."""
+        return self._plot("plot_macrostate_composition", "macrostate_composition", kwargs, cluster_key=key, save=save)
 
 
 class CFLARE(_Estimator):

@@ -88,6 +88,27 @@ class KernelExpression:
         _elements.write(adata, _elements.convert(self._computed().elements(key)))
         return adata if copy else None
 
+    # -- figures ---------------------------------------------------------------------------------
+    def plot_random_walks(self, n_sims: int = 100, max_iter=None, seed: int | None = None, *, basis: str | None = None, save=None, **kwargs):
+        """``n_sims`` random walks on this kernel's transition matrix from the initial states
+        (else random cells), coloured by progress, on the embedding; ``adata`` is not
+        modified. (``max_iter`` is the library's: ``n_obs / 4`` clamped to 10–1,000.)"""
+        from . import pl
+
+        if max_iter is not None:
+            kwargs["max_iter"] = max_iter
+        pl._ignored("plot_random_walks", kwargs)
+        return pl.figures(pl._on_kernel(self), "random_walks", n_walks=n_sims, seed=seed, basis=basis, save=save)
+
+    def plot_projection(self, basis: str = "umap", stream: bool = True, *, color=None, save=None, **kwargs):
+        """This kernel's transition matrix projected on the embedding: streamlines
+        (``stream=True``) or grid arrows; ``adata`` is not modified."""
+        from . import pl
+
+        pl._ignored("plot_projection", kwargs)
+        kind = "velocity_stream" if stream else "velocity_grid"
+        return pl.figures(pl._on_kernel(self), kind, basis=basis, cluster_key=color, save=save)
+
     def _computed(self):
         if self._result is None:
             self._result = self._combine()

@@ -9,6 +9,7 @@
 mod convert;
 mod errors;
 mod estimator;
+mod figures;
 mod kernel;
 mod perturb;
 mod run;
@@ -48,5 +49,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(vectorfield::ddhodge_transitions, m)?)?;
     m.add_function(wrap_pyfunction!(vectorfield::fate, m)?)?;
     m.add_function(wrap_pyfunction!(perturb::perturb, m)?)?;
+    m.add_function(wrap_pyfunction!(figures::figures, m)?)?;
+    m.add_function(wrap_pyfunction!(figures::html_report, m)?)?;
+    m.add_function(wrap_pyfunction!(figures::write_file, m)?)?;
     Ok(())
 }

@@ -47,7 +47,7 @@ fn dense(a: AnyArray<'_>) -> Element {
 }
 
 /// A tagged tuple from `cellfate._slots` as an [`Element`].
-fn element(t: &Bound<'_, PyAny>) -> PyResult<Element> {
+pub(crate) fn element(t: &Bound<'_, PyAny>) -> PyResult<Element> {
     let tag: String = t.get_item(0)?.extract()?;
     Ok(match tag.as_str() {
         "dense" => dense(t.get_item(1)?.extract()?),
@@ -120,8 +120,8 @@ impl From<SlotsError> for PyErr {
 
 /// An AnnData held by Python, read slot by slot (with the GIL held: `from_adata` is quick).
 pub(crate) struct AdataSlots<'py> {
-    adata: Bound<'py, PyAny>,
-    helpers: Bound<'py, PyModule>,
+    pub(crate) adata: Bound<'py, PyAny>,
+    pub(crate) helpers: Bound<'py, PyModule>,
 }
 
 impl<'py> AdataSlots<'py> {

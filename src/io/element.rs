@@ -351,6 +351,30 @@ impl Categorical {
         usize::try_from(c).ok().and_then(|c| labels.get(c).cloned())
     }
 
+    /// The values of a categorical whose categories are all numbers (numeric categories, or
+    /// strings such as time points `'2'`, `'4'`, `'6'`), missing as NaN; `None` when a
+    /// category is not a finite number.
+    pub fn numeric_values(&self) -> Option<Vec<f64>> {
+        let values: Vec<f64> = match &self.categories {
+            Categories::Num(v) => (0..v.len()).map(|i| v.get_f64(i)).collect(),
+            Categories::Str(v) => v
+                .iter()
+                .map(|s| s.trim().parse::<f64>().ok().filter(|x| x.is_finite()))
+                .collect::<Option<_>>()?,
+        };
+        Some(
+            self.codes
+                .iter()
+                .map(|&k| {
+                    usize::try_from(k)
+                        .ok()
+                        .and_then(|k| values.get(k).copied())
+                        .unwrap_or(f64::NAN)
+                })
+                .collect(),
+        )
+    }
+
     /// All labels (`None` for missing).
     pub fn to_labels(&self) -> Vec<Option<String>> {
         let labels = self.categories.labels();

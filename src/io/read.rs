@@ -860,7 +860,7 @@ impl H5adReader {
         let slot = format!("obs/{name}");
         let col = self.column("obs", name)?;
         if let Element::Categorical(c) = &col {
-            return categorical_f64(c).ok_or_else(|| {
+            return c.numeric_values().ok_or_else(|| {
                 self.invalid(
                     &slot,
                     "a numeric column",
@@ -1608,30 +1608,6 @@ impl H5adReader {
         };
         Ok(el)
     }
-}
-
-/// The numbers a categorical column stands for: its numeric categories, or its string
-/// categories when every one parses as a finite number; missing codes are NaN. `None` when a
-/// category is not a number.
-fn categorical_f64(c: &Categorical) -> Option<Vec<f64>> {
-    let values: Vec<f64> = match &c.categories {
-        Categories::Num(v) => (0..v.len()).map(|i| v.get_f64(i)).collect(),
-        Categories::Str(v) => v
-            .iter()
-            .map(|s| s.trim().parse::<f64>().ok().filter(|x| x.is_finite()))
-            .collect::<Option<_>>()?,
-    };
-    Some(
-        c.codes
-            .iter()
-            .map(|&k| {
-                usize::try_from(k)
-                    .ok()
-                    .and_then(|k| values.get(k).copied())
-                    .unwrap_or(f64::NAN)
-            })
-            .collect(),
-    )
 }
 
 fn describe(e: &Element) -> String {

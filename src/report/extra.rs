@@ -14,8 +14,8 @@ use cellfate_estimators::trends::{fit_trends, Trend, TrendOptions};
 use cellfate_kernels::Direction;
 
 use super::plots::{ScatterPanel, TrendSeries};
+use super::FigureSource;
 use super::{hex_or_palette, keys, labels, strings, Figure, Labels, Overlay, Plot, ReportError};
-use crate::io::H5adReader;
 
 /// A figure set, or why it cannot be drawn.
 pub(crate) type Built = Result<Vec<Figure>, String>;
@@ -44,7 +44,11 @@ pub(crate) struct Fates {
 }
 
 /// The fate probabilities of direction `d` (`None`: not computed or not one row per cell).
-pub(crate) fn fates(r: &H5adReader, d: Direction, n: usize) -> Result<Option<Fates>, ReportError> {
+pub(crate) fn fates(
+    r: &dyn FigureSource,
+    d: Direction,
+    n: usize,
+) -> Result<Option<Fates>, ReportError> {
     let lin = keys::lineages(d);
     if !r.exists(&keys::obsm(&lin)) {
         return Ok(None);
@@ -70,7 +74,7 @@ pub(crate) fn fates(r: &H5adReader, d: Direction, n: usize) -> Result<Option<Fat
 /// reversed (when absorption times were computed), else the diffusion pseudotime computed
 /// here from the connectivities, rooted at the initial state's most likely cell.
 pub(crate) fn trend_time(
-    r: &H5adReader,
+    r: &dyn FigureSource,
     time_key: Option<&str>,
     d: Direction,
 ) -> Result<Result<(Vec<f64>, String), String>, ReportError> {
@@ -158,7 +162,7 @@ pub(crate) fn trend_time(
 /// times T_j of `obsm["absorption_times_fwd"]`, the law of total expectation), reversed and
 /// scaled to 0–1: 0 where absorption is farthest, 1 in the terminal states. `None` without
 /// fate probabilities or a `<lineage>_mean` column per lineage.
-fn absorption_clock(r: &H5adReader, d: Direction) -> Result<Option<Vec<f64>>, ReportError> {
+fn absorption_clock(r: &dyn FigureSource, d: Direction) -> Result<Option<Vec<f64>>, ReportError> {
     let n = r.n_obs()?;
     let Some(f) = fates(r, d, n)? else {
         return Ok(None);
@@ -211,7 +215,7 @@ fn absorption_clock(r: &H5adReader, d: Direction) -> Result<Option<Vec<f64>>, Re
 /// The expression data for trends: `data_key` (`X` or a layer), default `Ms` when present
 /// (scVelo's smoothed spliced counts, what CellRank's tutorials plot), else `X`.
 pub(crate) fn data_slot(
-    r: &H5adReader,
+    r: &dyn FigureSource,
     data_key: Option<&str>,
 ) -> Result<(String, String), ReportError> {
     let key = match data_key {
@@ -241,18 +245,15 @@ pub(crate) fn data_slot(
 }
 
 /// Columns `cols` of the cells × genes matrix at `slot`, row-major cells × |cols|.
-fn expression(r: &H5adReader, slot: &str, cols: &[usize]) -> Result<Vec<f64>, ReportError> {
-    let info = r.info(slot)?;
-    if info.encoding.contains("csr") || info.encoding.contains("csc") {
-        let m = r.csr(slot)?;
-        Ok(m.select_columns(cols).to_dense())
-    } else {
-        Ok(r.dense_select(slot, cols)?.2)
-    }
+fn expression(r: &dyn FigureSource, slot: &str, cols: &[usize]) -> Result<Vec<f64>, ReportError> {
+    r.gene_columns(slot, cols)
 }
 
 /// Gene names → columns; an unknown gene is an error naming it (and a close name).
-pub(crate) fn gene_columns(r: &H5adReader, genes: &[String]) -> Result<Vec<usize>, ReportError> {
+pub(crate) fn gene_columns(
+    r: &dyn FigureSource,
+    genes: &[String],
+) -> Result<Vec<usize>, ReportError> {
     let var = r.var_names()?;
     genes
         .iter()
@@ -322,7 +323,7 @@ fn lineage_trends(
 /// lineage heatmaps (`heatmap_<lineage>`) of the top drivers ordered by peak time.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gene_trend_figures(
-    r: &H5adReader,
+    r: &dyn FigureSource,
     d: Direction,
     n: usize,
     genes: &[String],
@@ -608,7 +609,7 @@ pub(crate) fn macrostate_composition(
 /// cluster, with the fit: the dynamical model's trajectory when `var` holds `fit_alpha`…,
 /// else the steady-state line u = γ·s (+ offset) of `velocity_gamma`.
 pub(crate) fn phase_portraits(
-    r: &H5adReader,
+    r: &dyn FigureSource,
     genes: &[String],
     keep: &[usize],
     clusters: Option<&Labels>,
@@ -754,7 +755,7 @@ pub(crate) fn value_map(
 
 /// The priming degree (`obs["priming_degree_fwd"]`) on the embedding.
 pub(crate) fn priming(
-    r: &H5adReader,
+    r: &dyn FigureSource,
     d: Direction,
     xy: &[[f64; 2]],
     keep: &[usize],
@@ -780,7 +781,7 @@ pub(crate) fn priming(
 /// The mean absorption time into each lineage (`obsm["absorption_times_fwd"]`, columns
 /// `<lineage>_mean`) on the embedding, one figure per lineage.
 pub(crate) fn absorption_times(
-    r: &H5adReader,
+    r: &dyn FigureSource,
     d: Direction,
     xy: &[[f64; 2]],
     keep: &[usize],

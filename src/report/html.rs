@@ -2,13 +2,17 @@
 //! thousands of points; no external resources), and an index page for batch runs.
 
 use std::fmt::Write as _;
+#[cfg(feature = "h5ad")]
 use std::path::Path;
 
 use cellfate_estimators::drivers::format_p_value;
 use cellfate_kernels::Direction;
 
+use super::FigureSource;
 use super::{driver_panels, figures, labels, PlotOptions, ReportError};
-use crate::io::{keys, Element, H5adReader};
+#[cfg(feature = "h5ad")]
+use crate::io::H5adReader;
+use crate::io::{keys, Element};
 
 /// Escapes text for HTML; control characters other than line breaks and tabs (which HTML
 /// forbids) are made visible as in [`crate::names::escape_for_terminal`].
@@ -46,11 +50,15 @@ figcaption{font-size:.85em;color:#555;margin-top:.3em}pre{background:#f7f7f7;pad
 
 /// Writes `contents` to `path` through an exclusive temporary file in the same directory
 /// (see [`crate::output`]).
+#[cfg(feature = "h5ad")]
 pub(crate) fn write_atomic(path: &Path, contents: &str) -> Result<(), ReportError> {
     Ok(crate::output::write_atomic(path, contents.as_bytes())?)
 }
 
-fn uns_str(r: &H5adReader, slot: &str) -> Option<String> {
+/// The stage timings' slot (`crate::pipeline::TIMINGS_SLOT`; the pipeline needs `h5ad`).
+const TIMINGS_SLOT: &str = "uns/cellfate_timings";
+
+fn uns_str(r: &dyn FigureSource, slot: &str) -> Option<String> {
     match r.read(slot).ok()? {
         Element::Str(s) => Some(s),
         _ => None,
@@ -58,7 +66,11 @@ fn uns_str(r: &H5adReader, slot: &str) -> Option<String> {
 }
 
 /// Builds the HTML report of an output file. `title` heads the page.
-pub fn report(r: &H5adReader, title: &str, opts: &PlotOptions) -> Result<String, ReportError> {
+pub fn report(
+    r: &dyn FigureSource,
+    title: &str,
+    opts: &PlotOptions,
+) -> Result<String, ReportError> {
     let d = Direction::Forward;
     let (figs, mut notes) = figures(r, opts)?;
     let summary: serde_json::Value = uns_str(r, "uns/cellfate/summary")
@@ -80,7 +92,7 @@ pub fn report(r: &H5adReader, title: &str, opts: &PlotOptions) -> Result<String,
         }
     }
     // Stage timings live in their own slot; older files kept them in `uns["cellfate"]["run"]`.
-    let timings: serde_json::Value = uns_str(r, crate::pipeline::TIMINGS_SLOT)
+    let timings: serde_json::Value = uns_str(r, TIMINGS_SLOT)
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or(run);
     let n = r.n_obs()?;
@@ -345,7 +357,7 @@ pub fn caption(name: &str) -> String {
 /// The mean fate probabilities per cluster (CellRank's `aggregate_fate_probabilities` as a
 /// table) with the cells per cluster.
 fn fate_table(
-    r: &H5adReader,
+    r: &dyn FigureSource,
     d: Direction,
     opts: &PlotOptions,
     h: &mut String,
@@ -417,7 +429,7 @@ fn scalar_text(e: &Element) -> Option<String> {
 /// The kernel's parameters as used (`uns["T_fwd_params"]["params"]`: per kernel of the
 /// expression its weight and parameters, among them the softmax scale the velocity kernel
 /// estimated), and the expression itself.
-fn kernel_section(r: &H5adReader, d: Direction, h: &mut String) {
+fn kernel_section(r: &dyn FigureSource, d: Direction, h: &mut String) {
     let slot = format!("uns/{}_params", keys::transition(d));
     let Ok(Element::Dict(top)) = r.read(&slot) else {
         return;
@@ -472,7 +484,7 @@ fn kernel_section(r: &H5adReader, d: Direction, h: &mut String) {
 /// The velocity's quality, when the file has it: scVelo's velocity confidence and length,
 /// RNAVelocity's coherence, latent time, and for the dynamical model the genes fitted and the
 /// best-fitted genes by likelihood (per-gene fit quality).
-fn velocity_section(r: &H5adReader, h: &mut String) {
+fn velocity_section(r: &dyn FigureSource, h: &mut String) {
     let quartiles = |key: &str| -> Option<[f64; 3]> {
         let mut v: Vec<f64> = r
             .obs_f64(key)
@@ -556,6 +568,7 @@ fn velocity_section(r: &H5adReader, h: &mut String) {
 }
 
 /// Writes the report of `input` to `path` (temporary file + rename).
+#[cfg(feature = "h5ad")]
 pub fn write_report(
     input: &Path,
     path: &Path,

@@ -2,13 +2,17 @@
 //! CellRank's keys): everything is read from the file, so `cellfate report` works on outputs
 //! of `cellfate run`, of the stage commands, and on CellRank's own files.
 
+#[cfg(feature = "h5ad")]
 mod anim;
 pub mod extra;
 pub mod html;
 pub mod plots;
 mod scaled;
+pub mod source;
 
+#[cfg(feature = "h5ad")]
 pub use anim::animate_fates;
+pub use source::{FigureSource, MemorySlots};
 
 use std::path::PathBuf;
 
@@ -16,9 +20,11 @@ use plotters::style::RGBColor;
 use thiserror::Error;
 
 use cellfate_estimators::states::PALETTE;
-use cellfate_kernels::{CellSource, CsrError, DenseMatrix, Direction};
+use cellfate_kernels::{CsrError, DenseMatrix, Direction};
 
-use crate::io::{keys, Element, H5adError, H5adReader, NumVec};
+use crate::io::{keys, Element, NumVec};
+#[cfg(feature = "h5ad")]
+use crate::io::{H5adError, H5adReader};
 pub use plots::{Figure, Format, FormatParseError, Overlay, Plot, Render};
 
 /// Errors of plotting and reporting.
@@ -26,8 +32,20 @@ pub use plots::{Figure, Format, FormatParseError, Overlay, Plot, Render};
 #[non_exhaustive]
 pub enum ReportError {
     /// Reading the input.
+    #[cfg(feature = "h5ad")]
     #[error(transparent)]
     H5ad(#[from] H5adError),
+    /// A slot of the data (an in-memory AnnData, or a file) is missing or not what a figure
+    /// needs.
+    #[error("{}: slot `{slot}`: {message}", path.display())]
+    Slot {
+        /// The file, or the name of the data in memory.
+        path: PathBuf,
+        /// The slot (`obsm/X_umap`).
+        slot: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The output cannot be written (special file, missing directory, ...).
     #[error(transparent)]
     Output(#[from] crate::output::OutputError),
@@ -175,6 +193,7 @@ impl Default for PlotOptions {
 impl PlotOptions {
     /// The options of a figure spec (TOML `[figures]` with the flags applied), checked: an
     /// unknown kind or an out-of-range size is an error naming the field.
+    #[cfg(feature = "h5ad")]
     pub fn from_spec(
         spec: &crate::pipeline::FigureSpec,
         cluster_key: Option<String>,
@@ -392,7 +411,7 @@ fn hex_or_palette(colors: Option<&Vec<String>>, k: usize) -> Vec<RGBColor> {
     }
 }
 
-fn strings(r: &H5adReader, slot: &str) -> Option<Vec<String>> {
+fn strings(r: &dyn FigureSource, slot: &str) -> Option<Vec<String>> {
     match r.read(slot).ok()? {
         Element::Strings { values, .. } => Some(values),
         _ => None,
@@ -425,7 +444,7 @@ impl Labels {
     }
 }
 
-pub(crate) fn labels(r: &H5adReader, key: &str) -> Option<Labels> {
+pub(crate) fn labels(r: &dyn FigureSource, key: &str) -> Option<Labels> {
     let (codes, categories) = match r.column("obs", key).ok()? {
         Element::Categorical(c) => {
             let cats = c.categories.labels();
@@ -462,7 +481,7 @@ pub(crate) fn labels(r: &H5adReader, key: &str) -> Option<Labels> {
 /// The 2-D embedding: coordinates and the basis name. Falls back to the first two principal
 /// components (`obsm["X_pca"]`, or a PCA of `X` computed here).
 pub fn embedding(
-    r: &H5adReader,
+    r: &dyn FigureSource,
     basis: Option<&str>,
 ) -> Result<(Vec<[f64; 2]>, String), ReportError> {
     let n = r.n_obs()?;
@@ -491,16 +510,9 @@ pub fn embedding(
         if !r.exists(&slot) {
             continue;
         }
-        // Only the two plotted columns are read (a hyperslab): an embedding that declares a
-        // huge shape costs two columns, not the whole matrix.
-        let (rows, cols, data) = match r.info(&slot).map(|i| i.shape) {
-            Ok(shape) if shape.len() == 2 && shape[1] >= 2 => {
-                match r.dense_columns(&slot, 0..2)? {
-                    Some((rows, data)) => (rows, 2, data),
-                    None => r.dense(&slot)?,
-                }
-            }
-            _ => r.dense(&slot)?,
+        let (rows, cols, data) = match r.two_columns(&slot)? {
+            Some((rows, data)) => (rows, 2, data),
+            None => continue,
         };
         if rows != n || cols < 2 {
             continue;
@@ -589,7 +601,12 @@ fn categorical_figure(
 /// Mean fate probability of each lineage in each cluster (CellRank's
 /// `aggregate_fate_probabilities`, mode `bar`): one panel per lineage in its colour, one bar
 /// per cluster, on a fixed 0–1 scale. `None` without fate probabilities or clusters.
-fn fate_bars(r: &H5adReader, d: Direction, cluster_key: Option<&str>, n: usize) -> Option<Figure> {
+fn fate_bars(
+    r: &dyn FigureSource,
+    d: Direction,
+    cluster_key: Option<&str>,
+    n: usize,
+) -> Option<Figure> {
     let cl = labels(r, cluster_key?)?;
     let lin = keys::lineages(d);
     let (rows, l, b) = r.dense(&keys::obsm(&lin)).ok()?;
@@ -629,7 +646,7 @@ fn fate_bars(r: &H5adReader, d: Direction, cluster_key: Option<&str>, n: usize) 
 }
 
 /// Real parts, imaginary parts and the eigengap stored in `uns["eigendecomposition_fwd"]`.
-pub fn spectrum(r: &H5adReader, d: Direction) -> Option<(Vec<f64>, Vec<f64>, Option<usize>)> {
+pub fn spectrum(r: &dyn FigureSource, d: Direction) -> Option<(Vec<f64>, Vec<f64>, Option<usize>)> {
     let key = keys::eigendecomposition(d);
     let (re, im) = match r.read(&format!("uns/{key}/D")).ok()? {
         Element::Dense(a) => match &a.data {
@@ -655,7 +672,7 @@ pub fn spectrum(r: &H5adReader, d: Direction) -> Option<(Vec<f64>, Vec<f64>, Opt
 /// Every figure the file supports, in report order, with notes on what was skipped; with
 /// [`PlotOptions::kinds`], only those kinds, and an error for a kind the file cannot give.
 pub fn figures(
-    r: &H5adReader,
+    r: &dyn FigureSource,
     opts: &PlotOptions,
 ) -> Result<(Vec<Figure>, Vec<String>), ReportError> {
     use FigureKind as K;
@@ -696,7 +713,7 @@ pub fn figures(
                 return Err(ReportError::ClusterKey {
                     path: r.path().to_path_buf(),
                     key: ck.clone(),
-                    available: crate::estimator_io::categorical_obs_columns(r),
+                    available: source::categorical_obs_columns(r),
                 })
             }
             None => None,
@@ -1175,7 +1192,7 @@ fn drawable_text(f: &mut Figure) {
 
 /// The top `k` driver genes per lineage from `varm["terminal_lineage_drivers"]`.
 pub(crate) fn driver_panels(
-    r: &H5adReader,
+    r: &dyn FigureSource,
     d: Direction,
     k: usize,
     term: Option<&Labels>,
@@ -1216,6 +1233,7 @@ pub(crate) fn driver_panels(
 /// (`obsm["velocity_<embedding>_<key>"]`) as streamlines ([`streamlines`]) on the same
 /// embedding. Written to
 /// `out` as PNG or SVG by its extension.
+#[cfg(feature = "h5ad")]
 pub fn plot_perturbation(
     h5ad: &std::path::Path,
     key: &str,

@@ -52,6 +52,7 @@ fn ensure_font() {
 }
 
 /// Registers the embedded font (for the other drawing modules of the report).
+#[cfg(feature = "h5ad")]
 pub(crate) fn ensure_font_public() {
     ensure_font();
 }
