@@ -12,7 +12,7 @@
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `h5ad` | yes | `.h5ad` reading and writing (the HDF5 system library, `libhdf5-dev`) and everything that works on files: `io`'s reader and writers, `pipeline`, `upstream`'s file steps, `kernel_io`, `inspect`, `sim::simulate_to_file` |
-//! | `plots` | yes | figures and the HTML report (`report`, with `plotters`); implies `h5ad` |
+//! | `plots` | yes | figures and the HTML report (`report`, with `plotters`): from `.h5ad` files with `h5ad`, from any `report::FigureSource` (data in memory) without it |
 //! | `cli` | yes | the `cellfate` command-line tool; implies `h5ad` and `plots` |
 //!
 //! With `default-features = false` the crate is the in-memory library: [`kernels`],

@@ -1,6 +1,8 @@
 //! Figures and a self-contained HTML report from a fate-mapping output (`.h5ad` with
 //! CellRank's keys): everything is read from the file, so `cellfate report` works on outputs
-//! of `cellfate run`, of the stage commands, and on CellRank's own files.
+//! of `cellfate run`, of the stage commands, and on CellRank's own files. The figures read
+//! through [`FigureSource`], so the same figures come from data held in memory
+//! ([`MemorySlots`], or the Python package's in-memory AnnData).
 
 #[cfg(feature = "h5ad")]
 mod anim;
