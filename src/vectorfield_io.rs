@@ -30,7 +30,7 @@
 
 use std::path::Path;
 
-use cellfate_kernels::{expr, projection, CellSource, DenseMatrix, Kernel};
+use cellfate_kernels::{expr, projection, CellSource, DenseMatrix, Kernel, TransitionMatrix};
 use cellfate_vectorfield::{
     cell_calculus, fixed_points, hodge_potential, sparse_vfc, PotentialOptions, SparseVfcOptions,
     TopographyOptions, VectorField,
@@ -144,6 +144,19 @@ pub(crate) fn basis_velocity(
     n: usize,
     d: usize,
 ) -> Result<BasisVelocity, PipelineError> {
+    basis_velocity_with(r, input, basis, n, d, None)
+}
+
+/// [`basis_velocity`], projecting `t` (a run's transition matrix, not yet in the file) when the
+/// input has no `obsm["velocity_<basis>"]`.
+pub(crate) fn basis_velocity_with(
+    r: &H5adReader,
+    input: &Path,
+    basis: &str,
+    n: usize,
+    d: usize,
+    t: Option<&TransitionMatrix>,
+) -> Result<BasisVelocity, PipelineError> {
     let key = format!("obsm/velocity_{basis}");
     if r.exists(&key) {
         let (m, w, v) = r.dense(&key)?;
@@ -159,7 +172,9 @@ pub(crate) fn basis_velocity(
             format!("obsm[\"velocity_{basis}\"]"),
         ));
     }
-    let (t, from) = if r.exists("obsp/T_fwd") {
+    let (t, from) = if let Some(t) = t {
+        (t.clone(), "the run's transition matrix".to_string())
+    } else if r.exists("obsp/T_fwd") {
         (r.transition_matrix("T_fwd")?, "obsp[\"T_fwd\"]".to_string())
     } else {
         let spec = expr::parse("velocity").map_err(|e| err(e.to_string()))?;
@@ -618,4 +633,188 @@ pub fn predict_fate_in_file(
         end_cells: paths.iter().map(|p| p.end_cell).collect(),
         start_cells: starts,
     })
+}
+
+/// The vector-field steps of a run (`run` and `batch`; TOML `[vectorfield]`, flag
+/// `--vectorfield [BASIS]`): SparseVFC in `basis` on the velocities projected from the run's
+/// transition matrix (or `obsm["velocity_<basis>"]` when the input has it), then the fixed
+/// points and the Hodge potential with the developmental entropy of the run's fate
+/// probabilities: the slots of `cellfate vectorfield`, `topography` and `potential`, written
+/// with the run's output in one pass.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VectorFieldRunSpec {
+    /// The embedding (`obsm["X_<basis>"]`); `None`: no vector-field steps.
+    pub basis: Option<String>,
+    /// Use its first `dims` columns (all when `None`).
+    pub dims: Option<usize>,
+    /// Find the fixed points (default `true`).
+    pub topography: bool,
+    /// Compute the Hodge potential and the entropy (default `true`).
+    pub potential: bool,
+    /// Neighbours of the potential's kNN graph in the basis (dynamo: 30).
+    pub n_neighbors: usize,
+    /// SparseVFC's options (dynamo's names).
+    pub svc: SparseVfcOptions,
+    /// The fixed-point search.
+    pub fixed_points: TopographyOptions,
+    /// The Hodge decomposition.
+    pub hodge: PotentialOptions,
+}
+
+impl Default for VectorFieldRunSpec {
+    fn default() -> Self {
+        Self {
+            basis: None,
+            dims: None,
+            topography: true,
+            potential: true,
+            n_neighbors: 30,
+            svc: SparseVfcOptions::default(),
+            fixed_points: TopographyOptions::default(),
+            hodge: PotentialOptions::default(),
+        }
+    }
+}
+
+impl VectorFieldRunSpec {
+    /// Settings that cannot work, caught before a run starts.
+    pub fn validate(&self) -> Result<(), PipelineError> {
+        if let Some(b) = &self.basis {
+            if b.trim().is_empty() {
+                return Err(err("[vectorfield] basis: expected an obsm embedding name (pca, umap, ...), found an empty string"));
+            }
+        }
+        if self.dims == Some(0) {
+            return Err(err("[vectorfield] dims: expected at least 1"));
+        }
+        if self.n_neighbors == 0 {
+            return Err(err("[vectorfield] n_neighbors: expected at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// What the vector-field steps of a run computed.
+#[derive(Clone, Debug, Serialize)]
+pub struct VectorFieldRunSummary {
+    /// The basis.
+    pub basis: String,
+    /// The fit.
+    pub field: VectorFieldReport,
+    /// Fixed points (when asked for).
+    pub fixed_points: Option<Vec<cellfate_vectorfield::FixedPoint>>,
+    /// The potential (when asked for).
+    pub potential: Option<PotentialReport>,
+}
+
+/// Runs the steps of `spec` on the run's input `r` and transition matrix `t`, with the run's
+/// fate probabilities (row-major n × k) for the entropy; the slots go into `edit`. `stage`
+/// names each step as it starts.
+pub(crate) fn run_steps(
+    r: &H5adReader,
+    input: &Path,
+    t: &TransitionMatrix,
+    spec: &VectorFieldRunSpec,
+    fates: Option<(usize, Vec<f64>)>,
+    edit: &mut H5adEdit,
+    stage: &mut dyn FnMut(&str),
+) -> Result<Option<VectorFieldRunSummary>, PipelineError> {
+    let Some(basis) = spec.basis.as_deref() else {
+        return Ok(None);
+    };
+    stage("vector field");
+    let (n, d, x, _) = embedding(r, input, basis, spec.dims)?;
+    let (y, computed, source) = basis_velocity_with(r, input, basis, n, d, Some(t))?;
+    let fit = sparse_vfc(&x, &y, d, &spec.svc).map_err(|e| vf_err(input, e))?;
+    let calc = cell_calculus(&fit.field, &x);
+    if let Some((w, p)) = computed {
+        edit.set(&format!("obsm/velocity_{basis}"), f64_matrix(n, w, p));
+    }
+    let field_report = VectorFieldReport {
+        n_cells: n,
+        dims: d,
+        n_ctrl: fit.field.n_ctrl(),
+        beta: fit.field.beta(),
+        iterations: fit.iterations,
+        inliers: fit.p.iter().filter(|&&q| q > spec.svc.theta).count(),
+        mean_cosine: cellfate_vectorfield::svc::mean_cosine(&y, &fit.v, d),
+        velocity_source: source.clone(),
+    };
+    let mut slots = crate::vectorfield_slots::field_slots(basis, &x, &y, &fit, calc, &spec.svc);
+    let fixed = if spec.topography {
+        stage("topography");
+        let fps = fixed_points(&fit.field, &x, &spec.fixed_points).map_err(|e| vf_err(input, e))?;
+        // The fixed points are members of `uns["VecFld_<basis>"]`, which this edit sets as a
+        // whole: put them into that dictionary.
+        let group = format!("uns/VecFld_{basis}");
+        let members = crate::vectorfield_slots::topography_slots(
+            basis,
+            &fit.field,
+            &fps,
+            &x,
+            d,
+            spec.fixed_points.pad,
+        );
+        if let Some((_, Element::Dict(dict))) = slots.iter_mut().find(|(s, _)| *s == group) {
+            for (slot, e) in members {
+                if let Some(name) = slot.strip_prefix(&format!("{group}/")) {
+                    dict.retain(|(k, _)| k != name);
+                    dict.push((name.to_string(), e));
+                }
+            }
+        }
+        Some(fps)
+    } else {
+        None
+    };
+    for (slot, e) in slots {
+        edit.set(&slot, e);
+    }
+    let potential = if spec.potential {
+        stage("potential");
+        if n <= spec.n_neighbors {
+            return Err(err(format!(
+                "{}: {n} cells are too few for [vectorfield] n_neighbors = {}",
+                input.display(),
+                spec.n_neighbors
+            )));
+        }
+        let v = fit.field.eval_rows(&x);
+        let xm = nalgebra::DMatrix::from_row_slice(n, d, &x);
+        let nn = if n <= crate::upstream::KNN_EXACT_MAX_CELLS {
+            crate::upstream::knn_exact(&xm, spec.n_neighbors)
+        } else {
+            crate::upstream::ann::knn_descent(&xm, spec.n_neighbors, 0, 30)
+        };
+        let graph: Vec<Vec<usize>> = nn
+            .into_iter()
+            .map(|row| row.into_iter().map(|(j, _)| j).collect())
+            .collect();
+        let p = hodge_potential(&x, &v, d, &graph, &spec.hodge).map_err(|e| vf_err(input, e))?;
+        let components = p.component.iter().max().map_or(0, |m| m + 1);
+        let iterations = p.iterations;
+        let entropy_of = fates
+            .filter(|(k, fp)| *k >= 2 && fp.len() == n * k)
+            .map(|(k, fp)| crate::vectorfield_slots::fate_entropy(&fp, k));
+        let entropy = entropy_of.is_some();
+        for (slot, e) in crate::vectorfield_slots::potential_slots(basis, p, entropy_of) {
+            edit.set(&slot, e);
+        }
+        Some(PotentialReport {
+            n_cells: n,
+            flow_source: format!("the vector field uns[\"VecFld_{basis}\"]"),
+            iterations,
+            components,
+            entropy,
+        })
+    } else {
+        None
+    };
+    Ok(Some(VectorFieldRunSummary {
+        basis: basis.to_string(),
+        field: field_report,
+        fixed_points: fixed,
+        potential,
+    }))
 }

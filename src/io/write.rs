@@ -64,6 +64,19 @@ impl H5adEdit {
         self
     }
 
+    /// The element this edit sets at `slot` (`None` when it sets nothing there, or removes it).
+    pub fn get(&self, slot: &str) -> Option<&Element> {
+        let slot = slot.trim_matches('/');
+        self.changes
+            .iter()
+            .rev()
+            .find(|(s, _)| s == slot)
+            .and_then(|(_, c)| match c {
+                Change::Set(e) => Some(e),
+                Change::Remove => None,
+            })
+    }
+
     /// Removes a slot (or a dataframe column) if present.
     pub fn remove(&mut self, slot: &str) -> &mut Self {
         let slot = slot.trim_matches('/').to_string();

@@ -148,6 +148,9 @@ pub struct FateMapSpec {
     pub upstream: UpstreamSettings,
     /// The figures of `run --plots` / `--report` (TOML `[figures]`; flags override).
     pub figures: FigureSpec,
+    /// Vector field, fixed points and potential after the estimators (TOML `[vectorfield]`,
+    /// flag `--vectorfield [BASIS]`; off unless a basis is set).
+    pub vectorfield: crate::vectorfield_io::VectorFieldRunSpec,
 }
 
 impl Default for FateMapSpec {
@@ -159,6 +162,7 @@ impl Default for FateMapSpec {
             estimators: EstimatorSpec::default(),
             upstream: UpstreamSettings::default(),
             figures: FigureSpec::default(),
+            vectorfield: Default::default(),
         }
     }
 }
@@ -258,6 +262,9 @@ pub struct RunSummary {
     pub warnings: Vec<String>,
     /// Estimator results.
     pub estimators: EstimatorSummary,
+    /// The vector-field steps' results (when `[vectorfield]` asked for them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vectorfield: Option<crate::vectorfield_io::VectorFieldRunSummary>,
     /// Peak resident memory of the process so far (MB; Linux `VmHWM`), when known.
     pub peak_rss_mb: Option<f64>,
 }
@@ -289,6 +296,7 @@ pub fn run(
     // Settings that cannot work: fail before any step runs (the number of cells is checked
     // against the Schur vectors and macrostates asked for; a .loom input after conversion).
     spec.estimators.validate()?;
+    spec.vectorfield.validate()?;
     if !crate::io::loom::is_loom(input) {
         if let Ok(n) = H5adReader::open(input).and_then(|r| r.n_obs()) {
             spec.estimators.validate_for_cells(n)?;
@@ -336,6 +344,34 @@ pub fn run(
     let end = Instant::now();
     for (k, (name, at)) in marks.iter().enumerate() {
         let next = marks.get(k + 1).map_or(end, |m| m.1);
+        stages.push(StageTime {
+            stage: name.clone(),
+            seconds: next.duration_since(*at).as_secs_f64(),
+        });
+    }
+    // The vector-field steps, on the run's transition matrix and fate probabilities.
+    let fates = match edit.get(&crate::io::keys::obsm(&crate::io::keys::lineages(
+        cellfate_kernels::Direction::Forward,
+    ))) {
+        Some(Element::Dense(a)) if a.shape.len() == 2 => Some((a.shape[1], a.data.to_f64())),
+        _ => None,
+    };
+    let mut vf_marks: Vec<(String, Instant)> = Vec::new();
+    let vectorfield = crate::vectorfield_io::run_steps(
+        &r,
+        source,
+        &t,
+        &spec.vectorfield,
+        fates,
+        &mut edit,
+        &mut |s: &str| {
+            vf_marks.push((s.to_string(), Instant::now()));
+            progress(s);
+        },
+    )?;
+    let vf_end = Instant::now();
+    for (k, (name, at)) in vf_marks.iter().enumerate() {
+        let next = vf_marks.get(k + 1).map_or(vf_end, |m| m.1);
         stages.push(StageTime {
             stage: name.clone(),
             seconds: next.duration_since(*at).as_secs_f64(),
@@ -393,6 +429,7 @@ pub fn run(
         upstream_notes: prepared.notes.clone(),
         warnings,
         estimators: summary,
+        vectorfield,
         peak_rss_mb: peak_rss_mb(),
     })
 }

@@ -547,6 +547,8 @@ const NUMERIC: &[(&str, &str, &[&str])] = &[
     ("batch", "--max-iter", &["0", "-1", "NaN"]),
     ("run", "--n-walks", &["-1", "NaN"]),
     ("run", "--walk-seed", &["-1", "NaN"]),
+    ("run", "--vf-dims", &["0", "-1", "NaN"]),
+    ("batch", "--vf-dims", &["0"]),
     ("batch", "--n-states", &["0", "1", "NaN"]),
     ("batch", "--n-components", &["0", "1"]),
     ("batch", "--n-terminal", &["0"]),

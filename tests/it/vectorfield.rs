@@ -205,3 +205,123 @@ fn vector_field_commands_name_bad_input() {
     );
     assert!(!p("x.h5ad").exists(), "nothing written on failure");
 }
+
+/// `run --vectorfield` (and TOML `[vectorfield]`) computes, in the same pass as the fate
+/// mapping, exactly what `vectorfield` → `topography` → `potential` write when run one after
+/// the other on the run's output: the same slots, bit for bit, and the summary says so.
+#[test]
+fn run_with_a_vector_field_equals_the_three_commands() {
+    let d = tempdir();
+    let p = |s: &str| d.path().join(s);
+    let out = succeed(
+        cellfate()
+            .args(["run", "--demo", "--vectorfield", "-o"])
+            .arg(p("all.h5ad")),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("vector field (pca, 30 dimensions)") && text.contains("fixed points:"),
+        "{text}"
+    );
+    for stage in ["vector field", "topography", "potential"] {
+        assert!(
+            text.contains(&format!("  {stage} ")),
+            "stage {stage}: {text}"
+        );
+    }
+    // The same run without the vector field, then the three commands.
+    let sim = p("all.simulation.h5ad");
+    succeed(
+        cellfate()
+            .args(["-q", "run"])
+            .arg(&sim)
+            .arg("-o")
+            .arg(p("plain.h5ad")),
+    );
+    for (cmd, from, to) in [
+        ("vectorfield", "plain.h5ad", "vf.h5ad"),
+        ("topography", "vf.h5ad", "topo.h5ad"),
+        ("potential", "topo.h5ad", "pot.h5ad"),
+    ] {
+        succeed(
+            cellfate()
+                .args(["-q", cmd])
+                .arg(p(from))
+                .arg("-o")
+                .arg(p(to)),
+        );
+    }
+    let a = H5adReader::open(p("all.h5ad")).expect("run output");
+    let b = H5adReader::open(p("pot.h5ad")).expect("commands' output");
+    for slot in [
+        "obsm/velocity_pca",
+        "uns/VecFld_pca/X_ctrl",
+        "uns/VecFld_pca/C",
+        "uns/VecFld_pca/V",
+        "uns/VecFld_pca/Xss",
+        "uns/VecFld_pca/ftype",
+        "uns/VecFld_pca/Xss_eigenvalues",
+        "obs/speed_pca",
+        "obs/divergence_pca",
+        "obs/curl_pca",
+        "obs/pca_ddhodge_potential",
+        "obs/potential",
+        "obs/potential_pseudotime",
+        "obs/entropy",
+    ] {
+        let (x, y) = (a.read(slot), b.read(slot));
+        assert!(x.is_ok(), "{slot} missing from the run's output");
+        assert_eq!(
+            format!("{x:?}"),
+            format!("{y:?}"),
+            "{slot}: the run differs from the commands"
+        );
+    }
+    // TOML: the table, printed by --dry-run, and its switches honoured.
+    std::fs::write(
+        p("vf.toml"),
+        "[vectorfield]\nbasis = \"pca\"\ndims = 2\ntopography = false\n",
+    )
+    .expect("config");
+    let dry = succeed(
+        cellfate()
+            .args(["run"])
+            .arg(&sim)
+            .arg("-o")
+            .arg(p("toml.h5ad"))
+            .arg("--config")
+            .arg(p("vf.toml"))
+            .arg("--dry-run"),
+    );
+    let printed = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        printed.contains("[vectorfield]") && printed.contains("topography = false"),
+        "{printed}"
+    );
+    succeed(
+        cellfate()
+            .args(["-q", "run"])
+            .arg(&sim)
+            .arg("-o")
+            .arg(p("toml.h5ad"))
+            .arg("--config")
+            .arg(p("vf.toml")),
+    );
+    let t = H5adReader::open(p("toml.h5ad")).expect("toml output");
+    assert!(t.exists("uns/VecFld_pca/C") && t.exists("obs/potential"));
+    assert!(!t.exists("uns/VecFld_pca/Xss"), "topography = false");
+    let (_, dims, _) = t.dense("uns/VecFld_pca/X_ctrl").expect("X_ctrl");
+    assert_eq!(dims, 2, "dims = 2");
+    // A basis the input lacks: an error naming it, before anything is written.
+    let bad = cellfate()
+        .args(["run"])
+        .arg(&sim)
+        .arg("-o")
+        .arg(p("bad.h5ad"))
+        .args(["--vectorfield", "umap"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("X_umap"), "{err}");
+    assert!(!p("bad.h5ad").exists());
+}

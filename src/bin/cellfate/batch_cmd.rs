@@ -48,6 +48,8 @@ pub(crate) struct BatchArgs {
     estimators: EstimatorFlags,
     #[command(flatten)]
     upstream: UpstreamFlags,
+    #[command(flatten)]
+    vectorfield: crate::run_cmd::VectorFieldFlags,
     /// Samples processed at once (at least 1; at most 4 x the cores, more is capped with a
     /// warning).
     #[arg(long, default_value_t = 1, value_parser = crate::values::positive)]
@@ -529,6 +531,7 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<BatchOutcome> {
         &a.estimators,
     )?;
     a.upstream.apply(&mut spec)?;
+    a.vectorfield.apply(&mut spec)?;
     a.figures.apply(&mut spec.figures);
     // Checked before any sample runs.
     cellfate::report::PlotOptions::from_spec(&spec.figures, spec.estimators.cluster_key.clone())

@@ -196,6 +196,33 @@ impl UpstreamFlags {
     }
 }
 
+/// The vector-field steps as flags (`run` and `batch`; each overrides the config file's
+/// `[vectorfield]`).
+#[derive(Debug, clap::Args)]
+pub(crate) struct VectorFieldFlags {
+    /// After the estimators, reconstruct the vector field in this basis (an obsm embedding;
+    /// `--vectorfield` alone: pca) and find its fixed points and potential, as the
+    /// vectorfield, topography and potential commands do (TOML [vectorfield]).
+    #[arg(long, num_args = 0..=1, default_missing_value = "pca", value_name = "BASIS")]
+    vectorfield: Option<String>,
+    /// Use the first N columns of the vector field's basis (default: all).
+    #[arg(long, requires = "vectorfield", value_parser = crate::values::positive)]
+    vf_dims: Option<usize>,
+}
+
+impl VectorFieldFlags {
+    pub(crate) fn apply(&self, spec: &mut FateMapSpec) -> anyhow::Result<()> {
+        if let Some(b) = &self.vectorfield {
+            spec.vectorfield.basis = Some(b.clone());
+        }
+        if let Some(d) = self.vf_dims {
+            spec.vectorfield.dims = Some(d);
+        }
+        spec.vectorfield.validate()?;
+        Ok(())
+    }
+}
+
 impl RunArgs {
     pub(crate) fn outputs(&self) -> crate::Outputs {
         if self.dry_run {
@@ -234,6 +261,8 @@ pub(crate) struct RunArgs {
     estimators: EstimatorFlags,
     #[command(flatten)]
     upstream: UpstreamFlags,
+    #[command(flatten)]
+    vectorfield: VectorFieldFlags,
     /// Run on the built-in simulated dataset (writes the simulation next to the output).
     #[arg(long)]
     demo: bool,
@@ -370,6 +399,43 @@ pub(crate) fn summary_text(s: &pipeline::RunSummary) -> String {
             .collect();
         let _ = writeln!(out, "  drivers {}: {}", esc(lin), g.join(", "));
     }
+    if let Some(vf) = &s.vectorfield {
+        let f = &vf.field;
+        let _ = writeln!(
+            out,
+            "vector field ({}, {} dimensions): {} control points, mean cosine with the velocities {:.3}",
+            esc(&vf.basis),
+            f.dims,
+            f.n_ctrl,
+            f.mean_cosine
+        );
+        if let Some(fps) = &vf.fixed_points {
+            let count = |k: cellfate::vectorfield::FixedPointKind| {
+                fps.iter().filter(|p| p.kind == k).count()
+            };
+            use cellfate::vectorfield::FixedPointKind as K;
+            let _ = writeln!(
+                out,
+                "  fixed points: {} stable, {} saddle, {} unstable",
+                count(K::Stable),
+                count(K::Saddle),
+                count(K::Unstable)
+            );
+        }
+        if let Some(p) = &vf.potential {
+            let _ = writeln!(
+                out,
+                "  potential: {} CG iterations, {} graph component(s){}",
+                p.iterations,
+                p.components,
+                if p.entropy {
+                    ", entropy from the fates"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
     if !s.warnings.is_empty() {
         let _ = writeln!(out, "warnings:");
         for w in &s.warnings {
@@ -394,6 +460,7 @@ pub(crate) fn run(a: RunArgs) -> anyhow::Result<String> {
         &a.estimators,
     )?;
     a.upstream.apply(&mut spec)?;
+    a.vectorfield.apply(&mut spec)?;
     a.figures.apply(&mut spec.figures);
     // Checked before anything runs: a misspelt kind fails now, not after the pipeline.
     let opts = cellfate::report::PlotOptions::from_spec(
