@@ -6,7 +6,8 @@ Jupyter and saved as PNG or SVG.
   ``terminal_states``, ``fates``, ``aggregated_fates``, ``circular_projection``, ``priming``,
   ``absorption_times``, ``spectrum``, ``coarse_T``, ``macrostate_composition``, ``drivers``,
   ``gene_trends``, ``heatmap``, ``phase_portraits``, ``random_walks``, ``velocity_stream``,
-  ``velocity_grid``, ``velocity_arrows``); :func:`report` writes the HTML report.
+  ``velocity_grid``, ``velocity_arrows``, ``vector_field``); :func:`report` writes the HTML
+  report.
 - CellRank's and scVelo's plotting names call it with the matching kind:
   :func:`circular_projection`, :func:`aggregate_fate_probabilities`, :func:`gene_trends`,
   :func:`heatmap`, :func:`velocity_embedding_stream`, :func:`velocity_embedding_grid`,

@@ -324,7 +324,7 @@ fn base64(bytes: &[u8]) -> String {
 
 /// What a figure shows and how to read it (the title inside the figure names it).
 pub fn caption(name: &str) -> String {
-    let by_prefix: [(&str, &str); 22] = [
+    let by_prefix: [(&str, &str); 23] = [
         ("embedding_clusters", "Cells on the embedding, coloured by cluster; small clusters are drawn last and larger so that they stay visible."),
         ("embedding_macrostates", "The macrostates found by GPCCA: sets of cells the chain leaves rarely. Grey cells belong to none."),
         ("embedding_terminal_states", "The macrostates chosen as terminal: the end points whose fate probabilities are computed."),
@@ -344,6 +344,7 @@ pub fn caption(name: &str) -> String {
         ("velocity_stream_", "The transition matrix projected onto the embedding and drawn as streamlines (scVelo's velocity_embedding_stream); a figure ending in _rnd is the randomised control (each gene's velocities shuffled across cells with random signs), which should show no consistent direction."),
         ("velocity_grid_", "The projected velocity averaged on a grid."),
         ("velocity_arrows_", "The projected velocity of individual cells."),
+        ("vector_field_", "The continuous vector field learned from the cells' velocities (SparseVFC, dynamo's VectorField), drawn as streamlines on the first two dimensions of its basis: where the field carries cells, smoothed over noisy velocities."),
         ("perturbation", "The shift of fate probabilities after the perturbation."),
         ("embedding", "Cells on the embedding."),
         ("", "Figure."),

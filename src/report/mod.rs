@@ -279,11 +279,14 @@ pub enum FigureKind {
     Priming,
     /// Mean absorption times on the embedding.
     AbsorptionTimes,
+    /// Streamlines of each learned vector field (`uns["VecFld_<basis>"]`) on its first two
+    /// dimensions (`vector_field_<basis>`).
+    VectorField,
 }
 
 impl FigureKind {
     /// Every kind, in report order.
-    pub const ALL: [FigureKind; 19] = [
+    pub const ALL: [FigureKind; 20] = [
         Self::Clusters,
         Self::Macrostates,
         Self::TerminalStates,
@@ -303,6 +306,7 @@ impl FigureKind {
         Self::VelocityStream,
         Self::VelocityGrid,
         Self::VelocityArrows,
+        Self::VectorField,
     ];
 
     /// The kind's name (`--kind`).
@@ -327,6 +331,7 @@ impl FigureKind {
             Self::PhasePortraits => "phase_portraits",
             Self::Priming => "priming",
             Self::AbsorptionTimes => "absorption_times",
+            Self::VectorField => "vector_field",
         }
     }
 
@@ -1060,6 +1065,12 @@ pub fn figures(
             }
         }
     }
+    if want(K::VectorField) {
+        put(
+            K::VectorField,
+            vector_field_figures(r, n, clusters.as_ref(), opts.max_points)?,
+        );
+    }
     // Asked-for kinds must be drawn; default ones the file cannot give are noted.
     for (k, why) in missing {
         if opts.kinds.is_some() {
@@ -1080,6 +1091,65 @@ pub fn figures(
         drawable_text(f);
     }
     Ok((figs, notes))
+}
+
+/// Streamlines of each learned vector field (`uns["VecFld_<basis>"]`, written by `cellfate
+/// vectorfield` or `run --vectorfield`): the field's own values at the cells
+/// (`obsm["velocity_<basis>_SparseVFC"]`) on the first two dimensions of its basis
+/// (`obsm["X_<basis>_SparseVFC"]`), cells coloured by cluster.
+fn vector_field_figures(
+    r: &dyn FigureSource,
+    n: usize,
+    clusters: Option<&Labels>,
+    max_points: usize,
+) -> Result<extra::Built, ReportError> {
+    let bases: Vec<String> = r
+        .keys("uns")
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|k| k.strip_prefix("VecFld_").map(String::from))
+        .collect();
+    let keep = subsample(n, max_points);
+    let mut out = Vec::new();
+    for b in &bases {
+        let (xs, vs) = (
+            format!("obsm/X_{b}_SparseVFC"),
+            format!("obsm/velocity_{b}_SparseVFC"),
+        );
+        if !r.exists(&xs) || !r.exists(&vs) {
+            continue;
+        }
+        let (Some((rx, x)), Some((rv, v))) = (r.two_columns(&xs)?, r.two_columns(&vs)?) else {
+            continue;
+        };
+        if rx != n || rv != n {
+            continue;
+        }
+        let xy: Vec<[f64; 2]> = x.chunks_exact(2).map(|c| [c[0], c[1]]).collect();
+        let name = b.to_ascii_uppercase();
+        out.push(Figure {
+            name: format!("vector_field_{}", crate::names::file_stem(b)),
+            title: format!(
+                "vector field (SparseVFC) in {name}: streamlines on its first two dimensions"
+            ),
+            plot: Plot::Embedding {
+                xy: keep.iter().map(|&i| xy[i]).collect(),
+                colors: match clusters {
+                    Some(l) => l.colors_of(&keep),
+                    None => vec![None; keep.len()],
+                },
+                legend: clusters.map(Labels::legend).unwrap_or_default(),
+                colorbar: None,
+                basis: name,
+                overlay: Overlay::Streamlines(streamlines(&xy, &v, 40)),
+            },
+        });
+    }
+    Ok(if out.is_empty() {
+        Err("no vector field (uns VecFld_<basis> with its SparseVFC values; cellfate vectorfield or run --vectorfield)".into())
+    } else {
+        Ok(out)
+    })
 }
 
 /// One fate-probability map per lineage (`fate_<lineage>`), cells drawn from low to high.

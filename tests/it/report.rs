@@ -347,7 +347,15 @@ fn every_figure_kind_renders_with_content() {
     let out = d.path().join("demo.h5ad");
     succeed(
         cellfate()
-            .args(["run", "--demo", "--demo-cells", "900", "-q", "-o"])
+            .args([
+                "run",
+                "--demo",
+                "--demo-cells",
+                "900",
+                "--vectorfield",
+                "-q",
+                "-o",
+            ])
             .arg(&out),
     );
     let figs = d.path().join("figs");
@@ -378,6 +386,7 @@ fn every_figure_kind_renders_with_content() {
         "aggregated_fates",
         "coarse_T",
         "circular_projection",
+        "vector_field_pca",
     ] {
         assert!(
             names.iter().any(|n| n.starts_with(stem)),

@@ -22,8 +22,8 @@ pub(crate) struct FigureFlags {
     /// velocity_grid and velocity_arrows): clusters, macrostates, terminal_states, fates,
     /// aggregated_fates, circular_projection, priming, absorption_times, spectrum, coarse_T,
     /// macrostate_composition, drivers, gene_trends, heatmap, phase_portraits, random_walks,
-    /// velocity_stream, velocity_grid, velocity_arrows. A kind the file cannot give is an
-    /// error.
+    /// velocity_stream, velocity_grid, velocity_arrows, vector_field. A kind the file cannot
+    /// give is an error.
     #[arg(long, value_delimiter = ',')]
     kind: Option<Vec<report::FigureKind>>,
     /// Genes for gene_trends, heatmap and phase_portraits, comma-separated (default: the top
