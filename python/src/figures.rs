@@ -37,7 +37,22 @@ fn slot_error(slot: &str, e: &PyErr, py: Python<'_>) -> ReportError {
 /// missing key (embedding, cluster column, gene, slot), `ValueError` for a setting out of
 /// range or a figure the data cannot give, `RuntimeError` otherwise.
 pub(crate) fn report_error(e: ReportError) -> PyErr {
-    let msg = e.to_string();
+    // The library's messages name the CLI's flags; here they are keyword arguments.
+    let mut msg = e.to_string();
+    for (flag, kw) in [
+        ("--cluster-key", "cluster_key="),
+        ("--data-key", "data_key="),
+        ("--time-key", "time_key="),
+        ("--n-walks", "n_walks="),
+        ("--genes", "genes="),
+        ("--basis", "basis="),
+        ("--width", "width="),
+        ("--height", "height="),
+        ("--dpi", "dpi="),
+        ("--kind", "kind="),
+    ] {
+        msg = msg.replace(flag, kw);
+    }
     match &e {
         ReportError::Slot { message, .. } if message == "not found" => PyKeyError::new_err(msg),
         ReportError::ClusterKey { .. }

@@ -113,8 +113,9 @@ def test_bad_figure_arguments_raise_cellranks_exceptions(fitted):
         cr.pl.figures(adata, "velocity_streams")
     with pytest.raises(KeyError, match="X_nothing"):
         cr.pl.figures(adata, "clusters", basis="nothing")
-    with pytest.raises(KeyError, match="NotAGene"):
+    with pytest.raises(KeyError, match="NotAGene") as e:
         cr.pl.gene_trends(adata, genes=["NotAGene"])
+    assert "genes=" in str(e.value) and "--genes" not in str(e.value)  # keywords, not CLI flags
     with pytest.raises(KeyError, match="no_such_column"):
         cr.pl.figures(adata, "clusters", cluster_key="no_such_column")
     with pytest.raises(ValueError, match="dpi"):
