@@ -29,6 +29,7 @@ a.obsm["velocity_umap"] = v
 dyn.vf.VectorField(a, basis="umap", M=100, MaxIter=30)
 dyn.vf.divergence(a, basis="umap")
 dyn.vf.curl(a, basis="umap")
+dyn.vf.jacobian(a, basis="umap")
 dyn.vf.topography(a, basis="umap")
 dyn.ext.ddhodge(a, basis="umap")
 vf = a.uns["VecFld_umap"]
@@ -43,5 +44,10 @@ for key in ("X_ctrl", "C", "V", "Xss", "ftype"):
 for key in ("beta", "sigma2"):
     keep[key] = float(np.asarray(vf[key]).ravel()[0])
 b.uns["VecFld_umap"] = keep
+jac = a.uns["jacobian_umap"]
+b.uns["jacobian_umap"] = {
+    "jacobian": np.asarray(jac["jacobian"], dtype=np.float64),  # d × d × cells
+    "cell_idx": np.asarray(jac["cell_idx"], dtype=np.int64),
+}
 b.write_h5ad(out)
 print("ok", keep["X_ctrl"].shape, keep["Xss"].shape, keep["ftype"])

@@ -4,7 +4,8 @@
 //! CI=true or with CELLFATE_DYNAMO=1); cellfate then works from dynamo's control points and
 //! parameters:
 //! - dynamo's field (X_ctrl, C, β) evaluated by [`VectorField`]: f at the cells within 1e-6 of
-//!   dynamo's `V`, divergence and curl within 1e-6 of dynamo's (relative to their largest value);
+//!   dynamo's `V`, the analytic Jacobian within 1e-6 of dynamo's `vf.jacobian`, divergence and
+//!   curl within 1e-6 of dynamo's (relative to their largest value);
 //! - SparseVFC refitted with dynamo's control points and β, velocities unscaled as dynamo: the
 //!   learned velocities within the tolerance measured (dynamo solves the M-step's normal
 //!   equations, cellfate the system itself);
@@ -87,10 +88,31 @@ fn vector_field_calculus_potential_and_fixed_points_match_dynamo() {
         &r.obs_f64("divergence_umap").expect("div"),
     );
     let curl = rel_max(&calc.curl, &r.obs_f64("curl_umap").expect("curl"));
-    eprintln!("dynamo's field: f {ev:.1e}, divergence {div:.1e}, curl {curl:.1e} (relative)");
+    // The Jacobians at the cells: dynamo's `vf.jacobian` (d × d × cells, J[k][l] = ∂f_k/∂x_l)
+    // against the analytic Jacobian of the same field.
+    let (jshape, jdyn) = numbers(&r, "uns/jacobian_umap/jacobian");
+    let (_, idx) = numbers(&r, "uns/jacobian_umap/cell_idx");
+    assert_eq!(jshape, vec![2, 2, idx.len()]);
+    let m = idx.len();
+    let mut ours_j = Vec::with_capacity(4 * m);
+    let mut theirs_j = Vec::with_capacity(4 * m);
+    for (q, &c) in idx.iter().enumerate() {
+        let c = c as usize;
+        let j = field.jacobian(&x[2 * c..2 * c + 2]);
+        for k in 0..2 {
+            for l in 0..2 {
+                ours_j.push(j[k * 2 + l]);
+                theirs_j.push(jdyn[(k * 2 + l) * m + q]);
+            }
+        }
+    }
+    let jac = rel_max(&ours_j, &theirs_j);
+    eprintln!(
+        "dynamo's field: f {ev:.1e}, Jacobian {jac:.1e} ({m} cells), divergence {div:.1e}, curl {curl:.1e} (relative)"
+    );
     assert!(
-        ev <= 1e-6 && div <= 1e-6 && curl <= 1e-6,
-        "{ev} {div} {curl}"
+        ev <= 1e-6 && jac <= 1e-6 && div <= 1e-6 && curl <= 1e-6,
+        "{ev} {jac} {div} {curl}"
     );
     // 2. SparseVFC with dynamo's control points and β.
     let ctrl_idx: Vec<usize> = ctrl
