@@ -139,7 +139,7 @@ pub fn field_slots(
 }
 
 /// Lattice points per side of the nullclines' marching squares.
-const NULLCLINE_GRID: usize = 150;
+const NULLCLINE_GRID: usize = cellfate_vectorfield::NULLCLINE_GRID;
 
 /// The fixed points in `uns["VecFld_<basis>"]` (`Xss`, `ftype`, `confidence`, `fp_ind`,
 /// `Xss_eigenvalues`, `xlim`, `ylim`) for cells at `x` (row-major n × d; the limits are their

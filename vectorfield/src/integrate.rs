@@ -360,3 +360,32 @@ pub fn predict_fates(
         .collect();
     Ok((paths, t_end))
 }
+
+/// Paths integrated through a field from chosen cells ([`predict_fates`]): each path's times,
+/// points and end, and the end time used (dynamo's `pd.fate`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FatePaths {
+    /// One path per start cell, in the order of the starts.
+    pub paths: Vec<FatePath>,
+    /// The end time of the integration (given, or 10 × the cells' diameter over their median
+    /// speed).
+    pub t_end: f64,
+}
+
+impl FatePaths {
+    /// Integrates `field` from the cells `starts` (rows of `cells`, row-major n × d).
+    pub fn predict(
+        field: &VectorField,
+        cells: &[f64],
+        starts: &[usize],
+        opts: &IntegrateOptions,
+    ) -> Result<Self, VectorFieldError> {
+        let (paths, t_end) = predict_fates(field, cells, starts, opts)?;
+        Ok(Self { paths, t_end })
+    }
+
+    /// The nearest cell at each path's end.
+    pub fn end_cells(&self) -> Vec<usize> {
+        self.paths.iter().map(|p| p.end_cell).collect()
+    }
+}

@@ -8,10 +8,12 @@
 //! - [`calculus`]: per-cell speed, divergence, curl, acceleration and curvature from the
 //!   analytic Jacobian;
 //! - [`topography`]: fixed points by multi-start Newton on the analytic Jacobian, each checked
-//!   for convergence and classified by the Jacobian's eigenvalues (dynamo's `ftype`);
+//!   for convergence and classified by the Jacobian's eigenvalues (dynamo's `ftype`), with the
+//!   nullclines of 2-D fields: [`Topography`];
 //! - [`potential`]: the Hodge potential of a flow on a cell graph (dynamo's ddhodge, solved
-//!   sparsely) and the Waddington potential;
-//! - [`mod@integrate`]: fate prediction by integrating the field (adaptive Dormand–Prince);
+//!   sparsely) and the Waddington potential: [`Potential`];
+//! - [`mod@integrate`]: fate prediction by integrating the field (adaptive Dormand–Prince):
+//!   [`FatePaths`];
 //! - [`perturb`]: the Jacobian route of in-silico perturbation (Δv = J·Δz).
 //!
 //! Everything is seeded and reduces over cells in a fixed order: the same results at any
@@ -27,13 +29,14 @@ pub mod topography;
 
 pub use calculus::{cell_calculus, CellCalculus};
 pub use field::VectorField;
-pub use integrate::{integrate, predict_fates, FatePath, IntegrateOptions, PathEnd};
+pub use integrate::{integrate, predict_fates, FatePath, FatePaths, IntegrateOptions, PathEnd};
 pub use potential::{
     hodge_potential, hodge_potential_of_transitions, EdgeFlow, Potential, PotentialOptions,
 };
 pub use svc::{sparse_vfc, SparseVfc, SparseVfcOptions};
 pub use topography::{
-    fixed_points, nullclines, FixedPoint, FixedPointKind, Polyline, TopographyOptions,
+    fixed_points, nullclines, FixedPoint, FixedPointKind, Polyline, Topography, TopographyOptions,
+    NULLCLINE_GRID,
 };
 
 /// Errors of the vector-field computations.

@@ -430,3 +430,52 @@ fn chain(segments: Vec<([f64; 2], [f64; 2])>) -> Vec<Polyline> {
     });
     lines
 }
+
+/// Lattice points per side of [`Topography::compute`]'s nullclines (marching squares).
+pub const NULLCLINE_GRID: usize = 150;
+
+/// The topography of a field over its cells: the checked fixed points ([`fixed_points`]) and,
+/// for a 2-D field, the nullclines of f_x and f_y ([`nullclines`]) over the cells' box padded
+/// by [`TopographyOptions::pad`] (what `cellfate topography` stores under dynamo's keys).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Topography {
+    /// Fixed points, each converged, typed by its Jacobian's eigenvalues.
+    pub fixed_points: Vec<FixedPoint>,
+    /// 2-D fields: `(f_x = 0, f_y = 0)` as polylines; `None` in other dimensions.
+    pub nullclines: Option<(Vec<Polyline>, Vec<Polyline>)>,
+}
+
+impl Topography {
+    /// Fixed points of `field` started from the cells `x` (row-major n × d), and its
+    /// nullclines when d = 2.
+    pub fn compute(
+        field: &VectorField,
+        x: &[f64],
+        opts: &TopographyOptions,
+    ) -> Result<Self, VectorFieldError> {
+        let fixed_points = fixed_points(field, x, opts)?;
+        let d = field.dim();
+        let nullclines = (d == 2).then(|| {
+            let range = |c: usize| {
+                let (lo, hi) = x
+                    .chunks_exact(2)
+                    .map(|r| r[c])
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+                        (a.min(v), b.max(v))
+                    });
+                (lo - opts.pad * (hi - lo), hi + opts.pad * (hi - lo))
+            };
+            let ((x0, x1), (y0, y1)) = (range(0), range(1));
+            nullclines(field, [x0, y0], [x1, y1], NULLCLINE_GRID)
+        });
+        Ok(Self {
+            fixed_points,
+            nullclines,
+        })
+    }
+
+    /// The fixed points of one kind.
+    pub fn of_kind(&self, kind: FixedPointKind) -> impl Iterator<Item = &FixedPoint> {
+        self.fixed_points.iter().filter(move |p| p.kind == kind)
+    }
+}

@@ -10,8 +10,8 @@
 use cellfate_vectorfield::potential::knn;
 use cellfate_vectorfield::{
     cell_calculus, fixed_points, hodge_potential, integrate, nullclines, predict_fates, sparse_vfc,
-    EdgeFlow, FixedPointKind, IntegrateOptions, PathEnd, PotentialOptions, SparseVfc,
-    SparseVfcOptions, TopographyOptions, VectorField,
+    EdgeFlow, FatePaths, FixedPointKind, IntegrateOptions, PathEnd, Polyline, PotentialOptions,
+    SparseVfc, SparseVfcOptions, Topography, TopographyOptions, VectorField,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -148,6 +148,27 @@ fn fixed_points_are_the_two_wells_and_the_saddle() {
         ([1.0, 0.0], FixedPointKind::Stable),
     ];
     assert_eq!(fps.len(), 3, "{fps:?}");
+    // The library type: the same fixed points, and the 2-D field's nullclines through them.
+    let topo = Topography::compute(&fit.field, &x, &TopographyOptions::default()).expect("topo");
+    assert_eq!(topo.fixed_points, fps);
+    assert_eq!(topo.of_kind(FixedPointKind::Stable).count(), 2);
+    let (ncx, ncy) = topo.nullclines.as_ref().expect("2-D nullclines");
+    assert!(!ncx.is_empty() && !ncy.is_empty());
+    let near = |lines: &[Polyline], p: &[f64]| {
+        lines
+            .iter()
+            .flatten()
+            .map(|q| ((q[0] - p[0]).powi(2) + (q[1] - p[1]).powi(2)).sqrt())
+            .fold(f64::INFINITY, f64::min)
+    };
+    for p in &fps {
+        // A fixed point lies on both nullclines (within the 150-point lattice's spacing).
+        assert!(
+            near(ncx, &p.x) < 0.05 && near(ncy, &p.x) < 0.05,
+            "{:?}",
+            p.x
+        );
+    }
     for (p, (w, kind)) in fps.iter().zip(want) {
         let dist = ((p.x[0] - w[0]).powi(2) + (p.x[1] - w[1]).powi(2)).sqrt();
         assert!(dist <= 0.05, "{:?} at {:?}: {dist} from {w:?}", p.kind, p.x);
@@ -405,6 +426,15 @@ fn integrating_the_field_ends_in_the_right_well() {
         100.0 * frac
     );
     assert!(frac >= 0.95, "{frac}");
+    // The library type gives the same paths.
+    let fp =
+        FatePaths::predict(&fit.field, &x, &starts, &IntegrateOptions::default()).expect("type");
+    assert_eq!(fp.paths, paths);
+    assert_eq!(fp.t_end, t_end);
+    assert_eq!(
+        fp.end_cells(),
+        paths.iter().map(|p| p.end_cell).collect::<Vec<_>>()
+    );
     // Backward from near the right well: away from it (towards the saddle or out of the box).
     let p = integrate(
         &fit.field,
