@@ -49,6 +49,11 @@ def test_vector_field_api_equals_the_cli(cli, tmp_path):
         _same(a.uns["VecFld_pca"][key], want.uns["VecFld_pca"][key], f"VecFld_pca[{key!r}]")
     for key in ("speed_pca", "divergence_pca", "curl_pca", "acceleration_pca", "curvature_pca", "control_point_pca", "inlier_prob_pca"):
         _same(a.obs[key].to_numpy(), want.obs[key].to_numpy(), f"obs[{key!r}]")
+    # The field's streamlines, drawn from memory as `cellfate plot` draws them from the file.
+    vf_fig = cr.pl.figures(a, "vector_field", format="svg")
+    assert vf_fig.names == ["vector_field_pca"]
+    _cli(cli, "plot", tmp_path / "vf.h5ad", "-o", tmp_path / "figs", "--format", "svg", "--kind", "vector_field")
+    assert vf_fig[0].data == (tmp_path / "figs" / "vector_field_pca.svg").read_bytes()
     cr.ext.ddhodge(a, basis="pca")
     for key in ("pca_ddhodge_potential", "pca_ddhodge_div", "potential", "entropy"):
         _same(a.obs[key].to_numpy(), want.obs[key].to_numpy(), f"obs[{key!r}]")
