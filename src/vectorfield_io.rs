@@ -706,6 +706,8 @@ pub struct VectorFieldRunSummary {
     pub fixed_points: Option<Vec<cellfate_vectorfield::FixedPoint>>,
     /// The potential (when asked for).
     pub potential: Option<PotentialReport>,
+    /// Notes for the run's warnings (e.g. no fixed point found).
+    pub notes: Vec<String>,
 }
 
 /// Runs the steps of `spec` on the run's input `r` and transition matrix `t`, with the run's
@@ -742,6 +744,7 @@ pub(crate) fn run_steps(
         velocity_source: source.clone(),
     };
     let mut slots = crate::vectorfield_slots::field_slots(basis, &x, &y, &fit, calc, &spec.svc);
+    let mut notes = Vec::new();
     let fixed = if spec.topography {
         stage("topography");
         let fps = fixed_points(&fit.field, &x, &spec.fixed_points).map_err(|e| vf_err(input, e))?;
@@ -763,6 +766,12 @@ pub(crate) fn run_steps(
                     dict.push((name.to_string(), e));
                 }
             }
+        }
+        if fps.is_empty() {
+            notes.push(format!(
+                "vector field: no fixed point converged from {} starts in {d} dimensions (in many dimensions a learned field rarely vanishes near the cells; [vectorfield] dims = 2 searches the first two)",
+                spec.fixed_points.n_starts + spec.fixed_points.n_cell_starts
+            ));
         }
         Some(fps)
     } else {
@@ -816,5 +825,6 @@ pub(crate) fn run_steps(
         field: field_report,
         fixed_points: fixed,
         potential,
+        notes,
     }))
 }

@@ -379,6 +379,9 @@ pub fn run(
     }
     let mut warnings = prepared.warnings.clone();
     warnings.extend(summary.notes.iter().cloned());
+    if let Some(vf) = &vectorfield {
+        warnings.extend(vf.notes.iter().cloned());
+    }
     // Only what the input and the settings determine goes into `uns["cellfate"]`: two runs
     // with the same input and seed write the same data there. Wall-clock timings and memory
     // go to their own entry, `uns["cellfate_timings"]` ([`TIMINGS_SLOT`]), which comparisons

@@ -229,6 +229,14 @@ fn run_with_a_vector_field_equals_the_three_commands() {
             "stage {stage}: {text}"
         );
     }
+    // In 30 dimensions no fixed point converges on the demo: the run says so, and how to
+    // search in two.
+    assert!(
+        text.contains("fixed points: 0 stable, 0 saddle, 0 unstable")
+            && text.contains("no fixed point converged")
+            && text.contains("[vectorfield] dims = 2"),
+        "{text}"
+    );
     // The same run without the vector field, then the three commands.
     let sim = p("all.simulation.h5ad");
     succeed(
