@@ -35,6 +35,7 @@ pub mod expr;
 pub mod interrupt;
 pub mod kernel;
 pub mod labeling;
+pub mod labeling_kinetics;
 mod leaf;
 mod ops;
 pub mod precomputed;
