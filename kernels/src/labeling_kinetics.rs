@@ -410,9 +410,44 @@ fn fit_decay(t: &[f64], y: &[f64]) -> Option<(f64, f64)> {
             break;
         }
     }
-    let g = ((a + b) / 2.0).exp();
+    let mut g = ((a + b) / 2.0).exp();
     let (ye, ee) = proj(g);
-    Some((g, ye / ee))
+    let mut y0 = ye / ee;
+    // The search locates γ to ~sqrt(ε) (the sum of squares is flat at its minimum): finish
+    // with Gauss–Newton steps on (y₀, γ), kept while they lower the sum of squares.
+    let sse = |g: f64, y0: f64| -> f64 {
+        t.iter()
+            .zip(y)
+            .map(|(&ti, &yi)| (yi - y0 * (-g * ti).exp()).powi(2))
+            .sum()
+    };
+    let mut best = sse(g, y0);
+    for _ in 0..8 {
+        // J = [∂/∂y₀, ∂/∂γ] of the model; normal equations (JᵀJ) δ = Jᵀ r.
+        let (mut a11, mut a12, mut a22, mut b1, mut b2) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for (&ti, &yi) in t.iter().zip(y) {
+            let e = (-g * ti).exp();
+            let (j1, j2) = (e, -y0 * ti * e);
+            let r = yi - y0 * e;
+            a11 += j1 * j1;
+            a12 += j1 * j2;
+            a22 += j2 * j2;
+            b1 += j1 * r;
+            b2 += j2 * r;
+        }
+        let det = a11 * a22 - a12 * a12;
+        if !(det.abs() > 0.0) {
+            break;
+        }
+        let (d1, d2) = ((a22 * b1 - a12 * b2) / det, (a11 * b2 - a12 * b1) / det);
+        let (ny0, ng) = (y0 + d1, g + d2);
+        let s = sse(ng, ny0);
+        if !(ng > 0.0 && s <= best) {
+            break;
+        }
+        (g, y0, best) = (ng, ny0, s);
+    }
+    Some((g, y0))
 }
 
 /// Estimates the kinetic parameters of the genes `genes` (column indices) and the velocities
