@@ -24,7 +24,13 @@
 //! 1, 2 or 4 units of `τ`), total RNA `u + s`, and new RNA `α(t)/γ_T (1 − e^{−γ_T t_L})`
 //! (capped at the total) with the total-RNA turnover `γ_T = βγ/(β+γ)` (so that `α/γ_T` is the
 //! steady state of `u + s`), sampled as counts into `layers["new"]`/`layers["total"]`;
-//! `obs["labeling_time"]` holds `t_L` and `var["true_gamma_total"]` the true `γ_T`.
+//! `obs["labeling_time"]` holds `t_L` and `var["true_gamma_total"]` the true `γ_T`
+//! (`var["true_gamma"]` is the splicing model's `γ`, `var["true_half_life_total"]` is
+//! `ln 2/γ_T`), `layers["true_velocity_T"]` the true velocity of total RNA `α − γ s` (while
+//! `layers["true_velocity"]` is the spliced one, `β u − γ s`). The experiment
+//! ([`SimParams::experiment`], `uns["simulation"]["experiment_type"]`) is a pulse of one
+//! duration (`one-shot`), pulses of several (`kin`, the default), or a chase after labeling
+//! to saturation (`deg`: new RNA `total · e^{−γ_T t_L}`).
 //!
 //! With `circuit` (or any `knockout`), the fate is not drawn independently of expression: a
 //! regulatory circuit between the fates' branch programs decides it at the branch
@@ -55,6 +61,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, LogNormal, Poisson};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+
+pub use cellfate_kernels::labeling_kinetics::ExperimentType;
 use thiserror::Error;
 
 use crate::io::{
@@ -92,8 +100,13 @@ pub struct SimParams {
     pub labeling: bool,
     /// Mean library-size factor (scales all counts).
     pub depth: f64,
-    /// Labeling durations (in units of τ) assigned uniformly at random to the cells.
+    /// Labeling durations (in units of τ; chase durations for a degradation experiment)
+    /// assigned uniformly at random to the cells. A one-shot experiment takes one.
     pub labeling_times: Vec<f64>,
+    /// The labeling experiment: a pulse of one duration for all cells (`one-shot`), pulses
+    /// of several durations (`kin`), or a chase after labeling to saturation (`deg`: the
+    /// new RNA left after the chase is `total · e^{−γ_T t}`).
+    pub experiment: ExperimentType,
     /// Let a regulatory circuit decide the fates: a toggle switch between the fates' driver
     /// genes (`var["driver"]`: the `<fate>_early` genes, the branch programs) at the branch,
     /// instead of a fate drawn independently of expression (see
@@ -120,6 +133,7 @@ impl Default for SimParams {
             labeling: false,
             depth: 1.0,
             labeling_times: vec![1.0, 2.0, 4.0],
+            experiment: ExperimentType::Kinetics,
             circuit: false,
             knockout: Vec::new(),
             knockout_time: 0.0,
@@ -187,6 +201,27 @@ impl SimParams {
                 format!("{:?}", self.labeling_times),
                 "positive durations",
             );
+        }
+        if self.labeling {
+            let distinct =
+                cellfate_kernels::labeling_kinetics::distinct_times(&self.labeling_times);
+            match self.experiment {
+                ExperimentType::OneShot if distinct.len() != 1 => {
+                    return bad(
+                        "labeling_times",
+                        format!("{:?}", self.labeling_times),
+                        "one duration for a one-shot experiment",
+                    )
+                }
+                ExperimentType::Kinetics | ExperimentType::Degradation if distinct.len() < 2 => {
+                    return bad(
+                        "labeling_times",
+                        format!("{:?}", self.labeling_times),
+                        "several durations for a kinetics or degradation experiment",
+                    )
+                }
+                _ => {}
+            }
         }
         if !(self.knockout_time.is_finite() && (0.0..=1.0).contains(&self.knockout_time)) {
             return bad(
@@ -330,6 +365,9 @@ pub struct SimData {
     pub unspliced: SparseArray,
     /// True velocity `β u − γ s` (row-major, cells × genes), when small enough to keep.
     pub velocity: Option<Vec<f32>>,
+    /// True velocity of total RNA `α − γ s` (cells × genes), with labeling, when small
+    /// enough to keep.
+    pub velocity_total: Option<Vec<f32>>,
     /// Labeling: (labeling time per cell, new counts, total counts).
     pub labeling: Option<(Vec<f64>, SparseArray, SparseArray)>,
 }
@@ -434,6 +472,8 @@ struct CellRow {
     s: SparseRow,
     u: SparseRow,
     v: Option<Vec<f32>>,
+    /// True velocity of total RNA (`α − γ s`), with labeling.
+    vt: Option<Vec<f32>>,
     lab: Option<(f64, SparseRow, SparseRow)>,
 }
 
@@ -546,6 +586,8 @@ impl<'a> Generator<'a> {
         let mut s_row = Vec::new();
         let mut u_row = Vec::new();
         let mut v_row = self.keep_velocity.then(|| Vec::with_capacity(genes.len()));
+        let mut vt_row =
+            (self.keep_velocity && t_lab.is_some()).then(|| Vec::with_capacity(genes.len()));
         let mut new_row = Vec::new();
         let mut tot_row = Vec::new();
         for (g, gene) in genes.iter().enumerate() {
@@ -566,7 +608,15 @@ impl<'a> Generator<'a> {
                 // equals u + s (dynamo's one-rate model of total RNA).
                 let total = u + s;
                 let gt = gene.gamma_total();
-                let new = (gene.alpha_at(time, fate) / gt * (1.0 - (-gt * tl).exp())).min(total);
+                let alpha = gene.alpha_at(time, fate);
+                let new = match params.experiment {
+                    ExperimentType::Degradation => total * (-gt * tl).exp(),
+                    _ => (alpha / gt * (1.0 - (-gt * tl).exp())).min(total),
+                };
+                if let Some(vt) = vt_row.as_mut() {
+                    // d(u + s)/dt = α − γ s.
+                    vt.push((alpha - gene.gamma * s) as f32);
+                }
                 let cn = poisson(&mut rng, sf * new);
                 let co = poisson(&mut rng, sf * (total - new));
                 if cn > 0.0 {
@@ -584,6 +634,7 @@ impl<'a> Generator<'a> {
             s: s_row,
             u: u_row,
             v: v_row,
+            vt: vt_row,
             lab: t_lab.map(|tl| (tl, new_row, tot_row)),
         }
     }
@@ -706,6 +757,7 @@ pub fn simulate(params: &SimParams) -> Result<SimData, SimError> {
     // spliced, unspliced, new, total (the last two stay empty without labeling).
     let mut counts: [CsrRows; 4] = std::array::from_fn(|_| CsrRows::new());
     let mut velocity = gen.keep_velocity.then(Vec::new);
+    let mut velocity_total = (gen.keep_velocity && params.labeling).then(Vec::new);
     gen.for_each_block(block_cells(params.n_genes), |rows| {
         obs.extend(rows);
         for (acc, (_, pick)) in counts.iter_mut().zip(layers) {
@@ -713,6 +765,9 @@ pub fn simulate(params: &SimParams) -> Result<SimData, SimError> {
         }
         if let Some(v) = velocity.as_mut() {
             v.extend(rows.iter().flat_map(|r| r.v.iter().flatten().copied()));
+        }
+        if let Some(v) = velocity_total.as_mut() {
+            v.extend(rows.iter().flat_map(|r| r.vt.iter().flatten().copied()));
         }
         Ok::<(), SimError>(())
     })?;
@@ -736,6 +791,7 @@ pub fn simulate(params: &SimParams) -> Result<SimData, SimError> {
         spliced,
         unspliced,
         velocity,
+        velocity_total,
         labeling,
     })
 }
@@ -809,6 +865,11 @@ fn simulate_to_file_in_blocks(
     } else {
         None
     };
+    let mut velocity_total = if gen.keep_velocity && params.labeling {
+        Some(w.dense_row_appender::<f32>("layers/true_velocity_T", n_cells, n_genes)?)
+    } else {
+        None
+    };
     let mut obs = CellObs::default();
     let mut buf = CsrRows::new();
     let mut vbuf: Vec<f32> = Vec::new();
@@ -824,6 +885,11 @@ fn simulate_to_file_in_blocks(
             vbuf.extend(rows.iter().flat_map(|r| r.v.iter().flatten().copied()));
             v.append(&vbuf)?;
         }
+        if let Some(v) = velocity_total.as_mut() {
+            vbuf.clear();
+            vbuf.extend(rows.iter().flat_map(|r| r.vt.iter().flatten().copied()));
+            v.append(&vbuf)?;
+        }
         Ok::<(), H5adError>(())
     })?;
     drop((buf, vbuf));
@@ -833,6 +899,9 @@ fn simulate_to_file_in_blocks(
     }
     let true_velocity = velocity.is_some();
     if let Some(v) = velocity {
+        v.finish()?;
+    }
+    if let Some(v) = velocity_total {
         v.finish()?;
     }
     w.hard_link("layers/spliced", "X")?;
@@ -949,6 +1018,10 @@ fn var_frame(genes: &[Gene]) -> DataFrame {
             ("true_gamma".into(), col(|g| g.gamma)),
             ("true_gamma_total".into(), col(Gene::gamma_total)),
             (
+                "true_half_life_total".into(),
+                col(|g| std::f64::consts::LN_2 / g.gamma_total()),
+            ),
+            (
                 "program".into(),
                 Element::Categorical(Categorical::from_labels(&programs, None)),
             ),
@@ -1010,6 +1083,14 @@ fn uns_members(p: &SimParams) -> Vec<(String, Element)> {
                     Element::Scalar(NumVec::Bool(vec![p.labeling])),
                 ),
                 ("depth".into(), Element::Scalar(NumVec::F64(vec![p.depth]))),
+                (
+                    "experiment_type".into(),
+                    Element::Str(if p.labeling {
+                        p.experiment.dynamo_name().into()
+                    } else {
+                        "conventional".into()
+                    }),
+                ),
                 ("fates".into(), Element::from_strings(fate_names(p.n_fates))),
                 ("root_state".into(), Element::Str("Progenitor".into())),
             ]
@@ -1055,6 +1136,15 @@ impl SimData {
         if let Some(v) = &self.velocity {
             layers.push((
                 "true_velocity".into(),
+                Element::Dense(DenseArray {
+                    shape: vec![n, self.genes.len()],
+                    data: NumVec::F32(v.clone()),
+                }),
+            ));
+        }
+        if let Some(v) = &self.velocity_total {
+            layers.push((
+                "true_velocity_T".into(),
                 Element::Dense(DenseArray {
                     shape: vec![n, self.genes.len()],
                     data: NumVec::F32(v.clone()),

@@ -217,9 +217,19 @@ enum Command {
         /// Number of terminal fates (1..=6; 1 is a linear trajectory).
         #[arg(long, default_value_t = 3, value_parser = values::positive)]
         fates: usize,
-        /// Also simulate metabolic labeling (layers new/total, obs labeling_time).
+        /// Also simulate metabolic labeling (layers new/total, obs labeling_time; the truth
+        /// in var true_gamma_total, true_half_life_total and layers true_velocity_T).
         #[arg(long)]
         labeling: bool,
+        /// The labeling experiment (implies --labeling): one-shot (one labeling time, 2),
+        /// kinetics (times 1, 2, 4) or degradation (a chase after labeling to saturation,
+        /// chase times 0.5, 1, 2, 4).
+        #[arg(long, value_parser = ["one-shot", "kinetics", "degradation", "kin", "deg"])]
+        experiment: Option<String>,
+        /// Labeling (or chase) durations, comma-separated, assigned at random to the cells
+        /// (implies --labeling; default by --experiment).
+        #[arg(long, value_delimiter = ',', value_parser = values::positive_f64)]
+        labeling_times: Vec<f64>,
         /// Sequencing depth: mean library-size factor that scales every count (at 2,000 genes,
         /// 1 gives ~64 % non-zero spliced entries per cell, 0.1 ~31 %, as in pancreas).
         #[arg(long, default_value_t = 1.0, value_parser = values::positive_f64)]
@@ -576,12 +586,15 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             genes,
             fates,
             labeling,
+            experiment,
+            labeling_times,
             depth,
             seed,
             circuit,
             knockout,
             knockout_time,
         } if model == "switch" => {
+            let labeling = labeling || experiment.is_some() || !labeling_times.is_empty();
             if circuit || !knockout.is_empty() || knockout_time.is_some() {
                 anyhow::bail!(
                     "--circuit, --knockout and --knockout-time apply to --model branching only"
@@ -614,6 +627,8 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             genes,
             fates,
             labeling,
+            experiment,
+            labeling_times,
             depth,
             seed,
             circuit,
@@ -621,6 +636,24 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             knockout_time,
             ..
         } => {
+            use cellfate::sim::ExperimentType;
+            let labeling = labeling || experiment.is_some() || !labeling_times.is_empty();
+            let experiment = match experiment.as_deref() {
+                Some(e) => ExperimentType::parse(e).with_context(|| {
+                    format!("--experiment {e}: expected {}", ExperimentType::EXPECTED)
+                })?,
+                None if labeling_times.len() == 1 => ExperimentType::OneShot,
+                None => ExperimentType::Kinetics,
+            };
+            let labeling_times = if labeling_times.is_empty() {
+                match experiment {
+                    ExperimentType::OneShot => vec![2.0],
+                    ExperimentType::Kinetics => vec![1.0, 2.0, 4.0],
+                    ExperimentType::Degradation => vec![0.5, 1.0, 2.0, 4.0],
+                }
+            } else {
+                labeling_times
+            };
             if noise.is_some() {
                 anyhow::bail!("--noise applies to --model switch only");
             }
@@ -633,11 +666,12 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                 n_fates: fates,
                 seed,
                 labeling,
+                labeling_times,
+                experiment,
                 depth,
                 circuit,
                 knockout,
                 knockout_time: knockout_time.unwrap_or(0.0),
-                ..Default::default()
             };
             params.validate()?;
             // Streamed to disk block by block: memory stays bounded at millions of cells.
