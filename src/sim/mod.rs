@@ -21,13 +21,17 @@
 //! size factor per cell. The true RNA velocity is `β u − γ s` (in expected-count units).
 //!
 //! With `labeling`, each cell also gets a labeling time `t_L` (from `labeling_times`, default
-//! 1, 2 or 4 units of `τ`), total RNA `u + s`, and new RNA `α(t)/γ_T (1 − e^{−γ_T t_L})`
-//! (capped at the total) with the total-RNA turnover `γ_T = βγ/(β+γ)` (so that `α/γ_T` is the
-//! steady state of `u + s`), sampled as counts into `layers["new"]`/`layers["total"]`;
+//! 1, 2 or 4 units of `τ`), total RNA `u + s` and new RNA with the total-RNA turnover
+//! `γ_T = βγ/(β+γ)` (so that `α/γ_T` is the steady state of `u + s`), sampled as counts into
+//! `layers["new"]`/`layers["total"]`;
 //! `obs["labeling_time"]` holds `t_L` and `var["true_gamma_total"]` the true `γ_T`
 //! (`var["true_gamma"]` is the splicing model's `γ`, `var["true_half_life_total"]` is
-//! `ln 2/γ_T`), `layers["true_velocity_T"]` the true velocity of total RNA `α − γ s` (while
-//! `layers["true_velocity"]` is the spliced one, `β u − γ s`). The experiment
+//! `ln 2/γ_T`), `layers["true_velocity_T"]` the true velocity of total RNA `α − γ s`, the
+//! derivative of `u + s` (while `layers["true_velocity"]` is the spliced one, `β u − γ s`).
+//! New RNA is the RNA made during the pulse under the one-rate model,
+//! `∫ α(s) e^{−γ_T (t−s)} ds` over its last `t_L` (exact when a switch falls within the
+//! pulse), capped at the total. `var["true_reaches_steady_state"]` marks the genes whose
+//! `u + s` comes within 5 % of `α/γ_T`: steady-state estimates (one-shot labeling) assume it. The experiment
 //! ([`SimParams::experiment`], `uns["simulation"]["experiment_type"]`) is a pulse of one
 //! duration (`one-shot`), pulses of several (`kin`, the default), or a chase after labeling
 //! to saturation (`deg`: new RNA `total · e^{−γ_T t_L}`).
@@ -306,6 +310,39 @@ impl Gene {
         } else {
             0.02 * self.alpha
         }
+    }
+
+    /// Whether the gene's total RNA (`u + s`) comes within 5 % of its induced steady state
+    /// `α/γ_T` somewhere on the trajectory (`t` in `[0, 1)`, on its own fate): the genes for
+    /// which steady-state estimates (one-shot labeling, the steady-state velocity model) can
+    /// be right (`var["true_reaches_steady_state"]`).
+    pub fn reaches_steady_state(&self) -> bool {
+        let fate = self.fate.unwrap_or(0);
+        let ss = self.alpha / self.gamma_total();
+        (0..200).any(|k| {
+            let (u, s) = self.state(k as f64 / 200.0, fate);
+            u + s >= 0.95 * ss
+        })
+    }
+
+    /// New (labeled) RNA at latent time `t` after a pulse of `t_lab` (in units of τ) under the
+    /// one-rate model of total RNA (synthesis `α(t)`, turnover `γ_T`):
+    /// `∫_{t−t_lab}^{t} α(s) e^{−γ_T (t−s)} ds`, exact for the piecewise-constant `α` (a
+    /// switch within the pulse included).
+    pub fn new_rna(&self, t: f64, fate: usize, t_lab: f64) -> f64 {
+        let gt = self.gamma_total();
+        let from = t - t_lab / T_TOTAL;
+        let mut cuts = vec![from, self.window.0, self.window.1, self.off_from, t];
+        cuts.retain(|&c| (from..=t).contains(&c));
+        cuts.sort_by(f64::total_cmp);
+        cuts.dedup();
+        cuts.windows(2)
+            .map(|w| {
+                let a = self.alpha_at(w[0], fate);
+                let (d1, d0) = ((t - w[1]) * T_TOTAL, (t - w[0]) * T_TOTAL);
+                a / gt * ((-gt * d1).exp() - (-gt * d0).exp())
+            })
+            .sum()
     }
 
     /// Exact (u, s) at latent time `t ≥ 0` on fate `fate`. A gene switched on before the
@@ -606,12 +643,15 @@ impl<'a> Generator<'a> {
             if let Some(tl) = t_lab {
                 // Total RNA turns over at γ_T = βγ/(β+γ), so that its steady state α/γ_T
                 // equals u + s (dynamo's one-rate model of total RNA).
+                // Total RNA is u + s; new RNA is made at α(t) and turns over at
+                // γ_T = βγ/(β+γ) (dynamo's one-rate model of total RNA, whose steady state
+                // α/γ_T is that of u + s), capped at the total.
                 let total = u + s;
                 let gt = gene.gamma_total();
                 let alpha = gene.alpha_at(time, fate);
                 let new = match params.experiment {
                     ExperimentType::Degradation => total * (-gt * tl).exp(),
-                    _ => (alpha / gt * (1.0 - (-gt * tl).exp())).min(total),
+                    _ => gene.new_rna(time, fate, tl).min(total),
                 };
                 if let Some(vt) = vt_row.as_mut() {
                     // d(u + s)/dt = α − γ s.
@@ -1020,6 +1060,10 @@ fn var_frame(genes: &[Gene]) -> DataFrame {
             (
                 "true_half_life_total".into(),
                 col(|g| std::f64::consts::LN_2 / g.gamma_total()),
+            ),
+            (
+                "true_reaches_steady_state".into(),
+                Element::from_bools(genes.iter().map(Gene::reaches_steady_state).collect()),
             ),
             (
                 "program".into(),

@@ -408,6 +408,132 @@ pub fn prepare_in_place(path: &Path, spec: &UpstreamSpec) -> Result<PrepareRepor
     compute_and_write(path, None, spec, &mut |_| {})
 }
 
+/// Where a file keeps its metabolic-labeling counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LabelingLayout {
+    /// `layers["new"]` and `layers["total"]`.
+    NewTotal,
+    /// Four layers, unlabeled/labeled × unspliced/spliced (dynamo's `uu`, `ul`, `su`, `sl`;
+    /// dynast's `un_<c>`, `ul_<c>`, `sn_<c>`, `sl_<c>`): new = ul + sl, total = all four.
+    Four {
+        /// Unlabeled unspliced.
+        uu: String,
+        /// Labeled unspliced.
+        ul: String,
+        /// Unlabeled spliced.
+        su: String,
+        /// Labeled spliced.
+        sl: String,
+    },
+}
+
+/// The labeling layout of `r`, if it has one.
+pub fn labeling_layout(r: &H5adReader) -> Result<Option<LabelingLayout>, PipelineError> {
+    let layers = r.keys("layers")?;
+    let has = |k: &str| layers.iter().any(|l| l == k);
+    if has("new") && has("total") {
+        return Ok(Some(LabelingLayout::NewTotal));
+    }
+    if ["uu", "ul", "su", "sl"].iter().all(|k| has(k)) {
+        return Ok(Some(LabelingLayout::Four {
+            uu: "uu".into(),
+            ul: "ul".into(),
+            su: "su".into(),
+            sl: "sl".into(),
+        }));
+    }
+    // dynast: <u|s><l|n>_<conversion>, e.g. ul_TC.
+    for l in &layers {
+        if let Some(conv) = l.strip_prefix("ul_") {
+            let name = |p: &str| format!("{p}_{conv}");
+            if ["un", "sn", "sl"].iter().all(|p| has(&name(p))) {
+                return Ok(Some(LabelingLayout::Four {
+                    uu: name("un"),
+                    ul: name("ul"),
+                    su: name("sn"),
+                    sl: name("sl"),
+                }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The raw new and total counts of `r` in `layout` (four layers summed), checked as counts.
+pub fn read_labeling_counts(
+    r: &H5adReader,
+    layout: &LabelingLayout,
+    source: &str,
+) -> Result<(Csr, Csr), PipelineError> {
+    let read = |k: &str| -> Result<Csr, PipelineError> {
+        let m = r.csr(&format!("layers/{k}"))?;
+        check_counts_in(&m, source, &format!("layers[\"{k}\"]"), r)?;
+        Ok(m)
+    };
+    match layout {
+        LabelingLayout::NewTotal => Ok((read("new")?, read("total")?)),
+        LabelingLayout::Four { uu, ul, su, sl } => {
+            let (muu, mul, msu, msl) = (read(uu)?, read(ul)?, read(su)?, read(sl)?);
+            let shape = |m: &Csr| (m.nrows(), m.ncols());
+            for (k, m) in [(ul, &mul), (su, &msu), (sl, &msl)] {
+                if shape(m) != shape(&muu) {
+                    return Err(err(format!(
+                        "{source}: layers {k} and {uu} differ in shape ({:?} and {:?})",
+                        shape(m),
+                        shape(&muu)
+                    )));
+                }
+            }
+            let new = mul.add_scaled(1.0, &msl, 1.0);
+            let old = muu.add_scaled(1.0, &msu, 1.0);
+            let total = new.add_scaled(1.0, &old, 1.0);
+            Ok((new, total))
+        }
+    }
+}
+
+/// The labeling inputs of `r` when it has labeling layers and labeling is not switched off:
+/// raw new and total counts (checked), the times and their key.
+#[allow(clippy::type_complexity)]
+fn labeling_inputs(
+    r: &H5adReader,
+    spec: &UpstreamSpec,
+    source: &str,
+) -> Result<Option<(Csr, Csr, Vec<f64>, String)>, PipelineError> {
+    let lab = &spec.labeling;
+    if lab.labeling_time.as_ref().is_some_and(|t| t.is_off()) {
+        return Ok(None);
+    }
+    let Some(layout) = labeling_layout(r)? else {
+        return Ok(None);
+    };
+    let first = match &layout {
+        LabelingLayout::NewTotal => "total",
+        LabelingLayout::Four { uu, .. } => uu.as_str(),
+    };
+    let n = r
+        .info(&format!("layers/{first}"))?
+        .shape
+        .first()
+        .copied()
+        .unwrap_or(0);
+    let column = |c: &str| -> Option<Vec<f64>> { r.obs_f64(c).ok() };
+    let Some((times, key)) = super::labeling::resolve_times(lab, n, &column, source)? else {
+        return Ok(None);
+    };
+    let (new, total) = read_labeling_counts(r, &layout, source)?;
+    let obs = r.obs_names().unwrap_or_default();
+    let var = r.var_names().unwrap_or_default();
+    let names = |i: usize, j: usize| {
+        (
+            obs.get(i).cloned().unwrap_or_else(|| i.to_string()),
+            var.get(j).cloned().unwrap_or_else(|| j.to_string()),
+        )
+    };
+    super::labeling::check_labeling_counts(&new, &total, lab, source, &names)?;
+    Ok(Some((new, total, times, key)))
+}
+
 /// The raw-count layers of `r`, or an error naming the layers found.
 fn check_count_layers(r: &H5adReader, input: &Path) -> Result<(), PipelineError> {
     let layers = r.keys("layers")?;
@@ -451,6 +577,15 @@ fn compute_and_write(
     let mut clock = Clock::new(hook);
     let source = input.display().to_string();
     let r = H5adReader::open(input)?;
+    let labeling = labeling_inputs(&r, spec, &source)?;
+    let layers = r.keys("layers")?;
+    let has_splicing =
+        layers.iter().any(|l| l == "spliced") && layers.iter().any(|l| l == "unspliced");
+    if let (Some(lab), false) = (&labeling, has_splicing) {
+        drop(r);
+        let (new, total, times, key) = lab.clone();
+        return labeling_only(input, output, spec, clock, new, total, times, key);
+    }
     check_count_layers(&r, input)?;
     let s = r.csr("layers/spliced")?;
     check_counts_in(&s, &source, SPLICED, &r)?;
@@ -492,7 +627,31 @@ fn compute_and_write(
         timings: Vec::new(),
     };
     let hvg = emb.hvg.clone();
+    let lab = match labeling {
+        Some((new, total, times, key)) => {
+            let genes: Vec<bool> = hvg.iter().zip(&usable).map(|(a, b)| *a && *b).collect();
+            let res = super::labeling::labeling_stage(
+                &new,
+                &total,
+                times,
+                key,
+                &emb.connectivities,
+                &genes,
+                true,
+                &spec.labeling,
+                &source,
+            )?;
+            clock.lap("labeling moments + kinetics");
+            Some(res)
+        }
+        None => None,
+    };
     let mut edit = H5adEdit::new(input);
+    if let Some(res) = lab {
+        for (slot, e) in res.into_slots() {
+            edit.set(&slot, e);
+        }
+    }
     if let Some(params) = &spec.umap {
         let u = super::umap::umap(&emb.connectivities, params)
             .map_err(|e| err(format!("{}: {e}", input.display())))?;
@@ -550,6 +709,93 @@ fn compute_and_write(
     match output {
         Some(out) => edit.write_to_with(out, produce)?,
         None => edit.write_in_place_with(produce)?,
+    }
+    clock.lap("write");
+    report.timings = clock.stages;
+    Ok(report)
+}
+
+/// [`compute_and_write`] for labeling data without splicing layers: `total` stands for the
+/// counts (X when the file has none of its own, the gene filter on counts shared by new and
+/// total), then the embedding and the labeling stage; no splicing velocity.
+#[allow(clippy::too_many_arguments)]
+fn labeling_only(
+    input: &Path,
+    output: Option<&Path>,
+    spec: &UpstreamSpec,
+    mut clock: Clock<'_, '_>,
+    new: Csr,
+    total: Csr,
+    times: Vec<f64>,
+    key: String,
+) -> Result<PrepareReport, PipelineError> {
+    let source = input.display().to_string();
+    let r = H5adReader::open(input)?;
+    clock.lap("read");
+    super::check_cells(total.nrows(), spec.n_neighbors, &source)?;
+    let usable =
+        shared_genes(&total, &new, Some(spec.min_shared_counts), &source).map_err(|e| {
+            err(e
+                .to_string()
+                .replace("spliced and unspliced", "new and total"))
+        })?;
+    let (n, g) = (total.nrows(), total.ncols());
+    let (x, what) = if r.exists("X") {
+        let x = r.csr("X")?;
+        check_x_shape(&x, n, g, &source)?;
+        check_counts_in(&x, &source, "X", &r)?;
+        (x, "X")
+    } else {
+        (total.clone(), "layers[\"total\"]")
+    };
+    let (logx, _, _) = log_normalise(x, &usable, &source, what)?;
+    clock.lap("normalise X");
+    let emb = embed(&logx, &usable, spec, &mut clock)?;
+    let genes: Vec<bool> = emb.hvg.iter().zip(&usable).map(|(a, b)| *a && *b).collect();
+    let res = super::labeling::labeling_stage(
+        &new,
+        &total,
+        times,
+        key,
+        &emb.connectivities,
+        &genes,
+        false,
+        &spec.labeling,
+        &source,
+    )?;
+    clock.lap("labeling moments + kinetics");
+    let mut report = PrepareReport {
+        n_cells: n,
+        n_genes: g,
+        n_highly_variable: emb.hvg.iter().filter(|&&b| b).count(),
+        n_velocity_genes: res.genes.iter().filter(|&&b| b).count(),
+        timings: Vec::new(),
+    };
+    let mut edit = H5adEdit::new(input);
+    if let Some(params) = &spec.umap {
+        let u = super::umap::umap(&emb.connectivities, params)
+            .map_err(|e| err(format!("{}: {e}", input.display())))?;
+        clock.lap("umap");
+        for (slot, e) in super::umap::umap_slots(&u, params) {
+            edit.set(&slot, e);
+        }
+    }
+    edit.set("X", Element::Sparse(logx.into()));
+    edit.set("obsm/X_pca", Element::from_dmatrix(&emb.pca));
+    edit.set(
+        "obsp/connectivities",
+        Element::Sparse(emb.connectivities.into()),
+    );
+    edit.set("obsp/distances", Element::Sparse(emb.distances.into()));
+    edit.set("var/highly_variable", Element::from_bools(emb.hvg));
+    edit.set("uns/neighbors", neighbors_params(spec));
+    for (slot, e) in res.into_slots() {
+        edit.set(&slot, e);
+    }
+    drop(r);
+    match output {
+        Some(out) => edit.write_to(out)?,
+        None => edit.write_in_place()?,
     }
     clock.lap("write");
     report.timings = clock.stages;

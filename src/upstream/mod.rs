@@ -50,6 +50,7 @@
 
 pub mod ann;
 pub mod dpt;
+pub mod labeling;
 pub mod pca;
 pub mod steps;
 pub mod umap;
@@ -61,8 +62,9 @@ pub mod velocity_summaries;
 mod file;
 #[cfg(feature = "h5ad")]
 pub use file::{
-    check_counts_in, moments_velocity_in_file, prepare, prepare_in_place, prepare_with,
-    read_counts, umap_if_missing, umap_in_file, velocity_in_file, UmapReport, FIGURE_EMBEDDINGS,
+    check_counts_in, labeling_layout, moments_velocity_in_file, prepare, prepare_in_place,
+    prepare_with, read_counts, read_labeling_counts, umap_if_missing, umap_in_file,
+    velocity_in_file, LabelingLayout, UmapReport, FIGURE_EMBEDDINGS,
 };
 
 use nalgebra::DMatrix;
@@ -138,6 +140,8 @@ pub struct UpstreamSpec {
     /// A UMAP layout of the kNN graph (`obsm["X_umap"]`, scanpy's `tl.umap`); `None`: none
     /// (`preprocess --umap`, or a `[umap]` table in TOML).
     pub umap: Option<umap::UmapParams>,
+    /// Metabolic labeling (used when the input has new/total layers; [`labeling`]).
+    pub labeling: labeling::LabelingSpec,
 }
 
 /// Neighbour search of [`UpstreamSpec`].
@@ -185,6 +189,7 @@ impl Default for UpstreamSpec {
             knn: KnnMethod::Auto,
             dynamics: velocity::DynamicalSettings::default(),
             umap: None,
+            labeling: labeling::LabelingSpec::default(),
         }
     }
 }
