@@ -1355,7 +1355,7 @@ mod tests {
             assert_eq!(a.keys("").unwrap(), b.keys("").unwrap());
             let mut layers = a.keys("layers").unwrap();
             assert_eq!(layers, b.keys("layers").unwrap());
-            assert_eq!(layers.len(), if labeling { 5 } else { 3 });
+            assert_eq!(layers.len(), if labeling { 6 } else { 3 });
             layers.retain(|l| l != "true_velocity");
             let mut slots = vec!["X".to_string(), "layers/true_velocity".into()];
             slots.extend(layers.iter().map(|l| format!("layers/{l}")));
