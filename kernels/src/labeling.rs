@@ -1,16 +1,15 @@
 //! `LabelingTimeKernel`: RNA velocity from metabolic labeling (new/total RNA and a labeling
 //! time per cell), as in dynamo's scNT-seq analysis, then the velocity-kernel machinery.
 //!
-//! 1. Smooth `new` and `total` over each cell and its kNN neighbours with the same labeling
-//!    time (`M_N`, `M_T`; binarised connectivities plus self, row-normalised).
-//! 2. Degradation rate γ per gene (dynamo's one-rate model of total RNA):
-//!    - one labeling time `t` (*one-shot*): `k` = slope of `M_N` on `M_T` through the origin over
-//!      the extreme cells (joint normalised expression ≥ its 95th percentile), clipped to
-//!      `≤ 1 − 10⁻³`, and `γ = −ln(1 − k)/t`;
-//!    - several times (*kinetics*, two-step): `K_j` per time point as above, then `γ` = slope of
-//!      `−ln(1 − K_j)` on `t_j` through the origin.
-//! 3. `velocity_T = (γ/k_i) M_N − γ M_T` with `k_i = 1 − e^{−γ t_i}`.
-//! 4. The velocity kernel on displacements of `M_T` with `velocity_T`.
+//! - When the data already hold the labeling velocity (`layers["velocity_T"]` and the
+//!   smoothed total RNA `layers["M_t"]`, as `cellfate preprocess` writes them for labeling
+//!   data), the kernel uses them, on the genes of `var["use_for_dynamics"]` when present.
+//! - Otherwise it estimates them from the raw layers: `new` and `total` smoothed over each
+//!   cell and its kNN neighbours with the same labeling time (`M_n`, `M_t`), the kinetics of
+//!   [`crate::labeling_kinetics`] (one-shot for one labeling time, two-step kinetics for
+//!   several), and `velocity_T = αᵢ − γ M_T`.
+//!
+//! The velocity kernel then runs on displacements of `M_t` with `velocity_T`.
 
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +45,14 @@ pub struct LabelingTimeParams {
     pub total_key: String,
     /// obs column with each cell's labeling duration.
     pub time_key: String,
+    /// One labeling duration for every cell (instead of `time_key`).
+    pub time_value: Option<f64>,
+    /// Layer of a precomputed labeling velocity (used with `xkey` when both exist).
+    pub vkey: String,
+    /// Layer of the smoothed total RNA matching `vkey`.
+    pub xkey: String,
+    /// var mask of the genes whose precomputed velocity is meaningful.
+    pub gene_subset: Option<String>,
     /// `obsp` key of the kNN connectivities.
     pub conn_key: String,
     /// γ estimator.
@@ -67,6 +74,10 @@ impl Default for LabelingTimeParams {
             new_key: "new".into(),
             total_key: "total".into(),
             time_key: "labeling_time".into(),
+            time_value: None,
+            vkey: "velocity_T".into(),
+            xkey: "M_t".into(),
+            gene_subset: Some("use_for_dynamics".into()),
             conn_key: "connectivities".into(),
             estimator: GammaEstimator::Auto,
             perc: 95.0,
@@ -118,38 +129,14 @@ pub(crate) fn smooth(conn: &Csr, m: &DenseMatrix, times: &[f64]) -> Vec<f64> {
     out
 }
 
-/// Slope through the origin of `y` on `x` over cells whose joint normalised expression is at
-/// or above the `perc`-th percentile (among `cells`).
-fn extreme_slope(x: &[f64], y: &[f64], cells: &[usize], perc: f64) -> f64 {
-    let xmax = cells.iter().map(|&i| x[i]).fold(0.0, f64::max).max(1e-3);
-    let ymax = cells.iter().map(|&i| y[i]).fold(0.0, f64::max).max(1e-3);
-    let score: Vec<f64> = cells.iter().map(|&i| x[i] / xmax + y[i] / ymax).collect();
-    let mut sorted = score.clone();
-    sorted.sort_by(f64::total_cmp);
-    let pos = perc / 100.0 * (sorted.len().saturating_sub(1)) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    let q = sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64);
-    let (mut sxy, mut sxx) = (0.0, 0.0);
-    for (k, &i) in cells.iter().enumerate() {
-        if score[k] >= q {
-            sxy += x[i] * y[i];
-            sxx += x[i] * x[i];
-        }
-    }
-    if sxx > 0.0 {
-        sxy / sxx
-    } else {
-        0.0
-    }
-}
-
 impl LabelingTimeParams {
-    /// Estimates γ and computes `velocity_T` (dynamo's formulas, see the module docs).
+    /// Estimates γ and computes `velocity_T` from the raw layers (see the module docs).
     pub fn labeling_velocity(
         &self,
         cells: &dyn CellSource,
     ) -> Result<LabelingVelocity, KernelError> {
-        let hint = "metabolic labeling needs layers with new and total RNA counts and a labeling time per cell (e.g. `cellfate simulate --labeling`)";
+        use crate::labeling_kinetics::{self as lk, ExperimentType, KineticsOptions};
+        let hint = "metabolic labeling needs layers with new and total RNA counts and a labeling time per cell (e.g. `cellfate simulate --labeling`; give the time with --labeling-time, a number or an obs column)";
         let missing = |what: &str| {
             let what = what.to_string();
             move |source| KernelError::MissingInput {
@@ -162,10 +149,13 @@ impl LabelingTimeParams {
         let conn = read_graph(NAME, cells, &self.conn_key)?;
         let new = cells.layer(&self.new_key).map_err(missing("new RNA"))?;
         let total = cells.layer(&self.total_key).map_err(missing("total RNA"))?;
-        let times = cells
-            .obs_f64(&self.time_key)
-            .map_err(missing("labeling times"))?;
         let (n, g) = (total.nrows(), total.ncols());
+        let times = match self.time_value {
+            Some(t) => vec![t; n],
+            None => cells
+                .obs_f64(&self.time_key)
+                .map_err(missing("labeling times"))?,
+        };
         if (new.nrows(), new.ncols()) != (n, g) || times.len() != n {
             return Err(KernelError::InvalidInput {
                 kernel: NAME,
@@ -173,90 +163,113 @@ impl LabelingTimeParams {
                 detail: "shapes differ".into(),
             });
         }
-        if let Some(i) = times.iter().position(|t| !(t.is_finite() && *t > 0.0)) {
-            return Err(KernelError::InvalidInput {
-                kernel: NAME,
-                what: format!("obs[\"{}\"]", self.time_key),
-                detail: format!("cell {i} has labeling time {} (must be positive)", times[i]),
-            });
-        }
+        let time_slot = match self.time_value {
+            Some(_) => "time_value".to_string(),
+            None => format!("obs[\"{}\"]", self.time_key),
+        };
+        lk::check_times(&times, &time_slot).map_err(|e| KernelError::InvalidInput {
+            kernel: NAME,
+            what: time_slot.clone(),
+            detail: e.to_string(),
+        })?;
         let mn = smooth(&conn, &new, &times);
         let mt = smooth(&conn, &total, &times);
-        let mut distinct: Vec<f64> = times.clone();
-        distinct.sort_by(f64::total_cmp);
-        distinct.dedup();
-        let two_step = match self.estimator {
-            GammaEstimator::Auto => distinct.len() > 1,
-            GammaEstimator::OneShot => {
-                if distinct.len() > 1 {
-                    return Err(KernelError::InvalidParam {
-                        kernel: NAME,
-                        name: "estimator",
-                        value: "one_shot".into(),
-                        expected: format!(
-                            "two_step (the data has {} labeling times)",
-                            distinct.len()
-                        ),
-                    });
-                }
-                false
-            }
-            GammaEstimator::TwoStep => {
-                if distinct.len() < 2 {
-                    return Err(KernelError::InvalidParam {
-                        kernel: NAME,
-                        name: "estimator",
-                        value: "two_step".into(),
-                        expected: "one_shot (the data has a single labeling time)".into(),
-                    });
-                }
-                true
-            }
+        let distinct = lk::distinct_times(&times);
+        let experiment = match self.estimator {
+            GammaEstimator::Auto if distinct.len() > 1 => ExperimentType::Kinetics,
+            GammaEstimator::Auto => ExperimentType::OneShot,
+            GammaEstimator::OneShot => ExperimentType::OneShot,
+            GammaEstimator::TwoStep => ExperimentType::Kinetics,
         };
-        let groups: Vec<Vec<usize>> = distinct
-            .iter()
-            .map(|t| (0..n).filter(|&i| times[i] == *t).collect())
-            .collect();
-        let gamma: Vec<f64> = (0..g)
-            .map(|j| {
-                let x: Vec<f64> = (0..n).map(|i| mt[i * g + j]).collect();
-                let y: Vec<f64> = (0..n).map(|i| mn[i * g + j]).collect();
-                let k_of = |cells: &[usize]| {
-                    extreme_slope(&x, &y, cells, self.perc).clamp(0.0, 1.0 - 1e-3)
-                };
-                if two_step {
-                    let (mut sty, mut stt) = (0.0, 0.0);
-                    for (t, cells) in distinct.iter().zip(&groups) {
-                        let k = k_of(cells);
-                        let yv = -(1.0 - k).ln();
-                        sty += t * yv;
-                        stt += t * t;
-                    }
-                    sty / stt
-                } else {
-                    let k = k_of(&groups[0]);
-                    -(1.0 - k).ln() / distinct[0]
-                }
-            })
-            .collect();
-        let mut vel = vec![0.0; n * g];
-        for i in 0..n {
-            for j in 0..g {
-                let gm = gamma[j];
-                let k = 1.0 - (-gm * times[i]).exp();
-                vel[i * g + j] = if k > 0.0 {
-                    gm / k * mn[i * g + j] - gm * mt[i * g + j]
-                } else {
-                    0.0
-                };
+        let opts = KineticsOptions {
+            experiment_type: Some(experiment),
+            one_shot_method: lk::OneShotMethod::Combined,
+            perc_right: 100.0 - self.perc,
+        };
+        let moments = lk::LabelingMoments {
+            n_cells: n,
+            n_genes: g,
+            new: &mn,
+            total: &mt,
+            times: &times,
+            second: None,
+        };
+        let genes: Vec<usize> = (0..g).collect();
+        let fit = lk::fit_kinetics(&moments, &genes, &opts).map_err(|e| {
+            let (name, value) = match self.estimator {
+                GammaEstimator::OneShot => ("estimator", "one_shot"),
+                GammaEstimator::TwoStep => ("estimator", "two_step"),
+                GammaEstimator::Auto => ("estimator", "auto"),
+            };
+            KernelError::InvalidParam {
+                kernel: NAME,
+                name,
+                value: value.into(),
+                expected: e.to_string(),
             }
-        }
+        })?;
+        let velocity = fit.velocity_t.unwrap_or_else(|| vec![0.0; n * g]);
+        let gamma = fit
+            .gamma
+            .iter()
+            .map(|x| if x.is_finite() { *x } else { 0.0 })
+            .collect();
         Ok(LabelingVelocity {
             gamma,
-            velocity: DenseMatrix::from_f64(n, g, vel),
+            velocity: DenseMatrix::from_f64(n, g, velocity),
             m_total: DenseMatrix::from_f64(n, g, mt),
-            estimator: if two_step { "two_step" } else { "one_shot" },
+            estimator: if experiment == ExperimentType::Kinetics {
+                "two_step"
+            } else {
+                "one_shot"
+            },
         })
+    }
+
+    /// The precomputed labeling velocity and smoothed total RNA (`vkey`, `xkey`, restricted
+    /// to `gene_subset`) when the data hold both; `None` otherwise.
+    fn precomputed(
+        &self,
+        cells: &dyn CellSource,
+    ) -> Result<Option<(DenseMatrix, DenseMatrix)>, KernelError> {
+        let (Ok(v), Ok(x)) = (cells.layer(&self.vkey), cells.layer(&self.xkey)) else {
+            return Ok(None);
+        };
+        if (v.nrows(), v.ncols()) != (x.nrows(), x.ncols()) {
+            return Err(KernelError::InvalidInput {
+                kernel: NAME,
+                what: format!("layers[\"{}\"] and layers[\"{}\"]", self.vkey, self.xkey),
+                detail: format!(
+                    "shapes differ ({}x{} and {}x{})",
+                    v.nrows(),
+                    v.ncols(),
+                    x.nrows(),
+                    x.ncols()
+                ),
+            });
+        }
+        let mask = match &self.gene_subset {
+            Some(k) => cells.var_mask(k).map_err(|e| KernelError::MissingInput {
+                kernel: NAME,
+                what: format!("var[\"{k}\"]"),
+                source: Box::new(e),
+                hint: "a boolean gene mask".into(),
+            })?,
+            None => None,
+        };
+        Ok(Some(match mask {
+            Some(m) if m.len() == v.ncols() => {
+                if !m.iter().any(|&b| b) {
+                    return Err(KernelError::InvalidInput {
+                        kernel: NAME,
+                        what: format!("var[\"{}\"]", self.gene_subset.as_deref().unwrap_or("")),
+                        detail: "no gene is selected".into(),
+                    });
+                }
+                (v.select_columns(&m), x.select_columns(&m))
+            }
+            _ => (v, x),
+        }))
     }
 
     fn velocity_params(&self) -> VelocityParams {
@@ -279,6 +292,16 @@ impl Leaf for LabelingTimeParams {
     }
 
     fn leaf_validate(&self) -> Result<(), KernelError> {
+        if let Some(t) = self.time_value {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(KernelError::InvalidParam {
+                    kernel: NAME,
+                    name: "time_value",
+                    value: t.to_string(),
+                    expected: "a positive labeling duration".into(),
+                });
+            }
+        }
         if !(self.perc > 0.0 && self.perc < 100.0) {
             return Err(KernelError::InvalidParam {
                 kernel: NAME,
@@ -294,11 +317,15 @@ impl Leaf for LabelingTimeParams {
         &self,
         cells: &dyn CellSource,
     ) -> Result<(TransitionMatrix, Self), KernelError> {
-        let lv = self.labeling_velocity(cells)?;
+        let (x, vel) = match self.precomputed(cells)? {
+            Some(p) => (p.1, p.0),
+            None => {
+                let lv = self.labeling_velocity(cells)?;
+                (lv.m_total, lv.velocity)
+            }
+        };
         let conn = read_graph(NAME, cells, &self.conn_key)?;
-        let (transition, v) =
-            self.velocity_params()
-                .compute_from(&conn, &lv.m_total, &lv.velocity)?;
+        let (transition, v) = self.velocity_params().compute_from(&conn, &x, &vel)?;
         let mut effective = self.clone();
         effective.softmax_scale = v.softmax_scale;
         Ok((transition, effective))
