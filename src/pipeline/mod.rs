@@ -156,7 +156,7 @@ pub struct FateMapSpec {
 impl Default for FateMapSpec {
     fn default() -> Self {
         Self {
-            kernel: "0.8*velocity + 0.2*connectivity".into(),
+            kernel: DEFAULT_KERNEL.into(),
             kernel_params: BTreeMap::new(),
             transition_key: None,
             estimators: EstimatorSpec::default(),
@@ -275,6 +275,43 @@ pub fn peak_rss_mb() -> Option<f64> {
     crate::upstream::peak_rss_mb()
 }
 
+/// The default kernel expression ([`FateMapSpec::kernel`]).
+pub const DEFAULT_KERNEL: &str = "0.8*velocity + 0.2*connectivity";
+/// The default kernel on metabolic-labeling data.
+pub const LABELING_KERNEL: &str = "0.8*labeling_time + 0.2*connectivity";
+
+/// The kernel a run of `spec` on `input` uses by default: [`LABELING_KERNEL`] when the
+/// expression is the default one and the input holds metabolic labeling — a labeling velocity
+/// already (`layers["velocity_T"]`), or new/total layers (or the four labeled/unlabeled
+/// layers) with a labeling time (`--labeling-time`, or `obs["labeling_time"]`/`["time"]`)
+/// — and labeling is not switched off; `None` to keep the spec's. With the reason, for the
+/// run's notes.
+pub fn labeling_default_kernel(input: &Path, spec: &FateMapSpec) -> Option<String> {
+    use crate::upstream::labeling::{LabelingTime, TIME_COLUMNS};
+    if spec.kernel.replace(' ', "") != DEFAULT_KERNEL.replace(' ', "")
+        || spec.transition_key.is_some()
+        || crate::io::loom::is_loom(input)
+    {
+        return None;
+    }
+    let lab = &spec.upstream.preprocess.labeling;
+    if lab.labeling_time.as_ref().is_some_and(LabelingTime::is_off) {
+        return None;
+    }
+    let r = H5adReader::open(input).ok()?;
+    if r.exists("layers/velocity_T") && r.exists("layers/M_t") {
+        return Some("the input holds a labeling velocity (layers velocity_T, M_t)".into());
+    }
+    crate::upstream::labeling_layout(&r).ok()??;
+    let obs = r.columns("obs").unwrap_or_default();
+    let timed = match &lab.labeling_time {
+        Some(LabelingTime::Value(_)) => true,
+        Some(LabelingTime::Column(c)) => obs.iter().any(|o| o == c),
+        None => TIME_COLUMNS.iter().any(|c| obs.iter().any(|o| o == c)),
+    };
+    timed.then(|| "the input holds metabolic labeling (new/total RNA and a labeling time)".into())
+}
+
 /// Runs kernel + estimators on `input`, writing everything to `output` (a copy of the input;
 /// written to a temporary file and renamed at the end).
 pub fn run(
@@ -283,6 +320,19 @@ pub fn run(
     spec: &FateMapSpec,
     progress: &mut dyn FnMut(&str),
 ) -> Result<RunSummary, PipelineError> {
+    // Labeling data get the labeling kernel by default.
+    let labeling_note = labeling_default_kernel(input, spec);
+    let resolved;
+    let spec = match &labeling_note {
+        Some(_) => {
+            resolved = FateMapSpec {
+                kernel: LABELING_KERNEL.into(),
+                ..spec.clone()
+            };
+            &resolved
+        }
+        None => spec,
+    };
     // The output copies an intermediate file when upstream steps run, so the writer's own
     // check (output ≠ the file it copies) no longer protects the input: check here.
     if let (Ok(a), Ok(b)) = (std::fs::canonicalize(input), std::fs::canonicalize(output)) {
@@ -378,6 +428,12 @@ pub fn run(
         });
     }
     let mut warnings = prepared.warnings.clone();
+    if let Some(why) = &labeling_note {
+        warnings.insert(
+            0,
+            format!("kernel: {LABELING_KERNEL} (the default on labeling data: {why}; --kernel sets another)"),
+        );
+    }
     warnings.extend(summary.notes.iter().cloned());
     if let Some(vf) = &vectorfield {
         warnings.extend(vf.notes.iter().cloned());

@@ -54,6 +54,10 @@ pub(crate) struct KernelArgs {
     /// With a labeling_time kernel: also write layers["velocity_T"] and var["gamma_labeling"].
     #[arg(long)]
     write_velocity: bool,
+    /// Labeling time for a labeling_time kernel computed from the raw new/total layers: a
+    /// number for all cells or an obs column (default obs labeling_time).
+    #[arg(long, value_name = "TIME|COLUMN")]
+    labeling_time: Option<cellfate::upstream::labeling::LabelingTime>,
 }
 
 /// Builds the kernel spec from the expression, `--param`s and a TOML file.
@@ -129,7 +133,24 @@ pub(crate) fn run(a: KernelArgs) -> anyhow::Result<String> {
         }
         out
     } else {
-        let spec = build_spec(&a.kernel, &a.params, a.params_file.as_deref())?;
+        let mut params = a.params.clone();
+        match &a.labeling_time {
+            Some(cellfate::upstream::labeling::LabelingTime::Value(v)) => {
+                params.push(format!("labeling_time.time_value={v}"));
+            }
+            Some(cellfate::upstream::labeling::LabelingTime::Column(c)) => {
+                params.push(format!("labeling_time.time_key={c}"));
+            }
+            None => {}
+        }
+        if a.labeling_time.is_some() && !a.kernel.contains("labeling") && !a.kernel.contains("ltk")
+        {
+            bail!(
+                "--labeling-time applies to a labeling_time kernel; the expression {:?} has none",
+                a.kernel
+            );
+        }
+        let spec = build_spec(&a.kernel, &params, a.params_file.as_deref())?;
         spec.compute(&reader)
             .with_context(|| format!("computing {} on {}", a.kernel, a.input.display()))?
     };

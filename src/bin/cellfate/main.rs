@@ -125,6 +125,8 @@ enum Command {
         dynamics: DynamicsFlags,
         #[command(flatten)]
         latent: LatentFlags,
+        #[command(flatten)]
+        labeling: LabelingFlags,
         /// Neighbour search: auto (exact up to 50,000 cells), exact, approximate (NN-descent).
         #[arg(long, default_value = "auto")]
         knn: cellfate::upstream::KnnMethod,
@@ -425,6 +427,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             knn,
             dynamics,
             latent,
+            labeling,
             umap,
         } => {
             let mut spec = cellfate::upstream::UpstreamSpec {
@@ -438,6 +441,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                 ..Default::default()
             };
             dynamics.apply(&mut spec.dynamics);
+            labeling.apply(&mut spec.labeling)?;
             // The library's errors name the file and the slot already.
             let verbose = progress::level() >= 2;
             let mut bar = progress::Progress::new();
@@ -743,6 +747,49 @@ impl Command {
             Command::Velocity { .. } => "velocity",
             Command::Simulate { .. } => "simulate",
         }
+    }
+}
+
+/// Metabolic labeling settings (`preprocess`, `run`, `batch`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct LabelingFlags {
+    /// Labeling time of metabolic-labeling data (layers new/total, or the four labeled/
+    /// unlabeled x spliced/unspliced layers): a number for all cells, an obs column, or
+    /// `off` to ignore the labeling layers (default: obs labeling_time, then obs time).
+    #[arg(long, value_name = "TIME|COLUMN|off")]
+    labeling_time: Option<cellfate::upstream::labeling::LabelingTime>,
+    /// The labeling experiment: one-shot, kinetics (kin) or degradation (deg) (default: one
+    /// labeling time is one-shot; several: kinetics when the new-to-total ratio rises with
+    /// time, degradation when it falls, as dynamo decides).
+    #[arg(long, value_name = "TYPE")]
+    experiment_type: Option<String>,
+}
+
+impl LabelingFlags {
+    pub(crate) fn apply(
+        &self,
+        spec: &mut cellfate::upstream::labeling::LabelingSpec,
+    ) -> anyhow::Result<()> {
+        use cellfate::kernels::labeling_kinetics::ExperimentType;
+        if let Some(t) = &self.labeling_time {
+            if let cellfate::upstream::labeling::LabelingTime::Value(v) = t {
+                if !(v.is_finite() && *v > 0.0) {
+                    anyhow::bail!(
+                        "--labeling-time {v}: expected a positive labeling duration, an obs column, or off"
+                    );
+                }
+            }
+            spec.labeling_time = Some(t.clone());
+        }
+        if let Some(e) = &self.experiment_type {
+            spec.experiment_type = Some(ExperimentType::parse(e).with_context(|| {
+                format!(
+                    "--experiment-type {e}: expected {}",
+                    ExperimentType::EXPECTED
+                )
+            })?);
+        }
+        Ok(())
     }
 }
 

@@ -171,6 +171,8 @@ pub(crate) struct UpstreamFlags {
     velocity_mode: Option<cellfate::upstream::velocity::VelocityMode>,
     #[command(flatten)]
     dynamics: crate::DynamicsFlags,
+    #[command(flatten)]
+    labeling: crate::LabelingFlags,
 }
 
 impl UpstreamFlags {
@@ -191,6 +193,7 @@ impl UpstreamFlags {
             u.preprocess.velocity_mode = m;
         }
         self.dynamics.apply(&mut u.preprocess.dynamics);
+        self.labeling.apply(&mut u.preprocess.labeling)?;
         u.validate()?;
         Ok(())
     }
