@@ -151,6 +151,17 @@ pub struct FateMapSpec {
     /// Vector field, fixed points and potential after the estimators (TOML `[vectorfield]`,
     /// flag `--vectorfield [BASIS]`; off unless a basis is set).
     pub vectorfield: crate::vectorfield_io::VectorFieldRunSpec,
+    /// The kernel's randomised control (dynamo's `calc_rnd_vel`: velocities permuted across
+    /// cells with random signs, the kernel recomputed, flow coherence compared;
+    /// [`crate::kernel_io::random_control`]). `None`: on for kernels with a labeling_time
+    /// leaf (the scNT-seq workflow's check), off otherwise.
+    pub random_control: Option<bool>,
+    /// Seed of the randomised control.
+    pub random_control_seed: u64,
+    /// Whether `kernel` was chosen (a `kernel` key in TOML, `--kernel`): then it is used as
+    /// given, even on labeling data ([`labeling_default_kernel`]).
+    #[serde(skip)]
+    pub kernel_explicit: bool,
 }
 
 impl Default for FateMapSpec {
@@ -163,6 +174,9 @@ impl Default for FateMapSpec {
             upstream: UpstreamSettings::default(),
             figures: FigureSpec::default(),
             vectorfield: Default::default(),
+            random_control: None,
+            random_control_seed: 0,
+            kernel_explicit: false,
         }
     }
 }
@@ -199,7 +213,12 @@ pub struct FigureSpec {
 impl FateMapSpec {
     /// Reads a TOML config file.
     pub fn from_toml(text: &str) -> Result<Self, PipelineError> {
-        toml::from_str(text).map_err(|source| PipelineError::Config { source })
+        let mut spec: Self =
+            toml::from_str(text).map_err(|source| PipelineError::Config { source })?;
+        spec.kernel_explicit = text
+            .parse::<toml::Table>()
+            .is_ok_and(|t| t.contains_key("kernel"));
+        Ok(spec)
     }
 
     /// The config as TOML (what `--dry-run` prints).
@@ -265,6 +284,9 @@ pub struct RunSummary {
     /// The vector-field steps' results (when `[vectorfield]` asked for them).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vectorfield: Option<crate::vectorfield_io::VectorFieldRunSummary>,
+    /// The kernel's randomised control (when it ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub random_control: Option<crate::kernel_io::RandomControlSummary>,
     /// Peak resident memory of the process so far (MB; Linux `VmHWM`), when known.
     pub peak_rss_mb: Option<f64>,
 }
@@ -281,14 +303,16 @@ pub const DEFAULT_KERNEL: &str = "0.8*velocity + 0.2*connectivity";
 pub const LABELING_KERNEL: &str = "0.8*labeling_time + 0.2*connectivity";
 
 /// The kernel a run of `spec` on `input` uses by default: [`LABELING_KERNEL`] when the
-/// expression is the default one and the input holds metabolic labeling — a labeling velocity
+/// expression is the default one, not chosen ([`FateMapSpec::kernel_explicit`]), and the
+/// input holds metabolic labeling — a labeling velocity
 /// already (`layers["velocity_T"]`), or new/total layers (or the four labeled/unlabeled
 /// layers) with a labeling time (`--labeling-time`, or `obs["labeling_time"]`/`["time"]`)
 /// — and labeling is not switched off; `None` to keep the spec's. With the reason, for the
 /// run's notes.
 pub fn labeling_default_kernel(input: &Path, spec: &FateMapSpec) -> Option<String> {
     use crate::upstream::labeling::{LabelingTime, TIME_COLUMNS};
-    if spec.kernel.replace(' ', "") != DEFAULT_KERNEL.replace(' ', "")
+    if spec.kernel_explicit
+        || spec.kernel != DEFAULT_KERNEL
         || spec.transition_key.is_some()
         || crate::io::loom::is_loom(input)
     {
@@ -367,6 +391,8 @@ pub fn run(
     let mut edit = H5adEdit::new(source);
     let mut stages = prepared.stages.clone();
     let start = Instant::now();
+    let mut control = None;
+    let mut control_warning = None;
     let (t, kernel_json) = if let Some(key) = &spec.transition_key {
         progress("reading the transition matrix");
         (
@@ -378,6 +404,28 @@ pub fn run(
         let k = spec.kernel_spec()?;
         let out = k.compute(&r)?;
         crate::kernel_io::write_kernel(&mut edit, &out, None);
+        let labeling = k
+            .leaves()
+            .iter()
+            .any(|l| matches!(l, KernelSpec::LabelingTime(_)));
+        if spec.random_control.unwrap_or(labeling) {
+            progress("randomised control");
+            let key = crate::io::keys::transition(out.transition.direction());
+            let c = crate::kernel_io::random_control(
+                &r,
+                &out,
+                &key,
+                spec.random_control_seed,
+                &mut edit,
+            )?;
+            if !(c.score >= 0.1) {
+                control_warning = Some(format!(
+                    "randomised control: the flow is hardly more coherent than with permuted velocities (coherence {:.3} real, {:.3} control, score {:.3} on {}): the velocities may be noise",
+                    c.real, c.control, c.score, c.basis
+                ));
+            }
+            control = Some(c);
+        }
         (out.transition.clone(), out.effective.to_json())
     };
     stages.push(StageTime {
@@ -428,6 +476,7 @@ pub fn run(
         });
     }
     let mut warnings = prepared.warnings.clone();
+    warnings.extend(control_warning);
     if let Some(why) = &labeling_note {
         warnings.insert(
             0,
@@ -489,6 +538,7 @@ pub fn run(
         warnings,
         estimators: summary,
         vectorfield,
+        random_control: control,
         peak_rss_mb: peak_rss_mb(),
     })
 }

@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use cellfate::io::{H5adEdit, H5adReader};
-use cellfate::kernels::random_control::RandomizedVelocity;
 use cellfate::kernels::{expr, save, Direction, Kernel, KernelOutput, KernelSpec};
 
 /// Arguments of `cellfate kernel`.
@@ -168,25 +167,12 @@ pub(crate) fn run(a: KernelArgs) -> anyhow::Result<String> {
         out.transition.nnz()
     );
     if a.random_control {
-        let vkey = out
-            .effective
-            .leaves()
-            .iter()
-            .find_map(|l| match l {
-                KernelSpec::Velocity(p) => Some(p.vkey.clone()),
-                _ => None,
-            })
-            .context("--random-control needs a velocity kernel in the expression")?;
         let seed = a.seed.unwrap_or(0);
-        let rnd = RandomizedVelocity::new(&reader, &vkey, seed);
-        // Re-estimate nothing: the randomised control uses the same effective parameters.
-        let rnd_out = out
-            .effective
-            .compute(&rnd)
+        let c = cellfate::kernel_io::random_control(&reader, &out, &key, seed, &mut edit)
             .context("computing the randomised control")?;
-        cellfate::kernel_io::write_kernel(&mut edit, &rnd_out, Some(&format!("{key}_rnd")));
         msg.push_str(&format!(
-            "randomised control (seed {seed}) -> obsp[\"{key}_rnd\"]\n"
+            "randomised control (seed {seed}) -> obsp[\"{}\"]; flow coherence on {}: {:.3} real, {:.3} control, score {:.3} -> obs[\"random_control_score\"], uns[\"random_control\"]\n",
+            c.key, c.basis, c.real, c.control, c.score
         ));
     }
     if let Some(basis) = &a.projection {

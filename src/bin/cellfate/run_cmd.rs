@@ -173,6 +173,12 @@ pub(crate) struct UpstreamFlags {
     dynamics: crate::DynamicsFlags,
     #[command(flatten)]
     labeling: crate::LabelingFlags,
+    /// The kernel's randomised control (velocities permuted across cells with random signs,
+    /// the kernel recomputed, flow coherence compared: obsp T_fwd_rnd, obs
+    /// random_control_score, uns random_control): true or false (default: on for kernels
+    /// with labeling_time).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    random_control: Option<bool>,
 }
 
 impl UpstreamFlags {
@@ -195,6 +201,9 @@ impl UpstreamFlags {
         self.dynamics.apply(&mut u.preprocess.dynamics);
         self.labeling.apply(&mut u.preprocess.labeling)?;
         u.validate()?;
+        if self.random_control.is_some() {
+            spec.random_control = self.random_control;
+        }
         Ok(())
     }
 }
@@ -304,6 +313,7 @@ pub(crate) fn build_spec(
     };
     if let Some(k) = kernel {
         spec.kernel = k.clone();
+        spec.kernel_explicit = true;
     }
     for p in params {
         let (lhs, value) = p
@@ -401,6 +411,18 @@ pub(crate) fn summary_text(s: &pipeline::RunSummary) -> String {
             .map(|(g, r)| format!("{} ({r:.2})", esc(g)))
             .collect();
         let _ = writeln!(out, "  drivers {}: {}", esc(lin), g.join(", "));
+    }
+    if let Some(c) = &s.random_control {
+        let _ = writeln!(
+            out,
+            "randomised control (seed {}): flow coherence on {} {:.3} real vs {:.3} with permuted velocities (score {:.3}) -> obsp {}",
+            c.seed,
+            esc(&c.basis),
+            c.real,
+            c.control,
+            c.score,
+            esc(&c.key)
+        );
     }
     if let Some(vf) = &s.vectorfield {
         let f = &vf.field;
