@@ -183,6 +183,7 @@ pub fn report(
         h.push_str("<p>No fate probabilities in this file.</p>\n");
     }
     velocity_section(r, &mut h);
+    labeling_section(r, &mut h);
     if let (Some(m), Some(c)) = (
         summary.get("schur_method").and_then(|v| v.as_str()),
         summary.get("crispness").and_then(|v| v.as_f64()),
@@ -478,6 +479,114 @@ fn kernel_section(r: &dyn FigureSource, d: Direction, h: &mut String) {
             h,
             "<details><summary>kernel specification</summary><pre>{}</pre></details>",
             esc(spec)
+        );
+    }
+}
+
+/// Metabolic labeling, when the file has its estimates (`uns["dynamics"]`, `var["gamma"]`):
+/// the experiment, the estimator, the genes fitted with their median γ and half-life, the
+/// genes with the highest synthesis rate, the velocity confidence of `velocity_T`, and the
+/// randomised control (`uns["random_control"]`) of any velocity kernel.
+fn labeling_section(r: &dyn FigureSource, h: &mut String) {
+    let str_of = |slot: &str| match r.read(slot) {
+        Ok(Element::Str(s)) => Some(s),
+        _ => None,
+    };
+    let num_of = |slot: &str| match r.read(slot).ok()? {
+        Element::Scalar(v) => v.to_f64().first().copied(),
+        e => e.to_f64_vec()?.first().copied(),
+    };
+    let experiment = str_of("uns/dynamics/experiment_type");
+    let control = num_of("uns/random_control/score");
+    if experiment.is_none() && control.is_none() {
+        return;
+    }
+    if let Some(exp) = &experiment {
+        h.push_str("<h2>Metabolic labeling</h2>\n");
+        let method = str_of("uns/dynamics/est_method").unwrap_or_default();
+        let col = |k: &str| r.column("var", k).ok().and_then(|c| c.to_f64_vec());
+        let (gamma, half, alpha) = (col("gamma"), col("half_life"), col("alpha"));
+        let mut times: Vec<f64> = r
+            .read("uns/dynamics/t")
+            .ok()
+            .and_then(|e| e.to_f64_vec())
+            .unwrap_or_default();
+        times.sort_by(f64::total_cmp);
+        times.dedup();
+        let shown: Vec<String> = times.iter().take(8).map(|t| format!("{t}")).collect();
+        let median = |v: &Option<Vec<f64>>| -> Option<(usize, f64)> {
+            let mut f: Vec<f64> = v
+                .as_ref()?
+                .iter()
+                .copied()
+                .filter(|x| x.is_finite())
+                .collect();
+            if f.is_empty() {
+                return None;
+            }
+            f.sort_by(f64::total_cmp);
+            Some((f.len(), f[f.len() / 2]))
+        };
+        let _ = writeln!(
+            h,
+            "<p>Experiment <code>{}</code>, estimator <code>{}</code>, labeling times {}.</p>",
+            esc(exp),
+            esc(&method),
+            esc(&shown.join(", "))
+        );
+        if let (Some((n, g)), Some((_, hl))) = (median(&gamma), median(&half)) {
+            let _ = writeln!(
+                h,
+                "<p>{n} genes fitted (<code>var[\"use_for_dynamics\"]</code>): median degradation rate γ {g:.4}, median half-life {hl:.3} (<code>var[\"gamma\"]</code>, <code>var[\"half_life\"]</code>, dynamo's <code>varm[\"vel_params\"]</code>).</p>"
+            );
+        }
+        if let (Some(alpha), Some(gamma), Some(half), Ok(names)) =
+            (&alpha, &gamma, &half, r.var_names())
+        {
+            let mut order: Vec<usize> =
+                (0..alpha.len()).filter(|&j| alpha[j].is_finite()).collect();
+            order.sort_by(|&a, &b| alpha[b].total_cmp(&alpha[a]).then(a.cmp(&b)));
+            h.push_str("<table><tr><th>gene (highest synthesis)</th><th>α</th><th>γ</th><th>half-life</th></tr>\n");
+            for &j in order.iter().take(10) {
+                let _ = writeln!(
+                    h,
+                    "<tr><td>{}</td><td class=\"num\">{:.4}</td><td class=\"num\">{:.4}</td><td class=\"num\">{:.3}</td></tr>",
+                    esc(names.get(j).map_or("?", String::as_str)),
+                    alpha[j],
+                    gamma[j],
+                    half[j]
+                );
+            }
+            h.push_str("</table>\n");
+        }
+        if let Ok(mut c) = r.obs_f64("velocity_T_confidence") {
+            c.retain(|x| x.is_finite());
+            if !c.is_empty() {
+                c.sort_by(f64::total_cmp);
+                let _ = writeln!(
+                    h,
+                    "<p>Velocity confidence of <code>velocity_T</code> (scVelo's, mean correlation with the neighbours' velocities): median {:.3}.</p>",
+                    c[c.len() / 2]
+                );
+            }
+        }
+    }
+    if let Some(score) = control {
+        if experiment.is_none() {
+            h.push_str("<h2>Randomised control</h2>\n");
+        }
+        let real = num_of("uns/random_control/coherence").unwrap_or(f64::NAN);
+        let ctrl = num_of("uns/random_control/control_coherence").unwrap_or(f64::NAN);
+        let basis = str_of("uns/random_control/basis").unwrap_or_default();
+        let verdict = if score >= 0.1 {
+            "the flow is directed: clearly more coherent than with permuted velocities"
+        } else {
+            "the flow is hardly more coherent than with permuted velocities: the velocities may be noise"
+        };
+        let _ = writeln!(
+            h,
+            "<p>Randomised control (each gene's velocities permuted across cells with random signs, the kernel recomputed): flow coherence on <code>{}</code> {real:.3} real, {ctrl:.3} control, score {score:.3} — {verdict}. Per cell: <code>obs[\"random_control_score\"]</code>.</p>",
+            esc(&basis)
         );
     }
 }

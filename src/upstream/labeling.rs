@@ -122,6 +122,9 @@ pub struct LabelingResult {
     pub has_splicing: bool,
     /// Where the times came from (`obs` column name, or `None` for one value).
     pub tkey: String,
+    /// scVelo's velocity confidence of `velocity_T` (`obs["velocity_T_confidence"]`), when
+    /// there is a velocity and a distance graph.
+    pub confidence: Option<Vec<f64>>,
 }
 
 /// The first stored entry where `new > total`, as (cell, gene, new, total).
@@ -237,6 +240,7 @@ pub fn labeling_stage(
     times: Vec<f64>,
     tkey: String,
     conn: &Csr,
+    distances: Option<&Csr>,
     genes: &[bool],
     has_splicing: bool,
     spec: &LabelingSpec,
@@ -294,6 +298,21 @@ pub fn labeling_stage(
     };
     let fit =
         fit_kinetics(&moments, &fit_genes, &opts).map_err(|e| invalid(format!("{source}: {e}")))?;
+    // scVelo's velocity confidence on velocity_T (the fitted genes).
+    let confidence = match (&fit.velocity_t, distances) {
+        (Some(v), Some(d)) => {
+            let fitted: Vec<usize> = (0..g).filter(|&j| fit.fitted[j]).collect();
+            let nb = cellfate_dynamics::Neighbors::from_distances(d, None)
+                .map_err(|e| invalid(format!("{source}: obsp[\"distances\"]: {e}")))?;
+            let rm = cellfate_dynamics::RowMajor::new("velocity_T", v, n, g)
+                .map_err(|e| invalid(format!("{source}: {e}")))?;
+            Some(
+                cellfate_dynamics::velocity_confidence(rm, &fitted, &nb)
+                    .map_err(|e| invalid(format!("{source}: velocity_T confidence: {e}")))?,
+            )
+        }
+        _ => None,
+    };
     let (cn, ct) = (new.col_sums(), total.col_sums());
     let ntr_var = cn
         .iter()
@@ -313,6 +332,7 @@ pub fn labeling_stage(
         ntr_var,
         has_splicing,
         tkey,
+        confidence,
     })
 }
 
@@ -370,6 +390,9 @@ impl LabelingResult {
         ));
         out.push(("var/ntr".into(), Element::from_f64(self.ntr_var)));
         out.push(("obs/ntr".into(), Element::from_f64(self.ntr_obs)));
+        if let Some(c) = self.confidence {
+            out.push(("obs/velocity_T_confidence".into(), Element::from_f64(c)));
+        }
         out.push((
             "obs/total_Size_Factor".into(),
             Element::from_f64(self.size_factor),
