@@ -146,16 +146,17 @@ impl LabelingTimeParams {
                 hint: hint.into(),
             }
         };
-        let conn = read_graph(NAME, cells, &self.conn_key)?;
-        let new = cells.layer(&self.new_key).map_err(missing("new RNA"))?;
-        let total = cells.layer(&self.total_key).map_err(missing("total RNA"))?;
-        let (n, g) = (total.nrows(), total.ncols());
+        // The labeling time first: it is what labeling data most often lack.
         let times = match self.time_value {
-            Some(t) => vec![t; n],
+            Some(t) => vec![t; cells.n_cells()],
             None => cells
                 .obs_f64(&self.time_key)
                 .map_err(missing("labeling times"))?,
         };
+        let new = cells.layer(&self.new_key).map_err(missing("new RNA"))?;
+        let total = cells.layer(&self.total_key).map_err(missing("total RNA"))?;
+        let conn = read_graph(NAME, cells, &self.conn_key)?;
+        let (n, g) = (total.nrows(), total.ncols());
         if (new.nrows(), new.ncols()) != (n, g) || times.len() != n {
             return Err(KernelError::InvalidInput {
                 kernel: NAME,

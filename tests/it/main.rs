@@ -23,6 +23,7 @@ mod gpcca_parity;
 mod kernel_exprs;
 mod kernel_io;
 mod kernel_parity;
+mod labeling;
 mod lineage_tracing;
 mod messages;
 mod names_batch;

@@ -321,6 +321,11 @@ fn labeling_kernel_recovers_gamma() {
             n_cells: 1500,
             n_genes: 60,
             labeling: true,
+            experiment: if times.len() == 1 {
+                cellfate::sim::ExperimentType::OneShot
+            } else {
+                cellfate::sim::ExperimentType::Kinetics
+            },
             labeling_times: times,
             depth: 8.0,
             ..Default::default()
