@@ -114,6 +114,34 @@ class KernelExpression:
             self._result = self._combine()
         return self._result
 
+    def compute_random_control(self, seed: int = 0, basis: str = "pca", key: str | None = None, write: bool = True) -> dict:
+        """dynamo's randomised control (``calc_rnd_vel``): this kernel recomputed with the
+        same parameters on velocities permuted across cells with random signs. Scored by the
+        flow's coherence on ``obsm["X_<basis>"]`` (each cell's projected velocity against
+        its neighbours' mean, neighbours from ``obsp["connectivities"]``): real minus control,
+        per cell and overall. With ``write``, ``obsp[key + "_rnd"]`` (``key`` defaults to
+        ``T_fwd``/``T_bwd``), ``obs["random_control_score"]`` and ``uns["random_control"]``."""
+        import numpy as np
+
+        res = self._computed()
+        adata = self.adata
+        emb_key = basis if basis in adata.obsm else f"X_{basis}"
+        if emb_key not in adata.obsm:
+            raise KeyError(f"obsm[{emb_key!r}] not found (basis={basis!r}); available: {', '.join(adata.obsm.keys()) or 'none'}")
+        if "connectivities" not in adata.obsp:
+            raise KeyError("obsp['connectivities'] not found: the control is scored on the kNN graph (run cellfate.pp.neighbors first)")
+        emb = np.ascontiguousarray(np.asarray(adata.obsm[emb_key], dtype=np.float64))
+        graph = _source.csr_parts(adata.obsp["connectivities"], "obsp['connectivities']")
+        ctrl, per_cell, real, control, score = _core.random_control(res, adata, int(seed), emb, graph)
+        out = {"score": score, "coherence": real, "control_coherence": control, "per_cell": np.asarray(per_cell), "seed": int(seed), "basis": emb_key}
+        if write:
+            key = key or ("T_bwd" if res.backward else "T_fwd")
+            data, indices, indptr, shape = ctrl.csr()
+            adata.obsp[f"{key}_rnd"] = sp.csr_matrix((data, indices, indptr), shape=shape)
+            adata.obs["random_control_score"] = out["per_cell"]
+            adata.uns["random_control"] = {k: v for k, v in out.items() if k != "per_cell"} | {"key": f"{key}_rnd"}
+        return out
+
     def __repr__(self):
         return f"{type(self).__name__}[n={self.adata.n_obs if self.adata is not None else '?'}]"
 
@@ -408,8 +436,9 @@ class LabelingTimeKernel(Kernel):
 
     _kind, _name = "labeling_time", "LabelingTimeKernel"
 
-    def __init__(self, adata, backward: bool = False, new_key: str = "new", total_key: str = "total", time_key: str = "time", conn_key: str = "connectivities"):
-        super().__init__(adata, backward=backward, new_key=new_key, total_key=total_key, time_key=time_key, conn_key=conn_key)
+    def __init__(self, adata, backward: bool = False, new_key: str = "new", total_key: str = "total", time_key: str = "time", conn_key: str = "connectivities", time_value: float | None = None):
+        # With cellfate.tl.dynamics run first, layers velocity_T and M_t are used as they are.
+        super().__init__(adata, backward=backward, new_key=new_key, total_key=total_key, time_key=time_key, conn_key=conn_key, time_value=time_value)
 
     @stage
     def compute_transition_matrix(self, **kwargs):

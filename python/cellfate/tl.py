@@ -21,7 +21,7 @@ from . import _core, _elements
 from ._log import logger
 from ._source import csr_parts
 
-__all__ = ["velocity", "recover_dynamics", "velocity_graph", "velocity_confidence", "latent_time"]
+__all__ = ["dynamics", "velocity", "recover_dynamics", "velocity_graph", "velocity_confidence", "latent_time"]
 
 _MODES = {"deterministic": "deterministic", "steady_state": "deterministic", "stochastic": "stochastic", "dynamical": "dynamical"}
 
@@ -353,4 +353,95 @@ def umap(
     )
     _write(adata, slots)
     logger.info("umap: added 'X_umap' (adata.obsm), 'umap' (adata.uns)")
+    return adata if copy else None
+
+
+
+def _labeling_layers(adata):
+    """Raw new and total counts: layers new/total, or the four labeled/unlabeled x
+    spliced/unspliced layers (dynamo's uu/ul/su/sl, dynast's un_X/ul_X/sn_X/sl_X) summed."""
+    L = adata.layers
+    if "new" in L and "total" in L:
+        return L["new"], L["total"]
+    four = None
+    if all(k in L for k in ("uu", "ul", "su", "sl")):
+        four = ("uu", "ul", "su", "sl")
+    else:
+        for k in L.keys():
+            if k.startswith("ul_"):
+                c = k[3:]
+                if all(f"{p}_{c}" in L for p in ("un", "sn", "sl")):
+                    four = (f"un_{c}", k, f"sn_{c}", f"sl_{c}")
+                    break
+    if four is None:
+        raise KeyError(
+            "metabolic labeling needs layers new and total, or the four labeled/unlabeled x spliced/unspliced layers "
+            f"(uu, ul, su, sl); available layers: {', '.join(L.keys()) or 'none'}"
+        )
+    uu, ul, su, sl = (sp.csr_matrix(L[k]) for k in four)
+    new = ul + sl
+    return new, new + uu + su
+
+
+def dynamics(
+    adata,
+    tkey: str | None = None,
+    experiment_type: str | None = None,
+    one_shot_method: str = "stochastic",
+    perc_right: float = 5.0,
+    labeling_time: float | None = None,
+    min_counts_per_cell: float = 5.0,
+    copy: bool = False,
+):
+    """dynamo's ``tl.dynamics`` for metabolic labeling, as ``cellfate preprocess`` runs it
+    (``cellfate::upstream::labeling``): raw new/total counts (or the four labeled/unlabeled
+    layers, summed), the labeling time from ``obs[tkey]`` (default ``labeling_time``, then
+    ``time``) or one ``labeling_time`` for all cells, the kNN graph of ``cellfate.pp.neighbors``
+    (``obsp["connectivities"]``, ``obsp["distances"]``) and the genes of
+    ``var["highly_variable"]`` (all genes without it). Writes ``layers["M_n"|"M_t"|...]``,
+    ``layers["velocity_N"|"velocity_T"]``, ``var["alpha"|"gamma"|"half_life"]``,
+    ``varm["vel_params"]``, ``uns["dynamics"]`` and ``uns["pp"]`` (see the README's
+    Metabolic labeling). ``experiment_type``: ``one-shot``, ``kin`` or ``deg`` (default
+    inferred as dynamo does)."""
+    adata = adata.copy() if copy else adata
+    new, total = _labeling_layers(adata)
+    n = adata.n_obs
+    if labeling_time is not None:
+        times, key = [float(labeling_time)] * n, "labeling_time"
+    else:
+        cands = [tkey] if tkey else ["labeling_time", "time"]
+        key = next((c for c in cands if c in adata.obs), None)
+        if key is None:
+            raise KeyError(
+                f"labeling time: obs has none of {cands} (give tkey=<obs column> or labeling_time=<number>)"
+            )
+        times = np.asarray(adata.obs[key], dtype=np.float64).tolist()
+    if "connectivities" not in adata.obsp:
+        raise KeyError("obsp['connectivities'] not found: run cellfate.pp.neighbors first")
+    dist = csr_parts(adata.obsp["distances"], "obsp['distances']") if "distances" in adata.obsp else None
+    genes = (
+        np.asarray(adata.var["highly_variable"], dtype=bool).tolist()
+        if "highly_variable" in adata.var
+        else [True] * adata.n_vars
+    )
+    settings = {
+        "experiment_type": experiment_type,
+        "one_shot_method": one_shot_method,
+        "perc_right": float(perc_right),
+        "min_counts_per_cell": float(min_counts_per_cell),
+    }
+    has_splicing = "spliced" in adata.layers and "unspliced" in adata.layers
+    slots = _core.labeling_dynamics(
+        csr_parts(new, "layers['new']"),
+        csr_parts(total, "layers['total']"),
+        times,
+        key,
+        csr_parts(adata.obsp["connectivities"], "obsp['connectivities']"),
+        dist,
+        genes,
+        json.dumps(settings),
+        has_splicing,
+    )
+    logger.info("dynamics: %s kinetics -> layers velocity_N, velocity_T; var alpha, gamma, half_life", experiment_type or "inferred")
+    _write(adata, slots)
     return adata if copy else None

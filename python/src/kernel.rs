@@ -116,3 +116,35 @@ pub(crate) fn kernel_from_csr(
         },
     })
 }
+
+/// The randomised control of a computed kernel (dynamo's `calc_rnd_vel`): the kernel's
+/// effective spec recomputed on `adata` with every velocity it reads permuted across cells
+/// with random signs (`seed`), and its score on `embedding` (cells × d, row-major) with the
+/// neighbour graph `graph` (SciPy CSR parts). Returns the control kernel, the per-cell score,
+/// and the mean coherences (real, control) and their difference.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+pub(crate) fn random_control(
+    py: Python<'_>,
+    kernel: PyRef<'_, PyKernel>,
+    adata: &Bound<'_, PyAny>,
+    seed: u64,
+    embedding: crate::velocity::Matrix<'_>,
+    graph: &Bound<'_, PyAny>,
+) -> PyResult<(PyKernel, Vec<f64>, f64, f64, f64)> {
+    use cellfate_kernels::random_control::{control_score, randomized_control};
+    let source = AdataSource::new(adata)?;
+    let graph = csr_from_parts(graph, "obsp['connectivities']")?;
+    let (n, d) = embedding.shape();
+    let all: Vec<usize> = (0..d).collect();
+    let emb = cellfate_kernels::DenseMatrix::from_f64(n, d, embedding.gather(&all));
+    let effective = kernel.out.effective.clone();
+    let real = kernel.out.transition.clone();
+    let (ctrl, s) = crate::run::run(py, || {
+        let ctrl = randomized_control(&effective, &source, seed)?;
+        let s = control_score(&real, &ctrl.transition, &emb, &graph);
+        Ok::<_, cellfate_kernels::KernelError>((ctrl, s))
+    })?
+    .map_err(kernel_error)?;
+    Ok((PyKernel { out: ctrl }, s.per_cell, s.real, s.control, s.score))
+}

@@ -42,6 +42,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(upstream::moments, m)?)?;
     m.add_function(wrap_pyfunction!(upstream::umap, m)?)?;
     m.add_function(wrap_pyfunction!(upstream::velocity, m)?)?;
+    m.add_function(wrap_pyfunction!(upstream::labeling_dynamics, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel::random_control, m)?)?;
     m.add_function(wrap_pyfunction!(vectorfield::vector_field, m)?)?;
     m.add_function(wrap_pyfunction!(vectorfield::project, m)?)?;
     m.add_function(wrap_pyfunction!(vectorfield::topography, m)?)?;

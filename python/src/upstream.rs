@@ -202,3 +202,56 @@ pub(crate) fn velocity<'py>(
         .map_err(upstream_error)?;
     convert::slots(py, fit.into_slots())
 }
+
+/// dynamo's `tl.dynamics` for metabolic labeling (`cellfate::upstream::labeling`): raw
+/// `new`/`total` counts, the labeling time per cell (`tkey` names where it came from), the
+/// kNN graph (connectivities, and distances for the velocity confidence), the genes to fit,
+/// and the settings as JSON (`LabelingSpec`'s fields). Returns the slots.
+#[pyfunction]
+#[pyo3(signature = (new, total, times, tkey, connectivities, distances, genes, settings, has_splicing=false))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn labeling_dynamics<'py>(
+    py: Python<'py>,
+    new: &Bound<'_, PyAny>,
+    total: &Bound<'_, PyAny>,
+    times: Vec<f64>,
+    tkey: String,
+    connectivities: &Bound<'_, PyAny>,
+    distances: Option<&Bound<'_, PyAny>>,
+    genes: Vec<bool>,
+    settings: &str,
+    has_splicing: bool,
+) -> PyResult<Bound<'py, PyList>> {
+    use cellfate::upstream::labeling::{check_labeling_counts, labeling_stage, LabelingSpec};
+    let spec: LabelingSpec = serde_json::from_str(settings)
+        .map_err(|e| PyValueError::new_err(format!("labeling settings: {e}")))?;
+    let new = csr_from_parts(new, "layers['new']")?;
+    let total = csr_from_parts(total, "layers['total']")?;
+    let conn = csr_from_parts(connectivities, "obsp['connectivities']")?;
+    let dist = csr_opt(distances, "obsp['distances']")?;
+    if genes.len() != total.ncols() {
+        return Err(PyValueError::new_err(format!(
+            "genes: {} flags for {} genes",
+            genes.len(),
+            total.ncols()
+        )));
+    }
+    let names = |i: usize, j: usize| (i.to_string(), j.to_string());
+    let out = crate::run::run(py, || {
+        check_labeling_counts(&new, &total, &spec, "adata", &names)?;
+        labeling_stage(
+            &new,
+            &total,
+            times,
+            tkey,
+            &conn,
+            dist.as_ref(),
+            &genes,
+            has_splicing,
+            &spec,
+            "adata",
+        )
+    })?
+    .map_err(upstream_error)?;
+    convert::slots(py, out.into_slots())
+}
