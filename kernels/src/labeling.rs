@@ -186,6 +186,7 @@ impl LabelingTimeParams {
             experiment_type: Some(experiment),
             one_shot_method: lk::OneShotMethod::Combined,
             perc_right: 100.0 - self.perc,
+            ..Default::default()
         };
         let moments = lk::LabelingMoments {
             n_cells: n,

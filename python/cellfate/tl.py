@@ -387,7 +387,8 @@ def dynamics(
     adata,
     tkey: str | None = None,
     experiment_type: str | None = None,
-    one_shot_method: str = "stochastic",
+    one_shot_method: str = "combined",
+    extreme: str = "total",
     perc_right: float = 5.0,
     labeling_time: float | None = None,
     min_counts_per_cell: float = 5.0,
@@ -428,6 +429,7 @@ def dynamics(
         "experiment_type": experiment_type,
         "one_shot_method": one_shot_method,
         "perc_right": float(perc_right),
+        "extreme": extreme,
         "min_counts_per_cell": float(min_counts_per_cell),
     }
     has_splicing = "spliced" in adata.layers and "unspliced" in adata.layers

@@ -146,5 +146,11 @@ pub(crate) fn random_control(
         Ok::<_, cellfate_kernels::KernelError>((ctrl, s))
     })?
     .map_err(kernel_error)?;
-    Ok((PyKernel { out: ctrl }, s.per_cell, s.real, s.control, s.score))
+    Ok((
+        PyKernel { out: ctrl },
+        s.per_cell,
+        s.real,
+        s.control,
+        s.score,
+    ))
 }

@@ -27,8 +27,8 @@
 use serde::{Deserialize, Serialize};
 
 use cellfate_kernels::labeling_kinetics::{
-    self, check_times, fit_kinetics, ExperimentType, KineticFit, KineticsOptions, LabelingMoments,
-    OneShotMethod,
+    self, check_times, fit_kinetics, ExperimentType, ExtremeCells, KineticFit, KineticsOptions,
+    LabelingMoments, OneShotMethod,
 };
 use cellfate_kernels::Csr;
 
@@ -78,6 +78,8 @@ pub struct LabelingSpec {
     pub one_shot_method: OneShotMethod,
     /// Extreme cells of the one-shot regressions: the top `perc_right` percent.
     pub perc_right: f64,
+    /// How the one-shot extreme cells are ranked (`total`, or dynamo's `joint`).
+    pub extreme: ExtremeCells,
     /// Fewer total counts per cell on average than this is refused as too few to estimate
     /// kinetics from.
     pub min_counts_per_cell: f64,
@@ -88,8 +90,9 @@ impl Default for LabelingSpec {
         Self {
             labeling_time: None,
             experiment_type: None,
-            one_shot_method: OneShotMethod::Stochastic,
+            one_shot_method: OneShotMethod::Combined,
             perc_right: 5.0,
+            extreme: ExtremeCells::Total,
             min_counts_per_cell: 5.0,
         }
     }
@@ -273,6 +276,7 @@ pub fn labeling_stage(
         experiment_type: spec.experiment_type,
         one_shot_method: spec.one_shot_method,
         perc_right: spec.perc_right,
+        extreme: spec.extreme,
     };
     let moments = LabelingMoments {
         n_cells: n,

@@ -7,10 +7,11 @@
 //! `preprocess` with its defaults): median relative error of γ against `true_gamma_total` on
 //! the well-expressed genes (total counts at or above the median) whose total RNA reaches its
 //! steady state in the simulation (`var["true_reaches_steady_state"]`): kinetics (two-step)
-//! 6.3 %, degradation 3.4 %, one-shot 13.7 %; half-lives 5.9 %, 3.4 %, 12.0 %. The one-shot and
-//! two-step estimates assume the extreme cells (one-shot) or the cells of each time (two-step)
-//! are at steady state, as dynamo does: on genes that never reach it (late lineage genes) γ
-//! is overestimated (all well-expressed genes: one-shot 21 %, kinetics 14 %, degradation 6 %).
+//! 6.3 %, degradation 3.4 %, one-shot 8.2 %; half-lives 5.9 %, 3.6 %, 7.6 %. Tolerances: 10 %
+//! for γ and 15 % for half-lives, as the issue asks. The one-shot and two-step estimates assume
+//! the extreme cells (one-shot) or the cells of each time (two-step) are at steady state, as
+//! dynamo does: on genes that never reach it (late lineage genes) γ is overestimated (all
+//! well-expressed genes: one-shot 14.4 %, kinetics 14.1 %, degradation 5.8 %).
 
 use std::path::{Path, PathBuf};
 
@@ -81,7 +82,7 @@ fn kinetics_recover_the_simulated_truth_per_experiment() {
     for (exp, name, method, tol_gamma, tol_half) in [
         ("kinetics", "kin", "twostep", 0.10, 0.15),
         ("degradation", "deg", "direct", 0.10, 0.15),
-        ("one-shot", "one-shot", "stochastic", 0.15, 0.15),
+        ("one-shot", "one-shot", "combined", 0.10, 0.15),
     ] {
         let pp = simulated(d.path(), exp, &[]);
         let r = H5adReader::open(&pp).expect("open");
@@ -156,12 +157,9 @@ fn kinetics_recover_the_simulated_truth_per_experiment() {
             "{exp}: median cosine with the truth: velocity_T {ct:.3}, splicing velocity {cs:.3}"
         );
         assert!(ct > 0.5, "{exp}: velocity_T cosine {ct}");
-        if exp == "kinetics" {
-            // Several labeling times: the labeling velocity is at least as close to its truth
-            // as the splicing velocity to its own (measured 0.786 against 0.747). One-shot
-            // falls short (0.599 against 0.748: its γ carries the steady-state bias).
-            assert!(ct >= cs, "{exp}: velocity_T {ct} < splicing {cs}");
-        }
+        // The labeling velocity is at least as close to its truth as the splicing velocity
+        // to its own (measured: kinetics 0.786 against 0.747, one-shot 0.784 against 0.748).
+        assert!(ct >= cs, "{exp}: velocity_T {ct} < splicing {cs}");
         // velocity_N = α − γ n and velocity_T = α − γ r from the same cell-wise α.
         let (_, _, vn) = dense(&r, "layers/velocity_N");
         let (_, _, a) = dense(&r, "layers/cell_wise_alpha");

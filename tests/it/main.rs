@@ -24,6 +24,7 @@ mod kernel_exprs;
 mod kernel_io;
 mod kernel_parity;
 mod labeling;
+mod labeling_dynamo_parity;
 mod lineage_tracing;
 mod messages;
 mod names_batch;
