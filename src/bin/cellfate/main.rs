@@ -763,6 +763,14 @@ pub(crate) struct LabelingFlags {
     /// time, degradation when it falls, as dynamo decides).
     #[arg(long, value_name = "TYPE")]
     experiment_type: Option<String>,
+    /// One-shot slope: combined (least squares, default), stochastic (dynamo's default:
+    /// first and second moments) or sci_fate.
+    #[arg(long, value_parser = ["combined", "stochastic", "sci_fate"])]
+    one_shot_method: Option<String>,
+    /// One-shot extreme cells: total (the most total RNA, default) or joint (dynamo's
+    /// total/max + new/max score).
+    #[arg(long, value_parser = ["total", "joint"])]
+    extreme: Option<String>,
 }
 
 impl LabelingFlags {
@@ -780,6 +788,14 @@ impl LabelingFlags {
                 }
             }
             spec.labeling_time = Some(t.clone());
+        }
+        if let Some(m) = &self.one_shot_method {
+            spec.one_shot_method = serde_json::from_value(serde_json::Value::String(m.clone()))
+                .with_context(|| format!("--one-shot-method {m}"))?;
+        }
+        if let Some(e) = &self.extreme {
+            spec.extreme = serde_json::from_value(serde_json::Value::String(e.clone()))
+                .with_context(|| format!("--extreme {e}"))?;
         }
         if let Some(e) = &self.experiment_type {
             spec.experiment_type = Some(ExperimentType::parse(e).with_context(|| {
