@@ -467,6 +467,7 @@ pub fn prepare_input(
                     "preprocessed ({}): {} highly variable genes, {} velocity genes",
                     why, report.n_highly_variable, report.n_velocity_genes
                 ));
+                current.notes.extend(report.labeling);
             }
             UpstreamStep::Moments => {
                 upstream::moments_velocity_in_file(from, to, mode, &settings.preprocess.dynamics)

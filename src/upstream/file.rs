@@ -625,6 +625,7 @@ fn compute_and_write(
         n_highly_variable: emb.hvg.iter().filter(|&&b| b).count(),
         n_velocity_genes: 0,
         timings: Vec::new(),
+        labeling: None,
     };
     let hvg = emb.hvg.clone();
     let lab = match labeling {
@@ -647,6 +648,7 @@ fn compute_and_write(
         }
         None => None,
     };
+    report.labeling = lab.as_ref().map(super::labeling::LabelingResult::describe);
     let mut edit = H5adEdit::new(input);
     if let Some(res) = lab {
         for (slot, e) in res.into_slots() {
@@ -772,6 +774,7 @@ fn labeling_only(
         n_highly_variable: emb.hvg.iter().filter(|&&b| b).count(),
         n_velocity_genes: res.genes.iter().filter(|&&b| b).count(),
         timings: Vec::new(),
+        labeling: Some(res.describe()),
     };
     let mut edit = H5adEdit::new(input);
     if let Some(params) = &spec.umap {

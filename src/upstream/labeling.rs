@@ -348,6 +348,21 @@ fn dense_f32(n: usize, g: usize, v: Vec<f32>) -> Element {
 }
 
 impl LabelingResult {
+    /// One line for the console: experiment, estimator, genes fitted, median γ and half-life.
+    pub fn describe(&self) -> String {
+        let mut g: Vec<f64> = self.fit.gamma.iter().copied().filter(|x| x.is_finite()).collect();
+        g.sort_by(f64::total_cmp);
+        let med = g.get(g.len() / 2).copied().unwrap_or(f64::NAN);
+        format!(
+            "labeling: {} experiment ({} estimate), {} genes fitted, median γ {med:.4} (half-life {:.3}); layers M_n, M_t{}; var alpha, gamma, half_life",
+            self.fit.experiment_type,
+            self.fit.method,
+            g.len(),
+            std::f64::consts::LN_2 / med,
+            if self.fit.velocity_t.is_some() { ", velocity_N, velocity_T" } else { "" }
+        )
+    }
+
     /// The AnnData slots, under dynamo's names (module docs).
     pub fn into_slots(self) -> Vec<(String, Element)> {
         let (n, g) = (self.x_total.nrows(), self.x_total.ncols());

@@ -811,6 +811,9 @@ pub struct PrepareReport {
     pub n_velocity_genes: usize,
     /// Stage timings.
     pub timings: Vec<StageTiming>,
+    /// The labeling stage, in one line (experiment, estimator, genes fitted, median γ), when
+    /// it ran.
+    pub labeling: Option<String>,
 }
 
 /// Checks the shapes of the counts; returns the genes with at least `min_shared_counts`

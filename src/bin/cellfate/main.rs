@@ -464,10 +464,21 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                     );
                 }
             }
-            let mut msg = format!(
-                "wrote {} (X log-normalised; layers Ms, Mu, velocity; obsp connectivities, distances; var velocity_genes)\n",
-                output.display()
-            );
+            let mut msg = if report.labeling.is_some() && report.n_velocity_genes > 0 && !has_spliced(&output) {
+                format!(
+                    "wrote {} (X log-normalised; obsp connectivities, distances)\n",
+                    output.display()
+                )
+            } else {
+                format!(
+                    "wrote {} (X log-normalised; layers Ms, Mu, velocity; obsp connectivities, distances; var velocity_genes)\n",
+                    output.display()
+                )
+            };
+            if let Some(l) = &report.labeling {
+                msg.push_str(l);
+                msg.push('\n');
+            }
             if velocity_mode == cellfate::upstream::velocity::VelocityMode::Dynamical {
                 msg.push_str(&latent.summaries(&output)?);
             }
@@ -748,6 +759,11 @@ impl Command {
             Command::Simulate { .. } => "simulate",
         }
     }
+}
+
+/// Whether `path` holds splicing layers (what `preprocess` wrote for them).
+fn has_spliced(path: &std::path::Path) -> bool {
+    cellfate::io::H5adReader::open(path).is_ok_and(|r| r.exists("layers/Ms"))
 }
 
 /// Metabolic labeling settings (`preprocess`, `run`, `batch`).
