@@ -14,6 +14,7 @@
 //! | `one-shot` (one time `t`) | `k` = slope of `n` on `r` over the extreme cells; `γ = −ln(1 − k)/t` | `γ nᵢ / k` | N, T |
 //! | `kin` (several times) | per time `Tⱼ`: `Kⱼ` = slope of `n` on `r` over its cells; `γ` = slope of `−ln(1 − Kⱼ)` on `Tⱼ` (two-step) | `γ nᵢ /(1 − e^{−γtᵢ})` | N, T |
 //! | `deg` (chase times) | least squares of `n = n₀ e^{−γt}` over all cells | `γ · mean(r)` (steady state) | none |
+//! | `mix_std_stm` (labeling for `t_max`, stimulation during the last `tᵢ`) | sci-fate: `−ln(1 − Σn/Σr)/t_max` | `(nᵢ − u₀ e^{−γtᵢ}) γ/(1 − e^{−γtᵢ})`, `u₀ = α_std (1 − e^{−γ(t_max − tᵢ)})/γ`, `α_std` one-shot from the `t_min` cells | N, T |
 //!
 //! Velocities: `velocity_N = αᵢ − γ nᵢ` and `velocity_T = αᵢ − γ rᵢ`.
 //!
@@ -81,6 +82,10 @@ pub enum ExperimentType {
     /// A chase: labeled RNA decaying over several chase times.
     #[serde(rename = "deg", alias = "degradation")]
     Degradation,
+    /// Labeling at steady state for `t_max`, with a stimulation during the last `t` of it
+    /// (each cell's time is its stimulation time; dynamo's `mix_std_stm`). Never inferred.
+    #[serde(rename = "mix_std_stm", alias = "mixture")]
+    Mixture,
 }
 
 impl ExperimentType {
@@ -90,6 +95,7 @@ impl ExperimentType {
             Self::OneShot => "one-shot",
             Self::Kinetics => "kin",
             Self::Degradation => "deg",
+            Self::Mixture => "mix_std_stm",
         }
     }
 
@@ -100,12 +106,14 @@ impl ExperimentType {
             "one-shot" | "one_shot" | "oneshot" => Some(Self::OneShot),
             "kin" | "kinetics" | "kinetic" => Some(Self::Kinetics),
             "deg" | "degradation" | "chase" => Some(Self::Degradation),
+            "mix_std_stm" | "mixture" => Some(Self::Mixture),
             _ => None,
         }
     }
 
     /// The accepted names, for error messages.
-    pub const EXPECTED: &'static str = "one-shot, kinetics (kin) or degradation (deg)";
+    pub const EXPECTED: &'static str =
+        "one-shot, kinetics (kin), degradation (deg) or mixture (mix_std_stm)";
 }
 
 impl std::fmt::Display for ExperimentType {
@@ -549,7 +557,9 @@ pub fn fit_kinetics(
                 ),
             ))
         }
-        ExperimentType::Kinetics | ExperimentType::Degradation if distinct.len() < 2 => {
+        ExperimentType::Kinetics | ExperimentType::Degradation | ExperimentType::Mixture
+            if distinct.len() < 2 =>
+        {
             return Err(invalid(
                 "labeling time",
                 format!(
@@ -574,7 +584,9 @@ pub fn fit_kinetics(
         },
         ExperimentType::Kinetics => "twostep",
         ExperimentType::Degradation => "direct",
+        ExperimentType::Mixture => "sci_fate",
     };
+    let (t_min, t_max) = (distinct[0], distinct[distinct.len() - 1]);
     // Per gene: (γ, k, α (scalar, deg only)).
     let per_gene: Vec<(f64, f64, f64)> = genes
         .par_iter()
@@ -617,6 +629,17 @@ pub fn fit_kinetics(
                     }
                     (sty / stt, f64::NAN, f64::NAN)
                 }
+                ExperimentType::Mixture => {
+                    // γ by the sci-fate formula over the whole labeling (t_max); α before
+                    // the stimulation from the cells stimulated last (t_min), one-shot.
+                    let (sn, sr) = (y.iter().sum::<f64>(), x.iter().sum::<f64>());
+                    let k = if sr > 0.0 { sn / sr } else { 0.0 };
+                    let gm = gamma_of_k(k, t_max);
+                    let early = &groups[0];
+                    let mean_n =
+                        early.iter().map(|&i| y[i]).sum::<f64>() / early.len().max(1) as f64;
+                    (gm, f64::NAN, mean_n * synthesis_factor(gm, t_min))
+                }
                 ExperimentType::Degradation => match fit_decay(m.times, &y) {
                     Some((gm, _)) => {
                         let mean_r = x.iter().sum::<f64>() / n as f64;
@@ -652,6 +675,8 @@ pub fn fit_kinetics(
     if experiment == ExperimentType::Degradation {
         return Ok(fit);
     }
+    // mix_std_stm: the synthesis rate before the stimulation, per gene.
+    let alpha_std = fit.alpha.clone();
     let mut cell_alpha = vec![0.0; n * g];
     let mut vn = vec![0.0; n * g];
     let mut vt = vec![0.0; n * g];
@@ -670,7 +695,17 @@ pub fn fit_kinetics(
                 let ni = m.new[i * g + j];
                 // One-shot: γ n/k with the unclipped slope (dynamo); otherwise, and where
                 // the slope is not positive, γ n/(1 − e^{−γt}).
-                let ai = if k.is_finite() && k > 0.0 && method != "sci_fate" {
+                let ai = if experiment == ExperimentType::Mixture {
+                    // New RNA = what the steady labeling made before the stimulation
+                    // (t₀ = t_max − t), decayed over t, plus what α₁ made during t.
+                    let t0 = t_max - t;
+                    let u0 = if t0 > 0.0 {
+                        alpha_std[j] / synthesis_factor(gm, t0)
+                    } else {
+                        0.0
+                    };
+                    (ni - u0 * (-gm * t).exp()) * synthesis_factor(gm, t)
+                } else if k.is_finite() && k > 0.0 && method != "sci_fate" {
                     gm * ni / k
                 } else {
                     ni * synthesis_factor(gm, t)
@@ -796,6 +831,50 @@ mod tests {
                 fit.gamma[j]
             );
         }
+    }
+
+    #[test]
+    fn mixture_recovers_the_stimulated_synthesis_rate() {
+        // Labeling at α_std for t_max = 4, α₁ from the stimulation on (the last t of it).
+        let (gm, a_std, a1, t_max) = (0.4f64, 2.0f64, 5.0f64, 4.0f64);
+        let stim = [1.0, 2.0, 4.0];
+        let n_cells = 90;
+        let times: Vec<f64> = (0..n_cells).map(|i| stim[i % 3]).collect();
+        let new_of = |t: f64| {
+            let u0 = a_std / gm * (1.0 - (-gm * (t_max - t)).exp());
+            u0 * (-gm * t).exp() + a1 / gm * (1.0 - (-gm * t).exp())
+        };
+        let new: Vec<f64> = times.iter().map(|&t| new_of(t)).collect();
+        // Total RNA such that the sci-fate estimate over all cells is exact.
+        let total: Vec<f64> = new
+            .iter()
+            .map(|n| n / (1.0 - (-gm * t_max).exp()))
+            .collect();
+        let m = LabelingMoments {
+            n_cells,
+            n_genes: 1,
+            new: &new,
+            total: &total,
+            times: &times,
+            second: None,
+        };
+        let opts = KineticsOptions {
+            experiment_type: Some(ExperimentType::Mixture),
+            ..Default::default()
+        };
+        let fit = fit_kinetics(&m, &[0], &opts).unwrap();
+        assert!((fit.gamma[0] - gm).abs() < 1e-12, "{}", fit.gamma[0]);
+        // α_std is estimated from the t_min cells as if they were one-shot; the cells
+        // stimulated for the whole labeling (t = t_max) do not depend on it: α₁ exactly.
+        let a = fit.cell_alpha.unwrap();
+        for i in (0..n_cells).filter(|&i| times[i] == t_max) {
+            assert!((a[i] - a1).abs() < 1e-10, "{}", a[i]);
+        }
+        assert_eq!(
+            ExperimentType::parse("mixture"),
+            Some(ExperimentType::Mixture)
+        );
+        assert_eq!(fit.experiment_type.dynamo_name(), "mix_std_stm");
     }
 
     #[test]

@@ -350,7 +350,13 @@ fn dense_f32(n: usize, g: usize, v: Vec<f32>) -> Element {
 impl LabelingResult {
     /// One line for the console: experiment, estimator, genes fitted, median γ and half-life.
     pub fn describe(&self) -> String {
-        let mut g: Vec<f64> = self.fit.gamma.iter().copied().filter(|x| x.is_finite()).collect();
+        let mut g: Vec<f64> = self
+            .fit
+            .gamma
+            .iter()
+            .copied()
+            .filter(|x| x.is_finite())
+            .collect();
         g.sort_by(f64::total_cmp);
         let med = g.get(g.len() / 2).copied().unwrap_or(f64::NAN);
         format!(
@@ -443,7 +449,7 @@ impl LabelingResult {
             ExperimentType::OneShot if fit.method == "stochastic" => "stochastic",
             ExperimentType::OneShot => "deterministic",
             ExperimentType::Kinetics => "deterministic",
-            ExperimentType::Degradation => "deterministic",
+            ExperimentType::Degradation | ExperimentType::Mixture => "deterministic",
         };
         out.push((
             "uns/dynamics".into(),

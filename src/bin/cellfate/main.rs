@@ -464,7 +464,10 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                     );
                 }
             }
-            let mut msg = if report.labeling.is_some() && report.n_velocity_genes > 0 && !has_spliced(&output) {
+            let mut msg = if report.labeling.is_some()
+                && report.n_velocity_genes > 0
+                && !has_spliced(&output)
+            {
                 format!(
                     "wrote {} (X log-normalised; obsp connectivities, distances)\n",
                     output.display()
@@ -663,7 +666,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             let labeling_times = if labeling_times.is_empty() {
                 match experiment {
                     ExperimentType::OneShot => vec![2.0],
-                    ExperimentType::Kinetics => vec![1.0, 2.0, 4.0],
+                    ExperimentType::Kinetics | ExperimentType::Mixture => vec![1.0, 2.0, 4.0],
                     ExperimentType::Degradation => vec![0.5, 1.0, 2.0, 4.0],
                 }
             } else {
@@ -774,9 +777,10 @@ pub(crate) struct LabelingFlags {
     /// `off` to ignore the labeling layers (default: obs labeling_time, then obs time).
     #[arg(long, value_name = "TIME|COLUMN|off")]
     labeling_time: Option<cellfate::upstream::labeling::LabelingTime>,
-    /// The labeling experiment: one-shot, kinetics (kin) or degradation (deg) (default: one
-    /// labeling time is one-shot; several: kinetics when the new-to-total ratio rises with
-    /// time, degradation when it falls, as dynamo decides).
+    /// The labeling experiment: one-shot, kinetics (kin), degradation (deg) or mixture
+    /// (mix_std_stm: labeling at steady state, each cell's time its stimulation time within
+    /// it) (default: one labeling time is one-shot; several: kinetics when the new-to-total
+    /// ratio rises with time, degradation when it falls, as dynamo decides).
     #[arg(long, value_name = "TYPE")]
     experiment_type: Option<String>,
     /// One-shot slope: combined (least squares, default), stochastic (dynamo's default:
