@@ -85,7 +85,7 @@ impl Parser<'_> {
         loop {
             match self.factor()? {
                 Factor::Number(w) => weight *= w,
-                Factor::Kernel(k) => kernels.push(k),
+                Factor::Kernel(k) => kernels.push(*k),
             }
             if self.peek() == Some('*') {
                 self.pos += 1;
@@ -120,7 +120,7 @@ impl Parser<'_> {
                 }
                 self.pos += 1;
                 self.depth -= 1;
-                Ok(Factor::Kernel(e))
+                Ok(Factor::Kernel(Box::new(e)))
             }
             Some('~' | '!') => {
                 self.enter()?;
@@ -128,7 +128,7 @@ impl Parser<'_> {
                 let f = self.factor()?;
                 self.depth -= 1;
                 match f {
-                    Factor::Kernel(k) => Ok(Factor::Kernel(k.flip())),
+                    Factor::Kernel(k) => Ok(Factor::Kernel(Box::new(k.flip()))),
                     Factor::Number(_) => Err(self.error(ExprProblem::FlipNumber)),
                 }
             }
@@ -159,7 +159,7 @@ impl Parser<'_> {
                 }
                 let name: String = self.chars[start..self.pos].iter().map(|c| c.1).collect();
                 match KernelSpec::named(&name) {
-                    Ok(k) => Ok(Factor::Kernel(k)),
+                    Ok(k) => Ok(Factor::Kernel(Box::new(k))),
                     Err(KernelError::UnknownKernel { .. }) => {
                         self.pos = start;
                         Err(self.error(ExprProblem::UnknownKernel { name }))
@@ -174,7 +174,7 @@ impl Parser<'_> {
 
 enum Factor {
     Number(f64),
-    Kernel(KernelSpec),
+    Kernel(Box<KernelSpec>),
 }
 
 #[cfg(test)]

@@ -481,7 +481,7 @@ fn fit_decay(t: &[f64], y: &[f64]) -> Option<(f64, f64)> {
             b2 += j2 * r;
         }
         let det = a11 * a22 - a12 * a12;
-        if !(det.abs() > 0.0) {
+        if det == 0.0 || det.is_nan() {
             break;
         }
         let (d1, d2) = ((a22 * b1 - a12 * b2) / det, (a11 * b2 - a12 * b1) / det);

@@ -222,7 +222,9 @@ pub(crate) fn labeling_dynamics<'py>(
     settings: &str,
     has_splicing: bool,
 ) -> PyResult<Bound<'py, PyList>> {
-    use cellfate::upstream::labeling::{check_labeling_counts, labeling_stage, LabelingSpec};
+    use cellfate::upstream::labeling::{
+        check_labeling_counts, labeling_stage, LabelingInput, LabelingSpec,
+    };
     let spec: LabelingSpec = serde_json::from_str(settings)
         .map_err(|e| PyValueError::new_err(format!("labeling settings: {e}")))?;
     let new = csr_from_parts(new, "layers['new']")?;
@@ -239,18 +241,15 @@ pub(crate) fn labeling_dynamics<'py>(
     let names = |i: usize, j: usize| (i.to_string(), j.to_string());
     let out = crate::run::run(py, || {
         check_labeling_counts(&new, &total, &spec, "adata", &names)?;
-        labeling_stage(
-            &new,
-            &total,
-            times,
-            tkey,
-            &conn,
-            dist.as_ref(),
-            &genes,
+        let input = LabelingInput {
+            new: &new,
+            total: &total,
+            connectivities: &conn,
+            distances: dist.as_ref(),
+            genes: &genes,
             has_splicing,
-            &spec,
-            "adata",
-        )
+        };
+        labeling_stage(&input, times, tkey, &spec, "adata")
     })?
     .map_err(upstream_error)?;
     convert::slots(py, out.into_slots())

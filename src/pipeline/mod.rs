@@ -418,7 +418,7 @@ pub fn run(
                 spec.random_control_seed,
                 &mut edit,
             )?;
-            if !(c.score >= 0.1) {
+            if c.score.is_nan() || c.score < 0.1 {
                 control_warning = Some(format!(
                     "randomised control: the flow is hardly more coherent than with permuted velocities (coherence {:.3} real, {:.3} control, score {:.3} on {}): the velocities may be noise",
                     c.real, c.control, c.score, c.basis

@@ -631,18 +631,15 @@ fn compute_and_write(
     let lab = match labeling {
         Some((new, total, times, key)) => {
             let genes: Vec<bool> = hvg.iter().zip(&usable).map(|(a, b)| *a && *b).collect();
-            let res = super::labeling::labeling_stage(
-                &new,
-                &total,
-                times,
-                key,
-                &emb.connectivities,
-                Some(&emb.distances),
-                &genes,
-                true,
-                &spec.labeling,
-                &source,
-            )?;
+            let input = super::labeling::LabelingInput {
+                new: &new,
+                total: &total,
+                connectivities: &emb.connectivities,
+                distances: Some(&emb.distances),
+                genes: &genes,
+                has_splicing: true,
+            };
+            let res = super::labeling::labeling_stage(&input, times, key, &spec.labeling, &source)?;
             clock.lap("labeling moments + kinetics");
             Some(res)
         }
@@ -755,18 +752,15 @@ fn labeling_only(
     clock.lap("normalise X");
     let emb = embed(&logx, &usable, spec, &mut clock)?;
     let genes: Vec<bool> = emb.hvg.iter().zip(&usable).map(|(a, b)| *a && *b).collect();
-    let res = super::labeling::labeling_stage(
-        &new,
-        &total,
-        times,
-        key,
-        &emb.connectivities,
-        Some(&emb.distances),
-        &genes,
-        false,
-        &spec.labeling,
-        &source,
-    )?;
+    let lab_input = super::labeling::LabelingInput {
+        new: &new,
+        total: &total,
+        connectivities: &emb.connectivities,
+        distances: Some(&emb.distances),
+        genes: &genes,
+        has_splicing: false,
+    };
+    let res = super::labeling::labeling_stage(&lab_input, times, key, &spec.labeling, &source)?;
     clock.lap("labeling moments + kinetics");
     let mut report = PrepareReport {
         n_cells: n,

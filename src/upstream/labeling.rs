@@ -168,7 +168,7 @@ pub fn check_labeling_counts(
     }
     let sum: f64 = total.data().iter().sum();
     let per_cell = sum / n.max(1) as f64;
-    if !(per_cell >= spec.min_counts_per_cell) {
+    if per_cell.is_nan() || per_cell < spec.min_counts_per_cell {
         return Err(invalid(format!(
             "{source}: too few counts to estimate labeling kinetics: {sum} total counts over {n} cells ({per_cell:.2} per cell; at least {} per cell on average are needed, upstream.preprocess.labeling.min_counts_per_cell) — numbers from these would be noise",
             spec.min_counts_per_cell
@@ -235,20 +235,39 @@ pub fn same_time_graph(conn: &Csr, times: &[f64]) -> Csr {
     cellfate_dynamics::knn_weights(&same)
 }
 
-/// The labeling stage (module docs): `new`, `total` raw counts, `conn` the kNN graph,
-/// `genes` those to fit.
+/// What [`labeling_stage`] works on.
+#[derive(Clone, Copy, Debug)]
+pub struct LabelingInput<'a> {
+    /// Raw new (labeled) counts.
+    pub new: &'a Csr,
+    /// Raw total counts.
+    pub total: &'a Csr,
+    /// The kNN connectivities.
+    pub connectivities: &'a Csr,
+    /// The kNN distances (for the velocity confidence), if any.
+    pub distances: Option<&'a Csr>,
+    /// The genes to fit.
+    pub genes: &'a [bool],
+    /// Whether the data also have splicing layers (recorded in `uns`).
+    pub has_splicing: bool,
+}
+
+/// The labeling stage (module docs) on `input`, with the labeling `times` (from `tkey`).
 pub fn labeling_stage(
-    new: &Csr,
-    total: &Csr,
+    input: &LabelingInput<'_>,
     times: Vec<f64>,
     tkey: String,
-    conn: &Csr,
-    distances: Option<&Csr>,
-    genes: &[bool],
-    has_splicing: bool,
     spec: &LabelingSpec,
     source: &str,
 ) -> Result<LabelingResult, UpstreamError> {
+    let LabelingInput {
+        new,
+        total,
+        connectivities: conn,
+        distances,
+        genes,
+        has_splicing,
+    } = *input;
     let (n, g) = (total.nrows(), total.ncols());
     let sizes = CellSizes::of(total);
     let x_total = sizes.scale(total.clone());
