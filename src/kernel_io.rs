@@ -98,7 +98,7 @@ fn control_basis(r: &H5adReader) -> Option<String> {
 /// [`cellfate_kernels::random_control`]): the same effective kernel with its velocities
 /// permuted across cells with random signs (`seed`), written as `obsp["<key>_rnd"]`, with
 /// the per-cell score `obs["random_control_score"]` (real flow coherence minus the
-/// control's, on the embedding of [`control_basis`] and the graph `obsp["connectivities"]`)
+/// control's, on `obsm["X_pca"]` (else `X_umap`, else the first obsm matrix) and the graph `obsp["connectivities"]`)
 /// and `uns["random_control"]`.
 pub fn random_control(
     r: &H5adReader,
