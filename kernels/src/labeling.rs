@@ -136,7 +136,7 @@ impl LabelingTimeParams {
         cells: &dyn CellSource,
     ) -> Result<LabelingVelocity, KernelError> {
         use crate::labeling_kinetics::{self as lk, ExperimentType, KineticsOptions};
-        let hint = "metabolic labeling needs layers with new and total RNA counts and a labeling time per cell (e.g. `cellfate simulate --labeling`; give the time with --labeling-time, a number or an obs column)";
+        let hint = "metabolic labeling needs layers with new and total RNA counts and a labeling time per cell (e.g. `cellfate simulate --labeling`); the time is the obs column `time_key`, or `time_value` for one duration for all cells";
         let missing = |what: &str| {
             let what = what.to_string();
             move |source| KernelError::MissingInput {

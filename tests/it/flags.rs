@@ -610,6 +610,7 @@ const NUMERIC: &[(&str, &str, &[&str])] = &[
     ("simulate", "--genes", &["0"]),
     ("simulate", "--fates", &["0"]),
     ("simulate", "--depth", &["NaN", "0", "-1", "inf"]),
+    ("simulate", "--labeling-times", &["NaN", "0", "-1", "inf"]),
     ("simulate", "--seed", &["-1"]),
     ("simulate", "--noise", &["NaN", "-1", "inf"]),
     ("simulate", "--knockout-time", &["NaN", "-1", "inf"]),
@@ -688,6 +689,11 @@ const TEXT: &[&str] = &[
     "--genes",
     "--time-key",
     "--data-key",
+    "--labeling-time",
+    "--experiment-type",
+    "--one-shot-method",
+    "--extreme",
+    "--experiment",
 ];
 
 /// The subcommands listed by `cellfate --help`.

@@ -150,8 +150,18 @@ pub(crate) fn run(a: KernelArgs) -> anyhow::Result<String> {
             );
         }
         let spec = build_spec(&a.kernel, &params, a.params_file.as_deref())?;
-        spec.compute(&reader)
-            .with_context(|| format!("computing {} on {}", a.kernel, a.input.display()))?
+        let labeling = spec
+            .leaves()
+            .iter()
+            .any(|l| matches!(l, KernelSpec::LabelingTime(_)));
+        spec.compute(&reader).with_context(|| {
+            let hint = if labeling && a.labeling_time.is_none() {
+                " (a labeling_time kernel computed from new/total layers needs a labeling time: --labeling-time T|COLUMN)"
+            } else {
+                ""
+            };
+            format!("computing {} on {}{hint}", a.kernel, a.input.display())
+        })?
     };
     let secs = start.elapsed().as_secs_f64();
     let mut edit = H5adEdit::new(&a.input);
