@@ -339,16 +339,20 @@ fn extreme(
 }
 
 /// Generalised method of moments slope: `[y1, y2]` on `[x1, x2]` through the origin, each
-/// block weighted by the inverse variance of its own least-squares residuals.
+/// block weighted by the inverse variance of its own least-squares residuals — the centred
+/// variance (the residuals of a fit through the origin do not average to zero), as dynamo's
+/// `fit_stochastic_linreg` (`np.diag(E.var(1))`).
 fn gmm_slope(x1: &[f64], y1: &[f64], x2: &[f64], y2: &[f64]) -> f64 {
     let k1 = slope0(x1.iter().copied().zip(y1.iter().copied()));
     let k2 = slope0(x2.iter().copied().zip(y2.iter().copied()));
     let var = |x: &[f64], y: &[f64], k: f64| {
+        let m = x.len().max(1) as f64;
+        let mean = x.iter().zip(y).map(|(a, b)| b - k * a).sum::<f64>() / m;
         x.iter()
             .zip(y)
-            .map(|(a, b)| (b - k * a).powi(2))
+            .map(|(a, b)| (b - k * a - mean).powi(2))
             .sum::<f64>()
-            / x.len().max(1) as f64
+            / m
     };
     let (v1, v2) = (var(x1, y1, k1), var(x2, y2, k2));
     if !(v1 > 0.0 && v2 > 0.0) {

@@ -15,11 +15,10 @@
 //! the one-shot data one extreme cell changes (a tie at the 95th percentile of the float32
 //! score: 51 cells instead of 50), moving that gene's γ by 1e-3.
 //!
-//! `kin` and `deg` compare the output of `preprocess`. For one-shot, `preprocess` defaults to
-//! its own estimator (`combined` over the cells with the most total RNA, see
-//! `labeling_kinetics`), which is not dynamo's: the test fits the same moments through the
-//! library with dynamo's choice (`one_shot_method = stochastic`, `extreme = joint`,
-//! `perc_right = 5`) and only reports the CLI default against dynamo (measured: γ max 35 %,
+//! The files compared are those of `preprocess`. Its default one-shot estimator (`combined`
+//! over the cells with the most total RNA, see `labeling_kinetics`) is not dynamo's: the
+//! one-shot test preprocesses with `--one-shot-method stochastic --extreme joint` (dynamo's
+//! choice, `perc_right` 5) and only reports the default against dynamo (measured: γ max 35 %,
 //! median 4.8 %).
 //!
 //! Measured relative differences on the 100 fitted genes (velocities per gene as max |Δ| over
@@ -27,30 +26,21 @@
 //!
 //! | experiment | quantity | max | median | tolerance (max, median) |
 //! |---|---|---|---|---|
-//! | one-shot vs dynamo with our GMM weights | γ, k, α | 2.6e-15 | 8e-16 | 1e-11 |
-//! | | velocity_N, velocity_T | 1.4e-15, 1.5e-14 | 2e-15 | 1e-11 |
-//! | one-shot vs stock dynamo | γ | 8.5e-4 | 7.7e-6 | 3e-3, 3e-5 |
-//! | | α | 3.7e-4 | 3.0e-6 | 1.5e-3, 1.5e-5 |
-//! | | velocity_N | 5.5e-4 | 4.2e-6 | 2e-3, 2e-5 |
-//! | | velocity_T | 2.4e-3 | 2.1e-5 | 1e-2, 1e-4 |
+//! | one-shot (stochastic, joint extremes) | γ, α | ~1e-15 | ~1e-15 | 1e-11 |
+//! | | velocity_N, velocity_T | 5.8e-8 | 4e-8 | 1e-6 (float32 layers) |
 //! | kin (two-step) | γ, α | 1.4e-14 | 1.3e-15 | 1e-11 |
 //! | | velocity_N, velocity_T | 5.7e-8 | 4.2e-8 | 1e-6 (float32 layers) |
 //! | deg, on dynamo's objective | γ | 7.7e-6 | 2.6e-7 | 5e-5, 5e-6 (`least_squares` tolerances) |
 //! | deg, `preprocess` vs dynamo | γ | 2.4e-2 | 3.4e-3 | 6e-2, 1e-2 |
 //!
 //! Where and why they differ:
-//! - **one-shot**: dynamo's generalised method of moments
+//! - **one-shot**: the same generalised method of moments
 //!   (`estimation/csc/utils_velocity.py::fit_stochastic_linreg`, called by
-//!   `ss_estimation.fit_gamma_stochastic` in `estimation/csc/velocity.py`) weights each block
-//!   by `cov = np.diag(E.var(1))`, the **centred** variance of the block's zero-intercept
-//!   residuals; cellfate weights by the mean squared residual (uncentred). Residuals of a
-//!   regression through the origin do not average to zero, so the weights, hence k and γ,
-//!   differ. The script's second run, dynamo with only that line changed, agrees with us to
-//!   1e-15: it is the only difference (extreme cells, the stacked moments, the clip of k and
-//!   α = γn/k with the unclipped k are the same). No slope is clipped on this data
-//!   (k ∈ [0.41, 0.76], asserted). The tolerances against stock dynamo are about 4× the
-//!   measured differences, which are deterministic (seed 0): they bound the effect of the
-//!   weighting, not noise;
+//!   `ss_estimation.fit_gamma_stochastic` in `estimation/csc/velocity.py`): each block weighted
+//!   by the centred variance of its zero-intercept residuals (`np.diag(E.var(1))`; an earlier
+//!   cellfate used the mean squared residual, 8.5e-4 apart in γ — this test found it), the same
+//!   extreme cells, stacked moments, clip of k and α = γn/k with the unclipped k. No slope is
+//!   clipped on this data (k ∈ [0.41, 0.76], asserted);
 //! - **kin**: the same two-step closed form (`estimation/tsc/twostep.py::
 //!   lin_reg_gamma_synthesis`); dynamo does not clip the per-time slopes K_j, we clip them to
 //!   [0, 1 − 1e-3]: all K_j lie inside here ([0.14, 0.93], asserted), so the clip is not
@@ -70,8 +60,7 @@ use std::path::{Path, PathBuf};
 
 use cellfate::io::{Element, H5adReader};
 use cellfate::kernels::labeling_kinetics::{
-    distinct_times, fit_kinetics, ExperimentType, ExtremeCells, KineticFit, KineticsOptions,
-    LabelingMoments, OneShotMethod,
+    distinct_times, fit_kinetics, ExperimentType, KineticsOptions, LabelingMoments,
 };
 
 use crate::common::{cellfate, find_python, succeed, tempdir};
@@ -99,8 +88,8 @@ struct Pair {
     n_genes: usize,
 }
 
-/// `simulate` + `preprocess` into `dir`, then dynamo on the result.
-fn pair(py: &Path, dir: &Path, experiment: &str) -> Pair {
+/// `simulate` + `preprocess` (with `extra` flags) into `dir`, then dynamo on the result.
+fn pair(py: &Path, dir: &Path, experiment: &str, extra: &[&str]) -> Pair {
     let raw = dir.join("raw.h5ad");
     let pp = dir.join("pp.h5ad");
     let out = dir.join("dynamo.h5ad");
@@ -116,7 +105,11 @@ fn pair(py: &Path, dir: &Path, experiment: &str) -> Pair {
         "-o",
         &s(&raw),
     ]));
-    succeed(cellfate().args(["preprocess", &s(&raw), "-q", "-o", &s(&pp)]));
+    succeed(
+        cellfate()
+            .args(["preprocess", &s(&raw), "-q", "-o", &s(&pp)])
+            .args(extra),
+    );
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/dynamo_labeling_reference.py");
     let res = std::process::Command::new(py)
@@ -162,6 +155,17 @@ fn uns_str(r: &H5adReader, key: &str) -> String {
     match r.read(&format!("uns/{key}")) {
         Ok(Element::Str(v)) => v,
         other => panic!("uns/{key}: {other:?}"),
+    }
+}
+
+/// `uns["dynamics"]["est_method"]` of a `preprocess` output.
+fn est_method(r: &H5adReader) -> String {
+    match r.read("uns/dynamics") {
+        Ok(e) => match e.member("est_method") {
+            Some(Element::Str(v)) => v.clone(),
+            other => panic!("uns/dynamics/est_method: {other:?}"),
+        },
+        Err(e) => panic!("uns/dynamics: {e}"),
     }
 }
 
@@ -219,149 +223,69 @@ fn check(what: &str, (max, median): (f64, f64), tol_max: f64, tol_median: f64) {
     );
 }
 
-/// The one-shot fit with dynamo's choices (stochastic GMM over the jointly ranked extreme
-/// cells) on the moments of the preprocessed file, through the library: the CLI's default
-/// one-shot estimator is not dynamo's (module docs).
-fn one_shot_as_dynamo(p: &Pair) -> KineticFit {
-    let m = |k: &str| {
-        p.ours
-            .dense(&format!("layers/{k}"))
-            .unwrap_or_else(|e| panic!("{k}: {e}"))
-            .2
-    };
-    let (new, total, tn, tt) = (m("M_n"), m("M_t"), m("M_tn"), m("M_tt"));
-    let times = p.ours.obs_f64("labeling_time").expect("labeling_time");
-    fit_kinetics(
-        &LabelingMoments {
-            n_cells: p.n_cells,
-            n_genes: p.n_genes,
-            new: &new,
-            total: &total,
-            times: &times,
-            second: Some((&tn, &tt)),
-        },
-        &p.genes,
-        &KineticsOptions {
-            experiment_type: Some(ExperimentType::OneShot),
-            one_shot_method: OneShotMethod::Stochastic,
-            extreme: ExtremeCells::Joint,
-            perc_right: 5.0,
-        },
-    )
-    .expect("one-shot fit")
-}
-
-/// Velocities of a [`KineticFit`] against dynamo's layer `slot`: as [`rel_velocity`].
-fn rel_fit_velocity(p: &Pair, ours: &[f64], slot: &str) -> (f64, f64) {
-    let (n, g) = (p.n_cells, p.n_genes);
-    let (_, _, b) = p
-        .dynamo
-        .dense(slot)
-        .unwrap_or_else(|e| panic!("{slot}: {e}"));
-    max_median(
-        p.genes
-            .iter()
-            .map(|&j| {
-                let (mut d, mut s) = (0.0f64, 0.0f64);
-                for i in 0..n {
-                    d = d.max((ours[i * g + j] - b[i * g + j]).abs());
-                    s = s.max(b[i * g + j].abs());
-                }
-                d / s
-            })
-            .collect(),
-    )
-}
-
 #[test]
-fn one_shot_matches_dynamo_up_to_the_gmm_weights() {
+fn one_shot_matches_dynamo() {
     let Some(py) = dynamo_python() else {
         return;
     };
     let d = tempdir();
-    let p = pair(&py, d.path(), "one-shot");
+    // dynamo's choices: the stochastic slope over the jointly ranked extreme cells.
+    let p = pair(
+        &py,
+        d.path(),
+        "one-shot",
+        &["--one-shot-method", "stochastic", "--extreme", "joint"],
+    );
     assert_eq!(uns_str(&p.dynamo, "dyn_model"), "stochastic");
     assert_eq!(uns_str(&p.dynamo, "dyn_est_method"), "gmm");
-    let fit = one_shot_as_dynamo(&p);
-    assert_eq!(fit.method, "stochastic");
-    // The slope k: inside (0, 1 − 1e-3) on every gene, so no clip is involved.
+    assert_eq!(est_method(&p.ours), "stochastic");
+    let (gamma, alpha) = (var(&p.ours, "gamma"), var(&p.ours, "alpha"));
+    // Our slope k (vel_params column gamma_k): inside (0, 1 − 1e-3), so no clip is involved.
+    let (_, cols, params) = p.ours.dense("varm/vel_params").expect("vel_params");
+    assert_eq!(cols, 4);
+    let k: Vec<f64> = (0..p.n_genes).map(|j| params[j * cols + 3]).collect();
     for &j in &p.genes {
-        assert!(
-            fit.k[j] > 0.0 && fit.k[j] < 1.0 - 1e-3,
-            "gene {j}: k = {}",
-            fit.k[j]
-        );
+        assert!(k[j] > 0.0 && k[j] < 1.0 - 1e-3, "gene {j}: k = {}", k[j]);
     }
-    let (vn, vt) = (
-        fit.velocity_n.as_deref().expect("velocity_N"),
-        fit.velocity_t.as_deref().expect("velocity_T"),
-    );
-    // dynamo with the mean squared residual as the GMM weights: identical.
-    let pre = "dyn_uncentered_";
+    // Stock dynamo: identical up to rounding (velocities: our float32 layers).
     let tight = 1e-11;
     for (what, ours, theirs) in [
-        ("gamma", &fit.gamma, "gamma"),
-        ("k", &fit.k, "gamma_k"),
-        ("alpha", &fit.alpha, "alpha"),
+        ("gamma", &gamma, "dyn_gamma"),
+        ("alpha", &alpha, "dyn_alpha"),
     ] {
         check(
-            &format!("one-shot {what} vs dynamo with uncentred GMM weights"),
-            rel(ours, &var(&p.dynamo, &format!("{pre}{theirs}")), &p.genes),
+            &format!("one-shot {what} vs dynamo"),
+            rel(ours, &var(&p.dynamo, theirs), &p.genes),
             tight,
             tight,
         );
     }
-    for (layer, ours) in [("velocity_N", vn), ("velocity_T", vt)] {
+    for layer in ["velocity_N", "velocity_T"] {
         check(
-            &format!("one-shot {layer} vs dynamo with uncentred GMM weights"),
-            rel_fit_velocity(&p, ours, &format!("layers/{pre}{layer}")),
-            tight,
-            tight,
+            &format!("one-shot {layer} vs dynamo"),
+            rel_velocity(
+                &p,
+                &format!("layers/{layer}"),
+                &format!("layers/dyn_{layer}"),
+            ),
+            1e-6,
+            1e-6,
         );
     }
-    // Stock dynamo: the centred residual variance (module docs).
-    check(
-        "one-shot gamma vs dynamo",
-        rel(&fit.gamma, &var(&p.dynamo, "dyn_gamma"), &p.genes),
-        3e-3,
-        3e-5,
-    );
-    check(
-        "one-shot alpha vs dynamo",
-        rel(&fit.alpha, &var(&p.dynamo, "dyn_alpha"), &p.genes),
-        1.5e-3,
-        1.5e-5,
-    );
-    check(
-        "one-shot velocity_N vs dynamo",
-        rel_fit_velocity(&p, vn, "layers/dyn_velocity_N"),
-        2e-3,
-        2e-5,
-    );
-    check(
-        "one-shot velocity_T vs dynamo",
-        rel_fit_velocity(&p, vt, "layers/dyn_velocity_T"),
-        1e-2,
-        1e-4,
-    );
-    // The CLI's own one-shot estimate (its default estimator): reported, not compared.
-    let (max, median) = rel(
-        &var(&p.ours, "gamma"),
-        &var(&p.dynamo, "dyn_gamma"),
-        &p.genes,
-    );
-    let est = match p
-        .ours
-        .read("uns/dynamics")
-        .ok()
-        .as_ref()
-        .and_then(|e| e.member("est_method"))
-    {
-        Some(Element::Str(v)) => v.clone(),
-        _ => "?".into(),
-    };
+    // `preprocess` with its default one-shot estimator, on the same moments: reported only.
+    let default = d.path().join("pp_default.h5ad");
+    succeed(cellfate().args([
+        "preprocess",
+        &s(&d.path().join("raw.h5ad")),
+        "-q",
+        "-o",
+        &s(&default),
+    ]));
+    let r = H5adReader::open(&default).expect("default file");
+    let (max, median) = rel(&var(&r, "gamma"), &var(&p.dynamo, "dyn_gamma"), &p.genes);
     eprintln!(
-        "one-shot gamma of `preprocess` (est_method {est}) vs dynamo's defaults: relative difference max {max:.2e}, median {median:.2e} (not asserted)"
+        "one-shot gamma of `preprocess` by default (est_method {}) vs dynamo's defaults: relative difference max {max:.2e}, median {median:.2e} (not asserted)",
+        est_method(&r)
     );
 }
 
@@ -371,7 +295,7 @@ fn kinetics_two_step_matches_dynamo() {
         return;
     };
     let d = tempdir();
-    let p = pair(&py, d.path(), "kinetics");
+    let p = pair(&py, d.path(), "kinetics", &[]);
     assert_eq!(uns_str(&p.dynamo, "dyn_experiment_type"), "kin");
     assert_eq!(uns_str(&p.dynamo, "dyn_est_method"), "twostep");
     // dynamo's per-time slopes K_j: none would be clipped by us.
@@ -424,7 +348,7 @@ fn degradation_matches_dynamo_on_its_objective() {
         return;
     };
     let d = tempdir();
-    let p = pair(&py, d.path(), "degradation");
+    let p = pair(&py, d.path(), "degradation", &[]);
     assert_eq!(uns_str(&p.dynamo, "dyn_experiment_type"), "deg");
     assert_eq!(uns_str(&p.dynamo, "dyn_model"), "deterministic");
     // No velocities on either side; dynamo has no scalar alpha.
