@@ -248,6 +248,7 @@ pub(crate) fn labeling_dynamics<'py>(
             distances: dist.as_ref(),
             genes: &genes,
             has_splicing,
+            splicing: None,
         };
         labeling_stage(&input, times, tkey, &spec, "adata")
     })?

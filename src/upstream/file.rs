@@ -631,6 +631,7 @@ fn compute_and_write(
     let lab = match labeling {
         Some((new, total, times, key)) => {
             let genes: Vec<bool> = hvg.iter().zip(&usable).map(|(a, b)| *a && *b).collect();
+            let (raw_s, raw_u) = (r.csr("layers/spliced")?, r.csr("layers/unspliced")?);
             let input = super::labeling::LabelingInput {
                 new: &new,
                 total: &total,
@@ -638,6 +639,7 @@ fn compute_and_write(
                 distances: Some(&emb.distances),
                 genes: &genes,
                 has_splicing: true,
+                splicing: Some((&raw_s, &raw_u)),
             };
             let res = super::labeling::labeling_stage(&input, times, key, &spec.labeling, &source)?;
             clock.lap("labeling moments + kinetics");
@@ -759,6 +761,7 @@ fn labeling_only(
         distances: Some(&emb.distances),
         genes: &genes,
         has_splicing: false,
+        splicing: None,
     };
     let res = super::labeling::labeling_stage(&lab_input, times, key, &spec.labeling, &source)?;
     clock.lap("labeling moments + kinetics");

@@ -16,7 +16,10 @@
 //!    (binarised connectivities plus the cell, rows normalised; `obsp["moments_con"]`), as
 //!    dynamo smooths within time groups (dynamo rebuilds a 30-NN graph within each group; we
 //!    keep the shared graph's within-group edges, so that one graph serves every stage).
-//!    Layers `M_n`, `M_t` and the second moments `M_tn`, `M_nn`, `M_tt` (float32, as dynamo);
+//!    Layers `M_n`, `M_t` and the second moments `M_tn`, `M_nn`, `M_tt` (float32, as dynamo),
+//!    and with splicing layers dynamo's `M_s`, `M_u` (each layer normalised by its own size
+//!    factor, as dynamo, then smoothed the same way; scVelo's `Ms`/`Mu` over the whole graph
+//!    are written by the splicing path beside them);
 //! 4. kinetics on the genes used for the PCA (`var["use_for_dynamics"]`): α, γ, half-life
 //!    per gene in `var["alpha"/"gamma"/"half_life"]` and dynamo's `varm["vel_params"]` +
 //!    `uns["vel_params_names"]`; the cell-wise α (`layers["cell_wise_alpha"]`); velocities
@@ -113,6 +116,8 @@ pub struct LabelingResult {
     pub moments_con: Csr,
     /// `M_n`, `M_t`, `M_tn`, `M_nn`, `M_tt` (cells × genes).
     pub moments: [Vec<f32>; 5],
+    /// dynamo's `M_s`, `M_u` (with splicing layers).
+    pub splicing_moments: Option<(Vec<f32>, Vec<f32>)>,
     /// Genes fitted.
     pub genes: Vec<bool>,
     /// The kinetics.
@@ -250,6 +255,9 @@ pub struct LabelingInput<'a> {
     pub genes: &'a [bool],
     /// Whether the data also have splicing layers (recorded in `uns`).
     pub has_splicing: bool,
+    /// Raw spliced and unspliced counts, for dynamo's `M_s`/`M_u` (the same-time smoothing of
+    /// each layer normalised by its own size factor), when the data have them.
+    pub splicing: Option<(&'a Csr, &'a Csr)>,
 }
 
 /// The labeling stage (module docs) on `input`, with the labeling `times` (from `tkey`).
@@ -267,6 +275,7 @@ pub fn labeling_stage(
         distances,
         genes,
         has_splicing,
+        splicing,
     } = *input;
     let (n, g) = (total.nrows(), total.ncols());
     let sizes = CellSizes::of(total);
@@ -283,6 +292,13 @@ pub fn labeling_stage(
     drop(tn_prod);
     let m_nn = super::velocity::smooth_dense(&w, &x_new, &all, &sq);
     let m_tt = super::velocity::smooth_dense(&w, &x_total, &all, &sq);
+    let splicing_moments = splicing.map(|(sp, un)| {
+        let smooth = |m: &Csr| {
+            let x = CellSizes::of(m).scale(m.clone());
+            super::velocity::smooth_dense(&w, &x, &all, &id)
+        };
+        (smooth(sp), smooth(un))
+    });
     let f64v = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
     let (mn, mt, mtn, mtt) = (f64v(&m_n), f64v(&m_t), f64v(&m_tn), f64v(&m_tt));
     let fit_genes: Vec<usize> = (0..g).filter(|&j| genes[j]).collect();
@@ -349,6 +365,7 @@ pub fn labeling_stage(
         size_factor: sizes.sizes,
         moments_con: w,
         moments: [m_n, m_t, m_tn, m_nn, m_tt],
+        splicing_moments,
         genes: fit.fitted.clone(),
         fit,
         ntr_obs,
@@ -402,6 +419,10 @@ impl LabelingResult {
             ("M_tt", m_tt),
         ] {
             out.push((format!("layers/{k}"), dense_f32(n, g, v)));
+        }
+        if let Some((ms, mu)) = self.splicing_moments {
+            out.push(("layers/M_s".into(), dense_f32(n, g, ms)));
+            out.push(("layers/M_u".into(), dense_f32(n, g, mu)));
         }
         out.push(("layers/X_new".into(), Element::Sparse(self.x_new.into())));
         out.push((

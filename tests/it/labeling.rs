@@ -235,6 +235,8 @@ fn run_uses_the_labeling_kernel_and_its_control_separates_flow_from_noise() {
         "obs/random_control_score",
         "layers/velocity_T",
         "layers/M_n",
+        "layers/M_s",
+        "layers/M_u",
         "obs/velocity_T_confidence",
         "uns/pp",
     ] {
