@@ -25,7 +25,7 @@
 //! `γ_T = βγ/(β+γ)` (so that `α/γ_T` is the steady state of `u + s`), sampled as counts into
 //! `layers["new"]`/`layers["total"]`;
 //! `obs["labeling_time"]` holds `t_L` and `var["true_gamma_total"]` the true `γ_T`
-//! (`var["true_gamma"]` is the splicing model's `γ`, `var["true_half_life_total"]` is
+//! (`var["true_gamma"]`, also `var["true_gamma_splicing"]`, is the splicing model's `γ`, `var["true_half_life_total"]` is
 //! `ln 2/γ_T`), `layers["true_velocity_T"]` the true velocity of total RNA `α − γ s`, the
 //! derivative of `u + s` (while `layers["true_velocity"]` is the spliced one, `β u − γ s`).
 //! New RNA is the RNA made during the pulse under the one-rate model,
@@ -1056,6 +1056,7 @@ fn var_frame(genes: &[Gene]) -> DataFrame {
             ("true_alpha".into(), col(|g| g.alpha)),
             ("true_beta".into(), col(|g| g.beta)),
             ("true_gamma".into(), col(|g| g.gamma)),
+            ("true_gamma_splicing".into(), col(|g| g.gamma)),
             ("true_gamma_total".into(), col(Gene::gamma_total)),
             (
                 "true_half_life_total".into(),
