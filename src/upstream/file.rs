@@ -654,22 +654,7 @@ fn compute_and_write(
             edit.set(&slot, e);
         }
     }
-    if let Some(params) = &spec.umap {
-        let u = super::umap::umap(&emb.connectivities, params)
-            .map_err(|e| err(format!("{}: {e}", input.display())))?;
-        clock.lap("umap");
-        for (slot, e) in super::umap::umap_slots(&u, params) {
-            edit.set(&slot, e);
-        }
-    }
-    edit.set("obsm/X_pca", Element::from_dmatrix(&emb.pca));
-    edit.set(
-        "obsp/connectivities",
-        Element::Sparse(emb.connectivities.into()),
-    );
-    edit.set("obsp/distances", Element::Sparse(emb.distances.into()));
-    edit.set("var/highly_variable", Element::from_bools(emb.hvg));
-    edit.set("uns/neighbors", neighbors_params(spec));
+    set_embedding(&mut edit, emb, spec, input, &mut clock)?;
     for (slot, e) in sizes.slots() {
         edit.set(&slot, e);
     }
@@ -715,6 +700,34 @@ fn compute_and_write(
     clock.lap("write");
     report.timings = clock.stages;
     Ok(report)
+}
+
+/// The embedding's slots (PCA, kNN graph, highly variable genes, `uns["neighbors"]`) into
+/// `edit`, after the UMAP layout of the graph when `spec` asks for one.
+fn set_embedding(
+    edit: &mut H5adEdit,
+    emb: super::Embedding,
+    spec: &UpstreamSpec,
+    input: &Path,
+    clock: &mut Clock<'_, '_>,
+) -> Result<(), PipelineError> {
+    if let Some(params) = &spec.umap {
+        let u = super::umap::umap(&emb.connectivities, params)
+            .map_err(|e| err(format!("{}: {e}", input.display())))?;
+        clock.lap("umap");
+        for (slot, e) in super::umap::umap_slots(&u, params) {
+            edit.set(&slot, e);
+        }
+    }
+    edit.set("obsm/X_pca", Element::from_dmatrix(&emb.pca));
+    edit.set(
+        "obsp/connectivities",
+        Element::Sparse(emb.connectivities.into()),
+    );
+    edit.set("obsp/distances", Element::Sparse(emb.distances.into()));
+    edit.set("var/highly_variable", Element::from_bools(emb.hvg));
+    edit.set("uns/neighbors", neighbors_params(spec));
+    Ok(())
 }
 
 /// [`compute_and_write`] for labeling data without splicing layers: `total` stands for the
@@ -774,23 +787,8 @@ fn labeling_only(
         labeling: Some(res.describe()),
     };
     let mut edit = H5adEdit::new(input);
-    if let Some(params) = &spec.umap {
-        let u = super::umap::umap(&emb.connectivities, params)
-            .map_err(|e| err(format!("{}: {e}", input.display())))?;
-        clock.lap("umap");
-        for (slot, e) in super::umap::umap_slots(&u, params) {
-            edit.set(&slot, e);
-        }
-    }
+    set_embedding(&mut edit, emb, spec, input, &mut clock)?;
     edit.set("X", Element::Sparse(logx.into()));
-    edit.set("obsm/X_pca", Element::from_dmatrix(&emb.pca));
-    edit.set(
-        "obsp/connectivities",
-        Element::Sparse(emb.connectivities.into()),
-    );
-    edit.set("obsp/distances", Element::Sparse(emb.distances.into()));
-    edit.set("var/highly_variable", Element::from_bools(emb.hvg));
-    edit.set("uns/neighbors", neighbors_params(spec));
     for (slot, e) in res.into_slots() {
         edit.set(&slot, e);
     }

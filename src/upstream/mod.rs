@@ -951,7 +951,7 @@ fn normalise_x(
 }
 
 /// Highly variable genes, PCA, neighbours and connectivities of the log-normalised X.
-struct Embedding {
+pub(crate) struct Embedding {
     hvg: Vec<bool>,
     pca: DMatrix<f64>,
     distances: Csr,
