@@ -437,7 +437,8 @@ pub fn shade_colors(hex: &str, k: usize) -> Vec<String> {
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum TerminalMethod {
     /// cellfate's default: the stable macrostates (coarse self-transition ≥ `threshold`) that
-    /// are not sources of the coarse-grained chain (see [`select_terminal_sinks`]).
+    /// are not sources of the coarse-grained chain (see [`select_terminal_sinks`]), without
+    /// the initial state (the one [`select_initial`] names) while another one remains.
     ///
     /// **Deviation from CellRank**, whose default is [`TerminalMethod::Stability`]: a
     /// metastable start (the progenitors of a differentiation, which the walk leaves slowly

@@ -494,9 +494,38 @@ impl Gpcca {
             source_ratio,
         } = method
         {
-            let (sel, fallback, scores) =
+            let (mut sel, fallback, scores) =
                 select_terminal_sinks(&ms.coarse_t, &ms.coarse_init, *threshold, *source_ratio);
             let names = &ms.states.names;
+            // The initial state is never terminal (issue 17): the macrostate
+            // `predict_initial_states` would name (least coarse stationary mass, or the
+            // strongest source of a reducible chain) is dropped from the selection as long as
+            // another terminal state remains. A start of differentiation can pass the flow
+            // test when its cells also drift back and forth between start macrostates
+            // (pancreas at 8 states: Ductal_4, stationary mass 1e-8 against its 12 % of
+            // the cells, was reported terminal and initial at once).
+            if sel.len() > 1 {
+                let (init, why) = match ms.coarse_stat.as_ref() {
+                    Some(stat) => {
+                        let q = select_initial(stat, 1)?[0];
+                        (
+                            q,
+                            format!("the least coarse stationary mass, {:.2e}", stat[q]),
+                        )
+                    }
+                    None => (
+                        select_initial_by_flow(&ms.coarse_t, &ms.coarse_init, 1)?[0],
+                        "the strongest source of the reducible coarse chain".to_string(),
+                    ),
+                };
+                if let Some(k) = sel.iter().position(|&q| q == init) {
+                    sel.remove(k);
+                    notes.push(format!(
+                        "terminal states: {} is stable ({:.4}) and not a source, but it is the initial state ({why}): not terminal",
+                        names[init], scores[init].stability
+                    ));
+                }
+            }
             for (q, sc) in scores.iter().enumerate() {
                 if sc.stable && sc.source {
                     notes.push(format!(
