@@ -438,7 +438,10 @@ pub fn shade_colors(hex: &str, k: usize) -> Vec<String> {
 pub enum TerminalMethod {
     /// cellfate's default: the stable macrostates (coarse self-transition ≥ `threshold`) that
     /// are not sources of the coarse-grained chain (see [`select_terminal_sinks`]), without
-    /// the initial state (the one [`select_initial`] names) while another one remains.
+    /// the initial state (the one [`select_initial`] names) while another one remains; a
+    /// stable source whose cells lie in the far half of the graph from the initial state
+    /// (median hops from the initial state's cells, between it and the farthest macrostate)
+    /// is an end whose tip leaks into another branch, and is kept.
     ///
     /// **Deviation from CellRank**, whose default is [`TerminalMethod::Stability`]: a
     /// metastable start (the progenitors of a differentiation, which the walk leaves slowly

@@ -504,7 +504,7 @@ impl Gpcca {
             // test when its cells also drift back and forth between start macrostates
             // (pancreas at 8 states: Ductal_4, stationary mass 1e-8 against its 12 % of
             // the cells, was reported terminal and initial at once).
-            if sel.len() > 1 {
+            if names.len() > 1 {
                 let (init, why) = match ms.coarse_stat.as_ref() {
                     Some(stat) => {
                         let q = select_initial(stat, 1)?[0];
@@ -518,16 +518,49 @@ impl Gpcca {
                         "the strongest source of the reducible coarse chain".to_string(),
                     ),
                 };
-                if let Some(k) = sel.iter().position(|&q| q == init) {
-                    sel.remove(k);
-                    notes.push(format!(
-                        "terminal states: {} is stable ({:.4}) and not a source, but it is the initial state ({why}): not terminal",
-                        names[init], scores[init].stability
-                    ));
+                // A stable "source" at the far end of the graph from the initial state is an
+                // end state whose tip leaks into another branch (dyngen's bifurcation: the
+                // sEndD tip flows into sEndC at 0.56 % per step and receives no net flow):
+                // kept when its cells lie in the far half of the graph, in hops from the
+                // initial state's cells, between the initial state and the farthest
+                // macrostate (the kernel's direction: pseudotime increases towards it).
+                if !fallback {
+                    let depth = macrostate_depths(self.core.t.as_csr(), &ms.states, init);
+                    let d0 = depth[init];
+                    let dmax = depth
+                        .iter()
+                        .copied()
+                        .filter(|d| d.is_finite())
+                        .fold(d0, f64::max);
+                    for (q, sc) in scores.iter().enumerate() {
+                        if q != init
+                            && sc.stable
+                            && sc.source
+                            && dmax > d0
+                            && depth[q].is_finite()
+                            && depth[q] >= d0 + 0.5 * (dmax - d0)
+                        {
+                            sel.push(q);
+                            notes.push(format!(
+                                "terminal states: {} is stable ({:.4}) and a source of the coarse chain, but it lies at the far end of the graph from the initial state {} ({} hops against {} for the farthest macrostate): terminal",
+                                names[q], sc.stability, names[init], depth[q], dmax
+                            ));
+                        }
+                    }
+                    sel.sort_unstable();
+                }
+                if sel.len() > 1 {
+                    if let Some(k) = sel.iter().position(|&q| q == init) {
+                        sel.remove(k);
+                        notes.push(format!(
+                            "terminal states: {} is stable ({:.4}) and not a source, but it is the initial state ({why}): not terminal",
+                            names[init], scores[init].stability
+                        ));
+                    }
                 }
             }
             for (q, sc) in scores.iter().enumerate() {
-                if sc.stable && sc.source {
+                if sc.stable && sc.source && !sel.contains(&q) {
                     notes.push(format!(
                         "terminal states: {} is stable ({:.4}) but a source of the coarse chain (net inflow {:.2e} vs net outflow {:.2e} per step): not terminal",
                         names[q], sc.stability, sc.net_inflow, sc.net_outflow
@@ -684,5 +717,88 @@ impl Gpcca {
     /// Restores initial states read from a file.
     pub fn restore_initial_states(&mut self, s: CellStates) {
         self.initial = Some(s);
+    }
+}
+
+/// Median hop distance of each macrostate's assigned cells from the cells assigned to
+/// macrostate `from`, in the graph of `t`'s nonzero entries taken both ways (a multi-source
+/// breadth-first search; `f64::INFINITY` for a state none of whose cells can be reached).
+fn macrostate_depths(t: &cellfate_kernels::Csr, states: &CellStates, from: usize) -> Vec<f64> {
+    let n = t.nrows();
+    let tt = t.transpose();
+    let mut hops = vec![u32::MAX; n];
+    let mut queue = std::collections::VecDeque::new();
+    for (i, a) in states.assignment.iter().enumerate() {
+        if *a == Some(from) {
+            hops[i] = 0;
+            queue.push_back(i);
+        }
+    }
+    while let Some(i) = queue.pop_front() {
+        let next = hops[i] + 1;
+        for m in [t, &tt] {
+            let (cols, vals) = m.row(i);
+            for (&j, &v) in cols.iter().zip(vals) {
+                let j = j as usize;
+                if v > 0.0 && hops[j] == u32::MAX {
+                    hops[j] = next;
+                    queue.push_back(j);
+                }
+            }
+        }
+    }
+    (0..states.n_states())
+        .map(|q| {
+            let mut d: Vec<f64> = states
+                .assignment
+                .iter()
+                .zip(&hops)
+                .filter(|(a, _)| **a == Some(q))
+                .map(|(_, &h)| {
+                    if h == u32::MAX {
+                        f64::INFINITY
+                    } else {
+                        f64::from(h)
+                    }
+                })
+                .collect();
+            if d.is_empty() {
+                return f64::INFINITY;
+            }
+            d.sort_by(f64::total_cmp);
+            d[d.len() / 2]
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A forward-only path 0 → 1 → … → 9 (edges one way: the search takes them both ways),
+    /// states {0, 1}, {4, 5}, {8, 9}: median (upper) hops 0, 4 and 8 from the first state; a cell
+    /// no edge reaches makes its state infinitely far.
+    #[test]
+    fn macrostate_depths_count_hops_both_ways_from_the_initial_state() {
+        let mut edges: Vec<(usize, usize, f64)> = (0..9).map(|i| (i, i + 1, 1.0)).collect();
+        edges.push((9, 9, 1.0));
+        let t = cellfate_kernels::Csr::from_triplets(11, 11, &edges).expect("csr");
+        let a = |v: &[Option<usize>]| CellStates {
+            names: vec!["a".into(), "b".into(), "c".into(), "d".into()],
+            colors: vec![String::new(); 4],
+            assignment: v.to_vec(),
+            probs: vec![1.0; v.len()],
+            memberships: None,
+        };
+        let mut assignment = vec![None; 11];
+        for (i, q) in [(0, 0), (1, 0), (4, 1), (5, 1), (8, 2), (9, 2), (10, 3)] {
+            assignment[i] = Some(q);
+        }
+        let d = macrostate_depths(&t, &a(&assignment), 0);
+        assert_eq!(&d[..3], &[0.0, 4.0, 8.0]);
+        assert!(d[3].is_infinite());
+        // From the far end, the same distances reversed.
+        let d = macrostate_depths(&t, &a(&assignment), 2);
+        assert_eq!(&d[..3], &[8.0, 4.0, 0.0]);
     }
 }
