@@ -437,11 +437,12 @@ pub fn shade_colors(hex: &str, k: usize) -> Vec<String> {
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum TerminalMethod {
     /// cellfate's default: the stable macrostates (coarse self-transition ≥ `threshold`) that
-    /// are not sources of the coarse-grained chain (see [`select_terminal_sinks`]), without
-    /// the initial state (the one [`select_initial`] names) while another one remains; a
-    /// stable source whose cells lie in the far half of the graph from the initial state
-    /// (median hops from the initial state's cells, between it and the farthest macrostate)
-    /// is an end whose tip leaks into another branch, and is kept.
+    /// are not sources of the coarse-grained chain (see [`select_terminal_sinks`]). When the
+    /// initial state (the one [`select_initial`] names) is *drained* (its stationary share
+    /// relative to its share of the cells below a tenth of every other selected state's),
+    /// it is never terminal while another one remains, and a stable source whose cells lie
+    /// in the far half of the graph from it (median hops from its cells, between it and the
+    /// farthest macrostate) is an end whose tip leaks into another branch, and is kept.
     ///
     /// **Deviation from CellRank**, whose default is [`TerminalMethod::Stability`]: a
     /// metastable start (the progenitors of a differentiation, which the walk leaves slowly

@@ -498,33 +498,53 @@ impl Gpcca {
                 select_terminal_sinks(&ms.coarse_t, &ms.coarse_init, *threshold, *source_ratio);
             let names = &ms.states.names;
             // The initial state is never terminal (issue 17): the macrostate
-            // `predict_initial_states` would name (least coarse stationary mass, or the
-            // strongest source of a reducible chain) is dropped from the selection as long as
-            // another terminal state remains. A start of differentiation can pass the flow
-            // test when its cells also drift back and forth between start macrostates
-            // (pancreas at 8 states: Ductal_4, stationary mass 1e-8 against its 12 % of
-            // the cells, was reported terminal and initial at once).
+            // `predict_initial_states` would name (least coarse stationary mass) is dropped
+            // from the selection when it is *drained* — its share of the stationary
+            // distribution relative to its share of the cells is below a tenth of every
+            // other selected state's — and another terminal state remains. A start of
+            // differentiation can pass the flow test when its cells drift back and forth
+            // between start macrostates (pancreas at 8 states: Ductal_4, stationary mass
+            // 1e-8 against its 12 % of the cells, was reported terminal and initial at once);
+            // three end states with none drained (LARRY: 0.97–1.07 each) all stay.
+            // Without a stationary distribution the initial state is the strongest source of
+            // the coarse chain, which the flow test already left out.
             if names.len() > 1 {
-                let (init, why) = match ms.coarse_stat.as_ref() {
+                let (init, drained, why) = match ms.coarse_stat.as_ref() {
                     Some(stat) => {
                         let q = select_initial(stat, 1)?[0];
+                        let ratio = |r: usize| stat[r] / ms.coarse_init[r].max(f64::MIN_POSITIVE);
+                        let others = sel
+                            .iter()
+                            .filter(|&&r| r != q)
+                            .map(|&r| ratio(r))
+                            .fold(f64::INFINITY, f64::min);
+                        let drained = others.is_finite() && ratio(q) < 0.1 * others;
                         (
                             q,
-                            format!("the least coarse stationary mass, {:.2e}", stat[q]),
+                            drained,
+                            format!(
+                                "the least coarse stationary mass, {:.2e} for {:.1} % of the cells",
+                                stat[q],
+                                100.0 * ms.coarse_init[q]
+                            ),
                         )
                     }
-                    None => (
-                        select_initial_by_flow(&ms.coarse_t, &ms.coarse_init, 1)?[0],
-                        "the strongest source of the reducible coarse chain".to_string(),
-                    ),
+                    None => {
+                        let q = select_initial_by_flow(&ms.coarse_t, &ms.coarse_init, 1)?[0];
+                        (
+                            q,
+                            scores[q].source,
+                            "the strongest source of the reducible coarse chain".to_string(),
+                        )
+                    }
                 };
-                // A stable "source" at the far end of the graph from the initial state is an
-                // end state whose tip leaks into another branch (dyngen's bifurcation: the
-                // sEndD tip flows into sEndC at 0.56 % per step and receives no net flow):
-                // kept when its cells lie in the far half of the graph, in hops from the
-                // initial state's cells, between the initial state and the farthest
+                // A stable "source" at the far end of the graph from a drained initial state
+                // is an end state whose tip leaks into another branch (dyngen's bifurcation:
+                // the sEndD tip flows into sEndC at 0.56 % per step and receives no net
+                // flow): kept when its cells lie in the far half of the graph, in hops from
+                // the initial state's cells, between the initial state and the farthest
                 // macrostate (the kernel's direction: pseudotime increases towards it).
-                if !fallback {
+                if drained && !fallback {
                     let depth = macrostate_depths(self.core.t.as_csr(), &ms.states, init);
                     let d0 = depth[init];
                     let dmax = depth
@@ -549,7 +569,7 @@ impl Gpcca {
                     }
                     sel.sort_unstable();
                 }
-                if sel.len() > 1 {
+                if drained && sel.len() > 1 {
                     if let Some(k) = sel.iter().position(|&q| q == init) {
                         sel.remove(k);
                         notes.push(format!(
