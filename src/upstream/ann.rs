@@ -113,7 +113,7 @@ type Row = Vec<Nb>;
 /// 12 trees 41 s, 20 trees 43 s, recall 0.980 / 0.982 / 0.984).
 const RP_TREES: usize = 12;
 /// Smallest leaf of the random-projection trees (at least k + 1 points).
-const RP_LEAF_MIN: usize = 32;
+pub(crate) const RP_LEAF_MIN: usize = 32;
 
 /// The leaves of one random-projection tree over the points `0..n`: a node larger than
 /// `leaf` is split by the hyperplane halfway between two of its points drawn from `rng`
@@ -187,14 +187,7 @@ fn cmp(a: &Nb, b: &Nb) -> std::cmp::Ordering {
 /// (BENCHMARKS.md, "Cell order").
 pub fn knn_descent(x: &DMatrix<f64>, k: usize, seed: u64, n_iter: usize) -> Vec<Vec<(usize, f64)>> {
     let n = x.nrows();
-    let order: Vec<usize> = {
-        let pts = Points::new(x);
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x10ca_11e5);
-        rp_leaves(&pts, n, (k + 1).max(RP_LEAF_MIN), &mut rng)
-            .into_iter()
-            .flatten()
-            .collect()
-    };
+    let order = locality_order(x, (k + 1).max(RP_LEAF_MIN), seed);
     let xp = DMatrix::from_fn(n, x.ncols(), |i, c| x[(order[i], c)]);
     let found = knn_descent_in_order(&xp, k, seed, n_iter);
     drop(xp);
@@ -205,6 +198,18 @@ pub fn knn_descent(x: &DMatrix<f64>, k: usize, seed: u64, n_iter: usize) -> Vec<
         out[order[p]] = row;
     }
     out
+}
+
+/// An order of the rows of `x` (`order[new] = old`) in which rows near each other in `x` are
+/// near each other: the depth-first leaf order of one seeded random-projection tree with
+/// leaves of at most `leaf` rows (a space partition; deterministic for a seed).
+pub fn locality_order(x: &DMatrix<f64>, leaf: usize, seed: u64) -> Vec<usize> {
+    let pts = Points::new(x);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x10ca_11e5);
+    rp_leaves(&pts, x.nrows(), leaf.max(2), &mut rng)
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// [`knn_descent`] on the rows of `x` in the order given.

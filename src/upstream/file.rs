@@ -210,6 +210,7 @@ pub fn moments_velocity_in_file(
                 w: &w,
                 s: &sn,
                 u: &un,
+                local: None,
             };
             fit_into(early, &src, n, g, hvg.as_deref(), mode, dynamics, true)?
         };
@@ -619,6 +620,7 @@ fn compute_and_write(
     clock.lap("normalise X");
     let emb = embed(&logx, &usable, spec, &mut clock)?;
     let w = velocity::smoothing_graph(&emb.connectivities);
+    let local = velocity::Locality::new(&emb.pca, &w, spec.seed);
     let mut report = PrepareReport {
         n_cells: n,
         n_genes: g,
@@ -671,6 +673,7 @@ fn compute_and_write(
             w: &w,
             s: &sn,
             u: &un,
+            local: local.as_ref(),
         };
         let fit = fit_into(
             early,

@@ -1111,10 +1111,12 @@ pub fn preprocess_with(
     clock.lap("normalise");
     let emb = embed(&logx, &usable, spec, &mut clock)?;
     let w = velocity::smoothing_graph(&emb.connectivities);
+    let local = velocity::Locality::new(&emb.pca, &w, spec.seed);
     let src = velocity::SmoothedCounts {
         w: &w,
         s: &sn,
         u: &un,
+        local: local.as_ref(),
     };
     let mut layers = velocity::WholeLayers::new(n, g, true);
     let fit = velocity::fit_velocity_blocks(

@@ -302,6 +302,7 @@ pub fn moments(conn: &Csr, spliced: &Csr, unspliced: &Csr) -> Result<Moments, Up
         w: &w,
         s: spliced,
         u: unspliced,
+        local: None,
     };
     let mut ms = vec![0.0f32; n * g];
     let mut mu = vec![0.0f32; n * g];
