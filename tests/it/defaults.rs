@@ -224,18 +224,13 @@ fn the_initial_state_is_never_terminal_on_pancreas() {
         return;
     };
     let d = tempdir();
-    let res = crate::common::cellfate()
-        .arg("run")
-        .arg(dir.join("pancreas_3696x2000.h5ad"))
-        .arg("-o")
-        .arg(d.path().join("out.h5ad"))
-        .args(["--n-states", "8", "--json", "-q"])
-        .output()
-        .expect("runs");
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
+    let res = crate::common::succeed(
+        crate::common::cellfate()
+            .arg("run")
+            .arg(dir.join("pancreas_3696x2000.h5ad"))
+            .arg("-o")
+            .arg(d.path().join("out.h5ad"))
+            .args(["--n-states", "8", "--json", "-q"]),
     );
     let v: serde_json::Value = serde_json::from_slice(&res.stdout).expect("json");
     let list = |key: &str| -> Vec<String> {
