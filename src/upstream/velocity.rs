@@ -328,18 +328,7 @@ impl Locality {
         for (new, &old) in order.iter().enumerate() {
             inverse[old] = new;
         }
-        let mut indptr = Vec::with_capacity(n + 1);
-        let mut indices = Vec::with_capacity(w.nnz());
-        let mut data = Vec::with_capacity(w.nnz());
-        indptr.push(0);
-        for &old in &order {
-            let (c, v) = w.row(old);
-            indices.extend(c.iter().map(|&j| inverse[j as usize] as u32));
-            data.extend_from_slice(v);
-            indptr.push(indices.len());
-        }
-        let w = Csr::from_unsorted(n, n, indptr, indices, data)
-            .expect("a permutation of a valid square matrix is valid");
+        let w = w.submatrix(&order, &order);
         Self { order, inverse, w }
     }
 
