@@ -17,8 +17,9 @@ fn bench(c: &mut Criterion) {
     };
     let (n, g, ms) = r.dense("layers/Ms").expect("Ms");
     let (_, _, mu) = r.dense("layers/Mu").expect("Mu");
-    let w =
-        cellfate::upstream::velocity::smoothing_graph(&r.obsp("connectivities").expect("graph"));
+    let w = cellfate::dynamics::FitGraph::new(&cellfate::upstream::velocity::smoothing_graph(
+        &r.obsp("connectivities").expect("graph"),
+    ));
     let opts = cellfate::dynamics::DynamicsOptions::default();
     let genes: Vec<(Vec<f64>, Vec<f64>)> = (0..50.min(g))
         .map(|j| {

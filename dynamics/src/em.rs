@@ -23,6 +23,7 @@
 
 use cellfate_kernels::Csr;
 
+use crate::fit_graph::FitGraph;
 use crate::nelder_mead::NelderMead;
 use crate::stats::{argmin, linspace, mean, percentile, std, test_bimodality};
 
@@ -254,6 +255,7 @@ enum Cells {
 struct Model<'a> {
     u: &'a [f64],
     s: &'a [f64],
+    /// W in the fit's cell order (the order of `u` and `s`).
     w: Option<&'a Csr>,
     weighted: Vec<usize>,
     upper: Vec<usize>,
@@ -268,7 +270,7 @@ struct Model<'a> {
     fit_steady_states: bool,
     /// Wᵀ (W's columns as rows): a change of one cell's distance reaches the smoothed
     /// distances of the cells that have it as a neighbour.
-    wt: Option<Csr>,
+    wt: Option<&'a Csr>,
     /// W·s and W·s² (the spliced moments the steady-state distances expand into).
     ws: Vec<f64>,
     ws2: Vec<f64>,
@@ -295,21 +297,31 @@ fn smooth<const K: usize>(w: &Csr, cols: [&[f64]; K]) -> [Vec<f64>; K] {
     let packed: Vec<[f64; K]> = (0..n)
         .map(|i| std::array::from_fn(|k| cols[k][i]))
         .collect();
+    let smoothed = smooth_packed(w, &packed);
     let mut out: [Vec<f64>; K] = std::array::from_fn(|_| vec![0.0; n]);
-    for i in 0..n {
-        let (idx, val) = w.row(i);
-        let mut acc = [0.0; K];
-        for (&j, &x) in idx.iter().zip(val) {
-            let v = &packed[j as usize];
-            for k in 0..K {
-                acc[k] += x * v[k];
-            }
-        }
+    for (i, v) in smoothed.iter().enumerate() {
         for k in 0..K {
-            out[k][i] = acc[k];
+            out[k][i] = v[k];
         }
     }
     out
+}
+
+/// W · (K interleaved columns), interleaved.
+fn smooth_packed<const K: usize>(w: &Csr, packed: &[[f64; K]]) -> Vec<[f64; K]> {
+    (0..w.nrows())
+        .map(|i| {
+            let (idx, val) = w.row(i);
+            let mut acc = [0.0; K];
+            for (&j, &x) in idx.iter().zip(val) {
+                let v = &packed[j as usize];
+                for k in 0..K {
+                    acc[k] += x * v[k];
+                }
+            }
+            acc
+        })
+        .collect()
 }
 
 /// Sorts in [`f64::total_cmp`]'s order through unsigned integer keys with the same order
@@ -513,20 +525,19 @@ impl<'a> Model<'a> {
             let (du_, ds_) = ((ub[i] - ut_) / std_u, (s[i] - st_) / std_s);
             (du_ * du_ + ds_ * ds_, du * du + ds * ds)
         };
-        let mut off0 = vec![0.0; n];
-        let mut on0 = vec![0.0; n];
-        for i in 0..n {
-            (off0[i], on0[i]) = dist(i, tau[i], tau_[i]);
-        }
+        // (off, on) per cell, interleaved: the updates below touch both at once.
+        let d0: Vec<[f64; 2]> = (0..n)
+            .map(|i| {
+                let (o, a) = dist(i, tau[i], tau_[i]);
+                [o, a]
+            })
+            .collect();
         // Gap closing: branches from the (smoothed) distances, then the increments.
-        let (mut off, mut on) = match self.w {
-            Some(w) => {
-                let [a, b] = smooth(w, [&off0, &on0]);
-                (a, b)
-            }
-            None => (off0.clone(), on0.clone()),
+        let mut d2 = match self.w {
+            Some(w) => smooth_packed(w, &d0),
+            None => d0.clone(),
         };
-        let is_on: Vec<bool> = (0..n).map(|i| argmin(&[off[i], on[i]]) == 1).collect();
+        let is_on: Vec<bool> = d2.iter().map(|d| argmin(d) == 1).collect();
         let mut a: Vec<f64> = (0..n).filter(|&i| is_on[i]).map(|i| tau[i]).collect();
         let mut b: Vec<f64> = (0..n).filter(|&i| !is_on[i]).map(|i| tau_[i]).collect();
         let mut moved = Vec::new();
@@ -551,19 +562,17 @@ impl<'a> Model<'a> {
         // State distances with the adjusted times: only the moved cells' change.
         for &j in &moved {
             let (o, n2) = dist(j, tau[j], tau_[j]);
-            match (self.w, &self.wt) {
+            match (self.w, self.wt) {
                 (Some(_), Some(wt)) => {
-                    let (d_off, d_on) = (o - off0[j], n2 - on0[j]);
+                    let (d_off, d_on) = (o - d0[j][0], n2 - d0[j][1]);
                     let (rows, vals) = wt.row(j);
                     for (&i, &x) in rows.iter().zip(vals) {
-                        off[i as usize] += x * d_off;
-                        on[i as usize] += x * d_on;
+                        let d = &mut d2[i as usize];
+                        d[0] += x * d_off;
+                        d[1] += x * d_on;
                     }
                 }
-                _ => {
-                    off[j] = o;
-                    on[j] = n2;
-                }
+                _ => d2[j] = [o, n2],
             }
         }
         let mut d: Vec<[f64; 4]> = Vec::with_capacity(n);
@@ -583,11 +592,11 @@ impl<'a> Model<'a> {
                     let (c, e) = ((ub[i] - uinf) / std_u, (s[i] - sinf) / std_s);
                     (a * a + b * b, c * c + e * e)
                 };
-                d.push([off[i], on[i], zero, up]);
+                d.push([d2[i][0], d2[i][1], zero, up]);
             }
         } else {
-            for i in 0..n {
-                d.push([off[i], on[i], f64::INFINITY, f64::INFINITY]);
+            for x in &d2 {
+                d.push([x[0], x[1], f64::INFINITY, f64::INFINITY]);
             }
         }
         (tau, tau_, d)
@@ -769,20 +778,42 @@ fn sign(x: f64) -> f64 {
 }
 
 /// Fits scVelo's dynamical model to one gene: `u`, `s` its first-order moments (`Mu`, `Ms`)
-/// over all cells, `w` the row-normalised binary kNN graph with self-loops (scVelo's
-/// `get_connectivities`; `None` disables the smoothing of distances and times). `None` when
-/// the gene is not recoverable (at most 2 cells with u > 0 and s > 0), as scVelo skips it.
+/// over all cells, `graph` the row-normalised binary kNN graph with self-loops (scVelo's
+/// `get_connectivities`, prepared once for all genes by [`FitGraph::new`]; `None` disables
+/// the smoothing of distances and times). `None` when the gene is not recoverable (at most 2
+/// cells with u > 0 and s > 0), as scVelo skips it. The per-cell results are in the order
+/// of `u` and `s`, whatever order the graph runs the fit in.
+///
+/// # Panics
+/// When `u`, `s` and the graph differ in their number of cells.
 pub fn fit_gene(
     u: &[f64],
     s: &[f64],
-    w: Option<&Csr>,
+    graph: Option<&FitGraph>,
+    opts: &DynamicsOptions,
+) -> Option<GeneDynamics> {
+    assert_eq!(s.len(), u.len(), "u and s must have one value per cell");
+    let Some(g) = graph else {
+        return fit_ordered(u, s, None, opts);
+    };
+    assert_eq!(g.n_cells(), u.len(), "the graph must have one row per cell");
+    let (u, s) = (g.gather(u), g.gather(s));
+    let mut fit = fit_ordered(&u, &s, Some((g.w(), g.wt())), opts)?;
+    fit.t = g.scatter(std::mem::take(&mut fit.t));
+    fit.tau = g.scatter(std::mem::take(&mut fit.tau));
+    fit.tau_ = g.scatter(std::mem::take(&mut fit.tau_));
+    Some(fit)
+}
+
+/// [`fit_gene`] in the graph's cell order: `w` is (W, Wᵀ).
+fn fit_ordered(
+    u: &[f64],
+    s: &[f64],
+    w: Option<(&Csr, &Csr)>,
     opts: &DynamicsOptions,
 ) -> Option<GeneDynamics> {
     let n = u.len();
-    assert_eq!(s.len(), n, "u and s must have one value per cell");
-    if let Some(w) = w {
-        assert_eq!(w.nrows(), n, "the graph must have one row per cell");
-    }
+    let (w, wt) = (w.map(|x| x.0), w.map(|x| x.1));
     // Weights: expressed in both, below the upper percentile of the expressed cells.
     let mut weights: Vec<bool> = (0..n).map(|i| s[i] > 0.0 && u[i] > 0.0).collect();
     if weights.iter().filter(|&&x| x).count() <= 2 {
@@ -884,7 +915,7 @@ pub fn fit_gene(
         steady_state_ratio: None,
         mode: None,
         fit_steady_states: opts.fit_steady_states,
-        wt: w.map(Csr::transpose),
+        wt,
         ws: w.map_or_else(Vec::new, |w| w.mul_vec(s)),
         ws2: w.map_or_else(Vec::new, |w| {
             w.mul_vec(&s.iter().map(|x| x * x).collect::<Vec<f64>>())
@@ -1048,9 +1079,41 @@ pub fn fit_gene(
 /// the kNN graph and re-split at t_, and the velocities are read off the curve at that time:
 /// spliced v = βu(t) − γs(t) (at least −s), unspliced w = (α·1{induction} − βu(t))·scaling
 /// (at least −u); steady and "none" cells get 0. Returns (spliced, unspliced) velocities.
+///
+/// # Panics
+/// When `u`, `s`, the fit's times and the graph differ in their number of cells.
 pub fn dynamical_velocity(
     u: &[f64],
     s: &[f64],
+    fit: &GeneDynamics,
+    graph: Option<&FitGraph>,
+) -> (Vec<f64>, Vec<f64>) {
+    let n = u.len();
+    assert!(
+        s.len() == n && fit.tau.len() == n && fit.tau_.len() == n,
+        "u, s and the fit's times must have one value per cell"
+    );
+    let Some(g) = graph else {
+        return velocity_ordered(u, s, &fit.tau, &fit.tau_, fit, None);
+    };
+    assert_eq!(g.n_cells(), n, "the graph must have one row per cell");
+    let (vs, vu) = velocity_ordered(
+        &g.gather(u),
+        &g.gather(s),
+        &g.gather(&fit.tau),
+        &g.gather(&fit.tau_),
+        fit,
+        Some(g.w()),
+    );
+    (g.scatter(vs), g.scatter(vu))
+}
+
+/// [`dynamical_velocity`] in the graph's cell order (`tau`, `tau_` the fit's times in it).
+fn velocity_ordered(
+    u: &[f64],
+    s: &[f64],
+    tau: &[f64],
+    tau_: &[f64],
     fit: &GeneDynamics,
     w: Option<&Csr>,
 ) -> (Vec<f64>, Vec<f64>) {
@@ -1069,8 +1132,8 @@ pub fn dynamical_velocity(
     let mut signed_off = vec![0.0; n];
     let (uinf, sinf) = (alpha / beta, alpha / gamma);
     for i in 0..n {
-        let (ut, st) = solution(fit.tau[i], 0.0, 0.0, alpha, beta, gamma);
-        let (ut_, st_) = solution(fit.tau_[i], u0_, s0_, 0.0, beta, gamma);
+        let (ut, st) = solution(tau[i], 0.0, 0.0, alpha, beta, gamma);
+        let (ut_, st_) = solution(tau_[i], u0_, s0_, 0.0, beta, gamma);
         let (du, ds) = ((ub[i] - ut) / std_u, (s[i] - st) / std_s);
         let (du_, ds_) = ((ub[i] - ut_) / std_u, (s[i] - st_) / std_s);
         on[i] = du * du + ds * ds;
@@ -1108,8 +1171,8 @@ pub fn dynamical_velocity(
         let k = crate::stats::argmax(&p);
         state[i] = k;
         t[i] = match k {
-            1 => fit.tau[i],
-            0 => fit.tau_[i] + t_,
+            1 => tau[i],
+            0 => tau_[i] + t_,
             _ => 0.0,
         };
     }
@@ -1226,6 +1289,77 @@ mod tests {
             "{concordant}/{total}"
         );
         assert!(fit.likelihood.is_finite() && fit.likelihood > 0.0);
+    }
+
+    #[test]
+    fn a_reordered_graph_gives_the_same_fit_in_the_input_order() {
+        // One switching trajectory stored in a scrambled cell order, smoothed over a graph
+        // of each cell's 10 nearest cells in true time (W row-normalised, self-loops).
+        let (alpha, beta, gamma, t_sw) = (2.0, 1.0, 0.5, 4.0);
+        let n = 600;
+        let (u0_, s0_) = solution(t_sw, 0.0, 0.0, alpha, beta, gamma);
+        let pos: Vec<usize> = (0..n).map(|i| (i * 389 + 17) % n).collect(); // 389 ⊥ 600
+        let mut cell_at = vec![0usize; n];
+        let (mut u, mut s) = (vec![0.0; n], vec![0.0; n]);
+        for (i, &p) in pos.iter().enumerate() {
+            cell_at[p] = i;
+            let t = 8.0 * (p as f64 + 0.5) / n as f64;
+            let (a, b) = if t < t_sw {
+                solution(t, 0.0, 0.0, alpha, beta, gamma)
+            } else {
+                solution(t - t_sw, u0_, s0_, 0.0, beta, gamma)
+            };
+            let e = 1.0 + 0.05 * ((i * 7919 % 13) as f64 - 6.0) / 6.0;
+            (u[i], s[i]) = (a * e, b / e);
+        }
+        let mut trip = Vec::new();
+        for (i, &p) in pos.iter().enumerate() {
+            let (lo, hi) = (p.saturating_sub(5), (p + 5).min(n - 1));
+            for &j in &cell_at[lo..=hi] {
+                trip.push((i, j, 1.0 / (hi - lo + 1) as f64));
+            }
+        }
+        let w = Csr::from_triplets(n, n, &trip).expect("graph");
+        let opts = DynamicsOptions::default();
+        let (plain, reordered) = (
+            FitGraph::with_order(&w, false),
+            FitGraph::with_order(&w, true),
+        );
+        let a = fit_gene(&u, &s, Some(&plain), &opts).expect("recoverable");
+        let b = fit_gene(&u, &s, Some(&reordered), &opts).expect("recoverable");
+        // The same sums in another order: equal to rounding, which the simplex may amplify
+        // a little. Tolerance 1e-6 relative on the parameters, 1e-6 of the largest time.
+        let close = |x: f64, y: f64| (x - y).abs() <= 1e-6 * x.abs().max(y.abs());
+        for (what, x, y) in [
+            ("alpha", a.alpha, b.alpha),
+            ("beta", a.beta, b.beta),
+            ("gamma", a.gamma, b.gamma),
+            ("t_", a.t_, b.t_),
+            ("scaling", a.scaling, b.scaling),
+            ("likelihood", a.likelihood, b.likelihood),
+        ] {
+            assert!(close(x, y), "{what}: {x} vs {y}");
+        }
+        let tmax = a.t.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        for (x, y) in [(&a.t, &b.t), (&a.tau, &b.tau), (&a.tau_, &b.tau_)] {
+            for (i, (p, q)) in x.iter().zip(y.iter()).enumerate() {
+                assert!((p - q).abs() <= 1e-6 * tmax, "cell {i}: {p} vs {q}");
+            }
+        }
+        let (va, vb) = (
+            dynamical_velocity(&u, &s, &a, Some(&plain)),
+            dynamical_velocity(&u, &s, &b, Some(&reordered)),
+        );
+        let vmax = va.0.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        assert!(vmax > 0.0, "some cells move");
+        for (x, y) in [(&va.0, &vb.0), (&va.1, &vb.1)] {
+            for (i, (p, q)) in x.iter().zip(y.iter()).enumerate() {
+                assert!(
+                    (p - q).abs() <= 1e-6 * vmax,
+                    "velocity of cell {i}: {p} vs {q}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod confidence;
 pub mod dense;
 pub mod em;
 pub mod error;
+pub mod fit_graph;
 pub mod latent_time;
 pub mod nelder_mead;
 pub mod perturb;
@@ -27,6 +28,7 @@ pub use em::{
     dynamical_velocity, fit_gene, phase_curve, AssignmentMode, DynamicsOptions, GeneDynamics,
 };
 pub use error::VelocityError;
+pub use fit_graph::FitGraph;
 pub use latent_time::{
     compute_shared_time, latent_time, root_time, terminal_states, LatentTime, LatentTimeInput,
     LatentTimeOptions, RootPrior, TerminalStates, TerminalStatesOptions,

@@ -556,6 +556,9 @@ pub fn fit_velocity_blocks<M: MomentSource, E: From<M::Error>>(
         hvg,
         stochastic,
         dynamical,
+        fit_graph: dynamical
+            .and(src.graph())
+            .map(cellfate_dynamics::FitGraph::new),
     };
     blocks_pass(src, n, g, &pass, None, &mut fit, sink)?;
     if fit.velocity_genes.iter().filter(|&&b| b).count() < 2 {
@@ -605,6 +608,8 @@ struct Pass<'a> {
     hvg: Option<&'a [bool]>,
     stochastic: bool,
     dynamical: Option<&'a DynamicalSettings>,
+    /// The dynamical model's smoothing graph, prepared once for every block.
+    fit_graph: Option<cellfate_dynamics::FitGraph>,
 }
 
 /// One pass of [`fit_velocity_blocks`]; `forced` is the set of genes given the stochastic fit
@@ -713,7 +718,8 @@ fn blocks_pass<M: MomentSource, E: From<M::Error>>(
                     d.all_genes || forced.map_or(fit.velocity_genes[j0 + c], |f| f[j0 + c])
                 })
                 .collect();
-            let layers = dynamical_block(src.graph(), &ms, &mu, n, k, &chosen, d, fit, j0);
+            let layers =
+                dynamical_block(pass.fit_graph.as_ref(), &ms, &mu, n, k, &chosen, d, fit, j0);
             fit.seconds[2] += clock.elapsed().as_secs_f64();
             dyn_layers = Some(layers.1);
             layers.0
@@ -752,7 +758,7 @@ fn blocks_pass<M: MomentSource, E: From<M::Error>>(
 /// fit_tau_, velocity_u]`, NaN in the columns of genes not fitted.
 #[allow(clippy::too_many_arguments)]
 fn dynamical_block(
-    w: Option<&Csr>,
+    w: Option<&cellfate_dynamics::FitGraph>,
     ms: &[f32],
     mu: &[f32],
     n: usize,
