@@ -37,6 +37,7 @@ pub use cellfate_dynamics as dynamics;
 pub use cellfate_vectorfield as vectorfield;
 
 pub mod adata;
+pub mod blas;
 pub use cellfate_estimators as estimators;
 pub use cellfate_kernels as kernels;
 

@@ -979,6 +979,8 @@ impl DynamicsFlags {
 fn main() -> ExitCode {
     // A fault inside libhdf5 on a corrupt file: a message naming the file, exit 2.
     cellfate::io::install_fault_reporter();
+    // rayon does the parallel work: OpenBLAS's spinning threads would compete with it.
+    cellfate::blas::single_threaded_blas();
     let cli = Cli::parse();
     let command = cli.command.name();
     match run(cli) {
