@@ -22,7 +22,10 @@
 //! closed classes) both pick an arbitrary basis of the eigenspace, and for a complex pair with
 //! real part ≥ 1 − eps (not expected at eps = 10⁻³) we take the pair's first Schur vector where
 //! scVelo takes the real part of ARPACK's arbitrarily-phased eigenvector. Ties in Σ `fit_t`
-//! are ordered by cell index (NumPy's quicksort leaves them unspecified). scVelo's
+//! are ordered by cell index (NumPy's quicksort leaves them unspecified). Each eigen solve has
+//! a work budget ([`TerminalStatesOptions::eigen_work`]) where SciPy restarts up to 10·n
+//! times: past it, no root (or end) region is reported and latent time takes scVelo's own
+//! no-root path. scVelo's
 //! `velocity_pseudotime` is not computed here: it only matters with `min_corr_diffusion` or
 //! `weight_diffusion`, for which the caller passes it.
 
@@ -30,7 +33,8 @@ use nalgebra::DMatrix;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use cellfate_estimators::schur::{dominant_schur_op, Which};
+use cellfate_estimators::graph::closed_sets_csr;
+use cellfate_estimators::schur::{dominant_schur_op_with, KrylovOptions, SchurError, Which};
 use cellfate_kernels::Csr;
 
 use crate::dense::RowMajor;
@@ -71,6 +75,12 @@ pub struct TerminalStatesOptions {
     pub scale: f64,
     /// Eigenvalues computed (SciPy `eigs(k=10)`).
     pub n_eigenvalues: usize,
+    /// Work allowed to each eigen solve, in multiply-adds (non-zeros of the transition
+    /// matrix × matrix-vector products; 2·10¹⁰, about 30 s on this project's 2-core test
+    /// machine). A solve that has not converged to machine precision within it leaves its
+    /// chain without detected cells (see [`TerminalStates::root_converged`]) instead of
+    /// restarting for a long time (deviation: SciPy's `eigs` restarts up to 10·n times).
+    pub eigen_work: f64,
 }
 
 impl Default for TerminalStatesOptions {
@@ -80,6 +90,7 @@ impl Default for TerminalStatesOptions {
             self_transitions: false,
             scale: 10.0,
             n_eigenvalues: 10,
+            eigen_work: DEFAULT_EIGEN_WORK,
         }
     }
 }
@@ -97,11 +108,31 @@ pub struct TerminalStates {
     pub root_eigenvalues: Vec<(f64, f64)>,
     /// The same for the forward matrix.
     pub end_eigenvalues: Vec<(f64, f64)>,
-    /// Eigenvectors used for the roots (eigenvalue ≥ 1 − eps).
+    /// Eigenvectors that marked a root region (eigenvalue ≥ 1 − eps, non-zero on enough
+    /// cells to survive scVelo's clip at the 98th percentile).
     pub n_root_regions: usize,
-    /// Eigenvectors used for the ends.
+    /// The same for the ends.
     pub n_end_regions: usize,
+    /// Recurrent classes of the backward and forward chains (eigenvalue 1's multiplicity);
+    /// from two on, their stationary distributions are the eigenvectors used.
+    pub n_classes: [usize; 2],
+    /// False when the backward eigen solve did not converge within
+    /// [`TerminalStatesOptions::eigen_work`]: no root region was found (`root_cells` all 0),
+    /// so [`latent_time`] starts from the cells with the smallest Σ `fit_t`, scVelo's rule
+    /// when it detects no root cell.
+    pub root_converged: bool,
+    /// The same for the forward solve and `end_points`.
+    pub end_converged: bool,
+    /// Arnoldi restarts of the backward and forward solves (0 for the dense path).
+    pub restarts: [usize; 2],
 }
+
+/// Default of [`TerminalStatesOptions::eigen_work`].
+pub const DEFAULT_EIGEN_WORK: f64 = 2e10;
+
+/// Matrix-vector products per Arnoldi restart of [`dominant_schur_op_with`] with k = 10
+/// eigenvalues (ncv − nev = 30 − 11).
+const PRODUCTS_PER_RESTART: f64 = 19.0;
 
 /// scVelo's `terminal_states(adata)` (no `groupby`): `graph`/`graph_neg` are the velocity
 /// graph ([`crate::velocity_graph::velocity_graph`]); `distance_weights` are scVelo's
@@ -123,8 +154,8 @@ pub fn terminal_states(
         });
     }
     let mut out = [
-        (Vec::new(), Vec::new(), 0usize),
-        (Vec::new(), Vec::new(), 0),
+        (Vec::new(), Vec::new(), 0usize, true, 0usize, 0usize),
+        (Vec::new(), Vec::new(), 0, true, 0, 0),
     ];
     for (slot, backward) in [(0usize, true), (1, false)] {
         let t = transition_matrix(
@@ -138,12 +169,28 @@ pub fn terminal_states(
             },
         )?;
         let which = if backward { "backward" } else { "forward" };
-        let (eigenvalues, vecs) = unit_eigenvectors(&t, opts.n_eigenvalues, opts.eps, which)?;
-        let n_regions = vecs.len();
-        // Σ over the processed eigenvectors, smoothed: W_d · Σ_k v_k.
+        let classes = recurrent_classes(&t);
+        let n_classes = classes.len();
+        let spectrum = unit_eigenvectors(
+            &t,
+            &classes,
+            opts.n_eigenvalues,
+            opts.eps,
+            opts.eigen_work,
+            which,
+        )?;
+        let (eigenvalues, vecs, converged, restarts) = spectrum;
+        // Σ over the processed eigenvectors, smoothed: W_d · Σ_k v_k. A vector non-zero on
+        // fewer than ~2 % of the cells is 0 after the clip at its 98th percentile and marks no
+        // region (deviation: scVelo divides by that 0, which makes every cell's score NaN).
         let mut sum = vec![0.0; n];
+        let mut n_regions = 0;
         for v in &vecs {
             let p = process_eigenvector(v);
+            if p.iter().any(|x| !x.is_finite()) {
+                continue;
+            }
+            n_regions += 1;
             sum.iter_mut().zip(&p).for_each(|(s, x)| *s += x);
         }
         let smoothed = distance_weights.mul_vec(&sum);
@@ -158,9 +205,16 @@ pub fn terminal_states(
                 }
             })
             .collect();
-        out[slot] = (scale(&clipped), eigenvalues, n_regions);
+        out[slot] = (
+            scale(&clipped),
+            eigenvalues,
+            n_regions,
+            converged,
+            restarts,
+            n_classes,
+        );
     }
-    let [(root_cells, root_eigenvalues, n_root_regions), (end_points, end_eigenvalues, n_end_regions)] =
+    let [(root_cells, root_eigenvalues, n_root_regions, root_converged, root_restarts, root_classes), (end_points, end_eigenvalues, n_end_regions, end_converged, end_restarts, end_classes)] =
         out;
     Ok(TerminalStates {
         root_cells,
@@ -169,6 +223,10 @@ pub fn terminal_states(
         end_eigenvalues,
         n_root_regions,
         n_end_regions,
+        root_converged,
+        end_converged,
+        restarts: [root_restarts, end_restarts],
+        n_classes: [root_classes, end_classes],
     })
 }
 
@@ -186,30 +244,86 @@ fn process_eigenvector(v: &[f64]) -> Vec<f64> {
     c.iter().map(|x| x / mx).collect()
 }
 
-/// Eigenvalues `(re, im)` and the eigenvectors kept.
-type Spectrum = (Vec<(f64, f64)>, Vec<Vec<f64>>);
+/// Eigenvalues `(re, im)`, the eigenvectors kept, whether the solve converged, and its
+/// Arnoldi restarts.
+type Spectrum = (Vec<(f64, f64)>, Vec<Vec<f64>>, bool, usize);
 
 /// The dominant eigenvalues of `Tᵀ` (largest real part, `k` of them, sorted descending) and
 /// the left eigenvectors of `T` whose eigenvalue's real part is ≥ 1 − eps.
+///
+/// With two or more recurrent classes ([`recurrent_classes`]) eigenvalue 1 is repeated and
+/// any basis of its eigenspace is as valid as another: ARPACK returns one that depends on its
+/// start vector and on rounding (so on the BLAS build and its threads), and scVelo's score —
+/// a sum over the basis of |vector| after per-vector clipping — changes with it. Deviation:
+/// this takes the one canonical basis, each class's stationary distribution (non-negative,
+/// deterministic), and no further eigenvectors (the eigenvalues in [1 − eps, 1) are not
+/// computed then: they are what makes ARPACK stall behind a repeated 1).
+///
+/// Otherwise to machine precision (scVelo's `eigs`, `tol=0`), within `work` multiply-adds (at least
+/// 10 restarts). Many nearly closed sets — noisy velocities at 10⁵ cells, or small closed
+/// classes scattered along a trajectory — give eigenvalues so clustered at 1 that ARPACK
+/// restarts for many minutes (0 of 11 converged after 200 restarts at 200,000 cells); and
+/// where they are that clustered, the eigenvectors it would return are an arbitrary basis of
+/// that cluster, not start regions. Past the budget this returns no eigenvector and
+/// `converged = false` (not an error).
 fn unit_eigenvectors(
     t: &Csr,
+    classes: &[Vec<usize>],
     k: usize,
     eps: f64,
+    work: f64,
     which: &'static str,
 ) -> Result<Spectrum, VelocityError> {
     let n = t.nrows();
     if n < 2 {
-        return Ok((Vec::new(), Vec::new()));
+        return Ok((Vec::new(), Vec::new(), true, 0));
     }
     let tt = t.transpose();
     let op = |x: &[f64]| tt.mul_vec(x);
-    let (q, eigenvalues) =
-        dominant_schur_op(n, k.min(n), Which::LargestReal, &op).map_err(|e| {
-            VelocityError::Eigen {
-                which,
-                message: e.to_string(),
+    let eig_err = |e: SchurError| VelocityError::Eigen {
+        which,
+        message: e.to_string(),
+    };
+    let budget = |nnz: usize, n: usize| KrylovOptions {
+        tol: 0.0,
+        max_restarts: ((work / ((nnz.max(n) as f64) * PRODUCTS_PER_RESTART)).floor() as usize)
+            .clamp(10, 5000),
+    };
+    if classes.len() >= 2 {
+        let mut vecs = Vec::with_capacity(classes.len());
+        let mut converged = true;
+        let mut restarts = 0;
+        for class in classes {
+            let sub = t.submatrix(class, class).transpose();
+            let sub_op = |x: &[f64]| sub.mul_vec(x);
+            let b = budget(sub.nnz(), class.len());
+            match dominant_schur_op_with(class.len(), 1, Which::LargestReal, &sub_op, &b) {
+                Ok(((q, _), r)) => {
+                    restarts += r;
+                    let mut v = vec![0.0; n];
+                    for (k, &i) in class.iter().enumerate() {
+                        v[i] = q[(k, 0)];
+                    }
+                    vecs.push(v);
+                }
+                Err(SchurError::NotConverged { iterations, .. }) => {
+                    restarts += iterations;
+                    converged = false;
+                }
+                Err(e) => return Err(eig_err(e)),
             }
-        })?;
+        }
+        return Ok((vec![(1.0, 0.0); classes.len()], vecs, converged, restarts));
+    }
+    let budget = budget(tt.nnz(), n);
+    let ((q, eigenvalues), restarts) =
+        match dominant_schur_op_with(n, k.min(n), Which::LargestReal, &op, &budget) {
+            Ok(r) => r,
+            Err(SchurError::NotConverged { iterations, .. }) => {
+                return Ok((Vec::new(), Vec::new(), false, iterations));
+            }
+            Err(e) => return Err(eig_err(e)),
+        };
     let m = q.ncols().min(eigenvalues.len());
     // R = Qᵀ Tᵀ Q, quasi-upper-triangular in the order of `eigenvalues`.
     let mut pq = DMatrix::<f64>::zeros(n, m);
@@ -249,7 +363,23 @@ fn unit_eigenvectors(
     }
     let mut sorted = eigenvalues;
     sorted.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.total_cmp(&a.1)));
-    Ok((sorted, vecs))
+    Ok((sorted, vecs, true, restarts))
+}
+
+/// The recurrent classes of the chain `t`: its closed sets (strongly connected components no
+/// positive entry leaves) except lone cells with a zero row (scVelo's transition matrix keeps
+/// a zero row for a cell without neighbours in the graph's direction: the chain dies there,
+/// it does not stay). Each carries one eigenvector of eigenvalue 1 of `Tᵀ`.
+pub fn recurrent_classes(t: &Csr) -> Vec<Vec<usize>> {
+    closed_sets_csr(t)
+        .into_iter()
+        .filter(|c| {
+            c.len() > 1 || {
+                let (_, vals) = t.row(c[0]);
+                vals.iter().any(|&v| v > 0.0)
+            }
+        })
+        .collect()
 }
 
 /// The eigenvector (first `p + 1` coordinates) of the quasi-upper-triangular `r` for the real
@@ -749,6 +879,173 @@ mod tests {
         assert_eq!(scale(&[1.0, f64::NAN, 3.0])[2], 1.0);
         assert!(scale(&[1.0, f64::NAN, 3.0])[1].is_nan());
         assert_eq!(scale(&[2.0, 2.0]), vec![0.0, 0.0]);
+    }
+
+    /// 150 cliques of 8 cells, each leaking to the next with a probability of about 10⁻⁶
+    /// (varying slightly; the last is closed): over a hundred eigenvalues within 10⁻⁵ of 1,
+    /// finely spaced, like the backward velocity chain of 200,000 noisy cells.
+    fn clustered_chain() -> Csr {
+        let (groups, size) = (150usize, 8usize);
+        let n = groups * size;
+        let mut trip = Vec::new();
+        for g in 0..groups {
+            let leak = if g + 1 == groups {
+                0.0
+            } else {
+                1e-6 * (1.0 + 0.37 * ((g * 7919) % 101) as f64 / 101.0)
+            };
+            for a in 0..size {
+                let i = g * size + a;
+                for b in 0..size {
+                    if a != b {
+                        trip.push((i, g * size + b, (1.0 - leak) / (size - 1) as f64));
+                    }
+                }
+                if leak > 0.0 {
+                    trip.push((i, (g + 1) * size + a, leak));
+                }
+            }
+        }
+        Csr::from_triplets(n, n, &trip).expect("chain")
+    }
+
+    /// 400 cells: `classes` closed cliques of `size` cells at the start, every other cell
+    /// moving to its predecessor and to a cell of the cliques (so all mass ends in them).
+    fn chain_with_classes(classes: usize, size: usize) -> Csr {
+        let n = 400;
+        let m = classes * size;
+        let mut trip = Vec::new();
+        for i in 0..n {
+            if i < m {
+                let start = i / size * size;
+                for j in start..start + size {
+                    if j != i {
+                        trip.push((i, j, 1.0 / (size - 1) as f64));
+                    }
+                }
+            } else {
+                trip.push((i, i - 1, 0.5));
+                trip.push((i, (i * 7) % m, 0.5));
+            }
+        }
+        Csr::from_triplets(n, n, &trip).expect("chain")
+    }
+
+    #[test]
+    fn several_closed_classes_give_their_stationary_distributions() {
+        // Two closed classes of 40 cells (10 % each): eigenvalue 1 twice. The eigenvectors
+        // are the classes' stationary distributions (uniform on a clique), whatever ARPACK
+        // would have picked in their span, and both classes are root regions.
+        let t = chain_with_classes(2, 40);
+        let classes = recurrent_classes(&t);
+        assert_eq!(
+            classes,
+            vec![(0..40).collect::<Vec<_>>(), (40..80).collect()]
+        );
+        let (eigenvalues, vecs, converged, _) =
+            unit_eigenvectors(&t, &classes, 10, 1e-3, DEFAULT_EIGEN_WORK, "test").expect("ok");
+        assert!(converged);
+        assert_eq!(eigenvalues, vec![(1.0, 0.0); 2]);
+        assert_eq!(vecs.len(), 2);
+        for (v, class) in vecs.iter().zip(&classes) {
+            let on: Vec<f64> = class.iter().map(|&i| v[i].abs()).collect();
+            let mx = on.iter().copied().fold(0.0, f64::max);
+            assert!(on.iter().all(|x| (x - mx).abs() <= 1e-12 * mx), "{on:?}");
+            let off = (0..400).filter(|i| !class.contains(i)).map(|i| v[i].abs());
+            assert!(off.fold(0.0, f64::max) == 0.0);
+        }
+        // Through terminal_states (the graph is the chain itself; no negative cosines).
+        let wd = crate::velocity_graph::knn_weights(&t);
+        let ts = terminal_states(&t.transpose(), None, &wd, &Default::default()).expect("ts");
+        assert_eq!(ts.n_classes[0], 2);
+        assert_eq!(ts.n_root_regions, 2);
+        assert!(ts.root_converged);
+        let top: Vec<usize> = (0..400)
+            .filter(|&i| ts.root_cells[i] > 1.0 - 1e-3)
+            .collect();
+        assert!(!top.is_empty() && top.iter().all(|&i| i < 80), "{top:?}");
+    }
+
+    #[test]
+    fn tiny_closed_classes_mark_no_region() {
+        // Three closed pairs among 400 cells (scattered traps, as in the backward velocity
+        // chain of a noisy simulation): each pair's distribution is 0 after the clip at the
+        // 98th percentile, so no region — not NaN everywhere, as scVelo's division by 0 gives.
+        let t = chain_with_classes(3, 2);
+        let wd = crate::velocity_graph::knn_weights(&t);
+        let ts = terminal_states(&t.transpose(), None, &wd, &Default::default()).expect("ts");
+        assert_eq!(ts.n_classes[0], 3);
+        assert_eq!(ts.n_root_regions, 0);
+        assert!(
+            ts.root_cells.iter().all(|&x| x == 0.0),
+            "{:?}",
+            &ts.root_cells[..8]
+        );
+    }
+
+    #[test]
+    fn an_eigen_solve_past_its_budget_reports_no_region_instead_of_restarting_on() {
+        let t = clustered_chain();
+        // 10 restarts' worth of work: the exact solve cannot separate the cluster in that.
+        let work = (t.nnz() as f64) * PRODUCTS_PER_RESTART * 10.0;
+        let (eigenvalues, vecs, converged, restarts) =
+            unit_eigenvectors(&t, &recurrent_classes(&t), 10, 1e-3, work, "test")
+                .expect("no error");
+        assert!(!converged);
+        // ARPACK counts the restart that found the budget spent.
+        assert!((10..=11).contains(&restarts), "{restarts}");
+        assert!(eigenvalues.is_empty() && vecs.is_empty());
+        // The same through terminal_states: both chains flagged, no cell scored, and latent
+        // time falls back to the smallest Σ fit_t (scVelo's rule when no root is detected).
+        let n = t.nrows();
+        let graph = Csr::from_triplets(
+            n,
+            n,
+            &(0..n)
+                .flat_map(|i| {
+                    let (cols, vals) = t.row(i);
+                    cols.iter()
+                        .zip(vals)
+                        .map(move |(&j, &v)| (i, j as usize, v))
+                        .collect::<Vec<_>>()
+                })
+                .filter(|&(i, j, _)| i != j)
+                .collect::<Vec<_>>(),
+        )
+        .expect("graph");
+        let wd = crate::velocity_graph::knn_weights(&graph);
+        let ts = terminal_states(
+            &graph,
+            None,
+            &wd,
+            &TerminalStatesOptions {
+                eigen_work: work,
+                ..Default::default()
+            },
+        )
+        .expect("ts");
+        assert!(!ts.root_converged && !ts.end_converged);
+        assert_eq!(ts.n_root_regions, 0);
+        assert!(ts.root_cells.iter().all(|&x| x == 0.0));
+        assert!(ts.end_points.iter().all(|&x| x == 0.0));
+        let g = 3;
+        let fit_t: Vec<f64> = (0..n * g)
+            .map(|k| ((k / g) as f64 + 7.0) % n as f64)
+            .collect();
+        let lt = latent_time(
+            &LatentTimeInput {
+                fit_t: RowMajor::new("fit_t", &fit_t, n, g).expect("fit_t"),
+                likelihood: &[1.0; 3],
+                connectivities: &wd,
+                roots: RootPrior::Scores(&ts.root_cells),
+                ends: None,
+                velocity_pseudotime: None,
+            },
+            &LatentTimeOptions::default(),
+        )
+        .expect("latent time");
+        assert!(!lt.roots_detected);
+        assert_eq!(lt.roots[0], n - 7, "{:?}", lt.roots);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! eigenvector per closed set. Iterative (no recursion: a chain of a million cells is a
 //! million-deep search), linear in the number of entries.
 
-use cellfate_kernels::TransitionMatrix;
+use cellfate_kernels::{Csr, TransitionMatrix};
 
 const UNVISITED: usize = usize::MAX;
 
@@ -12,7 +12,13 @@ const UNVISITED: usize = usize::MAX;
 /// number of components. Components are numbered in the order Tarjan completes them (sinks
 /// first).
 pub fn strongly_connected_components(t: &TransitionMatrix) -> (Vec<usize>, usize) {
-    let n = t.n_cells();
+    strongly_connected_components_csr(t.as_csr())
+}
+
+/// [`strongly_connected_components`] of any square non-negative matrix (an edge for every
+/// positive entry; rows may sum to anything, e.g. 0 for a cell the chain cannot leave).
+pub fn strongly_connected_components_csr(t: &Csr) -> (Vec<usize>, usize) {
+    let n = t.nrows();
     let mut index = vec![UNVISITED; n];
     let mut low = vec![0usize; n];
     let mut on_stack = vec![false; n];
@@ -77,7 +83,14 @@ pub fn strongly_connected_components(t: &TransitionMatrix) -> (Vec<usize>, usize
 /// ordered by their first cell. An irreducible chain has one closed set (all cells); a
 /// transient cell is in none.
 pub fn closed_sets(t: &TransitionMatrix) -> Vec<Vec<usize>> {
-    let (comp, n_comp) = strongly_connected_components(t);
+    closed_sets_csr(t.as_csr())
+}
+
+/// [`closed_sets`] of any square non-negative matrix. A cell with no positive entry at all
+/// (a zero row of a sub-stochastic matrix) is a closed set of its own here; callers that need
+/// recurrent classes drop such sets.
+pub fn closed_sets_csr(t: &Csr) -> Vec<Vec<usize>> {
+    let (comp, n_comp) = strongly_connected_components_csr(t);
     let mut open = vec![false; n_comp];
     for (v, &c) in comp.iter().enumerate() {
         let (cols, vals) = t.row(v);

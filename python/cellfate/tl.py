@@ -290,6 +290,17 @@ def latent_time(data, vkey: str = "velocity", min_likelihood: float | None = 0.1
         ms, v, dist, csr_parts(adata.obsp["connectivities"], "obsp['connectivities']"), fit_t, lik,
         mask, stochastic, root_cell, root_scores, min_likelihood,
     )
+    for what, key, ok in (("root cells", "root_cells", out["root_converged"]), ("end points", "end_points", out["end_converged"])):
+        if not ok:
+            logger.warning(
+                "latent_time: the %s velocity chain's eigenvalues near 1 are too clustered to resolve within the "
+                "eigen solve's budget; no %s detected (obs[%r] is 0)", "backward" if key == "root_cells" else "forward", what, key,
+            )
+    if not out["roots_detected"]:
+        logger.warning(
+            "latent_time: no root cells detected; starting from the cells with the smallest sum of fit_t "
+            "(scVelo's rule). Consider passing root_key."
+        )
     adata.obs["root_cells"] = out["root_cells"]
     adata.obs["end_points"] = out["end_points"]
     adata.obs["latent_time"] = out["latent_time"]

@@ -206,5 +206,7 @@ pub(crate) fn latent_time<'py>(
     d.set_item("end_points", ts.end_points.into_pyarray(py))?;
     d.set_item("roots", lt.roots)?;
     d.set_item("roots_detected", lt.roots_detected)?;
+    d.set_item("root_converged", ts.root_converged)?;
+    d.set_item("end_converged", ts.end_converged)?;
     Ok(d)
 }

@@ -514,6 +514,7 @@ pub fn prepare_input(
                 "dynamical model: velocity confidence median {:.3}; latent time written",
                 s.median_confidence
             ));
+            current.notes.extend(s.notes);
         }
         current.path = to.to_path_buf();
         // The previous intermediate file (if any) is removed here.

@@ -44,6 +44,9 @@ pub struct VelocitySummary {
     pub median_confidence: f64,
     /// Latent time: the root cells used, and whether they were detected (not a fallback).
     pub latent_roots: Option<(Vec<usize>, bool)>,
+    /// What the user should know about how the result was computed (e.g. no root cells
+    /// detected because the backward chain's eigenvalues near 1 could not be resolved).
+    pub notes: Vec<String>,
 }
 
 fn err(msg: String) -> PipelineError {
@@ -146,6 +149,7 @@ pub fn velocity_summaries_in_file(
         n_genes,
         median_confidence: median(&conf),
         latent_roots: None,
+        notes: Vec::new(),
     };
     let mut edit = H5adEdit::new(path);
     edit.set(
@@ -223,6 +227,35 @@ pub fn velocity_summaries_in_file(
             &lt_opts,
         )
         .map_err(dyn_err)?;
+        for (what, converged, restarts) in [
+            ("root cells", ts.root_converged, ts.restarts[0]),
+            ("end points", ts.end_converged, ts.restarts[1]),
+        ] {
+            if !converged {
+                summary.notes.push(format!(
+                    "{what}: the eigenvalues of the {} velocity chain near 1 are too clustered \
+                     (many nearly closed sets) to resolve within the eigen solve's budget \
+                     ({restarts} restarts); no {what} were detected (obs/{} is 0){}",
+                    if what == "root cells" {
+                        "backward"
+                    } else {
+                        "forward"
+                    },
+                    if what == "root cells" {
+                        "root_cells"
+                    } else {
+                        "end_points"
+                    },
+                    if what == "root cells" {
+                        "; latent time starts from the cells with the smallest sum of fit_t \
+                         (scVelo's rule when no root is detected); --root-cluster or \
+                         --root-cell choose the start"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
         edit.set("obs/root_cells", Element::from_f64(ts.root_cells.clone()));
         edit.set("obs/end_points", Element::from_f64(ts.end_points.clone()));
         edit.set("obs/latent_time", Element::from_f64(lt.latent_time));

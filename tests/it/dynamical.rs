@@ -410,7 +410,7 @@ fn latent_time_follows_the_true_time_of_a_simulation() {
     let lt = r.obs_f64("latent_time").expect("latent_time");
     let truth = r.obs_f64("true_time").expect("true_time");
     let rho = spearman(&lt, &truth);
-    eprintln!("latent time vs true time: Spearman {rho:.4}");
+    eprintln!("latent time vs true time: Spearman {rho:.4}\n{stdout}");
     assert!(rho >= 0.9, "{rho}");
     // γ/β against the simulator's on the well-expressed genes (upper half by mean Ms, as for
     // the steady-state γ in BENCHMARKS.md): measured 7.2 % (12.4 % over all 100 genes; the

@@ -504,6 +504,25 @@ fn krylov_schur(
 /// Schur vectors (n × m) and their eigenvalues `(re, im)`.
 pub type SchurVectors = (DMatrix<f64>, Vec<(f64, f64)>);
 
+/// ARPACK's stopping rule in [`dominant_schur_op_with`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KrylovOptions {
+    /// Relative residual a Ritz pair must reach, ‖A·x − λ·x‖ ≤ tol·|λ| (ARPACK's `tol`; 0
+    /// means machine precision).
+    pub tol: f64,
+    /// Implicit restarts before giving up with [`SchurError::NotConverged`].
+    pub max_restarts: usize,
+}
+
+impl Default for KrylovOptions {
+    fn default() -> Self {
+        Self {
+            tol: 0.0,
+            max_restarts: 5000,
+        }
+    }
+}
+
 /// The `m` dominant Schur vectors and eigenvalues of a general linear operator `op` on `R^n`
 /// (dense LAPACK for `n ≤ 300`, ARPACK otherwise), sorted by `which`. No conjugate-pair
 /// extension: `m` may be exceeded by one to keep a pair.
@@ -513,6 +532,20 @@ pub fn dominant_schur_op(
     which: Which,
     op: &dyn Fn(&[f64]) -> Vec<f64>,
 ) -> Result<SchurVectors, SchurError> {
+    dominant_schur_op_with(n, m, which, op, &KrylovOptions::default()).map(|(v, _)| v)
+}
+
+/// [`dominant_schur_op`] with ARPACK's tolerance and restart budget given (the dense path
+/// ignores them); also returns the number of Arnoldi restarts (0 for the dense path). ARPACK
+/// uses a Krylov space of `max(2 (m + 1) + 1, 30)` vectors, so each restart costs that minus
+/// `m + 1` products.
+pub fn dominant_schur_op_with(
+    n: usize,
+    m: usize,
+    which: Which,
+    op: &dyn Fn(&[f64]) -> Vec<f64>,
+    opts: &KrylovOptions,
+) -> Result<(SchurVectors, usize), SchurError> {
     if n <= 300 || m + 3 > n {
         let mut a = vec![0.0; n * n];
         let mut e = vec![0.0; n];
@@ -526,7 +559,7 @@ pub fn dominant_schur_op(
         let m2 = sort_schur(n, &mut a, &mut z, &mut wr, &mut wi, m.min(n), which)?;
         let q = DMatrix::from_fn(n, m2, |i, j| z[i + j * n]);
         let r = DMatrix::from_fn(m2, m2, |i, j| if i > j + 1 { 0.0 } else { a[i + j * n] });
-        return Ok((q, block_eigenvalues(&r)));
+        return Ok(((q, block_eigenvalues(&r)), 0));
     }
     let nev = m + 1;
     let ncv = (2 * nev + 1).max(30).min(n);
@@ -534,7 +567,16 @@ pub fn dominant_schur_op(
         .map(|i| 1.0 + 0.1 * ((i as f64 * 0.618_033_988_749_895).fract() - 0.5))
         .collect();
     let mut wrapped = |x: &[f64], y: &mut [f64]| y.copy_from_slice(&op(x));
-    let res = ffi::arpack_schur(n, nev, ncv, which.arpack(), 0.0, 5000, resid, &mut wrapped)?;
+    let res = ffi::arpack_schur(
+        n,
+        nev,
+        ncv,
+        which.arpack(),
+        opts.tol,
+        opts.max_restarts,
+        resid,
+        &mut wrapped,
+    )?;
     let k = res.nconv;
     if k < m {
         return Err(SchurError::NotConverged {
@@ -562,7 +604,7 @@ pub fn dominant_schur_op(
             a[i + j * k]
         }
     });
-    Ok((q0 * zk, block_eigenvalues(&r)))
+    Ok(((q0 * zk, block_eigenvalues(&r)), res.iterations))
 }
 
 #[cfg(test)]

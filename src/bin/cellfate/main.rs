@@ -885,6 +885,9 @@ impl LatentFlags {
                 }
             ));
         }
+        for note in &s.notes {
+            msg.push_str(&format!("note: {note}\n"));
+        }
         let r = cellfate::io::H5adReader::open(output)?;
         if let Some(path) = &self.kinetics_csv {
             let genes = r.var_names()?;
