@@ -168,6 +168,9 @@ pub struct Gpcca {
     alpha: f64,
     macrostates: Option<Macrostates>,
     initial: Option<CellStates>,
+    /// Why the last `compute_macrostates` found no stationary distribution, in a few words
+    /// ("the chain is nearly reducible, |1 − λ2| = 2.0e-15"), for the notes that follow.
+    no_stationary: Option<String>,
 }
 
 impl Estimator for Gpcca {
@@ -239,6 +242,7 @@ impl Gpcca {
             alpha: 1.0,
             macrostates: None,
             initial: None,
+            no_stationary: None,
         }
     }
 
@@ -397,10 +401,17 @@ impl Gpcca {
             });
         }
         let pi = match stationary_distribution(&self.core.t) {
-            Ok(p) => Some(p),
+            Ok(p) => {
+                self.no_stationary = None;
+                Some(p)
+            }
             Err(e) => {
                 self.core
                     .note(format!("no coarse stationary distribution: {e}"));
+                self.no_stationary = Some(match &e {
+                    gpcca::GpccaError::Stationary(s) => s.summary(),
+                    other => other.to_string(),
+                });
                 None
             }
         };
@@ -470,6 +481,7 @@ impl Gpcca {
     /// Restores macrostates read from a file; forgets terminal and initial states.
     pub fn restore_macrostates(&mut self, m: Macrostates) {
         self.macrostates = Some(m);
+        self.no_stationary = None;
         self.initial = None;
         self.core.clear_terminal();
     }
@@ -685,8 +697,8 @@ impl Gpcca {
 
     /// Initial states (CellRank's `predict_initial_states`): the `n_states` macrostates with
     /// the smallest coarse stationary probability, their `n_cells` most likely cells each.
-    /// When the chain is reducible (no stationary distribution; CellRank fails there), the
-    /// strongest sources of the coarse chain ([`select_initial_by_flow`]), with a note.
+    /// When the chain has no stationary distribution (reducible or nearly reducible; CellRank
+    /// fails there), the strongest sources of the coarse chain ([`select_initial_by_flow`]), with a note.
     pub fn predict_initial_states(
         &mut self,
         n_states: usize,
@@ -706,8 +718,12 @@ impl Gpcca {
                 // No stationary distribution (the chain is reducible: its ends are closed):
                 // the purest sources of the coarse chain (see `select_initial_by_flow`).
                 let sel = select_initial_by_flow(&ms.coarse_t, &ms.coarse_init, n_states)?;
+                let why = self
+                    .no_stationary
+                    .as_deref()
+                    .unwrap_or("the macrostates were restored without one");
                 notes.push(format!(
-                    "initial states: no coarse stationary distribution (the chain is reducible); took the strongest source(s) of the coarse chain: {}",
+                    "initial states: no coarse stationary distribution ({why}); took the strongest source(s) of the coarse chain: {}",
                     sel.iter().map(|&q| ms.states.names[q].as_str()).collect::<Vec<_>>().join(", ")
                 ));
                 sel

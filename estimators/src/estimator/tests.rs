@@ -338,3 +338,68 @@ fn drivers_of_a_single_lineage_are_a_typed_error() {
     assert!(err.to_string().contains("at least 2 lineages"), "{err}");
     assert!(e.lineage_drivers().is_err());
 }
+
+/// A source block of 20 cells that feeds two end blocks of 20 (uniform transitions inside each block), which lead back to it with
+/// probability 1e-14: one strongly connected component, but λ2 and λ3 are numerically 1. The
+/// initial-states note must call it nearly reducible (with the gap), as the stationary
+/// distribution's note does, not reducible (issue 17: the demo said both).
+#[test]
+fn initial_states_of_a_nearly_reducible_chain_say_nearly_reducible() {
+    use cellfate_kernels::{Csr, Direction};
+    let (b, back) = (20, 1e-14);
+    let mut e = Vec::new();
+    let w = 1.0 / b as f64;
+    for i in 0..b {
+        for j in 0..b {
+            // Source: stays with 0.9, leaves to either end block with 0.05 (uniform inside
+            // each block); the end blocks stay but for `back`.
+            e.push((i, j, 0.9 * w));
+            e.push((i, b + j, 0.05 * w));
+            e.push((i, 2 * b + j, 0.05 * w));
+            for o in [b, 2 * b] {
+                e.push((o + i, o + j, (1.0 - back) * w));
+                e.push((o + i, j, back * w));
+            }
+        }
+    }
+    let t = TransitionMatrix::try_new(
+        Csr::from_triplets(3 * b, 3 * b, &e).unwrap(),
+        Direction::Forward,
+    )
+    .unwrap();
+    let mut g = Gpcca::new(t);
+    g.compute_schur(&SchurOptions {
+        n_components: 4,
+        ..Default::default()
+    })
+    .unwrap();
+    let mo = MacrostatesOptions {
+        n_cells: 5,
+        ..Default::default()
+    };
+    g.compute_macrostates(NStates::Fixed(3), &mo, None).unwrap();
+    assert!(g.macrostates().unwrap().coarse_stat.is_none());
+    let init = g.predict_initial_states(1, 5).unwrap().clone();
+    // The source block is the initial state.
+    let source: Vec<usize> = (0..3 * b)
+        .filter(|&i| init.assignment[i].is_some())
+        .collect();
+    assert!(
+        !source.is_empty() && source.iter().all(|&i| i < b),
+        "{source:?}"
+    );
+    let notes = g.notes().join("\n");
+    let line = notes
+        .lines()
+        .find(|l| l.starts_with("initial states: no coarse stationary distribution"))
+        .unwrap_or_else(|| panic!("{notes}"));
+    assert!(
+        line.contains("the chain is nearly reducible, |1 - λ2| = "),
+        "{line}"
+    );
+    assert!(!line.contains("the chain is reducible"), "{line}");
+    assert!(
+        notes.contains("no coarse stationary distribution: stationary distribution: the chain is nearly reducible"),
+        "{notes}"
+    );
+}

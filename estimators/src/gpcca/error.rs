@@ -223,3 +223,24 @@ pub enum StationaryError {
         tol: f64,
     },
 }
+
+impl StationaryError {
+    /// The reason in a few words, for notes that refer back to the full message:
+    /// "the chain is reducible, 3 closed sets", "the chain is nearly reducible, |1 − λ2| =
+    /// 2.0e-15", or what else went wrong.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Reducible { closed_sets, .. } => {
+                format!("the chain is reducible, {closed_sets} closed sets")
+            }
+            Self::NearlyReducible { gap } => {
+                format!("the chain is nearly reducible, |1 - λ2| = {gap:.1e}")
+            }
+            Self::Schur(_) => "the dominant Schur vectors of Pᵀ were not found".to_owned(),
+            Self::MixedSigns { .. } => {
+                "the dominant left eigenvector has entries of both signs".to_owned()
+            }
+            Self::NotStationary { .. } => "the computed distribution is not stationary".to_owned(),
+        }
+    }
+}
