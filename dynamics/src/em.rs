@@ -276,9 +276,19 @@ struct Model<'a> {
     ws2: Vec<f64>,
     /// u / scaling, W·ub and W·ub² for one scaling.
     scaled: std::cell::RefCell<Option<Scaled>>,
+    /// The last few assignments by their parameters and mode (see [`Model::assign`]).
+    memo: std::cell::RefCell<Vec<(MemoKey, std::rc::Rc<Assignment>)>>,
     steady_u: f64,
     steady_s: f64,
 }
+
+/// What an assignment depends on besides the gene's data: the parameters' bits and the
+/// assignment mode.
+type MemoKey = ([u64; 5], Option<AssignmentMode>);
+
+/// Assignments kept by [`Model::assign`] (least recently used out): the accepted one and
+/// the latest candidates.
+const MEMO_SIZE: usize = 3;
 
 /// What depends on the scaling only: ub = u / scaling and, with a graph, W·ub and W·ub².
 struct Scaled {
@@ -602,8 +612,44 @@ impl<'a> Model<'a> {
         (tau, tau_, d)
     }
 
-    /// The E-step (`assign_timepoints`) with parameters `p`.
+    /// The E-step (`assign_timepoints`) with parameters `p`, remembered: scVelo's schedule
+    /// assigns the same parameters again and again (the first vertex of every simplex is the
+    /// accepted point; a rejected candidate re-assigns the accepted parameters before trying
+    /// a new switching time; the variance re-assigns the final ones). The assignment is a
+    /// function of the parameters and the mode only, so a remembered one is the same to the
+    /// bit.
     fn assign(&self, p: &Pars) -> Assignment {
+        let key: MemoKey = (
+            [p.alpha, p.beta, p.gamma, p.scaling, p.t_].map(f64::to_bits),
+            self.mode,
+        );
+        let mut memo = self.memo.borrow_mut();
+        let hit = memo.iter().position(|(k, _)| *k == key);
+        let a = match hit {
+            Some(k) => {
+                // Most recently used last: the oldest goes first, and the accepted
+                // assignment, used again and again, stays.
+                let e = memo.remove(k);
+                let a = std::rc::Rc::clone(&e.1);
+                memo.push(e);
+                a
+            }
+            None => {
+                drop(memo);
+                let a = std::rc::Rc::new(self.assign_fresh(p));
+                let mut memo = self.memo.borrow_mut();
+                if memo.len() == MEMO_SIZE {
+                    memo.remove(0);
+                }
+                memo.push((key, std::rc::Rc::clone(&a)));
+                a
+            }
+        };
+        (*a).clone()
+    }
+
+    /// [`Model::assign`] without the memory.
+    fn assign_fresh(&self, p: &Pars) -> Assignment {
         let (mut tau, mut tau_, d) = self.divergence(p);
         let n = tau.len();
         let mut t = vec![0.0; n];
@@ -921,6 +967,7 @@ fn fit_ordered(
             w.mul_vec(&s.iter().map(|x| x * x).collect::<Vec<f64>>())
         }),
         scaled: std::cell::RefCell::new(None),
+        memo: std::cell::RefCell::new(Vec::with_capacity(MEMO_SIZE)),
         steady_u,
         steady_s,
     };
