@@ -715,7 +715,7 @@ impl Gpcca {
         let sel = match ms.coarse_stat.as_ref() {
             Some(stat) => select_initial(stat, n_states)?,
             None => {
-                // No stationary distribution (the chain is reducible: its ends are closed):
+                // No stationary distribution (the chain is reducible or nearly reducible):
                 // the purest sources of the coarse chain (see `select_initial_by_flow`).
                 let sel = select_initial_by_flow(&ms.coarse_t, &ms.coarse_init, n_states)?;
                 let why = self
