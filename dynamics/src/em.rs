@@ -277,7 +277,7 @@ struct Model<'a> {
     /// u / scaling, W·ub and W·ub² for one scaling.
     scaled: std::cell::RefCell<Option<Scaled>>,
     /// The last few assignments by their parameters and mode (see [`Model::assign`]).
-    memo: std::cell::RefCell<Vec<(MemoKey, std::rc::Rc<Assignment>)>>,
+    memo: std::cell::RefCell<Vec<(MemoKey, Assignment)>>,
     steady_u: f64,
     steady_s: f64,
 }
@@ -624,28 +624,22 @@ impl<'a> Model<'a> {
             self.mode,
         );
         let mut memo = self.memo.borrow_mut();
-        let hit = memo.iter().position(|(k, _)| *k == key);
-        let a = match hit {
-            Some(k) => {
-                // Most recently used last: the oldest goes first, and the accepted
-                // assignment, used again and again, stays.
-                let e = memo.remove(k);
-                let a = std::rc::Rc::clone(&e.1);
-                memo.push(e);
-                a
-            }
-            None => {
-                drop(memo);
-                let a = std::rc::Rc::new(self.assign_fresh(p));
-                let mut memo = self.memo.borrow_mut();
-                if memo.len() == MEMO_SIZE {
-                    memo.remove(0);
-                }
-                memo.push((key, std::rc::Rc::clone(&a)));
-                a
-            }
-        };
-        (*a).clone()
+        if let Some(k) = memo.iter().position(|(k, _)| *k == key) {
+            // Most recently used last: the oldest goes first, and the accepted assignment,
+            // used again and again, stays.
+            let e = memo.remove(k);
+            let a = e.1.clone();
+            memo.push(e);
+            return a;
+        }
+        drop(memo);
+        let a = self.assign_fresh(p);
+        let mut memo = self.memo.borrow_mut();
+        if memo.len() == MEMO_SIZE {
+            memo.remove(0);
+        }
+        memo.push((key, a.clone()));
+        a
     }
 
     /// [`Model::assign`] without the memory.
