@@ -11,12 +11,12 @@ use rayon::prelude::*;
 
 use cellfate_kernels::Csr;
 
-use crate::dense::{centre_rows, dot, norm, RowMajor};
+use crate::dense::{centre_rows, dot, norm, RowMajor, Scalar};
 use crate::error::VelocityError;
 use crate::velocity_graph::{check_same_shape, Neighbors};
 
-fn checked_genes(
-    m: RowMajor<'_>,
+fn checked_genes<T: Scalar>(
+    m: RowMajor<'_, T>,
     genes: &[usize],
     what: &'static str,
 ) -> Result<(), VelocityError> {
@@ -36,10 +36,10 @@ fn checked_genes(
 /// Row `i` of the velocity on `genes`, centred (`out` has one value per gene): the same
 /// arithmetic as centring a gathered copy, one row at a time, so that no n × g copy is made
 /// (at 100,000 cells × 2,000 genes one is 1.6 GB).
-fn centred_row(velocity: RowMajor<'_>, genes: &[usize], i: usize, out: &mut [f64]) {
+fn centred_row<V: Scalar>(velocity: RowMajor<'_, V>, genes: &[usize], i: usize, out: &mut [f64]) {
     let row = velocity.row(i);
     for (o, &j) in out.iter_mut().zip(genes) {
-        *o = row[j];
+        *o = row[j].to_f64();
     }
     centre_rows(out, genes.len());
 }
@@ -52,7 +52,10 @@ pub fn round2(x: f64) -> f64 {
 /// scVelo's `obs["velocity_length"]`: the norm of each cell's row-centred velocity over
 /// `genes`, **rounded to 2 decimals** as scVelo stores it (apply no rounding with
 /// [`velocity_norms`]).
-pub fn velocity_length(velocity: RowMajor<'_>, genes: &[usize]) -> Result<Vec<f64>, VelocityError> {
+pub fn velocity_length<V: Scalar>(
+    velocity: RowMajor<'_, V>,
+    genes: &[usize],
+) -> Result<Vec<f64>, VelocityError> {
     Ok(velocity_norms(velocity, genes)?
         .into_iter()
         .map(round2)
@@ -60,7 +63,10 @@ pub fn velocity_length(velocity: RowMajor<'_>, genes: &[usize]) -> Result<Vec<f6
 }
 
 /// The unrounded norms behind [`velocity_length`].
-pub fn velocity_norms(velocity: RowMajor<'_>, genes: &[usize]) -> Result<Vec<f64>, VelocityError> {
+pub fn velocity_norms<V: Scalar>(
+    velocity: RowMajor<'_, V>,
+    genes: &[usize],
+) -> Result<Vec<f64>, VelocityError> {
     checked_genes(velocity, genes, "the velocity length")?;
     let mut buf = vec![0.0; genes.len()];
     Ok((0..velocity.nrows())
@@ -76,8 +82,8 @@ pub fn velocity_norms(velocity: RowMajor<'_>, genes: &[usize]) -> Result<Vec<f64
 /// between its row-centred velocity and the neighbour's (re-centred, as scVelo does),
 /// clipped below at 0. A cell with a zero velocity, or with a zero-velocity neighbour, gets
 /// NaN (0/0, as in scVelo).
-pub fn velocity_confidence(
-    velocity: RowMajor<'_>,
+pub fn velocity_confidence<V: Scalar>(
+    velocity: RowMajor<'_, V>,
     genes: &[usize],
     neighbors: &Neighbors,
 ) -> Result<Vec<f64>, VelocityError> {
@@ -122,9 +128,9 @@ pub fn velocity_confidence(
 /// on `genes`, both row-centred, per cell (a zero norm product counts as 1, giving 0). `x` is
 /// `layers["Ms"]`, `t` the transition matrix scVelo uses there
 /// ([`crate::velocity_graph::transition_matrix`] with its defaults).
-pub fn velocity_confidence_transition(
-    x: RowMajor<'_>,
-    velocity: RowMajor<'_>,
+pub fn velocity_confidence_transition<X: Scalar, V: Scalar>(
+    x: RowMajor<'_, X>,
+    velocity: RowMajor<'_, V>,
     genes: &[usize],
     t: &Csr,
 ) -> Result<Vec<f64>, VelocityError> {
@@ -149,10 +155,12 @@ pub fn velocity_confidence_transition(
                 let (c, w) = t.row(i);
                 for (&j, &wij) in c.iter().zip(w) {
                     let xj = &xs[j as usize * g..(j as usize + 1) * g];
-                    d.iter_mut().zip(xj).for_each(|(a, b)| *a += wij * b);
+                    d.iter_mut()
+                        .zip(xj)
+                        .for_each(|(a, b)| *a += wij * b.to_f64());
                 }
                 let xi = &xs[i * g..(i + 1) * g];
-                d.iter_mut().zip(xi).for_each(|(a, b)| *a -= b);
+                d.iter_mut().zip(xi).for_each(|(a, b)| *a -= b.to_f64());
                 let m = d.iter().sum::<f64>() / g as f64;
                 d.iter_mut().for_each(|x| *x -= m);
                 centred_row(velocity, genes, i, vi);
@@ -175,9 +183,9 @@ pub fn velocity_confidence_transition(
 /// [−1, 1]: near 1 when the velocity points towards the neighbours (it cannot point at all of
 /// them, so typical values are well below 1), near 0 when unrelated to them, negative when it
 /// points away.
-pub fn displacement_coherence(
-    x: RowMajor<'_>,
-    velocity: RowMajor<'_>,
+pub fn displacement_coherence<X: Scalar, V: Scalar>(
+    x: RowMajor<'_, X>,
+    velocity: RowMajor<'_, V>,
     genes: &[usize],
     neighbors: &Neighbors,
 ) -> Result<Vec<f64>, VelocityError> {
@@ -200,7 +208,7 @@ pub fn displacement_coherence(
             |vi, i| {
                 let vrow = velocity.row(i);
                 for (o, &j) in vi.iter_mut().zip(genes) {
-                    *o = vrow[j];
+                    *o = vrow[j].to_f64();
                 }
                 let vi = &vi[..];
                 let vn = norm(vi);
@@ -213,7 +221,7 @@ pub fn displacement_coherence(
                     let xj = &xs[j as usize * g..(j as usize + 1) * g];
                     let (mut num, mut ss) = (0.0, 0.0);
                     for ((a, b), vk) in xj.iter().zip(xi).zip(vi) {
-                        let d = a - b;
+                        let d = a.to_f64() - b.to_f64();
                         num += d * vk;
                         ss += d * d;
                     }

@@ -37,7 +37,7 @@ use cellfate_estimators::graph::closed_sets_csr;
 use cellfate_estimators::schur::{dominant_schur_op_with, KrylovOptions, SchurError, Which};
 use cellfate_kernels::Csr;
 
-use crate::dense::RowMajor;
+use crate::dense::{RowMajor, Scalar};
 use crate::error::VelocityError;
 use crate::stats::{linspace, percentile, percentile_sorted};
 use crate::velocity_graph::{transition_matrix, TransitionOptions};
@@ -564,9 +564,9 @@ impl Default for LatentTimeOptions {
 
 /// Inputs of [`latent_time`].
 #[derive(Clone, Copy, Debug)]
-pub struct LatentTimeInput<'a> {
-    /// `layers["fit_t"]`, cells × genes (NaN for unfitted genes).
-    pub fit_t: RowMajor<'a>,
+pub struct LatentTimeInput<'a, T: Scalar = f64> {
+    /// `layers["fit_t"]`, cells × genes (NaN for unfitted genes), as stored (`f32` or `f64`).
+    pub fit_t: RowMajor<'a, T>,
     /// `var["fit_likelihood"]`, one per gene.
     pub likelihood: &'a [f64],
     /// scVelo's `get_connectivities(adata)`: [`crate::velocity_graph::knn_weights`] of
@@ -630,8 +630,8 @@ fn pearson(x: &[f64], y: &[f64]) -> f64 {
 }
 
 /// scVelo's `latent_time(adata)` (see the module documentation for the steps).
-pub fn latent_time(
-    input: &LatentTimeInput<'_>,
+pub fn latent_time<T: Scalar>(
+    input: &LatentTimeInput<'_, T>,
     opts: &LatentTimeOptions,
 ) -> Result<LatentTime, VelocityError> {
     let ft = input.fit_t;
@@ -706,14 +706,14 @@ pub fn latent_time(
     let t_sum: Vec<f64> = (0..n)
         .map(|i| {
             let row = ft.row(i);
-            genes.iter().map(|&j| row[j]).sum()
+            genes.iter().map(|&j| row[j].to_f64()).sum()
         })
         .collect();
     let mut by_sum: Vec<usize> = (0..n).collect();
     by_sum.sort_by(|&a, &b| t_sum[a].total_cmp(&t_sum[b]));
     if let (Some(min_corr), Some(vpt)) = (opts.min_corr_diffusion, input.velocity_pseudotime) {
         genes.retain(|&j| {
-            let col: Vec<f64> = (0..n).map(|i| ft.row(i)[j]).collect();
+            let col: Vec<f64> = (0..n).map(|i| ft.row(i)[j].to_f64()).collect();
             pearson(&col, vpt) >= min_corr
         });
     }

@@ -23,7 +23,7 @@ pub use confidence::{
     displacement_coherence, velocity_confidence, velocity_confidence_transition, velocity_length,
     velocity_norms,
 };
-pub use dense::{velocity_gene_columns, RowMajor};
+pub use dense::{velocity_gene_columns, RowMajor, Scalar};
 pub use em::{
     dynamical_velocity, fit_gene, phase_curve, AssignmentMode, DynamicsOptions, GeneDynamics,
 };

@@ -9,7 +9,7 @@ use cellfate_kernels::Csr;
 use crate::confidence::{
     displacement_coherence, velocity_confidence, velocity_confidence_transition, velocity_length,
 };
-use crate::dense::{velocity_gene_columns, RowMajor};
+use crate::dense::{velocity_gene_columns, RowMajor, Scalar};
 use crate::error::VelocityError;
 use crate::latent_time::{
     latent_time, terminal_states, LatentTime, LatentTimeInput, LatentTimeOptions, RootPrior,
@@ -21,11 +21,11 @@ use crate::velocity_graph::{
 
 /// The velocity genes' columns of `Ms` and `velocity`, and the kNN distances.
 #[derive(Clone, Copy, Debug)]
-pub struct SummaryInput<'a> {
-    /// `layers["Ms"]` (cells × velocity genes).
-    pub ms: RowMajor<'a>,
-    /// `layers["velocity"]` (same shape).
-    pub velocity: RowMajor<'a>,
+pub struct SummaryInput<'a, X: Scalar = f64, V: Scalar = f64> {
+    /// `layers["Ms"]` (cells × velocity genes), as stored (`f32` or `f64`).
+    pub ms: RowMajor<'a, X>,
+    /// `layers["velocity"]` (same shape), as stored.
+    pub velocity: RowMajor<'a, V>,
     /// `obsp["distances"]`.
     pub distances: &'a Csr,
     /// The velocities are the stochastic model's (scVelo's velocity graph then takes signed
@@ -52,7 +52,9 @@ pub struct VelocitySummaries {
 
 /// The velocity graph and the confidences (scVelo's `velocity_graph` then
 /// `velocity_confidence`, with its defaults).
-pub fn velocity_summaries(input: &SummaryInput<'_>) -> Result<VelocitySummaries, VelocityError> {
+pub fn velocity_summaries<X: Scalar, V: Scalar>(
+    input: &SummaryInput<'_, X, V>,
+) -> Result<VelocitySummaries, VelocityError> {
     let (x, v) = (input.ms, input.velocity);
     let nb = Neighbors::from_distances(input.distances, None)?;
     let genes = velocity_gene_columns(v, None)?;
@@ -101,11 +103,11 @@ pub enum Root {
 
 /// Root/end cells and latent time (scVelo's `terminal_states` then `latent_time`) from the
 /// velocity graph: `fit_t` and `likelihood` restricted to [`latent_time_genes`].
-pub fn latent_time_from_graph(
+pub fn latent_time_from_graph<T: Scalar>(
     graph: &VelocityGraph,
     distances: &Csr,
     connectivities: &Csr,
-    fit_t: RowMajor<'_>,
+    fit_t: RowMajor<'_, T>,
     likelihood: &[f64],
     root: &Root,
     opts: &LatentTimeOptions,
@@ -135,4 +137,102 @@ pub fn latent_time_from_graph(
         opts,
     )?;
     Ok((ts, lt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Cells on a noisy curve through 5 genes, velocities along it, fit_t rising with the
+    /// position: float32 data, as the layers are stored.
+    fn data(n: usize, g: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>, Csr) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut x = Vec::new();
+        let mut v = Vec::new();
+        let mut t = Vec::new();
+        for i in 0..n {
+            let s = i as f64 / n as f64;
+            for j in 0..g {
+                let phase = j as f64 * 0.7;
+                x.push(((s * 3.0 + phase).sin() + 0.05 * rng.random::<f64>()) as f32);
+                v.push(((s * 3.0 + phase).cos() + 0.1 * rng.random::<f64>()) as f32);
+                t.push((s * (1.0 + j as f64) + 0.02 * rng.random::<f64>()) as f32);
+            }
+        }
+        let mut trip = Vec::new();
+        for i in 0..n {
+            let mut others: Vec<usize> = (0..n).filter(|&j| j != i).collect();
+            others.sort_by_key(|&j| (i as i64 - j as i64).abs());
+            for &j in &others[..6] {
+                trip.push((i, j, (i as f64 - j as f64).abs() / n as f64));
+            }
+        }
+        (x, v, t, Csr::from_triplets(n, n, &trip).expect("distances"))
+    }
+
+    fn widen(a: &[f32]) -> Vec<f64> {
+        a.iter().map(|&x| f64::from(x)).collect()
+    }
+
+    /// Float32 layers read as stored give the same summaries and latent time, to the bit,
+    /// as the same layers widened to float64 (what the `.h5ad` reader returned before).
+    #[test]
+    fn float32_layers_give_the_results_of_their_widened_copies() {
+        let (n, g) = (80, 5);
+        let (x, v, t, d) = data(n, g);
+        let (x64, v64, t64) = (widen(&x), widen(&v), widen(&t));
+        let narrow = velocity_summaries(&SummaryInput {
+            ms: RowMajor::new("Ms", &x, n, g).expect("x"),
+            velocity: RowMajor::new("velocity", &v, n, g).expect("v"),
+            distances: &d,
+            stochastic: false,
+        })
+        .expect("f32");
+        let wide = velocity_summaries(&SummaryInput {
+            ms: RowMajor::new("Ms", &x64, n, g).expect("x"),
+            velocity: RowMajor::new("velocity", &v64, n, g).expect("v"),
+            distances: &d,
+            stochastic: false,
+        })
+        .expect("f64");
+        let bits = |a: &[f64]| a.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(narrow.n_genes, g);
+        assert_eq!(bits(&narrow.length), bits(&wide.length));
+        assert_eq!(bits(&narrow.confidence), bits(&wide.confidence));
+        assert_eq!(
+            bits(&narrow.confidence_transition),
+            bits(&wide.confidence_transition)
+        );
+        assert_eq!(bits(&narrow.coherence), bits(&wide.coherence));
+        assert_eq!(narrow.graph.graph, wide.graph.graph);
+        assert_eq!(narrow.graph.graph_neg, wide.graph.graph_neg);
+        assert!(narrow.graph.graph.nnz() > 0);
+        let lik = vec![1.0; g];
+        let opts = LatentTimeOptions::default();
+        let root = Root::Cell(0);
+        let lt32 = latent_time_from_graph(
+            &narrow.graph,
+            &d,
+            &d,
+            RowMajor::new("fit_t", &t, n, g).expect("t"),
+            &lik,
+            &root,
+            &opts,
+        )
+        .expect("f32");
+        let lt64 = latent_time_from_graph(
+            &wide.graph,
+            &d,
+            &d,
+            RowMajor::new("fit_t", &t64, n, g).expect("t"),
+            &lik,
+            &root,
+            &opts,
+        )
+        .expect("f64");
+        assert_eq!(bits(&lt32.1.latent_time), bits(&lt64.1.latent_time));
+        assert_eq!(lt32.1.roots, vec![0]);
+        assert!(lt32.1.latent_time.iter().all(|x| x.is_finite()));
+    }
 }

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use cellfate_kernels::Csr;
 
-use crate::dense::{centre_rows, norm, RowMajor};
+use crate::dense::{centre_rows, norm, RowMajor, Scalar};
 use crate::error::VelocityError;
 use crate::stats::percentile;
 
@@ -188,9 +188,9 @@ fn signed_sqrt(x: f64) -> f64 {
 /// `layers["velocity"]` (both cells × all genes), `neighbors` from
 /// [`Neighbors::from_distances`]. Parallel over cells; the result does not depend on the
 /// number of threads.
-pub fn velocity_graph(
-    x: RowMajor<'_>,
-    velocity: RowMajor<'_>,
+pub fn velocity_graph<X: Scalar, V: Scalar>(
+    x: RowMajor<'_, X>,
+    velocity: RowMajor<'_, V>,
     genes: &[usize],
     neighbors: &Neighbors,
     opts: &VelocityGraphOptions,
@@ -228,7 +228,7 @@ pub fn velocity_graph(
             |(d, vi), i| {
                 let vrow = velocity.row(i);
                 for (o, &j) in vi.iter_mut().zip(genes) {
-                    *o = vrow[j];
+                    *o = vrow[j].to_f64();
                 }
                 if opts.sqrt_transform {
                     vi.iter_mut().for_each(|v| *v = signed_sqrt(*v));
@@ -245,7 +245,7 @@ pub fn velocity_graph(
                 for &j in &cand {
                     let xj = &xs[j as usize * g..(j as usize + 1) * g];
                     for ((dk, a), b) in d.iter_mut().zip(xj).zip(xi) {
-                        *dk = a - b;
+                        *dk = a.to_f64() - b.to_f64();
                     }
                     if opts.sqrt_transform {
                         d.iter_mut().for_each(|v| *v = signed_sqrt(*v));
@@ -303,7 +303,10 @@ fn unreachable_csr(n: usize) -> Csr {
     Csr::from_triplets(n, n, &[]).unwrap_or_else(|_| Csr::identity(n))
 }
 
-pub(crate) fn check_same_shape(a: RowMajor<'_>, b: RowMajor<'_>) -> Result<(), VelocityError> {
+pub(crate) fn check_same_shape<A: Scalar, B: Scalar>(
+    a: RowMajor<'_, A>,
+    b: RowMajor<'_, B>,
+) -> Result<(), VelocityError> {
     if a.nrows() != b.nrows() {
         return Err(VelocityError::Dimension {
             what: "cells of the velocity layer (cells of Ms)",

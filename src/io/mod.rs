@@ -26,6 +26,6 @@ pub use element::{
 };
 pub use error::H5adError;
 pub use fault::install_fault_reporter;
-pub use read::{allow_large_datasets, regular_file_len, H5adReader, SlotInfo};
+pub use read::{allow_large_datasets, regular_file_len, H5adReader, SlotInfo, StoredColumns};
 pub use stream::{CsrAppender, DenseRowAppender, H5adStreamWriter};
 pub use write::{write_new, ColumnWriter, EarlySlots, H5adEdit, TempSibling};

@@ -96,6 +96,16 @@ pub fn regular_file_len(path: &Path) -> Result<u64> {
     }
 }
 
+/// Columns of a dense matrix in the element type the file stores them in
+/// ([`H5adReader::dense_select_stored`]): (rows, columns of the matrix, row-major values).
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoredColumns {
+    /// A float32 dataset, read as stored.
+    F32(usize, usize, Vec<f32>),
+    /// Anything else, read as (or converted to) float64.
+    F64(usize, usize, Vec<f64>),
+}
+
 /// Summary of one slot, obtained from metadata only (no data is read).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlotInfo {
@@ -912,6 +922,46 @@ impl H5adReader {
     /// encoding is read with [`Self::dense`] and subset. Returns (rows, columns of the
     /// matrix, values).
     pub fn dense_select(&self, slot: &str, cols: &[usize]) -> Result<(usize, usize, Vec<f64>)> {
+        Ok(self
+            .dense_select_as::<f64>(slot, cols)?
+            .unwrap_or_else(|r| r))
+    }
+
+    /// [`Self::dense_select`] in the element type the dataset is stored in: a float32 dataset
+    /// (scVelo's and cellfate's `Ms`, `velocity`, `fit_t`) stays float32 — half the memory,
+    /// and the same values as the widened read — anything else is read as `f64`.
+    pub fn dense_select_stored(&self, slot: &str, cols: &[usize]) -> Result<StoredColumns> {
+        let f32_stored = matches!(self.location_type(slot)?, LocationType::Dataset)
+            && self
+                .file
+                .dataset(slot)
+                .ok()
+                .and_then(|d| d.dtype().ok())
+                .and_then(|t| t.to_descriptor().ok())
+                .is_some_and(|d| {
+                    matches!(
+                        d,
+                        hdf5::types::TypeDescriptor::Float(hdf5::types::FloatSize::U4)
+                    )
+                });
+        if f32_stored {
+            match self.dense_select_as::<f32>(slot, cols)? {
+                Ok((n, g, v)) => return Ok(StoredColumns::F32(n, g, v)),
+                Err((n, g, v)) => return Ok(StoredColumns::F64(n, g, v)),
+            }
+        }
+        let (n, g, v) = self.dense_select(slot, cols)?;
+        Ok(StoredColumns::F64(n, g, v))
+    }
+
+    /// The block-wise read of [`Self::dense_select`] as `T`; `Err` carries the `f64` result
+    /// of the fallback for slots that are not a plain 2-d dataset.
+    #[allow(clippy::type_complexity)]
+    fn dense_select_as<T: hdf5::H5Type + Copy>(
+        &self,
+        slot: &str,
+        cols: &[usize],
+    ) -> Result<std::result::Result<(usize, usize, Vec<T>), (usize, usize, Vec<f64>)>> {
         let plain = matches!(self.location_type(slot)?, LocationType::Dataset);
         let ds = if plain {
             Some(self.file.dataset(slot).map_err(self.hdf5_err(slot))?)
@@ -931,7 +981,7 @@ impl H5adReader {
             for row in v.chunks(g.max(1)).take(n) {
                 out.extend(cols.iter().map(|&c| row[c]));
             }
-            return Ok((n, g, out));
+            return Ok(Err((n, g, out)));
         };
         self.check_aligned(slot)?;
         let shape = ds.shape();
@@ -939,7 +989,7 @@ impl H5adReader {
         if let Some(&bad) = cols.iter().find(|&&c| c >= g) {
             return Err(self.invalid(slot, format!("columns below {g}"), format!("column {bad}")));
         }
-        self.check_allocation(slot, &[n, cols.len()], std::mem::size_of::<f64>())?;
+        self.check_allocation(slot, &[n, cols.len()], std::mem::size_of::<T>())?;
         if let Some(chunk) = ds.chunk() {
             let elem = ds.dtype().map(|t| t.size()).unwrap_or(8);
             self.check_allocation(slot, &chunk, elem)?;
@@ -950,7 +1000,7 @@ impl H5adReader {
         let mut start = 0;
         while start < n {
             let end = (start + block).min(n);
-            let a: ndarray::Array2<f64> = ds
+            let a: ndarray::Array2<T> = ds
                 .read_slice((start..end, ..))
                 .map_err(self.hdf5_err(slot))?;
             for row in a.rows() {
@@ -958,7 +1008,7 @@ impl H5adReader {
             }
             start = end;
         }
-        Ok((n, g, out))
+        Ok(Ok((n, g, out)))
     }
 
     /// Like [`Self::dense`] but in single precision (for large cell × gene layers such as

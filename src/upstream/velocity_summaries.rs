@@ -14,7 +14,7 @@ use cellfate_dynamics as dynamics;
 
 use cellfate_kernels::CellSource;
 
-use crate::io::{Element, H5adEdit, H5adReader};
+use crate::io::{Element, H5adEdit, H5adReader, StoredColumns};
 use crate::pipeline::PipelineError;
 
 /// Where latent time starts.
@@ -60,6 +60,8 @@ pub fn velocity_summaries_in_file(
     path: &Path,
     root: &LatentRoot,
 ) -> Result<VelocitySummary, PipelineError> {
+    // What earlier stages (the velocity fit, say) freed goes back to the system first.
+    crate::upstream::release_free_memory();
     let r = H5adReader::open(path)?;
     let source = path.display().to_string();
     for (slot, why) in [
@@ -125,16 +127,33 @@ pub fn velocity_summaries_in_file(
     );
     // Everything that needs Ms and velocity, in a scope of its own: the two matrices are freed
     // before fit_t is read for the latent time (at 100,000 cells × 2,000 genes each is 1.6 GB).
+    // Both are read in the precision they are stored in (float32 as written by cellfate and
+    // scVelo: half the memory, the same values).
     let summaries = {
-        let (_, _, ms) = r.dense_select("layers/Ms", &keep)?;
-        let (_, _, vel) = r.dense_select("layers/velocity", &keep)?;
+        let ms = r.dense_select_stored("layers/Ms", &keep)?;
+        let vel = r.dense_select_stored("layers/velocity", &keep)?;
         let k = keep.len();
-        dynamics::velocity_summaries(&dynamics::SummaryInput {
-            ms: dynamics::RowMajor::new("layers/Ms", &ms, n, k).map_err(dyn_err)?,
-            velocity: dynamics::RowMajor::new("layers/velocity", &vel, n, k).map_err(dyn_err)?,
-            distances: &distances,
-            stochastic: mode_stochastic,
-        })
+        fn go<X: dynamics::Scalar, V: dynamics::Scalar>(
+            ms: &[X],
+            vel: &[V],
+            (n, k): (usize, usize),
+            distances: &cellfate_kernels::Csr,
+            stochastic: bool,
+        ) -> Result<dynamics::VelocitySummaries, dynamics::VelocityError> {
+            dynamics::velocity_summaries(&dynamics::SummaryInput {
+                ms: dynamics::RowMajor::new("layers/Ms", ms, n, k)?,
+                velocity: dynamics::RowMajor::new("layers/velocity", vel, n, k)?,
+                distances,
+                stochastic,
+            })
+        }
+        let (d, st) = (&distances, mode_stochastic);
+        match (&ms, &vel) {
+            (StoredColumns::F32(.., x), StoredColumns::F32(.., v)) => go(x, v, (n, k), d, st),
+            (StoredColumns::F32(.., x), StoredColumns::F64(.., v)) => go(x, v, (n, k), d, st),
+            (StoredColumns::F64(.., x), StoredColumns::F32(.., v)) => go(x, v, (n, k), d, st),
+            (StoredColumns::F64(.., x), StoredColumns::F64(.., v)) => go(x, v, (n, k), d, st),
+        }
         .map_err(dyn_err)?
     };
     let dynamics::VelocitySummaries {
@@ -178,7 +197,7 @@ pub fn velocity_summaries_in_file(
         // Latent time uses the genes with likelihood ≥ its minimum only: just those columns.
         let lt_opts = dynamics::LatentTimeOptions::default();
         let fitted = dynamics::latent_time_genes(&likelihood, &lt_opts);
-        let (_, _, fit_t) = r.dense_select("layers/fit_t", &fitted)?;
+        let fit_t = r.dense_select_stored("layers/fit_t", &fitted)?;
         let likelihood: Vec<f64> = fitted.iter().map(|&j| likelihood[j]).collect();
         let g = fitted.len();
         let root = match root {
@@ -217,16 +236,29 @@ pub fn velocity_summaries_in_file(
                 dynamics::Root::Scores(scores)
             }
         };
-        let (ts, lt) = dynamics::latent_time_from_graph(
-            &vg,
-            &distances,
-            &r.obsp("connectivities")?,
-            dynamics::RowMajor::new("layers/fit_t", &fit_t, n, g).map_err(dyn_err)?,
-            &likelihood,
-            &root,
-            &lt_opts,
-        )
+        let conn = r.obsp("connectivities")?;
+        let (ts, lt) = match &fit_t {
+            StoredColumns::F32(.., t) => dynamics::latent_time_from_graph(
+                &vg,
+                &distances,
+                &conn,
+                dynamics::RowMajor::new("layers/fit_t", t, n, g).map_err(dyn_err)?,
+                &likelihood,
+                &root,
+                &lt_opts,
+            ),
+            StoredColumns::F64(.., t) => dynamics::latent_time_from_graph(
+                &vg,
+                &distances,
+                &conn,
+                dynamics::RowMajor::new("layers/fit_t", t, n, g).map_err(dyn_err)?,
+                &likelihood,
+                &root,
+                &lt_opts,
+            ),
+        }
         .map_err(dyn_err)?;
+        drop(fit_t);
         for (what, converged, restarts) in [
             ("root cells", ts.root_converged, ts.restarts[0]),
             ("end points", ts.end_converged, ts.restarts[1]),
