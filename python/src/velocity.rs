@@ -1,11 +1,14 @@
 //! scVelo's `tl.velocity_graph`, `tl.velocity_confidence` and `tl.latent_time` on arrays an
 //! in-memory AnnData holds: the library's `cellfate_dynamics::summaries`, the same code the
-//! CLI runs on files. The velocity genes' columns are gathered into `f64` once (as the file
-//! path reads only those columns).
+//! CLI runs on files. The arrays are used as they are when every column is kept and they are
+//! C-contiguous (float32 or float64, no copy); otherwise the velocity genes' columns are
+//! gathered once, in the array's own precision (as the file path reads only those columns).
+
+use std::borrow::Cow;
 
 use cellfate_dynamics::{
     latent_time_from_graph, latent_time_genes, velocity_summaries, LatentTimeOptions, Root,
-    RowMajor, SummaryInput, VelocityError, VelocitySummaries,
+    RowMajor, Scalar, SummaryInput, VelocityError, VelocitySummaries,
 };
 use numpy::{IntoPyArray, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
@@ -14,6 +17,12 @@ use pyo3::types::PyDict;
 
 use crate::convert;
 use crate::source::csr_from_parts;
+
+/// Columns of a [`Matrix`] in its own precision ([`Matrix::columns`]).
+pub(crate) enum Columns<'a> {
+    F64(Cow<'a, [f64]>),
+    F32(Cow<'a, [f32]>),
+}
 
 /// A 2-D float array as stored.
 #[derive(FromPyObject)]
@@ -29,6 +38,32 @@ impl Matrix<'_> {
             Self::F32(a) => a.shape(),
         };
         (s[0], s[1])
+    }
+
+    /// Columns `cols` of every row, row-major in the array's precision: the array's own
+    /// buffer when it is C-contiguous and `cols` is every column in order, else a copy.
+    pub(crate) fn columns(&self, cols: &[usize]) -> Columns<'_> {
+        macro_rules! c {
+            ($a:expr, $v:ident) => {{
+                let every =
+                    cols.len() == $a.shape()[1] && cols.iter().enumerate().all(|(k, &j)| k == j);
+                match $a.as_slice() {
+                    Ok(s) if every && $a.is_c_contiguous() => Columns::$v(Cow::Borrowed(s)),
+                    _ => {
+                        let a = $a.as_array();
+                        let mut out = Vec::with_capacity(a.nrows() * cols.len());
+                        for row in a.rows() {
+                            out.extend(cols.iter().map(|&j| row[j]));
+                        }
+                        Columns::$v(Cow::Owned(out))
+                    }
+                }
+            }};
+        }
+        match self {
+            Self::F64(a) => c!(a, F64),
+            Self::F32(a) => c!(a, F32),
+        }
     }
 
     /// Columns `cols` of every row, as row-major `f64`.
@@ -84,16 +119,29 @@ fn summaries(
         )));
     }
     let keep = columns(g, mask)?;
-    let (x, v) = (ms.gather(&keep), velocity.gather(&keep));
+    let (x, v) = (ms.columns(&keep), velocity.columns(&keep));
     let distances = csr_from_parts(distances, "obsp['distances']")?;
     let k = keep.len();
-    let out = crate::run::run(py, || {
+    fn go<X: Scalar, V: Scalar>(
+        x: &[X],
+        v: &[V],
+        (n, k): (usize, usize),
+        distances: &cellfate_kernels::Csr,
+        stochastic: bool,
+    ) -> Result<VelocitySummaries, VelocityError> {
         velocity_summaries(&SummaryInput {
-            ms: RowMajor::new("layers/Ms", &x, n, k)?,
-            velocity: RowMajor::new("layers/velocity", &v, n, k)?,
-            distances: &distances,
+            ms: RowMajor::new("layers/Ms", x, n, k)?,
+            velocity: RowMajor::new("layers/velocity", v, n, k)?,
+            distances,
             stochastic,
         })
+    }
+    let d = &distances;
+    let out = crate::run::run(py, || match (&x, &v) {
+        (Columns::F64(x), Columns::F64(v)) => go(x, v, (n, k), d, stochastic),
+        (Columns::F64(x), Columns::F32(v)) => go(x, v, (n, k), d, stochastic),
+        (Columns::F32(x), Columns::F64(v)) => go(x, v, (n, k), d, stochastic),
+        (Columns::F32(x), Columns::F32(v)) => go(x, v, (n, k), d, stochastic),
     })?
     .map_err(value_error)?;
     Ok((out, distances))
@@ -179,7 +227,7 @@ pub(crate) fn latent_time<'py>(
         ..Default::default()
     };
     let fitted = latent_time_genes(&fit_likelihood, &opts);
-    let ft = fit_t.gather(&fitted);
+    let ft = fit_t.columns(&fitted);
     let lik: Vec<f64> = fitted.iter().map(|&j| fit_likelihood[j]).collect();
     let conn = csr_from_parts(connectivities, "obsp['connectivities']")?;
     let root = match (root_cell, root_scores) {
@@ -188,16 +236,34 @@ pub(crate) fn latent_time<'py>(
         (None, None) => Root::Auto,
     };
     let k = fitted.len();
-    let (ts, lt) = crate::run::run(py, || {
+    fn go<T: Scalar>(
+        s: &VelocitySummaries,
+        (distances, conn): (&cellfate_kernels::Csr, &cellfate_kernels::Csr),
+        (ft, n, k): (&[T], usize, usize),
+        lik: &[f64],
+        root: &Root,
+        opts: &LatentTimeOptions,
+    ) -> Result<
+        (
+            cellfate_dynamics::latent_time::TerminalStates,
+            cellfate_dynamics::latent_time::LatentTime,
+        ),
+        VelocityError,
+    > {
         latent_time_from_graph(
             &s.graph,
-            &distances,
-            &conn,
-            RowMajor::new("layers/fit_t", &ft, n, k)?,
-            &lik,
-            &root,
-            &opts,
+            distances,
+            conn,
+            RowMajor::new("layers/fit_t", ft, n, k)?,
+            lik,
+            root,
+            opts,
         )
+    }
+    let graphs = (&distances, &conn);
+    let (ts, lt) = crate::run::run(py, || match &ft {
+        Columns::F64(t) => go(&s, graphs, (t, n, k), &lik, &root, &opts),
+        Columns::F32(t) => go(&s, graphs, (t, n, k), &lik, &root, &opts),
     })?
     .map_err(value_error)?;
     let d = PyDict::new(py);

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use cellfate_dynamics as dynamics;
 
-use cellfate_kernels::CellSource;
+use cellfate_kernels::{CellSource, Csr};
 
 use crate::io::{Element, H5adEdit, H5adReader, StoredColumns};
 use crate::pipeline::PipelineError;
@@ -137,7 +137,7 @@ pub fn velocity_summaries_in_file(
             ms: &[X],
             vel: &[V],
             (n, k): (usize, usize),
-            distances: &cellfate_kernels::Csr,
+            distances: &Csr,
             stochastic: bool,
         ) -> Result<dynamics::VelocitySummaries, dynamics::VelocityError> {
             dynamics::velocity_summaries(&dynamics::SummaryInput {
@@ -237,25 +237,27 @@ pub fn velocity_summaries_in_file(
             }
         };
         let conn = r.obsp("connectivities")?;
+        type Graphs<'a> = (&'a dynamics::VelocityGraph, &'a Csr, &'a Csr);
+        type Fitted<'a> = (
+            &'a [f64],
+            &'a dynamics::Root,
+            &'a dynamics::LatentTimeOptions,
+        );
+        fn go<T: dynamics::Scalar>(
+            t: &[T],
+            (n, g): (usize, usize),
+            (vg, distances, conn): Graphs<'_>,
+            (likelihood, root, opts): Fitted<'_>,
+        ) -> Result<(dynamics::TerminalStates, dynamics::LatentTime), dynamics::VelocityError>
+        {
+            let fit_t = dynamics::RowMajor::new("layers/fit_t", t, n, g)?;
+            dynamics::latent_time_from_graph(vg, distances, conn, fit_t, likelihood, root, opts)
+        }
+        let graphs = (&vg, &distances, &conn);
+        let fitted_args = (&likelihood[..], &root, &lt_opts);
         let (ts, lt) = match &fit_t {
-            StoredColumns::F32(.., t) => dynamics::latent_time_from_graph(
-                &vg,
-                &distances,
-                &conn,
-                dynamics::RowMajor::new("layers/fit_t", t, n, g).map_err(dyn_err)?,
-                &likelihood,
-                &root,
-                &lt_opts,
-            ),
-            StoredColumns::F64(.., t) => dynamics::latent_time_from_graph(
-                &vg,
-                &distances,
-                &conn,
-                dynamics::RowMajor::new("layers/fit_t", t, n, g).map_err(dyn_err)?,
-                &likelihood,
-                &root,
-                &lt_opts,
-            ),
+            StoredColumns::F32(.., t) => go(t, (n, g), graphs, fitted_args),
+            StoredColumns::F64(.., t) => go(t, (n, g), graphs, fitted_args),
         }
         .map_err(dyn_err)?;
         drop(fit_t);
