@@ -21,8 +21,6 @@
 //! +1e-6, so it is not reached in practice). Basal transcription (`fit_basal_transcription`)
 //! and the differential-kinetics test are not implemented.
 
-use cellfate_kernels::Csr;
-
 use crate::fit_graph::FitGraph;
 use crate::nelder_mead::NelderMead;
 use crate::stats::{argmin, linspace, mean, percentile, std, test_bimodality};
@@ -255,8 +253,8 @@ enum Cells {
 struct Model<'a> {
     u: &'a [f64],
     s: &'a [f64],
-    /// W in the fit's cell order (the order of `u` and `s`).
-    w: Option<&'a Csr>,
+    /// W and Wᵀ in the fit's cell order (the order of `u` and `s`).
+    graph: Option<&'a FitGraph>,
     weighted: Vec<usize>,
     upper: Vec<usize>,
     std_u: f64,
@@ -268,9 +266,6 @@ struct Model<'a> {
     /// Projection allowed (after the pre-training, per the options).
     mode: Option<AssignmentMode>,
     fit_steady_states: bool,
-    /// Wᵀ (W's columns as rows): a change of one cell's distance reaches the smoothed
-    /// distances of the cells that have it as a neighbour.
-    wt: Option<&'a Csr>,
     /// W·s and W·s² (the spliced moments the steady-state distances expand into).
     ws: Vec<f64>,
     ws2: Vec<f64>,
@@ -296,42 +291,6 @@ struct Scaled {
     ub: Vec<f64>,
     wub: Vec<f64>,
     wub2: Vec<f64>,
-}
-
-/// W · (columns of `cols`), each a vector over all cells. The columns are interleaved first
-/// so that each neighbour costs one bounds check and one cache line; the sums run in the
-/// graph's order, as a plain sparse product does.
-#[allow(clippy::needless_range_loop)] // K columns indexed together
-fn smooth<const K: usize>(w: &Csr, cols: [&[f64]; K]) -> [Vec<f64>; K] {
-    let n = w.nrows();
-    let packed: Vec<[f64; K]> = (0..n)
-        .map(|i| std::array::from_fn(|k| cols[k][i]))
-        .collect();
-    let smoothed = smooth_packed(w, &packed);
-    let mut out: [Vec<f64>; K] = std::array::from_fn(|_| vec![0.0; n]);
-    for (i, v) in smoothed.iter().enumerate() {
-        for k in 0..K {
-            out[k][i] = v[k];
-        }
-    }
-    out
-}
-
-/// W · (K interleaved columns), interleaved.
-fn smooth_packed<const K: usize>(w: &Csr, packed: &[[f64; K]]) -> Vec<[f64; K]> {
-    (0..w.nrows())
-        .map(|i| {
-            let (idx, val) = w.row(i);
-            let mut acc = [0.0; K];
-            for (&j, &x) in idx.iter().zip(val) {
-                let v = &packed[j as usize];
-                for k in 0..K {
-                    acc[k] += x * v[k];
-                }
-            }
-            acc
-        })
-        .collect()
 }
 
 /// Sorts in [`f64::total_cmp`]'s order through unsigned integer keys with the same order
@@ -489,10 +448,10 @@ impl<'a> Model<'a> {
             matches!(&*self.scaled.borrow(), Some(c) if c.scaling.to_bits() == scaling.to_bits());
         if !fresh {
             let ub: Vec<f64> = self.u.iter().map(|&u| u / scaling).collect();
-            let (wub, wub2) = match self.w {
-                Some(w) => {
+            let (wub, wub2) = match self.graph {
+                Some(g) => {
                     let sq: Vec<f64> = ub.iter().map(|x| x * x).collect();
-                    let [a, b] = smooth(w, [&ub, &sq]);
+                    let [a, b] = g.smooth([&ub, &sq]);
                     (a, b)
                 }
                 None => (Vec::new(), Vec::new()),
@@ -543,8 +502,8 @@ impl<'a> Model<'a> {
             })
             .collect();
         // Gap closing: branches from the (smoothed) distances, then the increments.
-        let mut d2 = match self.w {
-            Some(w) => smooth_packed(w, &d0),
+        let mut d2 = match self.graph {
+            Some(g) => g.smooth_packed(&d0),
             None => d0.clone(),
         };
         let is_on: Vec<bool> = d2.iter().map(|d| argmin(d) == 1).collect();
@@ -572,17 +531,17 @@ impl<'a> Model<'a> {
         // State distances with the adjusted times: only the moved cells' change.
         for &j in &moved {
             let (o, n2) = dist(j, tau[j], tau_[j]);
-            match (self.w, self.wt) {
-                (Some(_), Some(wt)) => {
+            match self.graph {
+                Some(g) => {
                     let (d_off, d_on) = (o - d0[j][0], n2 - d0[j][1]);
-                    let (rows, vals) = wt.row(j);
+                    let (rows, vals) = g.wt().row(j);
                     for (&i, &x) in rows.iter().zip(vals) {
                         let d = &mut d2[i as usize];
                         d[0] += x * d_off;
                         d[1] += x * d_on;
                     }
                 }
-                _ => d2[j] = [o, n2],
+                None => d2[j] = [o, n2],
             }
         }
         let mut d: Vec<[f64; 4]> = Vec::with_capacity(n);
@@ -590,7 +549,7 @@ impl<'a> Model<'a> {
             let (uinf, sinf) = (p.alpha / p.beta, p.alpha / p.gamma);
             let (vu, vs) = (std_u * std_u, std_s * std_s);
             for i in 0..n {
-                let (zero, up) = if self.w.is_some() {
+                let (zero, up) = if self.graph.is_some() {
                     let (mu, mu2, ms, ms2) = (sc.wub[i], sc.wub2[i], self.ws[i], self.ws2[i]);
                     (
                         mu2 / vu + ms2 / vs,
@@ -838,22 +797,21 @@ pub fn fit_gene(
     };
     assert_eq!(g.n_cells(), u.len(), "the graph must have one row per cell");
     let (u, s) = (g.gather(u), g.gather(s));
-    let mut fit = fit_ordered(&u, &s, Some((g.w(), g.wt())), opts)?;
+    let mut fit = fit_ordered(&u, &s, Some(g), opts)?;
     fit.t = g.scatter(std::mem::take(&mut fit.t));
     fit.tau = g.scatter(std::mem::take(&mut fit.tau));
     fit.tau_ = g.scatter(std::mem::take(&mut fit.tau_));
     Some(fit)
 }
 
-/// [`fit_gene`] in the graph's cell order: `w` is (W, Wᵀ).
+/// [`fit_gene`] in the graph's cell order.
 fn fit_ordered(
     u: &[f64],
     s: &[f64],
-    w: Option<(&Csr, &Csr)>,
+    graph: Option<&FitGraph>,
     opts: &DynamicsOptions,
 ) -> Option<GeneDynamics> {
     let n = u.len();
-    let (w, wt) = (w.map(|x| x.0), w.map(|x| x.1));
     // Weights: expressed in both, below the upper percentile of the expressed cells.
     let mut weights: Vec<bool> = (0..n).map(|i| s[i] > 0.0 && u[i] > 0.0).collect();
     if weights.iter().filter(|&&x| x).count() <= 2 {
@@ -932,10 +890,14 @@ fn fit_ordered(
         u0_ = u_inf;
     }
     let t_ = tau_inv(u0_, s0_, 0.0, 0.0, alpha, beta, gamma);
+    let [ws, ws2] = match graph {
+        Some(g) => g.smooth([s, &s.iter().map(|x| x * x).collect::<Vec<f64>>()]),
+        None => [Vec::new(), Vec::new()],
+    };
     let mut m = Model {
         u,
         s,
-        w,
+        graph,
         weighted,
         upper,
         std_u,
@@ -955,11 +917,8 @@ fn fit_ordered(
         steady_state_ratio: None,
         mode: None,
         fit_steady_states: opts.fit_steady_states,
-        wt,
-        ws: w.map_or_else(Vec::new, |w| w.mul_vec(s)),
-        ws2: w.map_or_else(Vec::new, |w| {
-            w.mul_vec(&s.iter().map(|x| x * x).collect::<Vec<f64>>())
-        }),
+        ws,
+        ws2,
         scaled: std::cell::RefCell::new(None),
         memo: std::cell::RefCell::new(Vec::with_capacity(MEMO_SIZE)),
         steady_u,
@@ -1070,8 +1029,11 @@ fn fit_ordered(
     let likelihood = m.loglikelihood().exp();
     let variance = m.variance();
     let p = m.p;
-    let mut t = match w {
-        Some(w) => w.mul_vec(&m.asg.t),
+    let mut t = match graph {
+        Some(g) => {
+            let [t] = g.smooth([&m.asg.t]);
+            t
+        }
         None => m.asg.t.clone(),
     };
     let mut out = GeneDynamics {
@@ -1144,7 +1106,7 @@ pub fn dynamical_velocity(
         &g.gather(&fit.tau),
         &g.gather(&fit.tau_),
         fit,
-        Some(g.w()),
+        Some(g),
     );
     (g.scatter(vs), g.scatter(vu))
 }
@@ -1156,7 +1118,7 @@ fn velocity_ordered(
     tau: &[f64],
     tau_: &[f64],
     fit: &GeneDynamics,
-    w: Option<&Csr>,
+    graph: Option<&FitGraph>,
 ) -> (Vec<f64>, Vec<f64>) {
     let n = u.len();
     let sc = fit.scaling;
@@ -1195,8 +1157,8 @@ fn velocity_ordered(
         sgn[i] = sign(if o { signed_on[i] } else { signed_off[i] }) * dist[i].sqrt();
     }
     let varx = mean(&dist) - mean(&sgn).powi(2);
-    let d = match w {
-        Some(w) => smooth(w, [&off, &on, &zero, &up]),
+    let d = match graph {
+        Some(g) => g.smooth([&off, &on, &zero, &up]),
         None => [off, on, zero, up],
     };
     let norm = 1.0 / (2.0 * std::f64::consts::PI * varx.sqrt());
@@ -1217,8 +1179,11 @@ fn velocity_ordered(
             _ => 0.0,
         };
     }
-    let t = match w {
-        Some(w) => w.mul_vec(&t),
+    let t = match graph {
+        Some(g) => {
+            let [t] = g.smooth([&t]);
+            t
+        }
         None => t,
     };
     let mut vs = vec![0.0; n];
@@ -1264,6 +1229,7 @@ fn align_factor(t: &[f64], t_: f64, t_max: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cellfate_kernels::Csr;
 
     /// The phase curve starts at the origin, reaches the switch point after n points, follows
     /// du/dt = α − βu there (on induction u → α/β), and ends with u at 1 % of its switch value.

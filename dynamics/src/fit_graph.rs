@@ -26,6 +26,10 @@ pub struct FitGraph {
     wt: Csr,
     /// `order[new] = old`; `None` when the fit runs in the input's order.
     order: Option<Vec<usize>>,
+    /// W's weight of each row when the fits sum a row's neighbours before weighting them:
+    /// every row repeats one value (scVelo's binarised, row-normalised graph) and the cells
+    /// are reordered. `None`: Σ w·x in the row's order, as scipy's sparse product sums.
+    row_weight: Option<Vec<f64>>,
 }
 
 impl FitGraph {
@@ -52,7 +56,17 @@ impl FitGraph {
             (w.clone(), None)
         };
         let wt = w.transpose();
-        Self { w, wt, order }
+        let row_weight = if order.is_some() {
+            uniform_row_weights(&w)
+        } else {
+            None
+        };
+        Self {
+            w,
+            wt,
+            order,
+            row_weight,
+        }
     }
 
     /// Cells.
@@ -60,9 +74,76 @@ impl FitGraph {
         self.w.nrows()
     }
 
-    /// W in the fit's order.
-    pub(crate) fn w(&self) -> &Csr {
-        &self.w
+    /// W · (K interleaved columns over the cells, the fit's order), interleaved.
+    ///
+    /// In the reordered layout (from [`REORDER_MIN_CELLS`] cells on) each row's neighbours
+    /// are summed first, in four interleaved partial sums, and the sum is multiplied by the
+    /// row's one weight: the additions do not wait on one another and W's values are not
+    /// read. Measured on a 100,000-cell graph of 50 neighbours per row, one thread: 4.2–5.0
+    /// ms per product against 7.3–7.9 ms for Σ w·x in the row's order. The two differ by
+    /// rounding only (a relative 1e-15 for 50 neighbours); below that size the fits keep
+    /// scipy's summation, and so scVelo's sums to the bit.
+    #[allow(clippy::needless_range_loop)] // K columns indexed together
+    pub(crate) fn smooth_packed<const K: usize>(&self, packed: &[[f64; K]]) -> Vec<[f64; K]> {
+        let w = &self.w;
+        match &self.row_weight {
+            Some(rw) => (0..w.nrows())
+                .map(|i| {
+                    let idx = w.row(i).0;
+                    let mut acc = [[0.0; K]; 4];
+                    let mut chunks = idx.chunks_exact(4);
+                    for c in &mut chunks {
+                        for (a, &j) in acc.iter_mut().zip(c) {
+                            let v = &packed[j as usize];
+                            for k in 0..K {
+                                a[k] += v[k];
+                            }
+                        }
+                    }
+                    for (a, &j) in acc.iter_mut().zip(chunks.remainder()) {
+                        let v = &packed[j as usize];
+                        for k in 0..K {
+                            a[k] += v[k];
+                        }
+                    }
+                    std::array::from_fn(|k| {
+                        ((acc[0][k] + acc[1][k]) + (acc[2][k] + acc[3][k])) * rw[i]
+                    })
+                })
+                .collect(),
+            None => (0..w.nrows())
+                .map(|i| {
+                    let (idx, val) = w.row(i);
+                    let mut acc = [0.0; K];
+                    for (&j, &x) in idx.iter().zip(val) {
+                        let v = &packed[j as usize];
+                        for k in 0..K {
+                            acc[k] += x * v[k];
+                        }
+                    }
+                    acc
+                })
+                .collect(),
+        }
+    }
+
+    /// W · (columns of `cols`), each a vector over all cells in the fit's order. The
+    /// columns are interleaved first so that each neighbour costs one bounds check and one
+    /// cache line ([`FitGraph::smooth_packed`]).
+    #[allow(clippy::needless_range_loop)] // K columns indexed together
+    pub(crate) fn smooth<const K: usize>(&self, cols: [&[f64]; K]) -> [Vec<f64>; K] {
+        let n = self.w.nrows();
+        let packed: Vec<[f64; K]> = (0..n)
+            .map(|i| std::array::from_fn(|k| cols[k][i]))
+            .collect();
+        let smoothed = self.smooth_packed(&packed);
+        let mut out: [Vec<f64>; K] = std::array::from_fn(|_| vec![0.0; n]);
+        for (i, v) in smoothed.iter().enumerate() {
+            for k in 0..K {
+                out[k][i] = v[k];
+            }
+        }
+        out
     }
 
     /// Wᵀ in the fit's order.
@@ -91,6 +172,20 @@ impl FitGraph {
             None => x,
         }
     }
+}
+
+/// Each row's one weight when every row of `w` repeats one value (bit for bit); `None`
+/// otherwise. An empty row gets 0.
+fn uniform_row_weights(w: &Csr) -> Option<Vec<f64>> {
+    (0..w.nrows())
+        .map(|i| {
+            let v = w.row(i).1;
+            let first = v.first().copied().unwrap_or(0.0);
+            v.iter()
+                .all(|x| x.to_bits() == first.to_bits())
+                .then_some(first)
+        })
+        .collect()
 }
 
 /// The cells breadth-first over the graph's pattern (Cuthill–McKee without the reversal:
@@ -189,9 +284,54 @@ mod tests {
         let y = g.gather(&x).into_owned();
         assert_ne!(y, x);
         assert_eq!(g.scatter(y), x);
-        // The reordered W is the same operator: (P W Pᵀ)(P x) = P (W x).
+        // The reordered W is the same operator: (P W Pᵀ)(P x) = P (W x) (sums of multiples
+        // of 0.5: exact in any order).
         let wx = w.mul_vec(&x);
-        let pwx = g.w().mul_vec(&g.gather(&x));
+        let [pwx] = g.smooth([&g.gather(&x)]);
         assert_eq!(g.scatter(pwx), wx);
+    }
+
+    /// A row-normalised graph with irregular degrees and values of all magnitudes.
+    fn normalised_graph(n: usize) -> Csr {
+        let mut trip = Vec::new();
+        for i in 0..n {
+            let nb: Vec<usize> = (0..n)
+                .filter(|&j| j == i || (i * 31 + j * 17) % 11 < 3)
+                .collect();
+            let w = 1.0 / nb.len() as f64;
+            trip.extend(nb.into_iter().map(|j| (i, j, w)));
+        }
+        Csr::from_triplets(n, n, &trip).expect("graph")
+    }
+
+    #[test]
+    fn uniform_rows_are_summed_then_weighted_to_rounding() {
+        let n = 200;
+        let w = normalised_graph(n);
+        let x: Vec<f64> = (0..n)
+            .map(|i| ((i * 37) % 101) as f64 * 1e3_f64.powi(i as i32 % 3 - 1))
+            .collect();
+        let y: Vec<f64> = x.iter().map(|v| -v.sqrt()).collect();
+        let fast = FitGraph::with_order(&w, true);
+        let plain = FitGraph::with_order(&w, false);
+        assert!(fast.row_weight.is_some(), "every row repeats one value");
+        assert!(
+            plain.row_weight.is_none(),
+            "the input's order keeps scipy's sums"
+        );
+        let [a, b] = fast.smooth([&fast.gather(&x), &fast.gather(&y)]);
+        let (a, b) = (fast.scatter(a), fast.scatter(b));
+        // The plain path is scipy's product to the bit.
+        let [c, d] = plain.smooth([&x, &y]);
+        assert_eq!(c, w.mul_vec(&x));
+        assert_eq!(d, w.mul_vec(&y));
+        for (p, q) in a.iter().zip(&c).chain(b.iter().zip(&d)) {
+            assert!((p - q).abs() <= 1e-14 * q.abs().max(1e-300), "{p} vs {q}");
+        }
+        // A graph whose rows do not repeat one value keeps Σ w·x.
+        let mut trip = vec![(0, 0, 0.25), (0, 1, 0.75)];
+        trip.extend((1..n).map(|i| (i, i, 1.0)));
+        let skew = Csr::from_triplets(n, n, &trip).expect("graph");
+        assert!(FitGraph::with_order(&skew, true).row_weight.is_none());
     }
 }
