@@ -694,6 +694,7 @@ const TEXT: &[&str] = &[
     "--one-shot-method",
     "--extreme",
     "--experiment",
+    "--benchmarks",
 ];
 
 /// The subcommands listed by `cellfate --help`.
@@ -837,7 +838,7 @@ fn out_of_range_values_are_refused_naming_the_flag() {
             for v in values {
                 let mut args: Vec<&str> = vec![cmd.as_str()];
                 match cmd.as_str() {
-                    "batch" => args.extend(["IN", "--out-dir", "DIR"]),
+                    "batch" | "summary" => args.extend(["IN", "--out-dir", "DIR"]),
                     "plot" => args.extend(["IN", "-o", "DIR"]),
                     "simulate" => args.extend(["-o", "OUT"]),
                     "inspect" => args.push("IN"),

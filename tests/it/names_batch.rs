@@ -665,3 +665,105 @@ fn cells_file_reads_quoted_names_and_refuses_duplicated_obs_names() {
         "{err}"
     );
 }
+
+/// `cellfate summary` over outputs computed separately (as a workflow engine runs `run` per
+/// sample): the rows carry what `batch`'s summary says of the same outputs, times and memory
+/// come from Snakemake-style benchmark tables, a file that is not a fate-mapping output is a
+/// failed row (exit 1), and a missing benchmark table is an error naming it (exit 2).
+#[test]
+fn summary_gathers_separate_outputs_like_batch() {
+    let d = tempdir();
+    let a = simulation(&d.path().join("in/a.h5ad"), 5, &[]);
+    let b = simulation(&d.path().join("in/b.h5ad"), 6, &[]);
+    let by_batch = d.path().join("batch");
+    let res = batch(&[&a, &b], &by_batch, &[]);
+    assert!(res.status.success(), "{}", text(&res.stderr));
+    let bench = d.path().join("benchmarks");
+    std::fs::create_dir(&bench).expect("mkdir");
+    let header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time";
+    std::fs::write(
+        bench.join("a.tsv"),
+        format!("{header}\n12.5\t0:00:12\t150.25\t900\t140\t141\t0\t10\t95\t11.9\n"),
+    )
+    .expect("write");
+    std::fs::write(
+        bench.join("b.tsv"),
+        format!("{header}\n3.25\t0:00:03\tNA\tNA\tNA\tNA\t0\t10\t90\t3\n"),
+    )
+    .expect("write");
+    std::fs::write(
+        bench.join("a_raw.tsv"),
+        format!("{header}\n1\t0:00:01\t10\t-\t-\t-\t-\t-\t-\t-\n"),
+    )
+    .expect("write");
+    // The raw input under another name: readable, but not a fate-mapping output.
+    let raw = d.path().join("a_raw.h5ad");
+    std::fs::copy(&a, &raw).expect("copy");
+    let out = d.path().join("gathered");
+    let run = |files: &[&Path], bench: &Path| {
+        cellfate()
+            .arg("summary")
+            .args(files)
+            .arg("--out-dir")
+            .arg(&out)
+            .arg("--benchmarks")
+            .arg(bench)
+            .output()
+            .expect("summary runs")
+    };
+    let (oa, ob) = (by_batch.join("a.h5ad"), by_batch.join("b.h5ad"));
+    let res = run(&[&oa, &ob], &bench);
+    assert!(res.status.success(), "{}", text(&res.stderr));
+    let stdout = text(&res.stdout);
+    assert!(stdout.contains("terminal:"), "{stdout}");
+    let (mine, theirs) = (samples(&summary(&out)), samples(&summary(&by_batch)));
+    assert_eq!(mine.len(), 2);
+    for (m, t) in mine.iter().zip(&theirs) {
+        assert_eq!(m["status"], "ok", "{m}");
+        for key in [
+            "sample",
+            "n_cells",
+            "terminal_states",
+            "fate_shares",
+            "upstream_steps",
+            "warnings",
+        ] {
+            assert_eq!(m[key], t[key], "{key}: {m} vs {t}");
+        }
+        assert!(!strs(&m["terminal_states"]).is_empty(), "{m}");
+    }
+    assert_eq!(mine[0]["seconds"], 12.5);
+    assert_eq!(mine[0]["peak_rss_mb"], 150.25);
+    assert_eq!(mine[1]["seconds"], 3.25);
+    assert!(mine[1]["peak_rss_mb"].is_null(), "NA is no measurement");
+    // One settings for both: recorded as batch records them.
+    assert_eq!(summary(&out)["config"], summary(&by_batch)["config"]);
+    let csv = parse_csv(&std::fs::read_to_string(out.join("summary.csv")).expect("csv"));
+    let batch_csv = parse_csv(&std::fs::read_to_string(by_batch.join("summary.csv")).expect("csv"));
+    assert_eq!(csv[0], batch_csv[0], "the same columns as batch's summary");
+    assert_eq!(csv.len(), 3);
+    // A file that is not an output: a failed row with the reason, the others kept, exit 1.
+    let res = run(&[&oa, &raw, &ob], &bench);
+    assert_eq!(res.status.code(), Some(1), "{}", text(&res.stderr));
+    let s = samples(&summary(&out));
+    assert_eq!(s.len(), 3);
+    assert_eq!(s[1]["status"], "failed");
+    assert!(
+        s[1]["error"]
+            .as_str()
+            .expect("error")
+            .contains("uns/cellfate/summary"),
+        "{}",
+        s[1]
+    );
+    assert_eq!(
+        (s[0]["status"].as_str(), s[2]["status"].as_str()),
+        (Some("ok"), Some("ok"))
+    );
+    // A missing benchmark table: an error naming it, exit 2.
+    let empty = d.path().join("no-benchmarks");
+    std::fs::create_dir(&empty).expect("mkdir");
+    let res = run(&[&oa], &empty);
+    assert_eq!(res.status.code(), Some(2));
+    assert!(text(&res.stderr).contains("a.tsv"), "{}", text(&res.stderr));
+}

@@ -691,11 +691,22 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<BatchOutcome> {
             text.join("; ")
         ))
     };
+    let report = report_text(&notes, &results, &a.out_dir);
+    Ok(BatchOutcome {
+        report,
+        ok,
+        summary_error,
+    })
+}
+
+/// The per-sample lines printed at the end of `batch` and `summary`.
+fn report_text(notes: &[String], results: &[SampleResult], out_dir: &Path) -> String {
+    use cellfate::names::escape_for_terminal as esc;
     let mut report = String::new();
-    for n in &notes {
+    for n in notes {
         report.push_str(&format!("note: {n}\n"));
     }
-    for r in &results {
+    for r in results {
         report.push_str(&format!(
             "{:<30} {:<22} {:>8.2} s",
             esc(&r.sample),
@@ -720,11 +731,137 @@ pub(crate) fn run(a: BatchArgs) -> anyhow::Result<BatchOutcome> {
     }
     report.push_str(&format!(
         "summary -> {}\n",
-        esc(&a.out_dir.join("summary.json").display().to_string())
+        esc(&out_dir.join("summary.json").display().to_string())
     ));
+    report
+}
+
+/// Arguments of `cellfate summary`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SummaryArgs {
+    /// Outputs of `cellfate run` (or `batch`), one per sample; each row is named after its
+    /// file, as `batch` names its outputs.
+    #[arg(required = true)]
+    outputs: Vec<PathBuf>,
+    /// Directory for summary.json and summary.csv (the columns of `batch`'s summary).
+    #[arg(long)]
+    out_dir: PathBuf,
+    /// Each sample's time and peak memory from DIR/<file stem>.tsv: a tab-separated header
+    /// and one row with the columns `s` (seconds) and `max_rss` (MB), as Snakemake's
+    /// `benchmark:` directive writes them (workflow/Snakefile). Without it the times are 0 and
+    /// the memory empty.
+    #[arg(long, value_name = "DIR")]
+    benchmarks: Option<PathBuf>,
+}
+
+impl SummaryArgs {
+    pub(crate) fn outputs(&self) -> crate::Outputs {
+        crate::Outputs::dirs(vec![self.out_dir.clone()])
+    }
+}
+
+/// Seconds and peak memory (MB) from a benchmark table (see [`SummaryArgs::benchmarks`]).
+/// `max_rss` may be `NA` or `-` where the system does not measure it (no memory then).
+fn read_benchmark(path: &Path) -> anyhow::Result<(f64, Option<f64>)> {
+    let text = crate::read_text(path)?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let (Some(header), Some(row)) = (lines.next(), lines.next()) else {
+        anyhow::bail!(
+            "{}: expected a header line and a row of values (Snakemake's benchmark table)",
+            path.display()
+        );
+    };
+    let names: Vec<&str> = header.split('\t').map(str::trim).collect();
+    let values: Vec<&str> = row.split('\t').map(str::trim).collect();
+    let column = |name: &str| {
+        names
+            .iter()
+            .position(|&n| n == name)
+            .and_then(|i| values.get(i))
+    };
+    let seconds = column("s")
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|x| x.is_finite() && *x >= 0.0)
+        .with_context(|| {
+            format!(
+                "{}: expected a column `s` with the seconds (a number >= 0)",
+                path.display()
+            )
+        })?;
+    let rss = column("max_rss")
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|x| x.is_finite() && *x >= 0.0);
+    Ok((seconds, rss))
+}
+
+/// `cellfate summary`: one summary (batch's columns) over outputs computed elsewhere, e.g. by
+/// a workflow engine running `cellfate run` per sample. A file that is not a complete
+/// fate-mapping output is a failed row with the reason; the outcome is not ok then.
+pub(crate) fn summarize(a: SummaryArgs) -> anyhow::Result<BatchOutcome> {
+    let (samples, notes) = plan(&a.outputs, &a.out_dir);
+    let mut results = Vec::with_capacity(samples.len());
+    let mut configs = Vec::new();
+    for s in &samples {
+        let mut res = SampleResult::new(s);
+        // The row describes the given file: no input is known.
+        res.output = s.input.display().to_string();
+        res.input = String::new();
+        res.status = "ok".into();
+        if let Some(dir) = &a.benchmarks {
+            let path = dir.join(format!("{}.tsv", stem_of(&s.input)));
+            let (seconds, rss) = read_benchmark(&path)?;
+            res.seconds = seconds;
+            res.peak_rss_mb = rss;
+        }
+        match cellfate::io::H5adReader::open(&s.input) {
+            Err(e) => res.failed(format!("not readable: {e}")),
+            Ok(r) => {
+                if let Ok(cellfate::io::Element::Str(c)) = r.read("uns/cellfate/config") {
+                    configs.push(c);
+                }
+                drop(r);
+                let (seconds, rss) = (res.seconds, res.peak_rss_mb);
+                if recorded(&mut res, None).is_none() {
+                    res.failed(
+                        "not a complete fate-mapping output: uns/cellfate/summary is missing \
+                         or unreadable (made by `cellfate run` or `batch`?)"
+                            .into(),
+                    );
+                }
+                (res.seconds, res.peak_rss_mb) = (seconds, rss);
+            }
+        }
+        results.push(res);
+    }
+    configs.dedup();
+    let mut notes = notes;
+    let config = match configs.as_slice() {
+        [one] => one.clone(),
+        [] => String::new(),
+        _ => {
+            notes.push(format!(
+                "the outputs were made with {} different settings (uns/cellfate/config); the \
+                 summary records none",
+                configs.len()
+            ));
+            String::new()
+        }
+    };
+    std::fs::create_dir_all(&a.out_dir)
+        .with_context(|| format!("creating {}", a.out_dir.display()))?;
+    let writer = SummaryWriter {
+        dir: &a.out_dir,
+        config,
+        notes: notes.clone(),
+        report: false,
+    };
+    let errors = writer.write_all(&results, true);
+    if let Some(e) = errors.into_iter().next() {
+        return Err(e);
+    }
     Ok(BatchOutcome {
-        report,
-        ok,
-        summary_error,
+        report: report_text(&notes, &results, &a.out_dir),
+        ok: results.iter().all(|r| r.status != "failed"),
+        summary_error: None,
     })
 }

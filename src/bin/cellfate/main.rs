@@ -67,6 +67,10 @@ enum Command {
     /// Fate mapping over many files (in parallel within a memory budget): one output per sample
     /// and summary.json / summary.csv. Exits 1 when some samples failed.
     Batch(batch_cmd::BatchArgs),
+    /// One summary.json / summary.csv (batch's columns) over outputs of `run` computed
+    /// elsewhere, e.g. per sample by a workflow engine (workflow/Snakefile). Exits 1 when some
+    /// file is not a complete output.
+    Summary(batch_cmd::SummaryArgs),
     /// Schur decomposition, macrostates (GPCCA) and terminal/initial states on obsp["T_fwd"]
     /// (or a --kernel expression).
     Macrostates(stages_cmd::MacrostatesArgs),
@@ -298,6 +302,7 @@ impl Command {
             Self::Plot(a) => a.outputs(),
             Self::Report(a) => a.outputs(),
             Self::Batch(a) => a.outputs(),
+            Self::Summary(a) => a.outputs(),
             Self::Macrostates(a) => a.outputs(),
             Self::TerminalStates(a) => a.outputs(),
             Self::Fates(a) => a.outputs(),
@@ -366,25 +371,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     // Special files, links and unwritable directories are refused before any work.
     cli.command.outputs().check()?;
-    if let Command::Batch(args) = cli.command {
-        let outcome = batch_cmd::run(args)?;
-        write_stdout(&outcome.report)?;
-        // The per-sample report is printed first; then a failure to write the summary.
-        if let Some(e) = outcome.summary_error {
-            return Err(e);
-        }
-        return Ok(if outcome.ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        });
+    let command = match cli.command {
+        Command::Batch(args) => return batch_exit(batch_cmd::run(args)?),
+        Command::Summary(args) => return batch_exit(batch_cmd::summarize(args)?),
+        other => other,
+    };
+    run_command(command).map(|()| ExitCode::SUCCESS)
+}
+
+/// Prints the per-sample report of `batch` or `summary`, then fails on a summary that could
+/// not be written; exit code 1 when some sample failed.
+fn batch_exit(outcome: batch_cmd::BatchOutcome) -> anyhow::Result<ExitCode> {
+    write_stdout(&outcome.report)?;
+    if let Some(e) = outcome.summary_error {
+        return Err(e);
     }
-    run_command(cli.command).map(|()| ExitCode::SUCCESS)
+    Ok(if outcome.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn run_command(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Batch(_) => Ok(()),
+        Command::Batch(_) | Command::Summary(_) => Ok(()),
         Command::Inspect { file, json } => {
             let report = cellfate::inspect::inspect(&file)?;
             let text = if json {
@@ -744,6 +755,7 @@ impl Command {
             Command::Plot(_) => "plot",
             Command::Report(_) => "report",
             Command::Batch(_) => "batch",
+            Command::Summary(_) => "summary",
             Command::Macrostates(_) => "macrostates",
             Command::TerminalStates(_) => "terminal-states",
             Command::Fates(_) => "fates",
