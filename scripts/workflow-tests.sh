@@ -64,9 +64,10 @@ assert 'kernel = "0.8*velocity + 0.2*connectivity"' in j["config"], j["config"]
 print("workflow-tests: 3 samples, summary ok:", [x["terminal_states"] for x in rows])
 PY
 # Up to date: nothing to do.
-if ! smk --cores 2 --dry-run | grep -q "Nothing to be done"; then
+plan=$(smk --cores 2 --dry-run 2>&1)
+if ! grep -q "Nothing to be done" <<<"$plan"; then
   echo "workflow-tests: a second run has work to do" >&2
-  smk --cores 2 --dry-run >&2
+  echo "$plan" >&2
   exit 1
 fi
 # A changed input redoes its sample (and the summary) only. (Snakemake >= 9.18 compares
@@ -79,14 +80,17 @@ smk --cores 2 --quiet
   || { echo "workflow-tests: unchanged samples were recomputed" >&2; exit 1; }
 [ "$(stat -c %y "$R/s2.h5ad")" != "$m2" ] \
   || { echo "workflow-tests: the changed sample was not recomputed" >&2; exit 1; }
-# A failing sample: the others finish with --keep-going, the run fails, the log says why.
+# A failing sample: the others (a new s5) finish with --keep-going, the run fails, the log
+# says why.
 printf '\x89HDF\r\n\x1a\nnot really' > "$tmp/data/s4.h5ad"
+"$BIN" simulate -q --cells 400 --genes 60 --fates 2 --seed 5 -o "$tmp/data/s5.h5ad"
 if smk --cores 2 --quiet --keep-going >"$tmp/fail.log" 2>&1; then
   echo "workflow-tests: a corrupt sample did not fail the workflow" >&2
   exit 1
 fi
 grep -q "s4.h5ad" "$R/logs/s4.log" || { echo "workflow-tests: the log does not name the file" >&2; cat "$R/logs/s4.log" >&2; exit 1; }
 [ ! -e "$R/s4.h5ad" ] || { echo "workflow-tests: a failed sample left an output" >&2; exit 1; }
+[ -s "$R/s5.h5ad" ] || { echo "workflow-tests: --keep-going did not finish s5" >&2; exit 1; }
 rm "$tmp/data/s4.h5ad"
 # The Slurm profile: a dry run plans one job per sample and the local summary.
 smk --profile workflow/profiles/slurm --dry-run --forceall > "$tmp/slurm.log" 2>&1 \

@@ -81,7 +81,8 @@ impl FitGraph {
     /// row's one weight: the additions do not wait on one another and W's values are not
     /// read. Measured on a 100,000-cell graph of 50 neighbours per row, one thread: 4.2–5.0
     /// ms per product against 7.3–7.9 ms for Σ w·x in the row's order. The two differ by
-    /// rounding only (a relative 1e-15 for 50 neighbours); below that size the fits keep
+    /// rounding only (for the non-negative vectors the fits smooth, a relative 1e-15 for 50
+    /// neighbours); below that size the fits keep
     /// scipy's summation, and so scVelo's sums to the bit.
     #[allow(clippy::needless_range_loop)] // K columns indexed together
     pub(crate) fn smooth_packed<const K: usize>(&self, packed: &[[f64; K]]) -> Vec<[f64; K]> {

@@ -748,8 +748,8 @@ pub(crate) struct SummaryArgs {
     out_dir: PathBuf,
     /// Each sample's time and peak memory from DIR/<file stem>.tsv: a tab-separated header
     /// and one row with the columns `s` (seconds) and `max_rss` (MB), as Snakemake's
-    /// `benchmark:` directive writes them (workflow/Snakefile). Without it the times are 0 and
-    /// the memory empty.
+    /// `benchmark:` directive writes them (workflow/Snakefile); a missing or malformed table is
+    /// an error naming it. Without the flag the times are 0 and the memory empty.
     #[arg(long, value_name = "DIR")]
     benchmarks: Option<PathBuf>,
 }
@@ -798,7 +798,14 @@ fn read_benchmark(path: &Path) -> anyhow::Result<(f64, Option<f64>)> {
 /// a workflow engine running `cellfate run` per sample. A file that is not a complete
 /// fate-mapping output is a failed row with the reason; the outcome is not ok then.
 pub(crate) fn summarize(a: SummaryArgs) -> anyhow::Result<BatchOutcome> {
-    let (samples, notes) = plan(&a.outputs, &a.out_dir);
+    let (samples, _) = plan(&a.outputs, &a.out_dir);
+    let mut notes = Vec::new();
+    if samples.len() < a.outputs.len() {
+        notes.push(format!(
+            "{} of the files were given twice (by some path): one row each",
+            a.outputs.len() - samples.len()
+        ));
+    }
     let mut results = Vec::with_capacity(samples.len());
     let mut configs = Vec::new();
     for s in &samples {
@@ -808,7 +815,9 @@ pub(crate) fn summarize(a: SummaryArgs) -> anyhow::Result<BatchOutcome> {
         res.input = String::new();
         res.status = "ok".into();
         if let Some(dir) = &a.benchmarks {
-            let path = dir.join(format!("{}.tsv", stem_of(&s.input)));
+            // Named as the workflow names it: the file's stem as it is.
+            let stem = s.input.file_stem().unwrap_or_default().to_string_lossy();
+            let path = dir.join(format!("{stem}.tsv"));
             let (seconds, rss) = read_benchmark(&path)?;
             res.seconds = seconds;
             res.peak_rss_mb = rss;
@@ -833,8 +842,8 @@ pub(crate) fn summarize(a: SummaryArgs) -> anyhow::Result<BatchOutcome> {
         }
         results.push(res);
     }
+    configs.sort();
     configs.dedup();
-    let mut notes = notes;
     let config = match configs.as_slice() {
         [one] => one.clone(),
         [] => String::new(),
