@@ -7,6 +7,7 @@
 //! ```sh
 //! cargo run --release --example scale -- 10000 100000 1000000
 //! cargo run --release --example scale -- --m50 100000      # macrostates with m = 50
+//! cargo run --release --example scale -- --states 1000000   # Schur and macrostates only
 //! cargo run --release --example scale -- --drivers 100000  # drivers, 2,000 genes x 5 lineages
 //! ```
 #![allow(clippy::print_stdout, clippy::unwrap_used, missing_docs)]
@@ -48,6 +49,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let m50 = args.iter().any(|a| a == "--m50");
     let drivers = args.iter().any(|a| a == "--drivers");
+    let states_only = args.iter().any(|a| a == "--states");
     let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() {
         vec![10_000]
@@ -109,7 +111,7 @@ fn main() {
                 || fit(&t, &schur, m, &Optimizer::default(), None).unwrap(),
             );
         }
-        if m50 {
+        if m50 || states_only {
             continue;
         }
         for l in [3usize, 10] {
