@@ -105,10 +105,14 @@ fn main() {
                 println!("| macrostates m = {m} | {n} | skipped (would split a pair) | |");
                 continue;
             }
-            stage(
+            let g = stage(
                 &format!("macrostates m = {m} (gradient, 10 starts)"),
                 n,
                 || fit(&t, &schur, m, &Optimizer::default(), None).unwrap(),
+            );
+            println!(
+                "|   objective {:.6}, crispness {:.6}, {} iterations, {} evaluations, best start {} | | | |",
+                g.report.f_opt, g.crispness, g.report.iterations, g.report.evaluations, g.report.best_start
             );
         }
         if m50 || states_only {

@@ -111,6 +111,7 @@ fn default_optimizer_completes_where_cellrank_does() {
                     seed,
                     max_iter: 1000,
                     perturbation: 0.1,
+                    budget: 5000,
                 },
                 ..Default::default()
             };

@@ -8,8 +8,17 @@
 //! - [`Optimizer::Gradient`] (default): L-BFGS with an analytic (sub)gradient of the objective
 //!   through the feasibility completion, from the ISA start and `n_starts − 1` seeded random
 //!   rotations of it; the best objective wins (ties: lowest start). The maximum over cells in
-//!   the completion is evaluated on an active set of candidate cells that is verified against
-//!   all cells before a result is accepted, so large `m` (50) and large `n` stay practical.
+//!   the completion is evaluated on an active set of candidate cells, grown round by round from
+//!   the maximisers over all cells, so large `m` (50) and large `n` stay practical; the result's
+//!   objective is always the exact one over all cells.
+//!
+//!   The objective is a maximum over cells, so it has kinks, and plain L-BFGS with a
+//!   backtracking line search crawls along them. The method follows Lewis & Overton's BFGS for
+//!   nonsmooth functions ("Nonsmooth optimization via quasi-Newton methods", Math. Program.
+//!   141, 2013): a weak Wolfe line search (it also lengthens steps, where backtracking only
+//!   shortens them) and a longer memory (30 pairs). Each start stops when the active set is
+//!   verified on all cells or after `budget` iterations over all rounds: on the m = 50 bench the
+//!   old method's last 80 % of iterations improved the objective by 0.4 %.
 
 use nalgebra::DMatrix;
 use rand::{Rng, SeedableRng};
@@ -32,10 +41,13 @@ pub enum Optimizer {
         n_starts: usize,
         /// Seed of the random start rotations.
         seed: u64,
-        /// Maximum L-BFGS iterations per start.
+        /// Maximum L-BFGS iterations per active-set round.
         max_iter: usize,
         /// Scale of the random rotations of the starts.
         perturbation: f64,
+        /// Maximum L-BFGS iterations per start, summed over its active-set rounds.
+        #[serde(default = "default_budget")]
+        budget: usize,
     },
 }
 
@@ -46,8 +58,14 @@ impl Default for Optimizer {
             seed: 0,
             max_iter: 1000,
             perturbation: 0.1,
+            budget: default_budget(),
         }
     }
+}
+
+/// Default of [`Optimizer::Gradient`]'s `budget`.
+fn default_budget() -> usize {
+    5000
 }
 
 /// What the optimiser did.
@@ -130,7 +148,12 @@ impl Optimizer {
             Self::NelderMead => {
                 let (x_opt, f_opt, iterations, evaluations) = nelder_mead(&f, &alpha0);
                 (
-                    vec![(x_opt, f_opt, 0)],
+                    vec![StartSolution {
+                        alpha: x_opt,
+                        f: f_opt,
+                        start: 0,
+                        rotation: None,
+                    }],
                     OptimizerReport {
                         method: "nelder_mead".into(),
                         f_opt,
@@ -147,27 +170,38 @@ impl Optimizer {
                 seed,
                 max_iter,
                 perturbation,
+                budget,
             } => gradient_multistart(
                 x,
                 a0,
                 &alpha0,
-                (*n_starts).max(1),
-                *seed,
-                *max_iter,
-                *perturbation,
+                MultistartOptions {
+                    n_starts: (*n_starts).max(1),
+                    seed: *seed,
+                    max_iter: *max_iter,
+                    perturbation: *perturbation,
+                    budget: *budget,
+                },
                 f_start,
             )?,
         };
         let mut out = Vec::with_capacity(found.len());
-        for (alpha, f, start) in found {
-            let mut a = embed(&alpha, a0);
-            if fill_matrix(&mut a, x).is_ok() {
-                out.push(Candidate {
-                    rotation: a,
-                    f,
-                    start,
-                });
-            }
+        for sol in found {
+            let rotation = match sol.rotation {
+                Some(a) => a,
+                None => {
+                    let mut a = embed(&sol.alpha, a0);
+                    if fill_matrix(&mut a, x).is_err() {
+                        continue;
+                    }
+                    a
+                }
+            };
+            out.push(Candidate {
+                rotation,
+                f: sol.f,
+                start: sol.start,
+            });
         }
         if out.is_empty() {
             // The best solution could not be completed again: report why.
@@ -517,19 +551,19 @@ fn value_and_gradient(alpha: &[f64], xr: &DMatrix<f64>, grad: &mut [f64]) -> Opt
     Some(f)
 }
 
-/// Cells per block of [`maximisers`] (bounds its copy of the basis to 4096 × m values).
+/// Cells per block of [`completion_maxima`] (bounds its copy of the basis to 4096 × m values).
 const MAXIMISER_BLOCK: usize = 4096;
 
-/// Cells that attain the completion's maxima for rotation `alpha` (over all cells; the first
-/// in cell order on ties).
-fn maximisers(alpha: &[f64], x: &DMatrix<f64>) -> Vec<usize> {
-    let k = (alpha.len() as f64).sqrt().round() as usize;
-    let m = k + 1;
-    let free = free_rows(alpha, k);
+/// Over all cells: for each column `j` of `free` (the rows `1..m` of a rotation, k × m), the
+/// completion's value `max_l −Σ_i X_l,i+1 free_ij` and the first cell (in cell order) that
+/// attains it. Each sum runs in index order from 0 with a separate multiply and add, as a plain
+/// loop would ([`products`]), so the values are those of such a loop to the bit.
+pub(super) fn completion_maxima(x: &DMatrix<f64>, free: &DMatrix<f64>) -> (Vec<f64>, Vec<usize>) {
+    let (k, m) = free.shape();
     let mut best = vec![f64::NEG_INFINITY; m];
-    let mut out = vec![0usize; m];
+    let mut arg = vec![0usize; m];
     let n = x.nrows();
-    let fr = row_major(&free);
+    let fr = row_major(free);
     let mut all = vec![0.0; MAXIMISER_BLOCK.min(n) * m];
     let mut start = 0;
     while start < n {
@@ -541,16 +575,27 @@ fn maximisers(alpha: &[f64], x: &DMatrix<f64>) -> Vec<usize> {
             for (r, v) in p.iter().enumerate() {
                 if -v > best[j] {
                     best[j] = -v;
-                    out[j] = start + r;
+                    arg[j] = start + r;
                 }
             }
         }
         start += len;
     }
-    out
+    (best, arg)
 }
 
-/// L-BFGS on the active candidate set `rows`. Returns (α, f, iterations, evaluations).
+/// Cells that attain the completion's maxima for rotation `alpha` (over all cells; the first
+/// in cell order on ties).
+fn maximisers(alpha: &[f64], x: &DMatrix<f64>) -> Vec<usize> {
+    let k = (alpha.len() as f64).sqrt().round() as usize;
+    completion_maxima(x, &free_rows(alpha, k)).1
+}
+
+/// Memory of the L-BFGS recursion (pairs kept).
+const MEMORY: usize = 30;
+
+/// L-BFGS on the active candidate set `rows` with a weak Wolfe line search (see the module
+/// documentation). Returns (α, f, iterations, evaluations).
 fn lbfgs(
     x: &DMatrix<f64>,
     rows: &[usize],
@@ -565,11 +610,10 @@ fn lbfgs(
     let Some(mut fk) = value_and_gradient(&xk, &xr, &mut g) else {
         return (xk, f64::INFINITY, 0, evals);
     };
-    let mem = 10;
-    // (s, y, s·y, y·y) of the last `mem` steps; the two products are kept from when the pair
-    // was stored (the same values the loop would recompute every iteration).
+    // (s, y, s·y, y·y) of the last `MEMORY` steps; the two products are kept from when the
+    // pair was stored (the same values the loop would recompute every iteration).
     let mut hist: std::collections::VecDeque<(Vec<f64>, Vec<f64>, f64, f64)> =
-        std::collections::VecDeque::with_capacity(mem + 1);
+        std::collections::VecDeque::with_capacity(MEMORY + 1);
     let mut iters = 0;
     let mut gnew = vec![0.0; n];
     while iters < max_iter {
@@ -608,28 +652,16 @@ fn lbfgs(
         } else {
             dir
         };
-        // Backtracking Armijo line search.
-        let mut step = 1.0;
-        let mut accepted = None;
-        for _ in 0..40 {
-            let trial: Vec<f64> = xk.iter().zip(&dir).map(|(a, d)| a + step * d).collect();
-            evals += 1;
-            if let Some(ft) = value_and_gradient(&trial, &xr, &mut gnew) {
-                if ft <= fk + 1e-4 * step * slope {
-                    accepted = Some((trial, ft));
-                    break;
-                }
-            }
-            step *= 0.5;
-        }
-        let Some((xn, fnew)) = accepted else { break };
+        let Some((xn, fnew)) = wolfe_step(&xr, &xk, fk, &dir, slope, &mut gnew, &mut evals) else {
+            break;
+        };
         let s: Vec<f64> = xn.iter().zip(&xk).map(|(a, b)| a - b).collect();
         let y: Vec<f64> = gnew.iter().zip(&g).map(|(a, b)| a - b).collect();
         let sy = dot(&s, &y);
         if sy > 1e-16 {
             let yy = dot(&y, &y);
             hist.push_back((s, y, sy, yy));
-            if hist.len() > mem {
+            if hist.len() > MEMORY {
                 hist.pop_front();
             }
         }
@@ -645,27 +677,119 @@ fn lbfgs(
     (xk, fk, iters, evals)
 }
 
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+/// Weak Wolfe line search from `xk` (value `fk`) along `dir` (directional derivative `slope`
+/// < 0), by bisection of a bracket and doubling while no upper bound is known (Lewis &
+/// Overton, §4.2): a step is accepted when it decreases the value enough (Armijo, c₁ = 10⁻⁴)
+/// and the slope there has risen to at least c₂ = 0.9 of the initial one. Infeasible trial
+/// points count as too long. When the bracket collapses first, the longest step with enough
+/// decrease is taken, if any. Returns the new point and value; its gradient is in `gnew`.
+fn wolfe_step(
+    xr: &DMatrix<f64>,
+    xk: &[f64],
+    fk: f64,
+    dir: &[f64],
+    slope: f64,
+    gnew: &mut [f64],
+    evals: &mut usize,
+) -> Option<(Vec<f64>, f64)> {
+    let (mut lo, mut hi, mut step) = (0.0f64, f64::INFINITY, 1.0f64);
+    // The longest step so far with enough decrease: point, value, gradient.
+    let mut best: Option<(Vec<f64>, f64, Vec<f64>)> = None;
+    for _ in 0..60 {
+        let trial: Vec<f64> = xk.iter().zip(dir).map(|(a, d)| a + step * d).collect();
+        *evals += 1;
+        match value_and_gradient(&trial, xr, gnew) {
+            Some(ft) if ft <= fk + 1e-4 * step * slope => {
+                let curved = dot(gnew, dir) >= 0.9 * slope;
+                best = Some((trial, ft, gnew.to_vec()));
+                if curved {
+                    break;
+                }
+                lo = step;
+            }
+            _ => hi = step,
+        }
+        step = if hi.is_finite() {
+            0.5 * (lo + hi)
+        } else {
+            2.0 * lo
+        };
+        if hi.is_finite() && hi - lo <= 1e-16 * hi {
+            break;
+        }
+    }
+    best.map(|(point, value, grad)| {
+        gnew.copy_from_slice(&grad);
+        (point, value)
+    })
 }
 
-/// One start's result: the optimum (if feasible), iterations and evaluations used.
-type StartOutcome = (Option<(Vec<f64>, f64)>, usize, usize);
+/// `a · b` in eight interleaved partial sums (element `i` goes to sum `i mod 8`), added
+/// pairwise at the end, then the tail. A single chain of additions is bound by the adder's
+/// latency; eight independent ones vectorise. The order is fixed, so the result does not depend
+/// on the machine or the thread count.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "dot: lengths differ");
+    let mut acc = [0.0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ta, tb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let pairs = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
+    let mut sum = (pairs[0] + pairs[2]) + (pairs[1] + pairs[3]);
+    for (x, y) in ta.iter().zip(tb) {
+        sum += x * y;
+    }
+    sum
+}
 
-/// The free parameters of a start's solution, its objective and the start's index.
-type StartSolution = (Vec<f64>, f64, usize);
+/// One start's result: the optimum (free parameters, objective, completed rotation) if
+/// feasible, iterations and evaluations used.
+type StartOutcome = (Option<(Vec<f64>, f64, DMatrix<f64>)>, usize, usize);
 
-#[allow(clippy::too_many_arguments)]
-fn gradient_multistart(
-    x: &DMatrix<f64>,
-    a0: &DMatrix<f64>,
-    alpha0: &[f64],
+/// A start's solution.
+struct StartSolution {
+    /// The free parameters.
+    alpha: Vec<f64>,
+    /// The objective.
+    f: f64,
+    /// The start's index (0 = ISA).
+    start: usize,
+    /// The completed rotation when it is already known (saves a pass over all cells).
+    rotation: Option<DMatrix<f64>>,
+}
+
+/// The settings of [`Optimizer::Gradient`], as [`gradient_multistart`] reads them.
+struct MultistartOptions {
     n_starts: usize,
     seed: u64,
     max_iter: usize,
     perturbation: f64,
+    budget: usize,
+}
+
+fn gradient_multistart(
+    x: &DMatrix<f64>,
+    a0: &DMatrix<f64>,
+    alpha0: &[f64],
+    opts: MultistartOptions,
     f_start: f64,
 ) -> Result<(Vec<StartSolution>, OptimizerReport), GpccaError> {
+    let MultistartOptions {
+        n_starts,
+        seed,
+        max_iter,
+        perturbation,
+        budget,
+    } = opts;
     let m = a0.nrows();
     let k = m - 1;
     // Starts run in parallel; each is deterministic and the winner is chosen by (objective,
@@ -700,12 +824,15 @@ fn gradient_multistart(
             let mut current = init;
             let mut fval = f64::INFINITY;
             for _round in 0..50 {
-                let (xa, fa, it, ev) = lbfgs(x, &rows, &current, max_iter);
+                if iterations >= budget {
+                    break;
+                }
+                let (xa, fa, it, ev) = lbfgs(x, &rows, &current, max_iter.min(budget - iterations));
                 iterations += it;
                 evaluations += ev;
                 current = xa;
                 fval = fa;
-                if !fval.is_finite() {
+                if !fval.is_finite() || iterations >= budget {
                     break;
                 }
                 let new: Vec<usize> = maximisers(&current, x)
@@ -722,12 +849,13 @@ fn gradient_multistart(
             if !fval.is_finite() {
                 return (None, iterations, evaluations);
             }
-            // The exact objective on all cells (the active set is verified, so this matches).
+            // The exact objective on all cells (equal to the active set's when it was verified).
             let mut a = embed(&current, a0);
             if fill_matrix(&mut a, x).is_err() {
                 return (None, iterations, evaluations);
             }
-            (Some((current, objective_of(&a))), iterations, evaluations)
+            let f = objective_of(&a);
+            (Some((current, f, a)), iterations, evaluations)
         })
         .inspect(|_| cellfate_kernels::progress::advance(1))
         .collect();
@@ -737,18 +865,33 @@ fn gradient_multistart(
     let mut found: Vec<StartSolution> = outcomes
         .into_iter()
         .enumerate()
-        .filter_map(|(start, (res, _, _))| res.map(|(alpha, f)| (alpha, f, start)))
+        .filter_map(|(start, (res, _, _))| {
+            res.map(|(alpha, f, a)| StartSolution {
+                alpha,
+                f,
+                start,
+                rotation: Some(a),
+            })
+        })
         .collect();
     if found.is_empty() {
         return Err(Infeasibility::AllStarts { starts: n_starts }.into());
     }
     // Best objective first; ties by start index (independent of the thread count).
-    found.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.2.cmp(&b.2)));
+    found.sort_by(|a, b| a.f.total_cmp(&b.f).then(a.start.cmp(&b.start)));
     // Never worse than the ISA start: a best worse than it is replaced by the ISA rotation.
-    if found[0].1 > f_start {
-        found.insert(0, (alpha0.to_vec(), f_start, 0));
+    if found[0].f > f_start {
+        found.insert(
+            0,
+            StartSolution {
+                alpha: alpha0.to_vec(),
+                f: f_start,
+                start: 0,
+                rotation: None,
+            },
+        );
     }
-    let (f_opt, best_start) = (found[0].1, found[0].2);
+    let (f_opt, best_start) = (found[0].f, found[0].start);
     Ok((
         found,
         OptimizerReport {
@@ -777,6 +920,42 @@ pub(crate) fn test_value_and_gradient(
 #[cfg(test)]
 mod product_tests {
     use super::products;
+    use nalgebra::DMatrix;
+
+    /// The completion's maxima over blocks of cells equal those of a plain loop over all cells,
+    /// to the bit, with the first maximiser on ties (rows past one block, repeated rows).
+    #[test]
+    fn completion_maxima_equal_the_plain_loop_to_the_bit() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        let (n, m) = (super::MAXIMISER_BLOCK + 7, 6);
+        let mut x = DMatrix::from_fn(n, m, |_, i| if i == 0 { 1.0 } else { next() });
+        // A repeated row across the block edge (a tie wherever it is a maximiser).
+        let row = x.row(3).clone_owned();
+        x.set_row(super::MAXIMISER_BLOCK + 2, &row);
+        let free = DMatrix::from_fn(m - 1, m, |_, _| next());
+        let (best, arg) = super::completion_maxima(&x, &free);
+        for j in 0..m {
+            let (mut b, mut a) = (f64::NEG_INFINITY, 0);
+            for l in 0..n {
+                let mut v = 0.0;
+                for i in 1..m {
+                    v += x[(l, i)] * free[(i - 1, j)];
+                }
+                if -v > b {
+                    b = -v;
+                    a = l;
+                }
+            }
+            assert_eq!(best[j].to_bits(), b.to_bits(), "column {j}: maximum");
+            assert_eq!(arg[j], a, "column {j}: maximiser");
+        }
+    }
 
     /// The blocked products equal, to the bit, a plain loop per entry in index order: every
     /// size around the block edges, values of mixed sign and scale.

@@ -4,6 +4,7 @@
 use nalgebra::DMatrix;
 
 use super::error::{GpccaError, Infeasibility};
+use super::optimize::completion_maxima;
 
 /// Completes a rotation matrix so that `χ = X A` has rows summing to 1 and non-negative
 /// entries, then normalises it (pyGPCCA's `_fill_matrix`). Only `A[1.., 1..]` is read.
@@ -13,18 +14,10 @@ pub fn fill_matrix(a: &mut DMatrix<f64>, x: &DMatrix<f64>) -> Result<(), GpccaEr
         let s: f64 = (1..m).map(|j| a[(i, j)]).sum();
         a[(i, 0)] = -s;
     }
-    for j in 0..m {
-        let mut best = f64::NEG_INFINITY;
-        for l in 0..x.nrows() {
-            let mut v = 0.0;
-            for i in 1..m {
-                v += x[(l, i)] * a[(i, j)];
-            }
-            if -v > best {
-                best = -v;
-            }
-        }
-        a[(0, j)] = best;
+    // a[0, j] = max_l −Σ_{i ≥ 1} X_li A_ij, summed in index order (blocked, same bits).
+    let (best, _) = completion_maxima(x, &a.rows(1, m - 1).clone_owned());
+    for (j, b) in best.into_iter().enumerate() {
+        a[(0, j)] = b;
     }
     let s: f64 = a.row(0).sum();
     *a /= s;
