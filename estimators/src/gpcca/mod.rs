@@ -20,6 +20,7 @@ pub mod optimize;
 mod rotation;
 
 use nalgebra::DMatrix;
+use rayon::prelude::*;
 
 use cellfate_kernels::TransitionMatrix;
 
@@ -125,26 +126,55 @@ pub fn subspace_sin(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
     } else {
         (&qb, &qa)
     };
-    let resid = small - big * (big.transpose() * small);
+    let resid = small - big * big.tr_mul(small);
+    // The largest singular value, from the k × k Gram matrix (its largest eigenvalue is
+    // resolved to relative ε).
     resid
-        .singular_values()
+        .tr_mul(&resid)
+        .symmetric_eigenvalues()
         .iter()
         .copied()
         .fold(0.0, f64::max)
+        .max(0.0)
+        .sqrt()
         .min(1.0)
 }
 
+/// An orthonormal basis of the column space of `a`, as scipy's `orth` gives it (the directions
+/// with singular value above `max(n, k)·ε·σ_max`) but from the Gram matrix `aᵀa` (two
+/// matrix products and a k × k eigendecomposition instead of an n × k SVD). The Gram matrix resolves singular values only down to about `√ε·σ_max`, so
+/// that is the threshold's floor; for bases with a condition number above 100 a second pass
+/// re-orthonormalises against the first's rounding (as CholeskyQR2 does). Used for the subspace checks only, where the bases
+/// compared are orthonormal or nearly so.
 fn orth(a: &DMatrix<f64>) -> DMatrix<f64> {
-    let svd = a.clone().svd(true, false);
-    let Some(u) = svd.u else {
-        return DMatrix::zeros(a.nrows(), 0);
-    };
-    let smax = svd.singular_values.iter().copied().fold(0.0, f64::max);
-    let tol = a.nrows().max(a.ncols()) as f64 * EPS * smax;
-    let keep: Vec<usize> = (0..svd.singular_values.len())
-        .filter(|&i| svd.singular_values[i] > tol)
+    let eig = a.tr_mul(a).symmetric_eigen();
+    let lmax = eig.eigenvalues.iter().copied().fold(0.0f64, f64::max);
+    let smax = lmax.sqrt();
+    let tol = (a.nrows().max(a.ncols()) as f64 * EPS).max(EPS.sqrt()) * smax;
+    let keep: Vec<usize> = (0..eig.eigenvalues.len())
+        .filter(|&i| eig.eigenvalues[i].max(0.0).sqrt() > tol)
         .collect();
-    DMatrix::from_fn(a.nrows(), keep.len(), |i, j| u[(i, keep[j])])
+    if keep.is_empty() {
+        return DMatrix::zeros(a.nrows(), 0);
+    }
+    let w = DMatrix::from_fn(a.ncols(), keep.len(), |i, j| {
+        eig.eigenvectors[(i, keep[j])] / eig.eigenvalues[keep[j]].sqrt()
+    });
+    let q = a * w;
+    // One pass leaves an orthogonality error of about ε·cond²: enough below a condition
+    // number of 100 (1e-12 against the checks' 1e-7), so only worse bases get the second pass.
+    let lmin = keep
+        .iter()
+        .map(|&i| eig.eigenvalues[i])
+        .fold(f64::INFINITY, f64::min);
+    if lmin >= 1e-4 * lmax {
+        return q;
+    }
+    let e2 = q.tr_mul(&q).symmetric_eigen();
+    let w2 = DMatrix::from_fn(q.ncols(), q.ncols(), |i, j| {
+        e2.eigenvectors[(i, j)] / e2.eigenvalues[j].sqrt()
+    });
+    q * w2
 }
 
 /// numpy-style pseudo-inverse (singular values ≤ 1e-15 · s_max treated as zero).
@@ -192,33 +222,43 @@ pub fn isa_indices(x: &DMatrix<f64>) -> Result<Vec<usize>, GpccaError> {
     if !columns.is_empty() {
         return Err(SimplexError::ConstantVectors { columns }.into());
     }
-    let mut o = x.clone();
+    // Row l of the working copy is column l of `o` (contiguous); each row's operations are those
+    // of the row-wise loop (sums in index order), so the values are the same.
+    let mut o = x.transpose();
+    let norm = |v: &[f64]| v.iter().fold(0.0, |s, a| s + a * a).sqrt();
     let mut index = Vec::with_capacity(m);
     // Vertex 0: the row with the largest norm (first maximum).
     let mut best = 0.0;
     let mut i0 = 0;
-    for l in 0..n {
-        let d = o.row(l).norm();
+    for (l, row) in o.as_slice().chunks_exact(m).enumerate() {
+        let d = norm(row);
         if d > best {
             best = d;
             i0 = l;
         }
     }
     index.push(i0);
-    let r0 = o.row(i0).clone_owned();
-    for l in 0..n {
-        let row = o.row(l) - &r0;
-        o.set_row(l, &row);
-    }
+    let r0 = o.column(i0).clone_owned();
+    o.as_mut_slice().par_chunks_mut(m).for_each(|row| {
+        row.iter_mut().zip(r0.iter()).for_each(|(v, r)| *v -= r);
+    });
+    let mut scale = 1.0;
     for j in 1..m {
-        let t = o.row(index[j - 1]).clone_owned();
+        // The previous vertex's row, divided by the last maximum as the loop's `o /= maxd` did.
+        let t: Vec<f64> = o.column(index[j - 1]).iter().map(|v| v / scale).collect();
+        let norms: Vec<f64> = o
+            .as_mut_slice()
+            .par_chunks_mut(m)
+            .map(|row| {
+                row.iter_mut().for_each(|v| *v /= scale);
+                let proj = row.iter().zip(&t).fold(0.0, |s, (a, b)| s + a * b);
+                row.iter_mut().zip(&t).for_each(|(v, tv)| *v -= tv * proj);
+                norm(row)
+            })
+            .collect();
         let mut maxd = 0.0;
         let mut ij = 0;
-        for l in 0..n {
-            let proj = o.row(l).dot(&t);
-            let row = o.row(l) - &t * proj;
-            o.set_row(l, &row);
-            let d = o.row(l).norm();
+        for (l, &d) in norms.iter().enumerate() {
             if d > maxd {
                 maxd = d;
                 ij = l;
@@ -227,7 +267,7 @@ pub fn isa_indices(x: &DMatrix<f64>) -> Result<Vec<usize>, GpccaError> {
         if maxd <= 0.0 {
             return Err(SimplexError::Degenerate { vertex: j }.into());
         }
-        o /= maxd;
+        scale = maxd;
         index.push(ij);
     }
     Ok(index)

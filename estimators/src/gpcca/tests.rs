@@ -17,6 +17,73 @@ fn example_x() -> DMatrix<f64> {
     DMatrix::from_fn(9, 3, |i, j| rows[i][j])
 }
 
+/// The row-wise inner simplex loop as it was before the working copy was transposed (the
+/// reference for [`isa_indices_equal_the_row_wise_loop`]).
+fn isa_indices_row_wise(x: &DMatrix<f64>) -> Vec<usize> {
+    let n = x.nrows();
+    let m = x.ncols();
+    let mut o = x.clone();
+    let mut index = Vec::with_capacity(m);
+    // Vertex 0: the row with the largest norm (first maximum).
+    let mut best = 0.0;
+    let mut i0 = 0;
+    for l in 0..n {
+        let d = o.row(l).norm();
+        if d > best {
+            best = d;
+            i0 = l;
+        }
+    }
+    index.push(i0);
+    let r0 = o.row(i0).clone_owned();
+    for l in 0..n {
+        let row = o.row(l) - &r0;
+        o.set_row(l, &row);
+    }
+    for j in 1..m {
+        let t = o.row(index[j - 1]).clone_owned();
+        let mut maxd = 0.0;
+        let mut ij = 0;
+        for l in 0..n {
+            let proj = o.row(l).dot(&t);
+            let row = o.row(l) - &t * proj;
+            o.set_row(l, &row);
+            let d = o.row(l).norm();
+            if d > maxd {
+                maxd = d;
+                ij = l;
+            }
+        }
+        if maxd <= 0.0 {
+            panic!("degenerate");
+        }
+        o /= maxd;
+        index.push(ij);
+    }
+    index
+}
+
+/// The transposed, parallel inner simplex loop picks the same vertices as the row-wise one on
+/// random bases (sizes across the parallel chunking), with its constant first column.
+#[test]
+fn isa_indices_equal_the_row_wise_loop() {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+    };
+    for (n, m) in [(9usize, 2usize), (50, 3), (500, 5), (2000, 8), (3001, 12)] {
+        let x = DMatrix::from_fn(n, m, |_, j| if j == 0 { 1.0 } else { next() });
+        assert_eq!(
+            isa_indices(&x).unwrap(),
+            isa_indices_row_wise(&x),
+            "n {n}, m {m}"
+        );
+    }
+}
+
 #[test]
 fn isa_and_nelder_mead_match_pygpcca() {
     let x = example_x();
@@ -271,4 +338,45 @@ fn eigengap_is_said_with_its_position_and_suggestion() {
         "eigengap after λ3 (between λ3 and λ4, 1-based) → 3 states suggested"
     );
     assert_eq!(eigengap(&[1.0, 0.99, 0.98, 0.5, 0.45], 0.0), 2);
+}
+
+/// The subspace check's sine against analytic angles: span{e₁, e₂} against
+/// span{e₁, cos θ e₂ + sin θ e₃} (scaled and mixed columns) has largest angle θ; a rank-one
+/// pair of equal columns spans e₁ alone.
+#[test]
+fn subspace_sin_matches_analytic_angles() {
+    let n = 1000;
+    let e = |i: usize| DMatrix::from_fn(n, 1, |l, _| if l == i { 1.0 } else { 0.0 });
+    for theta in [1e-9f64, 1e-6, 1e-3, 0.5, 1.2] {
+        let a = DMatrix::from_columns(&[(e(0) * 3.0 + e(1)).column(0), (e(1) * 0.5).column(0)]);
+        let b2 = e(1) * theta.cos() + e(2) * theta.sin();
+        let b = DMatrix::from_columns(&[e(0).column(0), (b2 * 2.0 - e(0)).column(0)]);
+        let s = subspace_sin(&a, &b);
+        assert!(
+            (s - theta.sin()).abs() <= 1e-12 * theta.sin().max(1e-3),
+            "theta {theta}: sine {s}, expected {}",
+            theta.sin()
+        );
+    }
+    let a = DMatrix::from_columns(&[e(0).column(0), e(0).column(0)]);
+    assert!(subspace_sin(&a, &e(0)) < 1e-15);
+    assert_eq!(subspace_sin(&DMatrix::zeros(n, 2), &e(0)), 1.0);
+}
+
+/// An ill-conditioned basis (condition number 1e6, through the second pass) of a known
+/// subspace gives the same sine as a well-conditioned one.
+#[test]
+fn subspace_sin_of_an_ill_conditioned_basis() {
+    let n = 500;
+    let e = |i: usize| DMatrix::from_fn(n, 1, |l, _| if l == i { 1.0 } else { 0.0 });
+    let theta = 1e-4f64;
+    let a = DMatrix::from_columns(&[e(0).column(0), (e(0) + e(1) * 1e-6).column(0)]);
+    let b2 = e(1) * theta.cos() + e(2) * theta.sin();
+    let b = DMatrix::from_columns(&[e(0).column(0), b2.column(0)]);
+    let s = subspace_sin(&a, &b);
+    assert!(
+        (s - theta.sin()).abs() <= 1e-9,
+        "sine {s}, expected {}",
+        theta.sin()
+    );
 }
