@@ -487,18 +487,6 @@ fn products_blocked<const R: usize, const J: usize>(
     }
 }
 
-/// `Ã[1.., ..]` as a row-major k × m slice, the layout [`products`] reads.
-fn row_major(free: &DMatrix<f64>) -> Vec<f64> {
-    let (k, m) = free.shape();
-    let mut out = vec![0.0; k * m];
-    for i in 0..k {
-        for j in 0..m {
-            out[i * m + j] = free[(i, j)];
-        }
-    }
-    out
-}
-
 /// Objective and gradient with respect to the free parameters `α = A[1..,1..]` (row-major),
 /// evaluating the maximum over cells on the candidate rows `xr` ([`gather`]). Returns `None`
 /// when infeasible. The products `X Ã` (O(|rows| m²), what the optimiser spends its time on
@@ -511,7 +499,15 @@ fn value_and_gradient(alpha: &[f64], xr: &DMatrix<f64>, grad: &mut [f64]) -> Opt
     let mut arg = vec![0usize; m];
     let mut d = vec![0.0; m];
     let mut all = vec![0.0; nr * m];
-    products(xr.as_slice(), nr, k, &row_major(&free), m, &mut all);
+    // The transpose's column-major storage is `free` row-major, the layout `products` reads.
+    products(
+        xr.as_slice(),
+        nr,
+        k,
+        free.transpose().as_slice(),
+        m,
+        &mut all,
+    );
     for j in 0..m {
         let p = &all[j * nr..(j + 1) * nr];
         let mut best = f64::NEG_INFINITY;
@@ -563,13 +559,20 @@ pub(super) fn completion_maxima(x: &DMatrix<f64>, free: &DMatrix<f64>) -> (Vec<f
     let mut best = vec![f64::NEG_INFINITY; m];
     let mut arg = vec![0usize; m];
     let n = x.nrows();
-    let fr = row_major(free);
+    let fr = free.transpose(); // row-major `free`
     let mut all = vec![0.0; MAXIMISER_BLOCK.min(n) * m];
     let mut start = 0;
     while start < n {
         let len = MAXIMISER_BLOCK.min(n - start);
         let block = x.view((start, 1), (len, k)).clone_owned();
-        products(block.as_slice(), len, k, &fr, m, &mut all[..len * m]);
+        products(
+            block.as_slice(),
+            len,
+            k,
+            fr.as_slice(),
+            m,
+            &mut all[..len * m],
+        );
         for j in 0..m {
             let p = &all[j * len..(j + 1) * len];
             for (r, v) in p.iter().enumerate() {
