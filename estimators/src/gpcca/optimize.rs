@@ -924,18 +924,15 @@ pub(crate) fn test_value_and_gradient(
 mod product_tests {
     use super::products;
     use nalgebra::DMatrix;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
 
     /// The completion's maxima over blocks of cells equal those of a plain loop over all cells,
     /// to the bit, with the first maximiser on ties (rows past one block, repeated rows).
     #[test]
     fn completion_maxima_equal_the_plain_loop_to_the_bit() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-        };
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut next = move || rng.random::<f64>() - 0.5;
         let (n, m) = (super::MAXIMISER_BLOCK + 7, 6);
         let mut x = DMatrix::from_fn(n, m, |_, i| if i == 0 { 1.0 } else { next() });
         // A repeated row across the block edge (a tie wherever it is a maximiser).
@@ -964,13 +961,8 @@ mod product_tests {
     /// size around the block edges, values of mixed sign and scale.
     #[test]
     fn blocked_products_equal_the_plain_loop_to_the_bit() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 10f64.powi((state % 7) as i32 - 3)
-        };
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let mut next = move || (rng.random::<f64>() - 0.5) * 10f64.powi(rng.random_range(-3..4));
         for rows in [0usize, 1, 3, 4, 5, 8, 9, 17, 33] {
             for k in [1usize, 2, 5, 8] {
                 for m in [1usize, 3, 4, 6, 9] {
