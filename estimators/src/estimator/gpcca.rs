@@ -8,7 +8,7 @@ use cellfate_kernels::TransitionMatrix;
 
 use super::{check_interrupt, CellStates, Estimator, EstimatorCore, EstimatorError};
 use crate::gpcca::{
-    self, eigengap, min_chi, schur_to_x, stationary_distribution, Optimizer, OptimizerReport,
+    self, eigengap, min_chi, schur_to_x, stationary_distribution_with, Optimizer, OptimizerReport,
 };
 use crate::schur::{compute_schur, Schur, SchurOptions};
 use crate::states::{
@@ -400,7 +400,7 @@ impl Gpcca {
                 ),
             });
         }
-        let pi = match stationary_distribution(&self.core.t) {
+        let pi = match stationary_distribution_with(&self.core.t, Some(&schur.eigenvalues)) {
             Ok(p) => {
                 self.no_stationary = None;
                 Some(p)

@@ -379,26 +379,57 @@ pub fn coarse_grain(
 /// reducible one (one closed set, a tiny eigenvalue gap: [`StationaryError::NearlyReducible`]
 /// gives `|1 − λ2|`).
 pub fn stationary_distribution(t: &TransitionMatrix) -> Result<Vec<f64>, GpccaError> {
+    stationary_distribution_with(t, None)
+}
+
+/// [`stationary_distribution`], given the dominant eigenvalues of `t` when they are known
+/// already (from its Schur decomposition: the weighting η does not change them), sorted by
+/// decreasing real part: when the second is within 1e-10 of 1 the chain is (nearly)
+/// reducible, and the error comes without an eigenvector computation of its own (at
+/// 1,000,000 cells, minutes for a degenerate eigenvalue 1).
+pub fn stationary_distribution_with(
+    t: &TransitionMatrix,
+    spectrum: Option<&[(f64, f64)]>,
+) -> Result<Vec<f64>, GpccaError> {
     let n = t.n_cells();
     if n == 1 {
         return Ok(vec![1.0]);
     }
-    let op = |x: &[f64]| t.mul_vec_transposed(x);
-    let (q, ev) = crate::schur::dominant_schur_op(n, 2, crate::schur::Which::LargestReal, &op)
-        .map_err(StationaryError::from)?;
-    if ev.len() >= 2 && (ev[1].0 - 1.0).abs() <= NEARLY_REDUCIBLE && ev[1].1.abs() <= 1e-10 {
-        let gap = (1.0 - ev[1].0).abs();
-        let sets = crate::graph::closed_sets(t);
-        return Err(if sets.len() >= 2 {
-            StationaryError::Reducible {
-                closed_sets: sets.len(),
-                largest: sets.iter().map(Vec::len).max().unwrap_or(0),
-                gap,
-            }
+    let reducible = |ev: &[(f64, f64)]| -> Option<GpccaError> {
+        if ev.len() >= 2 && (ev[1].0 - 1.0).abs() <= NEARLY_REDUCIBLE && ev[1].1.abs() <= 1e-10 {
+            let gap = (1.0 - ev[1].0).abs();
+            let sets = crate::graph::closed_sets(t);
+            Some(
+                if sets.len() >= 2 {
+                    StationaryError::Reducible {
+                        closed_sets: sets.len(),
+                        largest: sets.iter().map(Vec::len).max().unwrap_or(0),
+                        gap,
+                    }
+                } else {
+                    StationaryError::NearlyReducible { gap }
+                }
+                .into(),
+            )
         } else {
-            StationaryError::NearlyReducible { gap }
+            None
         }
-        .into());
+    };
+    if let Some(e) = spectrum.and_then(reducible) {
+        return Err(e);
+    }
+    let (q, ev) = if n <= crate::schur::ARPACK_MAX_CELLS {
+        let op = |x: &[f64]| t.mul_vec_transposed(x);
+        crate::schur::dominant_schur_op(n, 2, crate::schur::Which::LargestReal, &op)
+    } else {
+        // Pᵀ once as its own CSR, so that every product runs over rows in parallel.
+        let pt = t.as_csr().transpose();
+        let op = |x: &[f64]| pt.mul_vec(x);
+        crate::schur::dominant_schur_krylov(n, 2, crate::schur::Which::LargestReal, &op)
+    }
+    .map_err(StationaryError::from)?;
+    if let Some(e) = reducible(&ev) {
+        return Err(e);
     }
     let v: Vec<f64> = q.column(0).iter().copied().collect();
     let tol = 1e4 * EPS * v.iter().fold(0.0f64, |a, b| a.max(b.abs()));

@@ -320,6 +320,38 @@ fn stationary_distribution_of_a_nearly_reducible_chain_gives_the_gap() {
     assert!(pi.iter().all(|p| (p - 1.0 / 6.0).abs() < 1e-12), "{pi:?}");
 }
 
+/// Above the dense limit the stationary distribution comes from Krylov–Schur on Pᵀ:
+/// `Pᵀπ = π` within 1e-12 on a 500-cell irreducible chain. A known spectrum with λ2 ≈ 1
+/// gives the same error as the computation; one without changes nothing (the same bits).
+#[test]
+fn stationary_distribution_at_scale_and_from_a_known_spectrum() {
+    let t = crate::schur::tests::metastable_chain(5, 100, 0.02, true, 7);
+    let pi = stationary_distribution(&t).unwrap();
+    let back = t.mul_vec_transposed(&pi);
+    let err = back
+        .iter()
+        .zip(&pi)
+        .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
+    assert!(err < 1e-12, "{err:e}");
+    assert!((pi.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    assert!(pi.iter().all(|&p| p > 0.0));
+    let hint = [(1.0, 0.0), (0.9, 0.0)];
+    assert_eq!(stationary_distribution_with(&t, Some(&hint)).unwrap(), pi);
+    let t2 = two_blocks(0.0);
+    let s = crate::schur::compute_schur(
+        &t2,
+        None,
+        &crate::schur::SchurOptions {
+            n_components: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let a = stationary_distribution_with(&t2, Some(&s.eigenvalues)).unwrap_err();
+    let b = stationary_distribution(&t2).unwrap_err();
+    assert_eq!(a.to_string(), b.to_string());
+}
+
 /// CellRank's index 0 is the gap between λ1 and λ2, suggesting 1 state; index 2 suggests 3.
 #[test]
 fn eigengap_is_said_with_its_position_and_suggestion() {

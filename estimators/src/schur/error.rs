@@ -72,7 +72,7 @@ pub enum SchurError {
         ncv: usize,
     },
     /// The Arnoldi iteration did not converge.
-    #[error("Schur decomposition (krylov): ARPACK did not converge: {converged} of {requested} Schur vectors converged after {iterations} restarts ({matvecs} matrix-vector products); increase the iteration limit (max_iter) or ncv")]
+    #[error("Schur decomposition (krylov): the Krylov iteration did not converge: {converged} of {requested} Schur vectors converged after {iterations} restarts ({matvecs} matrix-vector products); increase the iteration limit (max_iter) or ncv")]
     NotConverged {
         /// Converged vectors.
         converged: usize,
