@@ -20,9 +20,12 @@ fn f64s(r: &H5adReader, slot: &str) -> Vec<f64> {
 /// agree with CellRank within 1e-8 (in fact ~1e-10). The last three complex pairs are nearly
 /// defective (|Im| ~ 0.008–0.05 inside a cluster): their computed values move by ~1e-7 with
 /// rounding alone — our dense LAPACK path differs from CellRank's dense result by 1.1e-7 just
-/// as our Krylov path does. So the tolerance there is 2e-7; our two paths agree with each other
-/// within 1e-9 on the first 15 and within 2e-7 on the ill-conditioned tail (where even the
-/// number of OpenBLAS threads moves the dense result by ~3e-8).
+/// as our Krylov path does. A nearly defective pair moves by about the square root of a
+/// perturbation, and Krylov–Schur stops when its wanted block's residual is 1e-12 (its values
+/// there are 2.7–2.9e-7 from CellRank's on an AMD EPYC, with any of OpenBLAS's kernels). So
+/// the tolerance there is 1e-6; the ARPACK and dense paths agree with each other within 1e-9
+/// on the first 15 and within 2e-7 on the ill-conditioned tail (where even the number of
+/// OpenBLAS threads moves the dense result by ~3e-8).
 #[test]
 fn pancreas_schur_eigenvalues_match_cellrank() {
     let Some(r) = reference("pancreas_3696") else {
@@ -49,7 +52,7 @@ fn pancreas_schur_eigenvalues_match_cellrank() {
         },
     )
     .expect("krylov-schur");
-    for s in [&k, &d, &ks] {
+    for (path, s) in [("ARPACK", &k), ("dense", &d), ("Krylov-Schur", &ks)] {
         assert_eq!(
             s.m(),
             re.len(),
@@ -63,11 +66,10 @@ fn pancreas_schur_eigenvalues_match_cellrank() {
             .contains("complex-conjugate"));
         for (i, a) in s.eigenvalues.iter().enumerate() {
             let diff = (a.0 - re[i]).abs().max((a.1.abs() - im[i].abs()).abs());
-            let tol = if i < 15 { 1e-8 } else { 2e-7 };
+            let tol = if i < 15 { 1e-8 } else { 1e-6 };
             assert!(
                 diff <= tol,
-                "{}: eigenvalue {i} differs by {diff:e} > {tol:e}",
-                s.method
+                "{path}: eigenvalue {i} differs by {diff:e} > {tol:e}"
             );
         }
     }
