@@ -316,6 +316,13 @@ enum Pre {
 }
 
 impl crate::iterative::Preconditioner for Pre {
+    fn apply_many(&self, x: &mut [f64], k: usize) {
+        match self {
+            Self::Ilu(ilu) => ilu.apply_many(x, k),
+            Self::Lu(_) => crate::iterative::apply_each(self, x, k),
+        }
+    }
+
     fn apply(&self, x: &mut [f64]) {
         match self {
             Self::Ilu(ilu) => ilu.apply(x),
@@ -334,12 +341,36 @@ impl crate::iterative::Preconditioner for Pre {
 enum Backend {
     Lu(Arc<LuFactor>),
     Gmres {
+        /// `I − Q` in the solver's order (`order[new] = old`, or the transient order).
         a: cellfate_kernels::Csr,
         pre: Pre,
+        order: Option<Arc<Vec<usize>>>,
         tol: f64,
         restart: usize,
         max_iter: usize,
     },
+}
+
+/// `x` in the solver's order: `out[new] = x[order[new]]`.
+fn to_solver_order(order: Option<&[usize]>, x: Vec<f64>) -> Vec<f64> {
+    match order {
+        Some(order) => order.iter().map(|&old| x[old]).collect(),
+        None => x,
+    }
+}
+
+/// The inverse of [`to_solver_order`].
+fn from_solver_order(order: Option<&[usize]>, x: Vec<f64>) -> Vec<f64> {
+    match order {
+        Some(order) => {
+            let mut out = vec![0.0; x.len()];
+            for (&old, v) in order.iter().zip(x) {
+                out[old] = v;
+            }
+            out
+        }
+        None => x,
+    }
 }
 
 /// What [`TransientSystem::assemble`] builds: the index maps, `I − Q` as triplets, `S` and
@@ -440,11 +471,28 @@ impl TransientSystem {
         } else {
             let gmres_failed = failed(GMRES);
             let a = triplets_to_csr(nt, &trip).map_err(|e| gmres_failed(e.into()))?;
-            let ilu = crate::iterative::Ilu0::new(&a).map_err(|e| gmres_failed(e.into()))?;
+            drop(trip);
+            // Reverse Cuthill–McKee order: the products and ILU's triangular solves then
+            // gather from a narrow window of memory instead of all of it (on kNN chains whose
+            // cells are not in graph order, as after most pipelines).
+            let order = crate::graph::bandwidth_order(&a);
+            let a = a.submatrix(&order, &order);
+            let ilu = crate::iterative::Ilu0::new(&a).map_err(|e| {
+                gmres_failed(
+                    match e {
+                        IluError::MissingDiagonal { row } => {
+                            IluError::MissingDiagonal { row: order[row] }
+                        }
+                        IluError::ZeroPivot { row } => IluError::ZeroPivot { row: order[row] },
+                    }
+                    .into(),
+                )
+            })?;
             (
                 Backend::Gmres {
                     a,
                     pre: Pre::Ilu(Arc::new(ilu)),
+                    order: Some(Arc::new(order)),
                     tol: opts.tol,
                     restart: opts.restart,
                     max_iter: opts.max_iter,
@@ -497,9 +545,14 @@ impl TransientSystem {
             size: nt,
             reason: e.into(),
         })?;
-        let pre = match &base.backend {
-            Backend::Lu(lu) => Pre::Lu(Arc::clone(lu)),
-            Backend::Gmres { pre, .. } => pre.clone(),
+        let (pre, order) = match &base.backend {
+            Backend::Lu(lu) => (Pre::Lu(Arc::clone(lu)), None),
+            Backend::Gmres { pre, order, .. } => (pre.clone(), order.clone()),
+        };
+        // In the order of the base's preconditioner.
+        let a = match &order {
+            Some(order) => a.submatrix(order, order),
+            None => a,
         };
         Ok(Self {
             transient,
@@ -509,6 +562,7 @@ impl TransientSystem {
             backend: Backend::Gmres {
                 a,
                 pre,
+                order,
                 tol: opts.tol,
                 restart: opts.restart,
                 max_iter,
@@ -633,11 +687,14 @@ impl TransientSystem {
     fn apply(&self, x: &Mat<f64>) -> Mat<f64> {
         match &self.backend {
             Backend::Lu(lu) => &lu.matrix * x,
-            Backend::Gmres { a, .. } => {
+            Backend::Gmres { a, order, .. } => {
+                let order = order.as_deref().map(Vec::as_slice);
                 let mut out = Mat::<f64>::zeros(x.nrows(), x.ncols());
                 for j in 0..x.ncols() {
-                    let col: Vec<f64> = (0..x.nrows()).map(|i| x[(i, j)]).collect();
-                    for (i, v) in a.mul_vec(&col).into_iter().enumerate() {
+                    let col = (0..x.nrows()).map(|i| x[(i, j)]).collect();
+                    let col = to_solver_order(order, col);
+                    let ax = from_solver_order(order, a.mul_vec(&col));
+                    for (i, v) in ax.into_iter().enumerate() {
                         out[(i, j)] = v;
                     }
                 }
@@ -734,21 +791,35 @@ impl TransientSystem {
             Backend::Gmres {
                 a,
                 pre,
+                order,
                 tol,
                 restart,
                 max_iter,
             } => {
+                let order = order.as_deref().map(Vec::as_slice);
+                // All right-hand sides at once (each with the bits of its own solve); the
+                // first failure in column order is reported.
+                let cols: Vec<Vec<f64>> = (0..b.ncols())
+                    .map(|j| {
+                        let col = (0..b.nrows()).map(|i| b[(i, j)]).collect();
+                        to_solver_order(order, col)
+                    })
+                    .collect();
+                let refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
+                let solved = crate::iterative::gmres_many(
+                    a,
+                    pre,
+                    &refs,
+                    tol_override.unwrap_or(*tol),
+                    *restart,
+                    *max_iter,
+                );
+                drop(cols);
+                let solved = solved
+                    .into_iter()
+                    .map(|(xs, rep)| (from_solver_order(order, xs), rep));
                 let mut x = Mat::<f64>::zeros(b.nrows(), b.ncols());
-                for j in 0..b.ncols() {
-                    let col: Vec<f64> = (0..b.nrows()).map(|i| b[(i, j)]).collect();
-                    let (xs, rep) = crate::iterative::gmres(
-                        a,
-                        pre,
-                        &col,
-                        tol_override.unwrap_or(*tol),
-                        *restart,
-                        *max_iter,
-                    );
+                for (j, (xs, rep)) in solved.into_iter().enumerate() {
                     if !rep.converged {
                         return Err(AbsorptionError::NotConverged {
                             residual: rep.residual,
@@ -1008,6 +1079,13 @@ pub fn compute_absorption_times(
         // m_j = D_j⁻¹ N B_j and Var_j = 2 D_j⁻¹ N D_j m_j − m_j − m_j².
         let b = Mat::<f64>::from_fn(nt, l, |p, j| fates.get(sys.transient[p], j));
         let nb = sys.solve(&b)?;
+        // D_j m_j (zero where B_j is): the variances' right-hand sides, solved together.
+        let dm = Mat::<f64>::from_fn(nt, l, |p, j| if b[(p, j)] > 0.0 { nb[(p, j)] } else { 0.0 });
+        let ndm = if variance {
+            Some(sys.solve(&dm)?)
+        } else {
+            None
+        };
         for j in 0..l {
             let mut mean: Vec<f64> = sys
                 .lineage
@@ -1018,7 +1096,6 @@ pub fn compute_absorption_times(
                     None => 0.0,
                 })
                 .collect();
-            let mut dm = Mat::<f64>::zeros(nt, 1);
             for (p, &i) in sys.transient.iter().enumerate() {
                 let bj = b[(p, j)];
                 mean[i] = if bj > 0.0 {
@@ -1026,11 +1103,9 @@ pub fn compute_absorption_times(
                 } else {
                     f64::INFINITY
                 };
-                dm[(p, 0)] = if bj > 0.0 { nb[(p, j)] } else { 0.0 };
             }
             columns.push(format!("{}_mean", fates.names[j]));
-            if variance {
-                let ndm = sys.solve(&dm)?;
+            if let Some(ndm) = &ndm {
                 let mut var: Vec<f64> = sys
                     .lineage
                     .iter()
@@ -1044,7 +1119,7 @@ pub fn compute_absorption_times(
                     let bj = b[(p, j)];
                     let m = mean[i];
                     var[i] = if bj > 0.0 {
-                        (2.0 * ndm[(p, 0)] / bj - m - m * m).max(0.0)
+                        (2.0 * ndm[(p, j)] / bj - m - m * m).max(0.0)
                     } else {
                         f64::NAN
                     };

@@ -180,9 +180,25 @@ pub fn fuzzy_to_discrete_with(
     let threshold = ((0.2 * n_cells as f64).floor() as usize).max(1);
     let mut candidates: Vec<Vec<usize>> = Vec::with_capacity(m);
     for j in 0..m {
+        // The cells by decreasing membership (ties by index), down to the band of cells
+        // within the tie tolerance of the `n_cells`-th: a selection, then a sort of those
+        // (linear in the cells instead of a sort of all of them).
+        let by_membership =
+            |a: &usize, b: &usize| chi[(*b, j)].total_cmp(&chi[(*a, j)]).then(a.cmp(b));
         let mut idx: Vec<usize> = (0..n).collect();
-        idx.sort_by(|&a, &b| chi[(b, j)].total_cmp(&chi[(a, j)]).then(a.cmp(&b)));
+        idx.select_nth_unstable_by(n_cells - 1, by_membership);
         let boundary = chi[(idx[n_cells - 1], j)];
+        let (head, tail) = idx.split_at(n_cells);
+        let mut idx: Vec<usize> = head
+            .iter()
+            .copied()
+            .chain(
+                tail.iter()
+                    .copied()
+                    .filter(|&l| chi[(l, j)] >= boundary - MEMBERSHIP_TIE_TOL),
+            )
+            .collect();
+        idx.sort_by(by_membership);
         let band = idx.partition_point(|&l| chi[(l, j)] >= boundary - MEMBERSHIP_TIE_TOL);
         match t {
             Some(t) if band > n_cells => {
