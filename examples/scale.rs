@@ -13,6 +13,9 @@
 //! # 1000000` then `cellfate preprocess`), cached in K.bin, then every estimator stage with
 //! # the defaults of `cellfate run`
 //! cargo run --release --example scale -- --chain pre.h5ad K.bin
+//! # the absorption stages alone on that chain, each timed apart (the terminal states of
+//! # the defaults are computed once and cached in TERM.txt, one label per line)
+//! cargo run --release --example scale -- --absorb pre.h5ad K.bin TERM.txt
 //! ```
 //!
 //! Lab variables of `--chain`: `SCALE_NCV` and `SCALE_TOL` set the Schur decomposition's
@@ -116,8 +119,73 @@ fn real_chain(input: &str, cache: &str) {
     }
 }
 
+/// The absorption stages of the real chain, each timed apart: building `I − Q` and its
+/// preconditioner, the fate probabilities' solve, the absorption times.
+fn absorb(input: &str, cache: &str, term_cache: &str) {
+    use cellfate::estimators::absorption::{compute_absorption_times, TransientSystem};
+    use cellfate::estimators::Estimator;
+    use cellfate::kernels::save;
+    use cellfate::pipeline::{estimate::fit_gpcca, FateMapSpec};
+    let t = save::from_bytes(&std::fs::read(cache).expect("run --chain first to cache the kernel"))
+        .unwrap()
+        .transition;
+    let n = t.n_cells();
+    let (terminal, names) = match std::fs::read_to_string(term_cache) {
+        Ok(text) => {
+            let mut lines = text.lines();
+            let names: Vec<String> = lines
+                .next()
+                .unwrap()
+                .split('\t')
+                .map(String::from)
+                .collect();
+            let terminal: Vec<Option<usize>> = lines.map(|l| l.parse().ok()).collect();
+            (terminal, names)
+        }
+        Err(_) => {
+            let mut spec = FateMapSpec::default();
+            spec.estimators.fates = false;
+            let r = cellfate::io::H5adReader::open(std::path::Path::new(input)).unwrap();
+            let g = fit_gpcca(&r, t.clone(), &spec.estimators, &mut |_: &str| {}).unwrap();
+            let states = g.terminal_states().unwrap();
+            let mut text = states.names.join("\t");
+            for a in &states.assignment {
+                text.push('\n');
+                text.push_str(&a.map_or("-".to_string(), |j| j.to_string()));
+            }
+            std::fs::write(term_cache, text).unwrap();
+            (states.assignment.clone(), states.names.clone())
+        }
+    };
+    let opts = FateMapSpec::default().estimators.absorption;
+    println!("| stage | cells | seconds | peak MB |");
+    println!("| --- | --- | --- | --- |");
+    let sys = stage("I − Q and its preconditioner", n, || {
+        TransientSystem::new(&t, &terminal, &names, &opts).unwrap()
+    });
+    let b = stage("fate probabilities' solve (S)", n, || {
+        sys.solve(&sys.s).unwrap()
+    });
+    let (fates, sys) = stage("fate probabilities (all)", n, || {
+        cellfate::estimators::absorption::compute_fate_probabilities(&t, &terminal, &names, &opts)
+            .unwrap()
+    });
+    let _ = b;
+    stage("absorption times (mean and variance)", n, || {
+        compute_absorption_times(&sys, &fates, true, false).unwrap()
+    });
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(k) = args.iter().position(|a| a == "--absorb") {
+        let get = |i: usize| {
+            args.get(k + i)
+                .expect("--absorb FILE.h5ad CACHE.bin TERM.txt")
+        };
+        absorb(get(1), get(2), get(3));
+        return;
+    }
     if let Some(k) = args.iter().position(|a| a == "--chain") {
         let input = args.get(k + 1).expect("--chain FILE.h5ad CACHE.bin");
         let cache = args.get(k + 2).expect("--chain FILE.h5ad CACHE.bin");

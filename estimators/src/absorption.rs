@@ -13,6 +13,7 @@ use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::sparse::linalg::lu::{factorize_symbolic_lu, LuRef, NumericLu, SymbolicLu};
 use faer::sparse::linalg::LuError;
 use faer::sparse::{CreationError, FaerError, SparseColMat, Triplet};
+use rayon::prelude::*;
 use std::sync::Arc;
 
 use faer::{Conj, Mat, Par};
@@ -188,13 +189,19 @@ const GMRES: &str = "GMRES + ILU(0)";
 /// Name of the solver of a nearby system (in results and errors).
 pub const NEAR: &str = "GMRES preconditioned by the unperturbed factorisation";
 
-/// `I − Q` from triplets as a CSR matrix (GMRES's operator).
-fn triplets_to_csr(
-    nt: usize,
-    trip: &[Triplet<usize, usize, f64>],
-) -> Result<cellfate_kernels::Csr, CsrError> {
-    let plain: Vec<(usize, usize, f64)> = trip.iter().map(|t| (t.row, t.col, t.val)).collect();
-    cellfate_kernels::Csr::from_triplets(nt, nt, &plain)
+/// Transient rows per parallel task of the assembly of `I − Q`.
+const ASSEMBLY_ROWS: usize = 4096;
+
+/// `I − Q` as faer triplets (the sparse LU's input).
+fn csr_to_triplets(a: &cellfate_kernels::Csr) -> Vec<Triplet<usize, usize, f64>> {
+    let mut trip = Vec::with_capacity(a.nnz());
+    for p in 0..a.nrows() {
+        let (cols, vals) = a.row(p);
+        for (&c, &v) in cols.iter().zip(vals) {
+            trip.push(Triplet::new(p, c as usize, v));
+        }
+    }
+    trip
 }
 
 /// Maximum normwise backward error `‖(I−Q)X − B‖ / (‖I−Q‖ ‖X‖ + ‖B‖)` (∞-norms, max over
@@ -373,12 +380,12 @@ fn from_solver_order(order: Option<&[usize]>, x: Vec<f64>) -> Vec<f64> {
     }
 }
 
-/// What [`TransientSystem::assemble`] builds: the index maps, `I − Q` as triplets, `S` and
-/// `‖I − Q‖_∞`.
+/// What [`TransientSystem::assemble`] builds: the index maps, `I − Q` (CSR, sorted rows), `S`
+/// and `‖I − Q‖_∞`.
 struct Assembled {
     transient: Vec<usize>,
     position: Vec<usize>,
-    trip: Vec<Triplet<usize, usize, f64>>,
+    a: cellfate_kernels::Csr,
     s: Mat<f64>,
     a_norm: f64,
 }
@@ -422,7 +429,7 @@ impl TransientSystem {
         let Assembled {
             transient,
             position,
-            trip,
+            a,
             s,
             a_norm,
         } = Self::assemble(t, terminal, names)?;
@@ -442,6 +449,8 @@ impl TransientSystem {
         };
         let (backend, solver) = if direct {
             let lu_failed = failed(LU);
+            let trip = csr_to_triplets(&a);
+            drop(a);
             let matrix = SparseColMat::<usize, f64>::try_new_from_triplets(nt, nt, &trip)
                 .map_err(|e| lu_failed(e.into()))?;
             let symbolic = factorize_symbolic_lu(matrix.symbolic(), Default::default())
@@ -470,8 +479,6 @@ impl TransientSystem {
             )
         } else {
             let gmres_failed = failed(GMRES);
-            let a = triplets_to_csr(nt, &trip).map_err(|e| gmres_failed(e.into()))?;
-            drop(trip);
             // Reverse Cuthill–McKee order: the products and ILU's triangular solves then
             // gather from a narrow window of memory instead of all of it (on kNN chains whose
             // cells are not in graph order, as after most pipelines).
@@ -528,7 +535,7 @@ impl TransientSystem {
         let Assembled {
             transient,
             position,
-            trip,
+            a,
             s,
             a_norm,
         } = Self::assemble(t, terminal, names)?;
@@ -540,11 +547,7 @@ impl TransientSystem {
                 reason: FactorisationFailure::NotNearby,
             });
         }
-        let a = triplets_to_csr(nt, &trip).map_err(|e| AbsorptionError::Factorisation {
-            solver: NEAR,
-            size: nt,
-            reason: e.into(),
-        })?;
+
         let (pre, order) = match &base.backend {
             Backend::Lu(lu) => (Pre::Lu(Arc::clone(lu)), None),
             Backend::Gmres { pre, order, .. } => (pre.clone(), order.clone()),
@@ -644,40 +647,107 @@ impl TransientSystem {
             });
         }
         let nt = transient.len();
-        let mut a_norm: f64 = 0.0;
-        let mut trip: Vec<Triplet<usize, usize, f64>> = Vec::with_capacity(t.nnz() + nt);
-        let mut s = Mat::<f64>::zeros(nt, l);
-        for (p, &i) in transient.iter().enumerate() {
-            let (cols, vals) = t.row(i);
-            // The diagonal 1 − P_ii is computed as the mass leaving the cell, Σ_{c≠i} P_ic
-            // (the GTH trick): no cancellation when P_ii is close to 1, and (I − Q)·1 = S·1
-            // holds to rounding in the stored system, so the row sums of the solution are
-            // not polluted by P's own row-sum rounding times the absorption time.
-            let mut diag = 0.0;
-            for (&c, &v) in cols.iter().zip(vals) {
-                let c = c as usize;
-                if c != i {
-                    diag += v;
-                }
-                match terminal[c] {
-                    Some(j) => s[(p, j)] += v,
-                    None if c == i => {}
-                    None => trip.push(Triplet::new(p, position[c], -v)),
-                }
-            }
-            let off: f64 = cols
-                .iter()
-                .zip(vals)
-                .filter(|(&c, _)| c as usize != i && terminal[c as usize].is_none())
-                .map(|(_, v)| v.abs())
-                .sum();
-            a_norm = a_norm.max(diag.abs() + off);
-            trip.push(Triplet::new(p, p, diag));
+        // Rows of I − Q in blocks of transient rows, in parallel: the transient columns of a
+        // row stay in increasing order (positions grow with the cell index), the diagonal
+        // is put in its place, so the matrix is built sorted without triplets.
+        struct Part {
+            indices: Vec<u32>,
+            data: Vec<f64>,
+            lens: Vec<usize>,
+            absorbed: Vec<(usize, usize, f64)>,
+            a_norm: f64,
         }
+        let parts: Vec<Part> = transient
+            .par_chunks(ASSEMBLY_ROWS)
+            .enumerate()
+            .map(|(chunk, rows)| {
+                let mut part = Part {
+                    indices: Vec::new(),
+                    data: Vec::new(),
+                    lens: Vec::with_capacity(rows.len()),
+                    absorbed: Vec::new(),
+                    a_norm: 0.0,
+                };
+                for (r, &i) in rows.iter().enumerate() {
+                    let p = chunk * ASSEMBLY_ROWS + r;
+                    let (cols, vals) = t.row(i);
+                    // The diagonal 1 − P_ii is computed as the mass leaving the cell,
+                    // Σ_{c≠i} P_ic (the GTH trick): no cancellation when P_ii is close to 1,
+                    // and (I − Q)·1 = S·1 holds to rounding in the stored system, so the row
+                    // sums of the solution are not polluted by P's own row-sum rounding times
+                    // the absorption time.
+                    let mut diag = 0.0;
+                    let mut off = 0.0;
+                    let start = part.indices.len();
+                    let mut diag_at = None;
+                    for (&c, &v) in cols.iter().zip(vals) {
+                        let c = c as usize;
+                        if c != i {
+                            diag += v;
+                        }
+                        if c > i && diag_at.is_none() {
+                            diag_at = Some(part.indices.len());
+                            part.indices.push(p as u32);
+                            part.data.push(0.0);
+                        }
+                        match terminal[c] {
+                            Some(j) => part.absorbed.push((p, j, v)),
+                            None if c == i => {
+                                diag_at = Some(part.indices.len());
+                                part.indices.push(p as u32);
+                                part.data.push(0.0);
+                            }
+                            None => {
+                                off += v.abs();
+                                part.indices.push(position[c] as u32);
+                                part.data.push(-v);
+                            }
+                        }
+                    }
+                    let at = match diag_at {
+                        Some(at) => at,
+                        None => {
+                            part.indices.push(p as u32);
+                            part.data.push(0.0);
+                            part.indices.len() - 1
+                        }
+                    };
+                    part.data[at] = diag;
+                    part.a_norm = part.a_norm.max(diag.abs() + off);
+                    part.lens.push(part.indices.len() - start);
+                }
+                part
+            })
+            .collect();
+        let nnz: usize = parts.iter().map(|p| p.indices.len()).sum();
+        let mut indptr = Vec::with_capacity(nt + 1);
+        indptr.push(0usize);
+        let mut indices = Vec::with_capacity(nnz);
+        let mut data = Vec::with_capacity(nnz);
+        let mut s = Mat::<f64>::zeros(nt, l);
+        let mut a_norm: f64 = 0.0;
+        for part in parts {
+            for len in part.lens {
+                indptr.push(indptr.last().copied().unwrap_or(0) + len);
+            }
+            indices.extend_from_slice(&part.indices);
+            data.extend_from_slice(&part.data);
+            for (p, j, v) in part.absorbed {
+                s[(p, j)] += v;
+            }
+            a_norm = a_norm.max(part.a_norm);
+        }
+        let a = cellfate_kernels::Csr::try_new(nt, nt, indptr, indices, data).map_err(|e| {
+            AbsorptionError::Factorisation {
+                solver: "assembly of I − Q",
+                size: nt,
+                reason: e.into(),
+            }
+        })?;
         Ok(Assembled {
             transient,
             position,
-            trip,
+            a,
             s,
             a_norm,
         })
@@ -1521,6 +1591,80 @@ mod tests {
         let (f, _) =
             compute_fate_probabilities_near(&t, &other, &names, &opts, &base, &f0).unwrap();
         assert_eq!(f.solver, LU);
+    }
+
+    /// The assembled `I − Q` (built sorted, in parallel blocks) is the matrix of its
+    /// definition: off-diagonal transient entries `−P_ic` in transient positions (explicit
+    /// zeros kept), the diagonal the mass leaving the cell (any stored `P_ii` ignored, placed
+    /// in column order whether or not `P_ii` is stored), `S` the mass into each lineage, and
+    /// `‖I − Q‖_∞`; across more rows than one assembly block.
+    #[test]
+    fn the_assembled_system_is_i_minus_q() {
+        let n = 2 * ASSEMBLY_ROWS + 37;
+        let mut trip = Vec::new();
+        for i in 0..n {
+            let mut row: Vec<(usize, f64)> = Vec::new();
+            for d in [1usize, 5, 900] {
+                row.push(((i + d) % n, 0.1 + 0.01 * ((i * d) % 7) as f64));
+                row.push(((i + n - d) % n, 0.05 + 0.02 * ((i + d) % 5) as f64));
+            }
+            if i % 3 == 0 {
+                row.push((i, 0.2));
+            }
+            if i % 11 == 0 {
+                row.push(((i + 2) % n, 0.0));
+            }
+            row.sort_by_key(|&(c, _)| c);
+            row.dedup_by_key(|e| e.0);
+            let total: f64 = row.iter().map(|e| e.1).sum();
+            trip.extend(row.into_iter().map(|(c, v)| (i, c, v / total)));
+        }
+        let t =
+            TransitionMatrix::try_new(Csr::from_triplets(n, n, &trip).unwrap(), Direction::Forward)
+                .unwrap();
+        let mut terminal = vec![None; n];
+        for i in 0..20 {
+            terminal[100 + i] = Some(0);
+            terminal[n - 1 - 3 * i] = Some(1);
+        }
+        let names = vec!["a".to_string(), "b".to_string()];
+        let got = TransientSystem::assemble(&t, &terminal, &names).unwrap();
+        let nt = got.transient.len();
+        assert_eq!(nt, n - 40);
+        let mut want = Vec::new();
+        let mut s = vec![[0.0; 2]; nt];
+        let mut a_norm: f64 = 0.0;
+        for (p, &i) in got.transient.iter().enumerate() {
+            let (cols, vals) = t.row(i);
+            let mut diag = 0.0;
+            let mut off = 0.0;
+            for (&c, &v) in cols.iter().zip(vals) {
+                let c = c as usize;
+                if c != i {
+                    diag += v;
+                }
+                match terminal[c] {
+                    Some(j) => s[p][j] += v,
+                    None if c == i => {}
+                    None => {
+                        off += v.abs();
+                        want.push((p, got.position[c], -v));
+                    }
+                }
+            }
+            want.push((p, p, diag));
+            a_norm = a_norm.max(diag.abs() + off);
+        }
+        let want = Csr::from_triplets(nt, nt, &want).unwrap();
+        assert_eq!(got.a.indptr(), want.indptr());
+        assert_eq!(got.a.indices(), want.indices());
+        assert_eq!(got.a.data(), want.data());
+        for (p, sp) in s.iter().enumerate() {
+            for (j, v) in sp.iter().enumerate() {
+                assert_eq!(got.s[(p, j)], *v);
+            }
+        }
+        assert_eq!(got.a_norm, a_norm);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! report convergence with a wrong answer on several right-hand sides); the true residual is
 //! recomputed by the caller.
 
+use crate::basis::{orthogonalize, Basis};
 use cellfate_kernels::Csr;
 use rayon::prelude::*;
 use thiserror::Error;
@@ -76,11 +77,24 @@ pub struct Ilu0 {
     blocks: Vec<IluBlock>,
 }
 
-/// ILU(0) of one diagonal block (unit lower `L`, upper `U` stored together).
+/// ILU(0) of one diagonal block (unit lower `L`, upper `U` stored together). The factors are
+/// computed in `f64` and stored in `f32` (in `f64` if one would not fit): the solves are
+/// bound by reading them, and a preconditioner needs no more digits (GMRES's residual is
+/// that of the exact operator); the solves accumulate in `f64`, the pivots stay `f64`.
 #[derive(Clone, Debug)]
 struct IluBlock {
-    lu: Csr,
+    indptr: Vec<usize>,
+    indices: Vec<u32>,
+    values: Factors,
     diag: Vec<usize>,
+    pivots: Vec<f64>,
+}
+
+/// The stored factor entries.
+#[derive(Clone, Debug)]
+enum Factors {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
 }
 
 impl Ilu0 {
@@ -171,19 +185,88 @@ impl IluBlock {
                 }
             }
         }
-        Ok(Self { lu, diag })
+        let (_, _, indptr, indices, data) = lu.into_parts();
+        let pivots = diag.iter().map(|&d| data[d]).collect();
+        let fits = data
+            .iter()
+            .all(|&v| v == 0.0 || (v.abs() <= f64::from(f32::MAX) && v.abs() >= 1e-30));
+        let values = if fits {
+            Factors::F32(data.into_iter().map(|v| v as f32).collect())
+        } else {
+            Factors::F64(data)
+        };
+        Ok(Self {
+            indptr,
+            indices,
+            values,
+            diag,
+            pivots,
+        })
     }
 
     /// Solves `L U x = b` in place for `k` interleaved right-hand sides (the operations on
     /// each in the order of a single solve).
     fn apply_many(&self, x: &mut [f64], k: usize) {
+        match &self.values {
+            Factors::F32(v) => self.solve(v, x, k),
+            Factors::F64(v) => self.solve(v, x, k),
+        }
+    }
+
+    fn solve<T: Copy + Into<f64>>(&self, data: &[T], x: &mut [f64], k: usize) {
+        match k {
+            1 => self.solve_fixed::<T, 1>(data, x),
+            2 => self.solve_fixed::<T, 2>(data, x),
+            3 => self.solve_fixed::<T, 3>(data, x),
+            4 => self.solve_fixed::<T, 4>(data, x),
+            _ => self.solve_any(data, x, k),
+        }
+    }
+
+    /// [`solve`](Self::solve) for `K` right-hand sides known at compile time (the inner
+    /// loops unrolled; the same operations in the same order).
+    fn solve_fixed<T: Copy + Into<f64>, const K: usize>(&self, data: &[T], x: &mut [f64]) {
+        let n = x.len() / K;
+        let (indptr, indices) = (&self.indptr, &self.indices);
+        for i in 0..n {
+            let mut s = [0.0; K];
+            s.copy_from_slice(&x[i * K..(i + 1) * K]);
+            let range = indptr[i]..self.diag[i];
+            for (&c, &d) in indices[range.clone()].iter().zip(&data[range]) {
+                let (d, j): (f64, usize) = (d.into(), c as usize * K);
+                let xj = &x[j..j + K];
+                for c in 0..K {
+                    s[c] -= d * xj[c];
+                }
+            }
+            x[i * K..(i + 1) * K].copy_from_slice(&s);
+        }
+        for i in (0..n).rev() {
+            let mut s = [0.0; K];
+            s.copy_from_slice(&x[i * K..(i + 1) * K]);
+            let range = (self.diag[i] + 1)..indptr[i + 1];
+            for (&c, &d) in indices[range.clone()].iter().zip(&data[range]) {
+                let (d, j): (f64, usize) = (d.into(), c as usize * K);
+                let xj = &x[j..j + K];
+                for c in 0..K {
+                    s[c] -= d * xj[c];
+                }
+            }
+            let dii = self.pivots[i];
+            for c in 0..K {
+                x[i * K + c] = s[c] / dii;
+            }
+        }
+    }
+
+    fn solve_any<T: Copy + Into<f64>>(&self, data: &[T], x: &mut [f64], k: usize) {
         let n = x.len() / k;
-        let (indptr, indices, data) = (self.lu.indptr(), self.lu.indices(), self.lu.data());
+        let (indptr, indices) = (&self.indptr, &self.indices);
         let mut s = vec![0.0; k];
         for i in 0..n {
             s.copy_from_slice(&x[i * k..(i + 1) * k]);
             for p in indptr[i]..self.diag[i] {
-                let (d, j) = (data[p], indices[p] as usize * k);
+                let (d, j): (f64, usize) = (data[p].into(), indices[p] as usize * k);
                 for (sc, xc) in s.iter_mut().zip(&x[j..j + k]) {
                     *sc -= d * xc;
                 }
@@ -193,12 +276,12 @@ impl IluBlock {
         for i in (0..n).rev() {
             s.copy_from_slice(&x[i * k..(i + 1) * k]);
             for p in (self.diag[i] + 1)..indptr[i + 1] {
-                let (d, j) = (data[p], indices[p] as usize * k);
+                let (d, j): (f64, usize) = (data[p].into(), indices[p] as usize * k);
                 for (sc, xc) in s.iter_mut().zip(&x[j..j + k]) {
                     *sc -= d * xc;
                 }
             }
-            let dii = data[self.diag[i]];
+            let dii = self.pivots[i];
             for (xc, sc) in x[i * k..(i + 1) * k].iter_mut().zip(&s) {
                 *xc = sc / dii;
             }
@@ -227,6 +310,41 @@ const ROW_CHUNK: usize = 1024;
 /// `A X` for `k` interleaved vectors (row-major `n × k`): the matrix read once for all of
 /// them; each entry summed in the order of [`Csr::mul_vec`].
 fn mul_many(a: &Csr, x: &[f64], k: usize) -> Vec<f64> {
+    match k {
+        1 => mul_fixed::<1>(a, x),
+        2 => mul_fixed::<2>(a, x),
+        3 => mul_fixed::<3>(a, x),
+        4 => mul_fixed::<4>(a, x),
+        _ => mul_any(a, x, k),
+    }
+}
+
+/// [`mul_many`] for `K` vectors known at compile time (the inner loop unrolled; the same
+/// operations in the same order).
+fn mul_fixed<const K: usize>(a: &Csr, x: &[f64]) -> Vec<f64> {
+    let (indptr, indices, data) = (a.indptr(), a.indices(), a.data());
+    let mut out = vec![0.0; a.nrows() * K];
+    out.par_chunks_mut(ROW_CHUNK * K)
+        .enumerate()
+        .for_each(|(chunk, rows)| {
+            for (r, y) in rows.chunks_exact_mut(K).enumerate() {
+                let i = chunk * ROW_CHUNK + r;
+                let range = indptr[i]..indptr[i + 1];
+                let mut acc = [0.0; K];
+                for (&c, &d) in indices[range.clone()].iter().zip(&data[range]) {
+                    let j = c as usize * K;
+                    let xj = &x[j..j + K];
+                    for c in 0..K {
+                        acc[c] += d * xj[c];
+                    }
+                }
+                y.copy_from_slice(&acc);
+            }
+        });
+    out
+}
+
+fn mul_any(a: &Csr, x: &[f64], k: usize) -> Vec<f64> {
     let (indptr, indices, data) = (a.indptr(), a.indices(), a.data());
     let mut out = vec![0.0; a.nrows() * k];
     out.par_chunks_mut(ROW_CHUNK * k)
@@ -277,8 +395,11 @@ struct Column<'b> {
     rnorm: f64,
     iterations: usize,
     done: bool,
-    // The current cycle (empty `v` between cycles).
-    v: Vec<Vec<f64>>,
+    /// Whether a cycle is under way.
+    cycling: bool,
+    /// The cycle's Arnoldi basis (`restart + 1` vectors in row blocks, allocated once and
+    /// reused by every cycle).
+    v: Option<Basis>,
     h: Vec<Vec<f64>>,
     cs: Vec<f64>,
     sn: Vec<f64>,
@@ -300,7 +421,16 @@ impl Column<'_> {
         let k = restart.min(max_iter - self.iterations).max(1);
         self.k = k;
         self.used = 0;
-        self.v = vec![self.r.iter().map(|x| x / self.rnorm).collect()];
+        self.cycling = true;
+        let n = self.x.len();
+        if self.v.as_ref().is_none_or(|v| v.cols < k + 1) {
+            self.v = Some(Basis::new(n, k + 1));
+        }
+        let inv = 1.0 / self.rnorm;
+        self.r.iter_mut().for_each(|x| *x *= inv);
+        if let Some(v) = self.v.as_mut() {
+            v.set_column(0, &self.r);
+        }
         self.h = vec![vec![0.0; k]; k + 1];
         self.cs = vec![0.0; k];
         self.sn = vec![0.0; k];
@@ -308,16 +438,25 @@ impl Column<'_> {
         self.g[0] = self.rnorm;
     }
 
-    /// The inner iteration `j = used` given `w = A M⁻¹ v_j`; returns whether the cycle ends.
+    /// The cycle's current basis vector `v_j` (`j = used`), copied into `out`.
+    fn current(&self, out: &mut [f64]) {
+        if let Some(v) = &self.v {
+            v.get_column(self.used, out);
+        }
+    }
+
+    /// The inner iteration `j = used` given `w = A M⁻¹ v_j` (orthogonalised against the
+    /// basis by CGS2); returns whether the cycle ends.
     fn step(&mut self, mut w: Vec<f64>, tol: f64) -> bool {
         let j = self.used;
+        let Some(v) = self.v.as_mut() else {
+            return true;
+        };
+        let (coef, wn) = orthogonalize(v, j + 1, &mut w);
         let h = &mut self.h;
-        for (i, vi) in self.v.iter().enumerate() {
-            let hij: f64 = w.iter().zip(vi).map(|(p, q)| p * q).sum();
-            h[i][j] = hij;
-            w.iter_mut().zip(vi).for_each(|(p, q)| *p -= hij * q);
+        for (i, c) in coef.into_iter().enumerate() {
+            h[i][j] = c;
         }
-        let wn = norm(&w);
         h[j + 1][j] = wn;
         for i in 0..j {
             let t = self.cs[i] * h[i][j] + self.sn[i] * h[i + 1][j];
@@ -336,11 +475,14 @@ impl Column<'_> {
         if self.g[j + 1].abs() / self.bnorm <= tol * 0.1 || wn == 0.0 || self.used == self.k {
             return true;
         }
-        self.v.push(w.iter().map(|x| x / wn).collect());
+        let inv = 1.0 / wn;
+        w.iter_mut().for_each(|x| *x *= inv);
+        v.set_column(j + 1, &w);
         false
     }
 
-    /// `V y` for the cycle's least-squares solution `y` (the update before `M⁻¹`).
+    /// `V y` for the cycle's least-squares solution `y` (the update before `M⁻¹`); ends the
+    /// cycle.
     fn update(&mut self) -> Vec<f64> {
         let used = self.used;
         let mut y = vec![0.0; used];
@@ -355,12 +497,12 @@ impl Column<'_> {
                 0.0
             };
         }
-        let mut u = vec![0.0; self.x.len()];
-        for (vi, yi) in self.v.iter().zip(&y) {
-            u.iter_mut().zip(vi).for_each(|(p, q)| *p += yi * q);
+        self.cycling = false;
+        let n = self.x.len();
+        match &self.v {
+            Some(v) => v.combine(&y, n),
+            None => vec![0.0; n],
         }
-        self.v.clear();
-        u
     }
 }
 
@@ -404,7 +546,8 @@ pub fn gmres_many<M: Preconditioner + ?Sized>(
                 rnorm,
                 iterations: 0,
                 done: false,
-                v: Vec::new(),
+                cycling: false,
+                v: None,
                 h: Vec::new(),
                 cs: Vec::new(),
                 sn: Vec::new(),
@@ -416,7 +559,7 @@ pub fn gmres_many<M: Preconditioner + ?Sized>(
         .collect();
     loop {
         cols.iter_mut()
-            .filter(|c| !c.done && c.v.is_empty())
+            .filter(|c| !c.done && !c.cycling)
             .for_each(|c| c.start_cycle(tol, restart, max_iter));
         let mut active: Vec<&mut Column<'_>> = cols.iter_mut().filter(|c| !c.done).collect();
         if active.is_empty() {
@@ -425,14 +568,24 @@ pub fn gmres_many<M: Preconditioner + ?Sized>(
         let k = active.len();
         // z_j = M⁻¹ v_j, then w = A z_j, for all of them at once.
         let mut z = {
-            let vj: Vec<&[f64]> = active.iter().map(|c| c.v[c.used].as_slice()).collect();
-            interleave(&vj, n)
+            let vj: Vec<Vec<f64>> = active
+                .iter()
+                .map(|c| {
+                    let mut out = vec![0.0; n];
+                    c.current(&mut out);
+                    out
+                })
+                .collect();
+            let refs: Vec<&[f64]> = vj.iter().map(Vec::as_slice).collect();
+            interleave(&refs, n)
         };
         m.apply_many(&mut z, k);
         let w = mul_many(a, &z, k);
         drop(z);
+        // One right-hand side at a time: each orthogonalisation runs over the basis's row
+        // blocks in parallel.
         let ended: Vec<bool> = active
-            .par_iter_mut()
+            .iter_mut()
             .enumerate()
             .map(|(q, c)| c.step(column(&w, k, q), tol))
             .collect();
@@ -447,7 +600,7 @@ pub fn gmres_many<M: Preconditioner + ?Sized>(
             continue;
         }
         let kf = finished.len();
-        let us: Vec<Vec<f64>> = finished.par_iter_mut().map(|c| c.update()).collect();
+        let us: Vec<Vec<f64>> = finished.iter_mut().map(|c| c.update()).collect();
         let mut u = {
             let refs: Vec<&[f64]> = us.iter().map(Vec::as_slice).collect();
             interleave(&refs, n)

@@ -5,6 +5,7 @@
 //! terminal states, CFLARE, and absorption (fate probabilities, absorption times, drivers).
 
 pub mod absorption;
+mod basis;
 pub mod cflare;
 pub mod drivers;
 pub mod estimator;

@@ -445,35 +445,56 @@ impl Csr {
         }
     }
 
-    /// The sub-matrix with the given rows and columns (in the given orders).
+    /// The sub-matrix with the given rows and columns (in the given orders), built in
+    /// parallel over blocks of rows (the result does not depend on the thread count).
     /// Panics if an index is out of range (a contract violation).
     pub fn submatrix(&self, rows: &[usize], cols: &[usize]) -> Self {
+        const ROWS: usize = 4096;
         let mut map = vec![u32::MAX; self.ncols];
         for (new, &old) in cols.iter().enumerate() {
             assert!(old < self.ncols, "submatrix: column {old} out of range");
             map[old] = new as u32;
         }
-        let mut indptr = Vec::with_capacity(rows.len() + 1);
-        let mut indices = Vec::new();
-        let mut data = Vec::new();
-        indptr.push(0);
-        let mut buf: Vec<(u32, f64)> = Vec::new();
         for &r in rows {
             assert!(r < self.nrows, "submatrix: row {r} out of range");
-            buf.clear();
-            let (cs, vs) = self.row(r);
-            for (&c, &v) in cs.iter().zip(vs) {
-                let m = map[c as usize];
-                if m != u32::MAX {
-                    buf.push((m, v));
+        }
+        let parts: Vec<(Vec<usize>, Vec<u32>, Vec<f64>)> = rows
+            .par_chunks(ROWS)
+            .map(|chunk| {
+                let mut lens = Vec::with_capacity(chunk.len());
+                let mut indices = Vec::new();
+                let mut data = Vec::new();
+                let mut buf: Vec<(u32, f64)> = Vec::new();
+                for &r in chunk {
+                    buf.clear();
+                    let (cs, vs) = self.row(r);
+                    for (&c, &v) in cs.iter().zip(vs) {
+                        let m = map[c as usize];
+                        if m != u32::MAX {
+                            buf.push((m, v));
+                        }
+                    }
+                    buf.sort_unstable_by_key(|&(c, _)| c);
+                    for &(c, v) in &buf {
+                        indices.push(c);
+                        data.push(v);
+                    }
+                    lens.push(buf.len());
                 }
+                (lens, indices, data)
+            })
+            .collect();
+        let nnz = parts.iter().map(|p| p.1.len()).sum();
+        let mut indptr = Vec::with_capacity(rows.len() + 1);
+        let mut indices = Vec::with_capacity(nnz);
+        let mut data = Vec::with_capacity(nnz);
+        indptr.push(0);
+        for (lens, idx, val) in parts {
+            for len in lens {
+                indptr.push(indptr.last().copied().unwrap_or(0) + len);
             }
-            buf.sort_by_key(|&(c, _)| c);
-            for &(c, v) in &buf {
-                indices.push(c);
-                data.push(v);
-            }
-            indptr.push(indices.len());
+            indices.extend_from_slice(&idx);
+            data.extend_from_slice(&val);
         }
         Self {
             nrows: rows.len(),

@@ -320,7 +320,7 @@ fn sorting_follows_eigenvalues_that_move_under_reordering() {
 #[test]
 fn krylov_schur_is_identical_at_any_thread_count() {
     let t = metastable_chain(6, 1500, 0.001, false, 3);
-    assert!(t.n_cells() > 2 * krylov::BLOCK);
+    assert!(t.n_cells() > 2 * crate::basis::BLOCK);
     let opts = SchurOptions {
         n_components: 6,
         method: SchurMethod::Krylov,
