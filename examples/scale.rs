@@ -9,6 +9,7 @@
 //! cargo run --release --example scale -- --m50 100000      # macrostates with m = 50
 //! cargo run --release --example scale -- --states 1000000   # Schur and macrostates only
 //! cargo run --release --example scale -- --drivers 100000  # drivers, 2,000 genes x 5 lineages
+//! cargo run --release --example scale -- --fates 100000    # fate probabilities only
 //! # a real chain: the default kernel on a preprocessed file (e.g. `cellfate simulate --cells
 //! # 1000000` then `cellfate preprocess`), cached in K.bin, then every estimator stage with
 //! # the defaults of `cellfate run`
@@ -195,6 +196,7 @@ fn main() {
     let m50 = args.iter().any(|a| a == "--m50");
     let drivers = args.iter().any(|a| a == "--drivers");
     let states_only = args.iter().any(|a| a == "--states");
+    let fates_only = args.iter().any(|a| a == "--fates");
     let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() {
         vec![10_000]
@@ -236,6 +238,10 @@ fn main() {
         let groups = if m50 { 60 } else { 25 };
         let t = clustered_knn_chain(n, groups, 30, 1);
         let k = if m50 { 51 } else { 20 };
+        if fates_only {
+            fates(&t, n);
+            continue;
+        }
         let opts = SchurOptions {
             n_components: k,
             method: SchurMethod::Krylov,
@@ -263,13 +269,20 @@ fn main() {
         if m50 || states_only {
             continue;
         }
+        fates(&t, n);
+    }
+}
+
+/// The fate probabilities of a synthetic chain, 3 and 10 lineages.
+fn fates(t: &cellfate::kernels::TransitionMatrix, n: usize) {
+    {
         for l in [3usize, 10] {
             let (term, names) = terminal(n, l);
             stage(
                 &format!("fate probabilities, {l} lineages (auto)"),
                 n,
                 || {
-                    compute_fate_probabilities(&t, &term, &names, &AbsorptionOptions::default())
+                    compute_fate_probabilities(t, &term, &names, &AbsorptionOptions::default())
                         .unwrap()
                 },
             );
@@ -283,7 +296,7 @@ fn main() {
                 stage(
                     &format!("fate probabilities, {l} lineages (GMRES + ILU0)"),
                     n,
-                    || compute_fate_probabilities(&t, &term, &names, &gm).unwrap(),
+                    || compute_fate_probabilities(t, &term, &names, &gm).unwrap(),
                 );
             }
         }

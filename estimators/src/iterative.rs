@@ -37,6 +37,14 @@ pub trait Preconditioner: Sync {
     fn apply_many(&self, x: &mut [f64], k: usize) {
         apply_each(self, x, k);
     }
+
+    /// GMRES's operator `A M⁻¹` on the `k` interleaved vectors of `x` (which may be left
+    /// changed). The default applies [`apply_many`](Self::apply_many), then `A`; a
+    /// preconditioner that already forms `A` times part of `M⁻¹ x` may save work.
+    fn apply_operator(&self, a: &Csr, x: &mut [f64], k: usize) -> Vec<f64> {
+        self.apply_many(x, k);
+        mul_many(a, x, k)
+    }
 }
 
 /// [`Preconditioner::apply`] to each of `k` interleaved vectors in turn (the default
@@ -309,7 +317,7 @@ const ROW_CHUNK: usize = 1024;
 
 /// `A X` for `k` interleaved vectors (row-major `n × k`): the matrix read once for all of
 /// them; each entry summed in the order of [`Csr::mul_vec`].
-fn mul_many(a: &Csr, x: &[f64], k: usize) -> Vec<f64> {
+pub(crate) fn mul_many(a: &Csr, x: &[f64], k: usize) -> Vec<f64> {
     match k {
         1 => mul_fixed::<1>(a, x),
         2 => mul_fixed::<2>(a, x),
@@ -579,8 +587,7 @@ pub fn gmres_many<M: Preconditioner + ?Sized>(
             let refs: Vec<&[f64]> = vj.iter().map(Vec::as_slice).collect();
             interleave(&refs, n)
         };
-        m.apply_many(&mut z, k);
-        let w = mul_many(a, &z, k);
+        let w = m.apply_operator(a, &mut z, k);
         drop(z);
         // One right-hand side at a time: each orthogonalisation runs over the basis's row
         // blocks in parallel.

@@ -7,6 +7,7 @@
 pub mod absorption;
 mod basis;
 pub mod cflare;
+pub mod coarse;
 pub mod drivers;
 pub mod estimator;
 pub mod gpcca;

@@ -164,6 +164,9 @@ impl EstimatorSpec {
                 self.schur.tol
             ));
         }
+        if let Err(e) = self.absorption.validate() {
+            return bad(e.to_string());
+        }
         Ok(())
     }
 

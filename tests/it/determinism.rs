@@ -162,7 +162,8 @@ fn run_results_do_not_depend_on_the_thread_count() {
     assert_same_data(&out("cflare1.h5ad"), &out("cflare8.h5ad"));
 }
 
-/// The iterative solver (GMRES + ILU(0)) is thread-count independent as well.
+/// The iterative solver (GMRES + ILU(0) with its coarse correction) is thread-count
+/// independent as well.
 #[test]
 fn gmres_results_do_not_depend_on_the_thread_count() {
     let d = tempdir();

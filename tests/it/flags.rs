@@ -1253,6 +1253,25 @@ fn impossible_numbers_of_states_are_refused_up_front() {
     assert!(s.validate_for_cells(500).is_ok());
     let spec = FateMapSpec::from_toml("[estimators]\nn_cells = 0\n").expect("parses");
     assert!(spec.estimators.validate().is_err());
+    // The absorption solver's settings from TOML: the key, the value and what is allowed
+    // (a huge restart used to abort on allocating GMRES's basis).
+    for (toml, key) in [
+        (
+            "restart = 9223372036854775807",
+            "absorption.restart = 9223372036854775807",
+        ),
+        ("tol = 0.0", "absorption.tol = 0"),
+        ("max_iter = 0", "absorption.max_iter = 0"),
+        ("aggregate_size = 2", "absorption.aggregate_size = 2"),
+    ] {
+        let spec =
+            FateMapSpec::from_toml(&format!("[estimators.absorption]\n{toml}\n")).expect("parses");
+        let e = bad(spec.estimators);
+        assert!(e.contains(key) && e.contains("expected"), "{toml}: {e}");
+    }
+    let spec =
+        FateMapSpec::from_toml("[estimators.absorption]\naggregate_size = 0\n").expect("parses");
+    assert!(spec.estimators.validate().is_ok());
 }
 
 /// `--n-terminal` larger than the number of macrostates: an error naming the flag and the
