@@ -21,7 +21,8 @@
 //!
 //! Lab variables of `--chain`: `SCALE_NCV` and `SCALE_TOL` set the Schur decomposition's
 //! Krylov subspace size and tolerance, `SCALE_NO_FATES` stops after the terminal states,
-//! `SCALE_EIGS` prints the Schur eigenvalues.
+//! `SCALE_EIGS` prints the Schur eigenvalues; `SCALE_AGGREGATE` sets `--absorb`'s aggregate
+//! size of the coarse correction (0: ILU(0) alone).
 #![allow(clippy::print_stdout, clippy::unwrap_used, missing_docs)]
 
 use std::time::Instant;
@@ -158,7 +159,13 @@ fn absorb(input: &str, cache: &str, term_cache: &str) {
             (states.assignment.clone(), states.names.clone())
         }
     };
-    let opts = FateMapSpec::default().estimators.absorption;
+    let mut opts = FateMapSpec::default().estimators.absorption;
+    if let Some(size) = std::env::var("SCALE_AGGREGATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.aggregate_size = size;
+    }
     println!("| stage | cells | seconds | peak MB |");
     println!("| --- | --- | --- | --- |");
     let sys = stage("I − Q and its preconditioner", n, || {

@@ -14,7 +14,7 @@ use faer::sparse::linalg::lu::{factorize_symbolic_lu, LuRef, NumericLu, Symbolic
 use faer::sparse::linalg::LuError;
 use faer::sparse::{CreationError, FaerError, SparseColMat, Triplet};
 use rayon::prelude::*;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use faer::{Conj, Mat, Par};
 use serde::{Deserialize, Serialize};
@@ -196,8 +196,6 @@ const LU: &str = "sparse LU (faer)";
 const LU_PAR: Par = Par::Seq;
 /// Name of the iterative solver (in results and errors).
 const GMRES: &str = "GMRES + ILU(0)";
-/// Name of the iterative solver with the coarse correction (in results and errors).
-const GMRES_COARSE: &str = "GMRES + ILU(0) + aggregation coarse correction";
 /// Name of the solver of a nearby system (in results and errors).
 pub const NEAR: &str = "GMRES preconditioned by the unperturbed factorisation";
 
@@ -280,10 +278,13 @@ pub struct AbsorptionOptions {
     pub restart: usize,
     /// GMRES: maximum inner iterations per right-hand side.
     pub max_iter: usize,
-    /// GMRES: cells per aggregate of the coarse correction added to ILU(0) (0: ILU(0)
-    /// alone). The cells are grouped into connected aggregates of about this size and the
-    /// chain lumped on them is solved exactly inside every preconditioner application, so
-    /// the slow, nearly piecewise-constant error of metastable chains is removed in one step.
+    /// GMRES: cells per aggregate of the coarse correction added to ILU(0) when ILU(0) alone
+    /// has not converged within [`STALL_ITERATIONS`] iterations (0: never; more cells per
+    /// aggregate when there would be more than
+    /// [`MAX_AGGREGATES`](crate::coarse::MAX_AGGREGATES) aggregates). The cells are grouped
+    /// into connected aggregates of about this size and the chain lumped on them is solved
+    /// exactly inside every preconditioner application, so the slow, nearly
+    /// piecewise-constant error of metastable chains is removed in one step.
     pub aggregate_size: usize,
 }
 
@@ -300,9 +301,9 @@ impl Default for AbsorptionOptions {
             max_iter: 20_000,
             // Measured (examples/scale.rs): on the synthetic metastable graphs at 100,000
             // cells, 3 lineages 46.9 -> 2.6 s and 10 lineages 162.7 -> 6.0 s (850 -> 27
-            // iterations); on the real 1M demo chain 60-74 -> 39-41 iterations, about even in
-            // time (its aggregates border hundreds of others, so the coarse work costs what
-            // the iterations save).
+            // iterations) with the coarse correction from the start; on the real 1M demo
+            // chain it cut the iterations from 60-74 to 39-41 but cost more time than it
+            // saved (its aggregates border hundreds of others), hence only after a stall.
             aggregate_size: 256,
         }
     }
@@ -423,6 +424,33 @@ impl crate::coarse::CoarseSolve for LuFactor {
     }
 }
 
+/// Inner iterations per right-hand side after which GMRES with ILU(0) alone is judged
+/// stalled and continues with the coarse correction (the real 1M-cell demo chain needs
+/// 60–74; strongly metastable chains hundreds).
+pub const STALL_ITERATIONS: usize = 100;
+
+/// ILU(0) with the aggregation coarse correction for `a` (see `crate::coarse`); `None` if the
+/// coarse system cannot be factorised.
+fn two_level(
+    a: &Arc<cellfate_kernels::Csr>,
+    ilu: &Arc<crate::iterative::Ilu0>,
+    size: usize,
+) -> Option<Pre> {
+    let nt = a.nrows();
+    // At most MAX_AGGREGATES aggregates: the coarse LU's cost grows faster than the number
+    // of aggregates (at 1M cells, 3,794 aggregates of 256 took 1.6 s, 1,890 of 512 0.1 s,
+    // for about the same iterations).
+    let size = size.max(nt.div_ceil(crate::coarse::MAX_AGGREGATES));
+    let (agg, m) = crate::coarse::aggregate(a, size);
+    let trip: Vec<Triplet<usize, usize, f64>> = crate::coarse::galerkin(a, &agg, m)
+        .into_iter()
+        .map(|(i, j, v)| Triplet::new(i, j, v))
+        .collect();
+    let lu = LuFactor::new(m, &trip).ok()?;
+    let two = crate::coarse::TwoLevel::new(Arc::clone(a), Arc::clone(ilu), agg, m, lu);
+    Some(Pre::TwoLevel(Arc::new(two)))
+}
+
 /// GMRES's preconditioner: the system's own ILU(0) (with a coarse correction), or the factorisation of a nearby system
 /// (an unperturbed chain, for its perturbations).
 #[derive(Clone)]
@@ -467,6 +495,11 @@ enum Backend {
         tol: f64,
         restart: usize,
         max_iter: usize,
+        /// Cells per aggregate of the coarse correction (0: none).
+        aggregate_size: usize,
+        /// ILU(0) with the coarse correction, built when ILU(0) alone stalls (`None`: its
+        /// construction failed, ILU(0) alone continues).
+        coarse: Arc<OnceLock<Option<Pre>>>,
     },
 }
 
@@ -516,7 +549,8 @@ pub struct TransientSystem {
     /// Per lineage, whether each transient cell (by position) can reach it.
     reaches: Vec<Vec<bool>>,
     backend: Backend,
-    /// Which solver was chosen (`sparse LU (faer)` or `GMRES + ILU(0)`).
+    /// Which solver was chosen (`sparse LU (faer)` or `GMRES + ILU(0)`; see
+    /// [`coarse_correction_used`](Self::coarse_correction_used)).
     pub solver: &'static str,
     /// `S`: transient × lineage one-step absorption probabilities (column-major).
     pub s: Mat<f64>,
@@ -591,20 +625,7 @@ impl TransientSystem {
             })?;
             let a = Arc::new(a);
             let ilu = Arc::new(ilu);
-            // The coarse correction on aggregates of cells (see `crate::coarse`): on
-            // metastable chains it cuts GMRES's iterations by an order of magnitude.
-            let (pre, solver) = if opts.aggregate_size == 0 {
-                (Pre::Ilu(ilu), GMRES)
-            } else {
-                let (agg, m) = crate::coarse::aggregate(&a, opts.aggregate_size);
-                let trip: Vec<Triplet<usize, usize, f64>> = crate::coarse::galerkin(&a, &agg, m)
-                    .into_iter()
-                    .map(|(i, j, v)| Triplet::new(i, j, v))
-                    .collect();
-                let lu = LuFactor::new(m, &trip).map_err(failed(GMRES_COARSE))?;
-                let two = crate::coarse::TwoLevel::new(Arc::clone(&a), ilu, agg, m, lu);
-                (Pre::TwoLevel(Arc::new(two)), GMRES_COARSE)
-            };
+            let (pre, solver) = (Pre::Ilu(ilu), GMRES);
             (
                 Backend::Gmres {
                     a,
@@ -613,6 +634,8 @@ impl TransientSystem {
                     tol: opts.tol,
                     restart: opts.restart,
                     max_iter: opts.max_iter,
+                    aggregate_size: opts.aggregate_size,
+                    coarse: Arc::new(OnceLock::new()),
                 },
                 solver,
             )
@@ -683,6 +706,10 @@ impl TransientSystem {
                 tol: opts.tol,
                 restart: opts.restart,
                 max_iter,
+                // The base's preconditioner as it is (a nearby system converges in a few
+                // iterations).
+                aggregate_size: 0,
+                coarse: Arc::new(OnceLock::new()),
             },
             solver: NEAR,
             s,
@@ -740,26 +767,31 @@ impl TransientSystem {
         // `j` has fate probability exactly 0 towards it (set so after the solve, whatever the
         // solver's rounding: the conditional absorption times rely on it).
         let tt = t.as_csr().transpose();
-        let mut reach = vec![false; n];
-        let mut reaches: Vec<Vec<bool>> = Vec::with_capacity(l);
-        let mut stack: Vec<usize> = Vec::new();
-        for j in 0..l {
-            let mut rj = vec![false; n];
-            stack.clear();
-            stack.extend((0..n).filter(|&i| terminal[i] == Some(j)));
-            for &i in &stack {
-                rj[i] = true;
-            }
-            while let Some(c) = stack.pop() {
-                let (preds, vals) = tt.row(c);
-                for (&i, &v) in preds.iter().zip(vals) {
-                    let i = i as usize;
-                    if v > 0.0 && !rj[i] && terminal[i].is_none() {
-                        rj[i] = true;
-                        stack.push(i);
+        // One search per lineage, the lineages in parallel.
+        let per_lineage: Vec<Vec<bool>> = (0..l)
+            .into_par_iter()
+            .map(|j| {
+                let mut rj = vec![false; n];
+                let mut stack: Vec<usize> = (0..n).filter(|&i| terminal[i] == Some(j)).collect();
+                for &i in &stack {
+                    rj[i] = true;
+                }
+                while let Some(c) = stack.pop() {
+                    let (preds, vals) = tt.row(c);
+                    for (&i, &v) in preds.iter().zip(vals) {
+                        let i = i as usize;
+                        if v > 0.0 && !rj[i] && terminal[i].is_none() {
+                            rj[i] = true;
+                            stack.push(i);
+                        }
                     }
                 }
-            }
+                rj
+            })
+            .collect();
+        let mut reach = vec![false; n];
+        let mut reaches: Vec<Vec<bool>> = Vec::with_capacity(l);
+        for rj in per_lineage {
             for (r, &x) in reach.iter_mut().zip(&rj) {
                 *r |= x;
             }
@@ -907,6 +939,14 @@ impl TransientSystem {
         max_abs(r) / (self.a_norm * max_abs(x) + max_abs(b)).max(f64::MIN_POSITIVE)
     }
 
+    /// Whether GMRES has needed (and built) the coarse correction so far.
+    pub fn coarse_correction_used(&self) -> bool {
+        match &self.backend {
+            Backend::Gmres { coarse, .. } => matches!(coarse.get(), Some(Some(_))),
+            Backend::Lu(_) => false,
+        }
+    }
+
     /// Solves `(I − Q) X = B` and checks the normwise backward error (≤ [`RESIDUAL_TOL`]).
     pub fn solve(&self, b: &Mat<f64>) -> Result<Mat<f64>, AbsorptionError> {
         self.solve_from(b, None)
@@ -994,6 +1034,8 @@ impl TransientSystem {
                 tol,
                 restart,
                 max_iter,
+                aggregate_size,
+                coarse,
             } => {
                 let order = order.as_deref().map(Vec::as_slice);
                 // All right-hand sides at once (each with the bits of its own solve); the
@@ -1005,14 +1047,72 @@ impl TransientSystem {
                     })
                     .collect();
                 let refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
-                let solved = crate::iterative::gmres_many(
-                    a,
-                    pre,
-                    &refs,
-                    tol_override.unwrap_or(*tol),
-                    *restart,
-                    *max_iter,
-                );
+                let tol = tol_override.unwrap_or(*tol);
+                // ILU(0) alone first; right-hand sides it has not solved within
+                // STALL_ITERATIONS continue from their residual with the coarse correction.
+                let first = if *aggregate_size > 0 {
+                    (*max_iter).min(STALL_ITERATIONS)
+                } else {
+                    *max_iter
+                };
+                let mut solved = crate::iterative::gmres_many(a, pre, &refs, tol, *restart, first);
+                let stalled: Vec<usize> = (0..solved.len())
+                    .filter(|&q| !solved[q].1.converged)
+                    .collect();
+                if !stalled.is_empty() && first < *max_iter {
+                    let two = coarse
+                        .get_or_init(|| match pre {
+                            Pre::Ilu(ilu) => two_level(a, ilu, *aggregate_size),
+                            _ => None,
+                        })
+                        .as_ref()
+                        .unwrap_or(pre);
+                    // The residuals b − A x, and a tolerance that gives each right-hand side
+                    // the residual of a solve from zero.
+                    let xs: Vec<&[f64]> = stalled.iter().map(|&q| solved[q].0.as_slice()).collect();
+                    let ax: Vec<Vec<f64>> = xs.iter().map(|x| a.mul_vec(x)).collect();
+                    let rs: Vec<Vec<f64>> = stalled
+                        .iter()
+                        .zip(&ax)
+                        .map(|(&q, axq)| refs[q].iter().zip(axq).map(|(bi, ai)| bi - ai).collect())
+                        .collect();
+                    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+                    let inner = stalled
+                        .iter()
+                        .zip(&rs)
+                        .filter(|(_, r)| norm(r) > 0.0)
+                        .map(|(&q, r)| tol * norm(refs[q]) / norm(r))
+                        .fold(f64::INFINITY, f64::min)
+                        .clamp(tol, 0.5);
+                    let rrefs: Vec<&[f64]> = rs.iter().map(Vec::as_slice).collect();
+                    let more = crate::iterative::gmres_many(
+                        a,
+                        two,
+                        &rrefs,
+                        inner,
+                        *restart,
+                        *max_iter - first,
+                    );
+                    for (&q, (d, rep)) in stalled.iter().zip(more) {
+                        let (x, first_rep) = &mut solved[q];
+                        for (xi, di) in x.iter_mut().zip(&d) {
+                            *xi += di;
+                        }
+                        let ax = a.mul_vec(x);
+                        let res = norm(
+                            &refs[q]
+                                .iter()
+                                .zip(&ax)
+                                .map(|(bi, ai)| bi - ai)
+                                .collect::<Vec<_>>(),
+                        ) / norm(refs[q]).max(f64::MIN_POSITIVE);
+                        *first_rep = crate::iterative::GmresReport {
+                            iterations: first_rep.iterations + rep.iterations,
+                            residual: res,
+                            converged: res <= tol,
+                        };
+                    }
+                }
                 drop(cols);
                 let solved = solved
                     .into_iter()
@@ -1626,35 +1726,28 @@ mod tests {
         };
         let (fd, sd) = compute_fate_probabilities(&t, &term, &names, &direct).unwrap();
         let td = compute_absorption_times(&sd, &fd, true, false).unwrap();
-        // With the coarse correction (default; aggregates of 16 cells here, so that there
-        // are several) and with ILU(0) alone.
-        for (aggregate_size, name) in [
-            (16, "GMRES + ILU(0) + aggregation coarse correction"),
-            (0, "GMRES + ILU(0)"),
-        ] {
-            let iterative = AbsorptionOptions {
-                solver: Solver::Gmres,
-                aggregate_size,
-                ..Default::default()
-            };
-            let (fi, si) = compute_fate_probabilities(&t, &term, &names, &iterative).unwrap();
-            assert_eq!((fd.solver, fi.solver), ("sparse LU (faer)", name));
-            let diff = fd
-                .probs
-                .iter()
-                .zip(&fi.probs)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f64::max);
-            assert!(diff < 1e-9, "{diff}");
-            let ti = compute_absorption_times(&si, &fi, true, false).unwrap();
-            for (a, b) in td.values.iter().zip(&ti.values) {
-                assert!(
-                    a == b
-                        || (a.is_nan() && b.is_nan())
-                        || (a - b).abs() <= 1e-6 * a.abs().max(1.0),
-                    "{a} vs {b}"
-                );
-            }
+        let iterative = AbsorptionOptions {
+            solver: Solver::Gmres,
+            ..Default::default()
+        };
+        let (fi, si) = compute_fate_probabilities(&t, &term, &names, &iterative).unwrap();
+        assert_eq!(
+            (fd.solver, fi.solver),
+            ("sparse LU (faer)", "GMRES + ILU(0)")
+        );
+        let diff = fd
+            .probs
+            .iter()
+            .zip(&fi.probs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(diff < 1e-9, "{diff}");
+        let ti = compute_absorption_times(&si, &fi, true, false).unwrap();
+        for (a, b) in td.values.iter().zip(&ti.values) {
+            assert!(
+                a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-6 * a.abs().max(1.0),
+                "{a} vs {b}"
+            );
         }
         // A starved iteration budget is a typed error that suggests the direct solver.
         let starved = AbsorptionOptions {
@@ -1668,6 +1761,50 @@ mod tests {
             matches!(e, AbsorptionError::NotConverged { .. }) && e.to_string().contains("direct"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_stalled_gmres_continues_with_the_coarse_correction() {
+        // A synthetic metastable kNN chain (25 clusters, 6,000 cells), 3 terminal clusters:
+        // ILU(0) alone needs hundreds of iterations per right-hand side.
+        let t = cellfate_kernels::testing::clustered_knn_chain(6000, 25, 15, 3);
+        let mut term = vec![None; 6000];
+        for (j, g) in [0usize, 12, 24].into_iter().enumerate() {
+            term[g * 240..g * 240 + 40].fill(Some(j));
+        }
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let direct = AbsorptionOptions {
+            solver: Solver::Direct,
+            ..Default::default()
+        };
+        let (fd, _) = compute_fate_probabilities(&t, &term, &names, &direct).unwrap();
+        let mut used = Vec::new();
+        for aggregate_size in [256, 0] {
+            let opts = AbsorptionOptions {
+                solver: Solver::Gmres,
+                aggregate_size,
+                ..Default::default()
+            };
+            let (fi, sys) = compute_fate_probabilities(&t, &term, &names, &opts).unwrap();
+            used.push(sys.coarse_correction_used());
+            let diff = fd
+                .probs
+                .iter()
+                .zip(&fi.probs)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(diff < 1e-9, "aggregate_size {aggregate_size}: {diff}");
+        }
+        assert_eq!(used, [true, false]);
+        // The same chain with a budget below the stall: ILU(0) alone, reported as not
+        // converged (the coarse correction needs iterations left to run).
+        let starved = AbsorptionOptions {
+            solver: Solver::Gmres,
+            max_iter: STALL_ITERATIONS,
+            ..Default::default()
+        };
+        let e = compute_fate_probabilities(&t, &term, &names, &starved).unwrap_err();
+        assert!(matches!(e, AbsorptionError::NotConverged { .. }), "{e}");
     }
 
     /// `t` with every row mixed towards its right neighbour by `eps` (a small perturbation

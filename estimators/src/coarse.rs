@@ -31,8 +31,8 @@ pub trait CoarseSolve: Sync + Send {
     fn solve_coarse(&self, c: &mut [f64], k: usize);
 }
 
-/// Cells per aggregate aimed at by [`aggregate`] when the caller does not choose.
-pub const AGGREGATE_SIZE: usize = 64;
+/// Most aggregates the absorption solves use (larger aggregates beyond that).
+pub const MAX_AGGREGATES: usize = 2048;
 
 /// Groups the rows of the square matrix `a` into connected aggregates of about `target`
 /// rows: each row not yet taken, in order, seeds an aggregate that grows breadth first along

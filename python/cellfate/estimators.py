@@ -137,7 +137,7 @@ class _Estimator:
         """Fate probabilities towards the terminal states.
 
         Deviation from CellRank: the solve is exact (sparse LU up to 30,000 transient cells,
-        else GMRES + ILU(0) with a coarse correction to 1e-12 with the residual recomputed), whatever ``solver`` and
+        else GMRES + ILU(0), with a coarse correction if it stalls, to 1e-12 with the residual recomputed), whatever ``solver`` and
         ``tol`` say — CellRank's GMRES stops at 1e-6. ``solver="direct"`` forces the LU."""
         if keys is not None:
             raise NotImplementedError("compute_fate_probabilities(keys=...) is not supported yet")

@@ -42,7 +42,7 @@ pub(crate) struct EstimatorFlags {
     #[arg(long)]
     seed: Option<u64>,
     /// Fate-probability solver: auto (sparse LU up to 30,000 transient cells, GMRES + ILU(0)
-    /// with a coarse correction above), direct, gmres.
+    /// above, with a coarse correction if it stalls), direct, gmres.
     #[arg(long)]
     solver: Option<String>,
     /// Terminal states by hand: these macrostate names (comma-separated).

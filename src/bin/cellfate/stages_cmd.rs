@@ -370,8 +370,8 @@ pub(crate) struct FatesArgs {
     /// Lineage priming: kl_divergence (default), entropy, or none.
     #[arg(long, default_value = "kl_divergence")]
     priming: String,
-    /// Linear solver: auto (sparse LU up to 30,000 transient cells, GMRES + ILU(0) with a
-    /// coarse correction above), direct, gmres.
+    /// Linear solver: auto (sparse LU up to 30,000 transient cells, GMRES + ILU(0) above, with a
+    /// coarse correction if it stalls), direct, gmres.
     #[arg(long, default_value = "auto")]
     solver: String,
 }
