@@ -278,8 +278,9 @@ pub struct AbsorptionOptions {
     pub restart: usize,
     /// GMRES: maximum inner iterations per right-hand side.
     pub max_iter: usize,
-    /// GMRES: cells per aggregate of the coarse correction added to ILU(0) when ILU(0) alone
-    /// has not converged within [`STALL_ITERATIONS`] iterations (0: never; more cells per
+    /// GMRES: cells per aggregate of the coarse correction added to ILU(0) when ILU(0)
+    /// alone would need more than [`STALL_ITERATIONS`] iterations, as projected from its
+    /// first restart cycle (0: never; more cells per
     /// aggregate when there would be more than
     /// [`MAX_AGGREGATES`](crate::coarse::MAX_AGGREGATES) aggregates). The cells are grouped
     /// into connected aggregates of about this size and the chain lumped on them is solved
@@ -424,9 +425,9 @@ impl crate::coarse::CoarseSolve for LuFactor {
     }
 }
 
-/// Inner iterations per right-hand side after which GMRES with ILU(0) alone is judged
-/// stalled and continues with the coarse correction (the real 1M-cell demo chain needs
-/// 60–74; strongly metastable chains hundreds).
+/// Inner iterations per right-hand side beyond which GMRES with ILU(0) alone is judged too
+/// slow, as projected from the rate of its first cycle, and continues with the coarse
+/// correction (the real 1M-cell demo chain needs 60–74; strongly metastable chains hundreds).
 pub const STALL_ITERATIONS: usize = 100;
 
 /// ILU(0) with the aggregation coarse correction for `a` (see `crate::coarse`); `None` if the
@@ -1048,10 +1049,12 @@ impl TransientSystem {
                     .collect();
                 let refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
                 let tol = tol_override.unwrap_or(*tol);
-                // ILU(0) alone first; right-hand sides it has not solved within
-                // STALL_ITERATIONS continue from their residual with the coarse correction.
+                // ILU(0) alone for one cycle; the right-hand sides it has not solved then
+                // continue from their residual, with the coarse correction when the rate of
+                // that cycle projects more than STALL_ITERATIONS iterations in all (the same
+                // as GMRES's own restart otherwise).
                 let first = if *aggregate_size > 0 {
-                    (*max_iter).min(STALL_ITERATIONS)
+                    (*max_iter).min((*restart).min(STALL_ITERATIONS))
                 } else {
                     *max_iter
                 };
@@ -1060,13 +1063,23 @@ impl TransientSystem {
                     .filter(|&q| !solved[q].1.converged)
                     .collect();
                 if !stalled.is_empty() && first < *max_iter {
-                    let two = coarse
-                        .get_or_init(|| match pre {
-                            Pre::Ilu(ilu) => two_level(a, ilu, *aggregate_size),
-                            _ => None,
-                        })
-                        .as_ref()
-                        .unwrap_or(pre);
+                    let slow = stalled.iter().any(|&q| {
+                        let rep = &solved[q].1;
+                        // Iterations to reach tol at the first cycle's rate.
+                        let projected = rep.iterations as f64 * tol.ln() / rep.residual.ln();
+                        !(rep.residual < 1.0 && projected <= STALL_ITERATIONS as f64)
+                    });
+                    let two = if slow {
+                        coarse
+                            .get_or_init(|| match pre {
+                                Pre::Ilu(ilu) => two_level(a, ilu, *aggregate_size),
+                                _ => None,
+                            })
+                            .as_ref()
+                            .unwrap_or(pre)
+                    } else {
+                        pre
+                    };
                     // The residuals b − A x, and a tolerance that gives each right-hand side
                     // the residual of a solve from zero.
                     let xs: Vec<&[f64]> = stalled.iter().map(|&q| solved[q].0.as_slice()).collect();
@@ -1796,11 +1809,11 @@ mod tests {
             assert!(diff < 1e-9, "aggregate_size {aggregate_size}: {diff}");
         }
         assert_eq!(used, [true, false]);
-        // The same chain with a budget below the stall: ILU(0) alone, reported as not
-        // converged (the coarse correction needs iterations left to run).
+        // The same chain with a budget of one cycle: ILU(0) alone, reported as not converged
+        // (the coarse correction needs iterations left to run).
         let starved = AbsorptionOptions {
             solver: Solver::Gmres,
-            max_iter: STALL_ITERATIONS,
+            max_iter: 50,
             ..Default::default()
         };
         let e = compute_fate_probabilities(&t, &term, &names, &starved).unwrap_err();
