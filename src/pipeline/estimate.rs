@@ -51,8 +51,11 @@ pub struct EstimatorSpec {
     pub fates: bool,
     /// Solver of the absorption systems (fate probabilities, absorption times).
     pub absorption: AbsorptionOptions,
-    /// Compute absorption times (mean and variance).
+    /// Compute absorption times (means; the variances too with `absorption_variance`).
     pub absorption_times: bool,
+    /// Also the variances of the absorption times (CellRank's `calculate_variance`, off by
+    /// default as there: a second solve as long as the means').
+    pub absorption_variance: bool,
     /// Compute the lineage priming degree.
     pub priming: Option<PrimingMethod>,
     /// Compute lineage drivers (skipped with a note when there is a single terminal state:
@@ -79,6 +82,7 @@ impl Default for EstimatorSpec {
             alpha: 1.0,
             fates: true,
             absorption_times: true,
+            absorption_variance: false,
             priming: Some(PrimingMethod::KlDivergence),
             drivers: true,
             drivers_layer: "X".into(),
@@ -166,6 +170,12 @@ impl EstimatorSpec {
         }
         if let Err(e) = self.absorption.validate() {
             return bad(e.to_string());
+        }
+        if self.absorption_variance && !(self.absorption_times && self.fates) {
+            return bad(
+                "absorption_variance (--absorption-variance) = true: the variances need the absorption times (absorption_times = true, fates = true)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -366,7 +376,7 @@ pub fn fit_gpcca(
         if spec.absorption_times {
             progress("absorption times");
             g.compute_absorption_times(&AbsorptionTimesOptions {
-                calculate_variance: true,
+                calculate_variance: spec.absorption_variance,
                 overall: false,
             })?;
         }

@@ -376,6 +376,10 @@ const CONFLICTS: &[(&[&str], [&str; 2])] = &[
         &["macrostates", "IN", "-o", "OUT", "--solver", "direct"],
         ["--solver", "macrostates"],
     ),
+    (
+        &["macrostates", "IN", "-o", "OUT", "--absorption-variance"],
+        ["--absorption-variance", "macrostates"],
+    ),
     // terminal-states
     (
         &[
@@ -1271,6 +1275,19 @@ fn impossible_numbers_of_states_are_refused_up_front() {
     }
     let spec =
         FateMapSpec::from_toml("[estimators.absorption]\naggregate_size = 0\n").expect("parses");
+    assert!(spec.estimators.validate().is_ok());
+    // Variances of absorption times that are not computed.
+    let spec = FateMapSpec::from_toml(
+        "[estimators]\nabsorption_times = false\nabsorption_variance = true\n",
+    )
+    .expect("parses");
+    let e = bad(spec.estimators);
+    assert!(
+        e.contains("absorption_variance") && e.contains("absorption_times"),
+        "{e}"
+    );
+    let spec =
+        FateMapSpec::from_toml("[estimators]\nabsorption_variance = true\n").expect("parses");
     assert!(spec.estimators.validate().is_ok());
 }
 

@@ -297,6 +297,48 @@ fn stage_commands_chain() {
             "slot {slot} differs between the stage commands and run"
         );
     }
+    // Means only by default (CellRank's calculate_variance=False); the variances on request,
+    // the same from the stage command and from `run`.
+    let cols = |r: &H5adReader| r.columns("obsm/absorption_times_fwd").expect("columns");
+    assert!(
+        cols(&r).iter().all(|c| c.ends_with("_mean")) && cols(&r).len() == 2,
+        "{:?}",
+        cols(&r)
+    );
+    ok(&[
+        "fates",
+        &s(&p("3.h5ad")),
+        "-o",
+        &s(&p("4v.h5ad")),
+        "--absorption-variance",
+    ]);
+    ok(&[
+        "run",
+        &s(&input),
+        "-o",
+        &s(&p("runv.h5ad")),
+        "--n-states",
+        "3",
+        "--terminal-method",
+        "top_n",
+        "--n-terminal",
+        "2",
+        "--absorption-variance",
+    ]);
+    let (sv, rv) = (
+        H5adReader::open(p("4v.h5ad")).expect("fates output"),
+        H5adReader::open(p("runv.h5ad")).expect("run output"),
+    );
+    assert_eq!(cols(&sv).len(), 4, "{:?}", cols(&sv));
+    assert_eq!(cols(&sv), cols(&rv));
+    for c in cols(&sv) {
+        let slot = format!("obsm/absorption_times_fwd/{c}");
+        assert_eq!(
+            format!("{:?}", sv.read(&slot).expect("stage")),
+            format!("{:?}", rv.read(&slot).expect("run")),
+            "{slot}"
+        );
+    }
     let csv = std::fs::read_to_string(p("d.csv")).expect("csv");
     assert!(csv.lines().count() == r.n_vars().expect("n") + 1);
     // Prerequisites missing: exit 2 and a message that names the command to run first.

@@ -232,7 +232,8 @@ pub enum StatesInput {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AbsorptionTimesOptions {
-    /// Also the variances (`{lineage}_var`).
+    /// Also the variances (`{lineage}_var`); off by default, as CellRank's
+    /// `calculate_variance` (one more solve, as long as the means').
     pub calculate_variance: bool,
     /// Also the time to any terminal state (`absorption_mean`).
     pub overall: bool,
@@ -241,7 +242,7 @@ pub struct AbsorptionTimesOptions {
 impl Default for AbsorptionTimesOptions {
     fn default() -> Self {
         Self {
-            calculate_variance: true,
+            calculate_variance: false,
             overall: false,
         }
     }

@@ -48,12 +48,22 @@ pub(crate) struct EstimatorFlags {
     /// Terminal states by hand: these macrostate names (comma-separated).
     #[arg(long, value_delimiter = ',', conflicts_with = "terminal_method")]
     terminal_states: Vec<String>,
+    /// Also the variances of the absorption times (CellRank's calculate_variance, off by
+    /// default as there: a second solve as long as the means').
+    #[arg(long)]
+    absorption_variance: bool,
 }
 
 impl EstimatorFlags {
     /// Whether `--solver` was given (`macrostates` computes no fate probabilities).
     pub(crate) fn solver_given(&self) -> bool {
         self.solver.is_some()
+    }
+
+    /// Whether `--absorption-variance` was given (`macrostates` computes no absorption
+    /// times).
+    pub(crate) fn variance_given(&self) -> bool {
+        self.absorption_variance
     }
 
     fn apply(&self, spec: &mut FateMapSpec) -> anyhow::Result<()> {
@@ -90,6 +100,9 @@ impl EstimatorFlags {
         }
         if let Some(sv) = &self.solver {
             e.absorption.solver = sv.parse()?;
+        }
+        if self.absorption_variance {
+            e.absorption_variance = true;
         }
         if let Some(seed) = self.seed {
             let mut used = false;

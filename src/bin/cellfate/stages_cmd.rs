@@ -91,6 +91,9 @@ pub(crate) fn macrostates(a: MacrostatesArgs) -> anyhow::Result<String> {
     if a.flags.solver_given() {
         bail!("--solver applies to fate probabilities, which `cellfate macrostates` does not compute (use it with `cellfate run` or `cellfate fates`)");
     }
+    if a.flags.variance_given() {
+        bail!("--absorption-variance applies to absorption times, which `cellfate macrostates` does not compute (use it with `cellfate run` or `cellfate fates`)");
+    }
     let tkey = if a.kernel.is_some() {
         None
     } else {
@@ -364,9 +367,12 @@ pub(crate) fn terminal_states(a: TerminalArgs) -> anyhow::Result<String> {
 pub(crate) struct FatesArgs {
     #[command(flatten)]
     io: Io,
-    /// Also compute mean and variance of the absorption times.
+    /// Also compute the mean absorption times.
     #[arg(long)]
     absorption_times: bool,
+    /// Also their variances (implies --absorption-times; CellRank's calculate_variance).
+    #[arg(long)]
+    absorption_variance: bool,
     /// Lineage priming: kl_divergence (default), entropy, or none.
     #[arg(long, default_value = "kl_divergence")]
     priming: String,
@@ -408,8 +414,11 @@ pub(crate) fn fates(a: FatesArgs) -> anyhow::Result<String> {
         f.row_sum_error,
         a.io.output.display()
     );
-    if a.absorption_times {
-        g.compute_absorption_times(&AbsorptionTimesOptions::default())?;
+    if a.absorption_times || a.absorption_variance {
+        g.compute_absorption_times(&AbsorptionTimesOptions {
+            calculate_variance: a.absorption_variance,
+            ..Default::default()
+        })?;
     }
     if let Some(m) = method {
         g.compute_lineage_priming(m, None)?;
