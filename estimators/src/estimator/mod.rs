@@ -228,8 +228,8 @@ pub enum StatesInput {
     Cells(Vec<(String, Vec<usize>)>),
 }
 
-/// Options of [`Estimator::compute_absorption_times`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Options of [`Estimator::compute_absorption_times`] (default: means only, as CellRank).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AbsorptionTimesOptions {
     /// Also the variances (`{lineage}_var`); off by default, as CellRank's
@@ -237,15 +237,6 @@ pub struct AbsorptionTimesOptions {
     pub calculate_variance: bool,
     /// Also the time to any terminal state (`absorption_mean`).
     pub overall: bool,
-}
-
-impl Default for AbsorptionTimesOptions {
-    fn default() -> Self {
-        Self {
-            calculate_variance: false,
-            overall: false,
-        }
-    }
 }
 
 /// Options of [`Estimator::compute_lineage_drivers`].
