@@ -8,6 +8,7 @@ use std::path::Path;
 use hdf5::types::VarLenUnicode;
 use hdf5::{Group, Location};
 
+use super::compression::{chunk_for, level_for};
 use super::error::H5adError;
 use crate::output::TempOutput;
 
@@ -69,6 +70,12 @@ fn write_num(g: &Group, name: &str, shape: &[usize], data: &NumVec) -> hdf5::Res
             let b = g.new_dataset::<$t>();
             let ds = if shape.is_empty() {
                 b.shape(()).create(name)?
+            } else if let Some(level) = level_for(shape) {
+                b.chunk(chunk_for(shape))
+                    .shuffle()
+                    .deflate(level)
+                    .shape(shape.to_vec())
+                    .create(name)?
             } else {
                 b.shape(shape.to_vec()).create(name)?
             };

@@ -9,6 +9,7 @@
 //! - [`keys`]: CellRank's AnnData key names.
 //! - [`loom`]: velocyto's `.loom` files, converted to `.h5ad` ([`loom::loom_to_h5ad`]).
 
+pub mod compression;
 mod dtype;
 pub mod element;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod source;
 pub mod stream;
 pub mod write;
 
+pub use compression::{compression, set_compression, Compression};
 pub use element::{
     Categorical, Categories, DataFrame, DenseArray, Element, NumVec, SparseArray, SparseFormat,
 };

@@ -212,9 +212,17 @@ impl H5adStreamWriter {
         if parent.link_exists(&name) {
             parent.unlink(&name).map_err(self.err(slot))?;
         }
-        let ds = parent
-            .new_dataset::<T>()
-            .shape([n_rows, n_cols])
+        let b = parent.new_dataset::<T>();
+        let shape = [n_rows, n_cols];
+        let b = match super::compression::level_for(&shape) {
+            Some(level) => b
+                .chunk(super::compression::chunk_for(&shape))
+                .shuffle()
+                .deflate(level),
+            None => b,
+        };
+        let ds = b
+            .shape(shape)
             .create(name.as_str())
             .map_err(self.err(slot))?;
         set_encoding(&ds, "array", "0.2.0").map_err(self.err(slot))?;
@@ -498,11 +506,16 @@ impl<T: H5Type> CsrAppender<'_, T> {
 /// A chunked 1-d dataset that can grow without bound, with a chunk of about `hint` elements.
 fn resizable<T: H5Type>(g: &Group, name: &str, hint: usize) -> hdf5::Result<Dataset> {
     let chunk = hint.clamp(1, MAX_CHUNK);
-    g.new_dataset::<T>()
+    let b = g
+        .new_dataset::<T>()
         .chunk(chunk)
-        .chunk_cache(521, CHUNK_CACHE_BYTES, 1.0)
-        .shape(0..)
-        .create(name)
+        .chunk_cache(521, CHUNK_CACHE_BYTES, 1.0);
+    // Compressed (when asked) whatever its final length, which is not known yet.
+    let b = match super::compression::level_for(&[usize::MAX]) {
+        Some(level) => b.shuffle().deflate(level),
+        None => b,
+    };
+    b.shape(0..).create(name)
 }
 
 /// Replaces an int32 dataset by an int64 copy under the same name.

@@ -276,11 +276,16 @@ impl EarlySlots {
         n_cols: usize,
     ) -> Result<ColumnWriter<T>> {
         let name = self.stage(slot, &[n_rows, n_cols])?;
-        let ds = self
+        let b = self
             .staging
             .new_dataset::<T>()
+            .chunk([even_chunk(n_rows, 8192), n_cols.clamp(1, 32)]);
+        let b = match super::compression::level_for(&[n_rows, n_cols]) {
+            Some(level) => b.shuffle().deflate(level),
+            None => b,
+        };
+        let ds = b
             .shape([n_rows, n_cols])
-            .chunk([even_chunk(n_rows, 8192), n_cols.clamp(1, 32)])
             .create(name.as_str())
             .map_err(self.err(slot))?;
         set_encoding(&ds, "array", "0.2.0").map_err(self.err(slot))?;

@@ -158,6 +158,11 @@ pub struct FateMapSpec {
     pub random_control: Option<bool>,
     /// Seed of the randomised control.
     pub random_control_seed: u64,
+    /// How the datasets the run writes are stored: `none` (default, as anndata), `gzip` or
+    /// `gzip:LEVEL` (shuffle + gzip; readable by anndata and h5py without plugins). The
+    /// global flag `--compression` overrides it; the library applies it with
+    /// [`crate::io::set_compression`].
+    pub compression: Option<crate::io::Compression>,
     /// Whether `kernel` was chosen (a `kernel` key in TOML, `--kernel`): then it is used as
     /// given, even on labeling data ([`labeling_default_kernel`]).
     #[serde(skip)]
@@ -176,6 +181,7 @@ impl Default for FateMapSpec {
             vectorfield: Default::default(),
             random_control: None,
             random_control_seed: 0,
+            compression: None,
             kernel_explicit: false,
         }
     }

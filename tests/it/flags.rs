@@ -699,6 +699,7 @@ const TEXT: &[&str] = &[
     "--extreme",
     "--experiment",
     "--benchmarks",
+    "--compression",
 ];
 
 /// The subcommands listed by `cellfate --help`.

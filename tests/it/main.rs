@@ -8,6 +8,7 @@ mod bad_input;
 mod catalogue;
 mod cli;
 mod common;
+mod compression;
 mod data_expectations;
 mod data_files;
 mod data_validation;

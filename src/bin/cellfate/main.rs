@@ -34,6 +34,11 @@ struct Cli {
     /// the file size; refused by default as corrupt or crafted). Same as CELLFATE_ALLOW_LARGE=1.
     #[arg(long, global = true)]
     allow_large: bool,
+    /// How new datasets are stored: none (default, as anndata), gzip or gzip:LEVEL (1-9;
+    /// shuffle + gzip, read by anndata and h5py without plugins). Slots copied unchanged
+    /// from the input keep their encoding. Overrides a run config's `compression`.
+    #[arg(long, global = true, value_parser = values::compression)]
+    compression: Option<cellfate::io::Compression>,
     /// No progress output (results and errors are still printed); not with -v.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
@@ -358,10 +363,25 @@ pub(crate) fn read_bytes(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// `--compression`, when given (it overrides a config's `compression`).
+static COMPRESSION_FLAG: std::sync::OnceLock<cellfate::io::Compression> =
+    std::sync::OnceLock::new();
+
+/// Applies a run config's `compression` unless `--compression` was given.
+pub(crate) fn config_compression(c: Option<cellfate::io::Compression>) {
+    if let (Some(c), None) = (c, COMPRESSION_FLAG.get()) {
+        cellfate::io::set_compression(c);
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     progress::set_level(cli.quiet, cli.verbose);
     if cli.allow_large {
         cellfate::io::allow_large_datasets(true);
+    }
+    if let Some(c) = cli.compression {
+        cellfate::io::set_compression(c);
+        let _ = COMPRESSION_FLAG.set(c);
     }
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new()

@@ -350,6 +350,7 @@ pub(crate) fn build_spec(
     if spec.transition_key.is_none() {
         spec.kernel_spec()?;
     }
+    crate::config_compression(spec.compression);
     Ok(spec)
 }
 

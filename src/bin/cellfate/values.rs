@@ -82,6 +82,12 @@ pub(crate) fn percentile(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A compression setting: none, gzip or gzip:LEVEL.
+pub(crate) fn compression(s: &str) -> Result<cellfate::io::Compression, String> {
+    s.parse()
+        .map_err(|e: cellfate::io::compression::CompressionParseError| e.to_string())
+}
+
 /// A number of macrostates: N ≥ 2, MIN..MAX (MIN ≤ MAX, MAX ≥ 2), auto or eigengap.
 pub(crate) fn n_states(s: &str) -> Result<NStates, String> {
     let n = s.parse::<NStates>().map_err(|e| e.to_string())?;
