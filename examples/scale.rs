@@ -179,7 +179,10 @@ fn absorb(input: &str, cache: &str, term_cache: &str) {
             .unwrap()
     });
     let _ = b;
-    stage("absorption times (mean and variance)", n, || {
+    stage("absorption times (means, the default)", n, || {
+        compute_absorption_times(&sys, &fates, false, false).unwrap()
+    });
+    stage("absorption times (means and variances)", n, || {
         compute_absorption_times(&sys, &fates, true, false).unwrap()
     });
 }
