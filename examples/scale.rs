@@ -21,7 +21,7 @@
 //!
 //! Lab variables of `--chain`: `SCALE_NCV` and `SCALE_TOL` set the Schur decomposition's
 //! Krylov subspace size and tolerance, `SCALE_NO_FATES` stops after the terminal states,
-//! `SCALE_EIGS` prints the Schur eigenvalues; `SCALE_AGGREGATE` sets `--absorb`'s aggregate
+//! `SCALE_EIGS` prints the Schur eigenvalues; `SCALE_RESTART` sets `--absorb`'s GMRES restart length, `SCALE_AGGREGATE` its aggregate
 //! size of the coarse correction (0: ILU(0) alone).
 #![allow(clippy::print_stdout, clippy::unwrap_used, missing_docs)]
 
@@ -165,6 +165,12 @@ fn absorb(input: &str, cache: &str, term_cache: &str) {
         .and_then(|v| v.parse().ok())
     {
         opts.aggregate_size = size;
+    }
+    if let Some(r) = std::env::var("SCALE_RESTART")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.restart = r;
     }
     println!("| stage | cells | seconds | peak MB |");
     println!("| --- | --- | --- | --- |");
