@@ -14,6 +14,9 @@ use crate::error::CsrError;
 /// number of threads (every row is computed independently; no cross-row reduction).
 pub(crate) const ROW_CHUNK: usize = 1024;
 
+/// Stored entries from which [`Csr::transpose`] runs in parallel.
+const PARALLEL_TRANSPOSE_NNZ: usize = 1 << 20;
+
 /// A compressed-sparse-row matrix with `f64` values and `u32` column indices.
 ///
 /// Invariants (checked by [`Csr::try_new`]): `indptr.len() == nrows + 1`, `indptr[0] == 0`,
@@ -360,8 +363,87 @@ impl Csr {
         out
     }
 
-    /// The transpose, as CSR.
+    /// The transpose, as CSR (each row's entries in increasing column order). Large matrices
+    /// are transposed in parallel over row blocks; the result is the same at any thread
+    /// count (it only moves entries).
     pub fn transpose(&self) -> Self {
+        let tasks = rayon::current_num_threads().min(8);
+        if tasks < 2 || self.nnz() < PARALLEL_TRANSPOSE_NNZ {
+            return self.transpose_sequential();
+        }
+        self.transpose_parallel(tasks)
+    }
+
+    /// [`transpose`](Self::transpose) over `tasks` blocks of rows: each block counts its
+    /// entries per column, the counts give every block its own run of positions in each row
+    /// of the transpose (blocks in row order), and each block writes its entries there.
+    #[allow(unsafe_code)]
+    fn transpose_parallel(&self, tasks: usize) -> Self {
+        let (n, m) = (self.nrows, self.ncols);
+        let per = n.div_ceil(tasks).max(1);
+        let blocks: Vec<(usize, usize)> =
+            (0..n).step_by(per).map(|s| (s, (s + per).min(n))).collect();
+        let counts: Vec<Vec<usize>> = blocks
+            .par_iter()
+            .map(|&(s, e)| {
+                let mut c = vec![0usize; m];
+                for &j in &self.indices[self.indptr[s]..self.indptr[e]] {
+                    c[j as usize] += 1;
+                }
+                c
+            })
+            .collect();
+        // Row starts of the transpose, then each block's first position in each row.
+        let mut indptr = vec![0usize; m + 1];
+        for c in 0..m {
+            indptr[c + 1] = indptr[c] + counts.iter().map(|b| b[c]).sum::<usize>();
+        }
+        let mut starts = counts;
+        let mut run = indptr[..m].to_vec();
+        for b in starts.iter_mut() {
+            for (c, slot) in b.iter_mut().enumerate() {
+                let k = *slot;
+                *slot = run[c];
+                run[c] += k;
+            }
+        }
+        drop(run);
+        let nnz = self.nnz();
+        let mut indices = vec![0u32; nnz];
+        let mut data = vec![0.0f64; nnz];
+        struct Out(*mut u32, *mut f64);
+        // SAFETY: the pointers are only used to write the disjoint positions handed out below.
+        unsafe impl Sync for Out {}
+        let out = Out(indices.as_mut_ptr(), data.as_mut_ptr());
+        blocks
+            .par_iter()
+            .zip(starts.par_iter_mut())
+            .for_each(|(&(s, e), next)| {
+                let out = &out;
+                for r in s..e {
+                    let (cols, vals) = self.row(r);
+                    for (&c, &v) in cols.iter().zip(vals) {
+                        let p = next[c as usize];
+                        next[c as usize] += 1;
+                        // SAFETY: p < nnz, and every position belongs to exactly one
+                        // (block, column) run, written once by its block's task.
+                        unsafe {
+                            *out.0.add(p) = r as u32;
+                            *out.1.add(p) = v;
+                        }
+                    }
+                }
+            });
+        Self {
+            nrows: m,
+            ncols: n,
+            indptr,
+            indices,
+            data,
+        }
+    }
+
+    fn transpose_sequential(&self) -> Self {
         let mut counts = vec![0usize; self.ncols + 1];
         for &c in &self.indices {
             counts[c as usize + 1] += 1;
@@ -661,6 +743,32 @@ impl Csr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parallel transpose equals the sequential one, for any number of blocks
+    /// (including more blocks than rows and empty rows and columns).
+    #[test]
+    fn parallel_transpose_equals_the_sequential_one() {
+        let (n, m) = (257, 311);
+        let mut trip = Vec::new();
+        for i in 0..n {
+            if i % 11 == 0 {
+                continue;
+            }
+            for k in 0..(i % 9) {
+                let j = (i * 37 + k * 101) % m;
+                if j % 13 != 0 {
+                    trip.push((i, j, (i * m + j) as f64 * 0.5 - 3.0));
+                }
+            }
+        }
+        let a = Csr::from_triplets(n, m, &trip).unwrap();
+        let want = a.transpose_sequential();
+        for tasks in [2, 3, 8, 300] {
+            let got = a.transpose_parallel(tasks);
+            assert_eq!(got, want, "{tasks} blocks");
+        }
+        assert_eq!(want.transpose_sequential(), a);
+    }
 
     #[test]
     fn validation_names_the_problem() {
