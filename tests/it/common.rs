@@ -267,3 +267,39 @@ pub(crate) fn spearman(a: &[f64], b: &[f64]) -> f64 {
     let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
     cov / (va * vb).sqrt()
 }
+
+/// Every slot of an `.h5ad` file (dataframe columns one by one), but the run's own record
+/// (`uns["cellfate"]`) and its wall-clock timings.
+pub(crate) fn slots(r: &cellfate::io::H5adReader) -> Vec<String> {
+    let mut v = vec!["X".to_string()];
+    for g in ["obs", "var"] {
+        for k in r.columns(g).expect("columns") {
+            v.push(format!("{g}/{k}"));
+        }
+    }
+    for g in ["obsm", "obsp", "varm", "layers", "uns"] {
+        for k in r.keys(g).unwrap_or_default() {
+            v.push(format!("{g}/{k}"));
+        }
+    }
+    v.retain(|s| s != "uns/cellfate" && s != cellfate::pipeline::TIMINGS_SLOT);
+    v.sort();
+    v
+}
+
+/// The two files hold the same slots ([`slots`]) with the same values (compared as Debug
+/// text, so NaN equals NaN: absorption times of absorbing cells). `what` names the pair.
+pub(crate) fn same_content(a: &cellfate::io::H5adReader, b: &cellfate::io::H5adReader, what: &str) {
+    assert_eq!(slots(a), slots(b), "{what}: the same slots");
+    for slot in slots(a) {
+        let (x, y) = match slot.split_once('/') {
+            Some((df @ ("obs" | "var"), col)) => (a.column(df, col), b.column(df, col)),
+            _ => (a.read(&slot), b.read(&slot)),
+        };
+        assert_eq!(
+            format!("{:?}", x.expect("first file")),
+            format!("{:?}", y.expect("second file")),
+            "{what}: slot {slot} differs"
+        );
+    }
+}

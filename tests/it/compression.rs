@@ -18,42 +18,13 @@ fn ok(args: &[&str]) {
     );
 }
 
-/// Every slot of a file (dataframe columns one by one).
-fn slots(r: &H5adReader) -> Vec<String> {
-    let mut v = vec!["X".to_string()];
-    for g in ["obs", "var"] {
-        for k in r.columns(g).expect("columns") {
-            v.push(format!("{g}/{k}"));
-        }
-    }
-    for g in ["obsm", "obsp", "varm", "layers", "uns"] {
-        for k in r.keys(g).unwrap_or_default() {
-            v.push(format!("{g}/{k}"));
-        }
-    }
-    v.retain(|s| s != "uns/cellfate" && s != cellfate::pipeline::TIMINGS_SLOT);
-    v.sort();
-    v
-}
-
-/// The two files hold the same slots with the same values (Debug text: NaN equals NaN).
+/// The two files hold the same slots with the same values.
 fn same_content(a: &Path, b: &Path) {
-    let (ra, rb) = (
-        H5adReader::open(a).expect("a"),
-        H5adReader::open(b).expect("b"),
+    crate::common::same_content(
+        &H5adReader::open(a).expect("a"),
+        &H5adReader::open(b).expect("b"),
+        &format!("{} against {}", a.display(), b.display()),
     );
-    assert_eq!(slots(&ra), slots(&rb));
-    for slot in slots(&ra) {
-        let (x, y) = match slot.split_once('/') {
-            Some((df @ ("obs" | "var"), col)) => (ra.column(df, col), rb.column(df, col)),
-            _ => (ra.read(&slot), rb.read(&slot)),
-        };
-        assert_eq!(
-            format!("{:?}", x.expect("a")),
-            format!("{:?}", y.expect("b")),
-            "{slot}"
-        );
-    }
 }
 
 fn filters(file: &Path, dataset: &str) -> Vec<Filter> {

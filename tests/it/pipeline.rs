@@ -268,35 +268,7 @@ fn stage_commands_chain() {
         "2",
     ]);
     let whole = H5adReader::open(p("run.h5ad")).expect("run output");
-    let slots = |r: &H5adReader| -> Vec<String> {
-        let mut v = vec!["X".to_string()];
-        for g in ["obs", "var"] {
-            for k in r.columns(g).expect("columns") {
-                v.push(format!("{g}/{k}"));
-            }
-        }
-        for g in ["obsm", "obsp", "varm", "layers", "uns"] {
-            for k in r.keys(g).unwrap_or_default() {
-                v.push(format!("{g}/{k}"));
-            }
-        }
-        v.retain(|s| s != "uns/cellfate" && s != cellfate::pipeline::TIMINGS_SLOT);
-        v.sort();
-        v
-    };
-    assert_eq!(slots(&r), slots(&whole), "the same slots");
-    for slot in slots(&r) {
-        let (a, b) = match slot.split_once('/') {
-            Some((df @ ("obs" | "var"), col)) => (r.column(df, col), whole.column(df, col)),
-            _ => (r.read(&slot), whole.read(&slot)),
-        };
-        // Debug text compares NaN (absorption times of absorbing cells) as equal.
-        assert_eq!(
-            format!("{:?}", a.expect("stages")),
-            format!("{:?}", b.expect("run")),
-            "slot {slot} differs between the stage commands and run"
-        );
-    }
+    crate::common::same_content(&r, &whole, "the stage commands against run");
     // Means only by default (CellRank's calculate_variance=False); the variances on request,
     // the same from the stage command and from `run`.
     let cols = |r: &H5adReader| r.columns("obsm/absorption_times_fwd").expect("columns");
