@@ -1,6 +1,6 @@
 //! An orthonormal basis of long vectors stored in row blocks, and classical Gram–Schmidt
-//! with one reorthogonalisation (CGS2) against it: the Krylov–Schur decomposition and GMRES
-//! share it.
+//! against it, reorthogonalised when the first pass cancelled most of the vector: the
+//! Krylov–Schur decomposition and GMRES share it.
 //!
 //! Each block is a small column-major `len × cols` matrix of [`BLOCK`] rows, so every pass
 //! over the basis runs over the blocks in parallel and reads each vector's block while the
@@ -108,7 +108,7 @@ fn reduce(parts: Vec<Vec<f64>>, len: usize) -> Vec<f64> {
     out
 }
 
-/// `Vᵀ w` over the first `k` columns.
+/// `Vᵀ w` over the first `k` columns, and `‖w‖²` (the last entry).
 fn project(v: &Basis, k: usize, w: &[f64]) -> Vec<f64> {
     let parts: Vec<Vec<f64>> = v
         .blocks()
@@ -116,10 +116,11 @@ fn project(v: &Basis, k: usize, w: &[f64]) -> Vec<f64> {
             let wb = &w[r0..r0 + len];
             (0..k)
                 .map(|c| dot(&d[c * len..(c + 1) * len], wb))
+                .chain(std::iter::once(dot(wb, wb)))
                 .collect()
         })
         .collect();
-    reduce(parts, k)
+    reduce(parts, k + 1)
 }
 
 /// `w ← w − V h` over the first `h.len()` columns; returns `Vᵀ w` of the updated `w` when
@@ -151,12 +152,122 @@ fn subtract(v: &Basis, h: &[f64], w: &mut [f64], reproject: bool) -> Vec<f64> {
     reduce(parts, if reproject { k } else { 1 })
 }
 
-/// Orthogonalises `w` against the first `k` columns (CGS2); returns the coefficients and
-/// the remaining norm.
+/// Whether one Gram–Schmidt pass kept enough of `w` to be orthogonal to working precision:
+/// `‖w − V Vᵀ w‖ ≥ η ‖w‖` with η = 1/√2 (the criterion of Daniel, Gragg, Kaufman and Stewart,
+/// 1976, which ARPACK applies with 0.717). The loss of orthogonality after one classical pass
+/// is about ε ‖w‖ / ‖w − V Vᵀ w‖, so above η it is a few ε and a second pass changes nothing
+/// that matters; below it (cancellation, as when the Krylov space is nearly invariant), the
+/// second pass runs.
+const DGKS_ETA2: f64 = 0.5;
+
+/// Orthogonalises `w` against the first `k` columns: classical Gram–Schmidt, repeated once
+/// when the first pass cancelled most of `w` (see [`DGKS_ETA2`]); returns the coefficients and
+/// the remaining norm. Two passes over the basis when one Gram–Schmidt pass is enough (the
+/// projection, fused with `‖w‖²`; the update, fused with the new norm), three otherwise (the
+/// update fused with the second projection, then the second update).
 pub(crate) fn orthogonalize(v: &Basis, k: usize, w: &mut [f64]) -> (Vec<f64>, f64) {
-    let h1 = project(v, k, w);
+    let (h, norm, _) = orthogonalize_passes(v, k, w);
+    (h, norm)
+}
+
+/// [`orthogonalize`], also returning the number of passes over the basis.
+fn orthogonalize_passes(v: &Basis, k: usize, w: &mut [f64]) -> (Vec<f64>, f64, usize) {
+    let mut h1 = project(v, k, w);
+    let before = h1.pop().unwrap_or(0.0);
+    // ‖w − V h1‖² = ‖w‖² − ‖h1‖² in exact arithmetic (V orthonormal): only to decide which
+    // path to take; the norm returned is computed from the updated vector.
+    let estimate = before - h1.iter().map(|x| x * x).sum::<f64>();
+    if estimate >= DGKS_ETA2 * before {
+        let norm2 = subtract(v, &h1, w, false)[0];
+        if norm2 >= DGKS_ETA2 * before {
+            return (h1, norm2.max(0.0).sqrt(), 2);
+        }
+        // Rounding put the estimate on the wrong side: one more pass.
+        let h2 = project(v, k, w);
+        let norm2 = subtract(v, &h2[..k], w, false)[0];
+        let h = h1.iter().zip(&h2).map(|(a, b)| a + b).collect();
+        return (h, norm2.max(0.0).sqrt(), 4);
+    }
     let h2 = subtract(v, &h1, w, true);
     let norm2 = subtract(v, &h2, w, false)[0];
     let h: Vec<f64> = h1.iter().zip(&h2).map(|(a, b)| a + b).collect();
-    (h, norm2.max(0.0).sqrt())
+    (h, norm2.max(0.0).sqrt(), 3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic pseudo-random vector in [-0.5, 0.5).
+    fn noise(n: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+            })
+            .collect()
+    }
+
+    /// Both paths of [`orthogonalize`] (one pass for a vector mostly outside the span, two
+    /// for one nearly inside it) leave a vector orthogonal to the basis to working precision
+    /// and return coefficients that rebuild the input: `w = V h + ‖w'‖ w'/‖w'‖`.
+    #[test]
+    fn orthogonalize_is_accurate_on_both_paths() {
+        // Three blocks and a bit, so that the per-block sums are exercised.
+        let n = 3 * BLOCK + 123;
+        let k = 12;
+        let mut v = Basis::new(n, k + 1);
+        let mut col = vec![0.0; n];
+        for j in 0..k {
+            let mut w = noise(n, j as u64 + 1);
+            let (_, norm) = orthogonalize(&v, j, &mut w);
+            w.iter_mut().for_each(|x| *x /= norm);
+            v.set_column(j, &w);
+        }
+        for (case, inside) in [(0, 0.0), (1, 1e-6)] {
+            // w = V c + inside × noise: `inside` 0 means a plain random vector.
+            let c: Vec<f64> = (0..k).map(|i| 1.0 + i as f64).collect();
+            let mut w = if case == 0 {
+                noise(n, 99)
+            } else {
+                let mut w = v.combine(&c, n);
+                for (x, e) in w.iter_mut().zip(noise(n, 98)) {
+                    *x += inside * e;
+                }
+                w
+            };
+            let orig = w.clone();
+            let (h, norm, passes) = orthogonalize_passes(&v, k, &mut w);
+            assert_eq!(passes, 2 + case, "case {case}");
+            assert!(norm > 0.0);
+            let scale = dot(&orig, &orig).sqrt();
+            for j in 0..k {
+                v.get_column(j, &mut col);
+                let off = dot(&col, &w).abs() / norm;
+                assert!(off < 1e-14, "case {case}: |v_{j}ᵀ w'| / ‖w'‖ = {off:e}");
+            }
+            let exact = dot(&w, &w).sqrt();
+            assert!((norm - exact).abs() <= 1e-14 * exact, "case {case}");
+            let rebuilt = v.combine(&h, n);
+            let err = rebuilt
+                .iter()
+                .zip(&w)
+                .zip(&orig)
+                .map(|((r, x), o)| (r + x - o).abs())
+                .fold(0.0, f64::max);
+            assert!(err < 1e-13 * scale, "case {case}: rebuild error {err:e}");
+            if case == 1 {
+                // h = c + inside × Vᵀ noise.
+                let e = noise(n, 98);
+                for (j, (hi, ci)) in h.iter().zip(&c).enumerate() {
+                    v.get_column(j, &mut col);
+                    let want = ci + inside * dot(&col, &e);
+                    assert!((hi - want).abs() < 1e-13 * scale, "case 1: {hi} vs {want}");
+                }
+            }
+        }
+    }
 }
