@@ -2,6 +2,9 @@
 //! (`n_cells` most likely cells per state), naming after the majority cluster with `_1`, `_2`
 //! suffixes for duplicates, its colour palette, and the terminal/initial-state rules.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use cellfate_kernels::TransitionMatrix;
 use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
@@ -122,6 +125,10 @@ pub const MEMBERSHIP_TIE_TOL: f64 = 1e-4;
 /// Power iterations of the quasi-stationary distribution used to break membership ties.
 const QSD_MAX_ITER: usize = 5000;
 
+/// Bands of at least this many tied cells have their quasi-stationary distribution iterated
+/// in a bandwidth order (smaller ones fit in cache as they are).
+const QSD_ORDER_MIN_CELLS: usize = 65_536;
+
 /// The `n_cells` most likely cells of each column of `chi`; a cell picked by several columns
 /// stays with the one where its membership is largest (first column on ties). Boundary ties
 /// are broken by larger value, then smaller cell index (CellRank's argpartition is
@@ -150,6 +157,64 @@ pub fn fuzzy_to_discrete_with(
     chi: &DMatrix<f64>,
     n_cells: usize,
     t: Option<&TransitionMatrix>,
+) -> Result<Vec<Option<usize>>, StatesError> {
+    fuzzy_to_discrete_cached(chi, n_cells, t, None)
+}
+
+/// A band of tied cells (in the order the distribution is given in) and the number of top
+/// cells whose ranking was iterated for.
+type Band = (Vec<usize>, usize);
+
+/// The quasi-stationary distributions computed by [`fuzzy_to_discrete_cached`] for the
+/// tie-breaks of one chain, by the band of tied cells they were computed for: the
+/// macrostates, the terminal states and the initial states of one estimator discretise the
+/// same memberships, and at 1,000,000 cells each such distribution takes seconds. Only valid
+/// with the chain it was filled with.
+#[derive(Debug, Default)]
+pub struct TieBreaks {
+    by_band: Mutex<HashMap<Band, Arc<Vec<f64>>>>,
+}
+
+impl TieBreaks {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many distributions are kept.
+    pub fn len(&self) -> usize {
+        self.by_band
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The distribution for `cells` (in that order) with `n_top`, computed once.
+    fn get(&self, t: &TransitionMatrix, cells: &[usize], n_top: usize) -> Arc<Vec<f64>> {
+        // A panic elsewhere while the lock was held leaves entries that are still valid.
+        let lock = || self.by_band.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (cells.to_vec(), n_top);
+        if let Some(q) = lock().get(&key) {
+            return Arc::clone(q);
+        }
+        let q = Arc::new(quasi_stationary(t, cells, n_top));
+        lock().insert(key, Arc::clone(&q));
+        q
+    }
+}
+
+/// [`fuzzy_to_discrete_with`], reusing (and filling) `cache` for the tie-breaks when given:
+/// the same result, computed once per band of tied cells.
+pub fn fuzzy_to_discrete_cached(
+    chi: &DMatrix<f64>,
+    n_cells: usize,
+    t: Option<&TransitionMatrix>,
+    cache: Option<&TieBreaks>,
 ) -> Result<Vec<Option<usize>>, StatesError> {
     let (n, m) = (chi.nrows(), chi.ncols());
     if n_cells == 0 {
@@ -204,7 +269,10 @@ pub fn fuzzy_to_discrete_with(
             Some(t) if band > n_cells => {
                 let sure = idx.partition_point(|&l| chi[(l, j)] > boundary + MEMBERSHIP_TIE_TOL);
                 idx.truncate(band);
-                let q = quasi_stationary(t, &idx, n_cells);
+                let q = match cache {
+                    Some(c) => c.get(t, &idx, n_cells),
+                    None => Arc::new(quasi_stationary(t, &idx, n_cells)),
+                };
                 let mut tied: Vec<usize> = (sure..band).collect();
                 tied.sort_by(|&a, &b| q[b].total_cmp(&q[a]).then(idx[a].cmp(&idx[b])));
                 let mut keep: Vec<usize> = idx[..sure].to_vec();
@@ -247,9 +315,41 @@ pub fn fuzzy_to_discrete_with(
 /// less than 1e-9 in L1 in the last step), or [`QSD_MAX_ITER`] iterations: only the ranking
 /// is used. Products run row by row in a fixed order (independent of the thread count).
 fn quasi_stationary(t: &TransitionMatrix, cells: &[usize], n_top: usize) -> Vec<f64> {
+    quasi_stationary_in(t, cells, n_top, cells.len() >= QSD_ORDER_MIN_CELLS)
+}
+
+/// [`quasi_stationary`], iterated in a bandwidth order of the band's chain when `ordered`.
+fn quasi_stationary_in(
+    t: &TransitionMatrix,
+    cells: &[usize],
+    n_top: usize,
+    ordered: bool,
+) -> Vec<f64> {
     let k = cells.len();
+    // Large bands (a branch's worth of cells) are iterated in a reverse Cuthill–McKee order
+    // of their chain, so that the products gather from nearby memory (at 1,000,000 cells,
+    // bands of 216,000 cells: about twice as fast); the result is mapped back.
+    let sub = t.submatrix(cells, cells);
+    let order = ordered.then(|| crate::graph::bandwidth_order(&sub));
+    let sub = match &order {
+        Some(o) => sub.submatrix(o, o),
+        None => sub,
+    };
+    let back = |p: &[f64]| -> Vec<f64> {
+        match &order {
+            Some(o) => {
+                let mut out = vec![0.0; k];
+                for (&orig, &v) in o.iter().zip(p) {
+                    out[orig] = v;
+                }
+                out
+            }
+            None => p.to_vec(),
+        }
+    };
     // Rows of the transpose: p_new[j] = Σ_i p[i] T[cells_i, cells_j].
-    let tt = t.submatrix(cells, cells).transpose();
+    let tt = sub.transpose();
+    drop(sub);
     let mut p = vec![1.0 / k as f64; k];
     let top = |p: &[f64]| -> Vec<usize> {
         let mut o: Vec<usize> = (0..k).collect();
@@ -260,7 +360,7 @@ fn quasi_stationary(t: &TransitionMatrix, cells: &[usize], n_top: usize) -> Vec<
         o.sort_unstable();
         o
     };
-    let mut last_top = top(&p);
+    let mut last_top = top(&back(&p));
     let mut stable = 0;
     for it in 1..=QSD_MAX_ITER {
         let mut next = tt.mul_vec(&p);
@@ -273,7 +373,7 @@ fn quasi_stationary(t: &TransitionMatrix, cells: &[usize], n_top: usize) -> Vec<
         let moved: f64 = next.iter().zip(&p).map(|(a, b)| (a - b).abs()).sum();
         p = next;
         if it % 100 == 0 {
-            let now = top(&p);
+            let now = top(&back(&p));
             stable = if now == last_top { stable + 1 } else { 0 };
             last_top = now;
             if stable >= 3 || (stable >= 1 && moved < 1e-9) {
@@ -281,7 +381,7 @@ fn quasi_stationary(t: &TransitionMatrix, cells: &[usize], n_top: usize) -> Vec<
             }
         }
     }
-    p
+    back(&p)
 }
 
 /// A reference categorical used to name states (e.g. `obs["clusters"]`).
@@ -886,6 +986,27 @@ mod tests {
             fuzzy_to_discrete_with(&crisp, 5, Some(&t)).unwrap(),
             fuzzy_to_discrete(&crisp, 5).unwrap()
         );
+        // Through a cache: the same result, one quasi-stationary distribution per band,
+        // reused by a second discretisation (the terminal states' after the macrostates').
+        let cache = TieBreaks::new();
+        for _ in 0..2 {
+            assert_eq!(
+                fuzzy_to_discrete_cached(&chi, 5, Some(&t), Some(&cache)).unwrap(),
+                ours
+            );
+            assert_eq!(cache.len(), 2);
+        }
+        // In a bandwidth order (as bands of 65,536 cells and more are): the same
+        // distribution to rounding, on a band given in a scrambled order.
+        let band: Vec<usize> = (0..40).map(|i| (i * 17) % 40).collect();
+        let plain = quasi_stationary_in(&t, &band, 5, false);
+        let ordered = quasi_stationary_in(&t, &band, 5, true);
+        let worst = plain
+            .iter()
+            .zip(&ordered)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-13, "{worst:e}");
         // A chain of another size is an error, not a panic.
         let small_chi = DMatrix::from_element(10, 2, 0.5);
         assert!(fuzzy_to_discrete_with(&small_chi, 2, Some(&t)).is_err());

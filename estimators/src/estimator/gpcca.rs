@@ -12,8 +12,8 @@ use crate::gpcca::{
 };
 use crate::schur::{compute_schur, Schur, SchurOptions};
 use crate::states::{
-    fuzzy_to_discrete_with, name_states, select_initial, select_initial_by_flow, select_terminal,
-    select_terminal_sinks, state_probabilities, ClusterReference, TerminalMethod,
+    fuzzy_to_discrete_cached, name_states, select_initial, select_initial_by_flow, select_terminal,
+    select_terminal_sinks, state_probabilities, ClusterReference, TerminalMethod, TieBreaks,
 };
 
 const NAME: &str = "GPCCA";
@@ -171,6 +171,9 @@ pub struct Gpcca {
     /// Why the last `compute_macrostates` found no stationary distribution, in a few words
     /// ("the chain is nearly reducible, |1 − λ2| = 2.0e-15"), for the notes that follow.
     no_stationary: Option<String>,
+    /// The tie-breaks of the discretisations of this chain's memberships, shared by the
+    /// macrostates, terminal and initial states.
+    tie_breaks: TieBreaks,
 }
 
 impl Estimator for Gpcca {
@@ -205,13 +208,14 @@ fn fewer_cells(
     chi: &DMatrix<f64>,
     n_cells: usize,
     t: &TransitionMatrix,
+    cache: &TieBreaks,
 ) -> Result<(usize, Vec<Option<usize>>), EstimatorError> {
-    let first = match fuzzy_to_discrete_with(chi, n_cells, Some(t)) {
+    let first = match fuzzy_to_discrete_cached(chi, n_cells, Some(t), Some(cache)) {
         Ok(a) => return Ok((n_cells, a)),
         Err(e) => e,
     };
     for n in (1..n_cells).rev() {
-        if let Ok(a) = fuzzy_to_discrete_with(chi, n, Some(t)) {
+        if let Ok(a) = fuzzy_to_discrete_cached(chi, n, Some(t), Some(cache)) {
             return Ok((n, a));
         }
     }
@@ -243,6 +247,7 @@ impl Gpcca {
             macrostates: None,
             initial: None,
             no_stationary: None,
+            tie_breaks: TieBreaks::new(),
         }
     }
 
@@ -416,6 +421,7 @@ impl Gpcca {
             }
         };
         let t = &self.core.t;
+        let tie_breaks = &self.tie_breaks;
         let schur = self.schur.as_ref().expect("checked above");
         // Among the optimiser's solutions (best objective first), the best whose discrete
         // assignment gives every state enough cells (CellRank fails when its one solution
@@ -423,7 +429,7 @@ impl Gpcca {
         // The accepted solution's assignment is kept: it is not computed twice.
         let mut kept = None;
         let fitted = gpcca::fit_with(t, schur, m, &opts.optimizer, pi.as_deref(), &mut |chi| {
-            kept = fuzzy_to_discrete_with(chi, opts.n_cells, Some(t)).ok();
+            kept = fuzzy_to_discrete_cached(chi, opts.n_cells, Some(t), Some(tie_breaks)).ok();
             kept.is_some()
         });
         check_interrupt(NAME, "compute_macrostates")?;
@@ -440,7 +446,7 @@ impl Gpcca {
         } else {
             // Every solution leaves a state (nearly) empty at n_cells: the largest number of
             // cells per state at which each state keeps its share (documented recovery).
-            let (n_ok, assignment) = fewer_cells(&fit.chi, opts.n_cells, t)?;
+            let (n_ok, assignment) = fewer_cells(&fit.chi, opts.n_cells, t, tie_breaks)?;
             notes.push(format!(
                 "macrostates: every solution of the rotation optimiser leaves a state with too few of its {} most likely cells; assigned {n_ok} cells per macrostate instead",
                 opts.n_cells
@@ -646,7 +652,7 @@ impl Gpcca {
             })?;
         let t = &self.core.t;
         let sub = DMatrix::from_fn(chi.nrows(), sel.len(), |i, j| chi[(i, sel[j])]);
-        let (used, assignment) = fewer_cells(&sub, n_cells, t)?;
+        let (used, assignment) = fewer_cells(&sub, n_cells, t, &self.tie_breaks)?;
         let probs = state_probabilities(&sub);
         let note = (used < n_cells).then(|| {
             format!(
