@@ -428,10 +428,18 @@ impl Gpcca {
         // does not).
         // The accepted solution's assignment is kept: it is not computed twice.
         let mut kept = None;
-        let fitted = gpcca::fit_with(t, schur, m, &opts.optimizer, pi.as_deref(), &mut |chi| {
-            kept = fuzzy_to_discrete_cached(chi, opts.n_cells, Some(t), Some(tie_breaks)).ok();
-            kept.is_some()
-        });
+        let fitted = gpcca::fit_with_x(
+            t,
+            schur,
+            &x,
+            m,
+            &opts.optimizer,
+            pi.as_deref(),
+            &mut |chi| {
+                kept = fuzzy_to_discrete_cached(chi, opts.n_cells, Some(t), Some(tie_breaks)).ok();
+                kept.is_some()
+            },
+        );
         check_interrupt(NAME, "compute_macrostates")?;
         let (fit, accepted) = fitted?;
         let mut notes = Vec::new();

@@ -41,7 +41,7 @@ const NEARLY_REDUCIBLE: f64 = 1e-10;
 /// first column of ones (pyGPCCA's `_do_schur` + modified Gram–Schmidt).
 pub fn schur_to_x(schur: &Schur) -> Result<DMatrix<f64>, GpccaError> {
     let q0 = &schur.q;
-    let (n, k) = (q0.nrows(), q0.ncols());
+    let k = q0.ncols();
     let sqrt_eta: Vec<f64> = schur.eta.iter().map(|e| e.sqrt()).collect();
     // Constant-column detection: the last column equal to its mean within (1e-6, 1e-5).
     let mut max_i = 0;
@@ -63,12 +63,13 @@ pub fn schur_to_x(schur: &Schur) -> Result<DMatrix<f64>, GpccaError> {
     if sin > 1e-7 {
         return Err(BasisError::DominantNotSqrtEta { sin }.into());
     }
-    // Modified Gram–Schmidt (Euclidean), column by column.
+    // Modified Gram–Schmidt (Euclidean), column by column (column `i` borrowed beside
+    // column `j`, not copied).
     for j in 0..k {
         for i in 0..j {
             let r = q.column(i).dot(&q.column(j));
-            let qi = q.column(i).clone_owned();
-            q.column_mut(j).axpy(-r, &qi, 1.0);
+            let (qi, mut qj) = q.columns_range_pair_mut(i, j);
+            qj.axpy(-r, &qi, 1.0);
         }
         let nrm = q.column(j).norm();
         if nrm <= 0.0 {
@@ -81,9 +82,9 @@ pub fn schur_to_x(schur: &Schur) -> Result<DMatrix<f64>, GpccaError> {
         return Err(BasisError::SubspaceChanged { sin }.into());
     }
     let mut x = q;
-    for l in 0..n {
-        for j in 0..k {
-            x[(l, j)] /= sqrt_eta[l];
+    for mut col in x.column_iter_mut() {
+        for (v, s) in col.iter_mut().zip(&sqrt_eta) {
+            *v /= s;
         }
     }
     // Checks: first column ≈ 1, Xᵀ D X ≈ I.
@@ -98,19 +99,50 @@ pub fn schur_to_x(schur: &Schur) -> Result<DMatrix<f64>, GpccaError> {
         }
         .into());
     }
-    let mut g = DMatrix::zeros(k, k);
-    for a in 0..k {
-        for b in a..k {
-            let s: f64 = (0..n).map(|l| schur.eta[l] * x[(l, a)] * x[(l, b)]).sum();
-            g[(a, b)] = s;
-            g[(b, a)] = s;
-        }
-    }
+    let g = tall_gram(&x, &x, Some(&schur.eta));
     let dev = (g - DMatrix::identity(k, k)).amax();
     if dev > 1e-6 {
         return Err(BasisError::NotEtaOrthonormal { deviation: dev }.into());
     }
     Ok(x)
+}
+
+/// Rows per block of [`tall_gram`].
+const GRAM_ROWS: usize = 4096;
+
+/// `aᵀ diag(w) b` for tall matrices (`w` = 1 when `None`): one pass over row blocks in
+/// parallel, each block's small product summed in block order (the same bits at any thread
+/// count). nalgebra's `tr_mul` computes each entry as a dot product over whole columns,
+/// reading both matrices once per entry: for 1,000,000 × 21 Schur vectors that was 441
+/// passes over memory per product.
+pub(crate) fn tall_gram(a: &DMatrix<f64>, b: &DMatrix<f64>, w: Option<&[f64]>) -> DMatrix<f64> {
+    let (n, ka, kb) = (a.nrows(), a.ncols(), b.ncols());
+    assert_eq!(b.nrows(), n, "tall_gram: row counts differ");
+    let parts: Vec<DMatrix<f64>> = (0..n.div_ceil(GRAM_ROWS))
+        .into_par_iter()
+        .map(|blk| {
+            let r0 = blk * GRAM_ROWS;
+            let len = GRAM_ROWS.min(n - r0);
+            let ab = a.rows(r0, len);
+            match w {
+                None => ab.tr_mul(&b.rows(r0, len)),
+                Some(w) => {
+                    let mut bw = b.rows(r0, len).clone_owned();
+                    for mut col in bw.column_iter_mut() {
+                        for (v, wi) in col.iter_mut().zip(&w[r0..r0 + len]) {
+                            *v *= wi;
+                        }
+                    }
+                    ab.tr_mul(&bw)
+                }
+            }
+        })
+        .collect();
+    let mut out = DMatrix::zeros(ka, kb);
+    for p in parts {
+        out += p;
+    }
+    out
 }
 
 /// Sine of the largest principal angle between the column spaces of two matrices, computed
@@ -126,11 +158,10 @@ pub fn subspace_sin(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
     } else {
         (&qb, &qa)
     };
-    let resid = small - big * big.tr_mul(small);
+    let resid = small - big * tall_gram(big, small, None);
     // The largest singular value, from the k × k Gram matrix (its largest eigenvalue is
     // resolved to relative ε).
-    resid
-        .tr_mul(&resid)
+    tall_gram(&resid, &resid, None)
         .symmetric_eigenvalues()
         .iter()
         .copied()
@@ -147,7 +178,7 @@ pub fn subspace_sin(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
 /// re-orthonormalises against the first's rounding (as CholeskyQR2 does). Used for the subspace checks only, where the bases
 /// compared are orthonormal or nearly so.
 fn orth(a: &DMatrix<f64>) -> DMatrix<f64> {
-    let eig = a.tr_mul(a).symmetric_eigen();
+    let eig = tall_gram(a, a, None).symmetric_eigen();
     let lmax = eig.eigenvalues.iter().copied().fold(0.0f64, f64::max);
     let smax = lmax.sqrt();
     let tol = (a.nrows().max(a.ncols()) as f64 * EPS).max(EPS.sqrt()) * smax;
@@ -170,7 +201,7 @@ fn orth(a: &DMatrix<f64>) -> DMatrix<f64> {
     if lmin >= 1e-4 * lmax {
         return q;
     }
-    let e2 = q.tr_mul(&q).symmetric_eigen();
+    let e2 = tall_gram(&q, &q, None).symmetric_eigen();
     let w2 = DMatrix::from_fn(q.ncols(), q.ncols(), |i, j| {
         e2.eigenvectors[(i, j)] / e2.eigenvalues[j].sqrt()
     });
@@ -602,6 +633,41 @@ pub fn fit_with(
         return Err(GpccaError::SplitsPair { m });
     }
     let x_all = schur_to_x(schur)?;
+    fit_with_x(t, schur, &x_all, m, optimizer, pi, accept)
+}
+
+/// [`fit_with`] from `x_all = schur_to_x(schur)`, when the caller has it already (it is an
+/// n × k pass over the Schur vectors with its checks: seconds at 1,000,000 cells).
+pub fn fit_with_x(
+    t: &TransitionMatrix,
+    schur: &Schur,
+    x_all: &DMatrix<f64>,
+    m: usize,
+    optimizer: &Optimizer,
+    pi: Option<&[f64]>,
+    accept: &mut dyn FnMut(&DMatrix<f64>) -> bool,
+) -> Result<(GpccaFit, bool), GpccaError> {
+    if m < 2 {
+        return Err(GpccaError::Parameter {
+            parameter: "m (number of macrostates)",
+            expected: "at least 2 (use the stationary distribution for 1)".into(),
+            got: m.to_string(),
+        });
+    }
+    assert_eq!(
+        (x_all.nrows(), x_all.ncols()),
+        (t.n_cells(), schur.m()),
+        "fit_with_x: x_all must be schur_to_x(schur)"
+    );
+    if m > schur.m() {
+        return Err(GpccaError::TooFewSchurVectors {
+            m,
+            computed: schur.m(),
+        });
+    }
+    if schur.splits_pair(m) {
+        return Err(GpccaError::SplitsPair { m });
+    }
     let x = x_all.columns(0, m).clone_owned();
     let (simplex_indices, a0) = isa(&x)?;
     let (candidates, mut report) = optimizer.run_candidates(&x, &a0)?;

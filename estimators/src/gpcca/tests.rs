@@ -408,3 +408,25 @@ fn subspace_sin_of_an_ill_conditioned_basis() {
         theta.sin()
     );
 }
+
+/// The blocked `aᵀ diag(w) b` equals nalgebra's entry-by-entry product to rounding, over
+/// several row blocks and a partial last one, with and without weights.
+#[test]
+fn tall_gram_equals_the_plain_product() {
+    let n = 3 * super::GRAM_ROWS + 77;
+    let a = DMatrix::from_fn(n, 5, |i, j| {
+        (((i * 31 + j * 17) % 101) as f64 - 50.0) / 50.0
+    });
+    let b = DMatrix::from_fn(n, 3, |i, j| (((i * 7 + j * 13) % 59) as f64 - 29.0) / 29.0);
+    let w: Vec<f64> = (0..n).map(|i| 0.5 + (i % 11) as f64 / 10.0).collect();
+    let plain = a.tr_mul(&b);
+    let got = super::tall_gram(&a, &b, None);
+    assert!((got - &plain).amax() <= 1e-12 * plain.amax(), "unweighted");
+    let bw = DMatrix::from_fn(n, 3, |i, j| b[(i, j)] * w[i]);
+    let plain_w = a.tr_mul(&bw);
+    let got_w = super::tall_gram(&a, &b, Some(&w));
+    assert!(
+        (got_w - &plain_w).amax() <= 1e-12 * plain_w.amax(),
+        "weighted"
+    );
+}
