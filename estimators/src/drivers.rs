@@ -315,45 +315,64 @@ pub fn non_finite_genes(expr: &Expression<'_>) -> Vec<usize> {
     (0..g).filter(|&gg| bad[gg]).collect()
 }
 
+/// Cells per block of [`gene_stats`]: the blocks are summed in parallel, then added in block
+/// order (the same bits at any thread count; one block, the plain sequential sums, up to this
+/// many cells).
+const STATS_ROWS: usize = 16_384;
+
 /// Per-gene sums needed for correlations: (Σx, Σx², and Σ x·y_l for each lineage).
 fn gene_stats(expr: &Expression<'_>, ys: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>, Vec<Vec<f64>>) {
     let g = expr.n_genes();
     let l = ys.len();
-    let mut sx = vec![0.0; g];
-    let mut sxx = vec![0.0; g];
-    let mut sxy = vec![vec![0.0; g]; l];
-    match expr {
-        Expression::Dense {
-            n_cells,
-            n_genes,
-            values,
-        } => {
-            for i in 0..*n_cells {
-                let row = &values[i * n_genes..(i + 1) * n_genes];
-                for (gg, &x) in row.iter().enumerate() {
-                    sx[gg] += x;
-                    sxx[gg] += x * x;
-                    for (j, y) in ys.iter().enumerate() {
-                        sxy[j][gg] += x * y[i];
+    let n = expr.n_cells();
+    // One block's sums, laid out as [Σx | Σx² | Σxy_0 | … | Σxy_{l−1}], g each.
+    let block = |rows: std::ops::Range<usize>| -> Vec<f64> {
+        let mut acc = vec![0.0; g * (2 + l)];
+        let (sx, rest) = acc.split_at_mut(g);
+        let (sxx, sxy) = rest.split_at_mut(g);
+        let mut add = |i: usize, gg: usize, x: f64| {
+            sx[gg] += x;
+            sxx[gg] += x * x;
+            for (j, y) in ys.iter().enumerate() {
+                sxy[j * g + gg] += x * y[i];
+            }
+        };
+        match expr {
+            Expression::Dense {
+                n_genes, values, ..
+            } => {
+                for i in rows {
+                    let row = &values[i * n_genes..(i + 1) * n_genes];
+                    for (gg, &x) in row.iter().enumerate() {
+                        add(i, gg, x);
+                    }
+                }
+            }
+            Expression::Sparse(c) => {
+                for i in rows {
+                    let (cols, vals) = c.row(i);
+                    for (&gg, &x) in cols.iter().zip(vals) {
+                        add(i, gg as usize, x);
                     }
                 }
             }
         }
-        Expression::Sparse(c) => {
-            for i in 0..c.nrows() {
-                let (cols, vals) = c.row(i);
-                for (&gg, &x) in cols.iter().zip(vals) {
-                    let gg = gg as usize;
-                    sx[gg] += x;
-                    sxx[gg] += x * x;
-                    for (j, y) in ys.iter().enumerate() {
-                        sxy[j][gg] += x * y[i];
-                    }
-                }
-            }
+        acc
+    };
+    let parts: Vec<Vec<f64>> = (0..n.div_ceil(STATS_ROWS))
+        .into_par_iter()
+        .map(|b| block(b * STATS_ROWS..n.min((b + 1) * STATS_ROWS)))
+        .collect();
+    let mut total = vec![0.0; g * (2 + l)];
+    for part in parts {
+        for (t, v) in total.iter_mut().zip(part) {
+            *t += v;
         }
     }
-    (sx, sxx, sxy)
+    let sxy = (0..l)
+        .map(|j| total[(2 + j) * g..(3 + j) * g].to_vec())
+        .collect();
+    (total[..g].to_vec(), total[g..2 * g].to_vec(), sxy)
 }
 
 /// Correlations of every gene with every lineage column `ys` (CellRank 2.3: divide by n,
@@ -626,6 +645,68 @@ mod tests {
             / (x.iter().map(|a| (a - mx).powi(2)).sum::<f64>().sqrt()
                 * y.iter().map(|b| (b - my).powi(2)).sum::<f64>().sqrt());
         assert!((a[0] - r).abs() < 1e-12);
+    }
+
+    /// Above one block of cells (`STATS_ROWS`), the sums run over blocks in parallel: the
+    /// correlations equal the two-pass definition to rounding, and the bits do not depend on
+    /// the number of threads; dense and sparse agree.
+    #[test]
+    fn blocked_correlations_are_exact_and_thread_independent() {
+        let n = 2 * STATS_ROWS + 1234;
+        let n_genes = 7;
+        let ys: Vec<Vec<f64>> = (0..2)
+            .map(|j| (0..n).map(|i| ((i * (3 + j)) % 97) as f64 / 97.0).collect())
+            .collect();
+        let vals: Vec<f64> = (0..n * n_genes)
+            .map(|k| {
+                let (i, g) = (k / n_genes, k % n_genes);
+                if (i + g) % 3 == 0 {
+                    0.0
+                } else {
+                    ((i * 31 + g * 7) % 53) as f64 / 10.0 + ys[g % 2][i] * g as f64
+                }
+            })
+            .collect();
+        let dense = Expression::Dense {
+            n_cells: n,
+            n_genes,
+            values: &vals,
+        };
+        let mut trip = Vec::new();
+        for i in 0..n {
+            for g in 0..n_genes {
+                if vals[i * n_genes + g] != 0.0 {
+                    trip.push((i, g, vals[i * n_genes + g]));
+                }
+            }
+        }
+        let csr = Csr::from_triplets(n, n_genes, &trip).unwrap();
+        let sparse = Expression::Sparse(&csr);
+        let got = correlations(&dense, &ys);
+        for g in 0..n_genes {
+            for (j, y) in ys.iter().enumerate() {
+                let x: Vec<f64> = (0..n).map(|i| vals[i * n_genes + g]).collect();
+                let (mx, my) = (
+                    x.iter().sum::<f64>() / n as f64,
+                    y.iter().sum::<f64>() / n as f64,
+                );
+                let cov: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+                let r = cov
+                    / (x.iter().map(|a| (a - mx).powi(2)).sum::<f64>().sqrt()
+                        * y.iter().map(|b| (b - my).powi(2)).sum::<f64>().sqrt());
+                assert!((got[g * 2 + j] - r).abs() < 1e-12, "gene {g}, lineage {j}");
+            }
+        }
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| correlations(&dense, &ys));
+        assert_eq!(one, got);
+        let sparse_r = correlations(&sparse, &ys);
+        for (a, b) in sparse_r.iter().zip(&got) {
+            assert!((a - b).abs() < 1e-12);
+        }
     }
 
     /// Fisher's z p-values underflow: to 0 for a (numerically) perfect correlation, to
