@@ -616,6 +616,13 @@ pub fn fit_with(
     pi: Option<&[f64]>,
     accept: &mut dyn FnMut(&DMatrix<f64>) -> bool,
 ) -> Result<(GpccaFit, bool), GpccaError> {
+    check_m(schur, m)?;
+    let x_all = schur_to_x(schur)?;
+    fit_with_x(t, schur, &x_all, m, optimizer, pi, accept)
+}
+
+/// Whether `m` macrostates can be fitted from `schur`.
+fn check_m(schur: &Schur, m: usize) -> Result<(), GpccaError> {
     if m < 2 {
         return Err(GpccaError::Parameter {
             parameter: "m (number of macrostates)",
@@ -632,8 +639,7 @@ pub fn fit_with(
     if schur.splits_pair(m) {
         return Err(GpccaError::SplitsPair { m });
     }
-    let x_all = schur_to_x(schur)?;
-    fit_with_x(t, schur, &x_all, m, optimizer, pi, accept)
+    Ok(())
 }
 
 /// [`fit_with`] from `x_all = schur_to_x(schur)`, when the caller has it already (it is an
@@ -647,27 +653,12 @@ pub fn fit_with_x(
     pi: Option<&[f64]>,
     accept: &mut dyn FnMut(&DMatrix<f64>) -> bool,
 ) -> Result<(GpccaFit, bool), GpccaError> {
-    if m < 2 {
-        return Err(GpccaError::Parameter {
-            parameter: "m (number of macrostates)",
-            expected: "at least 2 (use the stationary distribution for 1)".into(),
-            got: m.to_string(),
-        });
-    }
     assert_eq!(
         (x_all.nrows(), x_all.ncols()),
         (t.n_cells(), schur.m()),
         "fit_with_x: x_all must be schur_to_x(schur)"
     );
-    if m > schur.m() {
-        return Err(GpccaError::TooFewSchurVectors {
-            m,
-            computed: schur.m(),
-        });
-    }
-    if schur.splits_pair(m) {
-        return Err(GpccaError::SplitsPair { m });
-    }
+    check_m(schur, m)?;
     let x = x_all.columns(0, m).clone_owned();
     let (simplex_indices, a0) = isa(&x)?;
     let (candidates, mut report) = optimizer.run_candidates(&x, &a0)?;
