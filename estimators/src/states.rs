@@ -328,7 +328,8 @@ fn quasi_stationary_in(
     let k = cells.len();
     // Large bands (a branch's worth of cells) are iterated in a reverse Cuthill–McKee order
     // of their chain, so that the products gather from nearby memory (at 1,000,000 cells,
-    // bands of 216,000 cells: about twice as fast); the result is mapped back.
+    // bands of 216,000 cells: 300 iterations 4.0 -> 3.0 s, for about 0.5 s of ordering);
+    // the result is mapped back.
     let sub = t.submatrix(cells, cells);
     let order = ordered.then(|| crate::graph::bandwidth_order(&sub));
     let sub = match &order {
