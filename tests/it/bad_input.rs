@@ -428,3 +428,51 @@ fn simulate_rejects_bad_parameters_by_name() {
         assert!(!out.exists(), "{args:?}: output written");
     }
 }
+
+/// A sparse matrix of more stored entries than one block of indices (read in blocks of
+/// 2²⁰, narrowed as they come): read back exactly, and an index out of range in the second
+/// block is reported at its own row.
+#[test]
+fn indices_read_in_blocks() {
+    let (rows, cols) = (1200, 1000);
+    let mut indptr = vec![0];
+    let mut indices = Vec::new();
+    let mut data = Vec::new();
+    for i in 0..rows {
+        for j in 0..cols {
+            indices.push(j as u32);
+            data.push((i * cols + j) as f64);
+        }
+        indptr.push(indices.len());
+    }
+    assert!(indices.len() > 1 << 20);
+    let d = tempdir();
+    let write = |name: &str, indices: Vec<u32>| {
+        let p = d.path().join(name);
+        let mut members = obs_var(rows, cols);
+        members.push((
+            "X".into(),
+            sparse(indptr.clone(), indices, data.clone(), [rows, cols]),
+        ));
+        cellfate::io::write_new(&p, &members).expect("write fixture");
+        p
+    };
+    let p = write("big.h5ad", indices.clone());
+    let x = H5adReader::open(&p).expect("open").csr("X").expect("read");
+    assert_eq!(x.nnz(), rows * cols);
+    assert_eq!(x.indices(), &indices[..]);
+    assert_eq!(x.data(), &data[..]);
+    // Entry 1,100,003 (row 1100, column 3) out of range.
+    let mut bad = indices;
+    bad[1_100_003] = 5000;
+    let p = write("bad.h5ad", bad);
+    let e = H5adReader::open(&p)
+        .expect("open")
+        .read("X")
+        .expect_err("bad index");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("X/indices") && msg.contains("index 5000") && msg.contains("row 1100"),
+        "{msg}"
+    );
+}
