@@ -272,15 +272,16 @@ pub struct AbsorptionOptions {
     pub solver: Solver,
     /// Largest number of transient cells for the sparse direct solver under `Auto`.
     pub direct_max_cells: usize,
-    /// GMRES: relative residual tolerance.
+    /// GMRES: relative residual tolerance (the fate probabilities' solves also stop once
+    /// a column's normwise backward error is below [`BACKWARD_STOP`]).
     pub tol: f64,
     /// GMRES: restart length.
     pub restart: usize,
     /// GMRES: maximum inner iterations per right-hand side.
     pub max_iter: usize,
     /// GMRES: cells per aggregate of the coarse correction added to ILU(0) when ILU(0)
-    /// alone would need more than [`STALL_ITERATIONS`] iterations, as projected from its
-    /// first restart cycle (0: never; more cells per
+    /// alone would need more than [`STALL_ITERATIONS`] iterations, as projected at
+    /// [`STALL_PROBE`] or from its first restart cycle (0: never; more cells per
     /// aggregate when there would be more than
     /// [`MAX_AGGREGATES`](crate::coarse::MAX_AGGREGATES) aggregates). The cells are grouped
     /// into connected aggregates of about this size and the chain lumped on them is solved
@@ -429,6 +430,21 @@ impl crate::coarse::CoarseSolve for LuFactor {
 /// slow, as projected from the rate of its first cycle, and continues with the coarse
 /// correction (the real 1M-cell demo chain needs 60–74; strongly metastable chains hundreds).
 pub const STALL_ITERATIONS: usize = 100;
+
+/// Iteration of GMRES's first cycle at which its rate (over the last [`STALL_WINDOW`]
+/// iterations) is projected against [`STALL_ITERATIONS`]: a stalled right-hand side switches
+/// to the coarse correction there instead of finishing the cycle with ILU(0) alone. Measured
+/// at 1M cells: the real demo chain stagnates near 0.5 for 20 iterations, then gains about
+/// two digits every 5 (converged in 50), while the synthetic metastable graphs lose a
+/// factor ~1.3 every 5 all along; an earlier probe would misjudge the first.
+pub const STALL_PROBE: usize = 30;
+
+/// See [`STALL_PROBE`].
+pub const STALL_WINDOW: usize = 5;
+
+/// Target normwise backward error at which the fate probabilities' GMRES may stop (see
+/// `TransientSystem::solve_fates`): a tenth of [`RESIDUAL_TOL`].
+pub const BACKWARD_STOP: f64 = 1e-11;
 
 /// ILU(0) with the aggregation coarse correction for `a` (see `crate::coarse`); `None` if the
 /// coarse system cannot be factorised.
@@ -953,42 +969,38 @@ impl TransientSystem {
         self.solve_from(b, None)
     }
 
-    /// [`solve`](Self::solve) from a starting guess `x0` (a nearby system's solution): the
-    /// correction is solved from the residual `B − (I − Q) x0`, to the tolerance that gives
-    /// the same residual as a solve from zero.
+    /// [`solve`](Self::solve) from a starting guess `x0` (a nearby system's solution);
+    /// GMRES continues from it, to the same residual as from zero (the LU ignores it).
     pub fn solve_from(
         &self,
         b: &Mat<f64>,
         x0: Option<&Mat<f64>>,
     ) -> Result<Mat<f64>, AbsorptionError> {
-        let mut x = match x0 {
-            None => self.solve_unchecked(b, None)?,
-            Some(x0) => {
-                let r0 = b - self.apply(x0);
-                let col_norm = |m: &Mat<f64>, j: usize| {
-                    (0..m.nrows())
-                        .map(|i| m[(i, j)].powi(2))
-                        .sum::<f64>()
-                        .sqrt()
-                };
-                let tol = match &self.backend {
-                    Backend::Gmres { tol, .. } => *tol,
-                    Backend::Lu(_) => 0.0,
-                };
-                // GMRES's tolerance is relative to its right-hand side: scaled so that the
-                // residual is `tol` relative to `B`, as from zero (at most 0.5).
-                let scaled = (0..b.ncols())
-                    .filter(|&j| col_norm(&r0, j) > 0.0)
-                    .map(|j| tol * col_norm(b, j) / col_norm(&r0, j))
-                    .fold(f64::INFINITY, f64::min)
-                    .clamp(tol, 0.5);
-                if max_abs(&r0) == 0.0 {
-                    x0.to_owned()
-                } else {
-                    x0 + self.solve_unchecked(&r0, Some(scaled))?
-                }
-            }
-        };
+        self.solve_checked(b, x0, false)
+    }
+
+    /// [`solve_from`](Self::solve_from) for fate probabilities, whose entries lie in
+    /// `[0, 1]`: GMRES may also stop once a column's normwise backward error is below
+    /// [`BACKWARD_STOP`] (a tenth of the check's [`RESIDUAL_TOL`]), which its relative
+    /// tolerance on `‖S‖₂` (small: `S` is non-zero only next to terminal cells) overshoots by
+    /// orders of magnitude. Not for absorption times: a conditional mean divides by a fate
+    /// probability that may be tiny, so it needs each entry's relative accuracy, which a
+    /// normwise criterion does not give.
+    fn solve_fates(
+        &self,
+        b: &Mat<f64>,
+        x0: Option<&Mat<f64>>,
+    ) -> Result<Mat<f64>, AbsorptionError> {
+        self.solve_checked(b, x0, true)
+    }
+
+    fn solve_checked(
+        &self,
+        b: &Mat<f64>,
+        x0: Option<&Mat<f64>>,
+        backward: bool,
+    ) -> Result<Mat<f64>, AbsorptionError> {
+        let mut x = self.solve_unchecked(b, x0, None, backward)?;
         let mut r = self.apply(&x) - b;
         // Iterative refinement (up to 3 steps) when an ill-conditioned system misses the
         // check: the correction is solved from the residual with the same factorisation (or
@@ -999,7 +1011,7 @@ impl TransientSystem {
                 break;
             }
             let neg = Mat::<f64>::zeros(r.nrows(), r.ncols()) - &r;
-            match self.solve_unchecked(&neg, Some(1e-6)) {
+            match self.solve_unchecked(&neg, None, Some(1e-6), false) {
                 Ok(d) => x += d,
                 Err(_) => break,
             }
@@ -1016,11 +1028,14 @@ impl TransientSystem {
     }
 
     /// Solves `(I − Q) X = B` without the residual check (GMRES convergence to `tol`, or the
-    /// configured tolerance, is still required).
+    /// configured tolerance, is still required), GMRES from `x0` when given and, with
+    /// `backward`, with the backward-error stop of [`solve_fates`](Self::solve_fates).
     fn solve_unchecked(
         &self,
         b: &Mat<f64>,
+        x0: Option<&Mat<f64>>,
         tol_override: Option<f64>,
+        backward: bool,
     ) -> Result<Mat<f64>, AbsorptionError> {
         let x = match &self.backend {
             Backend::Lu(lu) => {
@@ -1038,27 +1053,47 @@ impl TransientSystem {
                 aggregate_size,
                 coarse,
             } => {
+                use crate::iterative::{gmres_many_with, BackwardStop, GmresOptions, StallProbe};
                 let order = order.as_deref().map(Vec::as_slice);
+                let columns = |m: &Mat<f64>| -> Vec<Vec<f64>> {
+                    (0..m.ncols())
+                        .map(|j| {
+                            let col = (0..m.nrows()).map(|i| m[(i, j)]).collect();
+                            to_solver_order(order, col)
+                        })
+                        .collect()
+                };
                 // All right-hand sides at once (each with the bits of its own solve); the
                 // first failure in column order is reported.
-                let cols: Vec<Vec<f64>> = (0..b.ncols())
-                    .map(|j| {
-                        let col = (0..b.nrows()).map(|i| b[(i, j)]).collect();
-                        to_solver_order(order, col)
-                    })
-                    .collect();
+                let cols = columns(b);
                 let refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
                 let tol = tol_override.unwrap_or(*tol);
-                // ILU(0) alone for one cycle; the right-hand sides it has not solved then
-                // continue from their residual, with the coarse correction when the rate of
-                // that cycle projects more than STALL_ITERATIONS iterations in all (the same
-                // as GMRES's own restart otherwise).
+                let backward = backward.then_some(BackwardStop {
+                    eta: BACKWARD_STOP,
+                    a_norm: self.a_norm,
+                });
+                // ILU(0) alone for one cycle, ended early where the stall probe projects
+                // more than STALL_ITERATIONS iterations; the right-hand sides it has not
+                // solved then continue from their iterate, with the coarse correction when
+                // the probe fired or that cycle's rate projects more than STALL_ITERATIONS
+                // (the same as GMRES's own restart otherwise).
                 let first = if *aggregate_size > 0 {
                     (*max_iter).min((*restart).min(STALL_ITERATIONS))
                 } else {
                     *max_iter
                 };
-                let mut solved = crate::iterative::gmres_many(a, pre, &refs, tol, *restart, first);
+                let opts = GmresOptions {
+                    tol,
+                    backward,
+                    restart: *restart,
+                    max_iter: first,
+                    stall: (*aggregate_size > 0).then_some(StallProbe {
+                        at: STALL_PROBE,
+                        window: STALL_WINDOW,
+                        projected: STALL_ITERATIONS,
+                    }),
+                };
+                let mut solved = gmres_many_with(a, pre, &refs, x0.map(columns), &opts);
                 let stalled: Vec<usize> = (0..solved.len())
                     .filter(|&q| !solved[q].1.converged)
                     .collect();
@@ -1067,7 +1102,7 @@ impl TransientSystem {
                         let rep = &solved[q].1;
                         // Iterations to reach tol at the first cycle's rate.
                         let projected = rep.iterations as f64 * tol.ln() / rep.residual.ln();
-                        !(rep.residual < 1.0 && projected <= STALL_ITERATIONS as f64)
+                        rep.stalled || !(rep.residual < 1.0 && projected <= STALL_ITERATIONS as f64)
                     });
                     let two = if slow {
                         coarse
@@ -1080,50 +1115,20 @@ impl TransientSystem {
                     } else {
                         pre
                     };
-                    // The residuals b − A x, and a tolerance that gives each right-hand side
-                    // the residual of a solve from zero.
-                    let xs: Vec<&[f64]> = stalled.iter().map(|&q| solved[q].0.as_slice()).collect();
-                    let ax: Vec<Vec<f64>> = xs.iter().map(|x| a.mul_vec(x)).collect();
-                    let rs: Vec<Vec<f64>> = stalled
+                    let xs: Vec<Vec<f64>> = stalled
                         .iter()
-                        .zip(&ax)
-                        .map(|(&q, axq)| refs[q].iter().zip(axq).map(|(bi, ai)| bi - ai).collect())
+                        .map(|&q| std::mem::take(&mut solved[q].0))
                         .collect();
-                    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
-                    let inner = stalled
-                        .iter()
-                        .zip(&rs)
-                        .filter(|(_, r)| norm(r) > 0.0)
-                        .map(|(&q, r)| tol * norm(refs[q]) / norm(r))
-                        .fold(f64::INFINITY, f64::min)
-                        .clamp(tol, 0.5);
-                    let rrefs: Vec<&[f64]> = rs.iter().map(Vec::as_slice).collect();
-                    let more = crate::iterative::gmres_many(
-                        a,
-                        two,
-                        &rrefs,
-                        inner,
-                        *restart,
-                        *max_iter - first,
-                    );
-                    for (&q, (d, rep)) in stalled.iter().zip(more) {
-                        let (x, first_rep) = &mut solved[q];
-                        for (xi, di) in x.iter_mut().zip(&d) {
-                            *xi += di;
-                        }
-                        let ax = a.mul_vec(x);
-                        let res = norm(
-                            &refs[q]
-                                .iter()
-                                .zip(&ax)
-                                .map(|(bi, ai)| bi - ai)
-                                .collect::<Vec<_>>(),
-                        ) / norm(refs[q]).max(f64::MIN_POSITIVE);
-                        *first_rep = crate::iterative::GmresReport {
-                            iterations: first_rep.iterations + rep.iterations,
-                            residual: res,
-                            converged: res <= tol,
-                        };
+                    let brefs: Vec<&[f64]> = stalled.iter().map(|&q| refs[q]).collect();
+                    let opts = GmresOptions {
+                        max_iter: *max_iter - first,
+                        stall: None,
+                        ..opts
+                    };
+                    let more = gmres_many_with(a, two, &brefs, Some(xs), &opts);
+                    for (&q, (x, rep)) in stalled.iter().zip(more) {
+                        let iterations = solved[q].1.iterations + rep.iterations;
+                        solved[q] = (x, crate::iterative::GmresReport { iterations, ..rep });
                     }
                 }
                 drop(cols);
@@ -1279,7 +1284,7 @@ fn solve_derived(sys: &TransientSystem, d: usize) -> Result<(Mat<f64>, bool), Ab
     let nt = sys.s.nrows();
     let others: Vec<usize> = (0..l).filter(|&j| j != d).collect();
     let s_others = Mat::<f64>::from_fn(nt, l - 1, |p, k| sys.s[(p, others[k])]);
-    let x = sys.solve(&s_others)?;
+    let x = sys.solve_fates(&s_others, None)?;
     let mut b = Mat::<f64>::zeros(nt, l);
     for p in 0..nt {
         let mut sum = 0.0;
@@ -1295,7 +1300,7 @@ fn solve_derived(sys: &TransientSystem, d: usize) -> Result<(Mat<f64>, bool), Ab
     let eta = sys.backward_error(&r, &bd, &sd);
     let solved = eta.is_nan() || eta > RESIDUAL_TOL;
     if solved {
-        let xd = sys.solve_from(&sd, Some(&bd))?;
+        let xd = sys.solve_fates(&sd, Some(&bd))?;
         for p in 0..nt {
             b[(p, d)] = xd[(p, 0)];
         }
@@ -1313,7 +1318,7 @@ fn fates_of_system(
 ) -> Result<(FateProbabilities, TransientSystem), AbsorptionError> {
     let mut b = match (x0, derived_lineage(&sys)) {
         (None, Some(d)) => solve_derived(&sys, d)?.0,
-        _ => sys.solve_from(&sys.s, x0)?,
+        _ => sys.solve_fates(&sys.s, x0)?,
     };
     // Rows of B must sum to 1. An iterative solve whose residual passes can still miss that
     // by cond(I − Q) × residual on strongly metastable chains: refine (solve for the
@@ -1332,7 +1337,7 @@ fn fates_of_system(
             }
             // The correction only needs a few digits: each step shrinks the error by the
             // inner tolerance.
-            match sys.solve_unchecked(&r, Some(1e-6)) {
+            match sys.solve_unchecked(&r, None, Some(1e-6), false) {
                 Ok(d) => b += d,
                 Err(_) => break,
             }
@@ -1380,7 +1385,9 @@ fn fates_of_system(
         // ‖N‖_∞ is the largest expected number of steps to absorption, t_max = max(N·1), and a
         // backward-stable solve leaves row sums off by about t_max × ‖I − Q‖_∞ × ε.
         let ones = Mat::<f64>::from_fn(sys.transient.len(), 1, |_, _| 1.0);
-        let t_max = sys.solve_unchecked(&ones, None).map(|tv| max_abs(&tv))?;
+        let t_max = sys
+            .solve_unchecked(&ones, None, None, false)
+            .map(|tv| max_abs(&tv))?;
         max_absorption_time = Some(t_max);
         row_sum_tol = conditioned_row_sum_tol(t_max);
         if worst.is_nan() || worst > row_sum_tol {

@@ -545,4 +545,71 @@ mod tests {
             .fold(0.0, f64::max);
         assert!(d < 1e-9, "{d}");
     }
+
+    /// The stall probe ends ILU(0)'s first cycle on a metastable chain at its iteration, and
+    /// GMRES continued from that iterate with the coarse correction solves the system to the
+    /// residual of a solve from zero; a fast system is not stopped.
+    #[test]
+    fn the_stall_probe_hands_a_slow_solve_to_the_coarse_correction() {
+        use crate::iterative::{gmres_many_with, GmresOptions, StallProbe};
+        let (a, b) = metastable_system(5000);
+        let a = Arc::new(a);
+        let ilu = Arc::new(Ilu0::new(&a).unwrap());
+        let probe = GmresOptions {
+            stall: Some(StallProbe {
+                at: 30,
+                window: 5,
+                projected: 100,
+            }),
+            ..GmresOptions::new(1e-12, 50, 50)
+        };
+        let mut first = gmres_many_with(&a, &*ilu, &[&b], None, &probe);
+        let (x1, rep1) = first.pop().unwrap();
+        assert!(rep1.stalled && !rep1.converged, "{rep1:?}");
+        assert_eq!(rep1.iterations, 30);
+        // The iterate of the 30 iterations is kept: its residual is below b's.
+        assert!(rep1.residual < 0.1, "{rep1:?}");
+        let (agg, m) = aggregate(&a, 64);
+        let two = TwoLevel::new(
+            Arc::clone(&a),
+            Arc::clone(&ilu),
+            agg.clone(),
+            m,
+            Dense(dense_galerkin(&a, &agg, m)),
+        );
+        let (x2, rep2) = gmres_many_with(
+            &a,
+            &two,
+            &[&b],
+            Some(vec![x1]),
+            &GmresOptions::new(1e-12, 50, 1000),
+        )
+        .pop()
+        .unwrap();
+        assert!(rep2.converged && !rep2.stalled, "{rep2:?}");
+        assert!(rep2.residual <= 1e-12, "{rep2:?}");
+        let (x_lu, _) = gmres(&a, &two, &b, 1e-14, 50, 1000);
+        let d = x2
+            .iter()
+            .zip(&x_lu)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f64::max);
+        assert!(d < 1e-9, "{d}");
+        // A well-conditioned system under the same probe converges, not stalled.
+        let n = 400;
+        let mut trip = Vec::new();
+        for i in 0..n {
+            trip.push((i, i, 3.0));
+            for d in [1usize, 7, 50] {
+                trip.push((i, (i + d) % n, -0.9));
+            }
+        }
+        let easy = Csr::from_triplets(n, n, &trip).unwrap();
+        let rhs: Vec<f64> = (0..n).map(|i| (i % 5) as f64).collect();
+        let easy_ilu = Ilu0::new(&easy).unwrap();
+        let (_, rep) = gmres_many_with(&easy, &easy_ilu, &[&rhs], None, &probe)
+            .pop()
+            .unwrap();
+        assert!(rep.converged && !rep.stalled, "{rep:?}");
+    }
 }

@@ -312,8 +312,66 @@ pub struct GmresReport {
     pub iterations: usize,
     /// Final relative residual `‖b − Ax‖ / ‖b‖` (recomputed).
     pub residual: f64,
-    /// Whether `tol` was reached.
+    /// Whether the stopping rule of [`GmresOptions`] was met.
     pub converged: bool,
+    /// Whether the solve was ended early by [`GmresOptions::stall`].
+    pub stalled: bool,
+}
+
+/// Stopping rule and limits of [`gmres_many_with`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct GmresOptions {
+    /// A right-hand side is solved when `‖b − Ax‖₂ ≤ tol ‖b‖₂`, ...
+    pub tol: f64,
+    /// ... or, when set, when its normwise backward error is below a target:
+    /// `‖b − Ax‖₂ ≤ eta (‖A‖∞ ‖x‖∞ + ‖b‖∞)` (`‖·‖₂ ≥ ‖·‖∞`, so the backward error in the
+    /// ∞-norm, `‖b − Ax‖∞ / (‖A‖∞ ‖x‖∞ + ‖b‖∞)`, is then at most `eta`).
+    pub backward: Option<BackwardStop>,
+    /// Restart length.
+    pub restart: usize,
+    /// Maximum inner iterations per right-hand side (over all cycles).
+    pub max_iter: usize,
+    /// A stall probe: after `at` iterations of its first cycle, a right-hand side whose
+    /// convergence rate over the last `window` of them projects more than `projected`
+    /// iterations in all ends the solve there (reported with
+    /// [`stalled`](GmresReport::stalled), not converged), so that the caller can continue
+    /// with a better preconditioner instead of finishing a slow cycle.
+    pub stall: Option<StallProbe>,
+}
+
+/// See [`GmresOptions::backward`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BackwardStop {
+    /// Target backward error.
+    pub eta: f64,
+    /// `‖A‖∞`.
+    pub a_norm: f64,
+}
+
+/// See [`GmresOptions::stall`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StallProbe {
+    /// Iteration of the first cycle at which the rate is measured.
+    pub at: usize,
+    /// Iterations over which the rate is measured (at least 1, less than `at`): the last
+    /// ones, since GMRES often stagnates at first and then converges fast once its space
+    /// holds the chain's slowest modes.
+    pub window: usize,
+    /// Largest projected number of iterations that is not a stall.
+    pub projected: usize,
+}
+
+impl GmresOptions {
+    /// The relative rule alone, no stall probe.
+    pub fn new(tol: f64, restart: usize, max_iter: usize) -> Self {
+        Self {
+            tol,
+            backward: None,
+            restart,
+            max_iter,
+            stall: None,
+        }
+    }
 }
 
 fn norm(v: &[f64]) -> f64 {
@@ -414,6 +472,14 @@ fn column(x: &[f64], k: usize, c: usize) -> Vec<f64> {
 struct Column<'b> {
     b: &'b [f64],
     bnorm: f64,
+    /// `‖b‖∞`.
+    bmax: f64,
+    /// The residual norm that counts as solved at the current iterate (see
+    /// [`GmresOptions`]).
+    target: f64,
+    /// The in-cycle residual estimate at iteration `at − window` of the stall probe.
+    probe_start: f64,
+    stalled: bool,
     x: Vec<f64>,
     r: Vec<f64>,
     rnorm: f64,
@@ -433,9 +499,24 @@ struct Column<'b> {
 }
 
 impl Column<'_> {
+    /// The residual norm that counts as solved at the current iterate.
+    fn target(&self, opts: &GmresOptions) -> f64 {
+        let relative = opts.tol * self.bnorm;
+        match opts.backward {
+            Some(bw) => {
+                let xmax = self.x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                relative.max(bw.eta * (bw.a_norm * xmax + self.bmax))
+            }
+            None => relative,
+        }
+    }
+
     /// Starts a cycle from the current residual, or marks the column done.
-    fn start_cycle(&mut self, tol: f64, restart: usize, max_iter: usize) {
-        if self.rnorm / self.bnorm <= tol
+    fn start_cycle(&mut self, opts: &GmresOptions) {
+        let (restart, max_iter) = (opts.restart, opts.max_iter);
+        self.target = self.target(opts);
+        if self.rnorm <= self.target
+            || self.stalled
             || self.iterations >= max_iter
             || cellfate_kernels::interrupt::requested()
         {
@@ -471,7 +552,7 @@ impl Column<'_> {
 
     /// The inner iteration `j = used` given `w = A M⁻¹ v_j` (orthogonalised against the
     /// basis by CGS2); returns whether the cycle ends.
-    fn step(&mut self, mut w: Vec<f64>, tol: f64) -> bool {
+    fn step(&mut self, mut w: Vec<f64>, stall: Option<StallProbe>) -> bool {
         let j = self.used;
         let Some(v) = self.v.as_mut() else {
             return true;
@@ -496,7 +577,25 @@ impl Column<'_> {
         self.g[j] *= self.cs[j];
         self.used = j + 1;
         self.iterations += 1;
-        if self.g[j + 1].abs() / self.bnorm <= tol * 0.1 || wn == 0.0 || self.used == self.k {
+        let estimate = self.g[j + 1].abs();
+        if let Some(p) = stall.filter(|p| p.window >= 1 && p.window < p.at) {
+            // Only in the first cycle: `iterations` counts from this call's start.
+            if self.iterations == p.at - p.window && self.used == self.iterations {
+                self.probe_start = estimate;
+            } else if self.iterations == p.at && self.used == self.iterations {
+                let rate = (estimate / self.probe_start).powf(1.0 / p.window as f64);
+                let projected = if rate < 1.0 && estimate > 0.0 {
+                    p.at as f64 + (0.1 * self.target / estimate).ln().min(0.0) / rate.ln()
+                } else {
+                    f64::INFINITY
+                };
+                if projected > p.projected as f64 && estimate > 0.1 * self.target {
+                    self.stalled = true;
+                    return true;
+                }
+            }
+        }
+        if estimate <= 0.1 * self.target || wn == 0.0 || self.used == self.k {
             return true;
         }
         let inv = 1.0 / wn;
@@ -544,10 +643,7 @@ pub fn gmres<M: Preconditioner + ?Sized>(
         .expect("one right-hand side")
 }
 
-/// [`gmres`] for several right-hand sides at once, each with the bits of its own solve: the
-/// sparse products and preconditioner solves of all unfinished ones in one pass over the
-/// matrix and factors (they are bound by reading those), the rest per right-hand side in
-/// parallel. Memory: `restart + 2` vectors per right-hand side.
+/// [`gmres`] for several right-hand sides at once; see [`gmres_many_with`].
 pub fn gmres_many<M: Preconditioner + ?Sized>(
     a: &Csr,
     m: &M,
@@ -556,18 +652,46 @@ pub fn gmres_many<M: Preconditioner + ?Sized>(
     restart: usize,
     max_iter: usize,
 ) -> Vec<(Vec<f64>, GmresReport)> {
+    gmres_many_with(a, m, bs, None, &GmresOptions::new(tol, restart, max_iter))
+}
+
+/// GMRES for several right-hand sides at once, each with the bits of its own solve: the
+/// sparse products and preconditioner solves of all unfinished ones in one pass over the
+/// matrix and factors (they are bound by reading those), the rest per right-hand side in
+/// parallel. Each starts from its vector of `x0` when given (else from 0); the tolerances
+/// stay relative to `b`, so a solve continued from an earlier one's iterate stops where a
+/// solve from zero would. Memory: `restart + 2` vectors per right-hand side.
+pub fn gmres_many_with<M: Preconditioner + ?Sized>(
+    a: &Csr,
+    m: &M,
+    bs: &[&[f64]],
+    x0: Option<Vec<Vec<f64>>>,
+    opts: &GmresOptions,
+) -> Vec<(Vec<f64>, GmresReport)> {
     let n = a.nrows();
+    let mut x0 = x0.map(Vec::into_iter);
     let mut cols: Vec<Column<'_>> = bs
         .iter()
         .map(|&b| {
             assert_eq!(b.len(), n, "gmres: right-hand side of the wrong length");
-            let rnorm = norm(b);
+            let x = match x0.as_mut() {
+                Some(it) => it
+                    .next()
+                    .expect("gmres: one starting vector per right-hand side"),
+                None => vec![0.0; n],
+            };
+            assert_eq!(x.len(), n, "gmres: starting vector of the wrong length");
+            let bnorm = norm(b);
             Column {
                 b,
-                bnorm: rnorm.max(f64::MIN_POSITIVE),
-                x: vec![0.0; n],
+                bnorm: bnorm.max(f64::MIN_POSITIVE),
+                bmax: b.iter().fold(0.0f64, |m, v| m.max(v.abs())),
+                target: 0.0,
+                probe_start: 0.0,
+                stalled: false,
+                x,
                 r: b.to_vec(),
-                rnorm,
+                rnorm: bnorm,
                 iterations: 0,
                 done: false,
                 cycling: false,
@@ -581,10 +705,13 @@ pub fn gmres_many<M: Preconditioner + ?Sized>(
             }
         })
         .collect();
+    if x0.is_some() {
+        residuals(a, &mut cols.iter_mut().collect::<Vec<_>>());
+    }
     loop {
         cols.iter_mut()
             .filter(|c| !c.done && !c.cycling)
-            .for_each(|c| c.start_cycle(tol, restart, max_iter));
+            .for_each(|c| c.start_cycle(opts));
         let mut active: Vec<&mut Column<'_>> = cols.iter_mut().filter(|c| !c.done).collect();
         if active.is_empty() {
             break;
@@ -610,7 +737,7 @@ pub fn gmres_many<M: Preconditioner + ?Sized>(
         let ended: Vec<bool> = active
             .iter_mut()
             .enumerate()
-            .map(|(q, c)| c.step(column(&w, k, q), tol))
+            .map(|(q, c)| c.step(column(&w, k, q), opts.stall))
             .collect();
         drop(w);
         // Cycles that ended: x += M⁻¹ V y, then the true residual b − A x.
@@ -635,30 +762,42 @@ pub fn gmres_many<M: Preconditioner + ?Sized>(
                 *xi += u[i * kf + q];
             }
         });
-        let ax = {
-            let xs: Vec<&[f64]> = finished.iter().map(|c| c.x.as_slice()).collect();
-            mul_many(a, &interleave(&xs, n), kf)
-        };
-        finished.par_iter_mut().enumerate().for_each(|(q, c)| {
-            for (i, (ri, bi)) in c.r.iter_mut().zip(c.b).enumerate() {
-                *ri = bi - ax[i * kf + q];
-            }
-            c.rnorm = norm(&c.r);
-        });
+        residuals(a, &mut finished);
     }
     cols.into_iter()
-        .map(|c| {
-            let residual = c.rnorm / c.bnorm;
+        .map(|mut c| {
+            let target = c.target(opts);
+            c.target = target;
             (
                 c.x,
                 GmresReport {
                     iterations: c.iterations,
-                    residual,
-                    converged: residual <= tol,
+                    residual: c.rnorm / c.bnorm,
+                    converged: c.rnorm <= c.target,
+                    stalled: c.stalled,
                 },
             )
         })
         .collect()
+}
+
+/// The true residuals `b − A x` of `cols` and their norms.
+fn residuals(a: &Csr, cols: &mut [&mut Column<'_>]) {
+    let n = a.nrows();
+    let k = cols.len();
+    if k == 0 {
+        return;
+    }
+    let ax = {
+        let xs: Vec<&[f64]> = cols.iter().map(|c| c.x.as_slice()).collect();
+        mul_many(a, &interleave(&xs, n), k)
+    };
+    cols.par_iter_mut().enumerate().for_each(|(q, c)| {
+        for (i, (ri, bi)) in c.r.iter_mut().zip(c.b).enumerate() {
+            *ri = bi - ax[i * k + q];
+        }
+        c.rnorm = norm(&c.r);
+    });
 }
 
 #[cfg(test)]
@@ -737,6 +876,95 @@ mod tests {
         assert!(r < 1e-11, "{r}");
         // ILU(0) of a tridiagonal matrix is its exact LU: one iteration suffices.
         assert!(rep.iterations <= 2, "{rep:?}");
+    }
+
+    /// A non-symmetric, diagonally dominant test system with a solution of size ~`scale`.
+    fn drifting_system(n: usize, scale: f64) -> (Csr, Vec<f64>) {
+        let mut trip = Vec::new();
+        for i in 0..n {
+            trip.push((i, i, 1.0));
+            for (d, w) in [(1usize, -0.3), (5, -0.25), (n - 3, -0.2), (n - 40, -0.15)] {
+                trip.push((i, (i + d) % n, w));
+            }
+        }
+        let a = Csr::from_triplets(n, n, &trip).unwrap();
+        let b = (0..n)
+            .map(|i| scale * (1e-3 + ((i * 13) % 7) as f64 * 1e-3))
+            .collect();
+        (a, b)
+    }
+
+    fn max_abs_of(v: &[f64]) -> f64 {
+        v.iter().fold(0.0f64, |m, x| m.max(x.abs()))
+    }
+
+    /// GMRES continued from an earlier iterate stops at the residual of a solve from zero
+    /// (the tolerance stays relative to b), in fewer iterations.
+    #[test]
+    fn gmres_from_a_starting_vector_stops_where_a_solve_from_zero_would() {
+        let (a, b) = drifting_system(3000, 1.0);
+        let ilu = Ilu0::with_block(&a, 500).unwrap();
+        let (x_zero, zero) = gmres(&a, &ilu, &b, 1e-12, 30, 2000);
+        assert!(zero.converged, "{zero:?}");
+        let (x_rough, rough) = gmres(&a, &ilu, &b, 1e-4, 30, 2000);
+        assert!(rough.converged && rough.residual > 1e-12, "{rough:?}");
+        let (x, rep) = gmres_many_with(
+            &a,
+            &ilu,
+            &[&b],
+            Some(vec![x_rough]),
+            &GmresOptions::new(1e-12, 30, 2000),
+        )
+        .pop()
+        .unwrap();
+        assert!(rep.converged && rep.residual <= 1e-12, "{rep:?}");
+        assert!(rep.iterations < zero.iterations, "{rep:?} {zero:?}");
+        let d = x
+            .iter()
+            .zip(&x_zero)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f64::max);
+        assert!(d <= 1e-9 * max_abs_of(&x_zero), "{d}");
+        // From the solution itself: no iteration.
+        let (_, none) = gmres_many_with(
+            &a,
+            &ilu,
+            &[&b],
+            Some(vec![x_zero]),
+            &GmresOptions::new(1e-10, 30, 2000),
+        )
+        .pop()
+        .unwrap();
+        assert_eq!(none.iterations, 0, "{none:?}");
+        assert!(none.converged);
+    }
+
+    /// The backward-error stop ends the solve once ‖b − Ax‖∞ / (‖A‖∞ ‖x‖∞ + ‖b‖∞) ≤ eta
+    /// (checked here from scratch), earlier than a relative tolerance far below it.
+    #[test]
+    fn the_backward_error_stop_bounds_the_backward_error() {
+        let (a, b) = drifting_system(3000, 1e-3);
+        let ilu = Ilu0::with_block(&a, 500).unwrap();
+        let a_norm = (0..a.nrows())
+            .map(|i| {
+                let (_, vals) = a.row(i);
+                vals.iter().map(|v| v.abs()).sum::<f64>()
+            })
+            .fold(0.0, f64::max);
+        let eta = 1e-9;
+        let opts = GmresOptions {
+            backward: Some(BackwardStop { eta, a_norm }),
+            ..GmresOptions::new(1e-16, 30, 2000)
+        };
+        let (x, rep) = gmres_many_with(&a, &ilu, &[&b], None, &opts).pop().unwrap();
+        assert!(rep.converged, "{rep:?}");
+        let r: Vec<f64> = a.mul_vec(&x).iter().zip(&b).map(|(p, q)| q - p).collect();
+        let backward = max_abs_of(&r) / (a_norm * max_abs_of(&x) + max_abs_of(&b));
+        assert!(backward <= eta, "{backward:e}");
+        // A relative tolerance of 1e-16 alone is not reached: the stop was the backward one.
+        let (_, strict) = gmres(&a, &ilu, &b, 1e-16, 30, 2000);
+        assert!(!strict.converged, "{strict:?}");
+        assert!(rep.iterations < strict.iterations, "{rep:?} {strict:?}");
     }
 
     #[test]
