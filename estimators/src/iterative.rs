@@ -153,10 +153,10 @@ impl Ilu0 {
 }
 
 impl IluBlock {
-    fn new(mut lu: Csr) -> Result<Self, IluError> {
+    fn new(lu: Csr) -> Result<Self, IluError> {
         let n = lu.nrows();
-        let indptr = lu.indptr().to_vec();
-        let indices = lu.indices().to_vec();
+        // The matrix's own arrays, factorised in place (no copies of its pattern).
+        let (_, _, indptr, indices, mut data) = lu.into_parts();
         let mut diag = vec![usize::MAX; n];
         for (i, d) in diag.iter_mut().enumerate() {
             let row = &indices[indptr[i]..indptr[i + 1]];
@@ -165,7 +165,6 @@ impl IluBlock {
                 None => return Err(IluError::MissingDiagonal { row: i }),
             }
         }
-        let data = lu.data_mut();
         for i in 1..n {
             let (s, e) = (indptr[i], indptr[i + 1]);
             for kp in s..e {
@@ -193,7 +192,6 @@ impl IluBlock {
                 }
             }
         }
-        let (_, _, indptr, indices, data) = lu.into_parts();
         let pivots = diag.iter().map(|&d| data[d]).collect();
         let fits = data
             .iter()
