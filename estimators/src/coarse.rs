@@ -493,19 +493,31 @@ mod tests {
         }
     }
 
+    /// ILU(0) with the coarse correction on aggregates of 64 (the coarse system solved
+    /// densely), and the number of aggregates.
+    fn two_level_of(a: &Arc<Csr>, ilu: &Arc<Ilu0>) -> (TwoLevel<Dense>, usize) {
+        let (agg, m) = aggregate(a, 64);
+        let coarse = Dense(dense_galerkin(a, &agg, m));
+        (
+            TwoLevel::new(Arc::clone(a), Arc::clone(ilu), agg, m, coarse),
+            m,
+        )
+    }
+
+    /// `max |x − y|`.
+    fn max_diff(x: &[f64], y: &[f64]) -> f64 {
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f64::max)
+    }
+
     #[test]
     fn the_coarse_correction_cuts_the_iterations_on_a_metastable_chain() {
         let (a, b) = metastable_system(5000);
         let a = Arc::new(a);
         let ilu = Arc::new(Ilu0::new(&a).unwrap());
-        let (agg, m) = aggregate(&a, 64);
-        let two = TwoLevel::new(
-            Arc::clone(&a),
-            Arc::clone(&ilu),
-            agg.clone(),
-            m,
-            Dense(dense_galerkin(&a, &agg, m)),
-        );
+        let (two, m) = two_level_of(&a, &ilu);
         assert_eq!(two.n_aggregates(), m);
         // The operator GMRES uses, A M⁻¹ x by the shortcut A z + (A P) c, agrees with
         // M⁻¹ then A.
@@ -538,11 +550,7 @@ mod tests {
             .map(|(p, q)| (p - q).abs())
             .fold(0.0, f64::max);
         assert!(r < 1e-10, "{r}");
-        let d = x_one
-            .iter()
-            .zip(&x_two)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0.0, f64::max);
+        let d = max_diff(&x_one, &x_two);
         assert!(d < 1e-9, "{d}");
     }
 
@@ -569,14 +577,7 @@ mod tests {
         assert_eq!(rep1.iterations, 30);
         // The iterate of the 30 iterations is kept: its residual is below b's.
         assert!(rep1.residual < 0.1, "{rep1:?}");
-        let (agg, m) = aggregate(&a, 64);
-        let two = TwoLevel::new(
-            Arc::clone(&a),
-            Arc::clone(&ilu),
-            agg.clone(),
-            m,
-            Dense(dense_galerkin(&a, &agg, m)),
-        );
+        let (two, _) = two_level_of(&a, &ilu);
         let (x2, rep2) = gmres_many_with(
             &a,
             &two,
@@ -589,11 +590,7 @@ mod tests {
         assert!(rep2.converged && !rep2.stalled, "{rep2:?}");
         assert!(rep2.residual <= 1e-12, "{rep2:?}");
         let (x_lu, _) = gmres(&a, &two, &b, 1e-14, 50, 1000);
-        let d = x2
-            .iter()
-            .zip(&x_lu)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0.0, f64::max);
+        let d = max_diff(&x2, &x_lu);
         assert!(d < 1e-9, "{d}");
         // A well-conditioned system under the same probe converges, not stalled.
         let n = 400;
