@@ -54,6 +54,15 @@ impl Basis {
         }
     }
 
+    /// Column `j`'s part in row block `b` (rows `b · BLOCK ..`).
+    pub(crate) fn column_block(&self, j: usize, b: usize) -> &[f64] {
+        let cols = self.cols;
+        let start = b * BLOCK * cols;
+        let end = (start + BLOCK * cols).min(self.data.len());
+        let len = (end - start) / cols;
+        &self.data[start + j * len..start + (j + 1) * len]
+    }
+
     /// `V y` over the first `y.len()` columns, block by block (each row summed over the
     /// columns in order).
     pub(crate) fn combine(&self, y: &[f64], n: usize) -> Vec<f64> {

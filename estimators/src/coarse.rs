@@ -22,7 +22,7 @@ use std::sync::Arc;
 use cellfate_kernels::Csr;
 use rayon::prelude::*;
 
-use crate::iterative::{mul_many, Ilu0, Preconditioner};
+use crate::iterative::{mul_many, mul_many_into, Ilu0, Preconditioner};
 
 /// Solves the coarse system for `k` interleaved right-hand sides (row-major `m × k`), in
 /// place.
@@ -256,18 +256,34 @@ pub fn times_prolongation(a: &Csr, agg: &[u32], m: usize) -> Csr {
 const PROLONG_ROWS: usize = 4096;
 
 impl<C: CoarseSolve> TwoLevel<C> {
-    /// The coarse correction's coefficients `c = A_c⁻¹ Pᵀ (r − A z)` (`m × k` interleaved).
-    fn coarse_coefficients(&self, r: &[f64], az: &[f64], k: usize) -> Vec<f64> {
-        // Pᵀ (r − A z), summed in row order (sequential: a few milliseconds at 1M cells).
+    /// `Pᵀ r` (`m × k` interleaved), summed in row order (sequential: a few milliseconds at
+    /// 1M cells).
+    fn restrict(&self, r: &[f64], k: usize) -> Vec<f64> {
         let mut c = vec![0.0; self.m * k];
         for (i, &g) in self.agg.iter().enumerate() {
-            let (ci, ri, ai) = (
+            let (ci, ri) = (
                 &mut c[g as usize * k..(g as usize + 1) * k],
                 &r[i * k..(i + 1) * k],
+            );
+            for q in 0..k {
+                ci[q] += ri[q];
+            }
+        }
+        c
+    }
+
+    /// The coarse correction's coefficients `c = A_c⁻¹ Pᵀ (r − A z)` (`m × k` interleaved)
+    /// from `pr = Pᵀ r` (taken before `r` was overwritten by `z`, so that no copy of `r` is
+    /// kept) and `A z`.
+    fn coarse_coefficients(&self, pr: Vec<f64>, az: &[f64], k: usize) -> Vec<f64> {
+        let mut c = pr;
+        for (i, &g) in self.agg.iter().enumerate() {
+            let (ci, ai) = (
+                &mut c[g as usize * k..(g as usize + 1) * k],
                 &az[i * k..(i + 1) * k],
             );
             for q in 0..k {
-                ci[q] += ri[q] - ai[q];
+                ci[q] -= ai[q];
             }
         }
         self.coarse.solve_coarse(&mut c, k);
@@ -280,18 +296,18 @@ impl<C: CoarseSolve> Preconditioner for TwoLevel<C> {
         self.apply_many(x, 1);
     }
 
-    fn apply_operator(&self, a: &Csr, x: &mut [f64], k: usize) -> Vec<f64> {
+    fn apply_operator(&self, a: &Csr, x: &mut [f64], k: usize, w: &mut [f64]) {
         if !std::ptr::eq(a, &*self.a) {
             // Another system's operator (a nearby chain): M⁻¹, then its A.
             self.apply_many(x, k);
-            return mul_many(a, x, k);
+            mul_many_into(a, x, k, w);
+            return;
         }
         let k = k.max(1);
-        let r = x.to_vec();
+        let pr = self.restrict(x, k);
         self.ilu.apply_many(x, k);
-        let mut w = mul_many(a, x, k);
-        let c = self.coarse_coefficients(&r, &w, k);
-        drop(r);
+        mul_many_into(a, x, k, w);
+        let c = self.coarse_coefficients(pr, w, k);
         // w = A z + (A P) c.
         let ap = &self.ap;
         let (indptr, indices, data) = (ap.indptr(), ap.indices(), ap.data());
@@ -308,16 +324,15 @@ impl<C: CoarseSolve> Preconditioner for TwoLevel<C> {
                     }
                 }
             });
-        w
     }
 
     fn apply_many(&self, x: &mut [f64], k: usize) {
         let k = k.max(1);
-        let r = x.to_vec();
+        let pr = self.restrict(x, k);
         self.ilu.apply_many(x, k);
         let az = mul_many(&self.a, x, k);
-        let c = self.coarse_coefficients(&r, &az, k);
-        drop((az, r));
+        let c = self.coarse_coefficients(pr, &az, k);
+        drop(az);
         x.par_chunks_mut(PROLONG_ROWS * k)
             .zip(self.agg.par_chunks(PROLONG_ROWS))
             .for_each(|(xb, gb)| {
@@ -525,7 +540,8 @@ mod tests {
             .map(|i| ((i * 7919) % 13) as f64 - 6.0)
             .collect();
         let mut x1 = x.clone();
-        let fast = two.apply_operator(&a, &mut x1, 1);
+        let mut fast = vec![0.0; a.nrows()];
+        two.apply_operator(&a, &mut x1, 1, &mut fast);
         let mut x2 = x.clone();
         two.apply_many(&mut x2, 1);
         let slow = a.mul_vec(&x2);

@@ -39,11 +39,12 @@ pub trait Preconditioner: Sync {
     }
 
     /// GMRES's operator `A M⁻¹` on the `k` interleaved vectors of `x` (which may be left
-    /// changed). The default applies [`apply_many`](Self::apply_many), then `A`; a
-    /// preconditioner that already forms `A` times part of `M⁻¹ x` may save work.
-    fn apply_operator(&self, a: &Csr, x: &mut [f64], k: usize) -> Vec<f64> {
+    /// changed), written into `out` (`n × k`, the same layout; GMRES reuses it from one
+    /// iteration to the next). The default applies [`apply_many`](Self::apply_many), then
+    /// `A`; a preconditioner that already forms `A` times part of `M⁻¹ x` may save work.
+    fn apply_operator(&self, a: &Csr, x: &mut [f64], k: usize, out: &mut [f64]) {
         self.apply_many(x, k);
-        mul_many(a, x, k)
+        mul_many_into(a, x, k, out);
     }
 }
 
@@ -382,28 +383,39 @@ const ROW_CHUNK: usize = 1024;
 /// `A X` for `k` interleaved vectors (row-major `n × k`): the matrix read once for all of
 /// them; each entry summed in the order of [`Csr::mul_vec`].
 pub(crate) fn mul_many(a: &Csr, x: &[f64], k: usize) -> Vec<f64> {
+    let mut out = vec![0.0; a.nrows() * k];
+    mul_many_into(a, x, k, &mut out);
+    out
+}
+
+/// [`mul_many`] into `out` (`n × k`; every entry overwritten).
+pub(crate) fn mul_many_into(a: &Csr, x: &[f64], k: usize, out: &mut [f64]) {
+    assert_eq!(
+        out.len(),
+        a.nrows() * k,
+        "mul_many_into: output of the wrong length"
+    );
     match k {
-        1 => mul_fixed::<1>(a, x),
-        2 => mul_fixed::<2>(a, x),
-        3 => mul_fixed::<3>(a, x),
-        4 => mul_fixed::<4>(a, x),
-        5 => mul_fixed::<5>(a, x),
-        6 => mul_fixed::<6>(a, x),
-        7 => mul_fixed::<7>(a, x),
-        8 => mul_fixed::<8>(a, x),
-        9 => mul_fixed::<9>(a, x),
-        10 => mul_fixed::<10>(a, x),
-        11 => mul_fixed::<11>(a, x),
-        12 => mul_fixed::<12>(a, x),
-        _ => mul_any(a, x, k),
+        1 => mul_fixed::<1>(a, x, out),
+        2 => mul_fixed::<2>(a, x, out),
+        3 => mul_fixed::<3>(a, x, out),
+        4 => mul_fixed::<4>(a, x, out),
+        5 => mul_fixed::<5>(a, x, out),
+        6 => mul_fixed::<6>(a, x, out),
+        7 => mul_fixed::<7>(a, x, out),
+        8 => mul_fixed::<8>(a, x, out),
+        9 => mul_fixed::<9>(a, x, out),
+        10 => mul_fixed::<10>(a, x, out),
+        11 => mul_fixed::<11>(a, x, out),
+        12 => mul_fixed::<12>(a, x, out),
+        _ => mul_any(a, x, k, out),
     }
 }
 
 /// [`mul_many`] for `K` vectors known at compile time (the inner loop unrolled; the same
 /// operations in the same order).
-fn mul_fixed<const K: usize>(a: &Csr, x: &[f64]) -> Vec<f64> {
+fn mul_fixed<const K: usize>(a: &Csr, x: &[f64], out: &mut [f64]) {
     let (indptr, indices, data) = (a.indptr(), a.indices(), a.data());
-    let mut out = vec![0.0; a.nrows() * K];
     out.par_chunks_mut(ROW_CHUNK * K)
         .enumerate()
         .for_each(|(chunk, rows)| {
@@ -421,17 +433,16 @@ fn mul_fixed<const K: usize>(a: &Csr, x: &[f64]) -> Vec<f64> {
                 y.copy_from_slice(&acc);
             }
         });
-    out
 }
 
-fn mul_any(a: &Csr, x: &[f64], k: usize) -> Vec<f64> {
+fn mul_any(a: &Csr, x: &[f64], k: usize, out: &mut [f64]) {
     let (indptr, indices, data) = (a.indptr(), a.indices(), a.data());
-    let mut out = vec![0.0; a.nrows() * k];
     out.par_chunks_mut(ROW_CHUNK * k)
         .enumerate()
         .for_each(|(chunk, rows)| {
             for (r, y) in rows.chunks_mut(k).enumerate() {
                 let i = chunk * ROW_CHUNK + r;
+                y.fill(0.0);
                 for p in indptr[i]..indptr[i + 1] {
                     let (d, j) = (data[p], indices[p] as usize * k);
                     for (yc, xc) in y.iter_mut().zip(&x[j..j + k]) {
@@ -440,7 +451,6 @@ fn mul_any(a: &Csr, x: &[f64], k: usize) -> Vec<f64> {
                 }
             }
         });
-    out
 }
 
 /// Copies the vectors `cols` (each of length `n`) into one interleaved row-major `n × k`.
@@ -460,9 +470,60 @@ fn interleave(cols: &[&[f64]], n: usize) -> Vec<f64> {
     out
 }
 
-/// Column `c` of an interleaved row-major `n × k`.
-fn column(x: &[f64], k: usize, c: usize) -> Vec<f64> {
-    x.iter().skip(c).step_by(k).copied().collect()
+/// Copies the interleaved row-major `n × k` `x` into its `k = outs.len()` columns, in
+/// parallel chunks of rows.
+fn deinterleave(x: &[f64], outs: Vec<&mut [f64]>) {
+    let k = outs.len();
+    if k == 0 {
+        return;
+    }
+    let n = x.len() / k;
+    let mut chunks: Vec<Vec<&mut [f64]>> = (0..n.div_ceil(ROW_CHUNK))
+        .map(|_| Vec::with_capacity(k))
+        .collect();
+    for out in outs {
+        for (c, part) in out.chunks_mut(ROW_CHUNK).enumerate() {
+            chunks[c].push(part);
+        }
+    }
+    chunks
+        .into_par_iter()
+        .zip(x.par_chunks(ROW_CHUNK * k))
+        .for_each(|(mut parts, xb)| {
+            for (q, part) in parts.iter_mut().enumerate() {
+                for (r, v) in part.iter_mut().enumerate() {
+                    *v = xb[r * k + q];
+                }
+            }
+        });
+}
+
+/// Writes the current basis vector `v_j` of each of `cols` (zeros for one without a basis)
+/// into the interleaved row-major `n × k` `z`, in parallel blocks of rows.
+fn interleave_current(cols: &[&mut Column<'_>], z: &mut [f64]) {
+    let k = cols.len();
+    let views: Vec<Option<(&Basis, usize)>> = cols
+        .iter()
+        .map(|c| c.v.as_ref().map(|v| (v, c.used)))
+        .collect();
+    z.par_chunks_mut(crate::basis::BLOCK * k)
+        .enumerate()
+        .for_each(|(b, zb)| {
+            for (q, view) in views.iter().enumerate() {
+                match view {
+                    Some((v, j)) => {
+                        for (r, &val) in v.column_block(*j, b).iter().enumerate() {
+                            zb[r * k + q] = val;
+                        }
+                    }
+                    None => {
+                        for r in 0..zb.len() / k {
+                            zb[r * k + q] = 0.0;
+                        }
+                    }
+                }
+            }
+        });
 }
 
 /// One right-hand side's restarted GMRES, advanced one inner iteration at a time by
@@ -480,6 +541,8 @@ struct Column<'b> {
     stalled: bool,
     x: Vec<f64>,
     r: Vec<f64>,
+    /// The current `A M⁻¹ v_j` (reused from one iteration to the next).
+    w: Vec<f64>,
     rnorm: f64,
     iterations: usize,
     done: bool,
@@ -541,21 +604,22 @@ impl Column<'_> {
         self.g[0] = self.rnorm;
     }
 
-    /// The cycle's current basis vector `v_j` (`j = used`), copied into `out`.
-    fn current(&self, out: &mut [f64]) {
-        if let Some(v) = &self.v {
-            v.get_column(self.used, out);
-        }
+    /// The inner iteration `j = used` given `w = A M⁻¹ v_j` in `self.w`; returns whether
+    /// the cycle ends.
+    fn step(&mut self, stall: Option<StallProbe>) -> bool {
+        let mut w = std::mem::take(&mut self.w);
+        let ended = self.step_with(&mut w, stall);
+        self.w = w;
+        ended
     }
 
-    /// The inner iteration `j = used` given `w = A M⁻¹ v_j` (orthogonalised against the
-    /// basis by CGS2); returns whether the cycle ends.
-    fn step(&mut self, mut w: Vec<f64>, stall: Option<StallProbe>) -> bool {
+    /// [`step`](Self::step) with `w` (orthogonalised against the basis by CGS2).
+    fn step_with(&mut self, w: &mut [f64], stall: Option<StallProbe>) -> bool {
         let j = self.used;
         let Some(v) = self.v.as_mut() else {
             return true;
         };
-        let (coef, wn) = orthogonalize(v, j + 1, &mut w);
+        let (coef, wn) = orthogonalize(v, j + 1, w);
         let h = &mut self.h;
         for (i, c) in coef.into_iter().enumerate() {
             h[i][j] = c;
@@ -593,12 +657,15 @@ impl Column<'_> {
                 }
             }
         }
-        if estimate <= 0.1 * self.target || wn == 0.0 || self.used == self.k {
+        // The cycle ends at the target; the true residual then decides (in right-
+        // preconditioned GMRES the estimate is the residual of the exact operator, up to
+        // rounding), and a column that misses it starts another cycle.
+        if estimate <= self.target || wn == 0.0 || self.used == self.k {
             return true;
         }
         let inv = 1.0 / wn;
         w.iter_mut().for_each(|x| *x *= inv);
-        v.set_column(j + 1, &w);
+        v.set_column(j + 1, w);
         false
     }
 
@@ -689,6 +756,7 @@ pub fn gmres_many_with<M: Preconditioner + ?Sized>(
                 stalled: false,
                 x,
                 r: b.to_vec(),
+                w: Vec::new(),
                 rnorm: bnorm,
                 iterations: 0,
                 done: false,
@@ -706,6 +774,9 @@ pub fn gmres_many_with<M: Preconditioner + ?Sized>(
     if x0.is_some() {
         residuals(a, &mut cols.iter_mut().collect::<Vec<_>>());
     }
+    // The interleaved z = v_j and w = A M⁻¹ z of the active right-hand sides, reused by
+    // every iteration (fresh vectors of this size cost page faults each time).
+    let (mut z, mut w) = (Vec::new(), Vec::new());
     loop {
         cols.iter_mut()
             .filter(|c| !c.done && !c.cycling)
@@ -716,28 +787,23 @@ pub fn gmres_many_with<M: Preconditioner + ?Sized>(
         }
         let k = active.len();
         // z_j = M⁻¹ v_j, then w = A z_j, for all of them at once.
-        let mut z = {
-            let vj: Vec<Vec<f64>> = active
-                .iter()
+        z.resize(n * k, 0.0);
+        w.resize(n * k, 0.0);
+        interleave_current(&active, &mut z);
+        m.apply_operator(a, &mut z, k, &mut w);
+        deinterleave(
+            &w,
+            active
+                .iter_mut()
                 .map(|c| {
-                    let mut out = vec![0.0; n];
-                    c.current(&mut out);
-                    out
+                    c.w.resize(n, 0.0);
+                    c.w.as_mut_slice()
                 })
-                .collect();
-            let refs: Vec<&[f64]> = vj.iter().map(Vec::as_slice).collect();
-            interleave(&refs, n)
-        };
-        let w = m.apply_operator(a, &mut z, k);
-        drop(z);
+                .collect(),
+        );
         // One right-hand side at a time: each orthogonalisation runs over the basis's row
         // blocks in parallel.
-        let ended: Vec<bool> = active
-            .iter_mut()
-            .enumerate()
-            .map(|(q, c)| c.step(column(&w, k, q), opts.stall))
-            .collect();
-        drop(w);
+        let ended: Vec<bool> = active.iter_mut().map(|c| c.step(opts.stall)).collect();
         // Cycles that ended: x += M⁻¹ V y, then the true residual b − A x.
         let mut finished: Vec<&mut Column<'_>> = active
             .into_iter()
@@ -898,6 +964,24 @@ mod tests {
 
     /// GMRES continued from an earlier iterate stops at the residual of a solve from zero
     /// (the tolerance stays relative to b), in fewer iterations.
+    /// A column stops at the first iteration whose residual meets the tolerance (no margin
+    /// below it): one iteration fewer does not converge, and the solution meets the
+    /// tolerance in its true residual, recomputed here.
+    #[test]
+    fn gmres_stops_at_the_first_iteration_that_meets_the_tolerance() {
+        let (a, b) = drifting_system(3000, 1.0);
+        let ilu = Ilu0::with_block(&a, 500).unwrap();
+        for tol in [1e-6, 1e-10, 1e-12] {
+            let (x, rep) = gmres(&a, &ilu, &b, tol, 200, 2000);
+            assert!(rep.converged, "{tol}: {rep:?}");
+            let ax = a.mul_vec(&x);
+            let r = ax.iter().zip(&b).map(|(p, q)| (q - p) * (q - p)).sum::<f64>();
+            assert!(r.sqrt() <= tol * norm(&b), "{tol}: {rep:?}");
+            let (_, short) = gmres(&a, &ilu, &b, tol, 200, rep.iterations - 1);
+            assert!(!short.converged, "{tol}: {short:?} {rep:?}");
+        }
+    }
+
     #[test]
     fn gmres_from_a_starting_vector_stops_where_a_solve_from_zero_would() {
         let (a, b) = drifting_system(3000, 1.0);
