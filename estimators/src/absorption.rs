@@ -202,6 +202,120 @@ pub const NEAR: &str = "GMRES preconditioned by the unperturbed factorisation";
 /// Transient rows per parallel task of the assembly of `I − Q`.
 const ASSEMBLY_ROWS: usize = 4096;
 
+/// Which lineages each transient cell of the chain `p` can reach along its positive entries
+/// through transient cells: the strongly connected components of the transient cells
+/// (Tarjan's algorithm, iterative), each given the set of lineages its edges lead to, the
+/// components in the order Tarjan completes them (every component a component leads to is
+/// complete before it). One pass over the stored entries for any number of lineages, and
+/// no transposed copy of the chain (a search per lineage along reversed edges needed both).
+fn lineage_reach(p: &cellfate_kernels::Csr, terminal: &[Option<usize>], l: usize) -> Reach {
+    let n = p.nrows();
+    let words = l.div_ceil(64).max(1);
+    const NONE: u32 = u32::MAX;
+    let mut index = vec![NONE; n];
+    let mut low = vec![0u32; n];
+    let mut component = vec![NONE; n];
+    let mut on_stack = vec![false; n];
+    let mut stack: Vec<u32> = Vec::new();
+    let mut calls: Vec<(u32, usize)> = Vec::new();
+    let mut masks: Vec<u64> = Vec::new();
+    let mut counter = 0u32;
+    let edge = |v: usize, q: usize| -> Option<usize> {
+        let (cols, vals) = p.row(v);
+        let c = cols[q] as usize;
+        (vals[q] > 0.0 && c != v).then_some(c)
+    };
+    for s0 in 0..n {
+        if terminal[s0].is_some() || index[s0] != NONE {
+            continue;
+        }
+        index[s0] = counter;
+        low[s0] = counter;
+        counter += 1;
+        stack.push(s0 as u32);
+        on_stack[s0] = true;
+        calls.push((s0 as u32, 0));
+        while let Some(&(v, q)) = calls.last() {
+            let v = v as usize;
+            if q < p.row(v).0.len() {
+                if let Some(top) = calls.last_mut() {
+                    top.1 += 1;
+                }
+                let Some(c) = edge(v, q) else { continue };
+                if terminal[c].is_some() {
+                    continue;
+                }
+                if index[c] == NONE {
+                    index[c] = counter;
+                    low[c] = counter;
+                    counter += 1;
+                    stack.push(c as u32);
+                    on_stack[c] = true;
+                    calls.push((c as u32, 0));
+                } else if on_stack[c] {
+                    low[v] = low[v].min(index[c]);
+                }
+                continue;
+            }
+            calls.pop();
+            if let Some(&(u, _)) = calls.last() {
+                let u = u as usize;
+                low[u] = low[u].min(low[v]);
+            }
+            if low[v] != index[v] {
+                continue;
+            }
+            // v roots a component: its members are the stack down to v.
+            let id = (masks.len() / words) as u32;
+            let from = stack.iter().rposition(|&x| x as usize == v).unwrap_or(0);
+            for &x in &stack[from..] {
+                component[x as usize] = id;
+                on_stack[x as usize] = false;
+            }
+            let mut mask = vec![0u64; words];
+            for &x in &stack[from..] {
+                let x = x as usize;
+                for q in 0..p.row(x).0.len() {
+                    let Some(c) = edge(x, q) else { continue };
+                    match terminal[c] {
+                        Some(j) => mask[j / 64] |= 1 << (j % 64),
+                        None if component[c] != id => {
+                            let h = component[c] as usize * words;
+                            for (m, &o) in mask.iter_mut().zip(&masks[h..h + words]) {
+                                *m |= o;
+                            }
+                        }
+                        None => {}
+                    }
+                }
+            }
+            stack.truncate(from);
+            masks.extend_from_slice(&mask);
+        }
+    }
+    Reach {
+        component,
+        masks,
+        words,
+    }
+}
+
+/// What [`lineage_reach`] finds: each transient cell's component and each component's
+/// lineages (`words` 64-bit words of bits).
+struct Reach {
+    component: Vec<u32>,
+    masks: Vec<u64>,
+    words: usize,
+}
+
+impl Reach {
+    /// The lineage bits of transient cell `i`.
+    fn of(&self, i: usize) -> &[u64] {
+        let c = self.component[i] as usize;
+        &self.masks[c * self.words..(c + 1) * self.words]
+    }
+}
+
 /// `I − Q` as faer triplets (the sparse LU's input).
 fn csr_to_triplets(a: &cellfate_kernels::Csr) -> Vec<Triplet<usize, usize, f64>> {
     let mut trip = Vec::with_capacity(a.nnz());
@@ -782,42 +896,22 @@ impl TransientSystem {
         for (p, &i) in transient.iter().enumerate() {
             position[i] = p;
         }
-        // Reachability, per lineage: backward search from its absorbing cells along
-        // reversed edges through transient cells. A transient cell that cannot reach lineage
-        // `j` has fate probability exactly 0 towards it (set so after the solve, whatever the
-        // solver's rounding: the conditional absorption times rely on it).
-        let tt = t.as_csr().transpose();
-        // One search per lineage, the lineages in parallel.
-        let per_lineage: Vec<Vec<bool>> = (0..l)
-            .into_par_iter()
+        // Reachability, per lineage: a transient cell that cannot reach lineage `j` has fate
+        // probability exactly 0 towards it (set so after the solve, whatever the solver's
+        // rounding: the conditional absorption times rely on it).
+        let found = lineage_reach(t.as_csr(), terminal, l);
+        let reach: Vec<bool> = (0..n)
+            .map(|i| terminal[i].is_none() && found.of(i).iter().any(|&w| w != 0))
+            .collect();
+        let reaches: Vec<Vec<bool>> = (0..l)
             .map(|j| {
-                let mut rj = vec![false; n];
-                let mut stack: Vec<usize> = (0..n).filter(|&i| terminal[i] == Some(j)).collect();
-                for &i in &stack {
-                    rj[i] = true;
-                }
-                while let Some(c) = stack.pop() {
-                    let (preds, vals) = tt.row(c);
-                    for (&i, &v) in preds.iter().zip(vals) {
-                        let i = i as usize;
-                        if v > 0.0 && !rj[i] && terminal[i].is_none() {
-                            rj[i] = true;
-                            stack.push(i);
-                        }
-                    }
-                }
-                rj
+                transient
+                    .iter()
+                    .map(|&i| (found.of(i)[j / 64] >> (j % 64)) & 1 == 1)
+                    .collect()
             })
             .collect();
-        let mut reach = vec![false; n];
-        let mut reaches: Vec<Vec<bool>> = Vec::with_capacity(l);
-        for rj in per_lineage {
-            for (r, &x) in reach.iter_mut().zip(&rj) {
-                *r |= x;
-            }
-            reaches.push(transient.iter().map(|&i| rj[i]).collect());
-        }
-        drop(tt);
+        drop(found);
         let unreachable: Vec<usize> = transient.iter().copied().filter(|&i| !reach[i]).collect();
         if let Some(&example) = unreachable.first() {
             return Err(AbsorptionError::Unreachable {
@@ -1614,6 +1708,75 @@ pub fn lineage_priming(
 mod tests {
     use super::*;
     use cellfate_kernels::{Csr, Direction};
+
+    /// The strongly connected components' lineage sets equal a search per lineage along the
+    /// forward edges, on a sparse random graph with several components, cells that reach
+    /// nothing, zero entries (not edges) and 70 lineages (two words of bits).
+    #[test]
+    fn lineage_reach_equals_a_search_per_lineage() {
+        let n = 3000;
+        let l = 70;
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = |m: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % m as u64) as usize
+        };
+        let terminal: Vec<Option<usize>> = (0..n)
+            .map(|i| (i % 23 == 0).then(|| (i / 23) % l))
+            .collect();
+        let mut trip = Vec::new();
+        for i in 0..n {
+            // Mostly local edges (chains of components), a few long ones; some zeros.
+            for _ in 0..3 {
+                let j = if next(10) == 0 {
+                    next(n)
+                } else {
+                    (i + next(40)) % n
+                };
+                let v = if next(7) == 0 { 0.0 } else { 1.0 };
+                trip.push((i, j, v));
+            }
+        }
+        let p = Csr::from_triplets(n, n, &trip).unwrap();
+        let found = lineage_reach(&p, &terminal, l);
+        for j in 0..l {
+            // Cells that reach lineage j: fixpoint of "has a positive edge to a terminal
+            // cell of j or to a transient cell that reaches j".
+            let mut r = vec![false; n];
+            loop {
+                let mut changed = false;
+                for i in 0..n {
+                    if terminal[i].is_some() || r[i] {
+                        continue;
+                    }
+                    let (cols, vals) = p.row(i);
+                    if cols.iter().zip(vals).any(|(&c, &v)| {
+                        let c = c as usize;
+                        v > 0.0
+                            && c != i
+                            && (terminal[c] == Some(j) || (terminal[c].is_none() && r[c]))
+                    }) {
+                        r[i] = true;
+                        changed = true;
+                    }
+                }
+                if !changed {
+                    break;
+                }
+            }
+            for i in (0..n).filter(|&i| terminal[i].is_none()) {
+                let bit = (found.of(i)[j / 64] >> (j % 64)) & 1 == 1;
+                assert_eq!(bit, r[i], "cell {i}, lineage {j}");
+            }
+        }
+        let none = (0..n)
+            .filter(|&i| terminal[i].is_none() && found.of(i).iter().all(|&w| w == 0))
+            .count();
+        let some = (0..n).filter(|&i| terminal[i].is_none()).count() - none;
+        assert!(some > 0, "some cells reach a lineage");
+    }
 
     /// Gambler's ruin on 0..=N with p up, q = 1 − p down; 0 and N absorbing.
     fn ruin(nn: usize, p: f64) -> TransitionMatrix {

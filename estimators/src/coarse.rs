@@ -219,21 +219,20 @@ pub fn times_prolongation(a: &Csr, agg: &[u32], m: usize) -> Csr {
             for &i in rows {
                 pairs.clear();
                 let (cols, vals) = a.row(i);
-                pairs.extend(cols.iter().zip(vals).map(|(&j, &v)| (agg[j as usize], v)));
-                // Stable: equal aggregates keep column order, so each sum runs in it.
-                pairs.sort_by_key(|p| p.0);
-                let start = idx.len();
-                for &(g, v) in &pairs {
-                    if idx.len() > start && idx.last() == Some(&g) {
-                        if let Some(last) = val.last_mut() {
-                            *last += v;
-                        }
-                    } else {
-                        idx.push(g);
-                        val.push(v);
+                // Each entry added to its aggregate's sum, in column order (a row reaches a
+                // few aggregates: a linear search among them), then the sums in increasing
+                // aggregate order.
+                for (&j, &v) in cols.iter().zip(vals) {
+                    let g = agg[j as usize];
+                    match pairs.iter_mut().find(|p| p.0 == g) {
+                        Some(p) => p.1 += v,
+                        None => pairs.push((g, v)),
                     }
                 }
-                lens.push(idx.len() - start);
+                pairs.sort_unstable_by_key(|p| p.0);
+                idx.extend(pairs.iter().map(|p| p.0));
+                val.extend(pairs.iter().map(|p| p.1));
+                lens.push(pairs.len());
             }
             (lens, idx, val)
         })
