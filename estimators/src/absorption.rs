@@ -204,93 +204,53 @@ const ASSEMBLY_ROWS: usize = 4096;
 
 /// Which lineages each transient cell of the chain `p` can reach along its positive entries
 /// through transient cells: the strongly connected components of the transient cells
-/// (Tarjan's algorithm, iterative), each given the set of lineages its edges lead to, the
-/// components in the order Tarjan completes them (every component a component leads to is
-/// complete before it). One pass over the stored entries for any number of lineages, and
-/// no transposed copy of the chain (a search per lineage along reversed edges needed both).
+/// ([`crate::graph`]), then each component's set of lineages from its edges, the components
+/// in the order Tarjan completes them (every component one leads to comes earlier). Two
+/// passes over the stored entries for any number of lineages, and no transposed copy of the
+/// chain (a search per lineage along reversed edges needed both).
 fn lineage_reach(p: &cellfate_kernels::Csr, terminal: &[Option<usize>], l: usize) -> Reach {
-    let n = p.nrows();
     let words = l.div_ceil(64).max(1);
-    const NONE: u32 = u32::MAX;
-    let mut index = vec![NONE; n];
-    let mut low = vec![0u32; n];
-    let mut component = vec![NONE; n];
-    let mut on_stack = vec![false; n];
-    let mut stack: Vec<u32> = Vec::new();
-    let mut calls: Vec<(u32, usize)> = Vec::new();
-    let mut masks: Vec<u64> = Vec::new();
-    let mut counter = 0u32;
-    let edge = |v: usize, q: usize| -> Option<usize> {
-        let (cols, vals) = p.row(v);
-        let c = cols[q] as usize;
-        (vals[q] > 0.0 && c != v).then_some(c)
-    };
-    for s0 in 0..n {
-        if terminal[s0].is_some() || index[s0] != NONE {
-            continue;
-        }
-        index[s0] = counter;
-        low[s0] = counter;
-        counter += 1;
-        stack.push(s0 as u32);
-        on_stack[s0] = true;
-        calls.push((s0 as u32, 0));
-        while let Some(&(v, q)) = calls.last() {
-            let v = v as usize;
-            if q < p.row(v).0.len() {
-                if let Some(top) = calls.last_mut() {
-                    top.1 += 1;
-                }
-                let Some(c) = edge(v, q) else { continue };
-                if terminal[c].is_some() {
+    let (component, m) =
+        crate::graph::strongly_connected_components_within(p, |c| terminal[c].is_none());
+    // The cells of each component (counting sort by component).
+    let mut start = vec![0usize; m + 1];
+    for &c in component.iter().filter(|&&c| c < m) {
+        start[c + 1] += 1;
+    }
+    for c in 0..m {
+        start[c + 1] += start[c];
+    }
+    let mut fill = start.clone();
+    let mut members = vec![0u32; start[m]];
+    for (i, &c) in component.iter().enumerate().filter(|&(_, &c)| c < m) {
+        members[fill[c]] = i as u32;
+        fill[c] += 1;
+    }
+    drop(fill);
+    let mut masks = vec![0u64; m * words];
+    for c in 0..m {
+        let (done, rest) = masks.split_at_mut(c * words);
+        let mask = &mut rest[..words];
+        for &x in &members[start[c]..start[c + 1]] {
+            let (cols, vals) = p.row(x as usize);
+            for (&to, &v) in cols.iter().zip(vals) {
+                let to = to as usize;
+                if v <= 0.0 {
                     continue;
                 }
-                if index[c] == NONE {
-                    index[c] = counter;
-                    low[c] = counter;
-                    counter += 1;
-                    stack.push(c as u32);
-                    on_stack[c] = true;
-                    calls.push((c as u32, 0));
-                } else if on_stack[c] {
-                    low[v] = low[v].min(index[c]);
-                }
-                continue;
-            }
-            calls.pop();
-            if let Some(&(u, _)) = calls.last() {
-                let u = u as usize;
-                low[u] = low[u].min(low[v]);
-            }
-            if low[v] != index[v] {
-                continue;
-            }
-            // v roots a component: its members are the stack down to v.
-            let id = (masks.len() / words) as u32;
-            let from = stack.iter().rposition(|&x| x as usize == v).unwrap_or(0);
-            for &x in &stack[from..] {
-                component[x as usize] = id;
-                on_stack[x as usize] = false;
-            }
-            let mut mask = vec![0u64; words];
-            for &x in &stack[from..] {
-                let x = x as usize;
-                for q in 0..p.row(x).0.len() {
-                    let Some(c) = edge(x, q) else { continue };
-                    match terminal[c] {
-                        Some(j) => mask[j / 64] |= 1 << (j % 64),
-                        None if component[c] != id => {
-                            let h = component[c] as usize * words;
-                            for (m, &o) in mask.iter_mut().zip(&masks[h..h + words]) {
-                                *m |= o;
-                            }
+                match terminal[to] {
+                    Some(j) => mask[j / 64] |= 1 << (j % 64),
+                    // Earlier components are complete (Tarjan numbers a component after
+                    // every component it leads to).
+                    None if component[to] < c => {
+                        let h = component[to] * words;
+                        for (b, &o) in mask.iter_mut().zip(&done[h..h + words]) {
+                            *b |= o;
                         }
-                        None => {}
                     }
+                    None => {}
                 }
             }
-            stack.truncate(from);
-            masks.extend_from_slice(&mask);
         }
     }
     Reach {
@@ -303,7 +263,7 @@ fn lineage_reach(p: &cellfate_kernels::Csr, terminal: &[Option<usize>], l: usize
 /// What [`lineage_reach`] finds: each transient cell's component and each component's
 /// lineages (`words` 64-bit words of bits).
 struct Reach {
-    component: Vec<u32>,
+    component: Vec<usize>,
     masks: Vec<u64>,
     words: usize,
 }
@@ -311,7 +271,7 @@ struct Reach {
 impl Reach {
     /// The lineage bits of transient cell `i`.
     fn of(&self, i: usize) -> &[u64] {
-        let c = self.component[i] as usize;
+        let c = self.component[i];
         &self.masks[c * self.words..(c + 1) * self.words]
     }
 }

@@ -18,6 +18,16 @@ pub fn strongly_connected_components(t: &TransitionMatrix) -> (Vec<usize>, usize
 /// [`strongly_connected_components`] of any square non-negative matrix (an edge for every
 /// positive entry; rows may sum to anything, e.g. 0 for a cell the chain cannot leave).
 pub fn strongly_connected_components_csr(t: &Csr) -> (Vec<usize>, usize) {
+    strongly_connected_components_within(t, |_| true)
+}
+
+/// [`strongly_connected_components_csr`] of the subgraph of the cells for which `inside` is
+/// true (edges to other cells are not followed); cells outside get component `usize::MAX`
+/// and are not counted.
+pub(crate) fn strongly_connected_components_within<F: Fn(usize) -> bool>(
+    t: &Csr,
+    inside: F,
+) -> (Vec<usize>, usize) {
     let n = t.nrows();
     let mut index = vec![UNVISITED; n];
     let mut low = vec![0usize; n];
@@ -29,7 +39,7 @@ pub fn strongly_connected_components_csr(t: &Csr) -> (Vec<usize>, usize) {
     let mut next_index = 0usize;
     let mut n_comp = 0usize;
     for root in 0..n {
-        if index[root] != UNVISITED {
+        if index[root] != UNVISITED || !inside(root) {
             continue;
         }
         index[root] = next_index;
@@ -47,6 +57,9 @@ pub fn strongly_connected_components_csr(t: &Csr) -> (Vec<usize>, usize) {
                     continue;
                 }
                 let w = cols[k] as usize;
+                if !inside(w) {
+                    continue;
+                }
                 if index[w] == UNVISITED {
                     index[w] = next_index;
                     low[w] = next_index;
