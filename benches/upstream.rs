@@ -27,6 +27,7 @@ fn counts(n: usize) -> RawCounts {
     RawCounts {
         unspliced: sim.unspliced.to_csr().expect("unspliced"),
         x: None,
+        float64: Default::default(),
         spliced,
     }
 }

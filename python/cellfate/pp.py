@@ -28,6 +28,18 @@ def _unsupported(fn, **given):
         raise NotImplementedError(f"{fn}: {', '.join(bad)} not supported (cellfate implements scVelo's defaults for these)")
 
 
+def _float64(adata):
+    """Which of X, spliced and unspliced hold float64 counts: their normalised matrices stay
+    float64, the others (float32 or integer counts) become float32, as scVelo and scanpy keep
+    them."""
+
+    def f64(m):
+        return m is not None and np.dtype(getattr(m, "dtype", np.float32)) == np.float64
+
+    spliced = f64(adata.layers.get("spliced"))
+    return (f64(adata.X) if adata.X is not None else spliced, spliced, f64(adata.layers.get("unspliced")))
+
+
 def _layer_parts(adata, key):
     if key not in adata.layers:
         raise KeyError(
@@ -90,6 +102,7 @@ def filter_and_normalize(
     slots, kept, subset = _core.filter_and_normalize(
         s, u, x, None if min_shared_counts is None else float(min_shared_counts),
         None if n_top_genes is None else int(n_top_genes), bool(log),
+        _float64(adata),
     )
     _write(adata, slots)
     kept, subset = np.asarray(kept, dtype=bool), np.asarray(subset, dtype=bool)
@@ -172,7 +185,9 @@ def moments(
     if "connectivities" not in adata.obsp or (n_neighbors is not None and (have is None or n_neighbors > have)):
         neighbors(adata, n_neighbors=n_neighbors or 30, n_pcs=n_pcs, use_rep=use_rep, use_highly_variable=use_highly_variable, method=method)
     conn = csr_parts(adata.obsp["connectivities"], "obsp['connectivities']")
-    slots = _core.moments(conn, _layer_parts(adata, "spliced"), _layer_parts(adata, "unspliced"))
+    slots = _core.moments(
+        conn, _layer_parts(adata, "spliced"), _layer_parts(adata, "unspliced"), _float64(adata)
+    )
     _write(adata, slots)
     logger.info("computed moments based on connectivities: added 'Ms' and 'Mu' (adata.layers)")
     return adata if copy else None

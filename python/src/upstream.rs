@@ -6,7 +6,9 @@
 
 use cellfate::upstream::steps::{self, FilterNormalizeSpec, VelocityInput};
 use cellfate::upstream::velocity::{DynamicalSettings, VelocityMode};
-use cellfate::upstream::{KnnMethod, RawCounts, UpstreamError, UpstreamSpec};
+use cellfate::upstream::{
+    CountsFloat64, KnnMethod, LayerDtype, RawCounts, UpstreamError, UpstreamSpec,
+};
 use nalgebra::DMatrix;
 use numpy::{PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
@@ -25,6 +27,16 @@ fn upstream_error(e: UpstreamError) -> PyErr {
     }
 }
 
+/// Which count matrices (X, spliced, unspliced) the AnnData holds as float64: their
+/// normalised matrices stay float64, the others are float32, as scVelo keeps them.
+fn counts_float64((x, spliced, unspliced): (bool, bool, bool)) -> CountsFloat64 {
+    CountsFloat64 {
+        x,
+        spliced,
+        unspliced,
+    }
+}
+
 /// An optional CSR given as SciPy parts.
 fn csr_opt(
     parts: Option<&Bound<'_, PyAny>>,
@@ -35,7 +47,8 @@ fn csr_opt(
 
 /// scVelo's `pp.filter_and_normalize`: the slots and the genes scVelo keeps.
 #[pyfunction]
-#[pyo3(signature = (spliced, unspliced, x=None, min_shared_counts=None, n_top_genes=None, log=true))]
+#[pyo3(signature = (spliced, unspliced, x=None, min_shared_counts=None, n_top_genes=None, log=true, float64=(false, false, false)))]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn filter_and_normalize<'py>(
     py: Python<'py>,
     spliced: &Bound<'_, PyAny>,
@@ -44,16 +57,19 @@ pub(crate) fn filter_and_normalize<'py>(
     min_shared_counts: Option<f64>,
     n_top_genes: Option<usize>,
     log: bool,
+    float64: (bool, bool, bool),
 ) -> PyResult<(Bound<'py, PyList>, Vec<bool>, Vec<bool>)> {
     let raw = RawCounts {
         spliced: csr_from_parts(spliced, "layers['spliced']")?,
         unspliced: csr_from_parts(unspliced, "layers['unspliced']")?,
         x: csr_opt(x, "X")?,
+        float64: counts_float64(float64),
     };
     let spec = FilterNormalizeSpec {
         min_shared_counts,
         n_top_genes,
         log,
+        dtype: LayerDtype::Auto,
     };
     let out = crate::run::run(py, || steps::filter_and_normalize(raw, &spec, "adata"))?
         .map_err(upstream_error)?;
@@ -100,17 +116,20 @@ pub(crate) fn neighbors<'py>(
 /// scVelo's `pp.moments`; raw counts (every value an integer) are normalised per cell first,
 /// as scVelo does, and returned among the slots.
 #[pyfunction]
+#[pyo3(signature = (connectivities, spliced, unspliced, float64=(false, false, false)))]
 pub(crate) fn moments<'py>(
     py: Python<'py>,
     connectivities: &Bound<'_, PyAny>,
     spliced: &Bound<'_, PyAny>,
     unspliced: &Bound<'_, PyAny>,
+    float64: (bool, bool, bool),
 ) -> PyResult<Bound<'py, PyList>> {
     let conn = csr_from_parts(connectivities, "obsp['connectivities']")?;
     let s = csr_from_parts(spliced, "layers['spliced']")?;
     let u = csr_from_parts(unspliced, "layers['unspliced']")?;
-    let out =
-        crate::run::run(py, || steps::moments_of_counts(&conn, s, u))?.map_err(upstream_error)?;
+    let f64s = counts_float64(float64);
+    let out = crate::run::run(py, || steps::moments_of_counts(&conn, s, u, f64s))?
+        .map_err(upstream_error)?;
     convert::slots(py, out)
 }
 

@@ -80,6 +80,31 @@ def test_preprocessing_and_velocity_equal_the_clis_preprocess(raw_pancreas, cli,
     assert a.uns["velocity_graph"].shape == (a.n_obs, a.n_obs)
 
 
+def test_normalised_layers_keep_their_counts_type(raw_pancreas):
+    """X, spliced and unspliced come out in their counts' type, as scVelo and scanpy keep
+    them: float32 for float32 or integer counts, float64 for float64 counts; the float32
+    values are the float64 normalisation rounded."""
+    out = {}
+    for dtype in (np.int32, np.float32, np.float64):
+        a = anndata.read_h5ad(raw_pancreas)[:500].copy()
+        a.X = a.X.astype(dtype)
+        for key in ("spliced", "unspliced"):
+            a.layers[key] = a.layers[key].astype(dtype)
+        cr.pp.filter_and_normalize(a, min_shared_counts=20, n_top_genes=300)
+        want = np.float64 if dtype == np.float64 else np.float32
+        for what, m in (("X", a.X), ("spliced", a.layers["spliced"]), ("unspliced", a.layers["unspliced"])):
+            assert m.dtype == want, f"{what} from {np.dtype(dtype)} counts: {m.dtype}"
+        out[np.dtype(dtype).name] = a
+    for what in ("X", "spliced", "unspliced"):
+        get = (lambda a: a.X) if what == "X" else (lambda a, k=what: a.layers[k])
+        m32, m64, mint = (get(out[k]) for k in ("float32", "float64", "int32"))
+        assert np.array_equal(m32.data, m64.data.astype(np.float32)), what
+        assert np.array_equal(m32.data, mint.data), what
+    a = out["float32"]
+    cr.pp.moments(a, n_pcs=30, n_neighbors=30)
+    assert a.obsp["connectivities"].dtype == np.float32
+
+
 def test_recover_dynamics_equals_the_clis_dynamical_velocity(raw_pancreas, cli, tmp_path):
     pre = tmp_path / "pre.h5ad"
     _cli(cli, "preprocess", raw_pancreas, "-o", pre)

@@ -409,6 +409,29 @@ impl H5adReader {
         }
     }
 
+    /// Whether a matrix's values are stored as float64: a dense dataset's own type, a sparse
+    /// group's `data`. False for anything else (float32, integers, a missing slot).
+    pub fn stored_float64(&self, slot: &str) -> bool {
+        let slot = slot.trim_matches('/');
+        let data = format!("{slot}/data");
+        let path = if self.file.dataset(slot).is_ok() {
+            slot
+        } else {
+            data.as_str()
+        };
+        self.file
+            .dataset(path)
+            .ok()
+            .and_then(|d| d.dtype().ok())
+            .and_then(|t| t.to_descriptor().ok())
+            .is_some_and(|d| {
+                matches!(
+                    d,
+                    hdf5::types::TypeDescriptor::Float(hdf5::types::FloatSize::U8)
+                )
+            })
+    }
+
     /// Whether a slot (HDF5 path such as `obsp/T_fwd`) exists.
     pub fn exists(&self, slot: &str) -> bool {
         let mut cur = String::new();

@@ -470,8 +470,14 @@ pub fn prepare_input(
                 current.notes.extend(report.labeling);
             }
             UpstreamStep::Moments => {
-                upstream::moments_velocity_in_file(from, to, mode, &settings.preprocess.dynamics)
-                    .map_err(wrap)?;
+                upstream::moments_velocity_in_file(
+                    from,
+                    to,
+                    mode,
+                    &settings.preprocess.dynamics,
+                    settings.preprocess.dtype,
+                )
+                .map_err(wrap)?;
             }
             UpstreamStep::Velocity => {
                 upstream::velocity_in_file(from, to, mode, &settings.preprocess.dynamics)

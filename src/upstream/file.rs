@@ -8,9 +8,10 @@ use std::path::Path;
 use cellfate_kernels::Csr;
 
 use super::{
-    check_counts, check_x_shape, embed, log_normalise, neighbors_params, no_velocity_genes,
-    shared_genes, velocity, velocity_slots, CellSizes, Clock, ObsSizes, PrepareReport, RawCounts,
-    StageHook, UpstreamSpec, SPLICED, UNSPLICED,
+    as_stored, check_counts, check_x_shape, embed, log_normalise, neighbors_params,
+    no_velocity_genes, shared_genes, stored_element, velocity, velocity_slots, CellSizes, Clock,
+    CountsFloat64, LayerDtype, ObsSizes, PrepareReport, RawCounts, StageHook, UpstreamSpec,
+    SPLICED, UNSPLICED,
 };
 use crate::io::{EarlySlots, Element, H5adEdit, H5adError, H5adReader};
 use crate::pipeline::PipelineError;
@@ -160,7 +161,8 @@ pub fn velocity_in_file(
 /// Moments and RNA velocity on a file that has a kNN graph but no moments (scVelo's
 /// `pp.moments` + `tl.velocity` on a file processed by scanpy): `layers["spliced"]` and
 /// `["unspliced"]` are normalised per cell to their median library size when they hold raw
-/// counts (every value an integer, scVelo's test) and written back normalised; `Ms`/`Mu` are
+/// counts (every value an integer, scVelo's test) and written back normalised (in the type
+/// `dtype` gives, [`LayerDtype`]); `Ms`/`Mu` are
 /// averaged over `obsp["connectivities"]` (each cell and its neighbours); the velocity fit
 /// follows (`var["highly_variable"]` restricts the velocity genes when present). Writes
 /// `output` (a copy of `input`), block of genes by block of genes.
@@ -169,10 +171,16 @@ pub fn moments_velocity_in_file(
     output: &Path,
     mode: velocity::VelocityMode,
     dynamics: &velocity::DynamicalSettings,
+    dtype: LayerDtype,
 ) -> Result<velocity::GeneFit, PipelineError> {
     let source = input.display().to_string();
     let r = H5adReader::open(input)?;
     check_count_layers(&r, input)?;
+    let float64 = counts_float64(&r, false);
+    let (s_f64, u_f64) = (
+        dtype.float64(float64.spliced),
+        dtype.float64(float64.unspliced),
+    );
     if !r.exists("obsp/connectivities") {
         return Err(err(format!(
             "{source}: obsp[\"connectivities\"] is missing (the kNN graph the moments average over); run `cellfate preprocess` first"
@@ -194,7 +202,7 @@ pub fn moments_velocity_in_file(
     let raw = is_counts(&s) && is_counts(&u);
     let (sn, un) = if raw {
         let (cs, cu) = (CellSizes::of(&s), CellSizes::of(&u));
-        (cs.scale(s), cu.scale(u))
+        (as_stored(cs.scale(s), s_f64), as_stored(cu.scale(u), u_f64))
     } else {
         (s, u)
     };
@@ -218,8 +226,8 @@ pub fn moments_velocity_in_file(
             return Err(no_velocity_genes(&source).into());
         }
         if raw {
-            early.write("layers/spliced", Element::Sparse(sn.into()))?;
-            early.write("layers/unspliced", Element::Sparse(un.into()))?;
+            early.write("layers/spliced", stored_element(sn, s_f64))?;
+            early.write("layers/unspliced", stored_element(un, u_f64))?;
         }
         let slots = velocity_slots(&fit);
         fitted = Some(fit);
@@ -548,19 +556,32 @@ fn check_count_layers(r: &H5adReader, input: &Path) -> Result<(), PipelineError>
     Ok(())
 }
 
+/// Which count matrices of `r` are stored as float64 (X's own counts when `x_own`, else the
+/// spliced counts').
+fn counts_float64(r: &H5adReader, x_own: bool) -> CountsFloat64 {
+    let spliced = r.stored_float64("layers/spliced");
+    CountsFloat64 {
+        x: if x_own {
+            r.stored_float64("X")
+        } else {
+            spliced
+        },
+        spliced,
+        unspliced: r.stored_float64("layers/unspliced"),
+    }
+}
+
 /// Reads the raw counts of `input` (layers spliced/unspliced, X when present).
 pub fn read_counts(input: &Path) -> Result<RawCounts, PipelineError> {
     let r = H5adReader::open(input)?;
     check_count_layers(&r, input)?;
+    // X hard-linked to the spliced counts (the simulator's files) is read once.
+    let x_own = r.exists("X") && !r.same_object("X", "layers/spliced");
     Ok(RawCounts {
         spliced: r.csr("layers/spliced")?,
         unspliced: r.csr("layers/unspliced")?,
-        // X hard-linked to the spliced counts (the simulator's files) is read once.
-        x: if r.exists("X") && !r.same_object("X", "layers/spliced") {
-            Some(r.csr("X")?)
-        } else {
-            None
-        },
+        x: if x_own { Some(r.csr("X")?) } else { None },
+        float64: counts_float64(&r, x_own),
     })
 }
 
@@ -594,6 +615,11 @@ fn compute_and_write(
     check_counts_in(&u, &source, UNSPLICED, &r)?;
     // X hard-linked to the spliced counts (the simulator's files) is not read again.
     let x_own = r.exists("X") && !r.same_object("X", "layers/spliced");
+    let float64 = counts_float64(&r, x_own);
+    let (s_f64, u_f64) = (
+        spec.dtype.float64(float64.spliced),
+        spec.dtype.float64(float64.unspliced),
+    );
     clock.lap("read");
     super::check_cells(s.nrows(), spec.n_neighbors, &source)?;
     let usable = shared_genes(&s, &u, Some(spec.min_shared_counts), &source)?;
@@ -611,6 +637,8 @@ fn compute_and_write(
         (s, "layers[\"spliced\"]")
     };
     let (logx, size_x, n_counts) = log_normalise(x, &usable, &source, what)?;
+    let x_f64 = spec.dtype.float64(float64.x);
+    let logx = as_stored(logx, x_f64);
     let sizes = ObsSizes {
         initial_size_unspliced: size_u.sizes.clone(),
         initial_size_spliced: size_s.sizes.clone(),
@@ -664,10 +692,10 @@ fn compute_and_write(
         edit.remove("layers/variance_velocity");
     }
     let produce = |early: &mut EarlySlots| -> Result<Vec<(String, Element)>, PipelineError> {
-        early.write("X", Element::Sparse(logx.into()))?;
+        early.write("X", stored_element(logx, x_f64))?;
         clock.lap("write X");
-        let sn = size_s.scale(r.csr("layers/spliced")?);
-        let un = size_u.scale(r.csr("layers/unspliced")?);
+        let sn = as_stored(size_s.scale(r.csr("layers/spliced")?), s_f64);
+        let un = as_stored(size_u.scale(r.csr("layers/unspliced")?), u_f64);
         clock.lap("read + normalise layers");
         let src = velocity::SmoothedCounts {
             w: &w,
@@ -692,8 +720,8 @@ fn compute_and_write(
         clock.parts(&fit);
         report.n_velocity_genes = fit.velocity_genes.iter().filter(|&&b| b).count();
         drop(w);
-        early.write("layers/spliced", Element::Sparse(sn.into()))?;
-        early.write("layers/unspliced", Element::Sparse(un.into()))?;
+        early.write("layers/spliced", stored_element(sn, s_f64))?;
+        early.write("layers/unspliced", stored_element(un, u_f64))?;
         Ok(velocity_slots(&fit))
     };
     match output {
@@ -725,7 +753,7 @@ fn set_embedding(
     edit.set("obsm/X_pca", Element::from_dmatrix(&emb.pca));
     edit.set(
         "obsp/connectivities",
-        Element::Sparse(emb.connectivities.into()),
+        super::lossless_element(emb.connectivities),
     );
     edit.set("obsp/distances", Element::Sparse(emb.distances.into()));
     edit.set("var/highly_variable", Element::from_bools(emb.hvg));
@@ -758,15 +786,20 @@ fn labeling_only(
                 .replace("spliced and unspliced", "new and total"))
         })?;
     let (n, g) = (total.nrows(), total.ncols());
-    let (x, what) = if r.exists("X") {
+    let (x, what, x_f64) = if r.exists("X") {
         let x = r.csr("X")?;
         check_x_shape(&x, n, g, &source)?;
         check_counts_in(&x, &source, "X", &r)?;
-        (x, "X")
+        (x, "X", r.stored_float64("X"))
     } else {
-        (total.clone(), "layers[\"total\"]")
+        // The four-layer layouts' sum is float32 unless its layers are float64.
+        let total_f64 = r.stored_float64("layers/total")
+            || (!r.exists("layers/total") && r.stored_float64("layers/uu"));
+        (total.clone(), "layers[\"total\"]", total_f64)
     };
     let (logx, _, _) = log_normalise(x, &usable, &source, what)?;
+    let x_f64 = spec.dtype.float64(x_f64);
+    let logx = as_stored(logx, x_f64);
     clock.lap("normalise X");
     let emb = embed(&logx, &usable, spec, &mut clock)?;
     let genes: Vec<bool> = emb.hvg.iter().zip(&usable).map(|(a, b)| *a && *b).collect();
@@ -791,7 +824,7 @@ fn labeling_only(
     };
     let mut edit = H5adEdit::new(input);
     set_embedding(&mut edit, emb, spec, input, &mut clock)?;
-    edit.set("X", Element::Sparse(logx.into()));
+    edit.set("X", stored_element(logx, x_f64));
     for (slot, e) in res.into_slots() {
         edit.set(&slot, e);
     }

@@ -157,6 +157,87 @@ pub struct UpstreamSpec {
     pub umap: Option<umap::UmapParams>,
     /// Metabolic labeling (used when the input has new/total layers; [`labeling`]).
     pub labeling: labeling::LabelingSpec,
+    /// Storage type of the normalised `X`, `layers["spliced"]` and `["unspliced"]`; the
+    /// later steps use the stored values.
+    pub dtype: LayerDtype,
+}
+
+/// Storage type of the normalised matrices (`X`, `layers["spliced"]`, `["unspliced"]`),
+/// `preprocess --dtype`. Every later step (PCA, moments, velocity) uses the values as stored,
+/// so a run that reads the file back computes exactly what the one-shot run computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerDtype {
+    /// Each matrix in its counts' type: float64 for counts stored as float64, float32 for
+    /// float32 or integer counts — what scanpy's and scVelo's normalisation keep.
+    #[default]
+    Auto,
+    /// float32 (values rounded to float32 after the normalisation in float64).
+    Float32,
+    /// float64 (the normalisation as computed).
+    Float64,
+}
+
+impl LayerDtype {
+    /// Whether a matrix normalised from counts stored as float64 (`counts_float64`) is kept
+    /// in float64.
+    pub fn float64(self, counts_float64: bool) -> bool {
+        match self {
+            Self::Auto => counts_float64,
+            Self::Float32 => false,
+            Self::Float64 => true,
+        }
+    }
+}
+
+/// Why a layer dtype name does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("dtype {0:?}: expected auto, float32 or float64")]
+pub struct LayerDtypeParseError(pub String);
+
+impl std::str::FromStr for LayerDtype {
+    type Err = LayerDtypeParseError;
+    fn from_str(s: &str) -> Result<Self, LayerDtypeParseError> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "float32" => Ok(Self::Float32),
+            "float64" => Ok(Self::Float64),
+            other => Err(LayerDtypeParseError(other.into())),
+        }
+    }
+}
+
+/// A normalised matrix as it will be stored: its values rounded to float32 unless `float64`.
+pub(crate) fn as_stored(mut m: Csr, float64: bool) -> Csr {
+    if !float64 {
+        m.data_mut()
+            .iter_mut()
+            .for_each(|v| *v = f64::from(*v as f32));
+    }
+    m
+}
+
+/// The element of a matrix whose values may all be float32 numbers (the UMAP connectivities,
+/// computed in float32 as umap-learn does): float32 data then, as scanpy stores them, float64
+/// otherwise. Lossless either way.
+pub(crate) fn lossless_element(m: Csr) -> Element {
+    let exact = m
+        .data()
+        .iter()
+        .all(|&v| f64::from(v as f32).to_bits() == v.to_bits());
+    stored_element(m, !exact)
+}
+
+/// The element of a matrix from [`as_stored`]: float32 data unless `float64` (exact: the
+/// values are already float32 numbers).
+pub(crate) fn stored_element(m: Csr, float64: bool) -> Element {
+    let mut a = crate::io::SparseArray::from(m);
+    if !float64 {
+        if let crate::io::NumVec::F64(v) = &a.data {
+            a.data = crate::io::NumVec::F32(v.iter().map(|&x| x as f32).collect());
+        }
+    }
+    Element::Sparse(a)
 }
 
 /// Neighbour search of [`UpstreamSpec`].
@@ -205,6 +286,7 @@ impl Default for UpstreamSpec {
             dynamics: velocity::DynamicalSettings::default(),
             umap: None,
             labeling: labeling::LabelingSpec::default(),
+            dtype: LayerDtype::Auto,
         }
     }
 }
@@ -721,6 +803,20 @@ pub struct RawCounts {
     pub unspliced: Csr,
     /// The counts behind `X`; the spliced counts when `None`.
     pub x: Option<Csr>,
+    /// Which of the three are stored as float64 ([`LayerDtype::Auto`]; all false: float32 or
+    /// integer counts).
+    pub float64: CountsFloat64,
+}
+
+/// Which count matrices of [`RawCounts`] are stored as float64.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CountsFloat64 {
+    /// `X`'s counts (the spliced counts' type when X is the spliced counts).
+    pub x: bool,
+    /// `layers["spliced"]`.
+    pub spliced: bool,
+    /// `layers["unspliced"]`.
+    pub unspliced: bool,
 }
 
 /// One timed stage of [`preprocess`].
@@ -1099,6 +1195,7 @@ pub fn preprocess_with(
         spliced: s,
         unspliced: u,
         x,
+        float64: f64s,
     } = raw;
     check_counts(&s, source, SPLICED)?;
     check_counts(&u, source, UNSPLICED)?;
@@ -1114,9 +1211,11 @@ pub fn preprocess_with(
         None => ("layers[\"spliced\"]", s.clone()),
     };
     let (logx, size_x, n_counts) = log_normalise(x, &usable, source, what)?;
+    let x_f64 = if what == "X" { f64s.x } else { f64s.spliced };
+    let logx = as_stored(logx, spec.dtype.float64(x_f64));
     let (size_s, size_u) = (CellSizes::of(&s), CellSizes::of(&u));
-    let sn = size_s.scale(s);
-    let un = size_u.scale(u);
+    let sn = as_stored(size_s.scale(s), spec.dtype.float64(f64s.spliced));
+    let un = as_stored(size_u.scale(u), spec.dtype.float64(f64s.unspliced));
     let sizes = ObsSizes {
         initial_size_unspliced: size_u.sizes,
         initial_size_spliced: size_s.sizes,

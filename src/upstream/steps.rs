@@ -17,9 +17,10 @@ use cellfate_kernels::{interrupt, progress, Csr};
 
 use super::velocity::{self, DynamicalSettings, VelocityFit, VelocityMode};
 use super::{
-    check_counts, check_x_shape, dynamical_slots, highly_variable, invalid, neighbors_of,
-    neighbors_params, normalise_x, pca_and_neighbors, shared_genes, velocity_slots, CellSizes,
-    Clock, ObsSizes, RawCounts, UpstreamError, UpstreamSpec, SPLICED, UNSPLICED,
+    as_stored, check_counts, check_x_shape, dynamical_slots, highly_variable, invalid,
+    neighbors_of, neighbors_params, normalise_x, pca_and_neighbors, shared_genes, stored_element,
+    velocity_slots, CellSizes, Clock, CountsFloat64, LayerDtype, ObsSizes, RawCounts,
+    UpstreamError, UpstreamSpec, SPLICED, UNSPLICED,
 };
 use crate::io::{DenseArray, Element, NumVec};
 
@@ -35,6 +36,8 @@ pub struct FilterNormalizeSpec {
     pub n_top_genes: Option<usize>,
     /// `log1p` of X after the normalisation (scVelo's `log=True`).
     pub log: bool,
+    /// Storage type of the normalised matrices.
+    pub dtype: LayerDtype,
 }
 
 impl Default for FilterNormalizeSpec {
@@ -43,6 +46,7 @@ impl Default for FilterNormalizeSpec {
             min_shared_counts: None,
             n_top_genes: None,
             log: true,
+            dtype: LayerDtype::Auto,
         }
     }
 }
@@ -56,6 +60,8 @@ pub struct Normalized {
     pub spliced: Csr,
     /// Unspliced counts normalised per cell.
     pub unspliced: Csr,
+    /// Which of the three are stored as float64 (the others hold float32 values).
+    pub float64: CountsFloat64,
     /// The per-cell sizes scVelo records in `obs`.
     pub sizes: ObsSizes,
     /// Genes that pass the shared-counts filter (every gene without one).
@@ -76,14 +82,14 @@ impl Normalized {
     /// `var["highly_variable"]` when selected.
     pub fn into_slots(self) -> Vec<(String, Element)> {
         let mut out = vec![
-            ("X".to_string(), Element::Sparse(self.x.into())),
+            ("X".to_string(), stored_element(self.x, self.float64.x)),
             (
                 "layers/spliced".to_string(),
-                Element::Sparse(self.spliced.into()),
+                stored_element(self.spliced, self.float64.spliced),
             ),
             (
                 "layers/unspliced".to_string(),
-                Element::Sparse(self.unspliced.into()),
+                stored_element(self.unspliced, self.float64.unspliced),
             ),
         ];
         out.extend(self.sizes.slots());
@@ -108,6 +114,7 @@ pub fn filter_and_normalize(
         spliced: s,
         unspliced: u,
         x,
+        float64: counts_f64,
     } = raw;
     check_counts(&s, source, SPLICED)?;
     check_counts(&u, source, UNSPLICED)?;
@@ -118,11 +125,21 @@ pub fn filter_and_normalize(
         check_counts(x, source, "X")?;
     }
     let (size_s, size_u) = (CellSizes::of(&s), CellSizes::of(&u));
+    let float64 = CountsFloat64 {
+        x: spec.dtype.float64(if x.is_some() {
+            counts_f64.x
+        } else {
+            counts_f64.spliced
+        }),
+        spliced: spec.dtype.float64(counts_f64.spliced),
+        unspliced: spec.dtype.float64(counts_f64.unspliced),
+    };
     let (what, x) = match x {
         Some(x) => ("X", x),
         None => ("layers[\"spliced\"]", s.clone()),
     };
     let (xn, size_x, n_counts) = normalise_x(x, &usable, source, what, spec.log)?;
+    let xn = as_stored(xn, float64.x);
     let highly_variable = spec.n_top_genes.map(|k| {
         if spec.log {
             highly_variable(&xn, &usable, k)
@@ -135,8 +152,9 @@ pub fn filter_and_normalize(
     });
     Ok(Normalized {
         x: xn,
-        spliced: size_s.scale(s),
-        unspliced: size_u.scale(u),
+        spliced: as_stored(size_s.scale(s), float64.spliced),
+        unspliced: as_stored(size_u.scale(u), float64.unspliced),
+        float64,
         sizes: ObsSizes {
             initial_size_unspliced: size_u.sizes,
             initial_size_spliced: size_s.sizes,
@@ -175,7 +193,7 @@ impl Neighbors {
         ));
         out.push((
             "obsp/connectivities".into(),
-            Element::Sparse(self.connectivities.into()),
+            super::lossless_element(self.connectivities),
         ));
         out.push(("uns/neighbors".into(), neighbors_params(&self.spec)));
         out
@@ -326,12 +344,14 @@ pub fn moments(conn: &Csr, spliced: &Csr, unspliced: &Csr) -> Result<Moments, Up
 
 /// scVelo's `pp.moments` on the count layers as an AnnData holds them: raw counts (every
 /// value an integer, scVelo's test) are first normalised per cell to their median size
-/// ([`CellSizes`]) and returned as `layers["spliced"]`/`["unspliced"]` before `Ms` and `Mu`;
-/// normalised layers are used as they are.
+/// ([`CellSizes`]) and returned as `layers["spliced"]`/`["unspliced"]` before `Ms` and `Mu`,
+/// each in float32 unless `float64` says it is kept in float64 (its counts' type, as scVelo
+/// keeps it); normalised layers are used as they are.
 pub fn moments_of_counts(
     conn: &Csr,
     spliced: Csr,
     unspliced: Csr,
+    float64: CountsFloat64,
 ) -> Result<Vec<(String, Element)>, UpstreamError> {
     check_counts(&spliced, "adata", SPLICED)?;
     check_counts(&unspliced, "adata", UNSPLICED)?;
@@ -339,15 +359,21 @@ pub fn moments_of_counts(
     let raw = is_counts(&spliced) && is_counts(&unspliced);
     let (s, u) = if raw {
         let (cs, cu) = (CellSizes::of(&spliced), CellSizes::of(&unspliced));
-        (cs.scale(spliced), cu.scale(unspliced))
+        (
+            as_stored(cs.scale(spliced), float64.spliced),
+            as_stored(cu.scale(unspliced), float64.unspliced),
+        )
     } else {
         (spliced, unspliced)
     };
     let m = moments(conn, &s, &u)?;
     let mut out = Vec::new();
     if raw {
-        out.push(("layers/spliced".into(), Element::Sparse(s.into())));
-        out.push(("layers/unspliced".into(), Element::Sparse(u.into())));
+        out.push(("layers/spliced".into(), stored_element(s, float64.spliced)));
+        out.push((
+            "layers/unspliced".into(),
+            stored_element(u, float64.unspliced),
+        ));
     }
     out.extend(m.into_slots());
     Ok(out)

@@ -136,6 +136,7 @@ fn invalid_counts_are_a_typed_error() {
         spliced: sim.spliced.to_csr().expect("csr"),
         unspliced: sim.unspliced.to_csr().expect("csr"),
         x: Some(x),
+        float64: Default::default(),
     };
     let e = cellfate::upstream::preprocess(raw, &Default::default(), "memory")
         .expect_err("invalid X accepted");

@@ -673,6 +673,7 @@ const TEXT: &[&str] = &[
     "--velocity-mode",
     "--model",
     "--knn",
+    "--dtype",
     "--mode",
     "--var-names",
     "--latent-root-cell",

@@ -732,6 +732,88 @@ fn simulator_gamma_is_recovered() {
     assert!(med_cos > 0.3, "median cosine {med_cos}");
 }
 
+/// The normalised `X`, `spliced` and `unspliced` are stored in their counts' type (float32
+/// counts: float32, the float64 normalisation rounded once; float64 counts: float64), or as
+/// `--dtype` says; the float32 values are exactly the float64 run's rounded; the UMAP
+/// connectivities are stored as float32 (every value is a float32 number).
+#[test]
+fn preprocess_stores_the_normalised_layers_in_their_counts_type() {
+    use cellfate::io::NumVec;
+    let d = tempdir();
+    let sim = d.path().join("sim.h5ad");
+    crate::common::write_simulation(&sim, 300, Some(400));
+    // The same counts stored as float64.
+    let sim64 = d.path().join("sim64.h5ad");
+    let r = H5adReader::open(&sim).expect("open");
+    let mut edit = cellfate::io::H5adEdit::new(&sim);
+    for slot in ["X", "layers/spliced", "layers/unspliced"] {
+        let m = r.csr(slot).expect(slot);
+        edit.set(
+            slot,
+            Element::Sparse(cellfate::io::SparseArray::from_csr(&m)),
+        );
+    }
+    edit.write_to(&sim64).expect("float64 counts");
+    drop(r);
+    let data = |p: &std::path::Path, slot: &str| match H5adReader::open(p)
+        .expect("open")
+        .read(slot)
+        .expect(slot)
+    {
+        Element::Sparse(a) => a.data,
+        other => panic!("{slot}: not sparse: {other:?}"),
+    };
+    let run = |input: &std::path::Path, name: &str, dtype: &str| {
+        let out = d.path().join(name);
+        succeed(
+            cellfate()
+                .arg("preprocess")
+                .arg(input)
+                .args(["-q", "--dtype", dtype, "-o"])
+                .arg(&out),
+        );
+        out
+    };
+    let auto32 = run(&sim, "auto32.h5ad", "auto");
+    let auto64 = run(&sim64, "auto64.h5ad", "auto");
+    let forced32 = run(&sim64, "forced32.h5ad", "float32");
+    let forced64 = run(&sim, "forced64.h5ad", "float64");
+    for slot in ["X", "layers/spliced", "layers/unspliced"] {
+        let (a32, f32_) = (data(&auto32, slot), data(&forced32, slot));
+        let (a64, f64_) = (data(&auto64, slot), data(&forced64, slot));
+        assert_eq!(a32.dtype(), "float32", "{slot} from float32 counts");
+        assert_eq!(f32_.dtype(), "float32", "{slot} with --dtype float32");
+        assert_eq!(a64.dtype(), "float64", "{slot} from float64 counts");
+        assert_eq!(f64_.dtype(), "float64", "{slot} with --dtype float64");
+        // Same counts, same normalisation: float64 the same either way, float32 its rounding.
+        assert!(a64 == f64_, "{slot}: float64 runs differ");
+        assert!(a32 == f32_, "{slot}: float32 runs differ");
+        let (NumVec::F32(v32), NumVec::F64(v64)) = (&a32, &a64) else {
+            unreachable!()
+        };
+        assert_eq!(v32.len(), v64.len());
+        assert!(v32
+            .iter()
+            .zip(v64)
+            .all(|(a, b)| a.to_bits() == (*b as f32).to_bits()));
+    }
+    for out in [&auto32, &auto64] {
+        assert_eq!(data(out, "obsp/connectivities").dtype(), "float32");
+    }
+    // The stored float32 values are the ones every later step used: the velocity of the
+    // float32 file is not that of the float64 one, and recomputing it from the file gives it
+    // back bit for bit (velocity_command_reproduces_the_preprocessing_fit checks the layers).
+    let vel = |p: &std::path::Path| {
+        H5adReader::open(p)
+            .expect("open")
+            .dense_f32("layers/velocity")
+            .expect("velocity")
+            .2
+    };
+    assert_ne!(vel(&auto32), vel(&auto64));
+    assert_eq!(vel(&auto64), vel(&forced64));
+}
+
 /// `cellfate velocity` on a file processed by `cellfate preprocess` refits from the stored
 /// moments (read block by block from the file) and the stored normalised counts, which hold
 /// the very values the preprocessing used: velocity, variance and γ are reproduced bit for bit

@@ -329,7 +329,14 @@ fn preprocessing_matches_scanpy_and_scvelo_in_float64() {
             crate::common::cellfate()
                 .arg("preprocess")
                 .arg(raw)
-                .args(["-q", "--n-top-genes", &n_top.to_string(), "-o"])
+                .args([
+                    "-q",
+                    "--dtype",
+                    "float64",
+                    "--n-top-genes",
+                    &n_top.to_string(),
+                    "-o",
+                ])
                 .arg(&ours_path),
         );
         let o = cellfate::io::H5adReader::open(&ours_path).expect("ours");

@@ -139,6 +139,11 @@ enum Command {
         /// Neighbour search: auto (exact up to 50,000 cells), exact, approximate (NN-descent).
         #[arg(long, default_value = "auto")]
         knn: cellfate::upstream::KnnMethod,
+        /// Storage type of the normalised X, spliced and unspliced: auto (each in its counts'
+        /// type, float32 for float32 or integer counts, as scanpy and scVelo keep them),
+        /// float32 or float64. The later steps use the stored values.
+        #[arg(long, default_value = "auto")]
+        dtype: cellfate::upstream::LayerDtype,
         /// Also lay out the kNN graph with UMAP (obsm X_umap; scanpy's tl.umap defaults, the
         /// options of `cellfate umap`).
         #[arg(long)]
@@ -456,6 +461,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             min_shared_counts,
             velocity_mode,
             knn,
+            dtype,
             dynamics,
             latent,
             labeling,
@@ -468,6 +474,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                 min_shared_counts,
                 velocity_mode,
                 knn,
+                dtype,
                 umap: umap.then(Default::default),
                 ..Default::default()
             };

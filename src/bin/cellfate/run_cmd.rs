@@ -182,6 +182,11 @@ pub(crate) struct UpstreamFlags {
     /// velocity is of another mode).
     #[arg(long)]
     velocity_mode: Option<cellfate::upstream::velocity::VelocityMode>,
+    /// Storage type of the normalised X, spliced and unspliced the upstream steps write:
+    /// auto (default: each in its counts' type, float32 for float32 or integer counts),
+    /// float32 or float64. The later stages use the stored values.
+    #[arg(long)]
+    dtype: Option<cellfate::upstream::LayerDtype>,
     #[command(flatten)]
     dynamics: crate::DynamicsFlags,
     #[command(flatten)]
@@ -210,6 +215,9 @@ impl UpstreamFlags {
         }
         if let Some(m) = self.velocity_mode {
             u.preprocess.velocity_mode = m;
+        }
+        if let Some(d) = self.dtype {
+            u.preprocess.dtype = d;
         }
         self.dynamics.apply(&mut u.preprocess.dynamics);
         self.labeling.apply(&mut u.preprocess.labeling)?;
