@@ -22,7 +22,8 @@
 //! Lab variables of `--chain`: `SCALE_NCV` and `SCALE_TOL` set the Schur decomposition's
 //! Krylov subspace size and tolerance, `SCALE_NO_FATES` stops after the terminal states,
 //! `SCALE_EIGS` prints the Schur eigenvalues; `SCALE_RESTART` sets `--absorb`'s GMRES restart length, `SCALE_AGGREGATE` its aggregate
-//! size of the coarse correction (0: ILU(0) alone).
+//! size of the coarse correction (0: ILU(0) alone). `SCALE_LINEAGES` (say `3`) sets the
+//! lineage counts of `--fates` (default `3,10`).
 #![allow(clippy::print_stdout, clippy::unwrap_used, missing_docs)]
 
 use std::time::Instant;
@@ -292,7 +293,11 @@ fn main() {
 /// The fate probabilities of a synthetic chain, 3 and 10 lineages.
 fn fates(t: &cellfate::kernels::TransitionMatrix, n: usize) {
     {
-        for l in [3usize, 10] {
+        let lineages: Vec<usize> = std::env::var("SCALE_LINEAGES")
+            .ok()
+            .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+            .unwrap_or_else(|| vec![3, 10]);
+        for l in lineages {
             let (term, names) = terminal(n, l);
             stage(
                 &format!("fate probabilities, {l} lineages (auto)"),
