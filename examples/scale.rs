@@ -21,7 +21,7 @@
 //!
 //! Lab variables of `--chain`: `SCALE_NCV` and `SCALE_TOL` set the Schur decomposition's
 //! Krylov subspace size and tolerance, `SCALE_NO_FATES` stops after the terminal states,
-//! `SCALE_EIGS` prints the Schur eigenvalues; `SCALE_RESTART` sets `--absorb`'s GMRES restart length, `SCALE_AGGREGATE` its aggregate
+//! `SCALE_EIGS` prints the Schur eigenvalues, `SCALE_N_STATES` fixes the number of macrostates; `SCALE_RESTART` sets `--absorb`'s GMRES restart length, `SCALE_AGGREGATE` its aggregate
 //! size of the coarse correction (0: ILU(0) alone). `SCALE_LINEAGES` (say `3`) sets the
 //! lineage counts of `--fates` (default `3,10`).
 #![allow(clippy::print_stdout, clippy::unwrap_used, missing_docs)]
@@ -76,6 +76,12 @@ fn real_chain(input: &str, cache: &str) {
     if std::env::var_os("SCALE_NO_FATES").is_some() {
         spec.estimators.fates = false;
     }
+    if let Some(m) = std::env::var("SCALE_N_STATES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        spec.estimators.n_states = cellfate::estimators::NStates::Fixed(m);
+    }
     let r = H5adReader::open(std::path::Path::new(input)).unwrap();
     let n = r.n_obs().unwrap();
     println!("| stage | cells | seconds | peak MB |");
@@ -94,9 +100,10 @@ fn real_chain(input: &str, cache: &str) {
     let mut marks: Vec<(String, Instant)> = Vec::new();
     let g = fit_gpcca(&r, t, &spec.estimators, &mut |s: &str| {
         marks.push((s.to_string(), Instant::now()))
-    })
-    .unwrap();
+    });
     let end = Instant::now();
+    // The stages that ran are printed even when a later one failed (the last one's time is
+    // up to the failure).
     for (k, (name, at)) in marks.iter().enumerate() {
         let next = marks.get(k + 1).map_or(end, |m| m.1);
         println!(
@@ -104,6 +111,13 @@ fn real_chain(input: &str, cache: &str) {
             next.duration_since(*at).as_secs_f64()
         );
     }
+    let g = match g {
+        Ok(g) => g,
+        Err(e) => {
+            println!("| failed: {e} | {n} | | |");
+            return;
+        }
+    };
     let mb = cellfate::pipeline::peak_rss_mb().unwrap_or(f64::NAN);
     println!("| all estimator stages (peak) | {n} | | {mb:.0} |");
     if let Ok(s) = g.schur() {

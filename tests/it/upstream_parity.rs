@@ -451,8 +451,8 @@ fn row_set(m: &Csr, i: usize) -> Vec<u32> {
 /// - genes: the reference's genes are exactly our highly variable genes; velocity genes equal;
 /// - PCA, 30 components: subspace sin θ ≤ 1e-4 (2.4e-5: float32 ARPACK against f64);
 /// - kNN: sets equal except at near-ties: wherever they differ, the swapped neighbours lie
-///   within 1e-5 relative of our k-th neighbour distance (2 of 3,696 cells, gaps 1.1e-6 and
-///   1.3e-6, while the reference's float32 scores are ~2e-5 of max from the f64 ones);
+///   within 1e-5 relative of our k-th neighbour distance (2 of 3,696 cells, gaps 1.3e-6 and
+///   1.2e-6, while the reference's float32 scores are ~2e-5 of max from the f64 ones);
 /// - `Ms`/`Mu` on the 3,690 cells whose smoothing-graph row is the reference's: ≤ 1e-6 of
 ///   max (1.6e-7 / 2.6e-7); velocity there ≤ 1e-3 of max (4.9e-4: γ carries the two swaps
 ///   to every cell); over all cells the swaps move velocity by 2.4e-2 of max (bounded here by
@@ -466,7 +466,8 @@ fn row_set(m: &Csr, i: usize) -> Vec<u32> {
 ///   stored reference to the bit. An f64 PCA cannot follow either;
 /// - γ with the reference's graph (our normalised layers from the output, the reference's
 ///   connectivities): ≤ 1e-4 relative on the velocity genes (2.0e-7), velocity ≤ 1e-5 of max
-///   (1.7e-6), i.e. every other stage of the default recipe matches scVelo's.
+///   (1.5e-6, the normalised layers in float32 as scVelo's), i.e. every other stage of the
+///   default recipe matches scVelo's.
 ///
 /// Over all 1,126 genes (velocity genes or not) γ differs from the reference by up to 1.4e-2
 /// and velocity by 2.4e-2 of max (issue 17's figures); scVelo's rerun differs from the
