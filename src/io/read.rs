@@ -419,17 +419,23 @@ impl H5adReader {
         } else {
             data.as_str()
         };
-        self.file
+        self.float_size(path) == Some(hdf5::types::FloatSize::U8)
+    }
+
+    /// The float width of the dataset at `path`; `None` when it is not a float dataset.
+    fn float_size(&self, path: &str) -> Option<hdf5::types::FloatSize> {
+        match self
+            .file
             .dataset(path)
-            .ok()
-            .and_then(|d| d.dtype().ok())
-            .and_then(|t| t.to_descriptor().ok())
-            .is_some_and(|d| {
-                matches!(
-                    d,
-                    hdf5::types::TypeDescriptor::Float(hdf5::types::FloatSize::U8)
-                )
-            })
+            .ok()?
+            .dtype()
+            .ok()?
+            .to_descriptor()
+            .ok()?
+        {
+            hdf5::types::TypeDescriptor::Float(size) => Some(size),
+            _ => None,
+        }
     }
 
     /// Whether a slot (HDF5 path such as `obsp/T_fwd`) exists.
@@ -955,18 +961,7 @@ impl H5adReader {
     /// and the same values as the widened read — anything else is read as `f64`.
     pub fn dense_select_stored(&self, slot: &str, cols: &[usize]) -> Result<StoredColumns> {
         let f32_stored = matches!(self.location_type(slot)?, LocationType::Dataset)
-            && self
-                .file
-                .dataset(slot)
-                .ok()
-                .and_then(|d| d.dtype().ok())
-                .and_then(|t| t.to_descriptor().ok())
-                .is_some_and(|d| {
-                    matches!(
-                        d,
-                        hdf5::types::TypeDescriptor::Float(hdf5::types::FloatSize::U4)
-                    )
-                });
+            && self.float_size(slot) == Some(hdf5::types::FloatSize::U4);
         if f32_stored {
             match self.dense_select_as::<f32>(slot, cols)? {
                 Ok((n, g, v)) => return Ok(StoredColumns::F32(n, g, v)),
