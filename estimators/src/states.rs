@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use cellfate_kernels::TransitionMatrix;
 use nalgebra::DMatrix;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -125,6 +126,12 @@ pub const MEMBERSHIP_TIE_TOL: f64 = 1e-4;
 /// Power iterations of the quasi-stationary distribution used to break membership ties.
 const QSD_MAX_ITER: usize = 5000;
 
+/// The quasi-stationary distributions that break ties are iterated until at least this many
+/// of their most likely cells are stable, whatever the number of cells per state asked for,
+/// so that one distribution serves every number of cells up to it (the recovery with fewer
+/// cells per state retries 29, 28, … and reuses the bands' distributions).
+const QSD_MIN_TOP: usize = 30;
+
 /// Bands of at least this many tied cells have their quasi-stationary distribution iterated
 /// in a bandwidth order (smaller ones fit in cache as they are).
 const QSD_ORDER_MIN_CELLS: usize = 65_536;
@@ -150,9 +157,11 @@ pub fn fuzzy_to_discrete(
 /// is an arbitrary stretch of it, e.g. its middle instead of its tip, and a terminal state in
 /// the middle of a branch leaves the tip (nearly) unable to reach any terminal state. Here the
 /// tied cells are ranked by the quasi-stationary distribution of the chain restricted to the
-/// column's candidates (every cell at least as likely as the boundary): where a walk that
+/// column's candidates (every cell within the tolerance of the boundary or above): where a walk that
 /// stays in the state spends its time: the tip of a terminal branch, the core of a metastable
-/// set. Without ties the result is CellRank's.
+/// set. When the column saturates (the boundary is tied with the column's maximum), the
+/// candidates are the cells tied with the maximum: the same band for every `n_cells` up to
+/// its size. Without ties the result is CellRank's.
 pub fn fuzzy_to_discrete_with(
     chi: &DMatrix<f64>,
     n_cells: usize,
@@ -194,11 +203,12 @@ impl TieBreaks {
         self.len() == 0
     }
 
-    /// The distribution for `cells` (in that order) with `n_top`, computed once.
+    /// The distribution on the band of `cells` (sorted by index) with `n_top`, computed once:
+    /// bands of the same cells share it, whatever their order.
     fn get(&self, t: &TransitionMatrix, cells: &[usize], n_top: usize) -> Arc<Vec<f64>> {
         // A panic elsewhere while the lock was held leaves entries that are still valid.
         let lock = || self.by_band.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (cells.to_vec(), n_top);
+        let key = (cells.to_vec(), n_top.max(QSD_MIN_TOP));
         if let Some(q) = lock().get(&key) {
             return Arc::clone(q);
         }
@@ -243,11 +253,13 @@ pub fn fuzzy_to_discrete_cached(
         }
     }
     let threshold = ((0.2 * n_cells as f64).floor() as usize).max(1);
-    let mut candidates: Vec<Vec<usize>> = Vec::with_capacity(m);
+    // Each column's cells by decreasing membership (ties by index), down to the band of
+    // cells tied at the `n_cells`-th, and how many of them are above the band (sure to be
+    // kept). Without a chain the band is cut by index: every kept cell is sure.
+    let mut columns: Vec<(Vec<usize>, usize)> = Vec::with_capacity(m);
     for j in 0..m {
-        // The cells by decreasing membership (ties by index), down to the band of cells
-        // within the tie tolerance of the `n_cells`-th: a selection, then a sort of those
-        // (linear in the cells instead of a sort of all of them).
+        // A selection, then a sort of the selected cells (linear in the cells instead of a
+        // sort of all of them).
         let by_membership =
             |a: &usize, b: &usize| chi[(*b, j)].total_cmp(&chi[(*a, j)]).then(a.cmp(b));
         let mut idx: Vec<usize> = (0..n).collect();
@@ -264,26 +276,71 @@ pub fn fuzzy_to_discrete_cached(
             )
             .collect();
         idx.sort_by(by_membership);
-        let band = idx.partition_point(|&l| chi[(l, j)] >= boundary - MEMBERSHIP_TIE_TOL);
-        match t {
-            Some(t) if band > n_cells => {
-                let sure = idx.partition_point(|&l| chi[(l, j)] > boundary + MEMBERSHIP_TIE_TOL);
-                idx.truncate(band);
-                let q = match cache {
-                    Some(c) => c.get(t, &idx, n_cells),
-                    None => Arc::new(quasi_stationary(t, &idx, n_cells)),
-                };
-                let mut tied: Vec<usize> = (sure..band).collect();
-                tied.sort_by(|&a, &b| q[b].total_cmp(&q[a]).then(idx[a].cmp(&idx[b])));
-                let mut keep: Vec<usize> = idx[..sure].to_vec();
-                keep.extend(tied[..n_cells - sure].iter().map(|&p| idx[p]));
-                candidates.push(keep);
+        let mut band = idx.partition_point(|&l| chi[(l, j)] >= boundary - MEMBERSHIP_TIE_TOL);
+        let mut sure = n_cells;
+        if t.is_some() && band > n_cells {
+            sure = idx.partition_point(|&l| chi[(l, j)] > boundary + MEMBERSHIP_TIE_TOL);
+            if sure == 0 {
+                // A saturated column: the boundary is tied with the maximum, and the band is
+                // the cells tied with the maximum (a subset holding the top `n_cells`), the
+                // same for every number of cells per state up to its size.
+                let top = chi[(idx[0], j)];
+                band = idx.partition_point(|&l| chi[(l, j)] >= top - MEMBERSHIP_TIE_TOL);
             }
-            _ => {
-                idx.truncate(n_cells);
-                candidates.push(idx);
+            if band == n_cells {
+                sure = n_cells;
             }
         }
+        idx.truncate(band.max(n_cells));
+        if sure == n_cells {
+            idx.truncate(n_cells);
+        }
+        columns.push((idx, sure));
+    }
+    // The tie-breaks: one quasi-stationary distribution per band of tied cells (on the cells
+    // sorted by index, so that bands of the same cells share it), the bands in parallel,
+    // each iterated alone (the same at any thread count).
+    let bands: Vec<Vec<usize>> = {
+        let mut b: Vec<Vec<usize>> = columns
+            .iter()
+            .filter(|(idx, _)| idx.len() > n_cells)
+            .map(|(idx, _)| {
+                let mut cells = idx.clone();
+                cells.sort_unstable();
+                cells
+            })
+            .collect();
+        b.sort();
+        b.dedup();
+        b
+    };
+    let mut ranked: HashMap<Vec<usize>, Arc<Vec<f64>>> = HashMap::new();
+    if let Some(t) = t {
+        let qs: Vec<Arc<Vec<f64>>> = bands
+            .par_iter()
+            .map(|cells| match cache {
+                Some(c) => c.get(t, cells, n_cells),
+                None => Arc::new(quasi_stationary(t, cells, n_cells)),
+            })
+            .collect();
+        ranked = bands.into_iter().zip(qs).collect();
+    }
+    let mut candidates: Vec<Vec<usize>> = Vec::with_capacity(m);
+    for (idx, sure) in columns {
+        if idx.len() <= n_cells {
+            candidates.push(idx);
+            continue;
+        }
+        let mut cells = idx.clone();
+        cells.sort_unstable();
+        let q = &ranked[&cells];
+        // A cell's probability, by its position in the sorted band.
+        let qsd = |l: usize| q[cells.binary_search(&l).expect("the band holds its cells")];
+        let mut tied: Vec<usize> = idx[sure..].to_vec();
+        tied.sort_by(|&a, &b| qsd(b).total_cmp(&qsd(a)).then(a.cmp(&b)));
+        let mut keep: Vec<usize> = idx[..sure].to_vec();
+        keep.extend_from_slice(&tied[..n_cells - sure]);
+        candidates.push(keep);
     }
     let mut owner: Vec<Option<usize>> = vec![None; n];
     for (j, cells) in candidates.iter().enumerate() {
@@ -315,7 +372,12 @@ pub fn fuzzy_to_discrete_cached(
 /// less than 1e-9 in L1 in the last step), or [`QSD_MAX_ITER`] iterations: only the ranking
 /// is used. Products run row by row in a fixed order (independent of the thread count).
 fn quasi_stationary(t: &TransitionMatrix, cells: &[usize], n_top: usize) -> Vec<f64> {
-    quasi_stationary_in(t, cells, n_top, cells.len() >= QSD_ORDER_MIN_CELLS)
+    quasi_stationary_in(
+        t,
+        cells,
+        n_top.max(QSD_MIN_TOP),
+        cells.len() >= QSD_ORDER_MIN_CELLS,
+    )
 }
 
 /// [`quasi_stationary`], iterated in a bandwidth order of the band's chain when `ordered`.
@@ -996,6 +1058,18 @@ mod tests {
                 ours
             );
             assert_eq!(cache.len(), 2);
+        }
+        // Saturated columns: the band is the cells tied with the maximum, the same for fewer
+        // cells per state, and its distribution (iterated for at least `QSD_MIN_TOP` cells)
+        // serves them: no new distribution, and the same picks as without the cache.
+        for fewer in [4, 3, 1] {
+            let cached = fuzzy_to_discrete_cached(&chi, fewer, Some(&t), Some(&cache)).unwrap();
+            assert_eq!(cache.len(), 2);
+            assert_eq!(
+                cached,
+                fuzzy_to_discrete_with(&chi, fewer, Some(&t)).unwrap()
+            );
+            assert_eq!(cells(&cached, 0).len(), fewer);
         }
         // In a bandwidth order (as bands of 65,536 cells and more are): the same
         // distribution to rounding, on a band given in a scrambled order.
