@@ -334,12 +334,25 @@ pub fn fuzzy_to_discrete_cached(
         let mut cells = idx.clone();
         cells.sort_unstable();
         let q = &ranked[&cells];
-        // A cell's probability, by its position in the sorted band.
-        let qsd = |l: usize| q[cells.binary_search(&l).expect("the band holds its cells")];
-        let mut tied: Vec<usize> = idx[sure..].to_vec();
-        tied.sort_by(|&a, &b| qsd(b).total_cmp(&qsd(a)).then(a.cmp(&b)));
+        // Each tied cell with its probability (found by its position in the sorted band);
+        // the most likely first, ties by index: a selection of the few kept, then their sort.
+        let mut tied: Vec<(f64, usize)> = idx[sure..]
+            .iter()
+            .map(|&l| {
+                (
+                    q[cells.binary_search(&l).expect("the band holds its cells")],
+                    l,
+                )
+            })
+            .collect();
+        let by_probability =
+            |a: &(f64, usize), b: &(f64, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        let r = n_cells - sure;
+        tied.select_nth_unstable_by(r - 1, by_probability);
+        tied.truncate(r);
+        tied.sort_by(by_probability);
         let mut keep: Vec<usize> = idx[..sure].to_vec();
-        keep.extend_from_slice(&tied[..n_cells - sure]);
+        keep.extend(tied.iter().map(|&(_, l)| l));
         candidates.push(keep);
     }
     let mut owner: Vec<Option<usize>> = vec![None; n];
