@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use cellfate_kernels::TransitionMatrix;
+use cellfate_kernels::{Csr, TransitionMatrix};
 use nalgebra::DMatrix;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -407,10 +407,6 @@ fn quasi_stationary_in(
     // the result is mapped back.
     let sub = t.submatrix(cells, cells);
     let order = ordered.then(|| crate::graph::bandwidth_order(&sub));
-    let sub = match &order {
-        Some(o) => sub.submatrix(o, o),
-        None => sub,
-    };
     let back = |p: &[f64]| -> Vec<f64> {
         match &order {
             Some(o) => {
@@ -423,9 +419,31 @@ fn quasi_stationary_in(
             None => p.to_vec(),
         }
     };
-    // Rows of the transpose: p_new[j] = Σ_i p[i] T[cells_i, cells_j].
-    let tt = sub.transpose();
+    // Rows of the transpose: p_new[j] = Σ_i p[i] T[cells_i, cells_j], with the entries in
+    // float32 (only the ranking is used; the products stream the band's chain from memory,
+    // 8 bytes per entry instead of 12) and the sums in float64.
+    let (indptr, indices, data) = match &order {
+        Some(o) => permuted_transpose(&sub, o),
+        None => {
+            let (_, _, indptr, indices, data) = sub.transpose().into_parts();
+            (indptr, indices, data.iter().map(|&v| v as f32).collect())
+        }
+    };
     drop(sub);
+    let step = |p: &[f64], next: &mut [f64]| {
+        next.par_iter_mut()
+            .enumerate()
+            .with_min_len(1024)
+            .for_each(|(i, out)| {
+                let (a, b) = (indptr[i], indptr[i + 1]);
+                *out = indices[a..b]
+                    .iter()
+                    .zip(&data[a..b])
+                    .map(|(&c, &v)| f64::from(v) * p[c as usize])
+                    .sum();
+            });
+    };
+    let mut next = vec![0.0; k];
     let mut p = vec![1.0 / k as f64; k];
     let top = |p: &[f64]| -> Vec<usize> {
         let mut o: Vec<usize> = (0..k).collect();
@@ -439,7 +457,7 @@ fn quasi_stationary_in(
     let mut last_top = top(&back(&p));
     let mut stable = 0;
     for it in 1..=QSD_MAX_ITER {
-        let mut next = tt.mul_vec(&p);
+        step(&p, &mut next);
         let total: f64 = next.iter().sum();
         if total.is_nan() || total <= 0.0 || total.is_infinite() {
             // Nothing stays: the ranking by the last iterate is all there is.
@@ -447,7 +465,7 @@ fn quasi_stationary_in(
         }
         next.iter_mut().for_each(|v| *v /= total);
         let moved: f64 = next.iter().zip(&p).map(|(a, b)| (a - b).abs()).sum();
-        p = next;
+        std::mem::swap(&mut p, &mut next);
         if it % 100 == 0 {
             let now = top(&back(&p));
             stable = if now == last_top { stable + 1 } else { 0 };
@@ -458,6 +476,37 @@ fn quasi_stationary_in(
         }
     }
     back(&p)
+}
+
+/// The rows of `(P S Pᵀ)ᵀ` for the square `s` and the permutation `order` (new position →
+/// old), entries in float32: `s.submatrix(order, order).transpose()` in one pass over `s`
+/// (each output row's columns come out in increasing order, as the transpose's do).
+fn permuted_transpose(s: &Csr, order: &[usize]) -> (Vec<usize>, Vec<u32>, Vec<f32>) {
+    let k = order.len();
+    let mut new_of = vec![0u32; k];
+    for (new, &old) in order.iter().enumerate() {
+        new_of[old] = new as u32;
+    }
+    let mut indptr = vec![0usize; k + 1];
+    for &j in s.indices() {
+        indptr[new_of[j as usize] as usize + 1] += 1;
+    }
+    for r in 0..k {
+        indptr[r + 1] += indptr[r];
+    }
+    let mut next = indptr[..k].to_vec();
+    let mut indices = vec![0u32; s.nnz()];
+    let mut data = vec![0f32; s.nnz()];
+    for (new_i, &i) in order.iter().enumerate() {
+        let (cols, vals) = s.row(i);
+        for (&j, &v) in cols.iter().zip(vals) {
+            let r = new_of[j as usize] as usize;
+            indices[next[r]] = new_i as u32;
+            data[next[r]] = v as f32;
+            next[r] += 1;
+        }
+    }
+    (indptr, indices, data)
 }
 
 /// A reference categorical used to name states (e.g. `obs["clusters"]`).
@@ -1098,6 +1147,20 @@ mod tests {
         // A chain of another size is an error, not a panic.
         let small_chi = DMatrix::from_element(10, 2, 0.5);
         assert!(fuzzy_to_discrete_with(&small_chi, 2, Some(&t)).is_err());
+    }
+
+    #[test]
+    fn permuted_transpose_is_the_transpose_of_the_permuted_block() {
+        let (_, t) = two_saturated_branches();
+        let cells: Vec<usize> = (0..40).map(|i| (i * 17) % 40).collect();
+        let sub = t.submatrix(&cells, &cells);
+        let order: Vec<usize> = (0..40).map(|i| (i * 23 + 5) % 40).collect();
+        let (indptr, indices, data) = permuted_transpose(&sub, &order);
+        let want = sub.submatrix(&order, &order).transpose();
+        assert_eq!(indptr, want.indptr());
+        assert_eq!(indices, want.indices());
+        let want32: Vec<f32> = want.data().iter().map(|&v| v as f32).collect();
+        assert_eq!(data, want32);
     }
 
     #[test]
