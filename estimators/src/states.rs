@@ -300,40 +300,37 @@ pub fn fuzzy_to_discrete_cached(
     // The tie-breaks: one quasi-stationary distribution per band of tied cells (on the cells
     // sorted by index, so that bands of the same cells share it), the bands in parallel,
     // each iterated alone (the same at any thread count).
-    let bands: Vec<Vec<usize>> = {
-        let mut b: Vec<Vec<usize>> = columns
-            .iter()
-            .filter(|(idx, _)| idx.len() > n_cells)
-            .map(|(idx, _)| {
+    let sorted: Vec<Option<Vec<usize>>> = columns
+        .iter()
+        .map(|(idx, _)| {
+            (idx.len() > n_cells).then(|| {
                 let mut cells = idx.clone();
                 cells.sort_unstable();
                 cells
             })
-            .collect();
-        b.sort();
-        b.dedup();
-        b
-    };
-    let mut ranked: HashMap<Vec<usize>, Arc<Vec<f64>>> = HashMap::new();
-    if let Some(t) = t {
-        let qs: Vec<Arc<Vec<f64>>> = bands
+        })
+        .collect();
+    let mut bands: Vec<&Vec<usize>> = sorted.iter().flatten().collect();
+    bands.sort();
+    bands.dedup();
+    let ranked: Vec<Arc<Vec<f64>>> = match t {
+        Some(t) => bands
             .par_iter()
             .map(|cells| match cache {
                 Some(c) => c.get(t, cells, n_cells),
                 None => Arc::new(quasi_stationary(t, cells, n_cells)),
             })
-            .collect();
-        ranked = bands.into_iter().zip(qs).collect();
-    }
+            .collect(),
+        // Without a chain no column has tied cells left.
+        None => Vec::new(),
+    };
     let mut candidates: Vec<Vec<usize>> = Vec::with_capacity(m);
-    for (idx, sure) in columns {
-        if idx.len() <= n_cells {
+    for ((idx, sure), cells) in columns.into_iter().zip(&sorted) {
+        let Some(cells) = cells else {
             candidates.push(idx);
             continue;
-        }
-        let mut cells = idx.clone();
-        cells.sort_unstable();
-        let q = &ranked[&cells];
+        };
+        let q = &ranked[bands.binary_search(&cells).expect("every band is ranked")];
         // Each tied cell with its probability (found by its position in the sorted band);
         // the most likely first, ties by index: a selection of the few kept, then their sort.
         let mut tied: Vec<(f64, usize)> = idx[sure..]
