@@ -157,8 +157,8 @@ pub fn fuzzy_to_discrete(
 /// is an arbitrary stretch of it, e.g. its middle instead of its tip, and a terminal state in
 /// the middle of a branch leaves the tip (nearly) unable to reach any terminal state. Here the
 /// tied cells are ranked by the quasi-stationary distribution of the chain restricted to the
-/// column's candidates (every cell within the tolerance of the boundary or above): where a walk that
-/// stays in the state spends its time: the tip of a terminal branch, the core of a metastable
+/// column's candidates (every cell within the tolerance of the boundary or above): where a
+/// walk that stays in the state spends its time: the tip of a terminal branch, the core of a metastable
 /// set. When the column saturates (the boundary is tied with the column's maximum), the
 /// candidates are the cells tied with the maximum: the same band for every `n_cells` up to
 /// its size. Without ties the result is CellRank's.
@@ -377,8 +377,8 @@ pub fn fuzzy_to_discrete_cached(
 
 /// The quasi-stationary distribution of the chain restricted to `cells` (the normalised
 /// leading left eigenvector of the sub-stochastic `T[cells, cells]`), by power iteration from
-/// the uniform distribution; in the order of `cells`. Iterates until the `n_top` most likely
-/// cells are the same at 4 checks 100 iterations apart (or at 2 when the distribution moved
+/// the uniform distribution; in the order of `cells`. Iterates until the `n_top` (at least
+/// [`QSD_MIN_TOP`]) most likely cells are the same at 4 checks 100 iterations apart (or at 2 when the distribution moved
 /// less than 1e-9 in L1 in the last step), or [`QSD_MAX_ITER`] iterations: only the ranking
 /// is used. Products run row by row in a fixed order (independent of the thread count).
 fn quasi_stationary(t: &TransitionMatrix, cells: &[usize], n_top: usize) -> Vec<f64> {
@@ -404,6 +404,21 @@ fn quasi_stationary_in(
     // the result is mapped back.
     let sub = t.submatrix(cells, cells);
     let order = ordered.then(|| crate::graph::bandwidth_order(&sub));
+    // Rows of the transpose: p_new[j] = Σ_i p[i] T[cells_i, cells_j], with the entries in
+    // float32 (only the ranking is used; the products stream the band's chain from memory,
+    // 8 bytes per entry instead of 12) and the sums in float64.
+    let identity: Vec<usize>;
+    let (indptr, indices, data) = permuted_transpose(
+        &sub,
+        match &order {
+            Some(o) => o,
+            None => {
+                identity = (0..k).collect();
+                &identity
+            }
+        },
+    );
+    drop(sub);
     let back = |p: &[f64]| -> Vec<f64> {
         match &order {
             Some(o) => {
@@ -416,17 +431,6 @@ fn quasi_stationary_in(
             None => p.to_vec(),
         }
     };
-    // Rows of the transpose: p_new[j] = Σ_i p[i] T[cells_i, cells_j], with the entries in
-    // float32 (only the ranking is used; the products stream the band's chain from memory,
-    // 8 bytes per entry instead of 12) and the sums in float64.
-    let (indptr, indices, data) = match &order {
-        Some(o) => permuted_transpose(&sub, o),
-        None => {
-            let (_, _, indptr, indices, data) = sub.transpose().into_parts();
-            (indptr, indices, data.iter().map(|&v| v as f32).collect())
-        }
-    };
-    drop(sub);
     let step = |p: &[f64], next: &mut [f64]| {
         next.par_iter_mut()
             .enumerate()
