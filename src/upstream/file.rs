@@ -750,7 +750,7 @@ fn set_embedding(
             edit.set(&slot, e);
         }
     }
-    edit.set("obsm/X_pca", Element::from_dmatrix(&emb.pca));
+    edit.set("obsm/X_pca", super::lossless_dense_element(&emb.pca));
     edit.set(
         "obsp/connectivities",
         super::lossless_element(emb.connectivities),

@@ -162,14 +162,16 @@ pub struct UpstreamSpec {
     pub dtype: LayerDtype,
 }
 
-/// Storage type of the normalised matrices (`X`, `layers["spliced"]`, `["unspliced"]`),
-/// `preprocess --dtype`. Every later step (PCA, moments, velocity) uses the values as stored,
-/// so a run that reads the file back computes exactly what the one-shot run computed.
+/// Storage type of the normalised matrices (`X`, `layers["spliced"]`, `["unspliced"]`) and of
+/// the PCA scores (`obsm["X_pca"]`), `preprocess --dtype`. Every later step (PCA, neighbours,
+/// moments, velocity) uses the values as stored, so a run that reads the file back computes
+/// exactly what the one-shot run computed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LayerDtype {
     /// Each matrix in its counts' type: float64 for counts stored as float64, float32 for
-    /// float32 or integer counts — what scanpy's and scVelo's normalisation keep.
+    /// float32 or integer counts — what scanpy's and scVelo's normalisation keep; the PCA
+    /// scores in float32 (scanpy's `pp.pca(dtype="float32")` default).
     #[default]
     Auto,
     /// float32 (values rounded to float32 after the normalisation in float64).
@@ -187,6 +189,13 @@ impl LayerDtype {
             Self::Float32 => false,
             Self::Float64 => true,
         }
+    }
+
+    /// Whether the PCA scores are kept in float64: only under [`Self::Float64`]. scanpy's
+    /// `pp.pca` converts its scores to float32 by default (`dtype="float32"`) whatever X's
+    /// type, so the neighbours are searched on float32 scores.
+    pub fn pca_float64(self) -> bool {
+        self == Self::Float64
     }
 }
 
@@ -226,6 +235,32 @@ pub(crate) fn lossless_element(m: Csr) -> Element {
         .iter()
         .all(|&v| f64::from(v as f32).to_bits() == v.to_bits());
     stored_element(m, !exact)
+}
+
+/// PCA scores as they will be stored: rounded to float32 unless `float64`
+/// ([`LayerDtype::pca_float64`]).
+pub(crate) fn pca_as_stored(mut m: DMatrix<f64>, float64: bool) -> DMatrix<f64> {
+    if !float64 {
+        m.iter_mut().for_each(|v| *v = f64::from(*v as f32));
+    }
+    m
+}
+
+/// The element of dense scores (`obsm["X_pca"]`): float32 when every value is a float32
+/// number (after [`pca_as_stored`]), else float64 — nothing is lost either way.
+pub(crate) fn lossless_dense_element(m: &DMatrix<f64>) -> Element {
+    let exact = m
+        .iter()
+        .all(|&v| f64::from(v as f32).to_bits() == v.to_bits());
+    let mut e = Element::from_dmatrix(m);
+    if exact {
+        if let Element::Dense(a) = &mut e {
+            if let crate::io::NumVec::F64(v) = &a.data {
+                a.data = crate::io::NumVec::F32(v.iter().map(|&x| x as f32).collect());
+            }
+        }
+    }
+    e
 }
 
 /// The element of a matrix from [`as_stored`]: float32 data unless `float64` (exact: the
@@ -1107,6 +1142,8 @@ fn pca_and_neighbors(
         let all_rows: Vec<usize> = (0..n).collect();
         pca::pca(&logx.submatrix(&all_rows, &cols), spec.n_pcs, spec.seed)
     };
+    // The neighbours are searched on the scores as stored (float32 by default, as scanpy's).
+    let scores = pca_as_stored(scores, spec.dtype.pca_float64());
     clock.lap("pca");
     let (distances, connectivities) = neighbors_of(&scores, spec, clock)?;
     Ok((scores, distances, connectivities))

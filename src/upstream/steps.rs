@@ -185,7 +185,7 @@ impl Neighbors {
     pub fn into_slots(self) -> Vec<(String, Element)> {
         let mut out = Vec::new();
         if let Some(p) = &self.pca {
-            out.push(("obsm/X_pca".to_string(), Element::from_dmatrix(p)));
+            out.push(("obsm/X_pca".to_string(), super::lossless_dense_element(p)));
         }
         out.push((
             "obsp/distances".into(),

@@ -800,6 +800,46 @@ fn preprocess_stores_the_normalised_layers_in_their_counts_type() {
     for out in [&auto32, &auto64] {
         assert_eq!(data(out, "obsp/connectivities").dtype(), "float32");
     }
+    // The PCA scores: float32 unless --dtype float64 (scanpy's pp.pca dtype="float32"
+    // default, whatever X's type); the kNN distances float64, as scanpy's files store them.
+    let stored_dtype = |p: &std::path::Path, slot: &str| match H5adReader::open(p)
+        .expect("open")
+        .read(slot)
+        .expect(slot)
+    {
+        Element::Dense(a) => a.data.dtype(),
+        other => panic!("{slot}: not dense: {other:?}"),
+    };
+    for (out, want) in [
+        (&auto32, "float32"),
+        (&auto64, "float32"),
+        (&forced32, "float32"),
+        (&forced64, "float64"),
+    ] {
+        assert_eq!(stored_dtype(out, "obsm/X_pca"), want, "{}", out.display());
+        assert_eq!(data(out, "obsp/distances").dtype(), "float64");
+    }
+    // The neighbours were searched on the stored scores: a neighbours step on the file's
+    // X_pca (a stage-by-stage run) gives the stored distances and connectivities bit for bit.
+    for out in [&auto32, &forced64] {
+        let r = H5adReader::open(out).expect("open");
+        let (n, k, v) = r.dense("obsm/X_pca").expect("X_pca");
+        let pca = nalgebra::DMatrix::from_row_slice(n, k, &v);
+        let nb = cellfate::upstream::steps::neighbors(
+            None,
+            None,
+            Some(&pca),
+            &cellfate::upstream::UpstreamSpec::default(),
+        )
+        .expect("neighbors");
+        let csr = |slot: &str| r.csr(slot).expect(slot);
+        assert!(nb.distances == csr("obsp/distances"), "{}", out.display());
+        assert!(
+            nb.connectivities == csr("obsp/connectivities"),
+            "{}",
+            out.display()
+        );
+    }
     // The stored float32 values are the ones every later step used: the velocity of the
     // float32 file is not that of the float64 one, and recomputing it from the file gives it
     // back bit for bit (velocity_command_reproduces_the_preprocessing_fit checks the layers).

@@ -139,9 +139,10 @@ enum Command {
         /// Neighbour search: auto (exact up to 50,000 cells), exact, approximate (NN-descent).
         #[arg(long, default_value = "auto")]
         knn: cellfate::upstream::KnnMethod,
-        /// Storage type of the normalised X, spliced and unspliced: auto (each in its counts'
-        /// type, float32 for float32 or integer counts, as scanpy and scVelo keep them),
-        /// float32 or float64. The later steps use the stored values.
+        /// Storage type of the normalised X, spliced and unspliced, and of the PCA scores: auto
+        /// (each layer in its counts' type, float32 for float32 or integer counts, and the
+        /// scores in float32, as scanpy and scVelo keep them), float32 or float64 (all of
+        /// them). The later steps use the stored values.
         #[arg(long, default_value = "auto")]
         dtype: cellfate::upstream::LayerDtype,
         /// Also lay out the kNN graph with UMAP (obsm X_umap; scanpy's tl.umap defaults, the

@@ -182,9 +182,10 @@ pub(crate) struct UpstreamFlags {
     /// velocity is of another mode).
     #[arg(long)]
     velocity_mode: Option<cellfate::upstream::velocity::VelocityMode>,
-    /// Storage type of the normalised X, spliced and unspliced the upstream steps write:
-    /// auto (default: each in its counts' type, float32 for float32 or integer counts),
-    /// float32 or float64. The later stages use the stored values.
+    /// Storage type of the normalised X, spliced and unspliced and of the PCA scores the
+    /// upstream steps write: auto (default: each layer in its counts' type, float32 for
+    /// float32 or integer counts; the scores in float32), float32 or float64 (all of them).
+    /// The later stages use the stored values.
     #[arg(long)]
     dtype: Option<cellfate::upstream::LayerDtype>,
     #[command(flatten)]
