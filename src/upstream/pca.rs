@@ -5,8 +5,9 @@
 //!   less than the randomized solver (`n p² ≤ 500 · l · nnz`, up to 5,000 genes):
 //!   the `p × p` covariance is accumulated over blocks of
 //!   [`ROW_BLOCK`] rows (each block centred and densified on its own, so memory is one block),
-//!   then its symmetric eigendecomposition gives the loadings, as scanpy's ARPACK solver does
-//!   to machine precision.
+//!   or, for sparse enough rows, from each row's pairs of stored entries (`AᵀA − n μμᵀ`,
+//!   whichever costs less), then its symmetric eigendecomposition gives the loadings, as
+//!   scanpy's ARPACK solver does to machine precision.
 //! - **Randomized** otherwise (Halko, Martinsson & Tropp 2011): a seeded Gaussian sketch with
 //!   `2k + 10` columns and 7 power iterations, every product with `A` or `Aᵀ` done on the
 //!   sparse entries (`nnz · l` operations) with the centring applied as a rank-one correction.
@@ -63,7 +64,12 @@ fn pca_with(a: &Csr, k: usize, seed: u64, force_exact: Option<bool>) -> DMatrix<
                 && work <= EXACT_WORK_PER_SKETCH_ENTRY * (l as f64) * (a.nnz() as f64)),
     );
     if exact {
-        let v = top_eigenvectors(&covariance(a, &mu), k);
+        let cov = if sparse_covariance_pays(a) {
+            covariance_sparse(a, &mu)
+        } else {
+            covariance(a, &mu)
+        };
+        let v = top_eigenvectors(&cov, k);
         return fix_signs(mul(a, &mu, &v));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -129,6 +135,80 @@ fn covariance(a: &Csr, mu: &[f64]) -> faer::Mat<f64> {
     let mut cov = sums.next().unwrap_or_else(|| faer::Mat::zeros(p, p));
     for part in sums {
         cov += part;
+    }
+    cov
+}
+
+/// Whether [`covariance_sparse`] costs less than [`covariance`]: its `Σᵢ nnzᵢ² / 2`
+/// scattered multiply-adds against the dense products' `n p²` (which run about
+/// [`DENSE_SPEEDUP`] times faster per operation).
+fn sparse_covariance_pays(a: &Csr) -> bool {
+    let (n, p) = (a.nrows() as f64, a.ncols() as f64);
+    let pairs: f64 = (0..a.nrows())
+        .map(|i| {
+            let z = a.row(i).0.len() as f64;
+            z * (z + 1.0) / 2.0
+        })
+        .sum();
+    pairs * DENSE_SPEEDUP < n * p * p
+}
+
+/// How many times faster per multiply-add the dense covariance's blocked products run than
+/// the sparse covariance's scattered updates. Measured on pancreas's 3,696 cells × 1,126
+/// highly variable genes (602 stored entries a cell, 53 % dense): dense 4.7·10⁹ in 0.224 s
+/// (21 G/s), sparse 6.7·10⁸ pairs in 0.390 s (1.7 G/s): 12×.
+const DENSE_SPEEDUP: f64 = 12.0;
+
+/// [`covariance`] from the stored entries only: `AᵀA − n μμᵀ`, where `AᵀA` sums, for every
+/// row, the products of each pair of its entries (each unordered pair once, into one
+/// triangle of a column-major matrix: contiguous updates of the column of its first
+/// entry). `Σᵢ nnzᵢ²/2` operations instead of `n p²`: at a few hundred stored entries per cell
+/// and thousands of genes, a tenth or less. The partial sums over [`COV_PARTS`] fixed ranges of
+/// rows are added in range order, as in [`covariance`] (the same bits at any thread count).
+fn covariance_sparse(a: &Csr, mu: &[f64]) -> faer::Mat<f64> {
+    let (n, p) = (a.nrows(), a.ncols());
+    let blocks = n.div_ceil(ROW_BLOCK);
+    let parts = if blocks >= PARALLEL_MIN_BLOCKS {
+        COV_PARTS
+    } else {
+        1
+    };
+    let per = blocks.div_ceil(parts) * ROW_BLOCK;
+    let sums: Vec<faer::Mat<f64>> = (0..parts)
+        .into_par_iter()
+        .map(|part| {
+            let mut cov = faer::Mat::<f64>::zeros(p, p);
+            for i in (part * per).min(n)..((part + 1) * per).min(n) {
+                let (c, v) = a.row(i);
+                for (q, (&j1, &x1)) in c.iter().zip(v).enumerate() {
+                    let col = cov
+                        .col_mut(j1 as usize)
+                        .try_as_col_major_mut()
+                        .expect("a column of a column-major matrix is contiguous")
+                        .as_slice_mut();
+                    for (&j2, &x2) in c[q..].iter().zip(&v[q..]) {
+                        col[j2 as usize] += x1 * x2;
+                    }
+                }
+            }
+            cov
+        })
+        .collect();
+    let mut sums = sums.into_iter();
+    let mut cov = sums.next().unwrap_or_else(|| faer::Mat::zeros(p, p));
+    for part in sums {
+        cov += part;
+    }
+    // Both triangles hold parts of each off-diagonal sum (rows need not be sorted); the
+    // centring as a rank-one correction.
+    let nf = n as f64;
+    for j in 0..p {
+        cov[(j, j)] -= nf * mu[j] * mu[j];
+        for i in j + 1..p {
+            let s = cov[(i, j)] + cov[(j, i)] - nf * mu[i] * mu[j];
+            cov[(i, j)] = s;
+            cov[(j, i)] = s;
+        }
     }
     cov
 }
@@ -350,6 +430,47 @@ mod tests {
         let want = dense_scores(&x, n, p, 5);
         let d = (&got - &want).abs().max() / want.abs().max();
         assert!(d < 1e-9, "{d:e}");
+    }
+
+    /// The covariance from the stored entries (`AᵀA − n μμᵀ`) equals the one from centred
+    /// dense blocks to rounding, with one row block and with parallel parts (70,000 rows), at
+    /// any thread count; a matrix this sparse takes it.
+    #[test]
+    fn sparse_covariance_equals_the_dense_blocks() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        for (n, p) in [(3000, 40), (70_000, 30)] {
+            let dense: Vec<f64> = (0..n * p)
+                .map(|_| {
+                    let u: f64 = rand::Rng::random(&mut rng);
+                    if u < 0.1 {
+                        (1.0 + 20.0 * u).ln()
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let a = Csr::from_dense(n, p, &dense).expect("csr");
+            assert!(sparse_covariance_pays(&a));
+            let mu: Vec<f64> = a.col_sums().iter().map(|s| s / n as f64).collect();
+            let want = covariance(&a, &mu);
+            let run = |threads: usize| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("pool")
+                    .install(|| covariance_sparse(&a, &mu))
+            };
+            let got = run(1);
+            assert!(got == run(3), "{n} rows: thread count changed the sums");
+            let scale = (0..p).map(|j| want[(j, j)]).fold(0.0f64, f64::max);
+            for j in 0..p {
+                for i in 0..p {
+                    let d = (got[(i, j)] - want[(i, j)]).abs() / scale;
+                    assert!(d < 1e-12, "{n} rows, ({i}, {j}): {d:e}");
+                    assert_eq!(got[(i, j)], got[(j, i)]);
+                }
+            }
+        }
     }
 
     #[test]
