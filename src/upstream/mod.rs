@@ -157,8 +157,8 @@ pub struct UpstreamSpec {
     pub umap: Option<umap::UmapParams>,
     /// Metabolic labeling (used when the input has new/total layers; [`labeling`]).
     pub labeling: labeling::LabelingSpec,
-    /// Storage type of the normalised `X`, `layers["spliced"]` and `["unspliced"]`; the
-    /// later steps use the stored values.
+    /// Storage type of the normalised `X`, `layers["spliced"]` and `["unspliced"]`, and of
+    /// `obsm["X_pca"]` ([`LayerDtype::pca_float64`]); the later steps use the stored values.
     pub dtype: LayerDtype,
 }
 
