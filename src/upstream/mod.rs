@@ -701,13 +701,13 @@ fn velocity_slots(fit: &velocity::GeneFit) -> Vec<(String, Element)> {
         return dynamical_slots(fit);
     }
     vec![
-        (
-            "var/velocity_gamma".into(),
-            Element::from_f64(fit.gamma.clone()),
-        ),
+        // float32, as scVelo stores them (its fits run on float32 moments); r² stays float64
+        // as in scVelo's files. The consumers (perturbation, figures, the Python package)
+        // read the stored values.
+        ("var/velocity_gamma".into(), float32_column(&fit.gamma)),
         (
             "var/velocity_qreg_ratio".into(),
-            Element::from_f64(fit.qreg_ratio.clone()),
+            float32_column(&fit.qreg_ratio),
         ),
         ("var/velocity_r2".into(), Element::from_f64(fit.r2.clone())),
         (
@@ -1039,7 +1039,7 @@ pub struct ObsSizes {
 }
 
 impl ObsSizes {
-    /// The `obs` slots, in the order scVelo adds them.
+    /// The `obs` slots, in the order scVelo adds them, as float32 (scVelo's type).
     fn slots(&self) -> Vec<(String, Element)> {
         [
             ("initial_size_unspliced", &self.initial_size_unspliced),
@@ -1048,9 +1048,18 @@ impl ObsSizes {
             ("n_counts", &self.n_counts),
         ]
         .into_iter()
-        .map(|(k, v)| (format!("obs/{k}"), Element::from_f64(v.clone())))
+        .map(|(k, v)| (format!("obs/{k}"), float32_column(v)))
         .collect()
     }
+}
+
+/// A 1-d float32 column (values rounded to float32): what scVelo stores for its per-cell
+/// sizes and its steady-state γ and quantile-regression ratio.
+fn float32_column(v: &[f64]) -> Element {
+    Element::Dense(crate::io::DenseArray {
+        shape: vec![v.len()],
+        data: NumVec::F32(v.iter().map(|&x| x as f32).collect()),
+    })
 }
 
 /// `log1p` of `x` normalised per cell ([`CellSizes`]), in place, with X's sizes and

@@ -890,7 +890,9 @@ fn velocity_command_reproduces_the_preprocessing_fit() {
     .expect("in memory");
     assert_eq!(mem.velocity.velocity, want.0);
     assert_eq!(mem.velocity.variance_velocity.as_ref(), Some(&want.1));
-    assert_eq!(mem.velocity.gamma, want.2);
+    // γ is stored in float32, as scVelo stores it.
+    let f32r = |v: &[f64]| -> Vec<f64> { v.iter().map(|&x| f64::from(x as f32)).collect() };
+    assert_eq!(f32r(&mem.velocity.gamma), want.2);
     let stored = H5adReader::open(&pp).expect("open");
     assert_eq!(mem.ms, stored.dense_f32("layers/Ms").expect("Ms").2);
     assert_eq!(mem.mu, stored.dense_f32("layers/Mu").expect("Mu").2);
@@ -901,13 +903,17 @@ fn velocity_command_reproduces_the_preprocessing_fit() {
         ("initial_size", &mem.sizes.initial_size),
         ("n_counts", &mem.sizes.n_counts),
     ] {
-        let got = stored.column("obs", key).expect(key).to_f64_vec();
-        assert_eq!(got.as_ref(), Some(want), "obs {key}");
+        let got = stored.column("obs", key).expect(key);
+        match &got {
+            Element::Dense(a) => assert_eq!(a.data.dtype(), "float32", "obs {key}"),
+            other => panic!("obs {key}: {other:?}"),
+        }
+        assert_eq!(got.to_f64_vec(), Some(f32r(want)), "obs {key}");
     }
     let v1 = d.path().join("v1.h5ad");
     let fit = cellfate::upstream::velocity_in_file(&pp, &v1, stochastic, &Default::default())
         .expect("velocity");
-    assert_eq!(fit.gamma, want.2);
+    assert_eq!(f32r(&fit.gamma), want.2);
     assert!(layers(&v1) == want, "velocity from the file differs");
     // Moments stored as CSR matrices: read whole, same fit.
     let sparse = d.path().join("sparse.h5ad");
