@@ -131,7 +131,7 @@ const QSD_MAX_ITER: usize = 5000;
 /// in L1 in the last step, or when it is the same over [`QSD_STABLE_ITERATIONS`]: checks 50
 /// apart let a converged distribution stop after 100 iterations (the first check compares
 /// with the uniform start), where checks 100 apart needed 200 (m = 15 on the real 1M demo
-/// chain: 52.5 -> 41 s).
+/// chain: 51.3 -> 43.7 s).
 const QSD_CHECK_EVERY: usize = 50;
 
 /// Iterations over which an unchanged top is accepted while the distribution still moves.
@@ -391,7 +391,8 @@ pub fn fuzzy_to_discrete_cached(
 /// the uniform distribution; in the order of `cells`. Iterates until the `n_top` (at least
 /// [`QSD_MIN_TOP`]) most likely cells are the same over [`QSD_STABLE_ITERATIONS`] (checked
 /// every [`QSD_CHECK_EVERY`]), or at two checks when the distribution moved less than 1e-9
-/// in L1 in the last step, or [`QSD_MAX_ITER`] iterations: only the ranking is used. Products run row by row in a fixed order (independent of the thread count).
+/// in L1 in the last step, or [`QSD_MAX_ITER`] iterations: only the ranking is used.
+/// Products run row by row in a fixed order (independent of the thread count).
 fn quasi_stationary(t: &TransitionMatrix, cells: &[usize], n_top: usize) -> Vec<f64> {
     quasi_stationary_in(
         t,

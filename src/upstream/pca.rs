@@ -98,45 +98,56 @@ fn pca_with(a: &Csr, k: usize, seed: u64, force_exact: Option<bool>) -> DMatrix<
 /// are split into [`COV_PARTS`] fixed ranges whose sums are computed in parallel and added
 /// in range order (the split does not depend on the thread count either).
 fn covariance(a: &Csr, mu: &[f64]) -> faer::Mat<f64> {
-    let (n, p) = (a.nrows(), a.ncols());
+    let p = a.ncols();
+    sum_over_row_parts(a.nrows(), p, |rows| {
+        let mut cov = faer::Mat::<f64>::zeros(p, p);
+        for start in rows.clone().step_by(ROW_BLOCK) {
+            let end = (start + ROW_BLOCK).min(rows.end);
+            let mut block = faer::Mat::<f64>::from_fn(end - start, p, |_, j| -mu[j]);
+            for i in start..end {
+                let (c, v) = a.row(i);
+                for (&j, &x) in c.iter().zip(v) {
+                    block[(i - start, j as usize)] += x;
+                }
+            }
+            faer::linalg::matmul::matmul(
+                cov.as_mut(),
+                faer::Accum::Add,
+                block.transpose(),
+                block.as_ref(),
+                1.0,
+                faer::Par::Seq,
+            );
+        }
+        cov
+    })
+}
+
+/// `Σ part(rows)` over fixed ranges of whole [`ROW_BLOCK`]s of the `n` rows: [`COV_PARTS`]
+/// ranges from [`PARALLEL_MIN_BLOCKS`] blocks on (else one), computed in parallel and added
+/// in range order, so the sum does not depend on the thread count.
+fn sum_over_row_parts(
+    n: usize,
+    p: usize,
+    part: impl Fn(std::ops::Range<usize>) -> faer::Mat<f64> + Sync,
+) -> faer::Mat<f64> {
     let blocks = n.div_ceil(ROW_BLOCK);
     let parts = if blocks >= PARALLEL_MIN_BLOCKS {
         COV_PARTS
     } else {
         1
     };
-    let per = blocks.div_ceil(parts);
+    let per = blocks.div_ceil(parts) * ROW_BLOCK;
     let sums: Vec<faer::Mat<f64>> = (0..parts)
         .into_par_iter()
-        .map(|part| {
-            let mut cov = faer::Mat::<f64>::zeros(p, p);
-            for b in part * per..((part + 1) * per).min(blocks) {
-                let (start, end) = (b * ROW_BLOCK, ((b + 1) * ROW_BLOCK).min(n));
-                let mut block = faer::Mat::<f64>::from_fn(end - start, p, |_, j| -mu[j]);
-                for i in start..end {
-                    let (c, v) = a.row(i);
-                    for (&j, &x) in c.iter().zip(v) {
-                        block[(i - start, j as usize)] += x;
-                    }
-                }
-                faer::linalg::matmul::matmul(
-                    cov.as_mut(),
-                    faer::Accum::Add,
-                    block.transpose(),
-                    block.as_ref(),
-                    1.0,
-                    faer::Par::Seq,
-                );
-            }
-            cov
-        })
+        .map(|k| part((k * per).min(n)..((k + 1) * per).min(n)))
         .collect();
     let mut sums = sums.into_iter();
-    let mut cov = sums.next().unwrap_or_else(|| faer::Mat::zeros(p, p));
-    for part in sums {
-        cov += part;
+    let mut total = sums.next().unwrap_or_else(|| faer::Mat::zeros(p, p));
+    for s in sums {
+        total += s;
     }
-    cov
+    total
 }
 
 /// Whether [`covariance_sparse`] costs less than [`covariance`]: its `Σᵢ nnzᵢ² / 2`
@@ -163,42 +174,27 @@ const DENSE_SPEEDUP: f64 = 12.0;
 /// row, the products of each pair of its entries (each unordered pair once, into one
 /// triangle of a column-major matrix: contiguous updates of the column of its first
 /// entry). `Σᵢ nnzᵢ²/2` operations instead of `n p²`: at a few hundred stored entries per cell
-/// and thousands of genes, a tenth or less. The partial sums over [`COV_PARTS`] fixed ranges of
-/// rows are added in range order, as in [`covariance`] (the same bits at any thread count).
+/// and thousands of genes, a tenth or less. Summed by [`sum_over_row_parts`], as [`covariance`] (the same bits
+/// at any thread count).
 fn covariance_sparse(a: &Csr, mu: &[f64]) -> faer::Mat<f64> {
     let (n, p) = (a.nrows(), a.ncols());
-    let blocks = n.div_ceil(ROW_BLOCK);
-    let parts = if blocks >= PARALLEL_MIN_BLOCKS {
-        COV_PARTS
-    } else {
-        1
-    };
-    let per = blocks.div_ceil(parts) * ROW_BLOCK;
-    let sums: Vec<faer::Mat<f64>> = (0..parts)
-        .into_par_iter()
-        .map(|part| {
-            let mut cov = faer::Mat::<f64>::zeros(p, p);
-            for i in (part * per).min(n)..((part + 1) * per).min(n) {
-                let (c, v) = a.row(i);
-                for (q, (&j1, &x1)) in c.iter().zip(v).enumerate() {
-                    let col = cov
-                        .col_mut(j1 as usize)
-                        .try_as_col_major_mut()
-                        .expect("a column of a column-major matrix is contiguous")
-                        .as_slice_mut();
-                    for (&j2, &x2) in c[q..].iter().zip(&v[q..]) {
-                        col[j2 as usize] += x1 * x2;
-                    }
+    let mut cov = sum_over_row_parts(n, p, |rows| {
+        let mut cov = faer::Mat::<f64>::zeros(p, p);
+        for i in rows {
+            let (c, v) = a.row(i);
+            for (q, (&j1, &x1)) in c.iter().zip(v).enumerate() {
+                let col = cov
+                    .col_mut(j1 as usize)
+                    .try_as_col_major_mut()
+                    .expect("a column of a column-major matrix is contiguous")
+                    .as_slice_mut();
+                for (&j2, &x2) in c[q..].iter().zip(&v[q..]) {
+                    col[j2 as usize] += x1 * x2;
                 }
             }
-            cov
-        })
-        .collect();
-    let mut sums = sums.into_iter();
-    let mut cov = sums.next().unwrap_or_else(|| faer::Mat::zeros(p, p));
-    for part in sums {
-        cov += part;
-    }
+        }
+        cov
+    });
     // Both triangles hold parts of each off-diagonal sum (rows need not be sorted); the
     // centring as a rank-one correction.
     let nf = n as f64;
