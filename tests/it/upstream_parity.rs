@@ -672,3 +672,60 @@ fn default_preprocess_on_raw_pancreas_matches_scvelo() {
     eprintln!("velocity with the reference's graph: {dv:.1e} of max");
     assert!(dv <= 1e-5, "velocity with the reference's graph: {dv:e}");
 }
+
+/// `cellfate run` on raw pancreas stores every slot it shares with CellRank 2.3.3's reference
+/// file (scanpy 1.12 / scVelo 0.3.4's recipe, then CellRank) in the reference's dtype: float32
+/// `X_pca`, connectivities, normalised layers, moments, velocity, scVelo's per-cell sizes and
+/// γ; float64 distances, transition matrices, fate probabilities, `velocity_r2`.
+#[test]
+fn run_on_raw_pancreas_stores_the_references_dtypes() {
+    let Some(r) = reference("pancreas_3696") else {
+        return;
+    };
+    let Some(dir) = require_shared("data/pancreas_supercell_3696") else {
+        return;
+    };
+    let d = crate::common::tempdir();
+    let out = d.path().join("run.h5ad");
+    succeed(
+        crate::common::cellfate()
+            .arg("run")
+            .arg(dir.join("pancreas_3696x2000.h5ad"))
+            .args(["-q", "--cluster-key", "clusters", "-o"])
+            .arg(&out),
+    );
+    let o = cellfate::io::H5adReader::open(&out).expect("output");
+    let mut compared = Vec::new();
+    let mut slots = vec!["X".to_string()];
+    for group in ["layers", "obsm", "obsp", "obs", "var"] {
+        for k in r.keys(group).expect(group) {
+            slots.push(format!("{group}/{k}"));
+        }
+    }
+    for slot in slots {
+        if !o.exists(&slot) {
+            continue;
+        }
+        // Slots without one numeric dtype (dataframes, categoricals, strings) are skipped.
+        let (Some(want), Some(got)) = (
+            r.info(&slot).ok().and_then(|i| i.dtype),
+            o.info(&slot).ok().and_then(|i| i.dtype),
+        ) else {
+            continue;
+        };
+        assert_eq!(got, want, "{slot}: ours {got}, the reference's {want}");
+        compared.push(slot);
+    }
+    eprintln!("{} slots with the reference's dtype", compared.len());
+    for slot in [
+        "obsm/X_pca",
+        "obsp/distances",
+        "obsp/connectivities",
+        "layers/Ms",
+        "obs/initial_size",
+        "var/velocity_gamma",
+        "var/velocity_r2",
+    ] {
+        assert!(compared.iter().any(|s| s == slot), "{slot} not compared");
+    }
+}
